@@ -1,0 +1,125 @@
+// Element types as safetensors names them, and the exact conversions between
+// the three floating-point types qpack quantizes (F16, BF16, F32).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace qpack {
+
+enum class DType : uint8_t {
+  BOOL,
+  U8,
+  I8,
+  F8_E5M2,
+  F8_E4M3,
+  F8_E8M0,
+  I16,
+  U16,
+  F16,
+  BF16,
+  I32,
+  U32,
+  F32,
+  F64,
+  I64,
+  U64,
+  C64,
+  F4,
+  F6_E2M3,
+  F6_E3M2,
+};
+
+std::optional<DType> dtype_from_string(std::string_view s);
+const char* dtype_name(DType t);
+// Size of one element in bits (4 and 6 for the sub-byte float types).
+int dtype_bits(DType t);
+inline bool is_quantizable(DType t) { return t == DType::F16 || t == DType::BF16 || t == DType::F32; }
+inline bool is_scale_dtype(DType t) { return t == DType::F16 || t == DType::BF16 || t == DType::F32; }
+
+inline float bits_to_f32(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint32_t f32_to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+// IEEE binary16 -> binary32, exact (subnormals included).
+inline float f16_to_f32(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  if (exp == 0x1f) return bits_to_f32(sign | 0x7f800000u | (mant << 13));
+  if (exp != 0) return bits_to_f32(sign | ((exp + 112u) << 23) | (mant << 13));
+  if (mant == 0) return bits_to_f32(sign);
+  // subnormal: normalise
+  int e = -1;
+  do {
+    ++e;
+    mant <<= 1;
+  } while ((mant & 0x400u) == 0);
+  mant &= 0x3ffu;
+  return bits_to_f32(sign | uint32_t(112 - e) << 23 | (mant << 13));
+}
+
+// binary32 -> binary16, round to nearest, ties to even; overflow gives +-Inf,
+// NaN stays NaN (quiet).
+inline uint16_t f32_to_f16_rne(float f) {
+  const uint32_t x = f32_to_bits(f);
+  const uint16_t sign = uint16_t((x >> 16) & 0x8000u);
+  const uint32_t ax = x & 0x7fffffffu;
+  if (ax > 0x7f800000u) return uint16_t(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));
+  if (ax >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // rounds to >= 65520
+  if (ax >= 0x38800000u) {  // normal half
+    const uint32_t mant_round = ax + 0xfffu + ((ax >> 13) & 1u);
+    return uint16_t(sign | ((mant_round - 0x38000000u) >> 13));
+  }
+  if (ax < 0x33000000u) return sign;  // below half the smallest subnormal: +-0
+  // subnormal half: value = m * 2^-24, m = round(ax_value * 2^24)
+  const uint32_t e = ax >> 23;                  // 102..112
+  const uint32_t m = (ax & 0x7fffffu) | 0x800000u;
+  const uint32_t shift = 126u - e;              // 14..24
+  uint32_t r = m >> shift;
+  const uint32_t rem = m & ((1u << shift) - 1u);
+  const uint32_t half = 1u << (shift - 1u);
+  if (rem > half || (rem == half && (r & 1u))) ++r;
+  return uint16_t(sign | r);
+}
+
+inline float bf16_to_f32(uint16_t b) { return bits_to_f32(uint32_t(b) << 16); }
+
+inline uint16_t f32_to_bf16_rne(float f) {
+  const uint32_t x = f32_to_bits(f);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return uint16_t((x >> 16) | 0x40u);  // quiet NaN
+  return uint16_t((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+// Loads element i of a little-endian F16/BF16/F32 buffer as float (exact).
+inline float load_as_f32(const uint8_t* p, DType t, uint64_t i) {
+  switch (t) {
+    case DType::F16: {
+      uint16_t h;
+      std::memcpy(&h, p + 2 * i, 2);
+      return f16_to_f32(h);
+    }
+    case DType::BF16: {
+      uint16_t h;
+      std::memcpy(&h, p + 2 * i, 2);
+      return bf16_to_f32(h);
+    }
+    default: {
+      float f;
+      std::memcpy(&f, p + 4 * i, 4);
+      return f;
+    }
+  }
+}
+
+}  // namespace qpack

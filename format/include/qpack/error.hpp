@@ -1,0 +1,99 @@
+// One error type for the whole library: every failure names the file, the
+// tensor (when there is one) and the reason, and carries a code that tests
+// and the CLI can match on. Libraries throw; only the CLI turns errors into
+// exit codes.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace qpack {
+
+enum class ErrorCode {
+  // usage / arguments
+  InvalidArgument,
+  // I/O
+  Io,
+  DiskFull,
+  OutputExists,
+  // safetensors
+  Truncated,
+  HeaderTooLarge,
+  BadJson,
+  BadHeader,
+  UnknownDtype,
+  ShapeMismatch,
+  SizeOverflow,         // prod(shape) x bits overflows 64 bits
+  OffsetOutOfRange,
+  Overlap,
+  Hole,
+  DataNotCovered,       // bytes after the last tensor
+  DuplicateName,
+  BadMetadata,
+  BadIndex,
+  IndexMissingFile,
+  IndexMissingTensor,
+  IndexUnlistedTensor,  // a shard holds a tensor the index does not list
+  // .qpack container
+  BadMagic,
+  UnsupportedVersion,
+  HeaderChecksumMismatch,
+  FileSizeMismatch,     // the file is not as long as its header says
+  ManifestChecksumMismatch,
+  BadManifestJson,
+  BadManifest,
+  ManifestMismatch,
+  SectionOutOfRange,
+  SectionOverlap,
+  SectionMisaligned,
+  ChecksumMismatch,
+  BadCodec,
+  Decompress,
+  // numerics
+  NonFinite,
+  RangeOverflow,
+  UnsupportedScheme,
+  UnsupportedDtype,
+  // devices
+  NoDevice,
+  Cuda,
+  // verify
+  SourceMismatch,
+  Internal,
+};
+
+const char* error_code_name(ErrorCode code);
+
+// Exit codes shared by every subcommand (documented in README and --help).
+enum ExitCode : int {
+  kExitOk = 0,
+  kExitInternal = 1,
+  kExitUsage = 2,
+  kExitBadInput = 3,   // malformed or unsupported input, numeric problems
+  kExitIntegrity = 4,  // checksum or manifest/section disagreement in a .qpack
+  kExitIo = 5,         // cannot read or write, disk full, output exists
+  kExitNoDevice = 6,   // CUDA requested but unavailable, or a CUDA failure
+  kExitGateFailed = 10,  // verify: a threshold did not hold
+};
+
+int exit_code_for(ErrorCode code);
+
+class Error : public std::runtime_error {
+ public:
+  Error(ErrorCode code, std::string file, std::string tensor, std::string reason);
+
+  ErrorCode code() const noexcept { return code_; }
+  const std::string& file() const noexcept { return file_; }
+  const std::string& tensor() const noexcept { return tensor_; }
+  const std::string& reason() const noexcept { return reason_; }
+
+ private:
+  ErrorCode code_;
+  std::string file_, tensor_, reason_;
+};
+
+// Checked arithmetic for sizes read from untrusted files.
+bool mul_overflows_u64(unsigned long long a, unsigned long long b, unsigned long long* out);
+bool add_overflows_u64(unsigned long long a, unsigned long long b, unsigned long long* out);
+
+}  // namespace qpack

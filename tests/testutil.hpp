@@ -1,0 +1,45 @@
+// Small helpers shared by the test executables.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace qpack::test {
+
+// A fresh folder under $TMPDIR (or /tmp), removed with everything in it.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+void write_file(const std::string& path, const void* data, size_t size);
+void write_file(const std::string& path, const std::string& text);
+std::vector<uint8_t> read_file(const std::string& path);
+
+struct CommandResult {
+  int exit_code = -1;   // the process's exit status, or 128+signal
+  std::string output;   // stdout and stderr together
+};
+// Runs a shell command line (via /bin/sh) and captures its output.
+CommandResult run_command(const std::string& command_line);
+// Runs the qpack CLI built with the tests: run_qpack("inspect " + path).
+CommandResult run_qpack(const std::string& args);
+
+// Seed for random tests: $QPACK_TEST_SEED when set, otherwise fresh per run
+// (printed, so a failure can be replayed).
+uint64_t test_seed();
+
+std::string shared_data_dir();  // ../shared/data beside the source tree
+std::string source_dir();
+
+}  // namespace qpack::test
