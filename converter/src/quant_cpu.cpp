@@ -1,0 +1,607 @@
+// The fast CPU path: OpenMP threads over blocks of groups, AVX2+F16C inside,
+// selected at run time (machines differ; the build targets plain x86-64).
+//
+// Two vector kernels cover the layouts that matter:
+//  - "column blocks" (inner >= 32, e.g. axis 0 of a [rows, cols] weight):
+//    32 adjacent groups side by side, one SIMD lane per group, so loads,
+//    statistics, codes and the byte planes of the output are all contiguous;
+//  - "row groups" (inner == 1, e.g. axis -1): each group is contiguous; a
+//    batch of 8 groups shares one vector evaluation of the scale arithmetic.
+// Everything else (column tails, 1 < inner < 32, CPUs without AVX2) goes
+// through detail::quantize_group, the reference's own per-group routine.
+//
+// Bit-exactness with the reference rests on: the same IEEE operations in the
+// same order (sub, mul, div, round-to-nearest-even; -ffp-contract=off),
+// min/max being exact and order-independent for finite values (with -0
+// canonicalised), and F16C's vcvtps2ph rounding to nearest even exactly as
+// qp_f32_to_f16_bits does.
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+#include <vector>
+
+#include "qpack/error.hpp"
+#include "qpack/quant_detail.hpp"
+#include "qpack/quant_math.hpp"
+#include "qpack/quantize.hpp"
+#include "qpack/quantizer.hpp"
+
+namespace qpack {
+namespace {
+
+bool cpu_has_avx2() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  return ok;
+}
+
+int resolve_threads(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
+
+// Errors found inside a parallel region; thrown after it.
+struct Failure {
+  bool nonfinite = false;
+  int64_t overflow_group = INT64_MAX;
+};
+
+void raise(const Failure& f, const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
+           int threads) {
+  if (f.nonfinite) {
+    const int64_t bad = detail::find_first_nonfinite(in.data, in.dtype, L.num_elements(), threads);
+    if (bad >= 0) detail::throw_nonfinite(in, L, bad);
+  }
+  if (f.overflow_group != INT64_MAX) detail::throw_range_overflow(in, L, s, f.overflow_group);
+}
+
+// ---------------------------------------------------------------- AVX2 ----
+#define QPACK_AVX2 __attribute__((target("avx2,f16c")))
+
+template <DType T>
+QPACK_AVX2 inline __m256 load8(const uint8_t* base, int64_t elem) {
+  if constexpr (T == DType::F16) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(base + 2 * elem)));
+  } else if constexpr (T == DType::BF16) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(base + 2 * elem));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  } else {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(base + 4 * elem));
+  }
+}
+
+// Lanes holding NaN or +-Inf.
+QPACK_AVX2 inline __m256 nonfinite_mask(__m256 x) {
+  const __m256 ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+  return _mm256_cmp_ps(ax, _mm256_set1_ps(__builtin_inff()), _CMP_NLT_UQ);
+}
+
+// Rounds 8 floats to the scale dtype: returns the rounded values as float32
+// and (F16/BF16) their 16-bit patterns.
+QPACK_AVX2 inline __m256 round_to_scale(__m256 v, DType sd, __m128i* bits16) {
+  if (sd == DType::F16) {
+    *bits16 = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm256_cvtph_ps(*bits16);
+  }
+  if (sd == DType::BF16) {
+    const __m256i x = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_srli_epi32(
+        _mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7fff)), lsb), 16);
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+    *bits16 = _mm256_castsi256_si128(packed);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(r, 16));
+  }
+  *bits16 = _mm_setzero_si128();
+  return v;
+}
+
+QPACK_AVX2 inline __m256 finite_mask(__m256 v) {
+  const __m256 av = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v);
+  return _mm256_cmp_ps(av, _mm256_set1_ps(__builtin_inff()), _CMP_LT_OQ);
+}
+
+// Group parameters of 8 groups at once (qp_params_asym / qp_params_sym,
+// lane-wise). Returns the lanes whose scale or zero overflowed.
+struct Params8 {
+  __m256 scale, zero, inv;
+  __m128i scale16, zero16;
+};
+
+QPACK_AVX2 inline int params8(__m256 mn_or_amax, __m256 mx, const QuantScheme& s, Params8* p) {
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 s32;
+  int overflow;
+  if (s.symmetric) {
+    s32 = _mm256_div_ps(mn_or_amax, _mm256_set1_ps(float(qmax_sym(s.bits))));
+    p->scale = round_to_scale(s32, s.scale_dtype, &p->scale16);
+    p->zero = zero;
+    p->zero16 = _mm_setzero_si128();
+    overflow = ~_mm256_movemask_ps(finite_mask(p->scale)) & 0xff;
+  } else {
+    const __m256 mn = _mm256_add_ps(mn_or_amax, zero);  // -0 -> +0
+    const __m256 mxc = _mm256_add_ps(mx, zero);
+    s32 = _mm256_div_ps(_mm256_sub_ps(mxc, mn), _mm256_set1_ps(float(qmax_asym(s.bits))));
+    p->scale = round_to_scale(s32, s.scale_dtype, &p->scale16);
+    p->zero = round_to_scale(mn, s.scale_dtype, &p->zero16);
+    overflow = ~_mm256_movemask_ps(_mm256_and_ps(finite_mask(p->scale), finite_mask(p->zero))) & 0xff;
+  }
+  // Degenerate (S < 2^-126, or overflowed): S = +0, inv = 0.
+  const __m256 ok = _mm256_and_ps(finite_mask(p->scale),
+                                  _mm256_cmp_ps(p->scale, _mm256_set1_ps(kQpMinNormal), _CMP_GE_OQ));
+  p->scale = _mm256_and_ps(p->scale, ok);
+  p->inv = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_blendv_ps(_mm256_set1_ps(1.0f), p->scale, ok)), ok);
+  const __m128i ok16 = _mm_packs_epi32(_mm256_castsi256_si128(_mm256_castps_si256(ok)),
+                                       _mm256_extracti128_si256(_mm256_castps_si256(ok), 1));
+  p->scale16 = _mm_and_si128(p->scale16, ok16);
+  return overflow;
+}
+
+QPACK_AVX2 inline void store_params8(const QuantBuffers& out, int64_t index, const QuantScheme& s,
+                                     const Params8& p, int lanes) {
+  if (lanes == 8) {  // the common case: fixed-size stores, no memcpy calls
+    if (s.scale_dtype == DType::F32) {
+      _mm256_storeu_ps(reinterpret_cast<float*>(out.scales + 4 * index), p.scale);
+      if (!s.symmetric) _mm256_storeu_ps(reinterpret_cast<float*>(out.zeros + 4 * index), p.zero);
+    } else {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out.scales + 2 * index), p.scale16);
+      if (!s.symmetric) _mm_storeu_si128(reinterpret_cast<__m128i*>(out.zeros + 2 * index), p.zero16);
+    }
+    return;
+  }
+  if (s.scale_dtype == DType::F32) {
+    alignas(32) float sc[8], ze[8];
+    _mm256_store_ps(sc, p.scale);
+    _mm256_store_ps(ze, p.zero);
+    std::memcpy(out.scales + 4 * index, sc, size_t(4 * lanes));
+    if (!s.symmetric) std::memcpy(out.zeros + 4 * index, ze, size_t(4 * lanes));
+  } else {
+    alignas(16) uint16_t sc[8], ze[8];
+    _mm_store_si128(reinterpret_cast<__m128i*>(sc), p.scale16);
+    _mm_store_si128(reinterpret_cast<__m128i*>(ze), p.zero16);
+    std::memcpy(out.scales + 2 * index, sc, size_t(2 * lanes));
+    if (!s.symmetric) std::memcpy(out.zeros + 2 * index, ze, size_t(2 * lanes));
+  }
+}
+
+// Constants of one scheme, hoisted out of the loops (stores through uint8_t*
+// may alias anything, so the compiler would otherwise reload them).
+struct EncodeConsts {
+  __m256i lo, hi, offset;
+};
+
+QPACK_AVX2 inline EncodeConsts encode_consts(const QuantScheme& s) {
+  EncodeConsts c;
+  if (s.symmetric) {
+    c.lo = _mm256_set1_epi32(-qmax_sym(s.bits));
+    c.hi = _mm256_set1_epi32(qmax_sym(s.bits));
+    c.offset = _mm256_set1_epi32(sym_offset(s.bits));
+  } else {
+    c.lo = _mm256_setzero_si256();
+    c.hi = _mm256_set1_epi32(qmax_asym(s.bits));
+    c.offset = _mm256_setzero_si256();
+  }
+  return c;
+}
+
+// Codes of 8 elements (int32 lanes) given their group's parameters.
+// vcvtps2dq rounds to nearest even (the default MXCSR mode, which qpack never
+// changes): the same as rint() followed by the clamp done in integers, since
+// |t| stays far below 2^31 for elements of the group.
+template <bool SYM>
+QPACK_AVX2 inline __m256i encode8(__m256 x, __m256 zero, __m256 inv, const EncodeConsts& c) {
+  if constexpr (SYM) {
+    const __m256i t = _mm256_cvtps_epi32(_mm256_mul_ps(x, inv));
+    return _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(t, c.lo), c.hi), c.offset);
+  } else {
+    const __m256i t = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x, zero), inv));
+    return _mm256_min_epi32(_mm256_max_epi32(t, c.lo), c.hi);
+  }
+}
+
+// Low bytes of 4x8 int32 lanes, in lane order, as 32 contiguous bytes.
+QPACK_AVX2 inline __m256i low_bytes32(__m256i a0, __m256i a1, __m256i a2, __m256i a3) {
+  const __m256i m = _mm256_set1_epi32(0xff);
+  const __m256i p01 = _mm256_packus_epi32(_mm256_and_si256(a0, m), _mm256_and_si256(a1, m));
+  const __m256i p23 = _mm256_packus_epi32(_mm256_and_si256(a2, m), _mm256_and_si256(a3, m));
+  const __m256i b = _mm256_packus_epi16(p01, p23);
+  return _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+// One element vector of the source, with NaN/Inf replaced by +0 when the
+// policy asks for it.
+template <DType T, bool ZERO_NF>
+QPACK_AVX2 inline __m256 load_x(const uint8_t* base, int64_t elem) {
+  __m256 x = load8<T>(base, elem);
+  if constexpr (ZERO_NF) x = _mm256_andnot_ps(nonfinite_mask(x), x);
+  return x;
+}
+
+// Statistics update of one vector: min/max (asymmetric) or max |x|
+// (symmetric). NaN is recorded in `nan`; +-Inf shows in the statistics
+// themselves and is caught after the loop.
+template <bool SYM>
+QPACK_AVX2 inline void stats8(__m256 x, __m256& lo, __m256& hi, __m256& nan) {
+  nan = _mm256_or_ps(nan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+  if constexpr (SYM) {
+    lo = _mm256_max_ps(lo, _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x));
+  } else {
+    lo = _mm256_min_ps(lo, x);
+    hi = _mm256_max_ps(hi, x);
+  }
+}
+
+// True when a NaN was seen or a statistic is infinite.
+template <bool SYM>
+QPACK_AVX2 inline bool stats_nonfinite(__m256 lo, __m256 hi, __m256 nan) {
+  __m256 bad = _mm256_or_ps(nan, nonfinite_mask(lo));
+  if constexpr (!SYM) bad = _mm256_or_ps(bad, nonfinite_mask(hi));
+  return _mm256_movemask_ps(bad) != 0;
+}
+
+// 32 groups side by side: columns i0..i0+31 of group row (o, g).
+template <DType T, bool SYM, bool ZERO_NF>
+QPACK_AVX2 void column_block(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
+                             const QuantBuffers& out, int64_t o, int64_t g, int64_t i0,
+                             Failure* fail) {
+  const uint8_t* const src = in.data;
+  const int64_t inner = L.inner, len = L.group_len(g), bpg = L.bytes_per_group;
+  const int bits = s.bits;
+  const int64_t row0 = (o * L.axis_len + g * L.group_size) * inner + i0;
+  const EncodeConsts ec = encode_consts(s);
+
+  __m256 lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3;
+  lo0 = lo1 = lo2 = lo3 = SYM ? _mm256_setzero_ps() : _mm256_set1_ps(__builtin_inff());
+  hi0 = hi1 = hi2 = hi3 = _mm256_set1_ps(-__builtin_inff());
+  __m256 nan = _mm256_setzero_ps();
+  const uint8_t* row = src;
+  for (int64_t k = 0, e = row0; k < len; ++k, e += inner) {
+    stats8<SYM>(load_x<T, ZERO_NF>(row, e), lo0, hi0, nan);
+    stats8<SYM>(load_x<T, ZERO_NF>(row, e + 8), lo1, hi1, nan);
+    stats8<SYM>(load_x<T, ZERO_NF>(row, e + 16), lo2, hi2, nan);
+    stats8<SYM>(load_x<T, ZERO_NF>(row, e + 24), lo3, hi3, nan);
+  }
+  if (!ZERO_NF && (stats_nonfinite<SYM>(lo0, hi0, nan) || stats_nonfinite<SYM>(lo1, hi1, nan) ||
+                   stats_nonfinite<SYM>(lo2, hi2, nan) || stats_nonfinite<SYM>(lo3, hi3, nan))) {
+    fail->nonfinite = true;
+    return;
+  }
+  Params8 p0, p1, p2, p3;
+  const int64_t pi = (o * L.groups_per_axis + g) * inner + i0;
+  const int ov = params8(lo0, hi0, s, &p0) | params8(lo1, hi1, s, &p1) << 8 |
+                 params8(lo2, hi2, s, &p2) << 16 | params8(lo3, hi3, s, &p3) << 24;
+  if (ov) {
+    fail->overflow_group = std::min(fail->overflow_group, pi + __builtin_ctz(unsigned(ov)));
+    return;
+  }
+  store_params8(out, pi, s, p0, 8);
+  store_params8(out, pi + 8, s, p1, 8);
+  store_params8(out, pi + 16, s, p2, 8);
+  store_params8(out, pi + 24, s, p3, 8);
+
+  // Encode row by row; each lane keeps a small bit buffer and byte plane j
+  // of all 32 groups is stored once it holds 8 bits.
+  uint8_t* plane = out.codes + (o * L.groups_per_axis + g) * bpg * inner + i0;
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+  int nbits = 0;
+  int64_t j = 0;
+  for (int64_t k = 0, e = row0; k < len; ++k, e += inner) {
+    const __m128i sh = _mm_cvtsi32_si128(nbits);
+    a0 = _mm256_or_si256(a0, _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e), p0.zero, p0.inv, ec), sh));
+    a1 = _mm256_or_si256(a1, _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e + 8), p1.zero, p1.inv, ec), sh));
+    a2 = _mm256_or_si256(a2, _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e + 16), p2.zero, p2.inv, ec), sh));
+    a3 = _mm256_or_si256(a3, _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e + 24), p3.zero, p3.inv, ec), sh));
+    nbits += bits;
+    while (nbits >= 8) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner), low_bytes32(a0, a1, a2, a3));
+      a0 = _mm256_srli_epi32(a0, 8);
+      a1 = _mm256_srli_epi32(a1, 8);
+      a2 = _mm256_srli_epi32(a2, 8);
+      a3 = _mm256_srli_epi32(a3, 8);
+      nbits -= 8;
+      ++j;
+    }
+  }
+  if (nbits > 0) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner), low_bytes32(a0, a1, a2, a3));
+    ++j;
+  }
+  for (; j < bpg; ++j)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner), _mm256_setzero_si256());
+}
+
+// Packs 32 codes held as bytes (in order) into 32*bits/8 bytes at dst, for
+// bits 2, 4 and 8 (3 bits go through put_code).
+QPACK_AVX2 inline void pack32(__m256i c, int bits, uint8_t* dst) {
+  if (bits == 8) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), c);
+  } else if (bits == 4) {  // byte k = c[2k] | c[2k+1] << 4
+    __m256i t = _mm256_or_si256(c, _mm256_srli_epi16(c, 4));
+    t = _mm256_and_si256(t, _mm256_set1_epi16(0xff));
+    t = _mm256_permute4x64_epi64(_mm256_packus_epi16(t, t), 0x08);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm256_castsi256_si128(t));
+  } else {  // bits == 2: byte k = c[4k] | c[4k+1] << 2 | c[4k+2] << 4 | c[4k+3] << 6
+    __m256i t = _mm256_and_si256(_mm256_or_si256(c, _mm256_srli_epi16(c, 6)), _mm256_set1_epi16(0xff));
+    t = _mm256_and_si256(_mm256_or_si256(t, _mm256_srli_epi32(t, 12)), _mm256_set1_epi32(0xff));
+    t = _mm256_packus_epi32(t, t);
+    t = _mm256_packus_epi16(t, t);
+    const uint32_t lo = uint32_t(_mm256_extract_epi32(t, 0)), hi = uint32_t(_mm256_extract_epi32(t, 4));
+    std::memcpy(dst, &lo, 4);
+    std::memcpy(dst + 4, &hi, 4);
+  }
+}
+
+QPACK_AVX2 inline float hmin8(__m256 v) {
+  __m256 m = _mm256_min_ps(v, _mm256_permute2f128_ps(v, v, 1));
+  m = _mm256_min_ps(m, _mm256_shuffle_ps(m, m, 0x4e));
+  m = _mm256_min_ps(m, _mm256_shuffle_ps(m, m, 0xb1));
+  return _mm256_cvtss_f32(m);
+}
+QPACK_AVX2 inline float hmax8(__m256 v) {
+  __m256 m = _mm256_max_ps(v, _mm256_permute2f128_ps(v, v, 1));
+  m = _mm256_max_ps(m, _mm256_shuffle_ps(m, m, 0x4e));
+  m = _mm256_max_ps(m, _mm256_shuffle_ps(m, m, 0xb1));
+  return _mm256_cvtss_f32(m);
+}
+
+// 8 contiguous groups (inner == 1) with linear indices p0..p0+lanes-1.
+template <DType T, bool SYM, bool ZERO_NF>
+QPACK_AVX2 void row_groups(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
+                           const QuantBuffers& out, int64_t p0, int lanes, Failure* fail) {
+  const uint8_t* const src = in.data;
+  const int bits = s.bits;
+  const int64_t bpg = L.bytes_per_group;
+  const EncodeConsts ec = encode_consts(s);
+  alignas(32) float lo[8] = {}, hi[8] = {};
+  int64_t start[8], len[8];
+  // One division per batch: (o, g) of the following groups step along.
+  int64_t o = p0 / L.groups_per_axis, g = p0 % L.groups_per_axis;
+  for (int l = 0; l < lanes; ++l) {
+    start[l] = o * L.axis_len + g * L.group_size;
+    len[l] = L.group_len(g);
+    if (++g == L.groups_per_axis) {
+      g = 0;
+      ++o;
+    }
+    __m256 vlo = SYM ? _mm256_setzero_ps() : _mm256_set1_ps(__builtin_inff());
+    __m256 vhi = _mm256_set1_ps(-__builtin_inff()), nan = _mm256_setzero_ps();
+    const int64_t n = len[l], b = start[l];
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) stats8<SYM>(load_x<T, ZERO_NF>(src, b + k), vlo, vhi, nan);
+    if (k < n) {
+      // Tail: the remaining elements, padded by repeating the first element
+      // of the group (neutral for min, max and max |x|).
+      alignas(32) float t[8];
+      for (int q = 0; q < 8; ++q) {
+        float x = load_as_f32(src, in.dtype, uint64_t(b + (k + q < n ? k + q : 0)));
+        if (ZERO_NF && !qp_isfinite(x)) x = 0.0f;
+        t[q] = x;
+      }
+      stats8<SYM>(_mm256_load_ps(t), vlo, vhi, nan);
+    }
+    if (!ZERO_NF && stats_nonfinite<SYM>(vlo, vhi, nan)) {
+      fail->nonfinite = true;
+      return;
+    }
+    lo[l] = SYM ? hmax8(vlo) : hmin8(vlo);
+    hi[l] = hmax8(vhi);
+  }
+  Params8 p;
+  const int ov = params8(_mm256_load_ps(lo), _mm256_load_ps(hi), s, &p) & ((1 << lanes) - 1);
+  if (ov) {
+    fail->overflow_group = std::min(fail->overflow_group, p0 + __builtin_ctz(unsigned(ov)));
+    return;
+  }
+  store_params8(out, p0, s, p, lanes);
+  alignas(32) float zero[8], inv[8], scale[8];
+  _mm256_store_ps(zero, p.zero);
+  _mm256_store_ps(inv, p.inv);
+  _mm256_store_ps(scale, p.scale);
+  for (int l = 0; l < lanes; ++l) {
+    const __m256 vz = _mm256_set1_ps(zero[l]), vi = _mm256_set1_ps(inv[l]);
+    uint8_t* dst = out.codes + (p0 + l) * bpg;
+    const int64_t n = len[l], b = start[l];
+    int64_t k = 0;
+    if (bits != 3) {
+      for (; k + 32 <= n; k += 32) {
+        const __m256i c = low_bytes32(encode8<SYM>(load_x<T, ZERO_NF>(src, b + k), vz, vi, ec),
+                                      encode8<SYM>(load_x<T, ZERO_NF>(src, b + k + 8), vz, vi, ec),
+                                      encode8<SYM>(load_x<T, ZERO_NF>(src, b + k + 16), vz, vi, ec),
+                                      encode8<SYM>(load_x<T, ZERO_NF>(src, b + k + 24), vz, vi, ec));
+        pack32(c, bits, dst + k * bits / 8);
+      }
+    }
+    const int64_t done = k * bits / 8;
+    if (done < bpg) std::memset(dst + done, 0, size_t(bpg - done));
+    if (k < n) {
+      GroupParams gp;
+      gp.scale = scale[l];
+      gp.zero = zero[l];
+      gp.inv = inv[l];
+      for (; k < n; ++k) {
+        float x = load_as_f32(src, in.dtype, uint64_t(b + k));
+        if (!qp_isfinite(x)) x = 0.0f;
+        detail::put_code(dst, 1, k, bits, SYM ? qp_encode_sym(x, gp, bits) : qp_encode_asym(x, gp, bits));
+      }
+    }
+  }
+}
+
+template <DType T>
+QPACK_AVX2 inline void column_block_dispatch(const QuantInput& in, const GroupLayout& L,
+                                             const QuantScheme& s, NonFinitePolicy policy,
+                                             const QuantBuffers& out, int64_t o, int64_t g,
+                                             int64_t i0, Failure* f) {
+  const bool z = policy == NonFinitePolicy::Zero;
+  if (s.symmetric) {
+    if (z) column_block<T, true, true>(in, L, s, out, o, g, i0, f);
+    else column_block<T, true, false>(in, L, s, out, o, g, i0, f);
+  } else {
+    if (z) column_block<T, false, true>(in, L, s, out, o, g, i0, f);
+    else column_block<T, false, false>(in, L, s, out, o, g, i0, f);
+  }
+}
+
+template <DType T>
+QPACK_AVX2 inline void row_groups_dispatch(const QuantInput& in, const GroupLayout& L,
+                                           const QuantScheme& s, NonFinitePolicy policy,
+                                           const QuantBuffers& out, int64_t p0, int lanes, Failure* f) {
+  const bool z = policy == NonFinitePolicy::Zero;
+  if (s.symmetric) {
+    if (z) row_groups<T, true, true>(in, L, s, out, p0, lanes, f);
+    else row_groups<T, true, false>(in, L, s, out, p0, lanes, f);
+  } else {
+    if (z) row_groups<T, false, true>(in, L, s, out, p0, lanes, f);
+    else row_groups<T, false, false>(in, L, s, out, p0, lanes, f);
+  }
+}
+
+template <DType T>
+QPACK_AVX2 void quantize_avx2(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
+                              NonFinitePolicy policy, const QuantBuffers& out, int threads,
+                              Failure* failure) {
+  Failure total;
+  if (L.inner >= 32) {
+    const int64_t blocks_per_row = L.inner / 32;
+    const int64_t tail0 = blocks_per_row * 32;
+    const int64_t rows = L.outer * L.groups_per_axis;
+    const int64_t work = rows * blocks_per_row;
+    bool nonfinite = false;
+    int64_t overflow = INT64_MAX;
+#pragma omp parallel num_threads(threads) reduction(|| : nonfinite) reduction(min : overflow)
+    {
+      Failure f;
+      std::vector<float> scratch(size_t(L.group_size));
+#pragma omp for schedule(static)
+      for (int64_t w = 0; w < work; ++w) {
+        const int64_t r = w / blocks_per_row, b = w % blocks_per_row;
+        column_block_dispatch<T>(in, L, s, policy, out, r / L.groups_per_axis, r % L.groups_per_axis, b * 32, &f);
+      }
+      if (tail0 < L.inner) {
+        // Column tail: zero its code bytes, then the per-group routine.
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t j = 0; j < L.bytes_per_group; ++j)
+            std::memset(out.codes + (r * L.bytes_per_group + j) * L.inner + tail0, 0,
+                        size_t(L.inner - tail0));
+          for (int64_t i = tail0; i < L.inner; ++i) {
+            const int res = detail::quantize_group(in, L, s, policy, out, r / L.groups_per_axis,
+                                                   r % L.groups_per_axis, i, scratch.data());
+            if (res == detail::kGroupNonFinite) f.nonfinite = true;
+            if (res == detail::kGroupOverflow)
+              f.overflow_group = std::min(f.overflow_group, r * L.inner + i);
+          }
+        }
+      }
+      nonfinite = nonfinite || f.nonfinite;
+      overflow = std::min(overflow, f.overflow_group);
+    }
+    total.nonfinite = nonfinite;
+    total.overflow_group = overflow;
+  } else {  // inner == 1
+    const int64_t groups = L.num_groups();
+    const int64_t batches = (groups + 7) / 8;
+    bool nonfinite = false;
+    int64_t overflow = INT64_MAX;
+#pragma omp parallel num_threads(threads) reduction(|| : nonfinite) reduction(min : overflow)
+    {
+      Failure f;
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < batches; ++b) {
+        const int lanes = int(std::min<int64_t>(8, groups - 8 * b));
+        row_groups_dispatch<T>(in, L, s, policy, out, 8 * b, lanes, &f);
+      }
+      nonfinite = nonfinite || f.nonfinite;
+      overflow = std::min(overflow, f.overflow_group);
+    }
+    total.nonfinite = nonfinite;
+    total.overflow_group = overflow;
+  }
+  *failure = total;
+}
+
+// Any layout, any CPU: the reference's per-group routine, in parallel.
+void quantize_generic(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
+                      NonFinitePolicy policy, const QuantBuffers& out, int threads, Failure* failure) {
+  std::memset(out.codes, 0, L.codes_bytes());
+  const int64_t groups = L.num_groups();
+  bool nonfinite = false;
+  int64_t overflow = INT64_MAX;
+#pragma omp parallel num_threads(threads) reduction(|| : nonfinite) reduction(min : overflow)
+  {
+    std::vector<float> scratch(size_t(L.group_size));
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < groups; ++p) {
+      const int64_t i = p % L.inner, r = p / L.inner;
+      const int res = detail::quantize_group(in, L, s, policy, out, r / L.groups_per_axis,
+                                             r % L.groups_per_axis, i, scratch.data());
+      if (res == detail::kGroupNonFinite) nonfinite = true;
+      if (res == detail::kGroupOverflow) overflow = std::min(overflow, p);
+    }
+  }
+  failure->nonfinite = nonfinite;
+  failure->overflow_group = overflow;
+}
+
+}  // namespace
+
+void quantize_cpu(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
+                  NonFinitePolicy policy, const QuantBuffers& out, int threads) {
+  threads = resolve_threads(threads);
+  Failure f;
+  if (L.num_groups() == 0) return;
+  const bool vector_layout = L.inner >= 32 || L.inner == 1;
+  if (cpu_has_avx2() && vector_layout) {
+    switch (in.dtype) {
+      case DType::F16: quantize_avx2<DType::F16>(in, L, s, policy, out, threads, &f); break;
+      case DType::BF16: quantize_avx2<DType::BF16>(in, L, s, policy, out, threads, &f); break;
+      default: quantize_avx2<DType::F32>(in, L, s, policy, out, threads, &f); break;
+    }
+  } else {
+    quantize_generic(in, L, s, policy, out, threads, &f);
+  }
+  raise(f, in, L, s, threads);
+}
+
+void dequantize_cpu(const uint8_t* codes, const uint8_t* scales, const uint8_t* zeros,
+                    const GroupLayout& L, const QuantScheme& s, float* out, int threads) {
+  threads = resolve_threads(threads);
+  const int64_t rows = L.outer * L.groups_per_axis;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t o = r / L.groups_per_axis, g = r % L.groups_per_axis, len = L.group_len(g);
+    for (int64_t i = 0; i < L.inner; ++i) {
+      const int64_t pi = r * L.inner + i;
+      const float sc = detail::load_param(scales, pi, s.scale_dtype);
+      const float m = s.symmetric ? 0.0f : detail::load_param(zeros, pi, s.scale_dtype);
+      const uint8_t* base = codes + r * L.bytes_per_group * L.inner + i;
+      float* dst = out + (o * L.axis_len + g * L.group_size) * L.inner + i;
+      for (int64_t k = 0; k < len; ++k)
+        dst[k * L.inner] = qp_decode(detail::get_code(base, L.inner, k, s.bits), sc, m, s.symmetric, s.bits);
+    }
+  }
+}
+
+// ------------------------------------------------------ TensorQuantizer ----
+namespace {
+class CpuQuantizer final : public TensorQuantizer {
+ public:
+  explicit CpuQuantizer(int threads) : threads_(resolve_threads(threads)) {}
+  void quantize(const QuantInput& in, const GroupLayout& layout, const QuantScheme& scheme,
+                NonFinitePolicy policy, const QuantBuffers& out) override {
+    quantize_cpu(in, layout, scheme, policy, out, threads_);
+  }
+  std::string description() const override {
+    return "cpu (" + std::to_string(threads_) + (threads_ == 1 ? " thread, " : " threads, ") +
+           (cpu_has_avx2() ? "avx2+f16c" : "scalar") + ")";
+  }
+
+ private:
+  int threads_;
+};
+}  // namespace
+
+std::unique_ptr<TensorQuantizer> make_cpu_quantizer(int threads) {
+  return std::make_unique<CpuQuantizer>(threads);
+}
+
+}  // namespace qpack

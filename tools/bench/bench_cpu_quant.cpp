@@ -1,0 +1,132 @@
+// CPU quantize throughput next to the machine's own memory-copy bandwidth,
+// measured in the same run. Not a test: numbers go to stdout (and --json).
+//
+//   build/tools/bench/qpack_bench_cpu [--reps N] [--json]
+//
+// Bytes counted for "of copy": quantize reads the fp16 source once and writes
+// codes + scales + zero-points once; the copy bound moves the same total
+// bytes (read + write) at the measured memcpy rate.
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "qpack/dtype.hpp"
+#include "qpack/quantize.hpp"
+
+using namespace qpack;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Parallel memcpy over a buffer far larger than the caches; GB/s of bytes
+// read + written.
+double copy_bandwidth(int threads, int reps) {
+  const size_t n = size_t(1) << 29;  // 512 MiB
+  std::vector<uint8_t> a(n, 1), b(n, 2);
+  std::vector<double> t;
+  for (int r = 0; r < reps + 1; ++r) {
+    const auto t0 = Clock::now();
+#pragma omp parallel num_threads(threads)
+    {
+      const int id = omp_get_thread_num(), nt = omp_get_num_threads();
+      const size_t chunk = n / size_t(nt);
+      std::memcpy(b.data() + chunk * size_t(id), a.data() + chunk * size_t(id), chunk);
+    }
+    if (r) t.push_back(seconds_since(t0));
+  }
+  return 2.0 * double(n) / median(t) / 1e9;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int reps = 5;
+  bool json = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--reps" && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
+    else if (a == "--json") json = true;
+    else {
+      std::printf("usage: %s [--reps N] [--json]\n", argv[0]);
+      return a == "--help" ? 0 : 2;
+    }
+  }
+  std::mt19937_64 rng(42);
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  struct Shape { int64_t rows, cols; };
+  const Shape shapes[] = {{4096, 4096}, {11008, 4096}};
+  std::vector<std::string> rows_json;
+  if (!json) std::printf("%-12s %4s %5s %7s %10s %10s %10s %8s\n", "shape", "bits", "axis", "threads",
+                         "GB/s src", "GB/s r+w", "copy r+w", "of copy");
+  for (int threads : {1, 2}) {
+    const double copy = copy_bandwidth(threads, reps);
+    for (const Shape& sh : shapes) {
+      const int64_t n = sh.rows * sh.cols;
+      // Enough copies to exceed the last-level cache, used in rotation.
+      const int copies = std::max<int>(1, int((256ll << 20) / (2 * n)) + 1);
+      std::vector<std::vector<uint8_t>> src(size_t(copies), std::vector<uint8_t>(size_t(2 * n)));
+      for (auto& s : src)
+        for (int64_t i = 0; i < n; ++i) {
+          const uint16_t h = f32_to_f16_rne(nd(rng));
+          std::memcpy(&s[size_t(2 * i)], &h, 2);
+        }
+      for (int bits : {4, 8})
+        for (int axis : {0, -1}) {
+          QuantScheme scheme;
+          scheme.bits = bits;
+          scheme.axis = axis;
+          const GroupLayout L = GroupLayout::make({sh.rows, sh.cols}, scheme);
+          std::vector<uint8_t> codes(L.codes_bytes()), scales(size_t(L.num_groups()) * 2),
+              zeros(size_t(L.num_groups()) * 2);
+          std::vector<double> t;
+          for (int r = 0; r < reps + 1; ++r) {
+            const QuantInput in{src[size_t(r % copies)].data(), DType::F16, "bench"};
+            const auto t0 = Clock::now();
+            quantize_cpu(in, L, scheme, NonFinitePolicy::Error, {codes.data(), scales.data(), zeros.data()},
+                         threads);
+            if (r) t.push_back(seconds_since(t0));
+          }
+          const double sec = median(t);
+          const double src_bytes = 2.0 * double(n);
+          const double moved = src_bytes + double(codes.size() + scales.size() + zeros.size());
+          const double gbs_src = src_bytes / sec / 1e9, gbs_rw = moved / sec / 1e9;
+          char name[32];
+          std::snprintf(name, sizeof name, "%lldx%lld", (long long)sh.rows, (long long)sh.cols);
+          if (json) {
+            char row[512];
+            std::snprintf(row, sizeof row,
+                          "{\"shape\":\"%s\",\"bits\":%d,\"axis\":%d,\"threads\":%d,\"seconds\":%.6f,"
+                          "\"gbps_source\":%.3f,\"gbps_read_write\":%.3f,\"copy_gbps_read_write\":%.3f,"
+                          "\"fraction_of_copy\":%.4f}",
+                          name, bits, axis, threads, sec, gbs_src, gbs_rw, copy, gbs_rw / copy);
+            rows_json.push_back(row);
+          } else {
+            std::printf("%-12s %4d %5d %7d %10.2f %10.2f %10.2f %7.0f%%\n", name, bits, axis, threads,
+                        gbs_src, gbs_rw, copy, 100.0 * gbs_rw / copy);
+          }
+        }
+    }
+  }
+  if (json) {
+    std::printf("[\n");
+    for (size_t i = 0; i < rows_json.size(); ++i)
+      std::printf("  %s%s\n", rows_json[i].c_str(), i + 1 < rows_json.size() ? "," : "");
+    std::printf("]\n");
+  }
+  return 0;
+}
