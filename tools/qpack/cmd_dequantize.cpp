@@ -1,0 +1,75 @@
+// qpack dequantize: writes the checkpoint a .qpack reconstructs as one
+// safetensors file (logic in verify/, qpack/dequantize.hpp).
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "commands.hpp"
+#include "qpack/dequantize.hpp"
+#include "qpack/error.hpp"
+#include "qpack/progress.hpp"
+#include "qpack/verify_report.hpp"
+
+namespace qpack::cli {
+
+namespace {
+
+struct DequantizeArgs {
+  std::string qpack, out;
+  std::string dtype;
+  std::string device = "cpu";
+  int threads = 0;
+  bool force = false;
+  bool quiet = false;
+};
+
+int run_dequantize(const DequantizeArgs& a) {
+  DequantizeOptions opt;
+  if (!a.dtype.empty()) {
+    if (a.dtype == "f16") opt.dtype = DType::F16;
+    else if (a.dtype == "bf16") opt.dtype = DType::BF16;
+    else if (a.dtype == "f32") opt.dtype = DType::F32;
+    else throw Error(ErrorCode::InvalidArgument, "", "", "--dtype must be f16, bf16 or f32");
+  }
+  opt.device = parse_verify_device(a.device);
+  opt.threads = a.threads;
+  opt.overwrite = a.force;
+  ProgressBar bar("dequantizing", !a.quiet);
+  if (bar.active())
+    opt.progress = [&](size_t i, size_t n, uint64_t done, uint64_t total, const std::string& tensor) {
+      bar.update(done, total, i, n, tensor);
+    };
+  const DequantizeSummary s = dequantize_file(a.qpack, a.out, opt);
+  bar.finish();
+  if (!a.quiet)
+    std::printf("wrote %s: %zu tensors (%zu dequantized, %zu raw), %s of tensor data, on %s\n", a.out.c_str(),
+                s.tensors, s.quantized, s.tensors - s.quantized, format_bytes(s.output_bytes).c_str(),
+                s.device.c_str());
+  return kExitOk;
+}
+
+}  // namespace
+
+Runner add_dequantize(CLI::App& app) {
+  auto a = std::make_shared<DequantizeArgs>();
+  auto* sub = app.add_subcommand("dequantize",
+                                 "Write the checkpoint a .qpack reconstructs (x^ = fma(q, S, M)) as safetensors");
+  sub->footer(
+      "Quantized tensors are written in their source dtype (or --dtype), rounded to nearest even;\n"
+      "raw tensors are copied byte for byte; the source's safetensors metadata is carried over.\n"
+      "Every section's checksum is verified as it is read. The output appears only when complete.\n"
+      "\n"
+      "Exit codes: 0 ok, 2 usage, 3 bad input, 4 integrity error (checksum/manifest),\n"
+      "5 I/O error (output exists without --force, disk full), 6 --device cuda unusable.");
+  sub->add_option("model", a->qpack, "The .qpack file")->required();
+  sub->add_option("output", a->out, "The .safetensors file to write")->required();
+  sub->add_option("--dtype", a->dtype, "Dtype of dequantized tensors: f16, bf16 or f32 (default: each tensor's source dtype)")
+      ->check(CLI::IsMember({"f16", "bf16", "f32"}));
+  sub->add_option("--device", a->device, "cpu, cuda or auto")->default_str("cpu")->check(CLI::IsMember({"cpu", "cuda", "gpu", "auto"}));
+  sub->add_option("--threads", a->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  sub->add_flag("-f,--force", a->force, "Replace an existing output file");
+  sub->add_flag("-q,--quiet", a->quiet, "No progress and no summary line");
+  return [a] { return run_dequantize(*a); };
+}
+
+}  // namespace qpack::cli

@@ -1,0 +1,170 @@
+// qpack verify: integrity, source comparison, error metrics and the CI gate.
+// All logic is in verify/ (qpack/verify.hpp); this file maps flags and
+// prints.
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "commands.hpp"
+#include "qpack/error.hpp"
+#include "qpack/io.hpp"
+#include "qpack/progress.hpp"
+#include "qpack/verify.hpp"
+#include "qpack/verify_report.hpp"
+
+namespace qpack::cli {
+
+namespace {
+
+const char* kVerifyFooter =
+    "Checks, in order: the .qpack header and manifest, every section checksum (XXH3-64),\n"
+    "that each tensor matches the source checkpoint (name, shape, dtype; raw tensors\n"
+    "byte for byte), and the quantization error of every quantized tensor (relative\n"
+    "Frobenius error, SNR, cosine, max/mean abs error, RMSE, and the count of elements\n"
+    "beyond the error bound of docs/quantization.md section 7, which must be 0).\n"
+    "\n"
+    "Thresholds (the CI gate) come from the flags and/or --policy FILE (JSON: global\n"
+    "thresholds, per-name glob overrides, model totals; see docs/verify-report.md).\n"
+    "Flags override the policy's global thresholds.\n"
+    "\n"
+    "Exit codes:\n"
+    "  0   every check passed and every threshold held\n"
+    "  10  a quality threshold failed (the offenders are listed)\n"
+    "  4   integrity error (checksum, manifest or section mismatch, truncated file),\n"
+    "      source mismatch (missing/extra tensor, shape/dtype, raw bytes differ), or\n"
+    "      elements beyond the error bound (wrong source, or a quantizer bug)\n"
+    "  2   usage error (bad flags, bad policy file)\n"
+    "  3   bad input (malformed source checkpoint)\n"
+    "  5   I/O error (cannot read an input or write a report)\n"
+    "  6   --device cuda without a usable CUDA device, or a CUDA failure\n"
+    "  1   internal error (a bug: please report)\n";
+
+struct VerifyArgs {
+  std::string qpack, source;
+  std::string device = "auto";
+  int threads = 0;
+  std::optional<double> max_rel, min_snr, min_cos, max_abs;
+  std::string policy;
+  bool json = false;
+  std::string json_out, html_out;
+  size_t top = 20;
+  bool quiet = false;
+  uint64_t gpu_chunk_mb = 256;
+};
+
+void check_threshold(const char* flag, const std::optional<double>& v, double lo, double hi) {
+  if (v && !(std::isfinite(*v) && *v >= lo && *v <= hi))
+    throw Error(ErrorCode::InvalidArgument, "", "",
+                std::string(flag) + " must be a finite number in [" + std::to_string(lo) + ", " +
+                    std::to_string(hi) + "]");
+}
+
+void write_report_file(const std::string& path, const std::string& text) {
+  AtomicOutputFile out(path, /*overwrite=*/true);
+  out.write(text.data(), text.size());
+  out.commit();
+}
+
+int run_verify(const VerifyArgs& a) {
+  check_threshold("--max-rel-error", a.max_rel, 0, HUGE_VAL);
+  check_threshold("--max-abs-error", a.max_abs, 0, HUGE_VAL);
+  check_threshold("--min-cosine", a.min_cos, -1, 1);
+  check_threshold("--min-snr", a.min_snr, -HUGE_VAL, HUGE_VAL);
+
+  VerifyOptions opt;
+  opt.device = parse_verify_device(a.device);
+  opt.threads = a.threads;
+  opt.gpu_chunk_bytes = a.gpu_chunk_mb << 20;
+  if (!a.policy.empty()) opt.policy = VerifyPolicy::load(a.policy);
+  Thresholds flags;
+  flags.max_rel_error = a.max_rel;
+  flags.min_snr_db = a.min_snr;
+  flags.min_cosine = a.min_cos;
+  flags.max_abs_error = a.max_abs;
+  opt.policy.global = opt.policy.global.overlaid(flags);
+
+  // Progress on stderr, only on a terminal and without --quiet (ProgressBar
+  // also stays off under CI); one bar per phase.
+  std::unique_ptr<ProgressBar> bar;
+  VerifyProgress::Phase phase = VerifyProgress::Integrity;
+  if (!a.quiet && ProgressBar::terminal_allows())
+    opt.progress = [&](const VerifyProgress& p) {
+      if (!bar || p.phase != phase) {
+        if (bar) bar->finish();
+        phase = p.phase;
+        bar = std::make_unique<ProgressBar>(p.phase == VerifyProgress::Integrity ? "checksums" : "comparing", true);
+      }
+      bar->update(p.done_bytes, p.total_bytes, p.tensor_index, p.tensor_count, p.tensor);
+    };
+
+  const VerifyReport rep = verify(a.qpack, a.source, opt);
+  if (bar) bar->finish();
+
+  if (!a.json_out.empty()) write_report_file(a.json_out, verify_report_json(rep).dump(2) + "\n");
+  if (!a.html_out.empty()) write_report_file(a.html_out, verify_report_html(rep));
+
+  if (a.json) {
+    std::fputs((verify_report_json(rep).dump(2) + "\n").c_str(), stdout);
+  } else if (a.quiet) {
+    // Only what a CI log needs: the failures and the verdict.
+    for (const auto& i : rep.integrity_issues)
+      std::printf("integrity: %s%s%s\n", i.tensor.empty() ? "" : (i.tensor + " ").c_str(),
+                  i.section.empty() ? "" : (i.section + ": ").c_str(), i.message.c_str());
+    for (const auto& n : rep.missing_from_qpack) std::printf("source mismatch: %s: missing from the .qpack\n", n.c_str());
+    for (const auto& t : rep.tensors)
+      for (const auto& p : t.problems) std::printf("source mismatch: %s: %s\n", t.name.c_str(), p.c_str());
+    for (const auto& t : rep.tensors)
+      if (t.sums.bound_violations)
+        std::printf("ERROR BOUND VIOLATED: %s: %llu element(s)\n", t.name.c_str(),
+                    static_cast<unsigned long long>(t.sums.bound_violations));
+    for (const auto& f : rep.gate_failures)
+      std::printf("threshold failed: %s: %s = %s, must be %s %s\n",
+                  f.tensor.empty() ? "model totals" : f.tensor.c_str(), f.metric.c_str(),
+                  format_metric(f.value, 4, true).c_str(), f.op.c_str(), format_metric(f.limit, 4, true).c_str());
+    std::printf("verdict: %s\n", verdict_name(rep.verdict));
+  } else {
+    TableOptions t;
+    t.top = a.top;
+    t.color = isatty(fileno(stdout)) == 1;
+    std::fputs(verify_report_table(rep, t).c_str(), stdout);
+  }
+  std::fflush(stdout);
+  return verdict_exit_code(rep.verdict);
+}
+
+}  // namespace
+
+Runner add_verify(CLI::App& app) {
+  auto a = std::make_shared<VerifyArgs>();
+  auto* sub = app.add_subcommand(
+      "verify", "Check a .qpack's integrity and its quantization error against the source checkpoint");
+  sub->footer(kVerifyFooter);
+  sub->add_option("model", a->qpack, "The .qpack file")->required();
+  sub->add_option("source", a->source,
+                  "The checkpoint it was converted from (.safetensors, model.safetensors.index.json, or a folder)")
+      ->required();
+  sub->add_option("--device", a->device, "cpu, cuda or auto (GPU when one is usable)")
+      ->default_str("auto")
+      ->check(CLI::IsMember({"cpu", "cuda", "gpu", "auto"}));
+  sub->add_option("--threads", a->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  sub->add_option("--max-rel-error", a->max_rel, "Fail a tensor whose ||x-x^||/||x|| is above this");
+  sub->add_option("--min-snr", a->min_snr, "Fail a tensor whose SNR (dB) is below this");
+  sub->add_option("--min-cosine", a->min_cos, "Fail a tensor whose cosine similarity is below this");
+  sub->add_option("--max-abs-error", a->max_abs, "Fail a tensor whose largest |x-x^| is above this");
+  sub->add_option("--policy", a->policy, "Threshold policy (JSON; see docs/verify-report.md)");
+  sub->add_flag("--json", a->json, "Print the JSON report on stdout instead of the table");
+  sub->add_option("--json-out", a->json_out, "Also write the JSON report to this file");
+  sub->add_option("--html", a->html_out, "Also write a self-contained HTML report to this file");
+  sub->add_option("--top", a->top, "Worst tensors listed in the table (0: all)")->default_str("20");
+  sub->add_flag("-q,--quiet", a->quiet, "No progress and no table: only failures and the verdict");
+  sub->add_option("--gpu-chunk-mb", a->gpu_chunk_mb, "Device staging buffer size per chunk (MiB)")
+      ->default_str("256")
+      ->check(CLI::PositiveNumber);
+  return [a] { return run_verify(*a); };
+}
+
+}  // namespace qpack::cli

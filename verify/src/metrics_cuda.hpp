@@ -1,0 +1,30 @@
+// Host interface of the CUDA path (metrics_cuda.cu), kept free of CUDA and
+// JSON headers so that plain C++ files can call it. Only compiled in when
+// QPACK_VERIFY_CUDA is defined.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "metrics_core.hpp"
+
+namespace qpack::vcuda {
+
+struct DeviceState;
+
+// True when a device is usable; *description names it ("cuda:0 (NVIDIA ...)").
+bool available(std::string* description);
+// Throws Error(NoDevice) when no device is usable, Error(Cuda) on failures.
+DeviceState* create(uint64_t chunk_bytes);
+void destroy(DeviceState* s) noexcept;
+std::string description(const DeviceState* s);
+
+// Host buffers in `view` (whole tensors: row0 = plane0 = srow0 = c0 = 0,
+// pitch = inner): staged in chunks of whole blocks; out_blocks[g.blocks].
+void compute_host(DeviceState* s, const vcore::Geometry& g, const vcore::ChunkView& view,
+                  vcore::Partial* out_blocks, const std::string& tensor);
+// Device buffers in `view` (whole tensors): one launch over every block.
+void compute_device(DeviceState* s, const vcore::Geometry& g, const vcore::ChunkView& view,
+                    vcore::Partial* out_blocks, float* kernel_ms, const std::string& tensor);
+
+}  // namespace qpack::vcuda

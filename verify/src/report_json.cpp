@@ -1,0 +1,197 @@
+// The JSON report. docs/verify-report.md documents every field; bump
+// "schema_version" when a field changes meaning or disappears.
+#include <cmath>
+#include <cstdio>
+
+#include "qpack/error.hpp"
+#include "qpack/verify_report.hpp"
+
+namespace qpack {
+
+namespace {
+
+nlohmann::json num(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  return v;
+}
+
+nlohmann::json opt_num(const std::optional<double>& v) { return v ? num(*v) : nlohmann::json(nullptr); }
+
+nlohmann::json ratio(uint64_t before, uint64_t after) {
+  if (after == 0) return nullptr;
+  return double(before) / double(after);
+}
+
+nlohmann::json metrics_json(const ErrorSums& s) {
+  nlohmann::json m;
+  m["elements"] = s.count;
+  m["nonfinite_skipped"] = s.nonfinite;
+  m["rel_error"] = num(s.rel_error());
+  m["snr_db"] = num(s.snr_db());
+  m["cosine"] = num(s.cosine());
+  m["rmse"] = num(s.rmse());
+  m["mean_abs_error"] = num(s.mean_abs_err());
+  m["max_abs_error"] = num(s.max_abs_err);
+  m["bound_violations"] = s.bound_violations;
+  m["sums"] = {{"sq_err", num(s.sum_sq_err)},
+               {"abs_err", num(s.sum_abs_err)},
+               {"sq_ref", num(s.sum_sq_ref)},
+               {"sq_hat", num(s.sum_sq_hat)},
+               {"dot", num(s.sum_dot)}};
+  return m;
+}
+
+nlohmann::json failure_json(const GateFailure& f) {
+  return {{"tensor", f.tensor.empty() ? nlohmann::json(nullptr) : nlohmann::json(f.tensor)},
+          {"metric", f.metric},
+          {"value", num(f.value)},
+          {"limit", num(f.limit)},
+          {"condition", f.op}};
+}
+
+nlohmann::json thresholds_json(const Thresholds& t) {
+  return {{"max_rel_error", opt_num(t.max_rel_error)},
+          {"min_snr_db", opt_num(t.min_snr_db)},
+          {"min_cosine", opt_num(t.min_cosine)},
+          {"max_abs_error", opt_num(t.max_abs_error)}};
+}
+
+nlohmann::json rollup_json(const Rollup& r, bool with_layer_index) {
+  nlohmann::json j;
+  j["key"] = r.key;
+  if (with_layer_index) j["layer_index"] = r.layer_index >= 0 ? nlohmann::json(r.layer_index) : nlohmann::json(nullptr);
+  j["tensors"] = r.tensors;
+  j["quantized_tensors"] = r.quantized;
+  j["elements"] = r.elements;
+  j["source_bytes"] = r.source_bytes;
+  j["stored_bytes"] = r.stored_bytes;
+  j["compression_ratio"] = ratio(r.source_bytes, r.stored_bytes);
+  j["metrics"] = metrics_json(r.sums);
+  j["worst_tensor"] = r.worst_tensor.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.worst_tensor);
+  return j;
+}
+
+}  // namespace
+
+nlohmann::json verify_report_json(const VerifyReport& rep) {
+  nlohmann::json j;
+  j["schema"] = "qpack-verify-report";
+  j["schema_version"] = 1;
+  j["verdict"] = verdict_name(rep.verdict);
+  j["exit_code"] = verdict_exit_code(rep.verdict);
+
+  nlohmann::json settings;
+  settings["file"] = rep.file;
+  settings["source"] = rep.source;
+  settings["device"] = rep.device;
+  settings["device_requested"] = verify_device_name(rep.device_requested);
+  settings["threads"] = rep.threads;
+  settings["qpack_version"] = rep.qpack_version;
+  settings["created_utc"] = rep.created_utc;
+  settings["policy_file"] = rep.policy.source_file.empty() ? nlohmann::json(nullptr)
+                                                           : nlohmann::json(rep.policy.source_file);
+  settings["thresholds"] = thresholds_json(rep.policy.global);
+  settings["model_thresholds"] = thresholds_json(rep.policy.model);
+  settings["policy"] = rep.policy.to_json();
+  j["settings"] = std::move(settings);
+
+  j["file"] = {{"path", rep.file},
+               {"size_bytes", rep.file_bytes},
+               {"format_version", rep.format_version.empty() ? nlohmann::json(nullptr)
+                                                             : nlohmann::json(rep.format_version)}};
+
+  nlohmann::json issues = nlohmann::json::array();
+  for (const auto& i : rep.integrity_issues)
+    issues.push_back({{"tensor", i.tensor.empty() ? nlohmann::json(nullptr) : nlohmann::json(i.tensor)},
+                      {"section", i.section.empty() ? nlohmann::json(nullptr) : nlohmann::json(i.section)},
+                      {"code", i.code},
+                      {"message", i.message}});
+  j["integrity"] = {{"ok", rep.integrity_ok},
+                    {"sections_checked", rep.sections_checked},
+                    {"bytes_checked", rep.bytes_checked},
+                    {"issues", std::move(issues)}};
+
+  nlohmann::json mismatched = nlohmann::json::array();
+  for (const auto& t : rep.tensors)
+    if (!t.problems.empty()) mismatched.push_back({{"tensor", t.name}, {"problems", t.problems}});
+  j["source_check"] = {{"ok", rep.missing_from_qpack.empty() && mismatched.empty()},
+                       {"missing_from_qpack", rep.missing_from_qpack},
+                       {"extra_in_qpack", rep.extra_in_qpack},
+                       {"mismatched", std::move(mismatched)}};
+
+  nlohmann::json tensors = nlohmann::json::array();
+  for (const auto& t : rep.tensors) {
+    nlohmann::json o;
+    o["name"] = t.name;
+    o["layer"] = t.layer.label();
+    o["layer_index"] = t.layer.global() ? nlohmann::json(nullptr) : nlohmann::json(t.layer.index);
+    o["kind"] = t.kind;
+    o["dtype"] = dtype_name(t.dtype);
+    o["shape"] = t.shape;
+    o["quantized"] = t.quantized;
+    if (t.quantized)
+      o["scheme"] = {{"bits", t.scheme.bits},
+                     {"group_size", t.scheme.group_size},
+                     {"axis", t.scheme.axis},
+                     {"symmetric", t.scheme.symmetric},
+                     {"scale_dtype", dtype_name(t.scheme.scale_dtype)}};
+    else
+      o["scheme"] = nullptr;
+    o["elements"] = t.elements;
+    o["source_bytes"] = t.source_bytes;
+    o["stored_bytes"] = t.stored_bytes;
+    o["compression_ratio"] = ratio(t.source_bytes, t.stored_bytes);
+    o["compared"] = t.compared;
+    if (t.quantized && t.compared) {
+      nlohmann::json m = metrics_json(t.sums);
+      m["max_abs_index"] = t.sums.max_abs_index;
+      m["first_bound_violation_index"] =
+          t.sums.first_violation_index >= 0 ? nlohmann::json(t.sums.first_violation_index) : nlohmann::json(nullptr);
+      o["metrics"] = std::move(m);
+    } else {
+      o["metrics"] = nullptr;
+    }
+    o["raw_equal"] = !t.quantized && t.compared ? nlohmann::json(t.raw_equal) : nlohmann::json(nullptr);
+    o["status"] = tensor_status_name(t.status);
+    o["problems"] = t.problems;
+    nlohmann::json gf = nlohmann::json::array();
+    for (const auto& f : t.gate_failures) gf.push_back(failure_json(f));
+    o["gate_failures"] = std::move(gf);
+    o["policy_rule"] = t.policy_rule >= 0 ? nlohmann::json(t.policy_rule) : nlohmann::json(nullptr);
+    o["gate_ignored"] = t.gate_ignored;
+    tensors.push_back(std::move(o));
+  }
+  j["tensors"] = std::move(tensors);
+
+  nlohmann::json layers = nlohmann::json::array();
+  for (const auto& r : rep.layers) layers.push_back(rollup_json(r, true));
+  j["layers"] = std::move(layers);
+  nlohmann::json kinds = nlohmann::json::array();
+  for (const auto& r : rep.kinds) kinds.push_back(rollup_json(r, false));
+  j["kinds"] = std::move(kinds);
+  j["model"] = rollup_json(rep.model, false);
+
+  nlohmann::json gate = nlohmann::json::array();
+  for (const auto& f : rep.gate_failures) gate.push_back(failure_json(f));
+  j["gate"] = {{"passed", rep.gate_failures.empty()}, {"failures", std::move(gate)}};
+  j["bound_violations"] = rep.bound_violations;
+
+  nlohmann::json per_tensor = nlohmann::json::array();
+  for (const auto& t : rep.tensors) per_tensor.push_back(t.seconds);
+  j["timing"] = {{"total_s", rep.seconds},
+                 {"integrity_s", rep.integrity_seconds},
+                 {"compare_s", rep.compare_seconds},
+                 {"tensor_s", std::move(per_tensor)}};
+  return j;
+}
+
+std::string format_metric(double v, int precision, bool scientific) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, scientific ? "%.*e" : "%.*f", precision, v);
+  return buf;
+}
+
+}  // namespace qpack

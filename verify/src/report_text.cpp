@@ -1,0 +1,238 @@
+// The terminal report: worst tensors first, then the per-layer summary, the
+// totals and the verdict (last, so that it is what a CI log shows at the end).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "qpack/verify_report.hpp"
+
+namespace qpack {
+
+namespace {
+
+// Left- or right-aligned columns; the widths come from the content.
+class TextTable {
+ public:
+  explicit TextTable(std::vector<std::string> header, std::vector<bool> right)
+      : header_(std::move(header)), right_(std::move(right)) {}
+  void add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
+  std::string render(const std::string& indent) const {
+    std::vector<size_t> w(header_.size(), 0);
+    auto measure = [&](const std::vector<std::string>& r) {
+      for (size_t c = 0; c < r.size() && c < w.size(); ++c) w[c] = std::max(w[c], display_width(r[c]));
+    };
+    measure(header_);
+    for (const auto& r : rows_) measure(r);
+    std::string out;
+    auto line = [&](const std::vector<std::string>& r) {
+      std::string l = indent;
+      for (size_t c = 0; c < w.size(); ++c) {
+        const std::string& cell = c < r.size() ? r[c] : std::string();
+        const std::string pad(w[c] - display_width(cell), ' ');
+        if (c) l += "  ";
+        l += right_[c] ? pad + cell : cell + (c + 1 < w.size() ? pad : std::string());
+      }
+      while (!l.empty() && l.back() == ' ') l.pop_back();
+      out += l + "\n";
+    };
+    line(header_);
+    std::vector<std::string> rule;
+    for (size_t c = 0; c < w.size(); ++c) rule.push_back(std::string(w[c], '-'));
+    line(rule);
+    for (const auto& r : rows_) line(r);
+    return out;
+  }
+
+ private:
+  static size_t display_width(const std::string& s) {
+    size_t n = 0;
+    for (unsigned char c : s) n += (c & 0xC0) != 0x80;  // count UTF-8 code points
+    return n;
+  }
+  std::vector<std::string> header_;
+  std::vector<bool> right_;
+  std::vector<std::vector<std::string>> rows_;
+};
+
+std::string ellipsize(const std::string& s, size_t max) {
+  if (s.size() <= max) return s;
+  const size_t keep = max - 3;
+  return s.substr(0, keep / 3) + "..." + s.substr(s.size() - (keep - keep / 3));
+}
+
+std::string sci(double v) { return format_metric(v, 3, true); }
+std::string fixed(double v, int p) { return format_metric(v, p, false); }
+
+std::string ratio_str(uint64_t before, uint64_t after) {
+  if (after == 0) return "-";
+  return fixed(double(before) / double(after), 2) + "x";
+}
+
+std::string scheme_short(const TensorResult& t) {
+  if (!t.quantized) return "raw";
+  return scheme_to_string(t.scheme);
+}
+
+std::string threshold_name(const std::string& metric) {
+  if (metric == "rel_error") return "max_rel_error";
+  if (metric == "snr_db") return "min_snr_db";
+  if (metric == "cosine") return "min_cosine";
+  return "max_abs_error";
+}
+
+std::string describe_failure(const GateFailure& f) {
+  const bool le = f.op == "<=";
+  const bool sc = f.metric != "snr_db" && f.metric != "cosine";
+  const std::string v = sc ? sci(f.value) : fixed(f.value, f.metric == "cosine" ? 6 : 2);
+  const std::string l = sc ? sci(f.limit) : fixed(f.limit, f.metric == "cosine" ? 6 : 2);
+  return f.metric + " " + v + (le ? " > " : " < ") + l + " (" + threshold_name(f.metric) + ")";
+}
+
+}  // namespace
+
+std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt) {
+  std::string out;
+  auto add = [&](const std::string& s) { out += s + "\n"; };
+
+  size_t quantized = 0, raw = 0;
+  for (const auto& t : rep.tensors) (t.quantized ? quantized : raw)++;
+  add("qpack verify " + rep.file + " against " + rep.source);
+  add("  " + rep.device + "; " + std::to_string(rep.tensors.size()) + " tensors (" +
+      std::to_string(quantized) + " quantized, " + std::to_string(raw) + " raw); " +
+      format_bytes(rep.model.source_bytes) + " -> " + format_bytes(rep.model.stored_bytes) + " (" +
+      ratio_str(rep.model.source_bytes, rep.model.stored_bytes) + ")");
+
+  // Integrity.
+  if (rep.integrity_ok) {
+    add("  integrity: OK (" + std::to_string(rep.sections_checked) + " sections, " +
+        format_bytes(rep.bytes_checked) + " checksummed)");
+  } else {
+    add("");
+    add("INTEGRITY FAILURE: " + std::to_string(rep.integrity_issues.size()) + " problem(s); nothing was compared");
+    for (const auto& i : rep.integrity_issues) {
+      std::string where = i.tensor.empty() ? "file" : "tensor '" + i.tensor + "'";
+      if (!i.section.empty()) where += " section " + i.section;
+      add("  " + where + ": " + i.message);
+    }
+  }
+
+  // Source mismatches.
+  std::vector<const TensorResult*> mismatched;
+  for (const auto& t : rep.tensors)
+    if (!t.problems.empty()) mismatched.push_back(&t);
+  if (!rep.missing_from_qpack.empty() || !mismatched.empty()) {
+    add("");
+    add("SOURCE MISMATCH:");
+    for (const auto& n : rep.missing_from_qpack) add("  " + n + ": in the source checkpoint, missing from the .qpack");
+    for (const auto* t : mismatched)
+      for (const auto& p : t->problems) add("  " + t->name + ": " + p);
+  }
+
+  // Bound violations: a bug or the wrong source; loud.
+  if (rep.bound_violations > 0) {
+    add("");
+    add("!!! ERROR BOUND VIOLATED: " + std::to_string(rep.bound_violations) +
+        " element(s) exceed the bound of docs/quantization.md section 7.");
+    add("!!! Either this .qpack was not converted from this source checkpoint, or the quantizer has a bug");
+    add("!!! (please report it with this output):");
+    for (const auto& t : rep.tensors)
+      if (t.sums.bound_violations > 0)
+        add("!!!   " + t.name + ": " + std::to_string(t.sums.bound_violations) +
+            " element(s), first at flat index " + std::to_string(t.sums.first_violation_index));
+  }
+
+  // Worst tensors.
+  std::vector<const TensorResult*> q;
+  for (const auto& t : rep.tensors)
+    if (t.quantized && t.compared) q.push_back(&t);
+  std::stable_sort(q.begin(), q.end(), [](const TensorResult* a, const TensorResult* b) {
+    const double ra = a->sums.rel_error(), rb = b->sums.rel_error();
+    const double ka = std::isnan(ra) ? INFINITY : ra, kb = std::isnan(rb) ? INFINITY : rb;
+    return ka > kb;
+  });
+  if (!q.empty()) {
+    const size_t n = opt.top == 0 ? q.size() : std::min(opt.top, q.size());
+    add("");
+    add(n == q.size() ? "Tensors by relative error (worst first):"
+                      : "Worst " + std::to_string(n) + " of " + std::to_string(q.size()) +
+                            " quantized tensors by relative error (--top N, --top 0 for all):");
+    TextTable tt({"tensor", "scheme", "rel err", "SNR dB", "cosine", "max abs", "at index", "RMSE",
+                  "viol", "status"},
+                 {false, false, true, true, true, true, true, true, true, false});
+    for (size_t i = 0; i < n; ++i) {
+      const TensorResult& t = *q[i];
+      std::string status = tensor_status_name(t.status);
+      if (t.gate_ignored) status += " (gate ignored)";
+      tt.add({ellipsize(t.name, 64), scheme_short(t), sci(t.sums.rel_error()), fixed(t.sums.snr_db(), 2),
+              fixed(t.sums.cosine(), 6), sci(t.sums.max_abs_err),
+              t.sums.max_abs_index >= 0 ? std::to_string(t.sums.max_abs_index) : "-", sci(t.sums.rmse()),
+              std::to_string(t.sums.bound_violations), status});
+    }
+    out += tt.render("  ");
+    uint64_t nonfinite = 0;
+    for (const auto* t : q) nonfinite += t->sums.nonfinite;
+    if (nonfinite > 0)
+      add("  (" + std::to_string(nonfinite) + " NaN/Inf source elements were excluded from the metrics)");
+  }
+
+  // Per layer.
+  if (!rep.layers.empty() && rep.integrity_ok) {
+    add("");
+    add("Per layer:");
+    TextTable lt({"layer", "tensors", "elements", "source", "stored", "ratio", "rel err", "SNR dB",
+                  "cosine", "max abs", "worst tensor"},
+                 {false, true, true, true, true, true, true, true, true, true, false});
+    for (const auto& l : rep.layers) {
+      const bool m = l.quantized > 0;
+      lt.add({l.key, std::to_string(l.tensors), std::to_string(l.elements), format_bytes(l.source_bytes),
+              format_bytes(l.stored_bytes), ratio_str(l.source_bytes, l.stored_bytes),
+              m ? sci(l.sums.rel_error()) : "-", m ? fixed(l.sums.snr_db(), 2) : "-",
+              m ? fixed(l.sums.cosine(), 6) : "-", m ? sci(l.sums.max_abs_err) : "-",
+              ellipsize(l.worst_tensor, 48)});
+    }
+    out += lt.render("  ");
+  }
+
+  // Totals.
+  if (rep.integrity_ok) {
+    const ErrorSums& s = rep.model.sums;
+    add("");
+    add("Model (" + std::to_string(rep.model.quantized) + " quantized tensors, " + std::to_string(s.count) +
+        " elements, element-weighted): rel err " + sci(s.rel_error()) + ", SNR " + fixed(s.snr_db(), 2) +
+        " dB, cosine " + fixed(s.cosine(), 6) + ", max abs " + sci(s.max_abs_err) + ", RMSE " +
+        sci(s.rmse()) + ", mean abs " + sci(s.mean_abs_err()) + ", bound violations " +
+        std::to_string(rep.bound_violations));
+  }
+
+  // Gate.
+  if (!rep.gate_failures.empty()) {
+    add("");
+    add("Gate: " + std::to_string(rep.gate_failures.size()) + " threshold(s) failed:");
+    for (const auto& f : rep.gate_failures)
+      add("  " + (f.tensor.empty() ? std::string("model totals") : f.tensor) + ": " + describe_failure(f));
+  } else if (rep.integrity_ok && !rep.policy.any()) {
+    add("");
+    add("Gate: no thresholds set (--max-rel-error, --min-snr, --min-cosine, --max-abs-error, --policy)");
+  }
+
+  // Verdict.
+  std::string verdict;
+  switch (rep.verdict) {
+    case Verdict::Pass: verdict = "PASS"; break;
+    case Verdict::GateFailed: verdict = "FAIL: quality thresholds not met"; break;
+    case Verdict::BoundViolated: verdict = "FAIL: error bound violated (wrong source or quantizer bug)"; break;
+    case Verdict::SourceMismatch: verdict = "FAIL: the .qpack does not match the source checkpoint"; break;
+    case Verdict::IntegrityFailed: verdict = "FAIL: integrity error"; break;
+  }
+  const char* on = opt.color ? (rep.verdict == Verdict::Pass ? "\033[1;32m" : "\033[1;31m") : "";
+  const char* off = opt.color ? "\033[0m" : "";
+  add("");
+  add(std::string("Verdict: ") + on + verdict + off + " (exit code " +
+      std::to_string(verdict_exit_code(rep.verdict)) + ")");
+  return out;
+}
+
+}  // namespace qpack

@@ -1,0 +1,358 @@
+// verify(): integrity, source comparison, metrics, roll-ups and the gate.
+// Streams tensor by tensor: at any time only one tensor's sections (and, for
+// zstd files, their decoded bytes) are resident; mmap pages are released as
+// soon as a tensor is done.
+#include <omp.h>
+
+#include <chrono>
+#include <cstring>
+#include <ctime>
+#include <map>
+#include <tuple>
+
+#include "qpack/checkpoint.hpp"
+#include "qpack/container.hpp"
+#include "qpack/error.hpp"
+#include "qpack/quantize.hpp"
+#include "qpack/verify.hpp"
+#include "qpack/verify_metrics.hpp"
+
+#ifndef QPACK_VERSION_STRING
+#define QPACK_VERSION_STRING "unknown"
+#endif
+
+namespace qpack {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+std::string utc_now_iso8601() {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+bool is_io_error(ErrorCode c) {
+  return c == ErrorCode::Io || c == ErrorCode::DiskFull || c == ErrorCode::OutputExists;
+}
+
+struct NamedSection {
+  const char* name;
+  const Section* section;
+  uint64_t expected;  // decoded size the layout implies
+};
+
+std::vector<NamedSection> sections_of(const QpackTensor& t) {
+  std::vector<NamedSection> out;
+  if (t.quantized) {
+    const uint64_t params = uint64_t(t.layout.num_groups()) * uint64_t(scale_bytes(t.scheme.scale_dtype));
+    out.push_back({"codes", &t.codes, t.layout.codes_bytes()});
+    out.push_back({"scales", &t.scales, params});
+    if (!t.scheme.symmetric) out.push_back({"zeros", &t.zeros, params});
+  } else {
+    out.push_back({"data", &t.data, t.source_bytes()});
+  }
+  return out;
+}
+
+std::string shape_string(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+// Checks every section's checksum and decoded size; records each failure.
+void check_integrity(const QpackFile& qf, VerifyReport& rep, const VerifyOptions& opt) {
+  VerifyProgress pr;
+  pr.phase = VerifyProgress::Integrity;
+  pr.tensor_count = qf.tensors().size();
+  for (const auto& t : qf.tensors()) pr.total_bytes += t.stored_bytes();
+  for (size_t ti = 0; ti < qf.tensors().size(); ++ti) {
+    const QpackTensor& t = qf.tensors()[ti];
+    pr.tensor_index = ti;
+    pr.tensor = t.name;
+    if (opt.progress) opt.progress(pr);
+    for (const NamedSection& ns : sections_of(t)) {
+      if (!ns.section->present) {
+        if (ns.expected > 0)
+          rep.integrity_issues.push_back({t.name, ns.name, error_code_name(ErrorCode::ManifestMismatch),
+                                          std::string("the ") + ns.name + " section is missing"});
+        continue;
+      }
+      try {
+        const SectionBytes b = qf.read(t, *ns.section);
+        if (b.size != ns.expected)
+          rep.integrity_issues.push_back(
+              {t.name, ns.name, error_code_name(ErrorCode::ManifestMismatch),
+               std::string("the ") + ns.name + " section decodes to " + std::to_string(b.size) +
+                   " bytes; the tensor's layout needs " + std::to_string(ns.expected)});
+        ++rep.sections_checked;
+        rep.bytes_checked += ns.section->size;
+      } catch (const Error& e) {
+        if (is_io_error(e.code())) throw;
+        rep.integrity_issues.push_back({t.name, ns.name, error_code_name(e.code()), e.what()});
+      }
+      qf.release(*ns.section);
+      pr.done_bytes += ns.section->size;
+    }
+  }
+  pr.tensor_index = pr.tensor_count;
+  pr.tensor.clear();
+  if (opt.progress) opt.progress(pr);
+}
+
+void check_thresholds(const ErrorSums& s, const Thresholds& th, const std::string& tensor,
+                      std::vector<GateFailure>* out) {
+  if (th.max_rel_error) {
+    const double v = s.rel_error();
+    if (!(v <= *th.max_rel_error)) out->push_back({tensor, "rel_error", v, *th.max_rel_error, "<="});
+  }
+  if (th.min_snr_db) {
+    const double v = s.snr_db();
+    if (!(v >= *th.min_snr_db)) out->push_back({tensor, "snr_db", v, *th.min_snr_db, ">="});
+  }
+  if (th.min_cosine) {
+    const double v = s.cosine();
+    if (!(v >= *th.min_cosine)) out->push_back({tensor, "cosine", v, *th.min_cosine, ">="});
+  }
+  if (th.max_abs_error) {
+    const double v = s.max_abs_err;
+    if (!(v <= *th.max_abs_error)) out->push_back({tensor, "max_abs_error", v, *th.max_abs_error, "<="});
+  }
+}
+
+void add_to_rollup(Rollup& r, const TensorResult& t) {
+  ++r.tensors;
+  r.elements += t.elements;
+  r.source_bytes += t.source_bytes;
+  r.stored_bytes += t.stored_bytes;
+  if (!t.quantized || !t.compared) return;
+  ++r.quantized;
+  r.sums.add(t.sums);
+  const double rel = t.sums.rel_error();
+  if (r.worst_tensor.empty() || !(rel <= r.worst_rel_error)) {
+    r.worst_tensor = t.name;
+    r.worst_rel_error = rel;
+  }
+}
+
+void build_rollups(VerifyReport& rep) {
+  // Global first, then by stack name and numeric index.
+  std::map<std::tuple<int, std::string, int64_t>, Rollup> layers;
+  std::map<std::string, Rollup> kinds;
+  rep.model = Rollup{};
+  rep.model.key = "model";
+  for (const TensorResult& t : rep.tensors) {
+    const auto key = std::make_tuple(t.layer.global() ? 0 : 1, t.layer.stack, t.layer.index);
+    Rollup& l = layers[key];
+    l.key = t.layer.label();
+    l.layer_index = t.layer.index;
+    add_to_rollup(l, t);
+    Rollup& k = kinds[t.kind];
+    k.key = t.kind;
+    add_to_rollup(k, t);
+    add_to_rollup(rep.model, t);
+  }
+  rep.layers.clear();
+  for (auto& [k, r] : layers) rep.layers.push_back(std::move(r));
+  rep.kinds.clear();
+  for (auto& [k, r] : kinds) rep.kinds.push_back(std::move(r));
+}
+
+}  // namespace
+
+void apply_gate(VerifyReport& rep) {
+  rep.gate_failures.clear();
+  rep.bound_violations = 0;
+  bool mismatch = !rep.missing_from_qpack.empty();
+  for (TensorResult& t : rep.tensors) {
+    t.gate_failures.clear();
+    const Thresholds th = rep.policy.for_tensor(t.name, &t.policy_rule, &t.gate_ignored);
+    if (t.quantized && t.compared && !t.gate_ignored) check_thresholds(t.sums, th, t.name, &t.gate_failures);
+    rep.bound_violations += t.sums.bound_violations;
+    if (!t.problems.empty()) {
+      t.status = TensorStatus::SourceMismatch;
+      mismatch = true;
+    } else if (t.sums.bound_violations > 0) {
+      t.status = TensorStatus::BoundViolated;
+    } else if (!t.gate_failures.empty()) {
+      t.status = TensorStatus::GateFailed;
+    } else {
+      t.status = TensorStatus::Ok;
+    }
+    rep.gate_failures.insert(rep.gate_failures.end(), t.gate_failures.begin(), t.gate_failures.end());
+  }
+  if (rep.integrity_ok) check_thresholds(rep.model.sums, rep.policy.model, "", &rep.gate_failures);
+  if (!rep.integrity_ok) rep.verdict = Verdict::IntegrityFailed;
+  else if (mismatch) rep.verdict = Verdict::SourceMismatch;
+  else if (rep.bound_violations > 0) rep.verdict = Verdict::BoundViolated;
+  else if (!rep.gate_failures.empty()) rep.verdict = Verdict::GateFailed;
+  else rep.verdict = Verdict::Pass;
+}
+
+VerifyReport verify(const std::string& qpack_path, const std::string& source_path,
+                    const VerifyOptions& opt) {
+  const auto t_start = Clock::now();
+  VerifyReport rep;
+  rep.file = qpack_path;
+  rep.source = source_path;
+  rep.device_requested = opt.device;
+  rep.threads = opt.threads > 0 ? opt.threads : omp_get_max_threads();
+  rep.policy = opt.policy;
+  rep.qpack_version = QPACK_VERSION_STRING;
+  rep.created_utc = utc_now_iso8601();
+
+  // The device first, so that an unusable --device cuda fails before any work.
+  std::unique_ptr<CudaMetricsEngine> gpu;
+  if (opt.device == VerifyDevice::Cuda || (opt.device == VerifyDevice::Auto && verify_cuda_available()))
+    gpu = CudaMetricsEngine::create(opt.gpu_chunk_bytes);
+  rep.device = gpu ? gpu->description() : "cpu (" + std::to_string(rep.threads) + " threads)";
+
+  // 1. Integrity: header and manifest (open), then every section.
+  const auto t_int = Clock::now();
+  std::unique_ptr<QpackFile> qf;
+  try {
+    qf = QpackFile::open(qpack_path);
+  } catch (const Error& e) {
+    if (is_io_error(e.code())) throw;
+    rep.integrity_issues.push_back({"", "", error_code_name(e.code()), e.what()});
+  }
+  if (qf) {
+    rep.file_bytes = qf->file_size();
+    rep.format_version = std::to_string(qf->version_major()) + "." + std::to_string(qf->version_minor());
+    check_integrity(*qf, rep, opt);
+  }
+  rep.integrity_ok = rep.integrity_issues.empty();
+  rep.integrity_seconds = seconds_since(t_int);
+  if (!rep.integrity_ok) {
+    // A corrupted file's numbers mean nothing: report the damage only.
+    if (qf)
+      for (const auto& t : qf->tensors()) {
+        TensorResult r;
+        r.name = t.name;
+        r.layer = parse_layer(t.name);
+        r.kind = tensor_kind(t.name);
+        r.dtype = t.dtype;
+        r.shape = t.shape;
+        r.quantized = t.quantized;
+        r.scheme = t.scheme;
+        r.source_bytes = t.source_bytes();
+        r.stored_bytes = t.stored_bytes();
+        rep.tensors.push_back(std::move(r));
+      }
+    build_rollups(rep);
+    apply_gate(rep);
+    rep.seconds = seconds_since(t_start);
+    return rep;
+  }
+
+  // 2. Source comparison and metrics, one tensor at a time.
+  const auto t_cmp = Clock::now();
+  std::unique_ptr<Checkpoint> ck = Checkpoint::open(source_path);
+  for (const CheckpointTensor& st : ck->tensors())
+    if (!qf->find(st.name())) rep.missing_from_qpack.push_back(st.name());
+
+  VerifyProgress pr;
+  pr.phase = VerifyProgress::Compare;
+  pr.tensor_count = qf->tensors().size();
+  for (const auto& t : qf->tensors()) pr.total_bytes += t.source_bytes();
+
+  for (size_t ti = 0; ti < qf->tensors().size(); ++ti) {
+    const QpackTensor& t = qf->tensors()[ti];
+    const auto t0 = Clock::now();
+    pr.tensor_index = ti;
+    pr.tensor = t.name;
+    if (opt.progress) opt.progress(pr);
+
+    TensorResult r;
+    r.name = t.name;
+    r.layer = parse_layer(t.name);
+    r.kind = tensor_kind(t.name);
+    r.dtype = t.dtype;
+    r.shape = t.shape;
+    r.quantized = t.quantized;
+    r.scheme = t.scheme;
+    r.elements = t.quantized ? uint64_t(t.layout.num_elements()) : 0;
+    if (!t.quantized) {
+      uint64_t n = 1;
+      for (int64_t d : t.shape) n *= uint64_t(d);
+      r.elements = n;
+    }
+    r.source_bytes = t.source_bytes();
+    r.stored_bytes = t.stored_bytes();
+
+    const CheckpointTensor* st = ck->find(t.name);
+    if (!st) {
+      rep.extra_in_qpack.push_back(t.name);
+      r.problems.push_back("not in the source checkpoint");
+    } else {
+      if (st->info->dtype != t.dtype)
+        r.problems.push_back(std::string("dtype differs: source ") + dtype_name(st->info->dtype) +
+                             ", .qpack " + dtype_name(t.dtype));
+      if (st->info->shape != t.shape)
+        r.problems.push_back("shape differs: source " + shape_string(st->info->shape) + ", .qpack " +
+                             shape_string(t.shape));
+    }
+
+    if (r.problems.empty()) {
+      if (t.quantized) {
+        const SectionBytes codes = qf->read(t, t.codes);
+        const SectionBytes scales = qf->read(t, t.scales);
+        SectionBytes zeros;
+        if (!t.scheme.symmetric) zeros = qf->read(t, t.zeros);
+        QuantTensorView v;
+        v.source = st->data();
+        v.source_dtype = t.dtype;
+        v.codes = codes.data;
+        v.scales = scales.data;
+        v.zeros = t.scheme.symmetric ? nullptr : zeros.data;
+        v.layout = t.layout;
+        v.scheme = t.scheme;
+        v.name = t.name;
+        r.sums = gpu ? gpu->compute(v) : compute_error_sums_cpu(v, rep.threads);
+        r.compared = true;
+      } else {
+        const SectionBytes data = qf->read(t, t.data);
+        const uint8_t* src = st->data();
+        const uint64_t n = st->info->nbytes();
+        if (data.size != n) {
+          r.problems.push_back("raw data is " + std::to_string(data.size) + " bytes, the source has " +
+                               std::to_string(n));
+        } else if (n > 0 && std::memcmp(data.data, src, n) != 0) {
+          uint64_t first = 0;
+          while (data.data[first] == src[first]) ++first;
+          r.problems.push_back("raw bytes differ from the source (first difference at byte " +
+                               std::to_string(first) + ")");
+        }
+        r.raw_equal = r.problems.empty();
+        r.compared = true;
+      }
+    }
+    for (const NamedSection& ns : sections_of(t))
+      if (ns.section->present) qf->release(*ns.section);
+    if (st) st->file->release(*st->info);
+
+    r.seconds = seconds_since(t0);
+    pr.done_bytes += t.source_bytes();
+    rep.tensors.push_back(std::move(r));
+  }
+  pr.tensor_index = pr.tensor_count;
+  pr.tensor.clear();
+  if (opt.progress) opt.progress(pr);
+  rep.compare_seconds = seconds_since(t_cmp);
+
+  build_rollups(rep);
+  apply_gate(rep);
+  rep.seconds = seconds_since(t_start);
+  return rep;
+}
+
+}  // namespace qpack
