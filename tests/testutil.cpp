@@ -59,6 +59,11 @@ CommandResult run_qpack(const std::string& args) {
   return run_command(std::string("'") + QPACK_CLI + "' " + args);
 }
 
+void run_testgen(const std::string& args) {
+  const CommandResult r = run_command(std::string("'") + QPACK_TESTGEN + "' " + args);
+  if (r.exit_code != 0) throw std::runtime_error("qpack-testgen " + args + " failed: " + r.output);
+}
+
 uint64_t test_seed() {
   static const uint64_t seed = [] {
     const char* s = std::getenv("QPACK_TEST_SEED");

@@ -35,6 +35,9 @@ CommandResult run_command(const std::string& command_line);
 // Runs the qpack CLI built with the tests: run_qpack("inspect " + path).
 CommandResult run_qpack(const std::string& args);
 
+// Runs qpack-testgen (tools/testgen) with `args`; throws on failure.
+void run_testgen(const std::string& args);
+
 // Seed for random tests: $QPACK_TEST_SEED when set, otherwise fresh per run
 // (printed, so a failure can be replayed).
 uint64_t test_seed();

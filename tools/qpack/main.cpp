@@ -1,5 +1,6 @@
 // qpack: thin CLI over the qpack libraries. All logic lives in format/,
 // converter/, kernels/ and verify/.
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <map>
@@ -19,6 +20,9 @@ static const char* kExitCodes =
     "  10  verify: a quality threshold failed\n";
 
 int main(int argc, char** argv) {
+  // A file-size limit (ulimit -f) should fail the write with a message, not
+  // kill the process: the temporary file is then removed.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"qpack: group-quantize LLM checkpoints into one verified, checksummed .qpack file"};
   app.footer(kExitCodes);
   app.set_version_flag("--version", std::string("qpack ") + QPACK_VERSION_STRING);

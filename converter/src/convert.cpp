@@ -1,0 +1,210 @@
+// The conversion pipeline. Tensors stream in source order: quantizing tensor
+// n overlaps writing tensor n-1 (one writer task in flight, two buffer sets),
+// and each tensor's mapped source pages are released once written, so peak
+// memory is about two tensors' outputs plus one tensor's source pages, not
+// the model's size.
+#include "qpack/convert.hpp"
+
+#include <chrono>
+#include <future>
+#include <memory>
+
+#include "qpack/checkpoint.hpp"
+#include "qpack/error.hpp"
+#include "qpack/io.hpp"
+
+namespace qpack {
+
+namespace {
+
+std::string scheme_json_name(const QuantScheme& s) { return dtype_name(s.scale_dtype); }
+
+// A growable byte buffer that does not zero what it hands out (the
+// quantizer writes every byte).
+class ByteBuffer {
+ public:
+  uint8_t* get(uint64_t n) {
+    if (n > cap_) {
+      data_.reset(new uint8_t[n]);
+      cap_ = n;
+    }
+    return data_.get();
+  }
+
+ private:
+  std::unique_ptr<uint8_t[]> data_;
+  uint64_t cap_ = 0;
+};
+
+struct BufferSet {
+  ByteBuffer codes, scales, zeros;
+};
+
+}  // namespace
+
+nlohmann::json ConvertSummary::to_json() const {
+  nlohmann::json j;
+  j["tensors_quantized"] = tensors_quantized;
+  j["tensors_kept"] = tensors_kept;
+  j["bytes_in"] = bytes_in;
+  j["bytes_out"] = bytes_out;
+  j["ratio"] = bytes_out ? double(bytes_in) / double(bytes_out) : 0.0;
+  j["bytes_quantized_in"] = bytes_quantized_in;
+  j["bytes_quantized_out"] = bytes_quantized_out;
+  j["seconds"] = seconds;
+  j["gbps"] = seconds > 0 ? double(bytes_in) / seconds / 1e9 : 0.0;
+  j["device"] = device;
+  nlohmann::json t = nlohmann::json::array();
+  for (const auto& p : plan) {
+    nlohmann::json e = {{"name", p.name},
+                        {"dtype", dtype_name(p.dtype)},
+                        {"shape", p.shape},
+                        {"action", p.action == TensorAction::Quantize ? "quantize" : "keep"},
+                        {"reason", p.reason},
+                        {"bytes_in", p.bytes_in},
+                        {"bytes_out", p.bytes_out}};
+    if (p.action == TensorAction::Quantize)
+      e["scheme"] = {{"bits", p.scheme.bits},
+                     {"group_size", p.scheme.group_size},
+                     {"axis", p.scheme.axis},
+                     {"symmetric", p.scheme.symmetric},
+                     {"scale_dtype", scheme_json_name(p.scheme)}};
+    t.push_back(e);
+  }
+  j["tensors"] = t;
+  return j;
+}
+
+namespace {
+
+std::vector<PlanEntry> plan_for(const Checkpoint& ckpt, const Recipe& recipe) {
+  std::vector<PlanEntry> plan;
+  plan.reserve(ckpt.tensors().size());
+  for (const auto& t : ckpt.tensors()) {
+    PlanEntry e;
+    e.name = t.info->name;
+    e.dtype = t.info->dtype;
+    e.shape = t.info->shape;
+    e.bytes_in = t.info->nbytes();
+    const TensorDecision d = decide(recipe, e.name, e.dtype, e.shape);
+    e.action = d.action;
+    e.reason = d.reason;
+    if (d.action == TensorAction::Quantize) {
+      GroupLayout L;
+      try {
+        L = GroupLayout::make(e.shape, d.scheme, e.name);
+      } catch (const Error& err) {
+        throw Error(err.code(), ckpt.path(), e.name, err.reason());
+      }
+      e.scheme = d.scheme;
+      e.scheme.group_size = L.group_size;
+      e.scheme.axis = L.axis;
+      const uint64_t params = uint64_t(L.num_groups()) * uint64_t(scale_bytes(d.scheme.scale_dtype));
+      e.bytes_out = L.codes_bytes() + params * (d.scheme.symmetric ? 1 : 2);
+    } else {
+      e.bytes_out = e.bytes_in;
+    }
+    plan.push_back(std::move(e));
+  }
+  return plan;
+}
+
+}  // namespace
+
+std::vector<PlanEntry> make_plan(const std::string& source, const Recipe& recipe) {
+  const auto ckpt = Checkpoint::open(source);
+  return plan_for(*ckpt, recipe);
+}
+
+ConvertSummary convert_checkpoint(const std::string& source, const std::string& output,
+                                  const ConvertOptions& options, TensorQuantizer& quantizer) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto ckpt = Checkpoint::open(source);
+  for (const auto& f : ckpt->files())
+    if (same_file(output, f->path()))
+      throw Error(ErrorCode::InvalidArgument, output, "",
+                  "the output would overwrite the input checkpoint " + f->path());
+  if (same_file(output, source))
+    throw Error(ErrorCode::InvalidArgument, output, "", "the output is the input");
+
+  ConvertSummary summary;
+  summary.plan = plan_for(*ckpt, options.recipe);
+  summary.device = quantizer.description();
+  ConvertProgress progress;
+  progress.tensors_total = summary.plan.size();
+  for (const auto& p : summary.plan) progress.bytes_total += p.bytes_in;
+
+  WriterOptions wo;
+  wo.codec = options.codec;
+  wo.zstd_level = options.zstd_level;
+  wo.overwrite = options.overwrite;
+  wo.generator = std::string("qpack ") + QPACK_VERSION_STRING;
+  QpackWriter writer(output, wo);
+  writer.set_source(ckpt->metadata(), ckpt->config());
+
+  BufferSet sets[2];
+  std::future<void> pending;  // the write of the previous tensor
+  auto wait_pending = [&] {
+    if (pending.valid()) pending.get();
+  };
+  try {
+    size_t n = 0;
+    for (size_t idx = 0; idx < summary.plan.size(); ++idx) {
+      const PlanEntry& e = summary.plan[idx];
+      const CheckpointTensor& t = ckpt->tensors()[idx];
+      progress.current = e.name;
+      if (options.progress) options.progress(progress);
+      if (e.action == TensorAction::Keep) {
+        wait_pending();
+        pending = std::async(std::launch::async, [&writer, &t, &e] {
+          writer.add_raw(e.name, e.dtype, e.shape, t.data(), e.bytes_in);
+          t.file->release(*t.info);
+        });
+        ++summary.tensors_kept;
+      } else {
+        const GroupLayout L = GroupLayout::make(e.shape, e.scheme, e.name);
+        BufferSet& b = sets[n++ % 2];
+        const uint64_t params = uint64_t(L.num_groups()) * uint64_t(scale_bytes(e.scheme.scale_dtype));
+        QuantBuffers out{b.codes.get(L.codes_bytes()), b.scales.get(params),
+                         e.scheme.symmetric ? nullptr : b.zeros.get(params)};
+        t.file->will_need(*t.info);
+        try {
+          quantizer.quantize({t.data(), e.dtype, e.name}, L, e.scheme, options.nonfinite, out);
+        } catch (const Error& err) {
+          throw Error(err.code(), err.file().empty() ? t.file->path() : err.file(),
+                      err.tensor().empty() ? e.name : err.tensor(), err.reason());
+        }
+        wait_pending();
+        pending = std::async(std::launch::async, [&writer, &t, &e, out] {
+          writer.add_quantized(e.name, e.dtype, e.shape, e.scheme, out.codes, out.scales, out.zeros);
+          t.file->release(*t.info);
+        });
+        ++summary.tensors_quantized;
+        summary.bytes_quantized_in += e.bytes_in;
+        summary.bytes_quantized_out += e.bytes_out;
+      }
+      summary.bytes_in += e.bytes_in;
+      progress.tensors_done = idx + 1;
+      progress.bytes_done += e.bytes_in;
+    }
+    wait_pending();
+    progress.current.clear();
+    if (options.progress) options.progress(progress);
+    writer.commit();
+  } catch (...) {
+    // Let the writer task finish with the buffers before they go away; the
+    // writer's destructor then removes the temporary file.
+    if (pending.valid()) {
+      try {
+        pending.get();
+      } catch (...) {
+      }
+    }
+    throw;
+  }
+  summary.bytes_out = writer.bytes_written();
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return summary;
+}
+
+}  // namespace qpack

@@ -1,0 +1,326 @@
+// qpack convert end to end: the library entry point and the CLI, on
+// generated checkpoints and on the real stories260K model.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "qpack/checkpoint.hpp"
+#include "qpack/container.hpp"
+#include "qpack/convert.hpp"
+#include "qpack/error.hpp"
+#include "qpack/quantize.hpp"
+#include "qpack/safetensors.hpp"
+#include "testutil.hpp"
+
+using namespace qpack;
+namespace fs = std::filesystem;
+
+namespace {
+
+bool files_equal(const std::string& a, const std::string& b) {
+  return test::read_file(a) == test::read_file(b);
+}
+
+// Files in `dir` other than the ones named: temporary leftovers show here.
+std::vector<std::string> stray_files(const std::string& dir, const std::vector<std::string>& expected) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string n = e.path().filename().string();
+    if (std::find(expected.begin(), expected.end(), n) == expected.end()) out.push_back(n);
+  }
+  return out;
+}
+
+// Every quantized tensor equals quantize_reference of its source; every kept
+// tensor is byte-equal to the source.
+void expect_matches_reference(const std::string& qpack_path, const std::string& source) {
+  const auto q = QpackFile::open(qpack_path);
+  q->check_all();
+  const auto ck = Checkpoint::open(source);
+  ASSERT_EQ(q->tensors().size(), ck->tensors().size());
+  for (const auto& t : q->tensors()) {
+    SCOPED_TRACE(t.name);
+    const CheckpointTensor* s = ck->find(t.name);
+    ASSERT_NE(s, nullptr);
+    EXPECT_EQ(t.shape, s->info->shape);
+    EXPECT_EQ(t.dtype, s->info->dtype);
+    if (!t.quantized) {
+      const SectionBytes d = q->read(t, t.data);
+      ASSERT_EQ(d.size, s->info->nbytes());
+      EXPECT_EQ(0, std::memcmp(d.data, s->data(), d.size));
+      continue;
+    }
+    const GroupLayout& L = t.layout;
+    std::vector<uint8_t> codes(L.codes_bytes()), scales(size_t(L.num_groups()) * size_t(scale_bytes(t.scheme.scale_dtype))),
+        zeros(t.scheme.symmetric ? 0 : scales.size());
+    quantize_reference({s->data(), s->info->dtype, t.name}, L, t.scheme, NonFinitePolicy::Error,
+                       {codes.data(), scales.data(), zeros.empty() ? nullptr : zeros.data()});
+    const SectionBytes c = q->read(t, t.codes), sc = q->read(t, t.scales);
+    ASSERT_EQ(c.size, codes.size());
+    EXPECT_EQ(0, std::memcmp(c.data, codes.data(), c.size)) << "codes";
+    ASSERT_EQ(sc.size, scales.size());
+    EXPECT_EQ(0, std::memcmp(sc.data, scales.data(), sc.size)) << "scales";
+    if (!t.scheme.symmetric) {
+      const SectionBytes z = q->read(t, t.zeros);
+      ASSERT_EQ(z.size, zeros.size());
+      EXPECT_EQ(0, std::memcmp(z.data, zeros.data(), z.size)) << "zeros";
+    }
+  }
+}
+
+class ConvertTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    model_ = dir_.file("model");
+    fs::create_directories(model_);
+    // Awkward sizes: 200 is not a multiple of 64, 72 not of 32; sharded.
+    test::run_testgen("llama " + model_ + " --hidden 200 --intermediate 72 --layers 2 --vocab 130 "
+                      "--shard-bytes 150000 --seed 7");
+  }
+  test::TempDir dir_;
+  std::string model_;
+};
+
+TEST_F(ConvertTest, ShardedCheckpointMatchesReferenceAndKeepsNorms) {
+  const std::string out = dir_.file("m.qpack");
+  const auto r = test::run_qpack("convert " + model_ + " " + out + " --quiet");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  expect_matches_reference(out, model_);
+  const auto q = QpackFile::open(out);
+  size_t kept = 0;
+  for (const auto& t : q->tensors()) {
+    if (t.shape.size() == 1) {
+      EXPECT_FALSE(t.quantized) << t.name;
+      ++kept;
+    } else {
+      EXPECT_TRUE(t.quantized) << t.name;
+      EXPECT_EQ(t.scheme.bits, 4);
+      EXPECT_EQ(t.scheme.group_size, 64);
+      EXPECT_EQ(t.scheme.axis, 0);
+      EXPECT_FALSE(t.scheme.symmetric);
+    }
+  }
+  EXPECT_EQ(kept, 5u);  // 2 per layer + final norm
+  // Source metadata and config.json travel with the file.
+  EXPECT_EQ(q->source_config().value("hidden_size", 0), 200);
+}
+
+TEST_F(ConvertTest, SameBytesForAnyThreadCountAndRun) {
+  const std::string a = dir_.file("a.qpack"), b = dir_.file("b.qpack"), c = dir_.file("c.qpack");
+  ASSERT_EQ(test::run_qpack("convert " + model_ + " " + a + " -q --threads 1").exit_code, 0);
+  ASSERT_EQ(test::run_qpack("convert " + model_ + " " + b + " -q --threads 2").exit_code, 0);
+  ASSERT_EQ(test::run_qpack("convert " + model_ + " " + c + " -q --threads 2").exit_code, 0);
+  EXPECT_TRUE(files_equal(a, b));
+  EXPECT_TRUE(files_equal(b, c));
+  // Axis -1, symmetric, 3 bits, BF16 scales: same property.
+  const std::string opts = " -q --axis -1 --symmetric --bits 3 --scale-dtype bf16 --group-size 48";
+  ASSERT_EQ(test::run_qpack("convert " + model_ + " " + a + opts + " -f --threads 1").exit_code, 0);
+  ASSERT_EQ(test::run_qpack("convert " + model_ + " " + b + opts + " -f --threads 2").exit_code, 0);
+  EXPECT_TRUE(files_equal(a, b));
+  expect_matches_reference(a, model_);
+}
+
+TEST_F(ConvertTest, RulesRecipeAndDryRun) {
+  const std::string recipe = dir_.file("recipe.json");
+  test::write_file(recipe, R"({"defaults": {"bits": 8, "group_size": 32},
+     "rules": [{"match": "lm_head*", "skip": true},
+               {"match": "*.mlp.down_proj.weight", "bits": 2, "axis": -1, "scale_dtype": "f32"}]})");
+  const std::string out = dir_.file("r.qpack");
+  const auto dry = test::run_qpack("convert " + model_ + " " + out + " --recipe " + recipe +
+                                   " --skip '*embed_tokens*' --dry-run --json");
+  ASSERT_EQ(dry.exit_code, 0) << dry.output;
+  EXPECT_FALSE(fs::exists(out));
+  const auto plan = nlohmann::json::parse(dry.output);
+  EXPECT_TRUE(plan.value("dry_run", false));
+  ASSERT_EQ(test::run_qpack("convert " + model_ + " " + out + " -q --recipe " + recipe +
+                            " --skip '*embed_tokens*'")
+                .exit_code,
+            0);
+  const auto q = QpackFile::open(out);
+  for (const auto& t : q->tensors()) {
+    if (t.name == "lm_head.weight" || t.name == "model.embed_tokens.weight") {
+      EXPECT_FALSE(t.quantized) << t.name;
+    } else if (t.name.find("down_proj") != std::string::npos) {
+      EXPECT_EQ(t.scheme.bits, 2);
+      EXPECT_EQ(t.scheme.axis, 1);
+      EXPECT_EQ(t.scheme.scale_dtype, DType::F32);
+    } else if (t.quantized) {
+      EXPECT_EQ(t.scheme.bits, 8) << t.name;
+      EXPECT_EQ(t.scheme.group_size, 32) << t.name;
+    }
+  }
+  // The plan's sizes are the file's section sizes.
+  for (const auto& e : plan["tensors"]) {
+    const QpackTensor* t = q->find(e["name"].get<std::string>());
+    ASSERT_NE(t, nullptr);
+    EXPECT_EQ(e["bytes_out"].get<uint64_t>(), t->quantized ? t->codes.raw_size + t->scales.raw_size + t->zeros.raw_size
+                                                          : t->data.raw_size);
+  }
+  expect_matches_reference(out, model_);
+}
+
+TEST_F(ConvertTest, BadRulesAndOptionsAreUsageErrors) {
+  const std::string out = dir_.file("x.qpack");
+  EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --bits 5").exit_code, 2);
+  EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --group-size 7").exit_code, 2);
+  EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --rule 'x:bits=9'").exit_code, 2);
+  EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --rule 'x:colour=red'").exit_code, 2);
+  EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --device tpu").exit_code, 2);
+  EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --nonfinite maybe").exit_code, 2);
+  const std::string recipe = dir_.file("bad.json");
+  test::write_file(recipe, R"({"defaults": {"bitz": 4}})");
+  const auto r = test::run_qpack("convert " + model_ + " " + out + " --recipe " + recipe);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("bitz"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(out));
+}
+
+TEST_F(ConvertTest, RefusesToOverwriteWithoutForceAndNeverTheInput) {
+  const std::string out = dir_.file("o.qpack");
+  ASSERT_EQ(test::run_qpack("convert " + model_ + " " + out + " -q").exit_code, 0);
+  const auto before = test::read_file(out);
+  auto r = test::run_qpack("convert " + model_ + " " + out + " -q --bits 8");
+  EXPECT_EQ(r.exit_code, 5) << r.output;
+  EXPECT_NE(r.output.find("exists"), std::string::npos) << r.output;
+  EXPECT_EQ(test::read_file(out), before);
+  ASSERT_EQ(test::run_qpack("convert " + model_ + " " + out + " -q --bits 8 --force").exit_code, 0);
+  EXPECT_NE(test::read_file(out), before);
+  // Writing onto a source shard is refused even with --force; the shard is untouched.
+  std::string shard;
+  for (const auto& e : fs::directory_iterator(model_))
+    if (e.path().filename().string().rfind("model-00001-of-", 0) == 0) shard = e.path().string();
+  ASSERT_FALSE(shard.empty()) << "expected a sharded checkpoint";
+  const auto shard_before = test::read_file(shard);
+  r = test::run_qpack("convert " + model_ + " " + shard + " -q --force");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_EQ(test::read_file(shard), shard_before);
+}
+
+TEST(ConvertErrors, NonFiniteNamesTensorAndLeavesNothing) {
+  test::TempDir dir;
+  std::vector<float> w(64 * 8, 0.5f), b(8, 0.0f);
+  w[77] = std::nanf("");
+  const std::string src = dir.file("m.safetensors");
+  write_safetensors(src,
+                    {{"a.weight", DType::F32, {8}, b.data(), 32},
+                     {"layers.0.w.weight", DType::F32, {64, 8}, w.data(), w.size() * 4}},
+                    {}, false);
+  const std::string out = dir.file("m.qpack");
+  auto r = test::run_qpack("convert " + src + " " + out + " -q");
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  EXPECT_NE(r.output.find("layers.0.w.weight"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("flat index 77"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(src), std::string::npos) << r.output;
+  EXPECT_TRUE(stray_files(dir.path(), {"m.safetensors"}).empty());
+  // With --nonfinite=zero the NaN quantizes as 0.
+  r = test::run_qpack("convert " + src + " " + out + " -q --nonfinite zero");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+}
+
+TEST(ConvertErrors, RangeOverflowSuggestsWiderScale) {
+  test::TempDir dir;
+  std::vector<float> w(64 * 4, 0.0f);
+  w[3] = 1e6f;
+  const std::string src = dir.file("m.safetensors");
+  write_safetensors(src, {{"big.weight", DType::F32, {64, 4}, w.data(), w.size() * 4}}, {}, false);
+  auto r = test::run_qpack("convert " + src + " " + dir.file("m.qpack") + " -q");
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  EXPECT_NE(r.output.find("big.weight"), std::string::npos);
+  EXPECT_NE(r.output.find("bf16 or f32"), std::string::npos) << r.output;
+  r = test::run_qpack("convert " + src + " " + dir.file("m.qpack") + " -q --scale-dtype bf16");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+}
+
+TEST_F(ConvertTest, FileSizeLimitFailsCleanly) {
+  // The kernel refuses writes past RLIMIT_FSIZE: the same path as a full disk.
+  const std::string out = dir_.file("full.qpack");
+  const auto r = test::run_command("ulimit -f 64; '" + std::string(QPACK_CLI) + "' convert " + model_ +
+                                   " " + out + " -q");
+  EXPECT_EQ(r.exit_code, 5) << r.output;
+  EXPECT_NE(r.output.find(out), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(out));
+  EXPECT_TRUE(stray_files(dir_.path(), {"model"}).empty());
+}
+
+TEST_F(ConvertTest, KilledProcessNeverLeavesAPartialFileUnderTheFinalName) {
+  const std::string big = dir_.file("big");
+  fs::create_directories(big);
+  test::run_testgen("llama " + big + " --hidden 1024 --intermediate 2816 --layers 6 --vocab 2000");
+  const std::string out = dir_.file("big.qpack");
+  for (int delay_ms : {50, 200, 600}) {
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      execl(QPACK_CLI, QPACK_CLI, "convert", big.c_str(), out.c_str(), "-q", "--force", "--threads", "1",
+            static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    usleep(useconds_t(delay_ms) * 1000);
+    kill(pid, SIGKILL);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+      // It finished first: then the file must be whole.
+      EXPECT_EQ(test::run_qpack("inspect --check " + out).exit_code, 0);
+    } else {
+      ASSERT_TRUE(WIFSIGNALED(status));
+      EXPECT_FALSE(fs::exists(out)) << "a killed convert left " << out;
+    }
+    fs::remove(out);
+  }
+}
+
+TEST_F(ConvertTest, ZstdSectionsRoundTrip) {
+  const std::string a = dir_.file("plain.qpack"), z = dir_.file("z.qpack");
+  ASSERT_EQ(test::run_qpack("convert " + model_ + " " + a + " -q").exit_code, 0);
+  ASSERT_EQ(test::run_qpack("convert " + model_ + " " + z + " -q --zstd 9").exit_code, 0);
+  EXPECT_LE(fs::file_size(z), fs::file_size(a));
+  expect_matches_reference(z, model_);
+  EXPECT_EQ(test::run_qpack("inspect --check " + z).exit_code, 0);
+}
+
+TEST_F(ConvertTest, JsonSummary) {
+  const auto r = test::run_qpack("convert " + model_ + " " + dir_.file("j.qpack") + " --json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto j = nlohmann::json::parse(r.output);
+  EXPECT_EQ(j["tensors_quantized"].get<int>() + j["tensors_kept"].get<int>(), 2 + 2 * 9 + 1);
+  EXPECT_EQ(j["bytes_out"].get<uint64_t>(), fs::file_size(dir_.file("j.qpack")));
+  EXPECT_GT(j["ratio"].get<double>(), 2.0);
+}
+
+// ------------------------------------------------------- stories260K ----
+
+class Stories : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(Stories, ConvertsAndInspects) {
+  const std::string bin = test::shared_data_dir() + "/stories260K/stories260K.bin";
+  if (!fs::exists(bin)) GTEST_SKIP() << "no " << bin << " (../shared/data is absent in this clone)";
+  test::TempDir dir;
+  const std::string st = dir.file("model.safetensors"), out = dir.file("stories.qpack");
+  test::run_testgen("stories " + bin + " " + st + " --dtype " + GetParam());
+  const auto ck = Checkpoint::open(st);
+  EXPECT_EQ(ck->tensors().size(), 1u + 5 * 9 + 2);
+  uint64_t params = 0;
+  for (const auto& t : ck->tensors()) params += t.info->num_elements();
+  EXPECT_EQ(params, 260032u + 32768u);  // plus the tied classifier, stored separately
+  auto r = test::run_qpack("convert " + dir.path() + " " + out + " -q");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  expect_matches_reference(out, st);
+  r = test::run_qpack("inspect " + out + " --json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto j = nlohmann::json::parse(r.output);
+  EXPECT_FALSE(j.empty());
+  r = test::run_qpack("inspect --check " + out);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("model.layers.4.mlp.down_proj.weight"), std::string::npos);
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, Stories, ::testing::Values("f32", "f16", "bf16"));
+
+}  // namespace

@@ -1,0 +1,218 @@
+#include <cstdio>
+
+#include "commands.hpp"
+#include "device.hpp"
+#include "qpack/convert.hpp"
+#include "qpack/error.hpp"
+#include "qpack/io.hpp"
+#include "qpack/progress.hpp"
+
+namespace qpack::cli {
+
+namespace {
+
+struct ConvertArgs {
+  std::string source, output;
+  int bits = 4;
+  std::string group_size = "64";
+  int axis = 0;
+  bool symmetric = false;
+  std::string scale_dtype = "f16";
+  std::vector<std::string> skips, rules;
+  std::string recipe_file;
+  int min_dims = 2;
+  std::string nonfinite = "error";
+  int threads = 0;
+  std::string device = "cpu";
+  int zstd_level = 3;
+  CLI::Option* zstd = nullptr;
+  CLI::Option* min_dims_opt = nullptr;
+  CLI::Option* bits_opt = nullptr;
+  CLI::Option* group_opt = nullptr;
+  CLI::Option* axis_opt = nullptr;
+  CLI::Option* sym_opt = nullptr;
+  CLI::Option* scale_opt = nullptr;
+  bool force = false, dry_run = false, quiet = false, json = false;
+};
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? "," : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+Recipe build_recipe(const ConvertArgs& a) {
+  Recipe r;
+  if (!a.recipe_file.empty()) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(read_text_file(a.recipe_file));
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(ErrorCode::InvalidArgument, a.recipe_file, "", std::string("bad JSON: ") + e.what());
+    }
+    r = Recipe::from_json(j, a.recipe_file);
+  }
+  // Flags override the recipe's defaults; --skip/--rule go before its rules.
+  if (*a.bits_opt) r.defaults.bits = a.bits;
+  if (*a.group_opt) {
+    if (a.group_size == "all") {
+      r.defaults.group_size = 0;
+    } else {
+      try {
+        size_t used = 0;
+        r.defaults.group_size = std::stoll(a.group_size, &used);
+        if (used != a.group_size.size()) throw std::invalid_argument(a.group_size);
+      } catch (const std::exception&) {
+        throw Error(ErrorCode::InvalidArgument, "", "", "--group-size must be an integer or 'all'");
+      }
+    }
+  }
+  if (*a.axis_opt) r.defaults.axis = a.axis;
+  if (*a.sym_opt) r.defaults.symmetric = a.symmetric;
+  if (*a.scale_opt) {
+    const auto d = parse_scale_dtype(a.scale_dtype);
+    if (!d) throw Error(ErrorCode::InvalidArgument, "", "", "--scale-dtype must be f16, bf16 or f32");
+    r.defaults.scale_dtype = *d;
+  }
+  if (*a.min_dims_opt) r.min_dims = a.min_dims;
+  const std::string why = validate_scheme(r.defaults);
+  if (!why.empty()) throw Error(ErrorCode::InvalidArgument, "", "", why);
+  std::vector<TensorRule> front;
+  for (const auto& s : a.skips) {
+    TensorRule t;
+    t.pattern = s;
+    t.skip = true;
+    front.push_back(t);
+  }
+  for (const auto& s : a.rules) front.push_back(parse_rule(s));
+  r.rules.insert(r.rules.begin(), front.begin(), front.end());
+  return r;
+}
+
+std::string scheme_label(const PlanEntry& e) {
+  if (e.action == TensorAction::Keep) return "keep";
+  return "q" + std::to_string(e.scheme.bits) + " g" + std::to_string(e.scheme.group_size) + " ax" +
+         std::to_string(e.scheme.axis) + (e.scheme.symmetric ? " sym " : " asym ") +
+         dtype_name(e.scheme.scale_dtype);
+}
+
+void print_plan(const std::vector<PlanEntry>& plan) {
+  size_t w = 6;
+  for (const auto& e : plan) w = std::max(w, e.name.size());
+  std::printf("%-*s  %-18s %-5s %-24s %12s %12s  %s\n", int(w), "tensor", "shape", "dtype", "action",
+              "bytes in", "bytes out", "why");
+  uint64_t in = 0, out = 0;
+  size_t q = 0;
+  for (const auto& e : plan) {
+    std::printf("%-*s  %-18s %-5s %-24s %12llu %12llu  %s\n", int(w), e.name.c_str(),
+                shape_str(e.shape).c_str(), dtype_name(e.dtype), scheme_label(e).c_str(),
+                static_cast<unsigned long long>(e.bytes_in), static_cast<unsigned long long>(e.bytes_out),
+                e.reason.c_str());
+    in += e.bytes_in;
+    out += e.bytes_out;
+    q += e.action == TensorAction::Quantize;
+  }
+  std::printf("total: %zu tensors (%zu quantized, %zu kept), %s -> %s (%.2fx, sections only)\n",
+              plan.size(), q, plan.size() - q, format_bytes(in).c_str(), format_bytes(out).c_str(),
+              out ? double(in) / double(out) : 0.0);
+}
+
+int run_convert(ConvertArgs& a) {
+  ConvertOptions o;
+  o.recipe = build_recipe(a);
+  if (a.nonfinite == "error") o.nonfinite = NonFinitePolicy::Error;
+  else if (a.nonfinite == "zero") o.nonfinite = NonFinitePolicy::Zero;
+  else throw Error(ErrorCode::InvalidArgument, "", "", "--nonfinite must be 'error' or 'zero'");
+  if (a.dry_run) {
+    const auto plan = make_plan(a.source, o.recipe);
+    if (a.json) {
+      ConvertSummary s;
+      s.plan = plan;
+      for (const auto& e : plan) {
+        s.bytes_in += e.bytes_in;
+        (e.action == TensorAction::Quantize ? s.tensors_quantized : s.tensors_kept)++;
+      }
+      nlohmann::json j = s.to_json();
+      j["dry_run"] = true;
+      j.erase("bytes_out");
+      j.erase("seconds");
+      j.erase("gbps");
+      j.erase("device");
+      std::printf("%s\n", j.dump(2).c_str());
+    } else {
+      print_plan(plan);
+    }
+    return kExitOk;
+  }
+  if (a.output.empty()) throw Error(ErrorCode::InvalidArgument, "", "", "convert needs OUTPUT (or --dry-run)");
+  if (a.zstd && a.zstd->count() > 0) {
+    o.codec = Codec::Zstd;
+    if (a.zstd_level < 1 || a.zstd_level > 19)
+      throw Error(ErrorCode::InvalidArgument, "", "", "--zstd level must be 1..19");
+    o.zstd_level = a.zstd_level;
+  }
+  o.overwrite = a.force;
+  const DeviceChoice dev = resolve_device(a.device);
+  auto quantizer = make_quantizer(dev, a.threads);
+  ProgressBar bar("convert", !a.quiet);
+  o.progress = [&bar](const ConvertProgress& p) {
+    bar.update(p.bytes_done, p.bytes_total, p.tensors_done, p.tensors_total, p.current);
+  };
+  const ConvertSummary s = convert_checkpoint(a.source, a.output, o, *quantizer);
+  bar.finish();
+  if (a.json) {
+    nlohmann::json j = s.to_json();
+    j["output"] = a.output;
+    j["source"] = a.source;
+    std::printf("%s\n", j.dump(2).c_str());
+  } else if (!a.quiet) {
+    std::printf("qpack convert: %zu tensors quantized, %zu kept -> %s\n", s.tensors_quantized,
+                s.tensors_kept, a.output.c_str());
+    std::printf("  in  %s   out %s   ratio %.2fx   (quantized tensors: %s -> %s)\n",
+                format_bytes(s.bytes_in).c_str(), format_bytes(s.bytes_out).c_str(),
+                s.bytes_out ? double(s.bytes_in) / double(s.bytes_out) : 0.0,
+                format_bytes(s.bytes_quantized_in).c_str(), format_bytes(s.bytes_quantized_out).c_str());
+    std::printf("  time %.2f s   %.2f GB/s   device %s\n", s.seconds,
+                s.seconds > 0 ? double(s.bytes_in) / s.seconds / 1e9 : 0.0, s.device.c_str());
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+Runner add_convert(CLI::App& app) {
+  auto a = std::make_shared<ConvertArgs>();
+  auto* sub = app.add_subcommand("convert", "Quantize a safetensors checkpoint into one .qpack file");
+  sub->footer(
+      "Defaults (FlexLLMGen): 4 bits, group size 64 along axis 0, asymmetric min-max, F16 scales.\n"
+      "Floating-point tensors with >= 2 dimensions are quantized; 1-D tensors (norms, biases) are kept.\n"
+      "Rules (first match wins; --skip and --rule before the recipe's own):\n"
+      "  --skip '*embed_tokens*' --rule '*.mlp.down_proj.weight:bits=8,group=128,scale=bf16'\n"
+      "Recipe file: {\"defaults\": {\"bits\": 4, \"group_size\": 64, \"axis\": 0, \"symmetric\": false,\n"
+      "  \"scale_dtype\": \"f16\"}, \"min_dims\": 2, \"rules\": [{\"match\": \"lm_head*\", \"skip\": true}]}\n"
+      "See docs/quantization.md and docs/cli.md.");
+  sub->add_option("SOURCE", a->source, ".safetensors file, model.safetensors.index.json, or a folder")
+      ->required();
+  sub->add_option("OUTPUT", a->output, "the .qpack file to write");
+  a->bits_opt = sub->add_option("--bits,-b", a->bits, "bits per code: 2, 3, 4 or 8 (default 4)");
+  a->group_opt = sub->add_option("--group-size,-g", a->group_size, "elements per group (even, >= 8) or 'all' (default 64)");
+  a->axis_opt = sub->add_option("--axis", a->axis, "grouping axis; negative counts from the end (default 0)");
+  a->sym_opt = sub->add_flag("--symmetric,!--asymmetric", a->symmetric, "symmetric absmax codes, no zero-point (default asymmetric)");
+  a->scale_opt = sub->add_option("--scale-dtype", a->scale_dtype, "scale/zero-point dtype: f16, bf16, f32 (default f16)");
+  sub->add_option("--skip", a->skips, "keep tensors matching this glob as they are (repeatable)");
+  sub->add_option("--rule", a->rules, "PATTERN:key=value,... per-tensor override (repeatable)");
+  sub->add_option("--recipe", a->recipe_file, "JSON recipe file")->check(CLI::ExistingFile);
+  a->min_dims_opt = sub->add_option("--min-dims", a->min_dims, "quantize tensors with at least this many dimensions (default 2)");
+  sub->add_option("--nonfinite", a->nonfinite, "NaN/Inf in a tensor: 'error' (default) or 'zero' (replace by 0)");
+  sub->add_option("--threads,-j", a->threads, "CPU threads (default: all cores)");
+  sub->add_option("--device", a->device, "cpu (default), cuda, cuda:N, or auto");
+  a->zstd = sub->add_option("--zstd", a->zstd_level, "compress sections with zstd (optional LEVEL, default 3)")
+                ->expected(0, 1);
+  sub->add_flag("--force,-f", a->force, "replace OUTPUT if it exists");
+  sub->add_flag("--dry-run,-n", a->dry_run, "print what would happen to each tensor; write nothing");
+  sub->add_flag("--quiet,-q", a->quiet, "no progress bar, no summary");
+  sub->add_flag("--json", a->json, "print the summary (or the plan) as JSON");
+  return [a] { return run_convert(*a); };
+}
+
+}  // namespace qpack::cli
