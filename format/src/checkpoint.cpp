@@ -1,0 +1,209 @@
+#include "qpack/checkpoint.hpp"
+
+#include <algorithm>
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include "json_strict.hpp"
+#include "qpack/error.hpp"
+
+namespace qpack {
+
+using nlohmann::json;
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string dir_of(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+std::string join(const std::string& dir, const std::string& name) {
+  if (dir.empty() || dir == ".") return name;
+  return dir.back() == '/' ? dir + name : dir + "/" + name;
+}
+
+// Shard names come from an untrusted index: keep them inside its folder.
+bool is_safe_relative(const std::string& name) {
+  if (name.empty() || name.front() == '/') return false;
+  size_t start = 0;
+  while (start <= name.size()) {
+    size_t slash = name.find('/', start);
+    if (slash == std::string::npos) slash = name.size();
+    const std::string part = name.substr(start, slash - start);
+    if (part == "..") return false;
+    start = slash + 1;
+  }
+  return name.find('\0') == std::string::npos;
+}
+
+std::vector<std::string> list_dir(const std::string& dir) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  std::filesystem::directory_iterator it(dir, ec), end;
+  if (ec) throw Error(ErrorCode::Io, dir, "", "cannot list folder: " + ec.message());
+  for (; it != end; it.increment(ec)) {
+    if (ec) throw Error(ErrorCode::Io, dir, "", "cannot list folder: " + ec.message());
+    names.push_back(it->path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+}  // namespace
+
+std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path) {
+  auto cp = std::make_unique<Checkpoint>();
+  cp->path_ = path;
+
+  // shard file name (as listed) -> opened file, in name order
+  std::map<std::string, std::unique_ptr<SafetensorsFile>> shards;
+  std::string dir;
+  std::string index_path;
+  json index;
+
+  auto open_index = [&](const std::string& ipath) {
+    index_path = ipath;
+    dir = dir_of(ipath);
+    const std::string text = read_text_file(ipath);
+    const auto pr = detail::parse_json_strict(text.data(), text.data() + text.size(), &index);
+    if (!pr.ok()) throw Error(ErrorCode::BadIndex, ipath, "", pr.describe());
+    if (!index.is_object())
+      throw Error(ErrorCode::BadIndex, ipath, "",
+                  std::string("index is a JSON ") + detail::json_type_name(index) + ", not an object");
+    if (!index.contains("weight_map") || !index["weight_map"].is_object())
+      throw Error(ErrorCode::BadIndex, ipath, "", "index has no \"weight_map\" object");
+    if (index.contains("metadata") && !index["metadata"].is_object())
+      throw Error(ErrorCode::BadIndex, ipath, "", "index \"metadata\" is not an object");
+    // first tensor (by name) listed for each shard, for messages
+    std::map<std::string, std::string> first_tensor;
+    for (const auto& [tname, f] : index["weight_map"].items()) {
+      if (!f.is_string())
+        throw Error(ErrorCode::BadIndex, ipath, tname,
+                    std::string("weight_map value is a JSON ") + detail::json_type_name(f) + ", not a file name");
+      const std::string& fname = f.get_ref<const std::string&>();
+      if (!is_safe_relative(fname))
+        throw Error(ErrorCode::BadIndex, ipath, tname,
+                    "shard '" + fname + "' is not a relative path inside the index's folder");
+      first_tensor.emplace(fname, tname);
+    }
+    for (const auto& [fname, tname] : first_tensor) {
+      const std::string spath = join(dir, fname);
+      if (!file_exists(spath))
+        throw Error(ErrorCode::IndexMissingFile, ipath, tname,
+                    "names shard '" + fname + "', which does not exist (" + spath + ")");
+      shards.emplace(fname, SafetensorsFile::open(spath));
+    }
+    for (const auto& [tname, f] : index["weight_map"].items()) {
+      const std::string& fname = f.get_ref<const std::string&>();
+      if (!shards.at(fname)->find(tname))
+        throw Error(ErrorCode::IndexMissingTensor, ipath, tname,
+                    "listed in shard '" + fname + "', which does not hold it");
+    }
+    const json& wm = index["weight_map"];
+    for (const auto& [fname, file] : shards) {
+      for (const TensorInfo& t : file->tensors()) {
+        const auto it = wm.find(t.name);
+        if (it == wm.end())
+          throw Error(ErrorCode::IndexUnlistedTensor, file->path(), t.name,
+                      "is in this shard but not listed in the index " + ipath);
+        if (it->get_ref<const std::string&>() != fname)
+          throw Error(ErrorCode::DuplicateName, file->path(), t.name,
+                      "is also in shard '" + it->get_ref<const std::string&>() +
+                          "' (the one the index lists it in)");
+      }
+    }
+  };
+
+  if (is_directory(path)) {
+    dir = path;
+    std::vector<std::string> indexes, files;
+    for (const std::string& name : list_dir(path)) {
+      if (name.empty() || name[0] == '.') continue;  // hidden files, our own temporaries
+      if (is_directory(join(path, name))) continue;
+      if (ends_with(name, ".safetensors.index.json")) indexes.push_back(name);
+      else if (ends_with(name, ".safetensors")) files.push_back(name);
+    }
+    if (!indexes.empty()) {
+      std::string chosen;
+      if (std::find(indexes.begin(), indexes.end(), "model.safetensors.index.json") != indexes.end())
+        chosen = "model.safetensors.index.json";
+      else if (indexes.size() == 1)
+        chosen = indexes[0];
+      else
+        throw Error(ErrorCode::BadIndex, path, "",
+                    "folder holds several index files (" + indexes[0] + ", " + indexes[1] +
+                        ", ...); pass the one to use");
+      open_index(join(path, chosen));
+    } else {
+      if (files.empty())
+        throw Error(ErrorCode::InvalidArgument, path, "",
+                    "folder holds no .safetensors file and no *.safetensors.index.json");
+      for (const std::string& name : files) shards.emplace(name, SafetensorsFile::open(join(path, name)));
+      std::map<std::string, std::string> seen;  // tensor -> shard
+      for (const auto& [fname, file] : shards)
+        for (const TensorInfo& t : file->tensors()) {
+          const auto [it, inserted] = seen.emplace(t.name, fname);
+          if (!inserted)
+            throw Error(ErrorCode::DuplicateName, file->path(), t.name,
+                        "is also in '" + it->second + "' in the same folder");
+        }
+    }
+  } else {
+    if (!file_exists(path)) throw Error(ErrorCode::Io, path, "", "no such file or folder");
+    if (ends_with(path, ".json")) {
+      open_index(path);
+    } else {
+      dir = dir_of(path);
+      const size_t slash = path.find_last_of('/');
+      shards.emplace(slash == std::string::npos ? path : path.substr(slash + 1), SafetensorsFile::open(path));
+    }
+  }
+
+  for (auto& [fname, file] : shards) {
+    for (const auto& [k, v] : file->metadata()) cp->metadata_[k] = v;  // later shards win
+    cp->files_.push_back(std::move(file));
+  }
+  if (index.is_object() && index.contains("metadata"))
+    for (const auto& [k, v] : index["metadata"].items())
+      cp->metadata_[k] = v.is_string() ? v.get<std::string>() : detail::dump_lenient(v);
+
+  for (const auto& file : cp->files_)
+    for (const TensorInfo& t : file->tensors()) {
+      cp->by_name_.emplace(t.name, cp->tensors_.size());
+      cp->tensors_.push_back(CheckpointTensor{&t, file.get()});
+    }
+
+  const std::string config_path = join(dir, "config.json");
+  if (file_exists(config_path) && !is_directory(config_path)) {
+    const std::string text = read_text_file(config_path);
+    json config;
+    const auto pr = detail::parse_json_strict(text.data(), text.data() + text.size(), &config);
+    if (!pr.ok()) throw Error(ErrorCode::BadJson, config_path, "", "config.json: " + pr.describe());
+    if (!config.is_object())
+      throw Error(ErrorCode::BadJson, config_path, "",
+                  std::string("config.json is a JSON ") + detail::json_type_name(config) + ", not an object");
+    cp->config_ = std::move(config);
+  }
+  return cp;
+}
+
+const CheckpointTensor* Checkpoint::find(const std::string& name) const {
+  const auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : &tensors_[it->second];
+}
+
+uint64_t Checkpoint::total_bytes() const {
+  uint64_t n = 0;
+  for (const CheckpointTensor& t : tensors_) n += t.info->nbytes();
+  return n;
+}
+
+}  // namespace qpack

@@ -1,0 +1,254 @@
+#include "qpack/inspect.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <cstring>
+
+#include "json_strict.hpp"
+#include "qpack/checkpoint.hpp"
+#include "qpack/checksum.hpp"
+#include "qpack/container.hpp"
+#include "qpack/error.hpp"
+
+namespace qpack {
+
+using nlohmann::json;
+
+bool is_qpack_file(const std::string& path) {
+  if (is_directory(path)) return false;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  uint8_t magic[8];
+  size_t got = 0;
+  while (got < sizeof magic) {
+    const ssize_t n = ::read(fd, magic + got, sizeof magic - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += size_t(n);
+  }
+  ::close(fd);
+  return got == sizeof magic && std::memcmp(magic, kQpackMagic, sizeof magic) == 0;
+}
+
+std::string scheme_label(const QuantScheme& s) {
+  std::string dt = dtype_name(s.scale_dtype);
+  std::transform(dt.begin(), dt.end(), dt.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+  return "q" + std::to_string(s.bits) + " g" + std::to_string(s.group_size) + " ax" + std::to_string(s.axis) +
+         (s.symmetric ? " sym " : " asym ") + dt;
+}
+
+namespace {
+
+json ratio_of(uint64_t source, uint64_t stored) {
+  if (stored == 0) return nullptr;
+  return double(source) / double(stored);
+}
+
+json qpack_report(const std::string& path, const InspectOptions& options) {
+  const auto f = QpackFile::open(path);
+  if (options.check) f->check_all();
+  json r;
+  r["path"] = path;
+  r["format"] = "qpack";
+  r["version"] = std::to_string(f->version_major()) + "." + std::to_string(f->version_minor());
+  r["generator"] = f->manifest().at("generator");
+  r["file_size"] = f->file_size();
+  r["metadata"] = f->source_metadata();
+  r["config"] = f->source_config();
+  json tensors = json::array();
+  uint64_t bytes = 0, source = 0;
+  const json& mtensors = f->manifest().at("tensors");
+  for (size_t i = 0; i < f->tensors().size(); ++i) {
+    const QpackTensor& t = f->tensors()[i];
+    json row;
+    row["name"] = t.name;
+    row["dtype"] = dtype_name(t.dtype);
+    row["shape"] = t.shape;
+    row["encoding"] = t.quantized ? "group_quant" : "raw";
+    row["scheme"] = t.quantized ? scheme_label(t.scheme) : "raw";
+    row["quant"] = t.quantized ? mtensors[i].at("quant") : json(nullptr);
+    row["bytes"] = t.stored_bytes();
+    row["source_bytes"] = t.source_bytes();
+    row["ratio"] = ratio_of(t.source_bytes(), t.stored_bytes());
+    row["sections"] = mtensors[i].at("sections");
+    bytes += t.stored_bytes();
+    source += t.source_bytes();
+    tensors.push_back(std::move(row));
+  }
+  r["tensors"] = std::move(tensors);
+  r["totals"] = {{"tensors", f->tensors().size()},
+                 {"bytes", bytes},
+                 {"source_bytes", source},
+                 {"ratio", ratio_of(source, bytes)}};
+  r["check"] = options.check ? json("ok") : json(nullptr);
+  return r;
+}
+
+json checkpoint_report(const std::string& path, const InspectOptions& options) {
+  const auto cp = Checkpoint::open(path);
+  if (options.check) {
+    // safetensors has no checksums; reading every byte still surfaces I/O
+    // errors and proves the mapping covers every tensor.
+    for (const CheckpointTensor& t : cp->tensors()) {
+      (void)checksum64(t.data(), size_t(t.info->nbytes()));
+      t.file->release(*t.info);
+    }
+  }
+  json r;
+  r["path"] = path;
+  r["format"] = "safetensors";
+  json files = json::array();
+  for (const auto& f : cp->files()) files.push_back(f->path());
+  r["files"] = std::move(files);
+  json meta = json::object();
+  for (const auto& [k, v] : cp->metadata().items()) meta[k] = v;
+  r["metadata"] = std::move(meta);
+  r["config"] = cp->config();
+  json tensors = json::array();
+  uint64_t bytes = 0;
+  for (const CheckpointTensor& t : cp->tensors()) {
+    json row;
+    row["name"] = t.name();
+    row["dtype"] = dtype_name(t.info->dtype);
+    row["shape"] = t.info->shape;
+    row["encoding"] = "raw";
+    row["scheme"] = "raw";
+    row["quant"] = nullptr;
+    row["bytes"] = t.info->nbytes();
+    row["source_bytes"] = t.info->nbytes();
+    row["ratio"] = ratio_of(t.info->nbytes(), t.info->nbytes());
+    row["file"] = t.file->path();
+    row["data_offsets"] = {t.info->begin, t.info->end};
+    bytes += t.info->nbytes();
+    tensors.push_back(std::move(row));
+  }
+  r["tensors"] = std::move(tensors);
+  r["totals"] = {{"tensors", cp->tensors().size()}, {"bytes", bytes}, {"source_bytes", bytes},
+                 {"ratio", ratio_of(bytes, bytes)}};
+  r["check"] = options.check ? json("ok") : json(nullptr);
+  return r;
+}
+
+std::string human_bytes(uint64_t n) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  double v = double(n);
+  int u = 0;
+  while (v >= 1024 && u < 5) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  if (u == 0) std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(n));
+  else std::snprintf(buf, sizeof buf, "%.2f %s", v, units[u]);
+  return buf;
+}
+
+std::string ratio_text(const json& r) {
+  if (r.is_null()) return "-";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2fx", r.get<double>());
+  return buf;
+}
+
+std::string shape_text(const json& shape) {
+  std::vector<int64_t> s;
+  for (const json& d : shape) s.push_back(d.get<int64_t>());
+  return detail::shape_to_string(s);
+}
+
+}  // namespace
+
+json inspect_report(const std::string& path, const InspectOptions& options) {
+  if (!file_exists(path)) throw Error(ErrorCode::Io, path, "", "no such file or folder");
+  // The magic decides; a file named .qpack without it is still read as one,
+  // so that its error says "bad magic" rather than something about safetensors.
+  const bool named_qpack = path.size() >= 6 && path.compare(path.size() - 6, 6, ".qpack") == 0 && !is_directory(path);
+  return is_qpack_file(path) || named_qpack ? qpack_report(path, options) : checkpoint_report(path, options);
+}
+
+std::string format_inspect_table(const json& report) {
+  const bool qp = report.at("format") == "qpack";
+  const bool multi_file = !qp && report.at("files").size() > 1;
+  std::vector<std::string> head = {"NAME", "SHAPE", "DTYPE", "SCHEME", "BYTES"};
+  if (qp) {
+    head.push_back("SOURCE");
+    head.push_back("RATIO");
+  }
+  if (multi_file) head.push_back("FILE");
+  std::vector<std::vector<std::string>> rows;
+  rows.push_back(head);
+  for (const json& t : report.at("tensors")) {
+    std::vector<std::string> row = {t.at("name").get<std::string>(), shape_text(t.at("shape")),
+                                    t.at("dtype").get<std::string>(), t.at("scheme").get<std::string>(),
+                                    std::to_string(t.at("bytes").get<uint64_t>())};
+    if (qp) {
+      row.push_back(std::to_string(t.at("source_bytes").get<uint64_t>()));
+      row.push_back(ratio_text(t.at("ratio")));
+    }
+    if (multi_file) {
+      const std::string f = t.at("file").get<std::string>();
+      const size_t slash = f.find_last_of('/');
+      row.push_back(slash == std::string::npos ? f : f.substr(slash + 1));
+    }
+    rows.push_back(std::move(row));
+  }
+  const json& tot = report.at("totals");
+  const uint64_t ntensors = tot.at("tensors").get<uint64_t>();
+  {
+    std::vector<std::string> row = {"total", std::to_string(ntensors) + (ntensors == 1 ? " tensor" : " tensors"),
+                                    "", "", std::to_string(tot.at("bytes").get<uint64_t>())};
+    if (qp) {
+      row.push_back(std::to_string(tot.at("source_bytes").get<uint64_t>()));
+      row.push_back(ratio_text(tot.at("ratio")));
+    }
+    if (multi_file) row.push_back("");
+    rows.push_back(std::move(row));
+  }
+  std::vector<size_t> width(head.size(), 0);
+  for (const auto& row : rows)
+    for (size_t c = 0; c < row.size(); ++c) width[c] = std::max(width[c], row[c].size());
+  // Numbers right-aligned: BYTES, SOURCE, RATIO.
+  auto numeric = [&](size_t c) { return c == 4 || (qp && (c == 5 || c == 6)); };
+
+  std::string out;
+  if (qp) {
+    out += "qpack " + report.at("version").get<std::string>() + ": " + report.at("path").get<std::string>() +
+           " (" + std::to_string(report.at("file_size").get<uint64_t>()) + " bytes, generator " +
+           report.at("generator").get<std::string>() + ")\n";
+  } else {
+    const size_t nf = report.at("files").size();
+    out += "safetensors: " + report.at("path").get<std::string>() + " (" + std::to_string(nf) +
+           (nf == 1 ? " file" : " files") + ")\n";
+  }
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (i + 1 == rows.size()) {  // a rule above the totals
+      size_t total_width = 0;
+      for (size_t w : width) total_width += w + 2;
+      out += std::string(total_width - 2, '-') + "\n";
+    }
+    std::string line;
+    for (size_t c = 0; c < rows[i].size(); ++c) {
+      const std::string& cell = rows[i][c];
+      const std::string pad(width[c] - cell.size(), ' ');
+      if (c) line += "  ";
+      line += numeric(c) ? pad + cell : cell + pad;
+    }
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    out += line + "\n";
+  }
+  if (qp) {
+    out += "stored " + human_bytes(tot.at("bytes").get<uint64_t>()) + " of " +
+           human_bytes(tot.at("source_bytes").get<uint64_t>()) + " source (ratio " + ratio_text(tot.at("ratio")) +
+           ")\n";
+  } else {
+    out += "data " + human_bytes(tot.at("bytes").get<uint64_t>()) + "\n";
+  }
+  if (report.at("check").is_string()) out += "check: OK\n";
+  return out;
+}
+
+}  // namespace qpack

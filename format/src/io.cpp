@@ -1,0 +1,307 @@
+#include "qpack/io.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "qpack/error.hpp"
+
+namespace qpack {
+
+namespace {
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+uint64_t page_size() {
+  static const uint64_t p = [] {
+    const long v = sysconf(_SC_PAGESIZE);
+    return v > 0 ? uint64_t(v) : uint64_t(4096);
+  }();
+  return p;
+}
+
+std::string dir_of(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+std::string base_of(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// mkstemp creates files 0600; the output should get the permissions any other
+// new file of this process would (0666 & ~umask). umask() itself can only be
+// read by setting it, which races with other threads creating files, so the
+// value comes from /proc when available.
+mode_t current_umask() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("Umask:", 0) == 0) return mode_t(std::strtoul(line.c_str() + 6, nullptr, 8));
+  }
+  return 022;
+}
+
+bool is_disk_full(int err) { return err == ENOSPC || err == EDQUOT || err == EFBIG; }
+
+}  // namespace
+
+// ---------------------------------------------------------------- MappedFile
+
+MappedFile::MappedFile(const std::string& path) : path_(path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(ErrorCode::Io, path, "", "cannot open: " + errno_text(errno));
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    throw Error(ErrorCode::Io, path, "", "cannot stat: " + errno_text(err));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw Error(ErrorCode::Io, path, "", S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
+  }
+  size_ = uint64_t(st.st_size);
+  if (size_ > 0) {  // mmap of length 0 fails; an empty file maps to nothing
+    if (size_ > uint64_t(SIZE_MAX)) {
+      ::close(fd);
+      throw Error(ErrorCode::Io, path, "", "file too large to map");
+    }
+    void* p = mmap(nullptr, size_t(size_), PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      const int err = errno;
+      ::close(fd);
+      throw Error(ErrorCode::Io, path, "", "cannot map: " + errno_text(err));
+    }
+    data_ = static_cast<const uint8_t*>(p);
+  }
+  ::close(fd);  // the mapping keeps the file open
+}
+
+MappedFile::~MappedFile() {
+  if (data_) munmap(const_cast<uint8_t*>(data_), size_t(size_));
+}
+
+MappedFile::MappedFile(MappedFile&& o) noexcept
+    : path_(std::move(o.path_)), data_(o.data_), size_(o.size_) {
+  o.data_ = nullptr;
+  o.size_ = 0;
+}
+
+MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
+  if (this != &o) {
+    if (data_) munmap(const_cast<uint8_t*>(data_), size_t(size_));
+    path_ = std::move(o.path_);
+    data_ = o.data_;
+    size_ = o.size_;
+    o.data_ = nullptr;
+    o.size_ = 0;
+  }
+  return *this;
+}
+
+void MappedFile::release(uint64_t offset, uint64_t length) const {
+  if (!data_ || offset >= size_) return;
+  length = std::min(length, size_ - offset);
+  // Rounded inwards: pages shared with a neighbouring range may still be in use.
+  const uint64_t ps = page_size();
+  const uint64_t begin = (offset + ps - 1) / ps * ps;
+  const uint64_t end = (offset + length) / ps * ps;
+  if (end <= begin) return;
+  // Advice only: failure costs memory, not correctness.
+  (void)madvise(const_cast<uint8_t*>(data_) + begin, size_t(end - begin), MADV_DONTNEED);
+}
+
+void MappedFile::will_need(uint64_t offset, uint64_t length) const {
+  if (!data_ || offset >= size_) return;
+  length = std::min(length, size_ - offset);
+  const uint64_t ps = page_size();
+  const uint64_t begin = offset / ps * ps;
+  const uint64_t end = offset + length;
+  if (end <= begin) return;
+  (void)madvise(const_cast<uint8_t*>(data_) + begin, size_t(end - begin), MADV_WILLNEED);
+}
+
+// ---------------------------------------------------------- AtomicOutputFile
+
+AtomicOutputFile::AtomicOutputFile(const std::string& final_path, bool overwrite)
+    : final_path_(final_path), overwrite_(overwrite) {
+  const std::string base = base_of(final_path);
+  if (base.empty() || base == "." || base == "..")
+    throw Error(ErrorCode::InvalidArgument, final_path, "", "not a file name");
+  if (is_directory(final_path)) throw Error(ErrorCode::Io, final_path, "", "is a directory");
+  if (!overwrite && file_exists(final_path))
+    throw Error(ErrorCode::OutputExists, final_path, "",
+                "output already exists (pass --overwrite to replace it)");
+  std::string tmpl = dir_of(final_path) + "/." + base + ".tmp-XXXXXX";
+  std::vector<char> buf(tmpl.begin(), tmpl.end());
+  buf.push_back('\0');
+  fd_ = mkostemp(buf.data(), O_CLOEXEC);
+  if (fd_ < 0) {
+    const int err = errno;
+    throw Error(is_disk_full(err) ? ErrorCode::DiskFull : ErrorCode::Io, final_path, "",
+                "cannot create a temporary file in " + dir_of(final_path) + ": " + errno_text(err));
+  }
+  temp_path_ = buf.data();
+  (void)fchmod(fd_, 0666 & ~current_umask());
+}
+
+AtomicOutputFile::~AtomicOutputFile() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_ && !temp_path_.empty()) ::unlink(temp_path_.c_str());
+}
+
+void AtomicOutputFile::write(const void* data, size_t size) {
+  if (fd_ < 0) throw Error(ErrorCode::Internal, final_path_, "", "write after commit");
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    // Linux writes at most 0x7ffff000 bytes per call; asking for less keeps
+    // every call a plain, complete request.
+    const size_t chunk = std::min<size_t>(size, size_t(1) << 30);
+    const ssize_t n = ::write(fd_, p, chunk);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      throw Error(is_disk_full(err) ? ErrorCode::DiskFull : ErrorCode::Io, final_path_, "",
+                  std::string(is_disk_full(err) ? "disk full" : "write failed") + " writing " +
+                      temp_path_ + ": " + errno_text(err));
+    }
+    if (n == 0)  // no progress and no error: treat like a full device
+      throw Error(ErrorCode::DiskFull, final_path_, "", "write made no progress on " + temp_path_);
+    p += n;
+    size -= size_t(n);
+    pos_ += uint64_t(n);
+  }
+}
+
+void AtomicOutputFile::write_zeros(uint64_t count) {
+  static const char zeros[4096] = {};
+  while (count > 0) {
+    const size_t n = size_t(std::min<uint64_t>(count, sizeof zeros));
+    write(zeros, n);
+    count -= n;
+  }
+}
+
+void AtomicOutputFile::pwrite_at(uint64_t offset, const void* data, size_t size) {
+  if (fd_ < 0) throw Error(ErrorCode::Internal, final_path_, "", "write after commit");
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    const ssize_t n = ::pwrite(fd_, p, size, off_t(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      throw Error(is_disk_full(err) ? ErrorCode::DiskFull : ErrorCode::Io, final_path_, "",
+                  std::string(is_disk_full(err) ? "disk full" : "write failed") + " writing " +
+                      temp_path_ + ": " + errno_text(err));
+    }
+    if (n == 0) throw Error(ErrorCode::DiskFull, final_path_, "", "write made no progress on " + temp_path_);
+    p += n;
+    size -= size_t(n);
+    offset += uint64_t(n);
+  }
+}
+
+void AtomicOutputFile::commit() {
+  if (committed_) return;
+  if (fd_ < 0) throw Error(ErrorCode::Internal, final_path_, "", "commit without a file");
+  // Delayed allocation can report a full disk only at fsync or close.
+  if (fsync(fd_) != 0) {
+    const int err = errno;
+    throw Error(is_disk_full(err) ? ErrorCode::DiskFull : ErrorCode::Io, final_path_, "",
+                "fsync of " + temp_path_ + " failed: " + errno_text(err));
+  }
+  const int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0) {
+    const int err = errno;
+    throw Error(is_disk_full(err) ? ErrorCode::DiskFull : ErrorCode::Io, final_path_, "",
+                "close of " + temp_path_ + " failed: " + errno_text(err));
+  }
+  if (overwrite_) {
+    if (::rename(temp_path_.c_str(), final_path_.c_str()) != 0)
+      throw Error(ErrorCode::Io, final_path_, "", "cannot rename " + temp_path_ + ": " + errno_text(errno));
+  } else {
+    // The output may have appeared since the constructor checked; never
+    // replace it behind the user's back.
+    if (renameat2(AT_FDCWD, temp_path_.c_str(), AT_FDCWD, final_path_.c_str(), RENAME_NOREPLACE) != 0) {
+      const int err = errno;
+      if (err == EEXIST)
+        throw Error(ErrorCode::OutputExists, final_path_, "", "output appeared while writing it");
+      if (err != EINVAL && err != ENOSYS)
+        throw Error(ErrorCode::Io, final_path_, "", "cannot rename " + temp_path_ + ": " + errno_text(err));
+      // The filesystem does not support RENAME_NOREPLACE: a checked rename.
+      if (file_exists(final_path_))
+        throw Error(ErrorCode::OutputExists, final_path_, "", "output appeared while writing it");
+      if (::rename(temp_path_.c_str(), final_path_.c_str()) != 0)
+        throw Error(ErrorCode::Io, final_path_, "", "cannot rename " + temp_path_ + ": " + errno_text(errno));
+    }
+  }
+  committed_ = true;
+  // Makes the rename itself durable. Some filesystems cannot fsync a
+  // directory; the data is already safe, so that is not an error.
+  const int dfd = ::open(dir_of(final_path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    (void)fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+// ------------------------------------------------------------------- helpers
+
+std::string read_text_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(ErrorCode::Io, path, "", "cannot open: " + errno_text(errno));
+  struct stat st;
+  if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    throw Error(ErrorCode::Io, path, "", "is a directory");
+  }
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      ::close(fd);
+      throw Error(ErrorCode::Io, path, "", "read failed: " + errno_text(err));
+    }
+    if (n == 0) break;
+    out.append(buf, size_t(n));
+  }
+  ::close(fd);
+  return out;
+}
+
+bool file_exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+bool is_directory(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool same_file(const std::string& a, const std::string& b) {
+  struct stat sa, sb;
+  if (::stat(a.c_str(), &sa) != 0 || ::stat(b.c_str(), &sb) != 0) return false;
+  return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+}  // namespace qpack
