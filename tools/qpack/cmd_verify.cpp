@@ -112,8 +112,8 @@ int run_verify(const VerifyArgs& a) {
   } else if (a.quiet) {
     // Only what a CI log needs: the failures and the verdict.
     for (const auto& i : rep.integrity_issues)
-      std::printf("integrity: %s%s%s\n", i.tensor.empty() ? "" : (i.tensor + " ").c_str(),
-                  i.section.empty() ? "" : (i.section + ": ").c_str(), i.message.c_str());
+      std::printf("integrity: %s %s%s [%s]\n", i.tensor.empty() ? rep.file.c_str() : i.tensor.c_str(),
+                  i.section.empty() ? "" : (i.section + ": ").c_str(), i.message.c_str(), i.code.c_str());
     for (const auto& n : rep.missing_from_qpack) std::printf("source mismatch: %s: missing from the .qpack\n", n.c_str());
     for (const auto& t : rep.tensors)
       for (const auto& p : t.problems) std::printf("source mismatch: %s: %s\n", t.name.c_str(), p.c_str());

@@ -60,17 +60,22 @@ __device__ __forceinline__ void eval_unit_device(const Geometry& g, const ChunkV
     float xh[cudadev::kSlice];
     cudadev::dequant_slice<BITS>(st[0], scale, zero, g.symmetric, xh);
     const int64_t k0 = s * cudadev::kSlice;
+    // All eight loads are issued before the dependent accumulation chain, so
+    // that each thread keeps several memory requests in flight.
+    float x[cudadev::kSlice];
 #pragma unroll
-    for (int k = 0; k < cudadev::kSlice; ++k) {
-      if (k0 + k >= n) break;
-      const float x = vcore::load_source<kSrc>(src, (k0 + k) * v.pitch);
-      vcore::accumulate_element(acc, x, xh[k], flat0 + (k0 + k) * g.inner, bt);
-    }
+    for (int k = 0; k < cudadev::kSlice; ++k)
+      x[k] = k0 + k < n ? vcore::load_source<kSrc>(src, (k0 + k) * v.pitch) : 0.0f;
+#pragma unroll
+    for (int k = 0; k < cudadev::kSlice; ++k)
+      if (k0 + k < n) vcore::accumulate_element(acc, x[k], xh[k], flat0 + (k0 + k) * g.inner, bt);
   }
 }
 
+// At most 80 registers (3 blocks of 256 threads per SM on sm_90): without
+// the cap some instantiations take 86-87 and drop to 2 blocks per SM.
 template <DType kSrc, int BITS>
-__global__ void __launch_bounds__(vcore::kBlockUnits)
+__global__ void __launch_bounds__(vcore::kBlockUnits, 3)
     metrics_kernel(Geometry g, ChunkView v, int64_t block0, Partial* out) {
   __shared__ Partial slots[vcore::kBlockUnits];
   const int t = static_cast<int>(threadIdx.x);

@@ -371,7 +371,7 @@ std::string verify_report_html(const VerifyReport& rep) {
   if (!rep.integrity_ok) {
     h += "<div class=\"issues\"><h3>Integrity failure &mdash; nothing was compared</h3><ul>";
     for (const auto& i : rep.integrity_issues)
-      h += "<li><b>" + esc(i.tensor.empty() ? "file" : i.tensor) + (i.section.empty() ? "" : " / " + esc(i.section)) +
+      h += "<li><b>" + esc(i.tensor.empty() ? rep.file : i.tensor) + (i.section.empty() ? "" : " / " + esc(i.section)) +
            "</b> [" + esc(i.code) + "]: " + esc(i.message) + "</li>";
     h += "</ul></div>\n";
   }

@@ -100,10 +100,13 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
   size_t quantized = 0, raw = 0;
   for (const auto& t : rep.tensors) (t.quantized ? quantized : raw)++;
   add("qpack verify " + rep.file + " against " + rep.source);
-  add("  " + rep.device + "; " + std::to_string(rep.tensors.size()) + " tensors (" +
-      std::to_string(quantized) + " quantized, " + std::to_string(raw) + " raw); " +
-      format_bytes(rep.model.source_bytes) + " -> " + format_bytes(rep.model.stored_bytes) + " (" +
-      ratio_str(rep.model.source_bytes, rep.model.stored_bytes) + ")");
+  if (rep.tensors.empty())
+    add("  " + rep.device);
+  else
+    add("  " + rep.device + "; " + std::to_string(rep.tensors.size()) + " tensors (" + std::to_string(quantized) +
+        " quantized, " + std::to_string(raw) + " raw); " + format_bytes(rep.model.source_bytes) + " -> " +
+        format_bytes(rep.model.stored_bytes) + " (" + ratio_str(rep.model.source_bytes, rep.model.stored_bytes) +
+        ")");
 
   // Integrity.
   if (rep.integrity_ok) {
@@ -113,9 +116,9 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
     add("");
     add("INTEGRITY FAILURE: " + std::to_string(rep.integrity_issues.size()) + " problem(s); nothing was compared");
     for (const auto& i : rep.integrity_issues) {
-      std::string where = i.tensor.empty() ? "file" : "tensor '" + i.tensor + "'";
+      std::string where = i.tensor.empty() ? rep.file : "tensor '" + i.tensor + "'";
       if (!i.section.empty()) where += " section " + i.section;
-      add("  " + where + ": " + i.message);
+      add("  " + where + ": " + i.message + " [" + i.code + "]");
     }
   }
 

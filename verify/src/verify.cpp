@@ -98,7 +98,7 @@ void check_integrity(const QpackFile& qf, VerifyReport& rep, const VerifyOptions
         rep.bytes_checked += ns.section->size;
       } catch (const Error& e) {
         if (is_io_error(e.code())) throw;
-        rep.integrity_issues.push_back({t.name, ns.name, error_code_name(e.code()), e.what()});
+        rep.integrity_issues.push_back({t.name, ns.name, error_code_name(e.code()), e.reason()});
       }
       qf.release(*ns.section);
       pr.done_bytes += ns.section->size;
@@ -223,7 +223,7 @@ VerifyReport verify(const std::string& qpack_path, const std::string& source_pat
     qf = QpackFile::open(qpack_path);
   } catch (const Error& e) {
     if (is_io_error(e.code())) throw;
-    rep.integrity_issues.push_back({"", "", error_code_name(e.code()), e.what()});
+    rep.integrity_issues.push_back({"", "", error_code_name(e.code()), e.reason()});
   }
   if (qf) {
     rep.file_bytes = qf->file_size();

@@ -1,0 +1,270 @@
+// `qpack verify` and `qpack dequantize` through the CLI: exit codes, the
+// offender list, --json, --html, --policy, and the stories260K checkpoint.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include "qpack/container.hpp"
+#include "qpack/safetensors.hpp"
+#include "qpack/verify.hpp"
+#include "testutil.hpp"
+#include "verify/verify_fixtures.hpp"
+
+namespace fs = std::filesystem;
+
+namespace qpack {
+namespace {
+
+std::string q(const std::string& s) { return "'" + s + "'"; }
+
+class VerifyCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::mt19937_64 rng(test::test_seed());
+    tensors_ = vtest::tiny_llama(rng, 2);
+    src_ = dir_.file("model.safetensors");
+    qp_ = dir_.file("model.qpack");
+    vtest::write_source(src_, tensors_);
+    // down_proj at 2 bits: clearly the worst tensors.
+    vtest::write_qpack(qp_, tensors_, [](const vtest::HostTensor& t) -> std::optional<QuantScheme> {
+      if (t.shape.size() < 2) return std::nullopt;
+      QuantScheme s;
+      if (t.name.find("down_proj") != std::string::npos) s.bits = 2;
+      return s;
+    });
+  }
+  test::CommandResult verify(const std::string& args) {
+    return test::run_qpack("verify " + q(qp_) + " " + q(src_) + " --device cpu " + args);
+  }
+  test::TempDir dir_;
+  std::vector<vtest::HostTensor> tensors_;
+  std::string src_, qp_;
+};
+
+TEST_F(VerifyCli, PassesAndPrintsTheTable) {
+  const auto r = verify("--max-rel-error 0.6 --min-cosine 0.5");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("integrity: OK"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("Per layer:"), std::string::npos);
+  EXPECT_NE(r.output.find("model.layers.1"), std::string::npos);
+  EXPECT_NE(r.output.find("Verdict: PASS"), std::string::npos);
+  // Worst first: a 2-bit down_proj heads the table.
+  const size_t first_row = r.output.find("----\n");
+  ASSERT_NE(first_row, std::string::npos);
+  EXPECT_NE(r.output.substr(first_row, 200).find("down_proj"), std::string::npos) << r.output;
+}
+
+TEST_F(VerifyCli, FailedThresholdExits10AndNamesTheOffenders) {
+  const auto r = verify("--max-rel-error 0.2");
+  EXPECT_EQ(r.exit_code, 10) << r.output;
+  EXPECT_NE(r.output.find("model.layers.0.mlp.down_proj.weight: rel_error"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("model.layers.1.mlp.down_proj.weight: rel_error"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("q_proj.weight: rel_error"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("FAIL"), std::string::npos);
+  // --quiet keeps the offenders and the verdict only.
+  const auto qr = verify("--max-rel-error 0.2 --quiet");
+  EXPECT_EQ(qr.exit_code, 10);
+  EXPECT_NE(qr.output.find("threshold failed: model.layers.0.mlp.down_proj.weight"), std::string::npos) << qr.output;
+  EXPECT_EQ(qr.output.find("Per layer"), std::string::npos);
+  EXPECT_NE(qr.output.find("verdict: gate_failed"), std::string::npos);
+  // SNR and cosine limits, and a model-level limit through a policy.
+  EXPECT_EQ(verify("--min-snr 60").exit_code, 10);
+  EXPECT_EQ(verify("--min-cosine 0.99999").exit_code, 10);
+  EXPECT_EQ(verify("--max-abs-error 1e-9").exit_code, 10);
+}
+
+TEST_F(VerifyCli, PolicyFile) {
+  const std::string p = dir_.file("policy.json");
+  test::write_file(p, std::string(R"({"version": 1,
+    "thresholds": {"max_rel_error": 0.2, "min_cosine": 0.9},
+    "overrides": [{"pattern": "*.mlp.down_proj.weight", "max_rel_error": 0.6}]})"));
+  auto r = verify("--policy " + q(p));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  // A flag overrides the policy's global value (not its per-name override).
+  r = verify("--policy " + q(p) + " --max-rel-error 0.01 --quiet");
+  EXPECT_EQ(r.exit_code, 10) << r.output;
+  EXPECT_NE(r.output.find("q_proj.weight"), std::string::npos);
+  EXPECT_EQ(r.output.find("down_proj.weight"), std::string::npos) << r.output;
+  // Model totals.
+  test::write_file(p, std::string(R"({"model": {"max_rel_error": 0.0001}})"));
+  r = verify("--policy " + q(p) + " --quiet");
+  EXPECT_EQ(r.exit_code, 10);
+  EXPECT_NE(r.output.find("model totals"), std::string::npos) << r.output;
+  // Malformed: a usage error naming the key.
+  test::write_file(p, std::string(R"({"thresholds": {"max_rel": 0.1}})"));
+  r = verify("--policy " + q(p));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("max_rel"), std::string::npos) << r.output;
+}
+
+TEST_F(VerifyCli, UsageAndIoErrors) {
+  EXPECT_EQ(test::run_qpack("verify " + q(qp_)).exit_code, 2);  // no source
+  EXPECT_EQ(verify("--min-cosine 2").exit_code, 2);
+  EXPECT_EQ(verify("--device tpu").exit_code, 2);
+  EXPECT_EQ(verify("--bogus").exit_code, 2);
+  EXPECT_EQ(test::run_qpack("verify " + q(dir_.file("none.qpack")) + " " + q(src_)).exit_code, 5);
+  EXPECT_EQ(test::run_qpack("verify " + q(qp_) + " " + q(dir_.file("none.safetensors"))).exit_code, 5);
+  if (!verify_cuda_available()) {
+    const auto r = test::run_qpack("verify " + q(qp_) + " " + q(src_) + " --device cuda");
+    EXPECT_EQ(r.exit_code, 6) << r.output;
+  }
+  const auto h = test::run_qpack("verify --help");
+  EXPECT_EQ(h.exit_code, 0);
+  EXPECT_NE(h.output.find("Exit codes:"), std::string::npos);
+  EXPECT_NE(h.output.find("10  a quality threshold failed"), std::string::npos) << h.output;
+}
+
+TEST_F(VerifyCli, TamperedFilesExit4) {
+  const auto qf = QpackFile::open(qp_);
+  const uint64_t codes = qf->find("model.layers.1.self_attn.v_proj.weight")->codes.offset + 5;
+  const uint64_t scales = qf->find("lm_head.weight")->scales.offset + 1;
+  const uint64_t size = qf->file_size();
+  const auto pristine = test::read_file(qp_);
+  auto restore = [&] { test::write_file(qp_, pristine.data(), pristine.size()); };
+
+  vtest::flip_byte(qp_, codes);
+  auto r = verify("");
+  EXPECT_EQ(r.exit_code, 4) << r.output;
+  EXPECT_NE(r.output.find("INTEGRITY FAILURE"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("model.layers.1.self_attn.v_proj.weight"), std::string::npos);
+  EXPECT_NE(r.output.find("section codes"), std::string::npos) << r.output;
+  restore();
+
+  vtest::flip_byte(qp_, scales, 0x80);
+  r = verify("--quiet");
+  EXPECT_EQ(r.exit_code, 4) << r.output;
+  EXPECT_NE(r.output.find("integrity: lm_head.weight scales"), std::string::npos) << r.output;
+  restore();
+
+  uint64_t manifest_offset;
+  std::memcpy(&manifest_offset, pristine.data() + 16, 8);
+  vtest::flip_byte(qp_, manifest_offset + 10);
+  r = verify("");
+  EXPECT_EQ(r.exit_code, 4) << r.output;
+  restore();
+
+  fs::resize_file(qp_, size - 100);
+  r = verify("");
+  EXPECT_EQ(r.exit_code, 4) << r.output;
+  EXPECT_NE(r.output.find("INTEGRITY FAILURE"), std::string::npos) << r.output;
+  restore();
+  EXPECT_EQ(verify("").exit_code, 0);
+}
+
+TEST_F(VerifyCli, SourceMismatchExits4) {
+  std::vector<vtest::HostTensor> src = tensors_;
+  src.pop_back();  // lm_head missing from the source: extra in the .qpack
+  vtest::write_source(src_, src);
+  const auto r = verify("");
+  EXPECT_EQ(r.exit_code, 4) << r.output;
+  EXPECT_NE(r.output.find("lm_head.weight: not in the source checkpoint"), std::string::npos) << r.output;
+}
+
+TEST_F(VerifyCli, JsonAndHtmlReports) {
+  const std::string html = dir_.file("r.html"), jf = dir_.file("r.json");
+  auto r = verify("--json --max-rel-error 0.2 --html " + q(html) + " --json-out " + q(jf));
+  EXPECT_EQ(r.exit_code, 10);
+  const auto j = nlohmann::json::parse(r.output);
+  EXPECT_EQ(j["verdict"], "gate_failed");
+  EXPECT_EQ(j["exit_code"], 10);
+  EXPECT_EQ(j["gate"]["failures"].size(), 2u);
+  EXPECT_EQ(j["gate"]["failures"][0]["metric"], "rel_error");
+  EXPECT_EQ(j["settings"]["device"].get<std::string>().rfind("cpu", 0), 0u);
+  EXPECT_EQ(nlohmann::json::parse(test::read_file(jf).data(), test::read_file(jf).data() + fs::file_size(jf))["verdict"],
+            "gate_failed");
+  const auto bytes = test::read_file(html);
+  const std::string h(bytes.begin(), bytes.end());
+  EXPECT_NE(h.find("<svg"), std::string::npos);
+  EXPECT_NE(h.find("FAIL"), std::string::npos);
+  EXPECT_EQ(h.find("https://"), std::string::npos);
+}
+
+TEST_F(VerifyCli, DequantizeRoundTrip) {
+  const std::string out = dir_.file("deq.safetensors");
+  auto r = test::run_qpack("dequantize " + q(qp_) + " " + q(out));
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  const auto f = SafetensorsFile::open(out);
+  EXPECT_EQ(f->tensors().size(), tensors_.size());
+  for (const auto& t : tensors_) {
+    const TensorInfo* info = f->find(t.name);
+    ASSERT_NE(info, nullptr);
+    if (t.shape.size() < 2) {
+      EXPECT_EQ(std::memcmp(f->tensor_data(*info), t.bytes.data(), t.bytes.size()), 0) << t.name;
+      continue;
+    }
+    QuantScheme s;
+    if (t.name.find("down_proj") != std::string::npos) s.bits = 2;
+    const vtest::Quantized qt = vtest::quantize(t, s);
+    std::vector<float> ref(t.numel());
+    dequantize_reference(qt.codes.data(), qt.scales.data(), qt.zeros.data(), qt.layout, qt.scheme, ref.data());
+    EXPECT_EQ(std::memcmp(f->tensor_data(*info), ref.data(), ref.size() * 4), 0) << t.name;  // F32 source
+  }
+  // Exists: exit 5 without --force; --dtype bf16 with --force.
+  EXPECT_EQ(test::run_qpack("dequantize " + q(qp_) + " " + q(out)).exit_code, 5);
+  r = test::run_qpack("dequantize " + q(qp_) + " " + q(out) + " --force --dtype bf16 --quiet");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(r.output.empty()) << r.output;
+  EXPECT_EQ(SafetensorsFile::open(out)->find("lm_head.weight")->dtype, DType::BF16);
+  EXPECT_EQ(SafetensorsFile::open(out)->find("model.norm.weight")->dtype, DType::F32);  // raw: as it was
+  EXPECT_EQ(test::run_qpack("dequantize " + q(qp_) + " " + q(out) + " --dtype f8").exit_code, 2);
+}
+
+// The real model: llama2.c stories260K as HF-named safetensors (qpack-testgen),
+// converted by `qpack convert`, verified, dequantized and verified again.
+class VerifyStories : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(VerifyStories, ConvertVerifyDequantize) {
+  const std::string bin = test::shared_data_dir() + "/stories260K/stories260K.bin";
+  if (!fs::exists(bin)) GTEST_SKIP() << "no " << bin << " (../shared/data is absent in this clone)";
+  test::TempDir dir;
+  const std::string st = dir.file("model.safetensors"), qp = dir.file("stories.qpack");
+  test::run_testgen("stories " + q(bin) + " " + q(st) + " --dtype " + GetParam());
+  auto r = test::run_qpack("convert " + q(st) + " " + q(qp) + " -q");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+
+  r = test::run_qpack("verify " + q(qp) + " " + q(st) + " --device cpu --json --max-rel-error 0.2 --min-cosine 0.98");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto j = nlohmann::json::parse(r.output);
+  EXPECT_EQ(j["verdict"], "pass");
+  EXPECT_EQ(j["bound_violations"], 0);
+  EXPECT_EQ(j["layers"].size(), 6u);  // global + 5 blocks
+  EXPECT_EQ(j["layers"][5]["key"], "model.layers.4");
+  EXPECT_EQ(j["layers"][5]["tensors"], 9);
+  size_t quantized = 0;
+  for (const auto& t : j["tensors"]) quantized += t["quantized"].get<bool>();
+  EXPECT_GE(quantized, 5u * 7u);
+  const double rel = j["model"]["metrics"]["rel_error"].get<double>();
+  EXPECT_GT(rel, 0.01);
+  EXPECT_LT(rel, 0.2);
+
+  // Thread counts give the same metrics.
+  const auto j1 = nlohmann::json::parse(
+      test::run_qpack("verify " + q(qp) + " " + q(st) + " --device cpu --json --threads 1").output);
+  EXPECT_EQ(j1["tensors"], j["tensors"]);
+  EXPECT_EQ(j1["layers"], j["layers"]);
+  EXPECT_EQ(j1["model"], j["model"]);
+
+  // The dequantized checkpoint has the same names, shapes and dtypes.
+  const std::string deq = dir.file("deq.safetensors");
+  r = test::run_qpack("dequantize " + q(qp) + " " + q(deq) + " -q");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto a = SafetensorsFile::open(st), b = SafetensorsFile::open(deq);
+  ASSERT_EQ(a->tensors().size(), b->tensors().size());
+  for (const auto& t : a->tensors()) {
+    const TensorInfo* u = b->find(t.name);
+    ASSERT_NE(u, nullptr) << t.name;
+    EXPECT_EQ(u->shape, t.shape);
+    EXPECT_EQ(u->dtype, t.dtype);
+  }
+  // A bad threshold on the real model names its worst tensor.
+  r = test::run_qpack("verify " + q(qp) + " " + q(st) + " --device cpu --quiet --max-rel-error 0.001");
+  EXPECT_EQ(r.exit_code, 10);
+  EXPECT_NE(r.output.find("threshold failed: model.layers."), std::string::npos) << r.output;
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, VerifyStories, ::testing::Values("f32", "bf16"));
+
+}  // namespace
+}  // namespace qpack

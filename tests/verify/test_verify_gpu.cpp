@@ -1,0 +1,129 @@
+// The CUDA path gives the CPU path's bits: per tensor (whole, and staged in
+// tiny chunks, including column-split segment rows), on device-resident
+// buffers, and for a whole verify() report. Skips without a device.
+#include <gtest/gtest.h>
+
+#include <cuda_runtime.h>
+
+#include <cstring>
+#include <random>
+
+#include "qpack/verify.hpp"
+#include "qpack/verify_metrics.hpp"
+#include "qpack/verify_report.hpp"
+#include "testutil.hpp"
+#include "verify/verify_fixtures.hpp"
+
+namespace qpack {
+namespace {
+
+using vtest::HostTensor;
+using vtest::Quantized;
+
+#define SKIP_WITHOUT_GPU() \
+  if (!verify_cuda_available()) GTEST_SKIP() << "no usable CUDA device"
+
+QuantTensorView view_of(const HostTensor& t, const Quantized& q) {
+  QuantTensorView v;
+  v.source = t.bytes.data();
+  v.source_dtype = t.dtype;
+  v.codes = q.codes.data();
+  v.scales = q.scales.data();
+  v.zeros = q.scheme.symmetric ? nullptr : q.zeros.data();
+  v.layout = q.layout;
+  v.scheme = q.scheme;
+  v.name = t.name;
+  return v;
+}
+
+bool identical(const ErrorSums& a, const ErrorSums& b) {
+  auto eq = [](double x, double y) { return std::memcmp(&x, &y, 8) == 0; };
+  return a.count == b.count && a.nonfinite == b.nonfinite && eq(a.sum_sq_err, b.sum_sq_err) &&
+         eq(a.sum_abs_err, b.sum_abs_err) && eq(a.sum_sq_ref, b.sum_sq_ref) && eq(a.sum_sq_hat, b.sum_sq_hat) &&
+         eq(a.sum_dot, b.sum_dot) && eq(a.max_abs_err, b.max_abs_err) && a.max_abs_index == b.max_abs_index &&
+         a.bound_violations == b.bound_violations && a.first_violation_index == b.first_violation_index;
+}
+
+TEST(VerifyGpu, SameBitsAsCpuForEverySchemeAndChunking) {
+  SKIP_WITHOUT_GPU();
+  auto whole = CudaMetricsEngine::create(256ull << 20);
+  auto tiny = CudaMetricsEngine::create(4096);  // forces many chunks and column splits
+  std::mt19937_64 rng(test::test_seed());
+  const std::vector<std::vector<int64_t>> shapes = {{1},       {7},        {3, 5},    {65, 3},     {2, 3, 130},
+                                                    {70, 300}, {5, 100, 3}, {129, 2}, {1, 1000},  {33, 1000},
+                                                    {4, 5000}, {300, 64},   {0, 5}};
+  const int64_t groups[] = {8, 64, 0, 96, 128, 10};
+  for (int bits : {2, 3, 4, 8})
+    for (bool sym : {false, true})
+      for (DType sd : {DType::F16, DType::BF16, DType::F32})
+        for (const auto& shape : shapes) {
+          QuantScheme s;
+          s.bits = bits;
+          s.symmetric = sym;
+          s.scale_dtype = sd;
+          s.group_size = groups[rng() % std::size(groups)];
+          s.axis = int(rng() % shape.size());
+          const DType src = std::array<DType, 3>{DType::F32, DType::F16, DType::BF16}[rng() % 3];
+          HostTensor t = vtest::random_tensor("t", src, shape, rng);
+          if (t.numel() > 10) vtest::set_value(t, 3, std::numeric_limits<float>::quiet_NaN());
+          const Quantized q = vtest::quantize(t, s, NonFinitePolicy::Zero);
+          const ErrorSums cpu = compute_error_sums_cpu(view_of(t, q), 2);
+          const std::string what = scheme_to_string(q.scheme) + " " + dtype_name(src) + " numel " +
+                                   std::to_string(t.numel());
+          EXPECT_TRUE(identical(cpu, whole->compute(view_of(t, q)))) << what;
+          EXPECT_TRUE(identical(cpu, tiny->compute(view_of(t, q)))) << what << " (4 KiB chunks)";
+        }
+}
+
+TEST(VerifyGpu, DeviceResidentBuffersGiveTheSameBits) {
+  SKIP_WITHOUT_GPU();
+  auto eng = CudaMetricsEngine::create(64ull << 20);
+  std::mt19937_64 rng(4);
+  const HostTensor t = vtest::random_tensor("w", DType::BF16, {512, 1024}, rng, 0.02);
+  const Quantized q = vtest::quantize(t, QuantScheme{});
+  auto up = [](const std::vector<uint8_t>& v) {
+    void* d = nullptr;
+    EXPECT_EQ(cudaMalloc(&d, std::max<size_t>(v.size(), 1)), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(d, v.data(), v.size(), cudaMemcpyHostToDevice), cudaSuccess);
+    return static_cast<uint8_t*>(d);
+  };
+  uint8_t *ds = up(t.bytes), *dc = up(q.codes), *dsc = up(q.scales), *dz = up(q.zeros);
+  QuantTensorView v = view_of(t, q);
+  v.source = ds;
+  v.codes = dc;
+  v.scales = dsc;
+  v.zeros = dz;
+  float ms = -1;
+  const ErrorSums g = eng->compute_device(v, &ms);
+  EXPECT_GE(ms, 0.0f);
+  EXPECT_TRUE(identical(g, compute_error_sums_cpu(view_of(t, q), 2)));
+  for (uint8_t* p : {ds, dc, dsc, dz}) cudaFree(p);
+}
+
+TEST(VerifyGpu, ReportMatchesCpuReport) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937_64 rng(test::test_seed());
+  test::TempDir dir;
+  const auto tensors = vtest::tiny_llama(rng, 3, DType::BF16);
+  vtest::write_source(dir.file("m.safetensors"), tensors);
+  vtest::write_qpack(dir.file("m.qpack"), tensors, vtest::quantize_matrices());
+  VerifyOptions o;
+  o.device = VerifyDevice::Cpu;
+  const VerifyReport cpu = verify(dir.file("m.qpack"), dir.file("m.safetensors"), o);
+  o.device = VerifyDevice::Cuda;
+  o.gpu_chunk_bytes = 8192;
+  const VerifyReport gpu = verify(dir.file("m.qpack"), dir.file("m.safetensors"), o);
+  EXPECT_NE(gpu.device.find("cuda"), std::string::npos);
+  auto strip = [](const VerifyReport& r) {
+    nlohmann::json j = verify_report_json(r);
+    j.erase("timing");
+    j.erase("settings");
+    return j.dump();
+  };
+  EXPECT_EQ(strip(cpu), strip(gpu));
+  o.device = VerifyDevice::Auto;
+  EXPECT_NE(verify(dir.file("m.qpack"), dir.file("m.safetensors"), o).device.find("cuda"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace qpack
