@@ -1,0 +1,500 @@
+// CudaTensorQuantizer: quantizes tensors that sit in host memory (often a
+// read-only mmap of a safetensors file) into host output buffers.
+//
+// The tensor is cut into chunks of whole groups (group rows; inner columns
+// too when a single group row is larger than a chunk). Each chunk goes
+// through one of `streams` slots, each with its own pinned staging buffers,
+// device buffers, stream and events:
+//
+//   loader thread:  pageable source -> pinned input        (chunk n+1, n+2)
+//   slot stream:    H2D, kernel, D2H of codes/scales/flags  (chunk n)
+//   calling thread: pinned output -> caller's buffers       (chunk n-streams)
+//
+// so host copies, both DMA directions and the kernels overlap. Host copies
+// are split over a small pool of threads (one memcpy thread does not keep up
+// with PCIe). A source that is already pinned skips the staging copy.
+//
+// Errors match quantize_reference: non-finite inputs and range overflows are
+// recorded by the kernels as flat / group indices and reported, once the
+// whole tensor is done, through the reference's helpers (so the first index
+// and the message are the same); CUDA failures become Error(Cuda).
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "cuda_util.hpp"
+#include "qpack/cuda_quant.hpp"
+#include "qpack/error.hpp"
+#include "qpack/quant_detail.hpp"
+
+namespace qpack {
+namespace {
+
+using cuda::QuantFlags;
+
+void check(cudaError_t err, const char* what, const std::string& tensor = {}) {
+  if (err != cudaSuccess) cuda::throw_if_failed(cuda::cuda_status(err, what), tensor);
+}
+
+// A fixed set of threads that run batches of independent tasks; callers
+// block until their own batch is done, so two threads (the loader and the
+// output copier) can share it.
+class WorkerPool {
+ public:
+  explicit WorkerPool(int threads) {
+    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { work(); });
+  }
+  ~WorkerPool() {
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  int size() const { return int(threads_.size()); }
+
+  // Runs fn(0) .. fn(count-1) and waits. fn must not throw.
+  void run(int count, const std::function<void(int)>& fn) {
+    if (count <= 0) return;
+    if (count == 1 || threads_.empty()) {
+      for (int i = 0; i < count; ++i) fn(i);
+      return;
+    }
+    Batch batch;
+    batch.remaining = count;
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      for (int i = 0; i < count; ++i) queue_.push_back({&fn, i, &batch});
+    }
+    cv_.notify_all();
+    std::unique_lock<std::mutex> lk(batch.m);
+    batch.cv.wait(lk, [&] { return batch.remaining == 0; });
+  }
+
+ private:
+  struct Batch {
+    std::mutex m;
+    std::condition_variable cv;
+    int remaining = 0;
+  };
+  struct Task {
+    const std::function<void(int)>* fn;
+    int index;
+    Batch* batch;
+  };
+  void work() {
+    for (;;) {
+      Task t;
+      {
+        std::unique_lock<std::mutex> lk(m_);
+        cv_.wait(lk, [&] { return stop_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        t = queue_.front();
+        queue_.pop_front();
+      }
+      (*t.fn)(t.index);
+      std::lock_guard<std::mutex> lk(t.batch->m);
+      if (--t.batch->remaining == 0) t.batch->cv.notify_all();
+    }
+  }
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<Task> queue_;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+
+// Copies `rows` rows of `width` bytes (source pitch src_pitch, destination
+// pitch dst_pitch) with the pool; contiguous copies are cut into pieces of
+// at least 1 MiB.
+void parallel_copy_2d(WorkerPool& pool, uint8_t* dst, size_t dst_pitch, const uint8_t* src,
+                      size_t src_pitch, size_t width, size_t rows) {
+  if (rows == 0 || width == 0) return;
+  if (dst_pitch == width && src_pitch == width) {
+    const size_t total = width * rows;
+    const size_t pieces = std::max<size_t>(1, std::min<size_t>(size_t(pool.size()), total >> 20));
+    const size_t step = (total + pieces - 1) / pieces;
+    pool.run(int(pieces), [&](int i) {
+      const size_t b = size_t(i) * step, e = std::min(total, b + step);
+      if (b < e) std::memcpy(dst + b, src + b, e - b);
+    });
+    return;
+  }
+  const size_t pieces = std::max<size_t>(
+      1, std::min<size_t>({size_t(pool.size()), rows, (width * rows) >> 18}));
+  const size_t step = (rows + pieces - 1) / pieces;
+  pool.run(int(pieces), [&](int i) {
+    const size_t b = size_t(i) * step, e = std::min(rows, b + step);
+    for (size_t r = b; r < e; ++r) std::memcpy(dst + r * dst_pitch, src + r * src_pitch, width);
+  });
+}
+
+size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+struct Chunk {
+  int64_t gr_begin, gr_end;    // group rows
+  int64_t col_begin, col_end;  // inner columns
+  int64_t row_begin, row_end;  // tensor rows covered
+};
+
+class CudaTensorQuantizer final : public TensorQuantizer {
+ public:
+  CudaTensorQuantizer(int device, const cuda::QuantizerOptions& opt) : device_(device), opt_(opt) {
+    std::string why;
+    if (!cuda::cuda_available(&why))
+      throw Error(ErrorCode::NoDevice, "", "", "CUDA is not available: " + why);
+    cuda::DeviceInfo info;
+    const cuda::Status st = cuda::query_device(device, &info);
+    if (!st.ok()) throw Error(ErrorCode::NoDevice, "", "", st.message);
+    description_ = "cuda:" + std::to_string(device) + " (" + info.name + ")";
+    if (opt_.streams < 2) opt_.streams = 2;
+    if (opt_.chunk_bytes == 0) opt_.chunk_bytes = 1;
+    int threads = opt_.host_threads;
+    if (threads <= 0) threads = std::clamp(int(std::thread::hardware_concurrency()) / 2, 1, 8);
+    pool_ = std::make_unique<WorkerPool>(threads);
+    check(cudaSetDevice(device_), "cudaSetDevice");
+    slots_.resize(size_t(opt_.streams));
+    try {
+      for (Slot& s : slots_) {
+        check(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking), "cudaStreamCreate");
+        check(cudaEventCreateWithFlags(&s.h2d_done, cudaEventDisableTiming), "cudaEventCreate");
+        check(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming), "cudaEventCreate");
+      }
+      // Nominal capacity for chunk_bytes of 16-bit source at 8 bits; grown
+      // on demand by tensors that need more (tiny groups, huge groups).
+      const size_t in = round_up(opt_.chunk_bytes, 256);
+      ensure_capacity(in, round_up(in / 2, 256), round_up(in / 8 + 256, 256));
+    } catch (...) {
+      release();
+      throw;
+    }
+  }
+
+  ~CudaTensorQuantizer() override { release(); }
+
+  std::string description() const override { return description_; }
+
+  void quantize(const QuantInput& in, const GroupLayout& L, const QuantScheme& scheme,
+                NonFinitePolicy policy, const QuantBuffers& out) override;
+
+ private:
+  struct Slot {
+    cudaStream_t stream = nullptr;
+    cudaEvent_t h2d_done = nullptr;  // the pinned input may be refilled
+    cudaEvent_t done = nullptr;      // the pinned outputs are complete
+    uint8_t* d_mem = nullptr;        // input | codes | scales | zeros | flags
+    uint8_t* h_in = nullptr;         // pinned
+    uint8_t* h_out = nullptr;        // pinned: codes | scales | zeros | flags
+  };
+
+  void release() noexcept {
+    cudaSetDevice(device_);
+    for (Slot& s : slots_) {
+      if (s.stream) cudaStreamSynchronize(s.stream);
+      free_buffers(s);
+      if (s.h2d_done) cudaEventDestroy(s.h2d_done);
+      if (s.done) cudaEventDestroy(s.done);
+      if (s.stream) cudaStreamDestroy(s.stream);
+      s = Slot{};
+    }
+    cudaGetLastError();
+  }
+  static void free_buffers(Slot& s) noexcept {
+    if (s.d_mem) cudaFree(s.d_mem);
+    if (s.h_in) cudaFreeHost(s.h_in);
+    if (s.h_out) cudaFreeHost(s.h_out);
+    s.d_mem = s.h_in = s.h_out = nullptr;
+  }
+
+  // Offsets inside a slot's buffers for the current capacities.
+  size_t off_codes() const { return cap_in_; }
+  size_t off_scales() const { return cap_in_ + cap_codes_; }
+  size_t off_zeros() const { return cap_in_ + cap_codes_ + cap_params_; }
+  size_t off_flags() const { return cap_in_ + cap_codes_ + 2 * cap_params_; }
+  size_t out_off(size_t device_off) const { return device_off - cap_in_; }
+
+  void ensure_capacity(size_t in, size_t codes, size_t params) {
+    in = round_up(std::max<size_t>(in, 256), 256);
+    codes = round_up(std::max<size_t>(codes, 256), 256);
+    params = round_up(std::max<size_t>(params, 256), 256);
+    if (in <= cap_in_ && codes <= cap_codes_ && params <= cap_params_) return;
+    in = std::max(in, cap_in_);
+    codes = std::max(codes, cap_codes_);
+    params = std::max(params, cap_params_);
+    for (Slot& s : slots_) {
+      check(cudaStreamSynchronize(s.stream), "cudaStreamSynchronize");
+      free_buffers(s);
+    }
+    cap_in_ = cap_codes_ = cap_params_ = 0;
+    const size_t dev_bytes = in + codes + 2 * params + 256;
+    const size_t out_bytes = codes + 2 * params + 256;
+    for (Slot& s : slots_) {
+      void* p = nullptr;
+      check(cudaMalloc(&p, dev_bytes), "cudaMalloc (staging)");
+      s.d_mem = static_cast<uint8_t*>(p);
+      check(cudaMallocHost(&p, in), "cudaMallocHost (staging)");
+      s.h_in = static_cast<uint8_t*>(p);
+      check(cudaMallocHost(&p, out_bytes), "cudaMallocHost (staging)");
+      s.h_out = static_cast<uint8_t*>(p);
+    }
+    cap_in_ = in;
+    cap_codes_ = codes;
+    cap_params_ = params;
+  }
+
+  std::vector<Chunk> plan(const GroupLayout& L, int esize, int ssize) const;
+
+  int device_;
+  cuda::QuantizerOptions opt_;
+  std::string description_;
+  std::unique_ptr<WorkerPool> pool_;
+  std::vector<Slot> slots_;
+  size_t cap_in_ = 0, cap_codes_ = 0, cap_params_ = 0;
+};
+
+std::vector<Chunk> CudaTensorQuantizer::plan(const GroupLayout& L, int esize, int ssize) const {
+  const int64_t total_gr = L.outer * L.groups_per_axis;
+  const uint64_t budget = std::max<uint64_t>(opt_.chunk_bytes, 1);
+  // Bytes of one group column, and of one whole group row (an upper bound:
+  // a partial last group has fewer rows).
+  const uint64_t col_bytes = uint64_t(L.group_size) * uint64_t(esize) +
+                             uint64_t(L.bytes_per_group) + 2 * uint64_t(ssize);
+  int64_t grs, cols;
+  if (col_bytes * uint64_t(L.inner) <= budget) {
+    cols = L.inner;
+    grs = int64_t(std::min<uint64_t>(uint64_t(total_gr), budget / (col_bytes * uint64_t(L.inner))));
+  } else {
+    grs = 1;
+    cols = int64_t(std::max<uint64_t>(1, budget / col_bytes));
+    if (cols >= 64) cols -= cols % 64;  // keeps the tile pitch a multiple of the vector width
+    cols = std::min(cols, L.inner);
+  }
+  grs = std::max<int64_t>(grs, 1);
+  std::vector<Chunk> chunks;
+  for (int64_t g = 0; g < total_gr; g += grs) {
+    const int64_t ge = std::min(total_gr, g + grs);
+    for (int64_t c = 0; c < L.inner; c += cols)
+      chunks.push_back({g, ge, c, std::min(L.inner, c + cols), cuda::tile_first_row(L, g),
+                        cuda::tile_end_row(L, ge)});
+  }
+  return chunks;
+}
+
+void CudaTensorQuantizer::quantize(const QuantInput& in, const GroupLayout& L,
+                                   const QuantScheme& scheme, NonFinitePolicy policy,
+                                   const QuantBuffers& out) {
+  if (!is_quantizable(in.dtype))
+    throw Error(ErrorCode::UnsupportedDtype, "", in.name,
+                std::string("cannot quantize ") + dtype_name(in.dtype) + " (F16, BF16 or F32 only)");
+  if (L.bits != scheme.bits)
+    throw Error(ErrorCode::InvalidArgument, "", in.name, "layout and scheme disagree on bits");
+  if (L.num_elements() == 0 || L.num_groups() == 0) return;
+  if (!in.data || !out.codes || !out.scales || (!scheme.symmetric && !out.zeros))
+    throw Error(ErrorCode::InvalidArgument, "", in.name, "null source or output buffer");
+
+  check(cudaSetDevice(device_), "cudaSetDevice", in.name);
+  const int esize = in.dtype == DType::F32 ? 4 : 2;
+  const int ssize = scale_bytes(scheme.scale_dtype);
+  const std::vector<Chunk> chunks = plan(L, esize, ssize);
+  {
+    size_t need_in = 0, need_codes = 0, need_params = 0;
+    for (const Chunk& c : chunks) {
+      const size_t cols = size_t(c.col_end - c.col_begin), grs = size_t(c.gr_end - c.gr_begin);
+      need_in = std::max(need_in, size_t(c.row_end - c.row_begin) * cols * size_t(esize));
+      need_codes = std::max(need_codes, grs * size_t(L.bytes_per_group) * cols);
+      need_params = std::max(need_params, grs * cols * size_t(ssize));
+    }
+    ensure_capacity(need_in, need_codes, need_params);
+  }
+
+  const uint8_t* src = in.data;
+  const size_t row_bytes = size_t(L.inner) * size_t(esize);
+  // A pinned (page-locked) source is copied straight to the device.
+  bool pinned_source = false;
+  {
+    cudaPointerAttributes a{}, b{};
+    const uint8_t* last = src + size_t(L.num_elements()) * size_t(esize) - 1;
+    if (cudaPointerGetAttributes(&a, src) == cudaSuccess &&
+        cudaPointerGetAttributes(&b, last) == cudaSuccess)
+      pinned_source = a.type == cudaMemoryTypeHost && b.type == cudaMemoryTypeHost;
+    cudaGetLastError();
+  }
+
+  const int64_t n_chunks = int64_t(chunks.size());
+  const int64_t n_slots = int64_t(slots_.size());
+
+  // Loader thread state.
+  std::mutex m;
+  std::condition_variable cv;
+  int64_t loaded = 0, enqueued = 0;
+  bool abort = false;
+  std::exception_ptr loader_error;
+
+  auto load = [&](int64_t n) {
+    const Chunk& c = chunks[size_t(n)];
+    Slot& s = slots_[size_t(n % n_slots)];
+    const size_t width = size_t(c.col_end - c.col_begin) * size_t(esize);
+    parallel_copy_2d(*pool_, s.h_in, width,
+                     src + size_t(c.row_begin) * row_bytes + size_t(c.col_begin) * size_t(esize),
+                     row_bytes, width, size_t(c.row_end - c.row_begin));
+  };
+  std::thread loader;
+  if (!pinned_source) {
+    loader = std::thread([&] {
+      try {
+        check(cudaSetDevice(device_), "cudaSetDevice", in.name);
+        for (int64_t n = 0; n < n_chunks; ++n) {
+          if (n >= n_slots) {
+            // The slot's pinned input is free once the H2D of chunk n - slots is done.
+            {
+              std::unique_lock<std::mutex> lk(m);
+              cv.wait(lk, [&] { return abort || enqueued > n - n_slots; });
+              if (abort) return;
+            }
+            check(cudaEventSynchronize(slots_[size_t(n % n_slots)].h2d_done), "cudaEventSynchronize",
+                  in.name);
+          }
+          load(n);
+          {
+            std::lock_guard<std::mutex> lk(m);
+            loaded = n + 1;
+          }
+          cv.notify_all();
+        }
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(m);
+        loader_error = std::current_exception();
+        abort = true;
+        cv.notify_all();
+      }
+    });
+  }
+  auto stop_loader = [&] {
+    {
+      std::lock_guard<std::mutex> lk(m);
+      abort = true;
+    }
+    cv.notify_all();
+    if (loader.joinable()) loader.join();
+  };
+
+  unsigned long long first_nonfinite = cuda::kNoIndex, first_overflow = cuda::kNoIndex;
+  const size_t sb = size_t(ssize);
+
+  auto finish = [&](int64_t n) {
+    const Chunk& c = chunks[size_t(n)];
+    Slot& s = slots_[size_t(n % n_slots)];
+    check(cudaEventSynchronize(s.done), "quantize chunk", in.name);
+    QuantFlags f;
+    std::memcpy(&f, s.h_out + out_off(off_flags()), sizeof f);
+    first_nonfinite = std::min(first_nonfinite, f.first_nonfinite);
+    first_overflow = std::min(first_overflow, f.first_overflow_group);
+    const size_t cols = size_t(c.col_end - c.col_begin), grs = size_t(c.gr_end - c.gr_begin);
+    const size_t inner = size_t(L.inner), B = size_t(L.bytes_per_group);
+    // codes: [gr][B][cols] in the tile -> [gr][B][inner] at column col_begin
+    parallel_copy_2d(*pool_, out.codes + size_t(c.gr_begin) * B * inner + size_t(c.col_begin),
+                     inner, s.h_out + out_off(off_codes()), cols, cols, grs * B);
+    parallel_copy_2d(*pool_, out.scales + (size_t(c.gr_begin) * inner + size_t(c.col_begin)) * sb,
+                     inner * sb, s.h_out + out_off(off_scales()), cols * sb, cols * sb, grs);
+    if (!scheme.symmetric)
+      parallel_copy_2d(*pool_, out.zeros + (size_t(c.gr_begin) * inner + size_t(c.col_begin)) * sb,
+                       inner * sb, s.h_out + out_off(off_zeros()), cols * sb, cols * sb, grs);
+  };
+
+  auto enqueue = [&](int64_t n) {
+    const Chunk& c = chunks[size_t(n)];
+    Slot& s = slots_[size_t(n % n_slots)];
+    const size_t cols = size_t(c.col_end - c.col_begin), grs = size_t(c.gr_end - c.gr_begin);
+    const size_t width = cols * size_t(esize), rows = size_t(c.row_end - c.row_begin);
+    auto* flags = reinterpret_cast<QuantFlags*>(s.d_mem + off_flags());
+    cuda::throw_if_failed(cuda::reset_flags(flags, s.stream), in.name);
+    if (pinned_source) {
+      check(cudaMemcpy2DAsync(s.d_mem, width,
+                              src + size_t(c.row_begin) * row_bytes + size_t(c.col_begin) * size_t(esize),
+                              row_bytes, width, rows, cudaMemcpyHostToDevice, s.stream),
+            "cudaMemcpy2DAsync (H2D)", in.name);
+    } else {
+      check(cudaMemcpyAsync(s.d_mem, s.h_in, width * rows, cudaMemcpyHostToDevice, s.stream),
+            "cudaMemcpyAsync (H2D)", in.name);
+    }
+    check(cudaEventRecord(s.h2d_done, s.stream), "cudaEventRecord", in.name);
+    {
+      std::lock_guard<std::mutex> lk(m);
+      enqueued = n + 1;
+    }
+    cv.notify_all();
+    cuda::DeviceQuantOutput d_out;
+    d_out.codes = s.d_mem + off_codes();
+    d_out.scales = s.d_mem + off_scales();
+    d_out.zeros = scheme.symmetric ? nullptr : s.d_mem + off_zeros();
+    cuda::Tile tile;
+    tile.group_row_begin = c.gr_begin;
+    tile.group_row_end = c.gr_end;
+    tile.col_begin = c.col_begin;
+    tile.col_end = c.col_end;
+    cuda::throw_if_failed(
+        cuda::quantize(s.d_mem, in.dtype, L, scheme, policy, d_out, flags, s.stream, tile), in.name);
+    const size_t codes = grs * size_t(L.bytes_per_group) * cols, params = grs * cols * sb;
+    check(cudaMemcpyAsync(s.h_out + out_off(off_codes()), d_out.codes, codes, cudaMemcpyDeviceToHost,
+                          s.stream),
+          "cudaMemcpyAsync (D2H)", in.name);
+    check(cudaMemcpyAsync(s.h_out + out_off(off_scales()), d_out.scales, params,
+                          cudaMemcpyDeviceToHost, s.stream),
+          "cudaMemcpyAsync (D2H)", in.name);
+    if (!scheme.symmetric)
+      check(cudaMemcpyAsync(s.h_out + out_off(off_zeros()), d_out.zeros, params,
+                            cudaMemcpyDeviceToHost, s.stream),
+            "cudaMemcpyAsync (D2H)", in.name);
+    check(cudaMemcpyAsync(s.h_out + out_off(off_flags()), flags, sizeof(QuantFlags),
+                          cudaMemcpyDeviceToHost, s.stream),
+          "cudaMemcpyAsync (D2H)", in.name);
+    check(cudaEventRecord(s.done, s.stream), "cudaEventRecord", in.name);
+  };
+
+  try {
+    for (int64_t n = 0; n < n_chunks; ++n) {
+      if (n >= n_slots) finish(n - n_slots);
+      if (!pinned_source) {
+        std::unique_lock<std::mutex> lk(m);
+        cv.wait(lk, [&] { return loaded > n || loader_error; });
+        if (loader_error) std::rethrow_exception(loader_error);
+      }
+      enqueue(n);
+    }
+    for (int64_t n = std::max<int64_t>(0, n_chunks - n_slots); n < n_chunks; ++n) finish(n);
+  } catch (...) {
+    stop_loader();
+    for (Slot& s : slots_) cudaStreamSynchronize(s.stream);
+    cudaGetLastError();
+    throw;
+  }
+  stop_loader();
+
+  // Same precedence as the reference: any non-finite value (policy Error)
+  // before any range overflow.
+  if (policy == NonFinitePolicy::Error && first_nonfinite != cuda::kNoIndex)
+    detail::throw_nonfinite(in, L, int64_t(first_nonfinite));
+  if (first_overflow != cuda::kNoIndex)
+    detail::throw_range_overflow(in, L, scheme, int64_t(first_overflow));
+}
+
+}  // namespace
+
+std::unique_ptr<TensorQuantizer> make_cuda_quantizer(int device, const cuda::QuantizerOptions& options) {
+  return std::make_unique<CudaTensorQuantizer>(device, options);
+}
+
+std::unique_ptr<TensorQuantizer> make_cuda_quantizer(int device) {
+  return make_cuda_quantizer(device, cuda::QuantizerOptions{});
+}
+
+}  // namespace qpack

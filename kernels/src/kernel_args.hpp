@@ -1,0 +1,100 @@
+// Arguments of the quantize/dequantize kernels, resolved on the host from a
+// GroupLayout, a QuantScheme and a Tile (cuda_quant.cu), and the launchers
+// each per-dtype translation unit provides. Internal to kernels/.
+#pragma once
+
+#include <cstdint>
+
+#include "qpack/cuda_quant.hpp"
+#include "qpack/dtype.hpp"
+
+namespace qpack::cudak {
+
+// Every kernel works on slices of kSliceRows consecutive elements along the
+// group axis: 8 codes of any width (2, 3, 4, 8 bits) fill whole bytes, so a
+// slice owns `bits` bytes of its group's bit stream and threads never share
+// an output byte.
+constexpr int kSliceRows = 8;
+constexpr int kBlockThreads = 256;
+
+// n / d for 32-bit n by a multiply-high and a shift (Granlund-Montgomery
+// with a round-up magic number); exact for every n < 2^32 and 1 <= d < 2^32.
+// A 64-bit division is a ~70-instruction subroutine on the GPU, so kernels
+// index with 32-bit local counters and divide with these.
+struct FastDiv {
+  uint32_t d = 1, m = 1, s = 0;
+  FastDiv() = default;
+  explicit FastDiv(uint32_t divisor) : d(divisor) {
+    while ((uint64_t(1) << s) < d) ++s;
+    m = uint32_t(((uint64_t(1) << 32) * ((uint64_t(1) << s) - d)) / d + 1);
+  }
+#if defined(__CUDACC__)
+  __device__ __forceinline__ uint32_t div(uint32_t n) const {
+    return uint32_t((uint64_t(__umulhi(n, m)) + n) >> s);
+  }
+#endif
+};
+
+// One launch covers a tile of group rows x columns whose buffers start at
+// the tile's first group row. Local counters (group rows, tasks) fit in 31
+// bits; the host splits larger tiles into several launches.
+struct Geometry {
+  int64_t axis_len;   // L
+  int64_t group;      // G' (resolved group size)
+  int64_t bytes;      // B (bytes per group)
+  int64_t inner;      // inner of the whole tensor (for flat indices)
+  int64_t gr_begin;   // global group row of the launch's first group row
+  int64_t o_begin;    // its outer index ...
+  uint32_t gi_begin;  // ... and group index along the axis (< P)
+  uint32_t n_gr;      // group rows in the launch
+  int64_t row_begin;  // first tensor row of the launch
+  int64_t col_begin;  // first inner column of the tile
+  int64_t ncols;      // columns in the tile: the row pitch of every tile buffer
+  FastDiv groups;     // P (groups per axis)
+  int nslices;        // ceil(G' / kSliceRows)
+  int lanes;          // lanes that share one group (column kernels: one column chunk); power of 2 <= 32
+  uint32_t tasks;     // work items of the launch (warps for quantize, threads for dequantize)
+  FastDiv per_gr;     // work items per group row
+  FastDiv chunks;     // dequantize_cols: column chunks per group-row slice
+};
+
+struct QuantArgs {
+  Geometry geo;
+  const void* src;
+  uint8_t* codes;
+  uint8_t* scales;
+  uint8_t* zeros;
+  cuda::QuantFlags* flags;
+  DType scale_dtype;
+  bool zero_nonfinite;  // NonFinitePolicy::Zero
+};
+
+struct DequantArgs {
+  Geometry geo;
+  const uint8_t* codes;
+  const uint8_t* scales;
+  const uint8_t* zeros;
+  void* out;
+  DType scale_dtype;
+  bool symmetric;
+  int bits;
+};
+
+// Launch shapes chosen by the host. `vector` selects the 16-byte-access
+// instantiation (the host checked divisibility and alignment).
+struct Launch {
+  int blocks;
+  cudaStream_t stream;
+  bool rows;    // inner-contiguous groups (tile of one column): the row kernels
+  bool vector;
+};
+
+// One per source dtype (quant_f16.cu, quant_bf16.cu, quant_f32.cu); each
+// returns cudaGetLastError() of its launch as an int (0 = success).
+int launch_quantize_f16(const QuantArgs& a, int bits, bool symmetric, const Launch& l);
+int launch_quantize_bf16(const QuantArgs& a, int bits, bool symmetric, const Launch& l);
+int launch_quantize_f32(const QuantArgs& a, int bits, bool symmetric, const Launch& l);
+// dequant.cu
+int launch_dequantize(const DequantArgs& a, DType out_dtype, const Launch& l);
+
+}  // namespace qpack::cudak

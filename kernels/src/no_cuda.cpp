@@ -1,0 +1,98 @@
+// Built instead of the CUDA sources when QPACK_ENABLE_CUDA=OFF: the same API,
+// reporting that no device is available, so callers need no #ifdefs.
+#include <string>
+
+#include "qpack/cuda_quant.hpp"
+#include "qpack/error.hpp"
+
+namespace qpack {
+namespace cuda {
+namespace {
+
+constexpr const char* kDisabled = "qpack was built without CUDA (QPACK_ENABLE_CUDA=OFF)";
+
+Status disabled() {
+  Status s;
+  s.code = StatusCode::NoDevice;
+  s.message = kDisabled;
+  return s;
+}
+
+}  // namespace
+
+bool cuda_available(std::string* why) {
+  if (why) *why = kDisabled;
+  return false;
+}
+int device_count() { return 0; }
+Status query_device(int, DeviceInfo*) { return disabled(); }
+
+Status reset_flags(QuantFlags*, cudaStream_t) { return disabled(); }
+Status quantize(const void*, DType, const GroupLayout&, const QuantScheme&, NonFinitePolicy,
+                const DeviceQuantOutput&, QuantFlags*, cudaStream_t, const Tile&) {
+  return disabled();
+}
+Status dequantize(const uint8_t*, const uint8_t*, const uint8_t*, const GroupLayout&,
+                  const QuantScheme&, void*, DType, cudaStream_t, const Tile&) {
+  return disabled();
+}
+
+DeviceBuffer::~DeviceBuffer() = default;
+DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), size_(o.size_) {
+  o.ptr_ = nullptr;
+  o.size_ = 0;
+}
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+  ptr_ = o.ptr_;
+  size_ = o.size_;
+  o.ptr_ = nullptr;
+  o.size_ = 0;
+  return *this;
+}
+Status DeviceBuffer::allocate(size_t bytes) { return bytes == 0 ? Status{} : disabled(); }
+void DeviceBuffer::reset() {
+  ptr_ = nullptr;
+  size_ = 0;
+}
+
+PinnedBuffer::~PinnedBuffer() = default;
+PinnedBuffer::PinnedBuffer(PinnedBuffer&& o) noexcept : ptr_(o.ptr_), size_(o.size_) {
+  o.ptr_ = nullptr;
+  o.size_ = 0;
+}
+PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& o) noexcept {
+  ptr_ = o.ptr_;
+  size_ = o.size_;
+  o.ptr_ = nullptr;
+  o.size_ = 0;
+  return *this;
+}
+Status PinnedBuffer::allocate(size_t bytes) { return bytes == 0 ? Status{} : disabled(); }
+void PinnedBuffer::reset() {
+  ptr_ = nullptr;
+  size_ = 0;
+}
+
+Status set_device(int) { return disabled(); }
+Status copy_to_device(void*, const void*, size_t, cudaStream_t) { return disabled(); }
+Status copy_to_host(void*, const void*, size_t, cudaStream_t) { return disabled(); }
+Status fill_device(void*, int, size_t, cudaStream_t) { return disabled(); }
+Status synchronize(cudaStream_t) { return disabled(); }
+
+void dequantize_on_device(int, const uint8_t*, const uint8_t*, const uint8_t*, const GroupLayout&,
+                          const QuantScheme&, void*, DType) {
+  throw Error(ErrorCode::NoDevice, "", "", kDisabled);
+}
+
+}  // namespace cuda
+
+std::unique_ptr<TensorQuantizer> make_cuda_quantizer(int device, const cuda::QuantizerOptions&) {
+  throw Error(ErrorCode::NoDevice, "", "",
+              "cannot use CUDA device " + std::to_string(device) + ": " + cuda::kDisabled);
+}
+
+std::unique_ptr<TensorQuantizer> make_cuda_quantizer(int device) {
+  return make_cuda_quantizer(device, cuda::QuantizerOptions{});
+}
+
+}  // namespace qpack

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# One run on a GPU machine: build for sm_90, run the CUDA tests (ctest label
+# gpu), run them again under compute-sanitizer memcheck and racecheck, run the
+# CUDA benchmark, and print a short summary table last. Full logs go to $OUT
+# (default: ./gpu-check-out).
+#
+#   tools/gpu_check.sh [--skip-sanitizers] [--bench-args "..."]
+#
+# The GPU machine has no package manager and no network. When the system
+# lacks the build dependencies (nlohmann-json, CLI11, zstd, xxhash, GoogleTest,
+# pkg-config), the script uses a prefix carried next to the sources in
+# .gpudeps/usr (ignored by git; make it with tools/gpu_deps.sh on a Debian or
+# Ubuntu machine that has the -dev packages).
+set -u -o pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$ROOT/gpu-check-out}
+BUILD=${BUILD:-$ROOT/build-gpu}
+DEPS=$ROOT/.gpudeps/usr
+JOBS=$(nproc 2>/dev/null || echo 4)
+SANITIZE=1
+BENCH_ARGS=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --skip-sanitizers) SANITIZE=0 ;;
+    --bench-args) BENCH_ARGS="$2"; shift ;;
+    *) echo "usage: $0 [--skip-sanitizers] [--bench-args ARGS]" >&2; exit 2 ;;
+  esac
+  shift
+done
+mkdir -p "$OUT"
+export PATH=/usr/local/cuda/bin:$PATH
+SUMMARY=()
+row() { SUMMARY+=("$(printf '%-40s %s' "$1" "$2")"); }
+t0=$(date +%s)
+stamp() { echo "[$(($(date +%s) - t0)) s] $*"; }
+
+# ---------------------------------------------------------------- environment
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+  nvcc --version | tail -2
+  cmake --version | head -1
+  ninja --version
+  g++ --version | head -1
+  nproc
+  for h in nlohmann/json.hpp CLI/CLI.hpp gtest/gtest.h zstd.h xxhash.h omp.h; do
+    if echo "#include <$h>" | g++ -fopenmp -x c++ -fsyntax-only - 2>/dev/null; then echo "system has <$h>"; else echo "system lacks <$h>"; fi
+  done
+  command -v pkg-config || echo "no pkg-config"
+  command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer
+} > "$OUT/env.log" 2>&1
+stamp "environment: $(head -2 "$OUT/env.log" | tail -1)"
+
+# ---------------------------------------------------------------- configure + build
+CMAKE_ARGS=(-S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CUDA_ARCHITECTURES=90
+            -DQPACK_ENABLE_CUDA=ON -DQPACK_BUILD_TESTS=ON)
+command -v ninja > /dev/null && CMAKE_ARGS+=(-G Ninja)
+if [ -d "$DEPS" ]; then
+  # Carried configs first; the system's own, where present, are equivalent.
+  export PKG_CONFIG_PATH=$DEPS/lib/x86_64-linux-gnu/pkgconfig:$DEPS/share/pkgconfig:${PKG_CONFIG_PATH:-}
+  CMAKE_ARGS+=(-DCMAKE_PREFIX_PATH="$DEPS"
+               -DGTest_DIR="$DEPS/lib/x86_64-linux-gnu/cmake/GTest"
+               -Dnlohmann_json_DIR="$DEPS/share/cmake/nlohmann_json"
+               -DCLI11_DIR="$DEPS/share/cmake/CLI11")
+  if ! command -v pkg-config > /dev/null; then
+    export LD_LIBRARY_PATH=$DEPS/lib:${LD_LIBRARY_PATH:-}
+    CMAKE_ARGS+=(-DPKG_CONFIG_EXECUTABLE="$DEPS/bin/pkg-config")
+  fi
+fi
+if ! cmake "${CMAKE_ARGS[@]}" > "$OUT/configure.log" 2>&1; then
+  tail -40 "$OUT/configure.log"
+  echo "configure FAILED (see configure.log)"
+  exit 1
+fi
+TARGETS=(cuda_quant_test qpack_bench_cuda qpack qpack-testgen)
+# The verifier's GPU test and benchmark, when that part of the tree has them.
+grep -q verify_gpu_test "$ROOT/tests/CMakeLists.txt" && TARGETS+=(verify_gpu_test)
+if ! cmake --build "$BUILD" -j"$JOBS" --target "${TARGETS[@]}" > "$OUT/build.log" 2>&1; then
+  grep -E "error|Error" "$OUT/build.log" | head -40
+  echo "build FAILED (see build.log)"
+  exit 1
+fi
+stamp "built ${TARGETS[*]}"
+row "build (sm_90, $JOBS jobs)" "ok, $(($(date +%s) - t0)) s"
+
+# ---------------------------------------------------------------- tests
+cd "$BUILD" || exit 1
+ctest -L gpu --output-on-failure --timeout 600 > "$OUT/ctest_gpu.log" 2>&1
+rc=$?
+res=$(grep -E "tests passed|tests failed" "$OUT/ctest_gpu.log" | tail -1)
+skipped=$(grep -c "\*\*\*Skipped\| Skipped " "$OUT/ctest_gpu.log")
+row "ctest -L gpu" "rc=$rc: ${res:-no result} (skipped: $skipped)"
+stamp "ctest -L gpu: $res"
+# The same binary once more with its own output (seed, per-test timings).
+./tests/cuda_quant_test > "$OUT/cuda_quant_test.log" 2>&1
+row "cuda_quant_test (direct)" "rc=$?: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/cuda_quant_test.log" | tr '\n' ' ')"
+
+# ---------------------------------------------------------------- sanitizers
+if [ "$SANITIZE" = 1 ]; then
+  SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  for tool in memcheck racecheck; do
+    extra=()
+    [ "$tool" = memcheck ] && extra=(--leak-check full)
+    for exe in tests/cuda_quant_test tests/verify_gpu_test; do
+      [ -x "$exe" ] || continue
+      log="$OUT/sanitizer_${tool}_$(basename "$exe").log"
+      # A quarter of the parameter sweeps: the sanitizers slow kernels ~100x.
+      QPACK_GPU_TEST_QUICK=1 timeout 300 "$SAN" --tool "$tool" "${extra[@]}" --error-exitcode 99 \
+        "$exe" --gtest_filter=-CudaConvert.* > "$log" 2>&1
+      rc=$?
+      errs=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY" "$log" | tail -2 | tr '\n' ' ')
+      gt=$(grep -E '^\[  (PASSED|FAILED)' "$log" | tr '\n' ' ')
+      row "$tool $(basename "$exe")" "rc=$rc ${errs:-no summary} $gt"
+      stamp "$tool $(basename "$exe") rc=$rc $errs"
+    done
+  done
+fi
+
+# ---------------------------------------------------------------- benchmark
+./tools/bench/qpack_bench_cuda --json "$OUT/bench.json" $BENCH_ARGS > "$OUT/bench.log" 2>&1
+row "qpack_bench_cuda" "rc=$? (nonzero: a mismatch vs quantize_cpu)"
+stamp "benchmark done"
+
+# ---------------------------------------------------------------- summary
+echo
+echo "================ gpu_check summary ($(($(date +%s) - t0)) s) ================"
+grep -m1 -E "cuda:0" "$OUT/bench.log"
+grep -m1 -E "device-to-device" "$OUT/bench.log"
+for r in "${SUMMARY[@]}"; do echo "$r"; done
+echo "---------------- benchmark (GB/s counts bytes read + written; % of the reference) ----------------"
+grep -E "^  (quantize|dequant|e2e|pinned)" "$OUT/bench.log"
+grep -E "FAILED|MISMATCH" "$OUT/ctest_gpu.log" "$OUT/cuda_quant_test.log" "$OUT/bench.log" | head -20
