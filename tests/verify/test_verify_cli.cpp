@@ -101,6 +101,8 @@ TEST_F(VerifyCli, PolicyFile) {
 
 TEST_F(VerifyCli, UsageAndIoErrors) {
   EXPECT_EQ(test::run_qpack("verify " + q(qp_)).exit_code, 2);  // no source
+  EXPECT_EQ(test::run_qpack("verify " + q(qp_) + " " + q(src_) + " --source " + q(qp_)).exit_code, 2);
+  EXPECT_EQ(test::run_qpack("verify " + q(qp_) + " --source " + q(src_) + " --device cpu -q").exit_code, 0);
   EXPECT_EQ(verify("--min-cosine 2").exit_code, 2);
   EXPECT_EQ(verify("--device tpu").exit_code, 2);
   EXPECT_EQ(verify("--bogus").exit_code, 2);

@@ -44,7 +44,7 @@ const char* kVerifyFooter =
     "  1   internal error (a bug: please report)\n";
 
 struct VerifyArgs {
-  std::string qpack, source;
+  std::string qpack, source, source_opt;
   std::string device = "auto";
   int threads = 0;
   std::optional<double> max_rel, min_snr, min_cos, max_abs;
@@ -69,7 +69,12 @@ void write_report_file(const std::string& path, const std::string& text) {
   out.commit();
 }
 
-int run_verify(const VerifyArgs& a) {
+int run_verify(VerifyArgs a) {
+  if (a.source.empty() == a.source_opt.empty() && a.source != a.source_opt)
+    throw Error(ErrorCode::InvalidArgument, "", "", "give the source checkpoint once: SOURCE or --source");
+  if (a.source.empty()) a.source = a.source_opt;
+  if (a.source.empty())
+    throw Error(ErrorCode::InvalidArgument, "", "", "the source checkpoint is required (SOURCE or --source)");
   check_threshold("--max-rel-error", a.max_rel, 0, HUGE_VAL);
   check_threshold("--max-abs-error", a.max_abs, 0, HUGE_VAL);
   check_threshold("--min-cosine", a.min_cos, -1, 1);
@@ -145,8 +150,8 @@ Runner add_verify(CLI::App& app) {
   sub->footer(kVerifyFooter);
   sub->add_option("model", a->qpack, "The .qpack file")->required();
   sub->add_option("source", a->source,
-                  "The checkpoint it was converted from (.safetensors, model.safetensors.index.json, or a folder)")
-      ->required();
+                  "The checkpoint it was converted from (.safetensors, model.safetensors.index.json, or a folder)");
+  sub->add_option("-s,--source", a->source_opt, "Same as the SOURCE argument");
   sub->add_option("--device", a->device, "cpu, cuda or auto (GPU when one is usable)")
       ->default_str("auto")
       ->check(CLI::IsMember({"cpu", "cuda", "gpu", "auto"}));

@@ -71,7 +71,7 @@ h2{font-size:17px;margin:26px 0 8px;padding-bottom:4px;border-bottom:1px solid v
 .card{border:1px solid var(--bd);border-radius:6px;padding:8px 12px;background:var(--bg2)}
 .card b{display:block;font-size:18px;white-space:nowrap} .card span{color:var(--mut);font-size:12px}
 .issues{border:1px solid var(--bad);border-left:6px solid var(--bad);background:#fff5f5;padding:8px 14px;border-radius:6px;margin-top:14px}
-.issues h3{margin:4px 0;color:var(--bad);font-size:15px} .issues li{word-break:break-all}
+.issues h3{margin:4px 0;color:var(--bad);font-size:15px} .issues summary{cursor:pointer;color:var(--mut);margin:0 0 6px 20px} .issues li{word-break:break-all}
 .loud{font-weight:700;font-size:16px}
 .scroll{overflow-x:auto;border:1px solid var(--bd);border-radius:6px}
 table{border-collapse:collapse;width:100%;font-size:12.5px}
@@ -247,6 +247,10 @@ std::string heatmap(const VerifyReport& rep, const std::vector<std::string>& lab
       }
     }
   if (!std::isfinite(vmin)) vmin = vmax = 0;
+  // Enough decimals (of a percentage) to tell the smallest and largest cells apart.
+  const double span = (vmax - vmin) * 100;
+  const int decimals = span > 0 ? std::clamp(int(std::ceil(-std::log10(span))) + 1, 1, 4) : 1;
+  const std::string cell_fmt = "%." + std::to_string(decimals) + "f%%";
   const int ml = 150, mr = 16, mt = 8, ch = 22, W = 1300;
   const double cw = std::min(110.0, double(W - ml - mr) / double(nl));
   const int mb = 70;
@@ -276,7 +280,7 @@ std::string heatmap(const VerifyReport& rep, const std::vector<std::string>& lab
       if (cw >= 56 && std::isfinite(v))
         s += "<text x=\"" + fmt("%.1f", x + cw / 2) + "\" y=\"" + fmt("%.1f", y + ch * 0.68) +
              "\" text-anchor=\"middle\" style=\"fill:" + (t > 0.6 ? "#fff" : "#333") +
-             ";pointer-events:none\">" + fmt(v * 100 < 1 ? "%.3f%%" : "%.1f%%", v * 100) + "</text>";
+             ";pointer-events:none\">" + fmt(cell_fmt.c_str(), v * 100) + "</text>";
     }
   }
   const size_t label_every = std::max<size_t>(1, size_t(std::ceil(14.0 / cw)));
@@ -398,11 +402,17 @@ std::string verify_report_html(const VerifyReport& rep) {
   if (!rep.gate_failures.empty()) {
     h += "<div class=\"issues\"><h3>Quality gate: " + std::to_string(rep.gate_failures.size()) +
          " threshold(s) failed</h3><ul>";
-    for (const auto& f : rep.gate_failures)
+    constexpr size_t kShown = 12;  // the rest folded: a large model can fail hundreds
+    for (size_t i = 0; i < rep.gate_failures.size(); ++i) {
+      const GateFailure& f = rep.gate_failures[i];
+      if (i == kShown)
+        h += "</ul><details><summary>" + std::to_string(rep.gate_failures.size() - kShown) +
+             " more</summary><ul>";
       h += "<li><b>" + esc(f.tensor.empty() ? "model totals" : f.tensor) + "</b>: " + esc(f.metric) + " = " +
            esc(format_metric(f.value, 4, true)) + ", must be " + esc(f.op) + " " +
            esc(format_metric(f.limit, 4, true)) + "</li>";
-    h += "</ul></div>\n";
+    }
+    h += rep.gate_failures.size() > kShown ? "</ul></details></div>\n" : "</ul></div>\n";
   }
 
   // Charts.
