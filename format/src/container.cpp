@@ -351,12 +351,12 @@ void QpackFile::parse() {
 
   manifest_ = std::move(m);
   tensors_ = std::move(out);
+  for (size_t i = 0; i < tensors_.size(); ++i) by_name_.emplace(tensors_[i].name, i);
 }
 
 const QpackTensor* QpackFile::find(const std::string& name) const {
-  for (const QpackTensor& t : tensors_)
-    if (t.name == name) return &t;
-  return nullptr;
+  const auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : &tensors_[it->second];
 }
 
 const nlohmann::json& QpackFile::source_metadata() const { return manifest_.at("source").at("metadata"); }

@@ -37,7 +37,7 @@ JsonParseResult parse_json_strict(const char* begin, const char* end, nlohmann::
   // nlohmann stops at a NUL byte as if the input ended there, which would
   // accept `{...}\0anything`. Valid JSON text never holds a raw NUL (inside
   // strings control characters must be escaped), so any NUL is an error.
-  if (const void* nul = std::memchr(begin, 0, size_t(end - begin))) {
+  if (const void* nul = end > begin ? std::memchr(begin, 0, size_t(end - begin)) : nullptr) {
     r.kind = JsonParseResult::Syntax;
     r.message = "NUL byte at offset " + std::to_string(static_cast<const char*>(nul) - begin);
     *out = json();

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -97,6 +98,7 @@ class QpackFile {
   uint16_t major_ = 0, minor_ = 0;
   nlohmann::json manifest_;
   std::vector<QpackTensor> tensors_;
+  std::unordered_map<std::string, size_t> by_name_;
 };
 
 struct WriterOptions {
