@@ -134,19 +134,6 @@ json checkpoint_report(const std::string& path, const InspectOptions& options) {
   return r;
 }
 
-std::string human_bytes(uint64_t n) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  double v = double(n);
-  int u = 0;
-  while (v >= 1024 && u < 5) {
-    v /= 1024;
-    ++u;
-  }
-  char buf[32];
-  if (u == 0) std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(n));
-  else std::snprintf(buf, sizeof buf, "%.2f %s", v, units[u]);
-  return buf;
-}
 
 std::string ratio_text(const json& r) {
   if (r.is_null()) return "-";
@@ -242,14 +229,28 @@ std::string format_inspect_table(const json& report) {
     out += line + "\n";
   }
   if (qp) {
-    out += "stored " + human_bytes(tot.at("bytes").get<uint64_t>()) + " of " +
-           human_bytes(tot.at("source_bytes").get<uint64_t>()) + " source (ratio " + ratio_text(tot.at("ratio")) +
+    out += "stored " + format_bytes(tot.at("bytes").get<uint64_t>()) + " of " +
+           format_bytes(tot.at("source_bytes").get<uint64_t>()) + " source (ratio " + ratio_text(tot.at("ratio")) +
            ")\n";
   } else {
-    out += "data " + human_bytes(tot.at("bytes").get<uint64_t>()) + "\n";
+    out += "data " + format_bytes(tot.at("bytes").get<uint64_t>()) + "\n";
   }
   if (report.at("check").is_string()) out += "check: OK\n";
   return out;
+}
+
+std::string format_bytes(uint64_t n) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  double v = double(n);
+  int u = 0;
+  while (v >= 1024 && u < 5) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  if (u == 0) std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(n));
+  else std::snprintf(buf, sizeof buf, "%.2f %s", v, units[u]);
+  return buf;
 }
 
 }  // namespace qpack

@@ -133,7 +133,15 @@ void MappedFile::will_need(uint64_t offset, uint64_t length) const {
   const uint64_t begin = offset / ps * ps;
   const uint64_t end = offset + length;
   if (end <= begin) return;
-  (void)madvise(const_cast<uint8_t*>(data_) + begin, size_t(end - begin), MADV_WILLNEED);
+  // MADV_POPULATE_READ (Linux 5.14) maps the whole range in one call instead
+  // of one page fault per 4 KiB page, which dominates a conversion from the
+  // page cache; older kernels reject it and get read-ahead instead.
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+  void* p = const_cast<uint8_t*>(data_) + begin;
+  if (madvise(p, size_t(end - begin), MADV_POPULATE_READ) != 0)
+    (void)madvise(p, size_t(end - begin), MADV_WILLNEED);
 }
 
 // ---------------------------------------------------------- AtomicOutputFile

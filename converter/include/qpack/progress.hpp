@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <string>
 
+#include "qpack/inspect.hpp"  // format_bytes
+
 namespace qpack {
 
 class ProgressBar {
@@ -28,6 +30,5 @@ class ProgressBar {
   std::chrono::steady_clock::time_point start_, last_;
 };
 
-std::string format_bytes(uint64_t bytes);  // "1.50 GiB"
 
 }  // namespace qpack

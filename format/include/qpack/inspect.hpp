@@ -30,4 +30,7 @@ nlohmann::json inspect_report(const std::string& path, const InspectOptions& opt
 // The human-readable table (ends with a newline).
 std::string format_inspect_table(const nlohmann::json& report);
 
+// "1.50 GiB": binary units, two decimals (bytes below 1 KiB as "N B").
+std::string format_bytes(uint64_t bytes);
+
 }  // namespace qpack
