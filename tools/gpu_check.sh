@@ -4,7 +4,10 @@
 # CUDA benchmark, and print a short summary table last. Full logs go to $OUT
 # (default: ./gpu-check-out).
 #
-#   tools/gpu_check.sh [--skip-sanitizers] [--bench-args "..."]
+#   tools/gpu_check.sh [--skip-sanitizers] [--profile] [--bench-args "..."]
+#
+# --profile adds Nsight Compute counters for one launch of each kernel
+# (ncu.log) and the SASS of the two main quantize kernels (sass.log).
 #
 # The GPU machine has no package manager and no network. When the system
 # lacks the build dependencies (nlohmann-json, CLI11, zstd, xxhash, GoogleTest,
@@ -19,6 +22,7 @@ BUILD=${BUILD:-$ROOT/build-gpu}
 DEPS=$ROOT/.gpudeps/usr
 JOBS=$(nproc 2>/dev/null || echo 4)
 SANITIZE=1
+PROFILE=0
 BENCH_ARGS=""
 # Seconds the whole run may take (the GPU machine stops a command at 600 s);
 # the sanitizer runs shrink or are skipped to leave room for the benchmark.
@@ -27,8 +31,9 @@ BENCH_RESERVE=90
 while [ $# -gt 0 ]; do
   case "$1" in
     --skip-sanitizers) SANITIZE=0 ;;
+    --profile) PROFILE=1 ;;
     --bench-args) BENCH_ARGS="$2"; shift ;;
-    *) echo "usage: $0 [--skip-sanitizers] [--bench-args ARGS]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--skip-sanitizers] [--profile] [--bench-args ARGS]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -133,6 +138,26 @@ fi
 row "qpack_bench_cuda" "rc=$? (nonzero: a mismatch vs quantize_cpu)"
 stamp "benchmark done"
 
+# ---------------------------------------------------------------- profile
+# Hardware counters of one launch of each kernel (ncu, clocks left as they
+# are) and the machine code of the two hottest quantize kernels.
+if [ "$PROFILE" = 1 ] && command -v ncu > /dev/null &&
+   [ $((BUDGET - ($(date +%s) - t0))) -gt 60 ]; then
+  timeout $((BUDGET - ($(date +%s) - t0) - 10)) ncu --clock-control none --kernel-name regex:"quantize|dequantize" \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section SchedulerStats --section MemoryWorkloadAnalysis \
+    ./tools/bench/qpack_bench_cuda --profile > "$OUT/ncu.log" 2>&1
+  row "ncu (one launch per kernel)" "rc=$? (ncu.log)"
+  {
+    cuobjdump -res-usage ./tools/bench/qpack_bench_cuda 2>&1 | grep -A1 -E "quantize|dequantize" | grep -E "Function|REG"
+    for f in _ZN5qpack5cudak13quantize_colsILNS_5DTypeE8ELi4ELb0ELi8EEEvNS0_9QuantArgsE \
+             _ZN5qpack5cudak13quantize_rowsILNS_5DTypeE8ELi4ELb0ELb1EEEvNS0_9QuantArgsE; do
+      cuobjdump -sass -fun "$f" ./tools/bench/qpack_bench_cuda
+    done
+  } > "$OUT/sass.log" 2>&1
+  stamp "profile done"
+fi
+
 # ---------------------------------------------------------------- summary
 echo
 echo "================ gpu_check summary ($(($(date +%s) - t0)) s) ================"
@@ -140,5 +165,5 @@ grep -m1 -E "cuda:0" "$OUT/bench.log"
 grep -m1 -E "device-to-device" "$OUT/bench.log"
 for r in "${SUMMARY[@]}"; do echo "$r"; done
 echo "---------------- benchmark (GB/s counts bytes read + written; % of the reference) ----------------"
-grep -E "^  (quantize|dequant|e2e|pinned)" "$OUT/bench.log"
+grep -E "^  (quantize|dequant|e2e|pinned|  \(register)" "$OUT/bench.log"
 grep -E "FAILED|MISMATCH" "$OUT/ctest_gpu.log" "$OUT/cuda_quant_test.log" "$OUT/bench.log" | head -20

@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -167,13 +168,28 @@ Status for_each_launch(const GroupLayout& L, const TileRange& r, int64_t work_pe
   return {};
 }
 
+// Multiprocessors of the current device, cached per device: this runs on
+// every launch, and kernel timings include the host time before a launch.
+int current_device() {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return dev;
+}
+
 int sm_count() {
-  int dev = 0, n = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
+  static std::atomic<int> cached[64];
+  const int dev = current_device();
+  const int slot = dev >= 0 && dev < 64 ? dev : 0;
+  int n = cached[slot].load(std::memory_order_relaxed);
+  if (n > 0) return n;
+  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
     cudaGetLastError();
     return 132;
   }
+  cached[slot].store(n, std::memory_order_relaxed);
   return n;
 }
 
@@ -188,6 +204,13 @@ int blocks_for(int64_t threads) {
 }  // namespace
 
 // ------------------------------------------------------------ quantize / dequantize
+
+namespace {
+std::atomic<bool> g_staged{true};
+}  // namespace
+
+void set_staged_kernels(bool on) { g_staged.store(on); }
+bool staged_kernels() { return g_staged.load(); }
 
 Status reset_flags(QuantFlags* d_flags, cudaStream_t stream) {
   if (!d_flags) return invalid("reset_flags: null flags");
@@ -221,11 +244,17 @@ Status quantize(const void* d_src, DType src_dtype, const GroupLayout& layout,
   if (l.rows) {
     l.vector = layout.group_size % 8 == 0 && layout.axis_len % 8 == 0 && aligned(d_src, 16) &&
                aligned(out.codes, 8);
+    // Staged: whole groups of 1, 2, 4 or 8 16-byte units.
+    const int64_t units = layout.group_size * esize / 16;
+    l.staged = staged_kernels() && l.vector && layout.axis_len % layout.group_size == 0 &&
+               layout.group_size * esize % 16 == 0 && (units == 1 || units == 2 || units == 4 || units == 8);
     work_per_gr = 1;
   } else {
     const int vec_elems = src_dtype == DType::F32 ? 4 : 8;
     l.vector = ncols % vec_elems == 0 && aligned(d_src, 16) && aligned(out.codes, 8) &&
                aligned(out.scales, 16) && (scheme.symmetric || aligned(out.zeros, 16));
+    // Staged: one slice per lane.
+    l.staged = staged_kernels() && l.vector && nslices <= lanes;
     vec = l.vector ? vec_elems : 1;
     const int64_t chunks_per_warp = 32 / lanes;
     work_per_gr = (ncols / vec + chunks_per_warp - 1) / chunks_per_warp;
@@ -234,6 +263,7 @@ Status quantize(const void* d_src, DType src_dtype, const GroupLayout& layout,
                                                      int64_t row_off) -> Status {
     cudak::QuantArgs a{};
     a.geo = g;
+    if (l.rows) a.geo.lanes = pow2_at_least((g.nslices + cudak::kRowChunks - 1) / cudak::kRowChunks);
     a.src = static_cast<const uint8_t*>(d_src) + row_off * ncols * esize;
     a.codes = out.codes + gr_off * layout.bytes_per_group * ncols;
     a.scales = out.scales + gr_off * ncols * ssize;
@@ -242,8 +272,16 @@ Status quantize(const void* d_src, DType src_dtype, const GroupLayout& layout,
     a.scale_dtype = scheme.scale_dtype;
     a.zero_nonfinite = policy == NonFinitePolicy::Zero;
     cudak::Launch ll = l;
-    if (l.rows) {
-      const int64_t groups_per_warp = 32 / g.lanes;
+    if (l.staged) {
+      // Persistent: a few resident blocks per SM, each warp looping over
+      // tasks (windows of 32 groups for rows) with the next one in flight.
+      const int64_t warps = l.rows ? (int64_t(g.n_gr) + 31) / 32 : int64_t(g.tasks);
+      const int64_t blocks = (warps + cudak::kAsyncWarps - 1) / cudak::kAsyncWarps;
+      ll.blocks = int(std::max<int64_t>(1, std::min<int64_t>(blocks, int64_t(1) << 30)));
+      ll.sms = sm_count();
+      ll.device = current_device();
+    } else if (l.rows) {
+      const int64_t groups_per_warp = 32 / a.geo.lanes;
       ll.blocks = blocks_for((int64_t(g.n_gr) + groups_per_warp - 1) / groups_per_warp * 32);
     } else {
       ll.blocks = blocks_for(int64_t(g.tasks) * 32);
@@ -278,14 +316,15 @@ Status dequantize(const uint8_t* d_codes, const uint8_t* d_scales, const uint8_t
   cudak::Launch l{};
   l.stream = stream;
   l.rows = ncols == 1;
-  int64_t nchunks = 1;
+  int64_t nchunks = 1;  // threads per slice of a group row
   if (l.rows) {
     l.vector = layout.group_size % 8 == 0 && layout.axis_len % 8 == 0 && aligned(d_codes, 8) &&
                aligned(d_out, 16);
+    if (l.vector && out_dtype == DType::F32) nchunks = cudak::kSlice / cudak::kF32Part;
   } else {
     l.vector = ncols % 8 == 0 && aligned(d_codes, 8) && aligned(d_scales, 16) &&
                (scheme.symmetric || aligned(d_zeros, 16)) && aligned(d_out, 16);
-    nchunks = ncols / (l.vector ? 8 : 1);
+    nchunks = ncols / (l.vector ? (out_dtype == DType::F32 ? cudak::kF32Part : 8) : 1);
   }
   const int64_t work_per_gr = nslices * nchunks;  // threads per group row
   return for_each_launch(layout, r, work_per_gr, [&](const cudak::Geometry& g, int64_t gr_off,

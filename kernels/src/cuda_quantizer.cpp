@@ -11,8 +11,10 @@
 //   calling thread: pinned output -> caller's buffers       (chunk n-streams)
 //
 // so host copies, both DMA directions and the kernels overlap. Host copies
-// are split over a small pool of threads (one memcpy thread does not keep up
-// with PCIe). A source that is already pinned skips the staging copy.
+// are split over a pool of threads (one memcpy thread does not keep up with
+// PCIe), and the output copies run there asynchronously so the calling
+// thread only waits for the GPU. A source that is already pinned skips the
+// staging copy.
 //
 // Errors match quantize_reference: non-finite inputs and range overflows are
 // recorded by the kernels as flat / group indices and reported, once the
@@ -26,6 +28,7 @@
 #include <deque>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -44,11 +47,19 @@ void check(cudaError_t err, const char* what, const std::string& tensor = {}) {
   if (err != cudaSuccess) cuda::throw_if_failed(cuda::cuda_status(err, what), tensor);
 }
 
-// A fixed set of threads that run batches of independent tasks; callers
-// block until their own batch is done, so two threads (the loader and the
-// output copier) can share it.
+// A fixed set of threads that run batches of independent tasks. A batch is
+// either run to completion by the caller (run) or submitted and waited for
+// later (submit/wait), so the loader thread and the output copies of
+// finished chunks can share the threads.
 class WorkerPool {
  public:
+  struct Batch {
+    std::function<void(int)> fn;
+    std::mutex m;
+    std::condition_variable cv;
+    int remaining = 0;
+  };
+
   explicit WorkerPool(int threads) {
     for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { work(); });
   }
@@ -62,34 +73,39 @@ class WorkerPool {
   }
   int size() const { return int(threads_.size()); }
 
-  // Runs fn(0) .. fn(count-1) and waits. fn must not throw.
-  void run(int count, const std::function<void(int)>& fn) {
-    if (count <= 0) return;
-    if (count == 1 || threads_.empty()) {
-      for (int i = 0; i < count; ++i) fn(i);
-      return;
+  // Queues fn(0) .. fn(count-1); fn must not throw.
+  std::shared_ptr<Batch> submit(int count, std::function<void(int)> fn) {
+    auto batch = std::make_shared<Batch>();
+    batch->fn = std::move(fn);
+    batch->remaining = count;
+    if (count <= 0) return batch;
+    if (count == 1 || threads_.empty()) {  // not worth a hand-over
+      for (int i = 0; i < count; ++i) batch->fn(i);
+      batch->remaining = 0;
+      return batch;
     }
-    Batch batch;
-    batch.remaining = count;
     {
       std::lock_guard<std::mutex> lk(m_);
-      for (int i = 0; i < count; ++i) queue_.push_back({&fn, i, &batch});
+      for (int i = 0; i < count; ++i) queue_.push_back({batch, i});
     }
-    cv_.notify_all();
-    std::unique_lock<std::mutex> lk(batch.m);
-    batch.cv.wait(lk, [&] { return batch.remaining == 0; });
+    if (count >= size()) {
+      cv_.notify_all();
+    } else {
+      for (int i = 0; i < count; ++i) cv_.notify_one();
+    }
+    return batch;
   }
+  static void wait(const std::shared_ptr<Batch>& batch) {
+    if (!batch) return;
+    std::unique_lock<std::mutex> lk(batch->m);
+    batch->cv.wait(lk, [&] { return batch->remaining == 0; });
+  }
+  void run(int count, std::function<void(int)> fn) { wait(submit(count, std::move(fn))); }
 
  private:
-  struct Batch {
-    std::mutex m;
-    std::condition_variable cv;
-    int remaining = 0;
-  };
   struct Task {
-    const std::function<void(int)>* fn;
+    std::shared_ptr<Batch> batch;
     int index;
-    Batch* batch;
   };
   void work() {
     for (;;) {
@@ -98,10 +114,10 @@ class WorkerPool {
         std::unique_lock<std::mutex> lk(m_);
         cv_.wait(lk, [&] { return stop_ || !queue_.empty(); });
         if (queue_.empty()) return;
-        t = queue_.front();
+        t = std::move(queue_.front());
         queue_.pop_front();
       }
-      (*t.fn)(t.index);
+      t.batch->fn(t.index);
       std::lock_guard<std::mutex> lk(t.batch->m);
       if (--t.batch->remaining == 0) t.batch->cv.notify_all();
     }
@@ -113,29 +129,44 @@ class WorkerPool {
   std::vector<std::thread> threads_;
 };
 
-// Copies `rows` rows of `width` bytes (source pitch src_pitch, destination
-// pitch dst_pitch) with the pool; contiguous copies are cut into pieces of
-// at least 1 MiB.
-void parallel_copy_2d(WorkerPool& pool, uint8_t* dst, size_t dst_pitch, const uint8_t* src,
-                      size_t src_pitch, size_t width, size_t rows) {
-  if (rows == 0 || width == 0) return;
-  if (dst_pitch == width && src_pitch == width) {
-    const size_t total = width * rows;
-    const size_t pieces = std::max<size_t>(1, std::min<size_t>(size_t(pool.size()), total >> 20));
-    const size_t step = (total + pieces - 1) / pieces;
-    pool.run(int(pieces), [&](int i) {
-      const size_t b = size_t(i) * step, e = std::min(total, b + step);
-      if (b < e) std::memcpy(dst + b, src + b, e - b);
-    });
-    return;
+// `rows` rows of `width` bytes (pitches in bytes), copied in pieces of about
+// kPiece bytes: a piece per pool thread for a typical chunk.
+struct Copy2D {
+  uint8_t* dst;
+  size_t dst_pitch;
+  const uint8_t* src;
+  size_t src_pitch;
+  size_t width, rows;
+};
+constexpr size_t kPiece = size_t(256) << 10;
+
+// Splits the copies into independent pieces (contiguous copies by bytes,
+// strided ones by rows).
+std::vector<Copy2D> split_copies(const std::vector<Copy2D>& copies) {
+  std::vector<Copy2D> pieces;
+  for (const Copy2D& c : copies) {
+    if (c.rows == 0 || c.width == 0) continue;
+    if (c.dst_pitch == c.width && c.src_pitch == c.width) {
+      const size_t total = c.width * c.rows;
+      for (size_t b = 0; b < total; b += kPiece)
+        pieces.push_back({c.dst + b, 0, c.src + b, 0, std::min(kPiece, total - b), 1});
+    } else {
+      const size_t rows_per = std::max<size_t>(1, kPiece / c.width);
+      for (size_t r = 0; r < c.rows; r += rows_per)
+        pieces.push_back({c.dst + r * c.dst_pitch, c.dst_pitch, c.src + r * c.src_pitch, c.src_pitch,
+                          c.width, std::min(rows_per, c.rows - r)});
+    }
   }
-  const size_t pieces = std::max<size_t>(
-      1, std::min<size_t>({size_t(pool.size()), rows, (width * rows) >> 18}));
-  const size_t step = (rows + pieces - 1) / pieces;
-  pool.run(int(pieces), [&](int i) {
-    const size_t b = size_t(i) * step, e = std::min(rows, b + step);
-    for (size_t r = b; r < e; ++r) std::memcpy(dst + r * dst_pitch, src + r * src_pitch, width);
-  });
+  return pieces;
+}
+
+void copy_piece(const Copy2D& c) {
+  for (size_t r = 0; r < c.rows; ++r) std::memcpy(c.dst + r * c.dst_pitch, c.src + r * c.src_pitch, c.width);
+}
+
+std::shared_ptr<WorkerPool::Batch> submit_copies(WorkerPool& pool, const std::vector<Copy2D>& copies) {
+  auto pieces = std::make_shared<std::vector<Copy2D>>(split_copies(copies));
+  return pool.submit(int(pieces->size()), [pieces](int i) { copy_piece((*pieces)[size_t(i)]); });
 }
 
 size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
@@ -159,7 +190,9 @@ class CudaTensorQuantizer final : public TensorQuantizer {
     if (opt_.streams < 2) opt_.streams = 2;
     if (opt_.chunk_bytes == 0) opt_.chunk_bytes = 1;
     int threads = opt_.host_threads;
-    if (threads <= 0) threads = std::clamp(int(std::thread::hardware_concurrency()) / 2, 1, 8);
+    // Pageable -> pinned copies are the slowest stage (a few GB/s per thread),
+    // so by default every core helps; the threads sleep between chunks.
+    if (threads <= 0) threads = std::clamp(int(std::thread::hardware_concurrency()), 1, 16);
     pool_ = std::make_unique<WorkerPool>(threads);
     check(cudaSetDevice(device_), "cudaSetDevice");
     slots_.resize(size_t(opt_.streams));
@@ -194,6 +227,7 @@ class CudaTensorQuantizer final : public TensorQuantizer {
     uint8_t* d_mem = nullptr;        // input | codes | scales | zeros | flags
     uint8_t* h_in = nullptr;         // pinned
     uint8_t* h_out = nullptr;        // pinned: codes | scales | zeros | flags
+    std::shared_ptr<WorkerPool::Batch> out_copy;  // h_out -> caller, in flight
   };
 
   void release() noexcept {
@@ -343,9 +377,9 @@ void CudaTensorQuantizer::quantize(const QuantInput& in, const GroupLayout& L,
     const Chunk& c = chunks[size_t(n)];
     Slot& s = slots_[size_t(n % n_slots)];
     const size_t width = size_t(c.col_end - c.col_begin) * size_t(esize);
-    parallel_copy_2d(*pool_, s.h_in, width,
-                     src + size_t(c.row_begin) * row_bytes + size_t(c.col_begin) * size_t(esize),
-                     row_bytes, width, size_t(c.row_end - c.row_begin));
+    WorkerPool::wait(submit_copies(
+        *pool_, {{s.h_in, width, src + size_t(c.row_begin) * row_bytes + size_t(c.col_begin) * size_t(esize),
+                  row_bytes, width, size_t(c.row_end - c.row_begin)}}));
   };
   std::thread loader;
   if (!pinned_source) {
@@ -400,28 +434,43 @@ void CudaTensorQuantizer::quantize(const QuantInput& in, const GroupLayout& L,
     first_overflow = std::min(first_overflow, f.first_overflow_group);
     const size_t cols = size_t(c.col_end - c.col_begin), grs = size_t(c.gr_end - c.gr_begin);
     const size_t inner = size_t(L.inner), B = size_t(L.bytes_per_group);
-    // codes: [gr][B][cols] in the tile -> [gr][B][inner] at column col_begin
-    parallel_copy_2d(*pool_, out.codes + size_t(c.gr_begin) * B * inner + size_t(c.col_begin),
-                     inner, s.h_out + out_off(off_codes()), cols, cols, grs * B);
-    parallel_copy_2d(*pool_, out.scales + (size_t(c.gr_begin) * inner + size_t(c.col_begin)) * sb,
-                     inner * sb, s.h_out + out_off(off_scales()), cols * sb, cols * sb, grs);
+    // Into the caller's buffers on the pool, while this thread goes on
+    // enqueueing; the slot's pinned outputs are reused only after
+    // wait_outputs(). Codes: [gr][B][cols] in the tile -> [gr][B][inner] at
+    // column col_begin; scales and zeros likewise.
+    std::vector<Copy2D> copies = {
+        {out.codes + size_t(c.gr_begin) * B * inner + size_t(c.col_begin), inner,
+         s.h_out + out_off(off_codes()), cols, cols, grs * B},
+        {out.scales + (size_t(c.gr_begin) * inner + size_t(c.col_begin)) * sb, inner * sb,
+         s.h_out + out_off(off_scales()), cols * sb, cols * sb, grs}};
     if (!scheme.symmetric)
-      parallel_copy_2d(*pool_, out.zeros + (size_t(c.gr_begin) * inner + size_t(c.col_begin)) * sb,
-                       inner * sb, s.h_out + out_off(off_zeros()), cols * sb, cols * sb, grs);
+      copies.push_back({out.zeros + (size_t(c.gr_begin) * inner + size_t(c.col_begin)) * sb, inner * sb,
+                        s.h_out + out_off(off_zeros()), cols * sb, cols * sb, grs});
+    s.out_copy = submit_copies(*pool_, copies);
+  };
+  auto wait_outputs = [&](Slot& s) {
+    WorkerPool::wait(s.out_copy);
+    s.out_copy.reset();
   };
 
   auto enqueue = [&](int64_t n) {
     const Chunk& c = chunks[size_t(n)];
     Slot& s = slots_[size_t(n % n_slots)];
+    wait_outputs(s);  // chunk n - slots's outputs are out of this slot's pinned buffer
     const size_t cols = size_t(c.col_end - c.col_begin), grs = size_t(c.gr_end - c.gr_begin);
     const size_t width = cols * size_t(esize), rows = size_t(c.row_end - c.row_begin);
     auto* flags = reinterpret_cast<QuantFlags*>(s.d_mem + off_flags());
     cuda::throw_if_failed(cuda::reset_flags(flags, s.stream), in.name);
     if (pinned_source) {
-      check(cudaMemcpy2DAsync(s.d_mem, width,
-                              src + size_t(c.row_begin) * row_bytes + size_t(c.col_begin) * size_t(esize),
-                              row_bytes, width, rows, cudaMemcpyHostToDevice, s.stream),
-            "cudaMemcpy2DAsync (H2D)", in.name);
+      const uint8_t* from = src + size_t(c.row_begin) * row_bytes + size_t(c.col_begin) * size_t(esize);
+      if (width == row_bytes) {  // whole rows: one contiguous copy (a 2D copy of narrow rows crawls)
+        check(cudaMemcpyAsync(s.d_mem, from, width * rows, cudaMemcpyHostToDevice, s.stream),
+              "cudaMemcpyAsync (H2D)", in.name);
+      } else {
+        check(cudaMemcpy2DAsync(s.d_mem, width, from, row_bytes, width, rows, cudaMemcpyHostToDevice,
+                                s.stream),
+              "cudaMemcpy2DAsync (H2D)", in.name);
+      }
     } else {
       check(cudaMemcpyAsync(s.d_mem, s.h_in, width * rows, cudaMemcpyHostToDevice, s.stream),
             "cudaMemcpyAsync (H2D)", in.name);
@@ -471,9 +520,13 @@ void CudaTensorQuantizer::quantize(const QuantInput& in, const GroupLayout& L,
       enqueue(n);
     }
     for (int64_t n = std::max<int64_t>(0, n_chunks - n_slots); n < n_chunks; ++n) finish(n);
+    for (Slot& s : slots_) wait_outputs(s);
   } catch (...) {
     stop_loader();
-    for (Slot& s : slots_) cudaStreamSynchronize(s.stream);
+    for (Slot& s : slots_) {
+      cudaStreamSynchronize(s.stream);
+      wait_outputs(s);
+    }
     cudaGetLastError();
     throw;
   }

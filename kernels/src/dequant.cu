@@ -14,7 +14,6 @@
 namespace qpack::cudak {
 namespace {
 
-using cudadev::kSlice;
 using cudadev::SliceStream;
 
 template <DType O>
@@ -119,35 +118,42 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_cols(const DequantAr
   }
 }
 
-// Contiguous groups (one-column tiles): thread = (group row, slice).
-template <int BITS, bool VEC, DType O>
+// Contiguous groups (one-column tiles): thread = (group row, slice, part)
+// with EPT elements per thread (4 for F32 output: one 16-byte store each, a
+// warp storing 512 contiguous bytes).
+template <int BITS, bool VEC, DType O, int EPT>
 __global__ void __launch_bounds__(kBlockThreads) dequantize_rows(const DequantArgs a) {
   const Geometry& g = a.geo;
-  const uint32_t nsl = g.per_gr.d;
+  constexpr uint32_t kParts = kSlice / EPT;
+  const uint32_t per_gr = g.per_gr.d;
   for (uint32_t idx = blockIdx.x * blockDim.x + threadIdx.x; idx < g.tasks;
        idx += gridDim.x * blockDim.x) {
     const uint32_t lgr = g.per_gr.div(idx);
-    const uint32_t s = idx - lgr * nsl;
+    const uint32_t rem = idx - lgr * per_gr;
+    const uint32_t s = rem / kParts;
+    const int h = int(rem - s * kParts);
     const uint32_t along = g.gi_begin + lgr;
     const uint32_t q = g.groups.div(along);
     const int64_t o = g.o_begin + q;
     const int64_t gi = along - q * g.groups.d;
     const int64_t len = min(g.group, g.axis_len - gi * g.group);
-    const int64_t n = min(int64_t(kSlice), len - s * kSlice);
+    const int64_t n = min(int64_t(EPT), len - int64_t(s) * kSlice - h * EPT);
     if (n <= 0) continue;
     const uint8_t* group_codes = a.codes + int64_t(lgr) * g.bytes;
     const SliceStream<BITS> st = VEC ? cudadev::load_slice_contiguous_aligned<BITS>(group_codes, s)
                                      : cudadev::load_slice_contiguous<BITS>(group_codes, s, g.bytes);
     const float scale = cudadev::load_param(a.scales, lgr, a.scale_dtype);
     const float zero = a.symmetric ? 0.0f : cudadev::load_param(a.zeros, lgr, a.scale_dtype);
-    float x[kSlice];
-    cudadev::dequant_slice<BITS>(st, scale, zero, a.symmetric, x);
-    const int64_t first = o * g.axis_len + gi * g.group + s * kSlice - g.row_begin;
-    if (VEC && n == kSlice) {
-      store_out<O, kSlice>(a.out, first, x);
+    float x[EPT];
+#pragma unroll
+    for (int k = 0; k < EPT; ++k)
+      x[k] = qp_decode(cudadev::slice_code<BITS>(st, h * EPT + k), scale, zero, a.symmetric, BITS);
+    const int64_t first = o * g.axis_len + gi * g.group + int64_t(s) * kSlice + h * EPT - g.row_begin;
+    if (VEC && n == EPT) {
+      store_out<O, EPT>(a.out, first, x);
     } else {
 #pragma unroll
-      for (int k = 0; k < kSlice; ++k)
+      for (int k = 0; k < EPT; ++k)
         if (k < n) {
           const float one[1] = {x[k]};
           store_out<O, 1>(a.out, first + k, one);
@@ -158,15 +164,16 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_rows(const DequantAr
 
 template <int BITS, DType O>
 void launch_t(const DequantArgs& a, const Launch& l) {
+  constexpr int kPart = O == DType::F32 ? kF32Part : kSlice;  // see kF32Part
   if (l.rows) {
     if (l.vector) {
-      dequantize_rows<BITS, true, O><<<l.blocks, kBlockThreads, 0, l.stream>>>(a);
+      dequantize_rows<BITS, true, O, kPart><<<l.blocks, kBlockThreads, 0, l.stream>>>(a);
     } else {
-      dequantize_rows<BITS, false, O><<<l.blocks, kBlockThreads, 0, l.stream>>>(a);
+      dequantize_rows<BITS, false, O, kSlice><<<l.blocks, kBlockThreads, 0, l.stream>>>(a);
     }
   } else {
     if (l.vector) {
-      dequantize_cols<BITS, 8, O><<<l.blocks, kBlockThreads, 0, l.stream>>>(a);
+      dequantize_cols<BITS, kPart, O><<<l.blocks, kBlockThreads, 0, l.stream>>>(a);
     } else {
       dequantize_cols<BITS, 1, O><<<l.blocks, kBlockThreads, 0, l.stream>>>(a);
     }

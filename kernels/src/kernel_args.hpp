@@ -15,7 +15,13 @@ namespace qpack::cudak {
 // slice owns `bits` bytes of its group's bit stream and threads never share
 // an output byte.
 constexpr int kSliceRows = 8;
+constexpr int kSlice = kSliceRows;
 constexpr int kBlockThreads = 256;
+// quantize_rows: chunks of 8 elements each lane keeps in registers.
+constexpr int kRowChunks = 8;
+// dequantize with F32 output: elements (rows kernel) or columns (cols kernel)
+// per thread, so that one store instruction of a warp is 512 contiguous bytes.
+constexpr int kF32Part = 4;
 
 // n / d for 32-bit n by a multiply-high and a shift (Granlund-Montgomery
 // with a round-up magic number); exact for every n < 2^32 and 1 <= d < 2^32.
@@ -87,7 +93,11 @@ struct Launch {
   cudaStream_t stream;
   bool rows;    // inner-contiguous groups (tile of one column): the row kernels
   bool vector;
+  bool staged;  // quantize only: the cp.async kernels (quantize_*_async)
+  int sms;      // multiprocessors of the current device (persistent grids)
+  int device;   // the current device
 };
+constexpr int kAsyncWarps = 4;  // staged kernels: 128-thread blocks
 
 // One per source dtype (quant_f16.cu, quant_bf16.cu, quant_f32.cu); each
 // returns cudaGetLastError() of its launch as an int (0 = success).

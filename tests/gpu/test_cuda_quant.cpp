@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
@@ -185,7 +186,8 @@ std::vector<Case> cases() {
       {{3, 5, 40}, 0, 8},    {{5, 2, 7, 3}, 2, 10}, {{300, 16}, 0, 256},  {{300, 16}, 0, 0},
       {{600, 8}, 0, 0},      {{8, 600}, -1, 0},     {{96, 64}, 0, 32},    {{16, 64}, 0, 8},
       {{16, 64}, 0, 16},     {{8, 264}, -1, 264},   {{256, 48}, 0, 128},  {{70, 36}, 0, 48},
-      {{2, 66, 24}, 1, 64},  {{1, 1}, 0, 8},
+      {{2, 66, 24}, 1, 64},  {{1, 1}, 0, 8},        {{40, 64}, -1, 32},   {{33, 16}, -1, 8},
+      {{37, 128}, -1, 64},   {{5, 3, 64}, 2, 16},
   };
 }
 
@@ -307,19 +309,25 @@ TEST(CudaQuant, DeviceApiMatchesReferenceEverywhere) {
         } catch (const Error& e) {
           want_error = e.what();  // NaN/Inf from F16 overflow of Wide values, or range overflow
         }
-        DeviceRun r = run_device(src, cfg.dtype, L, s, policy);
-        EXPECT_EQ(message_from_flags(r.flags, src, cfg.dtype, L, s, policy), want_error) << what;
-        if (!want_error.empty()) {
-          ++errors;
-        } else {
-          expect_same(r.out, want, what);
-          std::vector<float> deq(size_t(L.num_elements()));
-          dequantize_reference(want.codes.data(), want.scales.data(),
-                               want.zeros.empty() ? nullptr : want.zeros.data(), L, s, deq.data());
-          EXPECT_EQ(first_diff(float_bytes(r.deq), float_bytes(deq)), -1) << what << ": dequantized floats differ";
-          ++checked;
+        // Both kernel families: shared-memory staged (default) and register-only.
+        for (bool staged : {true, false}) {
+          cuda::set_staged_kernels(staged);
+          DeviceRun r = run_device(src, cfg.dtype, L, s, policy);
+          cuda::set_staged_kernels(true);
+          const std::string w = what + (staged ? "" : " (register kernels)");
+          EXPECT_EQ(message_from_flags(r.flags, src, cfg.dtype, L, s, policy), want_error) << w;
+          if (!want_error.empty()) {
+            ++errors;
+          } else {
+            expect_same(r.out, want, w);
+            std::vector<float> deq(size_t(L.num_elements()));
+            dequantize_reference(want.codes.data(), want.scales.data(),
+                                 want.zeros.empty() ? nullptr : want.zeros.data(), L, s, deq.data());
+            EXPECT_EQ(first_diff(float_bytes(r.deq), float_bytes(deq)), -1) << w << ": dequantized floats differ";
+            ++checked;
+          }
+          if (HasFailure()) return;  // one detailed failure is enough
         }
-        if (HasFailure()) return;  // one detailed failure is enough
       }
     }
   std::printf("checked %d tensors byte for byte, %d error outcomes\n", checked, errors);
@@ -440,7 +448,7 @@ TEST(CudaQuantizer, PinnedSourceIsCopiedDirectly) {
     s.axis = axis;
     s.group_size = 64;
     const GroupLayout L = GroupLayout::make({520, 136}, s, "p");
-    const std::vector<uint8_t> src = encode(make_values(L, s, Dist::Wide, rng), DType::F16);
+    const std::vector<uint8_t> src = encode(make_values(L, s, Dist::Normal, rng), DType::F16);
     cuda::PinnedBuffer pinned;
     cuda::throw_if_failed(pinned.allocate(src.size()));
     std::memcpy(pinned.data(), src.data(), src.size());
@@ -451,6 +459,26 @@ TEST(CudaQuantizer, PinnedSourceIsCopiedDirectly) {
       expect_same(got, want, "pinned, chunk " + std::to_string(chunk));
     }
   }
+}
+
+// Enough tasks that the persistent staged kernels loop, with the next task
+// in flight while the current one is computed.
+TEST(CudaQuant, StagedKernelsLoopOverManyTasks) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(test::test_seed() + 7);
+  for (int axis : {0, -1})
+    for (bool sym : {false, true}) {
+      QuantScheme s;
+      s.axis = axis;
+      s.symmetric = sym;
+      s.bits = sym ? 8 : 4;
+      s.group_size = axis == 0 ? 64 : 32;
+      const GroupLayout L = GroupLayout::make({quick() ? 2048 : 4096, 2048}, s, "m");
+      const std::vector<uint8_t> src = encode(make_values(L, s, Dist::Normal, rng), DType::BF16);
+      const Outputs want = run_reference(src, DType::BF16, L, s, NonFinitePolicy::Error);
+      DeviceRun r = run_device(src, DType::BF16, L, s, NonFinitePolicy::Error);
+      expect_same(r.out, want, "axis " + std::to_string(axis));
+    }
 }
 
 TEST(CudaQuantizer, EmptyTensorsDoNothing) {
@@ -622,6 +650,7 @@ TEST(CudaConvert, CheckpointOnGpuIsTheSameFileAsOnCpu) {
   REQUIRE_GPU();
   test::TempDir dir;
   const std::string model = dir.file("model");
+  std::filesystem::create_directories(model);
   test::run_testgen("llama " + model + " --hidden 200 --intermediate 72 --layers 2 --vocab 130 "
                     "--shard-bytes 150000 --seed 11 --dtype bf16");
   struct Variant {

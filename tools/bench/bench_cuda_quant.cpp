@@ -13,7 +13,8 @@
 //     and in pinned host memory, GB/s of source bytes, as a fraction of the
 //     pinned host-to-device bandwidth.
 //
-//   qpack_bench_cuda [--quick] [--e2e-gib N] [--json FILE]
+//   qpack_bench_cuda [--quick] [--profile] [--e2e-gib N] [--json FILE]
+//   (--profile: one launch of each kernel, for ncu; no timing worth reading)
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -103,23 +104,26 @@ void report(const std::string& name, double bytes, double ms, double ref_gbps, c
   rows.push_back(r);
 }
 
-// Median time of `reps` launches of fn(rep) with events around each.
+// Median over `reps` samples of the time per launch of fn(i), each sample
+// `batch` back-to-back launches between two events (so host launch overhead
+// overlaps the GPU work, as in a real stream of tensors).
 template <class F>
-double time_ms(int warmup, int reps, F&& fn) {
+double time_ms(int warmup, int reps, F&& fn, int batch = 10) {
   cudaEvent_t a, b;
   ck(cudaEventCreate(&a), "event");
   ck(cudaEventCreate(&b), "event");
   for (int i = 0; i < warmup; ++i) fn(i);
   ck(cudaDeviceSynchronize(), "warmup");
   std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
+  int i = 0;
+  for (int r = 0; r < reps; ++r) {
     ck(cudaEventRecord(a), "record");
-    fn(i);
+    for (int k = 0; k < batch; ++k) fn(i++);
     ck(cudaEventRecord(b), "record");
     ck(cudaEventSynchronize(b), "sync");
     float ms = 0;
     ck(cudaEventElapsedTime(&ms, a, b), "elapsed");
-    t.push_back(ms);
+    t.push_back(ms / batch);
   }
   cudaEventDestroy(a);
   cudaEventDestroy(b);
@@ -131,7 +135,7 @@ double d2d_copy_gbps(size_t bytes, int reps) {
   ck(cudaMalloc(&x, bytes), "malloc");
   ck(cudaMalloc(&y, bytes), "malloc");
   ck(cudaMemset(x, 1, bytes), "memset");
-  const double ms = time_ms(3, reps, [&](int) { ck(cudaMemcpyAsync(y, x, bytes, cudaMemcpyDeviceToDevice), "copy"); });
+  const double ms = time_ms(3, reps, [&](int) { ck(cudaMemcpyAsync(y, x, bytes, cudaMemcpyDeviceToDevice), "copy"); }, 1);
   cudaFree(x);
   cudaFree(y);
   return 2.0 * double(bytes) / (ms * 1e-3) / 1e9;
@@ -140,21 +144,26 @@ double d2d_copy_gbps(size_t bytes, int reps) {
 double h2d_gbps(const void* host, size_t bytes, int reps) {
   void* d = nullptr;
   ck(cudaMalloc(&d, bytes), "malloc");
-  const double ms = time_ms(1, reps, [&](int) { ck(cudaMemcpyAsync(d, host, bytes, cudaMemcpyHostToDevice), "h2d"); });
+  const double ms = time_ms(1, reps, [&](int) { ck(cudaMemcpyAsync(d, host, bytes, cudaMemcpyHostToDevice), "h2d"); }, 1);
   cudaFree(d);
   return double(bytes) / (ms * 1e-3) / 1e9;
 }
 
-void bench_kernels(double copy_gbps, bool quick) {
+// profile: one launch of each kernel on 11008x4096, 4 bits (for ncu).
+void bench_kernels(double copy_gbps, bool quick, bool profile) {
   std::printf("\nkernels (fp16 source, G=64, asymmetric, F16 scales; %% of D2D copy %.0f GB/s)\n", copy_gbps);
-  const int reps = quick ? 20 : 100;
+  const int reps = profile ? 1 : quick ? 5 : 20;  // samples of 10 launches each
+  const int warm = profile ? 0 : 5;
   const size_t kWorkingSet = size_t(400) << 20;  // rotate well past the 50 MB L2
-  for (const auto& shape : std::vector<std::vector<int64_t>>{{4096, 4096}, {11008, 4096}}) {
+  const auto shapes = profile ? std::vector<std::vector<int64_t>>{{11008, 4096}}
+                               : std::vector<std::vector<int64_t>>{{4096, 4096}, {11008, 4096}};
+  for (const auto& shape : shapes) {
     const size_t n = size_t(shape[0] * shape[1]);
     std::vector<uint8_t> host(n * 2);
     fill_random_f16(host.data(), n, 42 + n);
     for (int axis : {0, -1})
       for (int bits : {4, 8}) {
+        if (profile && bits != 4) continue;
         QuantScheme s;
         s.bits = bits;
         s.axis = axis;
@@ -162,7 +171,7 @@ void bench_kernels(double copy_gbps, bool quick) {
         const GroupLayout L = GroupLayout::make(shape, s, "w");
         const size_t codes = L.codes_bytes(), params = size_t(L.num_groups()) * 2;
         const size_t set_bytes = n * 2 + codes + 2 * params + n * 4;
-        const int sets = int(std::max<size_t>(2, kWorkingSet / set_bytes + 1));
+        const int sets = profile ? 1 : int(std::max<size_t>(2, kWorkingSet / set_bytes + 1));
         std::vector<cuda::DeviceBuffer> src(sets), cod(sets), sc(sets), ze(sets), out(sets);
         cuda::DeviceBuffer flags;
         ck(flags.allocate(sizeof(cuda::QuantFlags)), "alloc");
@@ -189,22 +198,31 @@ void bench_kernels(double copy_gbps, bool quick) {
         ck(cuda::copy_to_host(gs.data(), sc[0].data(), params, nullptr), "download");
         ck(cuda::copy_to_host(gz.data(), ze[0].data(), params, nullptr), "download");
         ck(cuda::synchronize(nullptr), "sync");
-        quantize_cpu({host.data(), DType::F16, "w"}, L, s, NonFinitePolicy::Error, {rc.data(), rs.data(), rz.data()}, 0);
-        const bool same = gc == rc && gs == rs && gz == rz;
+        if (!profile)
+          quantize_cpu({host.data(), DType::F16, "w"}, L, s, NonFinitePolicy::Error,
+                       {rc.data(), rs.data(), rz.data()}, 0);
+        const bool same = profile || (gc == rc && gs == rs && gz == rz);
         for (int i = 1; i < sets; ++i) quant(i);
 
         const std::string tag = std::to_string(shape[0]) + "x" + std::to_string(shape[1]) + " axis " +
                                 std::to_string(axis) + " " + std::to_string(bits) + "b";
-        const double qms = time_ms(5, reps, quant);
+        const double qms = time_ms(warm, reps, quant, profile ? 1 : 10);
         report("quantize   " + tag, double(n * 2 + codes + 2 * params), qms, copy_gbps,
                same ? "" : "MISMATCH vs quantize_cpu");
+        if (!profile) {
+          // The register-only kernels, for comparison (same bytes).
+          cuda::set_staged_kernels(false);
+          const double rms = time_ms(warm, reps, quant);
+          cuda::set_staged_kernels(true);
+          report("  (register kernels) " + tag, double(n * 2 + codes + 2 * params), rms, copy_gbps);
+        }
         for (DType od : {DType::F32, DType::F16}) {
-          const double dms = time_ms(5, reps, [&](int i) {
+          const double dms = time_ms(warm, reps, [&](int i) {
             const int k = i % sets;
             ck(cuda::dequantize(cod[k].as<uint8_t>(), sc[k].as<uint8_t>(), ze[k].as<uint8_t>(), L, s,
                                 out[k].data(), od, nullptr),
                "dequantize");
-          });
+          }, profile ? 1 : 10);
           report(std::string("dequant>") + (od == DType::F32 ? "f32 " : "f16 ") + tag,
                  double(codes + 2 * params + n * size_t(od == DType::F32 ? 4 : 2)), dms, copy_gbps);
         }
@@ -241,6 +259,23 @@ void bench_e2e(double e2e_gib, bool quick) {
     std::memset(scales.data(), 1, scales.size());
     std::memset(zeros.data(), 1, zeros.size());
     auto q = make_cuda_quantizer(0);
+    if (axis == 0 && !quick) {
+      // Chunk size: each tensor fills and drains the pipeline once.
+      for (size_t mib : {2, 32}) {
+        cuda::QuantizerOptions o;
+        o.chunk_bytes = mib << 20;
+        auto qc = make_cuda_quantizer(0, o);
+        qc->quantize({pageable.data(), DType::F16, "w"}, L, s, NonFinitePolicy::Error,
+                     {codes.data(), scales.data(), zeros.data()});
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < count; ++i)
+          qc->quantize({pageable.data() + size_t(i) * tensor_bytes, DType::F16, "w"}, L, s,
+                       NonFinitePolicy::Error, {codes.data(), scales.data(), zeros.data()});
+        report("e2e pageable axis 0 4b, " + std::to_string(mib) + " MiB chunks",
+               double(total), std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
+               pinned_h2d);
+      }
+    }
     for (int pinned_src : {0, 1}) {
       const uint8_t* base = pinned_src ? pinned.data() : pageable.data();
       q->quantize({base, DType::F16, "w"}, L, s, NonFinitePolicy::Error,
@@ -277,19 +312,22 @@ void bench_e2e(double e2e_gib, bool quick) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false;
+  bool quick = false, profile = false;
   double e2e_gib = 4.0;
   std::string json;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") {
       quick = true;
+    } else if (a == "--profile") {
+      profile = true;
+      e2e_gib = 0;
     } else if (a == "--e2e-gib" && i + 1 < argc) {
       e2e_gib = std::atof(argv[++i]);
     } else if (a == "--json" && i + 1 < argc) {
       json = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: qpack_bench_cuda [--quick] [--e2e-gib N] [--json FILE]\n");
+      std::fprintf(stderr, "usage: qpack_bench_cuda [--quick] [--profile] [--e2e-gib N] [--json FILE]\n");
       return 2;
     }
   }
@@ -303,9 +341,9 @@ int main(int argc, char** argv) {
     ck(cuda::query_device(0, &info), "query_device");
     std::printf("%s, driver %d, runtime %d\n", cuda::describe(info).c_str(), info.driver_version,
                 info.runtime_version);
-    const double copy = d2d_copy_gbps(size_t(1) << 30, quick ? 10 : 30);
+    const double copy = d2d_copy_gbps(size_t(1) << 30, quick || profile ? 3 : 30);
     std::printf("device-to-device cudaMemcpy (1 GiB): %.0f GB/s (read + write)\n", copy);
-    bench_kernels(copy, quick);
+    bench_kernels(copy, quick, profile);
     if (e2e_gib > 0) bench_e2e(e2e_gib, quick);
   } catch (const Error& e) {
     std::fprintf(stderr, "qpack_bench_cuda: %s\n", e.what());

@@ -109,6 +109,12 @@ struct DeviceQuantOutput {
   uint8_t* zeros = nullptr;  // null for symmetric schemes
 };
 
+// Quantize kernels: by default the shared-memory staged (cp.async) variants
+// run where they apply; off selects the register-only kernels. Both produce
+// identical bytes; the switch exists for tests and benchmarks. Process-wide.
+void set_staged_kernels(bool on);
+bool staged_kernels();
+
 // Sets both flags to kNoIndex (an async memset on `stream`).
 Status reset_flags(QuantFlags* d_flags, cudaStream_t stream);
 
@@ -196,10 +202,11 @@ struct QuantizerOptions {
   // groups (group rows, and inner columns when one group row is larger), each
   // copied, quantized and copied back while the next is in flight. Tests set
   // it tiny to force many chunks. The staging buffers grow past it only when
-  // a single group column needs more.
-  size_t chunk_bytes = size_t(64) << 20;
+  // a single group column needs more. Each tensor fills and drains the
+  // pipeline once, so chunks are small next to typical tensors (~100 MB).
+  size_t chunk_bytes = size_t(8) << 20;
   int streams = 3;       // >= 2: chunks n-1, n and n+1 are in flight at once
-  int host_threads = 0;  // threads for the pageable -> pinned copies; 0: half the cores, 1..8
+  int host_threads = 0;  // threads for the host-side copies; 0: one per core, at most 16
 };
 
 }  // namespace cuda
