@@ -318,6 +318,28 @@ TEST(QuantParity, OneElementAndEmptyTensors) {
   }
 }
 
+TEST(QuantParity, HugeFiniteValuesAreNotMistakenForNonFinite) {
+  // The fast path screens for NaN/Inf with a running sum, which overflows on
+  // values like these; they must still quantize, exactly as the reference does.
+  std::mt19937_64 rng(test::test_seed() + 6);
+  std::uniform_real_distribution<float> u(3.0e38f, 3.3e38f);
+  for (int axis : {0, -1})
+    for (DType sd : {DType::BF16, DType::F32}) {
+      std::vector<float> x(130 * 96);
+      for (auto& v : x) v = u(rng);
+      const auto src = encode_source(x, DType::F32);
+      QuantScheme s;
+      s.axis = axis;
+      s.scale_dtype = sd;
+      auto ref = make_output({130, 96}, s, 1), fast = make_output({130, 96}, s, 2);
+      quantize_reference({src.data(), DType::F32, "huge"}, ref.layout, s, NonFinitePolicy::Error, ref.buffers());
+      quantize_cpu({src.data(), DType::F32, "huge"}, fast.layout, s, NonFinitePolicy::Error, fast.buffers(), 2);
+      EXPECT_EQ(ref.codes, fast.codes);
+      EXPECT_EQ(ref.scales, fast.scales);
+      EXPECT_EQ(ref.zeros, fast.zeros);
+    }
+}
+
 TEST(QuantSemantics, ConstantGroupReconstructsExactly) {
   std::vector<float> x(64, 0.3125f);
   const auto src = encode_source(x, DType::F32);

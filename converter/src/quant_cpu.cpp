@@ -167,6 +167,7 @@ QPACK_AVX2 inline void store_params8(const QuantBuffers& out, int64_t index, con
 // may alias anything, so the compiler would otherwise reload them).
 struct EncodeConsts {
   __m256i lo, hi, offset;
+  __m256i lo8, hi8;  // the same clamp on stored codes, per byte
 };
 
 QPACK_AVX2 inline EncodeConsts encode_consts(const QuantScheme& s) {
@@ -175,10 +176,14 @@ QPACK_AVX2 inline EncodeConsts encode_consts(const QuantScheme& s) {
     c.lo = _mm256_set1_epi32(-qmax_sym(s.bits));
     c.hi = _mm256_set1_epi32(qmax_sym(s.bits));
     c.offset = _mm256_set1_epi32(sym_offset(s.bits));
+    c.lo8 = _mm256_set1_epi8(char(sym_offset(s.bits) - qmax_sym(s.bits)));
+    c.hi8 = _mm256_set1_epi8(char(sym_offset(s.bits) + qmax_sym(s.bits)));
   } else {
     c.lo = _mm256_setzero_si256();
     c.hi = _mm256_set1_epi32(qmax_asym(s.bits));
     c.offset = _mm256_setzero_si256();
+    c.lo8 = _mm256_setzero_si256();
+    c.hi8 = _mm256_set1_epi8(char(qmax_asym(s.bits)));
   }
   return c;
 }
@@ -207,6 +212,33 @@ QPACK_AVX2 inline __m256i low_bytes32(__m256i a0, __m256i a1, __m256i a2, __m256
   return _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
+// Stored codes of 32 elements as 32 bytes in element order. The clamp of the
+// spec is applied after narrowing: vpackusdw/vpackuswb saturate negatives to
+// 0 (and |t| is far below 2^15 for a group's own elements), then a byte
+// min/max clamps to the code range. Equal to encode8 + low_bytes32, with
+// fewer operations per element.
+template <bool SYM>
+QPACK_AVX2 inline __m256i codes32(__m256 x0, __m256 x1, __m256 x2, __m256 x3, const Params8& p0,
+                                  const Params8& p1, const Params8& p2, const Params8& p3,
+                                  const EncodeConsts& c) {
+  __m256i t0, t1, t2, t3;
+  if constexpr (SYM) {
+    t0 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x0, p0.inv)), c.offset);
+    t1 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x1, p1.inv)), c.offset);
+    t2 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x2, p2.inv)), c.offset);
+    t3 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x3, p3.inv)), c.offset);
+  } else {
+    t0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x0, p0.zero), p0.inv));
+    t1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x1, p1.zero), p1.inv));
+    t2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x2, p2.zero), p2.inv));
+    t3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x3, p3.zero), p3.inv));
+  }
+  __m256i b = _mm256_packus_epi16(_mm256_packus_epi32(t0, t1), _mm256_packus_epi32(t2, t3));
+  b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  if constexpr (SYM) b = _mm256_max_epu8(b, c.lo8);
+  return _mm256_min_epu8(b, c.hi8);
+}
+
 // One element vector of the source, with NaN/Inf replaced by +0 when the
 // policy asks for it.
 template <DType T, bool ZERO_NF>
@@ -220,8 +252,11 @@ QPACK_AVX2 inline __m256 load_x(const uint8_t* base, int64_t elem) {
 // (symmetric). NaN is recorded in `nan`; +-Inf shows in the statistics
 // themselves and is caught after the loop.
 template <bool SYM>
-QPACK_AVX2 inline void stats8(__m256 x, __m256& lo, __m256& hi, __m256& nan) {
-  nan = _mm256_or_ps(nan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+QPACK_AVX2 inline void stats8(__m256 x, __m256& lo, __m256& hi, __m256& sum) {
+  // A running sum is NaN or infinite after any NaN or Inf (one add, not a
+  // compare and an or). It can also overflow on huge finite F32/BF16 values:
+  // a flagged block is re-checked exactly before anything is reported.
+  sum = _mm256_add_ps(sum, x);
   if constexpr (SYM) {
     lo = _mm256_max_ps(lo, _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x));
   } else {
@@ -232,8 +267,8 @@ QPACK_AVX2 inline void stats8(__m256 x, __m256& lo, __m256& hi, __m256& nan) {
 
 // True when a NaN was seen or a statistic is infinite.
 template <bool SYM>
-QPACK_AVX2 inline bool stats_nonfinite(__m256 lo, __m256 hi, __m256 nan) {
-  __m256 bad = _mm256_or_ps(nan, nonfinite_mask(lo));
+QPACK_AVX2 inline bool stats_nonfinite(__m256 lo, __m256 hi, __m256 sum) {
+  __m256 bad = _mm256_or_ps(nonfinite_mask(sum), nonfinite_mask(lo));
   if constexpr (!SYM) bad = _mm256_or_ps(bad, nonfinite_mask(hi));
   return _mm256_movemask_ps(bad) != 0;
 }
@@ -252,7 +287,7 @@ QPACK_AVX2 void column_block(const QuantInput& in, const GroupLayout& L, const Q
   __m256 lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3;
   lo0 = lo1 = lo2 = lo3 = SYM ? _mm256_setzero_ps() : _mm256_set1_ps(__builtin_inff());
   hi0 = hi1 = hi2 = hi3 = _mm256_set1_ps(-__builtin_inff());
-  __m256 nan = _mm256_setzero_ps();
+  __m256 sum0 = _mm256_setzero_ps(), sum1 = sum0, sum2 = sum0, sum3 = sum0;
   const uint8_t* row = src;
   // Each of the group's rows is a separate stream, too many for the hardware
   // prefetcher to follow: fetch this row's bytes for the block after next.
@@ -260,15 +295,20 @@ QPACK_AVX2 void column_block(const QuantInput& in, const GroupLayout& L, const Q
   const int64_t ahead = i0 + 96 <= inner ? 64 * kEsize : 0;
   for (int64_t k = 0, e = row0; k < len; ++k, e += inner) {
     if (ahead) _mm_prefetch(reinterpret_cast<const char*>(row + e * kEsize + ahead), _MM_HINT_T0);
-    stats8<SYM>(load_x<T, ZERO_NF>(row, e), lo0, hi0, nan);
-    stats8<SYM>(load_x<T, ZERO_NF>(row, e + 8), lo1, hi1, nan);
-    stats8<SYM>(load_x<T, ZERO_NF>(row, e + 16), lo2, hi2, nan);
-    stats8<SYM>(load_x<T, ZERO_NF>(row, e + 24), lo3, hi3, nan);
+    stats8<SYM>(load_x<T, ZERO_NF>(row, e), lo0, hi0, sum0);
+    stats8<SYM>(load_x<T, ZERO_NF>(row, e + 8), lo1, hi1, sum1);
+    stats8<SYM>(load_x<T, ZERO_NF>(row, e + 16), lo2, hi2, sum2);
+    stats8<SYM>(load_x<T, ZERO_NF>(row, e + 24), lo3, hi3, sum3);
   }
-  if (!ZERO_NF && (stats_nonfinite<SYM>(lo0, hi0, nan) || stats_nonfinite<SYM>(lo1, hi1, nan) ||
-                   stats_nonfinite<SYM>(lo2, hi2, nan) || stats_nonfinite<SYM>(lo3, hi3, nan))) {
-    fail->nonfinite = true;
-    return;
+  if (!ZERO_NF && (stats_nonfinite<SYM>(lo0, hi0, sum0) || stats_nonfinite<SYM>(lo1, hi1, sum1) ||
+                   stats_nonfinite<SYM>(lo2, hi2, sum2) || stats_nonfinite<SYM>(lo3, hi3, sum3))) {
+    for (int64_t k = 0, e = row0; k < len; ++k, e += inner)
+      for (int64_t c = 0; c < 32; ++c)
+        if (!qp_isfinite(load_as_f32(src, in.dtype, uint64_t(e + c)))) {
+          fail->nonfinite = true;
+          return;
+        }
+    // Only the running sum overflowed: the block is finite after all.
   }
   Params8 p0, p1, p2, p3;
   const int64_t pi = (o * L.groups_per_axis + g) * inner + i0;
@@ -283,12 +323,32 @@ QPACK_AVX2 void column_block(const QuantInput& in, const GroupLayout& L, const Q
   store_params8(out, pi + 16, s, p2, 8);
   store_params8(out, pi + 24, s, p3, 8);
 
-  // Encode row by row; each lane keeps a small bit buffer and byte plane j
-  // of all 32 groups is stored once it holds 8 bits.
   uint8_t* plane = out.codes + (o * L.groups_per_axis + g) * bpg * inner + i0;
+  int64_t j = 0;
+  if (bits != 3) {
+    // Byte plane j holds rows j*per .. j*per+per-1, each row's 32 codes
+    // shifted into place (codes < 2^bits, so shifts stay inside each byte).
+    const int per = 8 / bits;
+    for (int64_t k = 0; k < len; ++j) {
+      __m256i acc = _mm256_setzero_si256();
+      for (int r = 0; r < per && k < len; ++r, ++k) {
+        const int64_t e = row0 + k * inner;
+        const __m256i c = codes32<SYM>(load_x<T, ZERO_NF>(src, e), load_x<T, ZERO_NF>(src, e + 8),
+                                       load_x<T, ZERO_NF>(src, e + 16), load_x<T, ZERO_NF>(src, e + 24),
+                                       p0, p1, p2, p3, ec);
+        acc = _mm256_or_si256(acc, _mm256_sll_epi16(c, _mm_cvtsi32_si128(r * bits)));
+      }
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner), acc);
+    }
+    for (; j < bpg; ++j)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner), _mm256_setzero_si256());
+    return;
+  }
+
+  // 3 bits: each lane keeps a small bit buffer and byte plane j of all 32
+  // groups is stored once it holds 8 bits.
   __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
   int nbits = 0;
-  int64_t j = 0;
   for (int64_t k = 0, e = row0; k < len; ++k, e += inner) {
     const __m128i sh = _mm_cvtsi32_si128(nbits);
     a0 = _mm256_or_si256(a0, _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e), p0.zero, p0.inv, ec), sh));
@@ -369,9 +429,19 @@ QPACK_AVX2 void row_groups(const QuantInput& in, const GroupLayout& L, const Qua
     }
     __m256 vlo = SYM ? _mm256_setzero_ps() : _mm256_set1_ps(__builtin_inff());
     __m256 vhi = _mm256_set1_ps(-__builtin_inff()), nan = _mm256_setzero_ps();
+    // Two independent accumulator sets: min/max/add latency, not throughput,
+    // would otherwise bound this loop.
+    __m256 vlo2 = vlo, vhi2 = vhi, nan2 = nan;
     const int64_t n = len[l], b = start[l];
     int64_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+      stats8<SYM>(load_x<T, ZERO_NF>(src, b + k), vlo, vhi, nan);
+      stats8<SYM>(load_x<T, ZERO_NF>(src, b + k + 8), vlo2, vhi2, nan2);
+    }
     for (; k + 8 <= n; k += 8) stats8<SYM>(load_x<T, ZERO_NF>(src, b + k), vlo, vhi, nan);
+    vlo = SYM ? _mm256_max_ps(vlo, vlo2) : _mm256_min_ps(vlo, vlo2);
+    vhi = _mm256_max_ps(vhi, vhi2);
+    nan = _mm256_add_ps(nan, nan2);
     if (k < n) {
       // Tail: the remaining elements, padded by repeating the first element
       // of the group (neutral for min, max and max |x|).
@@ -384,8 +454,12 @@ QPACK_AVX2 void row_groups(const QuantInput& in, const GroupLayout& L, const Qua
       stats8<SYM>(_mm256_load_ps(t), vlo, vhi, nan);
     }
     if (!ZERO_NF && stats_nonfinite<SYM>(vlo, vhi, nan)) {
-      fail->nonfinite = true;
-      return;
+      for (int64_t q = 0; q < n; ++q)
+        if (!qp_isfinite(load_as_f32(src, in.dtype, uint64_t(b + q)))) {
+          fail->nonfinite = true;
+          return;
+        }
+      // Only the running sum overflowed: the group is finite after all.
     }
     lo[l] = SYM ? hmax8(vlo) : hmin8(vlo);
     hi[l] = hmax8(vhi);
@@ -402,16 +476,17 @@ QPACK_AVX2 void row_groups(const QuantInput& in, const GroupLayout& L, const Qua
   _mm256_store_ps(inv, p.inv);
   _mm256_store_ps(scale, p.scale);
   for (int l = 0; l < lanes; ++l) {
-    const __m256 vz = _mm256_set1_ps(zero[l]), vi = _mm256_set1_ps(inv[l]);
+    Params8 gp8;
+    gp8.zero = _mm256_set1_ps(zero[l]);
+    gp8.inv = _mm256_set1_ps(inv[l]);
     uint8_t* dst = out.codes + (p0 + l) * bpg;
     const int64_t n = len[l], b = start[l];
     int64_t k = 0;
     if (bits != 3) {
       for (; k + 32 <= n; k += 32) {
-        const __m256i c = low_bytes32(encode8<SYM>(load_x<T, ZERO_NF>(src, b + k), vz, vi, ec),
-                                      encode8<SYM>(load_x<T, ZERO_NF>(src, b + k + 8), vz, vi, ec),
-                                      encode8<SYM>(load_x<T, ZERO_NF>(src, b + k + 16), vz, vi, ec),
-                                      encode8<SYM>(load_x<T, ZERO_NF>(src, b + k + 24), vz, vi, ec));
+        const __m256i c = codes32<SYM>(load_x<T, ZERO_NF>(src, b + k), load_x<T, ZERO_NF>(src, b + k + 8),
+                                       load_x<T, ZERO_NF>(src, b + k + 16), load_x<T, ZERO_NF>(src, b + k + 24),
+                                       gp8, gp8, gp8, gp8, ec);
         pack32(c, bits, dst + k * bits / 8);
       }
     }
