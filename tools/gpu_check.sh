@@ -94,8 +94,10 @@ row "build (sm_90, $JOBS jobs)" "ok, $(($(date +%s) - t0)) s"
 
 # ---------------------------------------------------------------- tests
 cd "$BUILD" || exit 1
+FAIL=0
 ctest -L gpu --output-on-failure --timeout 600 > "$OUT/ctest_gpu.log" 2>&1
 rc=$?
+[ "$rc" = 0 ] || FAIL=1
 res=$(grep -E "tests passed|tests failed" "$OUT/ctest_gpu.log" | tail -1)
 skipped=$(grep -c "\*\*\*Skipped\| Skipped " "$OUT/ctest_gpu.log")
 row "ctest -L gpu" "rc=$rc: ${res:-no result} (skipped: $skipped)"
@@ -124,6 +126,7 @@ if [ "$SANITIZE" = 1 ]; then
       QPACK_GPU_TEST_QUICK=1 timeout "$left" "$SAN" --tool "$tool" "${extra[@]}" --error-exitcode 99 \
         "$exe" --gtest_filter=-CudaConvert.* > "$log" 2>&1
       rc=$?
+      [ "$rc" = 0 ] || FAIL=1
       [ "$rc" = 124 ] && rc="124 (timed out after ${left} s)"
       errs=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY" "$log" | tail -2 | tr '\n' ' ')
       gt=$(grep -E '^\[  (PASSED|FAILED)' "$log" | tr '\n' ' ')
@@ -135,7 +138,9 @@ fi
 
 # ---------------------------------------------------------------- benchmark
 ./tools/bench/qpack_bench_cuda --json "$OUT/bench.json" $BENCH_ARGS > "$OUT/bench.log" 2>&1
-row "qpack_bench_cuda" "rc=$? (nonzero: a mismatch vs quantize_cpu)"
+rc=$?
+[ "$rc" = 0 ] || FAIL=1
+row "qpack_bench_cuda" "rc=$rc (nonzero: a mismatch vs quantize_cpu)"
 stamp "benchmark done"
 
 # ---------------------------------------------------------------- profile
@@ -165,5 +170,7 @@ grep -m1 -E "cuda:0" "$OUT/bench.log"
 grep -m1 -E "device-to-device" "$OUT/bench.log"
 for r in "${SUMMARY[@]}"; do echo "$r"; done
 echo "---------------- benchmark (GB/s counts bytes read + written; % of the reference) ----------------"
-grep -E "^  (quantize|dequant|e2e|pinned|  \(register)" "$OUT/bench.log"
+grep -E "^  (quantize|dequant|e2e|pinned|  \(staged)" "$OUT/bench.log"
 grep -E "FAILED|MISMATCH" "$OUT/ctest_gpu.log" "$OUT/cuda_quant_test.log" "$OUT/bench.log" | head -20
+echo "gpu_check: $([ "$FAIL" = 0 ] && echo PASS || echo FAIL)"
+exit "$FAIL"

@@ -210,11 +210,11 @@ void bench_kernels(double copy_gbps, bool quick, bool profile) {
         report("quantize   " + tag, double(n * 2 + codes + 2 * params), qms, copy_gbps,
                same ? "" : "MISMATCH vs quantize_cpu");
         if (!profile) {
-          // The register-only kernels, for comparison (same bytes).
-          cuda::set_staged_kernels(false);
-          const double rms = time_ms(warm, reps, quant);
+          // The shared-memory staged kernels, for comparison (same bytes).
           cuda::set_staged_kernels(true);
-          report("  (register kernels) " + tag, double(n * 2 + codes + 2 * params), rms, copy_gbps);
+          const double rms = time_ms(warm, reps, quant);
+          cuda::set_staged_kernels(false);
+          report("  (staged kernels) " + tag, double(n * 2 + codes + 2 * params), rms, copy_gbps);
         }
         for (DType od : {DType::F32, DType::F16}) {
           const double dms = time_ms(warm, reps, [&](int i) {

@@ -109,9 +109,10 @@ struct DeviceQuantOutput {
   uint8_t* zeros = nullptr;  // null for symmetric schemes
 };
 
-// Quantize kernels: by default the shared-memory staged (cp.async) variants
-// run where they apply; off selects the register-only kernels. Both produce
-// identical bytes; the switch exists for tests and benchmarks. Process-wide.
+// Quantize kernels: off (the default) runs the register kernels; on runs the
+// shared-memory staged (cp.async, persistent) variants where they apply.
+// Both produce identical bytes; the switch exists for tests and benchmarks
+// (the staged ones measured slower, kernels/NOTES.md). Process-wide.
 void set_staged_kernels(bool on);
 bool staged_kernels();
 
@@ -204,7 +205,7 @@ struct QuantizerOptions {
   // it tiny to force many chunks. The staging buffers grow past it only when
   // a single group column needs more. Each tensor fills and drains the
   // pipeline once, so chunks are small next to typical tensors (~100 MB).
-  size_t chunk_bytes = size_t(8) << 20;
+  size_t chunk_bytes = size_t(32) << 20;  // best of 2/8/32 MiB on the H100 (kernels/NOTES.md)
   int streams = 3;       // >= 2: chunks n-1, n and n+1 are in flight at once
   int host_threads = 0;  // threads for the host-side copies; 0: one per core, at most 16
 };
