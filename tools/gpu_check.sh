@@ -84,6 +84,7 @@ fi
 TARGETS=(cuda_quant_test qpack_bench_cuda qpack qpack-testgen)
 # The verifier's GPU test and benchmark, when that part of the tree has them.
 grep -q verify_gpu_test "$ROOT/tests/CMakeLists.txt" && TARGETS+=(verify_gpu_test)
+grep -q qpack_bench_verify "$ROOT/tools/bench/CMakeLists.txt" && TARGETS+=(qpack_bench_verify)
 if ! cmake --build "$BUILD" -j"$JOBS" --target "${TARGETS[@]}" > "$OUT/build.log" 2>&1; then
   grep -E "error|Error" "$OUT/build.log" | head -40
   echo "build FAILED (see build.log)"
@@ -142,6 +143,11 @@ rc=$?
 [ "$rc" = 0 ] || FAIL=1
 row "qpack_bench_cuda" "rc=$rc (nonzero: a mismatch vs quantize_cpu)"
 stamp "benchmark done"
+if [ -x ./tools/bench/qpack_bench_verify ]; then
+  ./tools/bench/qpack_bench_verify > "$OUT/bench_verify.log" 2>&1
+  row "qpack_bench_verify" "rc=$? (nonzero: below 60% of copy or a CPU/GPU mismatch)"
+  stamp "verify benchmark done"
+fi
 
 # ---------------------------------------------------------------- profile
 # Hardware counters of one launch of each kernel (ncu, clocks left as they
@@ -171,6 +177,7 @@ grep -m1 -E "device-to-device" "$OUT/bench.log"
 for r in "${SUMMARY[@]}"; do echo "$r"; done
 echo "---------------- benchmark (GB/s counts bytes read + written; % of the reference) ----------------"
 grep -E "^  (quantize|dequant|e2e|pinned|  \(staged)" "$OUT/bench.log"
+[ -f "$OUT/bench_verify.log" ] && { echo "---------------- fused verify pass (bench_verify) ----------------"; tail -n 14 "$OUT/bench_verify.log"; }
 grep -E "FAILED|MISMATCH" "$OUT/ctest_gpu.log" "$OUT/cuda_quant_test.log" "$OUT/bench.log" | head -20
 echo "gpu_check: $([ "$FAIL" = 0 ] && echo PASS || echo FAIL)"
 exit "$FAIL"
