@@ -262,7 +262,7 @@ void check_case(const Case& c, std::mt19937_64& rng) {
                        deq_ref.data());
   dequantize_cpu(ref.codes.data(), ref.scales.data(), ref.zeros.data(), ref.layout, c.scheme,
                  deq_fast.data(), 2);
-  ASSERT_EQ(0, std::memcmp(deq_ref.data(), deq_fast.data(), deq_ref.size() * 4));
+  if (n > 0) ASSERT_EQ(0, std::memcmp(deq_ref.data(), deq_fast.data(), deq_ref.size() * 4));
   // The spec's bound, in float64, for every element.
   const GroupLayout& L = ref.layout;
   for (int64_t flat = 0; flat < n; ++flat) {

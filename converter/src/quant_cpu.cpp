@@ -602,7 +602,7 @@ QPACK_AVX2 void quantize_avx2(const QuantInput& in, const GroupLayout& L, const 
 // Any layout, any CPU: the reference's per-group routine, in parallel.
 void quantize_generic(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
                       NonFinitePolicy policy, const QuantBuffers& out, int threads, Failure* failure) {
-  std::memset(out.codes, 0, L.codes_bytes());
+  if (L.codes_bytes() > 0) std::memset(out.codes, 0, L.codes_bytes());
   const int64_t groups = L.num_groups();
   bool nonfinite = false;
   int64_t overflow = INT64_MAX;

@@ -108,7 +108,7 @@ void quantize_reference(const QuantInput& in, const GroupLayout& L, const QuantS
     const int64_t bad = detail::find_first_nonfinite(in.data, in.dtype, L.num_elements(), 1);
     if (bad >= 0) detail::throw_nonfinite(in, L, bad);
   }
-  std::memset(out.codes, 0, L.codes_bytes());
+  if (L.codes_bytes() > 0) std::memset(out.codes, 0, L.codes_bytes());
   std::vector<float> scratch(size_t(L.group_size));
   for (int64_t o = 0; o < L.outer; ++o)
     for (int64_t g = 0; g < L.groups_per_axis; ++g)
