@@ -14,7 +14,7 @@
 // same order (sub, mul, div, round-to-nearest-even; -ffp-contract=off),
 // min/max being exact and order-independent for finite values (with -0
 // canonicalised), and F16C's vcvtps2ph rounding to nearest even exactly as
-// qp_f32_to_f16_bits does.
+// f32_to_f16_rne does.
 #include <immintrin.h>
 #include <omp.h>
 

@@ -64,7 +64,7 @@ __device__ __forceinline__ void load_params(const uint8_t* base, int64_t index, 
 #pragma unroll
       for (int i = 0; i < V; ++i) {
         const uint16_t b = uint16_t(i & 1 ? words[i >> 1] >> 16 : words[i >> 1]);
-        out[i] = sd == DType::F16 ? qp_f16_bits_to_f32(b) : qp_bf16_bits_to_f32(b);
+        out[i] = sd == DType::F16 ? f16_to_f32(b) : bf16_to_f32(b);
       }
       return;
     }

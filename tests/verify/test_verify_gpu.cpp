@@ -20,22 +20,10 @@ namespace {
 
 using vtest::HostTensor;
 using vtest::Quantized;
+using vtest::view_of;
 
 #define SKIP_WITHOUT_GPU() \
   if (!verify_cuda_available()) GTEST_SKIP() << "no usable CUDA device"
-
-QuantTensorView view_of(const HostTensor& t, const Quantized& q) {
-  QuantTensorView v;
-  v.source = t.bytes.data();
-  v.source_dtype = t.dtype;
-  v.codes = q.codes.data();
-  v.scales = q.scales.data();
-  v.zeros = q.scheme.symmetric ? nullptr : q.zeros.data();
-  v.layout = q.layout;
-  v.scheme = q.scheme;
-  v.name = t.name;
-  return v;
-}
 
 bool identical(const ErrorSums& a, const ErrorSums& b) {
   auto eq = [](double x, double y) { return std::memcmp(&x, &y, 8) == 0; };

@@ -20,19 +20,7 @@ namespace {
 
 using vtest::HostTensor;
 using vtest::Quantized;
-
-QuantTensorView view_of(const HostTensor& t, const Quantized& q) {
-  QuantTensorView v;
-  v.source = t.bytes.data();
-  v.source_dtype = t.dtype;
-  v.codes = q.codes.data();
-  v.scales = q.scales.data();
-  v.zeros = q.scheme.symmetric ? nullptr : q.zeros.data();
-  v.layout = q.layout;
-  v.scheme = q.scheme;
-  v.name = t.name;
-  return v;
-}
+using vtest::view_of;
 
 bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 

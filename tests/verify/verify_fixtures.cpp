@@ -194,4 +194,17 @@ void flip_byte(const std::string& path, uint64_t offset, uint8_t mask) {
   if (!f) throw std::runtime_error("cannot modify " + path);
 }
 
+QuantTensorView view_of(const HostTensor& t, const Quantized& q) {
+  QuantTensorView v;
+  v.source = t.bytes.data();
+  v.source_dtype = t.dtype;
+  v.codes = q.codes.data();
+  v.scales = q.scales.data();
+  v.zeros = q.scheme.symmetric ? nullptr : q.zeros.data();
+  v.layout = q.layout;
+  v.scheme = q.scheme;
+  v.name = t.name;
+  return v;
+}
+
 }  // namespace qpack::vtest

@@ -15,6 +15,7 @@
 #include "qpack/dtype.hpp"
 #include "qpack/quantize.hpp"
 #include "qpack/scheme.hpp"
+#include "qpack/verify_metrics.hpp"
 
 namespace qpack::vtest {
 
@@ -75,5 +76,8 @@ std::vector<HostTensor> tiny_llama(std::mt19937_64& rng, int layers = 2, DType d
 
 // Flips bits of one byte of a file in place.
 void flip_byte(const std::string& path, uint64_t offset, uint8_t mask = 0x5a);
+
+// The metrics engine's view of a source tensor and its quantized form.
+QuantTensorView view_of(const HostTensor& t, const Quantized& q);
 
 }  // namespace qpack::vtest

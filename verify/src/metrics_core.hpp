@@ -275,7 +275,7 @@ QPACK_HD float load_source(const uint8_t* p, int64_t idx) {
     return reinterpret_cast<const float*>(p)[idx];
   } else {
     const uint16_t h = reinterpret_cast<const uint16_t*>(p)[idx];
-    return kSrc == DType::F16 ? qp_f16_bits_to_f32(h) : qp_bf16_bits_to_f32(h);
+    return kSrc == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
   }
 #else
   if constexpr (kSrc == DType::F32) {
@@ -285,7 +285,7 @@ QPACK_HD float load_source(const uint8_t* p, int64_t idx) {
   } else {
     uint16_t h;
     std::memcpy(&h, p + 2 * idx, 2);
-    return kSrc == DType::F16 ? qp_f16_bits_to_f32(h) : qp_bf16_bits_to_f32(h);
+    return kSrc == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
   }
 #endif
 }
@@ -303,7 +303,7 @@ QPACK_HD float load_param(const uint8_t* p, int64_t idx, DType sd) {
   uint16_t h;
   std::memcpy(&h, p + 2 * idx, 2);
 #endif
-  return sd == DType::F16 ? qp_f16_bits_to_f32(h) : qp_bf16_bits_to_f32(h);
+  return sd == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
 }
 
 // Adds one element (source x, reconstruction xh, flat index) to a unit's

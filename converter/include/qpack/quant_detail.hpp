@@ -46,7 +46,7 @@ inline float load_param(const uint8_t* src, int64_t index, DType sd) {
   }
   uint16_t b;
   std::memcpy(&b, src + 2 * index, 2);
-  return sd == DType::F16 ? qp_f16_bits_to_f32(b) : qp_bf16_bits_to_f32(b);
+  return sd == DType::F16 ? f16_to_f32(b) : bf16_to_f32(b);
 }
 
 // Writes `code` (bits wide) at bit position k*bits of a group's little-endian

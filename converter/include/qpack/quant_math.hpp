@@ -12,32 +12,7 @@
 
 #include "qpack/dtype.hpp"
 
-#if defined(__CUDACC__)
-#define QPACK_HD __host__ __device__ __forceinline__
-#else
-#define QPACK_HD inline
-#endif
-
 namespace qpack {
-
-QPACK_HD uint32_t qp_bits(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-#endif
-}
-QPACK_HD float qp_float(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-#endif
-}
 
 QPACK_HD float qp_sub(float a, float b) {
 #if defined(__CUDA_ARCH__)
@@ -83,54 +58,18 @@ QPACK_HD float qp_fma(float q, float s, float m) {
   return std::fma(q, s, m);
 #endif
 }
-QPACK_HD bool qp_isfinite(float x) { return (qp_bits(x) & 0x7f800000u) != 0x7f800000u; }
-
-// binary32 -> binary16 bits, round to nearest even (same algorithm as
-// f32_to_f16_rne in dtype.hpp, usable on the device).
-QPACK_HD uint16_t qp_f32_to_f16_bits(float f) {
-  const uint32_t x = qp_bits(f);
-  const uint16_t sign = uint16_t((x >> 16) & 0x8000u);
-  const uint32_t ax = x & 0x7fffffffu;
-  if (ax > 0x7f800000u) return uint16_t(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));
-  if (ax >= 0x477ff000u) return uint16_t(sign | 0x7c00u);
-  if (ax >= 0x38800000u) return uint16_t(sign | ((ax + 0xfffu + ((ax >> 13) & 1u) - 0x38000000u) >> 13));
-  if (ax < 0x33000000u) return sign;
-  const uint32_t e = ax >> 23;
-  const uint32_t m = (ax & 0x7fffffu) | 0x800000u;
-  const uint32_t shift = 126u - e;
-  uint32_t r = m >> shift;
-  const uint32_t rem = m & ((1u << shift) - 1u);
-  const uint32_t half = 1u << (shift - 1u);
-  if (rem > half || (rem == half && (r & 1u))) ++r;
-  return uint16_t(sign | r);
-}
-QPACK_HD float qp_f16_bits_to_f32(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  const uint32_t mant = h & 0x3ffu;
-  if (exp == 0x1f) return qp_float(sign | 0x7f800000u | (mant << 13));
-  if (exp != 0) return qp_float(sign | ((exp + 112u) << 23) | (mant << 13));
-  // zero or subnormal: mant * 2^-24 is exact in float32
-  const float v = qp_mul(float(mant), 5.9604644775390625e-08f);
-  return sign ? -v : v;
-}
-QPACK_HD uint16_t qp_f32_to_bf16_bits(float f) {
-  const uint32_t x = qp_bits(f);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return uint16_t((x >> 16) | 0x40u);
-  return uint16_t((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
-}
-QPACK_HD float qp_bf16_bits_to_f32(uint16_t b) { return qp_float(uint32_t(b) << 16); }
+QPACK_HD bool qp_isfinite(float x) { return (f32_to_bits(x) & 0x7f800000u) != 0x7f800000u; }
 
 // Rounds v to the scale dtype; returns the rounded value as float32 and its
 // 16-bit pattern (F16/BF16; for F32 the pattern is unused).
 QPACK_HD float qp_round_to(float v, DType d, uint16_t* bits16) {
   if (d == DType::F16) {
-    *bits16 = qp_f32_to_f16_bits(v);
-    return qp_f16_bits_to_f32(*bits16);
+    *bits16 = f32_to_f16_rne(v);
+    return f16_to_f32(*bits16);
   }
   if (d == DType::BF16) {
-    *bits16 = qp_f32_to_bf16_bits(v);
-    return qp_bf16_bits_to_f32(*bits16);
+    *bits16 = f32_to_bf16_rne(v);
+    return bf16_to_f32(*bits16);
   }
   *bits16 = 0;
   return v;

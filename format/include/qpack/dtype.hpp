@@ -40,38 +40,49 @@ int dtype_bits(DType t);
 inline bool is_quantizable(DType t) { return t == DType::F16 || t == DType::BF16 || t == DType::F32; }
 inline bool is_scale_dtype(DType t) { return t == DType::F16 || t == DType::BF16 || t == DType::F32; }
 
-inline float bits_to_f32(uint32_t u) {
+// The conversions below are the only ones in qpack: host code, the SIMD
+// path's scalar tails and the CUDA kernels all call these (hence
+// __host__ __device__ under nvcc), so F16/BF16 rounding is written once.
+#if defined(__CUDACC__)
+#define QPACK_HD __host__ __device__ __forceinline__
+#else
+#define QPACK_HD inline
+#endif
+
+QPACK_HD float bits_to_f32(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
   float f;
   std::memcpy(&f, &u, 4);
   return f;
+#endif
 }
-inline uint32_t f32_to_bits(float f) {
+QPACK_HD uint32_t f32_to_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
   uint32_t u;
   std::memcpy(&u, &f, 4);
   return u;
+#endif
 }
 
 // IEEE binary16 -> binary32, exact (subnormals included).
-inline float f16_to_f32(uint16_t h) {
+QPACK_HD float f16_to_f32(uint16_t h) {
   const uint32_t sign = uint32_t(h & 0x8000u) << 16;
   const uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t mant = h & 0x3ffu;
+  const uint32_t mant = h & 0x3ffu;
   if (exp == 0x1f) return bits_to_f32(sign | 0x7f800000u | (mant << 13));
   if (exp != 0) return bits_to_f32(sign | ((exp + 112u) << 23) | (mant << 13));
-  if (mant == 0) return bits_to_f32(sign);
-  // subnormal: normalise
-  int e = -1;
-  do {
-    ++e;
-    mant <<= 1;
-  } while ((mant & 0x400u) == 0);
-  mant &= 0x3ffu;
-  return bits_to_f32(sign | uint32_t(112 - e) << 23 | (mant << 13));
+  // zero or subnormal: mant * 2^-24 is exact in binary32
+  const float v = float(mant) * 5.9604644775390625e-08f;
+  return sign ? -v : v;
 }
 
 // binary32 -> binary16, round to nearest, ties to even; overflow gives +-Inf,
 // NaN stays NaN (quiet).
-inline uint16_t f32_to_f16_rne(float f) {
+QPACK_HD uint16_t f32_to_f16_rne(float f) {
   const uint32_t x = f32_to_bits(f);
   const uint16_t sign = uint16_t((x >> 16) & 0x8000u);
   const uint32_t ax = x & 0x7fffffffu;
@@ -93,9 +104,9 @@ inline uint16_t f32_to_f16_rne(float f) {
   return uint16_t(sign | r);
 }
 
-inline float bf16_to_f32(uint16_t b) { return bits_to_f32(uint32_t(b) << 16); }
+QPACK_HD float bf16_to_f32(uint16_t b) { return bits_to_f32(uint32_t(b) << 16); }
 
-inline uint16_t f32_to_bf16_rne(float f) {
+QPACK_HD uint16_t f32_to_bf16_rne(float f) {
   const uint32_t x = f32_to_bits(f);
   if ((x & 0x7fffffffu) > 0x7f800000u) return uint16_t((x >> 16) | 0x40u);  // quiet NaN
   return uint16_t((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);

@@ -30,7 +30,7 @@ using SliceStream = std::conditional_t<(BITS * kSlice > 32), uint64_t, uint32_t>
 __device__ __forceinline__ float load_param(const uint8_t* params, int64_t index, DType sd) {
   if (sd == DType::F32) return reinterpret_cast<const float*>(params)[index];
   const uint16_t b = reinterpret_cast<const uint16_t*>(params)[index];
-  return sd == DType::F16 ? qp_f16_bits_to_f32(b) : qp_bf16_bits_to_f32(b);
+  return sd == DType::F16 ? f16_to_f32(b) : bf16_to_f32(b);
 }
 
 // Code k (0..7) of a slice.
@@ -129,10 +129,10 @@ __device__ __forceinline__ uint32_t output_bits(float x) {
     // cvt.rn.f16.f32 is IEEE round-to-nearest-even with subnormals and
     // overflow to Inf, i.e. f32_to_f16_rne; only NaN payloads may differ, so
     // NaN takes the reference's bit path.
-    return x != x ? qp_f32_to_f16_bits(x) : __half_as_ushort(__float2half_rn(x));
+    return x != x ? f32_to_f16_rne(x) : __half_as_ushort(__float2half_rn(x));
   } else {
     static_assert(O == DType::BF16, "output dtype must be F32, F16 or BF16");
-    return qp_f32_to_bf16_bits(x);
+    return f32_to_bf16_rne(x);
   }
 }
 
