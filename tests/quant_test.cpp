@@ -176,7 +176,10 @@ struct Case {
   std::vector<int64_t> shape;
   QuantScheme scheme;
   DType src = DType::F16;
-  int pattern = 0;  // 0 normal, 1 ties, 2 constant groups, 3 tiny/denormal, 4 mixed signs/zeros
+  // 0 normal, 1 ties, 2 constant groups, 3 tiny/denormal, 4 mixed signs/zeros,
+  // 5 all negative, 6 all non-negative (the fast path's min/max work on sign
+  // and magnitude bits, where these are separate cases)
+  int pattern = 0;
 };
 
 std::vector<float> make_values(const Case& c, std::mt19937_64& rng) {
@@ -192,6 +195,8 @@ std::vector<float> make_values(const Case& c, std::mt19937_64& rng) {
       case 2: x = (i / 7) % 3 == 0 ? 1.25f : amp * normal(rng); break;
       case 3: x = std::ldexp(normal(rng), -(int(rng() % 40)) - 100); break;
       case 4: x = (rng() % 3 == 0) ? ((rng() & 1) ? -0.0f : 0.0f) : amp * normal(rng); break;
+      case 5: x = -std::fabs(amp * normal(rng)) - (rng() % 9 == 0 ? 0.0f : amp); break;
+      case 6: x = std::fabs(amp * normal(rng)); break;
       default: x = amp * normal(rng) + (rng() % 5 == 0 ? amp : 0.0f); break;
     }
     v[size_t(i)] = x;
@@ -220,7 +225,7 @@ Case random_case(std::mt19937_64& rng) {
   const DType sd[] = {DType::F16, DType::BF16, DType::F32};
   c.scheme.scale_dtype = sd[rng() % 3];
   c.src = sd[rng() % 3];
-  c.pattern = int(rng() % 5);
+  c.pattern = int(rng() % 7);
   if (c.pattern == 3 && c.src == DType::F16) c.pattern = 0;  // F16 has no such tiny values
   return c;
 }
@@ -294,19 +299,23 @@ TEST(QuantParity, RandomConfigurationsMatchReference) {
 }
 
 TEST(QuantParity, VectorLayoutsAllBitsAxesAndDtypes) {
-  // Shapes that hit the column-block kernel (inner >= 32 with a tail) and the
-  // row-group kernel (inner == 1, partial groups, lanes < 8).
+  // Shapes that hit the column-block kernel (inner >= 32 with a tail), the
+  // row-group kernel (inner == 1, partial groups, lanes < 8) and the
+  // whole-row kernel (axis -1, every group whole, a partial batch of 8 last).
   std::mt19937_64 rng(test::test_seed() + 3);
+  struct Shape { std::vector<int64_t> dims; int64_t group; };
+  const Shape shapes[] = {{{130, 77}, 64}, {{37, 128}, 32}, {{21, 192}, 64}, {{19, 256}, 128}};
+  for (const Shape& sh : shapes)
   for (int bits : {2, 3, 4, 8})
     for (bool sym : {false, true})
       for (DType sd : {DType::F16, DType::BF16, DType::F32})
         for (DType src : {DType::F16, DType::BF16, DType::F32})
           for (int axis : {0, -1}) {
             Case c;
-            c.shape = {130, 77};
-            c.scheme = {bits, 64, axis, sym, sd};
+            c.shape = sh.dims;
+            c.scheme = {bits, sh.group, axis, sym, sd};
             c.src = src;
-            c.pattern = int(rng() % 5);
+            c.pattern = int(rng() % 7);
             if (c.pattern == 3 && src == DType::F16) c.pattern = 1;
             check_case(c, rng);
             if (HasFatalFailure()) return;
@@ -411,6 +420,51 @@ TEST(QuantErrors, NonFiniteNamesTensorAndFirstIndex) {
       }
     }
   }
+}
+
+TEST(QuantErrors, EveryNonFiniteKindIsFoundByEveryKernel) {
+  // +-NaN and +-Inf, alone in an otherwise finite tensor, in the column
+  // kernel (axis 0, inner >= 32), the row kernel (axis -1) and the generic
+  // path (inner 3), for every source dtype: the fast path must report the
+  // same first index as the reference, and --nonfinite=zero the same bytes.
+  std::mt19937_64 rng(test::test_seed() + 7);
+  std::normal_distribution<float> nd;
+  const float kinds[] = {std::nanf(""), -std::nanf(""), INFINITY, -INFINITY};
+  for (DType src : {DType::F32, DType::F16, DType::BF16})
+    for (int kind = 0; kind < 4; ++kind)
+      for (auto shape : std::vector<std::vector<int64_t>>{{70, 96}, {96, 70}, {70, 3}})
+        for (int axis : {0, -1})
+          for (bool sym : {false, true}) {
+            std::vector<float> x(size_t(shape[0] * shape[1]));
+            for (auto& v : x) v = (rng() % 4 == 0 ? -1.0f : 1.0f) * std::fabs(nd(rng));
+            const size_t at = size_t(rng() % x.size());
+            x[at] = kinds[kind];
+            SCOPED_TRACE("src " + std::string(dtype_name(src)) + " kind " + std::to_string(kind) + " at " +
+                         std::to_string(at) + " axis " + std::to_string(axis) + " inner " +
+                         std::to_string(shape[1]) + (sym ? " sym" : " asym"));
+            const auto b = encode_source(x, src);
+            QuantScheme s;
+            s.axis = axis;
+            s.symmetric = sym;
+            for (int threads : {1, 2}) {
+              auto q = make_output(shape, s, 0);
+              try {
+                quantize_cpu({b.data(), src, "w"}, q.layout, s, NonFinitePolicy::Error, q.buffers(), threads);
+                ADD_FAILURE() << "no error";
+              } catch (const Error& e) {
+                EXPECT_EQ(e.code(), ErrorCode::NonFinite);
+                EXPECT_NE(std::string(e.what()).find("at flat index " + std::to_string(at) + " "),
+                          std::string::npos)
+                    << e.what();
+              }
+            }
+            auto r = make_output(shape, s, 1), f = make_output(shape, s, 2);
+            quantize_reference({b.data(), src, "w"}, r.layout, s, NonFinitePolicy::Zero, r.buffers());
+            quantize_cpu({b.data(), src, "w"}, f.layout, s, NonFinitePolicy::Zero, f.buffers(), 2);
+            EXPECT_EQ(f.codes, r.codes);
+            EXPECT_EQ(f.scales, r.scales);
+            EXPECT_EQ(f.zeros, r.zeros);
+          }
 }
 
 TEST(QuantErrors, NonFiniteZeroPolicyMatchesZeros) {

@@ -273,47 +273,162 @@ QPACK_AVX2 inline bool stats_nonfinite(__m256 lo, __m256 hi, __m256 sum) {
   return _mm256_movemask_ps(bad) != 0;
 }
 
+// ------------------------------------------- 16-bit statistics, in integers
+// F16 and BF16 are sign-magnitude: as signed int16, non-negative values are
+// ordered like their floats; as unsigned, every negative value (including
+// -0) sits above every non-negative one and negatives grow with magnitude.
+// So three integer accumulators give a group's exact float min and max
+// without converting anything:
+//   smax = max signed:   the true max if any x >= +0;
+//   umax = max unsigned: the true min if any x is negative;
+//   smin = min signed:   the true min if none is negative, the true max if
+//                        all are.
+// NaN and Inf also fall out: a positive one is the largest signed value, a
+// negative one the largest unsigned, so the group holds one exactly when
+// smax > +max_finite (signed) or umax > -max_finite (unsigned). Symmetric
+// groups need only max(|x| bits), where the same threshold applies.
+template <DType T>
+struct Bits16 {
+  static constexpr uint16_t kMaxFinite = T == DType::F16 ? 0x7bff : 0x7f7f;
+};
+
+template <bool SYM>
+struct Stats16 {
+  __m256i smax, umax, smin;  // SYM: smax holds max(|x| bits)
+};
+
+template <bool SYM>
+QPACK_AVX2 inline void stats16_init(Stats16<SYM>& a, __m256i v) {
+  if constexpr (SYM) {
+    a.smax = _mm256_and_si256(v, _mm256_set1_epi16(0x7fff));
+  } else {
+    a.smax = a.umax = a.smin = v;
+  }
+}
+template <bool SYM>
+QPACK_AVX2 inline void stats16_add(Stats16<SYM>& a, __m256i v) {
+  if constexpr (SYM) {
+    a.smax = _mm256_max_epu16(a.smax, _mm256_and_si256(v, _mm256_set1_epi16(0x7fff)));
+  } else {
+    a.smax = _mm256_max_epi16(a.smax, v);
+    a.umax = _mm256_max_epu16(a.umax, v);
+    a.smin = _mm256_min_epi16(a.smin, v);
+  }
+}
+
+// 16 raw 16-bit elements; with ZERO_NF, NaN and +-Inf become +0.
+template <DType T, bool ZERO_NF>
+QPACK_AVX2 inline __m256i load16_bits(const uint8_t* base, int64_t elem) {
+  __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + 2 * elem));
+  if constexpr (ZERO_NF) {
+    const __m256i mag = _mm256_and_si256(v, _mm256_set1_epi16(0x7fff));
+    v = _mm256_andnot_si256(_mm256_cmpgt_epi16(mag, _mm256_set1_epi16(Bits16<T>::kMaxFinite)), v);
+  }
+  return v;
+}
+
+// Per lane: the group's min and max bit patterns (SYM: max |x| in `lo`) and
+// a mask of lanes that saw NaN or Inf.
+template <DType T, bool SYM>
+QPACK_AVX2 inline void stats16_finish(const Stats16<SYM>& a, __m256i* lo, __m256i* hi, __m256i* bad) {
+  const __m256i top = _mm256_set1_epi16(Bits16<T>::kMaxFinite);
+  if constexpr (SYM) {
+    *lo = a.smax;
+    *hi = a.smax;
+    *bad = _mm256_cmpgt_epi16(a.smax, top);
+  } else {
+    *lo = _mm256_blendv_epi8(a.smin, a.umax, _mm256_srai_epi16(a.umax, 15));
+    *hi = _mm256_blendv_epi8(a.smax, a.smin, _mm256_srai_epi16(a.smax, 15));
+    // umax > (0x8000 | max_finite) as unsigned  <=>  max_epu16 differs from the bound.
+    const __m256i neg_top = _mm256_set1_epi16(short(0x8000 | Bits16<T>::kMaxFinite));
+    const __m256i neg_bad = _mm256_andnot_si256(
+        _mm256_cmpeq_epi16(_mm256_max_epu16(a.umax, neg_top), neg_top), _mm256_set1_epi16(-1));
+    *bad = _mm256_or_si256(_mm256_cmpgt_epi16(a.smax, top), neg_bad);
+  }
+}
+
+// 8 bit patterns (the low or high half of a vector of 16) as float32.
+template <DType T>
+QPACK_AVX2 inline __m256 bits16_to_ps(__m128i h) {
+  if constexpr (T == DType::F16) {
+    return _mm256_cvtph_ps(h);
+  } else {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+}
+
 // 32 groups side by side: columns i0..i0+31 of group row (o, g).
+// Stored codes of the 32 elements at x (one row of a column block).
 template <DType T, bool SYM, bool ZERO_NF>
+QPACK_AVX2 inline __m256i row_codes32(const uint8_t* x, const Params8& p0, const Params8& p1,
+                                      const Params8& p2, const Params8& p3, const EncodeConsts& ec) {
+  return codes32<SYM>(load_x<T, ZERO_NF>(x, 0), load_x<T, ZERO_NF>(x, 8), load_x<T, ZERO_NF>(x, 16),
+                      load_x<T, ZERO_NF>(x, 24), p0, p1, p2, p3, ec);
+}
+
+template <DType T, bool SYM, bool ZERO_NF, int BITS>
 QPACK_AVX2 void column_block(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
                              const QuantBuffers& out, int64_t o, int64_t g, int64_t i0,
                              Failure* fail) {
   const uint8_t* const src = in.data;
   const int64_t inner = L.inner, len = L.group_len(g), bpg = L.bytes_per_group;
-  const int bits = s.bits;
+  constexpr int bits = BITS;
   const int64_t row0 = (o * L.axis_len + g * L.group_size) * inner + i0;
   const EncodeConsts ec = encode_consts(s);
 
-  __m256 lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3;
-  lo0 = lo1 = lo2 = lo3 = SYM ? _mm256_setzero_ps() : _mm256_set1_ps(__builtin_inff());
-  hi0 = hi1 = hi2 = hi3 = _mm256_set1_ps(-__builtin_inff());
-  __m256 sum0 = _mm256_setzero_ps(), sum1 = sum0, sum2 = sum0, sum3 = sum0;
-  const uint8_t* row = src;
   // Each of the group's rows is a separate stream, too many for the hardware
   // prefetcher to follow: fetch this row's bytes for the block after next.
   constexpr int64_t kEsize = T == DType::F32 ? 4 : 2;
   const int64_t ahead = i0 + 96 <= inner ? 64 * kEsize : 0;
-  for (int64_t k = 0, e = row0; k < len; ++k, e += inner) {
-    if (ahead) _mm_prefetch(reinterpret_cast<const char*>(row + e * kEsize + ahead), _MM_HINT_T0);
-    stats8<SYM>(load_x<T, ZERO_NF>(row, e), lo0, hi0, sum0);
-    stats8<SYM>(load_x<T, ZERO_NF>(row, e + 8), lo1, hi1, sum1);
-    stats8<SYM>(load_x<T, ZERO_NF>(row, e + 16), lo2, hi2, sum2);
-    stats8<SYM>(load_x<T, ZERO_NF>(row, e + 24), lo3, hi3, sum3);
-  }
-  if (!ZERO_NF && (stats_nonfinite<SYM>(lo0, hi0, sum0) || stats_nonfinite<SYM>(lo1, hi1, sum1) ||
-                   stats_nonfinite<SYM>(lo2, hi2, sum2) || stats_nonfinite<SYM>(lo3, hi3, sum3))) {
-    for (int64_t k = 0, e = row0; k < len; ++k, e += inner)
-      for (int64_t c = 0; c < 32; ++c)
-        if (!qp_isfinite(load_as_f32(src, in.dtype, uint64_t(e + c)))) {
-          fail->nonfinite = true;
-          return;
-        }
-    // Only the running sum overflowed: the block is finite after all.
-  }
-  Params8 p0, p1, p2, p3;
   const int64_t pi = (o * L.groups_per_axis + g) * inner + i0;
-  const int ov = params8(lo0, hi0, s, &p0) | params8(lo1, hi1, s, &p1) << 8 |
-                 params8(lo2, hi2, s, &p2) << 16 | params8(lo3, hi3, s, &p3) << 24;
+  Params8 p0, p1, p2, p3;
+  int ov;
+  if constexpr (T != DType::F32) {
+    Stats16<SYM> a, b;
+    if (ahead) _mm_prefetch(reinterpret_cast<const char*>(src + row0 * kEsize + ahead), _MM_HINT_T0);
+    stats16_init<SYM>(a, load16_bits<T, ZERO_NF>(src, row0));
+    stats16_init<SYM>(b, load16_bits<T, ZERO_NF>(src, row0 + 16));
+    for (int64_t k = 1, e = row0 + inner; k < len; ++k, e += inner) {
+      if (ahead) _mm_prefetch(reinterpret_cast<const char*>(src + e * kEsize + ahead), _MM_HINT_T0);
+      stats16_add<SYM>(a, load16_bits<T, ZERO_NF>(src, e));
+      stats16_add<SYM>(b, load16_bits<T, ZERO_NF>(src, e + 16));
+    }
+    __m256i lo_a, hi_a, bad_a, lo_b, hi_b, bad_b;
+    stats16_finish<T, SYM>(a, &lo_a, &hi_a, &bad_a);
+    stats16_finish<T, SYM>(b, &lo_b, &hi_b, &bad_b);
+    if (!ZERO_NF && !_mm256_testz_si256(_mm256_or_si256(bad_a, bad_b), _mm256_or_si256(bad_a, bad_b))) {
+      fail->nonfinite = true;
+      return;
+    }
+    ov = params8(bits16_to_ps<T>(_mm256_castsi256_si128(lo_a)), bits16_to_ps<T>(_mm256_castsi256_si128(hi_a)), s, &p0) |
+         params8(bits16_to_ps<T>(_mm256_extracti128_si256(lo_a, 1)), bits16_to_ps<T>(_mm256_extracti128_si256(hi_a, 1)), s, &p1) << 8 |
+         params8(bits16_to_ps<T>(_mm256_castsi256_si128(lo_b)), bits16_to_ps<T>(_mm256_castsi256_si128(hi_b)), s, &p2) << 16 |
+         params8(bits16_to_ps<T>(_mm256_extracti128_si256(lo_b, 1)), bits16_to_ps<T>(_mm256_extracti128_si256(hi_b, 1)), s, &p3) << 24;
+  } else {
+    __m256 lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3;
+    lo0 = lo1 = lo2 = lo3 = SYM ? _mm256_setzero_ps() : _mm256_set1_ps(__builtin_inff());
+    hi0 = hi1 = hi2 = hi3 = _mm256_set1_ps(-__builtin_inff());
+    __m256 sum0 = _mm256_setzero_ps(), sum1 = sum0, sum2 = sum0, sum3 = sum0;
+    for (int64_t k = 0, e = row0; k < len; ++k, e += inner) {
+      if (ahead) _mm_prefetch(reinterpret_cast<const char*>(src + e * kEsize + ahead), _MM_HINT_T0);
+      stats8<SYM>(load_x<T, ZERO_NF>(src, e), lo0, hi0, sum0);
+      stats8<SYM>(load_x<T, ZERO_NF>(src, e + 8), lo1, hi1, sum1);
+      stats8<SYM>(load_x<T, ZERO_NF>(src, e + 16), lo2, hi2, sum2);
+      stats8<SYM>(load_x<T, ZERO_NF>(src, e + 24), lo3, hi3, sum3);
+    }
+    if (!ZERO_NF && (stats_nonfinite<SYM>(lo0, hi0, sum0) || stats_nonfinite<SYM>(lo1, hi1, sum1) ||
+                     stats_nonfinite<SYM>(lo2, hi2, sum2) || stats_nonfinite<SYM>(lo3, hi3, sum3))) {
+      for (int64_t k = 0, e = row0; k < len; ++k, e += inner)
+        for (int64_t c = 0; c < 32; ++c)
+          if (!qp_isfinite(load_as_f32(src, in.dtype, uint64_t(e + c)))) {
+            fail->nonfinite = true;
+            return;
+          }
+      // Only the running sum overflowed: the block is finite after all.
+    }
+    ov = params8(lo0, hi0, s, &p0) | params8(lo1, hi1, s, &p1) << 8 | params8(lo2, hi2, s, &p2) << 16 |
+         params8(lo3, hi3, s, &p3) << 24;
+  }
   if (ov) {
     fail->overflow_group = std::min(fail->overflow_group, pi + __builtin_ctz(unsigned(ov)));
     return;
@@ -325,20 +440,27 @@ QPACK_AVX2 void column_block(const QuantInput& in, const GroupLayout& L, const Q
 
   uint8_t* plane = out.codes + (o * L.groups_per_axis + g) * bpg * inner + i0;
   int64_t j = 0;
-  if (bits != 3) {
-    // Byte plane j holds rows j*per .. j*per+per-1, each row's 32 codes
-    // shifted into place (codes < 2^bits, so shifts stay inside each byte).
-    const int per = 8 / bits;
-    for (int64_t k = 0; k < len; ++j) {
-      __m256i acc = _mm256_setzero_si256();
-      for (int r = 0; r < per && k < len; ++r, ++k) {
-        const int64_t e = row0 + k * inner;
-        const __m256i c = codes32<SYM>(load_x<T, ZERO_NF>(src, e), load_x<T, ZERO_NF>(src, e + 8),
-                                       load_x<T, ZERO_NF>(src, e + 16), load_x<T, ZERO_NF>(src, e + 24),
-                                       p0, p1, p2, p3, ec);
-        acc = _mm256_or_si256(acc, _mm256_sll_epi16(c, _mm_cvtsi32_si128(r * bits)));
-      }
+  if constexpr (BITS != 3) {
+    // Byte plane j holds rows j*PER .. j*PER+PER-1, each row's 32 codes
+    // shifted into place (codes < 2^BITS, so shifts stay inside each byte).
+    constexpr int PER = 8 / BITS;
+    const int64_t stride = inner * kEsize;
+    const uint8_t* x = src + row0 * kEsize;
+    int64_t k = 0;
+    for (; k + PER <= len; k += PER, ++j) {
+      __m256i acc = row_codes32<T, SYM, ZERO_NF>(x, p0, p1, p2, p3, ec);
+      x += stride;
+      for (int r = 1; r < PER; ++r, x += stride)
+        acc = _mm256_or_si256(acc, _mm256_slli_epi16(row_codes32<T, SYM, ZERO_NF>(x, p0, p1, p2, p3, ec), r * BITS));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner), acc);
+    }
+    if (k < len) {  // a partial group's last plane
+      __m256i acc = _mm256_setzero_si256();
+      for (int r = 0; k < len; ++r, ++k, x += stride)
+        acc = _mm256_or_si256(acc, _mm256_sll_epi16(row_codes32<T, SYM, ZERO_NF>(x, p0, p1, p2, p3, ec),
+                                                    _mm_cvtsi32_si128(r * BITS)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner), acc);
+      ++j;
     }
     for (; j < bpg; ++j)
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner), _mm256_setzero_si256());
@@ -374,25 +496,30 @@ QPACK_AVX2 void column_block(const QuantInput& in, const GroupLayout& L, const Q
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner), _mm256_setzero_si256());
 }
 
-// Packs 32 codes held as bytes (in order) into 32*bits/8 bytes at dst, for
-// bits 2, 4 and 8 (3 bits go through put_code).
-QPACK_AVX2 inline void pack32(__m256i c, int bits, uint8_t* dst) {
-  if (bits == 8) {
+// Packs 32 codes held as bytes (in order) into 32*BITS/8 bytes at dst, for
+// BITS 2, 4 and 8 (3 bits go through put_code).
+template <int BITS>
+QPACK_AVX2 inline void pack32(__m256i c, uint8_t* dst) {
+  if constexpr (BITS == 8) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), c);
-  } else if (bits == 4) {  // byte k = c[2k] | c[2k+1] << 4
-    __m256i t = _mm256_or_si256(c, _mm256_srli_epi16(c, 4));
-    t = _mm256_and_si256(t, _mm256_set1_epi16(0xff));
+  } else if constexpr (BITS == 4) {  // byte k = c[2k] | c[2k+1] << 4, as c[2k]*1 + c[2k+1]*16
+    __m256i t = _mm256_maddubs_epi16(c, _mm256_set1_epi16(0x1001));
     t = _mm256_permute4x64_epi64(_mm256_packus_epi16(t, t), 0x08);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm256_castsi256_si128(t));
-  } else {  // bits == 2: byte k = c[4k] | c[4k+1] << 2 | c[4k+2] << 4 | c[4k+3] << 6
-    __m256i t = _mm256_and_si256(_mm256_or_si256(c, _mm256_srli_epi16(c, 6)), _mm256_set1_epi16(0xff));
-    t = _mm256_and_si256(_mm256_or_si256(t, _mm256_srli_epi32(t, 12)), _mm256_set1_epi32(0xff));
+  } else {  // BITS == 2: byte k = c[4k] | c[4k+1] << 2 | c[4k+2] << 4 | c[4k+3] << 6
+    __m256i t = _mm256_maddubs_epi16(c, _mm256_set1_epi16(0x0401));              // c0 + 4 c1
+    t = _mm256_madd_epi16(t, _mm256_set1_epi32(0x00100001));                     // + 16 (c2 + 4 c3)
     t = _mm256_packus_epi32(t, t);
     t = _mm256_packus_epi16(t, t);
     const uint32_t lo = uint32_t(_mm256_extract_epi32(t, 0)), hi = uint32_t(_mm256_extract_epi32(t, 4));
     std::memcpy(dst, &lo, 4);
     std::memcpy(dst + 4, &hi, 4);
   }
+}
+QPACK_AVX2 inline void pack32(__m256i c, int bits, uint8_t* dst) {
+  if (bits == 8) pack32<8>(c, dst);
+  else if (bits == 4) pack32<4>(c, dst);
+  else pack32<2>(c, dst);
 }
 
 QPACK_AVX2 inline float hmin8(__m256 v) {
@@ -408,6 +535,100 @@ QPACK_AVX2 inline float hmax8(__m256 v) {
   return _mm256_cvtss_f32(m);
 }
 
+struct MaxS16 { QPACK_AVX2 __m128i operator()(__m128i x, __m128i y) const { return _mm_max_epi16(x, y); } };
+struct MaxU16 { QPACK_AVX2 __m128i operator()(__m128i x, __m128i y) const { return _mm_max_epu16(x, y); } };
+struct MinS16 { QPACK_AVX2 __m128i operator()(__m128i x, __m128i y) const { return _mm_min_epi16(x, y); } };
+
+// Lane g of the result: the reduction by `op` of the 8 lanes of v[g]. A
+// transpose folded into the reduction: 21 operations for 8 groups, against
+// 6 per group for separate horizontal reductions.
+template <class Op>
+QPACK_AVX2 inline __m128i reduce8x8_epi16(const __m128i v[8], Op op) {
+  __m128i t[4];
+  for (int i = 0; i < 4; ++i)
+    t[i] = op(_mm_unpacklo_epi16(v[2 * i], v[2 * i + 1]), _mm_unpackhi_epi16(v[2 * i], v[2 * i + 1]));
+  const __m128i u0 = op(_mm_unpacklo_epi32(t[0], t[1]), _mm_unpackhi_epi32(t[0], t[1]));
+  const __m128i u1 = op(_mm_unpacklo_epi32(t[2], t[3]), _mm_unpackhi_epi32(t[2], t[3]));
+  return op(_mm_unpacklo_epi64(u0, u1), _mm_unpackhi_epi64(u0, u1));
+}
+
+// Folds one group's 16-lane accumulators to 8 lanes, into slot l.
+template <bool SYM>
+QPACK_AVX2 inline void fold_stats16(const Stats16<SYM>& a, int l, __m128i* smax, __m128i* umax, __m128i* smin) {
+  const __m128i lo_h = _mm256_castsi256_si128(a.smax), hi_h = _mm256_extracti128_si256(a.smax, 1);
+  if constexpr (SYM) {
+    smax[l] = _mm_max_epu16(lo_h, hi_h);
+  } else {
+    smax[l] = _mm_max_epi16(lo_h, hi_h);
+    umax[l] = _mm_max_epu16(_mm256_castsi256_si128(a.umax), _mm256_extracti128_si256(a.umax, 1));
+    smin[l] = _mm_min_epi16(_mm256_castsi256_si128(a.smin), _mm256_extracti128_si256(a.smin, 1));
+  }
+}
+
+// The 8 slots' statistics as float32 min/max (SYM: max |x|) per lane.
+// Returns false when a lane saw NaN or Inf (never with ZERO_NF, which
+// replaced them).
+template <DType T, bool SYM, bool ZERO_NF>
+QPACK_AVX2 inline bool finish_stats8x16(const __m128i* smax, const __m128i* umax, const __m128i* smin,
+                                        __m256* lo, __m256* hi) {
+  Stats16<SYM> r;
+  if constexpr (SYM) {
+    r.smax = _mm256_castsi128_si256(reduce8x8_epi16(smax, MaxU16{}));
+  } else {
+    r.smax = _mm256_castsi128_si256(reduce8x8_epi16(smax, MaxS16{}));
+    r.umax = _mm256_castsi128_si256(reduce8x8_epi16(umax, MaxU16{}));
+    r.smin = _mm256_castsi128_si256(reduce8x8_epi16(smin, MinS16{}));
+  }
+  __m256i vlo, vhi, bad;
+  stats16_finish<T, SYM>(r, &vlo, &vhi, &bad);  // only the low 8 lanes mean anything
+  if (!ZERO_NF && _mm_movemask_epi8(_mm256_castsi256_si128(bad)) != 0) return false;
+  *lo = bits16_to_ps<T>(_mm256_castsi256_si128(vlo));
+  *hi = bits16_to_ps<T>(_mm256_castsi256_si128(vhi));
+  return true;
+}
+
+// Statistics of up to 8 contiguous 16-bit groups (start/len per lane).
+template <DType T, bool SYM, bool ZERO_NF>
+QPACK_AVX2 inline bool row_stats16(const uint8_t* src, const int64_t* start, const int64_t* len, int lanes,
+                                   __m256* lo, __m256* hi) {
+  __m128i smax[8], umax[8], smin[8];
+  for (int l = 0; l < 8; ++l) {
+    const int src_l = l < lanes ? l : 0;  // unused lanes repeat lane 0
+    const int64_t n = len[src_l], b = start[src_l];
+    Stats16<SYM> a;
+    if (n >= 16) {
+      stats16_init<SYM>(a, load16_bits<T, ZERO_NF>(src, b));
+      int64_t k = 16;
+      for (; k + 16 <= n; k += 16) stats16_add<SYM>(a, load16_bits<T, ZERO_NF>(src, b + k));
+      // The last 16 elements again: min and max do not mind repeats.
+      if (k < n) stats16_add<SYM>(a, load16_bits<T, ZERO_NF>(src, b + n - 16));
+    } else {
+      // A short group, padded with its first element.
+      alignas(32) uint16_t t[16];
+      std::memcpy(t, src + 2 * b, size_t(2 * n));
+      for (int64_t q = n; q < 16; ++q) t[q] = t[0];
+      stats16_init<SYM>(a, load16_bits<T, ZERO_NF>(reinterpret_cast<const uint8_t*>(t), 0));
+    }
+    fold_stats16<SYM>(a, l, smax, umax, smin);
+  }
+  return finish_stats8x16<T, SYM, ZERO_NF>(smax, umax, smin, lo, hi);
+}
+
+// The same for 8 whole groups of G (a compile-time multiple of 16) elements
+// back to back from x: the loops unroll completely.
+template <DType T, bool SYM, bool ZERO_NF, int G>
+QPACK_AVX2 inline bool row_stats16_fixed(const uint8_t* x, __m256* lo, __m256* hi) {
+  static_assert(G % 16 == 0 && G >= 16, "whole 16-element vectors");
+  __m128i smax[8], umax[8], smin[8];
+  for (int l = 0; l < 8; ++l, x += 2 * G) {
+    Stats16<SYM> a;
+    stats16_init<SYM>(a, load16_bits<T, ZERO_NF>(x, 0));
+    for (int k = 16; k < G; k += 16) stats16_add<SYM>(a, load16_bits<T, ZERO_NF>(x, k));
+    fold_stats16<SYM>(a, l, smax, umax, smin);
+  }
+  return finish_stats8x16<T, SYM, ZERO_NF>(smax, umax, smin, lo, hi);
+}
+
 // 8 contiguous groups (inner == 1) with linear indices p0..p0+lanes-1.
 template <DType T, bool SYM, bool ZERO_NF>
 QPACK_AVX2 void row_groups(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
@@ -416,7 +637,6 @@ QPACK_AVX2 void row_groups(const QuantInput& in, const GroupLayout& L, const Qua
   const int bits = s.bits;
   const int64_t bpg = L.bytes_per_group;
   const EncodeConsts ec = encode_consts(s);
-  alignas(32) float lo[8] = {}, hi[8] = {};
   int64_t start[8], len[8];
   // One division per batch: (o, g) of the following groups step along.
   int64_t o = p0 / L.groups_per_axis, g = p0 % L.groups_per_axis;
@@ -427,45 +647,58 @@ QPACK_AVX2 void row_groups(const QuantInput& in, const GroupLayout& L, const Qua
       g = 0;
       ++o;
     }
-    __m256 vlo = SYM ? _mm256_setzero_ps() : _mm256_set1_ps(__builtin_inff());
-    __m256 vhi = _mm256_set1_ps(-__builtin_inff()), nan = _mm256_setzero_ps();
-    // Two independent accumulator sets: min/max/add latency, not throughput,
-    // would otherwise bound this loop.
-    __m256 vlo2 = vlo, vhi2 = vhi, nan2 = nan;
-    const int64_t n = len[l], b = start[l];
-    int64_t k = 0;
-    for (; k + 16 <= n; k += 16) {
-      stats8<SYM>(load_x<T, ZERO_NF>(src, b + k), vlo, vhi, nan);
-      stats8<SYM>(load_x<T, ZERO_NF>(src, b + k + 8), vlo2, vhi2, nan2);
+  }
+  __m256 vlo, vhi;
+  if constexpr (T != DType::F32) {
+    if (!row_stats16<T, SYM, ZERO_NF>(src, start, len, lanes, &vlo, &vhi)) {
+      fail->nonfinite = true;
+      return;
     }
-    for (; k + 8 <= n; k += 8) stats8<SYM>(load_x<T, ZERO_NF>(src, b + k), vlo, vhi, nan);
-    vlo = SYM ? _mm256_max_ps(vlo, vlo2) : _mm256_min_ps(vlo, vlo2);
-    vhi = _mm256_max_ps(vhi, vhi2);
-    nan = _mm256_add_ps(nan, nan2);
-    if (k < n) {
-      // Tail: the remaining elements, padded by repeating the first element
-      // of the group (neutral for min, max and max |x|).
-      alignas(32) float t[8];
-      for (int q = 0; q < 8; ++q) {
-        float x = load_as_f32(src, in.dtype, uint64_t(b + (k + q < n ? k + q : 0)));
-        if (ZERO_NF && !qp_isfinite(x)) x = 0.0f;
-        t[q] = x;
+  } else {
+    alignas(32) float lo[8] = {}, hi[8] = {};
+    for (int l = 0; l < lanes; ++l) {
+      __m256 vlo = SYM ? _mm256_setzero_ps() : _mm256_set1_ps(__builtin_inff());
+      __m256 vhi = _mm256_set1_ps(-__builtin_inff()), nan = _mm256_setzero_ps();
+      // Two independent accumulator sets: min/max/add latency, not throughput,
+      // would otherwise bound this loop.
+      __m256 vlo2 = vlo, vhi2 = vhi, nan2 = nan;
+      const int64_t n = len[l], b = start[l];
+      int64_t k = 0;
+      for (; k + 16 <= n; k += 16) {
+        stats8<SYM>(load_x<T, ZERO_NF>(src, b + k), vlo, vhi, nan);
+        stats8<SYM>(load_x<T, ZERO_NF>(src, b + k + 8), vlo2, vhi2, nan2);
       }
-      stats8<SYM>(_mm256_load_ps(t), vlo, vhi, nan);
-    }
-    if (!ZERO_NF && stats_nonfinite<SYM>(vlo, vhi, nan)) {
-      for (int64_t q = 0; q < n; ++q)
-        if (!qp_isfinite(load_as_f32(src, in.dtype, uint64_t(b + q)))) {
-          fail->nonfinite = true;
-          return;
+      for (; k + 8 <= n; k += 8) stats8<SYM>(load_x<T, ZERO_NF>(src, b + k), vlo, vhi, nan);
+      vlo = SYM ? _mm256_max_ps(vlo, vlo2) : _mm256_min_ps(vlo, vlo2);
+      vhi = _mm256_max_ps(vhi, vhi2);
+      nan = _mm256_add_ps(nan, nan2);
+      if (k < n) {
+        // Tail: the remaining elements, padded by repeating the first element
+        // of the group (neutral for min, max and max |x|).
+        alignas(32) float t[8];
+        for (int q = 0; q < 8; ++q) {
+          float x = load_as_f32(src, in.dtype, uint64_t(b + (k + q < n ? k + q : 0)));
+          if (ZERO_NF && !qp_isfinite(x)) x = 0.0f;
+          t[q] = x;
         }
-      // Only the running sum overflowed: the group is finite after all.
+        stats8<SYM>(_mm256_load_ps(t), vlo, vhi, nan);
+      }
+      if (!ZERO_NF && stats_nonfinite<SYM>(vlo, vhi, nan)) {
+        for (int64_t q = 0; q < n; ++q)
+          if (!qp_isfinite(load_as_f32(src, in.dtype, uint64_t(b + q)))) {
+            fail->nonfinite = true;
+            return;
+          }
+        // Only the running sum overflowed: the group is finite after all.
+      }
+      lo[l] = SYM ? hmax8(vlo) : hmin8(vlo);
+      hi[l] = hmax8(vhi);
     }
-    lo[l] = SYM ? hmax8(vlo) : hmin8(vlo);
-    hi[l] = hmax8(vhi);
+    vlo = _mm256_load_ps(lo);
+    vhi = _mm256_load_ps(hi);
   }
   Params8 p;
-  const int ov = params8(_mm256_load_ps(lo), _mm256_load_ps(hi), s, &p) & ((1 << lanes) - 1);
+  const int ov = params8(vlo, vhi, s, &p) & ((1 << lanes) - 1);
   if (ov) {
     fail->overflow_group = std::min(fail->overflow_group, p0 + __builtin_ctz(unsigned(ov)));
     return;
@@ -506,18 +739,87 @@ QPACK_AVX2 void row_groups(const QuantInput& in, const GroupLayout& L, const Qua
   }
 }
 
+// 8 whole groups of G contiguous 16-bit elements (inner == 1, G a multiple
+// of 32, every group full), starting with group p0: row_groups without the
+// per-group bookkeeping, for the layout of every axis -1 weight.
+template <DType T, bool SYM, bool ZERO_NF, int BITS>
+QPACK_AVX2 void row_full(const uint8_t* src, int64_t G, const QuantScheme& s, const QuantBuffers& out,
+                         int64_t p0, Failure* fail) {
+  const uint8_t* const x0 = src + 2 * p0 * G;
+  __m256 vlo, vhi;
+  bool finite;
+  if (G == 64) {
+    finite = row_stats16_fixed<T, SYM, ZERO_NF, 64>(x0, &vlo, &vhi);
+  } else if (G == 128) {
+    finite = row_stats16_fixed<T, SYM, ZERO_NF, 128>(x0, &vlo, &vhi);
+  } else {
+    int64_t start[8], len[8];
+    for (int l = 0; l < 8; ++l) {
+      start[l] = (p0 + l) * G;
+      len[l] = G;
+    }
+    finite = row_stats16<T, SYM, ZERO_NF>(src, start, len, 8, &vlo, &vhi);
+  }
+  if (!finite) {
+    fail->nonfinite = true;
+    return;
+  }
+  Params8 p;
+  if (const int ov = params8(vlo, vhi, s, &p)) {
+    fail->overflow_group = std::min(fail->overflow_group, p0 + __builtin_ctz(unsigned(ov)));
+    return;
+  }
+  store_params8(out, p0, s, p, 8);
+  const EncodeConsts ec = encode_consts(s);
+  const uint8_t* x = x0;
+  uint8_t* dst = out.codes + p0 * (G * BITS / 8);
+  for (int l = 0; l < 8; ++l) {
+    Params8 gp;
+    const __m256i lane = _mm256_set1_epi32(l);
+    gp.zero = _mm256_permutevar8x32_ps(p.zero, lane);
+    gp.inv = _mm256_permutevar8x32_ps(p.inv, lane);
+    for (int64_t k = 0; k < G; k += 32, x += 64, dst += 4 * BITS)
+      pack32<BITS>(row_codes32<T, SYM, ZERO_NF>(x, gp, gp, gp, gp, ec), dst);
+  }
+}
+
+template <DType T, int BITS>
+QPACK_AVX2 inline void row_full_bits(const uint8_t* src, int64_t G, const QuantScheme& s,
+                                     NonFinitePolicy policy, const QuantBuffers& out, int64_t p0, Failure* f) {
+  const bool z = policy == NonFinitePolicy::Zero;
+  if (s.symmetric) {
+    if (z) row_full<T, true, true, BITS>(src, G, s, out, p0, f);
+    else row_full<T, true, false, BITS>(src, G, s, out, p0, f);
+  } else {
+    if (z) row_full<T, false, true, BITS>(src, G, s, out, p0, f);
+    else row_full<T, false, false, BITS>(src, G, s, out, p0, f);
+  }
+}
+
+template <DType T, int BITS>
+QPACK_AVX2 inline void column_block_bits(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
+                                         NonFinitePolicy policy, const QuantBuffers& out, int64_t o,
+                                         int64_t g, int64_t i0, Failure* f) {
+  const bool z = policy == NonFinitePolicy::Zero;
+  if (s.symmetric) {
+    if (z) column_block<T, true, true, BITS>(in, L, s, out, o, g, i0, f);
+    else column_block<T, true, false, BITS>(in, L, s, out, o, g, i0, f);
+  } else {
+    if (z) column_block<T, false, true, BITS>(in, L, s, out, o, g, i0, f);
+    else column_block<T, false, false, BITS>(in, L, s, out, o, g, i0, f);
+  }
+}
+
 template <DType T>
 QPACK_AVX2 inline void column_block_dispatch(const QuantInput& in, const GroupLayout& L,
                                              const QuantScheme& s, NonFinitePolicy policy,
                                              const QuantBuffers& out, int64_t o, int64_t g,
                                              int64_t i0, Failure* f) {
-  const bool z = policy == NonFinitePolicy::Zero;
-  if (s.symmetric) {
-    if (z) column_block<T, true, true>(in, L, s, out, o, g, i0, f);
-    else column_block<T, true, false>(in, L, s, out, o, g, i0, f);
-  } else {
-    if (z) column_block<T, false, true>(in, L, s, out, o, g, i0, f);
-    else column_block<T, false, false>(in, L, s, out, o, g, i0, f);
+  switch (s.bits) {
+    case 2: column_block_bits<T, 2>(in, L, s, policy, out, o, g, i0, f); break;
+    case 3: column_block_bits<T, 3>(in, L, s, policy, out, o, g, i0, f); break;
+    case 4: column_block_bits<T, 4>(in, L, s, policy, out, o, g, i0, f); break;
+    default: column_block_bits<T, 8>(in, L, s, policy, out, o, g, i0, f); break;
   }
 }
 
@@ -580,6 +882,8 @@ QPACK_AVX2 void quantize_avx2(const QuantInput& in, const GroupLayout& L, const 
   } else {  // inner == 1
     const int64_t groups = L.num_groups();
     const int64_t batches = (groups + 7) / 8;
+    // Every group whole, 32-element aligned and 16-bit: the row_full layout.
+    const bool whole = s.bits != 3 && L.group_size % 32 == 0 && L.axis_len % L.group_size == 0;
     bool nonfinite = false;
     int64_t overflow = INT64_MAX;
 #pragma omp parallel num_threads(threads) reduction(|| : nonfinite) reduction(min : overflow)
@@ -588,6 +892,16 @@ QPACK_AVX2 void quantize_avx2(const QuantInput& in, const GroupLayout& L, const 
 #pragma omp for schedule(static)
       for (int64_t b = 0; b < batches; ++b) {
         const int lanes = int(std::min<int64_t>(8, groups - 8 * b));
+        if constexpr (T != DType::F32) {
+          if (whole && lanes == 8) {
+            switch (s.bits) {
+              case 2: row_full_bits<T, 2>(in.data, L.group_size, s, policy, out, 8 * b, &f); break;
+              case 4: row_full_bits<T, 4>(in.data, L.group_size, s, policy, out, 8 * b, &f); break;
+              default: row_full_bits<T, 8>(in.data, L.group_size, s, policy, out, 8 * b, &f); break;
+            }
+            continue;
+          }
+        }
         row_groups_dispatch<T>(in, L, s, policy, out, 8 * b, lanes, &f);
       }
       nonfinite = nonfinite || f.nonfinite;
