@@ -297,13 +297,16 @@ struct Stats16 {
   __m256i smax, umax, smin;  // SYM: smax holds max(|x| bits)
 };
 
+// The accumulators before any element: the identities of their operations
+// (starting from a first element instead makes the compiler copy registers
+// around the loop).
 template <bool SYM>
-QPACK_AVX2 inline void stats16_init(Stats16<SYM>& a, __m256i v) {
-  if constexpr (SYM) {
-    a.smax = _mm256_and_si256(v, _mm256_set1_epi16(0x7fff));
-  } else {
-    a.smax = a.umax = a.smin = v;
-  }
+QPACK_AVX2 inline Stats16<SYM> stats16_empty() {
+  Stats16<SYM> a;
+  a.smax = SYM ? _mm256_setzero_si256() : _mm256_set1_epi16(short(0x8000));
+  a.umax = _mm256_setzero_si256();
+  a.smin = _mm256_set1_epi16(0x7fff);
+  return a;
 }
 template <bool SYM>
 QPACK_AVX2 inline void stats16_add(Stats16<SYM>& a, __m256i v) {
@@ -384,14 +387,13 @@ QPACK_AVX2 void column_block(const QuantInput& in, const GroupLayout& L, const Q
   Params8 p0, p1, p2, p3;
   int ov;
   if constexpr (T != DType::F32) {
-    Stats16<SYM> a, b;
-    if (ahead) _mm_prefetch(reinterpret_cast<const char*>(src + row0 * kEsize + ahead), _MM_HINT_T0);
-    stats16_init<SYM>(a, load16_bits<T, ZERO_NF>(src, row0));
-    stats16_init<SYM>(b, load16_bits<T, ZERO_NF>(src, row0 + 16));
-    for (int64_t k = 1, e = row0 + inner; k < len; ++k, e += inner) {
-      if (ahead) _mm_prefetch(reinterpret_cast<const char*>(src + e * kEsize + ahead), _MM_HINT_T0);
-      stats16_add<SYM>(a, load16_bits<T, ZERO_NF>(src, e));
-      stats16_add<SYM>(b, load16_bits<T, ZERO_NF>(src, e + 16));
+    Stats16<SYM> a = stats16_empty<SYM>(), b = stats16_empty<SYM>();
+    const uint8_t* x = src + row0 * kEsize;
+    const int64_t stride = inner * kEsize;
+    for (int64_t k = 0; k < len; ++k, x += stride) {
+      if (ahead) _mm_prefetch(reinterpret_cast<const char*>(x + ahead), _MM_HINT_T0);
+      stats16_add<SYM>(a, load16_bits<T, ZERO_NF>(x, 0));
+      stats16_add<SYM>(b, load16_bits<T, ZERO_NF>(x, 16));
     }
     __m256i lo_a, hi_a, bad_a, lo_b, hi_b, bad_b;
     stats16_finish<T, SYM>(a, &lo_a, &hi_a, &bad_a);
@@ -595,10 +597,9 @@ QPACK_AVX2 inline bool row_stats16(const uint8_t* src, const int64_t* start, con
   for (int l = 0; l < 8; ++l) {
     const int src_l = l < lanes ? l : 0;  // unused lanes repeat lane 0
     const int64_t n = len[src_l], b = start[src_l];
-    Stats16<SYM> a;
+    Stats16<SYM> a = stats16_empty<SYM>();
     if (n >= 16) {
-      stats16_init<SYM>(a, load16_bits<T, ZERO_NF>(src, b));
-      int64_t k = 16;
+      int64_t k = 0;
       for (; k + 16 <= n; k += 16) stats16_add<SYM>(a, load16_bits<T, ZERO_NF>(src, b + k));
       // The last 16 elements again: min and max do not mind repeats.
       if (k < n) stats16_add<SYM>(a, load16_bits<T, ZERO_NF>(src, b + n - 16));
@@ -607,7 +608,7 @@ QPACK_AVX2 inline bool row_stats16(const uint8_t* src, const int64_t* start, con
       alignas(32) uint16_t t[16];
       std::memcpy(t, src + 2 * b, size_t(2 * n));
       for (int64_t q = n; q < 16; ++q) t[q] = t[0];
-      stats16_init<SYM>(a, load16_bits<T, ZERO_NF>(reinterpret_cast<const uint8_t*>(t), 0));
+      stats16_add<SYM>(a, load16_bits<T, ZERO_NF>(reinterpret_cast<const uint8_t*>(t), 0));
     }
     fold_stats16<SYM>(a, l, smax, umax, smin);
   }
@@ -621,9 +622,8 @@ QPACK_AVX2 inline bool row_stats16_fixed(const uint8_t* x, __m256* lo, __m256* h
   static_assert(G % 16 == 0 && G >= 16, "whole 16-element vectors");
   __m128i smax[8], umax[8], smin[8];
   for (int l = 0; l < 8; ++l, x += 2 * G) {
-    Stats16<SYM> a;
-    stats16_init<SYM>(a, load16_bits<T, ZERO_NF>(x, 0));
-    for (int k = 16; k < G; k += 16) stats16_add<SYM>(a, load16_bits<T, ZERO_NF>(x, k));
+    Stats16<SYM> a = stats16_empty<SYM>();
+    for (int k = 0; k < G; k += 16) stats16_add<SYM>(a, load16_bits<T, ZERO_NF>(x, k));
     fold_stats16<SYM>(a, l, smax, umax, smin);
   }
   return finish_stats8x16<T, SYM, ZERO_NF>(smax, umax, smin, lo, hi);

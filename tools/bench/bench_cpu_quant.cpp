@@ -5,7 +5,9 @@
 //
 // Bytes counted for "of copy": quantize reads the fp16 source once and writes
 // codes + scales + zero-points once; the copy bound moves the same total
-// bytes (read + write) at the measured memcpy rate.
+// bytes (read + write) at the measured memcpy rate. Each repetition times a
+// 256 MiB memcpy right before the quantize call, so that a busy neighbour on
+// a shared machine slows both alike; the medians of each are compared.
 #include <omp.h>
 
 #include <algorithm>
@@ -33,24 +35,22 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// Parallel memcpy over a buffer far larger than the caches; GB/s of bytes
-// read + written.
-double copy_bandwidth(int threads, int reps) {
-  const size_t n = size_t(1) << 29;  // 512 MiB
-  std::vector<uint8_t> a(n, 1), b(n, 2);
-  std::vector<double> t;
-  for (int r = 0; r < reps + 1; ++r) {
+// Parallel memcpy over buffers far larger than the caches; returns seconds.
+struct CopyProbe {
+  std::vector<uint8_t> a, b;
+  explicit CopyProbe(size_t n) : a(n, 1), b(n, 2) {}
+  double bytes_moved() const { return 2.0 * double(a.size()); }  // read + write
+  double run(int threads) {
     const auto t0 = Clock::now();
 #pragma omp parallel num_threads(threads)
     {
       const int id = omp_get_thread_num(), nt = omp_get_num_threads();
-      const size_t chunk = n / size_t(nt);
+      const size_t chunk = a.size() / size_t(nt);
       std::memcpy(b.data() + chunk * size_t(id), a.data() + chunk * size_t(id), chunk);
     }
-    if (r) t.push_back(seconds_since(t0));
+    return seconds_since(t0);
   }
-  return 2.0 * double(n) / median(t) / 1e9;
-}
+};
 
 }  // namespace
 
@@ -73,8 +73,8 @@ int main(int argc, char** argv) {
   std::vector<std::string> rows_json;
   if (!json) std::printf("%-12s %4s %5s %7s %10s %10s %10s %8s\n", "shape", "bits", "axis", "threads",
                          "GB/s src", "GB/s r+w", "copy r+w", "of copy");
+  CopyProbe probe(size_t(256) << 20);
   for (int threads : {1, 2}) {
-    const double copy = copy_bandwidth(threads, reps);
     for (const Shape& sh : shapes) {
       const int64_t n = sh.rows * sh.cols;
       // Enough copies to exceed the last-level cache, used in rotation.
@@ -93,15 +93,20 @@ int main(int argc, char** argv) {
           const GroupLayout L = GroupLayout::make({sh.rows, sh.cols}, scheme);
           std::vector<uint8_t> codes(L.codes_bytes()), scales(size_t(L.num_groups()) * 2),
               zeros(size_t(L.num_groups()) * 2);
-          std::vector<double> t;
+          std::vector<double> t, tc;
           for (int r = 0; r < reps + 1; ++r) {
+            const double c = probe.run(threads);
             const QuantInput in{src[size_t(r % copies)].data(), DType::F16, "bench"};
             const auto t0 = Clock::now();
             quantize_cpu(in, L, scheme, NonFinitePolicy::Error, {codes.data(), scales.data(), zeros.data()},
                          threads);
-            if (r) t.push_back(seconds_since(t0));
+            if (r) {
+              t.push_back(seconds_since(t0));
+              tc.push_back(c);
+            }
           }
           const double sec = median(t);
+          const double copy = probe.bytes_moved() / median(tc) / 1e9;
           const double src_bytes = 2.0 * double(n);
           const double moved = src_bytes + double(codes.size() + scales.size() + zeros.size());
           const double gbs_src = src_bytes / sec / 1e9, gbs_rw = moved / sec / 1e9;
