@@ -390,7 +390,18 @@ QPACK_AVX2 void column_block(const QuantInput& in, const GroupLayout& L, const Q
     Stats16<SYM> a = stats16_empty<SYM>(), b = stats16_empty<SYM>();
     const uint8_t* x = src + row0 * kEsize;
     const int64_t stride = inner * kEsize;
-    for (int64_t k = 0; k < len; ++k, x += stride) {
+    int64_t k = 0;
+    for (; k + 2 <= len; k += 2, x += 2 * stride) {
+      if (ahead) {
+        _mm_prefetch(reinterpret_cast<const char*>(x + ahead), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(x + stride + ahead), _MM_HINT_T0);
+      }
+      stats16_add<SYM>(a, load16_bits<T, ZERO_NF>(x, 0));
+      stats16_add<SYM>(b, load16_bits<T, ZERO_NF>(x, 16));
+      stats16_add<SYM>(a, load16_bits<T, ZERO_NF>(x + stride, 0));
+      stats16_add<SYM>(b, load16_bits<T, ZERO_NF>(x + stride, 16));
+    }
+    if (k < len) {
       if (ahead) _mm_prefetch(reinterpret_cast<const char*>(x + ahead), _MM_HINT_T0);
       stats16_add<SYM>(a, load16_bits<T, ZERO_NF>(x, 0));
       stats16_add<SYM>(b, load16_bits<T, ZERO_NF>(x, 16));
@@ -621,6 +632,8 @@ template <DType T, bool SYM, bool ZERO_NF, int G>
 QPACK_AVX2 inline bool row_stats16_fixed(const uint8_t* x, __m256* lo, __m256* hi) {
   static_assert(G % 16 == 0 && G >= 16, "whole 16-element vectors");
   __m128i smax[8], umax[8], smin[8];
+  // Unrolled across groups, GCC hoists every load and spills them.
+#pragma GCC unroll 1
   for (int l = 0; l < 8; ++l, x += 2 * G) {
     Stats16<SYM> a = stats16_empty<SYM>();
     for (int k = 0; k < G; k += 16) stats16_add<SYM>(a, load16_bits<T, ZERO_NF>(x, k));
@@ -778,8 +791,16 @@ QPACK_AVX2 void row_full(const uint8_t* src, int64_t G, const QuantScheme& s, co
     const __m256i lane = _mm256_set1_epi32(l);
     gp.zero = _mm256_permutevar8x32_ps(p.zero, lane);
     gp.inv = _mm256_permutevar8x32_ps(p.inv, lane);
-    for (int64_t k = 0; k < G; k += 32, x += 64, dst += 4 * BITS)
+    int64_t k = 0;
+    for (; k + 64 <= G; k += 64, x += 128, dst += 8 * BITS) {
       pack32<BITS>(row_codes32<T, SYM, ZERO_NF>(x, gp, gp, gp, gp, ec), dst);
+      pack32<BITS>(row_codes32<T, SYM, ZERO_NF>(x + 64, gp, gp, gp, gp, ec), dst + 4 * BITS);
+    }
+    if (k < G) {  // G = 32 (mod 64)
+      pack32<BITS>(row_codes32<T, SYM, ZERO_NF>(x, gp, gp, gp, gp, ec), dst);
+      x += 64;
+      dst += 4 * BITS;
+    }
   }
 }
 
