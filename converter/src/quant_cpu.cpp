@@ -1,14 +1,20 @@
 // The fast CPU path: OpenMP threads over blocks of groups, AVX2+F16C inside,
 // selected at run time (machines differ; the build targets plain x86-64).
 //
-// Two vector kernels cover the layouts that matter:
+// Vector kernels cover the layouts that matter:
 //  - "column blocks" (inner >= 32, e.g. axis 0 of a [rows, cols] weight):
 //    32 adjacent groups side by side, one SIMD lane per group, so loads,
 //    statistics, codes and the byte planes of the output are all contiguous;
 //  - "row groups" (inner == 1, e.g. axis -1): each group is contiguous; a
-//    batch of 8 groups shares one vector evaluation of the scale arithmetic.
+//    batch of 8 groups shares one vector evaluation of the scale arithmetic,
+//    and "row_full" does the same without per-group bookkeeping when every
+//    group is whole and a multiple of 32 elements long.
 // Everything else (column tails, 1 < inner < 32, CPUs without AVX2) goes
 // through detail::quantize_group, the reference's own per-group routine.
+//
+// F16 and BF16 statistics never convert: min and max come from three integer
+// max/min operations on the raw bits (see Stats16), which also reveal NaN and
+// Inf. Each element is converted to float32 once, in the encoding pass.
 //
 // Bit-exactness with the reference rests on: the same IEEE operations in the
 // same order (sub, mul, div, round-to-nearest-even; -ffp-contract=off),
