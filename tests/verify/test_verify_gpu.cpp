@@ -5,8 +5,10 @@
 
 #include <cuda_runtime.h>
 
+#include <array>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <random>
 
 #include "qpack/verify.hpp"
@@ -66,6 +68,76 @@ TEST(VerifyGpu, SameBitsAsCpuForEverySchemeAndChunking) {
           EXPECT_TRUE(identical(cpu, whole->compute(view_of(t, q)))) << what;
           EXPECT_TRUE(identical(cpu, tiny->compute(view_of(t, q)))) << what << " (4 KiB chunks)";
         }
+}
+
+// The two fast layouts (inner >= 256 with inner % 4 == 0: four columns per
+// thread; inner == 1 with axis and group lengths multiples of 8: contiguous
+// rows) and their rare paths: non-finite source values (exact element rule
+// for the slice), tampered codes and scales (elements beyond the bound, so
+// violation counts and the first violating index), huge values (scales past
+// the fast path's range), partial last groups, idle columns, odd block
+// counts, and every bit width, scale dtype and source dtype.
+TEST(VerifyGpu, FastLayoutsGiveTheSameBits) {
+  SKIP_WITHOUT_GPU();
+  auto whole = CudaMetricsEngine::create(256ull << 20);
+  auto tiny = CudaMetricsEngine::create(4096);
+  std::mt19937_64 rng(test::test_seed() + 17);
+  struct Shape {
+    std::vector<int64_t> shape;
+    int axis;
+    int64_t group;
+  };
+  const std::vector<Shape> shapes = {
+      {{136, 520}, 0, 64},   // columns: a partial last group (136 = 2*64 + 8), idle columns in the last block
+      {{130, 260}, 0, 128},  // columns: two segments per group, 260 = 256 + 4 columns
+      {{3, 96, 512}, 1, 0},  // columns, outer > 1, whole-axis groups
+      {{37, 200}, 1, 64},    // rows: a partial last group, 37 segment rows of 4 (odd block counts)
+      {{700, 128}, -1, 32},  // rows
+      {{9, 1, 136}, 2, 8},   // rows: groups of 8
+  };
+  const bool quick = std::getenv("QPACK_GPU_TEST_QUICK") != nullptr;
+  int case_index = 0;
+  for (int bits : {2, 3, 4, 8})
+    for (bool sym : {false, true})
+      for (DType sd : {DType::F16, DType::BF16, DType::F32})
+        for (const Shape& sh : shapes)
+          for (int variant = 0; variant < 4; ++variant) {
+              const int ci = case_index++;
+              const DType src = std::array<DType, 3>{DType::F32, DType::F16, DType::BF16}[ci % 3];
+              if (quick && ci % 8 != 0) continue;
+              QuantScheme s;
+              s.bits = bits;
+              s.symmetric = sym;
+              s.scale_dtype = sd;
+              s.group_size = sh.group;
+              s.axis = sh.axis;
+              // variant 3: values near the top of the scale dtype's range, so
+              // that F32/BF16 scales pass 2^118 (the exact path); F16 scales
+              // cannot hold them, so F16 uses ordinary values there.
+              const bool huge = variant == 3 && sd != DType::F16 && src != DType::F16;
+              HostTensor t = vtest::random_tensor("t", src, sh.shape, rng, huge ? 1e37 : 0.02);
+              const uint64_t n = t.numel();
+              if (variant == 1) {  // non-finite source values
+                vtest::set_value(t, rng() % n, std::numeric_limits<float>::quiet_NaN());
+                vtest::set_value(t, rng() % n, std::numeric_limits<float>::infinity());
+                vtest::set_value(t, n - 1, -std::numeric_limits<float>::infinity());
+              }
+              Quantized q = vtest::quantize(t, s, NonFinitePolicy::Zero);
+              if (variant == 2) {  // tampered codes and one scale: elements beyond the bound
+                for (int i = 0; i < 40 && !q.codes.empty(); ++i) q.codes[rng() % q.codes.size()] ^= uint8_t(1u << (rng() % 8));
+                if (!q.scales.empty()) q.scales[rng() % q.scales.size()] ^= 0x10;
+              }
+              const ErrorSums cpu = compute_error_sums_cpu(view_of(t, q), 2);
+              const std::string what = scheme_to_string(q.scheme) + " " + dtype_name(src) + " shape " +
+                                       std::to_string(sh.shape[0]) + "x.. variant " + std::to_string(variant);
+              EXPECT_TRUE(identical(cpu, whole->compute(view_of(t, q)))) << what;
+              if (variant == 0) {
+                EXPECT_TRUE(identical(cpu, tiny->compute(view_of(t, q)))) << what << " (4 KiB chunks)";
+              }
+              if (variant == 2) {
+                EXPECT_GT(cpu.bound_violations, 0u) << what;
+              }
+            }
 }
 
 TEST(VerifyGpu, DeviceResidentBuffersGiveTheSameBits) {
