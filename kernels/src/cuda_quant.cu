@@ -251,7 +251,12 @@ Status quantize(const void* d_src, DType src_dtype, const GroupLayout& layout,
     const int64_t units = layout.group_size * esize / 16;
     l.staged = staged_kernels() && l.vector && layout.axis_len % layout.group_size == 0 &&
                layout.group_size * esize % 16 == 0 && (units == 1 || units == 2 || units == 4 || units == 8);
-    work_per_gr = 1;
+    // Coalesced windows: 16-bit source, whole groups of 8 * 2^k <= 256 elements.
+    const int64_t slices = layout.group_size / cudak::kSliceRows;
+    l.window = !l.staged && l.vector && esize == 2 && layout.axis_len % layout.group_size == 0 &&
+               slices <= 32 && (slices & (slices - 1)) == 0;
+    // Window kernel: its 32-bit unit counter needs group rows * units < 2^31.
+    work_per_gr = l.window ? slices : 1;
   } else {
     const int vec_elems = src_dtype == DType::F32 ? 4 : 8;
     l.vector = ncols % vec_elems == 0 && aligned(d_src, 16) && aligned(out.codes, 8) &&
@@ -283,6 +288,10 @@ Status quantize(const void* d_src, DType src_dtype, const GroupLayout& layout,
       ll.blocks = int(std::max<int64_t>(1, std::min<int64_t>(blocks, int64_t(1) << 30)));
       ll.sms = sm_count();
       ll.device = current_device();
+    } else if (l.window) {
+      const int64_t slices = layout.group_size / cudak::kSliceRows;
+      const int64_t per_window = std::min<int64_t>(32, cudak::kWindowUnits / slices);
+      ll.blocks = blocks_for((int64_t(g.n_gr) + per_window - 1) / per_window * 32);
     } else if (l.rows) {
       const int64_t groups_per_warp = 32 / a.geo.lanes;
       ll.blocks = blocks_for((int64_t(g.n_gr) + groups_per_warp - 1) / groups_per_warp * 32);
@@ -324,6 +333,8 @@ Status dequantize(const uint8_t* d_codes, const uint8_t* d_scales, const uint8_t
     l.vector = layout.group_size % 8 == 0 && layout.axis_len % 8 == 0 && aligned(d_codes, 8) &&
                aligned(d_out, 16);
     if (l.vector && out_dtype == DType::F32) nchunks = cudak::kSlice / cudak::kF32Part;
+    // Whole groups: the launch's elements form one array (dequantize_rows_whole).
+    l.window = l.vector && layout.axis_len % layout.group_size == 0;
   } else {
     l.vector = ncols % 8 == 0 && aligned(d_codes, 8) && aligned(d_scales, 16) &&
                (scheme.symmetric || aligned(d_zeros, 16)) && aligned(d_out, 16);
@@ -343,7 +354,8 @@ Status dequantize(const uint8_t* d_codes, const uint8_t* d_scales, const uint8_t
     a.symmetric = scheme.symmetric;
     a.bits = scheme.bits;
     cudak::Launch ll = l;
-    ll.blocks = blocks_for(g.tasks);
+    const int64_t items = l.rows && l.window ? cudak::kRowItems : 1;  // per thread
+    ll.blocks = blocks_for((int64_t(g.tasks) + items - 1) / items);
     return cuda_status(cudaError_t(cudak::launch_dequantize(a, out_dtype, ll)),
                        "dequantize kernel launch");
   });

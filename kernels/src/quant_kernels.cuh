@@ -229,9 +229,42 @@ struct Pair {
   __device__ static __forceinline__ float hi(uint32_t w) { return Src<D>::convert(w >> 16); }
 };
 
+// Pairwise min/max that propagate NaN: a group's packed statistics are
+// non-finite exactly when one of its elements is NaN or +-Inf (min/max are
+// exact selections, so finite results equal the float32 ones).
+template <DType D>
+struct PairNaN {
+  __device__ static __forceinline__ uint32_t min(uint32_t a, uint32_t b) {
+    uint32_t r;
+    if constexpr (D == DType::F16) {
+      asm("min.NaN.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    } else {
+      asm("min.NaN.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    }
+    return r;
+  }
+  __device__ static __forceinline__ uint32_t max(uint32_t a, uint32_t b) {
+    uint32_t r;
+    if constexpr (D == DType::F16) {
+      asm("max.NaN.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    } else {
+      asm("max.NaN.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    }
+    return r;
+  }
+  // Bit 15 of each half of the result is set when that half of w is NaN or
+  // +-Inf (|h| + (0x8000 - exponent mask) carries into bit 15; no carry
+  // crosses halves). Or-able across words.
+  __device__ static __forceinline__ uint32_t nonfinite_bits(uint32_t w) {
+    constexpr uint32_t k = (0x8000u - Pair<D>::kExp) * 0x10001u;
+    return (w & 0x7fff7fffu) + k;
+  }
+};
+
 // Min/max (asymmetric) or max |x| (symmetric) of N columns over the rows
-// added to it. 16-bit sources with an even N work on packed pairs; others
-// in float32. `det` tracks non-finite values.
+// added to it. 16-bit sources with an even N work on packed pairs with
+// NaN-propagating min/max, so a non-finite element shows in lo/hi; others
+// in float32, where `det` tracks non-finite values.
 template <DType D, int N, bool SYM>
 struct Acc {
   static constexpr bool kPacked = Src<D>::kBytes == 2 && N % 2 == 0;
@@ -260,12 +293,11 @@ struct Acc {
       if constexpr (kPacked) {
         uint32_t w = p.w[i];
         if (SANITIZE) w = Pair<D>::sanitize(w);
-        det = Pair<D>::detect(w, det);
         if (SYM) {
-          hi[i] = Pair<D>::max(hi[i], Pair<D>::abs(w));
+          hi[i] = PairNaN<D>::max(hi[i], Pair<D>::abs(w));
         } else {
-          lo[i] = Pair<D>::min(lo[i], w);
-          hi[i] = Pair<D>::max(hi[i], w);
+          lo[i] = PairNaN<D>::min(lo[i], w);
+          hi[i] = PairNaN<D>::max(hi[i], w);
         }
       } else {
         float x = p.get(i);
@@ -280,9 +312,22 @@ struct Acc {
       }
     }
   }
-  // det only ever holds +-0 (per half) or NaN: x*0 is +-0 for finite x.
+  // Packed: some lo/hi half is NaN or infinite. That includes a column to
+  // which no row was added (lo still +Inf): a false alarm that only sends
+  // an empty slice through the (then trivial) slow path. Float32: det only
+  // ever holds +-0 or NaN (x*0 is +-0 for finite x).
   __device__ __forceinline__ bool bad() const {
-    return (det & (kPacked ? 0x7fff7fffu : 0x7fffffffu)) != 0u;
+    if constexpr (kPacked) {
+      uint32_t m = 0;
+#pragma unroll
+      for (int i = 0; i < kW; ++i) {
+        m |= PairNaN<D>::nonfinite_bits(hi[i]);
+        if (!SYM) m |= PairNaN<D>::nonfinite_bits(lo[i]);
+      }
+      return (m & 0x80008000u) != 0u;
+    } else {
+      return (det & 0x7fffffffu) != 0u;
+    }
   }
   // Combine with lanes lane^off, off = first, 2*first, ... < last.
   __device__ __forceinline__ void reduce(int first, int last) {
@@ -548,8 +593,11 @@ __device__ __forceinline__ void finish_params(Acc<D, V, SYM>& acc, const QuantAr
               static_cast<unsigned long long>(first_group + (__ffs(int(overflow)) - 1)));
 }
 
+// At most 80 registers (3 blocks of 256 per SM): the compiler's own choice
+// (~108) left 16 warps per SM and measured 4-9% slower on the H100.
 template <DType D, int BITS, bool SYM, int V>
-__global__ void __launch_bounds__(kBlockThreads) quantize_cols(const QuantArgs a) {
+__global__ void __launch_bounds__(kBlockThreads, 3) quantize_cols(const QuantArgs a) {
+  pdl_prologue();
   const Geometry& g = a.geo;
   constexpr int kB = Src<D>::kBytes;
   const int lane = threadIdx.x & 31;
@@ -715,6 +763,7 @@ __device__ __forceinline__ void encode_chunk(const Packet<D, kSliceRows>& p, int
 // further rounds, re-read for the codes.
 template <DType D, int BITS, bool SYM, bool VEC>
 __global__ void __launch_bounds__(kBlockThreads) quantize_rows(const QuantArgs a) {
+  pdl_prologue();
   const Geometry& g = a.geo;
   constexpr int kB = Src<D>::kBytes;
   const int lane = threadIdx.x & 31;
@@ -844,6 +893,166 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows(const QuantArgs a
   }
 }
 
+// ------------------------------------------------------------ contiguous groups, coalesced windows
+//
+// quantize_rows above gives each lane its own group: every warp load then
+// touches 32 lines (ncu: L1/TEX-bound at 40-50% of copy). This kernel covers
+// whole contiguous groups of 16-bit sources with G' = 8 * 2^k <= 256 (the
+// common axis -1 case): a warp takes a window of gw = min(32, 256 / units)
+// groups, 8-element units u = 0 .. 32*rounds-1 of which lane l loads
+// u = 32k + l (k < rounds <= 8), so each warp load is 512 contiguous bytes
+// and each code store is 32 * BITS contiguous bytes. Per-unit min/max go
+// through shared memory to one lane per group, which computes the group's
+// parameters once and hands zero-point and 1/S back the same way.
+
+template <DType D, int BITS, bool SYM>
+__global__ void __launch_bounds__(kBlockThreads) quantize_rows_window(const QuantArgs a) {
+  pdl_prologue();
+  static_assert(Src<D>::kBytes == 2, "16-bit sources only");
+  constexpr int kWarps = kBlockThreads / 32;
+  // Per warp: one (lo, hi) pair of packed halves per unit, 2 slots of
+  // padding after each group (group g's partials start at g*(units+2), which
+  // spreads the per-lane 16-byte reads over the banks), then the window's
+  // (zero-point, 1/S, bad) per group.
+  __shared__ __align__(16) uint2 part[kWarps][kWindowUnits + 2 * 32];
+  __shared__ float4 prm[kWarps][32];
+  const Geometry& g = a.geo;
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int lg = __ffs(g.nslices) - 1;  // log2(units per group); G' = 8 << lg
+  const int gw = min(32, kWindowUnits >> lg);
+  const int rounds = (gw << lg) >> 5;    // loads per lane, 1..8
+  const uint32_t total = g.n_gr << lg;   // units in the launch (< 2^31)
+  const uint32_t windows = (g.n_gr + uint32_t(gw) - 1) / uint32_t(gw);
+  const uint4* src = static_cast<const uint4*>(a.src);
+  uint2* my_part = part[warp];
+  float4* my_prm = prm[warp];
+  auto slot = [lg](int u) { return u + ((u >> lg) << 1); };
+
+  for (uint32_t w = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; w < windows;
+       w += (gridDim.x * blockDim.x) >> 5) {
+    const uint32_t u0 = w * uint32_t(gw << lg);
+    uint4 d[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const uint32_t u = u0 + 32 * k + lane;
+      d[k] = k < rounds && u < total ? __ldg(src + u) : make_uint4(0, 0, 0, 0);
+    }
+    // Partial statistics of each unit (the padding beyond `total` is +0 and
+    // belongs to groups that are never stored).
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      if (k < rounds) {
+        const uint4 v = d[k];
+        uint32_t lo = 0, hi;
+        if (SYM) {
+          hi = PairNaN<D>::max(PairNaN<D>::max(Pair<D>::abs(v.x), Pair<D>::abs(v.y)),
+                               PairNaN<D>::max(Pair<D>::abs(v.z), Pair<D>::abs(v.w)));
+        } else {
+          lo = PairNaN<D>::min(PairNaN<D>::min(v.x, v.y), PairNaN<D>::min(v.z, v.w));
+          hi = PairNaN<D>::max(PairNaN<D>::max(v.x, v.y), PairNaN<D>::max(v.z, v.w));
+        }
+        my_part[slot(32 * k + lane)] = make_uint2(lo, hi);
+      }
+    }
+    __syncwarp();
+
+    // One lane per group: fold, parameters, scale/zero-point stores.
+    if (lane < gw) {
+      const uint32_t lgr = w * uint32_t(gw) + uint32_t(lane);
+      const bool valid = lgr < g.n_gr;
+      const int units = 1 << lg;
+      const uint2* pp = my_part + slot(lane << lg);
+      uint32_t lo = pp[0].x, hi = pp[0].y;
+      if (units > 1) {
+        const uint4* q = reinterpret_cast<const uint4*>(pp);  // 16-byte aligned: units + 2 is even
+        for (int i = 0; i < units / 2; ++i) {
+          const uint4 t = q[i];
+          if (!SYM) lo = PairNaN<D>::min(lo, PairNaN<D>::min(t.x, t.z));
+          hi = PairNaN<D>::max(hi, PairNaN<D>::max(t.y, t.w));
+        }
+      }
+      Stats<SYM> st;
+      const bool bad =
+          ((PairNaN<D>::nonfinite_bits(hi) | (SYM ? 0u : PairNaN<D>::nonfinite_bits(lo))) & 0x80008000u) != 0u;
+      if (bad) {
+        // Rare: a NaN or +-Inf (only in a valid group: padding is +0).
+        // Statistics again with them as +0; the smallest flat index for
+        // policy Error.
+        st.init();
+        unsigned long long first_bad = cuda::kNoIndex;
+        const int64_t row0 = (g.gr_begin + int64_t(lgr)) * g.group;  // whole groups
+        const uint4* gsrc = src + (int64_t(lgr) << lg);
+        for (int i = 0; i < units; ++i) {
+          Packet<D, kSliceRows> p;
+          packet_from(p, __ldg(gsrc + i));
+#pragma unroll
+          for (int e = 0; e < kSliceRows; ++e) {
+            float x = p.get(e);
+            if (!qp_isfinite(x)) {
+              const unsigned long long flat = (row0 + i * kSliceRows + e) * g.inner + g.col_begin;
+              if (flat < first_bad) first_bad = flat;
+              x = 0.0f;
+            }
+            st.add(x);
+          }
+        }
+        if (!a.zero_nonfinite && first_bad != cuda::kNoIndex)
+          atomicMin(&a.flags->first_nonfinite, first_bad);
+      } else {
+        st.lo = fminf(Pair<D>::lo(lo), Pair<D>::hi(lo));
+        st.hi = fmaxf(Pair<D>::lo(hi), Pair<D>::hi(hi));
+      }
+      const GroupParams prm_ = st.params(BITS, a.scale_dtype);
+      if (valid) {
+        const uint32_t sb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(prm_.scale) : prm_.scale_bits16};
+        store_params<1>(a.scales, lgr, a.scale_dtype, sb);
+        if (!SYM) {
+          const uint32_t zb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(prm_.zero) : prm_.zero_bits16};
+          store_params<1>(a.zeros, lgr, a.scale_dtype, zb);
+        }
+        if (prm_.overflow)
+          atomicMin(&a.flags->first_overflow_group,
+                    static_cast<unsigned long long>((g.gr_begin + int64_t(lgr)) * g.inner + g.col_begin));
+      }
+      my_prm[lane] = make_float4(prm_.zero, prm_.inv, bad ? 1.0f : 0.0f, 0.0f);
+    }
+    __syncwarp();
+
+    // Codes: unit u's BITS bytes are bytes u*BITS of the window's codes.
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      if (k < rounds) {
+        const int u = 32 * k + lane;
+        const float4 p = my_prm[u >> lg];
+        const GroupCode gc = {p.x, p.y};
+        Packet<D, kSliceRows> pk;
+        packet_from(pk, d[k]);
+        if (p.z != 0.0f) {
+#pragma unroll
+          for (int i = 0; i < Packet<D, kSliceRows>::kWords; ++i) pk.w[i] = Pair<D>::sanitize(pk.w[i]);
+        }
+        SliceStream<BITS> stream = 0;
+#pragma unroll
+        for (int e = 0; e < kSliceRows; ++e)
+          stream |= SliceStream<BITS>(encode<SYM>(pk.get(e), gc, BITS)) << (e * BITS);
+        const uint32_t gu = u0 + uint32_t(u);
+        if (gu < total) {
+          uint8_t* dst = a.codes + size_t(gu) * BITS;
+          if constexpr (BITS == 3) {
+            dst[0] = uint8_t(stream);
+            dst[1] = uint8_t(stream >> 8);
+            dst[2] = uint8_t(stream >> 16);
+          } else {
+            store_bytes<BITS>(dst, uint64_t(stream));
+          }
+        }
+      }
+    }
+    __syncwarp();  // the window's shared memory is reused by the next one
+  }
+}
+
 // ------------------------------------------------------------ staged (cp.async) kernels
 //
 // The two kernels above wait for their loads before they compute, and hold
@@ -881,6 +1090,7 @@ __device__ __forceinline__ void packet_from(Packet<D, V>& p, const uint4& v) {
 // Column groups, one slice per lane (G' <= 8 * lanes), 16-byte rows.
 template <DType D, int BITS, bool SYM>
 __global__ void __launch_bounds__(kAsyncWarps * 32) quantize_cols_async(const QuantArgs a) {
+  pdl_prologue();
   constexpr int kB = Src<D>::kBytes;
   constexpr int V = 16 / kB;
   __shared__ uint4 stage[kAsyncWarps][2][kSliceRows][32];
@@ -985,6 +1195,7 @@ __device__ __forceinline__ int swizzle(int unit) { return unit ^ ((unit >> 3) & 
 
 template <DType D, int BITS, bool SYM>
 __global__ void __launch_bounds__(kAsyncWarps * 32) quantize_rows_async(const QuantArgs a) {
+  pdl_prologue();
   constexpr int kB = Src<D>::kBytes;
   constexpr int kElemsPerUnit = 16 / kB;
   __shared__ uint4 stage[kAsyncWarps][2][8 * 32];
@@ -1116,23 +1327,21 @@ cudaError_t launch_quantize_t(const QuantArgs& a, const Launch& l) {
       cached[dev].store(resident, std::memory_order_relaxed);
     }
     const int blocks = std::min(l.blocks, resident * l.sms);
-    kernel<<<blocks, kAsyncWarps * 32, 0, l.stream>>>(a);
-    return cudaGetLastError();
+    return launch_kernel(kernel, blocks, kAsyncWarps * 32, l, a);
+  }
+  if (l.rows && l.window) {
+    if constexpr (Src<D>::kBytes == 2) {
+      return launch_kernel(quantize_rows_window<D, BITS, SYM>, l.blocks, kBlockThreads, l, a);
+    } else {
+      return cudaErrorInvalidValue;  // the host selects it for 16-bit sources only
+    }
   }
   if (l.rows) {
-    if (l.vector) {
-      quantize_rows<D, BITS, SYM, true><<<l.blocks, kBlockThreads, 0, l.stream>>>(a);
-    } else {
-      quantize_rows<D, BITS, SYM, false><<<l.blocks, kBlockThreads, 0, l.stream>>>(a);
-    }
-  } else {
-    if (l.vector) {
-      quantize_cols<D, BITS, SYM, kVec><<<l.blocks, kBlockThreads, 0, l.stream>>>(a);
-    } else {
-      quantize_cols<D, BITS, SYM, 1><<<l.blocks, kBlockThreads, 0, l.stream>>>(a);
-    }
+    if (l.vector) return launch_kernel(quantize_rows<D, BITS, SYM, true>, l.blocks, kBlockThreads, l, a);
+    return launch_kernel(quantize_rows<D, BITS, SYM, false>, l.blocks, kBlockThreads, l, a);
   }
-  return cudaGetLastError();
+  if (l.vector) return launch_kernel(quantize_cols<D, BITS, SYM, kVec>, l.blocks, kBlockThreads, l, a);
+  return launch_kernel(quantize_cols<D, BITS, SYM, 1>, l.blocks, kBlockThreads, l, a);
 }
 
 template <DType D>

@@ -188,6 +188,10 @@ std::vector<Case> cases() {
       {{16, 64}, 0, 16},     {{8, 264}, -1, 264},   {{256, 48}, 0, 128},  {{70, 36}, 0, 48},
       {{2, 66, 24}, 1, 64},  {{1, 1}, 0, 8},        {{40, 64}, -1, 32},   {{33, 16}, -1, 8},
       {{37, 128}, -1, 64},   {{5, 3, 64}, 2, 16},
+      // Contiguous whole groups of 8 * 2^k elements (coalesced-window quantize
+      // kernel for 16-bit sources, whole-group dequantize): windows of 32
+      // groups and of fewer (G' = 128, 256), partial last windows.
+      {{48, 256}, -1, 128},  {{20, 512}, -1, 256},  {{300, 64}, -1, 64},  {{3, 7, 48}, 2, 16},
   };
 }
 
@@ -334,6 +338,29 @@ TEST(CudaQuant, DeviceApiMatchesReferenceEverywhere) {
   EXPECT_GT(checked, 100);
 }
 
+// Same bytes, except that any NaN matches any NaN (the device's FMA returns
+// the canonical NaN, the host's keeps a payload): element size esz.
+int64_t first_diff_nan(const std::vector<uint8_t>& got, const std::vector<uint8_t>& want, DType t) {
+  if (got.size() != want.size()) return 0;
+  const size_t esz = size_t(esize(t));
+  for (size_t i = 0; i < got.size(); i += esz) {
+    if (std::memcmp(&got[i], &want[i], esz) == 0) continue;
+    float a, b;
+    if (t == DType::F32) {
+      std::memcpy(&a, &got[i], 4);
+      std::memcpy(&b, &want[i], 4);
+    } else {
+      uint16_t ha, hb;
+      std::memcpy(&ha, &got[i], 2);
+      std::memcpy(&hb, &want[i], 2);
+      a = t == DType::F16 ? f16_to_f32(ha) : bf16_to_f32(ha);
+      b = t == DType::F16 ? f16_to_f32(hb) : bf16_to_f32(hb);
+    }
+    if (!(std::isnan(a) && std::isnan(b))) return int64_t(i / esz);
+  }
+  return -1;
+}
+
 TEST(CudaQuant, DequantizeToHalfTypesRoundsLikeTheHost) {
   REQUIRE_GPU();
   std::mt19937_64 rng(test::test_seed() + 1);
@@ -375,6 +402,24 @@ TEST(CudaQuant, DequantizeToHalfTypesRoundsLikeTheHost) {
         cuda::dequantize_on_device(0, q.codes.data(), q.scales.data(), q.zeros.empty() ? nullptr : q.zeros.data(),
                                    L, s, got.data(), out_dt);
         ASSERT_EQ(first_diff(got, want), -1) << describe(c.shape, DType::F32, s) << " -> " << dtype_name(out_dt);
+
+        // Non-finite parameters (the kernels' general path): +-Inf and NaN
+        // scales and zero-points among finite ones, output equal up to NaN
+        // payloads.
+        const std::vector<float> specials = {INFINITY, -INFINITY, std::nanf("")};
+        for (int k = 0; k < 3; ++k) {
+          const size_t gidx = size_t(rng() % uint64_t(L.num_groups()));
+          std::vector<uint8_t>& arr = (!s.symmetric && (rng() & 1)) ? q.zeros : q.scales;
+          const std::vector<uint8_t> one = encode({specials[rng() % 3]}, s.scale_dtype);
+          std::memcpy(&arr[gidx * one.size()], one.data(), one.size());
+        }
+        dequantize_reference(q.codes.data(), q.scales.data(), q.zeros.empty() ? nullptr : q.zeros.data(), L, s,
+                             ref.data());
+        want = out_dt == DType::F32 ? float_bytes(ref) : encode(ref, out_dt);
+        cuda::dequantize_on_device(0, q.codes.data(), q.scales.data(), q.zeros.empty() ? nullptr : q.zeros.data(),
+                                   L, s, got.data(), out_dt);
+        ASSERT_EQ(first_diff_nan(got, want, out_dt), -1)
+            << describe(c.shape, DType::F32, s) << " -> " << dtype_name(out_dt) << " (non-finite parameters)";
       }
 }
 
@@ -539,14 +584,14 @@ TEST(CudaQuantizerErrors, NonFiniteFirstIndexAndPolicies) {
   std::mt19937_64 rng(test::test_seed() + 4);
   const float specials[] = {std::nanf(""), INFINITY, -INFINITY};
   for (DType dt : {DType::F16, DType::BF16, DType::F32})
-    for (int axis : {0, -1})
+    for (int axis : {0, -1, -2})  // -2: axis -1 of a [96, 64] tensor (whole groups)
       for (float special : specials) {
-        const std::vector<int64_t> shape = {96, 40};
+        const std::vector<int64_t> shape = axis == -2 ? std::vector<int64_t>{96, 64} : std::vector<int64_t>{96, 40};
         QuantScheme s;
-        s.axis = axis;
+        s.axis = axis == -2 ? -1 : axis;
         s.group_size = 32;
         s.symmetric = rng() & 1;
-        std::vector<float> v(96 * 40);
+        std::vector<float> v(size_t(shape[0] * shape[1]));
         std::normal_distribution<float> normal;
         for (auto& x : v) x = normal(rng);
         // Several bad values; the first in flat order must be named.
