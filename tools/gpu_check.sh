@@ -176,7 +176,7 @@ grep -m1 -E "cuda:0" "$OUT/bench.log"
 grep -m1 -E "device-to-device" "$OUT/bench.log"
 for r in "${SUMMARY[@]}"; do echo "$r"; done
 echo "---------------- benchmark (GB/s counts bytes read + written; % of the reference) ----------------"
-grep -E "^  (quantize|dequant|e2e|pinned|  \(staged)" "$OUT/bench.log"
+grep -E "^  (quantize|dequant|e2e|pinned)" "$OUT/bench.log"
 [ -f "$OUT/bench_verify.log" ] && { echo "---------------- fused verify pass (bench_verify) ----------------"; tail -n 14 "$OUT/bench_verify.log"; }
 grep -E "FAILED|MISMATCH" "$OUT/ctest_gpu.log" "$OUT/cuda_quant_test.log" "$OUT/bench.log" | head -20
 echo "gpu_check: $([ "$FAIL" = 0 ] && echo PASS || echo FAIL)"

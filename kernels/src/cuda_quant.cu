@@ -205,16 +205,6 @@ int blocks_for(int64_t threads) {
 
 // ------------------------------------------------------------ quantize / dequantize
 
-namespace {
-// Off by default: on the H100 the staged kernels reached higher occupancy
-// (34% vs 23%) but not more DRAM throughput, and measured 1-10% slower than
-// the register kernels on every benchmark shape (kernels/NOTES.md).
-std::atomic<bool> g_staged{false};
-}  // namespace
-
-void set_staged_kernels(bool on) { g_staged.store(on); }
-bool staged_kernels() { return g_staged.load(); }
-
 Status reset_flags(QuantFlags* d_flags, cudaStream_t stream) {
   if (!d_flags) return invalid("reset_flags: null flags");
   QPACK_CUDA_TRY(cudaMemsetAsync(d_flags, 0xff, sizeof(QuantFlags), stream));
@@ -247,13 +237,9 @@ Status quantize(const void* d_src, DType src_dtype, const GroupLayout& layout,
   if (l.rows) {
     l.vector = layout.group_size % 8 == 0 && layout.axis_len % 8 == 0 && aligned(d_src, 16) &&
                aligned(out.codes, 8);
-    // Staged: whole groups of 1, 2, 4 or 8 16-byte units.
-    const int64_t units = layout.group_size * esize / 16;
-    l.staged = staged_kernels() && l.vector && layout.axis_len % layout.group_size == 0 &&
-               layout.group_size * esize % 16 == 0 && (units == 1 || units == 2 || units == 4 || units == 8);
     // Coalesced windows: 16-bit source, whole groups of 8 * 2^k <= 256 elements.
     const int64_t slices = layout.group_size / cudak::kSliceRows;
-    l.window = !l.staged && l.vector && esize == 2 && layout.axis_len % layout.group_size == 0 &&
+    l.window = l.vector && esize == 2 && layout.axis_len % layout.group_size == 0 &&
                slices <= 32 && (slices & (slices - 1)) == 0;
     // Window kernel: its 32-bit unit counter needs group rows * units < 2^31.
     work_per_gr = l.window ? slices : 1;
@@ -261,8 +247,6 @@ Status quantize(const void* d_src, DType src_dtype, const GroupLayout& layout,
     const int vec_elems = src_dtype == DType::F32 ? 4 : 8;
     l.vector = ncols % vec_elems == 0 && aligned(d_src, 16) && aligned(out.codes, 8) &&
                aligned(out.scales, 16) && (scheme.symmetric || aligned(out.zeros, 16));
-    // Staged: one slice per lane.
-    l.staged = staged_kernels() && l.vector && nslices <= lanes;
     vec = l.vector ? vec_elems : 1;
     const int64_t chunks_per_warp = 32 / lanes;
     work_per_gr = (ncols / vec + chunks_per_warp - 1) / chunks_per_warp;
@@ -280,15 +264,7 @@ Status quantize(const void* d_src, DType src_dtype, const GroupLayout& layout,
     a.scale_dtype = scheme.scale_dtype;
     a.zero_nonfinite = policy == NonFinitePolicy::Zero;
     cudak::Launch ll = l;
-    if (l.staged) {
-      // Persistent: a few resident blocks per SM, each warp looping over
-      // tasks (windows of 32 groups for rows) with the next one in flight.
-      const int64_t warps = l.rows ? (int64_t(g.n_gr) + 31) / 32 : int64_t(g.tasks);
-      const int64_t blocks = (warps + cudak::kAsyncWarps - 1) / cudak::kAsyncWarps;
-      ll.blocks = int(std::max<int64_t>(1, std::min<int64_t>(blocks, int64_t(1) << 30)));
-      ll.sms = sm_count();
-      ll.device = current_device();
-    } else if (l.window) {
+    if (l.window) {
       const int64_t slices = layout.group_size / cudak::kSliceRows;
       const int64_t per_window = std::min<int64_t>(32, cudak::kWindowUnits / slices);
       ll.blocks = blocks_for((int64_t(g.n_gr) + per_window - 1) / per_window * 32);

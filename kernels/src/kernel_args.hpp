@@ -99,13 +99,9 @@ struct Launch {
   cudaStream_t stream;
   bool rows;    // inner-contiguous groups (tile of one column): the row kernels
   bool vector;
-  bool staged;  // quantize only: the cp.async kernels (quantize_*_async)
   bool window;  // rows, whole groups: quantize_rows_window (16-bit source,
                 // G' = 8 * 2^k <= 256) and dequantize_rows_whole
-  int sms;      // multiprocessors of the current device (persistent grids)
-  int device;   // the current device
 };
-constexpr int kAsyncWarps = 4;  // staged kernels: 128-thread blocks
 constexpr int kWindowUnits = 256;  // quantize_rows_window: 16-byte units per warp window (8 per lane)
 
 #if defined(__CUDACC__)

@@ -27,8 +27,6 @@ bool cuda_available(std::string* why) {
 int device_count() { return 0; }
 Status query_device(int, DeviceInfo*) { return disabled(); }
 
-void set_staged_kernels(bool) {}
-bool staged_kernels() { return false; }
 Status reset_flags(QuantFlags*, cudaStream_t) { return disabled(); }
 Status quantize(const void*, DType, const GroupLayout&, const QuantScheme&, NonFinitePolicy,
                 const DeviceQuantOutput&, QuantFlags*, cudaStream_t, const Tile&) {

@@ -32,7 +32,6 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 
 #include "kernel_args.hpp"
@@ -122,6 +121,16 @@ struct Packet {
     }
   }
 };
+
+// A 16-byte packet from a 16-byte load (or a shared-memory word).
+template <DType D, int V>
+__device__ __forceinline__ void packet_from(Packet<D, V>& p, const uint4& v) {
+  static_assert(Packet<D, V>::kWords == 4, "16-byte packets only");
+  p.w[0] = v.x;
+  p.w[1] = v.y;
+  p.w[2] = v.z;
+  p.w[3] = v.w;
+}
 
 // ------------------------------------------------------------ small pieces
 
@@ -1053,282 +1062,11 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows_window(const Quan
   }
 }
 
-// ------------------------------------------------------------ staged (cp.async) kernels
-//
-// The two kernels above wait for their loads before they compute, and hold
-// the loaded data in ~32 registers through the parameter arithmetic; at
-// ~110 registers only 16 warps fit on an SM and 40% of cycles had no warp to
-// issue (ncu). These variants copy each warp's next task into shared memory
-// with cp.async while the current one is computed (two 4 KB buffers per
-// warp), so loads are always in flight and data does not occupy registers
-// between the passes. They cover the common shapes (16-byte rows, groups of
-// one slice per lane); everything else takes the kernels above.
-
-// kAsyncWarps (kernel_args.hpp) warps per block: 4 x 2 x 4 KB = 32 KB of static shared memory.
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool copy) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  // src-size 0 zero-fills the 16 bytes without reading global memory.
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(copy ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-template <DType D, int V>
-__device__ __forceinline__ void packet_from(Packet<D, V>& p, const uint4& v) {
-  static_assert(Packet<D, V>::kWords == 4, "16-byte packets only");
-  p.w[0] = v.x;
-  p.w[1] = v.y;
-  p.w[2] = v.z;
-  p.w[3] = v.w;
-}
-
-// Column groups, one slice per lane (G' <= 8 * lanes), 16-byte rows.
-template <DType D, int BITS, bool SYM>
-__global__ void __launch_bounds__(kAsyncWarps * 32) quantize_cols_async(const QuantArgs a) {
-  pdl_prologue();
-  constexpr int kB = Src<D>::kBytes;
-  constexpr int V = 16 / kB;
-  __shared__ uint4 stage[kAsyncWarps][2][kSliceRows][32];
-  const Geometry& g = a.geo;
-  const int warp = threadIdx.x >> 5;
-  const int lane = threadIdx.x & 31;
-  const int tl = g.lanes;
-  const int txw = 32 / tl;
-  const int tx = lane & (txw - 1);
-  const int ty = lane / txw;
-  const uint32_t nchunks = uint32_t(g.ncols / V);
-  const uint32_t ncg = g.per_gr.d;
-  const int64_t pitch_bytes = g.ncols * kB;
-  const uint32_t stride = (gridDim.x * blockDim.x) >> 5;
-
-  struct Task {
-    uint32_t lgr;
-    bool valid;
-    int64_t col, gr, row0, len;
-  };
-  auto task_of = [&](uint32_t task) {
-    Task k;
-    k.lgr = g.per_gr.div(task);
-    const uint32_t cc = (task - k.lgr * ncg) * txw + tx;
-    k.valid = cc < nchunks;
-    k.col = k.valid ? int64_t(cc) * V : 0;
-    const uint32_t along = g.gi_begin + k.lgr;
-    const uint32_t q = g.groups.div(along);
-    const int64_t gi = along - q * g.groups.d;
-    k.gr = g.gr_begin + k.lgr;
-    k.row0 = (g.o_begin + q) * g.axis_len + gi * g.group;
-    k.len = min(g.group, g.axis_len - gi * g.group);
-    return k;
-  };
-  auto issue = [&](uint32_t task, int buf) {
-    const Task k = task_of(task);
-    const int n = k.valid ? clamp_rows(k.len - int64_t(ty) * kSliceRows) : 0;
-    const uint8_t* src = static_cast<const uint8_t*>(a.src) +
-                         ((k.row0 - g.row_begin + int64_t(ty) * kSliceRows) * g.ncols + k.col) * kB;
-#pragma unroll
-    for (int r = 0; r < kSliceRows; ++r)
-      cp_async16(&stage[warp][buf][r][lane], r < n ? src + r * pitch_bytes : a.src, r < n);
-    cp_async_commit();
-  };
-
-  uint32_t task = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-  if (task >= g.tasks) return;  // whole warps only
-  issue(task, 0);
-  for (int buf = 0; task < g.tasks; task += stride, buf ^= 1) {
-    const uint32_t next = task + stride;
-    if (next < g.tasks) {
-      issue(next, buf ^ 1);
-      cp_async_wait<1>();  // this task's group is complete, the next one stays in flight
-    } else {
-      cp_async_wait<0>();
-    }
-    const Task k = task_of(task);
-    const int n = k.valid ? clamp_rows(k.len - int64_t(ty) * kSliceRows) : 0;
-    const uint4* mine = &stage[warp][buf][0][lane];  // row r at mine[r * 32]; only this lane's slots
-
-    Acc<D, V, SYM> acc;
-    acc.init();
-    bool bad;
-    {
-      Packet<D, V> rows[kSliceRows];
-#pragma unroll
-      for (int r = 0; r < kSliceRows; ++r) packet_from(rows[r], mine[r * 32]);
-      add_slice<D, SYM, V, false>(rows, n, acc);
-      bad = acc.bad();
-      if (bad) {
-        const unsigned long long f = first_nonfinite_in<D, V>(
-            rows, n, k.row0 + int64_t(ty) * kSliceRows, g.inner, g.col_begin + k.col);
-        if (!a.zero_nonfinite && f != cuda::kNoIndex) atomicMin(&a.flags->first_nonfinite, f);
-        acc.init();
-        add_slice<D, SYM, V, true>(rows, n, acc);
-      }
-    }
-    GroupCode gc[V];
-    finish_params<D, BITS, SYM, V>(acc, a, txw, tl, tx, ty, k.valid, int64_t(k.lgr) * g.ncols + k.col,
-                                   k.gr * g.inner + g.col_begin + k.col, gc);
-    if (k.valid) {
-      Packet<D, V> rows[kSliceRows];
-#pragma unroll
-      for (int r = 0; r < kSliceRows; ++r) packet_from(rows[r], mine[r * 32]);
-      uint8_t* plane0 = a.codes + int64_t(k.lgr) * g.bytes * g.ncols + k.col;
-      if (bad) {
-        encode_slice<D, BITS, SYM, V, true>(rows, n, gc, plane0, g.ncols, ty, g.bytes);
-      } else {
-        encode_slice<D, BITS, SYM, V, false>(rows, n, gc, plane0, g.ncols, ty, g.bytes);
-      }
-    }
-  }
-}
-
-// Contiguous groups of U = G' * bytes / 16 <= 8 16-byte units (G' <= 64 for
-// 16-bit sources, 32 for F32), U a power of 2, every group whole
-// (L % G' == 0): a lane per group, a warp per 32 groups. The warp's window
-// of 32 * U units is copied with coalesced cp.async (lane i takes units
-// i, i+32, ...) into shared memory laid out with an XOR swizzle, so that the
-// lanes' reads of their own group's units hit distinct banks.
-__device__ __forceinline__ int swizzle(int unit) { return unit ^ ((unit >> 3) & 7); }
-
-template <DType D, int BITS, bool SYM>
-__global__ void __launch_bounds__(kAsyncWarps * 32) quantize_rows_async(const QuantArgs a) {
-  pdl_prologue();
-  constexpr int kB = Src<D>::kBytes;
-  constexpr int kElemsPerUnit = 16 / kB;
-  __shared__ uint4 stage[kAsyncWarps][2][8 * 32];
-  const Geometry& g = a.geo;
-  const int warp = threadIdx.x >> 5;
-  const int lane = threadIdx.x & 31;
-  const int units = int(g.group) * kB / 16;  // per group: 1, 2, 4 or 8
-  const int ushift = __ffs(units) - 1;
-  const uint32_t stride = (gridDim.x * blockDim.x) >> 5;
-  const uint32_t windows = (g.n_gr + 31) / 32;
-  const uint8_t* base = static_cast<const uint8_t*>(a.src);
-
-  auto issue = [&](uint32_t w, int buf) {
-    // Window w: group rows 32w .. 32w+31 of the launch, whose elements are
-    // contiguous from (32w) * G' (all groups whole).
-    const uint8_t* src = base + int64_t(w) * 32 * units * 16;
-    const int64_t total_units = int64_t(g.n_gr) * units;
-    for (int i = 0; i < units; ++i) {
-      const int u = i * 32 + lane;
-      const bool ok = int64_t(w) * 32 * units + u < total_units;
-      cp_async16(&stage[warp][buf][swizzle(u)], ok ? src + int64_t(u) * 16 : base, ok);
-    }
-    cp_async_commit();
-  };
-
-  uint32_t w = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-  if (w >= windows) return;
-  issue(w, 0);
-  for (int buf = 0; w < windows; w += stride, buf ^= 1) {
-    const uint32_t next = w + stride;
-    if (next < windows) {
-      issue(next, buf ^ 1);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncwarp();  // units were copied by other lanes
-    const uint32_t lgr = w * 32 + lane;
-    const bool valid = lgr < g.n_gr;
-    const int64_t gr = g.gr_begin + lgr;
-    const int64_t row0 = gr * g.group;  // whole groups: element 0 of group row gr
-    // Statistics over this lane's units (each a packet of kElemsPerUnit).
-    Acc<D, kElemsPerUnit, SYM> acc;
-    acc.init();
-#pragma unroll
-    for (int k = 0; k < 8; ++k)
-      if (k < units) {
-        Packet<D, kElemsPerUnit> p;
-        packet_from(p, stage[warp][buf][swizzle((lane << ushift) + k)]);
-        acc.template add<false>(p);
-      }
-    Stats<SYM> st;
-    acc.fold(st.lo, st.hi);
-    const bool bad = acc.bad();
-    if (bad) {
-      unsigned long long first_bad = cuda::kNoIndex;
-      st.init();
-      for (int k = 0; k < units; ++k) {
-        Packet<D, kElemsPerUnit> p;
-        packet_from(p, stage[warp][buf][swizzle((lane << ushift) + k)]);
-#pragma unroll
-        for (int e = 0; e < kElemsPerUnit; ++e) {
-          float x = p.get(e);
-          if (!qp_isfinite(x)) {
-            const unsigned long long flat =
-                (row0 + k * kElemsPerUnit + e) * g.inner + g.col_begin;
-            if (flat < first_bad) first_bad = flat;
-            x = 0.0f;
-          }
-          st.add(x);
-        }
-      }
-      if (valid && !a.zero_nonfinite && first_bad != cuda::kNoIndex)
-        atomicMin(&a.flags->first_nonfinite, first_bad);
-    }
-    const GroupParams prm = st.params(BITS, a.scale_dtype);
-    const GroupCode gc = {prm.zero, prm.inv};
-    if (valid) {
-      const uint32_t sb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(prm.scale) : prm.scale_bits16};
-      const uint32_t zb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(prm.zero) : prm.zero_bits16};
-      store_params<1>(a.scales, lgr, a.scale_dtype, sb);
-      if (!SYM) store_params<1>(a.zeros, lgr, a.scale_dtype, zb);
-      if (prm.overflow)
-        atomicMin(&a.flags->first_overflow_group,
-                  static_cast<unsigned long long>(gr * g.inner + g.col_begin));
-      // Codes: 8 elements (one slice) are 1 unit for 16-bit sources, 2 for F32.
-      uint8_t* group_codes = a.codes + int64_t(lgr) * g.bytes;
-      const int slices = int(g.group / kSliceRows);
-#pragma unroll
-      for (int c = 0; c < 8; ++c)
-        if (c < slices) {
-          Packet<D, kSliceRows> p;
-          if constexpr (kElemsPerUnit == 8) {
-            packet_from(p, stage[warp][buf][swizzle((lane << ushift) + c)]);
-          } else {
-            const uint4 lo = stage[warp][buf][swizzle((lane << ushift) + 2 * c)];
-            const uint4 hi = stage[warp][buf][swizzle((lane << ushift) + 2 * c + 1)];
-            p.w[0] = lo.x; p.w[1] = lo.y; p.w[2] = lo.z; p.w[3] = lo.w;
-            p.w[4] = hi.x; p.w[5] = hi.y; p.w[6] = hi.z; p.w[7] = hi.w;
-          }
-          if (bad) {
-            encode_chunk<D, BITS, SYM, true, true>(p, kSliceRows, gc, group_codes, c, g.bytes);
-          } else {
-            encode_chunk<D, BITS, SYM, true, false>(p, kSliceRows, gc, group_codes, c, g.bytes);
-          }
-        }
-    }
-    __syncwarp();  // every lane is done with this buffer before it is refilled
-  }
-}
-
 // ------------------------------------------------------------ dispatch
 
 template <DType D, int BITS, bool SYM>
 cudaError_t launch_quantize_t(const QuantArgs& a, const Launch& l) {
   constexpr int kVec = 16 / Src<D>::kBytes;
-  if (l.staged) {
-    // Persistent grid: never more blocks than fit on the device at once (a
-    // second wave would carry a full share of the work).
-    auto kernel = l.rows ? quantize_rows_async<D, BITS, SYM> : quantize_cols_async<D, BITS, SYM>;
-    // Cached per device (the query costs a few microseconds per launch).
-    static std::atomic<int> cached[64];
-    const int dev = l.device >= 0 && l.device < 64 ? l.device : 0;
-    int resident = cached[dev].load(std::memory_order_relaxed);
-    if (resident <= 0) {
-      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kAsyncWarps * 32, 0) != cudaSuccess)
-        return cudaGetLastError();
-      resident = std::max(1, resident);
-      cached[dev].store(resident, std::memory_order_relaxed);
-    }
-    const int blocks = std::min(l.blocks, resident * l.sms);
-    return launch_kernel(kernel, blocks, kAsyncWarps * 32, l, a);
-  }
   if (l.rows && l.window) {
     if constexpr (Src<D>::kBytes == 2) {
       return launch_kernel(quantize_rows_window<D, BITS, SYM>, l.blocks, kBlockThreads, l, a);

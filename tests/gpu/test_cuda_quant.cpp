@@ -313,12 +313,9 @@ TEST(CudaQuant, DeviceApiMatchesReferenceEverywhere) {
         } catch (const Error& e) {
           want_error = e.what();  // NaN/Inf from F16 overflow of Wide values, or range overflow
         }
-        // Both kernel families: register (default) and shared-memory staged.
-        for (bool staged : {false, true}) {
-          cuda::set_staged_kernels(staged);
+        {
           DeviceRun r = run_device(src, cfg.dtype, L, s, policy);
-          cuda::set_staged_kernels(false);
-          const std::string w = what + (staged ? " (staged kernels)" : "");
+          const std::string& w = what;
           EXPECT_EQ(message_from_flags(r.flags, src, cfg.dtype, L, s, policy), want_error) << w;
           if (!want_error.empty()) {
             ++errors;
@@ -506,9 +503,8 @@ TEST(CudaQuantizer, PinnedSourceIsCopiedDirectly) {
   }
 }
 
-// Enough tasks that the persistent staged kernels loop, with the next task
-// in flight while the current one is computed.
-TEST(CudaQuant, StagedKernelsLoopOverManyTasks) {
+// Tensors of several waves of blocks, on both axes.
+TEST(CudaQuant, LargeTensorsMatchTheReference) {
   REQUIRE_GPU();
   std::mt19937_64 rng(test::test_seed() + 7);
   for (int axis : {0, -1})
@@ -521,12 +517,8 @@ TEST(CudaQuant, StagedKernelsLoopOverManyTasks) {
       const GroupLayout L = GroupLayout::make({quick() ? 2048 : 4096, 2048}, s, "m");
       const std::vector<uint8_t> src = encode(make_values(L, s, Dist::Normal, rng), DType::BF16);
       const Outputs want = run_reference(src, DType::BF16, L, s, NonFinitePolicy::Error);
-      for (bool staged : {true, false}) {
-        cuda::set_staged_kernels(staged);
-        DeviceRun r = run_device(src, DType::BF16, L, s, NonFinitePolicy::Error);
-        cuda::set_staged_kernels(false);
-        expect_same(r.out, want, "axis " + std::to_string(axis) + (staged ? " staged" : ""));
-      }
+      DeviceRun r = run_device(src, DType::BF16, L, s, NonFinitePolicy::Error);
+      expect_same(r.out, want, "axis " + std::to_string(axis));
     }
 }
 

@@ -209,13 +209,6 @@ void bench_kernels(double copy_gbps, bool quick, bool profile) {
         const double qms = time_ms(warm, reps, quant, profile ? 1 : 10);
         report("quantize   " + tag, double(n * 2 + codes + 2 * params), qms, copy_gbps,
                same ? "" : "MISMATCH vs quantize_cpu");
-        if (!profile) {
-          // The shared-memory staged kernels, for comparison (same bytes).
-          cuda::set_staged_kernels(true);
-          const double rms = time_ms(warm, reps, quant);
-          cuda::set_staged_kernels(false);
-          report("  (staged kernels) " + tag, double(n * 2 + codes + 2 * params), rms, copy_gbps);
-        }
         for (DType od : {DType::F32, DType::F16}) {
           const double dms = time_ms(warm, reps, [&](int i) {
             const int k = i % sets;

@@ -109,13 +109,6 @@ struct DeviceQuantOutput {
   uint8_t* zeros = nullptr;  // null for symmetric schemes
 };
 
-// Quantize kernels: off (the default) runs the register kernels; on runs the
-// shared-memory staged (cp.async, persistent) variants where they apply.
-// Both produce identical bytes; the switch exists for tests and benchmarks
-// (the staged ones measured slower, kernels/NOTES.md). Process-wide.
-void set_staged_kernels(bool on);
-bool staged_kernels();
-
 // Sets both flags to kNoIndex (an async memset on `stream`).
 Status reset_flags(QuantFlags* d_flags, cudaStream_t stream);
 
