@@ -113,7 +113,7 @@ struct Params8 {
   __m128i scale16, zero16;
 };
 
-QPACK_AVX2 inline int params8(__m256 mn_or_amax, __m256 mx, const QuantScheme& s, Params8* p) {
+__attribute__((always_inline)) QPACK_AVX2 inline int params8(__m256 mn_or_amax, __m256 mx, const QuantScheme& s, Params8* p) {
   const __m256 zero = _mm256_setzero_ps();
   __m256 s32;
   int overflow;
@@ -142,7 +142,7 @@ QPACK_AVX2 inline int params8(__m256 mn_or_amax, __m256 mx, const QuantScheme& s
   return overflow;
 }
 
-QPACK_AVX2 inline void store_params8(const QuantBuffers& out, int64_t index, const QuantScheme& s,
+__attribute__((always_inline)) QPACK_AVX2 inline void store_params8(const QuantBuffers& out, int64_t index, const QuantScheme& s,
                                      const Params8& p, int lanes) {
   if (lanes == 8) {  // the common case: fixed-size stores, no memcpy calls
     if (s.scale_dtype == DType::F32) {
