@@ -72,11 +72,15 @@ TEST(VerifyGpu, SameBitsAsCpuForEverySchemeAndChunking) {
 
 // The two fast layouts (inner >= 256 with inner % 4 == 0: four columns per
 // thread; inner == 1 with axis and group lengths multiples of 8: contiguous
-// rows) and their rare paths: non-finite source values (exact element rule
-// for the slice), tampered codes and scales (elements beyond the bound, so
-// violation counts and the first violating index), huge values (scales past
-// the fast path's range), partial last groups, idle columns, odd block
-// counts, and every bit width, scale dtype and source dtype.
+// rows) and their rare paths, which redo a whole unit with the exact rule:
+// non-finite source values (F16 found by a check of the words, BF16 through
+// the error bound, F32 through NaN sums), tampered codes and scales
+// (elements beyond the bound, so violation counts and the first violating
+// index), huge values (scales past the fast path's range), partial last
+// groups (segments of 8 rows, odd slice counts, segments not a multiple of
+// 8), units of one thread with different lengths, idle columns, odd block
+// counts, and every bit width (the shared-memory tables for 2, 3, 4 bits,
+// the direct decode for 8), scale dtype and source dtype.
 TEST(VerifyGpu, FastLayoutsGiveTheSameBits) {
   SKIP_WITHOUT_GPU();
   auto whole = CudaMetricsEngine::create(256ull << 20);
@@ -94,6 +98,7 @@ TEST(VerifyGpu, FastLayoutsGiveTheSameBits) {
       {{37, 200}, 1, 64},    // rows: a partial last group, 37 segment rows of 4 (odd block counts)
       {{700, 128}, -1, 32},  // rows
       {{9, 1, 136}, 2, 8},   // rows: groups of 8
+      {{40, 40}, -1, 16},    // rows: groups of 16, 16, 8, so a thread's units differ in length (exact rule)
   };
   const bool quick = std::getenv("QPACK_GPU_TEST_QUICK") != nullptr;
   int case_index = 0;

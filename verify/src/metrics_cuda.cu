@@ -1,10 +1,11 @@
 // The CUDA path of the fused dequantize-and-compare pass: the same per-unit
 // arithmetic as the CPU (metrics_core.hpp) and the same fixed tree per block
 // of 256 units, so the per-block partials are bit-identical; the host adds
-// them in block order. Two fast kernels (namespace fast: four units per
-// thread, wide loads, exact conversions without F2F for 16-bit sources, rare
-// events out of line) cover column groups (inner >= 256) and contiguous row
-// groups (inner == 1); the general kernel (one unit per thread) the rest.
+// them in block order. Two fast kernels (namespace fast: a CTA per block,
+// four units per thread, wide loads, reconstructions from a per-unit table
+// in shared memory, anything unusual redone per unit with the CPU's exact
+// code) cover column groups (inner >= 256) and contiguous row groups
+// (inner == 1); the general kernel (one unit per thread) the rest.
 //
 // Host tensors are staged in chunks of whole blocks through two sets of
 // device buffers (two streams: the upload of one chunk overlaps the kernel
@@ -108,41 +109,136 @@ __global__ void __launch_bounds__(vcore::kBlockUnits, 3)
 //    (columns) of one segment row, so a row of its source is one 8-byte
 //    (16-bit sources) or 16-byte (F32) load and a code plane one 4-byte load;
 //  * rows (inner == 1, axis and group lengths multiples of 8): a thread owns
-//    units j, j+64, j+128, j+192 of a block, each 64 contiguous elements read
-//    16 bytes at a time.
+//    units j, j+64, j+128, j+192 of a block, each run of contiguous elements
+//    read 16 bytes at a time.
 //
-// Per element the work is what the sums need and no more: the source and
-// the reconstruction become doubles exactly (bit placement and one exact
-// multiply, or the F2F conversion), the five sums, the running maximum and a
-// predicate collecting "above the bound's base". Rare events leave the fast
-// path per slice of 8 elements: a non-finite source value (the whole slice is
-// redone with the exact element rule), and elements above the base (only the
-// bound test is redone, with the element term). Units whose scale or
-// zero-point is non-finite or huge always take the exact rule.
+// Per element the work is what the sums need and no more. For 2, 3 and 4
+// bits each thread first writes, per unit, the 2^bits reconstructions
+// double(fma(q, S, M)) to a table in shared memory, so an element's x_hat is
+// one shift-and-mask of its code and one 8-byte shared load (8 bits decode
+// with the magic-number float and an exact bit placement). The source value
+// becomes a double exactly (16-bit sources: bit placement and one exact
+// multiply by a power of two; F32: the conversion). Then the five sums, the
+// running maximum and a per-unit predicate "above the bound's base".
+//
+// Anything unusual sends the whole unit to the exact rule afterwards
+// (vcore::eval_unit, the CPU's own code, from the start of the unit): an
+// element above the base (possibly a bound violation), a non-finite source
+// value (BF16: it becomes a double >= 2^128, far above any base the fast
+// path accepts; F32: NaN or Inf; F16: found by a check of the loaded words),
+// a scale or zero-point that is non-finite or huge, a segment whose length
+// is not a multiple of 8, and (rows) units of one thread with different
+// lengths. Their fast-path sums are simply discarded.
 namespace fast {
 
-constexpr int kV = 4;                                  // units per thread
+constexpr int kV = 4;                                      // units per thread
 constexpr int kThreadsPerBlock = vcore::kBlockUnits / kV;  // 64
-constexpr int kBlocksPerCta = 2;
-constexpr int kCtaThreads = kThreadsPerBlock * kBlocksPerCta;  // 128
+constexpr int kCtaThreads = kThreadsPerBlock;  // a CTA is one block
 constexpr uint32_t kNoKey = 0xffffffffu;
 
-// One unit's running state. rare: non-finite count (bits 0-7), violations
-// (8-15), element index of the first violation (16-23, 0xff: none).
+// One unit's running state. Fast path: m is the error of largest magnitude
+// so far (sign kept), max_k its element index; both start at (0, 0), which
+// gives the CPU's choice (element 0 unless a later one is strictly larger).
+// rare: non-finite count (bits 0-7), violations (8-15), element index of the
+// first violation (16-23, 0xff: none); only the exact rule sets them.
 struct Acc {
-  double sq_err, abs_err, sq_ref, sq_hat, dot, max_abs;
-  int max_k;
+  double sq_err, abs_err, sq_ref, sq_hat, dot, m;
+  int max_k;  // -1: no element
   uint32_t rare;
 };
 __device__ __forceinline__ void acc_init(Acc& a) {
   a.sq_err = a.abs_err = a.sq_ref = a.sq_hat = a.dot = 0.0;
-  a.max_abs = -1.0;
-  a.max_k = -1;
+  a.m = 0.0;
+  a.max_k = 0;
   a.rare = 0x00ff0000u;
 }
-__device__ __forceinline__ void add_violation(Acc& a, int k) {
-  if ((a.rare & 0xff00u) == 0) a.rare = (a.rare & 0xff00ffffu) | (uint32_t(k) << 16);
-  a.rare += 0x100u;
+
+// Table of reconstructions: BITS <= 4 only. Entry (unit v, code c) of thread
+// tid is the double at byte ((v << BITS) + c) * 512 + tid * 8 (64 threads):
+// the 32 lanes of a warp read 32 consecutive doubles of a row, whatever codes
+// they hold, so the loads are free of bank conflicts.
+template <int BITS>
+__host__ __device__ constexpr int table_bytes() {
+  return BITS <= 4 ? (kV << BITS) * kCtaThreads * 8 : 0;
+}
+
+// Byte offset of the entry of the code at bit `pos` of w (pos, like the whole
+// call, known at compile time after unrolling), with tid8 = tid * 8.
+template <int BITS>
+__device__ __forceinline__ uint32_t table_off(uint32_t w, int pos, uint32_t tid8) {
+  constexpr uint32_t mask = ((1u << BITS) - 1u) << 9;
+  const uint32_t t = pos >= 9 ? (w >> (pos - 9)) : (w << (9 - pos));
+  return (t & mask) | tid8;
+}
+template <int BITS>
+__device__ __forceinline__ double table_ld(const uint8_t* tab, int v, uint32_t off) {
+  return *reinterpret_cast<const double*>(tab + (v << BITS) * 512 + off);
+}
+
+// A finite binary32 value as a double, exactly, without the conversion unit:
+// its fields placed in a double's give x * 2^-896 for normal and subnormal x
+// alike, and the product by the power of two is exact.
+__device__ __forceinline__ double f32_bits_to_f64(uint32_t f) {
+  return __dmul_rn(__hiloint2double(int(uint32_t(int(f) >> 3) & 0x8fffffffu), int(f << 29)), 0x1p896);
+}
+// The code byte at bit `pos` of w (8 bits) as x_hat = fma(q, S, M), as a
+// double: 2^23 + code minus (2^23 + offset) is q exactly.
+__device__ __forceinline__ double decode8(uint32_t w, int pos, float magic_off, float s, float z) {
+  const uint32_t f = __byte_perm(w, 0x4b000000u, 0x7650u | uint32_t(pos >> 3));
+  const float q = __fsub_rn(__uint_as_float(f), magic_off);
+  return f32_bits_to_f64(__float_as_uint(__fmaf_rn(q, s, z)));
+}
+
+// Source element -> double, exactly. W is the 32-bit word holding it; for
+// 16-bit sources H says which half (0: low). A 16-bit float's fields placed
+// in a double's give x * 2^-896 (BF16) or x * 2^-1008 (F16) for normal and
+// subnormal x alike; the product by the power of two is exact. The arithmetic
+// shift puts the sign in bit 31 (and in bits the mask clears).
+template <DType kSrc, int H>
+__device__ __forceinline__ double src_to_f64(uint32_t w) {
+  if constexpr (kSrc == DType::F32) {
+    return double(__uint_as_float(w));
+  } else {
+    const uint32_t t = H ? w : (w << 16);
+    if constexpr (kSrc == DType::BF16)
+      return __dmul_rn(__hiloint2double(int(uint32_t(int(t) >> 3) & 0x8fffe000u), 0), 0x1p896);
+    else
+      return __dmul_rn(__hiloint2double(int(uint32_t(int(t) >> 6) & 0x81fffc00u), 0), 0x1p1008);
+  }
+}
+
+// F16 only: does a 32-bit word of two F16 values hold a NaN or an Inf?
+// Accumulated as an unsigned 16x2 maximum of the magnitudes.
+__device__ __forceinline__ uint32_t f16_mag_max(uint32_t m, uint32_t w) { return __vmaxu2(m, w & 0x7fff7fffu); }
+__device__ __forceinline__ bool f16_nonfinite(uint32_t m) {
+  return (m & 0xffffu) >= 0x7c00u || (m >> 16) >= 0x7c00u;
+}
+
+// The fast element rule: same operations as vcore::accumulate_element for a
+// finite source value, without the bound test: the unit's largest error is
+// compared with the bound's base once, at its end (unit_suspect).
+__device__ __forceinline__ void fast_element(Acc& a, double xd, double hd, int k) {
+  const double e = __dsub_rn(xd, hd);
+  a.sq_err = __dadd_rn(a.sq_err, __dmul_rn(e, e));
+  a.abs_err = __dadd_rn(a.abs_err, fabs(e));
+  a.sq_ref = __fma_rn(xd, xd, a.sq_ref);
+  a.sq_hat = __fma_rn(hd, hd, a.sq_hat);
+  a.dot = __fma_rn(xd, hd, a.dot);
+  // |e| > |m| (strict: the smallest index wins ties); m keeps its sign, so
+  // that no absolute value is ever materialised (ptxas would otherwise keep
+  // |m| beside m and compute |e| with a double add).
+  asm("{\n\t.reg .pred p;\n\t.reg .f64 ae, am;\n\t"
+      "abs.f64 ae, %2;\n\tabs.f64 am, %0;\n\t"
+      "setp.gt.f64 p, ae, am;\n\t"
+      "@p mov.f64 %0, %2;\n\t@p mov.b32 %1, %3;\n\t}"
+      : "+d"(a.m), "+r"(a.max_k)
+      : "d"(e), "r"(k));
+}
+// After the fast rule: must the unit be redone with the exact rule? When an
+// error is above the base (a possible violation, or a BF16 non-finite source
+// value, which is >= 2^128 as placed), or a sum is NaN (an F32 NaN source).
+__device__ __forceinline__ bool unit_suspect(const Acc& a, double base) {
+  return !(fabs(a.m) <= base) || !(a.sq_err == a.sq_err);
 }
 
 // A unit's parameters.
@@ -161,90 +257,43 @@ __device__ __forceinline__ Par make_par(float scale, float zero, const Geometry&
   return p;
 }
 
-// Source element -> double, exactly. W is the 32-bit word holding it; for
-// 16-bit sources H says which half (0: low). Finite values only. A 16-bit
-// float's exponent and mantissa placed in a double's fields give x * 2^-896
-// (BF16) or x * 2^-1008 (F16) for normal and subnormal x alike; the product by
-// the power of two is exact. This keeps the conversion unit (F2F) for x_hat.
-template <DType kSrc, int H>
-__device__ __forceinline__ double src_to_f64(uint32_t w) {
-  if constexpr (kSrc == DType::F32) {
-    return double(__uint_as_float(w));
-  } else if constexpr (kSrc == DType::BF16) {
-    const uint32_t t = H ? w : (w << 16);
-    return __dmul_rn(__hiloint2double(int((t & 0x80000000u) | ((t >> 3) & 0x0fffe000u)), 0), 0x1p896);
-  } else {
-    const uint32_t t = H ? w : (w << 16);
-    return __dmul_rn(__hiloint2double(int((t & 0x80000000u) | ((t >> 6) & 0x01fffc00u)), 0), 0x1p1008);
-  }
-}
-// The same element as binary32 (for the exact rule).
-template <DType kSrc, int H>
-__device__ __forceinline__ float src_to_f32(uint32_t w) {
-  if constexpr (kSrc == DType::F32) return __uint_as_float(w);
-  const uint16_t h = uint16_t(H ? (w >> 16) : (w & 0xffffu));
-  return kSrc == DType::BF16 ? bf16_to_f32(h) : __half2float(__ushort_as_half(h));
-}
-
-// Code k (compile-time) of column/unit stream `st` as the float value of q:
-// the magic 2^23 + code minus (2^23 + offset) is exact.
+// Writes this thread's table entries for one unit.
 template <int BITS>
-__device__ __forceinline__ float code_value(uint64_t st, int k, float magic_off) {
-  const uint32_t c = uint32_t(st >> (k * BITS)) & ((1u << BITS) - 1u);
-  return __fsub_rn(__uint_as_float(0x4b000000u | c), magic_off);
+__device__ __forceinline__ void build_table(uint8_t* tab, int v, uint32_t tid8, const Par& p, float qoff) {
+  if constexpr (BITS <= 4) {
+#pragma unroll
+    for (int c = 0; c < (1 << BITS); ++c) {
+      const float xh = __fmaf_rn(float(c) - qoff, p.scale, p.zero);
+      *reinterpret_cast<double*>(tab + ((v << BITS) + c) * 512 + tid8) = double(xh);
+    }
+  }
 }
 
-// The fast element rule: x finite, the unit's parameters ok (so e is never
-// NaN). Same operations as vcore::accumulate_element; the bound test only
-// records whether the element is above the base.
-__device__ __forceinline__ void fast_element(Acc& a, double xd, double hd, int k, double base,
-                                             bool& susp) {
-  const double e = __dsub_rn(xd, hd);
-  a.sq_err = __dadd_rn(a.sq_err, __dmul_rn(e, e));
-  a.abs_err = __dadd_rn(a.abs_err, fabs(e));
-  a.sq_ref = __fma_rn(xd, xd, a.sq_ref);
-  a.sq_hat = __fma_rn(hd, hd, a.sq_hat);
-  a.dot = __fma_rn(xd, hd, a.dot);
-  if (fabs(e) > a.max_abs) {
-    a.max_abs = __hiloint2double(__double2hiint(e) & 0x7fffffff, __double2loint(e));
-    a.max_k = k;
+// The exact rule for a whole unit: the CPU's own vcore::eval_unit, its
+// Partial turned into an Acc (flat indices -> element indices k).
+template <DType kSrc>
+__device__ __noinline__ void exact_unit(const Geometry* gp, const ChunkView* vp, int64_t sr, int64_t col, Acc* out) {
+  const Geometry& g = *gp;
+  Partial p;
+  vcore::partial_init(p);
+  vcore::eval_unit<kSrc>(g, *vp, sr, col, p);
+  const int64_t flat0 = vcore::seg_row_span(g, sr).row_begin * g.inner + col;
+  Acc a;
+  a.sq_err = p.sq_err;
+  a.abs_err = p.abs_err;
+  a.sq_ref = p.sq_ref;
+  a.sq_hat = p.sq_hat;
+  a.dot = p.dot;
+  if (p.max_index == vcore::kNoIndex) {
+    a.m = 0.0;
+    a.max_k = -1;
+  } else {
+    a.m = p.max_abs;
+    a.max_k = int((p.max_index - flat0) / g.inner);
   }
-  susp |= !(fabs(e) <= base);
-}
-
-// The exact element rule (vcore::accumulate_element) on an Acc.
-__device__ __forceinline__ void exact_element(Acc& a, float x, float xh, int k, const Par& p,
-                                           const Geometry& g) {
-  if (!qp_isfinite(x)) {
-    a.rare += 1u;
-    return;
-  }
-  const double xd = x, hd = xh;
-  const double e = vcore::d_sub(xd, hd);
-  const double ae = vcore::d_abs(e);
-  a.sq_err = vcore::d_add(a.sq_err, vcore::d_mul(e, e));
-  a.abs_err = vcore::d_add(a.abs_err, ae);
-  a.sq_ref = vcore::d_add_exact_product(a.sq_ref, xd, xd);
-  a.sq_hat = vcore::d_add_exact_product(a.sq_hat, hd, hd);
-  a.dot = vcore::d_add_exact_product(a.dot, xd, hd);
-  const double rank = ae == ae ? ae : vcore::d_from_bits(0x7ff0000000000000ull);
-  if (rank > a.max_abs) {
-    a.max_abs = rank;
-    a.max_k = k;
-  }
-  if (!(ae <= p.base)) {
-    const vcore::BoundTerms bt = vcore::bound_terms(p.scale, p.zero, g.q, g.symmetric, g.scale_dtype);
-    if (!(ae <= vcore::bound_for(bt, xd))) add_violation(a, k);
-  }
-}
-// The bound test alone, for an element the fast rule took.
-__device__ __forceinline__ void recheck_element(Acc& a, float x, float xh, int k, const Par& p,
-                                             const Geometry& g) {
-  const double xd = x;
-  const double ae = vcore::d_abs(vcore::d_sub(xd, double(xh)));
-  if (ae <= p.base) return;
-  const vcore::BoundTerms bt = vcore::bound_terms(p.scale, p.zero, g.q, g.symmetric, g.scale_dtype);
-  if (!(ae <= vcore::bound_for(bt, xd))) add_violation(a, k);
+  const uint32_t fv = p.first_violation == vcore::kNoIndex ? 0xffu : uint32_t((p.first_violation - flat0) / g.inner);
+  a.rare = uint32_t(p.nonfinite) | (uint32_t(p.violations) << 8) | (fv << 16);
+  *out = a;
 }
 
 // A unit's partial as the tree sees it. Keys order elements as their flat
@@ -275,7 +324,7 @@ __device__ __forceinline__ Rec rec_of(const Acc& a, int n, uint32_t key0, uint32
   r.s[2] = a.sq_ref;
   r.s[3] = a.sq_hat;
   r.s[4] = a.dot;
-  r.max_abs = a.max_abs;
+  r.max_abs = a.max_k < 0 ? -1.0 : fabs(a.m);
   r.max_key = a.max_k < 0 ? kNoKey : key0 + uint32_t(a.max_k) * kstride;
   const uint32_t nv = (a.rare >> 8) & 0xffu;
   r.fv_key = nv ? key0 + ((a.rare >> 16) & 0xffu) * kstride : kNoKey;
@@ -288,6 +337,7 @@ __device__ __forceinline__ Rec rec_of(const Acc& a, int n, uint32_t key0, uint32
 __device__ __forceinline__ void rec_empty(Rec& r) {
   Acc a;
   acc_init(a);
+  a.max_k = -1;
   r = rec_of(a, 0, 0, 0);
 }
 
@@ -369,6 +419,19 @@ __device__ __forceinline__ vcore::SegRowSpan span32(const Geometry& g, uint32_t 
   return sp;
 }
 
+// Shared memory of the two kernels: the tables, then (columns) the block's
+// records over them, or (rows) the tree's exchange area beside them.
+template <int BITS>
+union ColsShared {
+  double table[table_bytes<BITS>() > 0 ? table_bytes<BITS>() / 8 : 1];
+  Rec recs[vcore::kBlockUnits];
+};
+template <int BITS>
+struct RowsShared {
+  double table[table_bytes<BITS>() > 0 ? table_bytes<BITS>() / 8 : 1];
+  Rec xchg[32];
+};
+
 template <DType kSrc>
 __host__ __device__ constexpr int src_words_per_row() {  // 32-bit words of 4 columns
   return kSrc == DType::F32 ? 4 : 2;
@@ -381,148 +444,73 @@ struct ColSlice {
   uint32_t c[BITS];  // code plane j: byte v = column v
 };
 
+// A whole slice: rows src + k*rs, planes planes + j*ps.
 template <DType kSrc, int BITS>
-__device__ __forceinline__ void load_col_slice(ColSlice<kSrc, BITS>& sl, const uint8_t* src,
-                                               const uint8_t* planes, int64_t pitch, int k0, int rows,
-                                               int64_t nplanes, int slice) {
-  constexpr int W = src_words_per_row<kSrc>();
-  constexpr int esz = kSrc == DType::F32 ? 4 : 2;
+__device__ __forceinline__ void load_col_slice(ColSlice<kSrc, BITS>& sl, const uint8_t* src, const uint8_t* planes,
+                                               int64_t rs, int64_t ps) {
 #pragma unroll
   for (int k = 0; k < 8; ++k) {
-    if (k0 + k < rows) {
-      const uint8_t* p = src + (int64_t(k0 + k) * pitch) * esz;
-      if constexpr (W == 4) {
-        const uint4 w = __ldg(reinterpret_cast<const uint4*>(p));
-        sl.x[k][0] = w.x;
-        sl.x[k][1] = w.y;
-        sl.x[k][2] = w.z;
-        sl.x[k][3] = w.w;
-      } else {
-        const uint2 w = __ldg(reinterpret_cast<const uint2*>(p));
-        sl.x[k][0] = w.x;
-        sl.x[k][1] = w.y;
-      }
+    const uint8_t* p = src + k * rs;
+    if constexpr (kSrc == DType::F32) {
+      const uint4 w = __ldg(reinterpret_cast<const uint4*>(p));
+      sl.x[k][0] = w.x;
+      sl.x[k][1] = w.y;
+      sl.x[k][2] = w.z;
+      sl.x[k][3] = w.w;
     } else {
-#pragma unroll
-      for (int i = 0; i < W; ++i) sl.x[k][i] = 0;
+      const uint2 w = __ldg(reinterpret_cast<const uint2*>(p));
+      sl.x[k][0] = w.x;
+      sl.x[k][1] = w.y;
     }
   }
 #pragma unroll
-  for (int j = 0; j < BITS; ++j) {
-    const int64_t plane = int64_t(slice) * BITS + j;
-    sl.c[j] = plane < nplanes ? __ldg(reinterpret_cast<const uint32_t*>(planes + plane * pitch)) : 0u;
-  }
-}
-
-// Column v's code stream of the slice (8 codes, BITS bits each).
-template <int BITS>
-__device__ __forceinline__ uint64_t col_stream(const uint32_t (&c)[BITS], int v) {
-  uint64_t st = 0;
-#pragma unroll
-  for (int j = 0; j < BITS; ++j) st |= uint64_t((c[j] >> (8 * v)) & 0xffu) << (8 * j);
-  return st;
-}
-
-template <DType kSrc, int V>
-__device__ __forceinline__ uint32_t col_word(const uint32_t* row) {
-  return kSrc == DType::F32 ? row[V] : row[V / 2];
-}
-
-// The rare paths of a column slice, out of line on copies in local memory so
-// that the hot path keeps its accumulators in registers: the exact rule for
-// every element (recheck false) or the bound test alone (recheck true).
-template <DType kSrc, int BITS>
-__device__ __noinline__ void col_slice_rare_impl(const ColSlice<kSrc, BITS>* sl, Acc* acc, const Par* par,
-                                                 int k0, int rows, float magic_off, const Geometry* g,
-                                                 bool recheck) {
-#pragma unroll
-  for (int v = 0; v < kV; ++v) {
-    const uint64_t st = col_stream<BITS>(sl->c, v);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      if (k0 + k >= rows) break;
-      const uint32_t w = kSrc == DType::F32 ? sl->x[k][v] : sl->x[k][v / 2];
-      const float x = (kSrc == DType::F32 || (v & 1)) ? src_to_f32<kSrc, 1>(w) : src_to_f32<kSrc, 0>(w);
-      const float xh = __fmaf_rn(code_value<BITS>(st, k, magic_off), par[v].scale, par[v].zero);
-      if (recheck) recheck_element(acc[v], x, xh, k0 + k, par[v], *g);
-      else exact_element(acc[v], x, xh, k0 + k, par[v], *g);
-    }
-  }
-}
-template <DType kSrc, int BITS>
-__device__ __forceinline__ void col_slice_rare(const ColSlice<kSrc, BITS>& sl, Acc (&acc)[kV],
-                                               const Par (&par)[kV], int k0, int rows, float magic_off,
-                                               const Geometry& g, bool recheck) {
-  ColSlice<kSrc, BITS> tsl = sl;
-  Acc ta[kV];
-  Par tp[kV];
-#pragma unroll
-  for (int v = 0; v < kV; ++v) {
-    ta[v] = acc[v];
-    tp[v] = par[v];
-  }
-  Geometry tg = g;
-  col_slice_rare_impl<kSrc, BITS>(&tsl, ta, tp, k0, rows, magic_off, &tg, recheck);
-#pragma unroll
-  for (int v = 0; v < kV; ++v) acc[v] = ta[v];
+  for (int j = 0; j < BITS; ++j) sl.c[j] = __ldg(reinterpret_cast<const uint32_t*>(planes + j * ps));
 }
 
 // One column slice for the thread's 4 units.
 template <DType kSrc, int BITS>
-__device__ __forceinline__ void process_col_slice(const ColSlice<kSrc, BITS>& sl, Acc (&acc)[kV],
-                                                  const Par (&par)[kV], bool all_ok, int k0, int rows,
-                                                  float magic_off, const Geometry& g) {
-  bool fast = all_ok && k0 + 8 <= rows;
-  if (fast) {  // no non-finite source value in the slice
-    if constexpr (kSrc == DType::F32) {
-      bool bad = false;
+__device__ __forceinline__ void process_col_slice(const ColSlice<kSrc, BITS>& sl, Acc (&acc)[kV], const Par (&par)[kV],
+                                                  bool& nf, int k0, const uint8_t* tab,
+                                                  uint32_t tid8, float magic_off) {
+  if constexpr (kSrc == DType::F16) {
+    uint32_t m = 0;
 #pragma unroll
-      for (int k = 0; k < 8; ++k)
-#pragma unroll
-        for (int v = 0; v < 4; ++v) bad |= !(fabsf(__uint_as_float(sl.x[k][v])) < INFINITY);
-      fast = !bad;
-    } else {
-      uint32_t m = 0;
-#pragma unroll
-      for (int k = 0; k < 8; ++k)
-#pragma unroll
-        for (int i = 0; i < 2; ++i) m = __vmaxu2(m, sl.x[k][i] & 0x7fff7fffu);
-      const uint32_t lim = kSrc == DType::BF16 ? 0x7f80u : 0x7c00u;
-      fast = (m & 0xffffu) < lim && (m >> 16) < lim;
-    }
+    for (int k = 0; k < 8; ++k) m = f16_mag_max(f16_mag_max(m, sl.x[k][0]), sl.x[k][1]);
+    nf |= f16_nonfinite(m);
   }
-  if (fast) {
-    bool susp = false;
 #pragma unroll
-    for (int v = 0; v < kV; ++v) {
-      const uint64_t st = col_stream<BITS>(sl.c, v);
+  for (int v = 0; v < kV; ++v) {
+    uint32_t st3 = 0;  // 3 bits: column v's 24-bit stream
+    if constexpr (BITS == 3)
+      st3 = __byte_perm(__byte_perm(sl.c[0], sl.c[1], uint32_t(v) | (uint32_t(v + 4) << 4)), sl.c[2],
+                        0x0010u | (uint32_t(v + 4) << 8));
 #pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const uint32_t w = kSrc == DType::F32 ? sl.x[k][v] : sl.x[k][v / 2];
-        const double xd = (kSrc == DType::F32 || (v & 1)) ? src_to_f64<kSrc, 1>(w) : src_to_f64<kSrc, 0>(w);
-        const float xh = __fmaf_rn(code_value<BITS>(st, k, magic_off), par[v].scale, par[v].zero);
-        fast_element(acc[v], xd, double(xh), k0 + k, par[v].base, susp);
-      }
+    for (int k = 0; k < 8; ++k) {
+      const uint32_t w = kSrc == DType::F32 ? sl.x[k][v] : sl.x[k][v / 2];
+      const double xd = (kSrc == DType::F32 || (v & 1)) ? src_to_f64<kSrc, 1>(w) : src_to_f64<kSrc, 0>(w);
+      double hd;
+      if constexpr (BITS == 4) hd = table_ld<4>(tab, v, table_off<4>(sl.c[k >> 1], 8 * v + 4 * (k & 1), tid8));
+      else if constexpr (BITS == 2) hd = table_ld<2>(tab, v, table_off<2>(sl.c[k >> 2], 8 * v + 2 * (k & 3), tid8));
+      else if constexpr (BITS == 3) hd = table_ld<3>(tab, v, table_off<3>(st3, 3 * k, tid8));
+      else hd = decode8(sl.c[k], 8 * v, magic_off, par[v].scale, par[v].zero);
+      fast_element(acc[v], xd, hd, k0 + k);
     }
-    if (__builtin_expect(susp, 0)) col_slice_rare<kSrc, BITS>(sl, acc, par, k0, rows, magic_off, g, true);
-  } else {
-    col_slice_rare<kSrc, BITS>(sl, acc, par, k0, rows, magic_off, g, false);
   }
 }
 
 template <DType kSrc, int BITS>
-__global__ void __launch_bounds__(kCtaThreads, 3)
-    cols_kernel(Geometry g, ChunkView v, int64_t block0, int64_t nblocks, Partial* out) {
-  __shared__ Rec recs[kBlocksPerCta][vcore::kBlockUnits];
-  const int half = int(threadIdx.x) / kThreadsPerBlock;
-  const int j = int(threadIdx.x) % kThreadsPerBlock;
-  const int64_t lb = 2 * int64_t(blockIdx.x) + half;  // block within the launch
-  const bool live_block = lb < nblocks;
+__global__ void __launch_bounds__(kCtaThreads, 6)
+    cols_kernel(Geometry g, ChunkView v, int64_t block0, Partial* out) {
+  __shared__ ColsShared<BITS> sh;
+  uint8_t* const smem = reinterpret_cast<uint8_t*>(sh.table);
+  const int j = int(threadIdx.x);
+  const uint32_t tid8 = uint32_t(j) * 8u;
+  const int64_t lb = int64_t(blockIdx.x);  // block within the launch
   const int64_t b = block0 + lb;
-  const uint32_t sr = live_block ? uint32_t(b / g.col_blocks) : 0u;
-  const int64_t col0 = live_block ? (b % g.col_blocks) * vcore::kBlockUnits : 0;
+  const uint32_t sr = uint32_t(b / g.col_blocks);
+  const int64_t col0 = (b % g.col_blocks) * vcore::kBlockUnits;
   const int64_t col = col0 + 4 * j;
-  const bool live = live_block && col < g.inner;
+  const bool live = col < g.inner;
   const vcore::SegRowSpan sp = span32(g, sr);
   const int rows = int(sp.row_end - sp.row_begin);
 
@@ -530,37 +518,68 @@ __global__ void __launch_bounds__(kCtaThreads, 3)
 #pragma unroll
   for (int u = 0; u < kV; ++u) acc_init(acc[u]);
   if (live && rows > 0) {
-    const int64_t c = col - v.c0;
-    const int64_t pidx = (sp.scale_row - v.srow0) * v.pitch + c;
-    Par par[kV];
-    bool all_ok = true;
+    bool susp[kV];
+    if (rows % 8 == 0) {
+      const int64_t c = col - v.c0;
+      const int64_t pidx = (sp.scale_row - v.srow0) * v.pitch + c;
+      const float magic_off = 8388608.0f + (g.symmetric ? float(1 << (BITS - 1)) : 0.0f);
+      const float qoff = g.symmetric ? float(1 << (BITS - 1)) : 0.0f;
+      Par par[kV];
 #pragma unroll
-    for (int u = 0; u < kV; ++u) {
-      const float s = cudadev::load_param(v.scales, pidx + u, g.scale_dtype);
-      const float z = g.symmetric ? 0.0f : cudadev::load_param(v.zeros, pidx + u, g.scale_dtype);
-      par[u] = make_par(s, z, g);
-      all_ok = all_ok && par[u].ok;
-    }
-    const float magic_off = 8388608.0f + (g.symmetric ? float(1 << (BITS - 1)) : 0.0f);
-    const uint8_t* planes = v.codes + (sp.plane_begin - v.plane0) * v.pitch + c;
-    const int64_t nplanes = sp.plane_end - sp.plane_begin;
-    const uint8_t* src = v.src + ((sp.row_begin - v.row0) * v.pitch + c) * (kSrc == DType::F32 ? 4 : 2);
-    const int nslices = (rows + 7) / 8;
-    ColSlice<kSrc, BITS> cur, nxt;
-    load_col_slice<kSrc, BITS>(cur, src, planes, v.pitch, 0, rows, nplanes, 0);
+      for (int u = 0; u < kV; ++u) {
+        const float s = cudadev::load_param(v.scales, pidx + u, g.scale_dtype);
+        const float z = g.symmetric ? 0.0f : cudadev::load_param(v.zeros, pidx + u, g.scale_dtype);
+        par[u] = make_par(s, z, g);
+        susp[u] = !par[u].ok;
+        build_table<BITS>(smem, u, tid8, par[u], qoff);
+      }
+      constexpr int esz = kSrc == DType::F32 ? 4 : 2;
+      const uint8_t* planes = v.codes + (sp.plane_begin - v.plane0) * v.pitch + c;
+      const uint8_t* src = v.src + ((sp.row_begin - v.row0) * v.pitch + c) * esz;
+      const int64_t rs = v.pitch * esz, ps = v.pitch;
+      const int nsl = rows / 8;
+      bool nf = false;
+      // The next slice is loaded while the current one is processed, into
+      // registers carried to the next iteration, so that the compiler cannot
+      // move the loads down to their use. The loads are unconditional (past
+      // the last slice they read the last one again): guarded by a branch,
+      // ptxas put them at the end of the iteration, which measured slower.
+      ColSlice<kSrc, BITS> cur, nxt;
+      load_col_slice<kSrc, BITS>(cur, src, planes, rs, ps);
+      const int64_t step_s = 8 * rs, step_p = BITS * ps;
 #pragma unroll 1
-    for (int s = 0; s < nslices; ++s) {
-      if (s + 1 < nslices) load_col_slice<kSrc, BITS>(nxt, src, planes, v.pitch, 8 * (s + 1), rows, nplanes, s + 1);
-      process_col_slice<kSrc, BITS>(cur, acc, par, all_ok, 8 * s, rows, magic_off, g);
-      cur = nxt;
+      for (int s = 0; s < nsl; ++s) {
+        const bool more = s + 1 < nsl;
+        src += more ? step_s : 0;
+        planes += more ? step_p : 0;
+        load_col_slice<kSrc, BITS>(nxt, src, planes, rs, ps);
+        process_col_slice<kSrc, BITS>(cur, acc, par, nf, 8 * s, smem, tid8, magic_off);
+        cur = nxt;
+      }
+#pragma unroll
+      for (int u = 0; u < kV; ++u) susp[u] = susp[u] || nf || unit_suspect(acc[u], par[u].base);
+    } else {
+#pragma unroll
+      for (int u = 0; u < kV; ++u) susp[u] = true;
     }
+#pragma unroll
+    for (int u = 0; u < kV; ++u)
+      if (susp[u]) {
+        Geometry tg = g;
+        ChunkView tv = v;
+        Acc ta;
+        exact_unit<kSrc>(&tg, &tv, sr, col + u, &ta);
+        acc[u] = ta;
+      }
   }
-  // Records by unit (4j + u), then each thread takes units j + 64u.
-  Rec* mine = recs[half];
+  // Records by unit (4j + u), then each thread takes units j + 64u. The
+  // records overlay the tables: wait until every thread is done with its own.
+  __syncthreads();
+  Rec* mine = sh.recs;
 #pragma unroll
   for (int u = 0; u < kV; ++u) {
     Rec r;
-    if (live) r = rec_of(acc[u], rows, uint32_t(4 * j + u), vcore::kBlockUnits);
+    if (live && rows > 0) r = rec_of(acc[u], rows, uint32_t(4 * j + u), vcore::kBlockUnits);
     else rec_empty(r);
     mine[4 * j + u] = r;
   }
@@ -570,7 +589,7 @@ __global__ void __launch_bounds__(kCtaThreads, 3)
   for (int u = 0; u < kV; ++u) r[u] = mine[j + 64 * u];
   __syncthreads();  // recs is reused as the exchange area
   const Rec res = block_tree(r, j, mine);
-  if (j == 0 && live_block) {
+  if (j == 0) {
     const int64_t row_begin = sp.row_begin, inner = g.inner;
     write_partial(res, out + lb, [&](uint32_t key) {
       return (row_begin + int64_t(key / vcore::kBlockUnits)) * inner + col0 + int64_t(key % vcore::kBlockUnits);
@@ -585,64 +604,29 @@ struct RowSlice {
   cudadev::SliceStream<BITS> c[kV];
 };
 
-template <DType kSrc, int BITS>
-__device__ __noinline__ void row_slice_rare_impl(const RowSlice<kSrc, BITS>* sl, Acc* acc, const Par* par,
-                                                 const int* n, int k0, float magic_off, const Geometry* g,
-                                                 bool recheck) {
-#pragma unroll
-  for (int u = 0; u < kV; ++u) {
-    if (k0 >= n[u]) continue;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const uint32_t w = kSrc == DType::F32 ? sl->x[u][k] : sl->x[u][k / 2];
-      const float x = (kSrc == DType::F32 || (k & 1)) ? src_to_f32<kSrc, 1>(w) : src_to_f32<kSrc, 0>(w);
-      const float xh = __fmaf_rn(code_value<BITS>(uint64_t(sl->c[u]), k, magic_off), par[u].scale, par[u].zero);
-      if (recheck) recheck_element(acc[u], x, xh, k0 + k, par[u], *g);
-      else exact_element(acc[u], x, xh, k0 + k, par[u], *g);
-    }
-  }
-}
-template <DType kSrc, int BITS>
-__device__ __forceinline__ void row_slice_rare(const RowSlice<kSrc, BITS>& sl, Acc (&acc)[kV],
-                                               const Par (&par)[kV], const int (&n)[kV], int k0,
-                                               float magic_off, const Geometry& g, bool recheck) {
-  RowSlice<kSrc, BITS> tsl = sl;
-  Acc ta[kV];
-  Par tp[kV];
-  int tn[kV];
-#pragma unroll
-  for (int u = 0; u < kV; ++u) {
-    ta[u] = acc[u];
-    tp[u] = par[u];
-    tn[u] = n[u];
-  }
-  Geometry tg = g;
-  row_slice_rare_impl<kSrc, BITS>(&tsl, ta, tp, tn, k0, magic_off, &tg, recheck);
-#pragma unroll
-  for (int u = 0; u < kV; ++u) acc[u] = ta[u];
-}
-
 // Rows (inner == 1): unit u of thread j is segment row b*256 + j + 64u.
 template <DType kSrc, int BITS>
-__global__ void __launch_bounds__(kCtaThreads, 3)
-    rows_kernel(Geometry g, ChunkView v, int64_t block0, int64_t nblocks, Partial* out) {
-  __shared__ Rec xchg[kBlocksPerCta][32];
+__global__ void __launch_bounds__(kCtaThreads, 6)
+    rows_kernel(Geometry g, ChunkView v, int64_t block0, Partial* out) {
+  __shared__ RowsShared<BITS> sh;
+  uint8_t* const smem = reinterpret_cast<uint8_t*>(sh.table);
   constexpr int kWords = kSrc == DType::F32 ? 8 : 4;  // 32-bit words of 8 elements
   constexpr int esz = kSrc == DType::F32 ? 4 : 2;
-  const int half = int(threadIdx.x) / kThreadsPerBlock;
-  const int j = int(threadIdx.x) % kThreadsPerBlock;
-  const int64_t lb = 2 * int64_t(blockIdx.x) + half;
-  const bool live_block = lb < nblocks;
+  const int j = int(threadIdx.x);
+  const uint32_t tid8 = uint32_t(j) * 8u;
+  const int64_t lb = int64_t(blockIdx.x);
   const int64_t b = block0 + lb;
   const float magic_off = 8388608.0f + (g.symmetric ? float(1 << (BITS - 1)) : 0.0f);
+  const float qoff = g.symmetric ? float(1 << (BITS - 1)) : 0.0f;
+  Rec* xchg = sh.xchg;
 
   Acc acc[kV];
   Par par[kV];
   int n[kV];
+  bool susp[kV];
   const uint8_t* srcp[kV];
   const uint8_t* codep[kV];
-  bool all_ok = true;
-  int nmax = 0;
+  bool uniform = true;  // every unit live, all of the same length
 #pragma unroll
   for (int u = 0; u < kV; ++u) {
     acc_init(acc[u]);
@@ -653,7 +637,8 @@ __global__ void __launch_bounds__(kCtaThreads, 3)
     par[u].scale = par[u].zero = 0.0f;
     par[u].base = 0.0;
     par[u].ok = true;
-    if (live_block && sr < g.seg_rows) {
+    susp[u] = false;
+    if (sr < g.seg_rows) {
       const vcore::SegRowSpan sp = span32(g, uint32_t(sr));
       n[u] = int(sp.row_end - sp.row_begin);
       srcp[u] = v.src + (sp.row_begin - v.row0) * esz;
@@ -662,16 +647,18 @@ __global__ void __launch_bounds__(kCtaThreads, 3)
       const float s = cudadev::load_param(v.scales, pidx, g.scale_dtype);
       const float z = g.symmetric ? 0.0f : cudadev::load_param(v.zeros, pidx, g.scale_dtype);
       par[u] = make_par(s, z, g);
-      if (n[u] > 0) all_ok = all_ok && par[u].ok;
+      susp[u] = !par[u].ok;
+      build_table<BITS>(smem, u, tid8, par[u], qoff);
+    } else {
+      uniform = false;
     }
-    nmax = max(nmax, n[u]);
+    uniform = uniform && n[u] == n[0];
   }
-  const int nslices = nmax / 8;  // every n is a multiple of 8 here
-  RowSlice<kSrc, BITS> cur, nxt;
-  auto load = [&](int s, RowSlice<kSrc, BITS>& sl) {
+  if (uniform && n[0] > 0) {  // n is a multiple of 8 here
+    const int nsl = n[0] / 8;
+    auto load = [&](int s, RowSlice<kSrc, BITS>& sl) {
 #pragma unroll
-    for (int u = 0; u < kV; ++u) {
-      if (8 * s < n[u]) {
+      for (int u = 0; u < kV; ++u) {
         const uint4* p = reinterpret_cast<const uint4*>(srcp[u] + int64_t(8 * s) * esz);
 #pragma unroll
         for (int q = 0; q < kWords / 4; ++q) {
@@ -682,61 +669,62 @@ __global__ void __launch_bounds__(kCtaThreads, 3)
           sl.x[u][4 * q + 3] = w.w;
         }
         sl.c[u] = cudadev::load_slice_contiguous_aligned<BITS>(codep[u], s);
-      } else {
-#pragma unroll
-        for (int q = 0; q < kWords; ++q) sl.x[u][q] = 0;
-        sl.c[u] = 0;
       }
-    }
-  };
-  if (nslices > 0) load(0, cur);
-#pragma unroll 1
-  for (int s = 0; s < nslices; ++s) {
-    if (s + 1 < nslices) load(s + 1, nxt);
-    const int k0 = 8 * s;
-    bool fast = all_ok;
-#pragma unroll
-    for (int u = 0; u < kV; ++u) fast = fast && k0 < n[u];
-    if (fast) {
-      if constexpr (kSrc == DType::F32) {
-        bool bad = false;
-#pragma unroll
-        for (int u = 0; u < kV; ++u)
-#pragma unroll
-          for (int q = 0; q < kWords; ++q) bad |= !(fabsf(__uint_as_float(cur.x[u][q])) < INFINITY);
-        fast = !bad;
-      } else {
+    };
+    bool nf = false;
+    auto process = [&](const RowSlice<kSrc, BITS>& sl, int k0) {
+      if constexpr (kSrc == DType::F16) {
         uint32_t m = 0;
 #pragma unroll
         for (int u = 0; u < kV; ++u)
 #pragma unroll
-          for (int q = 0; q < kWords; ++q) m = __vmaxu2(m, cur.x[u][q] & 0x7fff7fffu);
-        const uint32_t lim = kSrc == DType::BF16 ? 0x7f80u : 0x7c00u;
-        fast = (m & 0xffffu) < lim && (m >> 16) < lim;
+          for (int q = 0; q < kWords; ++q) m = f16_mag_max(m, sl.x[u][q]);
+        nf |= f16_nonfinite(m);
       }
-    }
-    if (fast) {
-      bool susp = false;
 #pragma unroll
       for (int u = 0; u < kV; ++u)
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
-          const uint32_t w = kSrc == DType::F32 ? cur.x[u][k] : cur.x[u][k / 2];
+          const uint32_t w = kSrc == DType::F32 ? sl.x[u][k] : sl.x[u][k / 2];
           const double xd = (kSrc == DType::F32 || (k & 1)) ? src_to_f64<kSrc, 1>(w) : src_to_f64<kSrc, 0>(w);
-          const float xh = __fmaf_rn(code_value<BITS>(uint64_t(cur.c[u]), k, magic_off), par[u].scale, par[u].zero);
-          fast_element(acc[u], xd, double(xh), k0 + k, par[u].base, susp);
+          double hd;
+          if constexpr (BITS <= 4) hd = table_ld<BITS>(smem, u, table_off<BITS>(uint32_t(sl.c[u]), BITS * k, tid8));
+          else hd = decode8(uint32_t(uint64_t(sl.c[u]) >> (32 * (k >> 2))), 8 * (k & 3), magic_off, par[u].scale, par[u].zero);
+          fast_element(acc[u], xd, hd, k0 + k);
         }
-      if (__builtin_expect(susp, 0)) row_slice_rare<kSrc, BITS>(cur, acc, par, n, k0, magic_off, g, true);
-    } else {
-      row_slice_rare<kSrc, BITS>(cur, acc, par, n, k0, magic_off, g, false);
+    };
+    // As in the column kernel: one slice ahead, carried in registers.
+    RowSlice<kSrc, BITS> cur, nxt;
+    load(0, cur);
+#pragma unroll 1
+    for (int s = 0; s < nsl; ++s) {
+      load(s + 1 < nsl ? s + 1 : s, nxt);
+      process(cur, 8 * s);
+      cur = nxt;
     }
-    cur = nxt;
+#pragma unroll
+    for (int u = 0; u < kV; ++u) susp[u] = susp[u] || nf || unit_suspect(acc[u], par[u].base);
+  } else {
+#pragma unroll
+    for (int u = 0; u < kV; ++u) susp[u] = n[u] > 0;
   }
+#pragma unroll
+  for (int u = 0; u < kV; ++u)
+    if (susp[u]) {
+      Geometry tg = g;
+      ChunkView tv = v;
+      Acc ta;
+      exact_unit<kSrc>(&tg, &tv, b * vcore::kBlockUnits + j + 64 * u, 0, &ta);
+      acc[u] = ta;
+    }
   Rec r[kV];
 #pragma unroll
-  for (int u = 0; u < kV; ++u) r[u] = rec_of(acc[u], n[u], uint32_t((j + 64 * u) * vcore::kSegment), 1u);
-  const Rec res = block_tree(r, j, xchg[half]);
-  if (j == 0 && live_block) {
+  for (int u = 0; u < kV; ++u) {
+    if (n[u] > 0) r[u] = rec_of(acc[u], n[u], uint32_t((j + 64 * u) * vcore::kSegment), 1u);
+    else rec_empty(r[u]);
+  }
+  const Rec res = block_tree(r, j, xchg);
+  if (j == 0) {
     write_partial(res, out + lb, [&](uint32_t key) {
       const vcore::SegRowSpan sp = span32(g, uint32_t(b * vcore::kBlockUnits + key / vcore::kSegment));
       return sp.row_begin + int64_t(key % vcore::kSegment);
@@ -778,11 +766,11 @@ int fast_layout(const Geometry& g, const ChunkView& v) {
 template <DType kSrc, int BITS>
 void launch_fast(int layout, const Geometry& g, const ChunkView& v, int64_t block0, int64_t nblocks,
                  Partial* out, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((nblocks + fast::kBlocksPerCta - 1) / fast::kBlocksPerCta));
+  const dim3 grid(static_cast<unsigned>(nblocks));
   if (layout == 1)
-    fast::cols_kernel<kSrc, BITS><<<grid, fast::kCtaThreads, 0, stream>>>(g, v, block0, nblocks, out);
+    fast::cols_kernel<kSrc, BITS><<<grid, fast::kCtaThreads, 0, stream>>>(g, v, block0, out);
   else
-    fast::rows_kernel<kSrc, BITS><<<grid, fast::kCtaThreads, 0, stream>>>(g, v, block0, nblocks, out);
+    fast::rows_kernel<kSrc, BITS><<<grid, fast::kCtaThreads, 0, stream>>>(g, v, block0, out);
 }
 
 template <DType kSrc>
