@@ -518,6 +518,45 @@ TEST(QuantErrors, RangeTooWideForF16SuggestsWiderScale) {
   EXPECT_NO_THROW(quantize_cpu({b.data(), DType::F32, "big"}, q.layout, s, NonFinitePolicy::Error, q.buffers(), 2));
 }
 
+TEST(QuantErrors, OverflowAndNaNReportedAsTheReferenceDoesInEveryKernel) {
+  // Wide BF16 values under F16 scales, in the column run (axis 0, several
+  // blocks per row, split between threads mid-row), the whole-group row
+  // kernel and the generic path: the same first group, and NaN before
+  // overflow wherever both occur, exactly as the reference reports them.
+  std::mt19937_64 rng(test::test_seed() + 8);
+  std::normal_distribution<float> nd;
+  for (auto shape : std::vector<std::vector<int64_t>>{{128, 160}, {96, 128}, {70, 3}})
+    for (int axis : {0, -1})
+      for (int with_nan = 0; with_nan < 2; ++with_nan)
+        for (int trial = 0; trial < 4; ++trial) {
+          std::vector<float> x(size_t(shape[0] * shape[1]));
+          for (auto& v : x) v = nd(rng);
+          for (int k = 0; k < 2; ++k) x[size_t(rng() % x.size())] = (rng() & 1) ? 3.0e6f : -3.0e6f;
+          if (with_nan) x[size_t(rng() % x.size())] = std::nanf("");
+          const auto b = encode_source(x, DType::BF16);
+          QuantScheme s;
+          s.axis = axis;
+          std::string want;
+          auto r = make_output(shape, s, 0);
+          try {
+            quantize_reference({b.data(), DType::BF16, "w"}, r.layout, s, NonFinitePolicy::Error, r.buffers());
+          } catch (const Error& e) {
+            want = e.what();
+          }
+          ASSERT_FALSE(want.empty());
+          for (int threads : {1, 2}) {
+            auto q = make_output(shape, s, 0);
+            std::string got;
+            try {
+              quantize_cpu({b.data(), DType::BF16, "w"}, q.layout, s, NonFinitePolicy::Error, q.buffers(), threads);
+            } catch (const Error& e) {
+              got = e.what();
+            }
+            EXPECT_EQ(got, want) << "threads " << threads << " axis " << axis << " inner " << shape[1];
+          }
+        }
+}
+
 TEST(QuantLayout, GroupSizesAndSizes) {
   QuantScheme s;
   auto L = GroupLayout::make({4096, 11008}, s);
