@@ -367,6 +367,50 @@ QPACK_AVX2 inline __m256 bits16_to_ps(__m128i h) {
 }
 
 // 32 groups side by side: columns i0..i0+31 of group row (o, g).
+// How many blocks ahead of the statistics loads the software prefetch runs
+// (each of a group's rows is its own stream, too many for the hardware
+// prefetcher). On the 2-core EPYC: 1 block 25% slower than 2, 3 and 4
+// slightly slower.
+constexpr int kRunAhead = 2;
+
+// Statistics of the 32 columns at x (a = columns 0-15, b = 16-31).
+template <DType T, bool SYM, bool ZERO_NF>
+QPACK_AVX2 inline void run_stats(const uint8_t* x, int64_t stride, int64_t len, bool prefetch,
+                                 Stats16<SYM>& a, Stats16<SYM>& b) {
+  a = stats16_empty<SYM>();
+  b = stats16_empty<SYM>();
+  for (int64_t k = 0; k < len; ++k, x += stride) {
+    if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(x + 64 * kRunAhead), _MM_HINT_T0);
+    stats16_add<SYM>(a, load16_bits<T, ZERO_NF>(x, 0));
+    stats16_add<SYM>(b, load16_bits<T, ZERO_NF>(x, 16));
+  }
+}
+
+// Parameters of a block from its statistics; stores them. False (with the
+// failure recorded) when the block holds NaN/Inf or overflows.
+template <DType T, bool SYM, bool ZERO_NF>
+QPACK_AVX2 inline bool run_params(const Stats16<SYM>& a, const Stats16<SYM>& b, const QuantScheme& s,
+                                  const QuantBuffers& out, int64_t pi, Params8* p, Failure* fail) {
+  __m256i lo_a, hi_a, bad_a, lo_b, hi_b, bad_b;
+  stats16_finish<T, SYM>(a, &lo_a, &hi_a, &bad_a);
+  stats16_finish<T, SYM>(b, &lo_b, &hi_b, &bad_b);
+  if (!ZERO_NF && !_mm256_testz_si256(_mm256_or_si256(bad_a, bad_b), _mm256_or_si256(bad_a, bad_b))) {
+    fail->nonfinite = true;
+    return false;
+  }
+  const int ov =
+      params8(bits16_to_ps<T>(_mm256_castsi256_si128(lo_a)), bits16_to_ps<T>(_mm256_castsi256_si128(hi_a)), s, &p[0]) |
+      params8(bits16_to_ps<T>(_mm256_extracti128_si256(lo_a, 1)), bits16_to_ps<T>(_mm256_extracti128_si256(hi_a, 1)), s, &p[1]) << 8 |
+      params8(bits16_to_ps<T>(_mm256_castsi256_si128(lo_b)), bits16_to_ps<T>(_mm256_castsi256_si128(hi_b)), s, &p[2]) << 16 |
+      params8(bits16_to_ps<T>(_mm256_extracti128_si256(lo_b, 1)), bits16_to_ps<T>(_mm256_extracti128_si256(hi_b, 1)), s, &p[3]) << 24;
+  if (ov) {
+    fail->overflow_group = std::min(fail->overflow_group, pi + __builtin_ctz(unsigned(ov)));
+    return false;
+  }
+  for (int q = 0; q < 4; ++q) store_params8(out, pi + 8 * q, s, p[q], 8);
+  return true;
+}
+
 // Stored codes of the 32 elements at x (one row of a column block).
 template <DType T, bool SYM, bool ZERO_NF>
 QPACK_AVX2 inline __m256i row_codes32(const uint8_t* x, const Params8& p0, const Params8& p1,
@@ -390,39 +434,11 @@ QPACK_AVX2 void column_block(const QuantInput& in, const GroupLayout& L, const Q
   constexpr int64_t kEsize = T == DType::F32 ? 4 : 2;
   const int64_t ahead = i0 + 96 <= inner ? 64 * kEsize : 0;
   const int64_t pi = (o * L.groups_per_axis + g) * inner + i0;
-  Params8 p0, p1, p2, p3;
-  int ov;
+  Params8 p[4];
   if constexpr (T != DType::F32) {
-    Stats16<SYM> a = stats16_empty<SYM>(), b = stats16_empty<SYM>();
-    const uint8_t* x = src + row0 * kEsize;
-    const int64_t stride = inner * kEsize;
-    int64_t k = 0;
-    for (; k + 2 <= len; k += 2, x += 2 * stride) {
-      if (ahead) {
-        _mm_prefetch(reinterpret_cast<const char*>(x + ahead), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(x + stride + ahead), _MM_HINT_T0);
-      }
-      stats16_add<SYM>(a, load16_bits<T, ZERO_NF>(x, 0));
-      stats16_add<SYM>(b, load16_bits<T, ZERO_NF>(x, 16));
-      stats16_add<SYM>(a, load16_bits<T, ZERO_NF>(x + stride, 0));
-      stats16_add<SYM>(b, load16_bits<T, ZERO_NF>(x + stride, 16));
-    }
-    if (k < len) {
-      if (ahead) _mm_prefetch(reinterpret_cast<const char*>(x + ahead), _MM_HINT_T0);
-      stats16_add<SYM>(a, load16_bits<T, ZERO_NF>(x, 0));
-      stats16_add<SYM>(b, load16_bits<T, ZERO_NF>(x, 16));
-    }
-    __m256i lo_a, hi_a, bad_a, lo_b, hi_b, bad_b;
-    stats16_finish<T, SYM>(a, &lo_a, &hi_a, &bad_a);
-    stats16_finish<T, SYM>(b, &lo_b, &hi_b, &bad_b);
-    if (!ZERO_NF && !_mm256_testz_si256(_mm256_or_si256(bad_a, bad_b), _mm256_or_si256(bad_a, bad_b))) {
-      fail->nonfinite = true;
-      return;
-    }
-    ov = params8(bits16_to_ps<T>(_mm256_castsi256_si128(lo_a)), bits16_to_ps<T>(_mm256_castsi256_si128(hi_a)), s, &p0) |
-         params8(bits16_to_ps<T>(_mm256_extracti128_si256(lo_a, 1)), bits16_to_ps<T>(_mm256_extracti128_si256(hi_a, 1)), s, &p1) << 8 |
-         params8(bits16_to_ps<T>(_mm256_castsi256_si128(lo_b)), bits16_to_ps<T>(_mm256_castsi256_si128(hi_b)), s, &p2) << 16 |
-         params8(bits16_to_ps<T>(_mm256_extracti128_si256(lo_b, 1)), bits16_to_ps<T>(_mm256_extracti128_si256(hi_b, 1)), s, &p3) << 24;
+    Stats16<SYM> a, b;
+    run_stats<T, SYM, ZERO_NF>(src + row0 * kEsize, inner * kEsize, len, ahead != 0, a, b);
+    if (!run_params<T, SYM, ZERO_NF>(a, b, s, out, pi, p, fail)) return;
   } else {
     __m256 lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3;
     lo0 = lo1 = lo2 = lo3 = SYM ? _mm256_setzero_ps() : _mm256_set1_ps(__builtin_inff());
@@ -445,17 +461,15 @@ QPACK_AVX2 void column_block(const QuantInput& in, const GroupLayout& L, const Q
           }
       // Only the running sum overflowed: the block is finite after all.
     }
-    ov = params8(lo0, hi0, s, &p0) | params8(lo1, hi1, s, &p1) << 8 | params8(lo2, hi2, s, &p2) << 16 |
-         params8(lo3, hi3, s, &p3) << 24;
+    const int ov = params8(lo0, hi0, s, &p[0]) | params8(lo1, hi1, s, &p[1]) << 8 |
+                   params8(lo2, hi2, s, &p[2]) << 16 | params8(lo3, hi3, s, &p[3]) << 24;
+    if (ov) {
+      fail->overflow_group = std::min(fail->overflow_group, pi + __builtin_ctz(unsigned(ov)));
+      return;
+    }
+    for (int q = 0; q < 4; ++q) store_params8(out, pi + 8 * q, s, p[q], 8);
   }
-  if (ov) {
-    fail->overflow_group = std::min(fail->overflow_group, pi + __builtin_ctz(unsigned(ov)));
-    return;
-  }
-  store_params8(out, pi, s, p0, 8);
-  store_params8(out, pi + 8, s, p1, 8);
-  store_params8(out, pi + 16, s, p2, 8);
-  store_params8(out, pi + 24, s, p3, 8);
+  const Params8 &p0 = p[0], &p1 = p[1], &p2 = p[2], &p3 = p[3];
 
   uint8_t* plane = out.codes + (o * L.groups_per_axis + g) * bpg * inner + i0;
   int64_t j = 0;
@@ -829,50 +843,6 @@ QPACK_AVX2 inline void row_full_bits(const uint8_t* src, int64_t G, const QuantS
 // in L1, the same loop reads block b+1's rows for its statistics. One loop
 // over the group's rows does both, and the next block's memory reads overlap
 // this block's arithmetic.
-
-// How many blocks ahead of the statistics loads the software prefetch runs
-// (each of a group's rows is its own stream, too many for the hardware
-// prefetcher). On the 2-core EPYC: 1 block 25% slower than 2, 3 and 4
-// slightly slower.
-constexpr int kRunAhead = 2;
-
-// Statistics of the 32 columns at x (a = columns 0-15, b = 16-31).
-template <DType T, bool SYM, bool ZERO_NF>
-QPACK_AVX2 inline void run_stats(const uint8_t* x, int64_t stride, int64_t len, bool prefetch,
-                                 Stats16<SYM>& a, Stats16<SYM>& b) {
-  a = stats16_empty<SYM>();
-  b = stats16_empty<SYM>();
-  for (int64_t k = 0; k < len; ++k, x += stride) {
-    if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(x + 64 * kRunAhead), _MM_HINT_T0);
-    stats16_add<SYM>(a, load16_bits<T, ZERO_NF>(x, 0));
-    stats16_add<SYM>(b, load16_bits<T, ZERO_NF>(x, 16));
-  }
-}
-
-// Parameters of a block from its statistics; stores them. False (with the
-// failure recorded) when the block holds NaN/Inf or overflows.
-template <DType T, bool SYM, bool ZERO_NF>
-QPACK_AVX2 inline bool run_params(const Stats16<SYM>& a, const Stats16<SYM>& b, const QuantScheme& s,
-                                  const QuantBuffers& out, int64_t pi, Params8* p, Failure* fail) {
-  __m256i lo_a, hi_a, bad_a, lo_b, hi_b, bad_b;
-  stats16_finish<T, SYM>(a, &lo_a, &hi_a, &bad_a);
-  stats16_finish<T, SYM>(b, &lo_b, &hi_b, &bad_b);
-  if (!ZERO_NF && !_mm256_testz_si256(_mm256_or_si256(bad_a, bad_b), _mm256_or_si256(bad_a, bad_b))) {
-    fail->nonfinite = true;
-    return false;
-  }
-  const int ov =
-      params8(bits16_to_ps<T>(_mm256_castsi256_si128(lo_a)), bits16_to_ps<T>(_mm256_castsi256_si128(hi_a)), s, &p[0]) |
-      params8(bits16_to_ps<T>(_mm256_extracti128_si256(lo_a, 1)), bits16_to_ps<T>(_mm256_extracti128_si256(hi_a, 1)), s, &p[1]) << 8 |
-      params8(bits16_to_ps<T>(_mm256_castsi256_si128(lo_b)), bits16_to_ps<T>(_mm256_castsi256_si128(hi_b)), s, &p[2]) << 16 |
-      params8(bits16_to_ps<T>(_mm256_extracti128_si256(lo_b, 1)), bits16_to_ps<T>(_mm256_extracti128_si256(hi_b, 1)), s, &p[3]) << 24;
-  if (ov) {
-    fail->overflow_group = std::min(fail->overflow_group, pi + __builtin_ctz(unsigned(ov)));
-    return false;
-  }
-  for (int q = 0; q < 4; ++q) store_params8(out, pi + 8 * q, s, p[q], 8);
-  return true;
-}
 
 // Codes of the block at x into its byte planes; with NEXT, statistics of the
 // block at x + 64 bytes (the next 32 columns) on the way.
