@@ -99,6 +99,9 @@ TEST(VerifyGpu, FastLayoutsGiveTheSameBits) {
       {{700, 128}, -1, 32},  // rows
       {{9, 1, 136}, 2, 8},   // rows: groups of 8
       {{40, 40}, -1, 16},    // rows: groups of 16, 16, 8, so a thread's units differ in length (exact rule)
+      {{130, 512}, -1, 64},  // rows staged through shared memory: 1040 units (a partial last block)
+      {{256, 96}, -1, 48},   // rows staged: 48-element units (padded rows), 3 bits: 18 code bytes (exact rule)
+      {{128, 72}, -1, 24},   // rows staged: 24-element units (odd rows); 2, 3 bits: exact rule; half a block idle
   };
   const bool quick = std::getenv("QPACK_GPU_TEST_QUICK") != nullptr;
   int case_index = 0;
