@@ -341,22 +341,6 @@ Status dequantize(const uint8_t* d_codes, const uint8_t* d_scales, const uint8_t
 
 DeviceBuffer::~DeviceBuffer() { reset(); }
 
-DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), size_(o.size_) {
-  o.ptr_ = nullptr;
-  o.size_ = 0;
-}
-
-DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
-  if (this != &o) {
-    reset();
-    ptr_ = o.ptr_;
-    size_ = o.size_;
-    o.ptr_ = nullptr;
-    o.size_ = 0;
-  }
-  return *this;
-}
-
 Status DeviceBuffer::allocate(size_t bytes) {
   reset();
   if (bytes == 0) return {};
@@ -374,22 +358,6 @@ void DeviceBuffer::reset() {
 }
 
 PinnedBuffer::~PinnedBuffer() { reset(); }
-
-PinnedBuffer::PinnedBuffer(PinnedBuffer&& o) noexcept : ptr_(o.ptr_), size_(o.size_) {
-  o.ptr_ = nullptr;
-  o.size_ = 0;
-}
-
-PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& o) noexcept {
-  if (this != &o) {
-    reset();
-    ptr_ = o.ptr_;
-    size_ = o.size_;
-    o.ptr_ = nullptr;
-    o.size_ = 0;
-  }
-  return *this;
-}
 
 Status PinnedBuffer::allocate(size_t bytes) {
   reset();

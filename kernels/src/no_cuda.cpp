@@ -38,17 +38,6 @@ Status dequantize(const uint8_t*, const uint8_t*, const uint8_t*, const GroupLay
 }
 
 DeviceBuffer::~DeviceBuffer() = default;
-DeviceBuffer::DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), size_(o.size_) {
-  o.ptr_ = nullptr;
-  o.size_ = 0;
-}
-DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
-  ptr_ = o.ptr_;
-  size_ = o.size_;
-  o.ptr_ = nullptr;
-  o.size_ = 0;
-  return *this;
-}
 Status DeviceBuffer::allocate(size_t bytes) { return bytes == 0 ? Status{} : disabled(); }
 void DeviceBuffer::reset() {
   ptr_ = nullptr;
@@ -56,17 +45,6 @@ void DeviceBuffer::reset() {
 }
 
 PinnedBuffer::~PinnedBuffer() = default;
-PinnedBuffer::PinnedBuffer(PinnedBuffer&& o) noexcept : ptr_(o.ptr_), size_(o.size_) {
-  o.ptr_ = nullptr;
-  o.size_ = 0;
-}
-PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& o) noexcept {
-  ptr_ = o.ptr_;
-  size_ = o.size_;
-  o.ptr_ = nullptr;
-  o.size_ = 0;
-  return *this;
-}
 Status PinnedBuffer::allocate(size_t bytes) { return bytes == 0 ? Status{} : disabled(); }
 void PinnedBuffer::reset() {
   ptr_ = nullptr;

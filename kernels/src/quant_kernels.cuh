@@ -22,9 +22,10 @@
 //    min/max with xor shuffles.
 //
 // A thread keeps its first slice in registers; only groups longer than
-// 8 * TL rows (TL <= 32) are read twice. Non-finite detection costs one FMA
-// per element (x*0 + acc is NaN exactly when some x is NaN or +-Inf); only a
-// thread that saw one takes the slow path that finds the smallest flat index
+// 8 * TL rows (TL <= 32) are read twice. Non-finite detection is free for
+// 16-bit sources (NaN-propagating packed min/max: the statistics themselves
+// turn non-finite) and one FMA per element for F32 (x*0 + acc is NaN exactly
+// when some x is NaN or +-Inf); only a thread that saw one takes the slow path that finds the smallest flat index
 // (policy Error) or replaces them with +0 (policy Zero).
 #pragma once
 
@@ -192,7 +193,7 @@ __device__ __forceinline__ uint32_t encode(float x, const GroupCode& c, int bits
 
 // Two 16-bit source values packed in a 32-bit word, as the loads deliver
 // them. min/max/abs are exact selections, so statistics on packed pairs equal
-// the float32 ones; the FMA only serves non-finite detection.
+// the float32 ones.
 template <DType D>
 struct Pair {
   static constexpr uint32_t kExp = D == DType::F16 ? 0x7c00u : 0x7f80u;  // all-ones exponent
@@ -218,16 +219,6 @@ struct Pair {
   }
   // |x| of both halves: clearing the sign bits is exact (and maps -0 to +0).
   __device__ static __forceinline__ uint32_t abs(uint32_t a) { return a & 0x7fff7fffu; }
-  // acc + x*0 per half: NaN from then on iff some x was NaN or +-Inf.
-  __device__ static __forceinline__ uint32_t detect(uint32_t x, uint32_t acc) {
-    uint32_t r;
-    if constexpr (D == DType::F16) {
-      asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(x), "r"(0u), "r"(acc));
-    } else {
-      asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(x), "r"(0u), "r"(acc));
-    }
-    return r;
-  }
   // Non-finite halves replaced by +0 (policy Zero, and the slow path).
   __device__ static __forceinline__ uint32_t sanitize(uint32_t w) {
     if ((w & kExp) == kExp) w &= 0xffff0000u;

@@ -640,6 +640,37 @@ __device__ __forceinline__ void cp_async4(void* sdst, const void* gsrc) {
   const unsigned sa = static_cast<unsigned>(__cvta_generic_to_shared(sdst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(sa), "l"(gsrc) : "memory");
 }
+// A warp's copy of 32 unit rows of `per` pieces each (contiguous in global
+// memory) into shared-memory rows of `stride` pieces: lane l copies pieces
+// l, l + 32, ...; piece l + 32t sits at (row i, column c), and each step of
+// 32 pieces advances (i, c) by (q, r) with 32 = q * per + r.
+struct StageWalk {
+  int i0, c0, q, r, per, stride;
+};
+__device__ __forceinline__ StageWalk stage_walk(int per, int stride, int lane) {
+  StageWalk w;
+  w.i0 = lane / per;
+  w.c0 = lane - w.i0 * per;
+  w.q = 32 / per;
+  w.r = 32 - w.q * per;
+  w.per = per;
+  w.stride = stride;
+  return w;
+}
+template <int kBytes, class Piece>
+__device__ __forceinline__ void stage_rows(Piece* sdst, const uint8_t* gsrc, const StageWalk& w, int lane) {
+  int i = w.i0, c = w.c0;
+  for (int id = lane; id < 32 * w.per; id += 32) {
+    if constexpr (kBytes == 16) cp_async16(sdst + i * w.stride + c, gsrc + int64_t(id) * 16);
+    else cp_async4(sdst + i * w.stride + c, gsrc + int64_t(id) * 4);
+    i += w.q;
+    c += w.r;
+    if (c >= w.per) {
+      c -= w.per;
+      ++i;
+    }
+  }
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -717,35 +748,10 @@ __global__ void __launch_bounds__(kCtaThreads, 7)
     const int rs16 = m16 | 1;       // row stride in chunks
     const int cw = cb / 4;          // code words of a unit
     const int cs = cw | 1;          // row stride in words
-    // Chunk lane + 32t is (row i, chunk c); 32 = q*m + r steps it.
-    const int si0 = lane / m16, sc0 = lane - si0 * m16, sq = 32 / m16, srm = 32 - sq * m16;
-    const int ci0 = lane / cw, cc0 = lane - ci0 * cw, cq = 32 / cw, crm = 32 - cq * cw;
+    const StageWalk swalk = stage_walk(m16, rs16, lane), cwalk = stage_walk(cw, cs, lane);
     auto stage = [&](int u, int buf) {
-      uint4* sdst = sh.st.src[warp][buf];
-      const uint8_t* s0 = sbase[u];
-      int i = si0, c = sc0;
-      for (int id = lane; id < 32 * m16; id += 32) {
-        cp_async16(sdst + i * rs16 + c, s0 + int64_t(id) * 16);
-        i += sq;
-        c += srm;
-        if (c >= m16) {
-          c -= m16;
-          ++i;
-        }
-      }
-      uint32_t* cdst = sh.st.codes[warp][buf];
-      const uint8_t* c0 = cbase[u];
-      i = ci0;
-      c = cc0;
-      for (int id = lane; id < 32 * cw; id += 32) {
-        cp_async4(cdst + i * cs + c, c0 + int64_t(id) * 4);
-        i += cq;
-        c += crm;
-        if (c >= cw) {
-          c -= cw;
-          ++i;
-        }
-      }
+      stage_rows<16>(sh.st.src[warp][buf], sbase[u], swalk, lane);
+      stage_rows<4>(sh.st.codes[warp][buf], cbase[u], cwalk, lane);
       cp_async_commit();
     };
     stage(0, 0);

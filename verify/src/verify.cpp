@@ -167,6 +167,21 @@ void build_rollups(VerifyReport& rep) {
   for (auto& [k, r] : kinds) rep.kinds.push_back(std::move(r));
 }
 
+// What the .qpack says about a tensor, before anything is compared.
+TensorResult describe(const QpackTensor& t) {
+  TensorResult r;
+  r.name = t.name;
+  r.layer = parse_layer(t.name);
+  r.kind = tensor_kind(t.name);
+  r.dtype = t.dtype;
+  r.shape = t.shape;
+  r.quantized = t.quantized;
+  r.scheme = t.scheme;
+  r.source_bytes = t.source_bytes();
+  r.stored_bytes = t.stored_bytes();
+  return r;
+}
+
 }  // namespace
 
 void apply_gate(VerifyReport& rep) {
@@ -235,19 +250,7 @@ VerifyReport verify(const std::string& qpack_path, const std::string& source_pat
   if (!rep.integrity_ok) {
     // A corrupted file's numbers mean nothing: report the damage only.
     if (qf)
-      for (const auto& t : qf->tensors()) {
-        TensorResult r;
-        r.name = t.name;
-        r.layer = parse_layer(t.name);
-        r.kind = tensor_kind(t.name);
-        r.dtype = t.dtype;
-        r.shape = t.shape;
-        r.quantized = t.quantized;
-        r.scheme = t.scheme;
-        r.source_bytes = t.source_bytes();
-        r.stored_bytes = t.stored_bytes();
-        rep.tensors.push_back(std::move(r));
-      }
+      for (const auto& t : qf->tensors()) rep.tensors.push_back(describe(t));
     build_rollups(rep);
     apply_gate(rep);
     rep.seconds = seconds_since(t_start);
@@ -272,22 +275,13 @@ VerifyReport verify(const std::string& qpack_path, const std::string& source_pat
     pr.tensor = t.name;
     if (opt.progress) opt.progress(pr);
 
-    TensorResult r;
-    r.name = t.name;
-    r.layer = parse_layer(t.name);
-    r.kind = tensor_kind(t.name);
-    r.dtype = t.dtype;
-    r.shape = t.shape;
-    r.quantized = t.quantized;
-    r.scheme = t.scheme;
+    TensorResult r = describe(t);
     r.elements = t.quantized ? uint64_t(t.layout.num_elements()) : 0;
     if (!t.quantized) {
       uint64_t n = 1;
       for (int64_t d : t.shape) n *= uint64_t(d);
       r.elements = n;
     }
-    r.source_bytes = t.source_bytes();
-    r.stored_bytes = t.stored_bytes();
 
     const CheckpointTensor* st = ck->find(t.name);
     if (!st) {
