@@ -4,10 +4,13 @@
 # CUDA benchmark, and print a short summary table last. Full logs go to $OUT
 # (default: ./gpu-check-out).
 #
-#   tools/gpu_check.sh [--skip-sanitizers] [--profile] [--bench-args "..."]
+#   tools/gpu_check.sh [--skip-sanitizers] [--profile] [--verify-only] [--bench-args "..."]
 #
 # --profile adds Nsight Compute counters for one launch of each kernel
 # (ncu.log) and the SASS of the two main quantize kernels (sass.log).
+# --verify-only builds, tests and benchmarks only the verifier's GPU pass
+# (with --profile: counters and SASS of its fast kernels), for quick rounds
+# of work on it.
 #
 # The GPU machine has no package manager and no network. When the system
 # lacks the build dependencies (nlohmann-json, CLI11, zstd, xxhash, GoogleTest,
@@ -23,6 +26,7 @@ DEPS=$ROOT/.gpudeps/usr
 JOBS=$(nproc 2>/dev/null || echo 4)
 SANITIZE=1
 PROFILE=0
+VERIFY_ONLY=0
 BENCH_ARGS=""
 # Seconds the whole run may take (the GPU machine stops a command at 600 s);
 # the sanitizer runs shrink or are skipped to leave room for the benchmark.
@@ -32,8 +36,9 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --skip-sanitizers) SANITIZE=0 ;;
     --profile) PROFILE=1 ;;
+    --verify-only) VERIFY_ONLY=1 ;;
     --bench-args) BENCH_ARGS="$2"; shift ;;
-    *) echo "usage: $0 [--skip-sanitizers] [--profile] [--bench-args ARGS]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--skip-sanitizers] [--profile] [--verify-only] [--bench-args ARGS]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -82,6 +87,7 @@ if ! cmake "${CMAKE_ARGS[@]}" > "$OUT/configure.log" 2>&1; then
   exit 1
 fi
 TARGETS=(cuda_quant_test qpack_bench_cuda qpack qpack-testgen)
+[ "$VERIFY_ONLY" = 1 ] && TARGETS=()
 # The verifier's GPU test and benchmark, when that part of the tree has them.
 grep -q verify_gpu_test "$ROOT/tests/CMakeLists.txt" && TARGETS+=(verify_gpu_test)
 grep -q qpack_bench_verify "$ROOT/tools/bench/CMakeLists.txt" && TARGETS+=(qpack_bench_verify)
@@ -96,7 +102,9 @@ row "build (sm_90, $JOBS jobs)" "ok, $(($(date +%s) - t0)) s"
 # ---------------------------------------------------------------- tests
 cd "$BUILD" || exit 1
 FAIL=0
-ctest -L gpu --output-on-failure --timeout 600 > "$OUT/ctest_gpu.log" 2>&1
+CTEST_ONLY=()
+[ "$VERIFY_ONLY" = 1 ] && CTEST_ONLY=(-R "^VerifyGpu\.")
+ctest -L gpu "${CTEST_ONLY[@]}" --output-on-failure --timeout 600 > "$OUT/ctest_gpu.log" 2>&1
 rc=$?
 [ "$rc" = 0 ] || FAIL=1
 res=$(grep -E "tests passed|tests failed" "$OUT/ctest_gpu.log" | tail -1)
@@ -104,8 +112,10 @@ skipped=$(grep -c "\*\*\*Skipped\| Skipped " "$OUT/ctest_gpu.log")
 row "ctest -L gpu" "rc=$rc: ${res:-no result} (skipped: $skipped)"
 stamp "ctest -L gpu: $res"
 # The same binary once more with its own output (seed, per-test timings).
-./tests/cuda_quant_test > "$OUT/cuda_quant_test.log" 2>&1
-row "cuda_quant_test (direct)" "rc=$?: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/cuda_quant_test.log" | tr '\n' ' ')"
+if [ -x ./tests/cuda_quant_test ] && [ "$VERIFY_ONLY" = 0 ]; then
+  ./tests/cuda_quant_test > "$OUT/cuda_quant_test.log" 2>&1
+  row "cuda_quant_test (direct)" "rc=$?: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/cuda_quant_test.log" | tr '\n' ' ')"
+fi
 
 # ---------------------------------------------------------------- sanitizers
 if [ "$SANITIZE" = 1 ]; then
@@ -113,6 +123,7 @@ if [ "$SANITIZE" = 1 ]; then
   # Ours first: if time runs short, the verifier's sanitizer runs are dropped.
   for exe in tests/cuda_quant_test tests/verify_gpu_test; do
     [ -x "$exe" ] || continue
+    [ "$VERIFY_ONLY" = 1 ] && [ "$exe" = tests/cuda_quant_test ] && continue
     for tool in memcheck racecheck; do
       extra=()
       [ "$tool" = memcheck ] && extra=(--leak-check full)
@@ -138,11 +149,13 @@ if [ "$SANITIZE" = 1 ]; then
 fi
 
 # ---------------------------------------------------------------- benchmark
-./tools/bench/qpack_bench_cuda --json "$OUT/bench.json" $BENCH_ARGS > "$OUT/bench.log" 2>&1
-rc=$?
-[ "$rc" = 0 ] || FAIL=1
-row "qpack_bench_cuda" "rc=$rc (nonzero: a mismatch vs quantize_cpu)"
-stamp "benchmark done"
+if [ "$VERIFY_ONLY" = 0 ]; then
+  ./tools/bench/qpack_bench_cuda --json "$OUT/bench.json" $BENCH_ARGS > "$OUT/bench.log" 2>&1
+  rc=$?
+  [ "$rc" = 0 ] || FAIL=1
+  row "qpack_bench_cuda" "rc=$rc (nonzero: a mismatch vs quantize_cpu)"
+  stamp "benchmark done"
+fi
 if [ -x ./tools/bench/qpack_bench_verify ]; then
   ./tools/bench/qpack_bench_verify > "$OUT/bench_verify.log" 2>&1
   row "qpack_bench_verify" "rc=$? (nonzero: below 60% of copy or a CPU/GPU mismatch)"
@@ -152,7 +165,19 @@ fi
 # ---------------------------------------------------------------- profile
 # Hardware counters of one launch of each kernel (ncu, clocks left as they
 # are) and the machine code of the two hottest quantize kernels.
-if [ "$PROFILE" = 1 ] && command -v ncu > /dev/null &&
+if [ "$PROFILE" = 1 ] && [ "$VERIFY_ONLY" = 1 ] && command -v ncu > /dev/null; then
+  # The verifier's fast kernels: one launch per case, the cases that set the pace.
+  for c in bf16-4b-g64-ax0 f16-4b-g64-ax0 bf16-4b-g64-ax-1 bf16-2b-g32-ax-1; do
+    timeout 60 ncu --clock-control none --kernel-name regex:"cols_kernel|rows_kernel" --launch-count 1 \
+      --section SpeedOfLight --section ComputeWorkloadAnalysis --section Occupancy --section LaunchStats \
+      --section WarpStateStats --section SchedulerStats --section InstructionStats \
+      ./tools/bench/qpack_bench_verify --case "$c" --iters 1 --no-check
+  done > "$OUT/ncu_verify.log" 2>&1
+  row "ncu (verify kernels)" "rc=$? (ncu_verify.log)"
+  cuobjdump -res-usage ./tools/bench/qpack_bench_verify 2>&1 | grep -A1 -E "cols_kernel|rows_kernel" |
+    grep -E "Function|REG" > "$OUT/sass_verify.log" 2>&1
+  stamp "verify profile done"
+elif [ "$PROFILE" = 1 ] && command -v ncu > /dev/null &&
    [ $((BUDGET - ($(date +%s) - t0))) -gt 60 ]; then
   timeout $((BUDGET - ($(date +%s) - t0) - 10)) ncu --clock-control none --kernel-name regex:"quantize|dequantize" \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
@@ -172,12 +197,16 @@ fi
 # ---------------------------------------------------------------- summary
 echo
 echo "================ gpu_check summary ($(($(date +%s) - t0)) s) ================"
-grep -m1 -E "cuda:0" "$OUT/bench.log"
-grep -m1 -E "device-to-device" "$OUT/bench.log"
+if [ -f "$OUT/bench.log" ]; then
+  grep -m1 -E "cuda:0" "$OUT/bench.log"
+  grep -m1 -E "device-to-device" "$OUT/bench.log"
+fi
 for r in "${SUMMARY[@]}"; do echo "$r"; done
-echo "---------------- benchmark (GB/s counts bytes read + written; % of the reference) ----------------"
-grep -E "^  (quantize|dequant|e2e|pinned)" "$OUT/bench.log"
+if [ -f "$OUT/bench.log" ]; then
+  echo "---------------- benchmark (GB/s counts bytes read + written; % of the reference) ----------------"
+  grep -E "^  (quantize|dequant|e2e|pinned)" "$OUT/bench.log"
+fi
 [ -f "$OUT/bench_verify.log" ] && { echo "---------------- fused verify pass (bench_verify) ----------------"; tail -n 14 "$OUT/bench_verify.log"; }
-grep -E "FAILED|MISMATCH" "$OUT/ctest_gpu.log" "$OUT/cuda_quant_test.log" "$OUT/bench.log" | head -20
+grep -s -E "FAILED|MISMATCH" "$OUT/ctest_gpu.log" "$OUT/cuda_quant_test.log" "$OUT/bench.log" | head -20
 echo "gpu_check: $([ "$FAIL" = 0 ] && echo PASS || echo FAIL)"
 exit "$FAIL"
