@@ -71,16 +71,17 @@ TEST(VerifyGpu, SameBitsAsCpuForEverySchemeAndChunking) {
 }
 
 // The two fast layouts (inner >= 256 with inner % 4 == 0: four columns per
-// thread; inner == 1 with axis and group lengths multiples of 8: contiguous
-// rows) and their rare paths, which redo a whole unit with the exact rule:
-// non-finite source values (F16 found by a check of the words, BF16 through
-// the error bound, F32 through NaN sums), tampered codes and scales
-// (elements beyond the bound, so violation counts and the first violating
-// index), huge values (scales past the fast path's range), partial last
-// groups (segments of 8 rows, odd slice counts, segments not a multiple of
-// 8), units of one thread with different lengths, idle columns, odd block
-// counts, and every bit width (the shared-memory tables for 2, 3, 4 bits,
-// the direct decode for 8), scale dtype and source dtype.
+// thread; inner == 1 with whole groups of 32 or of 64 times a power of two:
+// contiguous rows of 32- or 64-element units), the general kernel for the
+// other shapes, and the fast kernels' rare paths, which redo a whole unit
+// with the exact rule: non-finite source values (F16 found by a check of the
+// words, BF16 through the error bound, F32 through NaN sums), tampered codes
+// and scales (elements beyond the bound, so violation counts and the first
+// violating index), huge values (scales past the fast path's range), partial
+// last groups (columns: segments of 8 rows, odd slice counts, segments not a
+// multiple of 8), partial last blocks, idle columns, and every bit width (the
+// shared-memory tables for 2, 3, 4 bits, the direct decode for 8), scale
+// dtype and source dtype.
 TEST(VerifyGpu, FastLayoutsGiveTheSameBits) {
   SKIP_WITHOUT_GPU();
   auto whole = CudaMetricsEngine::create(256ull << 20);
@@ -95,13 +96,15 @@ TEST(VerifyGpu, FastLayoutsGiveTheSameBits) {
       {{136, 520}, 0, 64},   // columns: a partial last group (136 = 2*64 + 8), idle columns in the last block
       {{130, 260}, 0, 128},  // columns: two segments per group, 260 = 256 + 4 columns
       {{3, 96, 512}, 1, 0},  // columns, outer > 1, whole-axis groups
-      {{37, 200}, 1, 64},    // rows: a partial last group, 37 segment rows of 4 (odd block counts)
-      {{700, 128}, -1, 32},  // rows
-      {{9, 1, 136}, 2, 8},   // rows: groups of 8
-      {{40, 40}, -1, 16},    // rows: groups of 16, 16, 8, so a thread's units differ in length (exact rule)
-      {{130, 512}, -1, 64},  // rows staged through shared memory: 1040 units (a partial last block)
-      {{256, 96}, -1, 48},   // rows staged: 48-element units (padded rows), 3 bits: 18 code bytes (exact rule)
-      {{128, 72}, -1, 24},   // rows staged: 24-element units (odd rows); 2, 3 bits: exact rule; half a block idle
+      {{37, 200}, 1, 64},    // inner 1, a partial last group: the general kernel
+      {{700, 128}, -1, 32},  // rows of 32-element units: 2800 units (a partial last block)
+      {{9, 1, 136}, 2, 8},   // inner 1, groups of 8: the general kernel
+      {{40, 40}, -1, 16},    // inner 1, groups of 16, 16, 8: the general kernel
+      {{130, 512}, -1, 64},  // rows of 64-element units: 1040 units (a partial last block)
+      {{96, 1024}, -1, 128}, // rows, two units per group: 1536 units, whole blocks only
+      {{64, 1024}, -1, 256}, // rows, four units per group (parameter row = unit >> 2)
+      {{20, 768}, -1, 192},  // inner 1, three units per group: the general kernel
+      {{256, 96}, -1, 48},   // inner 1, groups of 48: the general kernel
   };
   const bool quick = std::getenv("QPACK_GPU_TEST_QUICK") != nullptr;
   int case_index = 0;

@@ -108,10 +108,10 @@ __global__ void __launch_bounds__(vcore::kBlockUnits, 3)
 //  * columns (inner >= 256, inner % 4 == 0): a thread owns 4 adjacent units
 //    (columns) of one segment row, so a row of its source is one 8-byte
 //    (16-bit sources) or 16-byte (F32) load and a code plane one 4-byte load;
-//  * rows (inner == 1, axis and group lengths multiples of 8): a thread owns
-//    units j, j+64, j+128, j+192 of a block; a warp copies its 32 units of
-//    one u (a contiguous run) into shared memory with coalesced cp.async,
-//    and each lane reads its unit from there 16 bytes at a time.
+//  * rows (inner == 1, whole groups of 32 or of 64 times a power of two): a
+//    thread owns units j, j+64, j+128, j+192 of a block; a warp copies its
+//    32 units of one u (a contiguous run) into shared memory with coalesced
+//    cp.async, and each lane reads its unit from there 16 bytes at a time.
 //
 // Per element the work is what the sums need and no more. For 2, 3 and 4
 // bits each thread first writes, per unit, the 2^bits reconstructions
@@ -128,8 +128,8 @@ __global__ void __launch_bounds__(vcore::kBlockUnits, 3)
 // value (BF16: it becomes a double >= 2^128, far above any base the fast
 // path accepts; F32: NaN or Inf; F16: found by a check of the loaded words),
 // a scale or zero-point that is non-finite or huge, a segment whose length
-// is not a multiple of 8, and (rows) units of one thread with different
-// lengths. Their fast-path sums are simply discarded.
+// is not a multiple of 8, and (rows) the units of a partial last block.
+// Their fast-path sums are simply discarded.
 namespace fast {
 
 constexpr int kV = 4;                                      // units per thread
@@ -521,15 +521,6 @@ __global__ void __launch_bounds__(kCtaThreads, 6)
       const int64_t pidx = (sp.scale_row - v.srow0) * v.pitch + c;
       const float magic_off = 8388608.0f + (g.symmetric ? float(1 << (BITS - 1)) : 0.0f);
       const float qoff = g.symmetric ? float(1 << (BITS - 1)) : 0.0f;
-      Par par[kV];
-#pragma unroll
-      for (int u = 0; u < kV; ++u) {
-        const float s = cudadev::load_param(v.scales, pidx + u, g.scale_dtype);
-        const float z = g.symmetric ? 0.0f : cudadev::load_param(v.zeros, pidx + u, g.scale_dtype);
-        par[u] = make_par(s, z, g);
-        susp[u] = !par[u].ok;
-        build_table<BITS>(smem, u, tid8, par[u], qoff);
-      }
       constexpr int esz = kSrc == DType::F32 ? 4 : 2;
       const uint8_t* planes = v.codes + (sp.plane_begin - v.plane0) * v.pitch + c;
       const uint8_t* src = v.src + ((sp.row_begin - v.row0) * v.pitch + c) * esz;
@@ -541,8 +532,26 @@ __global__ void __launch_bounds__(kCtaThreads, 6)
       // move the loads down to their use. The loads are unconditional (past
       // the last slice they read the last one again): guarded by a branch,
       // ptxas put them at the end of the iteration, which measured slower.
+      // The first slice and all the parameters are loaded before any table
+      // store: the compiler does not move a global load above a shared store
+      // through generic pointers, and unit by unit the CTA waited for four
+      // parameter loads and the first slice one after the other (a third of
+      // the stall samples were there).
       ColSlice<kSrc, BITS> cur, nxt;
       load_col_slice<kSrc, BITS>(cur, src, planes, rs, ps);
+      float scale_u[kV], zero_u[kV];
+#pragma unroll
+      for (int u = 0; u < kV; ++u) {
+        scale_u[u] = cudadev::load_param(v.scales, pidx + u, g.scale_dtype);
+        zero_u[u] = g.symmetric ? 0.0f : cudadev::load_param(v.zeros, pidx + u, g.scale_dtype);
+      }
+      Par par[kV];
+#pragma unroll
+      for (int u = 0; u < kV; ++u) {
+        par[u] = make_par(scale_u[u], zero_u[u], g);
+        susp[u] = !par[u].ok;
+        build_table<BITS>(smem, u, tid8, par[u], qoff);
+      }
       const int64_t step_s = 8 * rs, step_p = BITS * ps;
       // Further ahead, slice s + kColPrefetch is fetched into L2 (no
       // registers held): one 128-byte line per lane, lanes 0 .. 8*esz-1 the
@@ -607,29 +616,36 @@ __global__ void __launch_bounds__(kCtaThreads, 6)
   }
 }
 
-// Rows (inner == 1): unit u of thread j is segment row b*256 + j + 64u, so
-// for a given u the 32 units of a warp are 32 consecutive segment rows, in
-// the common case one contiguous run of source elements and one of code
-// bytes. The warp stages such a run into shared memory with coalesced
-// cp.async copies (lane l copies 16-byte chunks l, l+32, ...; codes 4 bytes
-// at a time), one unit row per lane, rows padded to an odd number of 16-byte
-// chunks (codes: of 4-byte words) so that the lanes then read their own rows
-// without bank conflicts. The warp's units are processed u = 0..3 in turn,
-// unit u+1 being copied while unit u is processed (two buffers per warp);
-// the table of reconstructions (2-4 bits) holds one unit per thread and is
-// rebuilt for each. A warp whose units are not all live, of one length,
-// contiguous, with whole 4-byte code words, takes the exact rule per unit.
-template <DType kSrc, int BITS>
+// Rows (inner == 1) of uniform geometry: every group is whole (axis_len a
+// multiple of G) and its units have U = min(G, 64) elements (G = 32, or 64
+// times a power of two), so unit sr covers elements [sr*U, sr*U + U), code
+// bytes [sr*U*BITS/8, ...) and parameter row sr >> seg_shift. Unit u of
+// thread j is sr = b*256 + j + 64u: for a given u the 32 units of a warp are
+// one contiguous run of source elements and one of code bytes. The warp
+// stages such a run into shared memory with coalesced cp.async copies (lane l
+// copies 16-byte chunks l, l+32, ...; codes 4 bytes at a time), one unit row
+// per lane, rows padded to an odd number of 16-byte chunks (codes: of 4-byte
+// words) so that the lanes then read their own rows without bank conflicts.
+// U is a template argument, so every copy address is a lane base plus an
+// immediate (with U known only at run time, the copy loops cost more than
+// the units' arithmetic for 32-element units). The warp's units are
+// processed u = 0..3 in turn, unit u+1 being copied while unit u is
+// processed (two buffers per warp); the table of reconstructions (2-4 bits)
+// holds one unit per thread and is rebuilt for each. A tensor's last block,
+// when it is partial, takes the exact rule per unit.
+template <DType kSrc, int BITS, int U>
 struct RowsStage {
-  static constexpr int kRow16 = (kSrc == DType::F32 ? 256 : 128) / 16 + 1;  // 16-byte chunks per row, at most
-  static constexpr int kCodeWords = 2 * BITS + 1;                            // code words per row, at most
-  uint4 src[2][2][32 * kRow16];           // [warp][buffer]
-  uint32_t codes[2][2][32 * kCodeWords];  // [warp][buffer]
+  static constexpr int kChunks = U * (kSrc == DType::F32 ? 4 : 2) / 16;  // 16-byte chunks of a unit's source
+  static constexpr int kRow16 = kChunks | 1;                              // row stride, in chunks
+  static constexpr int kWordsPerUnit = U * BITS / 32;                     // code words of a unit
+  static constexpr int kCodeRow = kWordsPerUnit | 1;                      // row stride, in words
+  uint4 src[2][2][32 * kRow16];         // [warp][buffer]
+  uint32_t codes[2][2][32 * kCodeRow];  // [warp][buffer]
 };
-template <DType kSrc, int BITS>
+template <DType kSrc, int BITS, int U>
 struct RowsShared {
   double table[BITS <= 4 ? (1 << BITS) * kCtaThreads : 1];
-  RowsStage<kSrc, BITS> st;
+  RowsStage<kSrc, BITS, U> st;
 };
 
 __device__ __forceinline__ void cp_async16(void* sdst, const void* gsrc) {
@@ -640,35 +656,17 @@ __device__ __forceinline__ void cp_async4(void* sdst, const void* gsrc) {
   const unsigned sa = static_cast<unsigned>(__cvta_generic_to_shared(sdst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(sa), "l"(gsrc) : "memory");
 }
-// A warp's copy of 32 unit rows of `per` pieces each (contiguous in global
-// memory) into shared-memory rows of `stride` pieces: lane l copies pieces
-// l, l + 32, ...; piece l + 32t sits at (row i, column c), and each step of
-// 32 pieces advances (i, c) by (q, r) with 32 = q * per + r.
-struct StageWalk {
-  int i0, c0, q, r, per, stride;
-};
-__device__ __forceinline__ StageWalk stage_walk(int per, int stride, int lane) {
-  StageWalk w;
-  w.i0 = lane / per;
-  w.c0 = lane - w.i0 * per;
-  w.q = 32 / per;
-  w.r = 32 - w.q * per;
-  w.per = per;
-  w.stride = stride;
-  return w;
-}
-template <int kBytes, class Piece>
-__device__ __forceinline__ void stage_rows(Piece* sdst, const uint8_t* gsrc, const StageWalk& w, int lane) {
-  int i = w.i0, c = w.c0;
-  for (int id = lane; id < 32 * w.per; id += 32) {
-    if constexpr (kBytes == 16) cp_async16(sdst + i * w.stride + c, gsrc + int64_t(id) * 16);
-    else cp_async4(sdst + i * w.stride + c, gsrc + int64_t(id) * 4);
-    i += w.q;
-    c += w.r;
-    if (c >= w.per) {
-      c -= w.per;
-      ++i;
-    }
+// A warp's copy of 32 unit rows of kPer pieces of kBytes each (contiguous in
+// global memory) into shared-memory rows of kStride pieces: lane l copies
+// pieces l, l + 32, ..., piece id to row id / kPer, column id % kPer.
+template <int kPer, int kStride, int kBytes, class Piece>
+__device__ __forceinline__ void stage_run(Piece* sdst, const uint8_t* gsrc, int lane) {
+#pragma unroll
+  for (int t = 0; t < kPer; ++t) {
+    const int id = lane + 32 * t;
+    const int i = id / kPer, c = id - i * kPer;
+    if constexpr (kBytes == 16) cp_async16(sdst + i * kStride + c, gsrc + id * 16);
+    else cp_async4(sdst + i * kStride + c, gsrc + id * 4);
   }
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
@@ -677,19 +675,20 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-template <DType kSrc, int BITS>
+template <DType kSrc, int BITS, int U>
 __global__ void __launch_bounds__(kCtaThreads, 7)
-    rows_kernel(Geometry g, ChunkView v, int64_t block0, Partial* out) {
-  __shared__ RowsShared<kSrc, BITS> sh;
+    rows_kernel(Geometry g, ChunkView v, int seg_shift, int64_t block0, Partial* out) {
+  using Stage = RowsStage<kSrc, BITS, U>;
+  __shared__ RowsShared<kSrc, BITS, U> sh;
   uint8_t* const smem = reinterpret_cast<uint8_t*>(sh.table);
   constexpr int kWords = kSrc == DType::F32 ? 8 : 4;  // 32-bit words of 8 elements
   constexpr int esz = kSrc == DType::F32 ? 4 : 2;
-  constexpr uint32_t kFull = 0xffffffffu;
+  constexpr int kCodeBytes = U * BITS / 8;  // of a unit
   const int j = int(threadIdx.x);
   const int lane = j & 31, warp = j >> 5;
   const uint32_t tid8 = uint32_t(j) * 8u;
   const int64_t lb = int64_t(blockIdx.x);
-  const int64_t b = block0 + lb;
+  const int64_t sr0 = (block0 + lb) * vcore::kBlockUnits;  // the block's first unit
   const float magic_off = 8388608.0f + (g.symmetric ? float(1 << (BITS - 1)) : 0.0f);
   const float qoff = g.symmetric ? float(1 << (BITS - 1)) : 0.0f;
   // The tree's exchange area: warp 1's first source buffer, which warp 1
@@ -699,62 +698,36 @@ __global__ void __launch_bounds__(kCtaThreads, 7)
 
   Acc acc[kV];
   Par par[kV];
-  int n[kV];
-  bool susp[kV];
-  const uint8_t* sbase[kV];  // lane 0's unit: source, codes
-  const uint8_t* cbase[kV];
-  const uint8_t* srcl[kV];  // this lane's unit
-  const uint8_t* codel[kV];
+  bool live[kV], susp[kV];
+  // All parameter loads are issued before anything waits for one (unit by
+  // unit, the warp waited for each in turn).
+  float scale_u[kV], zero_u[kV];
 #pragma unroll
   for (int u = 0; u < kV; ++u) {
     acc_init(acc[u]);
-    const int64_t sr = b * vcore::kBlockUnits + j + 64 * u;
-    n[u] = 0;
-    const uint8_t* srcp = v.src;
-    const uint8_t* codep = v.codes;
-    par[u].scale = par[u].zero = 0.0f;
-    par[u].base = 0.0;
-    par[u].ok = true;
-    susp[u] = false;
-    if (sr < g.seg_rows) {
-      const vcore::SegRowSpan sp = span32(g, uint32_t(sr));
-      n[u] = int(sp.row_end - sp.row_begin);
-      srcp = v.src + (sp.row_begin - v.row0) * esz;
-      codep = v.codes + (sp.plane_begin - v.plane0);
-      const int64_t pidx = sp.scale_row - v.srow0;
-      const float s = cudadev::load_param(v.scales, pidx, g.scale_dtype);
-      const float z = g.symmetric ? 0.0f : cudadev::load_param(v.zeros, pidx, g.scale_dtype);
-      par[u] = make_par(s, z, g);
-      susp[u] = !par[u].ok;
+    const int64_t sr = sr0 + j + 64 * u;
+    live[u] = sr < g.seg_rows;
+    scale_u[u] = zero_u[u] = 0.0f;
+    if (live[u]) {
+      const int64_t pidx = (sr >> seg_shift) - v.srow0;
+      scale_u[u] = cudadev::load_param(v.scales, pidx, g.scale_dtype);
+      zero_u[u] = g.symmetric ? 0.0f : cudadev::load_param(v.zeros, pidx, g.scale_dtype);
     }
-    sbase[u] = reinterpret_cast<const uint8_t*>(__shfl_sync(kFull, reinterpret_cast<unsigned long long>(srcp), 0));
-    cbase[u] = reinterpret_cast<const uint8_t*>(__shfl_sync(kFull, reinterpret_cast<unsigned long long>(codep), 0));
-    srcl[u] = srcp;
-    codel[u] = codep;
   }
-  const int n0 = __shfl_sync(kFull, n[0], 0);
-  const int cb = n0 * BITS / 8;  // code bytes of a unit
-  bool ok = n0 > 0 && cb % 4 == 0;
-#pragma unroll
-  for (int u = 0; u < kV; ++u) {
-    // Live, of lane 0's length, where the contiguous run puts it.
-    ok = ok && n[u] == n0 && srcl[u] == sbase[u] + int64_t(lane) * n0 * esz &&
-         codel[u] == cbase[u] + int64_t(lane) * cb && (reinterpret_cast<uintptr_t>(cbase[u]) & 3) == 0;
-  }
-  const bool staged = __all_sync(kFull, ok);
-  if (staged) {
-    const int nsl = n0 / 8;
-    const int m16 = n0 * esz / 16;  // 16-byte chunks of a unit's source
-    const int rs16 = m16 | 1;       // row stride in chunks
-    const int cw = cb / 4;          // code words of a unit
-    const int cs = cw | 1;          // row stride in words
-    const StageWalk swalk = stage_walk(m16, rs16, lane), cwalk = stage_walk(cw, cs, lane);
+  if (sr0 + vcore::kBlockUnits <= g.seg_rows) {  // the whole block is live
     auto stage = [&](int u, int buf) {
-      stage_rows<16>(sh.st.src[warp][buf], sbase[u], swalk, lane);
-      stage_rows<4>(sh.st.codes[warp][buf], cbase[u], cwalk, lane);
+      const int64_t run = sr0 + 32 * warp + 64 * u;  // the warp's first unit for u
+      stage_run<Stage::kChunks, Stage::kRow16, 16>(sh.st.src[warp][buf], v.src + (run * U - v.row0) * esz, lane);
+      stage_run<Stage::kWordsPerUnit, Stage::kCodeRow, 4>(sh.st.codes[warp][buf],
+                                                            v.codes + (run * kCodeBytes - v.plane0), lane);
       cp_async_commit();
     };
     stage(0, 0);
+#pragma unroll
+    for (int u = 0; u < kV; ++u) {
+      par[u] = make_par(scale_u[u], zero_u[u], g);
+      susp[u] = !par[u].ok;
+    }
 #pragma unroll
     for (int u = 0; u < kV; ++u) {
       if (u + 1 < kV) {
@@ -765,8 +738,8 @@ __global__ void __launch_bounds__(kCtaThreads, 7)
       }
       __syncwarp();
       build_table<BITS>(smem, 0, tid8, par[u], qoff);
-      const uint4* row = sh.st.src[warp][u & 1] + lane * rs16;
-      const uint32_t* crow = sh.st.codes[warp][u & 1] + lane * cs;
+      const uint4* row = sh.st.src[warp][u & 1] + lane * Stage::kRow16;
+      const uint32_t* crow = sh.st.codes[warp][u & 1] + lane * Stage::kCodeRow;
       auto lds = [&](int s, uint32_t (&x)[kWords], cudadev::SliceStream<BITS>& c) {
 #pragma unroll
         for (int q = 0; q < kWords / 4; ++q) {
@@ -794,8 +767,8 @@ __global__ void __launch_bounds__(kCtaThreads, 7)
       cudadev::SliceStream<BITS> c, cn;
       lds(0, x, c);
 #pragma unroll 1
-      for (int s = 0; s < nsl; ++s) {
-        lds(s + 1 < nsl ? s + 1 : s, xn, cn);
+      for (int s = 0; s < U / 8; ++s) {
+        lds(s + 1 < U / 8 ? s + 1 : s, xn, cn);
         if constexpr (kSrc == DType::F16) {
 #pragma unroll
           for (int q = 0; q < kWords; ++q) fm = f16_mag_max(fm, x[q]);
@@ -818,7 +791,7 @@ __global__ void __launch_bounds__(kCtaThreads, 7)
     }
   } else {
 #pragma unroll
-    for (int u = 0; u < kV; ++u) susp[u] = n[u] > 0;
+    for (int u = 0; u < kV; ++u) susp[u] = live[u];
   }
 #pragma unroll
   for (int u = 0; u < kV; ++u)
@@ -826,20 +799,19 @@ __global__ void __launch_bounds__(kCtaThreads, 7)
       Geometry tg = g;
       ChunkView tv = v;
       Acc ta;
-      exact_unit<kSrc>(&tg, &tv, b * vcore::kBlockUnits + j + 64 * u, 0, &ta);
+      exact_unit<kSrc>(&tg, &tv, sr0 + j + 64 * u, 0, &ta);
       acc[u] = ta;
     }
   Rec r[kV];
 #pragma unroll
   for (int u = 0; u < kV; ++u) {
-    if (n[u] > 0) r[u] = rec_of(acc[u], n[u], uint32_t((j + 64 * u) * vcore::kSegment), 1u);
+    if (live[u]) r[u] = rec_of(acc[u], U, uint32_t((j + 64 * u) * vcore::kSegment), 1u);
     else rec_empty(r[u]);
   }
   const Rec res = block_tree(r, j, xchg);
   if (j == 0) {
     write_partial(res, out + lb, [&](uint32_t key) {
-      const vcore::SegRowSpan sp = span32(g, uint32_t(b * vcore::kBlockUnits + key / vcore::kSegment));
-      return sp.row_begin + int64_t(key % vcore::kSegment);
+      return (sr0 + int64_t(key / vcore::kSegment)) * U + int64_t(key % vcore::kSegment);
     });
   }
 }
@@ -860,7 +832,16 @@ void launch_bits(const Geometry& g, const ChunkView& v, int64_t block0, dim3 gri
 
 bool aligned(const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0; }
 
-// Which fast kernel fits the tensor and its buffers: 0 none, 1 columns, 2 rows.
+// log2(segments per group) for the rows kernel, -1 when it is not a power of two.
+int seg_shift(const Geometry& g) {
+  for (int k = 0; k < 31; ++k)
+    if (g.segs == (int64_t(1) << k)) return k;
+  return -1;
+}
+
+// Which fast kernel fits the tensor and its buffers: 0 none, 1 columns, 2
+// rows of 64-element units, 3 rows of 32-element units (uniform geometry:
+// see rows_kernel).
 int fast_layout(const Geometry& g, const ChunkView& v) {
   const int esz = g.source_dtype == DType::F32 ? 4 : 2;
   const int sb = g.scale_dtype == DType::F32 ? 4 : 2;
@@ -869,9 +850,10 @@ int fast_layout(const Geometry& g, const ChunkView& v) {
   if (g.inner >= vcore::kBlockUnits && g.inner % 4 == 0 && v.pitch % 4 == 0 && v.c0 % 4 == 0 &&
       aligned(v.src, 4 * esz) && aligned(v.codes, 4))
     return 1;
-  if (g.inner == 1 && g.axis_len % 8 == 0 && g.group_size % 8 == 0 && v.row0 % 8 == 0 &&
-      aligned(v.src, 16) && aligned(v.codes, 8))
-    return 2;
+  if (g.inner == 1 && g.axis_len % g.group_size == 0 && aligned(v.src, 16) && aligned(v.codes, 4)) {
+    if (g.group_size == 32) return 3;
+    if (g.group_size % vcore::kSegment == 0 && seg_shift(g) >= 0) return 2;
+  }
   return 0;
 }
 
@@ -881,8 +863,10 @@ void launch_fast(int layout, const Geometry& g, const ChunkView& v, int64_t bloc
   const dim3 grid(static_cast<unsigned>(nblocks));
   if (layout == 1)
     fast::cols_kernel<kSrc, BITS><<<grid, fast::kCtaThreads, 0, stream>>>(g, v, block0, out);
+  else if (layout == 2)
+    fast::rows_kernel<kSrc, BITS, 64><<<grid, fast::kCtaThreads, 0, stream>>>(g, v, seg_shift(g), block0, out);
   else
-    fast::rows_kernel<kSrc, BITS><<<grid, fast::kCtaThreads, 0, stream>>>(g, v, block0, out);
+    fast::rows_kernel<kSrc, BITS, 32><<<grid, fast::kCtaThreads, 0, stream>>>(g, v, 0, block0, out);
 }
 
 template <DType kSrc>
