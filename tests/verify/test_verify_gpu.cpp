@@ -5,6 +5,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdlib>
 #include <cstring>
@@ -74,8 +75,8 @@ TEST(VerifyGpu, SameBitsAsCpuForEverySchemeAndChunking) {
 // thread; inner == 1 with whole groups of 32 or of 64 times a power of two:
 // contiguous rows of 32- or 64-element units), the general kernel for the
 // other shapes, and the fast kernels' rare paths, which redo a whole unit
-// with the exact rule: non-finite source values (F16 found by a check of the
-// words, BF16 through the error bound, F32 through NaN sums), tampered codes
+// with the exact rule: non-finite source values (F16 found by the sum of
+// squares, BF16 through the error bound, F32 through NaN sums), tampered codes
 // and scales (elements beyond the bound, so violation counts and the first
 // violating index), huge values (scales past the fast path's range), partial
 // last groups (columns: segments of 8 rows, odd slice counts, segments not a
@@ -112,7 +113,7 @@ TEST(VerifyGpu, FastLayoutsGiveTheSameBits) {
     for (bool sym : {false, true})
       for (DType sd : {DType::F16, DType::BF16, DType::F32})
         for (const Shape& sh : shapes)
-          for (int variant = 0; variant < 4; ++variant) {
+          for (int variant = 0; variant < 6; ++variant) {
               const int ci = case_index++;
               const DType src = std::array<DType, 3>{DType::F32, DType::F16, DType::BF16}[ci % 3];
               if (quick && ci % 8 != 0) continue;
@@ -124,10 +125,27 @@ TEST(VerifyGpu, FastLayoutsGiveTheSameBits) {
               s.axis = sh.axis;
               // variant 3: values near the top of the scale dtype's range, so
               // that F32/BF16 scales pass 2^118 (the exact path); F16 scales
-              // cannot hold them, so F16 uses ordinary values there.
+              // cannot hold them, so F16 scales use ordinary values there.
+              // F16 sources get values of a few thousand instead: units whose
+              // sum of squares passes 2^32 take the exact path, the others not.
               const bool huge = variant == 3 && sd != DType::F16 && src != DType::F16;
-              HostTensor t = vtest::random_tensor("t", src, sh.shape, rng, huge ? 1e37 : 0.02);
+              const double sigma = huge ? 1e37 : variant == 3 && src == DType::F16 ? 8e3 : 0.02;
+              HostTensor t = vtest::random_tensor("t", src, sh.shape, rng, sigma);
               const uint64_t n = t.numel();
+              if (variant == 4) {  // all zero: every error is 0, the maximum is element 0's
+                std::fill(t.bytes.begin(), t.bytes.end(), uint8_t(0));
+              }
+              if (variant == 5) {  // every unit the same values: the largest error ties across units
+                const size_t esz = src == DType::F32 ? 4 : 2;
+                const size_t axis = size_t(sh.axis < 0 ? int(sh.shape.size()) + sh.axis : sh.axis);
+                int64_t inner = 1;
+                for (size_t d = axis + 1; d < sh.shape.size(); ++d) inner *= sh.shape[d];
+                const int64_t len = sh.shape[axis];
+                for (uint64_t i = 0; i < n; ++i) {
+                  const uint64_t rep = uint64_t((int64_t(i) / inner % len) % 64 * inner);
+                  std::memcpy(&t.bytes[i * esz], &t.bytes[rep * esz], esz);
+                }
+              }
               if (variant == 1) {  // non-finite source values
                 vtest::set_value(t, rng() % n, std::numeric_limits<float>::quiet_NaN());
                 vtest::set_value(t, rng() % n, std::numeric_limits<float>::infinity());

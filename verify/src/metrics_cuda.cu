@@ -126,7 +126,8 @@ __global__ void __launch_bounds__(vcore::kBlockUnits, 3)
 // (vcore::eval_unit, the CPU's own code, from the start of the unit): an
 // element above the base (possibly a bound violation), a non-finite source
 // value (BF16: it becomes a double >= 2^128, far above any base the fast
-// path accepts; F32: NaN or Inf; F16: found by a check of the loaded words),
+// path accepts; F32: NaN or Inf; F16: a double >= 2^16, found by the sum of
+// squares),
 // a scale or zero-point that is non-finite or huge, a segment whose length
 // is not a multiple of 8, and (rows) the units of a partial last block.
 // Their fast-path sums are simply discarded.
@@ -209,13 +210,6 @@ __device__ __forceinline__ double src_to_f64(uint32_t w) {
   }
 }
 
-// F16 only: does a 32-bit word of two F16 values hold a NaN or an Inf?
-// Accumulated as an unsigned 16x2 maximum of the magnitudes.
-__device__ __forceinline__ uint32_t f16_mag_max(uint32_t m, uint32_t w) { return __vmaxu2(m, w & 0x7fff7fffu); }
-__device__ __forceinline__ bool f16_nonfinite(uint32_t m) {
-  return (m & 0xffffu) >= 0x7c00u || (m >> 16) >= 0x7c00u;
-}
-
 // The fast element rule: same operations as vcore::accumulate_element for a
 // finite source value, without the bound test: the unit's largest error is
 // compared with the bound's base once, at its end (unit_suspect).
@@ -238,9 +232,14 @@ __device__ __forceinline__ void fast_element(Acc& a, double xd, double hd, int k
 }
 // After the fast rule: must the unit be redone with the exact rule? When an
 // error is above the base (a possible violation, or a BF16 non-finite source
-// value, which is >= 2^128 as placed), or a sum is NaN (an F32 NaN source).
+// value, which is >= 2^128 as placed), when a sum is NaN (an F32 NaN
+// source), and for F16 sources when the sum of squares reaches 2^32: an F16
+// NaN or Inf is placed as a finite |x| >= 2^16 and finite F16 values are
+// below 2^16, so only units of huge values (64 * 8192^2) are redone
+// needlessly. (A check of every loaded word cost an instruction per element.)
+template <DType kSrc>
 __device__ __forceinline__ bool unit_suspect(const Acc& a, double base) {
-  return !(fabs(a.m) <= base) || !(a.sq_err == a.sq_err);
+  return !(fabs(a.m) <= base) || !(a.sq_err == a.sq_err) || (kSrc == DType::F16 && !(a.sq_ref < 0x1p32));
 }
 
 // A unit's parameters.
@@ -467,14 +466,8 @@ __device__ __forceinline__ void load_col_slice(ColSlice<kSrc, BITS>& sl, const u
 // One column slice for the thread's 4 units.
 template <DType kSrc, int BITS>
 __device__ __forceinline__ void process_col_slice(const ColSlice<kSrc, BITS>& sl, Acc (&acc)[kV], const Par (&par)[kV],
-                                                  bool& nf, int k0, const uint8_t* tab,
-                                                  uint32_t tid8, float magic_off) {
-  if constexpr (kSrc == DType::F16) {
-    uint32_t m = 0;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) m = f16_mag_max(f16_mag_max(m, sl.x[k][0]), sl.x[k][1]);
-    nf |= f16_nonfinite(m);
-  }
+                                                  int k0, const uint8_t* tab, uint32_t tid8,
+                                                  float magic_off) {
 #pragma unroll
   for (int v = 0; v < kV; ++v) {
     uint32_t st3 = 0;  // 3 bits: column v's 24-bit stream
@@ -526,7 +519,6 @@ __global__ void __launch_bounds__(kCtaThreads, 6)
       const uint8_t* src = v.src + ((sp.row_begin - v.row0) * v.pitch + c) * esz;
       const int64_t rs = v.pitch * esz, ps = v.pitch;
       const int nsl = rows / 8;
-      bool nf = false;
       // The next slice is loaded while the current one is processed, into
       // registers carried to the next iteration, so that the compiler cannot
       // move the loads down to their use. The loads are unconditional (past
@@ -572,11 +564,11 @@ __global__ void __launch_bounds__(kCtaThreads, 6)
         src += more ? step_s : 0;
         planes += more ? step_p : 0;
         load_col_slice<kSrc, BITS>(nxt, src, planes, rs, ps);
-        process_col_slice<kSrc, BITS>(cur, acc, par, nf, 8 * s, smem, tid8, magic_off);
+        process_col_slice<kSrc, BITS>(cur, acc, par, 8 * s, smem, tid8, magic_off);
         cur = nxt;
       }
 #pragma unroll
-      for (int u = 0; u < kV; ++u) susp[u] = susp[u] || nf || unit_suspect(acc[u], par[u].base);
+      for (int u = 0; u < kV; ++u) susp[u] = susp[u] || unit_suspect<kSrc>(acc[u], par[u].base);
     } else {
 #pragma unroll
       for (int u = 0; u < kV; ++u) susp[u] = true;
@@ -762,17 +754,12 @@ __global__ void __launch_bounds__(kCtaThreads, 7)
           c = __funnelshift_r(lo, hi, sh8) & 0xffffffu;
         }
       };
-      uint32_t fm = 0;  // F16: largest magnitude bits
       uint32_t x[kWords], xn[kWords];
       cudadev::SliceStream<BITS> c, cn;
       lds(0, x, c);
 #pragma unroll 1
       for (int s = 0; s < U / 8; ++s) {
         lds(s + 1 < U / 8 ? s + 1 : s, xn, cn);
-        if constexpr (kSrc == DType::F16) {
-#pragma unroll
-          for (int q = 0; q < kWords; ++q) fm = f16_mag_max(fm, x[q]);
-        }
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
           const uint32_t w = kSrc == DType::F32 ? x[k] : x[k / 2];
@@ -786,7 +773,7 @@ __global__ void __launch_bounds__(kCtaThreads, 7)
         for (int q = 0; q < kWords; ++q) x[q] = xn[q];
         c = cn;
       }
-      susp[u] = susp[u] || (kSrc == DType::F16 && f16_nonfinite(fm)) || unit_suspect(acc[u], par[u].base);
+      susp[u] = susp[u] || unit_suspect<kSrc>(acc[u], par[u].base);
       __syncwarp();  // the buffer is copied into again two units on
     }
   } else {
