@@ -9,13 +9,21 @@
 //     repetitions, random data, buffers rotated so the working set is well
 //     past the 50 MB L2. Each configuration is first checked byte for byte
 //     against quantize_cpu.
-//   end to end: TensorQuantizer over a multi-GB set of tensors in pageable
-//     and in pinned host memory, GB/s of source bytes, as a fraction of the
-//     pinned host-to-device bandwidth.
+//   end to end: TensorQuantizer over a multi-GB set of tensors, GB/s of
+//     source bytes as a fraction of the pinned host-to-device bandwidth, from
+//     pageable (anonymous) memory, from a read-only mapping of a file held in
+//     the page cache (as a converter reads a checkpoint), and from pinned
+//     memory; from pageable memory both staged (the default) and with the
+//     source pages registered (QuantizerOptions::register_source). Before
+//     them, what cudaHostRegister + cudaHostUnregister cost per piece
+//     (file mappings only with --file-registration: it hung the lent H100).
 //
-//   qpack_bench_cuda [--quick] [--profile] [--e2e-gib N] [--json FILE]
+//   qpack_bench_cuda [--quick] [--profile] [--e2e-only] [--e2e-gib N] [--file-registration] [--json FILE]
 //   (--profile: one launch of each kernel, for ncu; no timing worth reading)
 #include <cuda_runtime_api.h>
+#include <sys/mman.h>
+#include <sys/statfs.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -24,6 +32,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -223,7 +232,91 @@ void bench_kernels(double copy_gbps, bool quick, bool profile) {
   }
 }
 
-void bench_e2e(double e2e_gib, bool quick) {
+// A file of `bytes` bytes at offset `at` (as a tensor in a safetensors file
+// sits after its header), unlinked at once: the open descriptor keeps it, and
+// the disk space goes back when the program ends, however it ends. Each
+// map() is a fresh PROT_READ MAP_PRIVATE mapping, like format's MappedFile:
+// the pages are in the page cache but not yet in this process's page tables,
+// as for a converter that has just opened a checkpoint.
+class TempFile {
+ public:
+  TempFile(const uint8_t* data, size_t bytes, size_t at) : size_(at + bytes) {
+    const char* dir = std::getenv("TMPDIR");
+    std::string path = std::string(dir && *dir ? dir : "/tmp") + "/qpack_bench_XXXXXX";
+    fd_ = mkstemp(path.data());
+    if (fd_ < 0) throw Error(ErrorCode::Io, path, "", "mkstemp failed");
+    unlink(path.c_str());
+    struct statfs fs{};
+    fstatfs(fd_, &fs);
+    tmpfs_ = fs.f_type == 0x01021994;  // TMPFS_MAGIC: then "page cache" is shmem
+    std::vector<uint8_t> head(at, 0x5a);
+    write_all(head.data(), at);
+    write_all(data, bytes);
+    fdatasync(fd_);  // no writeback racing the measurements
+  }
+  ~TempFile() { close(fd_); }
+  bool tmpfs() const { return tmpfs_; }
+  struct Map {
+    void* p;
+    size_t n;
+    ~Map() { munmap(p, n); }
+    const uint8_t* data() const { return static_cast<const uint8_t*>(p); }
+  };
+  std::unique_ptr<Map> map() const {
+    void* p = mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
+    if (p == MAP_FAILED) throw Error(ErrorCode::Io, "", "", "mmap of the bench file failed");
+    return std::unique_ptr<Map>(new Map{p, size_});
+  }
+
+ private:
+  void write_all(const uint8_t* p, size_t n) {
+    while (n > 0) {
+      const ssize_t w = ::write(fd_, p, std::min<size_t>(n, size_t(1) << 30));
+      if (w <= 0) throw Error(ErrorCode::Io, "", "", "cannot write the bench file");
+      p += w;
+      n -= size_t(w);
+    }
+  }
+  int fd_ = -1;
+  size_t size_;
+  bool tmpfs_ = false;
+};
+
+// cudaHostRegister then cudaHostUnregister of [base, base + bytes) in
+// pieces of `piece` bytes, `threads` threads at a time: GB/s of each phase
+// and of both together. Empty when registration fails.
+std::string register_cost(const uint8_t* base, size_t bytes, size_t piece, int threads, unsigned flags) {
+  const size_t page = size_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t a = (reinterpret_cast<uintptr_t>(base) + page - 1) / page * page;
+  bytes = (bytes - (a - reinterpret_cast<uintptr_t>(base))) / piece * piece;
+  const size_t pieces = bytes / piece;
+  std::vector<cudaError_t> err(pieces, cudaSuccess);
+  auto phase = [&](bool reg) {
+    std::vector<std::thread> ts;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int t = 0; t < threads; ++t)
+      ts.emplace_back([&, t] {
+        cudaSetDevice(0);
+        for (size_t i = size_t(t); i < pieces; i += size_t(threads)) {
+          void* p = reinterpret_cast<void*>(a + i * piece);
+          if (reg) err[i] = cudaHostRegister(p, piece, flags);
+          else if (err[i] == cudaSuccess) cudaHostUnregister(p);
+        }
+        cudaGetLastError();
+      });
+    for (auto& th : ts) th.join();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  const double r = phase(true), u = phase(false);
+  for (cudaError_t e : err)
+    if (e != cudaSuccess) return std::string("FAILED: ") + cudaGetErrorString(e);
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "register %6.1f GB/s, unregister %6.1f GB/s, both %6.1f GB/s",
+                double(bytes) / r / 1e9, double(bytes) / u / 1e9, double(bytes) / (r + u) / 1e9);
+  return buf;
+}
+
+void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
   // 11008x4096 fp16 tensors (90 MB each) up to about e2e_gib GiB.
   const std::vector<int64_t> shape = {11008, 4096};
   const size_t tensor_bytes = size_t(shape[0] * shape[1]) * 2;
@@ -236,12 +329,58 @@ void bench_e2e(double e2e_gib, bool quick) {
   cuda::PinnedBuffer pinned;
   ck(pinned.allocate(total), "cudaMallocHost");
   std::memcpy(pinned.data(), pageable.data(), total);
+  // The tensors at an odd offset in the file, as after a safetensors header.
+  const size_t file_at = 4096 + 136;
+  const auto w0 = std::chrono::steady_clock::now();
+  const TempFile file(pageable.data(), total, file_at);
+  std::printf("  (bench file written and synced in %.1f s)\n",
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count());
   const size_t probe = std::min(total, size_t(1) << 30);
   const double pinned_h2d = h2d_gbps(pinned.data(), probe, quick ? 3 : 5);
   const double pageable_h2d = h2d_gbps(pageable.data(), probe, quick ? 3 : 5);
   std::printf("  pinned H2D %.1f GB/s, pageable H2D %.1f GB/s (cudaMemcpy of %.2f GB)\n", pinned_h2d,
               pageable_h2d, double(probe) / 1e9);
+  std::fflush(stdout);
 
+  // What page-locking the source in place costs, against pinned H2D.
+  {
+    int ro = 0;
+    cudaDeviceGetAttribute(&ro, cudaDevAttrHostRegisterReadOnlySupported, 0);
+    const unsigned flags = ro ? cudaHostRegisterReadOnly : cudaHostRegisterDefault;
+    const int cores = int(std::min(16u, std::max(1u, std::thread::hardware_concurrency())));
+    const size_t bytes = std::min(total, size_t(1) << 30);
+    std::printf("  register: read-only registration %s; the bench file is in %s\n",
+                ro ? "supported" : "NOT supported", file.tmpfs() ? "tmpfs" : "a disk file system's page cache");
+    struct Way {
+      size_t piece;
+      int threads;
+    };
+    for (const Way w : {Way{2u << 20, 1}, Way{32u << 20, 1}, Way{2u << 20, cores}, Way{32u << 20, cores}}) {
+      char what[64];
+      std::snprintf(what, sizeof what, "%2zu MiB pieces x %2d threads", w.piece >> 20, w.threads);
+      std::printf("  register anon       %s: %s\n", what,
+                  register_cost(pageable.data(), bytes, w.piece, w.threads, flags).c_str());
+      std::fflush(stdout);
+      if (!file_registration) continue;
+      const auto m = file.map();  // fresh: the pages get mapped by the registration
+      std::printf("  register file mmap  %s: %s\n", what,
+                  register_cost(m->data() + file_at, bytes, w.piece, w.threads, flags).c_str());
+      std::fflush(stdout);
+    }
+    if (!file_registration)
+      std::printf("  register file mmap: not tried (it hung the lent H100's kernel 6.18: "
+                  "--file-registration tries it)\n");
+  }
+
+  struct Source {
+    const char* name;
+    int kind;  // 0 pageable (anonymous), 1 page cache (fresh file mapping each pass), 2 pinned
+  };
+  struct Variant {
+    Source src;
+    bool register_source;
+  };
+  const cuda::QuantizerOptions defaults;
   for (int axis : {0, -1}) {
     QuantScheme s;
     s.axis = axis;
@@ -251,39 +390,56 @@ void bench_e2e(double e2e_gib, bool quick) {
     std::memset(codes.data(), 1, codes.size());
     std::memset(scales.data(), 1, scales.size());
     std::memset(zeros.data(), 1, zeros.size());
-    auto q = make_cuda_quantizer(0);
+    const std::string ax = " axis " + std::to_string(axis) + " 4b";
+    auto pass = [&](TensorQuantizer& q, const uint8_t* base) {
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < count; ++i)
+        q.quantize({base + size_t(i) * tensor_bytes, DType::F16, "w"}, L, s, NonFinitePolicy::Error,
+                   {codes.data(), scales.data(), zeros.data()});
+      return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    };
     if (axis == 0 && !quick) {
       // Chunk size: each tensor fills and drains the pipeline once.
       for (size_t mib : {2, 32}) {
         cuda::QuantizerOptions o;
         o.chunk_bytes = mib << 20;
         auto qc = make_cuda_quantizer(0, o);
-        qc->quantize({pageable.data(), DType::F16, "w"}, L, s, NonFinitePolicy::Error,
-                     {codes.data(), scales.data(), zeros.data()});
-        const auto t0 = std::chrono::steady_clock::now();
-        for (int i = 0; i < count; ++i)
-          qc->quantize({pageable.data() + size_t(i) * tensor_bytes, DType::F16, "w"}, L, s,
-                       NonFinitePolicy::Error, {codes.data(), scales.data(), zeros.data()});
-        report("e2e pageable axis 0 4b, " + std::to_string(mib) + " MiB chunks",
-               double(total), std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
-               pinned_h2d);
+        pass(*qc, pageable.data());
+        report("e2e pageable axis 0 4b, " + std::to_string(mib) + " MiB chunks", double(total),
+               pass(*qc, pageable.data()), pinned_h2d);
       }
     }
-    for (int pinned_src : {0, 1}) {
-      const uint8_t* base = pinned_src ? pinned.data() : pageable.data();
-      q->quantize({base, DType::F16, "w"}, L, s, NonFinitePolicy::Error,
-                  {codes.data(), scales.data(), zeros.data()});  // warm-up
-      std::vector<double> runs;
-      for (int rep = 0; rep < (quick ? 1 : 2); ++rep) {
-        const auto t0 = std::chrono::steady_clock::now();
-        for (int i = 0; i < count; ++i)
-          q->quantize({base + size_t(i) * tensor_bytes, DType::F16, "w"}, L, s, NonFinitePolicy::Error,
-                      {codes.data(), scales.data(), zeros.data()});
-        runs.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    const Source anon{"pageable", 0}, cache{"page cache", 1}, pin{"pinned  ", 2};
+    std::vector<Variant> vs = {{anon, false}, {anon, true}, {cache, false}, {pin, false}};
+    if (file_registration) vs.push_back({cache, true});
+    std::vector<std::unique_ptr<TensorQuantizer>> qs;
+    std::vector<std::vector<double>> ms(vs.size());
+    for (const Variant& v : vs) {
+      cuda::QuantizerOptions o;
+      o.register_source = v.register_source;
+      qs.push_back(make_cuda_quantizer(0, o));
+    }
+    // Variants interleaved, best of a few passes each (the host's copy
+    // bandwidth drifts by tens of percent over seconds on the lent machine).
+    auto timed = [&](size_t k) {
+      std::unique_ptr<TempFile::Map> m;
+      const uint8_t* base = vs[k].src.kind == 0 ? pageable.data() : pinned.data();
+      if (vs[k].src.kind == 1) base = (m = file.map())->data() + file_at;
+      return pass(*qs[k], base);
+    };
+    for (int rep = 0; rep < (quick ? 2 : 3); ++rep)
+      for (size_t k = 0; k < vs.size(); ++k) {
+        if (rep == 0) timed(k);  // warm-up: device buffers, the pool's threads
+        ms[k].push_back(timed(k));
       }
-      report(std::string("e2e ") + (pinned_src ? "pinned  " : "pageable") + " axis " + std::to_string(axis) +
-                 " 4b (vs pinned H2D)",
-             double(total), *std::min_element(runs.begin(), runs.end()), pinned_h2d);
+    for (size_t k = 0; k < vs.size(); ++k) {
+      // Untagged: the default options (the bar is the page cache row).
+      const Variant& v = vs[k];
+      std::string tag;
+      if (v.src.kind != 2 && v.register_source != defaults.register_source)
+        tag = v.register_source ? ", registered" : ", staged";
+      report(std::string("e2e ") + vs[k].src.name + ax + tag + " (vs pinned H2D)", double(total),
+             *std::min_element(ms[k].begin(), ms[k].end()), pinned_h2d);
     }
   }
   // For scale: the CPU path over the first GB, all cores.
@@ -305,7 +461,7 @@ void bench_e2e(double e2e_gib, bool quick) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, profile = false;
+  bool quick = false, profile = false, kernels = true, file_registration = false;
   double e2e_gib = 4.0;
   std::string json;
   for (int i = 1; i < argc; ++i) {
@@ -315,12 +471,16 @@ int main(int argc, char** argv) {
     } else if (a == "--profile") {
       profile = true;
       e2e_gib = 0;
+    } else if (a == "--file-registration") {
+      file_registration = true;
+    } else if (a == "--e2e-only") {
+      kernels = false;
     } else if (a == "--e2e-gib" && i + 1 < argc) {
       e2e_gib = std::atof(argv[++i]);
     } else if (a == "--json" && i + 1 < argc) {
       json = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: qpack_bench_cuda [--quick] [--profile] [--e2e-gib N] [--json FILE]\n");
+      std::fprintf(stderr, "usage: qpack_bench_cuda [--quick] [--profile] [--e2e-only] [--e2e-gib N] [--file-registration] [--json FILE]\n");
       return 2;
     }
   }
@@ -336,8 +496,8 @@ int main(int argc, char** argv) {
                 info.runtime_version);
     const double copy = d2d_copy_gbps(size_t(1) << 30, quick || profile ? 3 : 30);
     std::printf("device-to-device cudaMemcpy (1 GiB): %.0f GB/s (read + write)\n", copy);
-    bench_kernels(copy, quick, profile);
-    if (e2e_gib > 0) bench_e2e(e2e_gib, quick);
+    if (kernels) bench_kernels(copy, quick, profile);
+    if (e2e_gib > 0) bench_e2e(e2e_gib, quick, file_registration);
   } catch (const Error& e) {
     std::fprintf(stderr, "qpack_bench_cuda: %s\n", e.what());
     return 1;
