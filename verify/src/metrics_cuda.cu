@@ -531,16 +531,17 @@ __global__ void __launch_bounds__(kCtaThreads, 6)
       // the stall samples were there).
       ColSlice<kSrc, BITS> cur, nxt;
       load_col_slice<kSrc, BITS>(cur, src, planes, rs, ps);
-      float scale_u[kV], zero_u[kV];
+      uint32_t scale_u[kV], zero_u[kV];
 #pragma unroll
       for (int u = 0; u < kV; ++u) {
-        scale_u[u] = cudadev::load_param(v.scales, pidx + u, g.scale_dtype);
-        zero_u[u] = g.symmetric ? 0.0f : cudadev::load_param(v.zeros, pidx + u, g.scale_dtype);
+        scale_u[u] = cudadev::load_param_bits(v.scales, pidx + u, g.scale_dtype);
+        zero_u[u] = g.symmetric ? 0u : cudadev::load_param_bits(v.zeros, pidx + u, g.scale_dtype);
       }
       Par par[kV];
 #pragma unroll
       for (int u = 0; u < kV; ++u) {
-        par[u] = make_par(scale_u[u], zero_u[u], g);
+        par[u] = make_par(cudadev::param_value(scale_u[u], g.scale_dtype),
+                          g.symmetric ? 0.0f : cudadev::param_value(zero_u[u], g.scale_dtype), g);
         susp[u] = !par[u].ok;
         build_table<BITS>(smem, u, tid8, par[u], qoff);
       }
@@ -691,20 +692,18 @@ __global__ void __launch_bounds__(kCtaThreads, 7)
   Acc acc[kV];
   Par par[kV];
   bool live[kV], susp[kV];
-  // All parameter loads are issued before anything waits for one (unit by
-  // unit, the warp waited for each in turn).
-  float scale_u[kV], zero_u[kV];
+  // All parameter loads are issued before anything waits for one: raw bits,
+  // unconditional (idle units read the last unit's), converted later. (Unit
+  // by unit, the warp waited for each load in turn.)
+  uint32_t scale_u[kV], zero_u[kV];
 #pragma unroll
   for (int u = 0; u < kV; ++u) {
     acc_init(acc[u]);
     const int64_t sr = sr0 + j + 64 * u;
     live[u] = sr < g.seg_rows;
-    scale_u[u] = zero_u[u] = 0.0f;
-    if (live[u]) {
-      const int64_t pidx = (sr >> seg_shift) - v.srow0;
-      scale_u[u] = cudadev::load_param(v.scales, pidx, g.scale_dtype);
-      zero_u[u] = g.symmetric ? 0.0f : cudadev::load_param(v.zeros, pidx, g.scale_dtype);
-    }
+    const int64_t pidx = ((live[u] ? sr : g.seg_rows - 1) >> seg_shift) - v.srow0;
+    scale_u[u] = cudadev::load_param_bits(v.scales, pidx, g.scale_dtype);
+    zero_u[u] = g.symmetric ? 0u : cudadev::load_param_bits(v.zeros, pidx, g.scale_dtype);
   }
   if (sr0 + vcore::kBlockUnits <= g.seg_rows) {  // the whole block is live
     auto stage = [&](int u, int buf) {
@@ -717,7 +716,8 @@ __global__ void __launch_bounds__(kCtaThreads, 7)
     stage(0, 0);
 #pragma unroll
     for (int u = 0; u < kV; ++u) {
-      par[u] = make_par(scale_u[u], zero_u[u], g);
+      par[u] = make_par(cudadev::param_value(scale_u[u], g.scale_dtype),
+                        g.symmetric ? 0.0f : cudadev::param_value(zero_u[u], g.scale_dtype), g);
       susp[u] = !par[u].ok;
     }
 #pragma unroll

@@ -27,10 +27,19 @@ using SliceStream = std::conditional_t<(BITS * kSlice > 32), uint64_t, uint32_t>
 
 // Stored scale / zero-point number `index` of a scale array, as float32. Uses
 // the same bit conversions as the reference, so even NaN payloads agree.
+// In two steps for kernels that start several loads before they wait for
+// any (a conversion next to each load makes the warp wait for them in turn):
+// the stored bits, then their value.
+__device__ __forceinline__ uint32_t load_param_bits(const uint8_t* params, int64_t index, DType sd) {
+  if (sd == DType::F32) return reinterpret_cast<const uint32_t*>(params)[index];
+  return reinterpret_cast<const uint16_t*>(params)[index];
+}
+__device__ __forceinline__ float param_value(uint32_t bits, DType sd) {
+  if (sd == DType::F32) return __uint_as_float(bits);
+  return sd == DType::F16 ? f16_to_f32(uint16_t(bits)) : bf16_to_f32(uint16_t(bits));
+}
 __device__ __forceinline__ float load_param(const uint8_t* params, int64_t index, DType sd) {
-  if (sd == DType::F32) return reinterpret_cast<const float*>(params)[index];
-  const uint16_t b = reinterpret_cast<const uint16_t*>(params)[index];
-  return sd == DType::F16 ? f16_to_f32(b) : bf16_to_f32(b);
+  return param_value(load_param_bits(params, index, sd), sd);
 }
 
 // Code k (0..7) of a slice.
