@@ -16,26 +16,13 @@
 // thread only waits for the GPU. A source that is already pinned skips the
 // staging copy.
 //
-// QuantizerOptions::register_source (off by default) replaces the staging
-// copy of a chunk of whole rows by page-locking the source's own pages
-// (cudaHostRegister, read-only) in the loader and unlocking them once the
-// chunk's H2D is done; only the partial pages at the chunk's two ends are
-// staged. It is not the default because it lost: on the lent H100 host a
-// registration pins ~21 GB/s whichever the number of threads (the driver
-// serialises them), ~16 GB/s with the unregistration, so it paced the
-// pipeline at 10-13 GB/s where staging on 16 threads gives ~37 GB/s; and
-// registering a read-only file mapping (a checkpoint's mmap) hung in the
-// kernel there (kernels/NOTES.md).
-//
 // Errors match quantize_reference: non-finite inputs and range overflows are
 // recorded by the kernels as flat / group indices and reported, once the
 // whole tensor is done, through the reference's helpers (so the first index
 // and the message are the same); CUDA failures become Error(Cuda).
 #include <cuda_runtime_api.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -184,9 +171,6 @@ std::shared_ptr<WorkerPool::Batch> submit_copies(WorkerPool& pool, const std::ve
 
 size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
-// Below this, page-locking a chunk costs more than staging it.
-constexpr size_t kMinRegister = size_t(1) << 20;
-
 struct Chunk {
   int64_t gr_begin, gr_end;    // group rows
   int64_t col_begin, col_end;  // inner columns
@@ -211,17 +195,6 @@ class CudaTensorQuantizer final : public TensorQuantizer {
     if (threads <= 0) threads = std::clamp(int(std::thread::hardware_concurrency()), 1, 16);
     pool_ = std::make_unique<WorkerPool>(threads);
     check(cudaSetDevice(device_), "cudaSetDevice");
-    int can = 0, read_only = 0;
-    if (cudaDeviceGetAttribute(&can, cudaDevAttrHostRegisterSupported, device_) != cudaSuccess) can = 0;
-    // Sources are usually a PROT_READ mapping of a file: only a read-only
-    // registration can pin those pages without asking for write access.
-    if (cudaDeviceGetAttribute(&read_only, cudaDevAttrHostRegisterReadOnlySupported, device_) != cudaSuccess)
-      read_only = 0;
-    cudaGetLastError();
-    register_ok_ = opt_.register_source && can != 0;
-    register_flags_ = read_only ? cudaHostRegisterReadOnly : cudaHostRegisterDefault;
-    const long page = sysconf(_SC_PAGESIZE);
-    page_ = page > 0 ? size_t(page) : 4096;
     slots_.resize(size_t(opt_.streams));
     try {
       for (Slot& s : slots_) {
@@ -247,11 +220,6 @@ class CudaTensorQuantizer final : public TensorQuantizer {
                 NonFinitePolicy policy, const QuantBuffers& out) override;
 
  private:
-  // A page-aligned range of the caller's source, registered by us.
-  struct Pages {
-    const uint8_t* begin;
-    size_t bytes;
-  };
   struct Slot {
     cudaStream_t stream = nullptr;
     cudaEvent_t h2d_done = nullptr;  // the pinned input may be refilled
@@ -260,10 +228,6 @@ class CudaTensorQuantizer final : public TensorQuantizer {
     uint8_t* h_in = nullptr;         // pinned
     uint8_t* h_out = nullptr;        // pinned: codes | scales | zeros | flags
     std::shared_ptr<WorkerPool::Batch> out_copy;  // h_out -> caller, in flight
-    // The current chunk's source pages, when registered (bytes > 0); its
-    // bytes before and after them were staged in h_in at their offsets in
-    // the chunk.
-    Pages registered{nullptr, 0};
   };
 
   void release() noexcept {
@@ -322,16 +286,9 @@ class CudaTensorQuantizer final : public TensorQuantizer {
   }
 
   std::vector<Chunk> plan(const GroupLayout& L, int esize, int ssize) const;
-  bool register_pages(Slot& s, const uint8_t* from, size_t bytes);
-  void unregister_pages(Slot& s) noexcept;
 
   int device_;
   cuda::QuantizerOptions opt_;
-  // Cleared by the first failed registration: a system where it does not
-  // work pays for one try, not one per chunk.
-  std::atomic<bool> register_ok_{false};
-  unsigned register_flags_ = cudaHostRegisterDefault;
-  size_t page_ = 4096;
   std::string description_;
   std::unique_ptr<WorkerPool> pool_;
   std::vector<Slot> slots_;
@@ -364,38 +321,6 @@ std::vector<Chunk> CudaTensorQuantizer::plan(const GroupLayout& L, int esize, in
                         cuda::tile_end_row(L, ge)});
   }
   return chunks;
-}
-
-// Page-locks the whole pages inside the chunk's source range [from, from +
-// bytes), rounded inward so that registrations of neighbouring chunks and
-// tensors never overlap (the driver refuses a page registered twice), and
-// stages the partial pages at both ends in s.h_in at their chunk offsets.
-// False when the chunk is to be staged whole instead. One call per chunk:
-// the driver serialises registrations (16 threads pinned no faster than one
-// on the H100 host), so splitting a chunk over the pool only adds calls.
-bool CudaTensorQuantizer::register_pages(Slot& s, const uint8_t* from, size_t bytes) {
-  if (!register_ok_) return false;
-  const uintptr_t a = reinterpret_cast<uintptr_t>(from);
-  const uintptr_t lo = round_up(a, page_), hi = (a + bytes) / page_ * page_;
-  if (hi <= lo || hi - lo < kMinRegister) return false;
-  const Pages p{from + (lo - a), hi - lo};
-  if (cudaHostRegister(const_cast<uint8_t*>(p.begin), p.bytes, register_flags_) != cudaSuccess) {
-    cudaGetLastError();
-    register_ok_ = false;
-    return false;
-  }
-  s.registered = p;
-  const size_t head = lo - a, tail = a + bytes - hi;
-  std::memcpy(s.h_in, from, head);
-  std::memcpy(s.h_in + bytes - tail, from + bytes - tail, tail);
-  return true;
-}
-
-void CudaTensorQuantizer::unregister_pages(Slot& s) noexcept {
-  if (s.registered.bytes == 0) return;
-  cudaHostUnregister(const_cast<uint8_t*>(s.registered.begin));
-  cudaGetLastError();
-  s.registered = {nullptr, 0};
 }
 
 void CudaTensorQuantizer::quantize(const QuantInput& in, const GroupLayout& L,
@@ -448,17 +373,13 @@ void CudaTensorQuantizer::quantize(const QuantInput& in, const GroupLayout& L,
   bool abort = false;
   std::exception_ptr loader_error;
 
-  auto chunk_source = [&](const Chunk& c) {
-    return src + size_t(c.row_begin) * row_bytes + size_t(c.col_begin) * size_t(esize);
-  };
   auto load = [&](int64_t n) {
     const Chunk& c = chunks[size_t(n)];
     Slot& s = slots_[size_t(n % n_slots)];
     const size_t width = size_t(c.col_end - c.col_begin) * size_t(esize);
-    const size_t rows = size_t(c.row_end - c.row_begin);
-    const uint8_t* from = chunk_source(c);
-    if (width == row_bytes && register_pages(s, from, width * rows)) return;
-    WorkerPool::wait(submit_copies(*pool_, {{s.h_in, width, from, row_bytes, width, rows}}));
+    WorkerPool::wait(submit_copies(
+        *pool_, {{s.h_in, width, src + size_t(c.row_begin) * row_bytes + size_t(c.col_begin) * size_t(esize),
+                  row_bytes, width, size_t(c.row_end - c.row_begin)}}));
   };
   std::thread loader;
   if (!pinned_source) {
@@ -473,9 +394,8 @@ void CudaTensorQuantizer::quantize(const QuantInput& in, const GroupLayout& L,
               cv.wait(lk, [&] { return abort || enqueued > n - n_slots; });
               if (abort) return;
             }
-            Slot& s = slots_[size_t(n % n_slots)];
-            check(cudaEventSynchronize(s.h2d_done), "cudaEventSynchronize", in.name);
-            unregister_pages(s);
+            check(cudaEventSynchronize(slots_[size_t(n % n_slots)].h2d_done), "cudaEventSynchronize",
+                  in.name);
           }
           load(n);
           {
@@ -541,8 +461,8 @@ void CudaTensorQuantizer::quantize(const QuantInput& in, const GroupLayout& L,
     const size_t width = cols * size_t(esize), rows = size_t(c.row_end - c.row_begin);
     auto* flags = reinterpret_cast<QuantFlags*>(s.d_mem + off_flags());
     cuda::throw_if_failed(cuda::reset_flags(flags, s.stream), in.name);
-    const uint8_t* from = chunk_source(c);
     if (pinned_source) {
+      const uint8_t* from = src + size_t(c.row_begin) * row_bytes + size_t(c.col_begin) * size_t(esize);
       if (width == row_bytes) {  // whole rows: one contiguous copy (a 2D copy of narrow rows crawls)
         check(cudaMemcpyAsync(s.d_mem, from, width * rows, cudaMemcpyHostToDevice, s.stream),
               "cudaMemcpyAsync (H2D)", in.name);
@@ -552,20 +472,8 @@ void CudaTensorQuantizer::quantize(const QuantInput& in, const GroupLayout& L,
               "cudaMemcpy2DAsync (H2D)", in.name);
       }
     } else {
-      // Registered pages straight from the source, the rest (all of a staged
-      // chunk) from the pinned input, each to its offset in the chunk.
-      auto h2d = [&](size_t at, const uint8_t* host, size_t bytes) {
-        check(cudaMemcpyAsync(s.d_mem + at, host, bytes, cudaMemcpyHostToDevice, s.stream),
-              "cudaMemcpyAsync (H2D)", in.name);
-      };
-      size_t at = 0;
-      if (const Pages& p = s.registered; p.bytes > 0) {
-        const size_t off = size_t(p.begin - from);
-        if (off > 0) h2d(0, s.h_in, off);
-        h2d(off, p.begin, p.bytes);
-        at = off + p.bytes;
-      }
-      if (at < width * rows) h2d(at, s.h_in + at, width * rows - at);
+      check(cudaMemcpyAsync(s.d_mem, s.h_in, width * rows, cudaMemcpyHostToDevice, s.stream),
+            "cudaMemcpyAsync (H2D)", in.name);
     }
     check(cudaEventRecord(s.h2d_done, s.stream), "cudaEventRecord", in.name);
     {
@@ -618,15 +526,11 @@ void CudaTensorQuantizer::quantize(const QuantInput& in, const GroupLayout& L,
     for (Slot& s : slots_) {
       cudaStreamSynchronize(s.stream);
       wait_outputs(s);
-      unregister_pages(s);
     }
     cudaGetLastError();
     throw;
   }
   stop_loader();
-  // Every chunk is done (finish waited for each); the caller may free or
-  // unmap the source as soon as this returns.
-  for (Slot& s : slots_) unregister_pages(s);
 
   // Same precedence as the reference: any non-finite value (policy Error)
   // before any range overflow.

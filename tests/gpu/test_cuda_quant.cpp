@@ -7,10 +7,6 @@
 // QPACK_GPU_TEST_QUICK=1 (set by tools/gpu_check.sh under compute-sanitizer)
 // runs a random quarter of each sweep.
 #include <gtest/gtest.h>
-#include <unistd.h>
-#if QPACK_HAVE_CUDA
-#include <cuda_runtime_api.h>  // to see what the quantizer leaves page-locked
-#endif
 
 #include <algorithm>
 #include <cmath>
@@ -508,54 +504,10 @@ TEST(CudaQuantizer, PinnedSourceIsCopiedDirectly) {
   }
 }
 
-#if QPACK_HAVE_CUDA
-// ------------------------------------------------------------ registered sources
-
-bool registration_supported() {
-  int v = 0;
-  return cudaDeviceGetAttribute(&v, cudaDevAttrHostRegisterSupported, 0) == cudaSuccess && v != 0;
-}
-
-// Pages of [p, p + bytes) that are page-locked.
-size_t locked_pages(const uint8_t* p, size_t bytes) {
-  const size_t page = size_t(sysconf(_SC_PAGESIZE));
-  size_t n = 0;
-  for (size_t off = 0; off < bytes; off += page) {
-    cudaPointerAttributes a{};
-    if (cudaPointerGetAttributes(&a, p + off) == cudaSuccess && a.type == cudaMemoryTypeHost) ++n;
-  }
-  cudaGetLastError();
-  return n;
-}
-
-// The whole pages inside [p, p + bytes) can be registered again: nobody
-// holds them.
-void expect_registrable(const uint8_t* p, size_t bytes) {
-  const size_t page = size_t(sysconf(_SC_PAGESIZE));
-  const uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
-  const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + bytes) / page * page;
-  ASSERT_GT(hi, lo);
-  void* v = reinterpret_cast<void*>(lo);
-  EXPECT_EQ(cudaHostRegister(v, hi - lo, cudaHostRegisterDefault), cudaSuccess);
-  EXPECT_EQ(cudaHostUnregister(v), cudaSuccess);
-  cudaGetLastError();
-}
-
-cuda::QuantizerOptions register_options(size_t chunk, bool reg) {
-  cuda::QuantizerOptions o;
-  o.chunk_bytes = chunk;
-  o.host_threads = 4;
-  o.register_source = reg;
-  return o;
-}
-
-// Chunks of whole rows whose source pages are registered in place: the
-// bytes of the partial pages at each end are staged, so every chunk boundary
-// (rows of 2000 bytes) lands at another offset in its page. With 1 MiB chunks
-// every chunk is under the registration minimum, as is the small tensor.
-// File mappings are staged only: registering one (read-only) hung the lent
-// H100 (Linux 6.18) in the kernel, unkillably (kernels/NOTES.md).
-TEST(CudaQuantizer, RegisteredSourcesMatchTheReference) {
+// Pageable sources at odd offsets, in anonymous memory and in a read-only
+// mapping of a file (as the converter reads checkpoints), cut into chunks of
+// whole rows whose boundaries (rows of 2000 bytes) fall anywhere in a page.
+TEST(CudaQuantizer, PageableSourcesAtOddOffsetsMatchTheReference) {
   REQUIRE_GPU();
   std::mt19937_64 rng(test::test_seed() + 8);
   test::TempDir dir;
@@ -568,8 +520,6 @@ TEST(CudaQuantizer, RegisteredSourcesMatchTheReference) {
       const GroupLayout L = GroupLayout::make({rows, 1000}, s, "r");
       const std::vector<uint8_t> src = encode(make_values(L, s, Dist::Normal, rng), DType::F16);
       const Outputs want = run_reference(src, DType::F16, L, s, NonFinitePolicy::Error);
-      // (i) anonymous memory, (ii) a read-only mapping of a file (as the
-      // converter reads checkpoints), the tensor at an odd offset in each.
       const size_t at = 1000 + 2 * size_t(rng() % 2000);
       std::vector<uint8_t> bytes(at + src.size(), 0x5a);
       std::memcpy(bytes.data() + at, src.data(), src.size());
@@ -577,90 +527,21 @@ TEST(CudaQuantizer, RegisteredSourcesMatchTheReference) {
       test::write_file(path, bytes.data(), bytes.size());
       const MappedFile file(path);
       for (const uint8_t* base : {static_cast<const uint8_t*>(bytes.data()) + at, file.data() + at})
-        for (size_t chunk : {size_t(1) << 20, size_t(2) << 20, (size_t(3) << 20) + 12345})
-          for (bool reg : {true, false}) {
-            if (reg && base == file.data() + at) continue;
-            const std::string what = std::string(base == file.data() + at ? "file" : "anon") + " axis " +
-                                     std::to_string(axis) + " rows " + std::to_string(rows) + " chunk " +
-                                     std::to_string(chunk) + (reg ? " registered" : " staged");
-            SCOPED_TRACE(what);
-            Outputs got = make_outputs(L, s, 0xA5);
-            make_cuda_quantizer(0, register_options(chunk, reg))
-                ->quantize({base, DType::F16, "r"}, L, s, NonFinitePolicy::Error, got.buffers());
-            expect_same(got, want, what);
-            EXPECT_EQ(locked_pages(base, src.size()), 0u);
-            if (HasFailure()) return;
-          }
+        for (size_t chunk : {size_t(1) << 20, size_t(2) << 20, (size_t(3) << 20) + 12345}) {
+          const std::string what = std::string(base == file.data() + at ? "file" : "anon") + " axis " +
+                                   std::to_string(axis) + " rows " + std::to_string(rows) + " chunk " +
+                                   std::to_string(chunk);
+          SCOPED_TRACE(what);
+          cuda::QuantizerOptions o;
+          o.chunk_bytes = chunk;
+          o.host_threads = 4;
+          Outputs got = make_outputs(L, s, 0xA5);
+          make_cuda_quantizer(0, o)->quantize({base, DType::F16, "r"}, L, s, NonFinitePolicy::Error, got.buffers());
+          expect_same(got, want, what);
+          if (HasFailure()) return;
+        }
     }
 }
-
-// A quantize that throws (a NaN, policy Error) leaves nothing registered,
-// with the reference's message.
-TEST(CudaQuantizer, NothingStaysRegisteredAfterAnError) {
-  REQUIRE_GPU();
-  if (!registration_supported()) GTEST_SKIP() << "the device cannot register host memory";
-  std::mt19937_64 rng(test::test_seed() + 9);
-  for (int axis : {0, -1}) {
-    QuantScheme s;
-    s.axis = axis;
-    const GroupLayout L = GroupLayout::make({2048, 1024}, s, "nan");
-    std::vector<float> v = make_values(L, s, Dist::Normal, rng);
-    v[v.size() / 2 + rng() % (v.size() / 2)] = std::nanf("");
-    const std::vector<uint8_t> src = encode(v, DType::F16);
-    std::vector<uint8_t> buf(src.size() + 100);
-    uint8_t* base = buf.data() + 100;
-    std::memcpy(base, src.data(), src.size());
-    std::string want;
-    try {
-      Outputs ref = make_outputs(L, s, 0);
-      quantize_reference({src.data(), DType::F16, "nan"}, L, s, NonFinitePolicy::Error, ref.buffers());
-    } catch (const Error& e) {
-      want = e.what();
-    }
-    ASSERT_FALSE(want.empty());
-    Outputs got = make_outputs(L, s, 0xA5);
-    try {
-      make_cuda_quantizer(0, register_options(size_t(2) << 20, true))
-          ->quantize({base, DType::F16, "nan"}, L, s, NonFinitePolicy::Error, got.buffers());
-      ADD_FAILURE() << "no error";
-    } catch (const Error& e) {
-      EXPECT_EQ(e.code(), ErrorCode::NonFinite);
-      EXPECT_EQ(std::string(e.what()), want);
-    }
-    EXPECT_EQ(locked_pages(base, src.size()), 0u);
-    expect_registrable(base, src.size());
-  }
-}
-
-// Pages the caller registered itself make the quantizer's registration of
-// that chunk fail: it stages instead (from then on), gives the same bytes,
-// and leaves the caller's registration alone.
-TEST(CudaQuantizer, StagesWhereRegistrationFails) {
-  REQUIRE_GPU();
-  if (!registration_supported()) GTEST_SKIP() << "the device cannot register host memory";
-  std::mt19937_64 rng(test::test_seed() + 10);
-  QuantScheme s;
-  const GroupLayout L = GroupLayout::make({4096, 1024}, s, "held");
-  const std::vector<uint8_t> src = encode(make_values(L, s, Dist::Normal, rng), DType::BF16);
-  const Outputs want = run_reference(src, DType::BF16, L, s, NonFinitePolicy::Error);
-  std::vector<uint8_t> buf(src.size() + 8192);
-  uint8_t* base = buf.data() + 300;
-  std::memcpy(base, src.data(), src.size());
-  const size_t page = size_t(sysconf(_SC_PAGESIZE));
-  uint8_t* held = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(base) + src.size() / 2) / page * page);
-  ASSERT_EQ(cudaHostRegister(held, 16 * page, cudaHostRegisterDefault), cudaSuccess);
-  auto q = make_cuda_quantizer(0, register_options(size_t(2) << 20, true));
-  for (int pass = 0; pass < 2; ++pass) {
-    Outputs got = make_outputs(L, s, 0xA5);
-    q->quantize({base, DType::BF16, "held"}, L, s, NonFinitePolicy::Error, got.buffers());
-    expect_same(got, want, "pass " + std::to_string(pass));
-    EXPECT_EQ(locked_pages(base, src.size()), 16u);
-  }
-  EXPECT_EQ(cudaHostUnregister(held), cudaSuccess);
-  EXPECT_EQ(locked_pages(base, src.size()), 0u);
-  expect_registrable(base, src.size());
-}
-#endif  // QPACK_HAVE_CUDA
 
 // Tensors of several waves of blocks, on both axes.
 TEST(CudaQuant, LargeTensorsMatchTheReference) {

@@ -13,10 +13,10 @@
 //     source bytes as a fraction of the pinned host-to-device bandwidth, from
 //     pageable (anonymous) memory, from a read-only mapping of a file held in
 //     the page cache (as a converter reads a checkpoint), and from pinned
-//     memory; from pageable memory both staged (the default) and with the
-//     source pages registered (QuantizerOptions::register_source). Before
-//     them, what cudaHostRegister + cudaHostUnregister cost per piece
-//     (file mappings only with --file-registration: it hung the lent H100).
+//     memory. Before them, what cudaHostRegister + cudaHostUnregister cost
+//     per piece: the reason TensorQuantizer stages pageable sources through
+//     pinned buffers instead of registering them in place (kernels/NOTES.md;
+//     file mappings only with --file-registration: it hung the lent H100).
 //
 //   qpack_bench_cuda [--quick] [--profile] [--e2e-only] [--e2e-gib N] [--file-registration] [--json FILE]
 //   (--profile: one launch of each kernel, for ncu; no timing worth reading)
@@ -376,11 +376,6 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
     const char* name;
     int kind;  // 0 pageable (anonymous), 1 page cache (fresh file mapping each pass), 2 pinned
   };
-  struct Variant {
-    Source src;
-    bool register_source;
-  };
-  const cuda::QuantizerOptions defaults;
   for (int axis : {0, -1}) {
     QuantScheme s;
     s.axis = axis;
@@ -409,22 +404,16 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
                pass(*qc, pageable.data()), pinned_h2d);
       }
     }
-    const Source anon{"pageable", 0}, cache{"page cache", 1}, pin{"pinned  ", 2};
-    std::vector<Variant> vs = {{anon, false}, {anon, true}, {cache, false}, {pin, false}};
-    if (file_registration) vs.push_back({cache, true});
+    const std::vector<Source> vs = {{"pageable", 0}, {"page cache", 1}, {"pinned  ", 2}};
     std::vector<std::unique_ptr<TensorQuantizer>> qs;
     std::vector<std::vector<double>> ms(vs.size());
-    for (const Variant& v : vs) {
-      cuda::QuantizerOptions o;
-      o.register_source = v.register_source;
-      qs.push_back(make_cuda_quantizer(0, o));
-    }
+    for (size_t k = 0; k < vs.size(); ++k) qs.push_back(make_cuda_quantizer(0));
     // Variants interleaved, best of a few passes each (the host's copy
     // bandwidth drifts by tens of percent over seconds on the lent machine).
     auto timed = [&](size_t k) {
       std::unique_ptr<TempFile::Map> m;
-      const uint8_t* base = vs[k].src.kind == 0 ? pageable.data() : pinned.data();
-      if (vs[k].src.kind == 1) base = (m = file.map())->data() + file_at;
+      const uint8_t* base = vs[k].kind == 0 ? pageable.data() : pinned.data();
+      if (vs[k].kind == 1) base = (m = file.map())->data() + file_at;
       return pass(*qs[k], base);
     };
     for (int rep = 0; rep < (quick ? 2 : 3); ++rep)
@@ -432,15 +421,9 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
         if (rep == 0) timed(k);  // warm-up: device buffers, the pool's threads
         ms[k].push_back(timed(k));
       }
-    for (size_t k = 0; k < vs.size(); ++k) {
-      // Untagged: the default options (the bar is the page cache row).
-      const Variant& v = vs[k];
-      std::string tag;
-      if (v.src.kind != 2 && v.register_source != defaults.register_source)
-        tag = v.register_source ? ", registered" : ", staged";
-      report(std::string("e2e ") + vs[k].src.name + ax + tag + " (vs pinned H2D)", double(total),
+    for (size_t k = 0; k < vs.size(); ++k)  // the bar is the page cache row
+      report(std::string("e2e ") + vs[k].name + ax + " (vs pinned H2D)", double(total),
              *std::min_element(ms[k].begin(), ms[k].end()), pinned_h2d);
-    }
   }
   // For scale: the CPU path over the first GB, all cores.
   {

@@ -210,15 +210,6 @@ struct QuantizerOptions {
   size_t chunk_bytes = size_t(32) << 20;  // best of 2/8/32 MiB on the H100 (kernels/NOTES.md)
   int streams = 3;       // >= 2: chunks n-1, n and n+1 are in flight at once
   int host_threads = 0;  // threads for the host-side copies; 0: one per core, at most 16
-  // Pageable sources: page-lock the pages of each chunk of whole rows where
-  // they are (cudaHostRegister, read-only where the device supports it) and
-  // copy them to the device from there, instead of copying them into pinned
-  // staging memory first; the partial pages at a chunk's two ends, and
-  // chunks under 1 MiB, are still staged. Where registration fails
-  // (unsupported, already registered, no permission) the quantizer stages
-  // from then on. Off by default: slower than staging on the lent H100, and
-  // registering a read-only file mapping hung its kernel (kernels/NOTES.md).
-  bool register_source = false;
 };
 
 }  // namespace cuda
