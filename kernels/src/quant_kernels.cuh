@@ -191,6 +191,22 @@ __device__ __forceinline__ uint32_t encode(float x, const GroupCode& c, int bits
   return uint32_t(min(max(r, 0), q));
 }
 
+// Halfwise min or max of two packed F16/BF16 pairs; kNaN: NaN-propagating
+// (min.NaN / max.NaN), else the IEEE minNum/maxNum selection.
+template <DType D, bool kMax, bool kNaN>
+__device__ __forceinline__ uint32_t packed_minmax(uint32_t a, uint32_t b) {
+  uint32_t r;
+  if constexpr (D == DType::F16 && !kMax && !kNaN) asm("min.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  else if constexpr (D == DType::F16 && kMax && !kNaN) asm("max.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  else if constexpr (D == DType::F16 && !kMax) asm("min.NaN.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  else if constexpr (D == DType::F16) asm("max.NaN.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  else if constexpr (!kMax && !kNaN) asm("min.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  else if constexpr (kMax && !kNaN) asm("max.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  else if constexpr (!kMax) asm("min.NaN.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  else asm("max.NaN.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+
 // Two 16-bit source values packed in a 32-bit word, as the loads deliver
 // them. min/max/abs are exact selections, so statistics on packed pairs equal
 // the float32 ones.
@@ -199,24 +215,8 @@ struct Pair {
   static constexpr uint32_t kExp = D == DType::F16 ? 0x7c00u : 0x7f80u;  // all-ones exponent
   static constexpr uint32_t kPosInf = D == DType::F16 ? 0x7c007c00u : 0x7f807f80u;
   static constexpr uint32_t kNegInf = D == DType::F16 ? 0xfc00fc00u : 0xff80ff80u;
-  __device__ static __forceinline__ uint32_t min(uint32_t a, uint32_t b) {
-    uint32_t r;
-    if constexpr (D == DType::F16) {
-      asm("min.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    } else {
-      asm("min.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    }
-    return r;
-  }
-  __device__ static __forceinline__ uint32_t max(uint32_t a, uint32_t b) {
-    uint32_t r;
-    if constexpr (D == DType::F16) {
-      asm("max.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    } else {
-      asm("max.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    }
-    return r;
-  }
+  __device__ static __forceinline__ uint32_t min(uint32_t a, uint32_t b) { return packed_minmax<D, false, false>(a, b); }
+  __device__ static __forceinline__ uint32_t max(uint32_t a, uint32_t b) { return packed_minmax<D, true, false>(a, b); }
   // |x| of both halves: clearing the sign bits is exact (and maps -0 to +0).
   __device__ static __forceinline__ uint32_t abs(uint32_t a) { return a & 0x7fff7fffu; }
   // Non-finite halves replaced by +0 (policy Zero, and the slow path).
@@ -234,24 +234,8 @@ struct Pair {
 // exact selections, so finite results equal the float32 ones).
 template <DType D>
 struct PairNaN {
-  __device__ static __forceinline__ uint32_t min(uint32_t a, uint32_t b) {
-    uint32_t r;
-    if constexpr (D == DType::F16) {
-      asm("min.NaN.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    } else {
-      asm("min.NaN.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    }
-    return r;
-  }
-  __device__ static __forceinline__ uint32_t max(uint32_t a, uint32_t b) {
-    uint32_t r;
-    if constexpr (D == DType::F16) {
-      asm("max.NaN.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    } else {
-      asm("max.NaN.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-    }
-    return r;
-  }
+  __device__ static __forceinline__ uint32_t min(uint32_t a, uint32_t b) { return packed_minmax<D, false, true>(a, b); }
+  __device__ static __forceinline__ uint32_t max(uint32_t a, uint32_t b) { return packed_minmax<D, true, true>(a, b); }
   // Bit 15 of each half of the result is set when that half of w is NaN or
   // +-Inf (|h| + (0x8000 - exponent mask) carries into bit 15; no carry
   // crosses halves). Or-able across words.

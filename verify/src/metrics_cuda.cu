@@ -297,6 +297,18 @@ __device__ __noinline__ void exact_unit(const Geometry* gp, const ChunkView* vp,
   *out = a;
 }
 
+// Unit (sr, col) redone with the exact rule into acc. The result goes
+// through a local copy: the address of a thread's Acc array element would
+// move the whole array out of registers.
+template <DType kSrc>
+__device__ __forceinline__ void redo_unit(const Geometry& g, const ChunkView& v, int64_t sr, int64_t col, Acc& acc) {
+  Geometry tg = g;
+  ChunkView tv = v;
+  Acc ta;
+  exact_unit<kSrc>(&tg, &tv, sr, col, &ta);
+  acc = ta;
+}
+
 // A unit's partial as the tree sees it. Keys order elements as their flat
 // indices do within one block; counts of one block fit 32 bits.
 struct Rec {
@@ -576,13 +588,7 @@ __global__ void __launch_bounds__(kCtaThreads, 6)
     }
 #pragma unroll
     for (int u = 0; u < kV; ++u)
-      if (susp[u]) {
-        Geometry tg = g;
-        ChunkView tv = v;
-        Acc ta;
-        exact_unit<kSrc>(&tg, &tv, sr, col + u, &ta);
-        acc[u] = ta;
-      }
+      if (susp[u]) redo_unit<kSrc>(g, v, sr, col + u, acc[u]);
   }
   // Records by unit (4j + u), then each thread takes units j + 64u. The
   // records overlay the tables: wait until every thread is done with its own.
@@ -782,13 +788,7 @@ __global__ void __launch_bounds__(kCtaThreads, 7)
   }
 #pragma unroll
   for (int u = 0; u < kV; ++u)
-    if (susp[u]) {
-      Geometry tg = g;
-      ChunkView tv = v;
-      Acc ta;
-      exact_unit<kSrc>(&tg, &tv, sr0 + j + 64 * u, 0, &ta);
-      acc[u] = ta;
-    }
+    if (susp[u]) redo_unit<kSrc>(g, v, sr0 + j + 64 * u, 0, acc[u]);
   Rec r[kV];
 #pragma unroll
   for (int u = 0; u < kV; ++u) {
