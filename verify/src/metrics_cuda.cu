@@ -11,6 +11,7 @@
 // device buffers (two streams: the upload of one chunk overlaps the kernel
 // of the previous one), so device memory stays bounded whatever the tensor
 // size. No managed memory.
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -118,16 +119,15 @@ __global__ void __launch_bounds__(vcore::kBlockUnits, 3)
 // double(fma(q, S, M)) to a table in shared memory, so an element's x_hat is
 // one shift-and-mask of its code and one 8-byte shared load (8 bits decode
 // with the magic-number float and an exact bit placement). The source value
-// becomes a double exactly (16-bit sources: bit placement and one exact
-// multiply by a power of two; F32: the conversion). Then the five sums, the
+// becomes a double exactly (see src_to_f64). Then the five sums, the
 // running maximum and a per-unit predicate "above the bound's base".
 //
 // Anything unusual sends the whole unit to the exact rule afterwards
 // (vcore::eval_unit, the CPU's own code, from the start of the unit): an
 // element above the base (possibly a bound violation), a non-finite source
-// value (BF16: it becomes a double >= 2^128, far above any base the fast
-// path accepts; F32: NaN or Inf; F16: a double >= 2^16, found by the sum of
-// squares),
+// value (BF16 by bit placement: a double >= 2^128, far above any base the
+// fast path accepts; F32 and BF16 by conversion: Inf above the base, NaN
+// in the sums; F16: a double >= 2^16, found by the sum of squares),
 // a scale or zero-point that is non-finite or huge, a segment whose length
 // is not a multiple of 8, and (rows) the units of a partial last block.
 // Their fast-path sums are simply discarded.
@@ -197,10 +197,18 @@ __device__ __forceinline__ double decode8(uint32_t w, int pos, float magic_off, 
 // in a double's give x * 2^-896 (BF16) or x * 2^-1008 (F16) for normal and
 // subnormal x alike; the product by the power of two is exact. The arithmetic
 // shift puts the sign in bit 31 (and in bits the mask clears).
-template <DType kSrc, int H>
+// kCvt (BF16 only): the float the BF16 value is the upper half of, through
+// the conversion unit: two instructions instead of four or five, and one
+// multiply fewer on the FP64 pipe, which the element loop nearly fills (the
+// gain says the conversion does not take its place). Rows kernel: 2-bit g32
+// 63-64% -> 65-67%, 4-bit g64 71 -> 74%. The columns kernel measured no
+// clear gain (4-bit 64 -> 65-66%, 3-bit 62 -> 61%) and keeps the placement.
+template <DType kSrc, int H, bool kCvt = false>
 __device__ __forceinline__ double src_to_f64(uint32_t w) {
   if constexpr (kSrc == DType::F32) {
     return double(__uint_as_float(w));
+  } else if constexpr (kSrc == DType::BF16 && kCvt) {
+    return double(__uint_as_float(H ? (w & 0xffff0000u) : (w << 16)));
   } else {
     const uint32_t t = H ? w : (w << 16);
     if constexpr (kSrc == DType::BF16)
@@ -231,15 +239,46 @@ __device__ __forceinline__ void fast_element(Acc& a, double xd, double hd, int k
       : "d"(e), "r"(k));
 }
 // After the fast rule: must the unit be redone with the exact rule? When an
-// error is above the base (a possible violation, or a BF16 non-finite source
-// value, which is >= 2^128 as placed), when a sum is NaN (an F32 NaN
-// source), and for F16 sources when the sum of squares reaches 2^32: an F16
-// NaN or Inf is placed as a finite |x| >= 2^16 and finite F16 values are
-// below 2^16, so only units of huge values (64 * 8192^2) are redone
-// needlessly. (A check of every loaded word cost an instruction per element.)
+// error is above the base (a possible violation, a BF16 non-finite source
+// value placed as >= 2^128, or an Inf source value converted), when a sum is
+// NaN (a NaN source value converted), and for F16 sources when the sum of
+// squares reaches 2^32: an F16 NaN or Inf is placed as a finite |x| >= 2^16
+// and finite F16 values are below 2^16, so only units of huge values
+// (64 * 8192^2) are redone needlessly. (A check of every loaded word cost
+// an instruction per element.)
 template <DType kSrc>
 __device__ __forceinline__ bool unit_suspect(const Acc& a, double base) {
   return !(fabs(a.m) <= base) || !(a.sq_err == a.sq_err) || (kSrc == DType::F16 && !(a.sq_ref < 0x1p32));
+}
+
+// A parameter's raw bits as a float. F16 takes the hardware conversion,
+// exact for every finite value (cudadev::param_value's f16_to_f32 is a
+// branchy software one: about 17 instructions a parameter, 8 parameters per
+// thread); a NaN's payload may differ, but a non-finite parameter sends its
+// unit to the exact rule, which converts on its own.
+__device__ __forceinline__ float param_fast(uint32_t bits, DType sd) {
+  if (sd == DType::F32) return __uint_as_float(bits);
+  if (sd == DType::BF16) return __uint_as_float(bits << 16);
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));
+}
+
+// vcore::ulp_in(double(v), sd) for a finite float v, from its bits: the ulp
+// 2^(max(e, emin) - mant) is the double of exponent field
+// max(fe + 896 - mant, emin - mant + 1023), fe being v's biased exponent
+// (0 for zero and subnormals, whose exponents lie below every emin, as
+// ulp_in's clamp has it). ulp_in itself converts to double, compares,
+// clamps and rebuilds, twice per unit.
+struct UlpC {
+  int add, lo;
+};
+__device__ __forceinline__ UlpC ulp_consts(DType sd) {
+  const int mant = sd == DType::F16 ? 10 : sd == DType::BF16 ? 7 : 23;
+  const int emin = sd == DType::F16 ? -14 : -126;
+  return {896 - mant, emin - mant + 1023};
+}
+__device__ __forceinline__ double ulp_of_float(float v, UlpC c) {
+  const int fe = int((__float_as_uint(v) >> 23) & 0xffu);
+  return __hiloint2double(max(fe + c.add, c.lo) << 20, 0);
 }
 
 // A unit's parameters.
@@ -248,11 +287,32 @@ struct Par {
   double base;
   bool ok;  // finite and small enough that every reconstruction is finite
 };
-__device__ __forceinline__ Par make_par(float scale, float zero, const Geometry& g) {
+// The columns kernel's: vcore::bound_terms as it is. make_par below (same
+// bits) measured 64 -> 58% (4-bit) and 62 -> 57% (3-bit) there, although
+// its element loop only grew by 12 moves per slice; the cause was not found.
+__device__ __forceinline__ Par make_par_ref(float scale, float zero, const Geometry& g) {
   Par p;
   p.scale = scale;
   p.zero = zero;
   p.base = vcore::bound_terms(scale, zero, g.q, g.symmetric, g.scale_dtype).base;
+  // |q| <= 255: |q*S + M| < 2^127 when |S| <= 2^118 and |M| <= 2^126.
+  p.ok = fabsf(scale) <= 0x1p118f && fabsf(zero) <= 0x1p126f;
+  return p;
+}
+// The rows kernel's, where four units' setup weighs on 32-element units:
+// base is vcore::bound_terms(scale, zero, ...).base with the same double
+// operations in the same order, the ulps from ulp_of_float (checked bit for
+// bit against bound_terms over all three scale dtypes, subnormals included).
+// A non-finite parameter gives some base, unused: ok is false.
+__device__ __forceinline__ Par make_par(float scale, float zero, const Geometry& g, UlpC uc) {
+  Par p;
+  p.scale = scale;
+  p.zero = zero;
+  const double s = scale;
+  const double inner = __dadd_rn(__dadd_rn(ulp_of_float(scale, uc), __dmul_rn(s, 0x1p-22)), 0x1p-126);
+  double b = __dadd_rn(__dmul_rn(0.5, s), __dmul_rn(g.q, inner));
+  if (!g.symmetric) b = __dadd_rn(b, ulp_of_float(zero, uc));
+  p.base = b;
   // |q| <= 255: |q*S + M| < 2^127 when |S| <= 2^118 and |M| <= 2^126.
   p.ok = fabsf(scale) <= 0x1p118f && fabsf(zero) <= 0x1p126f;
   return p;
@@ -368,24 +428,60 @@ __device__ __forceinline__ Rec shfl_down_rec(const Rec& r, int d) {
   return o;
 }
 
+// The sums and the maximum of a record: all a block changes when none of
+// its units took the exact rule (no non-finite value, no violation, every
+// element counted), so such a block shuffles 13 words a step instead of 17.
+__device__ __forceinline__ void rec_merge_fast(Rec& a, const Rec& b) {
+#pragma unroll
+  for (int i = 0; i < 5; ++i) a.s[i] = __dadd_rn(a.s[i], b.s[i]);
+  if (b.max_abs > a.max_abs || (b.max_abs == a.max_abs && b.max_key < a.max_key)) {
+    a.max_abs = b.max_abs;
+    a.max_key = b.max_key;
+  }
+}
+__device__ __forceinline__ Rec shfl_down_rec_fast(const Rec& r, int d) {
+  Rec o;
+#pragma unroll
+  for (int i = 0; i < 5; ++i) o.s[i] = __shfl_down_sync(0xffffffffu, r.s[i], d);
+  o.max_abs = __shfl_down_sync(0xffffffffu, r.max_abs, d);
+  o.max_key = __shfl_down_sync(0xffffffffu, r.max_key, d);
+  return o;
+}
+
 // The fixed tree of vcore::block_tree_host over one block, when thread j
 // (0..63) of the block holds the records of units j, j+64, j+128, j+192 in
 // r[0..3]. xchg: 32 records of shared memory for the block. The result is
 // in thread 0. Every thread of the CTA must call it (it has barriers).
-__device__ __forceinline__ Rec block_tree(Rec (&r)[kV], int j, Rec* xchg) {
+// kMayBeFast: the barrier also tells whether any thread of the block has
+// `slow` set; when none has, the shuffle steps carry only the sums and the
+// maximum, and the other fields of the result are left to the caller
+// (*fast is then true).
+template <bool kMayBeFast>
+__device__ __forceinline__ Rec block_tree(Rec (&r)[kV], int j, Rec* xchg, bool slow = true, bool* fast = nullptr) {
   rec_merge(r[0], r[2]);  // stride 128: unit j with j+128, j+64 with j+192
   rec_merge(r[1], r[3]);
   rec_merge(r[0], r[1]);  // stride 64
   if (j >= 32) xchg[j - 32] = r[0];
-  __syncthreads();
+  bool all_fast = false;
+  if constexpr (kMayBeFast) all_fast = !__syncthreads_or(slow);
+  else __syncthreads();
   if (j < 32) {
     rec_merge(r[0], xchg[j]);  // stride 32
+    if (all_fast) {
 #pragma unroll
-    for (int d = 16; d > 0; d >>= 1) {  // strides 16 .. 1
-      const Rec o = shfl_down_rec(r[0], d);
-      if (j < d) rec_merge(r[0], o);
+      for (int d = 16; d > 0; d >>= 1) {  // strides 16 .. 1
+        const Rec o = shfl_down_rec_fast(r[0], d);
+        if (j < d) rec_merge_fast(r[0], o);
+      }
+    } else {
+#pragma unroll
+      for (int d = 16; d > 0; d >>= 1) {
+        const Rec o = shfl_down_rec(r[0], d);
+        if (j < d) rec_merge(r[0], o);
+      }
     }
   }
+  if (fast) *fast = all_fast;
   return r[0];
 }
 
@@ -552,8 +648,8 @@ __global__ void __launch_bounds__(kCtaThreads, 6)
       Par par[kV];
 #pragma unroll
       for (int u = 0; u < kV; ++u) {
-        par[u] = make_par(cudadev::param_value(scale_u[u], g.scale_dtype),
-                          g.symmetric ? 0.0f : cudadev::param_value(zero_u[u], g.scale_dtype), g);
+        par[u] = make_par_ref(cudadev::param_value(scale_u[u], g.scale_dtype),
+                              g.symmetric ? 0.0f : cudadev::param_value(zero_u[u], g.scale_dtype), g);
         susp[u] = !par[u].ok;
         build_table<BITS>(smem, u, tid8, par[u], qoff);
       }
@@ -606,7 +702,7 @@ __global__ void __launch_bounds__(kCtaThreads, 6)
 #pragma unroll
   for (int u = 0; u < kV; ++u) r[u] = mine[j + 64 * u];
   __syncthreads();  // recs is reused as the exchange area
-  const Rec res = block_tree(r, j, mine);
+  const Rec res = block_tree<false>(r, j, mine);
   if (j == 0) {
     const int64_t row_begin = sp.row_begin, inner = g.inner;
     write_partial(res, out + lb, [&](uint32_t key) {
@@ -674,6 +770,27 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// The raw parameter bits of a thread's units usr + 64u (T: the scale
+// dtype's word). U == 32 has one parameter row per unit, so the four loads
+// are one address and immediate offsets.
+template <class T, int U>
+__device__ __forceinline__ void load_rows_params(const uint8_t* scales, const uint8_t* zeros, bool symmetric,
+                                                 uint32_t usr, int seg_shift, uint32_t srow0, uint32_t (&s)[kV],
+                                                 uint32_t (&z)[kV]) {
+  const T* ps = reinterpret_cast<const T*>(scales);
+  const T* pz = reinterpret_cast<const T*>(zeros);
+  if constexpr (U == 32) {
+    ps += usr - srow0;
+    pz += usr - srow0;
+  }
+#pragma unroll
+  for (int u = 0; u < kV; ++u) {
+    const uint32_t i = U == 32 ? 64u * u : ((usr + 64u * u) >> seg_shift) - srow0;
+    s[u] = ps[i];
+    z[u] = symmetric ? 0u : uint32_t(pz[i]);
+  }
+}
+
 template <DType kSrc, int BITS, int U>
 __global__ void __launch_bounds__(kCtaThreads, 7)
     rows_kernel(Geometry g, ChunkView v, int seg_shift, int64_t block0, Partial* out) {
@@ -698,32 +815,39 @@ __global__ void __launch_bounds__(kCtaThreads, 7)
   Acc acc[kV];
   Par par[kV];
   bool live[kV], susp[kV];
-  // All parameter loads are issued before anything waits for one: raw bits,
-  // unconditional (idle units read the last unit's), converted later. (Unit
-  // by unit, the warp waited for each load in turn.)
-  uint32_t scale_u[kV], zero_u[kV];
 #pragma unroll
   for (int u = 0; u < kV; ++u) {
     acc_init(acc[u]);
-    const int64_t sr = sr0 + j + 64 * u;
-    live[u] = sr < g.seg_rows;
-    const int64_t pidx = ((live[u] ? sr : g.seg_rows - 1) >> seg_shift) - v.srow0;
-    scale_u[u] = cudadev::load_param_bits(v.scales, pidx, g.scale_dtype);
-    zero_u[u] = g.symmetric ? 0u : cudadev::load_param_bits(v.zeros, pidx, g.scale_dtype);
+    live[u] = sr0 + j + 64 * u < g.seg_rows;
   }
-  if (sr0 + vcore::kBlockUnits <= g.seg_rows) {  // the whole block is live
+  const bool whole = sr0 + vcore::kBlockUnits <= g.seg_rows;
+  if (whole) {
+    // All parameter loads are issued before anything waits for one, as raw
+    // bits converted later (unit by unit, the warp waited for each load in
+    // turn). Indices in 32 bits (seg_rows < 2^31, see fast_layout): the
+    // 64-bit index arithmetic was about 20 instructions a unit.
+    uint32_t scale_u[kV], zero_u[kV];
+    const uint32_t usr = uint32_t(sr0) + uint32_t(j), srow0 = uint32_t(v.srow0);
+    if (g.scale_dtype == DType::F32)
+      load_rows_params<uint32_t, U>(v.scales, v.zeros, g.symmetric, usr, seg_shift, srow0, scale_u, zero_u);
+    else
+      load_rows_params<uint16_t, U>(v.scales, v.zeros, g.symmetric, usr, seg_shift, srow0, scale_u, zero_u);
+    // The warp's runs for u = 0; run u lies 64*u units further, a constant
+    // that the copies take as an immediate offset.
+    const uint8_t* const src_run = v.src + ((sr0 + 32 * warp) * U - v.row0) * esz;
+    const uint8_t* const code_run = v.codes + ((sr0 + 32 * warp) * kCodeBytes - v.plane0);
     auto stage = [&](int u, int buf) {
-      const int64_t run = sr0 + 32 * warp + 64 * u;  // the warp's first unit for u
-      stage_run<Stage::kChunks, Stage::kRow16, 16>(sh.st.src[warp][buf], v.src + (run * U - v.row0) * esz, lane);
-      stage_run<Stage::kWordsPerUnit, Stage::kCodeRow, 4>(sh.st.codes[warp][buf],
-                                                            v.codes + (run * kCodeBytes - v.plane0), lane);
+      stage_run<Stage::kChunks, Stage::kRow16, 16>(sh.st.src[warp][buf], src_run + u * (64 * U * esz), lane);
+      stage_run<Stage::kWordsPerUnit, Stage::kCodeRow, 4>(sh.st.codes[warp][buf], code_run + u * (64 * kCodeBytes),
+                                                            lane);
       cp_async_commit();
     };
+    const UlpC uc = ulp_consts(g.scale_dtype);
     stage(0, 0);
 #pragma unroll
     for (int u = 0; u < kV; ++u) {
-      par[u] = make_par(cudadev::param_value(scale_u[u], g.scale_dtype),
-                        g.symmetric ? 0.0f : cudadev::param_value(zero_u[u], g.scale_dtype), g);
+      par[u] = make_par(param_fast(scale_u[u], g.scale_dtype),
+                        g.symmetric ? 0.0f : param_fast(zero_u[u], g.scale_dtype), g, uc);
       susp[u] = !par[u].ok;
     }
 #pragma unroll
@@ -769,7 +893,8 @@ __global__ void __launch_bounds__(kCtaThreads, 7)
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
           const uint32_t w = kSrc == DType::F32 ? x[k] : x[k / 2];
-          const double xd = (kSrc == DType::F32 || (k & 1)) ? src_to_f64<kSrc, 1>(w) : src_to_f64<kSrc, 0>(w);
+          const double xd =
+              (kSrc == DType::F32 || (k & 1)) ? src_to_f64<kSrc, 1, true>(w) : src_to_f64<kSrc, 0, true>(w);
           double hd;
           if constexpr (BITS <= 4) hd = table_ld<BITS>(smem, 0, table_off<BITS>(uint32_t(c), BITS * k, tid8));
           else hd = decode8(uint32_t(uint64_t(c) >> (32 * (k >> 2))), 8 * (k & 3), magic_off, par[u].scale, par[u].zero);
@@ -786,17 +911,27 @@ __global__ void __launch_bounds__(kCtaThreads, 7)
 #pragma unroll
     for (int u = 0; u < kV; ++u) susp[u] = live[u];
   }
+  bool slow = !whole;
 #pragma unroll
-  for (int u = 0; u < kV; ++u)
+  for (int u = 0; u < kV; ++u) {
     if (susp[u]) redo_unit<kSrc>(g, v, sr0 + j + 64 * u, 0, acc[u]);
+    slow = slow || susp[u];
+  }
   Rec r[kV];
 #pragma unroll
   for (int u = 0; u < kV; ++u) {
     if (live[u]) r[u] = rec_of(acc[u], U, uint32_t((j + 64 * u) * vcore::kSegment), 1u);
     else rec_empty(r[u]);
   }
-  const Rec res = block_tree(r, j, xchg);
+  bool fast_block;
+  Rec res = block_tree<true>(r, j, xchg, slow, &fast_block);
   if (j == 0) {
+    if (fast_block) {  // whole, and no unit took the exact rule
+      res.fv_key = kNoKey;
+      res.nonfinite = 0;
+      res.violations = 0;
+      res.count = uint32_t(vcore::kBlockUnits * U);
+    }
     write_partial(res, out + lb, [&](uint32_t key) {
       return (sr0 + int64_t(key / vcore::kSegment)) * U + int64_t(key % vcore::kSegment);
     });
