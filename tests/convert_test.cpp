@@ -5,16 +5,22 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
+#include <map>
+#include <random>
+#include <thread>
 
 #include "qpack/checkpoint.hpp"
 #include "qpack/container.hpp"
 #include "qpack/convert.hpp"
 #include "qpack/error.hpp"
 #include "qpack/quantize.hpp"
+#include "qpack/quantizer.hpp"
 #include "qpack/safetensors.hpp"
 #include "testutil.hpp"
 
@@ -221,6 +227,116 @@ TEST(ConvertErrors, NonFiniteNamesTensorAndLeavesNothing) {
   // With --nonfinite=zero the NaN quantizes as 0.
   r = test::run_qpack("convert " + src + " " + out + " -q --nonfinite zero");
   EXPECT_EQ(r.exit_code, 0) << r.output;
+}
+
+// A quantizer that runs each submitted tensor on its own thread after a
+// random delay, so tensors finish out of order and long after submit()
+// returns, as on a GPU pipeline. It poisons the output buffers at submit:
+// a converter that reused a buffer set still being written would put the
+// poison in the file. Any overlap between the buffers of tensors in flight
+// at once is recorded.
+class DeferredQuantizer final : public TensorQuantizer {
+ public:
+  explicit DeferredQuantizer(unsigned seed) : rng_(seed) {}
+  ~DeferredQuantizer() override { cancel(); }
+  void quantize(const QuantInput& in, const GroupLayout& L, const QuantScheme& s, NonFinitePolicy p,
+                const QuantBuffers& out) override {
+    wait(submit(in, L, s, p, out));
+  }
+  Ticket submit(const QuantInput& in, const GroupLayout& L, const QuantScheme& s, NonFinitePolicy p,
+                const QuantBuffers& out) override {
+    const uint64_t params = uint64_t(L.num_groups()) * uint64_t(scale_bytes(s.scale_dtype));
+    const Range r{out.codes, L.codes_bytes()};
+    for (const auto& [t, job] : jobs_)
+      if (r.first < job.codes.first + job.codes.second && job.codes.first < r.first + r.second) ++overlaps;
+    std::memset(out.codes, 0xA5, L.codes_bytes());
+    std::memset(out.scales, 0xA5, params);
+    if (out.zeros) std::memset(out.zeros, 0xA5, params);
+    const auto delay = std::chrono::microseconds(rng_() % 3000);
+    const Ticket t = next_++;
+    ++submitted;
+    jobs_[t] = Job{r, std::async(std::launch::async, [in, L, s, p, out, delay] {
+                     std::this_thread::sleep_for(delay);
+                     quantize_reference(in, L, s, p, out);
+                   })};
+    return t;
+  }
+  void wait(Ticket t) override {
+    auto it = jobs_.find(t);
+    if (it == jobs_.end()) throw Error(ErrorCode::InvalidArgument, "", "", "unknown ticket");
+    std::future<void> f = std::move(it->second.done);
+    jobs_.erase(it);
+    f.get();
+  }
+  void cancel() noexcept override {
+    for (auto& [t, job] : jobs_) {
+      try {
+        job.done.get();
+      } catch (...) {
+      }
+    }
+    jobs_.clear();
+  }
+  std::string description() const override { return "deferred"; }
+  int overlaps = 0, submitted = 0;
+
+ private:
+  using Range = std::pair<const uint8_t*, uint64_t>;
+  struct Job {
+    Range codes;
+    std::future<void> done;
+  };
+  std::mt19937 rng_;
+  Ticket next_ = 1;
+  std::map<Ticket, Job> jobs_;
+};
+
+TEST_F(ConvertTest, PipelinedQuantizerGivesTheSameFile) {
+  ConvertOptions o;
+  o.overwrite = true;
+  const std::string a = dir_.file("a.qpack"), b = dir_.file("b.qpack");
+  const ConvertSummary sa = convert_checkpoint(model_, a, o, *make_cpu_quantizer(2));
+  for (unsigned seed : {1u, 2u, 3u}) {
+    DeferredQuantizer q(seed);
+    convert_checkpoint(model_, b, o, q);
+    EXPECT_TRUE(files_equal(a, b)) << "seed " << seed;
+    EXPECT_EQ(q.overlaps, 0) << "two tensors in flight shared an output buffer";
+    EXPECT_EQ(q.submitted, int(sa.tensors_quantized));
+  }
+}
+
+// The third of six tensors holds a NaN; when its wait fails the next tensor
+// is already submitted. Same error as the synchronous CPU path, no output.
+TEST(ConvertErrors, FailureWithTensorsInFlightLeavesNothing) {
+  test::TempDir dir;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal;
+  std::vector<std::vector<float>> w(6, std::vector<float>(256 * 40));
+  for (auto& t : w)
+    for (auto& x : t) x = normal(rng);
+  w[2][1000] = std::nanf("");
+  std::vector<TensorToWrite> tensors;
+  for (size_t i = 0; i < w.size(); ++i)
+    tensors.push_back({"layers." + std::to_string(i) + ".w.weight", DType::F32, {256, 40}, w[i].data(),
+                       w[i].size() * 4});
+  const std::string src = dir.file("m.safetensors");
+  write_safetensors(src, tensors, {}, false);
+  std::string want, got;
+  try {
+    convert_checkpoint(src, dir.file("a.qpack"), ConvertOptions{}, *make_cpu_quantizer(1));
+  } catch (const Error& e) {
+    want = e.what();
+  }
+  try {
+    DeferredQuantizer q(9);
+    convert_checkpoint(src, dir.file("b.qpack"), ConvertOptions{}, q);
+  } catch (const Error& e) {
+    got = e.what();
+  }
+  EXPECT_NE(want.find("layers.2.w.weight"), std::string::npos) << want;
+  EXPECT_NE(want.find(src), std::string::npos) << want;
+  EXPECT_EQ(got, want);
+  EXPECT_TRUE(stray_files(dir.path(), {"m.safetensors"}).empty());
 }
 
 TEST(ConvertErrors, RangeOverflowSuggestsWiderScale) {

@@ -1,13 +1,17 @@
-// The conversion pipeline. Tensors stream in source order: quantizing tensor
-// n overlaps writing tensor n-1 (one writer task in flight, two buffer sets),
-// and each tensor's mapped source pages are released once written, so peak
-// memory is about two tensors' outputs plus one tensor's source pages, not
-// the model's size.
+// The conversion pipeline. Tensors stream in source order: tensor n is
+// submitted to the quantizer before tensor n-1 is waited for (so a device
+// pipeline runs on from one tensor into the next), and writing tensor n-1
+// overlaps quantizing tensor n (one writer task in flight). Three output
+// buffer sets: n being quantized, n-1 finishing, n-2 being written. Each
+// tensor's mapped source pages are released once written, so peak memory is
+// about three tensors' outputs plus two tensors' source pages, not the
+// model's size.
 #include "qpack/convert.hpp"
 
 #include <chrono>
 #include <future>
 #include <memory>
+#include <optional>
 
 #include "qpack/checkpoint.hpp"
 #include "qpack/error.hpp"
@@ -142,10 +146,39 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
   QpackWriter writer(output, wo);
   writer.set_source(ckpt->metadata(), ckpt->config());
 
-  BufferSet sets[2];
+  BufferSet sets[3];
   std::future<void> pending;  // the write of the previous tensor
   auto wait_pending = [&] {
     if (pending.valid()) pending.get();
+  };
+  // A tensor submitted to the quantizer and not yet waited for.
+  struct InFlight {
+    size_t idx;
+    TensorQuantizer::Ticket ticket;
+    QuantBuffers out;
+  };
+  std::optional<InFlight> prev;
+  auto rethrow_for = [&](const Error& err, const CheckpointTensor& t, const PlanEntry& e) {
+    throw Error(err.code(), err.file().empty() ? t.file->path() : err.file(),
+                err.tensor().empty() ? e.name : err.tensor(), err.reason());
+  };
+  // Waits for the tensor in flight, then hands it to the writer.
+  auto write_prev = [&] {
+    if (!prev) return;
+    const InFlight f = *prev;
+    prev.reset();
+    const PlanEntry& e = summary.plan[f.idx];
+    const CheckpointTensor& t = ckpt->tensors()[f.idx];
+    try {
+      quantizer.wait(f.ticket);
+    } catch (const Error& err) {
+      rethrow_for(err, t, e);
+    }
+    wait_pending();
+    pending = std::async(std::launch::async, [&writer, &t, &e, out = f.out] {
+      writer.add_quantized(e.name, e.dtype, e.shape, e.scheme, out.codes, out.scales, out.zeros);
+      t.file->release(*t.info);
+    });
   };
   try {
     size_t n = 0;
@@ -155,6 +188,7 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
       progress.current = e.name;
       if (options.progress) options.progress(progress);
       if (e.action == TensorAction::Keep) {
+        write_prev();  // the file keeps source order
         wait_pending();
         pending = std::async(std::launch::async, [&writer, &t, &e] {
           writer.add_raw(e.name, e.dtype, e.shape, t.data(), e.bytes_in);
@@ -163,22 +197,21 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
         ++summary.tensors_kept;
       } else {
         const GroupLayout L = GroupLayout::make(e.shape, e.scheme, e.name);
-        BufferSet& b = sets[n++ % 2];
+        // Free: its last user, tensor n-3, was written before tensor n-2's
+        // write began.
+        BufferSet& b = sets[n++ % 3];
         const uint64_t params = uint64_t(L.num_groups()) * uint64_t(scale_bytes(e.scheme.scale_dtype));
         QuantBuffers out{b.codes.get(L.codes_bytes()), b.scales.get(params),
                          e.scheme.symmetric ? nullptr : b.zeros.get(params)};
         t.file->will_need(*t.info);
+        TensorQuantizer::Ticket ticket = 0;
         try {
-          quantizer.quantize({t.data(), e.dtype, e.name}, L, e.scheme, options.nonfinite, out);
+          ticket = quantizer.submit({t.data(), e.dtype, e.name}, L, e.scheme, options.nonfinite, out);
         } catch (const Error& err) {
-          throw Error(err.code(), err.file().empty() ? t.file->path() : err.file(),
-                      err.tensor().empty() ? e.name : err.tensor(), err.reason());
+          rethrow_for(err, t, e);
         }
-        wait_pending();
-        pending = std::async(std::launch::async, [&writer, &t, &e, out] {
-          writer.add_quantized(e.name, e.dtype, e.shape, e.scheme, out.codes, out.scales, out.zeros);
-          t.file->release(*t.info);
-        });
+        write_prev();
+        prev = InFlight{idx, ticket, out};
         ++summary.tensors_quantized;
         summary.bytes_quantized_in += e.bytes_in;
         summary.bytes_quantized_out += e.bytes_out;
@@ -187,13 +220,16 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
       progress.tensors_done = idx + 1;
       progress.bytes_done += e.bytes_in;
     }
+    write_prev();
     wait_pending();
     progress.current.clear();
     if (options.progress) options.progress(progress);
     writer.commit();
   } catch (...) {
-    // Let the writer task finish with the buffers before they go away; the
-    // writer's destructor then removes the temporary file.
+    // Stop the quantizer and let the writer task finish with the buffers
+    // before they go away; the writer's destructor then removes the
+    // temporary file.
+    quantizer.cancel();
     if (pending.valid()) {
       try {
         pending.get();

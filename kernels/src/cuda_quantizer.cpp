@@ -10,7 +10,12 @@
 //   slot stream:    H2D, kernel, D2H of codes/scales/flags  (chunk n)
 //   calling thread: pinned output -> caller's buffers       (chunk n-streams)
 //
-// so host copies, both DMA directions and the kernels overlap. Host copies
+// so host copies, both DMA directions and the kernels overlap. The chunk
+// sequence runs on across tensors: submit() returns once a tensor's last
+// chunk is enqueued, and the loader starts staging the next submitted tensor
+// while the previous one's tail is still on the device (with one tensor at
+// a time the pipeline would fill and drain at every tensor, which cost a
+// tenth of the end-to-end rate on 90 MB tensors). Host copies
 // are split over a pool of threads (one memcpy thread does not keep up with
 // PCIe), and the output copies run there asynchronously so the calling
 // thread only waits for the GPU. A source that is already pinned skips the
@@ -19,7 +24,8 @@
 // Errors match quantize_reference: non-finite inputs and range overflows are
 // recorded by the kernels as flat / group indices and reported, once the
 // whole tensor is done, through the reference's helpers (so the first index
-// and the message are the same); CUDA failures become Error(Cuda).
+// and the message are the same), from wait(); CUDA failures become
+// Error(Cuda), and they fail every tensor still in flight.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -177,6 +183,27 @@ struct Chunk {
   int64_t row_begin, row_end;  // tensor rows covered
 };
 
+// One submitted tensor. Its chunks hold global indices [first, end()) in the
+// pipeline's chunk sequence, which runs on across tensors.
+struct Job {
+  TensorQuantizer::Ticket ticket = 0;
+  QuantInput in;
+  GroupLayout L;
+  QuantScheme scheme;
+  NonFinitePolicy policy = NonFinitePolicy::Error;
+  QuantBuffers out;
+  std::vector<Chunk> chunks;
+  size_t esize = 2, ssize = 2;
+  bool pinned_source = false;
+  int64_t first = 0;
+  // Every chunk is done and its outputs are in the caller's buffers (or the
+  // pipeline broke: then `failure` says why).
+  bool complete = false;
+  std::exception_ptr failure;
+  unsigned long long first_nonfinite = cuda::kNoIndex, first_overflow = cuda::kNoIndex;
+  int64_t end() const { return first + int64_t(chunks.size()); }
+};
+
 class CudaTensorQuantizer final : public TensorQuantizer {
  public:
   CudaTensorQuantizer(int device, const cuda::QuantizerOptions& opt) : device_(device), opt_(opt) {
@@ -212,12 +239,21 @@ class CudaTensorQuantizer final : public TensorQuantizer {
     }
   }
 
-  ~CudaTensorQuantizer() override { release(); }
+  ~CudaTensorQuantizer() override {
+    cancel();
+    release();
+  }
 
   std::string description() const override { return description_; }
 
   void quantize(const QuantInput& in, const GroupLayout& L, const QuantScheme& scheme,
+                NonFinitePolicy policy, const QuantBuffers& out) override {
+    wait(submit(in, L, scheme, policy, out));
+  }
+  Ticket submit(const QuantInput& in, const GroupLayout& L, const QuantScheme& scheme,
                 NonFinitePolicy policy, const QuantBuffers& out) override;
+  void wait(Ticket ticket) override;
+  void cancel() noexcept override;
 
  private:
   struct Slot {
@@ -228,6 +264,7 @@ class CudaTensorQuantizer final : public TensorQuantizer {
     uint8_t* h_in = nullptr;         // pinned
     uint8_t* h_out = nullptr;        // pinned: codes | scales | zeros | flags
     std::shared_ptr<WorkerPool::Batch> out_copy;  // h_out -> caller, in flight
+    int64_t out_chunk = -1;                       // whose outputs out_copy moves
   };
 
   void release() noexcept {
@@ -256,6 +293,7 @@ class CudaTensorQuantizer final : public TensorQuantizer {
   size_t off_flags() const { return cap_in_ + cap_codes_ + 2 * cap_params_; }
   size_t out_off(size_t device_off) const { return device_off - cap_in_; }
 
+  // Only with the pipeline drained (nothing enqueued, the loader waiting).
   void ensure_capacity(size_t in, size_t codes, size_t params) {
     in = round_up(std::max<size_t>(in, 256), 256);
     codes = round_up(std::max<size_t>(codes, 256), 256);
@@ -287,12 +325,52 @@ class CudaTensorQuantizer final : public TensorQuantizer {
 
   std::vector<Chunk> plan(const GroupLayout& L, int esize, int ssize) const;
 
+  Slot& slot_of(int64_t g) { return slots_[size_t(g % int64_t(slots_.size()))]; }
+  // The unfinished job that holds global chunk g (callers hold m_ or are the
+  // calling thread, the only one that changes jobs_).
+  Job* job_of(int64_t g) const {
+    for (const auto& j : jobs_)
+      if (!j->complete && g >= j->first && g < j->end()) return j.get();
+    return nullptr;
+  }
+
+  void loader_main();
+  void start_loader();
+  void stop_loader() noexcept;
+  void load(const Job& job, int64_t g);
+  void advance(Job& job, int64_t g);
+  void enqueue(const Job& job, int64_t g);
+  void finish(int64_t g);
+  void wait_outputs(Slot& s) {
+    WorkerPool::wait(s.out_copy);
+    s.out_copy.reset();
+    s.out_chunk = -1;
+  }
+  void drain();
+  void fail(const std::exception_ptr& why) noexcept;
+
   int device_;
   cuda::QuantizerOptions opt_;
   std::string description_;
   std::unique_ptr<WorkerPool> pool_;
   std::vector<Slot> slots_;
   size_t cap_in_ = 0, cap_codes_ = 0, cap_params_ = 0;
+
+  // The pipeline. Chunks of all submitted tensors form one sequence; the
+  // counters say how far each stage has got in it. The calling thread owns
+  // jobs_ (the loader reads it under m_), finished_ and the slots' outputs;
+  // the loader thread advances loaded_.
+  std::deque<std::shared_ptr<Job>> jobs_;  // submitted, not yet waited
+  Ticket next_ticket_ = 1;
+  std::mutex m_;
+  std::condition_variable cv_;
+  int64_t total_ = 0;     // chunks submitted
+  int64_t loaded_ = 0;    // pinned input ready (or not needed)
+  int64_t enqueued_ = 0;  // H2D, kernel and D2H on the slot's stream
+  int64_t finished_ = 0;  // done on the device, output copy under way
+  bool stop_ = false;
+  std::exception_ptr loader_error_;
+  std::thread loader_;
 };
 
 std::vector<Chunk> CudaTensorQuantizer::plan(const GroupLayout& L, int esize, int ssize) const {
@@ -323,221 +401,307 @@ std::vector<Chunk> CudaTensorQuantizer::plan(const GroupLayout& L, int esize, in
   return chunks;
 }
 
-void CudaTensorQuantizer::quantize(const QuantInput& in, const GroupLayout& L,
-                                   const QuantScheme& scheme, NonFinitePolicy policy,
-                                   const QuantBuffers& out) {
+// Pageable source -> the slot's pinned input, split over the pool.
+void CudaTensorQuantizer::load(const Job& job, int64_t g) {
+  const Chunk& c = job.chunks[size_t(g - job.first)];
+  Slot& s = slot_of(g);
+  const size_t row_bytes = size_t(job.L.inner) * job.esize;
+  const size_t width = size_t(c.col_end - c.col_begin) * job.esize;
+  WorkerPool::wait(submit_copies(
+      *pool_, {{s.h_in, width, job.in.data + size_t(c.row_begin) * row_bytes + size_t(c.col_begin) * job.esize,
+                row_bytes, width, size_t(c.row_end - c.row_begin)}}));
+}
+
+// Runs ahead of the calling thread through the chunk sequence, across
+// tensors, refilling each slot's pinned input as soon as its last H2D is done.
+void CudaTensorQuantizer::loader_main() {
+  const int64_t n_slots = int64_t(slots_.size());
+  try {
+    check(cudaSetDevice(device_), "cudaSetDevice");
+    for (;;) {
+      int64_t g;
+      const Job* job;
+      {
+        std::unique_lock<std::mutex> lk(m_);
+        cv_.wait(lk, [&] { return stop_ || total_ > loaded_; });
+        if (stop_) return;
+        g = loaded_;
+        job = job_of(g);
+        if (job->pinned_source) {  // copied straight from the source
+          loaded_ = g + 1;
+          cv_.notify_all();
+          continue;
+        }
+        cv_.wait(lk, [&] { return stop_ || enqueued_ > g - n_slots; });
+        if (stop_) return;
+      }
+      // The job stays in jobs_ until waited, and it cannot be waited before
+      // its chunks are enqueued, which needs this load.
+      if (g >= n_slots) check(cudaEventSynchronize(slot_of(g).h2d_done), "cudaEventSynchronize", job->in.name);
+      load(*job, g);
+      {
+        std::lock_guard<std::mutex> lk(m_);
+        loaded_ = g + 1;
+      }
+      cv_.notify_all();
+    }
+  } catch (...) {
+    std::lock_guard<std::mutex> lk(m_);
+    loader_error_ = std::current_exception();
+    cv_.notify_all();
+  }
+}
+
+void CudaTensorQuantizer::start_loader() {
+  if (loader_.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    stop_ = false;
+  }
+  loader_ = std::thread([this] { loader_main(); });
+}
+
+void CudaTensorQuantizer::stop_loader() noexcept {
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (loader_.joinable()) loader_.join();
+}
+
+// Chunk g of `job` onto its slot's stream: H2D, kernel, D2H.
+void CudaTensorQuantizer::enqueue(const Job& job, int64_t g) {
+  const Chunk& c = job.chunks[size_t(g - job.first)];
+  Slot& s = slot_of(g);
+  const std::string& name = job.in.name;
+  wait_outputs(s);  // chunk g - slots's outputs are out of this slot's pinned buffer
+  const size_t cols = size_t(c.col_end - c.col_begin), grs = size_t(c.gr_end - c.gr_begin);
+  const size_t width = cols * job.esize, rows = size_t(c.row_end - c.row_begin);
+  const size_t row_bytes = size_t(job.L.inner) * job.esize;
+  auto* flags = reinterpret_cast<QuantFlags*>(s.d_mem + off_flags());
+  cuda::throw_if_failed(cuda::reset_flags(flags, s.stream), name);
+  if (job.pinned_source) {
+    const uint8_t* from = job.in.data + size_t(c.row_begin) * row_bytes + size_t(c.col_begin) * job.esize;
+    if (width == row_bytes) {  // whole rows: one contiguous copy (a 2D copy of narrow rows crawls)
+      check(cudaMemcpyAsync(s.d_mem, from, width * rows, cudaMemcpyHostToDevice, s.stream),
+            "cudaMemcpyAsync (H2D)", name);
+    } else {
+      check(cudaMemcpy2DAsync(s.d_mem, width, from, row_bytes, width, rows, cudaMemcpyHostToDevice, s.stream),
+            "cudaMemcpy2DAsync (H2D)", name);
+    }
+  } else {
+    check(cudaMemcpyAsync(s.d_mem, s.h_in, width * rows, cudaMemcpyHostToDevice, s.stream),
+          "cudaMemcpyAsync (H2D)", name);
+  }
+  check(cudaEventRecord(s.h2d_done, s.stream), "cudaEventRecord", name);
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    enqueued_ = g + 1;
+  }
+  cv_.notify_all();
+  cuda::DeviceQuantOutput d_out;
+  d_out.codes = s.d_mem + off_codes();
+  d_out.scales = s.d_mem + off_scales();
+  d_out.zeros = job.scheme.symmetric ? nullptr : s.d_mem + off_zeros();
+  cuda::Tile tile;
+  tile.group_row_begin = c.gr_begin;
+  tile.group_row_end = c.gr_end;
+  tile.col_begin = c.col_begin;
+  tile.col_end = c.col_end;
+  cuda::throw_if_failed(cuda::quantize(s.d_mem, job.in.dtype, job.L, job.scheme, job.policy, d_out, flags,
+                                       s.stream, tile),
+                        name);
+  const size_t codes = grs * size_t(job.L.bytes_per_group) * cols, params = grs * cols * job.ssize;
+  check(cudaMemcpyAsync(s.h_out + out_off(off_codes()), d_out.codes, codes, cudaMemcpyDeviceToHost, s.stream),
+        "cudaMemcpyAsync (D2H)", name);
+  check(cudaMemcpyAsync(s.h_out + out_off(off_scales()), d_out.scales, params, cudaMemcpyDeviceToHost,
+                        s.stream),
+        "cudaMemcpyAsync (D2H)", name);
+  if (!job.scheme.symmetric)
+    check(cudaMemcpyAsync(s.h_out + out_off(off_zeros()), d_out.zeros, params, cudaMemcpyDeviceToHost,
+                          s.stream),
+          "cudaMemcpyAsync (D2H)", name);
+  check(cudaMemcpyAsync(s.h_out + out_off(off_flags()), flags, sizeof(QuantFlags), cudaMemcpyDeviceToHost,
+                        s.stream),
+        "cudaMemcpyAsync (D2H)", name);
+  check(cudaEventRecord(s.done, s.stream), "cudaEventRecord", name);
+}
+
+// Waits for chunk g on the device, takes its flags, and starts moving its
+// outputs into the caller's buffers on the pool (waited by wait_outputs
+// before the slot is reused, so the calling thread goes on enqueueing).
+void CudaTensorQuantizer::finish(int64_t g) {
+  Job& job = *job_of(g);
+  const Chunk& c = job.chunks[size_t(g - job.first)];
+  Slot& s = slot_of(g);
+  check(cudaEventSynchronize(s.done), "quantize chunk", job.in.name);
+  QuantFlags f;
+  std::memcpy(&f, s.h_out + out_off(off_flags()), sizeof f);
+  job.first_nonfinite = std::min(job.first_nonfinite, f.first_nonfinite);
+  job.first_overflow = std::min(job.first_overflow, f.first_overflow_group);
+  const size_t cols = size_t(c.col_end - c.col_begin), grs = size_t(c.gr_end - c.gr_begin);
+  const size_t inner = size_t(job.L.inner), B = size_t(job.L.bytes_per_group), sb = job.ssize;
+  // Codes: [gr][B][cols] in the tile -> [gr][B][inner] at column col_begin;
+  // scales and zeros likewise.
+  const QuantBuffers& out = job.out;
+  std::vector<Copy2D> copies = {
+      {out.codes + size_t(c.gr_begin) * B * inner + size_t(c.col_begin), inner, s.h_out + out_off(off_codes()),
+       cols, cols, grs * B},
+      {out.scales + (size_t(c.gr_begin) * inner + size_t(c.col_begin)) * sb, inner * sb,
+       s.h_out + out_off(off_scales()), cols * sb, cols * sb, grs}};
+  if (!job.scheme.symmetric)
+    copies.push_back({out.zeros + (size_t(c.gr_begin) * inner + size_t(c.col_begin)) * sb, inner * sb,
+                      s.h_out + out_off(off_zeros()), cols * sb, cols * sb, grs});
+  s.out_copy = submit_copies(*pool_, copies);
+  s.out_chunk = g;
+  finished_ = g + 1;
+}
+
+// Enqueues chunk g (the next in the sequence), first finishing the chunk
+// that last used its slot.
+void CudaTensorQuantizer::advance(Job& job, int64_t g) {
+  const int64_t n_slots = int64_t(slots_.size());
+  while (finished_ <= g - n_slots) finish(finished_);
+  if (!job.pinned_source) {
+    std::unique_lock<std::mutex> lk(m_);
+    cv_.wait(lk, [&] { return loaded_ > g || loader_error_; });
+    if (loader_error_) std::rethrow_exception(loader_error_);
+  }
+  enqueue(job, g);
+}
+
+// Everything enqueued is finished and in the caller's buffers.
+void CudaTensorQuantizer::drain() {
+  while (finished_ < enqueued_) finish(finished_);
+  for (Slot& s : slots_) wait_outputs(s);
+  for (const auto& j : jobs_)
+    if (j->end() <= finished_) j->complete = true;
+}
+
+// The pipeline broke (a CUDA call or a host copy failed): stop everything,
+// mark every unfinished job with the reason, and start again from empty.
+void CudaTensorQuantizer::fail(const std::exception_ptr& why) noexcept {
+  stop_loader();
+  cudaSetDevice(device_);
+  for (Slot& s : slots_) {
+    cudaStreamSynchronize(s.stream);
+    WorkerPool::wait(s.out_copy);  // copies of finished chunks complete them
+    s.out_copy.reset();
+    s.out_chunk = -1;
+  }
+  cudaGetLastError();
+  for (const auto& j : jobs_) {
+    if (j->complete) continue;
+    if (j->end() > finished_) j->failure = why;
+    j->complete = true;
+  }
+  std::lock_guard<std::mutex> lk(m_);
+  total_ = loaded_ = enqueued_ = finished_ = 0;
+  loader_error_ = nullptr;
+}
+
+TensorQuantizer::Ticket CudaTensorQuantizer::submit(const QuantInput& in, const GroupLayout& L,
+                                                    const QuantScheme& scheme, NonFinitePolicy policy,
+                                                    const QuantBuffers& out) {
   if (!is_quantizable(in.dtype))
     throw Error(ErrorCode::UnsupportedDtype, "", in.name,
                 std::string("cannot quantize ") + dtype_name(in.dtype) + " (F16, BF16 or F32 only)");
   if (L.bits != scheme.bits)
     throw Error(ErrorCode::InvalidArgument, "", in.name, "layout and scheme disagree on bits");
-  if (L.num_elements() == 0 || L.num_groups() == 0) return;
-  if (!in.data || !out.codes || !out.scales || (!scheme.symmetric && !out.zeros))
+  const bool empty = L.num_elements() == 0 || L.num_groups() == 0;
+  if (!empty && (!in.data || !out.codes || !out.scales || (!scheme.symmetric && !out.zeros)))
     throw Error(ErrorCode::InvalidArgument, "", in.name, "null source or output buffer");
 
+  auto job = std::make_shared<Job>();
+  job->ticket = next_ticket_++;
+  job->in = in;
+  job->L = L;
+  job->scheme = scheme;
+  job->policy = policy;
+  job->out = out;
+  if (empty) {
+    job->complete = true;  // waited like any other, nothing to run
+    std::lock_guard<std::mutex> lk(m_);
+    jobs_.push_back(job);
+    return job->ticket;
+  }
   check(cudaSetDevice(device_), "cudaSetDevice", in.name);
-  const int esize = in.dtype == DType::F32 ? 4 : 2;
-  const int ssize = scale_bytes(scheme.scale_dtype);
-  const std::vector<Chunk> chunks = plan(L, esize, ssize);
+  job->esize = in.dtype == DType::F32 ? 4 : 2;
+  job->ssize = size_t(scale_bytes(scheme.scale_dtype));
+  job->chunks = plan(L, int(job->esize), int(job->ssize));
   {
-    size_t need_in = 0, need_codes = 0, need_params = 0;
-    for (const Chunk& c : chunks) {
-      const size_t cols = size_t(c.col_end - c.col_begin), grs = size_t(c.gr_end - c.gr_begin);
-      need_in = std::max(need_in, size_t(c.row_end - c.row_begin) * cols * size_t(esize));
-      need_codes = std::max(need_codes, grs * size_t(L.bytes_per_group) * cols);
-      need_params = std::max(need_params, grs * cols * size_t(ssize));
-    }
-    ensure_capacity(need_in, need_codes, need_params);
-  }
-
-  const uint8_t* src = in.data;
-  const size_t row_bytes = size_t(L.inner) * size_t(esize);
-  // A pinned (page-locked) source is copied straight to the device.
-  bool pinned_source = false;
-  {
+    // A pinned (page-locked) source is copied straight to the device.
     cudaPointerAttributes a{}, b{};
-    const uint8_t* last = src + size_t(L.num_elements()) * size_t(esize) - 1;
-    if (cudaPointerGetAttributes(&a, src) == cudaSuccess &&
-        cudaPointerGetAttributes(&b, last) == cudaSuccess)
-      pinned_source = a.type == cudaMemoryTypeHost && b.type == cudaMemoryTypeHost;
+    const uint8_t* last = in.data + size_t(L.num_elements()) * job->esize - 1;
+    if (cudaPointerGetAttributes(&a, in.data) == cudaSuccess && cudaPointerGetAttributes(&b, last) == cudaSuccess)
+      job->pinned_source = a.type == cudaMemoryTypeHost && b.type == cudaMemoryTypeHost;
     cudaGetLastError();
   }
-
-  const int64_t n_chunks = int64_t(chunks.size());
-  const int64_t n_slots = int64_t(slots_.size());
-
-  // Loader thread state.
-  std::mutex m;
-  std::condition_variable cv;
-  int64_t loaded = 0, enqueued = 0;
-  bool abort = false;
-  std::exception_ptr loader_error;
-
-  auto load = [&](int64_t n) {
-    const Chunk& c = chunks[size_t(n)];
-    Slot& s = slots_[size_t(n % n_slots)];
-    const size_t width = size_t(c.col_end - c.col_begin) * size_t(esize);
-    WorkerPool::wait(submit_copies(
-        *pool_, {{s.h_in, width, src + size_t(c.row_begin) * row_bytes + size_t(c.col_begin) * size_t(esize),
-                  row_bytes, width, size_t(c.row_end - c.row_begin)}}));
-  };
-  std::thread loader;
-  if (!pinned_source) {
-    loader = std::thread([&] {
-      try {
-        check(cudaSetDevice(device_), "cudaSetDevice", in.name);
-        for (int64_t n = 0; n < n_chunks; ++n) {
-          if (n >= n_slots) {
-            // The slot's pinned input is free once the H2D of chunk n - slots is done.
-            {
-              std::unique_lock<std::mutex> lk(m);
-              cv.wait(lk, [&] { return abort || enqueued > n - n_slots; });
-              if (abort) return;
-            }
-            check(cudaEventSynchronize(slots_[size_t(n % n_slots)].h2d_done), "cudaEventSynchronize",
-                  in.name);
-          }
-          load(n);
-          {
-            std::lock_guard<std::mutex> lk(m);
-            loaded = n + 1;
-          }
-          cv.notify_all();
-        }
-      } catch (...) {
-        std::lock_guard<std::mutex> lk(m);
-        loader_error = std::current_exception();
-        abort = true;
-        cv.notify_all();
-      }
-    });
-  }
-  auto stop_loader = [&] {
-    {
-      std::lock_guard<std::mutex> lk(m);
-      abort = true;
-    }
-    cv.notify_all();
-    if (loader.joinable()) loader.join();
-  };
-
-  unsigned long long first_nonfinite = cuda::kNoIndex, first_overflow = cuda::kNoIndex;
-  const size_t sb = size_t(ssize);
-
-  auto finish = [&](int64_t n) {
-    const Chunk& c = chunks[size_t(n)];
-    Slot& s = slots_[size_t(n % n_slots)];
-    check(cudaEventSynchronize(s.done), "quantize chunk", in.name);
-    QuantFlags f;
-    std::memcpy(&f, s.h_out + out_off(off_flags()), sizeof f);
-    first_nonfinite = std::min(first_nonfinite, f.first_nonfinite);
-    first_overflow = std::min(first_overflow, f.first_overflow_group);
-    const size_t cols = size_t(c.col_end - c.col_begin), grs = size_t(c.gr_end - c.gr_begin);
-    const size_t inner = size_t(L.inner), B = size_t(L.bytes_per_group);
-    // Into the caller's buffers on the pool, while this thread goes on
-    // enqueueing; the slot's pinned outputs are reused only after
-    // wait_outputs(). Codes: [gr][B][cols] in the tile -> [gr][B][inner] at
-    // column col_begin; scales and zeros likewise.
-    std::vector<Copy2D> copies = {
-        {out.codes + size_t(c.gr_begin) * B * inner + size_t(c.col_begin), inner,
-         s.h_out + out_off(off_codes()), cols, cols, grs * B},
-        {out.scales + (size_t(c.gr_begin) * inner + size_t(c.col_begin)) * sb, inner * sb,
-         s.h_out + out_off(off_scales()), cols * sb, cols * sb, grs}};
-    if (!scheme.symmetric)
-      copies.push_back({out.zeros + (size_t(c.gr_begin) * inner + size_t(c.col_begin)) * sb, inner * sb,
-                        s.h_out + out_off(off_zeros()), cols * sb, cols * sb, grs});
-    s.out_copy = submit_copies(*pool_, copies);
-  };
-  auto wait_outputs = [&](Slot& s) {
-    WorkerPool::wait(s.out_copy);
-    s.out_copy.reset();
-  };
-
-  auto enqueue = [&](int64_t n) {
-    const Chunk& c = chunks[size_t(n)];
-    Slot& s = slots_[size_t(n % n_slots)];
-    wait_outputs(s);  // chunk n - slots's outputs are out of this slot's pinned buffer
-    const size_t cols = size_t(c.col_end - c.col_begin), grs = size_t(c.gr_end - c.gr_begin);
-    const size_t width = cols * size_t(esize), rows = size_t(c.row_end - c.row_begin);
-    auto* flags = reinterpret_cast<QuantFlags*>(s.d_mem + off_flags());
-    cuda::throw_if_failed(cuda::reset_flags(flags, s.stream), in.name);
-    if (pinned_source) {
-      const uint8_t* from = src + size_t(c.row_begin) * row_bytes + size_t(c.col_begin) * size_t(esize);
-      if (width == row_bytes) {  // whole rows: one contiguous copy (a 2D copy of narrow rows crawls)
-        check(cudaMemcpyAsync(s.d_mem, from, width * rows, cudaMemcpyHostToDevice, s.stream),
-              "cudaMemcpyAsync (H2D)", in.name);
-      } else {
-        check(cudaMemcpy2DAsync(s.d_mem, width, from, row_bytes, width, rows, cudaMemcpyHostToDevice,
-                                s.stream),
-              "cudaMemcpy2DAsync (H2D)", in.name);
-      }
-    } else {
-      check(cudaMemcpyAsync(s.d_mem, s.h_in, width * rows, cudaMemcpyHostToDevice, s.stream),
-            "cudaMemcpyAsync (H2D)", in.name);
-    }
-    check(cudaEventRecord(s.h2d_done, s.stream), "cudaEventRecord", in.name);
-    {
-      std::lock_guard<std::mutex> lk(m);
-      enqueued = n + 1;
-    }
-    cv.notify_all();
-    cuda::DeviceQuantOutput d_out;
-    d_out.codes = s.d_mem + off_codes();
-    d_out.scales = s.d_mem + off_scales();
-    d_out.zeros = scheme.symmetric ? nullptr : s.d_mem + off_zeros();
-    cuda::Tile tile;
-    tile.group_row_begin = c.gr_begin;
-    tile.group_row_end = c.gr_end;
-    tile.col_begin = c.col_begin;
-    tile.col_end = c.col_end;
-    cuda::throw_if_failed(
-        cuda::quantize(s.d_mem, in.dtype, L, scheme, policy, d_out, flags, s.stream, tile), in.name);
-    const size_t codes = grs * size_t(L.bytes_per_group) * cols, params = grs * cols * sb;
-    check(cudaMemcpyAsync(s.h_out + out_off(off_codes()), d_out.codes, codes, cudaMemcpyDeviceToHost,
-                          s.stream),
-          "cudaMemcpyAsync (D2H)", in.name);
-    check(cudaMemcpyAsync(s.h_out + out_off(off_scales()), d_out.scales, params,
-                          cudaMemcpyDeviceToHost, s.stream),
-          "cudaMemcpyAsync (D2H)", in.name);
-    if (!scheme.symmetric)
-      check(cudaMemcpyAsync(s.h_out + out_off(off_zeros()), d_out.zeros, params,
-                            cudaMemcpyDeviceToHost, s.stream),
-            "cudaMemcpyAsync (D2H)", in.name);
-    check(cudaMemcpyAsync(s.h_out + out_off(off_flags()), flags, sizeof(QuantFlags),
-                          cudaMemcpyDeviceToHost, s.stream),
-          "cudaMemcpyAsync (D2H)", in.name);
-    check(cudaEventRecord(s.done, s.stream), "cudaEventRecord", in.name);
-  };
-
   try {
-    for (int64_t n = 0; n < n_chunks; ++n) {
-      if (n >= n_slots) finish(n - n_slots);
-      if (!pinned_source) {
-        std::unique_lock<std::mutex> lk(m);
-        cv.wait(lk, [&] { return loaded > n || loader_error; });
-        if (loader_error) std::rethrow_exception(loader_error);
-      }
-      enqueue(n);
+    size_t need_in = 0, need_codes = 0, need_params = 0;
+    for (const Chunk& c : job->chunks) {
+      const size_t cols = size_t(c.col_end - c.col_begin), grs = size_t(c.gr_end - c.gr_begin);
+      need_in = std::max(need_in, size_t(c.row_end - c.row_begin) * cols * job->esize);
+      need_codes = std::max(need_codes, grs * size_t(L.bytes_per_group) * cols);
+      need_params = std::max(need_params, grs * cols * job->ssize);
     }
-    for (int64_t n = std::max<int64_t>(0, n_chunks - n_slots); n < n_chunks; ++n) finish(n);
-    for (Slot& s : slots_) wait_outputs(s);
+    if (need_in > cap_in_ || need_codes > cap_codes_ || need_params > cap_params_) {
+      drain();  // the slots' buffers are replaced
+      ensure_capacity(need_in, need_codes, need_params);
+    }
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      job->first = total_;
+      total_ += int64_t(job->chunks.size());
+      jobs_.push_back(job);
+    }
+    cv_.notify_all();
+    start_loader();
+    for (int64_t g = job->first; g < job->end(); ++g) advance(*job, g);
   } catch (...) {
-    stop_loader();
-    for (Slot& s : slots_) {
-      cudaStreamSynchronize(s.stream);
-      wait_outputs(s);
-    }
-    cudaGetLastError();
+    fail(std::current_exception());
+    std::lock_guard<std::mutex> lk(m_);
+    jobs_.erase(std::remove(jobs_.begin(), jobs_.end(), job), jobs_.end());
     throw;
   }
-  stop_loader();
+  return job->ticket;
+}
 
+void CudaTensorQuantizer::wait(Ticket ticket) {
+  auto it = std::find_if(jobs_.begin(), jobs_.end(), [&](const auto& j) { return j->ticket == ticket; });
+  if (it == jobs_.end())
+    throw Error(ErrorCode::InvalidArgument, "", "", "wait on a ticket that is unknown or already waited");
+  const std::shared_ptr<Job> job = *it;
+  if (!job->complete) {
+    try {
+      check(cudaSetDevice(device_), "cudaSetDevice", job->in.name);
+      while (finished_ < job->end()) finish(finished_);  // submit() enqueued all of them
+      for (Slot& s : slots_)
+        if (s.out_chunk >= 0 && s.out_chunk < job->end()) wait_outputs(s);
+      job->complete = true;
+    } catch (...) {
+      fail(std::current_exception());
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    jobs_.erase(std::find(jobs_.begin(), jobs_.end(), job));
+  }
+  if (job->failure) std::rethrow_exception(job->failure);
   // Same precedence as the reference: any non-finite value (policy Error)
   // before any range overflow.
-  if (policy == NonFinitePolicy::Error && first_nonfinite != cuda::kNoIndex)
-    detail::throw_nonfinite(in, L, int64_t(first_nonfinite));
-  if (first_overflow != cuda::kNoIndex)
-    detail::throw_range_overflow(in, L, scheme, int64_t(first_overflow));
+  if (job->policy == NonFinitePolicy::Error && job->first_nonfinite != cuda::kNoIndex)
+    detail::throw_nonfinite(job->in, job->L, int64_t(job->first_nonfinite));
+  if (job->first_overflow != cuda::kNoIndex)
+    detail::throw_range_overflow(job->in, job->L, job->scheme, int64_t(job->first_overflow));
+}
+
+void CudaTensorQuantizer::cancel() noexcept {
+  if (jobs_.empty() && !loader_.joinable()) return;
+  fail(nullptr);
+  std::lock_guard<std::mutex> lk(m_);
+  jobs_.clear();
 }
 
 }  // namespace

@@ -25,6 +25,7 @@
 #include "qpack/quant_detail.hpp"
 #include "qpack/quantize.hpp"
 #include "qpack/quantizer.hpp"
+#include "qpack/safetensors.hpp"
 #include "qpack/scheme.hpp"
 #include "testutil.hpp"
 
@@ -571,6 +572,169 @@ TEST(CudaQuantizer, EmptyTensorsDoNothing) {
     uint8_t dummy = 0;
     q->quantize({&dummy, DType::F16, "e"}, L, s, NonFinitePolicy::Error, {&dummy, &dummy, &dummy});
   }
+}
+
+// Tensors submitted ahead of their waits share one pipeline: chunks of the
+// next tensor are staged and enqueued while the previous one's are still on
+// the device, across every chunk size, pageable and pinned sources mixed,
+// empty tensors, tensors that grow the staging buffers mid-stream, and
+// tensors that fail (their wait throws the reference's error; the others
+// are unaffected). Waited in submission order with one tensor ahead (the
+// converter's pattern) and all at once in reverse order.
+TEST(CudaQuantizer, SubmittedTensorsShareThePipelineAndMatchTheReference) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(test::test_seed() + 9);
+  struct Item {
+    std::vector<uint8_t> src;
+    cuda::PinnedBuffer pinned;
+    DType dtype;
+    QuantScheme scheme;
+    GroupLayout L;
+    NonFinitePolicy policy;
+    Outputs want, got;
+    std::string want_error;  // empty: the reference succeeds
+    std::string what;
+    const uint8_t* data() const { return pinned.data() ? pinned.data() : src.data(); }
+  };
+  const std::vector<Case> cs = cases();
+  const std::vector<Config> cfgs = configs();
+  const int rounds = quick() ? 2 : 6;
+  for (int round = 0; round < rounds; ++round) {
+    const size_t chunk = std::vector<size_t>{size_t(64) << 20, 700, 1, 5000}[size_t(round % 4)];
+    std::vector<std::unique_ptr<Item>> items;
+    const int n = 6 + int(rng() % 10);
+    for (int i = 0; i < n; ++i) {
+      auto it = std::make_unique<Item>();
+      const Case& c = cs[rng() % cs.size()];
+      const Config& cfg = cfgs[rng() % cfgs.size()];
+      it->dtype = cfg.dtype;
+      it->scheme = cfg.scheme;
+      it->scheme.axis = c.axis;
+      it->scheme.group_size = c.group;
+      std::vector<int64_t> shape = c.shape;
+      if (rng() % 8 == 0) shape[0] = 0;                      // empty
+      if (chunk > 1 && rng() % 4 == 0) shape[0] = shape[0] * 37 + 5;  // more chunks, bigger buffers
+      it->L = GroupLayout::make(shape, it->scheme, "t" + std::to_string(i));
+      std::vector<float> v = make_values(it->L, it->scheme, Dist(rng() % 6), rng);
+      it->policy = rng() % 2 ? NonFinitePolicy::Error : NonFinitePolicy::Zero;
+      if (!v.empty() && rng() % 5 == 0) v[size_t(rng() % v.size())] = std::nanf("");
+      it->src = encode(v, it->dtype);
+      if (!it->src.empty() && rng() % 3 == 0) {
+        cuda::throw_if_failed(it->pinned.allocate(it->src.size()));
+        std::memcpy(it->pinned.data(), it->src.data(), it->src.size());
+      }
+      it->what = "item " + std::to_string(i) + " " + describe(shape, it->dtype, it->scheme) +
+                 (it->pinned.data() ? " pinned" : "");
+      const std::string name = "t" + std::to_string(i);
+      it->want = make_outputs(it->L, it->scheme, 0);
+      try {
+        quantize_reference({it->src.data(), it->dtype, name}, it->L, it->scheme, it->policy, it->want.buffers());
+      } catch (const Error& e) {
+        it->want_error = e.what();
+      }
+      it->got = make_outputs(it->L, it->scheme, 0xA5);
+      items.push_back(std::move(it));
+    }
+    auto q = quantizer(chunk, 2 + round % 3);
+    auto submit = [&](size_t i) {
+      Item& it = *items[i];
+      return q->submit({it.data(), it.dtype, "t" + std::to_string(i)}, it.L, it.scheme, it.policy,
+                       it.got.buffers());
+    };
+    auto check_wait = [&](size_t i, TensorQuantizer::Ticket t) {
+      Item& it = *items[i];
+      SCOPED_TRACE(it.what + ", chunk " + std::to_string(chunk));
+      try {
+        q->wait(t);
+        EXPECT_EQ(it.want_error, "") << "the GPU succeeded";
+        if (it.want_error.empty()) expect_same(it.got, it.want, it.what);
+      } catch (const Error& e) {
+        EXPECT_EQ(std::string(e.what()), it.want_error);
+      }
+    };
+    if (round % 2 == 0) {  // one ahead, waited in order
+      TensorQuantizer::Ticket prev = 0;
+      for (size_t i = 0; i < items.size(); ++i) {
+        const TensorQuantizer::Ticket t = submit(i);
+        if (i > 0) check_wait(i - 1, prev);
+        prev = t;
+      }
+      check_wait(items.size() - 1, prev);
+    } else {  // all ahead, waited in reverse
+      std::vector<TensorQuantizer::Ticket> ts;
+      for (size_t i = 0; i < items.size(); ++i) ts.push_back(submit(i));
+      for (size_t i = items.size(); i-- > 0;) check_wait(i, ts[i]);
+    }
+    if (HasFailure()) return;
+  }
+}
+
+// cancel() with tensors in flight stops them (their tickets are spent), and
+// the quantizer then works as new; an unknown ticket is an argument error.
+TEST(CudaQuantizer, CancelStopsTensorsInFlight) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(test::test_seed() + 10);
+  QuantScheme s;
+  const GroupLayout L = GroupLayout::make({4096, 520}, s, "c");
+  const std::vector<uint8_t> src = encode(make_values(L, s, Dist::Normal, rng), DType::F16);
+  const Outputs want = run_reference(src, DType::F16, L, s, NonFinitePolicy::Error);
+  auto q = quantizer(20000);
+  std::vector<Outputs> outs(4, make_outputs(L, s, 0xA5));
+  std::vector<TensorQuantizer::Ticket> ts;
+  for (Outputs& o : outs) ts.push_back(q->submit({src.data(), DType::F16, "c"}, L, s, NonFinitePolicy::Error, o.buffers()));
+  q->cancel();
+  for (TensorQuantizer::Ticket t : ts) {
+    try {
+      q->wait(t);
+      ADD_FAILURE() << "a cancelled ticket was waited";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+    }
+  }
+  Outputs got = make_outputs(L, s, 0xA5);
+  q->quantize({src.data(), DType::F16, "c"}, L, s, NonFinitePolicy::Error, got.buffers());
+  expect_same(got, want, "after cancel");
+  // Tensors left in flight when the quantizer goes away are stopped by it.
+  for (Outputs& o : outs) q->submit({src.data(), DType::F16, "c"}, L, s, NonFinitePolicy::Error, o.buffers());
+  q.reset();
+}
+
+// A conversion whose third tensor holds a NaN, with the next tensors already
+// submitted when its wait fails: the GPU converter fails with the CPU's
+// error (file, tensor and index) and leaves no output file.
+TEST(CudaConvert, FailureWithTensorsInFlightLeavesNothing) {
+  REQUIRE_GPU();
+  test::TempDir dir;
+  std::mt19937_64 rng(test::test_seed() + 11);
+  std::normal_distribution<float> normal;
+  std::vector<std::vector<float>> w(6, std::vector<float>(256 * 96));
+  for (auto& t : w)
+    for (auto& x : t) x = normal(rng);
+  w[2][1000] = std::nanf("");
+  std::vector<TensorToWrite> tensors;
+  for (size_t i = 0; i < w.size(); ++i)
+    tensors.push_back({"layers." + std::to_string(i) + ".w.weight", DType::F32, {256, 96}, w[i].data(),
+                       w[i].size() * 4});
+  const std::string src = dir.file("m.safetensors");
+  write_safetensors(src, tensors, {}, false);
+  ConvertOptions o;
+  std::string cpu_error, gpu_error;
+  try {
+    convert_checkpoint(src, dir.file("cpu.qpack"), o, *make_cpu_quantizer(2));
+  } catch (const Error& e) {
+    cpu_error = e.what();
+  }
+  try {
+    convert_checkpoint(src, dir.file("gpu.qpack"), o, *quantizer(4096));
+  } catch (const Error& e) {
+    gpu_error = e.what();
+  }
+  EXPECT_NE(cpu_error.find("layers.2.w.weight"), std::string::npos) << cpu_error;
+  EXPECT_EQ(gpu_error, cpu_error);
+  EXPECT_FALSE(std::filesystem::exists(dir.file("gpu.qpack")));
+  size_t files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path())) files += e.path() != src ? 1 : 0;
+  EXPECT_EQ(files, 0u) << "a temporary file was left behind";
 }
 
 // ------------------------------------------------------------ errors
