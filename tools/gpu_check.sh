@@ -4,10 +4,12 @@
 # CUDA benchmark, and print a short summary table last. Full logs go to $OUT
 # (default: ./gpu-check-out).
 #
-#   tools/gpu_check.sh [--skip-sanitizers] [--profile] [--verify-only] [--bench-args "..."]
+#   tools/gpu_check.sh [--skip-sanitizers] [--profile] [--verify-only | --e2e-only] [--bench-args "..."]
 #
 # --profile adds Nsight Compute counters for one launch of each kernel
 # (ncu.log) and the SASS of the two main quantize kernels (sass.log).
+# --e2e-only builds and runs only the end-to-end part of the CUDA benchmark
+# (TensorQuantizer and convert_checkpoint from the page cache), no tests.
 # --verify-only builds, tests and benchmarks only the verifier's GPU pass
 # (with --profile: counters and SASS of its fast kernels), for quick rounds
 # of work on it.
@@ -27,6 +29,7 @@ JOBS=$(nproc 2>/dev/null || echo 4)
 SANITIZE=1
 PROFILE=0
 VERIFY_ONLY=0
+E2E_ONLY=0
 BENCH_ARGS=""
 # Seconds the whole run may take (the GPU machine stops a command at 600 s);
 # the sanitizer runs shrink or are skipped to leave room for the benchmark.
@@ -37,8 +40,9 @@ while [ $# -gt 0 ]; do
     --skip-sanitizers) SANITIZE=0 ;;
     --profile) PROFILE=1 ;;
     --verify-only) VERIFY_ONLY=1 ;;
+    --e2e-only) E2E_ONLY=1; SANITIZE=0; BENCH_ARGS="--e2e-only $BENCH_ARGS" ;;
     --bench-args) BENCH_ARGS="$2"; shift ;;
-    *) echo "usage: $0 [--skip-sanitizers] [--profile] [--verify-only] [--bench-args ARGS]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--skip-sanitizers] [--profile] [--verify-only | --e2e-only] [--bench-args ARGS]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -91,6 +95,7 @@ TARGETS=(cuda_quant_test qpack_bench_cuda qpack qpack-testgen)
 # The verifier's GPU test and benchmark, when that part of the tree has them.
 grep -q verify_gpu_test "$ROOT/tests/CMakeLists.txt" && TARGETS+=(verify_gpu_test)
 grep -q qpack_bench_verify "$ROOT/tools/bench/CMakeLists.txt" && TARGETS+=(qpack_bench_verify)
+[ "$E2E_ONLY" = 1 ] && TARGETS=(qpack_bench_cuda)
 if ! cmake --build "$BUILD" -j"$JOBS" --target "${TARGETS[@]}" > "$OUT/build.log" 2>&1; then
   grep -E "error|Error" "$OUT/build.log" | head -40
   echo "build FAILED (see build.log)"
@@ -104,15 +109,17 @@ cd "$BUILD" || exit 1
 FAIL=0
 CTEST_ONLY=()
 [ "$VERIFY_ONLY" = 1 ] && CTEST_ONLY=(-R "^VerifyGpu\.")
-ctest -L gpu "${CTEST_ONLY[@]}" --output-on-failure --timeout 600 > "$OUT/ctest_gpu.log" 2>&1
-rc=$?
-[ "$rc" = 0 ] || FAIL=1
-res=$(grep -E "tests passed|tests failed" "$OUT/ctest_gpu.log" | tail -1)
-skipped=$(grep -c "\*\*\*Skipped\| Skipped " "$OUT/ctest_gpu.log")
-row "ctest -L gpu" "rc=$rc: ${res:-no result} (skipped: $skipped)"
-stamp "ctest -L gpu: $res"
+if [ "$E2E_ONLY" = 0 ]; then
+  ctest -L gpu "${CTEST_ONLY[@]}" --output-on-failure --timeout 600 > "$OUT/ctest_gpu.log" 2>&1
+  rc=$?
+  [ "$rc" = 0 ] || FAIL=1
+  res=$(grep -E "tests passed|tests failed" "$OUT/ctest_gpu.log" | tail -1)
+  skipped=$(grep -c "\*\*\*Skipped\| Skipped " "$OUT/ctest_gpu.log")
+  row "ctest -L gpu" "rc=$rc: ${res:-no result} (skipped: $skipped)"
+  stamp "ctest -L gpu: $res"
+fi
 # The same binary once more with its own output (seed, per-test timings).
-if [ -x ./tests/cuda_quant_test ] && [ "$VERIFY_ONLY" = 0 ]; then
+if [ -x ./tests/cuda_quant_test ] && [ "$VERIFY_ONLY" = 0 ] && [ "$E2E_ONLY" = 0 ]; then
   ./tests/cuda_quant_test > "$OUT/cuda_quant_test.log" 2>&1
   row "cuda_quant_test (direct)" "rc=$?: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/cuda_quant_test.log" | tr '\n' ' ')"
 fi
@@ -156,7 +163,7 @@ if [ "$VERIFY_ONLY" = 0 ]; then
   row "qpack_bench_cuda" "rc=$rc (nonzero: a mismatch vs quantize_cpu)"
   stamp "benchmark done"
 fi
-if [ -x ./tools/bench/qpack_bench_verify ]; then
+if [ -x ./tools/bench/qpack_bench_verify ] && [ "$E2E_ONLY" = 0 ]; then
   ./tools/bench/qpack_bench_verify > "$OUT/bench_verify.log" 2>&1
   row "qpack_bench_verify" "rc=$? (nonzero: below 60% of copy or a CPU/GPU mismatch)"
   stamp "verify benchmark done"

@@ -13,7 +13,10 @@
 //     source bytes as a fraction of the pinned host-to-device bandwidth, from
 //     pageable (anonymous) memory, from a read-only mapping of a file held in
 //     the page cache (as a converter reads a checkpoint), and from pinned
-//     memory. Before them, what cudaHostRegister + cudaHostUnregister cost
+//     memory, with one tensor submitted ahead of the last one's wait (as the
+//     converter drives it), and from the page cache one tensor at a time;
+//     then convert_checkpoint of the same tensors as a safetensors file in
+//     the page cache, written to /dev/shm. Before them, what cudaHostRegister + cudaHostUnregister cost
 //     per piece: the reason TensorQuantizer stages pageable sources through
 //     pinned buffers instead of registering them in place (kernels/NOTES.md;
 //     file mappings only with --file-registration: it hung the lent H100).
@@ -37,11 +40,15 @@
 #include <thread>
 #include <vector>
 
+#include "qpack/checkpoint.hpp"
+#include "qpack/container.hpp"
+#include "qpack/convert.hpp"
 #include "qpack/cuda_quant.hpp"
 #include "qpack/dtype.hpp"
 #include "qpack/error.hpp"
 #include "qpack/quantize.hpp"
 #include "qpack/quantizer.hpp"
+#include "qpack/safetensors.hpp"
 #include "qpack/scheme.hpp"
 
 using namespace qpack;
@@ -374,7 +381,8 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
 
   struct Source {
     const char* name;
-    int kind;  // 0 pageable (anonymous), 1 page cache (fresh file mapping each pass), 2 pinned
+    int kind;  // 0 pageable (anonymous), 1 page cache (fresh file mapping each pass), 2 pinned,
+               // 3 page cache with one tensor at a time
   };
   for (int axis : {0, -1}) {
     QuantScheme s;
@@ -385,12 +393,30 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
     std::memset(codes.data(), 1, codes.size());
     std::memset(scales.data(), 1, scales.size());
     std::memset(zeros.data(), 1, zeros.size());
+    // A second output set: with one tensor submitted ahead, two are in flight.
+    std::vector<uint8_t> codes2(codes), scales2(scales), zeros2(zeros);
+    const QuantBuffers outs[2] = {{codes.data(), scales.data(), zeros.data()},
+                                  {codes2.data(), scales2.data(), zeros2.data()}};
     const std::string ax = " axis " + std::to_string(axis) + " 4b";
+    // As the converter drives it: tensor i submitted before tensor i-1 is
+    // waited for, so the pipeline runs on across tensors.
     auto pass = [&](TensorQuantizer& q, const uint8_t* base) {
       const auto t0 = std::chrono::steady_clock::now();
+      TensorQuantizer::Ticket prev = 0;
+      for (int i = 0; i < count; ++i) {
+        const TensorQuantizer::Ticket t =
+            q.submit({base + size_t(i) * tensor_bytes, DType::F16, "w"}, L, s, NonFinitePolicy::Error, outs[i % 2]);
+        if (i > 0) q.wait(prev);
+        prev = t;
+      }
+      q.wait(prev);
+      return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    };
+    // One tensor at a time: the pipeline fills and drains at every tensor.
+    auto pass_one_by_one = [&](TensorQuantizer& q, const uint8_t* base) {
+      const auto t0 = std::chrono::steady_clock::now();
       for (int i = 0; i < count; ++i)
-        q.quantize({base + size_t(i) * tensor_bytes, DType::F16, "w"}, L, s, NonFinitePolicy::Error,
-                   {codes.data(), scales.data(), zeros.data()});
+        q.quantize({base + size_t(i) * tensor_bytes, DType::F16, "w"}, L, s, NonFinitePolicy::Error, outs[0]);
       return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     };
     if (axis == 0 && !quick) {
@@ -404,7 +430,8 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
                pass(*qc, pageable.data()), pinned_h2d);
       }
     }
-    const std::vector<Source> vs = {{"pageable", 0}, {"page cache", 1}, {"pinned  ", 2}};
+    const std::vector<Source> vs = {
+        {"pageable", 0}, {"page cache", 1}, {"pinned  ", 2}, {"page cache, one by one,", 3}};
     std::vector<std::unique_ptr<TensorQuantizer>> qs;
     std::vector<std::vector<double>> ms(vs.size());
     for (size_t k = 0; k < vs.size(); ++k) qs.push_back(make_cuda_quantizer(0));
@@ -413,8 +440,8 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
     auto timed = [&](size_t k) {
       std::unique_ptr<TempFile::Map> m;
       const uint8_t* base = vs[k].kind == 0 ? pageable.data() : pinned.data();
-      if (vs[k].kind == 1) base = (m = file.map())->data() + file_at;
-      return pass(*qs[k], base);
+      if (vs[k].kind == 1 || vs[k].kind == 3) base = (m = file.map())->data() + file_at;
+      return vs[k].kind == 3 ? pass_one_by_one(*qs[k], base) : pass(*qs[k], base);
     };
     for (int rep = 0; rep < (quick ? 2 : 3); ++rep)
       for (size_t k = 0; k < vs.size(); ++k) {
@@ -424,6 +451,66 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
     for (size_t k = 0; k < vs.size(); ++k)  // the bar is the page cache row
       report(std::string("e2e ") + vs[k].name + ax + " (vs pinned H2D)", double(total),
              *std::min_element(ms[k].begin(), ms[k].end()), pinned_h2d);
+  }
+  // The whole conversion: the same tensors as a safetensors checkpoint in the
+  // page cache, converted by convert_checkpoint on the GPU into a .qpack file
+  // (reading, quantizing, checksumming, writing and the final fsync). The
+  // output goes to /dev/shm when there is one, so the row measures the
+  // converter rather than the disk.
+  {
+    std::vector<TensorToWrite> tensors;
+    for (int i = 0; i < count; ++i)
+      tensors.push_back({"model.layers." + std::to_string(i) + ".mlp.up_proj.weight", DType::F16, shape,
+                         pageable.data() + size_t(i) * tensor_bytes, tensor_bytes});
+    const char* dir = std::getenv("TMPDIR");
+    const std::string src = std::string(dir && *dir ? dir : "/tmp") + "/qpack_bench_model.safetensors";
+    const std::string out_dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : (dir && *dir ? dir : "/tmp");
+    const std::string out = out_dir + "/qpack_bench_out.qpack";
+    write_safetensors(src, tensors, {}, false);
+    {
+      std::vector<char> buf(size_t(64) << 20);  // into the page cache, as a warm checkpoint is
+      std::ifstream f(src, std::ios::binary);
+      while (f.read(buf.data(), std::streamsize(buf.size())) || f.gcount() > 0) {
+      }
+    }
+    // Its parts on their own: opening the checkpoint and mapping every
+    // tensor's pages (will_need), and the writer with the outputs ready.
+    {
+      const auto t0 = std::chrono::steady_clock::now();
+      const auto ckpt = Checkpoint::open(src);
+      for (const auto& t : ckpt->tensors()) t.file->will_need(*t.info);
+      report("e2e convert parts: open + will_need", double(total),
+             std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(), pinned_h2d);
+    }
+    {
+      QuantScheme s;
+      const GroupLayout L = GroupLayout::make(shape, s, "w");
+      const size_t params = size_t(L.num_groups()) * 2;
+      std::vector<uint8_t> codes(L.codes_bytes(), 3), scales(params, 4), zeros(params, 5);
+      double best = 1e30;
+      for (int rep = 0; rep < 2; ++rep) {
+        const auto t0 = std::chrono::steady_clock::now();
+        WriterOptions wo;
+        wo.overwrite = true;
+        QpackWriter w(out, wo);
+        for (int i = 0; i < count; ++i)
+          w.add_quantized(tensors[size_t(i)].name, DType::F16, shape, s, codes.data(), scales.data(), zeros.data());
+        w.commit();
+        best = std::min(best, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+      report("e2e convert parts: writer alone", double(total), best, pinned_h2d);
+    }
+    ConvertOptions o;
+    o.overwrite = true;
+    auto q = make_cuda_quantizer(0);
+    double best = 1e30;
+    for (int rep = 0; rep < (quick ? 2 : 3); ++rep) {
+      const ConvertSummary sum = convert_checkpoint(src, out, o, *q);
+      if (rep > 0) best = std::min(best, sum.seconds * 1e3);
+    }
+    report("e2e convert_checkpoint, page cache -> " + out_dir + " (vs pinned H2D)", double(total), best, pinned_h2d);
+    std::remove(out.c_str());
+    std::remove(src.c_str());
   }
   // For scale: the CPU path over the first GB, all cores.
   {
