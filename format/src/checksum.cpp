@@ -7,7 +7,32 @@
 
 namespace qpack {
 
-uint64_t checksum64(const void* data, size_t size) { return XXH3_64bits(data, size); }
+namespace detail {
+
+#if QPACK_XXH3_AVX2
+uint64_t checksum64_avx2(const void* data, size_t size);  // checksum_avx2.cpp
+#endif
+
+uint64_t checksum64_baseline(const void* data, size_t size) { return XXH3_64bits(data, size); }
+
+bool checksum64_uses_avx2() {
+#if QPACK_XXH3_AVX2
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  return avx2;
+#else
+  return false;
+#endif
+}
+
+}  // namespace detail
+
+uint64_t checksum64(const void* data, size_t size) {
+#if QPACK_XXH3_AVX2
+  // Below 241 bytes XXH3 has no vector loop; the branch is not worth it.
+  if (size > 240 && detail::checksum64_uses_avx2()) return detail::checksum64_avx2(data, size);
+#endif
+  return detail::checksum64_baseline(data, size);
+}
 
 Checksum64::Checksum64() : state_(XXH3_createState()) { XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_)); }
 Checksum64::~Checksum64() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }

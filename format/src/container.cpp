@@ -3,6 +3,7 @@
 #include <zstd.h>
 
 #include <algorithm>
+#include <future>
 #include <limits>
 #include <unordered_set>
 
@@ -523,8 +524,18 @@ Section QpackWriter::write_section(const std::string& tensor, const void* data, 
     }
   }
   s.size = stored_size;
-  s.checksum = checksum64(stored, size_t(stored_size));
-  w.out.write(stored, size_t(stored_size));
+  if (stored_size >= (uint64_t(1) << 20)) {
+    // Hashing and write() each take about as long per byte as the other on
+    // a large section; on two threads they overlap. (The future's
+    // destructor waits for the hash if the write throws.)
+    std::future<uint64_t> sum =
+        std::async(std::launch::async, [stored, stored_size] { return checksum64(stored, size_t(stored_size)); });
+    w.out.write(stored, size_t(stored_size));
+    s.checksum = sum.get();
+  } else {
+    s.checksum = checksum64(stored, size_t(stored_size));
+    w.out.write(stored, size_t(stored_size));
+  }
   return s;
 }
 

@@ -198,6 +198,32 @@ void round_trip(Codec codec, bool compressible) {
   g->check_all();
 }
 
+// checksum64 dispatches to xxhash's AVX2 kernel on CPUs that have it; the
+// digest must be the default kernel's at every length (the vector loop's
+// stripes, blocks and tails) and alignment.
+TEST(Checksum, DispatchedKernelMatchesTheDefaultOne) {
+  std::mt19937_64 rng(test::test_seed() + 21);
+  std::vector<uint8_t> buf(size_t(3) << 20);
+  for (auto& b : buf) b = uint8_t(rng());
+  std::vector<size_t> sizes = {0, 1, 16, 17, 128, 129, 240, 241, 255, 256, 1023, 1024, 1025, 4096, 65535,
+                               1u << 20, (3u << 20) - 64};
+  for (int i = 0; i < 200; ++i) sizes.push_back(size_t(rng() % 20000));
+  for (size_t n : sizes)
+    for (size_t off : {size_t(0), size_t(1), size_t(7), size_t(33)}) {
+      if (n + off > buf.size()) continue;
+      ASSERT_EQ(checksum64(buf.data() + off, n), detail::checksum64_baseline(buf.data() + off, n))
+          << "size " << n << " offset " << off << (detail::checksum64_uses_avx2() ? " (avx2)" : "");
+    }
+  // Streaming over uneven pieces gives the one-shot digest.
+  Checksum64 st;
+  for (size_t at = 0; at < buf.size();) {
+    const size_t k = std::min(buf.size() - at, size_t(rng() % 100000));
+    st.update(buf.data() + at, k);
+    at += k;
+  }
+  EXPECT_EQ(st.digest(), checksum64(buf.data(), buf.size()));
+}
+
 TEST(Container, RoundTripNoCodec) { round_trip(Codec::None, false); }
 TEST(Container, RoundTripZstdCompressible) { round_trip(Codec::Zstd, true); }
 TEST(Container, RoundTripZstdIncompressibleFallsBackToNone) { round_trip(Codec::Zstd, false); }

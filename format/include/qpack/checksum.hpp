@@ -22,6 +22,13 @@ class Checksum64 {
   void* state_;
 };
 
+namespace detail {
+// The build's default XXH3 kernel (SSE2 on x86-64), and whether checksum64
+// takes the AVX2 one instead; for the test that holds them equal.
+uint64_t checksum64_baseline(const void* data, size_t size);
+bool checksum64_uses_avx2();
+}  // namespace detail
+
 std::string checksum_to_hex(uint64_t v);     // 16 lower-case hex digits
 bool checksum_from_hex(const std::string& s, uint64_t* out);
 
