@@ -309,18 +309,8 @@ TEST_F(ConvertTest, PipelinedQuantizerGivesTheSameFile) {
 // is already submitted. Same error as the synchronous CPU path, no output.
 TEST(ConvertErrors, FailureWithTensorsInFlightLeavesNothing) {
   test::TempDir dir;
-  std::mt19937 rng(5);
-  std::normal_distribution<float> normal;
-  std::vector<std::vector<float>> w(6, std::vector<float>(256 * 40));
-  for (auto& t : w)
-    for (auto& x : t) x = normal(rng);
-  w[2][1000] = std::nanf("");
-  std::vector<TensorToWrite> tensors;
-  for (size_t i = 0; i < w.size(); ++i)
-    tensors.push_back({"layers." + std::to_string(i) + ".w.weight", DType::F32, {256, 40}, w[i].data(),
-                       w[i].size() * 4});
   const std::string src = dir.file("m.safetensors");
-  write_safetensors(src, tensors, {}, false);
+  test::write_model_with_nan(src, 40, 5);
   std::string want, got;
   try {
     convert_checkpoint(src, dir.file("a.qpack"), ConvertOptions{}, *make_cpu_quantizer(1));

@@ -4,11 +4,14 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
+
+#include "qpack/safetensors.hpp"
 
 namespace qpack::test {
 
@@ -79,5 +82,19 @@ uint64_t test_seed() {
 
 std::string shared_data_dir() { return QPACK_SHARED_DATA; }
 std::string source_dir() { return QPACK_SOURCE_DIR; }
+
+void write_model_with_nan(const std::string& path, int64_t cols, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal;
+  std::vector<std::vector<float>> w(6, std::vector<float>(size_t(256 * cols)));
+  for (auto& t : w)
+    for (auto& x : t) x = normal(rng);
+  w[2][1000] = std::nanf("");
+  std::vector<TensorToWrite> tensors;
+  for (size_t i = 0; i < w.size(); ++i)
+    tensors.push_back({"layers." + std::to_string(i) + ".w.weight", DType::F32, {256, cols}, w[i].data(),
+                       w[i].size() * 4});
+  write_safetensors(path, tensors, {}, false);
+}
 
 }  // namespace qpack::test

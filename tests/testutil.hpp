@@ -42,6 +42,11 @@ void run_testgen(const std::string& args);
 // (printed, so a failure can be replayed).
 uint64_t test_seed();
 
+// Writes a safetensors file of six random F32 [256, cols] tensors named
+// layers.N.w.weight, the third (layers.2) with a NaN at flat index 1000:
+// a conversion that fails with later tensors already in flight.
+void write_model_with_nan(const std::string& path, int64_t cols, uint64_t seed);
+
 std::string shared_data_dir();  // ../shared/data beside the source tree
 std::string source_dir();
 

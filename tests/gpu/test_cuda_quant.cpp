@@ -705,18 +705,8 @@ TEST(CudaQuantizer, CancelStopsTensorsInFlight) {
 TEST(CudaConvert, FailureWithTensorsInFlightLeavesNothing) {
   REQUIRE_GPU();
   test::TempDir dir;
-  std::mt19937_64 rng(test::test_seed() + 11);
-  std::normal_distribution<float> normal;
-  std::vector<std::vector<float>> w(6, std::vector<float>(256 * 96));
-  for (auto& t : w)
-    for (auto& x : t) x = normal(rng);
-  w[2][1000] = std::nanf("");
-  std::vector<TensorToWrite> tensors;
-  for (size_t i = 0; i < w.size(); ++i)
-    tensors.push_back({"layers." + std::to_string(i) + ".w.weight", DType::F32, {256, 96}, w[i].data(),
-                       w[i].size() * 4});
   const std::string src = dir.file("m.safetensors");
-  write_safetensors(src, tensors, {}, false);
+  test::write_model_with_nan(src, 96, test::test_seed() + 11);
   ConvertOptions o;
   std::string cpu_error, gpu_error;
   try {
