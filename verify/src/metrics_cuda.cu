@@ -127,7 +127,8 @@ __global__ void __launch_bounds__(vcore::kBlockUnits, 3)
 // element above the base (possibly a bound violation), a non-finite source
 // value (BF16 by bit placement: a double >= 2^128, far above any base the
 // fast path accepts; F32 and BF16 by conversion: Inf above the base, NaN
-// in the sums; F16: a double >= 2^16, found by the sum of squares),
+// in the sums; F16 in the rows kernel: a double >= 2^16, found by the sum of
+// squares; the columns kernel converts F16 like F32),
 // a scale or zero-point that is non-finite or huge, a segment whose length
 // is not a multiple of 8, and (rows) the units of a partial last block.
 // Their fast-path sums are simply discarded.
@@ -156,8 +157,9 @@ __device__ __forceinline__ void acc_init(Acc& a) {
   a.rare = 0x00ff0000u;
 }
 
-// Table of reconstructions: BITS <= 4 only. Entry (unit v, code c) of thread
-// tid is the double at byte ((v << BITS) + c) * 512 + tid * 8 (64 threads):
+// Table of reconstructions: BITS <= 4 only. Rows kernel: entry (unit v, code
+// c) of thread tid is the double at byte ((v << BITS) + c) * 512 + tid * 8
+// (64 threads; the columns kernel's layout, same size, is at col_tab_addr):
 // the 32 lanes of a warp read 32 consecutive doubles of a row, whatever codes
 // they hold, so the loads are free of bank conflicts.
 template <int BITS>
@@ -201,8 +203,8 @@ __device__ __forceinline__ double decode8(uint32_t w, int pos, float magic_off, 
 // the conversion unit: two instructions instead of four or five, and one
 // multiply fewer on the FP64 pipe, which the element loop nearly fills (the
 // gain says the conversion does not take its place). Rows kernel: 2-bit g32
-// 63-64% -> 65-67%, 4-bit g64 71 -> 74%. The columns kernel measured no
-// clear gain (4-bit 64 -> 65-66%, 3-bit 62 -> 61%) and keeps the placement.
+// 63-64% -> 65-67%, 4-bit g64 71 -> 74%. The columns kernel uses it too
+// (col_src_f64), since its table loads lost their per-element add.
 template <DType kSrc, int H, bool kCvt = false>
 __device__ __forceinline__ double src_to_f64(uint32_t w) {
   if constexpr (kSrc == DType::F32) {
@@ -571,25 +573,85 @@ __device__ __forceinline__ void load_col_slice(ColSlice<kSrc, BITS>& sl, const u
   for (int j = 0; j < BITS; ++j) sl.c[j] = __ldg(reinterpret_cast<const uint32_t*>(planes + j * ps));
 }
 
-// One column slice for the thread's 4 units.
+// The columns kernel's table: entry (unit v, code c) of thread tid at byte
+// c * 2048 + v * 512 + tid * 8 (still conflict-free: the lanes differ in
+// bits 3-7), addressed from tb = the table's shared-window address + tid * 8.
+// An element's entry is then its shifted code word masked and ORed with tb
+// (one LOP3) plus the immediate v * 512. With table_off's layout the table
+// base cost an add per element (32 a slice), because ptxas keeps it in a
+// vector register in this kernel, not a uniform one. The OR is an add when
+// bits 11-14 of every thread's tb are clear, which col_tab_fits checks once
+// per CTA (true for the kernel's one static shared variable on sm_90; were it
+// false, every unit would take the exact rule).
+template <int BITS>
+__device__ __forceinline__ uint32_t col_tab_addr(uint32_t w, int pos, uint32_t tb) {
+  constexpr uint32_t mask = ((1u << BITS) - 1u) << 11;
+  const uint32_t t = pos >= 11 ? (w >> (pos - 11)) : (w << (11 - pos));
+  return (t & mask) | tb;
+}
+__device__ __forceinline__ bool col_tab_fits(uint32_t tab_sa) {
+  return (tab_sa & 0x7fffu) + kCtaThreads * 8 <= 0x800u;
+}
+// Shared-window addresses need asm; volatile keeps the table loads after its
+// stores, a dependency the compiler cannot see through the asm.
+__device__ __forceinline__ double lds_f64(uint32_t a) {
+  double d;
+  asm volatile("ld.shared.f64 %0, [%1];" : "=d"(d) : "r"(a));
+  return d;
+}
+__device__ __forceinline__ void sts_f64(uint32_t a, double d) {
+  asm volatile("st.shared.f64 [%0], %1;" ::"r"(a), "d"(d));
+}
+template <int BITS>
+__device__ __forceinline__ void build_col_table(uint32_t tb, int v, const Par& p, float qoff) {
+  if constexpr (BITS <= 4) {
+#pragma unroll
+    for (int c = 0; c < (1 << BITS); ++c)
+      sts_f64(tb + uint32_t(c * 2048 + v * 512), double(__fmaf_rn(float(c) - qoff, p.scale, p.zero)));
+  }
+}
+
+// The columns kernel's source conversion: 16-bit floats through the
+// conversion unit (two instructions where the bit placement took four or
+// five, one of them on the FP64 pipe). An F16 NaN or Inf then reaches the
+// unit's sums or maximum as it is and takes the exact rule like an F32 one.
+template <DType kSrc, int H>
+__device__ __forceinline__ double col_src_f64(uint32_t w) {
+  if constexpr (kSrc == DType::F16) {
+    const __half2 h = *reinterpret_cast<const __half2*>(&w);
+    return double(H ? __high2float(h) : __low2float(h));
+  } else {
+    return src_to_f64<kSrc, H, true>(w);
+  }
+}
+// One column slice for the thread's 4 units, element k of all four units
+// before element k + 1: one unit after the other, ptxas placed a use of an
+// F2F or LDS result behind a scoreboard it shares with the next slice's
+// global loads, 30 instructions after they issue (1315 of 6684 stall
+// samples of the loop on one DADD, bf16 4-bit); interleaved, every such wait
+// comes 200 or more instructions later (long-scoreboard stalls per issue
+// 0.92 -> 0.57). The accumulation order within each unit is unchanged.
 template <DType kSrc, int BITS>
 __device__ __forceinline__ void process_col_slice(const ColSlice<kSrc, BITS>& sl, Acc (&acc)[kV], const Par (&par)[kV],
-                                                  int k0, const uint8_t* tab, uint32_t tid8,
+                                                  int k0, uint32_t tb,
                                                   float magic_off) {
+  uint32_t st3[kV] = {};  // 3 bits: column v's 24-bit stream
+  if constexpr (BITS == 3) {
 #pragma unroll
-  for (int v = 0; v < kV; ++v) {
-    uint32_t st3 = 0;  // 3 bits: column v's 24-bit stream
-    if constexpr (BITS == 3)
-      st3 = __byte_perm(__byte_perm(sl.c[0], sl.c[1], uint32_t(v) | (uint32_t(v + 4) << 4)), sl.c[2],
-                        0x0010u | (uint32_t(v + 4) << 8));
+    for (int v = 0; v < kV; ++v)
+      st3[v] = __byte_perm(__byte_perm(sl.c[0], sl.c[1], uint32_t(v) | (uint32_t(v + 4) << 4)), sl.c[2],
+                           0x0010u | (uint32_t(v + 4) << 8));
+  }
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
+  for (int k = 0; k < 8; ++k) {
+#pragma unroll
+    for (int v = 0; v < kV; ++v) {
       const uint32_t w = kSrc == DType::F32 ? sl.x[k][v] : sl.x[k][v / 2];
-      const double xd = (kSrc == DType::F32 || (v & 1)) ? src_to_f64<kSrc, 1>(w) : src_to_f64<kSrc, 0>(w);
+      const double xd = (kSrc == DType::F32 || (v & 1)) ? col_src_f64<kSrc, 1>(w) : col_src_f64<kSrc, 0>(w);
       double hd;
-      if constexpr (BITS == 4) hd = table_ld<4>(tab, v, table_off<4>(sl.c[k >> 1], 8 * v + 4 * (k & 1), tid8));
-      else if constexpr (BITS == 2) hd = table_ld<2>(tab, v, table_off<2>(sl.c[k >> 2], 8 * v + 2 * (k & 3), tid8));
-      else if constexpr (BITS == 3) hd = table_ld<3>(tab, v, table_off<3>(st3, 3 * k, tid8));
+      if constexpr (BITS == 4) hd = lds_f64(col_tab_addr<4>(sl.c[k >> 1], 8 * v + 4 * (k & 1), tb) + v * 512);
+      else if constexpr (BITS == 2) hd = lds_f64(col_tab_addr<2>(sl.c[k >> 2], 8 * v + 2 * (k & 3), tb) + v * 512);
+      else if constexpr (BITS == 3) hd = lds_f64(col_tab_addr<3>(st3[v], 3 * k, tb) + v * 512);
       else hd = decode8(sl.c[k], 8 * v, magic_off, par[v].scale, par[v].zero);
       fast_element(acc[v], xd, hd, k0 + k);
     }
@@ -600,9 +662,9 @@ template <DType kSrc, int BITS>
 __global__ void __launch_bounds__(kCtaThreads, 6)
     cols_kernel(Geometry g, ChunkView v, int64_t block0, Partial* out) {
   __shared__ ColsShared<BITS> sh;
-  uint8_t* const smem = reinterpret_cast<uint8_t*>(sh.table);
   const int j = int(threadIdx.x);
-  const uint32_t tid8 = uint32_t(j) * 8u;
+  const uint32_t tab_sa = uint32_t(__cvta_generic_to_shared(sh.table));
+  const uint32_t tb = tab_sa + uint32_t(j) * 8u;
   const int64_t lb = int64_t(blockIdx.x);  // block within the launch
   const int64_t b = block0 + lb;
   const uint32_t sr = uint32_t(b / g.col_blocks);
@@ -617,7 +679,7 @@ __global__ void __launch_bounds__(kCtaThreads, 6)
   for (int u = 0; u < kV; ++u) acc_init(acc[u]);
   if (live && rows > 0) {
     bool susp[kV];
-    if (rows % 8 == 0) {
+    if (rows % 8 == 0 && col_tab_fits(tab_sa)) {
       const int64_t c = col - v.c0;
       const int64_t pidx = (sp.scale_row - v.srow0) * v.pitch + c;
       const float magic_off = 8388608.0f + (g.symmetric ? float(1 << (BITS - 1)) : 0.0f);
@@ -651,7 +713,7 @@ __global__ void __launch_bounds__(kCtaThreads, 6)
         par[u] = make_par_ref(cudadev::param_value(scale_u[u], g.scale_dtype),
                               g.symmetric ? 0.0f : cudadev::param_value(zero_u[u], g.scale_dtype), g);
         susp[u] = !par[u].ok;
-        build_table<BITS>(smem, u, tid8, par[u], qoff);
+        build_col_table<BITS>(tb, u, par[u], qoff);
       }
       const int64_t step_s = 8 * rs, step_p = BITS * ps;
       // Further ahead, slice s + kColPrefetch is fetched into L2 (no
@@ -673,7 +735,7 @@ __global__ void __launch_bounds__(kCtaThreads, 6)
         src += more ? step_s : 0;
         planes += more ? step_p : 0;
         load_col_slice<kSrc, BITS>(nxt, src, planes, rs, ps);
-        process_col_slice<kSrc, BITS>(cur, acc, par, 8 * s, smem, tid8, magic_off);
+        process_col_slice<kSrc, BITS>(cur, acc, par, 8 * s, tb, magic_off);
         cur = nxt;
       }
 #pragma unroll
