@@ -379,13 +379,28 @@ struct Rec {
   uint32_t max_key, fv_key, nonfinite, violations, count, pad_;
 };
 
-__device__ __forceinline__ void rec_merge(Rec& a, const Rec& b) {
+// The sums and the maximum of a record: all a block changes when none of
+// its units took the exact rule (no non-finite value, no violation, every
+// element counted), so such a block shuffles 13 words a step instead of 17.
+__device__ __forceinline__ void rec_merge_fast(Rec& a, const Rec& b) {
 #pragma unroll
   for (int i = 0; i < 5; ++i) a.s[i] = __dadd_rn(a.s[i], b.s[i]);
   if (b.max_abs > a.max_abs || (b.max_abs == a.max_abs && b.max_key < a.max_key)) {
     a.max_abs = b.max_abs;
     a.max_key = b.max_key;
   }
+}
+__device__ __forceinline__ Rec shfl_down_rec_fast(const Rec& r, int d) {
+  Rec o;
+#pragma unroll
+  for (int i = 0; i < 5; ++i) o.s[i] = __shfl_down_sync(0xffffffffu, r.s[i], d);
+  o.max_abs = __shfl_down_sync(0xffffffffu, r.max_abs, d);
+  o.max_key = __shfl_down_sync(0xffffffffu, r.max_key, d);
+  return o;
+}
+
+__device__ __forceinline__ void rec_merge(Rec& a, const Rec& b) {
+  rec_merge_fast(a, b);
   a.fv_key = min(a.fv_key, b.fv_key);
   a.nonfinite += b.nonfinite;
   a.violations += b.violations;
@@ -417,11 +432,7 @@ __device__ __forceinline__ void rec_empty(Rec& r) {
 }
 
 __device__ __forceinline__ Rec shfl_down_rec(const Rec& r, int d) {
-  Rec o;
-#pragma unroll
-  for (int i = 0; i < 5; ++i) o.s[i] = __shfl_down_sync(0xffffffffu, r.s[i], d);
-  o.max_abs = __shfl_down_sync(0xffffffffu, r.max_abs, d);
-  o.max_key = __shfl_down_sync(0xffffffffu, r.max_key, d);
+  Rec o = shfl_down_rec_fast(r, d);
   o.fv_key = __shfl_down_sync(0xffffffffu, r.fv_key, d);
   o.nonfinite = __shfl_down_sync(0xffffffffu, r.nonfinite, d);
   o.violations = __shfl_down_sync(0xffffffffu, r.violations, d);
@@ -430,25 +441,6 @@ __device__ __forceinline__ Rec shfl_down_rec(const Rec& r, int d) {
   return o;
 }
 
-// The sums and the maximum of a record: all a block changes when none of
-// its units took the exact rule (no non-finite value, no violation, every
-// element counted), so such a block shuffles 13 words a step instead of 17.
-__device__ __forceinline__ void rec_merge_fast(Rec& a, const Rec& b) {
-#pragma unroll
-  for (int i = 0; i < 5; ++i) a.s[i] = __dadd_rn(a.s[i], b.s[i]);
-  if (b.max_abs > a.max_abs || (b.max_abs == a.max_abs && b.max_key < a.max_key)) {
-    a.max_abs = b.max_abs;
-    a.max_key = b.max_key;
-  }
-}
-__device__ __forceinline__ Rec shfl_down_rec_fast(const Rec& r, int d) {
-  Rec o;
-#pragma unroll
-  for (int i = 0; i < 5; ++i) o.s[i] = __shfl_down_sync(0xffffffffu, r.s[i], d);
-  o.max_abs = __shfl_down_sync(0xffffffffu, r.max_abs, d);
-  o.max_key = __shfl_down_sync(0xffffffffu, r.max_key, d);
-  return o;
-}
 
 // The fixed tree of vcore::block_tree_host over one block, when thread j
 // (0..63) of the block holds the records of units j, j+64, j+128, j+192 in
