@@ -9,6 +9,7 @@
 #include "qpack/convert.hpp"
 
 #include <chrono>
+#include <functional>
 #include <future>
 #include <memory>
 #include <optional>
@@ -151,6 +152,15 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
   auto wait_pending = [&] {
     if (pending.valid()) pending.get();
   };
+  // Hands a tensor to the writer task once the previous write is done; the
+  // task releases the tensor's source pages after writing it.
+  auto write_async = [&](const CheckpointTensor& t, std::function<void()> add) {
+    wait_pending();
+    pending = std::async(std::launch::async, [&t, add = std::move(add)] {
+      add();
+      t.file->release(*t.info);
+    });
+  };
   // A tensor submitted to the quantizer and not yet waited for.
   struct InFlight {
     size_t idx;
@@ -174,10 +184,8 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
     } catch (const Error& err) {
       rethrow_for(err, t, e);
     }
-    wait_pending();
-    pending = std::async(std::launch::async, [&writer, &t, &e, out = f.out] {
+    write_async(t, [&writer, &e, out = f.out] {
       writer.add_quantized(e.name, e.dtype, e.shape, e.scheme, out.codes, out.scales, out.zeros);
-      t.file->release(*t.info);
     });
   };
   try {
@@ -189,11 +197,7 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
       if (options.progress) options.progress(progress);
       if (e.action == TensorAction::Keep) {
         write_prev();  // the file keeps source order
-        wait_pending();
-        pending = std::async(std::launch::async, [&writer, &t, &e] {
-          writer.add_raw(e.name, e.dtype, e.shape, t.data(), e.bytes_in);
-          t.file->release(*t.info);
-        });
+        write_async(t, [&writer, &t, &e] { writer.add_raw(e.name, e.dtype, e.shape, t.data(), e.bytes_in); });
         ++summary.tensors_kept;
       } else {
         const GroupLayout L = GroupLayout::make(e.shape, e.scheme, e.name);

@@ -586,9 +586,7 @@ void CudaTensorQuantizer::fail(const std::exception_ptr& why) noexcept {
   cudaSetDevice(device_);
   for (Slot& s : slots_) {
     cudaStreamSynchronize(s.stream);
-    WorkerPool::wait(s.out_copy);  // copies of finished chunks complete them
-    s.out_copy.reset();
-    s.out_chunk = -1;
+    wait_outputs(s);  // copies of finished chunks complete them
   }
   cudaGetLastError();
   for (const auto& j : jobs_) {
