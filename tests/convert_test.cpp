@@ -15,13 +15,13 @@
 #include <random>
 #include <thread>
 
-#include "qpack/checkpoint.hpp"
-#include "qpack/container.hpp"
-#include "qpack/convert.hpp"
-#include "qpack/error.hpp"
-#include "qpack/quantize.hpp"
-#include "qpack/quantizer.hpp"
-#include "qpack/safetensors.hpp"
+#include "qpack/format/checkpoint.hpp"
+#include "qpack/format/container.hpp"
+#include "qpack/converter/convert.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/converter/quantize.hpp"
+#include "qpack/converter/quantizer.hpp"
+#include "qpack/format/safetensors.hpp"
 #include "testutil.hpp"
 
 using namespace qpack;

@@ -9,11 +9,11 @@
 #include <random>
 #include <vector>
 
-#include "qpack/error.hpp"
-#include "qpack/quant_detail.hpp"
-#include "qpack/quant_math.hpp"
-#include "qpack/quantize.hpp"
-#include "qpack/scheme.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/spec/codes.hpp"
+#include "qpack/spec/group_params.hpp"
+#include "qpack/converter/quantize.hpp"
+#include "qpack/format/layout.hpp"
 #include "testutil.hpp"
 
 using namespace qpack;
@@ -28,7 +28,7 @@ struct Quantized {
 
 Quantized make_output(const std::vector<int64_t>& shape, const QuantScheme& s, uint8_t poison) {
   Quantized q;
-  q.layout = GroupLayout::make(shape, s);
+  q.layout = make_layout(shape, s);
   q.codes.assign(q.layout.codes_bytes(), poison);
   q.scales.assign(size_t(q.layout.num_groups()) * size_t(scale_bytes(s.scale_dtype)), poison);
   if (!s.symmetric) q.zeros.assign(q.scales.size(), poison);
@@ -131,11 +131,11 @@ TEST(QuantConversions, F16RoundingMatchesHardwareAndDouble) {
   // (NaNs excluded: the hardware quiets signalling NaNs, qpack never stores one.)
   for (uint32_t h = 0; h < 65536; ++h)
     if ((h & 0x7c00u) != 0x7c00u || (h & 0x3ffu) == 0) {
-      ASSERT_EQ(f32_to_bits(f16_to_f32(uint16_t(h))), f32_to_bits(hardware_f16_to_f32(uint16_t(h)))) << h;
+      ASSERT_EQ(spec::f32_bits(f16_to_f32(uint16_t(h))), spec::f32_bits(hardware_f16_to_f32(uint16_t(h)))) << h;
     }
   std::mt19937_64 rng(test::test_seed());
   auto check = [](uint32_t bits) {
-    const float f = bits_to_f32(bits);
+    const float f = spec::f32_from_bits(bits);
     if (std::isnan(f)) return;
     const uint16_t hw = hardware_f16(f);
     ASSERT_EQ(f32_to_f16_rne(f), hw) << std::hexfloat << f;
@@ -145,18 +145,18 @@ TEST(QuantConversions, F16RoundingMatchesHardwareAndDouble) {
   for (uint32_t h = 0; h < 0x7c00; ++h) {
     const double a = f16_to_f32(uint16_t(h)), b = f16_to_f32(uint16_t(h + 1));
     const float mid = float((a + b) / 2);
-    for (int d = -2; d <= 2; ++d) check(f32_to_bits(mid) + uint32_t(d));
+    for (int d = -2; d <= 2; ++d) check(spec::f32_bits(mid) + uint32_t(d));
   }
 }
 
 TEST(QuantConversions, BF16RoundingMatchesDouble) {
   std::mt19937_64 rng(test::test_seed() + 1);
   for (int i = 0; i < 2000000; ++i) {
-    const float f = bits_to_f32(uint32_t(rng()));
+    const float f = spec::f32_from_bits(uint32_t(rng()));
     if (!std::isfinite(f)) continue;
     const uint16_t b = f32_to_bf16_rne(f);
     // Nearest-even by float64 arithmetic: compare the two candidates.
-    const uint32_t u = f32_to_bits(f);
+    const uint32_t u = spec::f32_bits(f);
     const uint16_t lo = uint16_t(u >> 16), hi = uint16_t(lo + 1);
     const double dlo = std::fabs(double(bf16_to_f32(lo)) - f);
     // Rounding past the largest finite value goes to Inf: for the distance,
@@ -280,11 +280,11 @@ void check_case(const Case& c, std::mt19937_64& rng) {
   for (int64_t flat = 0; flat < n; ++flat) {
     const int64_t i = flat % L.inner, a = (flat / L.inner) % L.axis_len, o = flat / L.inner / L.axis_len;
     const int64_t p = (o * L.groups_per_axis + a / L.group_size) * L.inner + i;
-    const double S = detail::load_param(ref.scales.data(), p, c.scheme.scale_dtype);
-    const double M = c.scheme.symmetric ? 0.0 : detail::load_param(ref.zeros.data(), p, c.scheme.scale_dtype);
+    const double S = spec::load_param(ref.scales.data(), p, c.scheme.scale_dtype);
+    const double M = c.scheme.symmetric ? 0.0 : spec::load_param(ref.zeros.data(), p, c.scheme.scale_dtype);
     const double x = load_as_f32(src.data(), c.src, uint64_t(flat));
     const double err = std::fabs(x - double(deq_ref[size_t(flat)]));
-    ASSERT_LE(err, error_bound(x, S, M, c.scheme))
+    ASSERT_LE(err, test::reference_error_bound(x, S, M, c.scheme))
         << "element " << flat << " x " << x << " xhat " << deq_ref[size_t(flat)] << " S " << S << " M " << M;
   }
 }
@@ -395,7 +395,7 @@ TEST(QuantSemantics, PartialGroupUsesOnlyRealElements) {
   s.axis = 0;
   auto q = make_output({70}, s, 0);
   quantize_reference({src.data(), DType::F32, "p"}, q.layout, s, NonFinitePolicy::Error, q.buffers());
-  EXPECT_EQ(detail::load_param(q.zeros.data(), 1, DType::F16), 10.0f);
+  EXPECT_EQ(spec::load_param(q.zeros.data(), 1, DType::F16), 10.0f);
 }
 
 TEST(QuantErrors, NonFiniteNamesTensorAndFirstIndex) {
@@ -559,23 +559,23 @@ TEST(QuantErrors, OverflowAndNaNReportedAsTheReferenceDoesInEveryKernel) {
 
 TEST(QuantLayout, GroupSizesAndSizes) {
   QuantScheme s;
-  auto L = GroupLayout::make({4096, 11008}, s);
+  auto L = make_layout({4096, 11008}, s);
   EXPECT_EQ(L.outer, 1);
   EXPECT_EQ(L.inner, 11008);
   EXPECT_EQ(L.groups_per_axis, 64);
   EXPECT_EQ(L.codes_bytes(), uint64_t(4096) * 11008 / 2);
   s.axis = -1;
   s.group_size = 0;
-  L = GroupLayout::make({3, 5}, s);
+  L = make_layout({3, 5}, s);
   EXPECT_EQ(L.group_size, 5);
   EXPECT_EQ(L.bytes_per_group, 3);
   s.group_size = 64;
-  L = GroupLayout::make({2, 70}, s);
+  L = make_layout({2, 70}, s);
   EXPECT_EQ(L.groups_per_axis, 2);
   EXPECT_EQ(L.group_len(1), 6);
-  EXPECT_THROW(GroupLayout::make({}, s), Error);
+  EXPECT_THROW(make_layout({}, s), Error);
   s.axis = 2;
-  EXPECT_THROW(GroupLayout::make({2, 3}, s), Error);
+  EXPECT_THROW(make_layout({2, 3}, s), Error);
   EXPECT_FALSE(validate_scheme({5, 64, 0, false, DType::F16}).empty());
   EXPECT_FALSE(validate_scheme({4, 6, 0, false, DType::F16}).empty());
   EXPECT_FALSE(validate_scheme({4, 65, 0, false, DType::F16}).empty());

@@ -11,7 +11,7 @@
 #include <fstream>
 #include <stdexcept>
 
-#include "qpack/safetensors.hpp"
+#include "qpack/format/safetensors.hpp"
 
 namespace qpack::test {
 
@@ -95,6 +95,32 @@ void write_model_with_nan(const std::string& path, int64_t cols, uint64_t seed) 
     tensors.push_back({"layers." + std::to_string(i) + ".w.weight", DType::F32, {256, cols}, w[i].data(),
                        w[i].size() * 4});
   write_safetensors(path, tensors, {}, false);
+}
+
+double reference_ulp(double v, DType dtype) {
+  int mant_bits, emin;
+  switch (dtype) {
+    case DType::F16: mant_bits = 10; emin = -14; break;
+    case DType::BF16: mant_bits = 7; emin = -126; break;
+    default: mant_bits = 23; emin = -126; break;
+  }
+  v = std::fabs(v);
+  int e = emin;
+  if (v > 0) {
+    int ex;
+    std::frexp(v, &ex);  // v = f * 2^ex, f in [0.5, 1)
+    e = ex - 1;
+    if (e < emin) e = emin;
+  }
+  return std::ldexp(1.0, e - mant_bits);
+}
+
+double reference_error_bound(double x, double s, double m, const QuantScheme& scheme) {
+  const double q = scheme.symmetric ? (1 << (scheme.bits - 1)) - 1 : (1 << scheme.bits) - 1;
+  double b = 0.5 * s + q * (reference_ulp(s, scheme.scale_dtype) + std::ldexp(s, -22) + std::ldexp(1.0, -126));
+  if (!scheme.symmetric) b += reference_ulp(m, scheme.scale_dtype);
+  b += std::ldexp(1.0, -21) * (std::fabs(x) + std::fabs(m) + q * s);
+  return b;
 }
 
 }  // namespace qpack::test

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "qpack/spec/scheme.hpp"
+
 namespace qpack::test {
 
 // A fresh folder under $TMPDIR (or /tmp), removed with everything in it.
@@ -49,5 +51,12 @@ void write_model_with_nan(const std::string& path, int64_t cols, uint64_t seed);
 
 std::string shared_data_dir();  // ../shared/data beside the source tree
 std::string source_dir();
+
+// docs/quantization.md §7's bound written independently of the spec's
+// libm-free evaluation (qpack/spec/error_bound.hpp): the ulp through
+// frexp/ldexp, the sums as the doc reads them. The spec's bound must give
+// these bits for every finite input.
+double reference_ulp(double v, DType dtype);
+double reference_error_bound(double x, double s, double m, const QuantScheme& scheme);
 
 }  // namespace qpack::test

@@ -6,7 +6,7 @@
 // tensor's mapped source pages are released once written, so peak memory is
 // about three tensors' outputs plus two tensors' source pages, not the
 // model's size.
-#include "qpack/convert.hpp"
+#include "qpack/converter/convert.hpp"
 
 #include <chrono>
 #include <functional>
@@ -14,9 +14,10 @@
 #include <memory>
 #include <optional>
 
-#include "qpack/checkpoint.hpp"
-#include "qpack/error.hpp"
-#include "qpack/io.hpp"
+#include "qpack/format/checkpoint.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/format/io.hpp"
+#include "qpack/version.hpp"
 
 namespace qpack {
 
@@ -97,7 +98,7 @@ std::vector<PlanEntry> plan_for(const Checkpoint& ckpt, const Recipe& recipe) {
     if (d.action == TensorAction::Quantize) {
       GroupLayout L;
       try {
-        L = GroupLayout::make(e.shape, d.scheme, e.name);
+        L = make_layout(e.shape, d.scheme, e.name);
       } catch (const Error& err) {
         throw Error(err.code(), ckpt.path(), e.name, err.reason());
       }
@@ -200,7 +201,7 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
         write_async(t, [&writer, &t, &e] { writer.add_raw(e.name, e.dtype, e.shape, t.data(), e.bytes_in); });
         ++summary.tensors_kept;
       } else {
-        const GroupLayout L = GroupLayout::make(e.shape, e.scheme, e.name);
+        const GroupLayout L = make_layout(e.shape, e.scheme, e.name);
         // Free: its last user, tensor n-3, was written before tensor n-2's
         // write began.
         BufferSet& b = sets[n++ % 3];

@@ -29,11 +29,11 @@
 #include <cstring>
 #include <vector>
 
-#include "qpack/error.hpp"
-#include "qpack/quant_detail.hpp"
-#include "qpack/quant_math.hpp"
-#include "qpack/quantize.hpp"
-#include "qpack/quantizer.hpp"
+#include "qpack/format/error.hpp"
+#include "quant_detail.hpp"
+#include "qpack/spec/group_params.hpp"
+#include "qpack/converter/quantize.hpp"
+#include "qpack/converter/quantizer.hpp"
 
 namespace qpack {
 namespace {
@@ -133,7 +133,7 @@ __attribute__((always_inline)) QPACK_AVX2 inline int params8(__m256 mn_or_amax, 
   }
   // Degenerate (S < 2^-126, or overflowed): S = +0, inv = 0.
   const __m256 ok = _mm256_and_ps(finite_mask(p->scale),
-                                  _mm256_cmp_ps(p->scale, _mm256_set1_ps(kQpMinNormal), _CMP_GE_OQ));
+                                  _mm256_cmp_ps(p->scale, _mm256_set1_ps(spec::kMinNormalF32), _CMP_GE_OQ));
   p->scale = _mm256_and_ps(p->scale, ok);
   p->inv = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_blendv_ps(_mm256_set1_ps(1.0f), p->scale, ok)), ok);
   const __m128i ok16 = _mm_packs_epi32(_mm256_castsi256_si128(_mm256_castps_si256(ok)),
@@ -455,7 +455,7 @@ QPACK_AVX2 void column_block(const QuantInput& in, const GroupLayout& L, const Q
                      stats_nonfinite<SYM>(lo2, hi2, sum2) || stats_nonfinite<SYM>(lo3, hi3, sum3))) {
       for (int64_t k = 0, e = row0; k < len; ++k, e += inner)
         for (int64_t c = 0; c < 32; ++c)
-          if (!qp_isfinite(load_as_f32(src, in.dtype, uint64_t(e + c)))) {
+          if (!spec::is_finite_f32(load_as_f32(src, in.dtype, uint64_t(e + c)))) {
             fail->nonfinite = true;
             return;
           }
@@ -711,14 +711,14 @@ QPACK_AVX2 void row_groups(const QuantInput& in, const GroupLayout& L, const Qua
         alignas(32) float t[8];
         for (int q = 0; q < 8; ++q) {
           float x = load_as_f32(src, in.dtype, uint64_t(b + (k + q < n ? k + q : 0)));
-          if (ZERO_NF && !qp_isfinite(x)) x = 0.0f;
+          if (ZERO_NF && !spec::is_finite_f32(x)) x = 0.0f;
           t[q] = x;
         }
         stats8<SYM>(_mm256_load_ps(t), vlo, vhi, nan);
       }
       if (!ZERO_NF && stats_nonfinite<SYM>(vlo, vhi, nan)) {
         for (int64_t q = 0; q < n; ++q)
-          if (!qp_isfinite(load_as_f32(src, in.dtype, uint64_t(b + q)))) {
+          if (!spec::is_finite_f32(load_as_f32(src, in.dtype, uint64_t(b + q)))) {
             fail->nonfinite = true;
             return;
           }
@@ -759,14 +759,14 @@ QPACK_AVX2 void row_groups(const QuantInput& in, const GroupLayout& L, const Qua
     const int64_t done = k * bits / 8;
     if (done < bpg) std::memset(dst + done, 0, size_t(bpg - done));
     if (k < n) {
-      GroupParams gp;
+      spec::GroupParams gp;
       gp.scale = scale[l];
       gp.zero = zero[l];
       gp.inv = inv[l];
       for (; k < n; ++k) {
         float x = load_as_f32(src, in.dtype, uint64_t(b + k));
-        if (!qp_isfinite(x)) x = 0.0f;
-        detail::put_code(dst, 1, k, bits, SYM ? qp_encode_sym(x, gp, bits) : qp_encode_asym(x, gp, bits));
+        if (!spec::is_finite_f32(x)) x = 0.0f;
+        spec::put_code(dst, 1, k, bits, SYM ? spec::encode_sym(x, gp, bits) : spec::encode_asym(x, gp, bits));
       }
     }
   }
@@ -1117,12 +1117,12 @@ void dequantize_cpu(const uint8_t* codes, const uint8_t* scales, const uint8_t* 
     const int64_t o = r / L.groups_per_axis, g = r % L.groups_per_axis, len = L.group_len(g);
     for (int64_t i = 0; i < L.inner; ++i) {
       const int64_t pi = r * L.inner + i;
-      const float sc = detail::load_param(scales, pi, s.scale_dtype);
-      const float m = s.symmetric ? 0.0f : detail::load_param(zeros, pi, s.scale_dtype);
+      const float sc = spec::load_param(scales, pi, s.scale_dtype);
+      const float m = s.symmetric ? 0.0f : spec::load_param(zeros, pi, s.scale_dtype);
       const uint8_t* base = codes + r * L.bytes_per_group * L.inner + i;
       float* dst = out + (o * L.axis_len + g * L.group_size) * L.inner + i;
       for (int64_t k = 0; k < len; ++k)
-        dst[k * L.inner] = qp_decode(detail::get_code(base, L.inner, k, s.bits), sc, m, s.symmetric, s.bits);
+        dst[k * L.inner] = spec::decode(spec::get_code(base, L.inner, k, s.bits), sc, m, s.symmetric, s.bits);
     }
   }
 }

@@ -6,10 +6,10 @@
 #include <cstdint>
 #include <cstring>
 
-#include "qpack/error.hpp"
-#include "qpack/quant_detail.hpp"
-#include "qpack/quant_math.hpp"
-#include "qpack/quantize.hpp"
+#include "qpack/format/error.hpp"
+#include "quant_detail.hpp"
+#include "qpack/spec/group_params.hpp"
+#include "qpack/converter/quantize.hpp"
 
 namespace qpack {
 namespace detail {
@@ -21,7 +21,7 @@ int64_t find_first_nonfinite(const uint8_t* data, DType dtype, int64_t n, int th
   for (int64_t c = 0; c < (n + kChunk - 1) / kChunk; ++c) {
     const int64_t e = (c + 1) * kChunk < n ? (c + 1) * kChunk : n;
     for (int64_t i = c * kChunk; i < e; ++i)
-      if (!qp_isfinite(load_as_f32(data, dtype, uint64_t(i)))) {
+      if (!spec::is_finite_f32(load_as_f32(data, dtype, uint64_t(i)))) {
         if (i < first) first = i;
         break;
       }
@@ -68,34 +68,34 @@ int quantize_group(const QuantInput& in, const GroupLayout& L, const QuantScheme
   for (int64_t k = 0; k < len; ++k) {
     const int64_t flat = (o * L.axis_len + g * L.group_size + k) * L.inner + i;
     float v = load_as_f32(in.data, in.dtype, uint64_t(flat));
-    if (!qp_isfinite(v)) {
+    if (!spec::is_finite_f32(v)) {
       if (policy == NonFinitePolicy::Error) return kGroupNonFinite;
       v = 0.0f;
     }
     x[k] = v;
   }
-  GroupParams p;
+  spec::GroupParams p;
   if (scheme.symmetric) {
     float amax = 0.0f;
     for (int64_t k = 0; k < len; ++k) amax = std::fmax(amax, std::fabs(x[k]));
-    p = qp_params_sym(amax, scheme.bits, sd);
+    p = spec::params_sym(amax, scheme.bits, sd);
   } else {
     float mn = x[0], mx = x[0];
     for (int64_t k = 1; k < len; ++k) {
       mn = std::fmin(mn, x[k]);
       mx = std::fmax(mx, x[k]);
     }
-    p = qp_params_asym(mn, mx, scheme.bits, sd);
+    p = spec::params_asym(mn, mx, scheme.bits, sd);
   }
   if (p.overflow) return kGroupOverflow;
   const int64_t pi = (o * L.groups_per_axis + g) * L.inner + i;
-  detail::store_param(out.scales, pi, sd, p.scale, p.scale_bits16);
-  if (!scheme.symmetric) detail::store_param(out.zeros, pi, sd, p.zero, p.zero_bits16);
+  spec::store_param(out.scales, pi, sd, p.scale, p.scale_bits16);
+  if (!scheme.symmetric) spec::store_param(out.zeros, pi, sd, p.zero, p.zero_bits16);
   uint8_t* base = out.codes + (o * L.groups_per_axis + g) * L.bytes_per_group * L.inner + i;
   for (int64_t k = 0; k < len; ++k) {
-    const uint32_t c = scheme.symmetric ? qp_encode_sym(x[k], p, scheme.bits)
-                                        : qp_encode_asym(x[k], p, scheme.bits);
-    put_code(base, L.inner, k, scheme.bits, c);
+    const uint32_t c = scheme.symmetric ? spec::encode_sym(x[k], p, scheme.bits)
+                                        : spec::encode_asym(x[k], p, scheme.bits);
+    spec::put_code(base, L.inner, k, scheme.bits, c);
   }
   return kGroupOk;
 }
@@ -126,13 +126,13 @@ void dequantize_reference(const uint8_t* codes, const uint8_t* scales, const uin
     for (int64_t g = 0; g < L.groups_per_axis; ++g)
       for (int64_t i = 0; i < L.inner; ++i) {
         const int64_t pi = (o * L.groups_per_axis + g) * L.inner + i;
-        const float s = detail::load_param(scales, pi, sd);
-        const float m = scheme.symmetric ? 0.0f : detail::load_param(zeros, pi, sd);
+        const float s = spec::load_param(scales, pi, sd);
+        const float m = scheme.symmetric ? 0.0f : spec::load_param(zeros, pi, sd);
         const uint8_t* base = codes + (o * L.groups_per_axis + g) * L.bytes_per_group * L.inner + i;
         for (int64_t k = 0; k < L.group_len(g); ++k) {
-          const uint32_t c = detail::get_code(base, L.inner, k, scheme.bits);
+          const uint32_t c = spec::get_code(base, L.inner, k, scheme.bits);
           out[(o * L.axis_len + g * L.group_size + k) * L.inner + i] =
-              qp_decode(c, s, m, scheme.symmetric, scheme.bits);
+              spec::decode(c, s, m, scheme.symmetric, scheme.bits);
         }
       }
 }

@@ -1,17 +1,12 @@
-#include "qpack/recipe.hpp"
-
-#include <fnmatch.h>
+#include "qpack/converter/recipe.hpp"
 
 #include <algorithm>
 #include <cctype>
 
-#include "qpack/error.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/format/glob.hpp"
 
 namespace qpack {
-
-bool glob_match(const std::string& pattern, const std::string& name) {
-  return fnmatch(pattern.c_str(), name.c_str(), 0) == 0;
-}
 
 std::optional<DType> parse_scale_dtype(const std::string& s) {
   std::string l = s;

@@ -1,4 +1,4 @@
-#include "qpack/checkpoint.hpp"
+#include "qpack/format/checkpoint.hpp"
 
 #include <algorithm>
 #include <filesystem>
@@ -6,7 +6,7 @@
 #include <set>
 
 #include "json_strict.hpp"
-#include "qpack/error.hpp"
+#include "qpack/format/error.hpp"
 
 namespace qpack {
 

@@ -1,4 +1,4 @@
-#include "qpack/checksum.hpp"
+#include "qpack/format/checksum.hpp"
 
 #include <cstdio>
 

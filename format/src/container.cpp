@@ -1,4 +1,4 @@
-#include "qpack/container.hpp"
+#include "qpack/format/container.hpp"
 
 #include <zstd.h>
 
@@ -8,8 +8,8 @@
 #include <unordered_set>
 
 #include "json_strict.hpp"
-#include "qpack/checksum.hpp"
-#include "qpack/error.hpp"
+#include "qpack/format/checksum.hpp"
+#include "qpack/format/error.hpp"
 
 namespace qpack {
 
@@ -311,7 +311,7 @@ void QpackFile::parse() {
       t.scheme.symmetric = symmetric;
       t.scheme.scale_dtype = *sd;
       try {
-        t.layout = GroupLayout::make(t.shape, t.scheme, name);
+        t.layout = make_layout(t.shape, t.scheme, name);
       } catch (const Error& e) {
         throw Error(ErrorCode::ManifestMismatch, file, name, e.reason());
       }
@@ -594,7 +594,7 @@ void QpackWriter::add_quantized(const std::string& name, DType dtype, const std:
   checked_nbytes(w.file(), name, shape, dtype);
   GroupLayout layout;
   try {
-    layout = GroupLayout::make(shape, scheme, name);
+    layout = make_layout(shape, scheme, name);
   } catch (const Error& e) {
     throw Error(e.code(), w.file(), name, e.reason());
   }

@@ -1,4 +1,4 @@
-#include "qpack/error.hpp"
+#include "qpack/format/error.hpp"
 
 namespace qpack {
 

@@ -1,4 +1,4 @@
-#include "qpack/inspect.hpp"
+#include "qpack/format/inspect.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -10,10 +10,10 @@
 #include <cstring>
 
 #include "json_strict.hpp"
-#include "qpack/checkpoint.hpp"
-#include "qpack/checksum.hpp"
-#include "qpack/container.hpp"
-#include "qpack/error.hpp"
+#include "qpack/format/checkpoint.hpp"
+#include "qpack/format/checksum.hpp"
+#include "qpack/format/container.hpp"
+#include "qpack/format/error.hpp"
 
 namespace qpack {
 

@@ -1,4 +1,4 @@
-#include "qpack/io.hpp"
+#include "qpack/format/io.hpp"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -15,7 +15,7 @@
 #include <sstream>
 #include <vector>
 
-#include "qpack/error.hpp"
+#include "qpack/format/error.hpp"
 
 namespace qpack {
 

@@ -1,4 +1,4 @@
-#include "qpack/safetensors.hpp"
+#include "qpack/format/safetensors.hpp"
 
 #include <algorithm>
 #include <limits>
@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "json_strict.hpp"
-#include "qpack/error.hpp"
+#include "qpack/format/error.hpp"
 
 namespace qpack {
 

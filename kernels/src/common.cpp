@@ -4,8 +4,8 @@
 #include <cstdio>
 #include <string>
 
-#include "qpack/cuda_quant.hpp"
-#include "qpack/error.hpp"
+#include "qpack/kernels/cuda_quant.hpp"
+#include "qpack/format/error.hpp"
 
 namespace qpack::cuda {
 

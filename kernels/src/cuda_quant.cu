@@ -7,10 +7,10 @@
 #include <cstdint>
 #include <string>
 
-#include "cuda_util.hpp"
+#include "qpack/kernels/cuda_status.hpp"
 #include "kernel_args.hpp"
-#include "qpack/cuda_quant.hpp"
-#include "qpack/error.hpp"
+#include "qpack/kernels/cuda_quant.hpp"
+#include "qpack/format/error.hpp"
 
 namespace qpack::cuda {
 
@@ -127,9 +127,9 @@ Status resolve_tile(const GroupLayout& L, const Tile& t, TileRange* r) {
 }
 
 // Geometry of one launch over group rows [gr_begin, gr_end) of the tile.
-cudak::Geometry launch_geometry(const GroupLayout& L, const TileRange& r, int64_t gr_begin,
+kernels::Geometry launch_geometry(const GroupLayout& L, const TileRange& r, int64_t gr_begin,
                                 int64_t gr_end) {
-  cudak::Geometry g{};
+  kernels::Geometry g{};
   g.axis_len = L.axis_len;
   g.group = L.group_size;
   g.bytes = L.bytes_per_group;
@@ -141,8 +141,8 @@ cudak::Geometry launch_geometry(const GroupLayout& L, const TileRange& r, int64_
   g.row_begin = tile_first_row(L, gr_begin);
   g.col_begin = r.col_begin;
   g.ncols = r.col_end - r.col_begin;
-  g.groups = cudak::FastDiv(uint32_t(L.groups_per_axis));
-  g.nslices = int((L.group_size + cudak::kSliceRows - 1) / cudak::kSliceRows);
+  g.groups = kernels::FastDiv(uint32_t(L.groups_per_axis));
+  g.nslices = int((L.group_size + kernels::kSliceRows - 1) / kernels::kSliceRows);
   g.lanes = pow2_at_least(g.nslices);
   return g;
 }
@@ -160,9 +160,9 @@ Status for_each_launch(const GroupLayout& L, const TileRange& r, int64_t work_pe
   const int64_t tile_row0 = tile_first_row(L, r.gr_begin);
   for (int64_t b = r.gr_begin; b < r.gr_end; b += step) {
     const int64_t e = std::min(r.gr_end, b + step);
-    cudak::Geometry g = launch_geometry(L, r, b, e);
+    kernels::Geometry g = launch_geometry(L, r, b, e);
     g.tasks = uint32_t(int64_t(g.n_gr) * work_per_group_row);
-    g.per_gr = cudak::FastDiv(uint32_t(std::max<int64_t>(1, work_per_group_row)));
+    g.per_gr = kernels::FastDiv(uint32_t(std::max<int64_t>(1, work_per_group_row)));
     if (Status s = launch(g, b - r.gr_begin, g.row_begin - tile_row0); !s.ok()) return s;
   }
   return {};
@@ -197,7 +197,7 @@ int sm_count() {
 // kernels' grid-stride loops take the rest.
 int blocks_for(int64_t threads) {
   const int64_t cap = int64_t(sm_count()) * 64;
-  const int64_t b = (threads + cudak::kBlockThreads - 1) / cudak::kBlockThreads;
+  const int64_t b = (threads + kernels::kBlockThreads - 1) / kernels::kBlockThreads;
   return int(std::max<int64_t>(1, std::min(b, cap)));
 }
 
@@ -227,9 +227,9 @@ Status quantize(const void* d_src, DType src_dtype, const GroupLayout& layout,
 
   const int esize = src_dtype == DType::F32 ? 4 : 2;
   const int ssize = scale_bytes(scheme.scale_dtype);
-  const int64_t nslices = (layout.group_size + cudak::kSliceRows - 1) / cudak::kSliceRows;
+  const int64_t nslices = (layout.group_size + kernels::kSliceRows - 1) / kernels::kSliceRows;
   const int lanes = pow2_at_least(nslices);
-  cudak::Launch l{};
+  kernels::Launch l{};
   l.stream = stream;
   l.rows = ncols == 1;
   int64_t work_per_gr;  // warps per group row (cols) or group rows (rows)
@@ -238,7 +238,7 @@ Status quantize(const void* d_src, DType src_dtype, const GroupLayout& layout,
     l.vector = layout.group_size % 8 == 0 && layout.axis_len % 8 == 0 && aligned(d_src, 16) &&
                aligned(out.codes, 8);
     // Coalesced windows: 16-bit source, whole groups of 8 * 2^k <= 256 elements.
-    const int64_t slices = layout.group_size / cudak::kSliceRows;
+    const int64_t slices = layout.group_size / kernels::kSliceRows;
     l.window = l.vector && esize == 2 && layout.axis_len % layout.group_size == 0 &&
                slices <= 32 && (slices & (slices - 1)) == 0;
     // Window kernel: its 32-bit unit counter needs group rows * units < 2^31.
@@ -251,11 +251,11 @@ Status quantize(const void* d_src, DType src_dtype, const GroupLayout& layout,
     const int64_t chunks_per_warp = 32 / lanes;
     work_per_gr = (ncols / vec + chunks_per_warp - 1) / chunks_per_warp;
   }
-  return for_each_launch(layout, r, work_per_gr, [&](const cudak::Geometry& g, int64_t gr_off,
+  return for_each_launch(layout, r, work_per_gr, [&](const kernels::Geometry& g, int64_t gr_off,
                                                      int64_t row_off) -> Status {
-    cudak::QuantArgs a{};
+    kernels::QuantArgs a{};
     a.geo = g;
-    if (l.rows) a.geo.lanes = pow2_at_least((g.nslices + cudak::kRowChunks - 1) / cudak::kRowChunks);
+    if (l.rows) a.geo.lanes = pow2_at_least((g.nslices + kernels::kRowChunks - 1) / kernels::kRowChunks);
     a.src = static_cast<const uint8_t*>(d_src) + row_off * ncols * esize;
     a.codes = out.codes + gr_off * layout.bytes_per_group * ncols;
     a.scales = out.scales + gr_off * ncols * ssize;
@@ -263,10 +263,10 @@ Status quantize(const void* d_src, DType src_dtype, const GroupLayout& layout,
     a.flags = d_flags;
     a.scale_dtype = scheme.scale_dtype;
     a.zero_nonfinite = policy == NonFinitePolicy::Zero;
-    cudak::Launch ll = l;
+    kernels::Launch ll = l;
     if (l.window) {
-      const int64_t slices = layout.group_size / cudak::kSliceRows;
-      const int64_t per_window = std::min<int64_t>(32, cudak::kWindowUnits / slices);
+      const int64_t slices = layout.group_size / kernels::kSliceRows;
+      const int64_t per_window = std::min<int64_t>(32, kernels::kWindowUnits / slices);
       ll.blocks = blocks_for((int64_t(g.n_gr) + per_window - 1) / per_window * 32);
     } else if (l.rows) {
       const int64_t groups_per_warp = 32 / a.geo.lanes;
@@ -276,9 +276,9 @@ Status quantize(const void* d_src, DType src_dtype, const GroupLayout& layout,
     }
     int err = 0;
     switch (src_dtype) {
-      case DType::F16: err = cudak::launch_quantize_f16(a, scheme.bits, scheme.symmetric, ll); break;
-      case DType::BF16: err = cudak::launch_quantize_bf16(a, scheme.bits, scheme.symmetric, ll); break;
-      default: err = cudak::launch_quantize_f32(a, scheme.bits, scheme.symmetric, ll); break;
+      case DType::F16: err = kernels::launch_quantize_f16(a, scheme.bits, scheme.symmetric, ll); break;
+      case DType::BF16: err = kernels::launch_quantize_bf16(a, scheme.bits, scheme.symmetric, ll); break;
+      default: err = kernels::launch_quantize_f32(a, scheme.bits, scheme.symmetric, ll); break;
     }
     return cuda_status(cudaError_t(err), "quantize kernel launch");
   });
@@ -300,28 +300,28 @@ Status dequantize(const uint8_t* d_codes, const uint8_t* d_scales, const uint8_t
 
   const int osize = out_dtype == DType::F32 ? 4 : 2;
   const int ssize = scale_bytes(scheme.scale_dtype);
-  const int64_t nslices = (layout.group_size + cudak::kSliceRows - 1) / cudak::kSliceRows;
-  cudak::Launch l{};
+  const int64_t nslices = (layout.group_size + kernels::kSliceRows - 1) / kernels::kSliceRows;
+  kernels::Launch l{};
   l.stream = stream;
   l.rows = ncols == 1;
   int64_t nchunks = 1;  // threads per slice of a group row
   if (l.rows) {
     l.vector = layout.group_size % 8 == 0 && layout.axis_len % 8 == 0 && aligned(d_codes, 8) &&
                aligned(d_out, 16);
-    if (l.vector && out_dtype == DType::F32) nchunks = cudak::kSlice / cudak::kF32Part;
+    if (l.vector && out_dtype == DType::F32) nchunks = kernels::kSliceRows / kernels::kF32Part;
     // Whole groups: the launch's elements form one array (dequantize_rows_whole).
     l.window = l.vector && layout.axis_len % layout.group_size == 0;
   } else {
     l.vector = ncols % 8 == 0 && aligned(d_codes, 8) && aligned(d_scales, 16) &&
                (scheme.symmetric || aligned(d_zeros, 16)) && aligned(d_out, 16);
-    nchunks = ncols / (l.vector ? (out_dtype == DType::F32 ? cudak::kF32Part : 8) : 1);
+    nchunks = ncols / (l.vector ? (out_dtype == DType::F32 ? kernels::kF32Part : 8) : 1);
   }
   const int64_t work_per_gr = nslices * nchunks;  // threads per group row
-  return for_each_launch(layout, r, work_per_gr, [&](const cudak::Geometry& g, int64_t gr_off,
+  return for_each_launch(layout, r, work_per_gr, [&](const kernels::Geometry& g, int64_t gr_off,
                                                      int64_t row_off) -> Status {
-    cudak::DequantArgs a{};
+    kernels::DequantArgs a{};
     a.geo = g;
-    a.geo.chunks = cudak::FastDiv(uint32_t(nchunks));
+    a.geo.chunks = kernels::FastDiv(uint32_t(nchunks));
     a.codes = d_codes + gr_off * layout.bytes_per_group * ncols;
     a.scales = d_scales + gr_off * ncols * ssize;
     a.zeros = scheme.symmetric ? nullptr : d_zeros + gr_off * ncols * ssize;
@@ -329,10 +329,10 @@ Status dequantize(const uint8_t* d_codes, const uint8_t* d_scales, const uint8_t
     a.scale_dtype = scheme.scale_dtype;
     a.symmetric = scheme.symmetric;
     a.bits = scheme.bits;
-    cudak::Launch ll = l;
-    const int64_t items = l.rows && l.window ? cudak::kRowItems : 1;  // per thread
+    kernels::Launch ll = l;
+    const int64_t items = l.rows && l.window ? kernels::kRowItems : 1;  // per thread
     ll.blocks = blocks_for((int64_t(g.tasks) + items - 1) / items);
-    return cuda_status(cudaError_t(cudak::launch_dequantize(a, out_dtype, ll)),
+    return cuda_status(cudaError_t(kernels::launch_dequantize(a, out_dtype, ll)),
                        "dequantize kernel launch");
   });
 }

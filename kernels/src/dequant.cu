@@ -9,12 +9,12 @@
 #include <cstdint>
 
 #include "kernel_args.hpp"
-#include "qpack/dequant_device.cuh"
+#include "dequant_device.cuh"
 
-namespace qpack::cudak {
+namespace qpack::kernels {
 namespace {
 
-using cudadev::SliceStream;
+using kernels::SliceStream;
 
 template <DType O>
 constexpr int out_bytes() {
@@ -42,13 +42,13 @@ __device__ __forceinline__ void store_out(void* out, int64_t index, const float 
       for (int i = 0; i < N; i += 8) {
         uint32_t h[8];
 #pragma unroll
-        for (int k = 0; k < 8; ++k) h[k] = cudadev::output_bits<O>(x[i + k]);
+        for (int k = 0; k < 8; ++k) h[k] = kernels::output_bits<O>(x[i + k]);
         *reinterpret_cast<uint4*>(dst + i) = make_uint4(h[0] | (h[1] << 16), h[2] | (h[3] << 16),
                                                         h[4] | (h[5] << 16), h[6] | (h[7] << 16));
       }
     } else {
 #pragma unroll
-      for (int i = 0; i < N; ++i) dst[i] = uint16_t(cudadev::output_bits<O>(x[i]));
+      for (int i = 0; i < N; ++i) dst[i] = uint16_t(kernels::output_bits<O>(x[i]));
     }
   }
 }
@@ -70,7 +70,7 @@ __device__ __forceinline__ void load_params(const uint8_t* base, int64_t index, 
     }
   }
 #pragma unroll
-  for (int i = 0; i < V; ++i) out[i] = cudadev::load_param(base, index + i, sd);
+  for (int i = 0; i < V; ++i) out[i] = spec::load_param(base, index + i, sd);
 }
 
 // Stored parameters as float32 by the hardware conversions (exact for every
@@ -127,7 +127,7 @@ __device__ __forceinline__ bool load_params_finite(const uint8_t* base, int64_t 
   }
   bool finite = true;
 #pragma unroll
-  for (int i = 0; i < V; ++i) finite = finite && qp_isfinite(out[i]);
+  for (int i = 0; i < V; ++i) finite = finite && spec::is_finite_f32(out[i]);
   return finite;
 }
 
@@ -156,7 +156,7 @@ __device__ __forceinline__ void store_out_nonnan(void* out, int64_t index, const
 template <int BITS, bool SYM>
 __device__ __forceinline__ float decode(uint32_t code, float scale, float zero) {
   const int q = SYM ? int(code) - (1 << (BITS - 1)) : int(code);
-  return qp_fma(float(q), scale, zero);
+  return spec::fma_f32(float(q), scale, zero);
 }
 
 // A whole slice (8 rows) of V columns with finite parameters: codes straight
@@ -168,20 +168,20 @@ __device__ __forceinline__ void dequant_slice_cols_fast(const uint8_t* plane0, i
   constexpr uint32_t kMask = (1u << BITS) - 1u;
   if constexpr (BITS == 3) {
     SliceStream<BITS> st[V];
-    cudadev::load_slice_planes<BITS, V>(plane0, pitch, s, (s + 1) * BITS, st);
+    kernels::load_slice_planes<BITS, V>(plane0, pitch, s, (s + 1) * BITS, st);
 #pragma unroll
-    for (int r = 0; r < kSlice; ++r) {
+    for (int r = 0; r < kSliceRows; ++r) {
       float x[V];
 #pragma unroll
-      for (int v = 0; v < V; ++v) x[v] = decode<BITS, SYM>(cudadev::slice_code<BITS>(st[v], r), scale[v], zero[v]);
+      for (int v = 0; v < V; ++v) x[v] = decode<BITS, SYM>(kernels::slice_code<BITS>(st[v], r), scale[v], zero[v]);
       store_out_nonnan<O, V>(out, first + r * out_pitch, x);
     }
   } else {
     uint64_t pl[BITS];
 #pragma unroll
-    for (int j = 0; j < BITS; ++j) pl[j] = cudadev::load_bytes<V>(plane0 + (s * BITS + j) * pitch);
+    for (int j = 0; j < BITS; ++j) pl[j] = kernels::load_bytes<V>(plane0 + (s * BITS + j) * pitch);
 #pragma unroll
-    for (int r = 0; r < kSlice; ++r) {
+    for (int r = 0; r < kSliceRows; ++r) {
       float x[V];
 #pragma unroll
       for (int v = 0; v < V; ++v) {
@@ -213,11 +213,11 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_cols(const DequantAr
     const int64_t o = g.o_begin + q;
     const int64_t gi = along - q * g.groups.d;
     const int64_t len = min(g.group, g.axis_len - gi * g.group);
-    const int64_t n = min(int64_t(kSlice), len - s * kSlice);
+    const int64_t n = min(int64_t(kSliceRows), len - s * kSliceRows);
     if (n <= 0) continue;  // padding slice of a partial group: no outputs
     const uint8_t* plane0 = a.codes + int64_t(lgr) * g.bytes * g.ncols + col;
     const int64_t pidx = int64_t(lgr) * g.ncols + col;
-    const int64_t row = o * g.axis_len + gi * g.group + s * kSlice - g.row_begin;
+    const int64_t row = o * g.axis_len + gi * g.group + s * kSliceRows - g.row_begin;
     float scale[V], zero[V];
     bool finite = load_params_finite<V>(a.scales, pidx, a.scale_dtype, scale);
     if (a.symmetric) {
@@ -226,7 +226,7 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_cols(const DequantAr
     } else {
       finite = load_params_finite<V>(a.zeros, pidx, a.scale_dtype, zero) && finite;
     }
-    if (finite && n == kSlice) {
+    if (finite && n == kSliceRows) {
       if (a.symmetric) {
         dequant_slice_cols_fast<BITS, V, O, true>(plane0, g.ncols, s, scale, zero, a.out, row * g.ncols + col,
                                                   g.ncols);
@@ -241,14 +241,14 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_cols(const DequantAr
       if (!a.symmetric) load_params<V>(a.zeros, pidx, a.scale_dtype, zero);
     }
     SliceStream<BITS> st[V];
-    cudadev::load_slice_planes<BITS, V>(plane0, g.ncols, s, g.bytes, st);
+    kernels::load_slice_planes<BITS, V>(plane0, g.ncols, s, g.bytes, st);
 #pragma unroll
-    for (int r = 0; r < kSlice; ++r)
+    for (int r = 0; r < kSliceRows; ++r)
       if (r < n) {
         float x[V];
 #pragma unroll
         for (int v = 0; v < V; ++v)
-          x[v] = qp_decode(cudadev::slice_code<BITS>(st[v], r), scale[v], zero[v], a.symmetric,
+          x[v] = spec::decode(kernels::slice_code<BITS>(st[v], r), scale[v], zero[v], a.symmetric,
                            BITS);
         store_out<O, V>(a.out, (row + r) * g.ncols + col, x);
       }
@@ -262,7 +262,7 @@ template <int BITS, bool VEC, DType O, int EPT>
 __global__ void __launch_bounds__(kBlockThreads) dequantize_rows(const DequantArgs a) {
   pdl_prologue();
   const Geometry& g = a.geo;
-  constexpr uint32_t kParts = kSlice / EPT;
+  constexpr uint32_t kParts = kSliceRows / EPT;
   const uint32_t per_gr = g.per_gr.d;
   for (uint32_t idx = blockIdx.x * blockDim.x + threadIdx.x; idx < g.tasks;
        idx += gridDim.x * blockDim.x) {
@@ -275,18 +275,18 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_rows(const DequantAr
     const int64_t o = g.o_begin + q;
     const int64_t gi = along - q * g.groups.d;
     const int64_t len = min(g.group, g.axis_len - gi * g.group);
-    const int64_t n = min(int64_t(EPT), len - int64_t(s) * kSlice - h * EPT);
+    const int64_t n = min(int64_t(EPT), len - int64_t(s) * kSliceRows - h * EPT);
     if (n <= 0) continue;
     const uint8_t* group_codes = a.codes + int64_t(lgr) * g.bytes;
-    const SliceStream<BITS> st = VEC ? cudadev::load_slice_contiguous_aligned<BITS>(group_codes, s)
-                                     : cudadev::load_slice_contiguous<BITS>(group_codes, s, g.bytes);
-    const float scale = cudadev::load_param(a.scales, lgr, a.scale_dtype);
-    const float zero = a.symmetric ? 0.0f : cudadev::load_param(a.zeros, lgr, a.scale_dtype);
+    const SliceStream<BITS> st = VEC ? kernels::load_slice_contiguous_aligned<BITS>(group_codes, s)
+                                     : kernels::load_slice_contiguous<BITS>(group_codes, s, g.bytes);
+    const float scale = spec::load_param(a.scales, lgr, a.scale_dtype);
+    const float zero = a.symmetric ? 0.0f : spec::load_param(a.zeros, lgr, a.scale_dtype);
     float x[EPT];
 #pragma unroll
     for (int k = 0; k < EPT; ++k)
-      x[k] = qp_decode(cudadev::slice_code<BITS>(st, h * EPT + k), scale, zero, a.symmetric, BITS);
-    const int64_t first = o * g.axis_len + gi * g.group + int64_t(s) * kSlice + h * EPT - g.row_begin;
+      x[k] = spec::decode(kernels::slice_code<BITS>(st, h * EPT + k), scale, zero, a.symmetric, BITS);
+    const int64_t first = o * g.axis_len + gi * g.group + int64_t(s) * kSliceRows + h * EPT - g.row_begin;
     if (VEC && n == EPT) {
       store_out<O, EPT>(a.out, first, x);
     } else {
@@ -319,8 +319,8 @@ template <int BITS, DType O>
 __global__ void __launch_bounds__(kBlockThreads) dequantize_rows_whole(const DequantArgs a) {
   pdl_prologue();
   constexpr int ITEMS = kRowItems;
-  constexpr int EPT = O == DType::F32 ? kF32Part : kSlice;
-  constexpr uint32_t kParts = kSlice / EPT;
+  constexpr int EPT = O == DType::F32 ? kF32Part : kSliceRows;
+  constexpr uint32_t kParts = kSliceRows / EPT;
   const Geometry& g = a.geo;
   const uint32_t lane = threadIdx.x & 31;
   const uint32_t span = 32 * ITEMS;
@@ -333,7 +333,7 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_rows_whole(const Deq
       const uint32_t i = wb + 32 * k + lane;
       const uint32_t item = i < g.tasks ? i : wb;  // past the end: a valid item, nothing stored
       lgr[k] = g.per_gr.div(item);
-      st[k] = cudadev::load_slice_contiguous_aligned<BITS>(a.codes, item / kParts);
+      st[k] = kernels::load_slice_contiguous_aligned<BITS>(a.codes, item / kParts);
     }
     if (a.scale_dtype == DType::F32) {
 #pragma unroll
@@ -354,7 +354,7 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_rows_whole(const Deq
     for (int k = 0; k < ITEMS; ++k) {
       scale[k] = param_from_bits(sraw[k], a.scale_dtype);
       zero[k] = param_from_bits(zraw[k], a.scale_dtype);  // +0 for symmetric
-      finite = finite && qp_isfinite(scale[k]) && qp_isfinite(zero[k]);
+      finite = finite && spec::is_finite_f32(scale[k]) && spec::is_finite_f32(zero[k]);
     }
 #pragma unroll
     for (int k = 0; k < ITEMS; ++k) {
@@ -366,20 +366,20 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_rows_whole(const Deq
         if (a.symmetric) {
 #pragma unroll
           for (int e = 0; e < EPT; ++e)
-            x[e] = decode<BITS, true>(cudadev::slice_code<BITS>(st[k], h * EPT + e), scale[k], zero[k]);
+            x[e] = decode<BITS, true>(kernels::slice_code<BITS>(st[k], h * EPT + e), scale[k], zero[k]);
         } else {
 #pragma unroll
           for (int e = 0; e < EPT; ++e)
-            x[e] = decode<BITS, false>(cudadev::slice_code<BITS>(st[k], h * EPT + e), scale[k], zero[k]);
+            x[e] = decode<BITS, false>(kernels::slice_code<BITS>(st[k], h * EPT + e), scale[k], zero[k]);
         }
         store_out_nonnan<O, EPT>(a.out, int64_t(i) * EPT, x);
       } else {
         // Non-finite parameters: the reference's conversions and output rounding.
-        const float sc = cudadev::load_param(a.scales, lgr[k], a.scale_dtype);
-        const float ze = a.symmetric ? 0.0f : cudadev::load_param(a.zeros, lgr[k], a.scale_dtype);
+        const float sc = spec::load_param(a.scales, lgr[k], a.scale_dtype);
+        const float ze = a.symmetric ? 0.0f : spec::load_param(a.zeros, lgr[k], a.scale_dtype);
 #pragma unroll
         for (int e = 0; e < EPT; ++e)
-          x[e] = qp_decode(cudadev::slice_code<BITS>(st[k], h * EPT + e), sc, ze, a.symmetric, BITS);
+          x[e] = spec::decode(kernels::slice_code<BITS>(st[k], h * EPT + e), sc, ze, a.symmetric, BITS);
         store_out<O, EPT>(a.out, int64_t(i) * EPT, x);
       }
     }
@@ -388,14 +388,14 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_rows_whole(const Deq
 
 template <int BITS, DType O>
 void launch_t(const DequantArgs& a, const Launch& l) {
-  constexpr int kPart = O == DType::F32 ? kF32Part : kSlice;  // see kF32Part
+  constexpr int kPart = O == DType::F32 ? kF32Part : kSliceRows;  // see kF32Part
   if (l.rows && l.window) {
     launch_kernel(dequantize_rows_whole<BITS, O>, l.blocks, kBlockThreads, l, a);
   } else if (l.rows) {
     if (l.vector) {
       launch_kernel(dequantize_rows<BITS, true, O, kPart>, l.blocks, kBlockThreads, l, a);
     } else {
-      launch_kernel(dequantize_rows<BITS, false, O, kSlice>, l.blocks, kBlockThreads, l, a);
+      launch_kernel(dequantize_rows<BITS, false, O, kSliceRows>, l.blocks, kBlockThreads, l, a);
     }
   } else {
     if (l.vector) {
@@ -431,4 +431,4 @@ int launch_dequantize(const DequantArgs& a, DType out_dtype, const Launch& l) {
   return int(cudaGetLastError());
 }
 
-}  // namespace qpack::cudak
+}  // namespace qpack::kernels

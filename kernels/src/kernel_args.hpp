@@ -9,17 +9,16 @@
 #include <cuda_runtime.h>
 #endif
 
-#include "qpack/cuda_quant.hpp"
-#include "qpack/dtype.hpp"
+#include "qpack/kernels/cuda_quant.hpp"
+#include "qpack/spec/dtype.hpp"
 
-namespace qpack::cudak {
+namespace qpack::kernels {
 
 // Every kernel works on slices of kSliceRows consecutive elements along the
 // group axis: 8 codes of any width (2, 3, 4, 8 bits) fill whole bytes, so a
 // slice owns `bits` bytes of its group's bit stream and threads never share
 // an output byte.
 constexpr int kSliceRows = 8;
-constexpr int kSlice = kSliceRows;
 constexpr int kBlockThreads = 256;
 // quantize_rows: chunks of 8 elements each lane keeps in registers.
 constexpr int kRowChunks = 8;
@@ -141,4 +140,4 @@ int launch_quantize_f32(const QuantArgs& a, int bits, bool symmetric, const Laun
 // dequant.cu
 int launch_dequantize(const DequantArgs& a, DType out_dtype, const Launch& l);
 
-}  // namespace qpack::cudak
+}  // namespace qpack::kernels

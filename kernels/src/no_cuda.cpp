@@ -2,8 +2,8 @@
 // reporting that no device is available, so callers need no #ifdefs.
 #include <string>
 
-#include "qpack/cuda_quant.hpp"
-#include "qpack/error.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/kernels/cuda_quant.hpp"
 
 namespace qpack {
 namespace cuda {
@@ -63,14 +63,5 @@ void dequantize_on_device(int, const uint8_t*, const uint8_t*, const uint8_t*, c
 }
 
 }  // namespace cuda
-
-std::unique_ptr<TensorQuantizer> make_cuda_quantizer(int device, const cuda::QuantizerOptions&) {
-  throw Error(ErrorCode::NoDevice, "", "",
-              "cannot use CUDA device " + std::to_string(device) + ": " + cuda::kDisabled);
-}
-
-std::unique_ptr<TensorQuantizer> make_cuda_quantizer(int device) {
-  return make_cuda_quantizer(device, cuda::QuantizerOptions{});
-}
 
 }  // namespace qpack

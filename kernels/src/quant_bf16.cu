@@ -2,10 +2,10 @@
 // the instantiations compile in parallel).
 #include "quant_kernels.cuh"
 
-namespace qpack::cudak {
+namespace qpack::kernels {
 
 int launch_quantize_bf16(const QuantArgs& a, int bits, bool symmetric, const Launch& l) {
   return launch_quantize_dtype<DType::BF16>(a, bits, symmetric, l);
 }
 
-}  // namespace qpack::cudak
+}  // namespace qpack::kernels

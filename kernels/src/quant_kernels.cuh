@@ -36,12 +36,12 @@
 #include <cstdint>
 
 #include "kernel_args.hpp"
-#include "qpack/dequant_device.cuh"
-#include "qpack/quant_math.hpp"
+#include "dequant_device.cuh"
+#include "qpack/spec/group_params.hpp"
 
-namespace qpack::cudak {
+namespace qpack::kernels {
 
-using cudadev::SliceStream;
+using kernels::SliceStream;
 
 template <DType D>
 struct Src;
@@ -160,8 +160,8 @@ struct Stats {
       hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, off));
     }
   }
-  __device__ __forceinline__ GroupParams params(int bits, DType sd) const {
-    return SYM ? qp_params_sym(hi, bits, sd) : qp_params_asym(lo, hi, bits, sd);
+  __device__ __forceinline__ spec::GroupParams params(int bits, DType sd) const {
+    return SYM ? spec::params_sym(hi, bits, sd) : spec::params_asym(lo, hi, bits, sd);
   }
 };
 
@@ -183,11 +183,11 @@ template <bool SYM>
 __device__ __forceinline__ uint32_t encode(float x, const GroupCode& c, int bits) {
   if (SYM) {
     const int q = (1 << (bits - 1)) - 1;
-    const int r = __float2int_rn(qp_mul(x, c.inv));
+    const int r = __float2int_rn(spec::mul_f32(x, c.inv));
     return uint32_t(min(max(r, -q), q) + (1 << (bits - 1)));
   }
   const int q = (1 << bits) - 1;
-  const int r = __float2int_rn(qp_mul(qp_sub(x, c.zero), c.inv));
+  const int r = __float2int_rn(spec::mul_f32(spec::sub_f32(x, c.zero), c.inv));
   return uint32_t(min(max(r, 0), q));
 }
 
@@ -285,7 +285,7 @@ struct Acc {
         }
       } else {
         float x = p.get(i);
-        if (SANITIZE && !qp_isfinite(x)) x = 0.0f;
+        if (SANITIZE && !spec::is_finite_f32(x)) x = 0.0f;
         det = __float_as_uint(__fmaf_rn(x, 0.0f, __uint_as_float(det)));
         if (SYM) {
           hi[i] = __float_as_uint(fmaxf(__uint_as_float(hi[i]), fabsf(x)));
@@ -344,8 +344,8 @@ struct Acc {
       return __uint_as_float(hi[v]);
     }
   }
-  __device__ __forceinline__ GroupParams params(int v, int bits, DType sd) const {
-    return SYM ? qp_params_sym(hi_of(v), bits, sd) : qp_params_asym(lo_of(v), hi_of(v), bits, sd);
+  __device__ __forceinline__ spec::GroupParams params(int v, int bits, DType sd) const {
+    return SYM ? spec::params_sym(hi_of(v), bits, sd) : spec::params_asym(lo_of(v), hi_of(v), bits, sd);
   }
   // All N columns folded into one (a contiguous group's chunk of N elements).
   __device__ __forceinline__ void fold(float& l, float& h) const {
@@ -454,7 +454,7 @@ __device__ __forceinline__ unsigned long long first_nonfinite_in(
     if (r < n) {
 #pragma unroll
       for (int v = 0; v < V; ++v)
-        if (!qp_isfinite(rows[r].get(v))) {
+        if (!spec::is_finite_f32(rows[r].get(v))) {
           const unsigned long long flat = (first_row + r) * inner + first_col + v;
           best = flat < best ? flat : best;
         }
@@ -507,7 +507,7 @@ __device__ __forceinline__ void encode_slice(const Packet<D, V> (&rows)[kSliceRo
 #pragma unroll
       for (int v = 0; v < V; ++v) {
         float x = rows[r].get(v);
-        if (SANITIZE && !qp_isfinite(x)) x = 0.0f;
+        if (SANITIZE && !spec::is_finite_f32(x)) x = 0.0f;
         st[v] |= SliceStream<BITS>(encode<SYM>(x, gc[v], BITS)) << (r * BITS);
       }
     }
@@ -539,8 +539,8 @@ __device__ __forceinline__ void finish_params(Acc<D, V, SYM>& acc, const QuantAr
         lo = acc.lo_of(v);
         hi = acc.hi_of(v);
       }
-    const GroupParams p =
-        SYM ? qp_params_sym(hi, BITS, a.scale_dtype) : qp_params_asym(lo, hi, BITS, a.scale_dtype);
+    const spec::GroupParams p =
+        SYM ? spec::params_sym(hi, BITS, a.scale_dtype) : spec::params_asym(lo, hi, BITS, a.scale_dtype);
     if (valid && ty < V) {
       const uint32_t sb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(p.scale) : p.scale_bits16};
       store_params<1>(a.scales, pidx + mine, a.scale_dtype, sb);
@@ -563,7 +563,7 @@ __device__ __forceinline__ void finish_params(Acc<D, V, SYM>& acc, const QuantAr
   uint32_t overflow = 0;
 #pragma unroll
   for (int v = 0; v < V; ++v) {
-    const GroupParams p = acc.params(v, BITS, a.scale_dtype);
+    const spec::GroupParams p = acc.params(v, BITS, a.scale_dtype);
     gc[v] = {p.zero, p.inv};
     scale_bits[v] = a.scale_dtype == DType::F32 ? __float_as_uint(p.scale) : p.scale_bits16;
     zero_bits[v] = a.scale_dtype == DType::F32 ? __float_as_uint(p.zero) : p.zero_bits16;
@@ -726,7 +726,7 @@ __device__ __forceinline__ void encode_chunk(const Packet<D, kSliceRows>& p, int
   for (int e = 0; e < kSliceRows; ++e)
     if (e < n) {
       float x = p.get(e);
-      if (SANITIZE && !qp_isfinite(x)) x = 0.0f;
+      if (SANITIZE && !spec::is_finite_f32(x)) x = 0.0f;
       stream |= SliceStream<BITS>(encode<SYM>(x, gc, BITS)) << (e * BITS);
     }
   uint8_t* dst = group_codes + c * BITS;
@@ -826,7 +826,7 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows(const QuantArgs a
         for (int e = 0; e < kSliceRows; ++e)
           if (e < n) {
             float x = cur.get(e);
-            if (!qp_isfinite(x)) {
+            if (!spec::is_finite_f32(x)) {
               const unsigned long long flat = (row0 + c * kSliceRows + e) * g.inner + g.col_begin;
               if (flat < first_bad) first_bad = flat;
               x = 0.0f;
@@ -839,7 +839,7 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows(const QuantArgs a
     }
 
     st.reduce(1, t);
-    const GroupParams prm = st.params(BITS, a.scale_dtype);
+    const spec::GroupParams prm = st.params(BITS, a.scale_dtype);
     const GroupCode gc = {prm.zero, prm.inv};
     if (!valid) continue;
     if (c0 == 0) {
@@ -973,7 +973,7 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows_window(const Quan
 #pragma unroll
           for (int e = 0; e < kSliceRows; ++e) {
             float x = p.get(e);
-            if (!qp_isfinite(x)) {
+            if (!spec::is_finite_f32(x)) {
               const unsigned long long flat = (row0 + i * kSliceRows + e) * g.inner + g.col_begin;
               if (flat < first_bad) first_bad = flat;
               x = 0.0f;
@@ -987,7 +987,7 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows_window(const Quan
         st.lo = fminf(Pair<D>::lo(lo), Pair<D>::hi(lo));
         st.hi = fmaxf(Pair<D>::lo(hi), Pair<D>::hi(hi));
       }
-      const GroupParams prm_ = st.params(BITS, a.scale_dtype);
+      const spec::GroupParams prm_ = st.params(BITS, a.scale_dtype);
       if (valid) {
         const uint32_t sb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(prm_.scale) : prm_.scale_bits16};
         store_params<1>(a.scales, lgr, a.scale_dtype, sb);
@@ -1068,4 +1068,4 @@ int launch_quantize_dtype(const QuantArgs& a, int bits, bool sym, const Launch& 
   }
 }
 
-}  // namespace qpack::cudak
+}  // namespace qpack::kernels

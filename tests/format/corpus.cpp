@@ -9,9 +9,9 @@
 #include <map>
 #include <stdexcept>
 
-#include "qpack/checksum.hpp"
-#include "qpack/safetensors.hpp"
-#include "qpack/scheme.hpp"
+#include "qpack/format/checksum.hpp"
+#include "qpack/format/safetensors.hpp"
+#include "qpack/format/layout.hpp"
 
 namespace qpack::corpus {
 
@@ -749,7 +749,7 @@ Bytes sample_qpack(Codec codec) {
     q4.axis = 0;
     q4.symmetric = false;
     q4.scale_dtype = DType::F16;
-    const GroupLayout l4 = GroupLayout::make({16, 8}, q4);
+    const GroupLayout l4 = make_layout({16, 8}, q4);
     const Bytes codes = pattern(l4.codes_bytes(), 2), scales = pattern(uint64_t(l4.num_groups()) * 2, 3),
                 zeros = pattern(uint64_t(l4.num_groups()) * 2, 4);
     w.add_quantized("w", DType::F16, {16, 8}, q4, codes.data(), scales.data(), zeros.data());
@@ -763,7 +763,7 @@ Bytes sample_qpack(Codec codec) {
     q8.axis = 1;
     q8.symmetric = true;
     q8.scale_dtype = DType::BF16;
-    const GroupLayout l8 = GroupLayout::make({8, 16}, q8);
+    const GroupLayout l8 = make_layout({8, 16}, q8);
     const Bytes codes8 = pattern(l8.codes_bytes(), 6), scales8 = pattern(uint64_t(l8.num_groups()) * 2, 7);
     w.add_quantized("ws", DType::F32, {8, 16}, q8, codes8.data(), scales8.data(), nullptr);
 

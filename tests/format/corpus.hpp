@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
-#include "qpack/container.hpp"
-#include "qpack/error.hpp"
+#include "qpack/format/container.hpp"
+#include "qpack/format/error.hpp"
 
 namespace qpack::corpus {
 

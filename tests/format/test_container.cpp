@@ -8,11 +8,11 @@
 #include <nlohmann/json.hpp>
 
 #include "format/corpus.hpp"
-#include "qpack/checkpoint.hpp"
-#include "qpack/checksum.hpp"
-#include "qpack/container.hpp"
-#include "qpack/error.hpp"
-#include "qpack/safetensors.hpp"
+#include "qpack/format/checkpoint.hpp"
+#include "qpack/format/checksum.hpp"
+#include "qpack/format/container.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/format/safetensors.hpp"
 #include "testutil.hpp"
 
 namespace qpack {
@@ -82,7 +82,7 @@ std::vector<QuantSpec> quant_specs(std::mt19937_64& rng, bool compressible) {
       q.scheme.symmetric = rng() % 2;
       q.scheme.scale_dtype = sds[rng() % 3];
       q.name = "q." + std::to_string(out.size());
-      const GroupLayout l = GroupLayout::make(shape, q.scheme, q.name);
+      const GroupLayout l = make_layout(shape, q.scheme, q.name);
       const uint64_t sb = uint64_t(l.num_groups()) * uint64_t(dtype_bits(q.scheme.scale_dtype) / 8);
       q.codes = random_bytes(rng, l.codes_bytes(), compressible);
       q.scales = random_bytes(rng, sb, compressible);
@@ -163,7 +163,7 @@ void round_trip(Codec codec, bool compressible) {
       const QpackTensor& t = f->tensors()[k++];
       EXPECT_EQ(t.name, q.name);
       EXPECT_TRUE(t.quantized);
-      const GroupLayout l = GroupLayout::make(q.shape, q.scheme);
+      const GroupLayout l = make_layout(q.shape, q.scheme);
       // Stored resolved.
       EXPECT_EQ(t.scheme.group_size, l.group_size);
       EXPECT_EQ(t.scheme.axis, l.axis);

@@ -7,9 +7,9 @@
 #include <gtest/gtest.h>
 
 #include "format/corpus.hpp"
-#include "qpack/checkpoint.hpp"
-#include "qpack/container.hpp"
-#include "qpack/safetensors.hpp"
+#include "qpack/format/checkpoint.hpp"
+#include "qpack/format/container.hpp"
+#include "qpack/format/safetensors.hpp"
 #include "testutil.hpp"
 
 namespace qpack {

@@ -9,9 +9,9 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "qpack/checksum.hpp"
-#include "qpack/container.hpp"
-#include "qpack/safetensors.hpp"
+#include "qpack/format/checksum.hpp"
+#include "qpack/format/container.hpp"
+#include "qpack/format/safetensors.hpp"
 #include "testutil.hpp"
 
 namespace qpack {

@@ -7,10 +7,10 @@
 #include <nlohmann/json.hpp>
 
 #include "format/corpus.hpp"
-#include "qpack/container.hpp"
-#include "qpack/error.hpp"
-#include "qpack/inspect.hpp"
-#include "qpack/safetensors.hpp"
+#include "qpack/format/container.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/format/inspect.hpp"
+#include "qpack/format/safetensors.hpp"
 #include "testutil.hpp"
 
 namespace qpack {

@@ -13,10 +13,10 @@
 #include <nlohmann/json.hpp>
 
 #include "format/corpus.hpp"
-#include "qpack/checkpoint.hpp"
-#include "qpack/error.hpp"
-#include "qpack/io.hpp"
-#include "qpack/safetensors.hpp"
+#include "qpack/format/checkpoint.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/format/io.hpp"
+#include "qpack/format/safetensors.hpp"
 #include "testutil.hpp"
 
 namespace qpack {

@@ -5,9 +5,9 @@
 #include <nlohmann/json.hpp>
 
 #include "fuzz/fuzz_entry.hpp"
-#include "qpack/checksum.hpp"
-#include "qpack/container.hpp"
-#include "qpack/error.hpp"
+#include "qpack/format/checksum.hpp"
+#include "qpack/format/container.hpp"
+#include "qpack/format/error.hpp"
 
 namespace qpack::fuzz {
 

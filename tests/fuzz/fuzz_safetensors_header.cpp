@@ -4,8 +4,8 @@
 #include <vector>
 
 #include "fuzz/fuzz_entry.hpp"
-#include "qpack/error.hpp"
-#include "qpack/safetensors.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/format/safetensors.hpp"
 
 namespace qpack::fuzz {
 

@@ -17,16 +17,17 @@
 #include <string>
 #include <vector>
 
-#include "qpack/convert.hpp"
-#include "qpack/cuda_quant.hpp"
-#include "qpack/dtype.hpp"
-#include "qpack/error.hpp"
-#include "qpack/io.hpp"
-#include "qpack/quant_detail.hpp"
-#include "qpack/quantize.hpp"
-#include "qpack/quantizer.hpp"
-#include "qpack/safetensors.hpp"
-#include "qpack/scheme.hpp"
+#include "qpack/converter/convert.hpp"
+#include "qpack/converter/backend_cuda.hpp"
+#include "qpack/kernels/cuda_quant.hpp"
+#include "qpack/spec/dtype.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/format/io.hpp"
+#include "quant_detail.hpp"
+#include "qpack/converter/quantize.hpp"
+#include "qpack/converter/quantizer.hpp"
+#include "qpack/format/safetensors.hpp"
+#include "qpack/format/layout.hpp"
 #include "testutil.hpp"
 
 using namespace qpack;
@@ -301,7 +302,7 @@ TEST(CudaQuant, DeviceApiMatchesReferenceEverywhere) {
       QuantScheme s = cfg.scheme;
       s.axis = c.axis;
       s.group_size = c.group;
-      const GroupLayout L = GroupLayout::make(c.shape, s, "t");
+      const GroupLayout L = make_layout(c.shape, s, "t");
       const Dist d = dists[rng() % 6];
       const std::vector<uint8_t> src = encode(make_values(L, s, d, rng), cfg.dtype);
       for (NonFinitePolicy policy : {NonFinitePolicy::Error, NonFinitePolicy::Zero}) {
@@ -372,7 +373,7 @@ TEST(CudaQuant, DequantizeToHalfTypesRoundsLikeTheHost) {
         s.group_size = c.group;
         s.symmetric = rng() & 1;
         s.scale_dtype = rng() & 1 ? DType::F32 : DType::F16;
-        const GroupLayout L = GroupLayout::make(c.shape, s, "t");
+        const GroupLayout L = make_layout(c.shape, s, "t");
         // Arbitrary codes (padding bits included) and finite parameters.
         Outputs q = make_outputs(L, s, 0);
         for (auto& b : q.codes) b = uint8_t(rng());
@@ -445,7 +446,7 @@ TEST(CudaQuantizer, MatchesReferenceWithAnyChunkSize) {
       QuantScheme s = cfg.scheme;
       s.axis = c.axis;
       s.group_size = c.group;
-      const GroupLayout L = GroupLayout::make(c.shape, s, "t");
+      const GroupLayout L = make_layout(c.shape, s, "t");
       const std::vector<uint8_t> src = encode(make_values(L, s, Dist(rng() % 6), rng), cfg.dtype);
       const std::string what = describe(c.shape, cfg.dtype, s);
       SCOPED_TRACE(what);
@@ -474,7 +475,7 @@ TEST(CudaQuantizer, LargeTensorsManyChunksBothStreamsCounts) {
       s.axis = axis;
       s.bits = axis == 0 ? 4 : 3;
       s.group_size = 64;
-      const GroupLayout L = GroupLayout::make({rows, cols}, s, "big");
+      const GroupLayout L = make_layout({rows, cols}, s, "big");
       const std::vector<uint8_t> src = encode(make_values(L, s, Dist::Normal, rng), DType::BF16);
       const Outputs want = run_reference(src, DType::BF16, L, s, NonFinitePolicy::Error);
       Outputs got = make_outputs(L, s, 0xA5);
@@ -491,7 +492,7 @@ TEST(CudaQuantizer, PinnedSourceIsCopiedDirectly) {
     QuantScheme s;
     s.axis = axis;
     s.group_size = 64;
-    const GroupLayout L = GroupLayout::make({520, 136}, s, "p");
+    const GroupLayout L = make_layout({520, 136}, s, "p");
     const std::vector<uint8_t> src = encode(make_values(L, s, Dist::Normal, rng), DType::F16);
     cuda::PinnedBuffer pinned;
     cuda::throw_if_failed(pinned.allocate(src.size()));
@@ -518,7 +519,7 @@ TEST(CudaQuantizer, PageableSourcesAtOddOffsetsMatchTheReference) {
       s.axis = axis;
       s.group_size = 64;
       s.bits = axis == 0 ? 4 : 3;
-      const GroupLayout L = GroupLayout::make({rows, 1000}, s, "r");
+      const GroupLayout L = make_layout({rows, 1000}, s, "r");
       const std::vector<uint8_t> src = encode(make_values(L, s, Dist::Normal, rng), DType::F16);
       const Outputs want = run_reference(src, DType::F16, L, s, NonFinitePolicy::Error);
       const size_t at = 1000 + 2 * size_t(rng() % 2000);
@@ -555,7 +556,7 @@ TEST(CudaQuant, LargeTensorsMatchTheReference) {
       s.symmetric = sym;
       s.bits = sym ? 8 : 4;
       s.group_size = axis == 0 ? 64 : 32;
-      const GroupLayout L = GroupLayout::make({quick() ? 2048 : 4096, 2048}, s, "m");
+      const GroupLayout L = make_layout({quick() ? 2048 : 4096, 2048}, s, "m");
       const std::vector<uint8_t> src = encode(make_values(L, s, Dist::Normal, rng), DType::BF16);
       const Outputs want = run_reference(src, DType::BF16, L, s, NonFinitePolicy::Error);
       DeviceRun r = run_device(src, DType::BF16, L, s, NonFinitePolicy::Error);
@@ -568,7 +569,7 @@ TEST(CudaQuantizer, EmptyTensorsDoNothing) {
   auto q = quantizer(1024);
   for (const std::vector<int64_t>& shape : std::vector<std::vector<int64_t>>{{0}, {0, 64}, {64, 0}, {3, 0, 5}}) {
     QuantScheme s;
-    const GroupLayout L = GroupLayout::make(shape, s, "e");
+    const GroupLayout L = make_layout(shape, s, "e");
     uint8_t dummy = 0;
     q->quantize({&dummy, DType::F16, "e"}, L, s, NonFinitePolicy::Error, {&dummy, &dummy, &dummy});
   }
@@ -614,7 +615,7 @@ TEST(CudaQuantizer, SubmittedTensorsShareThePipelineAndMatchTheReference) {
       std::vector<int64_t> shape = c.shape;
       if (rng() % 8 == 0) shape[0] = 0;                      // empty
       if (chunk > 1 && rng() % 4 == 0) shape[0] = shape[0] * 37 + 5;  // more chunks, bigger buffers
-      it->L = GroupLayout::make(shape, it->scheme, "t" + std::to_string(i));
+      it->L = make_layout(shape, it->scheme, "t" + std::to_string(i));
       std::vector<float> v = make_values(it->L, it->scheme, Dist(rng() % 6), rng);
       it->policy = rng() % 2 ? NonFinitePolicy::Error : NonFinitePolicy::Zero;
       if (!v.empty() && rng() % 5 == 0) v[size_t(rng() % v.size())] = std::nanf("");
@@ -675,7 +676,7 @@ TEST(CudaQuantizer, CancelStopsTensorsInFlight) {
   REQUIRE_GPU();
   std::mt19937_64 rng(test::test_seed() + 10);
   QuantScheme s;
-  const GroupLayout L = GroupLayout::make({4096, 520}, s, "c");
+  const GroupLayout L = make_layout({4096, 520}, s, "c");
   const std::vector<uint8_t> src = encode(make_values(L, s, Dist::Normal, rng), DType::F16);
   const Outputs want = run_reference(src, DType::F16, L, s, NonFinitePolicy::Error);
   auto q = quantizer(20000);
@@ -733,7 +734,7 @@ TEST(CudaConvert, FailureWithTensorsInFlightLeavesNothing) {
 // must throw the same code and message, or both succeed with the same bytes.
 void expect_same_outcome(const std::vector<uint8_t>& src, DType dt, const std::vector<int64_t>& shape,
                          const QuantScheme& s, NonFinitePolicy policy, ErrorCode expected) {
-  const GroupLayout L = GroupLayout::make(shape, s, "bad.weight");
+  const GroupLayout L = make_layout(shape, s, "bad.weight");
   std::string want_msg;
   ErrorCode want_code = ErrorCode::Internal;
   Outputs want = make_outputs(L, s, 0);
@@ -821,7 +822,7 @@ TEST(CudaQuantizerErrors, RangeOverflowNamesTheFirstGroup) {
 TEST(CudaApi, ValidatesArguments) {
   REQUIRE_GPU();
   QuantScheme s;
-  const GroupLayout L = GroupLayout::make({64, 64}, s, "t");
+  const GroupLayout L = make_layout({64, 64}, s, "t");
   cuda::DeviceBuffer buf;
   cuda::throw_if_failed(buf.allocate(1 << 16));
   cuda::DeviceQuantOutput o;

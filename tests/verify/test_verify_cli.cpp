@@ -6,9 +6,9 @@
 #include <filesystem>
 #include <random>
 
-#include "qpack/container.hpp"
-#include "qpack/safetensors.hpp"
-#include "qpack/verify.hpp"
+#include "qpack/format/container.hpp"
+#include "qpack/format/safetensors.hpp"
+#include "qpack/verify/verify.hpp"
 #include "testutil.hpp"
 #include "verify/verify_fixtures.hpp"
 

@@ -7,12 +7,12 @@
 #include <filesystem>
 #include <random>
 
-#include "qpack/container.hpp"
-#include "qpack/dequantize.hpp"
-#include "qpack/error.hpp"
-#include "qpack/safetensors.hpp"
-#include "qpack/verify.hpp"
-#include "qpack/verify_report.hpp"
+#include "qpack/format/container.hpp"
+#include "qpack/converter/export.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/format/safetensors.hpp"
+#include "qpack/verify/verify.hpp"
+#include "qpack/verify/report.hpp"
 #include "testutil.hpp"
 #include "verify/verify_fixtures.hpp"
 

@@ -12,9 +12,9 @@
 #include <limits>
 #include <random>
 
-#include "qpack/verify.hpp"
-#include "qpack/verify_metrics.hpp"
-#include "qpack/verify_report.hpp"
+#include "qpack/verify/verify.hpp"
+#include "qpack/verify/metrics.hpp"
+#include "qpack/verify/report.hpp"
 #include "testutil.hpp"
 #include "verify/verify_fixtures.hpp"
 

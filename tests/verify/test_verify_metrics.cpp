@@ -9,9 +9,9 @@
 #include <limits>
 #include <random>
 
-#include "../../verify/src/metrics_core.hpp"
-#include "qpack/error.hpp"
-#include "qpack/verify_metrics.hpp"
+#include "qpack/spec/error_sums.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/verify/metrics.hpp"
 #include "testutil.hpp"
 #include "verify/verify_fixtures.hpp"
 
@@ -229,7 +229,8 @@ TEST(VerifyMetrics, BoundViolationsAreCounted) {
   }
 }
 
-// vcore::bound_terms/bound_for (which the GPU runs) give error_bound()'s bits.
+// The spec's libm-free bound (bound_terms/bound_for, which the GPU runs, and
+// error_bound) gives the bits of the doc's formula evaluated with libm.
 TEST(VerifyMetrics, DeviceBoundEqualsErrorBound) {
   std::mt19937_64 rng(test::test_seed() + 3);
   std::uniform_real_distribution<double> exp_dist(-40, 20);
@@ -247,20 +248,21 @@ TEST(VerifyMetrics, DeviceBoundEqualsErrorBound) {
     };
     const double sc = std::fabs(pick()), m = s.symmetric ? 0.0 : pick(), x = pick();
     const double q = s.symmetric ? qmax_sym(s.bits) : qmax_asym(s.bits);
-    const vcore::BoundTerms bt = vcore::bound_terms(sc, m, q, s.symmetric, s.scale_dtype);
-    const double mine = vcore::bound_for(bt, x), want = error_bound(x, sc, m, s);
+    const spec::BoundTerms bt = spec::bound_terms(sc, m, q, s.symmetric, s.scale_dtype);
+    const double mine = spec::bound_for(bt, x), want = test::reference_error_bound(x, sc, m, s);
     ASSERT_TRUE(same_bits(mine, want)) << "s=" << sc << " m=" << m << " x=" << x << " " << scheme_to_string(s)
                                        << ": " << mine << " vs " << want;
     ASSERT_LE(bt.base, want);
-    ASSERT_EQ(vcore::ulp_in(m, s.scale_dtype), ulp_in_dtype(m, s.scale_dtype));
+    ASSERT_EQ(spec::ulp_in(m, s.scale_dtype), test::reference_ulp(m, s.scale_dtype));
+    ASSERT_TRUE(same_bits(spec::error_bound(x, sc, m, s), want));
   }
 }
 
 TEST(VerifyMetrics, BlockGeometry) {
   QuantScheme s;
   // inner >= 256: blocks never straddle a segment row.
-  auto L = GroupLayout::make({130, 300}, s);
-  auto g = vcore::make_geometry(L, s, DType::F32);
+  auto L = make_layout({130, 300}, s);
+  auto g = spec::make_geometry(L, s, DType::F32);
   EXPECT_EQ(g.segs, 1);
   EXPECT_EQ(g.seg_rows, 3);
   EXPECT_EQ(g.col_blocks, 2);
@@ -268,8 +270,8 @@ TEST(VerifyMetrics, BlockGeometry) {
   // Group 128 = two segments; inner 3: 85 segment rows per block.
   s.group_size = 128;
   s.axis = 1;
-  L = GroupLayout::make({2, 200, 3}, s);
-  g = vcore::make_geometry(L, s, DType::F32);
+  L = make_layout({2, 200, 3}, s);
+  g = spec::make_geometry(L, s, DType::F32);
   EXPECT_EQ(g.segs, 2);
   EXPECT_EQ(g.seg_rows, 2 * 2 * 2);
   EXPECT_EQ(g.rows_per_block, 85);
@@ -277,7 +279,7 @@ TEST(VerifyMetrics, BlockGeometry) {
   // The spans of consecutive segment rows tile the rows, planes and scales.
   int64_t row = 0, plane = 0;
   for (int64_t sr = 0; sr < g.seg_rows; ++sr) {
-    const auto sp = vcore::seg_row_span(g, sr);
+    const auto sp = spec::seg_row_span(g, sr);
     EXPECT_EQ(sp.row_begin, row);
     EXPECT_EQ(sp.plane_begin, plane);
     row = sp.row_end;
@@ -286,7 +288,7 @@ TEST(VerifyMetrics, BlockGeometry) {
   EXPECT_EQ(row, 2 * 200);
   EXPECT_EQ(uint64_t(plane) * uint64_t(L.inner), L.codes_bytes());
   // Empty tensors have no blocks.
-  EXPECT_EQ(error_sums_block_count(GroupLayout::make({0, 5}, QuantScheme{})), 0);
+  EXPECT_EQ(error_sums_block_count(make_layout({0, 5}, QuantScheme{})), 0);
 }
 
 TEST(VerifyMetrics, CudaUnavailableIsNoDevice) {

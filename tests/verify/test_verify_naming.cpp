@@ -4,8 +4,8 @@
 #include <cmath>
 #include <limits>
 
-#include "qpack/error.hpp"
-#include "qpack/verify.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/verify/verify.hpp"
 #include "testutil.hpp"
 
 namespace qpack {

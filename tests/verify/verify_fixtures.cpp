@@ -6,8 +6,9 @@
 #include <limits>
 #include <stdexcept>
 
-#include "qpack/container.hpp"
-#include "qpack/safetensors.hpp"
+#include "qpack/format/container.hpp"
+#include "qpack/format/safetensors.hpp"
+#include "testutil.hpp"
 
 namespace qpack::vtest {
 
@@ -62,7 +63,7 @@ void write_source(const std::string& path, const std::vector<HostTensor>& tensor
 
 Quantized quantize(const HostTensor& t, QuantScheme scheme, NonFinitePolicy policy) {
   Quantized q;
-  q.layout = GroupLayout::make(t.shape, scheme, t.name);
+  q.layout = make_layout(t.shape, scheme, t.name);
   scheme.group_size = q.layout.group_size;
   scheme.axis = q.layout.axis;
   q.scheme = scheme;
@@ -138,7 +139,7 @@ RefMetrics reference_metrics(const HostTensor& src, const Quantized& q) {
     const int64_t p = (o * L.groups_per_axis + a / L.group_size) * L.inner + in;
     const double s = param(q.scales, p, q.scheme.scale_dtype);
     const double z = q.scheme.symmetric ? 0.0 : param(q.zeros, p, q.scheme.scale_dtype);
-    if (std::fabs(e) > error_bound(x, s, z, q.scheme)) {
+    if (std::fabs(e) > test::reference_error_bound(x, s, z, q.scheme)) {
       if (m.violations == 0) m.first_violation = i;
       ++m.violations;
     }

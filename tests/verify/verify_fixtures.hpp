@@ -12,10 +12,10 @@
 #include <string>
 #include <vector>
 
-#include "qpack/dtype.hpp"
-#include "qpack/quantize.hpp"
-#include "qpack/scheme.hpp"
-#include "qpack/verify_metrics.hpp"
+#include "qpack/spec/dtype.hpp"
+#include "qpack/converter/quantize.hpp"
+#include "qpack/format/layout.hpp"
+#include "qpack/verify/metrics.hpp"
 
 namespace qpack::vtest {
 

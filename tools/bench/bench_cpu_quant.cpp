@@ -18,8 +18,8 @@
 #include <string>
 #include <vector>
 
-#include "qpack/dtype.hpp"
-#include "qpack/quantize.hpp"
+#include "qpack/spec/dtype.hpp"
+#include "qpack/converter/quantize.hpp"
 
 using namespace qpack;
 using Clock = std::chrono::steady_clock;
@@ -90,7 +90,7 @@ int main(int argc, char** argv) {
           QuantScheme scheme;
           scheme.bits = bits;
           scheme.axis = axis;
-          const GroupLayout L = GroupLayout::make({sh.rows, sh.cols}, scheme);
+          const GroupLayout L = make_layout({sh.rows, sh.cols}, scheme);
           std::vector<uint8_t> codes(L.codes_bytes()), scales(size_t(L.num_groups()) * 2),
               zeros(size_t(L.num_groups()) * 2);
           std::vector<double> t, tc;

@@ -40,16 +40,17 @@
 #include <thread>
 #include <vector>
 
-#include "qpack/checkpoint.hpp"
-#include "qpack/container.hpp"
-#include "qpack/convert.hpp"
-#include "qpack/cuda_quant.hpp"
-#include "qpack/dtype.hpp"
-#include "qpack/error.hpp"
-#include "qpack/quantize.hpp"
-#include "qpack/quantizer.hpp"
-#include "qpack/safetensors.hpp"
-#include "qpack/scheme.hpp"
+#include "qpack/format/checkpoint.hpp"
+#include "qpack/format/container.hpp"
+#include "qpack/converter/convert.hpp"
+#include "qpack/converter/backend_cuda.hpp"
+#include "qpack/kernels/cuda_quant.hpp"
+#include "qpack/spec/dtype.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/converter/quantize.hpp"
+#include "qpack/converter/quantizer.hpp"
+#include "qpack/format/safetensors.hpp"
+#include "qpack/format/layout.hpp"
 
 using namespace qpack;
 
@@ -184,7 +185,7 @@ void bench_kernels(double copy_gbps, bool quick, bool profile) {
         s.bits = bits;
         s.axis = axis;
         s.group_size = 64;
-        const GroupLayout L = GroupLayout::make(shape, s, "w");
+        const GroupLayout L = make_layout(shape, s, "w");
         const size_t codes = L.codes_bytes(), params = size_t(L.num_groups()) * 2;
         const size_t set_bytes = n * 2 + codes + 2 * params + n * 4;
         const int sets = profile ? 1 : int(std::max<size_t>(2, kWorkingSet / set_bytes + 1));
@@ -387,7 +388,7 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
   for (int axis : {0, -1}) {
     QuantScheme s;
     s.axis = axis;
-    const GroupLayout L = GroupLayout::make(shape, s, "w");
+    const GroupLayout L = make_layout(shape, s, "w");
     const size_t params = size_t(L.num_groups()) * 2;
     std::vector<uint8_t> codes(L.codes_bytes()), scales(params), zeros(params);
     std::memset(codes.data(), 1, codes.size());
@@ -484,7 +485,7 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
     }
     {
       QuantScheme s;
-      const GroupLayout L = GroupLayout::make(shape, s, "w");
+      const GroupLayout L = make_layout(shape, s, "w");
       const size_t params = size_t(L.num_groups()) * 2;
       std::vector<uint8_t> codes(L.codes_bytes(), 3), scales(params, 4), zeros(params, 5);
       double best = 1e30;
@@ -515,7 +516,7 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
   // For scale: the CPU path over the first GB, all cores.
   {
     QuantScheme s;
-    const GroupLayout L = GroupLayout::make(shape, s, "w");
+    const GroupLayout L = make_layout(shape, s, "w");
     const size_t params = size_t(L.num_groups()) * 2;
     std::vector<uint8_t> codes(L.codes_bytes()), scales(params), zeros(params);
     const int n = std::min(count, 11);

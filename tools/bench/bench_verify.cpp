@@ -21,8 +21,8 @@
 #include <string>
 #include <vector>
 
-#include "qpack/quantize.hpp"
-#include "qpack/verify_metrics.hpp"
+#include "qpack/converter/quantize.hpp"
+#include "qpack/verify/metrics.hpp"
 
 using namespace qpack;
 
@@ -172,7 +172,7 @@ int main(int argc, char** argv) {
     s.group_size = c.group;
     s.symmetric = c.sym;
     const std::vector<int64_t> shape = {rows, cols};
-    const GroupLayout L = GroupLayout::make(shape, s, c.name);
+    const GroupLayout L = make_layout(shape, s, c.name);
     s.axis = L.axis;
     s.group_size = L.group_size;
     const int64_t n = L.num_elements();

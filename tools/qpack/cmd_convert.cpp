@@ -2,10 +2,10 @@
 
 #include "commands.hpp"
 #include "device.hpp"
-#include "qpack/convert.hpp"
-#include "qpack/error.hpp"
-#include "qpack/io.hpp"
-#include "qpack/progress.hpp"
+#include "qpack/converter/convert.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/format/io.hpp"
+#include "progress_bar.hpp"
 
 namespace qpack::cli {
 

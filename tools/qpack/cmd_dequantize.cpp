@@ -5,10 +5,10 @@
 #include <string>
 
 #include "commands.hpp"
-#include "qpack/dequantize.hpp"
-#include "qpack/error.hpp"
-#include "qpack/progress.hpp"
-#include "qpack/verify_report.hpp"
+#include "qpack/converter/export.hpp"
+#include "qpack/format/error.hpp"
+#include "progress_bar.hpp"
+#include "qpack/verify/report.hpp"
 
 namespace qpack::cli {
 

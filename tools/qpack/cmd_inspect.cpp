@@ -5,8 +5,8 @@
 #include <string>
 
 #include "commands.hpp"
-#include "qpack/error.hpp"
-#include "qpack/inspect.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/format/inspect.hpp"
 
 namespace qpack::cli {
 

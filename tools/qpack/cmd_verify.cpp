@@ -10,11 +10,11 @@
 #include <string>
 
 #include "commands.hpp"
-#include "qpack/error.hpp"
-#include "qpack/io.hpp"
-#include "qpack/progress.hpp"
-#include "qpack/verify.hpp"
-#include "qpack/verify_report.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/format/io.hpp"
+#include "progress_bar.hpp"
+#include "qpack/verify/verify.hpp"
+#include "qpack/verify/report.hpp"
 
 namespace qpack::cli {
 

@@ -1,7 +1,8 @@
 #include "device.hpp"
 
-#include "qpack/cuda_quant.hpp"
-#include "qpack/error.hpp"
+#include "qpack/converter/backend_cuda.hpp"
+#include "qpack/kernels/cuda_quant.hpp"
+#include "qpack/format/error.hpp"
 
 namespace qpack::cli {
 

@@ -5,7 +5,7 @@
 #include <memory>
 #include <string>
 
-#include "qpack/quantizer.hpp"
+#include "qpack/converter/quantizer.hpp"
 
 namespace qpack::cli {
 

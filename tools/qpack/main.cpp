@@ -6,7 +6,8 @@
 #include <map>
 
 #include "commands.hpp"
-#include "qpack/error.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/version.hpp"
 
 static const char* kExitCodes =
     "Exit codes:\n"

@@ -21,10 +21,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "qpack/dtype.hpp"
-#include "qpack/error.hpp"
-#include "qpack/io.hpp"
-#include "qpack/safetensors.hpp"
+#include "qpack/spec/dtype.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/format/io.hpp"
+#include "qpack/format/safetensors.hpp"
 
 using namespace qpack;
 

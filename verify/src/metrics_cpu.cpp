@@ -4,9 +4,9 @@
 
 #include <vector>
 
-#include "metrics_core.hpp"
-#include "qpack/error.hpp"
-#include "qpack/verify_metrics.hpp"
+#include "qpack/spec/error_sums.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/verify/metrics.hpp"
 
 #if defined(QPACK_VERIFY_CUDA)
 #include "metrics_cuda.hpp"
@@ -16,22 +16,22 @@ namespace qpack {
 
 namespace {
 
-using vcore::Partial;
+using spec::PartialSums;
 
 template <DType kSrc>
-inline void eval_block(const vcore::Geometry& g, const vcore::ChunkView& v, int64_t b, Partial* out) {
-  Partial slots[vcore::kBlockUnits];
-  for (int t = 0; t < vcore::kBlockUnits; ++t) {
-    vcore::partial_init(slots[t]);
+inline void eval_block(const spec::CompareGeometry& g, const spec::ChunkView& v, int64_t b, PartialSums* out) {
+  PartialSums slots[spec::kBlockUnits];
+  for (int t = 0; t < spec::kBlockUnits; ++t) {
+    spec::partial_init(slots[t]);
     int64_t sr, col;
-    if (vcore::unit_of(g, b, t, &sr, &col)) vcore::eval_unit<kSrc>(g, v, sr, col, slots[t]);
+    if (spec::unit_of(g, b, t, &sr, &col)) spec::eval_unit<kSrc>(g, v, sr, col, slots[t]);
   }
-  vcore::block_tree_host(slots);
+  spec::block_tree_host(slots);
   *out = slots[0];
 }
 
 template <DType kSrc>
-void eval_blocks_generic(const vcore::Geometry& g, const vcore::ChunkView& v, Partial* out, int threads) {
+void eval_blocks_generic(const spec::CompareGeometry& g, const spec::ChunkView& v, PartialSums* out, int threads) {
 #pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
   for (int64_t b = 0; b < g.blocks; ++b) eval_block<kSrc>(g, v, b, out + b);
 }
@@ -40,14 +40,14 @@ void eval_blocks_generic(const vcore::Geometry& g, const vcore::ChunkView& v, Pa
 // a libm call on baseline x86-64) becomes one instruction. An FMA is
 // correctly rounded either way, so the results are the same bits.
 template <DType kSrc>
-__attribute__((target("avx2,fma"), flatten)) void eval_blocks_fma(const vcore::Geometry& g, const vcore::ChunkView& v,
-                                                          Partial* out, int threads) {
+__attribute__((target("avx2,fma"), flatten)) void eval_blocks_fma(const spec::CompareGeometry& g, const spec::ChunkView& v,
+                                                          PartialSums* out, int threads) {
 #pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
   for (int64_t b = 0; b < g.blocks; ++b) eval_block<kSrc>(g, v, b, out + b);
 }
 
 template <DType kSrc>
-void eval_blocks(const vcore::Geometry& g, const vcore::ChunkView& v, Partial* out, int threads) {
+void eval_blocks(const spec::CompareGeometry& g, const spec::ChunkView& v, PartialSums* out, int threads) {
   static const bool fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (fma)
     eval_blocks_fma<kSrc>(g, v, out, threads);
@@ -69,10 +69,10 @@ void check_view(const QuantTensorView& view) {
 
 // Sequential sum of the block partials in block order: the last step of the
 // fixed order, the same for both paths.
-ErrorSums reduce_block_partials(const Partial* blocks, int64_t n) {
-  Partial acc;
-  vcore::partial_init(acc);
-  for (int64_t b = 0; b < n; ++b) vcore::partial_merge(acc, blocks[b]);
+ErrorSums reduce_block_partials(const PartialSums* blocks, int64_t n) {
+  PartialSums acc;
+  spec::partial_init(acc);
+  for (int64_t b = 0; b < n; ++b) spec::partial_merge(acc, blocks[b]);
   ErrorSums s;
   s.count = acc.count;
   s.nonfinite = acc.nonfinite;
@@ -86,21 +86,21 @@ ErrorSums reduce_block_partials(const Partial* blocks, int64_t n) {
     s.max_abs_index = acc.max_index;
   }
   s.bound_violations = acc.violations;
-  s.first_violation_index = acc.first_violation == vcore::kNoIndex ? -1 : acc.first_violation;
+  s.first_violation_index = acc.first_violation == spec::kNoIndex ? -1 : acc.first_violation;
   return s;
 }
 
 int64_t error_sums_block_count(const GroupLayout& layout) {
   QuantScheme s;
   s.bits = layout.bits;
-  return vcore::make_geometry(layout, s, DType::F32).blocks;
+  return spec::make_geometry(layout, s, DType::F32).blocks;
 }
 
 ErrorSums compute_error_sums_cpu(const QuantTensorView& view, int threads) {
   check_view(view);
-  const vcore::Geometry g = vcore::make_geometry(view.layout, view.scheme, view.source_dtype);
-  std::vector<Partial> blocks(static_cast<size_t>(g.blocks));
-  const vcore::ChunkView v{view.source, view.codes, view.scales, view.zeros, 0, 0, 0, 0,
+  const spec::CompareGeometry g = spec::make_geometry(view.layout, view.scheme, view.source_dtype);
+  std::vector<PartialSums> blocks(static_cast<size_t>(g.blocks));
+  const spec::ChunkView v{view.source, view.codes, view.scales, view.zeros, 0, 0, 0, 0,
                            view.layout.inner};
   const int nt = threads > 0 ? threads : omp_get_max_threads();
   switch (view.source_dtype) {
@@ -130,9 +130,9 @@ std::unique_ptr<CudaMetricsEngine> CudaMetricsEngine::create(uint64_t chunk_byte
 
 ErrorSums CudaMetricsEngine::compute(const QuantTensorView& view) {
   check_view(view);
-  const vcore::Geometry g = vcore::make_geometry(view.layout, view.scheme, view.source_dtype);
-  std::vector<Partial> blocks(static_cast<size_t>(g.blocks));
-  const vcore::ChunkView v{view.source, view.codes, view.scales, view.zeros, 0, 0, 0, 0,
+  const spec::CompareGeometry g = spec::make_geometry(view.layout, view.scheme, view.source_dtype);
+  std::vector<PartialSums> blocks(static_cast<size_t>(g.blocks));
+  const spec::ChunkView v{view.source, view.codes, view.scales, view.zeros, 0, 0, 0, 0,
                            view.layout.inner};
   if (g.blocks > 0) vcuda::compute_host(impl_->state, g, v, blocks.data(), view.name);
   return reduce_block_partials(blocks.data(), g.blocks);
@@ -140,9 +140,9 @@ ErrorSums CudaMetricsEngine::compute(const QuantTensorView& view) {
 
 ErrorSums CudaMetricsEngine::compute_device(const QuantTensorView& view, float* kernel_ms) {
   check_view(view);
-  const vcore::Geometry g = vcore::make_geometry(view.layout, view.scheme, view.source_dtype);
-  std::vector<Partial> blocks(static_cast<size_t>(g.blocks));
-  const vcore::ChunkView v{view.source, view.codes, view.scales, view.zeros, 0, 0, 0, 0,
+  const spec::CompareGeometry g = spec::make_geometry(view.layout, view.scheme, view.source_dtype);
+  std::vector<PartialSums> blocks(static_cast<size_t>(g.blocks));
+  const spec::ChunkView v{view.source, view.codes, view.scales, view.zeros, 0, 0, 0, 0,
                            view.layout.inner};
   if (kernel_ms) *kernel_ms = 0.0f;
   if (g.blocks > 0) vcuda::compute_device(impl_->state, g, v, blocks.data(), kernel_ms, view.name);

@@ -21,16 +21,16 @@
 #include <vector>
 
 #include "metrics_cuda.hpp"
-#include "qpack/dequant_device.cuh"
-#include "qpack/error.hpp"
+#include "dequant_device.cuh"
+#include "qpack/format/error.hpp"
 
 namespace qpack::vcuda {
 
 namespace {
 
-using vcore::ChunkView;
-using vcore::Geometry;
-using vcore::Partial;
+using spec::ChunkView;
+using spec::CompareGeometry;
+using spec::PartialSums;
 
 void check(cudaError_t e, const char* what, const std::string& tensor) {
   if (e != cudaSuccess)
@@ -38,62 +38,62 @@ void check(cudaError_t e, const char* what, const std::string& tensor) {
 }
 #define QPACK_VCHECK(call, tensor) check((call), #call, (tensor))
 
-// The device form of vcore::eval_unit: codes are fetched and decoded eight
+// The device form of spec::eval_unit: codes are fetched and decoded eight
 // at a time with the kernels' slice helpers (BITS known at compile time),
 // and the elements are accumulated in the same ascending order with the same
-// vcore::accumulate_element, so the unit's sums have the same bits.
+// spec::accumulate_element, so the unit's sums have the same bits.
 template <DType kSrc, int BITS>
-__device__ __forceinline__ void eval_unit_device(const Geometry& g, const ChunkView& v, int64_t sr,
-                                                 int64_t col, Partial& acc) {
-  const vcore::SegRowSpan sp = vcore::seg_row_span(g, sr);
+__device__ __forceinline__ void eval_unit_device(const CompareGeometry& g, const ChunkView& v, int64_t sr,
+                                                 int64_t col, PartialSums& acc) {
+  const spec::SegRowSpan sp = spec::seg_row_span(g, sr);
   const int64_t n = sp.row_end - sp.row_begin;
   if (n <= 0) return;
   const int64_t c = col - v.c0;
   const int64_t pidx = (sp.scale_row - v.srow0) * v.pitch + c;
-  const float scale = cudadev::load_param(v.scales, pidx, g.scale_dtype);
-  const float zero = g.symmetric ? 0.0f : cudadev::load_param(v.zeros, pidx, g.scale_dtype);
-  const vcore::BoundTerms bt = vcore::bound_terms(scale, zero, g.q, g.symmetric, g.scale_dtype);
+  const float scale = spec::load_param(v.scales, pidx, g.scale_dtype);
+  const float zero = g.symmetric ? 0.0f : spec::load_param(v.zeros, pidx, g.scale_dtype);
+  const spec::BoundTerms bt = spec::bound_terms(scale, zero, g.q, g.symmetric, g.scale_dtype);
   // The segment starts on a byte plane (64 codes fill 8*BITS bytes); planes
   // past its end (a partial group's padding) read as 0.
   const uint8_t* planes = v.codes + (sp.plane_begin - v.plane0) * v.pitch + c;
   const int64_t seg_planes = sp.plane_end - sp.plane_begin;
   const uint8_t* src = v.src + ((sp.row_begin - v.row0) * v.pitch + c) * (kSrc == DType::F32 ? 4 : 2);
   const int64_t flat0 = sp.row_begin * g.inner + col;
-  for (int64_t s = 0; s * cudadev::kSlice < n; ++s) {
-    cudadev::SliceStream<BITS> st[1];
-    cudadev::load_slice_planes<BITS, 1>(planes, v.pitch, s, seg_planes, st);
-    float xh[cudadev::kSlice];
-    cudadev::dequant_slice<BITS>(st[0], scale, zero, g.symmetric, xh);
-    const int64_t k0 = s * cudadev::kSlice;
+  for (int64_t s = 0; s * kernels::kSliceRows < n; ++s) {
+    kernels::SliceStream<BITS> st[1];
+    kernels::load_slice_planes<BITS, 1>(planes, v.pitch, s, seg_planes, st);
+    float xh[kernels::kSliceRows];
+    kernels::dequant_slice<BITS>(st[0], scale, zero, g.symmetric, xh);
+    const int64_t k0 = s * kernels::kSliceRows;
     // All eight loads are issued before the dependent accumulation chain, so
     // that each thread keeps several memory requests in flight.
-    float x[cudadev::kSlice];
+    float x[kernels::kSliceRows];
 #pragma unroll
-    for (int k = 0; k < cudadev::kSlice; ++k)
-      x[k] = k0 + k < n ? vcore::load_source<kSrc>(src, (k0 + k) * v.pitch) : 0.0f;
+    for (int k = 0; k < kernels::kSliceRows; ++k)
+      x[k] = k0 + k < n ? spec::load_source<kSrc>(src, (k0 + k) * v.pitch) : 0.0f;
 #pragma unroll
-    for (int k = 0; k < cudadev::kSlice; ++k)
-      if (k0 + k < n) vcore::accumulate_element(acc, x[k], xh[k], flat0 + (k0 + k) * g.inner, bt);
+    for (int k = 0; k < kernels::kSliceRows; ++k)
+      if (k0 + k < n) spec::accumulate_element(acc, x[k], xh[k], flat0 + (k0 + k) * g.inner, bt);
   }
 }
 
 // At most 80 registers (3 blocks of 256 threads per SM on sm_90): without
 // the cap some instantiations take 86-87 and drop to 2 blocks per SM.
 template <DType kSrc, int BITS>
-__global__ void __launch_bounds__(vcore::kBlockUnits, 3)
-    metrics_kernel(Geometry g, ChunkView v, int64_t block0, Partial* out) {
-  __shared__ Partial slots[vcore::kBlockUnits];
+__global__ void __launch_bounds__(spec::kBlockUnits, 3)
+    metrics_kernel(CompareGeometry g, ChunkView v, int64_t block0, PartialSums* out) {
+  __shared__ PartialSums slots[spec::kBlockUnits];
   const int t = static_cast<int>(threadIdx.x);
   const int64_t b = block0 + static_cast<int64_t>(blockIdx.x);
-  Partial acc;
-  vcore::partial_init(acc);
+  PartialSums acc;
+  spec::partial_init(acc);
   int64_t sr, col;
-  if (vcore::unit_of(g, b, t, &sr, &col)) eval_unit_device<kSrc, BITS>(g, v, sr, col, acc);
+  if (spec::unit_of(g, b, t, &sr, &col)) eval_unit_device<kSrc, BITS>(g, v, sr, col, acc);
   slots[t] = acc;
   __syncthreads();
-  // The same strides as vcore::block_tree_host.
-  for (int stride = vcore::kBlockUnits / 2; stride > 0; stride >>= 1) {
-    if (t < stride) vcore::partial_merge(slots[t], slots[t + stride]);
+  // The same strides as spec::block_tree_host.
+  for (int stride = spec::kBlockUnits / 2; stride > 0; stride >>= 1) {
+    if (t < stride) spec::partial_merge(slots[t], slots[t + stride]);
     __syncthreads();
   }
   if (t == 0) out[blockIdx.x] = slots[0];
@@ -102,7 +102,7 @@ __global__ void __launch_bounds__(vcore::kBlockUnits, 3)
 // ------------------------------------------------------------ fast kernels
 //
 // Two layouts cover the common tensors; everything else takes the general
-// kernel above. Both give the same bits as vcore::eval_unit: each unit's
+// kernel above. Both give the same bits as spec::eval_unit: each unit's
 // elements are accumulated in ascending order with the same IEEE operations,
 // and the block's 256 unit partials go through the same fixed tree.
 //
@@ -123,7 +123,7 @@ __global__ void __launch_bounds__(vcore::kBlockUnits, 3)
 // running maximum and a per-unit predicate "above the bound's base".
 //
 // Anything unusual sends the whole unit to the exact rule afterwards
-// (vcore::eval_unit, the CPU's own code, from the start of the unit): an
+// (spec::eval_unit, the CPU's own code, from the start of the unit): an
 // element above the base (possibly a bound violation), a non-finite source
 // value (BF16 by bit placement: a double >= 2^128, far above any base the
 // fast path accepts; F32 and BF16 by conversion: Inf above the base, NaN
@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(vcore::kBlockUnits, 3)
 namespace fast {
 
 constexpr int kV = 4;                                      // units per thread
-constexpr int kThreadsPerBlock = vcore::kBlockUnits / kV;  // 64
+constexpr int kThreadsPerBlock = spec::kBlockUnits / kV;  // 64
 constexpr int kCtaThreads = kThreadsPerBlock;  // a CTA is one block
 constexpr uint32_t kNoKey = 0xffffffffu;
 constexpr int kColPrefetch = 2;                 // columns: slices ahead fetched into L2
@@ -220,7 +220,7 @@ __device__ __forceinline__ double src_to_f64(uint32_t w) {
   }
 }
 
-// The fast element rule: same operations as vcore::accumulate_element for a
+// The fast element rule: same operations as spec::accumulate_element for a
 // finite source value, without the bound test: the unit's largest error is
 // compared with the bound's base once, at its end (unit_suspect).
 __device__ __forceinline__ void fast_element(Acc& a, double xd, double hd, int k) {
@@ -254,7 +254,7 @@ __device__ __forceinline__ bool unit_suspect(const Acc& a, double base) {
 }
 
 // A parameter's raw bits as a float. F16 takes the hardware conversion,
-// exact for every finite value (cudadev::param_value's f16_to_f32 is a
+// exact for every finite value (spec::param_value's f16_to_f32 is a
 // branchy software one: about 17 instructions a parameter, 8 parameters per
 // thread); a NaN's payload may differ, but a non-finite parameter sends its
 // unit to the exact rule, which converts on its own.
@@ -264,7 +264,7 @@ __device__ __forceinline__ float param_fast(uint32_t bits, DType sd) {
   return __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));
 }
 
-// vcore::ulp_in(double(v), sd) for a finite float v, from its bits: the ulp
+// spec::ulp_in(double(v), sd) for a finite float v, from its bits: the ulp
 // 2^(max(e, emin) - mant) is the double of exponent field
 // max(fe + 896 - mant, emin - mant + 1023), fe being v's biased exponent
 // (0 for zero and subnormals, whose exponents lie below every emin, as
@@ -289,24 +289,24 @@ struct Par {
   double base;
   bool ok;  // finite and small enough that every reconstruction is finite
 };
-// The columns kernel's: vcore::bound_terms as it is. make_par below (same
+// The columns kernel's: spec::bound_terms as it is. make_par below (same
 // bits) measured 64 -> 58% (4-bit) and 62 -> 57% (3-bit) there, although
 // its element loop only grew by 12 moves per slice; the cause was not found.
-__device__ __forceinline__ Par make_par_ref(float scale, float zero, const Geometry& g) {
+__device__ __forceinline__ Par make_par_ref(float scale, float zero, const CompareGeometry& g) {
   Par p;
   p.scale = scale;
   p.zero = zero;
-  p.base = vcore::bound_terms(scale, zero, g.q, g.symmetric, g.scale_dtype).base;
+  p.base = spec::bound_terms(scale, zero, g.q, g.symmetric, g.scale_dtype).base;
   // |q| <= 255: |q*S + M| < 2^127 when |S| <= 2^118 and |M| <= 2^126.
   p.ok = fabsf(scale) <= 0x1p118f && fabsf(zero) <= 0x1p126f;
   return p;
 }
 // The rows kernel's, where four units' setup weighs on 32-element units:
-// base is vcore::bound_terms(scale, zero, ...).base with the same double
+// base is spec::bound_terms(scale, zero, ...).base with the same double
 // operations in the same order, the ulps from ulp_of_float (checked bit for
 // bit against bound_terms over all three scale dtypes, subnormals included).
 // A non-finite parameter gives some base, unused: ok is false.
-__device__ __forceinline__ Par make_par(float scale, float zero, const Geometry& g, UlpC uc) {
+__device__ __forceinline__ Par make_par(float scale, float zero, const CompareGeometry& g, UlpC uc) {
   Par p;
   p.scale = scale;
   p.zero = zero;
@@ -332,29 +332,29 @@ __device__ __forceinline__ void build_table(uint8_t* tab, int v, uint32_t tid8, 
   }
 }
 
-// The exact rule for a whole unit: the CPU's own vcore::eval_unit, its
-// Partial turned into an Acc (flat indices -> element indices k).
+// The exact rule for a whole unit: the CPU's own spec::eval_unit, its
+// PartialSums turned into an Acc (flat indices -> element indices k).
 template <DType kSrc>
-__device__ __noinline__ void exact_unit(const Geometry* gp, const ChunkView* vp, int64_t sr, int64_t col, Acc* out) {
-  const Geometry& g = *gp;
-  Partial p;
-  vcore::partial_init(p);
-  vcore::eval_unit<kSrc>(g, *vp, sr, col, p);
-  const int64_t flat0 = vcore::seg_row_span(g, sr).row_begin * g.inner + col;
+__device__ __noinline__ void exact_unit(const CompareGeometry* gp, const ChunkView* vp, int64_t sr, int64_t col, Acc* out) {
+  const CompareGeometry& g = *gp;
+  PartialSums p;
+  spec::partial_init(p);
+  spec::eval_unit<kSrc>(g, *vp, sr, col, p);
+  const int64_t flat0 = spec::seg_row_span(g, sr).row_begin * g.inner + col;
   Acc a;
   a.sq_err = p.sq_err;
   a.abs_err = p.abs_err;
   a.sq_ref = p.sq_ref;
   a.sq_hat = p.sq_hat;
   a.dot = p.dot;
-  if (p.max_index == vcore::kNoIndex) {
+  if (p.max_index == spec::kNoIndex) {
     a.m = 0.0;
     a.max_k = -1;
   } else {
     a.m = p.max_abs;
     a.max_k = int((p.max_index - flat0) / g.inner);
   }
-  const uint32_t fv = p.first_violation == vcore::kNoIndex ? 0xffu : uint32_t((p.first_violation - flat0) / g.inner);
+  const uint32_t fv = p.first_violation == spec::kNoIndex ? 0xffu : uint32_t((p.first_violation - flat0) / g.inner);
   a.rare = uint32_t(p.nonfinite) | (uint32_t(p.violations) << 8) | (fv << 16);
   *out = a;
 }
@@ -363,8 +363,8 @@ __device__ __noinline__ void exact_unit(const Geometry* gp, const ChunkView* vp,
 // through a local copy: the address of a thread's Acc array element would
 // move the whole array out of registers.
 template <DType kSrc>
-__device__ __forceinline__ void redo_unit(const Geometry& g, const ChunkView& v, int64_t sr, int64_t col, Acc& acc) {
-  Geometry tg = g;
+__device__ __forceinline__ void redo_unit(const CompareGeometry& g, const ChunkView& v, int64_t sr, int64_t col, Acc& acc) {
+  CompareGeometry tg = g;
   ChunkView tv = v;
   Acc ta;
   exact_unit<kSrc>(&tg, &tv, sr, col, &ta);
@@ -442,7 +442,7 @@ __device__ __forceinline__ Rec shfl_down_rec(const Rec& r, int d) {
 }
 
 
-// The fixed tree of vcore::block_tree_host over one block, when thread j
+// The fixed tree of spec::block_tree_host over one block, when thread j
 // (0..63) of the block holds the records of units j, j+64, j+128, j+192 in
 // r[0..3]. xchg: 32 records of shared memory for the block. The result is
 // in thread 0. Every thread of the CTA must call it (it has barriers).
@@ -481,16 +481,16 @@ __device__ __forceinline__ Rec block_tree(Rec (&r)[kV], int j, Rec* xchg, bool s
 
 // Writes the block's result; key -> flat index through `flat_of`.
 template <class F>
-__device__ __forceinline__ void write_partial(const Rec& r, Partial* out, F flat_of) {
-  Partial p;
+__device__ __forceinline__ void write_partial(const Rec& r, PartialSums* out, F flat_of) {
+  PartialSums p;
   p.sq_err = r.s[0];
   p.abs_err = r.s[1];
   p.sq_ref = r.s[2];
   p.sq_hat = r.s[3];
   p.dot = r.s[4];
   p.max_abs = r.max_abs;
-  p.max_index = r.max_key == kNoKey ? vcore::kNoIndex : flat_of(r.max_key);
-  p.first_violation = r.fv_key == kNoKey ? vcore::kNoIndex : flat_of(r.fv_key);
+  p.max_index = r.max_key == kNoKey ? spec::kNoIndex : flat_of(r.max_key);
+  p.first_violation = r.fv_key == kNoKey ? spec::kNoIndex : flat_of(r.fv_key);
   p.count = r.count;
   p.nonfinite = r.nonfinite;
   p.violations = r.violations;
@@ -499,21 +499,21 @@ __device__ __forceinline__ void write_partial(const Rec& r, Partial* out, F flat
 
 // Segment row sr's span with 32-bit divisions (the host checks that the
 // geometry fits).
-__device__ __forceinline__ vcore::SegRowSpan span32(const Geometry& g, uint32_t sr) {
+__device__ __forceinline__ spec::SegRowSpan span32(const CompareGeometry& g, uint32_t sr) {
   const uint32_t segs = uint32_t(g.segs), P = uint32_t(g.groups_per_axis);
   const uint32_t s = segs == 1 ? 0u : sr % segs;
   const uint32_t r = segs == 1 ? sr : sr / segs;
   const uint32_t gi = r % P, o = r / P;
   const int64_t start = int64_t(gi) * g.group_size;
   const int64_t len = g.axis_len - start < g.group_size ? g.axis_len - start : g.group_size;
-  int64_t k0 = int64_t(s) * vcore::kSegment, k1 = k0 + vcore::kSegment;
+  int64_t k0 = int64_t(s) * spec::kSegment, k1 = k0 + spec::kSegment;
   if (k0 > len) k0 = len;
   if (k1 > len) k1 = len;
-  const int64_t seg_bytes = int64_t(vcore::kSegment / 8) * g.bits;
+  const int64_t seg_bytes = int64_t(spec::kSegment / 8) * g.bits;
   int64_t p0 = int64_t(s) * seg_bytes, p1 = p0 + seg_bytes;
   if (p0 > g.bytes_per_group) p0 = g.bytes_per_group;
   if (p1 > g.bytes_per_group) p1 = g.bytes_per_group;
-  vcore::SegRowSpan sp;
+  spec::SegRowSpan sp;
   sp.row_begin = int64_t(o) * g.axis_len + start + k0;
   sp.row_end = int64_t(o) * g.axis_len + start + k1;
   sp.plane_begin = int64_t(r) * g.bytes_per_group + p0;
@@ -527,7 +527,7 @@ __device__ __forceinline__ vcore::SegRowSpan span32(const Geometry& g, uint32_t 
 template <int BITS>
 union ColsShared {
   double table[table_bytes<BITS>() > 0 ? table_bytes<BITS>() / 8 : 1];
-  Rec recs[vcore::kBlockUnits];
+  Rec recs[spec::kBlockUnits];
 };
 
 template <DType kSrc>
@@ -652,7 +652,7 @@ __device__ __forceinline__ void process_col_slice(const ColSlice<kSrc, BITS>& sl
 
 template <DType kSrc, int BITS>
 __global__ void __launch_bounds__(kCtaThreads, 6)
-    cols_kernel(Geometry g, ChunkView v, int64_t block0, Partial* out) {
+    cols_kernel(CompareGeometry g, ChunkView v, int64_t block0, PartialSums* out) {
   __shared__ ColsShared<BITS> sh;
   const int j = int(threadIdx.x);
   const uint32_t tab_sa = uint32_t(__cvta_generic_to_shared(sh.table));
@@ -660,10 +660,10 @@ __global__ void __launch_bounds__(kCtaThreads, 6)
   const int64_t lb = int64_t(blockIdx.x);  // block within the launch
   const int64_t b = block0 + lb;
   const uint32_t sr = uint32_t(b / g.col_blocks);
-  const int64_t col0 = (b % g.col_blocks) * vcore::kBlockUnits;
+  const int64_t col0 = (b % g.col_blocks) * spec::kBlockUnits;
   const int64_t col = col0 + 4 * j;
   const bool live = col < g.inner;
-  const vcore::SegRowSpan sp = span32(g, sr);
+  const spec::SegRowSpan sp = span32(g, sr);
   const int rows = int(sp.row_end - sp.row_begin);
 
   Acc acc[kV];
@@ -696,14 +696,14 @@ __global__ void __launch_bounds__(kCtaThreads, 6)
       uint32_t scale_u[kV], zero_u[kV];
 #pragma unroll
       for (int u = 0; u < kV; ++u) {
-        scale_u[u] = cudadev::load_param_bits(v.scales, pidx + u, g.scale_dtype);
-        zero_u[u] = g.symmetric ? 0u : cudadev::load_param_bits(v.zeros, pidx + u, g.scale_dtype);
+        scale_u[u] = spec::load_param_bits(v.scales, pidx + u, g.scale_dtype);
+        zero_u[u] = g.symmetric ? 0u : spec::load_param_bits(v.zeros, pidx + u, g.scale_dtype);
       }
       Par par[kV];
 #pragma unroll
       for (int u = 0; u < kV; ++u) {
-        par[u] = make_par_ref(cudadev::param_value(scale_u[u], g.scale_dtype),
-                              g.symmetric ? 0.0f : cudadev::param_value(zero_u[u], g.scale_dtype), g);
+        par[u] = make_par_ref(spec::param_value(scale_u[u], g.scale_dtype),
+                              g.symmetric ? 0.0f : spec::param_value(zero_u[u], g.scale_dtype), g);
         susp[u] = !par[u].ok;
         build_col_table<BITS>(tb, u, par[u], qoff);
       }
@@ -747,7 +747,7 @@ __global__ void __launch_bounds__(kCtaThreads, 6)
 #pragma unroll
   for (int u = 0; u < kV; ++u) {
     Rec r;
-    if (live && rows > 0) r = rec_of(acc[u], rows, uint32_t(4 * j + u), vcore::kBlockUnits);
+    if (live && rows > 0) r = rec_of(acc[u], rows, uint32_t(4 * j + u), spec::kBlockUnits);
     else rec_empty(r);
     mine[4 * j + u] = r;
   }
@@ -760,7 +760,7 @@ __global__ void __launch_bounds__(kCtaThreads, 6)
   if (j == 0) {
     const int64_t row_begin = sp.row_begin, inner = g.inner;
     write_partial(res, out + lb, [&](uint32_t key) {
-      return (row_begin + int64_t(key / vcore::kBlockUnits)) * inner + col0 + int64_t(key % vcore::kBlockUnits);
+      return (row_begin + int64_t(key / spec::kBlockUnits)) * inner + col0 + int64_t(key % spec::kBlockUnits);
     });
   }
 }
@@ -847,7 +847,7 @@ __device__ __forceinline__ void load_rows_params(const uint8_t* scales, const ui
 
 template <DType kSrc, int BITS, int U>
 __global__ void __launch_bounds__(kCtaThreads, 7)
-    rows_kernel(Geometry g, ChunkView v, int seg_shift, int64_t block0, Partial* out) {
+    rows_kernel(CompareGeometry g, ChunkView v, int seg_shift, int64_t block0, PartialSums* out) {
   using Stage = RowsStage<kSrc, BITS, U>;
   __shared__ RowsShared<kSrc, BITS, U> sh;
   uint8_t* const smem = reinterpret_cast<uint8_t*>(sh.table);
@@ -858,7 +858,7 @@ __global__ void __launch_bounds__(kCtaThreads, 7)
   const int lane = j & 31, warp = j >> 5;
   const uint32_t tid8 = uint32_t(j) * 8u;
   const int64_t lb = int64_t(blockIdx.x);
-  const int64_t sr0 = (block0 + lb) * vcore::kBlockUnits;  // the block's first unit
+  const int64_t sr0 = (block0 + lb) * spec::kBlockUnits;  // the block's first unit
   const float magic_off = 8388608.0f + (g.symmetric ? float(1 << (BITS - 1)) : 0.0f);
   const float qoff = g.symmetric ? float(1 << (BITS - 1)) : 0.0f;
   // The tree's exchange area: warp 1's first source buffer, which warp 1
@@ -874,7 +874,7 @@ __global__ void __launch_bounds__(kCtaThreads, 7)
     acc_init(acc[u]);
     live[u] = sr0 + j + 64 * u < g.seg_rows;
   }
-  const bool whole = sr0 + vcore::kBlockUnits <= g.seg_rows;
+  const bool whole = sr0 + spec::kBlockUnits <= g.seg_rows;
   if (whole) {
     // All parameter loads are issued before anything waits for one, as raw
     // bits converted later (unit by unit, the warp waited for each load in
@@ -916,7 +916,7 @@ __global__ void __launch_bounds__(kCtaThreads, 7)
       build_table<BITS>(smem, 0, tid8, par[u], qoff);
       const uint4* row = sh.st.src[warp][u & 1] + lane * Stage::kRow16;
       const uint32_t* crow = sh.st.codes[warp][u & 1] + lane * Stage::kCodeRow;
-      auto lds = [&](int s, uint32_t (&x)[kWords], cudadev::SliceStream<BITS>& c) {
+      auto lds = [&](int s, uint32_t (&x)[kWords], kernels::SliceStream<BITS>& c) {
 #pragma unroll
         for (int q = 0; q < kWords / 4; ++q) {
           const uint4 w = row[s * (kWords / 4) + q];
@@ -939,7 +939,7 @@ __global__ void __launch_bounds__(kCtaThreads, 7)
         }
       };
       uint32_t x[kWords], xn[kWords];
-      cudadev::SliceStream<BITS> c, cn;
+      kernels::SliceStream<BITS> c, cn;
       lds(0, x, c);
 #pragma unroll 1
       for (int s = 0; s < U / 8; ++s) {
@@ -974,7 +974,7 @@ __global__ void __launch_bounds__(kCtaThreads, 7)
   Rec r[kV];
 #pragma unroll
   for (int u = 0; u < kV; ++u) {
-    if (live[u]) r[u] = rec_of(acc[u], U, uint32_t((j + 64 * u) * vcore::kSegment), 1u);
+    if (live[u]) r[u] = rec_of(acc[u], U, uint32_t((j + 64 * u) * spec::kSegment), 1u);
     else rec_empty(r[u]);
   }
   bool fast_block;
@@ -984,10 +984,10 @@ __global__ void __launch_bounds__(kCtaThreads, 7)
       res.fv_key = kNoKey;
       res.nonfinite = 0;
       res.violations = 0;
-      res.count = uint32_t(vcore::kBlockUnits * U);
+      res.count = uint32_t(spec::kBlockUnits * U);
     }
     write_partial(res, out + lb, [&](uint32_t key) {
-      return (sr0 + int64_t(key / vcore::kSegment)) * U + int64_t(key % vcore::kSegment);
+      return (sr0 + int64_t(key / spec::kSegment)) * U + int64_t(key % spec::kSegment);
     });
   }
 }
@@ -995,9 +995,9 @@ __global__ void __launch_bounds__(kCtaThreads, 7)
 }  // namespace fast
 
 template <DType kSrc>
-void launch_bits(const Geometry& g, const ChunkView& v, int64_t block0, dim3 grid, Partial* out,
+void launch_bits(const CompareGeometry& g, const ChunkView& v, int64_t block0, dim3 grid, PartialSums* out,
                  cudaStream_t stream) {
-  const dim3 block(vcore::kBlockUnits);
+  const dim3 block(spec::kBlockUnits);
   switch (g.bits) {
     case 2: metrics_kernel<kSrc, 2><<<grid, block, 0, stream>>>(g, v, block0, out); break;
     case 3: metrics_kernel<kSrc, 3><<<grid, block, 0, stream>>>(g, v, block0, out); break;
@@ -1009,7 +1009,7 @@ void launch_bits(const Geometry& g, const ChunkView& v, int64_t block0, dim3 gri
 bool aligned(const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0; }
 
 // log2(segments per group) for the rows kernel, -1 when it is not a power of two.
-int seg_shift(const Geometry& g) {
+int seg_shift(const CompareGeometry& g) {
   for (int k = 0; k < 31; ++k)
     if (g.segs == (int64_t(1) << k)) return k;
   return -1;
@@ -1018,24 +1018,24 @@ int seg_shift(const Geometry& g) {
 // Which fast kernel fits the tensor and its buffers: 0 none, 1 columns, 2
 // rows of 64-element units, 3 rows of 32-element units (uniform geometry:
 // see rows_kernel).
-int fast_layout(const Geometry& g, const ChunkView& v) {
+int fast_layout(const CompareGeometry& g, const ChunkView& v) {
   const int esz = g.source_dtype == DType::F32 ? 4 : 2;
   const int sb = g.scale_dtype == DType::F32 ? 4 : 2;
   if (g.seg_rows >= (int64_t(1) << 31)) return 0;
   if (!aligned(v.scales, sb) || (!g.symmetric && !aligned(v.zeros, sb))) return 0;
-  if (g.inner >= vcore::kBlockUnits && g.inner % 4 == 0 && v.pitch % 4 == 0 && v.c0 % 4 == 0 &&
+  if (g.inner >= spec::kBlockUnits && g.inner % 4 == 0 && v.pitch % 4 == 0 && v.c0 % 4 == 0 &&
       aligned(v.src, 4 * esz) && aligned(v.codes, 4))
     return 1;
   if (g.inner == 1 && g.axis_len % g.group_size == 0 && aligned(v.src, 16) && aligned(v.codes, 4)) {
     if (g.group_size == 32) return 3;
-    if (g.group_size % vcore::kSegment == 0 && seg_shift(g) >= 0) return 2;
+    if (g.group_size % spec::kSegment == 0 && seg_shift(g) >= 0) return 2;
   }
   return 0;
 }
 
 template <DType kSrc, int BITS>
-void launch_fast(int layout, const Geometry& g, const ChunkView& v, int64_t block0, int64_t nblocks,
-                 Partial* out, cudaStream_t stream) {
+void launch_fast(int layout, const CompareGeometry& g, const ChunkView& v, int64_t block0, int64_t nblocks,
+                 PartialSums* out, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(nblocks));
   if (layout == 1)
     fast::cols_kernel<kSrc, BITS><<<grid, fast::kCtaThreads, 0, stream>>>(g, v, block0, out);
@@ -1046,8 +1046,8 @@ void launch_fast(int layout, const Geometry& g, const ChunkView& v, int64_t bloc
 }
 
 template <DType kSrc>
-void launch_fast_bits(int layout, const Geometry& g, const ChunkView& v, int64_t block0, int64_t nblocks,
-                      Partial* out, cudaStream_t stream) {
+void launch_fast_bits(int layout, const CompareGeometry& g, const ChunkView& v, int64_t block0, int64_t nblocks,
+                      PartialSums* out, cudaStream_t stream) {
   switch (g.bits) {
     case 2: launch_fast<kSrc, 2>(layout, g, v, block0, nblocks, out, stream); break;
     case 3: launch_fast<kSrc, 3>(layout, g, v, block0, nblocks, out, stream); break;
@@ -1056,7 +1056,7 @@ void launch_fast_bits(int layout, const Geometry& g, const ChunkView& v, int64_t
   }
 }
 
-void launch(const Geometry& g, const ChunkView& v, int64_t block0, int64_t nblocks, Partial* out,
+void launch(const CompareGeometry& g, const ChunkView& v, int64_t block0, int64_t nblocks, PartialSums* out,
             cudaStream_t stream, const std::string& tensor) {
   if (nblocks > INT_MAX) throw Error(ErrorCode::Internal, "", tensor, "too many blocks in one launch");
   if (g.bits != 2 && g.bits != 3 && g.bits != 4 && g.bits != 8)
@@ -1091,19 +1091,19 @@ int source_bytes_per_element(DType d) { return d == DType::F32 ? 4 : 2; }
 int scale_bytes_of(DType d) { return d == DType::F32 ? 4 : 2; }
 
 // Upper bound of the staged bytes of one segment row, per column.
-uint64_t seg_row_bytes_per_column(const Geometry& g) {
+uint64_t seg_row_bytes_per_column(const CompareGeometry& g) {
   const uint64_t params = uint64_t(scale_bytes_of(g.scale_dtype)) * (g.symmetric ? 1 : 2);
-  return uint64_t(vcore::kSegment) * source_bytes_per_element(g.source_dtype) +
-         uint64_t(vcore::kSegment / 8) * g.bits + params;
+  return uint64_t(spec::kSegment) * source_bytes_per_element(g.source_dtype) +
+         uint64_t(spec::kSegment / 8) * g.bits + params;
 }
 
-std::vector<Chunk> plan_chunks(const Geometry& g, uint64_t budget) {
+std::vector<Chunk> plan_chunks(const CompareGeometry& g, uint64_t budget) {
   std::vector<Chunk> chunks;
   if (g.blocks == 0) return chunks;
   constexpr int64_t kMaxBlocksPerLaunch = int64_t(1) << 20;
   const uint64_t per_col = seg_row_bytes_per_column(g);
   const uint64_t per_row = per_col * uint64_t(g.inner);
-  if (g.inner < vcore::kBlockUnits) {
+  if (g.inner < spec::kBlockUnits) {
     const uint64_t per_block = per_row * uint64_t(g.rows_per_block);
     const int64_t step = std::clamp<int64_t>(int64_t(budget / std::max<uint64_t>(per_block, 1)), 1,
                                              kMaxBlocksPerLaunch);
@@ -1122,14 +1122,14 @@ std::vector<Chunk> plan_chunks(const Geometry& g, uint64_t budget) {
   } else {
     // A single segment row is over the budget: split it by columns, in
     // whole 256-column blocks.
-    const uint64_t per_block = per_col * vcore::kBlockUnits;
+    const uint64_t per_block = per_col * spec::kBlockUnits;
     const int64_t step = std::clamp<int64_t>(int64_t(budget / per_block), 1, kMaxBlocksPerLaunch);
     for (int64_t r = 0; r < g.seg_rows; ++r)
       for (int64_t cb0 = 0; cb0 < g.col_blocks; cb0 += step) {
         const int64_t cb1 = std::min(cb0 + step, g.col_blocks);
         chunks.push_back({r * g.col_blocks + cb0, r * g.col_blocks + cb1, r, r + 1,
-                          cb0 * vcore::kBlockUnits,
-                          std::min(cb1 * vcore::kBlockUnits, g.inner)});
+                          cb0 * spec::kBlockUnits,
+                          std::min(cb1 * spec::kBlockUnits, g.inner)});
       }
   }
   return chunks;
@@ -1142,11 +1142,11 @@ struct StagingSet {
   uint8_t* scales = nullptr;
   uint8_t* zeros = nullptr;
   size_t src_cap = 0, codes_cap = 0, scales_cap = 0, zeros_cap = 0;
-  Partial* d_part = nullptr;
-  Partial* h_part = nullptr;  // pinned
+  PartialSums* d_part = nullptr;
+  PartialSums* h_part = nullptr;  // pinned
   size_t part_cap = 0;
   // Results in flight on this set's stream.
-  Partial* pending_out = nullptr;
+  PartialSums* pending_out = nullptr;
   int64_t pending_n = 0;
 };
 
@@ -1166,8 +1166,8 @@ void ensure_partials(StagingSet& s, size_t n, const std::string& tensor) {
   s.d_part = nullptr;
   s.h_part = nullptr;
   s.part_cap = 0;
-  QPACK_VCHECK(cudaMalloc(reinterpret_cast<void**>(&s.d_part), n * sizeof(Partial)), tensor);
-  QPACK_VCHECK(cudaMallocHost(reinterpret_cast<void**>(&s.h_part), n * sizeof(Partial)), tensor);
+  QPACK_VCHECK(cudaMalloc(reinterpret_cast<void**>(&s.d_part), n * sizeof(PartialSums)), tensor);
+  QPACK_VCHECK(cudaMallocHost(reinterpret_cast<void**>(&s.h_part), n * sizeof(PartialSums)), tensor);
   s.part_cap = n;
 }
 
@@ -1175,7 +1175,7 @@ void ensure_partials(StagingSet& s, size_t n, const std::string& tensor) {
 void drain(StagingSet& s, const std::string& tensor) {
   QPACK_VCHECK(cudaStreamSynchronize(s.stream), tensor);
   if (s.pending_n > 0)
-    std::memcpy(s.pending_out, s.h_part, size_t(s.pending_n) * sizeof(Partial));
+    std::memcpy(s.pending_out, s.h_part, size_t(s.pending_n) * sizeof(PartialSums));
   s.pending_n = 0;
   s.pending_out = nullptr;
 }
@@ -1260,7 +1260,7 @@ void destroy(DeviceState* s) noexcept {
 
 std::string description(const DeviceState* s) { return s->desc; }
 
-void compute_host(DeviceState* s, const Geometry& g, const ChunkView& host, Partial* out_blocks,
+void compute_host(DeviceState* s, const CompareGeometry& g, const ChunkView& host, PartialSums* out_blocks,
                   const std::string& tensor) {
   const std::vector<Chunk> chunks = plan_chunks(g, s->chunk_bytes);
   const int esize = source_bytes_per_element(g.source_dtype);
@@ -1271,8 +1271,8 @@ void compute_host(DeviceState* s, const Geometry& g, const ChunkView& host, Part
       StagingSet& set = s->sets[ci % 2];
       drain(set, tensor);  // its buffers are free again
 
-      const vcore::SegRowSpan first = vcore::seg_row_span(g, c.sr0);
-      const vcore::SegRowSpan last = vcore::seg_row_span(g, c.sr1 - 1);
+      const spec::SegRowSpan first = spec::seg_row_span(g, c.sr0);
+      const spec::SegRowSpan last = spec::seg_row_span(g, c.sr1 - 1);
       const int64_t rows = last.row_end - first.row_begin;
       const int64_t planes = last.plane_end - first.plane_begin;
       const int64_t srows = last.scale_row - first.scale_row + 1;
@@ -1293,7 +1293,7 @@ void compute_host(DeviceState* s, const Geometry& g, const ChunkView& host, Part
       const ChunkView dv{set.src, set.codes, set.scales, g.symmetric ? nullptr : set.zeros,
                          first.row_begin, first.plane_begin, first.scale_row, c.c0, width};
       launch(g, dv, c.block0, nb, set.d_part, set.stream, tensor);
-      QPACK_VCHECK(cudaMemcpyAsync(set.h_part, set.d_part, size_t(nb) * sizeof(Partial),
+      QPACK_VCHECK(cudaMemcpyAsync(set.h_part, set.d_part, size_t(nb) * sizeof(PartialSums),
                                    cudaMemcpyDeviceToHost, set.stream),
                    tensor);
       set.pending_out = out_blocks + c.block0;
@@ -1310,7 +1310,7 @@ void compute_host(DeviceState* s, const Geometry& g, const ChunkView& host, Part
   }
 }
 
-void compute_device(DeviceState* s, const Geometry& g, const ChunkView& dev, Partial* out_blocks,
+void compute_device(DeviceState* s, const CompareGeometry& g, const ChunkView& dev, PartialSums* out_blocks,
                     float* kernel_ms, const std::string& tensor) {
   StagingSet& set = s->sets[0];
   drain(set, tensor);
@@ -1318,11 +1318,11 @@ void compute_device(DeviceState* s, const Geometry& g, const ChunkView& dev, Par
   QPACK_VCHECK(cudaEventRecord(s->start, set.stream), tensor);
   launch(g, dev, 0, g.blocks, set.d_part, set.stream, tensor);
   QPACK_VCHECK(cudaEventRecord(s->stop, set.stream), tensor);
-  QPACK_VCHECK(cudaMemcpyAsync(set.h_part, set.d_part, size_t(g.blocks) * sizeof(Partial),
+  QPACK_VCHECK(cudaMemcpyAsync(set.h_part, set.d_part, size_t(g.blocks) * sizeof(PartialSums),
                                cudaMemcpyDeviceToHost, set.stream),
                tensor);
   QPACK_VCHECK(cudaStreamSynchronize(set.stream), tensor);
-  std::memcpy(out_blocks, set.h_part, size_t(g.blocks) * sizeof(Partial));
+  std::memcpy(out_blocks, set.h_part, size_t(g.blocks) * sizeof(PartialSums));
   if (kernel_ms) QPACK_VCHECK(cudaEventElapsedTime(kernel_ms, s->start, s->stop), tensor);
 }
 

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <string>
 
-#include "metrics_core.hpp"
+#include "qpack/spec/error_sums.hpp"
 
 namespace qpack::vcuda {
 
@@ -21,10 +21,10 @@ std::string description(const DeviceState* s);
 
 // Host buffers in `view` (whole tensors: row0 = plane0 = srow0 = c0 = 0,
 // pitch = inner): staged in chunks of whole blocks; out_blocks[g.blocks].
-void compute_host(DeviceState* s, const vcore::Geometry& g, const vcore::ChunkView& view,
-                  vcore::Partial* out_blocks, const std::string& tensor);
+void compute_host(DeviceState* s, const spec::CompareGeometry& g, const spec::ChunkView& view,
+                  spec::PartialSums* out_blocks, const std::string& tensor);
 // Device buffers in `view` (whole tensors): one launch over every block.
-void compute_device(DeviceState* s, const vcore::Geometry& g, const vcore::ChunkView& view,
-                    vcore::Partial* out_blocks, float* kernel_ms, const std::string& tensor);
+void compute_device(DeviceState* s, const spec::CompareGeometry& g, const spec::ChunkView& view,
+                    spec::PartialSums* out_blocks, float* kernel_ms, const std::string& tensor);
 
 }  // namespace qpack::vcuda

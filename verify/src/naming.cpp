@@ -4,7 +4,7 @@
 #include <string_view>
 #include <vector>
 
-#include "qpack/verify.hpp"
+#include "qpack/verify/verify.hpp"
 
 namespace qpack {
 

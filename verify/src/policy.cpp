@@ -3,10 +3,10 @@
 #include <cmath>
 #include <limits>
 
-#include "qpack/error.hpp"
-#include "qpack/io.hpp"
-#include "qpack/recipe.hpp"
-#include "qpack/verify.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/format/io.hpp"
+#include "qpack/format/glob.hpp"
+#include "qpack/verify/verify.hpp"
 
 namespace qpack {
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "qpack/verify_report.hpp"
+#include "qpack/verify/report.hpp"
 
 namespace qpack {
 

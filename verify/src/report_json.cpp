@@ -3,8 +3,8 @@
 #include <cmath>
 #include <cstdio>
 
-#include "qpack/error.hpp"
-#include "qpack/verify_report.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/verify/report.hpp"
 
 namespace qpack {
 

@@ -10,16 +10,13 @@
 #include <map>
 #include <tuple>
 
-#include "qpack/checkpoint.hpp"
-#include "qpack/container.hpp"
-#include "qpack/error.hpp"
-#include "qpack/quantize.hpp"
-#include "qpack/verify.hpp"
-#include "qpack/verify_metrics.hpp"
+#include "qpack/format/checkpoint.hpp"
+#include "qpack/format/container.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/verify/verify.hpp"
+#include "qpack/verify/metrics.hpp"
+#include "qpack/version.hpp"
 
-#ifndef QPACK_VERSION_STRING
-#define QPACK_VERSION_STRING "unknown"
-#endif
 
 namespace qpack {
 
@@ -53,7 +50,7 @@ struct NamedSection {
 std::vector<NamedSection> sections_of(const QpackTensor& t) {
   std::vector<NamedSection> out;
   if (t.quantized) {
-    const uint64_t params = uint64_t(t.layout.num_groups()) * uint64_t(scale_bytes(t.scheme.scale_dtype));
+    const uint64_t params = t.layout.params_bytes(t.scheme.scale_dtype);
     out.push_back({"codes", &t.codes, t.layout.codes_bytes()});
     out.push_back({"scales", &t.scales, params});
     if (!t.scheme.symmetric) out.push_back({"zeros", &t.zeros, params});

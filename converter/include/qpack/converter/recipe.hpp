@@ -1,0 +1,61 @@
+// Which tensors are quantized, and how: run-wide defaults plus per-tensor
+// rules matched by glob pattern on the tensor name (first match wins).
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "qpack/spec/dtype.hpp"
+#include "qpack/format/layout.hpp"
+
+namespace qpack {
+
+struct TensorRule {
+  std::string pattern;  // glob: '*' any run, '?' one character, [abc] a set
+  bool skip = false;    // keep the tensor as it is
+  bool force = false;   // quantize even if the default selection would keep it
+  std::optional<int> bits;
+  std::optional<int64_t> group_size;
+  std::optional<int> axis;
+  std::optional<bool> symmetric;
+  std::optional<DType> scale_dtype;
+};
+
+struct Recipe {
+  QuantScheme defaults;  // FlexLLMGen's: 4 bits, G 64, axis 0, asymmetric, F16
+  int min_dims = 2;      // tensors of fewer dimensions (norms, biases) are kept
+  std::vector<TensorRule> rules;
+
+  // {"defaults": {...}, "min_dims": 2, "rules": [{"match": "*embed*", "skip": true}, ...]}
+  // Throws Error(InvalidArgument) naming `origin` (a file name) on any unknown
+  // key or bad value.
+  static Recipe from_json(const nlohmann::json& j, const std::string& origin);
+  nlohmann::json to_json() const;
+};
+
+// "PATTERN:key=value,key=value" with keys bits, group (or group_size), axis,
+// sym (or symmetric), asym, scale (or scale_dtype), skip, force.
+TensorRule parse_rule(const std::string& text);
+
+// f16 / F16 / fp16 / float16, bf16, f32 / fp32 / float32.
+std::optional<DType> parse_scale_dtype(const std::string& s);
+
+bool glob_match(const std::string& pattern, const std::string& name);
+
+enum class TensorAction { Quantize, Keep };
+
+struct TensorDecision {
+  TensorAction action = TensorAction::Keep;
+  QuantScheme scheme;  // as requested (group size and axis not yet resolved)
+  std::string reason;  // why it is kept, or which rule chose the scheme
+};
+
+// Decides for one tensor. Quantizable = F16/BF16/F32 with >= min_dims
+// dimensions and at least one element, unless a rule says otherwise.
+TensorDecision decide(const Recipe& recipe, const std::string& name, DType dtype,
+                      const std::vector<int64_t>& shape);
+
+}  // namespace qpack

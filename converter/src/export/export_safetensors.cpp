@@ -1,0 +1,158 @@
+#include "qpack/converter/export.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <vector>
+
+#include "qpack/format/container.hpp"
+#include "qpack/kernels/cuda_quant.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/format/io.hpp"
+#include "qpack/converter/quantize.hpp"
+#include "qpack/format/safetensors.hpp"
+
+namespace qpack {
+
+namespace {
+
+int dtype_bytes(DType d) { return dtype_bits(d) / 8; }
+
+// safetensors metadata is string -> string; the .qpack keeps the source's as
+// JSON. Strings are carried as they are, anything else as its JSON text.
+std::map<std::string, std::string> carried_metadata(const nlohmann::json& j) {
+  std::map<std::string, std::string> m;
+  if (!j.is_object()) return m;
+  for (auto it = j.begin(); it != j.end(); ++it)
+    m[it.key()] = it->is_string() ? it->get<std::string>() : it->dump();
+  return m;
+}
+
+void convert_floats(const float* in, int64_t n, DType to, uint8_t* out, int threads) {
+  if (to == DType::F32) {
+    std::memcpy(out, in, size_t(n) * 4);
+    return;
+  }
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t h = to == DType::F16 ? f32_to_f16_rne(in[i]) : f32_to_bf16_rne(in[i]);
+    std::memcpy(out + 2 * i, &h, 2);
+  }
+}
+
+}  // namespace
+
+DequantizeSummary dequantize_file(const std::string& qpack_path, const std::string& out_path,
+                                  const DequantizeOptions& opt) {
+  if (opt.dtype && !is_quantizable(*opt.dtype))
+    throw Error(ErrorCode::InvalidArgument, "", "",
+                std::string("output dtype must be f16, bf16 or f32 (got ") + dtype_name(*opt.dtype) + ")");
+  if (file_exists(out_path) && same_file(qpack_path, out_path))
+    throw Error(ErrorCode::InvalidArgument, out_path, "", "the output would overwrite the input .qpack");
+  const int threads = opt.threads > 0 ? opt.threads : omp_get_max_threads();
+  bool use_cuda = false;
+  if (opt.device != DeviceKind::Cpu) {
+    std::string why;
+    use_cuda = cuda::cuda_available(&why);
+    if (!use_cuda && opt.device == DeviceKind::Cuda)
+      throw Error(ErrorCode::NoDevice, "", "", "no usable CUDA device" + (why.empty() ? std::string() : ": " + why));
+  }
+
+  std::unique_ptr<QpackFile> qf = QpackFile::open(qpack_path);
+  const auto& tensors = qf->tensors();
+
+  std::vector<TensorToWrite> declared;
+  uint64_t total = 0;
+  for (const QpackTensor& t : tensors) {
+    TensorToWrite w;
+    w.name = t.name;
+    w.shape = t.shape;
+    if (t.quantized) {
+      w.dtype = opt.dtype ? *opt.dtype : t.dtype;
+      w.nbytes = uint64_t(t.layout.num_elements()) * uint64_t(dtype_bytes(w.dtype));
+    } else {
+      w.dtype = t.dtype;
+      w.nbytes = t.source_bytes();
+    }
+    total += w.nbytes;
+    declared.push_back(std::move(w));
+  }
+
+  SafetensorsStreamWriter writer(out_path, declared, carried_metadata(qf->source_metadata()), opt.overwrite);
+  DequantizeSummary sum;
+  if (use_cuda) {
+    cuda::DeviceInfo info;
+    sum.device = cuda::query_device(0, &info).ok() ? cuda::describe(info) : std::string("cuda:0");
+  } else {
+    sum.device = "cpu (" + std::to_string(threads) + " threads)";
+  }
+  std::vector<float> values;
+  std::vector<uint8_t> converted;
+  uint64_t done = 0;
+  for (size_t ti = 0; ti < tensors.size(); ++ti) {
+    const QpackTensor& t = tensors[ti];
+    if (opt.progress) opt.progress(ti, tensors.size(), done, total, t.name);
+    if (!t.quantized) {
+      const SectionBytes data = qf->read(t, t.data);
+      if (data.size != declared[ti].nbytes)
+        throw Error(ErrorCode::ManifestMismatch, qpack_path, t.name,
+                    "raw data section holds " + std::to_string(data.size) + " bytes, expected " +
+                        std::to_string(declared[ti].nbytes));
+      writer.append(data.data, data.size);
+      qf->release(t.data);
+    } else {
+      const GroupLayout& L = t.layout;
+      const SectionBytes codes = qf->read(t, t.codes);
+      const SectionBytes scales = qf->read(t, t.scales);
+      SectionBytes zeros;
+      if (!t.scheme.symmetric) zeros = qf->read(t, t.zeros);
+      const int sb = scale_bytes(t.scheme.scale_dtype);
+      const DType out_dtype = declared[ti].dtype;
+      // Slices of whole group rows (o, g): each is a contiguous run of the
+      // output, described by a one-outer layout of its own.
+      const int64_t row_elems = std::max<int64_t>(L.group_size * L.inner, 1);
+      const int64_t rows_per_slice =
+          std::max<int64_t>(1, int64_t(opt.slice_bytes / 4) / row_elems);
+      for (int64_t o = 0; o < L.outer && L.num_elements() > 0; ++o) {
+        for (int64_t g0 = 0; g0 < L.groups_per_axis; g0 += rows_per_slice) {
+          const int64_t g1 = std::min(g0 + rows_per_slice, L.groups_per_axis);
+          GroupLayout sub = L;
+          sub.outer = 1;
+          sub.axis_len = std::min(g1 * L.group_size, L.axis_len) - g0 * L.group_size;
+          sub.groups_per_axis = g1 - g0;
+          const int64_t first_group_row = o * L.groups_per_axis + g0;
+          const uint8_t* c = codes.data + uint64_t(first_group_row) * uint64_t(L.bytes_per_group * L.inner);
+          const uint8_t* s = scales.data + uint64_t(first_group_row) * uint64_t(L.inner) * sb;
+          const uint8_t* z = t.scheme.symmetric ? nullptr
+                                                : zeros.data + uint64_t(first_group_row) * uint64_t(L.inner) * sb;
+          const int64_t n = sub.num_elements();
+          converted.resize(size_t(n) * size_t(dtype_bytes(out_dtype)));
+          if (use_cuda) {
+            // Rounds to out_dtype on the device exactly as convert_floats does.
+            cuda::dequantize_on_device(0, c, s, z, sub, t.scheme, converted.data(), out_dtype);
+          } else {
+            values.resize(size_t(n));
+            dequantize_cpu(c, s, z, sub, t.scheme, values.data(), threads);
+            convert_floats(values.data(), n, out_dtype, converted.data(), threads);
+          }
+          writer.append(converted.data(), converted.size());
+        }
+      }
+      qf->release(t.codes);
+      qf->release(t.scales);
+      if (!t.scheme.symmetric) qf->release(t.zeros);
+      ++sum.quantized;
+    }
+    done += declared[ti].nbytes;
+    ++sum.tensors;
+  }
+  writer.commit();
+  if (opt.progress) opt.progress(tensors.size(), tensors.size(), done, total, "");
+  sum.output_bytes = done;
+  // Large buffers are not kept past the call.
+  return sum;
+}
+
+}  // namespace qpack

@@ -1,0 +1,134 @@
+// The .qpack container, version 1 (docs/format.md is normative).
+//
+//   [64-byte header][section][pad][section][pad]...[manifest JSON]
+//
+// Sections are 64-byte aligned so a reader can mmap one and upload it to a
+// GPU as is. Scales and zero-points are sidecar sections of their own.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "qpack/spec/dtype.hpp"
+#include "qpack/format/io.hpp"
+#include "qpack/format/layout.hpp"
+
+namespace qpack {
+
+constexpr uint8_t kQpackMagic[8] = {0x89, 'Q', 'P', 'K', 0x0D, 0x0A, 0x1A, 0x0A};
+constexpr uint16_t kQpackVersionMajor = 1;
+constexpr uint16_t kQpackVersionMinor = 0;
+constexpr uint32_t kQpackHeaderSize = 64;
+constexpr uint64_t kQpackAlignment = 64;
+constexpr uint64_t kQpackMaxManifest = 1ull << 30;
+
+enum class Codec : uint8_t { None, Zstd };
+const char* codec_name(Codec c);
+
+struct Section {
+  bool present = false;
+  uint64_t offset = 0;    // from the start of the file
+  uint64_t size = 0;      // stored bytes
+  uint64_t raw_size = 0;  // bytes after decoding
+  Codec codec = Codec::None;
+  uint64_t checksum = 0;  // XXH3-64 of the stored bytes
+};
+
+struct QpackTensor {
+  std::string name;
+  DType dtype = DType::F32;           // the source dtype
+  std::vector<int64_t> shape;
+  bool quantized = false;
+  QuantScheme scheme;                 // resolved: group_size > 0, axis >= 0
+  GroupLayout layout;                 // quantized only
+  Section codes, scales, zeros;       // quantized (zeros: asymmetric only)
+  Section data;                       // raw (kept) tensors
+  uint64_t source_bytes() const;      // bytes in the source dtype
+  uint64_t stored_bytes() const;      // bytes of its sections in the file
+};
+
+// A section's decoded bytes: a view into the map (codec none) or an owned
+// buffer (zstd).
+struct SectionBytes {
+  const uint8_t* data = nullptr;
+  uint64_t size = 0;
+  std::vector<uint8_t> owned;
+};
+
+class QpackFile {
+ public:
+  // Maps the file and validates header, manifest and section bounds (not the
+  // section checksums: read() checks each section as it is read, check_all()
+  // checks every one).
+  static std::unique_ptr<QpackFile> open(const std::string& path);
+  // The same validation over bytes in memory (fuzzing); `bytes` must outlive it.
+  static std::unique_ptr<QpackFile> from_memory(const uint8_t* bytes, uint64_t size,
+                                                const std::string& name);
+
+  const std::string& path() const { return path_; }
+  uint64_t file_size() const { return size_; }
+  uint16_t version_major() const { return major_; }
+  uint16_t version_minor() const { return minor_; }
+  const std::vector<QpackTensor>& tensors() const { return tensors_; }
+  const QpackTensor* find(const std::string& name) const;
+  const nlohmann::json& manifest() const { return manifest_; }
+  const nlohmann::json& source_metadata() const;
+  const nlohmann::json& source_config() const;
+
+  // Verifies the checksum and decodes. Throws ChecksumMismatch / Decompress.
+  SectionBytes read(const QpackTensor& t, const Section& s) const;
+  // Stored bytes as in the file (no checksum check): for GPU upload paths that
+  // verify on their own.
+  const uint8_t* stored(const Section& s) const { return base_ + s.offset; }
+  void release(const Section& s) const;
+  // Reads every section and verifies every checksum and decoded size.
+  void check_all() const;
+
+ private:
+  void parse();
+  std::string path_;
+  MappedFile map_;
+  const uint8_t* base_ = nullptr;
+  uint64_t size_ = 0;
+  uint16_t major_ = 0, minor_ = 0;
+  nlohmann::json manifest_;
+  std::vector<QpackTensor> tensors_;
+  std::unordered_map<std::string, size_t> by_name_;
+};
+
+struct WriterOptions {
+  Codec codec = Codec::None;
+  int zstd_level = 3;
+  bool overwrite = false;
+  std::string generator = "qpack";
+};
+
+// Streams sections to a temporary file next to `path`; commit() writes the
+// manifest and header, fsyncs and renames. Destroying it uncommitted removes
+// the temporary file.
+class QpackWriter {
+ public:
+  QpackWriter(const std::string& path, const WriterOptions& options);
+  ~QpackWriter();
+  void set_source(nlohmann::json metadata, nlohmann::json config);
+  void add_raw(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
+               const void* data, uint64_t size);
+  // `scheme` must be resolved (make_layout); zeros is null for symmetric.
+  void add_quantized(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
+                     const QuantScheme& scheme, const void* codes, const void* scales,
+                     const void* zeros);
+  uint64_t bytes_written() const;
+  void commit();
+
+ private:
+  Section write_section(const std::string& tensor, const void* data, uint64_t size);
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace qpack

@@ -1,0 +1,36 @@
+// What `qpack inspect` shows, as a library so that tests and other tools can
+// call it: a JSON report of a .qpack file or a safetensors checkpoint
+// (docs/format.md §10.1 documents its fields) and its table rendering.
+#pragma once
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "qpack/format/layout.hpp"
+
+namespace qpack {
+
+struct InspectOptions {
+  // Read every section (every tensor, for safetensors) and verify checksums
+  // and decoding; failures throw qpack::Error.
+  bool check = false;
+};
+
+// True when `path` is a regular file starting with the .qpack magic (the
+// extension does not matter).
+bool is_qpack_file(const std::string& path);
+
+// "q4 g64 ax0 asym f16"
+std::string scheme_label(const QuantScheme& scheme);
+
+// Throws qpack::Error for unreadable or malformed input.
+nlohmann::json inspect_report(const std::string& path, const InspectOptions& options = {});
+
+// The human-readable table (ends with a newline).
+std::string format_inspect_table(const nlohmann::json& report);
+
+// "1.50 GiB": binary units, two decimals (bytes below 1 KiB as "N B").
+std::string format_bytes(uint64_t bytes);
+
+}  // namespace qpack

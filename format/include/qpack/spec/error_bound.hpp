@@ -1,0 +1,62 @@
+// The bound of docs/quantization.md §7 that every reconstructed element must
+// meet: |x - x_hat| <= error_bound(x, S, M, scheme). It is evaluated in
+// double precision, one IEEE operation at a time and in a fixed order, and
+// without libm (no frexp/ldexp), so that the CPU verifier, the GPU verifier
+// and the tests compute the same bits:
+//   b  = 0.5*S + q*((ulp(S) + S*2^-22) + 2^-126)  [+ ulp(M) asymmetric]
+//   b += 2^-21 * ((|x| + |M|) + q*S)
+#pragma once
+
+#include "qpack/spec/dtype.hpp"
+#include "qpack/spec/numerics.hpp"
+#include "qpack/spec/scheme.hpp"
+
+namespace qpack::spec {
+
+// Unit in the last place of |v| in dtype d (F16/BF16/F32), as a double; for 0
+// the smallest subnormal: for |v| in [2^e, 2^(e+1)) it is 2^(max(e, emin) - mant).
+QPACK_HD double ulp_in(double v, DType d) {
+  int mant = 23, emin = -126;
+  if (d == DType::F16) {
+    mant = 10;
+    emin = -14;
+  } else if (d == DType::BF16) {
+    mant = 7;
+  }
+  v = abs_f64(v);
+  int e = emin;
+  if (v > 0.0) {
+    const int biased = static_cast<int>((f64_bits(v) >> 52) & 0x7ff);
+    e = biased - 1023;  // a double subnormal gives < emin and is clamped below
+    if (e < emin) e = emin;
+  }
+  return pow2_f64(e - mant);
+}
+
+// The element-independent part of the bound, computed once per group.
+struct BoundTerms {
+  double base;   // b before the element term
+  double abs_m;  // |M|
+  double q_s;    // q*S
+};
+QPACK_HD BoundTerms bound_terms(double s, double m, double q, bool symmetric, DType sd) {
+  BoundTerms t;
+  const double inner = add_f64(add_f64(ulp_in(s, sd), mul_f64(s, 0x1p-22)), 0x1p-126);
+  double b = add_f64(mul_f64(0.5, s), mul_f64(q, inner));
+  if (!symmetric) b = add_f64(b, ulp_in(m, sd));
+  t.base = b;
+  t.abs_m = abs_f64(m);
+  t.q_s = mul_f64(q, s);
+  return t;
+}
+QPACK_HD double bound_for(const BoundTerms& t, double x) {
+  return add_f64(t.base, mul_f64(0x1p-21, add_f64(add_f64(abs_f64(x), t.abs_m), t.q_s)));
+}
+
+// The whole bound for one element. s and m are the stored scale and
+// zero-point (m = 0 for symmetric), as doubles.
+QPACK_HD double error_bound(double x, double s, double m, const QuantScheme& scheme) {
+  return bound_for(bound_terms(s, m, qmax_of(scheme), scheme.symmetric, scheme.scale_dtype), x);
+}
+
+}  // namespace qpack::spec

@@ -1,0 +1,250 @@
+// The verifier: checks a .qpack file's integrity, compares every tensor with
+// the source checkpoint it was converted from, measures the quantization
+// error and applies quality thresholds (the CI gate). `qpack verify` is a thin
+// shell over verify(); tests call it directly.
+//
+// Determinism: every metric is accumulated in double in a fixed order (see
+// verify_metrics.hpp), so a report is identical for any thread count and for
+// the CPU and the CUDA paths. Only the "timing" and "device" fields differ.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "qpack/spec/dtype.hpp"
+#include "qpack/format/layout.hpp"
+#include "qpack/kernels/device.hpp"
+
+namespace qpack {
+
+using VerifyDevice = DeviceKind;
+const char* verify_device_name(VerifyDevice d);
+// "cpu", "cuda", "auto"; throws Error(InvalidArgument) otherwise.
+VerifyDevice parse_verify_device(const std::string& s);
+
+// ---------------------------------------------------------------- thresholds
+
+// Quality limits for one tensor (or the whole model). Unset = not checked.
+struct Thresholds {
+  std::optional<double> max_rel_error;  // relative Frobenius error ||x - x^||/||x||, <=
+  std::optional<double> min_snr_db;     // SNR in dB, >=
+  std::optional<double> min_cosine;     // cosine similarity, >=
+  std::optional<double> max_abs_error;  // largest |x - x^|, <=
+  bool any() const { return max_rel_error || min_snr_db || min_cosine || max_abs_error; }
+  // Fields set in `over` replace ours.
+  Thresholds overlaid(const Thresholds& over) const;
+};
+
+// One per-name rule of a policy file. Fields the rule sets replace the global
+// thresholds for matching tensors; `cleared` lists metrics the rule turns off
+// (JSON null); `ignore` exempts matching tensors from the gate entirely.
+struct ThresholdRule {
+  std::string pattern;  // glob_match() of qpack/recipe.hpp (fnmatch: '*' also matches dots)
+  Thresholds thresholds;
+  std::vector<std::string> cleared;  // metric names set to null in the rule
+  bool ignore = false;
+};
+
+// Thresholds for the run: global values, per-name overrides (first matching
+// pattern wins) and limits on the whole-model totals. docs/verify-report.md
+// documents the JSON form.
+struct VerifyPolicy {
+  Thresholds global;
+  std::vector<ThresholdRule> rules;
+  Thresholds model;  // checked against the element-weighted totals
+  std::string source_file;  // where it was loaded from, for the report
+
+  // The thresholds for `tensor`, and the rule that decided them (-1: global).
+  Thresholds for_tensor(const std::string& tensor, int* rule_index = nullptr,
+                        bool* ignored = nullptr) const;
+  bool any() const;
+
+  // Throws Error(InvalidArgument) naming `file` and the offending key.
+  static VerifyPolicy from_json(const nlohmann::json& j, const std::string& file = "<policy>");
+  // Reads and parses; Error(Io) when unreadable, Error(InvalidArgument) when malformed.
+  static VerifyPolicy load(const std::string& path);
+  nlohmann::json to_json() const;
+};
+
+// ------------------------------------------------------------------- naming
+
+// The transformer block a tensor belongs to, from the usual naming schemes:
+// model.layers.N., transformer.h.N., blk.N., encoder.layer.N.,
+// decoder.layers.N., layers.N., h.N., blocks.N., ... Tensors outside any
+// block (embeddings, final norm, lm_head) are "global".
+struct LayerId {
+  std::string stack;  // name prefix before the index ("model.layers"); empty for global
+  int64_t index = -1; // -1 for global
+  bool global() const { return index < 0; }
+  // "model.layers.3" or "global"
+  std::string label() const;
+};
+LayerId parse_layer(const std::string& tensor_name);
+// The tensor's kind: the last name component before ".weight" ("q_proj",
+// "embed_tokens"), or the last two for other suffixes ("q_proj.bias").
+std::string tensor_kind(const std::string& tensor_name);
+
+// ------------------------------------------------------------------ metrics
+
+// Raw sums of one tensor (or a roll-up), from which every metric derives.
+// Roll-ups add the sums, so model-level metrics are element-weighted.
+struct ErrorSums {
+  uint64_t count = 0;        // finite source elements compared
+  uint64_t nonfinite = 0;    // source NaN/Inf elements (excluded)
+  double sum_sq_err = 0;     // sum (x - x^)^2
+  double sum_abs_err = 0;    // sum |x - x^|
+  double sum_sq_ref = 0;     // sum x^2
+  double sum_sq_hat = 0;     // sum x^^2
+  double sum_dot = 0;        // sum x * x^
+  double max_abs_err = 0;    // largest |x - x^| (0 when count == 0)
+  int64_t max_abs_index = -1;  // its flat index (smallest on ties), -1 when count == 0
+  uint64_t bound_violations = 0;  // elements beyond error_bound(); must be 0
+  int64_t first_violation_index = -1;
+
+  double rmse() const;
+  double mean_abs_err() const;
+  double rel_error() const;  // ||x - x^|| / ||x||: 0 if both zero, +inf if only x is zero
+  double snr_db() const;     // 10 log10(||x||^2 / ||x - x^||^2): +inf when exact
+  double cosine() const;     // x.x^ / (||x|| ||x^||): 1 if both zero, 0 if one is
+  // Adds `o` into this (sums add, max keeps the larger; indexes are only
+  // meaningful within one tensor, so roll-ups keep the worst tensor's name
+  // beside them).
+  void add(const ErrorSums& o);
+};
+
+// ------------------------------------------------------------------ results
+
+enum class TensorStatus {
+  Ok,
+  GateFailed,      // a threshold did not hold
+  BoundViolated,   // an element exceeded the spec's error bound: a bug, or the wrong source
+  SourceMismatch,  // not in the source, or shape/dtype differ, or raw bytes differ
+};
+const char* tensor_status_name(TensorStatus s);
+
+struct GateFailure {
+  std::string tensor;   // "" for the whole-model totals
+  std::string metric;   // "rel_error", "snr_db", "cosine", "max_abs_error"
+  double value = 0;
+  double limit = 0;
+  std::string op;       // "<=" or ">=": the condition that failed to hold
+};
+
+struct TensorResult {
+  std::string name;
+  LayerId layer;
+  std::string kind;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  bool quantized = false;
+  QuantScheme scheme;           // quantized only
+  uint64_t elements = 0;
+  uint64_t source_bytes = 0;    // bytes in the source dtype
+  uint64_t stored_bytes = 0;    // bytes of its sections in the .qpack
+  bool compared = false;        // metrics (quantized) or bytes (raw) were compared
+  ErrorSums sums;               // quantized and compared only
+  bool raw_equal = false;       // raw and compared only
+  TensorStatus status = TensorStatus::Ok;
+  std::vector<std::string> problems;   // source mismatches, in words
+  std::vector<GateFailure> gate_failures;
+  int policy_rule = -1;         // index of the matching rule, -1: global thresholds
+  bool gate_ignored = false;
+  double seconds = 0;           // time spent on it (not part of determinism)
+};
+
+struct Rollup {
+  std::string key;        // layer label / kind / "model"
+  int64_t layer_index = -1;  // layer roll-ups: the block index (-1 global)
+  uint64_t tensors = 0;      // all tensors
+  uint64_t quantized = 0;    // quantized tensors among them
+  uint64_t elements = 0;
+  uint64_t source_bytes = 0, stored_bytes = 0;
+  ErrorSums sums;            // quantized tensors only (raw ones are exact)
+  std::string worst_tensor;  // highest relative error
+  double worst_rel_error = 0;
+};
+
+struct IntegrityIssue {
+  std::string tensor;    // "" for the header or manifest
+  std::string section;   // "codes", "scales", "zeros", "data", or "" (file level)
+  std::string code;      // error_code_name()
+  std::string message;
+};
+
+enum class Verdict { Pass, GateFailed, BoundViolated, SourceMismatch, IntegrityFailed };
+const char* verdict_name(Verdict v);
+// The CLI's exit code for a verdict (error.hpp's ExitCode values).
+int verdict_exit_code(Verdict v);
+
+struct VerifyReport {
+  // settings
+  std::string file, source;
+  std::string device;            // "cpu (2 threads)" / "cuda:0 (NVIDIA H100 ...)"
+  VerifyDevice device_requested = VerifyDevice::Auto;
+  int threads = 0;
+  VerifyPolicy policy;
+  std::string qpack_version;     // of this build
+  std::string created_utc;       // ISO 8601
+  // the file
+  uint64_t file_bytes = 0;
+  std::string format_version;    // "1.0"
+  // integrity
+  bool integrity_ok = false;
+  uint64_t sections_checked = 0, bytes_checked = 0;
+  std::vector<IntegrityIssue> integrity_issues;
+  // source comparison
+  std::vector<std::string> missing_from_qpack;  // in the source, not in the .qpack
+  std::vector<std::string> extra_in_qpack;      // in the .qpack, not in the source
+  // results, in the .qpack's tensor order
+  std::vector<TensorResult> tensors;
+  std::vector<Rollup> layers;    // global first, then by stack and index
+  std::vector<Rollup> kinds;     // by name
+  Rollup model;
+  std::vector<GateFailure> gate_failures;  // all of them, tensors first, then model
+  uint64_t bound_violations = 0;           // sum over tensors; must be 0
+  Verdict verdict = Verdict::IntegrityFailed;
+  double seconds = 0;
+  double integrity_seconds = 0, compare_seconds = 0;
+};
+
+// ------------------------------------------------------------------ options
+
+struct VerifyProgress {
+  enum Phase { Integrity, Compare } phase = Integrity;
+  uint64_t done_bytes = 0, total_bytes = 0;  // of the phase
+  size_t tensor_index = 0, tensor_count = 0;
+  std::string tensor;                       // being processed
+};
+
+struct VerifyOptions {
+  VerifyDevice device = VerifyDevice::Auto;
+  VerifyPolicy policy;
+  int threads = 0;   // CPU threads; <= 0: OpenMP default
+  // Source bytes uploaded per chunk on the GPU path (bounded device memory).
+  uint64_t gpu_chunk_bytes = 256ull << 20;
+  std::function<void(const VerifyProgress&)> progress;  // may be empty
+};
+
+// Runs the whole check. Integrity problems, source mismatches, bound
+// violations and failed thresholds are results (in the report's verdict),
+// not exceptions. Throws Error for what prevents a verdict: the .qpack or
+// source cannot be read (Io), the source checkpoint is malformed, CUDA was
+// requested but is unavailable (NoDevice) or fails (Cuda).
+VerifyReport verify(const std::string& qpack_path, const std::string& source_path,
+                    const VerifyOptions& options);
+
+// Applies the policy to the results already in `report` (tensors and model)
+// and sets gate_failures, statuses and the verdict. verify() calls it; tools
+// may call it again after changing report.policy.
+void apply_gate(VerifyReport& report);
+
+// True when a CUDA device is usable by this build.
+bool verify_cuda_available();
+
+}  // namespace qpack
