@@ -14,7 +14,6 @@
 namespace qpack::kernels {
 namespace {
 
-using kernels::SliceStream;
 
 template <DType O>
 constexpr int out_bytes() {
@@ -151,18 +150,17 @@ __device__ __forceinline__ void store_out_nonnan(void* out, int64_t index, const
   }
 }
 
-// x_hat = fma(q, S, M) of a stored code (qp_decode with the symmetric offset
-// resolved at compile time).
+// x_hat = fma(q, S, M) of a stored code: spec::decode with the width and the
+// symmetric offset known at compile time.
 template <int BITS, bool SYM>
 __device__ __forceinline__ float decode(uint32_t code, float scale, float zero) {
-  const int q = SYM ? int(code) - (1 << (BITS - 1)) : int(code);
-  return spec::fma_f32(float(q), scale, zero);
+  return spec::decode(code, scale, zero, SYM, BITS);
 }
 
 // A whole slice (8 rows) of V columns with finite parameters: codes straight
 // from the byte planes (every plane of a whole slice exists), packed stores.
 template <int BITS, int V, DType O, bool SYM>
-__device__ __forceinline__ void dequant_slice_cols_fast(const uint8_t* plane0, int64_t pitch, int64_t s,
+__device__ __forceinline__ void dequant_slice_cols_finite(const uint8_t* plane0, int64_t pitch, int64_t s,
                                                         const float (&scale)[V], const float (&zero)[V],
                                                         void* out, int64_t first, int64_t out_pitch) {
   constexpr uint32_t kMask = (1u << BITS) - 1u;
@@ -228,10 +226,10 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_cols(const DequantAr
     }
     if (finite && n == kSliceRows) {
       if (a.symmetric) {
-        dequant_slice_cols_fast<BITS, V, O, true>(plane0, g.ncols, s, scale, zero, a.out, row * g.ncols + col,
+        dequant_slice_cols_finite<BITS, V, O, true>(plane0, g.ncols, s, scale, zero, a.out, row * g.ncols + col,
                                                   g.ncols);
       } else {
-        dequant_slice_cols_fast<BITS, V, O, false>(plane0, g.ncols, s, scale, zero, a.out, row * g.ncols + col,
+        dequant_slice_cols_finite<BITS, V, O, false>(plane0, g.ncols, s, scale, zero, a.out, row * g.ncols + col,
                                                    g.ncols);
       }
       continue;

@@ -132,7 +132,7 @@ cudaError_t launch_kernel(void (*kernel)(Arg), int blocks, int threads, const La
 }
 #endif
 
-// One per source dtype (quant_f16.cu, quant_bf16.cu, quant_f32.cu); each
+// One per source dtype (quantize_instances_{f16,bf16,f32}.cu); each
 // returns cudaGetLastError() of its launch as an int (0 = success).
 int launch_quantize_f16(const QuantArgs& a, int bits, bool symmetric, const Launch& l);
 int launch_quantize_bf16(const QuantArgs& a, int bits, bool symmetric, const Launch& l);

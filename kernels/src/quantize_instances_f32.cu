@@ -1,6 +1,6 @@
 // Quantize kernels for F32 sources (one translation unit per source dtype so
 // the instantiations compile in parallel).
-#include "quant_kernels.cuh"
+#include "quantize_dispatch.cuh"
 
 namespace qpack::kernels {
 
