@@ -14,8 +14,8 @@
 // sequence runs on across tensors: submit() returns once a tensor's last
 // chunk is enqueued, and the loader starts staging the next submitted tensor
 // while the previous one's tail is still on the device (with one tensor at
-// a time the pipeline fills and drains at every tensor: 62% of pinned H2D
-// end to end on 90 MB tensors, against 72-78% pipelined; kernels/NOTES.md).
+// a time the pipeline fills and drains at every tensor, which cost a tenth
+// to a quarter of the end-to-end rate: docs/performance.md).
 // Host copies are split over a pool of threads (one memcpy thread does not
 // keep up with PCIe), and the output copies run there asynchronously so the
 // calling thread only waits for the GPU. A source that is already pinned

@@ -310,9 +310,9 @@ __device__ __forceinline__ float param_from_bits(uint32_t bits, DType sd) {
 // of slice i / kParts (codes at byte slice*BITS) of group row i / per_gr. A
 // warp stores 512 contiguous bytes per item (EPT = 4 for F32, 8 for 16-bit
 // outputs) and takes kRowItems consecutive runs of 32 items, all loads
-// (codes, raw parameter bits) issued before the first use: 88-95% of copy on
-// the H100 where one item per thread with the loads behind per-item branches
-// measured 60-85%.
+// (codes, raw parameter bits) issued before the first use, which measured far
+// faster than one item per thread with the loads behind per-item branches
+// (docs/kernels.md, rejected designs).
 template <int BITS, DType O>
 __global__ void __launch_bounds__(kBlockThreads) dequantize_rows_whole(const DequantArgs a) {
   pdl_prologue();

@@ -108,9 +108,9 @@ constexpr int kWindowUnits = 256;  // quantize_rows_window: 16-byte units per wa
 // be scheduled while the previous kernel of its stream drains; it waits for
 // that kernel's completion (and memory) before touching global memory, and
 // lets its own successor be scheduled as soon as all its blocks are running.
-// This hides the launch gap between back-to-back kernels (on the H100 up to
-// 8% of a 4096x4096 kernel's time); stream order and memory visibility are
-// those of an ordinary launch.
+// This hides the launch gap between back-to-back kernels (a measurable part
+// of a 4096x4096 kernel's time: docs/kernels.md); stream order and memory
+// visibility are those of an ordinary launch.
 __device__ __forceinline__ void pdl_prologue() {
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");

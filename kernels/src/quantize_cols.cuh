@@ -162,7 +162,7 @@ __device__ __forceinline__ void finish_params(ColumnStats<D, V, SYM>& acc, const
 }
 
 // At most 80 registers (3 blocks of 256 per SM): the compiler's own choice
-// (~108) left 16 warps per SM and measured 4-9% slower on the H100.
+// (~108) left 16 warps per SM and measured slower (docs/kernels.md).
 template <DType D, int BITS, bool SYM, int V>
 __global__ void __launch_bounds__(kBlockThreads, 3) quantize_cols(const QuantArgs a) {
   pdl_prologue();

@@ -18,8 +18,9 @@
 //     then convert_checkpoint of the same tensors as a safetensors file in
 //     the page cache, written to /dev/shm. Before them, what cudaHostRegister + cudaHostUnregister cost
 //     per piece: the reason TensorQuantizer stages pageable sources through
-//     pinned buffers instead of registering them in place (kernels/NOTES.md;
-//     file mappings only with --file-registration: it hung the lent H100).
+//     pinned buffers instead of registering them in place (docs/kernels.md,
+//     rejected designs; file mappings only with --file-registration: it hung
+//     the kernel of a machine it was measured on).
 //
 //   qpack_bench_cuda [--quick] [--profile] [--e2e-only] [--e2e-gib N] [--file-registration] [--json FILE]
 //   (--profile: one launch of each kernel, for ncu; no timing worth reading)

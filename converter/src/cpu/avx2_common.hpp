@@ -335,8 +335,8 @@ QPACK_AVX2 inline __m256 bits16_to_ps(__m128i h) {
 // 32 groups side by side: columns i0..i0+31 of group row (o, g).
 // How many blocks ahead of the statistics loads the software prefetch runs
 // (each of a group's rows is its own stream, too many for the hardware
-// prefetcher). On the 2-core EPYC: 1 block 25% slower than 2, 3 and 4
-// slightly slower.
+// prefetcher). Measured: 1 block ahead was clearly slower than 2, and 3 or 4
+// slightly slower (docs/performance.md).
 constexpr int kRunAhead = 2;
 
 // Statistics of the 32 columns at x (a = columns 0-15, b = 16-31).
