@@ -1,6 +1,6 @@
 // The must-fail corpus through the library: every malformed input is
 // rejected with its own ErrorCode, naming the file (and tensor), and nothing
-// crashes. The same corpus runs through the CLI in test_inspect_cli.cpp and
+// crashes. The same corpus runs through the CLI in tests/cli/test_inspect_cli.cpp and
 // seeds the fuzzers.
 #include <set>
 
