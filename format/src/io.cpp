@@ -173,27 +173,39 @@ AtomicOutputFile::~AtomicOutputFile() {
   if (!committed_ && !temp_path_.empty()) ::unlink(temp_path_.c_str());
 }
 
-void AtomicOutputFile::write(const void* data, size_t size) {
-  if (fd_ < 0) throw Error(ErrorCode::Internal, final_path_, "", "write after commit");
-  const char* p = static_cast<const char*>(data);
+namespace {
+
+// Writes all of data to fd, at `offset` (pwrite) or, when offset < 0, at the
+// file position (write), retrying on EINTR; a failure is Error(DiskFull/Io)
+// naming the final path and the temporary file being written.
+void write_all(int fd, const char* p, size_t size, int64_t offset, const std::string& final_path,
+               const std::string& temp_path) {
   while (size > 0) {
     // Linux writes at most 0x7ffff000 bytes per call; asking for less keeps
     // every call a plain, complete request.
     const size_t chunk = std::min<size_t>(size, size_t(1) << 30);
-    const ssize_t n = ::write(fd_, p, chunk);
+    const ssize_t n = offset < 0 ? ::write(fd, p, chunk) : ::pwrite(fd, p, chunk, off_t(offset));
     if (n < 0) {
       if (errno == EINTR) continue;
       const int err = errno;
-      throw Error(is_disk_full(err) ? ErrorCode::DiskFull : ErrorCode::Io, final_path_, "",
+      throw Error(is_disk_full(err) ? ErrorCode::DiskFull : ErrorCode::Io, final_path, "",
                   std::string(is_disk_full(err) ? "disk full" : "write failed") + " writing " +
-                      temp_path_ + ": " + errno_text(err));
+                      temp_path + ": " + errno_text(err));
     }
     if (n == 0)  // no progress and no error: treat like a full device
-      throw Error(ErrorCode::DiskFull, final_path_, "", "write made no progress on " + temp_path_);
+      throw Error(ErrorCode::DiskFull, final_path, "", "write made no progress on " + temp_path);
     p += n;
     size -= size_t(n);
-    pos_ += uint64_t(n);
+    if (offset >= 0) offset += n;
   }
+}
+
+}  // namespace
+
+void AtomicOutputFile::write(const void* data, size_t size) {
+  if (fd_ < 0) throw Error(ErrorCode::Internal, final_path_, "", "write after commit");
+  write_all(fd_, static_cast<const char*>(data), size, -1, final_path_, temp_path_);
+  pos_ += uint64_t(size);
 }
 
 void AtomicOutputFile::write_zeros(uint64_t count) {
@@ -207,21 +219,7 @@ void AtomicOutputFile::write_zeros(uint64_t count) {
 
 void AtomicOutputFile::pwrite_at(uint64_t offset, const void* data, size_t size) {
   if (fd_ < 0) throw Error(ErrorCode::Internal, final_path_, "", "write after commit");
-  const char* p = static_cast<const char*>(data);
-  while (size > 0) {
-    const ssize_t n = ::pwrite(fd_, p, size, off_t(offset));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int err = errno;
-      throw Error(is_disk_full(err) ? ErrorCode::DiskFull : ErrorCode::Io, final_path_, "",
-                  std::string(is_disk_full(err) ? "disk full" : "write failed") + " writing " +
-                      temp_path_ + ": " + errno_text(err));
-    }
-    if (n == 0) throw Error(ErrorCode::DiskFull, final_path_, "", "write made no progress on " + temp_path_);
-    p += n;
-    size -= size_t(n);
-    offset += uint64_t(n);
-  }
+  write_all(fd_, static_cast<const char*>(data), size, int64_t(offset), final_path_, temp_path_);
 }
 
 void AtomicOutputFile::commit() {
