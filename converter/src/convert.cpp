@@ -100,7 +100,7 @@ std::vector<PlanEntry> plan_for(const Checkpoint& ckpt, const Recipe& recipe) {
       try {
         L = make_layout(e.shape, d.scheme, e.name);
       } catch (const Error& err) {
-        throw Error(err.code(), ckpt.path(), e.name, err.reason());
+        throw err.with_context(ckpt.path(), e.name);
       }
       e.scheme = d.scheme;
       e.scheme.group_size = L.group_size;
@@ -169,10 +169,6 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
     QuantBuffers out;
   };
   std::optional<InFlight> prev;
-  auto rethrow_for = [&](const Error& err, const CheckpointTensor& t, const PlanEntry& e) {
-    throw Error(err.code(), err.file().empty() ? t.file->path() : err.file(),
-                err.tensor().empty() ? e.name : err.tensor(), err.reason());
-  };
   // Waits for the tensor in flight, then hands it to the writer.
   auto write_prev = [&] {
     if (!prev) return;
@@ -183,7 +179,7 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
     try {
       quantizer.wait(f.ticket);
     } catch (const Error& err) {
-      rethrow_for(err, t, e);
+      throw err.with_context(t.file->path(), e.name);
     }
     write_async(t, [&writer, &e, out = f.out] {
       writer.add_quantized(e.name, e.dtype, e.shape, e.scheme, out.codes, out.scales, out.zeros);
@@ -213,7 +209,7 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
         try {
           ticket = quantizer.submit({t.data(), e.dtype, e.name}, L, e.scheme, options.nonfinite, out);
         } catch (const Error& err) {
-          rethrow_for(err, t, e);
+          throw err.with_context(t.file->path(), e.name);
         }
         write_prev();
         prev = InFlight{idx, ticket, out};
