@@ -234,7 +234,7 @@ TEST(Container, LayoutFollowsTheSpec) {
   write_all(dir.file("m.qpack"), {}, raw_specs(rng, false), quant_specs(rng, false));
   const auto f = test::read_file(dir.file("m.qpack"));
   ASSERT_GE(f.size(), 64u);
-  EXPECT_EQ(0, std::memcmp(f.data(), kQpackMagic, 8));
+  EXPECT_EQ(0, std::memcmp(f.data(), kQpackMagic.data(), 8));
   EXPECT_EQ(f[8] | f[9] << 8, 1);
   EXPECT_EQ(f[10] | f[11] << 8, 0);
   EXPECT_EQ(le64(f, 12) & 0xffffffffu, 64u);
