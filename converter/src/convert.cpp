@@ -105,8 +105,7 @@ std::vector<PlanEntry> plan_for(const Checkpoint& ckpt, const Recipe& recipe) {
       e.scheme = d.scheme;
       e.scheme.group_size = L.group_size;
       e.scheme.axis = L.axis;
-      const uint64_t params = uint64_t(L.num_groups()) * uint64_t(scale_bytes(d.scheme.scale_dtype));
-      e.bytes_out = L.codes_bytes() + params * (d.scheme.symmetric ? 1 : 2);
+      e.bytes_out = L.codes_bytes() + L.params_bytes(d.scheme.scale_dtype) * (d.scheme.symmetric ? 1 : 2);
     } else {
       e.bytes_out = e.bytes_in;
     }
@@ -201,7 +200,7 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
         // Free: its last user, tensor n-3, was written before tensor n-2's
         // write began.
         BufferSet& b = sets[n++ % 3];
-        const uint64_t params = uint64_t(L.num_groups()) * uint64_t(scale_bytes(e.scheme.scale_dtype));
+        const uint64_t params = L.params_bytes(e.scheme.scale_dtype);
         QuantBuffers out{b.codes.get(L.codes_bytes()), b.scales.get(params),
                          e.scheme.symmetric ? nullptr : b.zeros.get(params)};
         t.file->will_need(*t.info);

@@ -746,8 +746,8 @@ Bytes sample_qpack(Codec codec) {
     q4.symmetric = false;
     q4.scale_dtype = DType::F16;
     const GroupLayout l4 = make_layout({16, 8}, q4);
-    const Bytes codes = pattern(l4.codes_bytes(), 2), scales = pattern(uint64_t(l4.num_groups()) * 2, 3),
-                zeros = pattern(uint64_t(l4.num_groups()) * 2, 4);
+    const Bytes codes = pattern(l4.codes_bytes(), 2), scales = pattern(l4.params_bytes(q4.scale_dtype), 3),
+                zeros = pattern(l4.params_bytes(q4.scale_dtype), 4);
     w.add_quantized("w", DType::F16, {16, 8}, q4, codes.data(), scales.data(), zeros.data());
 
     const Bytes norm = pattern(32, 5);
@@ -760,7 +760,7 @@ Bytes sample_qpack(Codec codec) {
     q8.symmetric = true;
     q8.scale_dtype = DType::BF16;
     const GroupLayout l8 = make_layout({8, 16}, q8);
-    const Bytes codes8 = pattern(l8.codes_bytes(), 6), scales8 = pattern(uint64_t(l8.num_groups()) * 2, 7);
+    const Bytes codes8 = pattern(l8.codes_bytes(), 6), scales8 = pattern(l8.params_bytes(q8.scale_dtype), 7);
     w.add_quantized("ws", DType::F32, {8, 16}, q8, codes8.data(), scales8.data(), nullptr);
 
     const std::vector<float> z(256, 0.0f);

@@ -83,7 +83,7 @@ std::vector<QuantSpec> quant_specs(std::mt19937_64& rng, bool compressible) {
       q.scheme.scale_dtype = sds[rng() % 3];
       q.name = "q." + std::to_string(out.size());
       const GroupLayout l = make_layout(shape, q.scheme, q.name);
-      const uint64_t sb = uint64_t(l.num_groups()) * uint64_t(dtype_bits(q.scheme.scale_dtype) / 8);
+      const uint64_t sb = l.params_bytes(q.scheme.scale_dtype);
       q.codes = random_bytes(rng, l.codes_bytes(), compressible);
       q.scales = random_bytes(rng, sb, compressible);
       if (!q.scheme.symmetric) q.zeros = random_bytes(rng, sb, compressible);
