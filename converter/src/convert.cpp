@@ -100,13 +100,12 @@ std::vector<PlanEntry> plan_for(const Checkpoint& ckpt, const Recipe& recipe) {
       try {
         L = make_layout(e.shape, d.scheme, e.name);
       } catch (const Error& err) {
-        throw Error(err.code(), ckpt.path(), e.name, err.reason());
+        throw err.with_context(ckpt.path(), e.name);
       }
       e.scheme = d.scheme;
       e.scheme.group_size = L.group_size;
       e.scheme.axis = L.axis;
-      const uint64_t params = uint64_t(L.num_groups()) * uint64_t(scale_bytes(d.scheme.scale_dtype));
-      e.bytes_out = L.codes_bytes() + params * (d.scheme.symmetric ? 1 : 2);
+      e.bytes_out = L.codes_bytes() + L.params_bytes(d.scheme.scale_dtype) * (d.scheme.symmetric ? 1 : 2);
     } else {
       e.bytes_out = e.bytes_in;
     }
@@ -169,10 +168,6 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
     QuantBuffers out;
   };
   std::optional<InFlight> prev;
-  auto rethrow_for = [&](const Error& err, const CheckpointTensor& t, const PlanEntry& e) {
-    throw Error(err.code(), err.file().empty() ? t.file->path() : err.file(),
-                err.tensor().empty() ? e.name : err.tensor(), err.reason());
-  };
   // Waits for the tensor in flight, then hands it to the writer.
   auto write_prev = [&] {
     if (!prev) return;
@@ -183,7 +178,7 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
     try {
       quantizer.wait(f.ticket);
     } catch (const Error& err) {
-      rethrow_for(err, t, e);
+      throw err.with_context(t.file->path(), e.name);
     }
     write_async(t, [&writer, &e, out = f.out] {
       writer.add_quantized(e.name, e.dtype, e.shape, e.scheme, out.codes, out.scales, out.zeros);
@@ -205,7 +200,7 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
         // Free: its last user, tensor n-3, was written before tensor n-2's
         // write began.
         BufferSet& b = sets[n++ % 3];
-        const uint64_t params = uint64_t(L.num_groups()) * uint64_t(scale_bytes(e.scheme.scale_dtype));
+        const uint64_t params = L.params_bytes(e.scheme.scale_dtype);
         QuantBuffers out{b.codes.get(L.codes_bytes()), b.scales.get(params),
                          e.scheme.symmetric ? nullptr : b.zeros.get(params)};
         t.file->will_need(*t.info);
@@ -213,7 +208,7 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
         try {
           ticket = quantizer.submit({t.data(), e.dtype, e.name}, L, e.scheme, options.nonfinite, out);
         } catch (const Error& err) {
-          rethrow_for(err, t, e);
+          throw err.with_context(t.file->path(), e.name);
         }
         write_prev();
         prev = InFlight{idx, ticket, out};

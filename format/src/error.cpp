@@ -106,6 +106,10 @@ Error::Error(ErrorCode code, std::string file, std::string tensor, std::string r
       tensor_(std::move(tensor)),
       reason_(std::move(reason)) {}
 
+Error Error::with_context(const std::string& file, const std::string& tensor) const {
+  return Error(code_, file_.empty() ? file : file_, tensor_.empty() ? tensor : tensor_, reason_);
+}
+
 bool mul_overflows_u64(unsigned long long a, unsigned long long b, unsigned long long* out) {
   return __builtin_mul_overflow(a, b, out);
 }

@@ -32,7 +32,7 @@ bool is_qpack_file(const std::string& path) {
     got += size_t(n);
   }
   ::close(fd);
-  return got == sizeof magic && std::memcmp(magic, kQpackMagic, sizeof magic) == 0;
+  return got == sizeof magic && std::memcmp(magic, kQpackMagic.data(), sizeof magic) == 0;
 }
 
 std::string scheme_label(const QuantScheme& s) {

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "json_strict.hpp"
+#include "qpack/format/endian.hpp"
 #include "qpack/format/error.hpp"
 
 namespace qpack {
@@ -127,7 +128,7 @@ void SafetensorsFile::parse_header(const uint8_t* data, uint64_t file_size, cons
     throw Error(ErrorCode::Truncated, path, "",
                 "file is " + std::to_string(file_size) +
                     " bytes, too short for the 8-byte header length of a safetensors file");
-  const uint64_t n = detail::load_le64(data);
+  const uint64_t n = load_le64(data);
   if (n > kSafetensorsMaxHeader)
     throw Error(ErrorCode::HeaderTooLarge, path, "",
                 "header length " + std::to_string(n) + " exceeds the limit of " +
@@ -267,7 +268,7 @@ SafetensorsStreamWriter::SafetensorsStreamWriter(const std::string& path,
     : out_(path, overwrite) {
   const std::string header = build_header(path, declared, metadata, &expected_);
   uint8_t len[8];
-  detail::store_le64(len, header.size());
+  store_le64(len, header.size());
   out_.write(len, 8);
   out_.write(header.data(), header.size());
 }

@@ -412,7 +412,7 @@ void dequantize_on_device(int device, const uint8_t* codes, const uint8_t* scale
   throw_if_failed(check_layout(layout, scheme));
   const size_t n = size_t(layout.num_elements());
   if (n == 0 || layout.num_groups() == 0) return;
-  const size_t params = size_t(layout.num_groups()) * size_t(scale_bytes(scheme.scale_dtype));
+  const size_t params = size_t(layout.params_bytes(scheme.scale_dtype));
   const size_t out_bytes = n * (out_dtype == DType::F32 ? 4 : 2);
   throw_if_failed(set_device(device));
   DeviceBuffer d_codes, d_scales, d_zeros, d_out;

@@ -63,7 +63,7 @@ void expect_matches_reference(const std::string& qpack_path, const std::string& 
       continue;
     }
     const GroupLayout& L = t.layout;
-    std::vector<uint8_t> codes(L.codes_bytes()), scales(size_t(L.num_groups()) * size_t(scale_bytes(t.scheme.scale_dtype))),
+    std::vector<uint8_t> codes(L.codes_bytes()), scales(size_t(L.params_bytes(t.scheme.scale_dtype))),
         zeros(t.scheme.symmetric ? 0 : scales.size());
     quantize_reference({s->data(), s->info->dtype, t.name}, L, t.scheme, NonFinitePolicy::Error,
                        {codes.data(), scales.data(), zeros.empty() ? nullptr : zeros.data()});
@@ -245,7 +245,7 @@ class DeferredQuantizer final : public TensorQuantizer {
   }
   Ticket submit(const QuantInput& in, const GroupLayout& L, const QuantScheme& s, NonFinitePolicy p,
                 const QuantBuffers& out) override {
-    const uint64_t params = uint64_t(L.num_groups()) * uint64_t(scale_bytes(s.scale_dtype));
+    const uint64_t params = L.params_bytes(s.scale_dtype);
     const Range r{out.codes, L.codes_bytes()};
     for (const auto& [t, job] : jobs_)
       if (r.first < job.codes.first + job.codes.second && job.codes.first < r.first + r.second) ++overlaps;

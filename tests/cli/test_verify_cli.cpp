@@ -140,8 +140,7 @@ TEST_F(VerifyCli, TamperedFilesExit4) {
   EXPECT_NE(r.output.find("integrity: lm_head.weight scales"), std::string::npos) << r.output;
   restore();
 
-  uint64_t manifest_offset;
-  std::memcpy(&manifest_offset, pristine.data() + 16, 8);
+  const uint64_t manifest_offset = QpackHeader::load(pristine.data()).manifest_offset;
   vtest::flip_byte(qp_, manifest_offset + 10);
   r = verify("");
   EXPECT_EQ(r.exit_code, 4) << r.output;

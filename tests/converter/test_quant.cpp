@@ -30,7 +30,7 @@ Quantized make_output(const std::vector<int64_t>& shape, const QuantScheme& s, u
   Quantized q;
   q.layout = make_layout(shape, s);
   q.codes.assign(q.layout.codes_bytes(), poison);
-  q.scales.assign(size_t(q.layout.num_groups()) * size_t(scale_bytes(s.scale_dtype)), poison);
+  q.scales.assign(size_t(q.layout.params_bytes(s.scale_dtype)), poison);
   if (!s.symmetric) q.zeros.assign(q.scales.size(), poison);
   return q;
 }

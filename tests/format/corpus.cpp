@@ -10,6 +10,7 @@
 #include <stdexcept>
 
 #include "qpack/format/checksum.hpp"
+#include "qpack/format/endian.hpp"
 #include "qpack/format/safetensors.hpp"
 #include "qpack/format/layout.hpp"
 
@@ -18,15 +19,6 @@ namespace qpack::corpus {
 using nlohmann::json;
 
 namespace {
-
-void put_le64(uint8_t* p, uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = uint8_t(v >> (8 * i));
-}
-uint64_t get_le64(const uint8_t* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
 
 // A scratch folder for building files with the real writers.
 class Scratch {
@@ -165,12 +157,14 @@ std::pair<uint64_t, uint64_t> section_of(const Bytes& f, const std::string& name
   return {s["offset"].get<uint64_t>(), s["size"].get<uint64_t>()};
 }
 
-void set_header_u16(Bytes& f, size_t at, uint16_t v) {
-  f[at] = uint8_t(v);
-  f[at + 1] = uint8_t(v >> 8);
+// The file's header after `edit`, written back with its checksum recomputed
+// (`seal`) or left as it was.
+void edit_header(Bytes& f, const std::function<void(QpackHeader&)>& edit, bool seal = true) {
+  QpackHeader h = QpackHeader::load(f.data());
+  edit(h);
+  if (seal) h.seal();
+  h.encode(f.data());
 }
-
-void fix_header_checksum(Bytes& f) { put_le64(f.data() + 56, checksum64(f.data(), 56)); }
 
 using Builder = std::function<Case()>;
 
@@ -413,24 +407,23 @@ const std::vector<std::pair<std::string, Builder>>& registry() {
     });
     add("qp_future_major_version", [] {
       Bytes f = sample_qpack(Codec::None);
-      set_header_u16(f, 8, 2);
-      fix_header_checksum(f);
+      edit_header(f, [](QpackHeader& h) { h.version_major = 2; });
       return qp_case("qp_future_major_version", f, E::UnsupportedVersion);
     });
     add("qp_header_size_not_64", [] {
       Bytes f = sample_qpack(Codec::None);
-      f[12] = 128;
-      fix_header_checksum(f);
+      edit_header(f, [](QpackHeader& h) { h.header_size = 128; });
       return qp_case("qp_header_size_not_64", f, E::UnsupportedVersion);
     });
     add("qp_header_checksum_flip", [] {
       Bytes f = sample_qpack(Codec::None);
-      f[56] ^= 1;
+      edit_header(f, [](QpackHeader& h) { h.header_xxh3 ^= 1; }, false);
       return qp_case("qp_header_checksum_flip", f, E::HeaderChecksumMismatch);
     });
     add("qp_header_field_flip", [] {
       Bytes f = sample_qpack(Codec::None);
-      f[20] ^= 0x40;  // manifest_offset, checksum left stale
+      // manifest_offset, checksum left stale
+      edit_header(f, [](QpackHeader& h) { h.manifest_offset ^= uint64_t(0x40) << 32; }, false);
       return qp_case("qp_header_field_flip", f, E::HeaderChecksumMismatch);
     });
     add("qp_truncated", [] {
@@ -445,15 +438,15 @@ const std::vector<std::pair<std::string, Builder>>& registry() {
     });
     add("qp_manifest_not_at_end", [] {
       Bytes f = sample_qpack(Codec::None);
-      put_le64(f.data() + 24, get_le64(f.data() + 24) - 1);  // manifest_size
-      fix_header_checksum(f);
+      edit_header(f, [](QpackHeader& h) { h.manifest_size -= 1; });
       return qp_case("qp_manifest_not_at_end", f, E::BadManifest);
     });
     add("qp_manifest_in_header", [] {
       Bytes f = sample_qpack(Codec::None);
-      put_le64(f.data() + 16, 8);
-      put_le64(f.data() + 24, f.size() - 8);
-      fix_header_checksum(f);
+      edit_header(f, [n = f.size()](QpackHeader& h) {
+        h.manifest_offset = 8;
+        h.manifest_size = n - 8;
+      });
       return qp_case("qp_manifest_in_header", f, E::BadManifest);
     });
     // ---- .qpack: manifest
@@ -696,7 +689,7 @@ const std::vector<std::pair<std::string, Builder>>& registry() {
 
 Bytes safetensors_bytes_with_length(uint64_t header_length, const std::string& header, uint64_t data_bytes) {
   Bytes b(8);
-  put_le64(b.data(), header_length);
+  store_le64(b.data(), header_length);
   b.insert(b.end(), header.begin(), header.end());
   const Bytes d = pattern(data_bytes, uint32_t(header.size()));
   b.insert(b.end(), d.begin(), d.end());
@@ -707,26 +700,29 @@ Bytes safetensors_bytes(const std::string& header, uint64_t data_bytes) {
   return safetensors_bytes_with_length(header.size(), header, data_bytes);
 }
 
-uint64_t manifest_offset(const Bytes& f) { return get_le64(f.data() + 16); }
+uint64_t manifest_offset(const Bytes& f) { return QpackHeader::load(f.data()).manifest_offset; }
 
 json read_manifest(const Bytes& f) {
-  const uint64_t off = get_le64(f.data() + 16), size = get_le64(f.data() + 24);
-  return json::parse(f.begin() + long(off), f.begin() + long(off + size));
+  const QpackHeader h = QpackHeader::load(f.data());
+  const auto begin = f.begin() + long(h.manifest_offset);
+  return json::parse(begin, begin + long(h.manifest_size));
 }
 
 void fix_checksums(Bytes& f) {
-  const uint64_t off = get_le64(f.data() + 16), size = get_le64(f.data() + 24);
-  put_le64(f.data() + 32, checksum64(f.data() + off, size));
-  fix_header_checksum(f);
+  edit_header(f, [&f](QpackHeader& h) {
+    h.manifest_xxh3 = checksum64(f.data() + h.manifest_offset, h.manifest_size);
+  });
 }
 
 Bytes with_manifest_text(const Bytes& file, const std::string& text) {
   const uint64_t off = manifest_offset(file);
   Bytes f(file.begin(), file.begin() + long(off));
   f.insert(f.end(), text.begin(), text.end());
-  put_le64(f.data() + 24, text.size());
-  put_le64(f.data() + 40, f.size());
-  fix_checksums(f);
+  edit_header(f, [&](QpackHeader& h) {
+    h.manifest_size = text.size();
+    h.file_size = f.size();
+    h.manifest_xxh3 = checksum64(f.data() + off, text.size());
+  });
   return f;
 }
 
@@ -750,8 +746,8 @@ Bytes sample_qpack(Codec codec) {
     q4.symmetric = false;
     q4.scale_dtype = DType::F16;
     const GroupLayout l4 = make_layout({16, 8}, q4);
-    const Bytes codes = pattern(l4.codes_bytes(), 2), scales = pattern(uint64_t(l4.num_groups()) * 2, 3),
-                zeros = pattern(uint64_t(l4.num_groups()) * 2, 4);
+    const Bytes codes = pattern(l4.codes_bytes(), 2), scales = pattern(l4.params_bytes(q4.scale_dtype), 3),
+                zeros = pattern(l4.params_bytes(q4.scale_dtype), 4);
     w.add_quantized("w", DType::F16, {16, 8}, q4, codes.data(), scales.data(), zeros.data());
 
     const Bytes norm = pattern(32, 5);
@@ -764,7 +760,7 @@ Bytes sample_qpack(Codec codec) {
     q8.symmetric = true;
     q8.scale_dtype = DType::BF16;
     const GroupLayout l8 = make_layout({8, 16}, q8);
-    const Bytes codes8 = pattern(l8.codes_bytes(), 6), scales8 = pattern(uint64_t(l8.num_groups()) * 2, 7);
+    const Bytes codes8 = pattern(l8.codes_bytes(), 6), scales8 = pattern(l8.params_bytes(q8.scale_dtype), 7);
     w.add_quantized("ws", DType::F32, {8, 16}, q8, codes8.data(), scales8.data(), nullptr);
 
     const std::vector<float> z(256, 0.0f);

@@ -83,7 +83,7 @@ std::vector<QuantSpec> quant_specs(std::mt19937_64& rng, bool compressible) {
       q.scheme.scale_dtype = sds[rng() % 3];
       q.name = "q." + std::to_string(out.size());
       const GroupLayout l = make_layout(shape, q.scheme, q.name);
-      const uint64_t sb = uint64_t(l.num_groups()) * uint64_t(dtype_bits(q.scheme.scale_dtype) / 8);
+      const uint64_t sb = l.params_bytes(q.scheme.scale_dtype);
       q.codes = random_bytes(rng, l.codes_bytes(), compressible);
       q.scales = random_bytes(rng, sb, compressible);
       if (!q.scheme.symmetric) q.zeros = random_bytes(rng, sb, compressible);
@@ -234,7 +234,7 @@ TEST(Container, LayoutFollowsTheSpec) {
   write_all(dir.file("m.qpack"), {}, raw_specs(rng, false), quant_specs(rng, false));
   const auto f = test::read_file(dir.file("m.qpack"));
   ASSERT_GE(f.size(), 64u);
-  EXPECT_EQ(0, std::memcmp(f.data(), kQpackMagic, 8));
+  EXPECT_EQ(0, std::memcmp(f.data(), kQpackMagic.data(), 8));
   EXPECT_EQ(f[8] | f[9] << 8, 1);
   EXPECT_EQ(f[10] | f[11] << 8, 0);
   EXPECT_EQ(le64(f, 12) & 0xffffffffu, 64u);
@@ -245,6 +245,16 @@ TEST(Container, LayoutFollowsTheSpec) {
   EXPECT_EQ(le64(f, 48), 0u);
   EXPECT_EQ(le64(f, 32), checksum64(f.data() + moff, msize));
   EXPECT_EQ(le64(f, 56), checksum64(f.data(), 56));
+  // QpackHeader reads the same fields, and writes the same bytes back.
+  const QpackHeader h = QpackHeader::decode(f.data(), f.size(), "m.qpack");
+  EXPECT_EQ(h.manifest_offset, moff);
+  EXPECT_EQ(h.manifest_size, msize);
+  EXPECT_EQ(h.manifest_xxh3, le64(f, 32));
+  EXPECT_EQ(h.file_size, f.size());
+  EXPECT_EQ(h.header_xxh3, h.checksum());
+  uint8_t again[QpackHeader::kSize];
+  h.encode(again);
+  EXPECT_EQ(0, std::memcmp(again, f.data(), QpackHeader::kSize));
   const std::string text(f.begin() + long(moff), f.end());
   const json m = json::parse(text);
   EXPECT_EQ(m.dump(), text) << "manifest must be the compact, key-sorted dump";
@@ -288,13 +298,38 @@ TEST(Container, HigherMinorVersionAndUnknownKeysAreReadable) {
   m["tensors"][1]["sections"]["future_section"] = {{"offset", 0}};
   m["qpack_version"] = "1.7";
   f = corpus::with_manifest_text(f, m.dump());
-  f[10] = 7;  // version_minor
-  f[48] = 1;  // reserved: ignored by readers
+  QpackHeader h = QpackHeader::load(f.data());
+  h.version_minor = 7;
+  h.reserved = 1;  // ignored by readers
+  h.encode(f.data());
   corpus::fix_checksums(f);
   const auto q = QpackFile::from_memory(f.data(), f.size(), "future.qpack");
   EXPECT_EQ(q->version_minor(), 7);
   EXPECT_EQ(q->tensors().size(), 5u);
   q->check_all();
+}
+
+TEST(Container, TensorSectionsAreTheManifestsWithTheirSizes) {
+  const corpus::Bytes f = corpus::sample_qpack(Codec::None);
+  const auto q = QpackFile::from_memory(f.data(), f.size(), "m.qpack");
+  std::vector<std::string> names;
+  for (const QpackTensor& t : q->tensors()) {
+    std::string list;
+    for (const TensorSection& ts : t.sections()) {
+      list += std::string(list.empty() ? "" : ",") + ts.name;
+      EXPECT_EQ(&t.section(ts.kind), ts.section);
+      EXPECT_TRUE(ts.section->present) << t.name << " " << ts.name;
+      EXPECT_EQ(ts.section->raw_size, ts.raw_size) << t.name << " " << ts.name;
+    }
+    names.push_back(t.name + ":" + list);
+  }
+  EXPECT_EQ(names, (std::vector<std::string>{"emb:data", "w:codes,scales,zeros", "norm:data",
+                                             "ws:codes,scales", "z:data"}));
+  // w: F16 [16, 8], 4 bits, G = 8 along axis 0, F16 scales: 2 groups x 8 columns.
+  const QpackTensor& w = *q->find("w");
+  EXPECT_EQ(w.sections()[0].raw_size, 2u * 4u * 8u);
+  EXPECT_EQ(w.sections()[1].raw_size, 2u * 8u * 2u);
+  EXPECT_EQ(q->find("emb")->sections()[0].raw_size, 48u);
 }
 
 TEST(Container, UncommittedWriterLeavesNothing) {

@@ -13,22 +13,15 @@ namespace qpack::fuzz {
 
 namespace {
 
-uint64_t get64(const uint8_t* p) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
-  return v;
-}
-void put64(uint8_t* p, uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = uint8_t(v >> (8 * i));
-}
-
 // Harness-side repair (not the code under test): see fuzz_entry.hpp.
 void repair(std::vector<uint8_t>& f, bool sections) {
-  if (f.size() < 64) return;
+  if (f.size() < QpackHeader::kSize) return;
   const uint64_t size = f.size();
-  put64(f.data() + 40, size);
-  uint64_t moff = get64(f.data() + 16);
-  if (moff < 64 || moff > size) return;
+  QpackHeader h = QpackHeader::load(f.data());
+  h.file_size = size;
+  h.encode(f.data());
+  const uint64_t moff = h.manifest_offset;
+  if (moff < QpackHeader::kSize || moff > size) return;
   // nlohmann's dump recurses; very deep manifests are left for the reader
   // (which caps depth) rather than risking the harness's stack.
   size_t opens = 0;
@@ -49,12 +42,13 @@ void repair(std::vector<uint8_t>& f, bool sections) {
       const std::string text = m.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
       f.resize(moff);
       f.insert(f.end(), text.begin(), text.end());
-      put64(f.data() + 40, f.size());
+      h.file_size = f.size();
     }
   }
-  put64(f.data() + 24, f.size() - moff);
-  put64(f.data() + 32, checksum64(f.data() + moff, f.size() - moff));
-  put64(f.data() + 56, checksum64(f.data(), 56));
+  h.manifest_size = f.size() - moff;
+  h.manifest_xxh3 = checksum64(f.data() + moff, f.size() - moff);
+  h.seal();
+  h.encode(f.data());
 }
 
 }  // namespace
@@ -66,11 +60,15 @@ int qpack_reader(const uint8_t* data, size_t size) {
   if (mode & 1) repair(file, (mode & 2) != 0);
   try {
     const auto f = QpackFile::from_memory(file.data(), file.size(), "fuzz.qpack");
-    // Accepted: every section lies in the data area.
+    // Accepted: every section lies in the data area, and the sections a
+    // tensor must have are there with the sizes its layout implies.
     for (const QpackTensor& t : f->tensors()) {
+      for (const TensorSection& ts : t.sections())
+        if (!ts.section->present || ts.section->raw_size != ts.raw_size) __builtin_trap();
       for (const Section* s : {&t.data, &t.codes, &t.scales, &t.zeros}) {
         if (!s->present) continue;
-        if (s->offset < 64 || s->offset > f->file_size() || s->size > f->file_size() - s->offset) __builtin_trap();
+        if (s->offset < QpackHeader::kSize || s->offset > f->file_size() || s->size > f->file_size() - s->offset)
+          __builtin_trap();
         try {
           const SectionBytes b = f->read(t, *s);
           if (b.size != s->raw_size) __builtin_trap();

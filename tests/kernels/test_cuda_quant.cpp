@@ -72,7 +72,7 @@ struct Outputs {
 Outputs make_outputs(const GroupLayout& L, const QuantScheme& s, uint8_t poison) {
   Outputs o;
   o.codes.assign(L.codes_bytes(), poison);
-  o.scales.assign(size_t(L.num_groups()) * size_t(scale_bytes(s.scale_dtype)), poison);
+  o.scales.assign(size_t(L.params_bytes(s.scale_dtype)), poison);
   if (!s.symmetric) o.zeros.assign(o.scales.size(), poison);
   return o;
 }

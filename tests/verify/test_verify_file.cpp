@@ -196,8 +196,7 @@ TEST_F(VerifyFile, FlippedScaleByteIsAnIntegrityError) {
 
 TEST_F(VerifyFile, FlippedManifestByteIsAnIntegrityError) {
   const auto bytes = test::read_file(qp_);
-  uint64_t manifest_offset;
-  std::memcpy(&manifest_offset, bytes.data() + 16, 8);
+  const uint64_t manifest_offset = QpackHeader::load(bytes.data()).manifest_offset;
   vtest::flip_byte(qp_, manifest_offset + 40, 0x04);
   const VerifyReport r = verify(qp_, src_, cpu_options());
   ASSERT_EQ(r.integrity_issues.size(), 1u);

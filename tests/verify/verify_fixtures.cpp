@@ -67,7 +67,7 @@ Quantized quantize(const HostTensor& t, QuantScheme scheme, NonFinitePolicy poli
   scheme.group_size = q.layout.group_size;
   scheme.axis = q.layout.axis;
   q.scheme = scheme;
-  const size_t params = size_t(q.layout.num_groups()) * size_t(scale_bytes(scheme.scale_dtype));
+  const size_t params = size_t(q.layout.params_bytes(scheme.scale_dtype));
   q.codes.assign(size_t(q.layout.codes_bytes()), 0);
   q.scales.assign(params, 0);
   if (!scheme.symmetric) q.zeros.assign(params, 0);

@@ -91,8 +91,8 @@ int main(int argc, char** argv) {
           scheme.bits = bits;
           scheme.axis = axis;
           const GroupLayout L = make_layout({sh.rows, sh.cols}, scheme);
-          std::vector<uint8_t> codes(L.codes_bytes()), scales(size_t(L.num_groups()) * 2),
-              zeros(size_t(L.num_groups()) * 2);
+          std::vector<uint8_t> codes(L.codes_bytes()), scales(size_t(L.params_bytes(scheme.scale_dtype))),
+              zeros(scales.size());
           std::vector<double> t, tc;
           for (int r = 0; r < reps + 1; ++r) {
             const double c = probe.run(threads);

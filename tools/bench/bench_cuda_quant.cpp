@@ -187,7 +187,7 @@ void bench_kernels(double copy_gbps, bool quick, bool profile) {
         s.axis = axis;
         s.group_size = 64;
         const GroupLayout L = make_layout(shape, s, "w");
-        const size_t codes = L.codes_bytes(), params = size_t(L.num_groups()) * 2;
+        const size_t codes = L.codes_bytes(), params = size_t(L.params_bytes(s.scale_dtype));
         const size_t set_bytes = n * 2 + codes + 2 * params + n * 4;
         const int sets = profile ? 1 : int(std::max<size_t>(2, kWorkingSet / set_bytes + 1));
         std::vector<cuda::DeviceBuffer> src(sets), cod(sets), sc(sets), ze(sets), out(sets);
@@ -390,7 +390,7 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
     QuantScheme s;
     s.axis = axis;
     const GroupLayout L = make_layout(shape, s, "w");
-    const size_t params = size_t(L.num_groups()) * 2;
+    const size_t params = size_t(L.params_bytes(s.scale_dtype));
     std::vector<uint8_t> codes(L.codes_bytes()), scales(params), zeros(params);
     std::memset(codes.data(), 1, codes.size());
     std::memset(scales.data(), 1, scales.size());
@@ -487,7 +487,7 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
     {
       QuantScheme s;
       const GroupLayout L = make_layout(shape, s, "w");
-      const size_t params = size_t(L.num_groups()) * 2;
+      const size_t params = size_t(L.params_bytes(s.scale_dtype));
       std::vector<uint8_t> codes(L.codes_bytes(), 3), scales(params, 4), zeros(params, 5);
       double best = 1e30;
       for (int rep = 0; rep < 2; ++rep) {
@@ -518,7 +518,7 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
   {
     QuantScheme s;
     const GroupLayout L = make_layout(shape, s, "w");
-    const size_t params = size_t(L.num_groups()) * 2;
+    const size_t params = size_t(L.params_bytes(s.scale_dtype));
     std::vector<uint8_t> codes(L.codes_bytes()), scales(params), zeros(params);
     const int n = std::min(count, 11);
     const auto t0 = std::chrono::steady_clock::now();

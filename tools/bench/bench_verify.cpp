@@ -177,7 +177,7 @@ int main(int argc, char** argv) {
     s.group_size = L.group_size;
     const int64_t n = L.num_elements();
     const std::vector<uint8_t> src = make_source(c.src, n);
-    const size_t params = size_t(L.num_groups()) * size_t(scale_bytes(s.scale_dtype));
+    const size_t params = size_t(L.params_bytes(s.scale_dtype));
     std::vector<uint8_t> codes(L.codes_bytes()), scales(params), zeros(s.symmetric ? 0 : params);
     quantize_cpu(QuantInput{src.data(), c.src, c.name}, L, s, NonFinitePolicy::Error,
                  QuantBuffers{codes.data(), scales.data(), s.symmetric ? nullptr : zeros.data()}, 0);

@@ -41,25 +41,6 @@ bool is_io_error(ErrorCode c) {
   return c == ErrorCode::Io || c == ErrorCode::DiskFull || c == ErrorCode::OutputExists;
 }
 
-struct NamedSection {
-  const char* name;
-  const Section* section;
-  uint64_t expected;  // decoded size the layout implies
-};
-
-std::vector<NamedSection> sections_of(const QpackTensor& t) {
-  std::vector<NamedSection> out;
-  if (t.quantized) {
-    const uint64_t params = t.layout.params_bytes(t.scheme.scale_dtype);
-    out.push_back({"codes", &t.codes, t.layout.codes_bytes()});
-    out.push_back({"scales", &t.scales, params});
-    if (!t.scheme.symmetric) out.push_back({"zeros", &t.zeros, params});
-  } else {
-    out.push_back({"data", &t.data, t.source_bytes()});
-  }
-  return out;
-}
-
 std::string shape_string(const std::vector<int64_t>& s) {
   std::string r = "[";
   for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
@@ -77,20 +58,20 @@ void check_integrity(const QpackFile& qf, VerifyReport& rep, const VerifyOptions
     pr.tensor_index = ti;
     pr.tensor = t.name;
     if (opt.progress) opt.progress(pr);
-    for (const NamedSection& ns : sections_of(t)) {
+    for (const TensorSection& ns : t.sections()) {
       if (!ns.section->present) {
-        if (ns.expected > 0)
+        if (ns.raw_size > 0)
           rep.integrity_issues.push_back({t.name, ns.name, error_code_name(ErrorCode::ManifestMismatch),
                                           std::string("the ") + ns.name + " section is missing"});
         continue;
       }
       try {
         const SectionBytes b = qf.read(t, *ns.section);
-        if (b.size != ns.expected)
+        if (b.size != ns.raw_size)
           rep.integrity_issues.push_back(
               {t.name, ns.name, error_code_name(ErrorCode::ManifestMismatch),
                std::string("the ") + ns.name + " section decodes to " + std::to_string(b.size) +
-                   " bytes; the tensor's layout needs " + std::to_string(ns.expected)});
+                   " bytes; the tensor's layout needs " + std::to_string(ns.raw_size)});
         ++rep.sections_checked;
         rep.bytes_checked += ns.section->size;
       } catch (const Error& e) {
@@ -327,7 +308,7 @@ VerifyReport verify(const std::string& qpack_path, const std::string& source_pat
         r.compared = true;
       }
     }
-    for (const NamedSection& ns : sections_of(t))
+    for (const TensorSection& ns : t.sections())
       if (ns.section->present) qf->release(*ns.section);
     if (st) st->file->release(*st->info);
 

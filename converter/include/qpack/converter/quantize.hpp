@@ -15,7 +15,7 @@
 namespace qpack {
 
 // Output buffers, sized by the layout: codes layout.codes_bytes(); scales and
-// zeros layout.num_groups() * sizeof(scale dtype); zeros null when symmetric.
+// zeros layout.params_bytes(scale dtype); zeros null when symmetric.
 struct QuantBuffers {
   uint8_t* codes = nullptr;
   uint8_t* scales = nullptr;

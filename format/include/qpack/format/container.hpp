@@ -6,6 +6,8 @@
 // GPU as is. Scales and zero-points are sidecar sections of their own.
 #pragma once
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -20,12 +22,46 @@
 
 namespace qpack {
 
-constexpr uint8_t kQpackMagic[8] = {0x89, 'Q', 'P', 'K', 0x0D, 0x0A, 0x1A, 0x0A};
+constexpr std::array<uint8_t, 8> kQpackMagic = {0x89, 'Q', 'P', 'K', 0x0D, 0x0A, 0x1A, 0x0A};
 constexpr uint16_t kQpackVersionMajor = 1;
 constexpr uint16_t kQpackVersionMinor = 0;
 constexpr uint32_t kQpackHeaderSize = 64;
 constexpr uint64_t kQpackAlignment = 64;
 constexpr uint64_t kQpackMaxManifest = 1ull << 30;
+
+// The fixed header at offset 0 (docs/format.md §2), one member per field.
+// encode() and load() are the only code that knows where each field is: the
+// writer, the reader, the tests and the fuzzer all go through them.
+struct QpackHeader {
+  static constexpr size_t kSize = kQpackHeaderSize;
+
+  std::array<uint8_t, 8> magic = kQpackMagic;
+  uint16_t version_major = kQpackVersionMajor;
+  uint16_t version_minor = kQpackVersionMinor;
+  uint32_t header_size = kQpackHeaderSize;
+  uint64_t manifest_offset = 0;
+  uint64_t manifest_size = 0;
+  uint64_t manifest_xxh3 = 0;  // XXH3-64 of the manifest bytes
+  uint64_t file_size = 0;
+  uint64_t reserved = 0;
+  uint64_t header_xxh3 = 0;    // XXH3-64 of header bytes 0 ... 55: see seal()
+
+  // Writes the kSize bytes at `out`, every field as it is (header_xxh3 too,
+  // so that a test can write a stale one).
+  void encode(uint8_t* out) const;
+  // The XXH3-64 of bytes 0 ... 55 of what encode() writes.
+  uint64_t checksum() const;
+  // Sets header_xxh3 to checksum(): what a writer does last.
+  void seal() { header_xxh3 = checksum(); }
+
+  // The fields of the kSize bytes at `in`, checking nothing (for code that
+  // patches headers: tests, the fuzzer's repair).
+  static QpackHeader load(const uint8_t* in);
+  // The header of the `size` bytes at `data` (a whole file), checked as
+  // docs/format.md §7 steps 1-4 say: length and magic, major version, header
+  // checksum and header_size, file_size. Throws Error naming `file`.
+  static QpackHeader decode(const uint8_t* data, uint64_t size, const std::string& file);
+};
 
 enum class Codec : uint8_t { None, Zstd };
 const char* codec_name(Codec c);
@@ -39,6 +75,19 @@ struct Section {
   uint64_t checksum = 0;  // XXH3-64 of the stored bytes
 };
 
+// A tensor's sections, by their keys in the manifest.
+enum class SectionKind : uint8_t { Data, Codes, Scales, Zeros };
+const char* section_name(SectionKind k);  // "data", "codes", "scales", "zeros"
+
+// One section a tensor has: which, its manifest entry, and the decoded size
+// that the tensor's shape and scheme imply (docs/format.md §3.2).
+struct TensorSection {
+  SectionKind kind;
+  const char* name;        // section_name(kind)
+  const Section* section;  // in the QpackTensor it came from
+  uint64_t raw_size;
+};
+
 struct QpackTensor {
   std::string name;
   DType dtype = DType::F32;           // the source dtype
@@ -50,6 +99,12 @@ struct QpackTensor {
   Section data;                       // raw (kept) tensors
   uint64_t source_bytes() const;      // bytes in the source dtype
   uint64_t stored_bytes() const;      // bytes of its sections in the file
+  // The sections it has, in file order: data (raw), or codes, scales and,
+  // when asymmetric, zeros (quantized). The one place that says which
+  // sections a tensor has and how large each one decodes.
+  std::vector<TensorSection> sections() const;
+  Section& section(SectionKind k);
+  const Section& section(SectionKind k) const;
 };
 
 // A section's decoded bytes: a view into the map (codec none) or an owned

@@ -87,6 +87,10 @@ class Error : public std::runtime_error {
   const std::string& tensor() const noexcept { return tensor_; }
   const std::string& reason() const noexcept { return reason_; }
 
+  // This error naming `file` and `tensor` where it names none: for a caller
+  // that knows the context a lower layer (make_layout, a quantizer) did not.
+  Error with_context(const std::string& file, const std::string& tensor) const;
+
  private:
   ErrorCode code_;
   std::string file_, tensor_, reason_;

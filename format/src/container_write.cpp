@@ -1,0 +1,223 @@
+// QpackWriter: sections streamed in the order of docs/format.md §6, the
+// manifest after them, the header last.
+#include <future>
+#include <unordered_set>
+
+#include "json_strict.hpp"
+#include "qpack/format/checksum.hpp"
+#include "qpack/format/container.hpp"
+#include "qpack/format/error.hpp"
+#include "section_codec.hpp"
+
+namespace qpack {
+
+using nlohmann::json;
+
+struct QpackWriter::Impl {
+  AtomicOutputFile out;
+  WriterOptions options;
+  json tensors = json::array();
+  std::unordered_set<std::string> names;
+  json metadata = json::object();
+  json config;  // null
+  bool committed = false;
+  detail::ZstdSectionEncoder zstd;
+
+  Impl(const std::string& path, const WriterOptions& o)
+      : out(path, o.overwrite), options(o), zstd(o.zstd_level) {}
+  const std::string& file() const { return out.final_path(); }
+};
+
+QpackWriter::QpackWriter(const std::string& path, const WriterOptions& options)
+    : impl_(std::make_unique<Impl>(path, options)) {
+  impl_->out.write_zeros(QpackHeader::kSize);  // the header is written last, in place
+}
+
+QpackWriter::~QpackWriter() = default;
+
+void QpackWriter::set_source(nlohmann::json metadata, nlohmann::json config) {
+  if (metadata.is_null()) metadata = json::object();
+  if (!metadata.is_object())
+    throw Error(ErrorCode::InvalidArgument, impl_->file(), "", "source metadata must be a JSON object");
+  for (const auto& [k, v] : metadata.items())
+    if (!v.is_string())
+      throw Error(ErrorCode::InvalidArgument, impl_->file(), "", "source metadata value of '" + k + "' is not a string");
+  if (!config.is_object() && !config.is_null())
+    throw Error(ErrorCode::InvalidArgument, impl_->file(), "", "source config must be a JSON object or null");
+  impl_->metadata = std::move(metadata);
+  impl_->config = std::move(config);
+}
+
+namespace {
+
+json section_json(const Section& s) {
+  return {{"offset", s.offset},
+          {"size", s.size},
+          {"raw_size", s.raw_size},
+          {"codec", codec_name(s.codec)},
+          {"xxh3", checksum_to_hex(s.checksum)}};
+}
+
+}  // namespace
+
+Section QpackWriter::write_section(const std::string& tensor, const void* data, uint64_t size) {
+  Impl& w = *impl_;
+  if (size > 0 && data == nullptr) throw Error(ErrorCode::InvalidArgument, w.file(), tensor, "null section data");
+  const uint64_t pad = (kQpackAlignment - w.out.position() % kQpackAlignment) % kQpackAlignment;
+  w.out.write_zeros(pad);
+  Section s;
+  s.present = true;
+  s.offset = w.out.position();
+  s.raw_size = size;
+  const void* stored = data;
+  uint64_t stored_size = size;
+  if (w.options.codec == Codec::Zstd && size > 0) {
+    uint64_t n = 0;
+    if (const uint8_t* frame = w.zstd.compress(data, size, &n, w.file(), tensor)) {
+      stored = frame;
+      stored_size = n;
+      s.codec = Codec::Zstd;
+    }  // else compression does not pay: stored as is
+  }
+  s.size = stored_size;
+  if (stored_size >= (uint64_t(1) << 20)) {
+    // Hashing and write() each take about as long per byte as the other on
+    // a large section; on two threads they overlap. (The future's
+    // destructor waits for the hash if the write throws.)
+    std::future<uint64_t> sum =
+        std::async(std::launch::async, [stored, stored_size] { return checksum64(stored, size_t(stored_size)); });
+    w.out.write(stored, size_t(stored_size));
+    s.checksum = sum.get();
+  } else {
+    s.checksum = checksum64(stored, size_t(stored_size));
+    w.out.write(stored, size_t(stored_size));
+  }
+  return s;
+}
+
+namespace {
+
+void check_name(const std::string& file, const std::string& name, std::unordered_set<std::string>& names) {
+  try {
+    (void)json(name).dump();
+  } catch (const json::exception&) {
+    throw Error(ErrorCode::InvalidArgument, file, "", "tensor name is not valid UTF-8");
+  }
+  if (!names.insert(name).second) throw Error(ErrorCode::DuplicateName, file, name, "tensor added twice");
+}
+
+uint64_t checked_nbytes(const std::string& file, const std::string& name, const std::vector<int64_t>& shape,
+                        DType dtype) {
+  unsigned long long n = 1;
+  for (int64_t d : shape)
+    if (d < 0 || mul_overflows_u64(n, (unsigned long long)d, &n))
+      throw Error(ErrorCode::InvalidArgument, file, name, "bad shape " + detail::shape_to_string(shape));
+  unsigned long long bits;
+  if (mul_overflows_u64(n, (unsigned long long)dtype_bits(dtype), &bits) || bits % 8 != 0)
+    throw Error(ErrorCode::InvalidArgument, file, name,
+                "shape " + detail::shape_to_string(shape) + " of " + dtype_name(dtype) + " is not a whole number of bytes");
+  return bits / 8;
+}
+
+}  // namespace
+
+void QpackWriter::add_raw(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
+                          const void* data, uint64_t size) {
+  Impl& w = *impl_;
+  if (w.committed) throw Error(ErrorCode::InvalidArgument, w.file(), name, "writer already committed");
+  const uint64_t want = checked_nbytes(w.file(), name, shape, dtype);
+  if (want != size)
+    throw Error(ErrorCode::InvalidArgument, w.file(), name,
+                "shape " + detail::shape_to_string(shape) + " of " + dtype_name(dtype) + " needs " +
+                    std::to_string(want) + " bytes, got " + std::to_string(size));
+  check_name(w.file(), name, w.names);
+  const Section s = write_section(name, data, size);
+  w.tensors.push_back({{"name", name},
+                       {"dtype", dtype_name(dtype)},
+                       {"shape", shape},
+                       {"encoding", "raw"},
+                       {"sections", {{"data", section_json(s)}}}});
+}
+
+void QpackWriter::add_quantized(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
+                                const QuantScheme& scheme, const void* codes, const void* scales,
+                                const void* zeros) {
+  Impl& w = *impl_;
+  if (w.committed) throw Error(ErrorCode::InvalidArgument, w.file(), name, "writer already committed");
+  if (!is_quantizable(dtype))
+    throw Error(ErrorCode::UnsupportedDtype, w.file(), name,
+                std::string("cannot group-quantize a ") + dtype_name(dtype) + " tensor");
+  checked_nbytes(w.file(), name, shape, dtype);
+  GroupLayout layout;
+  try {
+    layout = make_layout(shape, scheme, name);
+  } catch (const Error& e) {
+    throw e.with_context(w.file(), name);
+  }
+  if (scheme.symmetric && zeros)
+    throw Error(ErrorCode::InvalidArgument, w.file(), name, "a symmetric tensor has no zero-points");
+  if (!scheme.symmetric && !zeros && layout.num_groups() > 0)
+    throw Error(ErrorCode::InvalidArgument, w.file(), name, "an asymmetric tensor needs zero-points");
+  check_name(w.file(), name, w.names);
+  // The file always records the resolved scheme (docs/format.md §3.1).
+  QuantScheme rs = scheme;
+  rs.group_size = layout.group_size;
+  rs.axis = layout.axis;
+  QpackTensor t;
+  t.quantized = true;
+  t.scheme = rs;
+  t.layout = layout;
+  json sections = json::object();
+  for (const TensorSection& ts : t.sections()) {
+    const void* src = ts.kind == SectionKind::Codes ? codes : ts.kind == SectionKind::Scales ? scales : zeros;
+    sections[ts.name] = section_json(write_section(name, src, ts.raw_size));
+  }
+  w.tensors.push_back({{"name", name},
+                       {"dtype", dtype_name(dtype)},
+                       {"shape", shape},
+                       {"encoding", "group_quant"},
+                       {"quant",
+                        {{"bits", rs.bits},
+                         {"group_size", rs.group_size},
+                         {"axis", rs.axis},
+                         {"symmetric", rs.symmetric},
+                         {"scale_dtype", dtype_name(rs.scale_dtype)}}},
+                       {"sections", std::move(sections)}});
+}
+
+uint64_t QpackWriter::bytes_written() const { return impl_->out.position(); }
+
+void QpackWriter::commit() {
+  Impl& w = *impl_;
+  if (w.committed) throw Error(ErrorCode::InvalidArgument, w.file(), "", "writer already committed");
+  const json manifest = {
+      {"qpack_version", std::to_string(kQpackVersionMajor) + "." + std::to_string(kQpackVersionMinor)},
+      {"generator", w.options.generator},
+      {"alignment", kQpackAlignment},
+      {"source", {{"format", "safetensors"}, {"metadata", w.metadata}, {"config", w.config}}},
+      {"tensors", w.tensors}};
+  std::string text;
+  try {
+    text = manifest.dump();
+  } catch (const json::exception& e) {
+    throw Error(ErrorCode::InvalidArgument, w.file(), "", std::string("manifest cannot be written: ") + e.what());
+  }
+  w.out.write_zeros((kQpackAlignment - w.out.position() % kQpackAlignment) % kQpackAlignment);
+  const uint64_t moff = w.out.position();
+  w.out.write(text.data(), text.size());
+  const uint64_t file_size = w.out.position();
+
+  QpackHeader h;
+  h.manifest_offset = moff;
+  h.manifest_size = text.size();
+  h.manifest_xxh3 = checksum64(text.data(), text.size());
+  h.file_size = file_size;
+  h.seal();
+  uint8_t bytes[QpackHeader::kSize];
+  h.encode(bytes);
+  w.out.pwrite_at(0, bytes, sizeof bytes);
+  w.out.commit();
+  w.committed = true;
+}
+
+}  // namespace qpack
