@@ -51,8 +51,19 @@ void PinnedBuffer::reset() {
   size_ = 0;
 }
 
+Stream::~Stream() = default;
+Status Stream::create() { return disabled(); }
+void Stream::reset() { stream_ = nullptr; }
+
+Event::~Event() = default;
+Status Event::create() { return disabled(); }
+void Event::reset() { event_ = nullptr; }
+Status Event::record(cudaStream_t) { return disabled(); }
+Status elapsed_ms(const Event&, const Event&, float*) { return disabled(); }
+
 Status set_device(int) { return disabled(); }
 Status copy_to_device(void*, const void*, size_t, cudaStream_t) { return disabled(); }
+Status copy_2d_to_device(void*, size_t, const void*, size_t, size_t, size_t, cudaStream_t) { return disabled(); }
 Status copy_to_host(void*, const void*, size_t, cudaStream_t) { return disabled(); }
 Status fill_device(void*, int, size_t, cudaStream_t) { return disabled(); }
 Status synchronize(cudaStream_t) { return disabled(); }
