@@ -3,6 +3,7 @@
 #include <string>
 
 #include "qpack/format/error.hpp"
+#include "qpack/kernels/compare.hpp"
 #include "qpack/kernels/cuda_quant.hpp"
 
 namespace qpack {
@@ -34,6 +35,11 @@ Status quantize(const void*, DType, const GroupLayout&, const QuantScheme&, NonF
 }
 Status dequantize(const uint8_t*, const uint8_t*, const uint8_t*, const GroupLayout&,
                   const QuantScheme&, void*, DType, cudaStream_t, const Tile&) {
+  return disabled();
+}
+
+Status compare_blocks(const spec::CompareGeometry&, const spec::ChunkView&, int64_t, int64_t, spec::PartialSums*,
+                      cudaStream_t) {
   return disabled();
 }
 
