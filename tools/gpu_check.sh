@@ -173,15 +173,15 @@ fi
 # Hardware counters of one launch of each kernel (ncu, clocks left as they
 # are) and the machine code of the two hottest quantize kernels.
 if [ "$PROFILE" = 1 ] && [ "$VERIFY_ONLY" = 1 ] && command -v ncu > /dev/null; then
-  # The verifier's fast kernels: one launch per case, the cases that set the pace.
+  # The verifier's columns and rows kernels: one launch per case, the cases that set the pace.
   for c in bf16-4b-g64-ax0 f16-4b-g64-ax0 bf16-4b-g64-ax-1 bf16-2b-g32-ax-1; do
-    timeout 60 ncu --clock-control none --kernel-name regex:"cols_kernel|rows_kernel" --launch-count 1 \
+    timeout 60 ncu --clock-control none --kernel-name regex:"compare_cols|compare_rows" --launch-count 1 \
       --section SpeedOfLight --section ComputeWorkloadAnalysis --section Occupancy --section LaunchStats \
       --section WarpStateStats --section SchedulerStats --section InstructionStats \
       ./tools/bench/qpack_bench_verify --case "$c" --iters 1 --no-check
   done > "$OUT/ncu_verify.log" 2>&1
   row "ncu (verify kernels)" "rc=$? (ncu_verify.log)"
-  cuobjdump -res-usage ./tools/bench/qpack_bench_verify 2>&1 | grep -A1 -E "cols_kernel|rows_kernel" |
+  cuobjdump -res-usage ./tools/bench/qpack_bench_verify 2>&1 | grep -A1 -E "compare_cols|compare_rows" |
     grep -E "Function|REG" > "$OUT/sass_verify.log" 2>&1
   stamp "verify profile done"
 elif [ "$PROFILE" = 1 ] && command -v ncu > /dev/null &&

@@ -375,6 +375,48 @@ void PinnedBuffer::reset() {
   size_ = 0;
 }
 
+Stream::~Stream() { reset(); }
+
+Status Stream::create() {
+  reset();
+  cudaStream_t s = nullptr;
+  QPACK_CUDA_TRY(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  stream_ = s;
+  return {};
+}
+
+void Stream::reset() {
+  if (stream_) cudaStreamDestroy(stream_);  // as in DeviceBuffer::reset, a failure has nowhere to go
+  stream_ = nullptr;
+}
+
+Event::~Event() { reset(); }
+
+Status Event::create() {
+  reset();
+  cudaEvent_t e = nullptr;
+  QPACK_CUDA_TRY(cudaEventCreate(&e));
+  event_ = e;
+  return {};
+}
+
+void Event::reset() {
+  if (event_) cudaEventDestroy(event_);
+  event_ = nullptr;
+}
+
+Status Event::record(cudaStream_t stream) {
+  if (!event_) return invalid("Event::record: no event");
+  QPACK_CUDA_TRY(cudaEventRecord(event_, stream));
+  return {};
+}
+
+Status elapsed_ms(const Event& start, const Event& stop, float* ms) {
+  if (!start.get() || !stop.get() || !ms) return invalid("elapsed_ms: no event or null result");
+  QPACK_CUDA_TRY(cudaEventElapsedTime(ms, start.get(), stop.get()));
+  return {};
+}
+
 Status set_device(int device) {
   QPACK_CUDA_TRY(cudaSetDevice(device));
   return {};
@@ -384,6 +426,15 @@ Status copy_to_device(void* d_dst, const void* h_src, size_t bytes, cudaStream_t
   if (bytes == 0) return {};
   if (!d_dst || !h_src) return invalid("copy_to_device: null pointer");
   QPACK_CUDA_TRY(cudaMemcpyAsync(d_dst, h_src, bytes, cudaMemcpyHostToDevice, stream));
+  return {};
+}
+
+Status copy_2d_to_device(void* d_dst, size_t d_pitch, const void* h_src, size_t h_pitch, size_t row_bytes,
+                         size_t rows, cudaStream_t stream) {
+  if (row_bytes == 0 || rows == 0) return {};
+  if (!d_dst || !h_src) return invalid("copy_2d_to_device: null pointer");
+  if (d_pitch < row_bytes || h_pitch < row_bytes) return invalid("copy_2d_to_device: pitch below the row size");
+  QPACK_CUDA_TRY(cudaMemcpy2DAsync(d_dst, d_pitch, h_src, h_pitch, row_bytes, rows, cudaMemcpyHostToDevice, stream));
   return {};
 }
 

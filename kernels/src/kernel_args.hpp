@@ -116,8 +116,10 @@ __device__ __forceinline__ void pdl_prologue() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 }
 
-template <class Arg>
-cudaError_t launch_kernel(void (*kernel)(Arg), int blocks, int threads, const Launch& l, const Arg& a) {
+// Any parameter list: the quantize and dequantize kernels take one struct,
+// the compare kernels (compare_args.hpp) several parameters.
+template <class... Params, class... Args>
+cudaError_t launch_kernel(void (*kernel)(Params...), int blocks, int threads, const Launch& l, const Args&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(unsigned(blocks));
   cfg.blockDim = dim3(unsigned(threads));
@@ -128,7 +130,7 @@ cudaError_t launch_kernel(void (*kernel)(Arg), int blocks, int threads, const La
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, kernel, a);
+  return cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 #endif
 

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "qpack/format/error.hpp"
+#include "qpack/kernels/compare.hpp"
 #include "qpack/kernels/cuda_quant.hpp"
 
 namespace qpack {
@@ -37,6 +38,11 @@ Status dequantize(const uint8_t*, const uint8_t*, const uint8_t*, const GroupLay
   return disabled();
 }
 
+Status compare_blocks(const spec::CompareGeometry&, const spec::ChunkView&, int64_t, int64_t, spec::PartialSums*,
+                      cudaStream_t) {
+  return disabled();
+}
+
 DeviceBuffer::~DeviceBuffer() = default;
 Status DeviceBuffer::allocate(size_t bytes) { return bytes == 0 ? Status{} : disabled(); }
 void DeviceBuffer::reset() {
@@ -51,8 +57,19 @@ void PinnedBuffer::reset() {
   size_ = 0;
 }
 
+Stream::~Stream() = default;
+Status Stream::create() { return disabled(); }
+void Stream::reset() { stream_ = nullptr; }
+
+Event::~Event() = default;
+Status Event::create() { return disabled(); }
+void Event::reset() { event_ = nullptr; }
+Status Event::record(cudaStream_t) { return disabled(); }
+Status elapsed_ms(const Event&, const Event&, float*) { return disabled(); }
+
 Status set_device(int) { return disabled(); }
 Status copy_to_device(void*, const void*, size_t, cudaStream_t) { return disabled(); }
+Status copy_2d_to_device(void*, size_t, const void*, size_t, size_t, size_t, cudaStream_t) { return disabled(); }
 Status copy_to_host(void*, const void*, size_t, cudaStream_t) { return disabled(); }
 Status fill_device(void*, int, size_t, cudaStream_t) { return disabled(); }
 Status synchronize(cudaStream_t) { return disabled(); }

@@ -1,5 +1,5 @@
-// Host interface of the CUDA path (metrics_cuda.cu), kept free of CUDA and
-// JSON headers so that plain C++ files can call it. Only compiled in when
+// Host interface of the CUDA path (metrics_cuda_host.cpp), kept free of CUDA
+// and JSON headers so that plain C++ files can call it. Only compiled in when
 // QPACK_VERIFY_CUDA is defined.
 #pragma once
 

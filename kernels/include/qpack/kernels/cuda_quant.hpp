@@ -4,11 +4,12 @@
 // the verifier), the tests and the tools need.
 //
 // This header compiles with a plain C++ compiler and no CUDA headers: the
-// stream type is forward-declared the way the CUDA runtime declares it. Every
-// function here checks its arguments and every CUDA call and launch, and
-// reports failures as a Status (device-level API) or a qpack::Error
-// (host-level API) instead of aborting. A build with QPACK_ENABLE_CUDA=OFF
-// provides the same symbols; they report that no device is available.
+// stream and event types are forward-declared the way the CUDA runtime
+// declares them. Every function here checks its arguments and every CUDA
+// call and launch, and reports failures as a Status (device-level API) or
+// a qpack::Error (host-level API) instead of aborting. A build with
+// QPACK_ENABLE_CUDA=OFF provides the same symbols; they report that no
+// device is available.
 #pragma once
 
 #include <cstddef>
@@ -23,6 +24,8 @@
 
 struct CUstream_st;
 typedef struct CUstream_st* cudaStream_t;  // same declaration as the CUDA runtime's
+struct CUevent_st;
+typedef struct CUevent_st* cudaEvent_t;    // likewise
 
 namespace qpack {
 namespace cuda {
@@ -184,8 +187,60 @@ class PinnedBuffer {
   size_t size_ = 0;
 };
 
+// Owns a stream of the current device, created with cudaStreamNonBlocking (no
+// implicit synchronization with the legacy default stream). Move-only.
+class Stream {
+ public:
+  Stream() = default;
+  ~Stream();
+  Stream(Stream&& o) noexcept : stream_(std::exchange(o.stream_, nullptr)) {}
+  Stream& operator=(Stream&& o) noexcept {  // what this held is destroyed with o
+    std::swap(stream_, o.stream_);
+    return *this;
+  }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+
+  Status create();  // destroys what it held first
+  void reset();     // work already enqueued still completes (cudaStreamDestroy)
+  cudaStream_t get() const { return stream_; }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+// Owns an event of the current device, with timing (cudaEventCreate's
+// default flags). Move-only.
+class Event {
+ public:
+  Event() = default;
+  ~Event();
+  Event(Event&& o) noexcept : event_(std::exchange(o.event_, nullptr)) {}
+  Event& operator=(Event&& o) noexcept {  // what this held is destroyed with o
+    std::swap(event_, o.event_);
+    return *this;
+  }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+
+  Status create();  // destroys what it held first
+  void reset();
+  Status record(cudaStream_t stream);  // cudaEventRecord
+  cudaEvent_t get() const { return event_; }
+
+ private:
+  cudaEvent_t event_ = nullptr;
+};
+
+// Milliseconds between two recorded events whose work is done (cudaEventElapsedTime).
+Status elapsed_ms(const Event& start, const Event& stop, float* ms);
+
 Status set_device(int device);
 Status copy_to_device(void* d_dst, const void* h_src, size_t bytes, cudaStream_t stream);
+// `rows` rows of `row_bytes` bytes, `h_pitch` bytes apart in host memory, to
+// rows `d_pitch` bytes apart in device memory (cudaMemcpy2DAsync).
+Status copy_2d_to_device(void* d_dst, size_t d_pitch, const void* h_src, size_t h_pitch, size_t row_bytes,
+                         size_t rows, cudaStream_t stream);
 Status copy_to_host(void* h_dst, const void* d_src, size_t bytes, cudaStream_t stream);
 Status fill_device(void* d_dst, int byte, size_t bytes, cudaStream_t stream);
 Status synchronize(cudaStream_t stream);
