@@ -53,22 +53,14 @@
 #include "qpack/format/safetensors.hpp"
 #include "qpack/format/layout.hpp"
 
+#include "bench_util.hpp"
+
 using namespace qpack;
 
 namespace {
 
-void ck(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) {
-    std::fprintf(stderr, "CUDA error in %s: %s\n", what, cudaGetErrorString(e));
-    std::exit(1);
-  }
-}
-void ck(const cuda::Status& s, const char* what) {
-  if (!s.ok()) {
-    std::fprintf(stderr, "%s: %s\n", what, s.message.c_str());
-    std::exit(1);
-  }
-}
+void ck(cudaError_t e, const char* what) { bench::check_cuda(e, what, 1); }
+void ck(const cuda::Status& s, const char* what) { bench::check_status(s, what, 1); }
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());

@@ -24,17 +24,13 @@
 #include "qpack/converter/quantize.hpp"
 #include "qpack/verify/metrics.hpp"
 
+#include "bench_util.hpp"
+
 using namespace qpack;
 
 namespace {
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) {
-    std::fprintf(stderr, "CUDA error in %s: %s\n", what, cudaGetErrorString(e));
-    std::exit(6);
-  }
-}
-#define CK(call) check((call), #call)
+#define CK(call) bench::check_cuda((call), #call, 6)
 
 struct Case {
   std::string name;
