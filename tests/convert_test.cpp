@@ -144,6 +144,16 @@ TEST_F(ConvertTest, RulesRecipeAndDryRun) {
   EXPECT_FALSE(fs::exists(out));
   const auto plan = nlohmann::json::parse(dry.output);
   EXPECT_TRUE(plan.value("dry_run", false));
+  // The table: the one scheme label and shape spelling, "raw" for kept tensors.
+  const auto table = test::run_qpack("convert " + model_ + " --recipe " + recipe +
+                                     " --skip '*embed_tokens*' --dry-run");
+  ASSERT_EQ(table.exit_code, 0) << table.output;
+  EXPECT_NE(table.output.find("q8 g32 ax0 asym F16"), std::string::npos) << table.output;
+  EXPECT_NE(table.output.find("q2 g32 ax1 asym F32"), std::string::npos) << table.output;
+  EXPECT_NE(table.output.find("raw"), std::string::npos) << table.output;
+  EXPECT_EQ(table.output.find(" keep "), std::string::npos) << table.output;
+  EXPECT_NE(table.output.find("[130, 200]"), std::string::npos) << table.output;
+  EXPECT_NE(table.output.find(" raw), "), std::string::npos) << table.output;  // the totals line
   ASSERT_EQ(test::run_qpack("convert " + model_ + " " + out + " -q --recipe " + recipe +
                             " --skip '*embed_tokens*'")
                 .exit_code,

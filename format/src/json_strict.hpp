@@ -54,7 +54,4 @@ inline void store_le64(uint8_t* p, uint64_t v) {
   for (int i = 0; i < 8; ++i) p[i] = uint8_t(v >> (8 * i));
 }
 
-// "[4, 0, 3]"
-std::string shape_to_string(const std::vector<int64_t>& shape);
-
 }  // namespace qpack::detail

@@ -50,6 +50,9 @@ TEST_F(VerifyCli, PassesAndPrintsTheTable) {
   EXPECT_NE(r.output.find("Per layer:"), std::string::npos);
   EXPECT_NE(r.output.find("model.layers.1"), std::string::npos);
   EXPECT_NE(r.output.find("Verdict: PASS"), std::string::npos);
+  // The one scheme label of every command (qpack/format/text.hpp).
+  EXPECT_NE(r.output.find("q2 g64 ax0 asym F16"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("q4 g64 ax0 asym F16"), std::string::npos) << r.output;
   // Worst first: a 2-bit down_proj heads the table.
   const size_t first_row = r.output.find("----\n");
   ASSERT_NE(first_row, std::string::npos);

@@ -5,6 +5,7 @@
 #include "qpack/converter/convert.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/io.hpp"
+#include "qpack/format/text.hpp"
 #include "progress_bar.hpp"
 
 namespace qpack::cli {
@@ -34,12 +35,6 @@ struct ConvertArgs {
   CLI::Option* scale_opt = nullptr;
   bool force = false, dry_run = false, quiet = false, json = false;
 };
-
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? "," : "") + std::to_string(s[i]);
-  return r + "]";
-}
 
 Recipe build_recipe(const ConvertArgs& a) {
   Recipe r;
@@ -89,13 +84,6 @@ Recipe build_recipe(const ConvertArgs& a) {
   return r;
 }
 
-std::string scheme_label(const PlanEntry& e) {
-  if (e.action == TensorAction::Keep) return "keep";
-  return "q" + std::to_string(e.scheme.bits) + " g" + std::to_string(e.scheme.group_size) + " ax" +
-         std::to_string(e.scheme.axis) + (e.scheme.symmetric ? " sym " : " asym ") +
-         dtype_name(e.scheme.scale_dtype);
-}
-
 void print_plan(const std::vector<PlanEntry>& plan) {
   size_t w = 6;
   for (const auto& e : plan) w = std::max(w, e.name.size());
@@ -104,15 +92,16 @@ void print_plan(const std::vector<PlanEntry>& plan) {
   uint64_t in = 0, out = 0;
   size_t q = 0;
   for (const auto& e : plan) {
+    const std::string scheme = e.action == TensorAction::Keep ? kRawLabel : scheme_label(e.scheme);
     std::printf("%-*s  %-18s %-5s %-24s %12llu %12llu  %s\n", int(w), e.name.c_str(),
-                shape_str(e.shape).c_str(), dtype_name(e.dtype), scheme_label(e).c_str(),
+                shape_to_string(e.shape).c_str(), dtype_name(e.dtype), scheme.c_str(),
                 static_cast<unsigned long long>(e.bytes_in), static_cast<unsigned long long>(e.bytes_out),
                 e.reason.c_str());
     in += e.bytes_in;
     out += e.bytes_out;
     q += e.action == TensorAction::Quantize;
   }
-  std::printf("total: %zu tensors (%zu quantized, %zu kept), %s -> %s (%.2fx, sections only)\n",
+  std::printf("total: %zu tensors (%zu quantized, %zu raw), %s -> %s (%.2fx, sections only)\n",
               plan.size(), q, plan.size() - q, format_bytes(in).c_str(), format_bytes(out).c_str(),
               out ? double(in) / double(out) : 0.0);
 }
@@ -166,7 +155,7 @@ int run_convert(ConvertArgs& a) {
     j["source"] = a.source;
     std::printf("%s\n", j.dump(2).c_str());
   } else if (!a.quiet) {
-    std::printf("qpack convert: %zu tensors quantized, %zu kept -> %s\n", s.tensors_quantized,
+    std::printf("qpack convert: %zu tensors quantized, %zu raw -> %s\n", s.tensors_quantized,
                 s.tensors_kept, a.output.c_str());
     std::printf("  in  %s   out %s   ratio %.2fx   (quantized tensors: %s -> %s)\n",
                 format_bytes(s.bytes_in).c_str(), format_bytes(s.bytes_out).c_str(),

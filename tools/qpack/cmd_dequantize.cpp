@@ -7,6 +7,7 @@
 #include "commands.hpp"
 #include "qpack/converter/export.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/format/text.hpp"
 #include "progress_bar.hpp"
 #include "qpack/verify/report.hpp"
 

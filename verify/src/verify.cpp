@@ -13,6 +13,7 @@
 #include "qpack/format/checkpoint.hpp"
 #include "qpack/format/container.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/format/text.hpp"
 #include "qpack/verify/verify.hpp"
 #include "qpack/verify/metrics.hpp"
 #include "qpack/version.hpp"
@@ -58,12 +59,6 @@ std::vector<NamedSection> sections_of(const QpackTensor& t) {
     out.push_back({"data", &t.data, t.source_bytes()});
   }
   return out;
-}
-
-std::string shape_string(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
 }
 
 // Checks every section's checksum and decoded size; records each failure.
@@ -289,8 +284,8 @@ VerifyReport verify(const std::string& qpack_path, const std::string& source_pat
         r.problems.push_back(std::string("dtype differs: source ") + dtype_name(st->info->dtype) +
                              ", .qpack " + dtype_name(t.dtype));
       if (st->info->shape != t.shape)
-        r.problems.push_back("shape differs: source " + shape_string(st->info->shape) + ", .qpack " +
-                             shape_string(t.shape));
+        r.problems.push_back("shape differs: source " + shape_to_string(st->info->shape) +
+                             ", .qpack " + shape_to_string(t.shape));
     }
 
     if (r.problems.empty()) {
