@@ -197,6 +197,31 @@ TEST_F(ConvertTest, BadRulesAndOptionsAreUsageErrors) {
   EXPECT_FALSE(fs::exists(out));
 }
 
+// Recipes are read by the converter with the format library's strict JSON
+// reader: a duplicate key is a usage error naming the file and the key, not
+// a silent last-one-wins.
+TEST_F(ConvertTest, RecipeWithADuplicateKeyIsRefused) {
+  const std::string out = dir_.file("x.qpack"), recipe = dir_.file("dup.json");
+  test::write_file(recipe, R"({"defaults": {"bits": 8, "group_size": 32, "bits": 2}})");
+  auto r = test::run_qpack("convert " + model_ + " " + out + " --recipe " + recipe);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(
+      r.output.find("qpack: error: " + recipe + ": recipe: duplicate key 'bits' in 'defaults'"),
+      std::string::npos)
+      << r.output;
+  r = test::run_qpack("convert " + model_ + " --dry-run --recipe " + recipe);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  test::write_file(recipe, R"({"rules": [{"match": "a*", "skip": true, "match": "b*"}]})");
+  r = test::run_qpack("convert " + model_ + " " + out + " --recipe " + recipe);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("duplicate key 'match' in 'rules'"), std::string::npos) << r.output;
+  test::write_file(recipe, "{\"defaults\": {\"bits\": 8}");
+  r = test::run_qpack("convert " + model_ + " " + out + " --recipe " + recipe);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find(recipe + ": recipe: invalid JSON"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(out));
+}
+
 TEST_F(ConvertTest, RefusesToOverwriteWithoutForceAndNeverTheInput) {
   const std::string out = dir_.file("o.qpack");
   ASSERT_EQ(test::run_qpack("convert " + model_ + " " + out + " -q").exit_code, 0);

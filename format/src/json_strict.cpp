@@ -3,6 +3,9 @@
 #include <cstring>
 #include <set>
 
+#include "qpack/format/io.hpp"
+#include "qpack/format/json.hpp"
+
 namespace qpack::detail {
 
 namespace {
@@ -106,3 +109,20 @@ std::string dump_lenient(const nlohmann::json& j) {
 }
 
 }  // namespace qpack::detail
+
+namespace qpack {
+
+nlohmann::json parse_json(const std::string& text, const std::string& file, const std::string& what,
+                          ErrorCode code) {
+  nlohmann::json j;
+  const detail::JsonParseResult r =
+      detail::parse_json_strict(text.data(), text.data() + text.size(), &j);
+  if (!r.ok()) throw Error(code, file, "", what + ": " + r.describe());
+  return j;
+}
+
+nlohmann::json read_json_file(const std::string& path, const std::string& what, ErrorCode code) {
+  return parse_json(read_text_file(path), path, what, code);
+}
+
+}  // namespace qpack

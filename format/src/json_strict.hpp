@@ -1,7 +1,8 @@
 // Private helpers shared by the readers: a JSON parse that reports duplicate
 // object keys (nlohmann silently keeps the last one, which would let a file
 // carry two different descriptions of one tensor) and caps nesting depth,
-// plus little-endian loads and stores.
+// plus little-endian loads and stores. The public face of the parse is
+// qpack/format/json.hpp.
 #pragma once
 
 #include <cstdint>

@@ -102,6 +102,24 @@ TEST_F(VerifyCli, PolicyFile) {
   EXPECT_NE(r.output.find("max_rel"), std::string::npos) << r.output;
 }
 
+// The policy is parsed with the format library's strict JSON reader: a
+// duplicate key is refused, naming the file and the key, rather than the
+// last value silently winning.
+TEST_F(VerifyCli, PolicyWithADuplicateKeyIsRefused) {
+  const std::string p = dir_.file("dup.json");
+  test::write_file(p, std::string(R"({"version": 1,
+    "thresholds": {"max_rel_error": 0.01, "max_rel_error": 0.9}})"));
+  const auto r = verify("--policy " + q(p));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("qpack: error: " + p + ": policy: duplicate key 'max_rel_error' in 'thresholds'"),
+            std::string::npos)
+      << r.output;
+  test::write_file(p, std::string(R"({"version": 1} trailing)"));
+  const auto t = verify("--policy " + q(p));
+  EXPECT_EQ(t.exit_code, 2) << t.output;
+  EXPECT_NE(t.output.find(p + ": policy: invalid JSON"), std::string::npos) << t.output;
+}
+
 TEST_F(VerifyCli, UsageAndIoErrors) {
   EXPECT_EQ(test::run_qpack("verify " + q(qp_)).exit_code, 2);  // no source
   EXPECT_EQ(test::run_qpack("verify " + q(qp_) + " " + q(src_) + " --source " + q(qp_)).exit_code, 2);

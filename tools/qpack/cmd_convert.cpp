@@ -4,7 +4,6 @@
 #include "device.hpp"
 #include "qpack/converter/convert.hpp"
 #include "qpack/format/error.hpp"
-#include "qpack/format/io.hpp"
 #include "qpack/format/text.hpp"
 #include "progress_bar.hpp"
 
@@ -38,15 +37,7 @@ struct ConvertArgs {
 
 Recipe build_recipe(const ConvertArgs& a) {
   Recipe r;
-  if (!a.recipe_file.empty()) {
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(read_text_file(a.recipe_file));
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(ErrorCode::InvalidArgument, a.recipe_file, "", std::string("bad JSON: ") + e.what());
-    }
-    r = Recipe::from_json(j, a.recipe_file);
-  }
+  if (!a.recipe_file.empty()) r = Recipe::load(a.recipe_file);
   // Flags override the recipe's defaults; --skip/--rule go before its rules.
   if (*a.bits_opt) r.defaults.bits = a.bits;
   if (*a.group_opt) {

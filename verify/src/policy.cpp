@@ -4,8 +4,8 @@
 #include <limits>
 
 #include "qpack/format/error.hpp"
-#include "qpack/format/io.hpp"
 #include "qpack/format/glob.hpp"
+#include "qpack/format/json.hpp"
 #include "qpack/verify/verify.hpp"
 
 namespace qpack {
@@ -231,14 +231,7 @@ VerifyPolicy VerifyPolicy::from_json(const nlohmann::json& j, const std::string&
 }
 
 VerifyPolicy VerifyPolicy::load(const std::string& path) {
-  const std::string text = read_text_file(path);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(ErrorCode::InvalidArgument, path, "", std::string("policy is not valid JSON: ") + e.what());
-  }
-  return from_json(j, path);
+  return from_json(read_json_file(path, "policy"), path);
 }
 
 nlohmann::json VerifyPolicy::to_json() const {

@@ -67,7 +67,9 @@ struct VerifyPolicy {
 
   // Throws Error(InvalidArgument) naming `file` and the offending key.
   static VerifyPolicy from_json(const nlohmann::json& j, const std::string& file = "<policy>");
-  // Reads and parses; Error(Io) when unreadable, Error(InvalidArgument) when malformed.
+  // Reads and parses with the strict JSON reader (qpack/format/json.hpp):
+  // Error(Io) when unreadable, Error(InvalidArgument) naming the file when
+  // malformed (a duplicate key, invalid JSON, or what from_json refuses).
   static VerifyPolicy load(const std::string& path);
   nlohmann::json to_json() const;
 };
