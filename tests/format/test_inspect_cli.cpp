@@ -183,6 +183,10 @@ TEST(InspectCli, UsageAndIoErrors) {
   EXPECT_NE(r.output.find(dir.file("absent.qpack")), std::string::npos);
   r = run_qpack("inspect --bogus " + q(dir.path()));
   EXPECT_EQ(r.exit_code, kExitUsage) << r.output;
+  r = run_qpack("inspect --help");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.output.find("docs/cli.md"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("format.md"), std::string::npos) << r.output;
 }
 
 // The library entry point the CLI uses.

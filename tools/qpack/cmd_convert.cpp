@@ -106,19 +106,7 @@ int run_convert(ConvertArgs& a) {
   if (a.dry_run) {
     const auto plan = make_plan(a.source, o.recipe);
     if (a.json) {
-      ConvertSummary s;
-      s.plan = plan;
-      for (const auto& e : plan) {
-        s.bytes_in += e.bytes_in;
-        (e.action == TensorAction::Quantize ? s.tensors_quantized : s.tensors_kept)++;
-      }
-      nlohmann::json j = s.to_json();
-      j["dry_run"] = true;
-      j.erase("bytes_out");
-      j.erase("seconds");
-      j.erase("gbps");
-      j.erase("device");
-      std::printf("%s\n", j.dump(2).c_str());
+      std::printf("%s\n", plan_to_json(plan).dump(2).c_str());
     } else {
       print_plan(plan);
     }

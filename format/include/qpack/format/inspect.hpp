@@ -1,6 +1,6 @@
 // What `qpack inspect` shows, as a library so that tests and other tools can
 // call it: a JSON report of a .qpack file or a safetensors checkpoint
-// (docs/format.md §10.1 documents its fields) and its table rendering.
+// (docs/cli.md, "inspect --json", documents its fields) and its table rendering.
 #pragma once
 
 #include <string>
