@@ -209,6 +209,8 @@ TEST_F(ConvertTest, BadRulesAndOptionsAreUsageErrors) {
   EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --rule 'x:bits=9'").exit_code, 2);
   EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --rule 'x:colour=red'").exit_code, 2);
   EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --device tpu").exit_code, 2);
+  EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --device gpu").exit_code, 2);
+  EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --device cuda:x").exit_code, 2);
   EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --nonfinite maybe").exit_code, 2);
   const std::string recipe = dir_.file("bad.json");
   test::write_file(recipe, R"({"defaults": {"bitz": 4}})");

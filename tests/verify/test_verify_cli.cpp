@@ -126,12 +126,22 @@ TEST_F(VerifyCli, UsageAndIoErrors) {
   EXPECT_EQ(test::run_qpack("verify " + q(qp_) + " --source " + q(src_) + " --device cpu -q").exit_code, 0);
   EXPECT_EQ(verify("--min-cosine 2").exit_code, 2);
   EXPECT_EQ(verify("--device tpu").exit_code, 2);
+  // One vocabulary for every subcommand (qpack::parse_device): the old
+  // spelling "gpu" is gone, cuda:N is accepted.
+  const auto gpu = verify("--device gpu");
+  EXPECT_EQ(gpu.exit_code, 2) << gpu.output;
+  EXPECT_NE(gpu.output.find("unknown device 'gpu' (expected cpu, cuda, cuda:N or auto)"), std::string::npos)
+      << gpu.output;
+  EXPECT_EQ(verify("--device cuda:").exit_code, 2);
+  EXPECT_EQ(verify("--device cuda:-1").exit_code, 2);
   EXPECT_EQ(verify("--bogus").exit_code, 2);
   EXPECT_EQ(test::run_qpack("verify " + q(dir_.file("none.qpack")) + " " + q(src_)).exit_code, 5);
   EXPECT_EQ(test::run_qpack("verify " + q(qp_) + " " + q(dir_.file("none.safetensors"))).exit_code, 5);
   if (!verify_cuda_available()) {
-    const auto r = test::run_qpack("verify " + q(qp_) + " " + q(src_) + " --device cuda");
-    EXPECT_EQ(r.exit_code, 6) << r.output;
+    for (const char* d : {"cuda", "cuda:0", "cuda:3"}) {
+      const auto r = test::run_qpack("verify " + q(qp_) + " " + q(src_) + " --device " + d);
+      EXPECT_EQ(r.exit_code, 6) << d << ": " << r.output;
+    }
   }
   const auto h = test::run_qpack("verify --help");
   EXPECT_EQ(h.exit_code, 0);
@@ -232,6 +242,12 @@ TEST_F(VerifyCli, DequantizeRoundTrip) {
   EXPECT_EQ(SafetensorsFile::open(out)->find("lm_head.weight")->dtype, DType::BF16);
   EXPECT_EQ(SafetensorsFile::open(out)->find("model.norm.weight")->dtype, DType::F32);  // raw: as it was
   EXPECT_EQ(test::run_qpack("dequantize " + q(qp_) + " " + q(out) + " --dtype f8").exit_code, 2);
+  // --device: the same vocabulary as every subcommand.
+  EXPECT_EQ(test::run_qpack("dequantize " + q(qp_) + " " + q(out) + " --force --device gpu").exit_code, 2);
+  EXPECT_EQ(test::run_qpack("dequantize " + q(qp_) + " " + q(out) + " --force -q --device cpu").exit_code, 0);
+  if (!verify_cuda_available()) {
+    EXPECT_EQ(test::run_qpack("dequantize " + q(qp_) + " " + q(out) + " --force --device cuda:1").exit_code, 6);
+  }
 }
 
 // The real model: llama2.c stories260K as HF-named safetensors (qpack-testgen),

@@ -203,9 +203,9 @@ TEST(VerifyGpu, ReportMatchesCpuReport) {
   vtest::write_source(dir.file("m.safetensors"), tensors);
   vtest::write_qpack(dir.file("m.qpack"), tensors, vtest::quantize_matrices());
   VerifyOptions o;
-  o.device = VerifyDevice::Cpu;
+  o.device = {DeviceKind::Cpu};
   const VerifyReport cpu = verify(dir.file("m.qpack"), dir.file("m.safetensors"), o);
-  o.device = VerifyDevice::Cuda;
+  o.device = {DeviceKind::Cuda};
   o.gpu_chunk_bytes = 8192;
   const VerifyReport gpu = verify(dir.file("m.qpack"), dir.file("m.safetensors"), o);
   EXPECT_NE(gpu.device.find("cuda"), std::string::npos);
@@ -216,7 +216,7 @@ TEST(VerifyGpu, ReportMatchesCpuReport) {
     return j.dump();
   };
   EXPECT_EQ(strip(cpu), strip(gpu));
-  o.device = VerifyDevice::Auto;
+  o.device = {DeviceKind::Auto};
   EXPECT_NE(verify(dir.file("m.qpack"), dir.file("m.safetensors"), o).device.find("cuda"), std::string::npos);
 }
 

@@ -23,7 +23,7 @@ struct ConvertArgs {
   int min_dims = 2;
   std::string nonfinite = "error";
   int threads = 0;
-  std::string device = "cpu";
+  DeviceOption device;
   int zstd_level = 3;
   CLI::Option* zstd = nullptr;
   CLI::Option* min_dims_opt = nullptr;
@@ -120,8 +120,7 @@ int run_convert(ConvertArgs& a) {
     o.zstd_level = a.zstd_level;
   }
   o.overwrite = a.force;
-  const DeviceChoice dev = resolve_device(a.device);
-  auto quantizer = make_quantizer(dev, a.threads);
+  auto quantizer = make_quantizer(a.device.value(), a.threads);
   ProgressBar bar("convert", !a.quiet);
   o.progress = [&bar](const ConvertProgress& p) {
     bar.update(p.bytes_done, p.bytes_total, p.tensors_done, p.tensors_total, p.current);
@@ -173,7 +172,7 @@ Runner add_convert(CLI::App& app) {
   a->min_dims_opt = sub->add_option("--min-dims", a->min_dims, "quantize tensors with at least this many dimensions (default 2)");
   sub->add_option("--nonfinite", a->nonfinite, "NaN/Inf in a tensor: 'error' (default) or 'zero' (replace by 0)");
   sub->add_option("--threads,-j", a->threads, "CPU threads (default: all cores)");
-  sub->add_option("--device", a->device, "cpu (default), cuda, cuda:N, or auto");
+  add_device_option(sub, &a->device, "the quantizer");
   a->zstd = sub->add_option("--zstd", a->zstd_level, "compress sections with zstd (optional LEVEL, default 3)")
                 ->expected(0, 1);
   sub->add_flag("--force,-f", a->force, "replace OUTPUT if it exists");

@@ -1208,29 +1208,32 @@ struct DeviceState {
   cudaEvent_t start = nullptr, stop = nullptr;
 };
 
-bool available(std::string* description) {
+bool available(int device, std::string* description) {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess || n <= 0) {
     cudaGetLastError();  // clear, so that a later call does not see it
     return false;
   }
+  if (device < 0 || device >= n) return false;
   if (description) {
     cudaDeviceProp prop;
-    if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return false;
-    *description = std::string("cuda:0 (") + prop.name + ")";
+    if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) return false;
+    *description = "cuda:" + std::to_string(device) + " (" + prop.name + ")";
   }
   return true;
 }
 
-DeviceState* create(uint64_t chunk_bytes) {
+DeviceState* create(int device, uint64_t chunk_bytes) {
   std::string desc;
-  if (!available(&desc))
-    throw Error(ErrorCode::NoDevice, "", "", "no usable CUDA device (use --device cpu)");
+  if (!available(device, &desc))
+    throw Error(ErrorCode::NoDevice, "", "",
+                "no usable CUDA device " + std::to_string(device) + " (use --device cpu)");
   auto* s = new DeviceState;
+  s->device = device;
   s->desc = desc;
   s->chunk_bytes = chunk_bytes > 0 ? chunk_bytes : (256ull << 20);
   try {
-    QPACK_VCHECK(cudaSetDevice(0), "");
+    QPACK_VCHECK(cudaSetDevice(device), "");
     for (auto& set : s->sets) QPACK_VCHECK(cudaStreamCreateWithFlags(&set.stream, cudaStreamNonBlocking), "");
     QPACK_VCHECK(cudaEventCreate(&s->start), "");
     QPACK_VCHECK(cudaEventCreate(&s->stop), "");
@@ -1243,6 +1246,7 @@ DeviceState* create(uint64_t chunk_bytes) {
 
 void destroy(DeviceState* s) noexcept {
   if (!s) return;
+  cudaSetDevice(s->device);
   for (auto& set : s->sets) {
     if (set.stream) cudaStreamSynchronize(set.stream);
     cudaFree(set.src);
@@ -1262,6 +1266,7 @@ std::string description(const DeviceState* s) { return s->desc; }
 
 void compute_host(DeviceState* s, const CompareGeometry& g, const ChunkView& host, PartialSums* out_blocks,
                   const std::string& tensor) {
+  QPACK_VCHECK(cudaSetDevice(s->device), tensor);
   const std::vector<Chunk> chunks = plan_chunks(g, s->chunk_bytes);
   const int esize = source_bytes_per_element(g.source_dtype);
   const int sb = scale_bytes_of(g.scale_dtype);
@@ -1312,6 +1317,7 @@ void compute_host(DeviceState* s, const CompareGeometry& g, const ChunkView& hos
 
 void compute_device(DeviceState* s, const CompareGeometry& g, const ChunkView& dev, PartialSums* out_blocks,
                     float* kernel_ms, const std::string& tensor) {
+  QPACK_VCHECK(cudaSetDevice(s->device), tensor);
   StagingSet& set = s->sets[0];
   drain(set, tensor);
   ensure_partials(set, size_t(g.blocks), tensor);

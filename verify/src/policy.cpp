@@ -56,21 +56,6 @@ void ErrorSums::add(const ErrorSums& o) {
 
 // -------------------------------------------------------------------- names
 
-const char* verify_device_name(VerifyDevice d) {
-  switch (d) {
-    case VerifyDevice::Cpu: return "cpu";
-    case VerifyDevice::Cuda: return "cuda";
-    default: return "auto";
-  }
-}
-
-VerifyDevice parse_verify_device(const std::string& s) {
-  if (s == "cpu") return VerifyDevice::Cpu;
-  if (s == "cuda" || s == "gpu") return VerifyDevice::Cuda;
-  if (s == "auto") return VerifyDevice::Auto;
-  throw Error(ErrorCode::InvalidArgument, "", "", "device must be cpu, cuda or auto (got '" + s + "')");
-}
-
 const char* tensor_status_name(TensorStatus s) {
   switch (s) {
     case TensorStatus::Ok: return "ok";

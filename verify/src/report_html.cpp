@@ -530,7 +530,7 @@ std::string verify_report_html(const VerifyReport& rep) {
   dd("file", rep.file + " (" + format_bytes(rep.file_bytes) + ", format " +
                  (rep.format_version.empty() ? std::string("?") : rep.format_version) + ")");
   dd("source", rep.source);
-  dd("device", rep.device + " (requested: " + verify_device_name(rep.device_requested) + ")");
+  dd("device", rep.device + " (requested: " + device_name(rep.device_requested) + ")");
   dd("threads", std::to_string(rep.threads));
   dd("max_rel_error", opt(rep.policy.global.max_rel_error));
   dd("min_snr_db", opt(rep.policy.global.min_snr_db));

@@ -219,8 +219,9 @@ VerifyReport verify(const std::string& qpack_path, const std::string& source_pat
 
   // The device first, so that an unusable --device cuda fails before any work.
   std::unique_ptr<CudaMetricsEngine> gpu;
-  if (opt.device == VerifyDevice::Cuda || (opt.device == VerifyDevice::Auto && verify_cuda_available()))
-    gpu = CudaMetricsEngine::create(opt.gpu_chunk_bytes);
+  const DeviceSelection device = resolve_device(opt.device);
+  if (device.kind == DeviceKind::Cuda)
+    gpu = CudaMetricsEngine::create(opt.gpu_chunk_bytes, device.index);
   rep.device = gpu ? gpu->description() : "cpu (" + std::to_string(rep.threads) + " threads)";
 
   // 1. Integrity: header and manifest (open), then every section.
