@@ -46,20 +46,7 @@ struct BufferSet {
   ByteBuffer codes, scales, zeros;
 };
 
-}  // namespace
-
-nlohmann::json ConvertSummary::to_json() const {
-  nlohmann::json j;
-  j["tensors_quantized"] = tensors_quantized;
-  j["tensors_kept"] = tensors_kept;
-  j["bytes_in"] = bytes_in;
-  j["bytes_out"] = bytes_out;
-  j["ratio"] = bytes_out ? double(bytes_in) / double(bytes_out) : 0.0;
-  j["bytes_quantized_in"] = bytes_quantized_in;
-  j["bytes_quantized_out"] = bytes_quantized_out;
-  j["seconds"] = seconds;
-  j["gbps"] = seconds > 0 ? double(bytes_in) / seconds / 1e9 : 0.0;
-  j["device"] = device;
+nlohmann::json plan_tensors_json(const std::vector<PlanEntry>& plan) {
   nlohmann::json t = nlohmann::json::array();
   for (const auto& p : plan) {
     nlohmann::json e = {{"name", p.name},
@@ -77,7 +64,50 @@ nlohmann::json ConvertSummary::to_json() const {
                      {"scale_dtype", scheme_json_name(p.scheme)}};
     t.push_back(e);
   }
-  j["tensors"] = t;
+  return t;
+}
+
+}  // namespace
+
+nlohmann::json plan_to_json(const std::vector<PlanEntry>& plan) {
+  size_t quantized = 0, kept = 0;
+  uint64_t in = 0, out = 0, q_in = 0, q_out = 0;
+  for (const auto& p : plan) {
+    in += p.bytes_in;
+    out += p.bytes_out;
+    if (p.action == TensorAction::Quantize) {
+      ++quantized;
+      q_in += p.bytes_in;
+      q_out += p.bytes_out;
+    } else {
+      ++kept;
+    }
+  }
+  nlohmann::json j;
+  j["dry_run"] = true;
+  j["tensors_quantized"] = quantized;
+  j["tensors_kept"] = kept;
+  j["bytes_in"] = in;
+  j["ratio"] = out ? double(in) / double(out) : 0.0;  // sections only: no file yet
+  j["bytes_quantized_in"] = q_in;
+  j["bytes_quantized_out"] = q_out;
+  j["tensors"] = plan_tensors_json(plan);
+  return j;
+}
+
+nlohmann::json ConvertSummary::to_json() const {
+  nlohmann::json j;
+  j["tensors_quantized"] = tensors_quantized;
+  j["tensors_kept"] = tensors_kept;
+  j["bytes_in"] = bytes_in;
+  j["bytes_out"] = bytes_out;
+  j["ratio"] = bytes_out ? double(bytes_in) / double(bytes_out) : 0.0;
+  j["bytes_quantized_in"] = bytes_quantized_in;
+  j["bytes_quantized_out"] = bytes_quantized_out;
+  j["seconds"] = seconds;
+  j["gbps"] = seconds > 0 ? double(bytes_in) / seconds / 1e9 : 0.0;
+  j["device"] = device;
+  j["tensors"] = plan_tensors_json(plan);
   return j;
 }
 

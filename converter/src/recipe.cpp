@@ -5,6 +5,7 @@
 
 #include "qpack/format/error.hpp"
 #include "qpack/format/glob.hpp"
+#include "qpack/format/json.hpp"
 
 namespace qpack {
 
@@ -157,6 +158,10 @@ Recipe Recipe::from_json(const nlohmann::json& j, const std::string& origin) {
     }
   }
   return r;
+}
+
+Recipe Recipe::load(const std::string& path) {
+  return from_json(read_json_file(path, "recipe"), path);
 }
 
 nlohmann::json Recipe::to_json() const {

@@ -9,6 +9,7 @@
 #include "qpack/format/checksum.hpp"
 #include "qpack/format/endian.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/format/text.hpp"
 
 namespace qpack {
 

@@ -9,6 +9,7 @@
 #include "qpack/format/checksum.hpp"
 #include "qpack/format/container.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/format/text.hpp"
 #include "section_codec.hpp"
 
 namespace qpack {
@@ -194,7 +195,7 @@ QpackTensor ManifestParser::parse_tensor(const json& tj, size_t index) {
   if (encoding == "raw") {
     if (bits % 8 != 0)
       throw Error(ErrorCode::ManifestMismatch, file_, name,
-                  "shape " + detail::shape_to_string(t.shape) + " of " + dtype_name(t.dtype) +
+                  "shape " + shape_to_string(t.shape) + " of " + dtype_name(t.dtype) +
                       " is not a whole number of bytes");
   } else if (encoding == "group_quant") {
     parse_quant(r_.obj(tj, "quant", where, name), where + ".quant", &t);
@@ -225,7 +226,7 @@ uint64_t ManifestParser::parse_shape(const json& tj, const std::string& where, Q
   unsigned long long bits = 0;
   if (overflow || mul_overflows_u64(count, (unsigned long long)dtype_bits(t->dtype), &bits))
     throw Error(ErrorCode::ManifestMismatch, file_, name,
-                "shape " + detail::shape_to_string(t->shape) + " is too large");
+                "shape " + shape_to_string(t->shape) + " is too large");
   return bits;
 }
 

@@ -7,6 +7,7 @@
 #include "qpack/format/checksum.hpp"
 #include "qpack/format/container.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/format/text.hpp"
 #include "section_codec.hpp"
 
 namespace qpack {
@@ -111,11 +112,11 @@ uint64_t checked_nbytes(const std::string& file, const std::string& name, const 
   unsigned long long n = 1;
   for (int64_t d : shape)
     if (d < 0 || mul_overflows_u64(n, (unsigned long long)d, &n))
-      throw Error(ErrorCode::InvalidArgument, file, name, "bad shape " + detail::shape_to_string(shape));
+      throw Error(ErrorCode::InvalidArgument, file, name, "bad shape " + shape_to_string(shape));
   unsigned long long bits;
   if (mul_overflows_u64(n, (unsigned long long)dtype_bits(dtype), &bits) || bits % 8 != 0)
     throw Error(ErrorCode::InvalidArgument, file, name,
-                "shape " + detail::shape_to_string(shape) + " of " + dtype_name(dtype) + " is not a whole number of bytes");
+                "shape " + shape_to_string(shape) + " of " + dtype_name(dtype) + " is not a whole number of bytes");
   return bits / 8;
 }
 
@@ -128,7 +129,7 @@ void QpackWriter::add_raw(const std::string& name, DType dtype, const std::vecto
   const uint64_t want = checked_nbytes(w.file(), name, shape, dtype);
   if (want != size)
     throw Error(ErrorCode::InvalidArgument, w.file(), name,
-                "shape " + detail::shape_to_string(shape) + " of " + dtype_name(dtype) + " needs " +
+                "shape " + shape_to_string(shape) + " of " + dtype_name(dtype) + " needs " +
                     std::to_string(want) + " bytes, got " + std::to_string(size));
   check_name(w.file(), name, w.names);
   const Section s = write_section(name, data, size);

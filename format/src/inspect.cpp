@@ -4,7 +4,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -14,6 +13,7 @@
 #include "qpack/format/checksum.hpp"
 #include "qpack/format/container.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/format/text.hpp"
 
 namespace qpack {
 
@@ -33,13 +33,6 @@ bool is_qpack_file(const std::string& path) {
   }
   ::close(fd);
   return got == sizeof magic && std::memcmp(magic, kQpackMagic.data(), sizeof magic) == 0;
-}
-
-std::string scheme_label(const QuantScheme& s) {
-  std::string dt = dtype_name(s.scale_dtype);
-  std::transform(dt.begin(), dt.end(), dt.begin(), [](unsigned char c) { return char(std::tolower(c)); });
-  return "q" + std::to_string(s.bits) + " g" + std::to_string(s.group_size) + " ax" + std::to_string(s.axis) +
-         (s.symmetric ? " sym " : " asym ") + dt;
 }
 
 namespace {
@@ -70,7 +63,7 @@ json qpack_report(const std::string& path, const InspectOptions& options) {
     row["dtype"] = dtype_name(t.dtype);
     row["shape"] = t.shape;
     row["encoding"] = t.quantized ? "group_quant" : "raw";
-    row["scheme"] = t.quantized ? scheme_label(t.scheme) : "raw";
+    row["scheme"] = t.quantized ? scheme_label(t.scheme) : kRawLabel;
     row["quant"] = t.quantized ? mtensors[i].at("quant") : json(nullptr);
     row["bytes"] = t.stored_bytes();
     row["source_bytes"] = t.source_bytes();
@@ -117,7 +110,7 @@ json checkpoint_report(const std::string& path, const InspectOptions& options) {
     row["dtype"] = dtype_name(t.info->dtype);
     row["shape"] = t.info->shape;
     row["encoding"] = "raw";
-    row["scheme"] = "raw";
+    row["scheme"] = kRawLabel;
     row["quant"] = nullptr;
     row["bytes"] = t.info->nbytes();
     row["source_bytes"] = t.info->nbytes();
@@ -145,7 +138,7 @@ std::string ratio_text(const json& r) {
 std::string shape_text(const json& shape) {
   std::vector<int64_t> s;
   for (const json& d : shape) s.push_back(d.get<int64_t>());
-  return detail::shape_to_string(s);
+  return shape_to_string(s);
 }
 
 }  // namespace
@@ -237,20 +230,6 @@ std::string format_inspect_table(const json& report) {
   }
   if (report.at("check").is_string()) out += "check: OK\n";
   return out;
-}
-
-std::string format_bytes(uint64_t n) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  double v = double(n);
-  int u = 0;
-  while (v >= 1024 && u < 5) {
-    v /= 1024;
-    ++u;
-  }
-  char buf[32];
-  if (u == 0) std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(n));
-  else std::snprintf(buf, sizeof buf, "%.2f %s", v, units[u]);
-  return buf;
 }
 
 }  // namespace qpack

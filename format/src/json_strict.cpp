@@ -3,6 +3,9 @@
 #include <cstring>
 #include <set>
 
+#include "qpack/format/io.hpp"
+#include "qpack/format/json.hpp"
+
 namespace qpack::detail {
 
 namespace {
@@ -105,13 +108,21 @@ std::string dump_lenient(const nlohmann::json& j) {
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-std::string shape_to_string(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(shape[i]);
-  }
-  return s + "]";
+}  // namespace qpack::detail
+
+namespace qpack {
+
+nlohmann::json parse_json(const std::string& text, const std::string& file, const std::string& what,
+                          ErrorCode code) {
+  nlohmann::json j;
+  const detail::JsonParseResult r =
+      detail::parse_json_strict(text.data(), text.data() + text.size(), &j);
+  if (!r.ok()) throw Error(code, file, "", what + ": " + r.describe());
+  return j;
 }
 
-}  // namespace qpack::detail
+nlohmann::json read_json_file(const std::string& path, const std::string& what, ErrorCode code) {
+  return parse_json(read_text_file(path), path, what, code);
+}
+
+}  // namespace qpack

@@ -1,6 +1,7 @@
 // Private helpers shared by the readers: a JSON parse that reports duplicate
 // object keys (nlohmann silently keeps the last one, which would let a file
 // carry two different descriptions of one tensor) and caps nesting depth.
+// The public face of the parse is qpack/format/json.hpp.
 #pragma once
 
 #include <cstdint>
@@ -35,7 +36,5 @@ const char* json_type_name(const nlohmann::json& j);
 // messages and for carrying foreign values as text.
 std::string dump_lenient(const nlohmann::json& j);
 
-// "[4, 0, 3]"
-std::string shape_to_string(const std::vector<int64_t>& shape);
 
 }  // namespace qpack::detail

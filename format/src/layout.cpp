@@ -16,13 +16,4 @@ GroupLayout make_layout(const std::vector<int64_t>& shape, const QuantScheme& sc
   throw Error(ErrorCode::UnsupportedScheme, "", tensor, why);
 }
 
-std::string scheme_to_string(const QuantScheme& s) {
-  std::string r = std::to_string(s.bits) + "b g";
-  r += s.group_size == 0 ? std::string("all") : std::to_string(s.group_size);
-  r += " ax" + std::to_string(s.axis);
-  r += s.symmetric ? " sym" : " asym";
-  r += std::string(" ") + dtype_name(s.scale_dtype);
-  return r;
-}
-
 }  // namespace qpack

@@ -9,6 +9,7 @@
 #include "json_strict.hpp"
 #include "qpack/format/endian.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/format/text.hpp"
 
 namespace qpack {
 
@@ -33,11 +34,11 @@ uint64_t shape_nbytes(const std::vector<int64_t>& shape, DType dtype, const std:
   for (int64_t d : shape)
     if (mul_overflows_u64(n, (unsigned long long)d, &n))
       throw Error(ErrorCode::SizeOverflow, file, tensor,
-                  "element count of shape " + detail::shape_to_string(shape) + " overflows 64 bits");
+                  "element count of shape " + shape_to_string(shape) + " overflows 64 bits");
   unsigned long long bits;
   if (mul_overflows_u64(n, (unsigned long long)dtype_bits(dtype), &bits))
     throw Error(ErrorCode::SizeOverflow, file, tensor,
-                "size in bits of shape " + detail::shape_to_string(shape) + " " + dtype_name(dtype) +
+                "size in bits of shape " + shape_to_string(shape) + " " + dtype_name(dtype) +
                     " overflows 64 bits");
   if (bits % 8 != 0)
     throw Error(ErrorCode::ShapeMismatch, file, tensor,
@@ -108,7 +109,7 @@ TensorInfo parse_entry(const std::string& file, const std::string& name, const j
   const uint64_t want = shape_nbytes(t.shape, t.dtype, file, name);
   if (want != t.end - t.begin)
     throw Error(ErrorCode::ShapeMismatch, file, name,
-                "shape " + detail::shape_to_string(t.shape) + " of " + dtype_name(t.dtype) + " needs " +
+                "shape " + shape_to_string(t.shape) + " of " + dtype_name(t.dtype) + " needs " +
                     std::to_string(want) + " bytes but data_offsets " + offsets_str(t.begin, t.end) +
                     " span " + std::to_string(t.end - t.begin));
   if (t.end > data_size)
@@ -238,7 +239,7 @@ std::string build_header(const std::string& path, const std::vector<TensorToWrit
     const uint64_t want = shape_nbytes(t.shape, t.dtype, path, t.name);
     if (want != t.nbytes)
       throw Error(ErrorCode::InvalidArgument, path, t.name,
-                  "shape " + detail::shape_to_string(t.shape) + " of " + dtype_name(t.dtype) + " needs " +
+                  "shape " + shape_to_string(t.shape) + " of " + dtype_name(t.dtype) + " needs " +
                       std::to_string(want) + " bytes, got " + std::to_string(t.nbytes));
     unsigned long long end;
     if (add_overflows_u64(offset, t.nbytes, &end))

@@ -1,10 +1,12 @@
-// The parts of qpack/cuda_quant.hpp that need no CUDA: built with and
-// without QPACK_ENABLE_CUDA.
+// The parts of qpack/kernels/cuda_quant.hpp that need no CUDA, and the device
+// selection of qpack/kernels/device.hpp: built with and without
+// QPACK_ENABLE_CUDA.
 #include <algorithm>
 #include <cstdio>
 #include <string>
 
 #include "qpack/kernels/cuda_quant.hpp"
+#include "qpack/kernels/device.hpp"
 #include "qpack/format/error.hpp"
 
 namespace qpack::cuda {
@@ -49,3 +51,54 @@ int64_t tile_end_row(const GroupLayout& L, int64_t gr_end) {
 }
 
 }  // namespace qpack::cuda
+
+namespace qpack {
+
+const char* device_kind_name(DeviceKind kind) {
+  switch (kind) {
+    case DeviceKind::Cpu: return "cpu";
+    case DeviceKind::Cuda: return "cuda";
+    case DeviceKind::Auto: return "auto";
+  }
+  return "auto";
+}
+
+DeviceSelection parse_device(const std::string& text) {
+  if (text == "cpu") return {DeviceKind::Cpu, 0};
+  if (text == "auto") return {DeviceKind::Auto, 0};
+  if (text == "cuda") return {DeviceKind::Cuda, 0};
+  if (text.size() > 5 && text.compare(0, 5, "cuda:") == 0) {
+    long long index = 0;
+    bool digits = true;
+    for (size_t i = 5; i < text.size() && digits; ++i) {
+      digits = text[i] >= '0' && text[i] <= '9';
+      index = index * 10 + (text[i] - '0');
+      if (index > 0x7fffffff) digits = false;
+    }
+    if (digits) return {DeviceKind::Cuda, int(index)};
+  }
+  throw Error(ErrorCode::InvalidArgument, "", "",
+              "unknown device '" + text + "' (expected cpu, cuda, cuda:N or auto)");
+}
+
+std::string device_name(const DeviceSelection& d) {
+  if (d.kind == DeviceKind::Cuda) return "cuda:" + std::to_string(d.index);
+  return device_kind_name(d.kind);
+}
+
+DeviceSelection resolve_device(const DeviceSelection& d) {
+  if (d.kind == DeviceKind::Cpu) return {DeviceKind::Cpu, 0};
+  std::string why;
+  const bool usable = cuda::cuda_available(&why);
+  if (d.kind == DeviceKind::Auto) return {usable ? DeviceKind::Cuda : DeviceKind::Cpu, 0};
+  if (!usable)
+    throw Error(ErrorCode::NoDevice, "", "",
+                "device " + device_name(d) + " needs a usable CUDA device: " + why);
+  const int n = cuda::device_count();
+  if (d.index >= n)
+    throw Error(ErrorCode::NoDevice, "", "",
+                "device " + device_name(d) + ": only " + std::to_string(n) + " CUDA device(s) visible");
+  return d;
+}
+
+}  // namespace qpack

@@ -144,6 +144,37 @@ TEST_F(ConvertTest, RulesRecipeAndDryRun) {
   EXPECT_FALSE(fs::exists(out));
   const auto plan = nlohmann::json::parse(dry.output);
   EXPECT_TRUE(plan.value("dry_run", false));
+  // The plan's own keys: the summary's, less what only a run knows.
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : plan.items()) keys.push_back(k);
+  EXPECT_EQ(keys, (std::vector<std::string>{"bytes_in", "bytes_quantized_in", "bytes_quantized_out",
+                                            "dry_run", "ratio", "tensors", "tensors_kept",
+                                            "tensors_quantized"}));
+  uint64_t q_in = 0, q_out = 0, in = 0, out_bytes = 0;
+  for (const auto& e : plan["tensors"]) {
+    in += e["bytes_in"].get<uint64_t>();
+    out_bytes += e["bytes_out"].get<uint64_t>();
+    if (e["action"] == "quantize") {
+      q_in += e["bytes_in"].get<uint64_t>();
+      q_out += e["bytes_out"].get<uint64_t>();
+    } else {
+      EXPECT_EQ(e["action"], "keep");
+    }
+  }
+  EXPECT_EQ(plan["bytes_in"].get<uint64_t>(), in);
+  EXPECT_EQ(plan["bytes_quantized_in"].get<uint64_t>(), q_in);
+  EXPECT_EQ(plan["bytes_quantized_out"].get<uint64_t>(), q_out);
+  EXPECT_DOUBLE_EQ(plan["ratio"].get<double>(), double(in) / double(out_bytes));
+  // The table: the one scheme label and shape spelling, "raw" for kept tensors.
+  const auto table = test::run_qpack("convert " + model_ + " --recipe " + recipe +
+                                     " --skip '*embed_tokens*' --dry-run");
+  ASSERT_EQ(table.exit_code, 0) << table.output;
+  EXPECT_NE(table.output.find("q8 g32 ax0 asym F16"), std::string::npos) << table.output;
+  EXPECT_NE(table.output.find("q2 g32 ax1 asym F32"), std::string::npos) << table.output;
+  EXPECT_NE(table.output.find("raw"), std::string::npos) << table.output;
+  EXPECT_EQ(table.output.find(" keep "), std::string::npos) << table.output;
+  EXPECT_NE(table.output.find("[130, 200]"), std::string::npos) << table.output;
+  EXPECT_NE(table.output.find(" raw), "), std::string::npos) << table.output;  // the totals line
   ASSERT_EQ(test::run_qpack("convert " + model_ + " " + out + " -q --recipe " + recipe +
                             " --skip '*embed_tokens*'")
                 .exit_code,
@@ -178,12 +209,39 @@ TEST_F(ConvertTest, BadRulesAndOptionsAreUsageErrors) {
   EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --rule 'x:bits=9'").exit_code, 2);
   EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --rule 'x:colour=red'").exit_code, 2);
   EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --device tpu").exit_code, 2);
+  EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --device gpu").exit_code, 2);
+  EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --device cuda:x").exit_code, 2);
   EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --nonfinite maybe").exit_code, 2);
   const std::string recipe = dir_.file("bad.json");
   test::write_file(recipe, R"({"defaults": {"bitz": 4}})");
   const auto r = test::run_qpack("convert " + model_ + " " + out + " --recipe " + recipe);
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.output.find("bitz"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(out));
+}
+
+// Recipes are read by the converter with the format library's strict JSON
+// reader: a duplicate key is a usage error naming the file and the key, not
+// a silent last-one-wins.
+TEST_F(ConvertTest, RecipeWithADuplicateKeyIsRefused) {
+  const std::string out = dir_.file("x.qpack"), recipe = dir_.file("dup.json");
+  test::write_file(recipe, R"({"defaults": {"bits": 8, "group_size": 32, "bits": 2}})");
+  auto r = test::run_qpack("convert " + model_ + " " + out + " --recipe " + recipe);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(
+      r.output.find("qpack: error: " + recipe + ": recipe: duplicate key 'bits' in 'defaults'"),
+      std::string::npos)
+      << r.output;
+  r = test::run_qpack("convert " + model_ + " --dry-run --recipe " + recipe);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  test::write_file(recipe, R"({"rules": [{"match": "a*", "skip": true, "match": "b*"}]})");
+  r = test::run_qpack("convert " + model_ + " " + out + " --recipe " + recipe);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("duplicate key 'match' in 'rules'"), std::string::npos) << r.output;
+  test::write_file(recipe, "{\"defaults\": {\"bits\": 8}");
+  r = test::run_qpack("convert " + model_ + " " + out + " --recipe " + recipe);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find(recipe + ": recipe: invalid JSON"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(out));
 }
 

@@ -11,6 +11,7 @@
 #include "qpack/format/error.hpp"
 #include "qpack/format/inspect.hpp"
 #include "qpack/format/safetensors.hpp"
+#include "qpack/format/text.hpp"
 #include "testutil.hpp"
 
 namespace qpack {
@@ -77,8 +78,8 @@ TEST(InspectCli, QpackTableWithSchemesAndRatios) {
   const auto r = run_qpack("inspect " + q(path));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("qpack 1.0: " + path), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("q4 g8 ax0 asym f16"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("q8 g16 ax1 sym bf16"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("q4 g8 ax0 asym F16"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("q8 g16 ax1 sym BF16"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("RATIO"), std::string::npos);
   EXPECT_NE(r.output.find("5 tensors"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("source (ratio "), std::string::npos) << r.output;
@@ -113,7 +114,7 @@ TEST(InspectCli, JsonForQpack) {
   EXPECT_EQ(w["dtype"], "F16");
   EXPECT_EQ(w["shape"], json({16, 8}));
   EXPECT_EQ(w["encoding"], "group_quant");
-  EXPECT_EQ(w["scheme"], "q4 g8 ax0 asym f16");
+  EXPECT_EQ(w["scheme"], "q4 g8 ax0 asym F16");
   EXPECT_EQ(w["quant"]["bits"], 4);
   EXPECT_EQ(w["source_bytes"], 256);
   EXPECT_EQ(w["bytes"], 64 + 32 + 32);
@@ -182,6 +183,10 @@ TEST(InspectCli, UsageAndIoErrors) {
   EXPECT_NE(r.output.find(dir.file("absent.qpack")), std::string::npos);
   r = run_qpack("inspect --bogus " + q(dir.path()));
   EXPECT_EQ(r.exit_code, kExitUsage) << r.output;
+  r = run_qpack("inspect --help");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.output.find("docs/cli.md"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("format.md"), std::string::npos) << r.output;
 }
 
 // The library entry point the CLI uses.
@@ -191,7 +196,7 @@ TEST(InspectLibrary, ReportAndTable) {
   const json rep = inspect_report(path, InspectOptions{true});
   EXPECT_EQ(rep["check"], "ok");
   const std::string table = format_inspect_table(rep);
-  EXPECT_NE(table.find("q8 g16 ax1 sym bf16"), std::string::npos);
+  EXPECT_NE(table.find("q8 g16 ax1 sym BF16"), std::string::npos);
   EXPECT_TRUE(is_qpack_file(path));
   EXPECT_FALSE(is_qpack_file(dir.path()));
   QuantScheme s;
@@ -200,7 +205,13 @@ TEST(InspectLibrary, ReportAndTable) {
   s.axis = 1;
   s.symmetric = true;
   s.scale_dtype = DType::F32;
-  EXPECT_EQ(scheme_label(s), "q3 g128 ax1 sym f32");
+  EXPECT_EQ(scheme_label(s), "q3 g128 ax1 sym F32");
+  s.group_size = 0;  // unresolved: the whole axis
+  EXPECT_EQ(scheme_label(s), "q3 gall ax1 sym F32");
+  EXPECT_EQ(shape_to_string({4096, 11008}), "[4096, 11008]");
+  EXPECT_EQ(shape_to_string({}), "[]");
+  EXPECT_EQ(format_bytes(1023), "1023 B");
+  EXPECT_EQ(format_bytes(3u << 29), "1.50 GiB");
 }
 
 }  // namespace

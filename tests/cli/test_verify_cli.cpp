@@ -50,6 +50,9 @@ TEST_F(VerifyCli, PassesAndPrintsTheTable) {
   EXPECT_NE(r.output.find("Per layer:"), std::string::npos);
   EXPECT_NE(r.output.find("model.layers.1"), std::string::npos);
   EXPECT_NE(r.output.find("Verdict: PASS"), std::string::npos);
+  // The one scheme label of every command (qpack/format/text.hpp).
+  EXPECT_NE(r.output.find("q2 g64 ax0 asym F16"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("q4 g64 ax0 asym F16"), std::string::npos) << r.output;
   // Worst first: a 2-bit down_proj heads the table.
   const size_t first_row = r.output.find("----\n");
   ASSERT_NE(first_row, std::string::npos);
@@ -99,18 +102,46 @@ TEST_F(VerifyCli, PolicyFile) {
   EXPECT_NE(r.output.find("max_rel"), std::string::npos) << r.output;
 }
 
+// The policy is parsed with the format library's strict JSON reader: a
+// duplicate key is refused, naming the file and the key, rather than the
+// last value silently winning.
+TEST_F(VerifyCli, PolicyWithADuplicateKeyIsRefused) {
+  const std::string p = dir_.file("dup.json");
+  test::write_file(p, std::string(R"({"version": 1,
+    "thresholds": {"max_rel_error": 0.01, "max_rel_error": 0.9}})"));
+  const auto r = verify("--policy " + q(p));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("qpack: error: " + p + ": policy: duplicate key 'max_rel_error' in 'thresholds'"),
+            std::string::npos)
+      << r.output;
+  test::write_file(p, std::string(R"({"version": 1} trailing)"));
+  const auto t = verify("--policy " + q(p));
+  EXPECT_EQ(t.exit_code, 2) << t.output;
+  EXPECT_NE(t.output.find(p + ": policy: invalid JSON"), std::string::npos) << t.output;
+}
+
 TEST_F(VerifyCli, UsageAndIoErrors) {
   EXPECT_EQ(test::run_qpack("verify " + q(qp_)).exit_code, 2);  // no source
   EXPECT_EQ(test::run_qpack("verify " + q(qp_) + " " + q(src_) + " --source " + q(qp_)).exit_code, 2);
   EXPECT_EQ(test::run_qpack("verify " + q(qp_) + " --source " + q(src_) + " --device cpu -q").exit_code, 0);
   EXPECT_EQ(verify("--min-cosine 2").exit_code, 2);
   EXPECT_EQ(verify("--device tpu").exit_code, 2);
+  // One vocabulary for every subcommand (qpack::parse_device): the old
+  // spelling "gpu" is gone, cuda:N is accepted.
+  const auto gpu = verify("--device gpu");
+  EXPECT_EQ(gpu.exit_code, 2) << gpu.output;
+  EXPECT_NE(gpu.output.find("unknown device 'gpu' (expected cpu, cuda, cuda:N or auto)"), std::string::npos)
+      << gpu.output;
+  EXPECT_EQ(verify("--device cuda:").exit_code, 2);
+  EXPECT_EQ(verify("--device cuda:-1").exit_code, 2);
   EXPECT_EQ(verify("--bogus").exit_code, 2);
   EXPECT_EQ(test::run_qpack("verify " + q(dir_.file("none.qpack")) + " " + q(src_)).exit_code, 5);
   EXPECT_EQ(test::run_qpack("verify " + q(qp_) + " " + q(dir_.file("none.safetensors"))).exit_code, 5);
   if (!verify_cuda_available()) {
-    const auto r = test::run_qpack("verify " + q(qp_) + " " + q(src_) + " --device cuda");
-    EXPECT_EQ(r.exit_code, 6) << r.output;
+    for (const char* d : {"cuda", "cuda:0", "cuda:3"}) {
+      const auto r = test::run_qpack("verify " + q(qp_) + " " + q(src_) + " --device " + d);
+      EXPECT_EQ(r.exit_code, 6) << d << ": " << r.output;
+    }
   }
   const auto h = test::run_qpack("verify --help");
   EXPECT_EQ(h.exit_code, 0);
@@ -210,6 +241,12 @@ TEST_F(VerifyCli, DequantizeRoundTrip) {
   EXPECT_EQ(SafetensorsFile::open(out)->find("lm_head.weight")->dtype, DType::BF16);
   EXPECT_EQ(SafetensorsFile::open(out)->find("model.norm.weight")->dtype, DType::F32);  // raw: as it was
   EXPECT_EQ(test::run_qpack("dequantize " + q(qp_) + " " + q(out) + " --dtype f8").exit_code, 2);
+  // --device: the same vocabulary as every subcommand.
+  EXPECT_EQ(test::run_qpack("dequantize " + q(qp_) + " " + q(out) + " --force --device gpu").exit_code, 2);
+  EXPECT_EQ(test::run_qpack("dequantize " + q(qp_) + " " + q(out) + " --force -q --device cpu").exit_code, 0);
+  if (!verify_cuda_available()) {
+    EXPECT_EQ(test::run_qpack("dequantize " + q(qp_) + " " + q(out) + " --force --device cuda:1").exit_code, 6);
+  }
 }
 
 // The real model: llama2.c stories260K as HF-named safetensors (qpack-testgen),

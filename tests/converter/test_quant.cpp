@@ -14,6 +14,7 @@
 #include "qpack/spec/group_params.hpp"
 #include "qpack/converter/quantize.hpp"
 #include "qpack/format/layout.hpp"
+#include "qpack/format/text.hpp"
 #include "testutil.hpp"
 
 using namespace qpack;
@@ -233,7 +234,7 @@ Case random_case(std::mt19937_64& rng) {
 std::string describe(const Case& c) {
   std::string s = "shape [";
   for (size_t i = 0; i < c.shape.size(); ++i) s += (i ? "," : "") + std::to_string(c.shape[i]);
-  return s + "] " + scheme_to_string(c.scheme) + " src " + dtype_name(c.src) + " pattern " +
+  return s + "] " + scheme_label(c.scheme) + " src " + dtype_name(c.src) + " pattern " +
          std::to_string(c.pattern);
 }
 

@@ -54,8 +54,8 @@ std::string materialize(const Case& c, const std::string& dir);
 Bytes safetensors_bytes(const std::string& header, uint64_t data_bytes);
 Bytes safetensors_bytes_with_length(uint64_t header_length, const std::string& header, uint64_t data_bytes);
 // The sample .qpack the qpack cases are derived from: tensors "emb" (raw
-// F32 [3,4]), "w" (F16 [16,8], q4 g8 ax0 asym f16), "norm" (raw BF16 [16]),
-// "ws" (F32 [8,16], q8 g16 ax1 sym bf16), "z" (raw F32 [256] of zeros;
+// F32 [3,4]), "w" (F16 [16,8], q4 g8 ax0 asym F16), "norm" (raw BF16 [16]),
+// "ws" (F32 [8,16], q8 g16 ax1 sym BF16), "z" (raw F32 [256] of zeros;
 // zstd-compressed when codec is zstd).
 Bytes sample_qpack(Codec codec);
 // Recomputes the manifest and header checksums after an edit.

@@ -28,6 +28,7 @@
 #include "qpack/converter/quantizer.hpp"
 #include "qpack/format/safetensors.hpp"
 #include "qpack/format/layout.hpp"
+#include "qpack/format/text.hpp"
 #include "testutil.hpp"
 
 using namespace qpack;
@@ -80,7 +81,7 @@ Outputs make_outputs(const GroupLayout& L, const QuantScheme& s, uint8_t poison)
 std::string describe(const std::vector<int64_t>& shape, DType dt, const QuantScheme& s) {
   std::string r = "[";
   for (size_t i = 0; i < shape.size(); ++i) r += (i ? "," : "") + std::to_string(shape[i]);
-  return r + "] " + dtype_name(dt) + " " + scheme_to_string(s);
+  return r + "] " + dtype_name(dt) + " " + scheme_label(s);
 }
 
 // Index of the first differing byte, or -1.

@@ -25,7 +25,7 @@ using vtest::HostTensor;
 
 VerifyOptions cpu_options(int threads = 2) {
   VerifyOptions o;
-  o.device = VerifyDevice::Cpu;
+  o.device = {DeviceKind::Cpu};
   o.threads = threads;
   return o;
 }

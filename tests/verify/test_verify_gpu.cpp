@@ -15,6 +15,7 @@
 #include "qpack/verify/verify.hpp"
 #include "qpack/verify/metrics.hpp"
 #include "qpack/verify/report.hpp"
+#include "qpack/format/text.hpp"
 #include "testutil.hpp"
 #include "verify/verify_fixtures.hpp"
 
@@ -64,7 +65,7 @@ TEST(VerifyGpu, SameBitsAsCpuForEverySchemeAndChunking) {
           if (t.numel() > 10) vtest::set_value(t, 3, std::numeric_limits<float>::quiet_NaN());
           const Quantized q = vtest::quantize(t, s, NonFinitePolicy::Zero);
           const ErrorSums cpu = compute_error_sums_cpu(view_of(t, q), 2);
-          const std::string what = scheme_to_string(q.scheme) + " " + dtype_name(src) + " numel " +
+          const std::string what = scheme_label(q.scheme) + " " + dtype_name(src) + " numel " +
                                    std::to_string(t.numel());
           EXPECT_TRUE(identical(cpu, whole->compute(view_of(t, q)))) << what;
           EXPECT_TRUE(identical(cpu, tiny->compute(view_of(t, q)))) << what << " (4 KiB chunks)";
@@ -157,7 +158,7 @@ TEST(VerifyGpu, FastLayoutsGiveTheSameBits) {
                 if (!q.scales.empty()) q.scales[rng() % q.scales.size()] ^= 0x10;
               }
               const ErrorSums cpu = compute_error_sums_cpu(view_of(t, q), 2);
-              const std::string what = scheme_to_string(q.scheme) + " " + dtype_name(src) + " shape " +
+              const std::string what = scheme_label(q.scheme) + " " + dtype_name(src) + " shape " +
                                        std::to_string(sh.shape[0]) + "x.. variant " + std::to_string(variant);
               EXPECT_TRUE(identical(cpu, whole->compute(view_of(t, q)))) << what;
               if (variant == 0) {
@@ -202,9 +203,9 @@ TEST(VerifyGpu, ReportMatchesCpuReport) {
   vtest::write_source(dir.file("m.safetensors"), tensors);
   vtest::write_qpack(dir.file("m.qpack"), tensors, vtest::quantize_matrices());
   VerifyOptions o;
-  o.device = VerifyDevice::Cpu;
+  o.device = {DeviceKind::Cpu};
   const VerifyReport cpu = verify(dir.file("m.qpack"), dir.file("m.safetensors"), o);
-  o.device = VerifyDevice::Cuda;
+  o.device = {DeviceKind::Cuda};
   o.gpu_chunk_bytes = 8192;
   const VerifyReport gpu = verify(dir.file("m.qpack"), dir.file("m.safetensors"), o);
   EXPECT_NE(gpu.device.find("cuda"), std::string::npos);
@@ -215,7 +216,7 @@ TEST(VerifyGpu, ReportMatchesCpuReport) {
     return j.dump();
   };
   EXPECT_EQ(strip(cpu), strip(gpu));
-  o.device = VerifyDevice::Auto;
+  o.device = {DeviceKind::Auto};
   EXPECT_NE(verify(dir.file("m.qpack"), dir.file("m.safetensors"), o).device.find("cuda"), std::string::npos);
 }
 

@@ -11,6 +11,7 @@
 
 #include "qpack/spec/error_sums.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/format/text.hpp"
 #include "qpack/verify/metrics.hpp"
 #include "testutil.hpp"
 #include "verify/verify_fixtures.hpp"
@@ -80,7 +81,7 @@ void check_against_reference(const HostTensor& t, const Quantized& q, const std:
 std::string describe(const HostTensor& t, const QuantScheme& s) {
   std::string r = t.name + " " + dtype_name(t.dtype) + " [";
   for (size_t i = 0; i < t.shape.size(); ++i) r += (i ? "," : "") + std::to_string(t.shape[i]);
-  return r + "] " + scheme_to_string(s);
+  return r + "] " + scheme_label(s);
 }
 
 // Every bits x symmetric x scale dtype, each on a random awkward shape, axis,
@@ -250,7 +251,7 @@ TEST(VerifyMetrics, DeviceBoundEqualsErrorBound) {
     const double q = s.symmetric ? qmax_sym(s.bits) : qmax_asym(s.bits);
     const spec::BoundTerms bt = spec::bound_terms(sc, m, q, s.symmetric, s.scale_dtype);
     const double mine = spec::bound_for(bt, x), want = test::reference_error_bound(x, sc, m, s);
-    ASSERT_TRUE(same_bits(mine, want)) << "s=" << sc << " m=" << m << " x=" << x << " " << scheme_to_string(s)
+    ASSERT_TRUE(same_bits(mine, want)) << "s=" << sc << " m=" << m << " x=" << x << " " << scheme_label(s)
                                        << ": " << mine << " vs " << want;
     ASSERT_LE(bt.base, want);
     ASSERT_EQ(spec::ulp_in(m, s.scale_dtype), test::reference_ulp(m, s.scale_dtype));

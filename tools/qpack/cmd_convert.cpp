@@ -4,7 +4,7 @@
 #include "device.hpp"
 #include "qpack/converter/convert.hpp"
 #include "qpack/format/error.hpp"
-#include "qpack/format/io.hpp"
+#include "qpack/format/text.hpp"
 #include "progress_bar.hpp"
 
 namespace qpack::cli {
@@ -23,7 +23,7 @@ struct ConvertArgs {
   int min_dims = 2;
   std::string nonfinite = "error";
   int threads = 0;
-  std::string device = "cpu";
+  DeviceOption device;
   int zstd_level = 3;
   CLI::Option* zstd = nullptr;
   CLI::Option* min_dims_opt = nullptr;
@@ -35,23 +35,9 @@ struct ConvertArgs {
   bool force = false, dry_run = false, quiet = false, json = false;
 };
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? "," : "") + std::to_string(s[i]);
-  return r + "]";
-}
-
 Recipe build_recipe(const ConvertArgs& a) {
   Recipe r;
-  if (!a.recipe_file.empty()) {
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(read_text_file(a.recipe_file));
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(ErrorCode::InvalidArgument, a.recipe_file, "", std::string("bad JSON: ") + e.what());
-    }
-    r = Recipe::from_json(j, a.recipe_file);
-  }
+  if (!a.recipe_file.empty()) r = Recipe::load(a.recipe_file);
   // Flags override the recipe's defaults; --skip/--rule go before its rules.
   if (*a.bits_opt) r.defaults.bits = a.bits;
   if (*a.group_opt) {
@@ -89,13 +75,6 @@ Recipe build_recipe(const ConvertArgs& a) {
   return r;
 }
 
-std::string scheme_label(const PlanEntry& e) {
-  if (e.action == TensorAction::Keep) return "keep";
-  return "q" + std::to_string(e.scheme.bits) + " g" + std::to_string(e.scheme.group_size) + " ax" +
-         std::to_string(e.scheme.axis) + (e.scheme.symmetric ? " sym " : " asym ") +
-         dtype_name(e.scheme.scale_dtype);
-}
-
 void print_plan(const std::vector<PlanEntry>& plan) {
   size_t w = 6;
   for (const auto& e : plan) w = std::max(w, e.name.size());
@@ -104,15 +83,16 @@ void print_plan(const std::vector<PlanEntry>& plan) {
   uint64_t in = 0, out = 0;
   size_t q = 0;
   for (const auto& e : plan) {
+    const std::string scheme = e.action == TensorAction::Keep ? kRawLabel : scheme_label(e.scheme);
     std::printf("%-*s  %-18s %-5s %-24s %12llu %12llu  %s\n", int(w), e.name.c_str(),
-                shape_str(e.shape).c_str(), dtype_name(e.dtype), scheme_label(e).c_str(),
+                shape_to_string(e.shape).c_str(), dtype_name(e.dtype), scheme.c_str(),
                 static_cast<unsigned long long>(e.bytes_in), static_cast<unsigned long long>(e.bytes_out),
                 e.reason.c_str());
     in += e.bytes_in;
     out += e.bytes_out;
     q += e.action == TensorAction::Quantize;
   }
-  std::printf("total: %zu tensors (%zu quantized, %zu kept), %s -> %s (%.2fx, sections only)\n",
+  std::printf("total: %zu tensors (%zu quantized, %zu raw), %s -> %s (%.2fx, sections only)\n",
               plan.size(), q, plan.size() - q, format_bytes(in).c_str(), format_bytes(out).c_str(),
               out ? double(in) / double(out) : 0.0);
 }
@@ -126,19 +106,7 @@ int run_convert(ConvertArgs& a) {
   if (a.dry_run) {
     const auto plan = make_plan(a.source, o.recipe);
     if (a.json) {
-      ConvertSummary s;
-      s.plan = plan;
-      for (const auto& e : plan) {
-        s.bytes_in += e.bytes_in;
-        (e.action == TensorAction::Quantize ? s.tensors_quantized : s.tensors_kept)++;
-      }
-      nlohmann::json j = s.to_json();
-      j["dry_run"] = true;
-      j.erase("bytes_out");
-      j.erase("seconds");
-      j.erase("gbps");
-      j.erase("device");
-      std::printf("%s\n", j.dump(2).c_str());
+      std::printf("%s\n", plan_to_json(plan).dump(2).c_str());
     } else {
       print_plan(plan);
     }
@@ -152,8 +120,7 @@ int run_convert(ConvertArgs& a) {
     o.zstd_level = a.zstd_level;
   }
   o.overwrite = a.force;
-  const DeviceChoice dev = resolve_device(a.device);
-  auto quantizer = make_quantizer(dev, a.threads);
+  auto quantizer = make_quantizer(a.device.value(), a.threads);
   ProgressBar bar("convert", !a.quiet);
   o.progress = [&bar](const ConvertProgress& p) {
     bar.update(p.bytes_done, p.bytes_total, p.tensors_done, p.tensors_total, p.current);
@@ -166,7 +133,7 @@ int run_convert(ConvertArgs& a) {
     j["source"] = a.source;
     std::printf("%s\n", j.dump(2).c_str());
   } else if (!a.quiet) {
-    std::printf("qpack convert: %zu tensors quantized, %zu kept -> %s\n", s.tensors_quantized,
+    std::printf("qpack convert: %zu tensors quantized, %zu raw -> %s\n", s.tensors_quantized,
                 s.tensors_kept, a.output.c_str());
     std::printf("  in  %s   out %s   ratio %.2fx   (quantized tensors: %s -> %s)\n",
                 format_bytes(s.bytes_in).c_str(), format_bytes(s.bytes_out).c_str(),
@@ -205,7 +172,7 @@ Runner add_convert(CLI::App& app) {
   a->min_dims_opt = sub->add_option("--min-dims", a->min_dims, "quantize tensors with at least this many dimensions (default 2)");
   sub->add_option("--nonfinite", a->nonfinite, "NaN/Inf in a tensor: 'error' (default) or 'zero' (replace by 0)");
   sub->add_option("--threads,-j", a->threads, "CPU threads (default: all cores)");
-  sub->add_option("--device", a->device, "cpu (default), cuda, cuda:N, or auto");
+  add_device_option(sub, &a->device, "the quantizer");
   a->zstd = sub->add_option("--zstd", a->zstd_level, "compress sections with zstd (optional LEVEL, default 3)")
                 ->expected(0, 1);
   sub->add_flag("--force,-f", a->force, "replace OUTPUT if it exists");

@@ -1,14 +1,16 @@
 // qpack dequantize: writes the checkpoint a .qpack reconstructs as one
-// safetensors file (logic in verify/, qpack/dequantize.hpp).
+// safetensors file (logic in the converter's exporters,
+// qpack/converter/export.hpp).
 #include <cstdio>
 #include <memory>
 #include <string>
 
 #include "commands.hpp"
+#include "device.hpp"
 #include "qpack/converter/export.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/format/text.hpp"
 #include "progress_bar.hpp"
-#include "qpack/verify/report.hpp"
 
 namespace qpack::cli {
 
@@ -17,7 +19,7 @@ namespace {
 struct DequantizeArgs {
   std::string qpack, out;
   std::string dtype;
-  std::string device = "cpu";
+  DeviceOption device;
   int threads = 0;
   bool force = false;
   bool quiet = false;
@@ -31,7 +33,7 @@ int run_dequantize(const DequantizeArgs& a) {
     else if (a.dtype == "f32") opt.dtype = DType::F32;
     else throw Error(ErrorCode::InvalidArgument, "", "", "--dtype must be f16, bf16 or f32");
   }
-  opt.device = parse_verify_device(a.device);
+  opt.device = a.device.value();
   opt.threads = a.threads;
   opt.overwrite = a.force;
   ProgressBar bar("dequantizing", !a.quiet);
@@ -60,12 +62,12 @@ Runner add_dequantize(CLI::App& app) {
       "Every section's checksum is verified as it is read. The output appears only when complete.\n"
       "\n"
       "Exit codes: 0 ok, 2 usage, 3 bad input, 4 integrity error (checksum/manifest),\n"
-      "5 I/O error (output exists without --force, disk full), 6 --device cuda unusable.");
+      "5 I/O error (output exists without --force, disk full), 6 --device cuda[:N] unusable.");
   sub->add_option("model", a->qpack, "The .qpack file")->required();
   sub->add_option("output", a->out, "The .safetensors file to write")->required();
   sub->add_option("--dtype", a->dtype, "Dtype of dequantized tensors: f16, bf16 or f32 (default: each tensor's source dtype)")
       ->check(CLI::IsMember({"f16", "bf16", "f32"}));
-  sub->add_option("--device", a->device, "cpu, cuda or auto")->default_str("cpu")->check(CLI::IsMember({"cpu", "cuda", "gpu", "auto"}));
+  add_device_option(sub, &a->device, "the dequantization");
   sub->add_option("--threads", a->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   sub->add_flag("-f,--force", a->force, "Replace an existing output file");
   sub->add_flag("-q,--quiet", a->quiet, "No progress and no summary line");

@@ -23,7 +23,7 @@ Runner add_inspect(CLI::App& app) {
   sub->add_option("path", args->path, "a .qpack file (detected by its magic), a .safetensors file, "
                                       "a *.safetensors.index.json or a folder")
       ->required();
-  sub->add_flag("--json", args->json, "machine-readable output (fields: docs/format.md section 10.1)");
+  sub->add_flag("--json", args->json, "machine-readable output (fields: docs/cli.md, inspect --json)");
   sub->add_flag("--check", args->check,
                 "read every section and verify checksums and decoding (exit 4 on corruption)");
   return [args] {

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "commands.hpp"
+#include "device.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/io.hpp"
 #include "progress_bar.hpp"
@@ -40,12 +41,12 @@ const char* kVerifyFooter =
     "  2   usage error (bad flags, bad policy file)\n"
     "  3   bad input (malformed source checkpoint)\n"
     "  5   I/O error (cannot read an input or write a report)\n"
-    "  6   --device cuda without a usable CUDA device, or a CUDA failure\n"
+    "  6   --device cuda[:N] without a usable CUDA device, or a CUDA failure\n"
     "  1   internal error (a bug: please report)\n";
 
 struct VerifyArgs {
   std::string qpack, source, source_opt;
-  std::string device = "auto";
+  DeviceOption device;
   int threads = 0;
   std::optional<double> max_rel, min_snr, min_cos, max_abs;
   std::string policy;
@@ -81,7 +82,7 @@ int run_verify(VerifyArgs a) {
   check_threshold("--min-snr", a.min_snr, -HUGE_VAL, HUGE_VAL);
 
   VerifyOptions opt;
-  opt.device = parse_verify_device(a.device);
+  opt.device = a.device.value();
   opt.threads = a.threads;
   opt.gpu_chunk_bytes = a.gpu_chunk_mb << 20;
   if (!a.policy.empty()) opt.policy = VerifyPolicy::load(a.policy);
@@ -152,9 +153,7 @@ Runner add_verify(CLI::App& app) {
   sub->add_option("source", a->source,
                   "The checkpoint it was converted from (.safetensors, model.safetensors.index.json, or a folder)");
   sub->add_option("-s,--source", a->source_opt, "Same as the SOURCE argument");
-  sub->add_option("--device", a->device, "cpu, cuda or auto (GPU when one is usable)")
-      ->default_str("auto")
-      ->check(CLI::IsMember({"cpu", "cuda", "gpu", "auto"}));
+  add_device_option(sub, &a->device, "the metrics pass");
   sub->add_option("--threads", a->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   sub->add_option("--max-rel-error", a->max_rel, "Fail a tensor whose ||x-x^||/||x|| is above this");
   sub->add_option("--min-snr", a->min_snr, "Fail a tensor whose SNR (dB) is below this");

@@ -1,22 +1,29 @@
-// --device for the CLI: "cpu", "cuda", "cuda:N" or "auto" (a GPU when one is
-// usable, otherwise the CPU).
+// --device, declared the same way by every subcommand: the spellings are the
+// kernels library's parse_device (cpu, cuda, cuda:N, auto) and the default
+// is the library's (auto); docs/cli.md, "--device", documents both.
 #pragma once
 
+#include <CLI/CLI.hpp>
 #include <memory>
 #include <string>
 
 #include "qpack/converter/quantizer.hpp"
+#include "qpack/kernels/device.hpp"
 
 namespace qpack::cli {
 
-struct DeviceChoice {
-  bool cuda = false;
-  int index = 0;
+struct DeviceOption {
+  std::string text = device_name(DeviceSelection{});
+  DeviceSelection value() const { return parse_device(text); }
 };
 
-// Throws Error(InvalidArgument) for an unknown spelling and Error(NoDevice)
-// when CUDA is asked for but unusable.
-DeviceChoice resolve_device(const std::string& spec);
-std::unique_ptr<TensorQuantizer> make_quantizer(const DeviceChoice& d, int threads);
+// Declares --device on `sub`; `what` says what runs there ("the metrics
+// pass"). A spelling parse_device refuses is a usage error (exit 2) with its
+// message.
+CLI::Option* add_device_option(CLI::App* sub, DeviceOption* option, const std::string& what);
+
+// convert: the quantizer for a selection. resolve_device first, so CUDA asked
+// for but unusable is Error(NoDevice).
+std::unique_ptr<TensorQuantizer> make_quantizer(const DeviceSelection& device, int threads);
 
 }  // namespace qpack::cli

@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "qpack/format/text.hpp"
+
 namespace qpack {
 
 bool ProgressBar::terminal_allows() {

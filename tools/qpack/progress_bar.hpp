@@ -7,7 +7,6 @@
 #include <cstdint>
 #include <string>
 
-#include "qpack/format/inspect.hpp"  // format_bytes
 
 namespace qpack {
 

@@ -120,11 +120,11 @@ struct CudaMetricsEngine::Impl {
   ~Impl() { vcuda::destroy(state); }
 };
 
-bool verify_cuda_available() { return vcuda::available(nullptr); }
+bool verify_cuda_available() { return vcuda::available(0, nullptr); }
 
-std::unique_ptr<CudaMetricsEngine> CudaMetricsEngine::create(uint64_t chunk_bytes) {
+std::unique_ptr<CudaMetricsEngine> CudaMetricsEngine::create(uint64_t chunk_bytes, int device) {
   auto impl = std::make_unique<Impl>();
-  impl->state = vcuda::create(chunk_bytes);
+  impl->state = vcuda::create(device, chunk_bytes);
   return std::unique_ptr<CudaMetricsEngine>(new CudaMetricsEngine(std::move(impl)));
 }
 
@@ -157,7 +157,7 @@ struct CudaMetricsEngine::Impl {};
 
 bool verify_cuda_available() { return false; }
 
-std::unique_ptr<CudaMetricsEngine> CudaMetricsEngine::create(uint64_t) {
+std::unique_ptr<CudaMetricsEngine> CudaMetricsEngine::create(uint64_t, int) {
   throw Error(ErrorCode::NoDevice, "", "",
               "this qpack was built without CUDA (QPACK_ENABLE_CUDA=OFF); use --device cpu");
 }

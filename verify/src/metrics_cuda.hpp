@@ -12,10 +12,12 @@ namespace qpack::vcuda {
 
 struct DeviceState;
 
-// True when a device is usable; *description names it ("cuda:0 (NVIDIA ...)").
-bool available(std::string* description);
-// Throws Error(NoDevice) when no device is usable, Error(Cuda) on failures.
-DeviceState* create(uint64_t chunk_bytes);
+// True when CUDA device `device` is usable; *description names it
+// ("cuda:0 (NVIDIA ...)").
+bool available(int device, std::string* description);
+// Throws Error(NoDevice) when the device is not usable, Error(Cuda) on
+// failures. Every call on the state makes its device current first.
+DeviceState* create(int device, uint64_t chunk_bytes);
 void destroy(DeviceState* s) noexcept;
 std::string description(const DeviceState* s);
 

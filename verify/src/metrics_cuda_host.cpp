@@ -151,25 +151,27 @@ struct DeviceState {
   cuda::Event start, stop;
 };
 
-bool available(std::string* description) {
-  if (cuda::device_count() <= 0) return false;
+bool available(int device, std::string* description) {
+  if (device < 0 || device >= cuda::device_count()) return false;
   if (description) {
     cuda::DeviceInfo info;
-    if (!cuda::query_device(0, &info).ok()) return false;
-    *description = "cuda:0 (" + info.name + ")";
+    if (!cuda::query_device(device, &info).ok()) return false;
+    *description = "cuda:" + std::to_string(device) + " (" + info.name + ")";
   }
   return true;
 }
 
-DeviceState* create(uint64_t chunk_bytes) {
+DeviceState* create(int device, uint64_t chunk_bytes) {
   std::string desc;
-  if (!available(&desc))
-    throw Error(ErrorCode::NoDevice, "", "", "no usable CUDA device (use --device cpu)");
+  if (!available(device, &desc))
+    throw Error(ErrorCode::NoDevice, "", "",
+                "no usable CUDA device " + std::to_string(device) + " (use --device cpu)");
   auto* s = new DeviceState;
+  s->device = device;
   s->desc = desc;
   s->chunk_bytes = chunk_bytes > 0 ? chunk_bytes : (256ull << 20);
   try {
-    cuda::throw_if_failed(cuda::set_device(0));
+    cuda::throw_if_failed(cuda::set_device(device));
     for (auto& set : s->sets) cuda::throw_if_failed(set.stream.create());
     cuda::throw_if_failed(s->start.create());
     cuda::throw_if_failed(s->stop.create());
@@ -182,6 +184,7 @@ DeviceState* create(uint64_t chunk_bytes) {
 
 void destroy(DeviceState* s) noexcept {
   if (!s) return;
+  (void)cuda::set_device(s->device);
   // No work may be in flight when the buffers go (delete frees every buffer,
   // stream and event; failures have nowhere to go).
   for (auto& set : s->sets)
@@ -193,6 +196,7 @@ std::string description(const DeviceState* s) { return s->desc; }
 
 void compute_host(DeviceState* s, const CompareGeometry& g, const ChunkView& host, PartialSums* out_blocks,
                   const std::string& tensor) {
+  cuda::throw_if_failed(cuda::set_device(s->device), tensor);
   const std::vector<Chunk> chunks = plan_chunks(g, s->chunk_bytes);
   const int esize = source_bytes_per_element(g.source_dtype);
   const int sb = scale_bytes_of(g.scale_dtype);
@@ -248,6 +252,7 @@ void compute_host(DeviceState* s, const CompareGeometry& g, const ChunkView& hos
 
 void compute_device(DeviceState* s, const CompareGeometry& g, const ChunkView& dev, PartialSums* out_blocks,
                     float* kernel_ms, const std::string& tensor) {
+  cuda::throw_if_failed(cuda::set_device(s->device), tensor);
   StagingSet& set = s->sets[0];
   const cudaStream_t stream = set.stream.get();
   drain(set, tensor);

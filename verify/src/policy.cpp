@@ -4,8 +4,8 @@
 #include <limits>
 
 #include "qpack/format/error.hpp"
-#include "qpack/format/io.hpp"
 #include "qpack/format/glob.hpp"
+#include "qpack/format/json.hpp"
 #include "qpack/verify/verify.hpp"
 
 namespace qpack {
@@ -55,21 +55,6 @@ void ErrorSums::add(const ErrorSums& o) {
 }
 
 // -------------------------------------------------------------------- names
-
-const char* verify_device_name(VerifyDevice d) {
-  switch (d) {
-    case VerifyDevice::Cpu: return "cpu";
-    case VerifyDevice::Cuda: return "cuda";
-    default: return "auto";
-  }
-}
-
-VerifyDevice parse_verify_device(const std::string& s) {
-  if (s == "cpu") return VerifyDevice::Cpu;
-  if (s == "cuda" || s == "gpu") return VerifyDevice::Cuda;
-  if (s == "auto") return VerifyDevice::Auto;
-  throw Error(ErrorCode::InvalidArgument, "", "", "device must be cpu, cuda or auto (got '" + s + "')");
-}
 
 const char* tensor_status_name(TensorStatus s) {
   switch (s) {
@@ -231,14 +216,7 @@ VerifyPolicy VerifyPolicy::from_json(const nlohmann::json& j, const std::string&
 }
 
 VerifyPolicy VerifyPolicy::load(const std::string& path) {
-  const std::string text = read_text_file(path);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(ErrorCode::InvalidArgument, path, "", std::string("policy is not valid JSON: ") + e.what());
-  }
-  return from_json(j, path);
+  return from_json(read_json_file(path, "policy"), path);
 }
 
 nlohmann::json VerifyPolicy::to_json() const {

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "qpack/format/text.hpp"
 #include "qpack/verify/report.hpp"
 
 namespace qpack {
@@ -50,12 +51,6 @@ std::string num_td(double v, const std::string& shown, const char* cls = "") {
 }
 std::string txt_td(const std::string& s, const char* cls = "") {
   return std::string("<td class=\"") + cls + "\">" + esc(s) + "</td>";
-}
-
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? "," : "") + std::to_string(s[i]);
-  return r + "]";
 }
 
 const char* kCss = R"CSS(
@@ -466,8 +461,8 @@ std::string verify_report_html(const VerifyReport& rep) {
       h += std::string("<tr") + (t.status != TensorStatus::Ok ? " class=\"failrow\"" : "") + ">";
       h += num_td(double(i), std::to_string(i));
       h += "<td class=\"name\" title=\"" + esc(t.name) + "\">" + esc(t.name) + "</td>";
-      h += txt_td(dtype_name(t.dtype)) + txt_td(shape_str(t.shape));
-      h += txt_td(t.quantized ? scheme_to_string(t.scheme) : "raw");
+      h += txt_td(dtype_name(t.dtype)) + txt_td(shape_to_string(t.shape));
+      h += txt_td(t.quantized ? scheme_label(t.scheme) : kRawLabel);
       h += num_td(double(t.elements), std::to_string(t.elements));
       h += num_td(double(t.source_bytes), format_bytes(t.source_bytes));
       h += num_td(double(t.stored_bytes), format_bytes(t.stored_bytes));
@@ -535,7 +530,7 @@ std::string verify_report_html(const VerifyReport& rep) {
   dd("file", rep.file + " (" + format_bytes(rep.file_bytes) + ", format " +
                  (rep.format_version.empty() ? std::string("?") : rep.format_version) + ")");
   dd("source", rep.source);
-  dd("device", rep.device + " (requested: " + verify_device_name(rep.device_requested) + ")");
+  dd("device", rep.device + " (requested: " + device_name(rep.device_requested) + ")");
   dd("threads", std::to_string(rep.threads));
   dd("max_rel_error", opt(rep.policy.global.max_rel_error));
   dd("min_snr_db", opt(rep.policy.global.min_snr_db));

@@ -85,7 +85,7 @@ nlohmann::json verify_report_json(const VerifyReport& rep) {
   settings["file"] = rep.file;
   settings["source"] = rep.source;
   settings["device"] = rep.device;
-  settings["device_requested"] = verify_device_name(rep.device_requested);
+  settings["device_requested"] = device_kind_name(rep.device_requested.kind);
   settings["threads"] = rep.threads;
   settings["qpack_version"] = rep.qpack_version;
   settings["created_utc"] = rep.created_utc;

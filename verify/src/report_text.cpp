@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "qpack/format/text.hpp"
 #include "qpack/verify/report.hpp"
 
 namespace qpack {
@@ -72,8 +73,8 @@ std::string ratio_str(uint64_t before, uint64_t after) {
 }
 
 std::string scheme_short(const TensorResult& t) {
-  if (!t.quantized) return "raw";
-  return scheme_to_string(t.scheme);
+  if (!t.quantized) return kRawLabel;
+  return scheme_label(t.scheme);
 }
 
 std::string threshold_name(const std::string& metric) {

@@ -13,6 +13,7 @@
 #include "qpack/format/checkpoint.hpp"
 #include "qpack/format/container.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/format/text.hpp"
 #include "qpack/verify/verify.hpp"
 #include "qpack/verify/metrics.hpp"
 #include "qpack/version.hpp"
@@ -39,12 +40,6 @@ std::string utc_now_iso8601() {
 
 bool is_io_error(ErrorCode c) {
   return c == ErrorCode::Io || c == ErrorCode::DiskFull || c == ErrorCode::OutputExists;
-}
-
-std::string shape_string(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
 }
 
 // Checks every section's checksum and decoded size; records each failure.
@@ -205,8 +200,9 @@ VerifyReport verify(const std::string& qpack_path, const std::string& source_pat
 
   // The device first, so that an unusable --device cuda fails before any work.
   std::unique_ptr<CudaMetricsEngine> gpu;
-  if (opt.device == VerifyDevice::Cuda || (opt.device == VerifyDevice::Auto && verify_cuda_available()))
-    gpu = CudaMetricsEngine::create(opt.gpu_chunk_bytes);
+  const DeviceSelection device = resolve_device(opt.device);
+  if (device.kind == DeviceKind::Cuda)
+    gpu = CudaMetricsEngine::create(opt.gpu_chunk_bytes, device.index);
   rep.device = gpu ? gpu->description() : "cpu (" + std::to_string(rep.threads) + " threads)";
 
   // 1. Integrity: header and manifest (open), then every section.
@@ -270,8 +266,8 @@ VerifyReport verify(const std::string& qpack_path, const std::string& source_pat
         r.problems.push_back(std::string("dtype differs: source ") + dtype_name(st->info->dtype) +
                              ", .qpack " + dtype_name(t.dtype));
       if (st->info->shape != t.shape)
-        r.problems.push_back("shape differs: source " + shape_string(st->info->shape) + ", .qpack " +
-                             shape_string(t.shape));
+        r.problems.push_back("shape differs: source " + shape_to_string(st->info->shape) +
+                             ", .qpack " + shape_to_string(t.shape));
     }
 
     if (r.problems.empty()) {

@@ -52,13 +52,8 @@ DequantizeSummary dequantize_file(const std::string& qpack_path, const std::stri
   if (file_exists(out_path) && same_file(qpack_path, out_path))
     throw Error(ErrorCode::InvalidArgument, out_path, "", "the output would overwrite the input .qpack");
   const int threads = opt.threads > 0 ? opt.threads : omp_get_max_threads();
-  bool use_cuda = false;
-  if (opt.device != DeviceKind::Cpu) {
-    std::string why;
-    use_cuda = cuda::cuda_available(&why);
-    if (!use_cuda && opt.device == DeviceKind::Cuda)
-      throw Error(ErrorCode::NoDevice, "", "", "no usable CUDA device" + (why.empty() ? std::string() : ": " + why));
-  }
+  const DeviceSelection device = resolve_device(opt.device);
+  const bool use_cuda = device.kind == DeviceKind::Cuda;
 
   std::unique_ptr<QpackFile> qf = QpackFile::open(qpack_path);
   const auto& tensors = qf->tensors();
@@ -84,7 +79,8 @@ DequantizeSummary dequantize_file(const std::string& qpack_path, const std::stri
   DequantizeSummary sum;
   if (use_cuda) {
     cuda::DeviceInfo info;
-    sum.device = cuda::query_device(0, &info).ok() ? cuda::describe(info) : std::string("cuda:0");
+    sum.device =
+        cuda::query_device(device.index, &info).ok() ? cuda::describe(info) : device_name(device);
   } else {
     sum.device = "cpu (" + std::to_string(threads) + " threads)";
   }
@@ -131,7 +127,8 @@ DequantizeSummary dequantize_file(const std::string& qpack_path, const std::stri
           converted.resize(size_t(n) * size_t(dtype_bytes(out_dtype)));
           if (use_cuda) {
             // Rounds to out_dtype on the device exactly as convert_floats does.
-            cuda::dequantize_on_device(0, c, s, z, sub, t.scheme, converted.data(), out_dtype);
+            cuda::dequantize_on_device(device.index, c, s, z, sub, t.scheme, converted.data(),
+                                       out_dtype);
           } else {
             values.resize(size_t(n));
             dequantize_cpu(c, s, z, sub, t.scheme, values.data(), threads);

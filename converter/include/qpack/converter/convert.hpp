@@ -55,6 +55,12 @@ struct ConvertSummary {
 // What convert would do, without writing anything.
 std::vector<PlanEntry> make_plan(const std::string& source, const Recipe& recipe);
 
+// convert --dry-run --json: {"dry_run": true, tensors_quantized, tensors_kept,
+// bytes_in, bytes_quantized_in, bytes_quantized_out, ratio (bytes_in over the
+// sections' bytes: there is no file yet), "tensors": [...]}; each tensor as
+// in ConvertSummary::to_json.
+nlohmann::json plan_to_json(const std::vector<PlanEntry>& plan);
+
 // Converts `source` (a .safetensors file, an index, or a folder) into `output`.
 // The output appears only when complete (temporary file + rename); the
 // source is never written. Throws Error naming file, tensor and reason.

@@ -20,9 +20,10 @@ struct DequantizeOptions {
   // Output dtype of quantized tensors (F16, BF16 or F32, rounded to nearest
   // even); unset: each tensor's source dtype. Raw tensors keep theirs.
   std::optional<DType> dtype;
-  // Cpu: dequantize_cpu. Cuda: the kernels' dequantize (bit-identical),
-  // Error(NoDevice) when unusable. Auto: CUDA when a device is usable.
-  DeviceKind device = DeviceKind::Cpu;
+  // Cpu: dequantize_cpu. Cuda (cuda:N): the kernels' dequantize on that
+  // device (bit-identical), Error(NoDevice) when unusable. Auto (the
+  // default): CUDA device 0 when usable, else the CPU.
+  DeviceSelection device;
   int threads = 0;         // <= 0: OpenMP default
   bool overwrite = false;  // replace an existing output file
   // Bytes of float32 values dequantized per slice (bounds memory).

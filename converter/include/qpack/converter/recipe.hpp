@@ -33,6 +33,10 @@ struct Recipe {
   // Throws Error(InvalidArgument) naming `origin` (a file name) on any unknown
   // key or bad value.
   static Recipe from_json(const nlohmann::json& j, const std::string& origin);
+  // Reads `path` and parses it with the strict JSON reader
+  // (qpack/format/json.hpp): Error(Io) when unreadable, Error(InvalidArgument)
+  // naming the file for a duplicate key, invalid JSON or what from_json refuses.
+  static Recipe load(const std::string& path);
   nlohmann::json to_json() const;
 };
 

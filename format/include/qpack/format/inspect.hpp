@@ -1,6 +1,6 @@
 // What `qpack inspect` shows, as a library so that tests and other tools can
 // call it: a JSON report of a .qpack file or a safetensors checkpoint
-// (docs/format.md §10.1 documents its fields) and its table rendering.
+// (docs/cli.md, "inspect --json", documents its fields) and its table rendering.
 #pragma once
 
 #include <string>
@@ -21,16 +21,10 @@ struct InspectOptions {
 // extension does not matter).
 bool is_qpack_file(const std::string& path);
 
-// "q4 g64 ax0 asym f16"
-std::string scheme_label(const QuantScheme& scheme);
-
 // Throws qpack::Error for unreadable or malformed input.
 nlohmann::json inspect_report(const std::string& path, const InspectOptions& options = {});
 
 // The human-readable table (ends with a newline).
 std::string format_inspect_table(const nlohmann::json& report);
-
-// "1.50 GiB": binary units, two decimals (bytes below 1 KiB as "N B").
-std::string format_bytes(uint64_t bytes);
 
 }  // namespace qpack

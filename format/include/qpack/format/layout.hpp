@@ -14,7 +14,4 @@ namespace qpack {
 GroupLayout make_layout(const std::vector<int64_t>& shape, const QuantScheme& scheme,
                         const std::string& tensor = {});
 
-// "4b g64 ax0 asym F16": how every command prints a scheme.
-std::string scheme_to_string(const QuantScheme& s);
-
 }  // namespace qpack

@@ -47,8 +47,9 @@ int64_t error_sums_block_count(const GroupLayout& layout);
 // CUDA or no device is usable; every CUDA failure throws Error(Cuda).
 class CudaMetricsEngine {
  public:
-  // chunk_bytes bounds the device memory per staging buffer (two are used).
-  static std::unique_ptr<CudaMetricsEngine> create(uint64_t chunk_bytes);
+  // chunk_bytes bounds the device memory per staging buffer (two are used);
+  // `device` is the CUDA device ordinal.
+  static std::unique_ptr<CudaMetricsEngine> create(uint64_t chunk_bytes, int device = 0);
   ~CudaMetricsEngine();
   CudaMetricsEngine(const CudaMetricsEngine&) = delete;
   CudaMetricsEngine& operator=(const CudaMetricsEngine&) = delete;

@@ -7,7 +7,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include "qpack/format/inspect.hpp"  // format_bytes
 #include "qpack/verify/verify.hpp"
 
 namespace qpack {

@@ -23,11 +23,6 @@
 
 namespace qpack {
 
-using VerifyDevice = DeviceKind;
-const char* verify_device_name(VerifyDevice d);
-// "cpu", "cuda", "auto"; throws Error(InvalidArgument) otherwise.
-VerifyDevice parse_verify_device(const std::string& s);
-
 // ---------------------------------------------------------------- thresholds
 
 // Quality limits for one tensor (or the whole model). Unset = not checked.
@@ -67,7 +62,9 @@ struct VerifyPolicy {
 
   // Throws Error(InvalidArgument) naming `file` and the offending key.
   static VerifyPolicy from_json(const nlohmann::json& j, const std::string& file = "<policy>");
-  // Reads and parses; Error(Io) when unreadable, Error(InvalidArgument) when malformed.
+  // Reads and parses with the strict JSON reader (qpack/format/json.hpp):
+  // Error(Io) when unreadable, Error(InvalidArgument) naming the file when
+  // malformed (a duplicate key, invalid JSON, or what from_json refuses).
   static VerifyPolicy load(const std::string& path);
   nlohmann::json to_json() const;
 };
@@ -186,7 +183,7 @@ struct VerifyReport {
   // settings
   std::string file, source;
   std::string device;            // "cpu (2 threads)" / "cuda:0 (NVIDIA H100 ...)"
-  VerifyDevice device_requested = VerifyDevice::Auto;
+  DeviceSelection device_requested;  // as given (auto, cpu, cuda:N)
   int threads = 0;
   VerifyPolicy policy;
   std::string qpack_version;     // of this build
@@ -223,7 +220,10 @@ struct VerifyProgress {
 };
 
 struct VerifyOptions {
-  VerifyDevice device = VerifyDevice::Auto;
+  // Where the metrics pass runs (qpack/kernels/device.hpp): auto is CUDA
+  // device 0 when usable, else the CPU; cuda:N that device, Error(NoDevice)
+  // when unusable. The report is the same on every device.
+  DeviceSelection device;
   VerifyPolicy policy;
   int threads = 0;   // CPU threads; <= 0: OpenMP default
   // Source bytes uploaded per chunk on the GPU path (bounded device memory).

@@ -1,0 +1,28 @@
+// What a person reads, spelled one way by every command and report: a
+// quantization scheme, a shape, a byte count. docs/cli.md shows them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "qpack/spec/scheme.hpp"
+
+namespace qpack {
+
+// "q4 g64 ax0 asym F16": bits, group size, axis, sym or asym, scale dtype
+// (dtype_name). Shown schemes are resolved; an unresolved whole-axis group
+// size (0) prints as "gall".
+std::string scheme_label(const QuantScheme& scheme);
+
+// Where a scheme is shown, a tensor stored as it is (not quantized) shows
+// this: the format's encoding name.
+inline constexpr const char* kRawLabel = "raw";
+
+// "[4096, 11008]"; "[]" for a 0-d tensor.
+std::string shape_to_string(const std::vector<int64_t>& shape);
+
+// "1.50 GiB": binary units, two decimals (bytes below 1 KiB as "N B").
+std::string format_bytes(uint64_t bytes);
+
+}  // namespace qpack
