@@ -53,8 +53,10 @@ CommandResult run_command(const std::string& command_line) {
   size_t n;
   while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
   const int status = pclose(p);
-  if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
-  else if (WIFSIGNALED(status)) r.exit_code = 128 + WTERMSIG(status);
+  if (WIFEXITED(status))
+    r.exit_code = WEXITSTATUS(status);
+  else if (WIFSIGNALED(status))
+    r.exit_code = 128 + WTERMSIG(status);
   return r;
 }
 
@@ -92,7 +94,10 @@ void write_model_with_nan(const std::string& path, int64_t cols, uint64_t seed) 
   w[2][1000] = std::nanf("");
   std::vector<TensorToWrite> tensors;
   for (size_t i = 0; i < w.size(); ++i)
-    tensors.push_back({"layers." + std::to_string(i) + ".w.weight", DType::F32, {256, cols}, w[i].data(),
+    tensors.push_back({"layers." + std::to_string(i) + ".w.weight",
+                       DType::F32,
+                       {256, cols},
+                       w[i].data(),
                        w[i].size() * 4});
   write_safetensors(path, tensors, {}, false);
 }
@@ -100,9 +105,18 @@ void write_model_with_nan(const std::string& path, int64_t cols, uint64_t seed) 
 double reference_ulp(double v, DType dtype) {
   int mant_bits, emin;
   switch (dtype) {
-    case DType::F16: mant_bits = 10; emin = -14; break;
-    case DType::BF16: mant_bits = 7; emin = -126; break;
-    default: mant_bits = 23; emin = -126; break;
+    case DType::F16:
+      mant_bits = 10;
+      emin = -14;
+      break;
+    case DType::BF16:
+      mant_bits = 7;
+      emin = -126;
+      break;
+    default:
+      mant_bits = 23;
+      emin = -126;
+      break;
   }
   v = std::fabs(v);
   int e = emin;
@@ -117,7 +131,8 @@ double reference_ulp(double v, DType dtype) {
 
 double reference_error_bound(double x, double s, double m, const QuantScheme& scheme) {
   const double q = scheme.symmetric ? (1 << (scheme.bits - 1)) - 1 : (1 << scheme.bits) - 1;
-  double b = 0.5 * s + q * (reference_ulp(s, scheme.scale_dtype) + std::ldexp(s, -22) + std::ldexp(1.0, -126));
+  double b = 0.5 * s + q * (reference_ulp(s, scheme.scale_dtype) + std::ldexp(s, -22) +
+                            std::ldexp(1.0, -126));
   if (!scheme.symmetric) b += reference_ulp(m, scheme.scale_dtype);
   b += std::ldexp(1.0, -21) * (std::fabs(x) + std::fabs(m) + q * s);
   return b;

@@ -29,8 +29,8 @@ void write_file(const std::string& path, const std::string& text);
 std::vector<uint8_t> read_file(const std::string& path);
 
 struct CommandResult {
-  int exit_code = -1;   // the process's exit status, or 128+signal
-  std::string output;   // stdout and stderr together
+  int exit_code = -1;  // the process's exit status, or 128+signal
+  std::string output;  // stdout and stderr together
 };
 // Runs a shell command line (via /bin/sh) and captures its output.
 CommandResult run_command(const std::string& command_line);

@@ -26,6 +26,8 @@
 // whole tensor is done, through the reference's helpers (so the first index
 // and the message are the same), from wait(); CUDA failures become
 // Error(Cuda), and they fail every tensor still in flight.
+#include "qpack/converter/backend_cuda.hpp"
+
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -39,10 +41,9 @@
 #include <thread>
 #include <vector>
 
-#include "qpack/converter/backend_cuda.hpp"
-#include "qpack/kernels/cuda_status.hpp"
-#include "qpack/kernels/cuda_quant.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/kernels/cuda_quant.hpp"
+#include "qpack/kernels/cuda_status.hpp"
 #include "quant_detail.hpp"
 
 namespace qpack {
@@ -160,18 +161,20 @@ std::vector<Copy2D> split_copies(const std::vector<Copy2D>& copies) {
     } else {
       const size_t rows_per = std::max<size_t>(1, kPiece / c.width);
       for (size_t r = 0; r < c.rows; r += rows_per)
-        pieces.push_back({c.dst + r * c.dst_pitch, c.dst_pitch, c.src + r * c.src_pitch, c.src_pitch,
-                          c.width, std::min(rows_per, c.rows - r)});
+        pieces.push_back({c.dst + r * c.dst_pitch, c.dst_pitch, c.src + r * c.src_pitch,
+                          c.src_pitch, c.width, std::min(rows_per, c.rows - r)});
     }
   }
   return pieces;
 }
 
 void copy_piece(const Copy2D& c) {
-  for (size_t r = 0; r < c.rows; ++r) std::memcpy(c.dst + r * c.dst_pitch, c.src + r * c.src_pitch, c.width);
+  for (size_t r = 0; r < c.rows; ++r)
+    std::memcpy(c.dst + r * c.dst_pitch, c.src + r * c.src_pitch, c.width);
 }
 
-std::shared_ptr<WorkerPool::Batch> submit_copies(WorkerPool& pool, const std::vector<Copy2D>& copies) {
+std::shared_ptr<WorkerPool::Batch> submit_copies(WorkerPool& pool,
+                                                 const std::vector<Copy2D>& copies) {
   auto pieces = std::make_shared<std::vector<Copy2D>>(split_copies(copies));
   return pool.submit(int(pieces->size()), [pieces](int i) { copy_piece((*pieces)[size_t(i)]); });
 }
@@ -259,11 +262,11 @@ class CudaTensorQuantizer final : public TensorQuantizer {
  private:
   struct Slot {
     cudaStream_t stream = nullptr;
-    cudaEvent_t h2d_done = nullptr;  // the pinned input may be refilled
-    cudaEvent_t done = nullptr;      // the pinned outputs are complete
-    uint8_t* d_mem = nullptr;        // input | codes | scales | zeros | flags
-    uint8_t* h_in = nullptr;         // pinned
-    uint8_t* h_out = nullptr;        // pinned: codes | scales | zeros | flags
+    cudaEvent_t h2d_done = nullptr;               // the pinned input may be refilled
+    cudaEvent_t done = nullptr;                   // the pinned outputs are complete
+    uint8_t* d_mem = nullptr;                     // input | codes | scales | zeros | flags
+    uint8_t* h_in = nullptr;                      // pinned
+    uint8_t* h_out = nullptr;                     // pinned: codes | scales | zeros | flags
     std::shared_ptr<WorkerPool::Batch> out_copy;  // h_out -> caller, in flight
     int64_t out_chunk = -1;                       // whose outputs out_copy moves
   };
@@ -379,8 +382,8 @@ std::vector<Chunk> CudaTensorQuantizer::plan(const GroupLayout& L, int esize, in
   const uint64_t budget = std::max<uint64_t>(opt_.chunk_bytes, 1);
   // Bytes of one group column, and of one whole group row (an upper bound:
   // a partial last group has fewer rows).
-  const uint64_t col_bytes = uint64_t(L.group_size) * uint64_t(esize) +
-                             uint64_t(L.bytes_per_group) + 2 * uint64_t(ssize);
+  const uint64_t col_bytes =
+      uint64_t(L.group_size) * uint64_t(esize) + uint64_t(L.bytes_per_group) + 2 * uint64_t(ssize);
   int64_t grs, cols;
   if (col_bytes * uint64_t(L.inner) <= budget) {
     cols = L.inner;
@@ -409,7 +412,8 @@ void CudaTensorQuantizer::load(const Job& job, int64_t g) {
   const size_t row_bytes = size_t(job.L.inner) * job.esize;
   const size_t width = size_t(c.col_end - c.col_begin) * job.esize;
   WorkerPool::wait(submit_copies(
-      *pool_, {{s.h_in, width, job.in.data + size_t(c.row_begin) * row_bytes + size_t(c.col_begin) * job.esize,
+      *pool_, {{s.h_in, width,
+                job.in.data + size_t(c.row_begin) * row_bytes + size_t(c.col_begin) * job.esize,
                 row_bytes, width, size_t(c.row_end - c.row_begin)}}));
 }
 
@@ -438,7 +442,8 @@ void CudaTensorQuantizer::loader_main() {
       }
       // The job stays in jobs_ until waited, and it cannot be waited before
       // its chunks are enqueued, which needs this load.
-      if (g >= n_slots) check(cudaEventSynchronize(slot_of(g).h2d_done), "cudaEventSynchronize", job->in.name);
+      if (g >= n_slots)
+        check(cudaEventSynchronize(slot_of(g).h2d_done), "cudaEventSynchronize", job->in.name);
       load(*job, g);
       {
         std::lock_guard<std::mutex> lk(m_);
@@ -483,12 +488,14 @@ void CudaTensorQuantizer::enqueue(const Job& job, int64_t g) {
   auto* flags = reinterpret_cast<QuantFlags*>(s.d_mem + off_flags());
   cuda::throw_if_failed(cuda::reset_flags(flags, s.stream), name);
   if (job.pinned_source) {
-    const uint8_t* from = job.in.data + size_t(c.row_begin) * row_bytes + size_t(c.col_begin) * job.esize;
+    const uint8_t* from =
+        job.in.data + size_t(c.row_begin) * row_bytes + size_t(c.col_begin) * job.esize;
     if (width == row_bytes) {  // whole rows: one contiguous copy (a 2D copy of narrow rows crawls)
       check(cudaMemcpyAsync(s.d_mem, from, width * rows, cudaMemcpyHostToDevice, s.stream),
             "cudaMemcpyAsync (H2D)", name);
     } else {
-      check(cudaMemcpy2DAsync(s.d_mem, width, from, row_bytes, width, rows, cudaMemcpyHostToDevice, s.stream),
+      check(cudaMemcpy2DAsync(s.d_mem, width, from, row_bytes, width, rows, cudaMemcpyHostToDevice,
+                              s.stream),
             "cudaMemcpy2DAsync (H2D)", name);
     }
   } else {
@@ -510,21 +517,22 @@ void CudaTensorQuantizer::enqueue(const Job& job, int64_t g) {
   tile.group_row_end = c.gr_end;
   tile.col_begin = c.col_begin;
   tile.col_end = c.col_end;
-  cuda::throw_if_failed(cuda::quantize(s.d_mem, job.in.dtype, job.L, job.scheme, job.policy, d_out, flags,
-                                       s.stream, tile),
+  cuda::throw_if_failed(cuda::quantize(s.d_mem, job.in.dtype, job.L, job.scheme, job.policy, d_out,
+                                       flags, s.stream, tile),
                         name);
   const size_t codes = grs * size_t(job.L.bytes_per_group) * cols, params = grs * cols * job.ssize;
-  check(cudaMemcpyAsync(s.h_out + out_off(off_codes()), d_out.codes, codes, cudaMemcpyDeviceToHost, s.stream),
-        "cudaMemcpyAsync (D2H)", name);
-  check(cudaMemcpyAsync(s.h_out + out_off(off_scales()), d_out.scales, params, cudaMemcpyDeviceToHost,
+  check(cudaMemcpyAsync(s.h_out + out_off(off_codes()), d_out.codes, codes, cudaMemcpyDeviceToHost,
                         s.stream),
+        "cudaMemcpyAsync (D2H)", name);
+  check(cudaMemcpyAsync(s.h_out + out_off(off_scales()), d_out.scales, params,
+                        cudaMemcpyDeviceToHost, s.stream),
         "cudaMemcpyAsync (D2H)", name);
   if (!job.scheme.symmetric)
-    check(cudaMemcpyAsync(s.h_out + out_off(off_zeros()), d_out.zeros, params, cudaMemcpyDeviceToHost,
-                          s.stream),
+    check(cudaMemcpyAsync(s.h_out + out_off(off_zeros()), d_out.zeros, params,
+                          cudaMemcpyDeviceToHost, s.stream),
           "cudaMemcpyAsync (D2H)", name);
-  check(cudaMemcpyAsync(s.h_out + out_off(off_flags()), flags, sizeof(QuantFlags), cudaMemcpyDeviceToHost,
-                        s.stream),
+  check(cudaMemcpyAsync(s.h_out + out_off(off_flags()), flags, sizeof(QuantFlags),
+                        cudaMemcpyDeviceToHost, s.stream),
         "cudaMemcpyAsync (D2H)", name);
   check(cudaEventRecord(s.done, s.stream), "cudaEventRecord", name);
 }
@@ -547,13 +555,13 @@ void CudaTensorQuantizer::finish(int64_t g) {
   // scales and zeros likewise.
   const QuantBuffers& out = job.out;
   std::vector<Copy2D> copies = {
-      {out.codes + size_t(c.gr_begin) * B * inner + size_t(c.col_begin), inner, s.h_out + out_off(off_codes()),
-       cols, cols, grs * B},
+      {out.codes + size_t(c.gr_begin) * B * inner + size_t(c.col_begin), inner,
+       s.h_out + out_off(off_codes()), cols, cols, grs * B},
       {out.scales + (size_t(c.gr_begin) * inner + size_t(c.col_begin)) * sb, inner * sb,
        s.h_out + out_off(off_scales()), cols * sb, cols * sb, grs}};
   if (!job.scheme.symmetric)
-    copies.push_back({out.zeros + (size_t(c.gr_begin) * inner + size_t(c.col_begin)) * sb, inner * sb,
-                      s.h_out + out_off(off_zeros()), cols * sb, cols * sb, grs});
+    copies.push_back({out.zeros + (size_t(c.gr_begin) * inner + size_t(c.col_begin)) * sb,
+                      inner * sb, s.h_out + out_off(off_zeros()), cols * sb, cols * sb, grs});
   s.out_copy = submit_copies(*pool_, copies);
   s.out_chunk = g;
   finished_ = g + 1;
@@ -601,11 +609,13 @@ void CudaTensorQuantizer::fail(const std::exception_ptr& why) noexcept {
 }
 
 TensorQuantizer::Ticket CudaTensorQuantizer::submit(const QuantInput& in, const GroupLayout& L,
-                                                    const QuantScheme& scheme, NonFinitePolicy policy,
+                                                    const QuantScheme& scheme,
+                                                    NonFinitePolicy policy,
                                                     const QuantBuffers& out) {
   if (!is_quantizable(in.dtype))
-    throw Error(ErrorCode::UnsupportedDtype, "", in.name,
-                std::string("cannot quantize ") + dtype_name(in.dtype) + " (F16, BF16 or F32 only)");
+    throw Error(
+        ErrorCode::UnsupportedDtype, "", in.name,
+        std::string("cannot quantize ") + dtype_name(in.dtype) + " (F16, BF16 or F32 only)");
   if (L.bits != scheme.bits)
     throw Error(ErrorCode::InvalidArgument, "", in.name, "layout and scheme disagree on bits");
   const bool empty = L.num_elements() == 0 || L.num_groups() == 0;
@@ -633,7 +643,8 @@ TensorQuantizer::Ticket CudaTensorQuantizer::submit(const QuantInput& in, const 
     // A pinned (page-locked) source is copied straight to the device.
     cudaPointerAttributes a{}, b{};
     const uint8_t* last = in.data + size_t(L.num_elements()) * job->esize - 1;
-    if (cudaPointerGetAttributes(&a, in.data) == cudaSuccess && cudaPointerGetAttributes(&b, last) == cudaSuccess)
+    if (cudaPointerGetAttributes(&a, in.data) == cudaSuccess &&
+        cudaPointerGetAttributes(&b, last) == cudaSuccess)
       job->pinned_source = a.type == cudaMemoryTypeHost && b.type == cudaMemoryTypeHost;
     cudaGetLastError();
   }
@@ -668,9 +679,11 @@ TensorQuantizer::Ticket CudaTensorQuantizer::submit(const QuantInput& in, const 
 }
 
 void CudaTensorQuantizer::wait(Ticket ticket) {
-  auto it = std::find_if(jobs_.begin(), jobs_.end(), [&](const auto& j) { return j->ticket == ticket; });
+  auto it =
+      std::find_if(jobs_.begin(), jobs_.end(), [&](const auto& j) { return j->ticket == ticket; });
   if (it == jobs_.end())
-    throw Error(ErrorCode::InvalidArgument, "", "", "wait on a ticket that is unknown or already waited");
+    throw Error(ErrorCode::InvalidArgument, "", "",
+                "wait on a ticket that is unknown or already waited");
   const std::shared_ptr<Job> job = *it;
   if (!job->complete) {
     try {
@@ -705,7 +718,8 @@ void CudaTensorQuantizer::cancel() noexcept {
 
 }  // namespace
 
-std::unique_ptr<TensorQuantizer> make_cuda_quantizer(int device, const cuda::QuantizerOptions& options) {
+std::unique_ptr<TensorQuantizer> make_cuda_quantizer(int device,
+                                                     const cuda::QuantizerOptions& options) {
   return std::make_unique<CudaTensorQuantizer>(device, options);
 }
 

@@ -11,7 +11,8 @@ namespace qpack {
 std::unique_ptr<TensorQuantizer> make_cuda_quantizer(int device, const cuda::QuantizerOptions&) {
   std::string why;
   cuda::cuda_available(&why);
-  throw Error(ErrorCode::NoDevice, "", "", "cannot use CUDA device " + std::to_string(device) + ": " + why);
+  throw Error(ErrorCode::NoDevice, "", "",
+              "cannot use CUDA device " + std::to_string(device) + ": " + why);
 }
 
 std::unique_ptr<TensorQuantizer> make_cuda_quantizer(int device) {

@@ -135,7 +135,8 @@ std::vector<PlanEntry> plan_for(const Checkpoint& ckpt, const Recipe& recipe) {
       e.scheme = d.scheme;
       e.scheme.group_size = L.group_size;
       e.scheme.axis = L.axis;
-      e.bytes_out = L.codes_bytes() + L.params_bytes(d.scheme.scale_dtype) * (d.scheme.symmetric ? 1 : 2);
+      e.bytes_out =
+          L.codes_bytes() + L.params_bytes(d.scheme.scale_dtype) * (d.scheme.symmetric ? 1 : 2);
     } else {
       e.bytes_out = e.bytes_in;
     }
@@ -223,7 +224,9 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
       if (options.progress) options.progress(progress);
       if (e.action == TensorAction::Keep) {
         write_prev();  // the file keeps source order
-        write_async(t, [&writer, &t, &e] { writer.add_raw(e.name, e.dtype, e.shape, t.data(), e.bytes_in); });
+        write_async(t, [&writer, &t, &e] {
+          writer.add_raw(e.name, e.dtype, e.shape, t.data(), e.bytes_in);
+        });
         ++summary.tensors_kept;
       } else {
         const GroupLayout L = make_layout(e.shape, e.scheme, e.name);
@@ -236,7 +239,8 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
         t.file->will_need(*t.info);
         TensorQuantizer::Ticket ticket = 0;
         try {
-          ticket = quantizer.submit({t.data(), e.dtype, e.name}, L, e.scheme, options.nonfinite, out);
+          ticket =
+              quantizer.submit({t.data(), e.dtype, e.name}, L, e.scheme, options.nonfinite, out);
         } catch (const Error& err) {
           throw err.with_context(t.file->path(), e.name);
         }

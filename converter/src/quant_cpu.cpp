@@ -32,14 +32,14 @@
 #include <cstring>
 #include <vector>
 
-#include "qpack/format/error.hpp"
-#include "quant_detail.hpp"
-#include "qpack/spec/group_params.hpp"
-#include "qpack/converter/quantize.hpp"
-#include "qpack/converter/quantizer.hpp"
 #include "cpu/avx2_common.hpp"
 #include "cpu/quant_columns_avx2.hpp"
 #include "cpu/quant_rows_avx2.hpp"
+#include "qpack/converter/quantize.hpp"
+#include "qpack/converter/quantizer.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/spec/group_params.hpp"
+#include "quant_detail.hpp"
 
 namespace qpack {
 namespace {
@@ -89,9 +89,15 @@ QPACK_AVX2 void quantize_avx2(const QuantInput& in, const GroupLayout& L, const 
           const int64_t o = r / L.groups_per_axis, g = r % L.groups_per_axis;
           if constexpr (T != DType::F32) {
             switch (s.bits) {
-              case 2: column_run_bits<T, 2>(in, L, s, policy, out, o, g, b0, b1, &f); break;
-              case 4: column_run_bits<T, 4>(in, L, s, policy, out, o, g, b0, b1, &f); break;
-              default: column_run_bits<T, 8>(in, L, s, policy, out, o, g, b0, b1, &f); break;
+              case 2:
+                column_run_bits<T, 2>(in, L, s, policy, out, o, g, b0, b1, &f);
+                break;
+              case 4:
+                column_run_bits<T, 4>(in, L, s, policy, out, o, g, b0, b1, &f);
+                break;
+              default:
+                column_run_bits<T, 8>(in, L, s, policy, out, o, g, b0, b1, &f);
+                break;
             }
           }
           w += b1 - b0;
@@ -101,7 +107,8 @@ QPACK_AVX2 void quantize_avx2(const QuantInput& in, const GroupLayout& L, const 
 #pragma omp for schedule(static)
         for (int64_t w = 0; w < work; ++w) {
           const int64_t r = w / blocks_per_row, b = w % blocks_per_row;
-          column_block_dispatch<T>(in, L, s, policy, out, r / L.groups_per_axis, r % L.groups_per_axis, b * 32, &f);
+          column_block_dispatch<T>(in, L, s, policy, out, r / L.groups_per_axis,
+                                   r % L.groups_per_axis, b * 32, &f);
         }
       }
       if (tail0 < L.inner) {
@@ -141,9 +148,15 @@ QPACK_AVX2 void quantize_avx2(const QuantInput& in, const GroupLayout& L, const 
         if constexpr (T != DType::F32) {
           if (whole && lanes == 8) {
             switch (s.bits) {
-              case 2: row_full_bits<T, 2>(in.data, L.group_size, s, policy, out, 8 * b, &f); break;
-              case 4: row_full_bits<T, 4>(in.data, L.group_size, s, policy, out, 8 * b, &f); break;
-              default: row_full_bits<T, 8>(in.data, L.group_size, s, policy, out, 8 * b, &f); break;
+              case 2:
+                row_full_bits<T, 2>(in.data, L.group_size, s, policy, out, 8 * b, &f);
+                break;
+              case 4:
+                row_full_bits<T, 4>(in.data, L.group_size, s, policy, out, 8 * b, &f);
+                break;
+              default:
+                row_full_bits<T, 8>(in.data, L.group_size, s, policy, out, 8 * b, &f);
+                break;
             }
             continue;
           }
@@ -161,7 +174,8 @@ QPACK_AVX2 void quantize_avx2(const QuantInput& in, const GroupLayout& L, const 
 
 // Any layout, any CPU: the reference's per-group routine, in parallel.
 void quantize_generic(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
-                      NonFinitePolicy policy, const QuantBuffers& out, int threads, Failure* failure) {
+                      NonFinitePolicy policy, const QuantBuffers& out, int threads,
+                      Failure* failure) {
   if (L.codes_bytes() > 0) std::memset(out.codes, 0, L.codes_bytes());
   const int64_t groups = L.num_groups();
   bool nonfinite = false;
@@ -192,9 +206,15 @@ void quantize_cpu(const QuantInput& in, const GroupLayout& L, const QuantScheme&
   const bool vector_layout = L.inner >= 32 || L.inner == 1;
   if (cpu_has_avx2() && vector_layout) {
     switch (in.dtype) {
-      case DType::F16: quantize_avx2<DType::F16>(in, L, s, policy, out, threads, &f); break;
-      case DType::BF16: quantize_avx2<DType::BF16>(in, L, s, policy, out, threads, &f); break;
-      default: quantize_avx2<DType::F32>(in, L, s, policy, out, threads, &f); break;
+      case DType::F16:
+        quantize_avx2<DType::F16>(in, L, s, policy, out, threads, &f);
+        break;
+      case DType::BF16:
+        quantize_avx2<DType::BF16>(in, L, s, policy, out, threads, &f);
+        break;
+      default:
+        quantize_avx2<DType::F32>(in, L, s, policy, out, threads, &f);
+        break;
     }
   } else {
     quantize_generic(in, L, s, policy, out, threads, &f);
@@ -216,7 +236,8 @@ void dequantize_cpu(const uint8_t* codes, const uint8_t* scales, const uint8_t* 
       const uint8_t* base = codes + r * L.bytes_per_group * L.inner + i;
       float* dst = out + (o * L.axis_len + g * L.group_size) * L.inner + i;
       for (int64_t k = 0; k < len; ++k)
-        dst[k * L.inner] = spec::decode(spec::get_code(base, L.inner, k, s.bits), sc, m, s.symmetric, s.bits);
+        dst[k * L.inner] =
+            spec::decode(spec::get_code(base, L.inner, k, s.bits), sc, m, s.symmetric, s.bits);
     }
   }
 }

@@ -31,7 +31,7 @@ enum GroupResult : int { kGroupOk = 0, kGroupOverflow = 1, kGroupNonFinite = 2 }
 // zero-point does not fit the scale dtype. The group's code bytes must be
 // zero beforehand (codes are OR-ed in).
 int quantize_group(const QuantInput& in, const GroupLayout& layout, const QuantScheme& scheme,
-                   NonFinitePolicy policy, const QuantBuffers& out, int64_t o, int64_t g,
-                   int64_t i, float* scratch);
+                   NonFinitePolicy policy, const QuantBuffers& out, int64_t o, int64_t g, int64_t i,
+                   float* scratch);
 
 }  // namespace qpack::detail

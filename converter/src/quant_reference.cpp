@@ -6,10 +6,10 @@
 #include <cstdint>
 #include <cstring>
 
-#include "qpack/format/error.hpp"
-#include "quant_detail.hpp"
-#include "qpack/spec/group_params.hpp"
 #include "qpack/converter/quantize.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/spec/group_params.hpp"
+#include "quant_detail.hpp"
 
 namespace qpack {
 namespace detail {
@@ -17,7 +17,9 @@ namespace detail {
 int64_t find_first_nonfinite(const uint8_t* data, DType dtype, int64_t n, int threads) {
   constexpr int64_t kChunk = 1 << 14;
   int64_t first = INT64_MAX;
-#pragma omp parallel for schedule(static) num_threads(threads > 1 ? threads : 1) reduction(min : first)
+#pragma omp parallel for schedule(static) num_threads(threads > 1 ? threads : 1) \
+    reduction(min                                                                \
+              : first)
   for (int64_t c = 0; c < (n + kChunk - 1) / kChunk; ++c) {
     const int64_t e = (c + 1) * kChunk < n ? (c + 1) * kChunk : n;
     for (int64_t i = c * kChunk; i < e; ++i)
@@ -42,8 +44,8 @@ void throw_nonfinite(const QuantInput& in, const GroupLayout& layout, int64_t fl
                   "); pass --nonfinite=zero to quantize such values as 0");
 }
 
-void throw_range_overflow(const QuantInput& in, const GroupLayout& layout, const QuantScheme& scheme,
-                          int64_t group_linear) {
+void throw_range_overflow(const QuantInput& in, const GroupLayout& layout,
+                          const QuantScheme& scheme, int64_t group_linear) {
   const int64_t i = group_linear % layout.inner;
   const int64_t g = (group_linear / layout.inner) % layout.groups_per_axis;
   const int64_t o = group_linear / layout.inner / layout.groups_per_axis;
@@ -56,12 +58,11 @@ void throw_range_overflow(const QuantInput& in, const GroupLayout& layout, const
 
 }  // namespace detail
 
-
 namespace detail {
 
 int quantize_group(const QuantInput& in, const GroupLayout& L, const QuantScheme& scheme,
-                   NonFinitePolicy policy, const QuantBuffers& out, int64_t o, int64_t g,
-                   int64_t i, float* x) {
+                   NonFinitePolicy policy, const QuantBuffers& out, int64_t o, int64_t g, int64_t i,
+                   float* x) {
   const DType sd = scheme.scale_dtype;
   const int64_t len = L.group_len(g);
   // Gather the group's real elements (padding takes no part).

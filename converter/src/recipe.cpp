@@ -11,7 +11,8 @@ namespace qpack {
 
 std::optional<DType> parse_scale_dtype(const std::string& s) {
   std::string l = s;
-  std::transform(l.begin(), l.end(), l.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+  std::transform(l.begin(), l.end(), l.begin(),
+                 [](unsigned char c) { return char(std::tolower(c)); });
   if (l == "f16" || l == "fp16" || l == "float16" || l == "half") return DType::F16;
   if (l == "bf16" || l == "bfloat16") return DType::BF16;
   if (l == "f32" || l == "fp32" || l == "float32" || l == "float") return DType::F32;
@@ -68,18 +69,26 @@ TensorRule parse_rule(const std::string& text) {
     const size_t eq = item.find('=');
     const std::string key = item.substr(0, eq);
     const std::string val = eq == std::string::npos ? "" : item.substr(eq + 1);
-    if (key == "skip" && val.empty()) r.skip = true;
-    else if (key == "force" && val.empty()) r.force = true;
-    else if ((key == "sym" || key == "symmetric") && val.empty()) r.symmetric = true;
-    else if ((key == "asym" || key == "asymmetric") && val.empty()) r.symmetric = false;
-    else if (key == "bits") r.bits = int(to_int(origin, key, val));
-    else if (key == "group" || key == "group_size") r.group_size = val == "all" ? 0 : to_int(origin, key, val);
-    else if (key == "axis") r.axis = int(to_int(origin, key, val));
+    if (key == "skip" && val.empty())
+      r.skip = true;
+    else if (key == "force" && val.empty())
+      r.force = true;
+    else if ((key == "sym" || key == "symmetric") && val.empty())
+      r.symmetric = true;
+    else if ((key == "asym" || key == "asymmetric") && val.empty())
+      r.symmetric = false;
+    else if (key == "bits")
+      r.bits = int(to_int(origin, key, val));
+    else if (key == "group" || key == "group_size")
+      r.group_size = val == "all" ? 0 : to_int(origin, key, val);
+    else if (key == "axis")
+      r.axis = int(to_int(origin, key, val));
     else if (key == "scale" || key == "scale_dtype") {
       r.scale_dtype = parse_scale_dtype(val);
       if (!r.scale_dtype) bad(origin, "scale dtype must be f16, bf16 or f32, got '" + val + "'");
     } else {
-      bad(origin, "unknown key '" + key + "' (known: bits, group, axis, sym, asym, scale, skip, force)");
+      bad(origin,
+          "unknown key '" + key + "' (known: bits, group, axis, sym, asym, scale, skip, force)");
     }
     if (comma == rest.size()) break;
   }
@@ -110,22 +119,39 @@ Recipe Recipe::from_json(const nlohmann::json& j, const std::string& origin) {
         rule->force = v.get<bool>();
       } else if (k == "bits") {
         const int b = int(need_int());
-        if (rule) rule->bits = b; else scheme->bits = b;
+        if (rule)
+          rule->bits = b;
+        else
+          scheme->bits = b;
       } else if (k == "group_size") {
         int64_t g = 0;
-        if (v.is_string() && v.get<std::string>() == "all") g = 0;
-        else g = need_int();
-        if (rule) rule->group_size = g; else scheme->group_size = g;
+        if (v.is_string() && v.get<std::string>() == "all")
+          g = 0;
+        else
+          g = need_int();
+        if (rule)
+          rule->group_size = g;
+        else
+          scheme->group_size = g;
       } else if (k == "axis") {
         const int a = int(need_int());
-        if (rule) rule->axis = a; else scheme->axis = a;
+        if (rule)
+          rule->axis = a;
+        else
+          scheme->axis = a;
       } else if (k == "symmetric") {
         if (!v.is_boolean()) bad(origin, where + ": 'symmetric' must be true or false");
-        if (rule) rule->symmetric = v.get<bool>(); else scheme->symmetric = v.get<bool>();
+        if (rule)
+          rule->symmetric = v.get<bool>();
+        else
+          scheme->symmetric = v.get<bool>();
       } else if (k == "scale_dtype") {
         const auto d = v.is_string() ? parse_scale_dtype(v.get<std::string>()) : std::nullopt;
         if (!d) bad(origin, where + ": 'scale_dtype' must be \"f16\", \"bf16\" or \"f32\"");
-        if (rule) rule->scale_dtype = *d; else scheme->scale_dtype = *d;
+        if (rule)
+          rule->scale_dtype = *d;
+        else
+          scheme->scale_dtype = *d;
       } else {
         bad(origin, where + ": unknown key '" + k + "'");
       }

@@ -15,7 +15,8 @@ using nlohmann::json;
 namespace {
 
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 std::string dir_of(const std::string& path) {
@@ -76,8 +77,9 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path) {
     const auto pr = detail::parse_json_strict(text.data(), text.data() + text.size(), &index);
     if (!pr.ok()) throw Error(ErrorCode::BadIndex, ipath, "", pr.describe());
     if (!index.is_object())
-      throw Error(ErrorCode::BadIndex, ipath, "",
-                  std::string("index is a JSON ") + detail::json_type_name(index) + ", not an object");
+      throw Error(
+          ErrorCode::BadIndex, ipath, "",
+          std::string("index is a JSON ") + detail::json_type_name(index) + ", not an object");
     if (!index.contains("weight_map") || !index["weight_map"].is_object())
       throw Error(ErrorCode::BadIndex, ipath, "", "index has no \"weight_map\" object");
     if (index.contains("metadata") && !index["metadata"].is_object())
@@ -87,7 +89,8 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path) {
     for (const auto& [tname, f] : index["weight_map"].items()) {
       if (!f.is_string())
         throw Error(ErrorCode::BadIndex, ipath, tname,
-                    std::string("weight_map value is a JSON ") + detail::json_type_name(f) + ", not a file name");
+                    std::string("weight_map value is a JSON ") + detail::json_type_name(f) +
+                        ", not a file name");
       const std::string& fname = f.get_ref<const std::string&>();
       if (!is_safe_relative(fname))
         throw Error(ErrorCode::BadIndex, ipath, tname,
@@ -128,12 +131,15 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path) {
     for (const std::string& name : list_dir(path)) {
       if (name.empty() || name[0] == '.') continue;  // hidden files, our own temporaries
       if (is_directory(join(path, name))) continue;
-      if (ends_with(name, ".safetensors.index.json")) indexes.push_back(name);
-      else if (ends_with(name, ".safetensors")) files.push_back(name);
+      if (ends_with(name, ".safetensors.index.json"))
+        indexes.push_back(name);
+      else if (ends_with(name, ".safetensors"))
+        files.push_back(name);
     }
     if (!indexes.empty()) {
       std::string chosen;
-      if (std::find(indexes.begin(), indexes.end(), "model.safetensors.index.json") != indexes.end())
+      if (std::find(indexes.begin(), indexes.end(), "model.safetensors.index.json") !=
+          indexes.end())
         chosen = "model.safetensors.index.json";
       else if (indexes.size() == 1)
         chosen = indexes[0];
@@ -146,7 +152,8 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path) {
       if (files.empty())
         throw Error(ErrorCode::InvalidArgument, path, "",
                     "folder holds no .safetensors file and no *.safetensors.index.json");
-      for (const std::string& name : files) shards.emplace(name, SafetensorsFile::open(join(path, name)));
+      for (const std::string& name : files)
+        shards.emplace(name, SafetensorsFile::open(join(path, name)));
       std::map<std::string, std::string> seen;  // tensor -> shard
       for (const auto& [fname, file] : shards)
         for (const TensorInfo& t : file->tensors()) {
@@ -163,7 +170,8 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path) {
     } else {
       dir = dir_of(path);
       const size_t slash = path.find_last_of('/');
-      shards.emplace(slash == std::string::npos ? path : path.substr(slash + 1), SafetensorsFile::open(path));
+      shards.emplace(slash == std::string::npos ? path : path.substr(slash + 1),
+                     SafetensorsFile::open(path));
     }
   }
 
@@ -189,7 +197,8 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path) {
     if (!pr.ok()) throw Error(ErrorCode::BadJson, config_path, "", "config.json: " + pr.describe());
     if (!config.is_object())
       throw Error(ErrorCode::BadJson, config_path, "",
-                  std::string("config.json is a JSON ") + detail::json_type_name(config) + ", not an object");
+                  std::string("config.json is a JSON ") + detail::json_type_name(config) +
+                      ", not an object");
     cp->config_ = std::move(config);
   }
   return cp;

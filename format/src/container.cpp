@@ -75,8 +75,9 @@ QpackHeader QpackHeader::decode(const uint8_t* data, uint64_t size, const std::s
     const size_t n = size_t(std::min<uint64_t>(size, kQpackMagic.size()));
     if (n == 0 || std::memcmp(data, kQpackMagic.data(), n) != 0)
       throw Error(ErrorCode::BadMagic, file, "", "not a .qpack file (bad magic)");
-    throw Error(ErrorCode::Truncated, file, "",
-                "file is " + std::to_string(size) + " bytes, shorter than the 64-byte .qpack header");
+    throw Error(
+        ErrorCode::Truncated, file, "",
+        "file is " + std::to_string(size) + " bytes, shorter than the 64-byte .qpack header");
   }
   if (std::memcmp(data, kQpackMagic.data(), kQpackMagic.size()) != 0)
     throw Error(ErrorCode::BadMagic, file, "", "not a .qpack file (bad magic)");
@@ -84,21 +85,25 @@ QpackHeader QpackHeader::decode(const uint8_t* data, uint64_t size, const std::s
   // Step 2: the major version, before anything it might lay out differently.
   if (h.version_major != kQpackVersionMajor)
     throw Error(ErrorCode::UnsupportedVersion, file, "",
-                "format version " + std::to_string(h.version_major) + "." + std::to_string(h.version_minor) +
-                    "; this reader reads version " + std::to_string(kQpackVersionMajor) + ".x");
+                "format version " + std::to_string(h.version_major) + "." +
+                    std::to_string(h.version_minor) + "; this reader reads version " +
+                    std::to_string(kQpackVersionMajor) + ".x");
   // Step 3: the header checksum, then header_size.
   const uint64_t actual = h.checksum();
   if (h.header_xxh3 != actual)
     throw Error(ErrorCode::HeaderChecksumMismatch, file, "",
-                "header checksum " + checksum_to_hex(h.header_xxh3) + " does not match its bytes (" +
-                    checksum_to_hex(actual) + "): the header is corrupt");
+                "header checksum " + checksum_to_hex(h.header_xxh3) +
+                    " does not match its bytes (" + checksum_to_hex(actual) +
+                    "): the header is corrupt");
   if (h.header_size != kSize)
-    throw Error(ErrorCode::UnsupportedVersion, file, "",
-                "header_size " + std::to_string(h.header_size) + "; version 1 headers are 64 bytes");
+    throw Error(
+        ErrorCode::UnsupportedVersion, file, "",
+        "header_size " + std::to_string(h.header_size) + "; version 1 headers are 64 bytes");
   // Step 4: the file is as long as the header says.
   if (h.file_size != size)
     throw Error(ErrorCode::FileSizeMismatch, file, "",
-                "file is " + std::to_string(size) + " bytes but its header says " + std::to_string(h.file_size) +
+                "file is " + std::to_string(size) + " bytes but its header says " +
+                    std::to_string(h.file_size) +
                     (size < h.file_size ? " (truncated?)" : " (bytes appended?)"));
   return h;
 }
@@ -107,10 +112,14 @@ QpackHeader QpackHeader::decode(const uint8_t* data, uint64_t size, const std::s
 
 const char* section_name(SectionKind k) {
   switch (k) {
-    case SectionKind::Data: return "data";
-    case SectionKind::Codes: return "codes";
-    case SectionKind::Scales: return "scales";
-    case SectionKind::Zeros: return "zeros";
+    case SectionKind::Data:
+      return "data";
+    case SectionKind::Codes:
+      return "codes";
+    case SectionKind::Scales:
+      return "scales";
+    case SectionKind::Zeros:
+      return "zeros";
   }
   return "section";
 }
@@ -146,10 +155,14 @@ Section& QpackTensor::section(SectionKind k) {
 
 const Section& QpackTensor::section(SectionKind k) const {
   switch (k) {
-    case SectionKind::Codes: return codes;
-    case SectionKind::Scales: return scales;
-    case SectionKind::Zeros: return zeros;
-    case SectionKind::Data: break;
+    case SectionKind::Codes:
+      return codes;
+    case SectionKind::Scales:
+      return scales;
+    case SectionKind::Zeros:
+      return zeros;
+    case SectionKind::Data:
+      break;
   }
   return data;
 }

@@ -47,30 +47,39 @@ struct ManifestReader {
   [[noreturn]] void fail(const std::string& tensor, const std::string& reason) const {
     throw Error(ErrorCode::BadManifest, file, tensor, "manifest: " + reason);
   }
-  const json& req(const json& obj, const char* key, const std::string& where, const std::string& tensor) const {
+  const json& req(const json& obj, const char* key, const std::string& where,
+                  const std::string& tensor) const {
     const auto it = obj.find(key);
     if (it == obj.end()) fail(tensor, where + " has no '" + key + "'");
     return *it;
   }
-  uint64_t u64(const json& obj, const char* key, const std::string& where, const std::string& tensor) const {
+  uint64_t u64(const json& obj, const char* key, const std::string& where,
+               const std::string& tensor) const {
     const json& v = req(obj, key, where, tensor);
     if (!v.is_number_unsigned())
-      fail(tensor, where + "." + key + " is " + detail::dump_lenient(v) + ", not a non-negative integer");
+      fail(tensor,
+           where + "." + key + " is " + detail::dump_lenient(v) + ", not a non-negative integer");
     return v.get<uint64_t>();
   }
-  const std::string& str(const json& obj, const char* key, const std::string& where, const std::string& tensor) const {
+  const std::string& str(const json& obj, const char* key, const std::string& where,
+                         const std::string& tensor) const {
     const json& v = req(obj, key, where, tensor);
-    if (!v.is_string()) fail(tensor, where + "." + key + " is a JSON " + json_type_name(v) + ", not a string");
+    if (!v.is_string())
+      fail(tensor, where + "." + key + " is a JSON " + json_type_name(v) + ", not a string");
     return v.get_ref<const std::string&>();
   }
-  bool boolean(const json& obj, const char* key, const std::string& where, const std::string& tensor) const {
+  bool boolean(const json& obj, const char* key, const std::string& where,
+               const std::string& tensor) const {
     const json& v = req(obj, key, where, tensor);
-    if (!v.is_boolean()) fail(tensor, where + "." + key + " is a JSON " + json_type_name(v) + ", not a boolean");
+    if (!v.is_boolean())
+      fail(tensor, where + "." + key + " is a JSON " + json_type_name(v) + ", not a boolean");
     return v.get<bool>();
   }
-  const json& obj(const json& parent, const char* key, const std::string& where, const std::string& tensor) const {
+  const json& obj(const json& parent, const char* key, const std::string& where,
+                  const std::string& tensor) const {
     const json& v = req(parent, key, where, tensor);
-    if (!v.is_object()) fail(tensor, where + "." + key + " is a JSON " + json_type_name(v) + ", not an object");
+    if (!v.is_object())
+      fail(tensor, where + "." + key + " is a JSON " + json_type_name(v) + ", not an object");
     return v;
   }
 };
@@ -89,11 +98,11 @@ class ManifestParser {
   ManifestParser(const std::string& file, const uint8_t* base, uint64_t size)
       : file_(file), r_{file}, base_(base), size_(size) {}
 
-  QpackHeader parse_header();                                  // steps 1-5
-  json parse_manifest_json() const;                            // steps 6-7
+  QpackHeader parse_header();        // steps 1-5
+  json parse_manifest_json() const;  // steps 6-7
   const json& parse_manifest_top(const json& m, uint16_t major,
-                                 uint16_t minor);              // step 8: returns "tensors"
-  QpackTensor parse_tensor(const json& tj, size_t index);      // step 9
+                                 uint16_t minor);                // step 8: returns "tensors"
+  QpackTensor parse_tensor(const json& tj, size_t index);        // step 9
   void check_overlaps(const std::vector<QpackTensor>& tensors);  // step 10
 
  private:
@@ -143,7 +152,8 @@ json ManifestParser::parse_manifest_json() const {
   json m;
   const auto pr = detail::parse_json_strict(text, text + msize_, &m);
   if (!pr.ok()) throw Error(ErrorCode::BadManifestJson, file_, "", "manifest: " + pr.describe());
-  if (!m.is_object()) r_.fail("", std::string("the top level is a JSON ") + json_type_name(m) + ", not an object");
+  if (!m.is_object())
+    r_.fail("", std::string("the top level is a JSON ") + json_type_name(m) + ", not an object");
   return m;
 }
 
@@ -169,7 +179,8 @@ const json& ManifestParser::parse_manifest_top(const json& m, uint16_t major, ui
   for (const auto& [k, v] : meta.items())
     if (!v.is_string()) r_.fail("", "source.metadata value of '" + k + "' is not a string");
   const json& config = r_.req(source, "config", "source", "");
-  if (!config.is_object() && !config.is_null()) r_.fail("", "source.config is neither an object nor null");
+  if (!config.is_object() && !config.is_null())
+    r_.fail("", "source.config is neither an object nor null");
   const json& tensors = r_.req(m, "tensors", "manifest", "");
   if (!tensors.is_array()) r_.fail("", "tensors is not an array");
   return tensors;
@@ -205,21 +216,25 @@ QpackTensor ManifestParser::parse_tensor(const json& tj, size_t index) {
   for (const TensorSection& ts : t.sections())
     t.section(ts.kind) = parse_section(sections, where, ts, name, index);
   if (t.quantized && t.scheme.symmetric && sections.contains("zeros"))
-    throw Error(ErrorCode::ManifestMismatch, file_, name, "a symmetric tensor has a 'zeros' section");
+    throw Error(ErrorCode::ManifestMismatch, file_, name,
+                "a symmetric tensor has a 'zeros' section");
   return t;
 }
 
 // The shape, whose element count times the dtype's bits fits 64 bits;
 // returns that bit count.
-uint64_t ManifestParser::parse_shape(const json& tj, const std::string& where, QpackTensor* t) const {
+uint64_t ManifestParser::parse_shape(const json& tj, const std::string& where,
+                                     QpackTensor* t) const {
   const std::string& name = t->name;
   const json& shape = r_.req(tj, "shape", where, name);
   if (!shape.is_array()) r_.fail(name, where + ".shape is not an array");
   unsigned long long count = 1;
   bool overflow = false;
   for (const json& d : shape) {
-    if (!d.is_number_unsigned() || d.get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max()))
-      r_.fail(name, where + ".shape holds " + detail::dump_lenient(d) + ", not a non-negative integer");
+    if (!d.is_number_unsigned() ||
+        d.get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max()))
+      r_.fail(name,
+              where + ".shape holds " + detail::dump_lenient(d) + ", not a non-negative integer");
     t->shape.push_back(int64_t(d.get<uint64_t>()));
     overflow = overflow || mul_overflows_u64(count, d.get<uint64_t>(), &count);
   }
@@ -240,21 +255,25 @@ void ManifestParser::parse_quant(const json& q, const std::string& where, QpackT
   const bool symmetric = r_.boolean(q, "symmetric", where, name);
   const std::string& sds = r_.str(q, "scale_dtype", where, name);
   if (!is_valid_bits(int(std::min<uint64_t>(qbits, 64))))
-    throw Error(ErrorCode::UnsupportedScheme, file_, name, "bits " + std::to_string(qbits) + " (must be 2, 3, 4 or 8)");
+    throw Error(ErrorCode::UnsupportedScheme, file_, name,
+                "bits " + std::to_string(qbits) + " (must be 2, 3, 4 or 8)");
   const auto sd = dtype_from_string(sds);
   if (!sd || !is_scale_dtype(*sd))
-    throw Error(ErrorCode::UnsupportedScheme, file_, name, "scale dtype '" + sds + "' (must be F16, BF16 or F32)");
+    throw Error(ErrorCode::UnsupportedScheme, file_, name,
+                "scale dtype '" + sds + "' (must be F16, BF16 or F32)");
   if (!is_quantizable(t->dtype))
     throw Error(ErrorCode::ManifestMismatch, file_, name,
                 std::string("group_quant tensor has source dtype ") + dtype_name(t->dtype) +
                     " (only F16, BF16, F32 are quantized)");
-  if (t->shape.empty()) throw Error(ErrorCode::ManifestMismatch, file_, name, "a 0-d tensor cannot be group_quant");
+  if (t->shape.empty())
+    throw Error(ErrorCode::ManifestMismatch, file_, name, "a 0-d tensor cannot be group_quant");
   if (axis >= t->shape.size())
     throw Error(ErrorCode::ManifestMismatch, file_, name,
-                "axis " + std::to_string(axis) + " is out of range for a " + std::to_string(t->shape.size()) +
-                    "-d tensor");
+                "axis " + std::to_string(axis) + " is out of range for a " +
+                    std::to_string(t->shape.size()) + "-d tensor");
   if (gs < 1 || gs > uint64_t(std::numeric_limits<int64_t>::max()))
-    throw Error(ErrorCode::ManifestMismatch, file_, name, "group_size " + std::to_string(gs) + " is not resolved");
+    throw Error(ErrorCode::ManifestMismatch, file_, name,
+                "group_size " + std::to_string(gs) + " is not resolved");
   t->scheme.bits = int(qbits);
   t->scheme.group_size = int64_t(gs);
   t->scheme.axis = int(axis);
@@ -268,7 +287,8 @@ void ManifestParser::parse_quant(const json& q, const std::string& where, QpackT
   if (t->layout.group_size != t->scheme.group_size)
     throw Error(ErrorCode::ManifestMismatch, file_, name,
                 "group_size " + std::to_string(gs) + " is not resolved for an axis of length " +
-                    std::to_string(t->layout.axis_len) + " (expected " + std::to_string(t->layout.group_size) + ")");
+                    std::to_string(t->layout.axis_len) + " (expected " +
+                    std::to_string(t->layout.group_size) + ")");
   // The section sizes cannot overflow: the element count N times the
   // dtype's 16 or 32 bits fits 64 bits, the codes are < 2N bytes and the
   // scales and zeros at most 4N.
@@ -277,8 +297,9 @@ void ManifestParser::parse_quant(const json& q, const std::string& where, QpackT
 
 // Step 9, one section: its fields, codec and checksum, an aligned offset
 // within the data area, and the raw_size that shape and scheme imply.
-Section ManifestParser::parse_section(const json& sections, const std::string& where, const TensorSection& ts,
-                                      const std::string& name, size_t index) {
+Section ManifestParser::parse_section(const json& sections, const std::string& where,
+                                      const TensorSection& ts, const std::string& name,
+                                      size_t index) {
   const char* key = ts.name;
   const std::string swhere = where + ".sections." + key;
   const json& sj = r_.req(sections, key, where + ".sections", name);
@@ -289,9 +310,13 @@ Section ManifestParser::parse_section(const json& sections, const std::string& w
   s.size = r_.u64(sj, "size", swhere, name);
   s.raw_size = r_.u64(sj, "raw_size", swhere, name);
   const std::string& codec = r_.str(sj, "codec", swhere, name);
-  if (codec == "none") s.codec = Codec::None;
-  else if (codec == "zstd") s.codec = Codec::Zstd;
-  else throw Error(ErrorCode::BadCodec, file_, name, std::string("section '") + key + "' has unknown codec '" + codec + "'");
+  if (codec == "none")
+    s.codec = Codec::None;
+  else if (codec == "zstd")
+    s.codec = Codec::Zstd;
+  else
+    throw Error(ErrorCode::BadCodec, file_, name,
+                std::string("section '") + key + "' has unknown codec '" + codec + "'");
   const std::string& hex = r_.str(sj, "xxh3", swhere, name);
   if (!checksum_from_hex(hex, &s.checksum))
     r_.fail(name, swhere + ".xxh3 '" + hex + "' is not 16 lower-case hex digits");
@@ -302,23 +327,25 @@ Section ManifestParser::parse_section(const json& sections, const std::string& w
   unsigned long long end;
   if (s.offset < QpackHeader::kSize || add_overflows_u64(s.offset, s.size, &end) || end > moff_)
     throw Error(ErrorCode::SectionOutOfRange, file_, name,
-                std::string("section '") + key + "' at offset " + std::to_string(s.offset) + " size " +
-                    std::to_string(s.size) + " is not within the data area [64, " + std::to_string(moff_) + ")");
+                std::string("section '") + key + "' at offset " + std::to_string(s.offset) +
+                    " size " + std::to_string(s.size) + " is not within the data area [64, " +
+                    std::to_string(moff_) + ")");
   if (s.raw_size != ts.raw_size)
     throw Error(ErrorCode::ManifestMismatch, file_, name,
                 std::string("section '") + key + "' raw_size " + std::to_string(s.raw_size) +
                     " but shape and scheme imply " + std::to_string(ts.raw_size));
   if (s.codec == Codec::None && s.size != s.raw_size)
     throw Error(ErrorCode::ManifestMismatch, file_, name,
-                std::string("section '") + key + "' has codec none but size " + std::to_string(s.size) +
-                    " != raw_size " + std::to_string(s.raw_size));
+                std::string("section '") + key + "' has codec none but size " +
+                    std::to_string(s.size) + " != raw_size " + std::to_string(s.raw_size));
   if (s.size > 0) spans_.push_back(Span{s.offset, end, index, key});
   return s;
 }
 
 // Step 10: no two non-empty sections overlap.
 void ManifestParser::check_overlaps(const std::vector<QpackTensor>& tensors) {
-  std::sort(spans_.begin(), spans_.end(), [](const Span& a, const Span& b) { return a.begin < b.begin; });
+  std::sort(spans_.begin(), spans_.end(),
+            [](const Span& a, const Span& b) { return a.begin < b.begin; });
   for (size_t i = 1; i < spans_.size(); ++i) {
     const Span& a = spans_[i - 1];
     const Span& b = spans_[i];
@@ -326,13 +353,15 @@ void ManifestParser::check_overlaps(const std::vector<QpackTensor>& tensors) {
       throw Error(ErrorCode::SectionOverlap, file_, tensors[b.tensor].name,
                   std::string("section '") + b.section + "' [" + std::to_string(b.begin) + ", " +
                       std::to_string(b.end) + ") overlaps section '" + a.section + "' of tensor '" +
-                      tensors[a.tensor].name + "' [" + std::to_string(a.begin) + ", " + std::to_string(a.end) + ")");
+                      tensors[a.tensor].name + "' [" + std::to_string(a.begin) + ", " +
+                      std::to_string(a.end) + ")");
   }
 }
 
 // The section `s` of `t` is, by address.
 const char* section_name_in(const QpackTensor& t, const Section& s) {
-  for (SectionKind k : {SectionKind::Codes, SectionKind::Scales, SectionKind::Zeros, SectionKind::Data})
+  for (SectionKind k :
+       {SectionKind::Codes, SectionKind::Scales, SectionKind::Zeros, SectionKind::Data})
     if (&s == &t.section(k)) return section_name(k);
   return "section";
 }
@@ -360,21 +389,28 @@ const QpackTensor* QpackFile::find(const std::string& name) const {
   return it == by_name_.end() ? nullptr : &tensors_[it->second];
 }
 
-const nlohmann::json& QpackFile::source_metadata() const { return manifest_.at("source").at("metadata"); }
-const nlohmann::json& QpackFile::source_config() const { return manifest_.at("source").at("config"); }
+const nlohmann::json& QpackFile::source_metadata() const {
+  return manifest_.at("source").at("metadata");
+}
+const nlohmann::json& QpackFile::source_config() const {
+  return manifest_.at("source").at("config");
+}
 
 // Steps 11 (the checksum) and 12 (the decode, section_codec.cpp).
 SectionBytes QpackFile::read(const QpackTensor& t, const Section& s) const {
   const char* sname = section_name_in(t, s);
-  if (!s.present) throw Error(ErrorCode::Internal, path_, t.name, std::string("no section '") + sname + "'");
+  if (!s.present)
+    throw Error(ErrorCode::Internal, path_, t.name, std::string("no section '") + sname + "'");
   if (s.offset > size_ || s.size > size_ - s.offset)
-    throw Error(ErrorCode::SectionOutOfRange, path_, t.name, std::string("section '") + sname + "' is outside the file");
+    throw Error(ErrorCode::SectionOutOfRange, path_, t.name,
+                std::string("section '") + sname + "' is outside the file");
   const uint8_t* p = base_ + s.offset;
   const uint64_t actual = checksum64(p, size_t(s.size));
   if (actual != s.checksum)
     throw Error(ErrorCode::ChecksumMismatch, path_, t.name,
                 std::string("section '") + sname + "' checksum " + checksum_to_hex(actual) +
-                    " does not match the manifest's " + checksum_to_hex(s.checksum) + ": the data is corrupt");
+                    " does not match the manifest's " + checksum_to_hex(s.checksum) +
+                    ": the data is corrupt");
   return detail::decode_section(p, s, path_, t.name, sname);
 }
 

@@ -39,12 +39,15 @@ QpackWriter::~QpackWriter() = default;
 void QpackWriter::set_source(nlohmann::json metadata, nlohmann::json config) {
   if (metadata.is_null()) metadata = json::object();
   if (!metadata.is_object())
-    throw Error(ErrorCode::InvalidArgument, impl_->file(), "", "source metadata must be a JSON object");
+    throw Error(ErrorCode::InvalidArgument, impl_->file(), "",
+                "source metadata must be a JSON object");
   for (const auto& [k, v] : metadata.items())
     if (!v.is_string())
-      throw Error(ErrorCode::InvalidArgument, impl_->file(), "", "source metadata value of '" + k + "' is not a string");
+      throw Error(ErrorCode::InvalidArgument, impl_->file(), "",
+                  "source metadata value of '" + k + "' is not a string");
   if (!config.is_object() && !config.is_null())
-    throw Error(ErrorCode::InvalidArgument, impl_->file(), "", "source config must be a JSON object or null");
+    throw Error(ErrorCode::InvalidArgument, impl_->file(), "",
+                "source config must be a JSON object or null");
   impl_->metadata = std::move(metadata);
   impl_->config = std::move(config);
 }
@@ -63,7 +66,8 @@ json section_json(const Section& s) {
 
 Section QpackWriter::write_section(const std::string& tensor, const void* data, uint64_t size) {
   Impl& w = *impl_;
-  if (size > 0 && data == nullptr) throw Error(ErrorCode::InvalidArgument, w.file(), tensor, "null section data");
+  if (size > 0 && data == nullptr)
+    throw Error(ErrorCode::InvalidArgument, w.file(), tensor, "null section data");
   const uint64_t pad = (kQpackAlignment - w.out.position() % kQpackAlignment) % kQpackAlignment;
   w.out.write_zeros(pad);
   Section s;
@@ -85,8 +89,9 @@ Section QpackWriter::write_section(const std::string& tensor, const void* data, 
     // Hashing and write() each take about as long per byte as the other on
     // a large section; on two threads they overlap. (The future's
     // destructor waits for the hash if the write throws.)
-    std::future<uint64_t> sum =
-        std::async(std::launch::async, [stored, stored_size] { return checksum64(stored, size_t(stored_size)); });
+    std::future<uint64_t> sum = std::async(std::launch::async, [stored, stored_size] {
+      return checksum64(stored, size_t(stored_size));
+    });
     w.out.write(stored, size_t(stored_size));
     s.checksum = sum.get();
   } else {
@@ -98,17 +103,19 @@ Section QpackWriter::write_section(const std::string& tensor, const void* data, 
 
 namespace {
 
-void check_name(const std::string& file, const std::string& name, std::unordered_set<std::string>& names) {
+void check_name(const std::string& file, const std::string& name,
+                std::unordered_set<std::string>& names) {
   try {
     (void)json(name).dump();
   } catch (const json::exception&) {
     throw Error(ErrorCode::InvalidArgument, file, "", "tensor name is not valid UTF-8");
   }
-  if (!names.insert(name).second) throw Error(ErrorCode::DuplicateName, file, name, "tensor added twice");
+  if (!names.insert(name).second)
+    throw Error(ErrorCode::DuplicateName, file, name, "tensor added twice");
 }
 
-uint64_t checked_nbytes(const std::string& file, const std::string& name, const std::vector<int64_t>& shape,
-                        DType dtype) {
+uint64_t checked_nbytes(const std::string& file, const std::string& name,
+                        const std::vector<int64_t>& shape, DType dtype) {
   unsigned long long n = 1;
   for (int64_t d : shape)
     if (d < 0 || mul_overflows_u64(n, (unsigned long long)d, &n))
@@ -116,7 +123,8 @@ uint64_t checked_nbytes(const std::string& file, const std::string& name, const 
   unsigned long long bits;
   if (mul_overflows_u64(n, (unsigned long long)dtype_bits(dtype), &bits) || bits % 8 != 0)
     throw Error(ErrorCode::InvalidArgument, file, name,
-                "shape " + shape_to_string(shape) + " of " + dtype_name(dtype) + " is not a whole number of bytes");
+                "shape " + shape_to_string(shape) + " of " + dtype_name(dtype) +
+                    " is not a whole number of bytes");
   return bits / 8;
 }
 
@@ -125,7 +133,8 @@ uint64_t checked_nbytes(const std::string& file, const std::string& name, const 
 void QpackWriter::add_raw(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
                           const void* data, uint64_t size) {
   Impl& w = *impl_;
-  if (w.committed) throw Error(ErrorCode::InvalidArgument, w.file(), name, "writer already committed");
+  if (w.committed)
+    throw Error(ErrorCode::InvalidArgument, w.file(), name, "writer already committed");
   const uint64_t want = checked_nbytes(w.file(), name, shape, dtype);
   if (want != size)
     throw Error(ErrorCode::InvalidArgument, w.file(), name,
@@ -140,11 +149,12 @@ void QpackWriter::add_raw(const std::string& name, DType dtype, const std::vecto
                        {"sections", {{"data", section_json(s)}}}});
 }
 
-void QpackWriter::add_quantized(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
-                                const QuantScheme& scheme, const void* codes, const void* scales,
-                                const void* zeros) {
+void QpackWriter::add_quantized(const std::string& name, DType dtype,
+                                const std::vector<int64_t>& shape, const QuantScheme& scheme,
+                                const void* codes, const void* scales, const void* zeros) {
   Impl& w = *impl_;
-  if (w.committed) throw Error(ErrorCode::InvalidArgument, w.file(), name, "writer already committed");
+  if (w.committed)
+    throw Error(ErrorCode::InvalidArgument, w.file(), name, "writer already committed");
   if (!is_quantizable(dtype))
     throw Error(ErrorCode::UnsupportedDtype, w.file(), name,
                 std::string("cannot group-quantize a ") + dtype_name(dtype) + " tensor");
@@ -156,9 +166,11 @@ void QpackWriter::add_quantized(const std::string& name, DType dtype, const std:
     throw e.with_context(w.file(), name);
   }
   if (scheme.symmetric && zeros)
-    throw Error(ErrorCode::InvalidArgument, w.file(), name, "a symmetric tensor has no zero-points");
+    throw Error(ErrorCode::InvalidArgument, w.file(), name,
+                "a symmetric tensor has no zero-points");
   if (!scheme.symmetric && !zeros && layout.num_groups() > 0)
-    throw Error(ErrorCode::InvalidArgument, w.file(), name, "an asymmetric tensor needs zero-points");
+    throw Error(ErrorCode::InvalidArgument, w.file(), name,
+                "an asymmetric tensor needs zero-points");
   check_name(w.file(), name, w.names);
   // The file always records the resolved scheme (docs/format.md §3.1).
   QuantScheme rs = scheme;
@@ -170,7 +182,9 @@ void QpackWriter::add_quantized(const std::string& name, DType dtype, const std:
   t.layout = layout;
   json sections = json::object();
   for (const TensorSection& ts : t.sections()) {
-    const void* src = ts.kind == SectionKind::Codes ? codes : ts.kind == SectionKind::Scales ? scales : zeros;
+    const void* src = ts.kind == SectionKind::Codes    ? codes
+                      : ts.kind == SectionKind::Scales ? scales
+                                                       : zeros;
     sections[ts.name] = section_json(write_section(name, src, ts.raw_size));
   }
   w.tensors.push_back({{"name", name},
@@ -190,9 +204,11 @@ uint64_t QpackWriter::bytes_written() const { return impl_->out.position(); }
 
 void QpackWriter::commit() {
   Impl& w = *impl_;
-  if (w.committed) throw Error(ErrorCode::InvalidArgument, w.file(), "", "writer already committed");
+  if (w.committed)
+    throw Error(ErrorCode::InvalidArgument, w.file(), "", "writer already committed");
   const json manifest = {
-      {"qpack_version", std::to_string(kQpackVersionMajor) + "." + std::to_string(kQpackVersionMinor)},
+      {"qpack_version",
+       std::to_string(kQpackVersionMajor) + "." + std::to_string(kQpackVersionMinor)},
       {"generator", w.options.generator},
       {"alignment", kQpackAlignment},
       {"source", {{"format", "safetensors"}, {"metadata", w.metadata}, {"config", w.config}}},
@@ -201,7 +217,8 @@ void QpackWriter::commit() {
   try {
     text = manifest.dump();
   } catch (const json::exception& e) {
-    throw Error(ErrorCode::InvalidArgument, w.file(), "", std::string("manifest cannot be written: ") + e.what());
+    throw Error(ErrorCode::InvalidArgument, w.file(), "",
+                std::string("manifest cannot be written: ") + e.what());
   }
   w.out.write_zeros((kQpackAlignment - w.out.position() % kQpackAlignment) % kQpackAlignment);
   const uint64_t moff = w.out.position();

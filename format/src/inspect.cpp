@@ -121,12 +121,13 @@ json checkpoint_report(const std::string& path, const InspectOptions& options) {
     tensors.push_back(std::move(row));
   }
   r["tensors"] = std::move(tensors);
-  r["totals"] = {{"tensors", cp->tensors().size()}, {"bytes", bytes}, {"source_bytes", bytes},
+  r["totals"] = {{"tensors", cp->tensors().size()},
+                 {"bytes", bytes},
+                 {"source_bytes", bytes},
                  {"ratio", ratio_of(bytes, bytes)}};
   r["check"] = options.check ? json("ok") : json(nullptr);
   return r;
 }
-
 
 std::string ratio_text(const json& r) {
   if (r.is_null()) return "-";
@@ -147,8 +148,10 @@ json inspect_report(const std::string& path, const InspectOptions& options) {
   if (!file_exists(path)) throw Error(ErrorCode::Io, path, "", "no such file or folder");
   // The magic decides; a file named .qpack without it is still read as one,
   // so that its error says "bad magic" rather than something about safetensors.
-  const bool named_qpack = path.size() >= 6 && path.compare(path.size() - 6, 6, ".qpack") == 0 && !is_directory(path);
-  return is_qpack_file(path) || named_qpack ? qpack_report(path, options) : checkpoint_report(path, options);
+  const bool named_qpack =
+      path.size() >= 6 && path.compare(path.size() - 6, 6, ".qpack") == 0 && !is_directory(path);
+  return is_qpack_file(path) || named_qpack ? qpack_report(path, options)
+                                            : checkpoint_report(path, options);
 }
 
 std::string format_inspect_table(const json& report) {
@@ -164,7 +167,8 @@ std::string format_inspect_table(const json& report) {
   rows.push_back(head);
   for (const json& t : report.at("tensors")) {
     std::vector<std::string> row = {t.at("name").get<std::string>(), shape_text(t.at("shape")),
-                                    t.at("dtype").get<std::string>(), t.at("scheme").get<std::string>(),
+                                    t.at("dtype").get<std::string>(),
+                                    t.at("scheme").get<std::string>(),
                                     std::to_string(t.at("bytes").get<uint64_t>())};
     if (qp) {
       row.push_back(std::to_string(t.at("source_bytes").get<uint64_t>()));
@@ -180,8 +184,9 @@ std::string format_inspect_table(const json& report) {
   const json& tot = report.at("totals");
   const uint64_t ntensors = tot.at("tensors").get<uint64_t>();
   {
-    std::vector<std::string> row = {"total", std::to_string(ntensors) + (ntensors == 1 ? " tensor" : " tensors"),
-                                    "", "", std::to_string(tot.at("bytes").get<uint64_t>())};
+    std::vector<std::string> row = {
+        "total", std::to_string(ntensors) + (ntensors == 1 ? " tensor" : " tensors"), "", "",
+        std::to_string(tot.at("bytes").get<uint64_t>())};
     if (qp) {
       row.push_back(std::to_string(tot.at("source_bytes").get<uint64_t>()));
       row.push_back(ratio_text(tot.at("ratio")));
@@ -197,8 +202,9 @@ std::string format_inspect_table(const json& report) {
 
   std::string out;
   if (qp) {
-    out += "qpack " + report.at("version").get<std::string>() + ": " + report.at("path").get<std::string>() +
-           " (" + std::to_string(report.at("file_size").get<uint64_t>()) + " bytes, generator " +
+    out += "qpack " + report.at("version").get<std::string>() + ": " +
+           report.at("path").get<std::string>() + " (" +
+           std::to_string(report.at("file_size").get<uint64_t>()) + " bytes, generator " +
            report.at("generator").get<std::string>() + ")\n";
   } else {
     const size_t nf = report.at("files").size();
@@ -223,8 +229,8 @@ std::string format_inspect_table(const json& report) {
   }
   if (qp) {
     out += "stored " + format_bytes(tot.at("bytes").get<uint64_t>()) + " of " +
-           format_bytes(tot.at("source_bytes").get<uint64_t>()) + " source (ratio " + ratio_text(tot.at("ratio")) +
-           ")\n";
+           format_bytes(tot.at("source_bytes").get<uint64_t>()) + " source (ratio " +
+           ratio_text(tot.at("ratio")) + ")\n";
   } else {
     out += "data " + format_bytes(tot.at("bytes").get<uint64_t>()) + "\n";
   }

@@ -7,8 +7,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdio>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -73,7 +73,8 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    throw Error(ErrorCode::Io, path, "", S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
+    throw Error(ErrorCode::Io, path, "",
+                S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
   }
   size_ = uint64_t(st.st_size);
   if (size_ > 0) {  // mmap of length 0 fails; an empty file maps to nothing
@@ -133,9 +134,9 @@ void MappedFile::will_need(uint64_t offset, uint64_t length) const {
   const uint64_t begin = offset / ps * ps;
   const uint64_t end = offset + length;
   if (end <= begin) return;
-  // MADV_POPULATE_READ (Linux 5.14) maps the whole range in one call instead
-  // of one page fault per 4 KiB page, which dominates a conversion from the
-  // page cache; older kernels reject it and get read-ahead instead.
+    // MADV_POPULATE_READ (Linux 5.14) maps the whole range in one call instead
+    // of one page fault per 4 KiB page, which dominates a conversion from the
+    // page cache; older kernels reject it and get read-ahead instead.
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22
 #endif
@@ -240,21 +241,25 @@ void AtomicOutputFile::commit() {
   }
   if (overwrite_) {
     if (::rename(temp_path_.c_str(), final_path_.c_str()) != 0)
-      throw Error(ErrorCode::Io, final_path_, "", "cannot rename " + temp_path_ + ": " + errno_text(errno));
+      throw Error(ErrorCode::Io, final_path_, "",
+                  "cannot rename " + temp_path_ + ": " + errno_text(errno));
   } else {
     // The output may have appeared since the constructor checked; never
     // replace it behind the user's back.
-    if (renameat2(AT_FDCWD, temp_path_.c_str(), AT_FDCWD, final_path_.c_str(), RENAME_NOREPLACE) != 0) {
+    if (renameat2(AT_FDCWD, temp_path_.c_str(), AT_FDCWD, final_path_.c_str(), RENAME_NOREPLACE) !=
+        0) {
       const int err = errno;
       if (err == EEXIST)
         throw Error(ErrorCode::OutputExists, final_path_, "", "output appeared while writing it");
       if (err != EINVAL && err != ENOSYS)
-        throw Error(ErrorCode::Io, final_path_, "", "cannot rename " + temp_path_ + ": " + errno_text(err));
+        throw Error(ErrorCode::Io, final_path_, "",
+                    "cannot rename " + temp_path_ + ": " + errno_text(err));
       // The filesystem does not support RENAME_NOREPLACE: a checked rename.
       if (file_exists(final_path_))
         throw Error(ErrorCode::OutputExists, final_path_, "", "output appeared while writing it");
       if (::rename(temp_path_.c_str(), final_path_.c_str()) != 0)
-        throw Error(ErrorCode::Io, final_path_, "", "cannot rename " + temp_path_ + ": " + errno_text(errno));
+        throw Error(ErrorCode::Io, final_path_, "",
+                    "cannot rename " + temp_path_ + ": " + errno_text(errno));
     }
   }
   committed_ = true;

@@ -25,7 +25,8 @@ std::string JsonParseResult::describe() const {
     case DuplicateKey: {
       std::string where;
       for (const auto& p : path) where += (where.empty() ? "" : ".") + p;
-      return "duplicate key '" + key + "'" + (where.empty() ? std::string(" at the top level") : " in '" + where + "'");
+      return "duplicate key '" + key + "'" +
+             (where.empty() ? std::string(" at the top level") : " in '" + where + "'");
     }
     case TooDeep:
       return "JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels";
@@ -61,9 +62,10 @@ JsonParseResult parse_json_strict(const char* begin, const char* end, nlohmann::
           r.kind = JsonParseResult::TooDeep;
           throw StopParse{};
         }
-        stack.push_back(Frame{ev == json::parse_event_t::object_start,
-                              stack.empty() || !stack.back().is_object ? std::string() : pending_key,
-                              {}});
+        stack.push_back(
+            Frame{ev == json::parse_event_t::object_start,
+                  stack.empty() || !stack.back().is_object ? std::string() : pending_key,
+                  {}});
         break;
       case json::parse_event_t::object_end:
       case json::parse_event_t::array_end:

@@ -6,10 +6,9 @@
 
 #include <cstdint>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace qpack::detail {
 
@@ -35,6 +34,5 @@ const char* json_type_name(const nlohmann::json& j);
 // Compact dump that never throws on invalid UTF-8 (replaces it): for
 // messages and for carrying foreign values as text.
 std::string dump_lenient(const nlohmann::json& j);
-
 
 }  // namespace qpack::detail

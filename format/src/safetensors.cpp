@@ -2,9 +2,8 @@
 
 #include <algorithm>
 #include <limits>
-#include <set>
-
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "json_strict.hpp"
 #include "qpack/format/endian.hpp"
@@ -42,7 +41,8 @@ uint64_t shape_nbytes(const std::vector<int64_t>& shape, DType dtype, const std:
                     " overflows 64 bits");
   if (bits % 8 != 0)
     throw Error(ErrorCode::ShapeMismatch, file, tensor,
-                std::to_string(n) + " elements of " + dtype_name(dtype) + " do not fill a whole number of bytes");
+                std::to_string(n) + " elements of " + dtype_name(dtype) +
+                    " do not fill a whole number of bytes");
   return bits / 8;
 }
 
@@ -60,13 +60,15 @@ TensorInfo parse_entry(const std::string& file, const std::string& name, const j
     if (k != "dtype" && k != "shape" && k != "data_offsets")
       throw Error(ErrorCode::BadHeader, file, name, "unexpected key '" + k + "' in the entry");
   for (const char* k : {"dtype", "shape", "data_offsets"})
-    if (!v.contains(k)) throw Error(ErrorCode::BadHeader, file, name, std::string("entry has no '") + k + "'");
+    if (!v.contains(k))
+      throw Error(ErrorCode::BadHeader, file, name, std::string("entry has no '") + k + "'");
 
   TensorInfo t;
   t.name = name;
   const json& dt = v["dtype"];
   if (!dt.is_string())
-    throw Error(ErrorCode::BadHeader, file, name, std::string("dtype is a JSON ") + json_type_name(dt) + ", not a string");
+    throw Error(ErrorCode::BadHeader, file, name,
+                std::string("dtype is a JSON ") + json_type_name(dt) + ", not a string");
   const auto parsed = dtype_from_string(dt.get_ref<const std::string&>());
   if (!parsed)
     throw Error(ErrorCode::UnknownDtype, file, name,
@@ -75,18 +77,21 @@ TensorInfo parse_entry(const std::string& file, const std::string& name, const j
 
   const json& sh = v["shape"];
   if (!sh.is_array())
-    throw Error(ErrorCode::BadHeader, file, name, std::string("shape is a JSON ") + json_type_name(sh) + ", not an array");
+    throw Error(ErrorCode::BadHeader, file, name,
+                std::string("shape is a JSON ") + json_type_name(sh) + ", not an array");
   for (size_t i = 0; i < sh.size(); ++i) {
     const json& d = sh[i];
     const std::string where = "shape[" + std::to_string(i) + "]";
     if (d.is_number_unsigned()) {
       const uint64_t u = d.get<uint64_t>();
       if (u > uint64_t(std::numeric_limits<int64_t>::max()))
-        throw Error(ErrorCode::SizeOverflow, file, name, where + " = " + std::to_string(u) + " is too large");
+        throw Error(ErrorCode::SizeOverflow, file, name,
+                    where + " = " + std::to_string(u) + " is too large");
       t.shape.push_back(int64_t(u));
     } else if (d.is_number_integer()) {
-      throw Error(ErrorCode::BadHeader, file, name,
-                  where + " = " + std::to_string(d.get<int64_t>()) + ": dimensions must be non-negative");
+      throw Error(
+          ErrorCode::BadHeader, file, name,
+          where + " = " + std::to_string(d.get<int64_t>()) + ": dimensions must be non-negative");
     } else {
       throw Error(ErrorCode::BadHeader, file, name,
                   where + " is a JSON " + json_type_name(d) + ", not a non-negative integer");
@@ -98,8 +103,9 @@ TensorInfo parse_entry(const std::string& file, const std::string& name, const j
     throw Error(ErrorCode::BadHeader, file, name, "data_offsets must be an array [begin, end]");
   for (const json& o : off)
     if (!o.is_number_unsigned())
-      throw Error(ErrorCode::BadHeader, file, name,
-                  "data_offsets holds " + detail::dump_lenient(o) + ", not an integer in [0, 2^64)");
+      throw Error(
+          ErrorCode::BadHeader, file, name,
+          "data_offsets holds " + detail::dump_lenient(o) + ", not an integer in [0, 2^64)");
   t.begin = off[0].get<uint64_t>();
   t.end = off[1].get<uint64_t>();
   if (t.begin > t.end)
@@ -110,12 +116,13 @@ TensorInfo parse_entry(const std::string& file, const std::string& name, const j
   if (want != t.end - t.begin)
     throw Error(ErrorCode::ShapeMismatch, file, name,
                 "shape " + shape_to_string(t.shape) + " of " + dtype_name(t.dtype) + " needs " +
-                    std::to_string(want) + " bytes but data_offsets " + offsets_str(t.begin, t.end) +
-                    " span " + std::to_string(t.end - t.begin));
+                    std::to_string(want) + " bytes but data_offsets " +
+                    offsets_str(t.begin, t.end) + " span " + std::to_string(t.end - t.begin));
   if (t.end > data_size)
     throw Error(ErrorCode::OffsetOutOfRange, file, name,
-                "data_offsets " + offsets_str(t.begin, t.end) + " run past the end of the data region (" +
-                    std::to_string(data_size) + " bytes)");
+                "data_offsets " + offsets_str(t.begin, t.end) +
+                    " run past the end of the data region (" + std::to_string(data_size) +
+                    " bytes)");
   return t;
 }
 
@@ -147,9 +154,11 @@ void SafetensorsFile::parse_header(const uint8_t* data, uint64_t file_size, cons
   const auto pr = detail::parse_json_strict(h, h + n, &j);
   if (pr.kind == detail::JsonParseResult::DuplicateKey) {
     if (pr.path.empty())
-      throw Error(ErrorCode::DuplicateName, path, pr.key, "tensor name appears twice in the header");
+      throw Error(ErrorCode::DuplicateName, path, pr.key,
+                  "tensor name appears twice in the header");
     if (pr.path[0] == "__metadata__")
-      throw Error(ErrorCode::BadMetadata, path, "", "__metadata__ has the key '" + pr.key + "' twice");
+      throw Error(ErrorCode::BadMetadata, path, "",
+                  "__metadata__ has the key '" + pr.key + "' twice");
     throw Error(ErrorCode::BadHeader, path, pr.path[0], "entry has the key '" + pr.key + "' twice");
   }
   if (!pr.ok()) throw Error(ErrorCode::BadJson, path, "", "header: " + pr.describe());
@@ -170,7 +179,8 @@ void SafetensorsFile::parse_header(const uint8_t* data, uint64_t file_size, cons
       for (const auto& [mk, mv] : v.items()) {
         if (!mv.is_string())
           throw Error(ErrorCode::BadMetadata, path, "",
-                      "__metadata__ value of '" + mk + "' is a JSON " + json_type_name(mv) + ", not a string");
+                      "__metadata__ value of '" + mk + "' is a JSON " + json_type_name(mv) +
+                          ", not a string");
         metadata[mk] = mv.get<std::string>();
       }
       continue;
@@ -189,20 +199,21 @@ void SafetensorsFile::parse_header(const uint8_t* data, uint64_t file_size, cons
   for (const TensorInfo& t : tensors) {
     if (t.begin < expected)
       throw Error(ErrorCode::Overlap, path, t.name,
-                  "data_offsets " + offsets_str(t.begin, t.end) + " overlap tensor '" + prev->name + "' " +
-                      offsets_str(prev->begin, prev->end));
+                  "data_offsets " + offsets_str(t.begin, t.end) + " overlap tensor '" + prev->name +
+                      "' " + offsets_str(prev->begin, prev->end));
     if (t.begin > expected)
       throw Error(ErrorCode::Hole, path, t.name,
-                  "data_offsets " + offsets_str(t.begin, t.end) + " leave bytes [" + std::to_string(expected) +
-                      ", " + std::to_string(t.begin) + ") of the data region unused" +
+                  "data_offsets " + offsets_str(t.begin, t.end) + " leave bytes [" +
+                      std::to_string(expected) + ", " + std::to_string(t.begin) +
+                      ") of the data region unused" +
                       (prev ? " after tensor '" + prev->name + "'" : std::string()));
     expected = t.end;
     prev = &t;
   }
   if (expected != data_size)
     throw Error(ErrorCode::DataNotCovered, path, prev ? prev->name : std::string(),
-                "the data region is " + std::to_string(data_size) + " bytes but the tensors end at byte " +
-                    std::to_string(expected));
+                "the data region is " + std::to_string(data_size) +
+                    " bytes but the tensors end at byte " + std::to_string(expected));
 
   if (tensors_out) *tensors_out = std::move(tensors);
   if (metadata_out) *metadata_out = std::move(metadata);
@@ -212,7 +223,8 @@ void SafetensorsFile::parse_header(const uint8_t* data, uint64_t file_size, cons
 std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
   auto f = std::make_unique<SafetensorsFile>();
   f->file_ = MappedFile(path);
-  parse_header(f->file_.data(), f->file_.size(), path, &f->tensors_, &f->metadata_, &f->data_start_);
+  parse_header(f->file_.data(), f->file_.size(), path, &f->tensors_, &f->metadata_,
+               &f->data_start_);
   for (size_t i = 0; i < f->tensors_.size(); ++i) f->by_name_.emplace(f->tensors_[i].name, i);
   return f;
 }
@@ -232,8 +244,10 @@ std::string build_header(const std::string& path, const std::vector<TensorToWrit
   uint64_t offset = 0;
   for (const TensorToWrite& t : tensors) {
     if (t.name == "__metadata__")
-      throw Error(ErrorCode::InvalidArgument, path, t.name, "'__metadata__' is reserved, not a tensor name");
-    if (h.contains(t.name)) throw Error(ErrorCode::InvalidArgument, path, t.name, "tensor name given twice");
+      throw Error(ErrorCode::InvalidArgument, path, t.name,
+                  "'__metadata__' is reserved, not a tensor name");
+    if (h.contains(t.name))
+      throw Error(ErrorCode::InvalidArgument, path, t.name, "tensor name given twice");
     for (int64_t d : t.shape)
       if (d < 0) throw Error(ErrorCode::InvalidArgument, path, t.name, "negative dimension");
     const uint64_t want = shape_nbytes(t.shape, t.dtype, path, t.name);
@@ -244,7 +258,8 @@ std::string build_header(const std::string& path, const std::vector<TensorToWrit
     unsigned long long end;
     if (add_overflows_u64(offset, t.nbytes, &end))
       throw Error(ErrorCode::InvalidArgument, path, t.name, "total size overflows");
-    h[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, end}}};
+    h[t.name] = {
+        {"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, end}}};
     offset = end;
   }
   if (!metadata.empty()) h["__metadata__"] = metadata;
@@ -252,7 +267,8 @@ std::string build_header(const std::string& path, const std::vector<TensorToWrit
   try {
     s = h.dump();
   } catch (const json::exception& e) {
-    throw Error(ErrorCode::InvalidArgument, path, "", std::string("header cannot be written as JSON: ") + e.what());
+    throw Error(ErrorCode::InvalidArgument, path, "",
+                std::string("header cannot be written as JSON: ") + e.what());
   }
   // The data region starts 8-byte aligned, as the reference writer does it.
   s.append((8 - s.size() % 8) % 8, ' ');
@@ -287,7 +303,8 @@ void SafetensorsStreamWriter::append(const void* data, uint64_t nbytes) {
 void SafetensorsStreamWriter::commit() {
   if (written_ != expected_)
     throw Error(ErrorCode::InvalidArgument, out_.final_path(), "",
-                "declared " + std::to_string(expected_) + " tensor bytes but appended " + std::to_string(written_));
+                "declared " + std::to_string(expected_) + " tensor bytes but appended " +
+                    std::to_string(written_));
   out_.commit();
 }
 

@@ -30,7 +30,8 @@ const uint8_t* ZstdSectionEncoder::compress(const void* data, uint64_t size, uin
   const size_t bound = ZSTD_compressBound(size_t(size));
   if (buf_.size() < bound) buf_.resize(bound);
   const size_t n = ZSTD_compressCCtx(cctx_, buf_.data(), bound, data, size_t(size), level_);
-  if (ZSTD_isError(n)) throw Error(ErrorCode::Internal, file, tensor, std::string("zstd: ") + ZSTD_getErrorName(n));
+  if (ZSTD_isError(n))
+    throw Error(ErrorCode::Internal, file, tensor, std::string("zstd: ") + ZSTD_getErrorName(n));
   if (n >= size) return nullptr;  // compression does not pay
   *frame_size = n;
   return buf_.data();
@@ -44,7 +45,8 @@ struct DecodeFailure {
   const std::string& tensor;
   const char* section;
   Error operator()(const std::string& why) const {
-    return Error(ErrorCode::Decompress, file, tensor, std::string("section '") + section + "': " + why);
+    return Error(ErrorCode::Decompress, file, tensor,
+                 std::string("section '") + section + "': " + why);
   }
 };
 
@@ -57,13 +59,15 @@ void check_frame(const uint8_t* p, const Section& s, const DecodeFailure& fail) 
   if (frame != s.size) throw fail("stored bytes are not exactly one zstd frame");
   const unsigned long long content = ZSTD_getFrameContentSize(p, size_t(s.size));
   if (content == ZSTD_CONTENTSIZE_ERROR) throw fail("bad zstd frame header");
-  if (content == ZSTD_CONTENTSIZE_UNKNOWN) throw fail("zstd frame does not declare its content size");
+  if (content == ZSTD_CONTENTSIZE_UNKNOWN)
+    throw fail("zstd frame does not declare its content size");
   if (content != s.raw_size)
-    throw fail("zstd frame holds " + std::to_string(content) + " bytes, raw_size is " + std::to_string(s.raw_size));
+    throw fail("zstd frame holds " + std::to_string(content) + " bytes, raw_size is " +
+               std::to_string(s.raw_size));
   unsigned long long limit;
   if (!mul_overflows_u64(s.size, kZstdMaxExpansion, &limit) && s.raw_size > limit)
-    throw fail("raw_size " + std::to_string(s.raw_size) + " cannot come from a " + std::to_string(s.size) +
-               "-byte zstd frame");
+    throw fail("raw_size " + std::to_string(s.raw_size) + " cannot come from a " +
+               std::to_string(s.size) + "-byte zstd frame");
 }
 
 // Decodes the frame in chunks, so that memory grows with what the frame
@@ -71,7 +75,8 @@ void check_frame(const uint8_t* p, const Section& s, const DecodeFailure& fail) 
 // raw_size bytes.
 std::vector<uint8_t> stream_decode(const uint8_t* p, const Section& s, const DecodeFailure& fail) {
   std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> dctx(ZSTD_createDCtx(), ZSTD_freeDCtx);
-  if (!dctx) throw Error(ErrorCode::Internal, fail.file, fail.tensor, "cannot create a zstd context");
+  if (!dctx)
+    throw Error(ErrorCode::Internal, fail.file, fail.tensor, "cannot create a zstd context");
   std::vector<uint8_t> out;
   out.reserve(size_t(s.raw_size));
   ZSTD_inBuffer in{p, size_t(s.size), 0};

@@ -27,8 +27,8 @@ class ZstdSectionEncoder {
   // call, and sets *frame_size; or returns nullptr when the frame would not
   // be smaller than the input, which is then stored as is. Throws
   // Error(Internal) naming `file` and `tensor`.
-  const uint8_t* compress(const void* data, uint64_t size, uint64_t* frame_size, const std::string& file,
-                          const std::string& tensor);
+  const uint8_t* compress(const void* data, uint64_t size, uint64_t* frame_size,
+                          const std::string& file, const std::string& tensor);
 
  private:
   int level_;

@@ -5,19 +5,24 @@
 #include <cstdio>
 #include <string>
 
+#include "qpack/format/error.hpp"
 #include "qpack/kernels/cuda_quant.hpp"
 #include "qpack/kernels/device.hpp"
-#include "qpack/format/error.hpp"
 
 namespace qpack::cuda {
 
 const char* status_code_name(StatusCode code) {
   switch (code) {
-    case StatusCode::Ok: return "ok";
-    case StatusCode::InvalidArgument: return "invalid argument";
-    case StatusCode::NoDevice: return "no device";
-    case StatusCode::OutOfMemory: return "out of device memory";
-    case StatusCode::CudaError: return "CUDA error";
+    case StatusCode::Ok:
+      return "ok";
+    case StatusCode::InvalidArgument:
+      return "invalid argument";
+    case StatusCode::NoDevice:
+      return "no device";
+    case StatusCode::OutOfMemory:
+      return "out of device memory";
+    case StatusCode::CudaError:
+      return "CUDA error";
   }
   return "unknown";
 }
@@ -34,7 +39,8 @@ std::string describe(const DeviceInfo& d) {
   char mem[32];
   std::snprintf(mem, sizeof mem, "%.1f GiB", double(d.total_memory) / double(1ull << 30));
   return "cuda:" + std::to_string(d.device) + " (" + d.name + ", sm_" + std::to_string(d.cc_major) +
-         std::to_string(d.cc_minor) + ", " + std::to_string(d.multiprocessors) + " SMs, " + mem + ")";
+         std::to_string(d.cc_minor) + ", " + std::to_string(d.multiprocessors) + " SMs, " + mem +
+         ")";
 }
 
 int64_t tile_first_row(const GroupLayout& L, int64_t gr) {
@@ -56,9 +62,12 @@ namespace qpack {
 
 const char* device_kind_name(DeviceKind kind) {
   switch (kind) {
-    case DeviceKind::Cpu: return "cpu";
-    case DeviceKind::Cuda: return "cuda";
-    case DeviceKind::Auto: return "auto";
+    case DeviceKind::Cpu:
+      return "cpu";
+    case DeviceKind::Cuda:
+      return "cuda";
+    case DeviceKind::Auto:
+      return "auto";
   }
   return "auto";
 }
@@ -96,8 +105,9 @@ DeviceSelection resolve_device(const DeviceSelection& d) {
                 "device " + device_name(d) + " needs a usable CUDA device: " + why);
   const int n = cuda::device_count();
   if (d.index >= n)
-    throw Error(ErrorCode::NoDevice, "", "",
-                "device " + device_name(d) + ": only " + std::to_string(n) + " CUDA device(s) visible");
+    throw Error(
+        ErrorCode::NoDevice, "", "",
+        "device " + device_name(d) + ": only " + std::to_string(n) + " CUDA device(s) visible");
   return d;
 }
 

@@ -33,7 +33,8 @@ __host__ __device__ constexpr int cols_table_bytes() {
 // unit_params_ulp_bits (compare_rows.cu, same bits) measured 64 -> 58%
 // (4-bit) and 62 -> 57% (3-bit) here, although the element loop only grew by
 // 12 moves per slice; the cause was not found.
-__device__ __forceinline__ UnitParams unit_params(float scale, float zero, const CompareGeometry& g) {
+__device__ __forceinline__ UnitParams unit_params(float scale, float zero,
+                                                  const CompareGeometry& g) {
   UnitParams p;
   p.scale = scale;
   p.zero = zero;
@@ -89,8 +90,8 @@ struct ColSlice {
 
 // A whole slice: rows src + k*rs, planes planes + j*ps.
 template <DType kSrc, int BITS>
-__device__ __forceinline__ void load_col_slice(ColSlice<kSrc, BITS>& sl, const uint8_t* src, const uint8_t* planes,
-                                               int64_t rs, int64_t ps) {
+__device__ __forceinline__ void load_col_slice(ColSlice<kSrc, BITS>& sl, const uint8_t* src,
+                                               const uint8_t* planes, int64_t rs, int64_t ps) {
 #pragma unroll
   for (int k = 0; k < 8; ++k) {
     const uint8_t* p = src + k * rs;
@@ -107,7 +108,8 @@ __device__ __forceinline__ void load_col_slice(ColSlice<kSrc, BITS>& sl, const u
     }
   }
 #pragma unroll
-  for (int j = 0; j < BITS; ++j) sl.c[j] = __ldg(reinterpret_cast<const uint32_t*>(planes + j * ps));
+  for (int j = 0; j < BITS; ++j)
+    sl.c[j] = __ldg(reinterpret_cast<const uint32_t*>(planes + j * ps));
 }
 
 // The columns kernel's table: entry (unit v, code c) of thread tid at byte
@@ -142,11 +144,13 @@ __device__ __forceinline__ void sts_f64(uint32_t a, double d) {
 }
 // Writes this thread's table entries for unit v.
 template <int BITS>
-__device__ __forceinline__ void build_cols_table(uint32_t tb, int v, const UnitParams& p, float qoff) {
+__device__ __forceinline__ void build_cols_table(uint32_t tb, int v, const UnitParams& p,
+                                                 float qoff) {
   if constexpr (BITS <= 4) {
 #pragma unroll
     for (int c = 0; c < (1 << BITS); ++c)
-      sts_f64(tb + uint32_t(c * 2048 + v * 512), double(decode_table_entry(c, qoff, p.scale, p.zero)));
+      sts_f64(tb + uint32_t(c * 2048 + v * 512),
+              double(decode_table_entry(c, qoff, p.scale, p.zero)));
   }
 }
 
@@ -171,27 +175,33 @@ __device__ __forceinline__ double col_src_f64(uint32_t w) {
 // comes 200 or more instructions later (long-scoreboard stalls per issue
 // 0.92 -> 0.57). The accumulation order within each unit is unchanged.
 template <DType kSrc, int BITS>
-__device__ __forceinline__ void process_col_slice(const ColSlice<kSrc, BITS>& sl, UnitSums (&acc)[kUnitsPerThread],
-                                                  const UnitParams (&par)[kUnitsPerThread], int k0, uint32_t tb,
-                                                  float magic_off) {
+__device__ __forceinline__ void process_col_slice(const ColSlice<kSrc, BITS>& sl,
+                                                  UnitSums (&acc)[kUnitsPerThread],
+                                                  const UnitParams (&par)[kUnitsPerThread], int k0,
+                                                  uint32_t tb, float magic_off) {
   uint32_t st3[kUnitsPerThread] = {};  // 3 bits: column v's 24-bit stream
   if constexpr (BITS == 3) {
 #pragma unroll
     for (int v = 0; v < kUnitsPerThread; ++v)
-      st3[v] = __byte_perm(__byte_perm(sl.c[0], sl.c[1], uint32_t(v) | (uint32_t(v + 4) << 4)), sl.c[2],
-                           0x0010u | (uint32_t(v + 4) << 8));
+      st3[v] = __byte_perm(__byte_perm(sl.c[0], sl.c[1], uint32_t(v) | (uint32_t(v + 4) << 4)),
+                           sl.c[2], 0x0010u | (uint32_t(v + 4) << 8));
   }
 #pragma unroll
   for (int k = 0; k < 8; ++k) {
 #pragma unroll
     for (int v = 0; v < kUnitsPerThread; ++v) {
       const uint32_t w = kSrc == DType::F32 ? sl.x[k][v] : sl.x[k][v / 2];
-      const double xd = (kSrc == DType::F32 || (v & 1)) ? col_src_f64<kSrc, 1>(w) : col_src_f64<kSrc, 0>(w);
+      const double xd =
+          (kSrc == DType::F32 || (v & 1)) ? col_src_f64<kSrc, 1>(w) : col_src_f64<kSrc, 0>(w);
       double hd;
-      if constexpr (BITS == 4) hd = lds_f64(cols_table_addr<4>(sl.c[k >> 1], 8 * v + 4 * (k & 1), tb) + v * 512);
-      else if constexpr (BITS == 2) hd = lds_f64(cols_table_addr<2>(sl.c[k >> 2], 8 * v + 2 * (k & 3), tb) + v * 512);
-      else if constexpr (BITS == 3) hd = lds_f64(cols_table_addr<3>(st3[v], 3 * k, tb) + v * 512);
-      else hd = decode8(sl.c[k], 8 * v, magic_off, par[v].scale, par[v].zero);
+      if constexpr (BITS == 4)
+        hd = lds_f64(cols_table_addr<4>(sl.c[k >> 1], 8 * v + 4 * (k & 1), tb) + v * 512);
+      else if constexpr (BITS == 2)
+        hd = lds_f64(cols_table_addr<2>(sl.c[k >> 2], 8 * v + 2 * (k & 3), tb) + v * 512);
+      else if constexpr (BITS == 3)
+        hd = lds_f64(cols_table_addr<3>(st3[v], 3 * k, tb) + v * 512);
+      else
+        hd = decode8(sl.c[k], 8 * v, magic_off, par[v].scale, par[v].zero);
       accumulate_element_fast(acc[v], xd, hd, k0 + k);
     }
   }
@@ -264,13 +274,15 @@ __global__ void __launch_bounds__(kCompareThreads, 6)
       // and than all of the block's slices at the start.
       const int lane = j & 31;
       const bool pf_on = col - 4 * lane + 128 <= g.inner && lane < 8 * esz + BITS;
-      const uint8_t* pf_base = lane < 8 * esz ? src + (lane / esz) * rs + (lane % esz) * 128 - lane * 4 * esz
-                                              : planes + (lane - 8 * esz) * ps - lane * 4;
+      const uint8_t* pf_base = lane < 8 * esz
+                                   ? src + (lane / esz) * rs + (lane % esz) * 128 - lane * 4 * esz
+                                   : planes + (lane - 8 * esz) * ps - lane * 4;
       const int64_t pf_step = lane < 8 * esz ? step_s : step_p;
 #pragma unroll 1
       for (int s = 0; s < nsl; ++s) {
         if (pf_on && s + kColsPrefetch < nsl)
-          asm volatile("prefetch.global.L2 [%0];" ::"l"(pf_base + int64_t(s + kColsPrefetch) * pf_step));
+          asm volatile(
+              "prefetch.global.L2 [%0];" ::"l"(pf_base + int64_t(s + kColsPrefetch) * pf_step));
         const bool more = s + 1 < nsl;
         src += more ? step_s : 0;
         planes += more ? step_p : 0;
@@ -296,8 +308,10 @@ __global__ void __launch_bounds__(kCompareThreads, 6)
 #pragma unroll
   for (int u = 0; u < kUnitsPerThread; ++u) {
     KeyedPartial r;
-    if (live && rows > 0) r = keyed_partial(acc[u], rows, uint32_t(4 * j + u), spec::kBlockUnits);
-    else keyed_empty(r);
+    if (live && rows > 0)
+      r = keyed_partial(acc[u], rows, uint32_t(4 * j + u), spec::kBlockUnits);
+    else
+      keyed_empty(r);
     mine[4 * j + u] = r;
   }
   __syncthreads();
@@ -309,24 +323,31 @@ __global__ void __launch_bounds__(kCompareThreads, 6)
   if (j == 0) {
     const int64_t row_begin = sp.row_begin, inner = g.inner;
     write_partial(res, out + lb, [&](uint32_t key) {
-      return (row_begin + int64_t(key / spec::kBlockUnits)) * inner + col0 + int64_t(key % spec::kBlockUnits);
+      return (row_begin + int64_t(key / spec::kBlockUnits)) * inner + col0 +
+             int64_t(key % spec::kBlockUnits);
     });
   }
 }
 
 template <DType kSrc, int BITS>
 int launch(const CompareArgs& a, const Launch& l) {
-  return int(launch_kernel(compare_cols<kSrc, BITS>, l.blocks, kCompareThreads, l, a.geo, a.view, a.block0, a.out));
+  return int(launch_kernel(compare_cols<kSrc, BITS>, l.blocks, kCompareThreads, l, a.geo, a.view,
+                           a.block0, a.out));
 }
 
 template <DType kSrc>
 int launch_bits(const CompareArgs& a, const Launch& l) {
   switch (a.geo.bits) {
-    case 2: return launch<kSrc, 2>(a, l);
-    case 3: return launch<kSrc, 3>(a, l);
-    case 4: return launch<kSrc, 4>(a, l);
-    case 8: return launch<kSrc, 8>(a, l);
-    default: return int(cudaErrorInvalidValue);  // compare_blocks checked the bits
+    case 2:
+      return launch<kSrc, 2>(a, l);
+    case 3:
+      return launch<kSrc, 3>(a, l);
+    case 4:
+      return launch<kSrc, 4>(a, l);
+    case 8:
+      return launch<kSrc, 8>(a, l);
+    default:
+      return int(cudaErrorInvalidValue);  // compare_blocks checked the bits
   }
 }
 
@@ -334,10 +355,14 @@ int launch_bits(const CompareArgs& a, const Launch& l) {
 
 int launch_compare_cols(const CompareArgs& a, const Launch& l) {
   switch (a.geo.source_dtype) {
-    case DType::F16: return launch_bits<DType::F16>(a, l);
-    case DType::BF16: return launch_bits<DType::BF16>(a, l);
-    case DType::F32: return launch_bits<DType::F32>(a, l);
-    default: return int(cudaErrorInvalidValue);  // compare_blocks checked the dtype
+    case DType::F16:
+      return launch_bits<DType::F16>(a, l);
+    case DType::BF16:
+      return launch_bits<DType::BF16>(a, l);
+    case DType::F32:
+      return launch_bits<DType::F32>(a, l);
+    default:
+      return int(cudaErrorInvalidValue);  // compare_blocks checked the dtype
   }
 }
 

@@ -69,7 +69,8 @@ __device__ __forceinline__ void unit_sums_init(UnitSums& a) {
 // its fields placed in a double's give x * 2^-896 for normal and subnormal x
 // alike, and the product by the power of two is exact.
 __device__ __forceinline__ double f32_bits_to_f64(uint32_t f) {
-  return __dmul_rn(__hiloint2double(int(uint32_t(int(f) >> 3) & 0x8fffffffu), int(f << 29)), 0x1p896);
+  return __dmul_rn(__hiloint2double(int(uint32_t(int(f) >> 3) & 0x8fffffffu), int(f << 29)),
+                   0x1p896);
 }
 
 // The decode of the tables of reconstructions (2, 3 and 4 bits): entry c of
@@ -166,7 +167,8 @@ __device__ __forceinline__ void accumulate_element_fast(UnitSums& a, double xd, 
 // an instruction per element.)
 template <DType kSrc>
 __device__ __forceinline__ bool unit_suspect(const UnitSums& a, double base) {
-  return !(fabs(a.m) <= base) || !(a.sq_err == a.sq_err) || (kSrc == DType::F16 && !(a.sq_ref < 0x1p32));
+  return !(fabs(a.m) <= base) || !(a.sq_err == a.sq_err) ||
+         (kSrc == DType::F16 && !(a.sq_ref < 0x1p32));
 }
 
 // A unit's parameters.
@@ -179,8 +181,8 @@ struct UnitParams {
 // The exact rule for a whole unit: the CPU's own spec::eval_unit, its
 // PartialSums turned into UnitSums (flat indices -> element indices k).
 template <DType kSrc>
-__device__ __noinline__ void exact_unit(const spec::CompareGeometry* gp, const spec::ChunkView* vp, int64_t sr,
-                                        int64_t col, UnitSums* out) {
+__device__ __noinline__ void exact_unit(const spec::CompareGeometry* gp, const spec::ChunkView* vp,
+                                        int64_t sr, int64_t col, UnitSums* out) {
   const spec::CompareGeometry& g = *gp;
   spec::PartialSums p;
   spec::partial_init(p);
@@ -199,7 +201,8 @@ __device__ __noinline__ void exact_unit(const spec::CompareGeometry* gp, const s
     a.m = p.max_abs;
     a.max_k = int((p.max_index - flat0) / g.inner);
   }
-  const uint32_t fv = p.first_violation == spec::kNoIndex ? 0xffu : uint32_t((p.first_violation - flat0) / g.inner);
+  const uint32_t fv =
+      p.first_violation == spec::kNoIndex ? 0xffu : uint32_t((p.first_violation - flat0) / g.inner);
   a.rare = uint32_t(p.nonfinite) | (uint32_t(p.violations) << 8) | (fv << 16);
   *out = a;
 }
@@ -208,8 +211,8 @@ __device__ __noinline__ void exact_unit(const spec::CompareGeometry* gp, const s
 // through a local copy: the address of a thread's UnitSums array element would
 // move the whole array out of registers.
 template <DType kSrc>
-__device__ __forceinline__ void redo_unit(const spec::CompareGeometry& g, const spec::ChunkView& v, int64_t sr,
-                                          int64_t col, UnitSums& acc) {
+__device__ __forceinline__ void redo_unit(const spec::CompareGeometry& g, const spec::ChunkView& v,
+                                          int64_t sr, int64_t col, UnitSums& acc) {
   spec::CompareGeometry tg = g;
   spec::ChunkView tv = v;
   UnitSums ta;
@@ -254,7 +257,8 @@ __device__ __forceinline__ void keyed_merge(KeyedPartial& a, const KeyedPartial&
   a.count += b.count;
 }
 
-__device__ __forceinline__ KeyedPartial keyed_partial(const UnitSums& a, int n, uint32_t key0, uint32_t kstride) {
+__device__ __forceinline__ KeyedPartial keyed_partial(const UnitSums& a, int n, uint32_t key0,
+                                                      uint32_t kstride) {
   KeyedPartial r;
   r.s[0] = a.sq_err;
   r.s[1] = a.abs_err;
@@ -297,15 +301,18 @@ __device__ __forceinline__ KeyedPartial shfl_down_keyed(const KeyedPartial& r, i
 // maximum, and the other fields of the result are left to the caller
 // (*fast is then true).
 template <bool kMayBeFast>
-__device__ __forceinline__ KeyedPartial block_tree(KeyedPartial (&r)[kUnitsPerThread], int j, KeyedPartial* xchg,
-                                                   bool slow = true, bool* fast = nullptr) {
+__device__ __forceinline__ KeyedPartial block_tree(KeyedPartial (&r)[kUnitsPerThread], int j,
+                                                   KeyedPartial* xchg, bool slow = true,
+                                                   bool* fast = nullptr) {
   keyed_merge(r[0], r[2]);  // stride 128: unit j with j+128, j+64 with j+192
   keyed_merge(r[1], r[3]);
   keyed_merge(r[0], r[1]);  // stride 64
   if (j >= 32) xchg[j - 32] = r[0];
   bool all_fast = false;
-  if constexpr (kMayBeFast) all_fast = !__syncthreads_or(slow);
-  else __syncthreads();
+  if constexpr (kMayBeFast)
+    all_fast = !__syncthreads_or(slow);
+  else
+    __syncthreads();
   if (j < 32) {
     keyed_merge(r[0], xchg[j]);  // stride 32
     if (all_fast) {
@@ -328,7 +335,8 @@ __device__ __forceinline__ KeyedPartial block_tree(KeyedPartial (&r)[kUnitsPerTh
 
 // Writes the block's result; key -> flat index through `flat_of`.
 template <class F>
-__device__ __forceinline__ void write_partial(const KeyedPartial& r, spec::PartialSums* out, F flat_of) {
+__device__ __forceinline__ void write_partial(const KeyedPartial& r, spec::PartialSums* out,
+                                              F flat_of) {
   spec::PartialSums p;
   p.sq_err = r.s[0];
   p.abs_err = r.s[1];

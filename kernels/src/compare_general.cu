@@ -24,8 +24,8 @@ using spec::PartialSums;
 // and the elements are accumulated in the same ascending order with the same
 // spec::accumulate_element, so the unit's sums have the same bits.
 template <DType kSrc, int BITS>
-__device__ __forceinline__ void eval_unit_device(const CompareGeometry& g, const ChunkView& v, int64_t sr,
-                                                 int64_t col, PartialSums& acc) {
+__device__ __forceinline__ void eval_unit_device(const CompareGeometry& g, const ChunkView& v,
+                                                 int64_t sr, int64_t col, PartialSums& acc) {
   const spec::SegRowSpan sp = spec::seg_row_span(g, sr);
   const int64_t n = sp.row_end - sp.row_begin;
   if (n <= 0) return;
@@ -38,7 +38,8 @@ __device__ __forceinline__ void eval_unit_device(const CompareGeometry& g, const
   // past its end (a partial group's padding) read as 0.
   const uint8_t* planes = v.codes + (sp.plane_begin - v.plane0) * v.pitch + c;
   const int64_t seg_planes = sp.plane_end - sp.plane_begin;
-  const uint8_t* src = v.src + ((sp.row_begin - v.row0) * v.pitch + c) * (kSrc == DType::F32 ? 4 : 2);
+  const uint8_t* src =
+      v.src + ((sp.row_begin - v.row0) * v.pitch + c) * (kSrc == DType::F32 ? 4 : 2);
   const int64_t flat0 = sp.row_begin * g.inner + col;
   for (int64_t s = 0; s * kSliceRows < n; ++s) {
     SliceStream<BITS> st[1];
@@ -83,18 +84,23 @@ __global__ void __launch_bounds__(spec::kBlockUnits, 3)
 
 template <DType kSrc, int BITS>
 int launch(const CompareArgs& a, const Launch& l) {
-  return int(launch_kernel(compare_general<kSrc, BITS>, l.blocks, spec::kBlockUnits, l, a.geo, a.view, a.block0,
-                           a.out));
+  return int(launch_kernel(compare_general<kSrc, BITS>, l.blocks, spec::kBlockUnits, l, a.geo,
+                           a.view, a.block0, a.out));
 }
 
 template <DType kSrc>
 int launch_bits(const CompareArgs& a, const Launch& l) {
   switch (a.geo.bits) {
-    case 2: return launch<kSrc, 2>(a, l);
-    case 3: return launch<kSrc, 3>(a, l);
-    case 4: return launch<kSrc, 4>(a, l);
-    case 8: return launch<kSrc, 8>(a, l);
-    default: return int(cudaErrorInvalidValue);  // compare_blocks checked the bits
+    case 2:
+      return launch<kSrc, 2>(a, l);
+    case 3:
+      return launch<kSrc, 3>(a, l);
+    case 4:
+      return launch<kSrc, 4>(a, l);
+    case 8:
+      return launch<kSrc, 8>(a, l);
+    default:
+      return int(cudaErrorInvalidValue);  // compare_blocks checked the bits
   }
 }
 
@@ -102,10 +108,14 @@ int launch_bits(const CompareArgs& a, const Launch& l) {
 
 int launch_compare_general(const CompareArgs& a, const Launch& l) {
   switch (a.geo.source_dtype) {
-    case DType::F16: return launch_bits<DType::F16>(a, l);
-    case DType::BF16: return launch_bits<DType::BF16>(a, l);
-    case DType::F32: return launch_bits<DType::F32>(a, l);
-    default: return int(cudaErrorInvalidValue);  // compare_blocks checked the dtype
+    case DType::F16:
+      return launch_bits<DType::F16>(a, l);
+    case DType::BF16:
+      return launch_bits<DType::BF16>(a, l);
+    case DType::F32:
+      return launch_bits<DType::F32>(a, l);
+    default:
+      return int(cudaErrorInvalidValue);  // compare_blocks checked the dtype
   }
 }
 

@@ -77,13 +77,15 @@ __device__ __forceinline__ double ulp_of_float(float v, UlpExponent c) {
 // operations in the same order, the ulps from ulp_of_float (checked bit for
 // bit against bound_terms over all three scale dtypes, subnormals included).
 // A non-finite parameter gives some base, unused: ok is false.
-__device__ __forceinline__ UnitParams unit_params_ulp_bits(float scale, float zero, const CompareGeometry& g,
+__device__ __forceinline__ UnitParams unit_params_ulp_bits(float scale, float zero,
+                                                           const CompareGeometry& g,
                                                            UlpExponent uc) {
   UnitParams p;
   p.scale = scale;
   p.zero = zero;
   const double s = scale;
-  const double inner = __dadd_rn(__dadd_rn(ulp_of_float(scale, uc), __dmul_rn(s, 0x1p-22)), 0x1p-126);
+  const double inner =
+      __dadd_rn(__dadd_rn(ulp_of_float(scale, uc), __dmul_rn(s, 0x1p-22)), 0x1p-126);
   double b = __dadd_rn(__dmul_rn(0.5, s), __dmul_rn(g.q, inner));
   if (!g.symmetric) b = __dadd_rn(b, ulp_of_float(zero, uc));
   p.base = b;
@@ -94,8 +96,8 @@ __device__ __forceinline__ UnitParams unit_params_ulp_bits(float scale, float ze
 
 // Writes this thread's table entries for unit v.
 template <int BITS>
-__device__ __forceinline__ void build_rows_table(uint8_t* tab, int v, uint32_t tid8, const UnitParams& p,
-                                                 float qoff) {
+__device__ __forceinline__ void build_rows_table(uint8_t* tab, int v, uint32_t tid8,
+                                                 const UnitParams& p, float qoff) {
   if constexpr (BITS <= 4) {
 #pragma unroll
     for (int c = 0; c < (1 << BITS); ++c) {
@@ -124,12 +126,13 @@ __device__ __forceinline__ void build_rows_table(uint8_t* tab, int v, uint32_t t
 // when it is partial, takes the exact rule per unit.
 template <DType kSrc, int BITS, int U>
 struct RowsStage {
-  static constexpr int kChunks = U * (kSrc == DType::F32 ? 4 : 2) / 16;  // 16-byte chunks of a unit's source
-  static constexpr int kRow16 = kChunks | 1;                              // row stride, in chunks
-  static constexpr int kWordsPerUnit = U * BITS / 32;                     // code words of a unit
-  static constexpr int kCodeRow = kWordsPerUnit | 1;                      // row stride, in words
-  uint4 src[2][2][32 * kRow16];         // [warp][buffer]
-  uint32_t codes[2][2][32 * kCodeRow];  // [warp][buffer]
+  static constexpr int kChunks =
+      U * (kSrc == DType::F32 ? 4 : 2) / 16;           // 16-byte chunks of a unit's source
+  static constexpr int kRow16 = kChunks | 1;           // row stride, in chunks
+  static constexpr int kWordsPerUnit = U * BITS / 32;  // code words of a unit
+  static constexpr int kCodeRow = kWordsPerUnit | 1;   // row stride, in words
+  uint4 src[2][2][32 * kRow16];                        // [warp][buffer]
+  uint32_t codes[2][2][32 * kCodeRow];                 // [warp][buffer]
 };
 template <DType kSrc, int BITS, int U>
 struct RowsShared {
@@ -154,11 +157,15 @@ __device__ __forceinline__ void stage_run(Piece* sdst, const uint8_t* gsrc, int 
   for (int t = 0; t < kPer; ++t) {
     const int id = lane + 32 * t;
     const int i = id / kPer, c = id - i * kPer;
-    if constexpr (kBytes == 16) cp_async16(sdst + i * kStride + c, gsrc + id * 16);
-    else cp_async4(sdst + i * kStride + c, gsrc + id * 4);
+    if constexpr (kBytes == 16)
+      cp_async16(sdst + i * kStride + c, gsrc + id * 16);
+    else
+      cp_async4(sdst + i * kStride + c, gsrc + id * 4);
   }
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
@@ -168,9 +175,10 @@ __device__ __forceinline__ void cp_async_wait() {
 // dtype's word). U == 32 has one parameter row per unit, so the four loads
 // are one address and immediate offsets.
 template <class T, int U>
-__device__ __forceinline__ void load_rows_params(const uint8_t* scales, const uint8_t* zeros, bool symmetric,
-                                                 uint32_t usr, int seg_shift, uint32_t srow0,
-                                                 uint32_t (&s)[kUnitsPerThread], uint32_t (&z)[kUnitsPerThread]) {
+__device__ __forceinline__ void load_rows_params(const uint8_t* scales, const uint8_t* zeros,
+                                                 bool symmetric, uint32_t usr, int seg_shift,
+                                                 uint32_t srow0, uint32_t (&s)[kUnitsPerThread],
+                                                 uint32_t (&z)[kUnitsPerThread]) {
   const T* ps = reinterpret_cast<const T*>(scales);
   const T* pz = reinterpret_cast<const T*>(zeros);
   if constexpr (U == 32) {
@@ -225,17 +233,20 @@ __global__ void __launch_bounds__(kCompareThreads, 7)
     uint32_t scale_u[kUnitsPerThread], zero_u[kUnitsPerThread];
     const uint32_t usr = uint32_t(sr0) + uint32_t(j), srow0 = uint32_t(v.srow0);
     if (g.scale_dtype == DType::F32)
-      load_rows_params<uint32_t, U>(v.scales, v.zeros, g.symmetric, usr, seg_shift, srow0, scale_u, zero_u);
+      load_rows_params<uint32_t, U>(v.scales, v.zeros, g.symmetric, usr, seg_shift, srow0, scale_u,
+                                    zero_u);
     else
-      load_rows_params<uint16_t, U>(v.scales, v.zeros, g.symmetric, usr, seg_shift, srow0, scale_u, zero_u);
+      load_rows_params<uint16_t, U>(v.scales, v.zeros, g.symmetric, usr, seg_shift, srow0, scale_u,
+                                    zero_u);
     // The warp's runs for u = 0; run u lies 64*u units further, a constant
     // that the copies take as an immediate offset.
     const uint8_t* const src_run = v.src + ((sr0 + 32 * warp) * U - v.row0) * esz;
     const uint8_t* const code_run = v.codes + ((sr0 + 32 * warp) * kCodeBytes - v.plane0);
     auto stage = [&](int u, int buf) {
-      stage_run<Stage::kChunks, Stage::kRow16, 16>(sh.st.src[warp][buf], src_run + u * (64 * U * esz), lane);
-      stage_run<Stage::kWordsPerUnit, Stage::kCodeRow, 4>(sh.st.codes[warp][buf], code_run + u * (64 * kCodeBytes),
-                                                            lane);
+      stage_run<Stage::kChunks, Stage::kRow16, 16>(sh.st.src[warp][buf],
+                                                   src_run + u * (64 * U * esz), lane);
+      stage_run<Stage::kWordsPerUnit, Stage::kCodeRow, 4>(sh.st.codes[warp][buf],
+                                                          code_run + u * (64 * kCodeBytes), lane);
       cp_async_commit();
     };
     const UlpExponent uc = ulp_exponent(g.scale_dtype);
@@ -243,7 +254,8 @@ __global__ void __launch_bounds__(kCompareThreads, 7)
 #pragma unroll
     for (int u = 0; u < kUnitsPerThread; ++u) {
       par[u] = unit_params_ulp_bits(param_value_hw(scale_u[u], g.scale_dtype),
-                                    g.symmetric ? 0.0f : param_value_hw(zero_u[u], g.scale_dtype), g, uc);
+                                    g.symmetric ? 0.0f : param_value_hw(zero_u[u], g.scale_dtype),
+                                    g, uc);
       susp[u] = !par[u].ok;
     }
 #pragma unroll
@@ -258,7 +270,7 @@ __global__ void __launch_bounds__(kCompareThreads, 7)
       build_rows_table<BITS>(smem, 0, tid8, par[u], qoff);
       const uint4* row = sh.st.src[warp][u & 1] + lane * Stage::kRow16;
       const uint32_t* crow = sh.st.codes[warp][u & 1] + lane * Stage::kCodeRow;
-      auto lds = [&](int s, uint32_t (&x)[kWords], SliceStream<BITS>& c) {
+      auto lds = [&](int s, uint32_t(&x)[kWords], SliceStream<BITS>& c) {
 #pragma unroll
         for (int q = 0; q < kWords / 4; ++q) {
           const uint4 w = row[s * (kWords / 4) + q];
@@ -289,14 +301,15 @@ __global__ void __launch_bounds__(kCompareThreads, 7)
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
           const uint32_t w = kSrc == DType::F32 ? x[k] : x[k / 2];
-          const double xd =
-              (kSrc == DType::F32 || (k & 1)) ? src_to_f64<kSrc, 1, true>(w) : src_to_f64<kSrc, 0, true>(w);
+          const double xd = (kSrc == DType::F32 || (k & 1)) ? src_to_f64<kSrc, 1, true>(w)
+                                                            : src_to_f64<kSrc, 0, true>(w);
           double hd;
           if constexpr (BITS <= 4)
-            hd = rows_table_load<BITS>(smem, 0, rows_table_offset<BITS>(uint32_t(c), BITS * k, tid8));
+            hd = rows_table_load<BITS>(smem, 0,
+                                       rows_table_offset<BITS>(uint32_t(c), BITS * k, tid8));
           else
-            hd = decode8(uint32_t(uint64_t(c) >> (32 * (k >> 2))), 8 * (k & 3), magic_off, par[u].scale,
-                         par[u].zero);
+            hd = decode8(uint32_t(uint64_t(c) >> (32 * (k >> 2))), 8 * (k & 3), magic_off,
+                         par[u].scale, par[u].zero);
           accumulate_element_fast(acc[u], xd, hd, 8 * s + k);
         }
 #pragma unroll
@@ -319,8 +332,10 @@ __global__ void __launch_bounds__(kCompareThreads, 7)
   KeyedPartial r[kUnitsPerThread];
 #pragma unroll
   for (int u = 0; u < kUnitsPerThread; ++u) {
-    if (live[u]) r[u] = keyed_partial(acc[u], U, uint32_t((j + 64 * u) * spec::kSegment), 1u);
-    else keyed_empty(r[u]);
+    if (live[u])
+      r[u] = keyed_partial(acc[u], U, uint32_t((j + 64 * u) * spec::kSegment), 1u);
+    else
+      keyed_empty(r[u]);
   }
   bool fast_block;
   KeyedPartial res = block_tree<true>(r, j, xchg, slow, &fast_block);
@@ -339,28 +354,37 @@ __global__ void __launch_bounds__(kCompareThreads, 7)
 
 template <DType kSrc, int BITS, int U>
 int launch(const CompareArgs& a, const Launch& l) {
-  return int(launch_kernel(compare_rows<kSrc, BITS, U>, l.blocks, kCompareThreads, l, a.geo, a.view, a.seg_shift,
-                           a.block0, a.out));
+  return int(launch_kernel(compare_rows<kSrc, BITS, U>, l.blocks, kCompareThreads, l, a.geo, a.view,
+                           a.seg_shift, a.block0, a.out));
 }
 
 template <DType kSrc, int U>
 int launch_bits(const CompareArgs& a, const Launch& l) {
   switch (a.geo.bits) {
-    case 2: return launch<kSrc, 2, U>(a, l);
-    case 3: return launch<kSrc, 3, U>(a, l);
-    case 4: return launch<kSrc, 4, U>(a, l);
-    case 8: return launch<kSrc, 8, U>(a, l);
-    default: return int(cudaErrorInvalidValue);  // compare_blocks checked the bits
+    case 2:
+      return launch<kSrc, 2, U>(a, l);
+    case 3:
+      return launch<kSrc, 3, U>(a, l);
+    case 4:
+      return launch<kSrc, 4, U>(a, l);
+    case 8:
+      return launch<kSrc, 8, U>(a, l);
+    default:
+      return int(cudaErrorInvalidValue);  // compare_blocks checked the bits
   }
 }
 
 template <int U>
 int launch_dtype(const CompareArgs& a, const Launch& l) {
   switch (a.geo.source_dtype) {
-    case DType::F16: return launch_bits<DType::F16, U>(a, l);
-    case DType::BF16: return launch_bits<DType::BF16, U>(a, l);
-    case DType::F32: return launch_bits<DType::F32, U>(a, l);
-    default: return int(cudaErrorInvalidValue);  // compare_blocks checked the dtype
+    case DType::F16:
+      return launch_bits<DType::F16, U>(a, l);
+    case DType::BF16:
+      return launch_bits<DType::BF16, U>(a, l);
+    case DType::F32:
+      return launch_bits<DType::F32, U>(a, l);
+    default:
+      return int(cudaErrorInvalidValue);  // compare_blocks checked the dtype
   }
 }
 

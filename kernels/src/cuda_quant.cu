@@ -7,10 +7,10 @@
 #include <cstdint>
 #include <string>
 
-#include "qpack/kernels/cuda_status.hpp"
 #include "kernel_args.hpp"
-#include "qpack/kernels/cuda_quant.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/kernels/cuda_quant.hpp"
+#include "qpack/kernels/cuda_status.hpp"
 
 namespace qpack::cuda {
 
@@ -97,7 +97,8 @@ Status check_layout(const GroupLayout& L, const QuantScheme& s) {
   if (L.outer < 0 || L.axis_len < 0 || L.inner < 0 || L.group_size < 1)
     return invalid("malformed group layout");
   if (L.group_size > (int64_t(1) << 33))
-    return invalid("group size " + std::to_string(L.group_size) + " is too large for the CUDA kernels");
+    return invalid("group size " + std::to_string(L.group_size) +
+                   " is too large for the CUDA kernels");
   if (L.groups_per_axis != (L.axis_len + L.group_size - 1) / L.group_size ||
       L.bytes_per_group != (L.group_size * s.bits + 7) / 8)
     return invalid("group layout is inconsistent (groups_per_axis / bytes_per_group)");
@@ -128,7 +129,7 @@ Status resolve_tile(const GroupLayout& L, const Tile& t, TileRange* r) {
 
 // Geometry of one launch over group rows [gr_begin, gr_end) of the tile.
 kernels::Geometry launch_geometry(const GroupLayout& L, const TileRange& r, int64_t gr_begin,
-                                int64_t gr_end) {
+                                  int64_t gr_end) {
   kernels::Geometry g{};
   g.axis_len = L.axis_len;
   g.group = L.group_size;
@@ -151,11 +152,12 @@ kernels::Geometry launch_geometry(const GroupLayout& L, const TileRange& r, int6
 // offset in the tile) for consecutive pieces of the tile small enough that
 // every 32-bit counter in the kernels stays below 2^31.
 template <class F>
-Status for_each_launch(const GroupLayout& L, const TileRange& r, int64_t work_per_group_row, F&& launch) {
+Status for_each_launch(const GroupLayout& L, const TileRange& r, int64_t work_per_group_row,
+                       F&& launch) {
   constexpr int64_t kMax = (int64_t(1) << 31) - 1;
   if (work_per_group_row > kMax)
-    return invalid("tile too wide for the CUDA kernels (" + std::to_string(r.col_end - r.col_begin) +
-                   " columns); use narrower tiles");
+    return invalid("tile too wide for the CUDA kernels (" +
+                   std::to_string(r.col_end - r.col_begin) + " columns); use narrower tiles");
   const int64_t step = std::max<int64_t>(1, kMax / std::max<int64_t>(1, work_per_group_row));
   const int64_t tile_row0 = tile_first_row(L, r.gr_begin);
   for (int64_t b = r.gr_begin; b < r.gr_end; b += step) {
@@ -216,7 +218,8 @@ Status quantize(const void* d_src, DType src_dtype, const GroupLayout& layout,
                 QuantFlags* d_flags, cudaStream_t stream, const Tile& tile) {
   if (Status s = check_layout(layout, scheme); !s.ok()) return s;
   if (!is_quantizable(src_dtype))
-    return invalid(std::string("source dtype must be F16, BF16 or F32 (got ") + dtype_name(src_dtype) + ")");
+    return invalid(std::string("source dtype must be F16, BF16 or F32 (got ") +
+                   dtype_name(src_dtype) + ")");
   TileRange r;
   if (Status s = resolve_tile(layout, tile, &r); !s.ok()) return s;
   if (!d_flags) return invalid("quantize: null flags");
@@ -239,8 +242,8 @@ Status quantize(const void* d_src, DType src_dtype, const GroupLayout& layout,
                aligned(out.codes, 8);
     // Coalesced windows: 16-bit source, whole groups of 8 * 2^k <= 256 elements.
     const int64_t slices = layout.group_size / kernels::kSliceRows;
-    l.window = l.vector && esize == 2 && layout.axis_len % layout.group_size == 0 &&
-               slices <= 32 && (slices & (slices - 1)) == 0;
+    l.window = l.vector && esize == 2 && layout.axis_len % layout.group_size == 0 && slices <= 32 &&
+               (slices & (slices - 1)) == 0;
     // Window kernel: its 32-bit unit counter needs group rows * units < 2^31.
     work_per_gr = l.window ? slices : 1;
   } else {
@@ -251,37 +254,45 @@ Status quantize(const void* d_src, DType src_dtype, const GroupLayout& layout,
     const int64_t chunks_per_warp = 32 / lanes;
     work_per_gr = (ncols / vec + chunks_per_warp - 1) / chunks_per_warp;
   }
-  return for_each_launch(layout, r, work_per_gr, [&](const kernels::Geometry& g, int64_t gr_off,
-                                                     int64_t row_off) -> Status {
-    kernels::QuantArgs a{};
-    a.geo = g;
-    if (l.rows) a.geo.lanes = pow2_at_least((g.nslices + kernels::kRowChunks - 1) / kernels::kRowChunks);
-    a.src = static_cast<const uint8_t*>(d_src) + row_off * ncols * esize;
-    a.codes = out.codes + gr_off * layout.bytes_per_group * ncols;
-    a.scales = out.scales + gr_off * ncols * ssize;
-    a.zeros = scheme.symmetric ? nullptr : out.zeros + gr_off * ncols * ssize;
-    a.flags = d_flags;
-    a.scale_dtype = scheme.scale_dtype;
-    a.zero_nonfinite = policy == NonFinitePolicy::Zero;
-    kernels::Launch ll = l;
-    if (l.window) {
-      const int64_t slices = layout.group_size / kernels::kSliceRows;
-      const int64_t per_window = std::min<int64_t>(32, kernels::kWindowUnits / slices);
-      ll.blocks = blocks_for((int64_t(g.n_gr) + per_window - 1) / per_window * 32);
-    } else if (l.rows) {
-      const int64_t groups_per_warp = 32 / a.geo.lanes;
-      ll.blocks = blocks_for((int64_t(g.n_gr) + groups_per_warp - 1) / groups_per_warp * 32);
-    } else {
-      ll.blocks = blocks_for(int64_t(g.tasks) * 32);
-    }
-    int err = 0;
-    switch (src_dtype) {
-      case DType::F16: err = kernels::launch_quantize_f16(a, scheme.bits, scheme.symmetric, ll); break;
-      case DType::BF16: err = kernels::launch_quantize_bf16(a, scheme.bits, scheme.symmetric, ll); break;
-      default: err = kernels::launch_quantize_f32(a, scheme.bits, scheme.symmetric, ll); break;
-    }
-    return cuda_status(cudaError_t(err), "quantize kernel launch");
-  });
+  return for_each_launch(
+      layout, r, work_per_gr,
+      [&](const kernels::Geometry& g, int64_t gr_off, int64_t row_off) -> Status {
+        kernels::QuantArgs a{};
+        a.geo = g;
+        if (l.rows)
+          a.geo.lanes = pow2_at_least((g.nslices + kernels::kRowChunks - 1) / kernels::kRowChunks);
+        a.src = static_cast<const uint8_t*>(d_src) + row_off * ncols * esize;
+        a.codes = out.codes + gr_off * layout.bytes_per_group * ncols;
+        a.scales = out.scales + gr_off * ncols * ssize;
+        a.zeros = scheme.symmetric ? nullptr : out.zeros + gr_off * ncols * ssize;
+        a.flags = d_flags;
+        a.scale_dtype = scheme.scale_dtype;
+        a.zero_nonfinite = policy == NonFinitePolicy::Zero;
+        kernels::Launch ll = l;
+        if (l.window) {
+          const int64_t slices = layout.group_size / kernels::kSliceRows;
+          const int64_t per_window = std::min<int64_t>(32, kernels::kWindowUnits / slices);
+          ll.blocks = blocks_for((int64_t(g.n_gr) + per_window - 1) / per_window * 32);
+        } else if (l.rows) {
+          const int64_t groups_per_warp = 32 / a.geo.lanes;
+          ll.blocks = blocks_for((int64_t(g.n_gr) + groups_per_warp - 1) / groups_per_warp * 32);
+        } else {
+          ll.blocks = blocks_for(int64_t(g.tasks) * 32);
+        }
+        int err = 0;
+        switch (src_dtype) {
+          case DType::F16:
+            err = kernels::launch_quantize_f16(a, scheme.bits, scheme.symmetric, ll);
+            break;
+          case DType::BF16:
+            err = kernels::launch_quantize_bf16(a, scheme.bits, scheme.symmetric, ll);
+            break;
+          default:
+            err = kernels::launch_quantize_f32(a, scheme.bits, scheme.symmetric, ll);
+            break;
+        }
+        return cuda_status(cudaError_t(err), "quantize kernel launch");
+      });
 }
 
 Status dequantize(const uint8_t* d_codes, const uint8_t* d_scales, const uint8_t* d_zeros,
@@ -317,24 +328,25 @@ Status dequantize(const uint8_t* d_codes, const uint8_t* d_scales, const uint8_t
     nchunks = ncols / (l.vector ? (out_dtype == DType::F32 ? kernels::kF32Part : 8) : 1);
   }
   const int64_t work_per_gr = nslices * nchunks;  // threads per group row
-  return for_each_launch(layout, r, work_per_gr, [&](const kernels::Geometry& g, int64_t gr_off,
-                                                     int64_t row_off) -> Status {
-    kernels::DequantArgs a{};
-    a.geo = g;
-    a.geo.chunks = kernels::FastDiv(uint32_t(nchunks));
-    a.codes = d_codes + gr_off * layout.bytes_per_group * ncols;
-    a.scales = d_scales + gr_off * ncols * ssize;
-    a.zeros = scheme.symmetric ? nullptr : d_zeros + gr_off * ncols * ssize;
-    a.out = static_cast<uint8_t*>(d_out) + row_off * ncols * osize;
-    a.scale_dtype = scheme.scale_dtype;
-    a.symmetric = scheme.symmetric;
-    a.bits = scheme.bits;
-    kernels::Launch ll = l;
-    const int64_t items = l.rows && l.window ? kernels::kRowItems : 1;  // per thread
-    ll.blocks = blocks_for((int64_t(g.tasks) + items - 1) / items);
-    return cuda_status(cudaError_t(kernels::launch_dequantize(a, out_dtype, ll)),
-                       "dequantize kernel launch");
-  });
+  return for_each_launch(
+      layout, r, work_per_gr,
+      [&](const kernels::Geometry& g, int64_t gr_off, int64_t row_off) -> Status {
+        kernels::DequantArgs a{};
+        a.geo = g;
+        a.geo.chunks = kernels::FastDiv(uint32_t(nchunks));
+        a.codes = d_codes + gr_off * layout.bytes_per_group * ncols;
+        a.scales = d_scales + gr_off * ncols * ssize;
+        a.zeros = scheme.symmetric ? nullptr : d_zeros + gr_off * ncols * ssize;
+        a.out = static_cast<uint8_t*>(d_out) + row_off * ncols * osize;
+        a.scale_dtype = scheme.scale_dtype;
+        a.symmetric = scheme.symmetric;
+        a.bits = scheme.bits;
+        kernels::Launch ll = l;
+        const int64_t items = l.rows && l.window ? kernels::kRowItems : 1;  // per thread
+        ll.blocks = blocks_for((int64_t(g.tasks) + items - 1) / items);
+        return cuda_status(cudaError_t(kernels::launch_dequantize(a, out_dtype, ll)),
+                           "dequantize kernel launch");
+      });
 }
 
 // ------------------------------------------------------------ host helpers
@@ -386,7 +398,8 @@ Status Stream::create() {
 }
 
 void Stream::reset() {
-  if (stream_) cudaStreamDestroy(stream_);  // as in DeviceBuffer::reset, a failure has nowhere to go
+  if (stream_)
+    cudaStreamDestroy(stream_);  // as in DeviceBuffer::reset, a failure has nowhere to go
   stream_ = nullptr;
 }
 
@@ -429,12 +442,14 @@ Status copy_to_device(void* d_dst, const void* h_src, size_t bytes, cudaStream_t
   return {};
 }
 
-Status copy_2d_to_device(void* d_dst, size_t d_pitch, const void* h_src, size_t h_pitch, size_t row_bytes,
-                         size_t rows, cudaStream_t stream) {
+Status copy_2d_to_device(void* d_dst, size_t d_pitch, const void* h_src, size_t h_pitch,
+                         size_t row_bytes, size_t rows, cudaStream_t stream) {
   if (row_bytes == 0 || rows == 0) return {};
   if (!d_dst || !h_src) return invalid("copy_2d_to_device: null pointer");
-  if (d_pitch < row_bytes || h_pitch < row_bytes) return invalid("copy_2d_to_device: pitch below the row size");
-  QPACK_CUDA_TRY(cudaMemcpy2DAsync(d_dst, d_pitch, h_src, h_pitch, row_bytes, rows, cudaMemcpyHostToDevice, stream));
+  if (d_pitch < row_bytes || h_pitch < row_bytes)
+    return invalid("copy_2d_to_device: pitch below the row size");
+  QPACK_CUDA_TRY(cudaMemcpy2DAsync(d_dst, d_pitch, h_src, h_pitch, row_bytes, rows,
+                                   cudaMemcpyHostToDevice, stream));
   return {};
 }
 

@@ -8,12 +8,11 @@
 
 #include <cstdint>
 
-#include "kernel_args.hpp"
 #include "dequant_device.cuh"
+#include "kernel_args.hpp"
 
 namespace qpack::kernels {
 namespace {
-
 
 template <DType O>
 constexpr int out_bytes() {
@@ -118,7 +117,8 @@ __device__ __forceinline__ bool load_params_finite(const uint8_t* base, int64_t 
     }
     if (sd == DType::F16) {
 #pragma unroll
-      for (int i = 0; i < V; ++i) out[i] = __half2float(__ushort_as_half(static_cast<unsigned short>(bits[i])));
+      for (int i = 0; i < V; ++i)
+        out[i] = __half2float(__ushort_as_half(static_cast<unsigned short>(bits[i])));
     } else {
 #pragma unroll
       for (int i = 0; i < V; ++i) out[i] = __uint_as_float(bits[i] << 16);
@@ -160,9 +160,10 @@ __device__ __forceinline__ float decode(uint32_t code, float scale, float zero) 
 // A whole slice (8 rows) of V columns with finite parameters: codes straight
 // from the byte planes (every plane of a whole slice exists), packed stores.
 template <int BITS, int V, DType O, bool SYM>
-__device__ __forceinline__ void dequant_slice_cols_finite(const uint8_t* plane0, int64_t pitch, int64_t s,
-                                                        const float (&scale)[V], const float (&zero)[V],
-                                                        void* out, int64_t first, int64_t out_pitch) {
+__device__ __forceinline__ void dequant_slice_cols_finite(const uint8_t* plane0, int64_t pitch,
+                                                          int64_t s, const float (&scale)[V],
+                                                          const float (&zero)[V], void* out,
+                                                          int64_t first, int64_t out_pitch) {
   constexpr uint32_t kMask = (1u << BITS) - 1u;
   if constexpr (BITS == 3) {
     SliceStream<BITS> st[V];
@@ -171,7 +172,8 @@ __device__ __forceinline__ void dequant_slice_cols_finite(const uint8_t* plane0,
     for (int r = 0; r < kSliceRows; ++r) {
       float x[V];
 #pragma unroll
-      for (int v = 0; v < V; ++v) x[v] = decode<BITS, SYM>(kernels::slice_code<BITS>(st[v], r), scale[v], zero[v]);
+      for (int v = 0; v < V; ++v)
+        x[v] = decode<BITS, SYM>(kernels::slice_code<BITS>(st[v], r), scale[v], zero[v]);
       store_out_nonnan<O, V>(out, first + r * out_pitch, x);
     }
   } else {
@@ -226,11 +228,11 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_cols(const DequantAr
     }
     if (finite && n == kSliceRows) {
       if (a.symmetric) {
-        dequant_slice_cols_finite<BITS, V, O, true>(plane0, g.ncols, s, scale, zero, a.out, row * g.ncols + col,
-                                                  g.ncols);
+        dequant_slice_cols_finite<BITS, V, O, true>(plane0, g.ncols, s, scale, zero, a.out,
+                                                    row * g.ncols + col, g.ncols);
       } else {
-        dequant_slice_cols_finite<BITS, V, O, false>(plane0, g.ncols, s, scale, zero, a.out, row * g.ncols + col,
-                                                   g.ncols);
+        dequant_slice_cols_finite<BITS, V, O, false>(plane0, g.ncols, s, scale, zero, a.out,
+                                                     row * g.ncols + col, g.ncols);
       }
       continue;
     }
@@ -247,7 +249,7 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_cols(const DequantAr
 #pragma unroll
         for (int v = 0; v < V; ++v)
           x[v] = spec::decode(kernels::slice_code<BITS>(st[v], r), scale[v], zero[v], a.symmetric,
-                           BITS);
+                              BITS);
         store_out<O, V>(a.out, (row + r) * g.ncols + col, x);
       }
   }
@@ -276,15 +278,18 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_rows(const DequantAr
     const int64_t n = min(int64_t(EPT), len - int64_t(s) * kSliceRows - h * EPT);
     if (n <= 0) continue;
     const uint8_t* group_codes = a.codes + int64_t(lgr) * g.bytes;
-    const SliceStream<BITS> st = VEC ? kernels::load_slice_contiguous_aligned<BITS>(group_codes, s)
-                                     : kernels::load_slice_contiguous<BITS>(group_codes, s, g.bytes);
+    const SliceStream<BITS> st =
+        VEC ? kernels::load_slice_contiguous_aligned<BITS>(group_codes, s)
+            : kernels::load_slice_contiguous<BITS>(group_codes, s, g.bytes);
     const float scale = spec::load_param(a.scales, lgr, a.scale_dtype);
     const float zero = a.symmetric ? 0.0f : spec::load_param(a.zeros, lgr, a.scale_dtype);
     float x[EPT];
 #pragma unroll
     for (int k = 0; k < EPT; ++k)
-      x[k] = spec::decode(kernels::slice_code<BITS>(st, h * EPT + k), scale, zero, a.symmetric, BITS);
-    const int64_t first = o * g.axis_len + gi * g.group + int64_t(s) * kSliceRows + h * EPT - g.row_begin;
+      x[k] =
+          spec::decode(kernels::slice_code<BITS>(st, h * EPT + k), scale, zero, a.symmetric, BITS);
+    const int64_t first =
+        o * g.axis_len + gi * g.group + int64_t(s) * kSliceRows + h * EPT - g.row_begin;
     if (VEC && n == EPT) {
       store_out<O, EPT>(a.out, first, x);
     } else {
@@ -323,7 +328,8 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_rows_whole(const Deq
   const uint32_t lane = threadIdx.x & 31;
   const uint32_t span = 32 * ITEMS;
   const uint32_t step = ((gridDim.x * blockDim.x) >> 5) * span;
-  for (uint32_t wb = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * span; wb < g.tasks; wb += step) {
+  for (uint32_t wb = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * span; wb < g.tasks;
+       wb += step) {
     uint32_t lgr[ITEMS], sraw[ITEMS], zraw[ITEMS];
     SliceStream<BITS> st[ITEMS];
 #pragma unroll
@@ -364,11 +370,13 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_rows_whole(const Deq
         if (a.symmetric) {
 #pragma unroll
           for (int e = 0; e < EPT; ++e)
-            x[e] = decode<BITS, true>(kernels::slice_code<BITS>(st[k], h * EPT + e), scale[k], zero[k]);
+            x[e] = decode<BITS, true>(kernels::slice_code<BITS>(st[k], h * EPT + e), scale[k],
+                                      zero[k]);
         } else {
 #pragma unroll
           for (int e = 0; e < EPT; ++e)
-            x[e] = decode<BITS, false>(kernels::slice_code<BITS>(st[k], h * EPT + e), scale[k], zero[k]);
+            x[e] = decode<BITS, false>(kernels::slice_code<BITS>(st[k], h * EPT + e), scale[k],
+                                       zero[k]);
         }
         store_out_nonnan<O, EPT>(a.out, int64_t(i) * EPT, x);
       } else {
@@ -377,7 +385,8 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_rows_whole(const Deq
         const float ze = a.symmetric ? 0.0f : spec::load_param(a.zeros, lgr[k], a.scale_dtype);
 #pragma unroll
         for (int e = 0; e < EPT; ++e)
-          x[e] = spec::decode(kernels::slice_code<BITS>(st[k], h * EPT + e), sc, ze, a.symmetric, BITS);
+          x[e] = spec::decode(kernels::slice_code<BITS>(st[k], h * EPT + e), sc, ze, a.symmetric,
+                              BITS);
         store_out<O, EPT>(a.out, int64_t(i) * EPT, x);
       }
     }
@@ -407,11 +416,20 @@ void launch_t(const DequantArgs& a, const Launch& l) {
 template <DType O>
 bool launch_o(const DequantArgs& a, const Launch& l) {
   switch (a.bits) {
-    case 2: launch_t<2, O>(a, l); return true;
-    case 3: launch_t<3, O>(a, l); return true;
-    case 4: launch_t<4, O>(a, l); return true;
-    case 8: launch_t<8, O>(a, l); return true;
-    default: return false;
+    case 2:
+      launch_t<2, O>(a, l);
+      return true;
+    case 3:
+      launch_t<3, O>(a, l);
+      return true;
+    case 4:
+      launch_t<4, O>(a, l);
+      return true;
+    case 8:
+      launch_t<8, O>(a, l);
+      return true;
+    default:
+      return false;
   }
 }
 
@@ -420,10 +438,17 @@ bool launch_o(const DequantArgs& a, const Launch& l) {
 int launch_dequantize(const DequantArgs& a, DType out_dtype, const Launch& l) {
   bool known = false;
   switch (out_dtype) {
-    case DType::F32: known = launch_o<DType::F32>(a, l); break;
-    case DType::F16: known = launch_o<DType::F16>(a, l); break;
-    case DType::BF16: known = launch_o<DType::BF16>(a, l); break;
-    default: break;
+    case DType::F32:
+      known = launch_o<DType::F32>(a, l);
+      break;
+    case DType::F16:
+      known = launch_o<DType::F16>(a, l);
+      break;
+    case DType::BF16:
+      known = launch_o<DType::BF16>(a, l);
+      break;
+    default:
+      break;
   }
   if (!known) return int(cudaErrorInvalidValue);
   return int(cudaGetLastError());

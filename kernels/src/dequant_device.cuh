@@ -22,7 +22,6 @@
 
 namespace qpack::kernels {
 
-
 template <int BITS>
 using SliceStream = std::conditional_t<(BITS * kSliceRows > 32), uint64_t, uint32_t>;
 
@@ -46,7 +45,8 @@ __device__ __forceinline__ void dequant_slice(SliceStream<BITS> stream, float sc
 // slice of an odd group size reads fewer; missing bytes read as 0).
 template <int BITS>
 __device__ __forceinline__ SliceStream<BITS> load_slice_contiguous(const uint8_t* group_codes,
-                                                                   int64_t s, int64_t bytes_per_group) {
+                                                                   int64_t s,
+                                                                   int64_t bytes_per_group) {
   SliceStream<BITS> st = 0;
   const int64_t b0 = s * BITS;
 #pragma unroll
@@ -58,8 +58,8 @@ __device__ __forceinline__ SliceStream<BITS> load_slice_contiguous(const uint8_t
 // Same, when the host guaranteed that whole slices exist and are aligned
 // (group size a multiple of 8): one load of BITS bytes where BITS is 2, 4, 8.
 template <int BITS>
-__device__ __forceinline__ SliceStream<BITS> load_slice_contiguous_aligned(const uint8_t* group_codes,
-                                                                           int64_t s) {
+__device__ __forceinline__ SliceStream<BITS> load_slice_contiguous_aligned(
+    const uint8_t* group_codes, int64_t s) {
   const uint8_t* p = group_codes + s * BITS;
   if constexpr (BITS == 8) {
     const uint2 w = *reinterpret_cast<const uint2*>(p);
@@ -106,8 +106,7 @@ __device__ __forceinline__ void load_slice_planes(const uint8_t* plane0, int64_t
     if (plane < bytes_per_group) {
       const uint64_t w = load_bytes<V>(plane0 + plane * pitch);
 #pragma unroll
-      for (int v = 0; v < V; ++v)
-        st[v] |= SliceStream<BITS>((w >> (8 * v)) & 0xffu) << (8 * j);
+      for (int v = 0; v < V; ++v) st[v] |= SliceStream<BITS>((w >> (8 * v)) & 0xffu) << (8 * j);
     }
   }
 }

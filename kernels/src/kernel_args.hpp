@@ -63,10 +63,10 @@ struct Geometry {
   int64_t ncols;      // columns in the tile: the row pitch of every tile buffer
   FastDiv groups;     // P (groups per axis)
   int nslices;        // ceil(G' / kSliceRows)
-  int lanes;          // lanes that share one group (column kernels: one column chunk); power of 2 <= 32
-  uint32_t tasks;     // work items of the launch (warps for quantize, threads for dequantize)
-  FastDiv per_gr;     // work items per group row
-  FastDiv chunks;     // dequantize_cols: column chunks per group-row slice
+  int lanes;  // lanes that share one group (column kernels: one column chunk); power of 2 <= 32
+  uint32_t tasks;  // work items of the launch (warps for quantize, threads for dequantize)
+  FastDiv per_gr;  // work items per group row
+  FastDiv chunks;  // dequantize_cols: column chunks per group-row slice
 };
 
 struct QuantArgs {
@@ -96,12 +96,13 @@ struct DequantArgs {
 struct Launch {
   int blocks;
   cudaStream_t stream;
-  bool rows;    // inner-contiguous groups (tile of one column): the row kernels
+  bool rows;  // inner-contiguous groups (tile of one column): the row kernels
   bool vector;
   bool window;  // rows, whole groups: quantize_rows_window (16-bit source,
                 // G' = 8 * 2^k <= 256) and dequantize_rows_whole
 };
-constexpr int kWindowUnits = 256;  // quantize_rows_window: 16-byte units per warp window (8 per lane)
+constexpr int kWindowUnits =
+    256;  // quantize_rows_window: 16-byte units per warp window (8 per lane)
 
 #if defined(__CUDACC__)
 // Programmatic dependent launch: every kernel here is launched so that it may
@@ -119,7 +120,8 @@ __device__ __forceinline__ void pdl_prologue() {
 // Any parameter list: the quantize and dequantize kernels take one struct,
 // the compare kernels (compare_args.hpp) several parameters.
 template <class... Params, class... Args>
-cudaError_t launch_kernel(void (*kernel)(Params...), int blocks, int threads, const Launch& l, const Args&... args) {
+cudaError_t launch_kernel(void (*kernel)(Params...), int blocks, int threads, const Launch& l,
+                          const Args&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(unsigned(blocks));
   cfg.blockDim = dim3(unsigned(threads));

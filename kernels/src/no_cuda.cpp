@@ -38,8 +38,8 @@ Status dequantize(const uint8_t*, const uint8_t*, const uint8_t*, const GroupLay
   return disabled();
 }
 
-Status compare_blocks(const spec::CompareGeometry&, const spec::ChunkView&, int64_t, int64_t, spec::PartialSums*,
-                      cudaStream_t) {
+Status compare_blocks(const spec::CompareGeometry&, const spec::ChunkView&, int64_t, int64_t,
+                      spec::PartialSums*, cudaStream_t) {
   return disabled();
 }
 
@@ -69,7 +69,9 @@ Status elapsed_ms(const Event&, const Event&, float*) { return disabled(); }
 
 Status set_device(int) { return disabled(); }
 Status copy_to_device(void*, const void*, size_t, cudaStream_t) { return disabled(); }
-Status copy_2d_to_device(void*, size_t, const void*, size_t, size_t, size_t, cudaStream_t) { return disabled(); }
+Status copy_2d_to_device(void*, size_t, const void*, size_t, size_t, size_t, cudaStream_t) {
+  return disabled();
+}
 Status copy_to_host(void*, const void*, size_t, cudaStream_t) { return disabled(); }
 Status fill_device(void*, int, size_t, cudaStream_t) { return disabled(); }
 Status synchronize(cudaStream_t) { return disabled(); }

@@ -98,7 +98,8 @@ __device__ __forceinline__ void encode_slice(const Packet<D, V> (&rows)[kSliceRo
 #pragma unroll
   for (int j = 0; j < BITS; ++j) {
     const int64_t plane = s * BITS + j;
-    if (plane < bytes_per_group) store_bytes<V>(plane0 + plane * pitch, plane_bytes<BITS, V>(st, j));
+    if (plane < bytes_per_group)
+      store_bytes<V>(plane0 + plane * pitch, plane_bytes<BITS, V>(st, j));
   }
 }
 
@@ -107,9 +108,10 @@ __device__ __forceinline__ void encode_slice(const Packet<D, V> (&rows)[kSliceRo
 // stores scales/zero-points, flags overflows, and returns what encoding
 // needs in every lane.
 template <DType D, int BITS, bool SYM, int V>
-__device__ __forceinline__ void finish_params(ColumnStats<D, V, SYM>& acc, const QuantArgs& a, int txw,
-                                              int tl, int tx, int ty, bool valid, int64_t pidx,
-                                              int64_t first_group, GroupCode (&gc)[V]) {
+__device__ __forceinline__ void finish_params(ColumnStats<D, V, SYM>& acc, const QuantArgs& a,
+                                              int txw, int tl, int tx, int ty, bool valid,
+                                              int64_t pidx, int64_t first_group,
+                                              GroupCode (&gc)[V]) {
   acc.reduce(txw, 32);
   if (tl >= V) {
     // As many lanes as columns (group sizes >= 8*V): lane ty computes column
@@ -123,17 +125,20 @@ __device__ __forceinline__ void finish_params(ColumnStats<D, V, SYM>& acc, const
         lo = acc.lo_of(v);
         hi = acc.hi_of(v);
       }
-    const spec::GroupParams p =
-        SYM ? spec::params_sym(hi, BITS, a.scale_dtype) : spec::params_asym(lo, hi, BITS, a.scale_dtype);
+    const spec::GroupParams p = SYM ? spec::params_sym(hi, BITS, a.scale_dtype)
+                                    : spec::params_asym(lo, hi, BITS, a.scale_dtype);
     if (valid && ty < V) {
-      const uint32_t sb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(p.scale) : p.scale_bits16};
+      const uint32_t sb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(p.scale)
+                                                          : p.scale_bits16};
       store_params<1>(a.scales, pidx + mine, a.scale_dtype, sb);
       if (!SYM) {
-        const uint32_t zb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(p.zero) : p.zero_bits16};
+        const uint32_t zb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(p.zero)
+                                                            : p.zero_bits16};
         store_params<1>(a.zeros, pidx + mine, a.scale_dtype, zb);
       }
       if (p.overflow)
-        atomicMin(&a.flags->first_overflow_group, static_cast<unsigned long long>(first_group + mine));
+        atomicMin(&a.flags->first_overflow_group,
+                  static_cast<unsigned long long>(first_group + mine));
     }
 #pragma unroll
     for (int v = 0; v < V; ++v) {
@@ -169,8 +174,8 @@ __global__ void __launch_bounds__(kBlockThreads, 3) quantize_cols(const QuantArg
   const Geometry& g = a.geo;
   constexpr int kB = Src<D>::kBytes;
   const int lane = threadIdx.x & 31;
-  const int tl = g.lanes;         // lanes per column chunk (slices in parallel)
-  const int txw = 32 / tl;        // column chunks per warp
+  const int tl = g.lanes;   // lanes per column chunk (slices in parallel)
+  const int txw = 32 / tl;  // column chunks per warp
   const int tx = lane & (txw - 1);
   const int ty = lane / txw;
   const uint32_t nchunks = uint32_t(g.ncols / V);
@@ -246,8 +251,8 @@ __global__ void __launch_bounds__(kBlockThreads, 3) quantize_cols(const QuantArg
           Packet<D, V> rows[kSliceRows];
           const int n = rows_in(s);
           load_slice(rows, src + s * kSliceRows * pitch_bytes, pitch_bytes, n);
-          const unsigned long long f = first_nonfinite_in<D, V>(rows, n, row0 + s * kSliceRows,
-                                                                g.inner, g.col_begin + col);
+          const unsigned long long f =
+              first_nonfinite_in<D, V>(rows, n, row0 + s * kSliceRows, g.inner, g.col_begin + col);
           first_bad = f < first_bad ? f : first_bad;
           add_slice<D, SYM, V, true>(rows, n, acc);
         }

@@ -25,8 +25,8 @@
 // 8 * TL rows (TL <= 32) are read twice. Non-finite detection is free for
 // 16-bit sources (NaN-propagating packed min/max: the statistics themselves
 // turn non-finite) and one FMA per element for F32 (x*0 + acc is NaN exactly
-// when some x is NaN or +-Inf); only a thread that saw one takes the slow path that finds the smallest flat index
-// (policy Error) or replaces them with +0 (policy Zero).
+// when some x is NaN or +-Inf); only a thread that saw one takes the slow path that finds the
+// smallest flat index (policy Error) or replaces them with +0 (policy Zero).
 #pragma once
 //
 // This header holds what the kernel families share (source packets, the
@@ -40,12 +40,11 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "kernel_args.hpp"
 #include "dequant_device.cuh"
+#include "kernel_args.hpp"
 #include "qpack/spec/group_params.hpp"
 
 namespace qpack::kernels {
-
 
 template <DType D>
 struct Src;
@@ -173,7 +172,8 @@ struct Stats {
 // index `flat` joins the statistics as +0 if it is NaN/Inf, and the smallest
 // such index is kept for the policy-Error report.
 template <bool SYM>
-__device__ __forceinline__ void add_or_zero_nonfinite(Stats<SYM>& st, float x, unsigned long long flat,
+__device__ __forceinline__ void add_or_zero_nonfinite(Stats<SYM>& st, float x,
+                                                      unsigned long long flat,
                                                       unsigned long long& first_bad) {
   if (!spec::is_finite_f32(x)) {
     if (flat < first_bad) first_bad = flat;
@@ -181,7 +181,6 @@ __device__ __forceinline__ void add_or_zero_nonfinite(Stats<SYM>& st, float x, u
   }
   st.add(x);
 }
-
 
 // What encoding needs of a group's parameters (the reference's encoders
 // read only these two fields).
@@ -214,14 +213,22 @@ __device__ __forceinline__ uint32_t encode(float x, const GroupCode& c, int bits
 template <DType D, bool kMax, bool kNaN>
 __device__ __forceinline__ uint32_t packed_minmax(uint32_t a, uint32_t b) {
   uint32_t r;
-  if constexpr (D == DType::F16 && !kMax && !kNaN) asm("min.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-  else if constexpr (D == DType::F16 && kMax && !kNaN) asm("max.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-  else if constexpr (D == DType::F16 && !kMax) asm("min.NaN.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-  else if constexpr (D == DType::F16) asm("max.NaN.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-  else if constexpr (!kMax && !kNaN) asm("min.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-  else if constexpr (kMax && !kNaN) asm("max.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-  else if constexpr (!kMax) asm("min.NaN.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-  else asm("max.NaN.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  if constexpr (D == DType::F16 && !kMax && !kNaN)
+    asm("min.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  else if constexpr (D == DType::F16 && kMax && !kNaN)
+    asm("max.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  else if constexpr (D == DType::F16 && !kMax)
+    asm("min.NaN.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  else if constexpr (D == DType::F16)
+    asm("max.NaN.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  else if constexpr (!kMax && !kNaN)
+    asm("min.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  else if constexpr (kMax && !kNaN)
+    asm("max.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  else if constexpr (!kMax)
+    asm("min.NaN.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  else
+    asm("max.NaN.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
   return r;
 }
 
@@ -233,8 +240,12 @@ struct Pair {
   static constexpr uint32_t kExp = D == DType::F16 ? 0x7c00u : 0x7f80u;  // all-ones exponent
   static constexpr uint32_t kPosInf = D == DType::F16 ? 0x7c007c00u : 0x7f807f80u;
   static constexpr uint32_t kNegInf = D == DType::F16 ? 0xfc00fc00u : 0xff80ff80u;
-  __device__ static __forceinline__ uint32_t min(uint32_t a, uint32_t b) { return packed_minmax<D, false, false>(a, b); }
-  __device__ static __forceinline__ uint32_t max(uint32_t a, uint32_t b) { return packed_minmax<D, true, false>(a, b); }
+  __device__ static __forceinline__ uint32_t min(uint32_t a, uint32_t b) {
+    return packed_minmax<D, false, false>(a, b);
+  }
+  __device__ static __forceinline__ uint32_t max(uint32_t a, uint32_t b) {
+    return packed_minmax<D, true, false>(a, b);
+  }
   // |x| of both halves: clearing the sign bits is exact (and maps -0 to +0).
   __device__ static __forceinline__ uint32_t abs(uint32_t a) { return a & 0x7fff7fffu; }
   // Non-finite halves replaced by +0 (policy Zero, and the slow path).
@@ -252,8 +263,12 @@ struct Pair {
 // exact selections, so finite results equal the float32 ones).
 template <DType D>
 struct PairNaN {
-  __device__ static __forceinline__ uint32_t min(uint32_t a, uint32_t b) { return packed_minmax<D, false, true>(a, b); }
-  __device__ static __forceinline__ uint32_t max(uint32_t a, uint32_t b) { return packed_minmax<D, true, true>(a, b); }
+  __device__ static __forceinline__ uint32_t min(uint32_t a, uint32_t b) {
+    return packed_minmax<D, false, true>(a, b);
+  }
+  __device__ static __forceinline__ uint32_t max(uint32_t a, uint32_t b) {
+    return packed_minmax<D, true, true>(a, b);
+  }
   // Bit 15 of each half of the result is set when that half of w is NaN or
   // +-Inf (|h| + (0x8000 - exponent mask) carries into bit 15; no carry
   // crosses halves). Or-able across words.
@@ -363,7 +378,8 @@ struct ColumnStats {
     }
   }
   __device__ __forceinline__ spec::GroupParams params(int v, int bits, DType sd) const {
-    return SYM ? spec::params_sym(hi_of(v), bits, sd) : spec::params_asym(lo_of(v), hi_of(v), bits, sd);
+    return SYM ? spec::params_sym(hi_of(v), bits, sd)
+               : spec::params_asym(lo_of(v), hi_of(v), bits, sd);
   }
   // All N columns folded into one (a contiguous group's chunk of N elements).
   __device__ __forceinline__ void fold(float& l, float& h) const {
@@ -414,7 +430,8 @@ __device__ __forceinline__ void store_params(uint8_t* base, int64_t index, DType
     if constexpr (V % 4 == 0) {
 #pragma unroll
       for (int i = 0; i < V; i += 4)
-        *reinterpret_cast<uint4*>(dst + i) = make_uint4(bits[i], bits[i + 1], bits[i + 2], bits[i + 3]);
+        *reinterpret_cast<uint4*>(dst + i) =
+            make_uint4(bits[i], bits[i + 1], bits[i + 2], bits[i + 3]);
     } else {
 #pragma unroll
       for (int i = 0; i < V; ++i) dst[i] = bits[i];
@@ -423,10 +440,11 @@ __device__ __forceinline__ void store_params(uint8_t* base, int64_t index, DType
     uint16_t* dst = reinterpret_cast<uint16_t*>(base) + index;
     if constexpr (V == 8) {
       *reinterpret_cast<uint4*>(dst) =
-          make_uint4(bits[0] | (bits[1] << 16), bits[2] | (bits[3] << 16), bits[4] | (bits[5] << 16),
-                     bits[6] | (bits[7] << 16));
+          make_uint4(bits[0] | (bits[1] << 16), bits[2] | (bits[3] << 16),
+                     bits[4] | (bits[5] << 16), bits[6] | (bits[7] << 16));
     } else if constexpr (V == 4) {
-      *reinterpret_cast<uint2*>(dst) = make_uint2(bits[0] | (bits[1] << 16), bits[2] | (bits[3] << 16));
+      *reinterpret_cast<uint2*>(dst) =
+          make_uint2(bits[0] | (bits[1] << 16), bits[2] | (bits[3] << 16));
     } else {
 #pragma unroll
       for (int i = 0; i < V; ++i) dst[i] = uint16_t(bits[i]);

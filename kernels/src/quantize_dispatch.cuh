@@ -19,21 +19,28 @@ cudaError_t launch_quantize_t(const QuantArgs& a, const Launch& l) {
     }
   }
   if (l.rows) {
-    if (l.vector) return launch_kernel(quantize_rows<D, BITS, SYM, true>, l.blocks, kBlockThreads, l, a);
+    if (l.vector)
+      return launch_kernel(quantize_rows<D, BITS, SYM, true>, l.blocks, kBlockThreads, l, a);
     return launch_kernel(quantize_rows<D, BITS, SYM, false>, l.blocks, kBlockThreads, l, a);
   }
-  if (l.vector) return launch_kernel(quantize_cols<D, BITS, SYM, kVec>, l.blocks, kBlockThreads, l, a);
+  if (l.vector)
+    return launch_kernel(quantize_cols<D, BITS, SYM, kVec>, l.blocks, kBlockThreads, l, a);
   return launch_kernel(quantize_cols<D, BITS, SYM, 1>, l.blocks, kBlockThreads, l, a);
 }
 
 template <DType D>
 int launch_quantize_dtype(const QuantArgs& a, int bits, bool sym, const Launch& l) {
   switch (bits) {
-    case 2: return int(sym ? launch_quantize_t<D, 2, true>(a, l) : launch_quantize_t<D, 2, false>(a, l));
-    case 3: return int(sym ? launch_quantize_t<D, 3, true>(a, l) : launch_quantize_t<D, 3, false>(a, l));
-    case 4: return int(sym ? launch_quantize_t<D, 4, true>(a, l) : launch_quantize_t<D, 4, false>(a, l));
-    case 8: return int(sym ? launch_quantize_t<D, 8, true>(a, l) : launch_quantize_t<D, 8, false>(a, l));
-    default: return int(cudaErrorInvalidValue);
+    case 2:
+      return int(sym ? launch_quantize_t<D, 2, true>(a, l) : launch_quantize_t<D, 2, false>(a, l));
+    case 3:
+      return int(sym ? launch_quantize_t<D, 3, true>(a, l) : launch_quantize_t<D, 3, false>(a, l));
+    case 4:
+      return int(sym ? launch_quantize_t<D, 4, true>(a, l) : launch_quantize_t<D, 4, false>(a, l));
+    case 8:
+      return int(sym ? launch_quantize_t<D, 8, true>(a, l) : launch_quantize_t<D, 8, false>(a, l));
+    default:
+      return int(cudaErrorInvalidValue);
   }
 }
 

@@ -37,8 +37,8 @@ __device__ __forceinline__ float add_chunk(const Packet<D, kSliceRows>& p, int n
 // c*BITS .. c*BITS+BITS-1 of the group, those below B.
 template <DType D, int BITS, bool SYM, bool VEC, bool SANITIZE>
 __device__ __forceinline__ void encode_chunk(const Packet<D, kSliceRows>& p, int n,
-                                             const GroupCode& gc, uint8_t* group_codes,
-                                             int64_t c, int64_t bytes_per_group) {
+                                             const GroupCode& gc, uint8_t* group_codes, int64_t c,
+                                             int64_t bytes_per_group) {
   SliceStream<BITS> stream = 0;
 #pragma unroll
   for (int e = 0; e < kSliceRows; ++e)
@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows(const QuantArgs a
   const int gpw = 32 / t;  // groups per warp
   const int c0 = lane & (t - 1);
   const int gw = lane / t;
-  const int nch = g.nslices;        // chunks of 8 elements per group
+  const int nch = g.nslices;         // chunks of 8 elements per group
   const int round = t * kRowChunks;  // chunks covered by one round of all t lanes
 
   for (uint32_t base = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * gpw; base < g.n_gr;
@@ -143,8 +143,8 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows(const QuantArgs a
 #pragma unroll
         for (int e = 0; e < kSliceRows; ++e)
           if (e < n)
-            add_or_zero_nonfinite(st, cur.get(e), (row0 + c * kSliceRows + e) * g.inner + g.col_begin,
-                                  first_bad);
+            add_or_zero_nonfinite(st, cur.get(e),
+                                  (row0 + c * kSliceRows + e) * g.inner + g.col_begin, first_bad);
       }
       if (!a.zero_nonfinite && first_bad != cuda::kNoIndex)
         atomicMin(&a.flags->first_nonfinite, first_bad);
@@ -155,8 +155,10 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows(const QuantArgs a
     const GroupCode gc = {prm.zero, prm.inv};
     if (!valid) continue;
     if (c0 == 0) {
-      const uint32_t sb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(prm.scale) : prm.scale_bits16};
-      const uint32_t zb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(prm.zero) : prm.zero_bits16};
+      const uint32_t sb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(prm.scale)
+                                                          : prm.scale_bits16};
+      const uint32_t zb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(prm.zero)
+                                                          : prm.zero_bits16};
       store_params<1>(a.scales, lgr, a.scale_dtype, sb);
       if (!SYM) store_params<1>(a.zeros, lgr, a.scale_dtype, zb);
       if (prm.overflow)
@@ -217,8 +219,8 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows_window(const Quan
   const int lane = threadIdx.x & 31;
   const int lg = __ffs(g.nslices) - 1;  // log2(units per group); G' = 8 << lg
   const int gw = min(32, kWindowUnits >> lg);
-  const int rounds = (gw << lg) >> 5;    // loads per lane, 1..8
-  const uint32_t total = g.n_gr << lg;   // units in the launch (< 2^31)
+  const int rounds = (gw << lg) >> 5;   // loads per lane, 1..8
+  const uint32_t total = g.n_gr << lg;  // units in the launch (< 2^31)
   const uint32_t windows = (g.n_gr + uint32_t(gw) - 1) / uint32_t(gw);
   const uint4* src = static_cast<const uint4*>(a.src);
   uint2* my_part = part[warp];
@@ -270,7 +272,8 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows_window(const Quan
       }
       Stats<SYM> st;
       const bool bad =
-          ((PairNaN<D>::nonfinite_bits(hi) | (SYM ? 0u : PairNaN<D>::nonfinite_bits(lo))) & 0x80008000u) != 0u;
+          ((PairNaN<D>::nonfinite_bits(hi) | (SYM ? 0u : PairNaN<D>::nonfinite_bits(lo))) &
+           0x80008000u) != 0u;
       if (bad) {
         // Rare: a NaN or +-Inf (only in a valid group: padding is +0).
         // Statistics again with them as +0; the smallest flat index for
@@ -295,15 +298,18 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows_window(const Quan
       }
       const spec::GroupParams prm_ = st.params(BITS, a.scale_dtype);
       if (valid) {
-        const uint32_t sb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(prm_.scale) : prm_.scale_bits16};
+        const uint32_t sb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(prm_.scale)
+                                                            : prm_.scale_bits16};
         store_params<1>(a.scales, lgr, a.scale_dtype, sb);
         if (!SYM) {
-          const uint32_t zb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(prm_.zero) : prm_.zero_bits16};
+          const uint32_t zb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(prm_.zero)
+                                                              : prm_.zero_bits16};
           store_params<1>(a.zeros, lgr, a.scale_dtype, zb);
         }
         if (prm_.overflow)
-          atomicMin(&a.flags->first_overflow_group,
-                    static_cast<unsigned long long>((g.gr_begin + int64_t(lgr)) * g.inner + g.col_begin));
+          atomicMin(
+              &a.flags->first_overflow_group,
+              static_cast<unsigned long long>((g.gr_begin + int64_t(lgr)) * g.inner + g.col_begin));
       }
       my_prm[lane] = make_float4(prm_.zero, prm_.inv, bad ? 1.0f : 0.0f, 0.0f);
     }
@@ -320,7 +326,8 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows_window(const Quan
         packet_from(pk, d[k]);
         if (p.z != 0.0f) {
 #pragma unroll
-          for (int i = 0; i < Packet<D, kSliceRows>::kWords; ++i) pk.w[i] = Pair<D>::sanitize(pk.w[i]);
+          for (int i = 0; i < Packet<D, kSliceRows>::kWords; ++i)
+            pk.w[i] = Pair<D>::sanitize(pk.w[i]);
         }
         SliceStream<BITS> stream = 0;
 #pragma unroll

@@ -15,12 +15,12 @@
 #include <random>
 #include <thread>
 
-#include "qpack/format/checkpoint.hpp"
-#include "qpack/format/container.hpp"
 #include "qpack/converter/convert.hpp"
-#include "qpack/format/error.hpp"
 #include "qpack/converter/quantize.hpp"
 #include "qpack/converter/quantizer.hpp"
+#include "qpack/format/checkpoint.hpp"
+#include "qpack/format/container.hpp"
+#include "qpack/format/error.hpp"
 #include "qpack/format/safetensors.hpp"
 #include "testutil.hpp"
 
@@ -34,7 +34,8 @@ bool files_equal(const std::string& a, const std::string& b) {
 }
 
 // Files in `dir` other than the ones named: temporary leftovers show here.
-std::vector<std::string> stray_files(const std::string& dir, const std::vector<std::string>& expected) {
+std::vector<std::string> stray_files(const std::string& dir,
+                                     const std::vector<std::string>& expected) {
   std::vector<std::string> out;
   for (const auto& e : fs::directory_iterator(dir)) {
     const std::string n = e.path().filename().string();
@@ -63,7 +64,8 @@ void expect_matches_reference(const std::string& qpack_path, const std::string& 
       continue;
     }
     const GroupLayout& L = t.layout;
-    std::vector<uint8_t> codes(L.codes_bytes()), scales(size_t(L.params_bytes(t.scheme.scale_dtype))),
+    std::vector<uint8_t> codes(L.codes_bytes()),
+        scales(size_t(L.params_bytes(t.scheme.scale_dtype))),
         zeros(t.scheme.symmetric ? 0 : scales.size());
     quantize_reference({s->data(), s->info->dtype, t.name}, L, t.scheme, NonFinitePolicy::Error,
                        {codes.data(), scales.data(), zeros.empty() ? nullptr : zeros.data()});
@@ -86,7 +88,8 @@ class ConvertTest : public ::testing::Test {
     model_ = dir_.file("model");
     fs::create_directories(model_);
     // Awkward sizes: 200 is not a multiple of 64, 72 not of 32; sharded.
-    test::run_testgen("llama " + model_ + " --hidden 200 --intermediate 72 --layers 2 --vocab 130 "
+    test::run_testgen("llama " + model_ +
+                      " --hidden 200 --intermediate 72 --layers 2 --vocab 130 "
                       "--shard-bytes 150000 --seed 7");
   }
   test::TempDir dir_;
@@ -196,8 +199,9 @@ TEST_F(ConvertTest, RulesRecipeAndDryRun) {
   for (const auto& e : plan["tensors"]) {
     const QpackTensor* t = q->find(e["name"].get<std::string>());
     ASSERT_NE(t, nullptr);
-    EXPECT_EQ(e["bytes_out"].get<uint64_t>(), t->quantized ? t->codes.raw_size + t->scales.raw_size + t->zeros.raw_size
-                                                          : t->data.raw_size);
+    EXPECT_EQ(e["bytes_out"].get<uint64_t>(),
+              t->quantized ? t->codes.raw_size + t->scales.raw_size + t->zeros.raw_size
+                           : t->data.raw_size);
   }
   expect_matches_reference(out, model_);
 }
@@ -207,7 +211,8 @@ TEST_F(ConvertTest, BadRulesAndOptionsAreUsageErrors) {
   EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --bits 5").exit_code, 2);
   EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --group-size 7").exit_code, 2);
   EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --rule 'x:bits=9'").exit_code, 2);
-  EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --rule 'x:colour=red'").exit_code, 2);
+  EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --rule 'x:colour=red'").exit_code,
+            2);
   EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --device tpu").exit_code, 2);
   EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --device gpu").exit_code, 2);
   EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --device cuda:x").exit_code, 2);
@@ -306,7 +311,8 @@ class DeferredQuantizer final : public TensorQuantizer {
     const uint64_t params = L.params_bytes(s.scale_dtype);
     const Range r{out.codes, L.codes_bytes()};
     for (const auto& [t, job] : jobs_)
-      if (r.first < job.codes.first + job.codes.second && job.codes.first < r.first + r.second) ++overlaps;
+      if (r.first < job.codes.first + job.codes.second && job.codes.first < r.first + r.second)
+        ++overlaps;
     std::memset(out.codes, 0xA5, L.codes_bytes());
     std::memset(out.scales, 0xA5, params);
     if (out.zeros) std::memset(out.zeros, 0xA5, params);
@@ -404,8 +410,8 @@ TEST(ConvertErrors, RangeOverflowSuggestsWiderScale) {
 TEST_F(ConvertTest, FileSizeLimitFailsCleanly) {
   // The kernel refuses writes past RLIMIT_FSIZE: the same path as a full disk.
   const std::string out = dir_.file("full.qpack");
-  const auto r = test::run_command("ulimit -f 64; '" + std::string(QPACK_CLI) + "' convert " + model_ +
-                                   " " + out + " -q");
+  const auto r = test::run_command("ulimit -f 64; '" + std::string(QPACK_CLI) + "' convert " +
+                                   model_ + " " + out + " -q");
   EXPECT_EQ(r.exit_code, 5) << r.output;
   EXPECT_NE(r.output.find(out), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(out));
@@ -421,8 +427,8 @@ TEST_F(ConvertTest, KilledProcessNeverLeavesAPartialFileUnderTheFinalName) {
     const pid_t pid = fork();
     ASSERT_GE(pid, 0);
     if (pid == 0) {
-      execl(QPACK_CLI, QPACK_CLI, "convert", big.c_str(), out.c_str(), "-q", "--force", "--threads", "1",
-            static_cast<char*>(nullptr));
+      execl(QPACK_CLI, QPACK_CLI, "convert", big.c_str(), out.c_str(), "-q", "--force", "--threads",
+            "1", static_cast<char*>(nullptr));
       _exit(127);
     }
     usleep(useconds_t(delay_ms) * 1000);

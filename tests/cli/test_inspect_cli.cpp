@@ -1,9 +1,9 @@
 // `qpack inspect` through the real executable: tables, --json, --check, and
 // the must-fail corpus's exit codes and messages.
+#include <gtest/gtest.h>
+
 #include <cstring>
 #include <filesystem>
-
-#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include "format/corpus.hpp"
@@ -23,7 +23,9 @@ using test::TempDir;
 
 std::string q(const std::string& path) { return "'" + path + "'"; }
 
-std::string write_case(const corpus::Case& c, const TempDir& dir) { return corpus::materialize(c, dir.path()); }
+std::string write_case(const corpus::Case& c, const TempDir& dir) {
+  return corpus::materialize(c, dir.path());
+}
 
 corpus::Case valid(const std::string& name) {
   for (corpus::Case& c : corpus::valid_samples())
@@ -42,8 +44,10 @@ TEST_P(InspectMustFail, ExitCodeAndMessage) {
     SCOPED_TRACE(r.output);
     EXPECT_EQ(r.exit_code, exit_code_for(c.expected)) << flags;
     EXPECT_NE(r.output.find("qpack: error: "), std::string::npos);
-    EXPECT_NE(r.output.find(dir.file(c.file_in_message)), std::string::npos) << "message must name the file";
-    EXPECT_NE(r.output.find(std::string("[") + error_code_name(c.expected) + "]"), std::string::npos);
+    EXPECT_NE(r.output.find(dir.file(c.file_in_message)), std::string::npos)
+        << "message must name the file";
+    EXPECT_NE(r.output.find(std::string("[") + error_code_name(c.expected) + "]"),
+              std::string::npos);
     if (!c.tensor.empty()) {
       EXPECT_NE(r.output.find("tensor '" + c.tensor + "'"), std::string::npos);
     }
@@ -56,7 +60,9 @@ TEST_P(InspectMustFail, ExitCodeAndMessage) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Corpus, InspectMustFail, ::testing::ValuesIn(corpus::must_fail_names()),
-                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
 
 TEST(InspectCli, SafetensorsTable) {
   TempDir dir;
@@ -65,7 +71,8 @@ TEST(InspectCli, SafetensorsTable) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("safetensors: " + path + " (1 file)"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("NAME"), std::string::npos);
-  for (const char* n : {"t_F4", "t_BF16", "t_C64", "t_F6_E3M2"}) EXPECT_NE(r.output.find(n), std::string::npos) << n;
+  for (const char* n : {"t_F4", "t_BF16", "t_C64", "t_F6_E3M2"})
+    EXPECT_NE(r.output.find(n), std::string::npos) << n;
   EXPECT_NE(r.output.find("[2, 4]"), std::string::npos);
   EXPECT_NE(r.output.find("raw"), std::string::npos);
   EXPECT_NE(r.output.find("20 tensors"), std::string::npos) << r.output;

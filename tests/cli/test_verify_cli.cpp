@@ -62,14 +62,18 @@ TEST_F(VerifyCli, PassesAndPrintsTheTable) {
 TEST_F(VerifyCli, FailedThresholdExits10AndNamesTheOffenders) {
   const auto r = verify("--max-rel-error 0.2");
   EXPECT_EQ(r.exit_code, 10) << r.output;
-  EXPECT_NE(r.output.find("model.layers.0.mlp.down_proj.weight: rel_error"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("model.layers.1.mlp.down_proj.weight: rel_error"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("model.layers.0.mlp.down_proj.weight: rel_error"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("model.layers.1.mlp.down_proj.weight: rel_error"), std::string::npos)
+      << r.output;
   EXPECT_EQ(r.output.find("q_proj.weight: rel_error"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("FAIL"), std::string::npos);
   // --quiet keeps the offenders and the verdict only.
   const auto qr = verify("--max-rel-error 0.2 --quiet");
   EXPECT_EQ(qr.exit_code, 10);
-  EXPECT_NE(qr.output.find("threshold failed: model.layers.0.mlp.down_proj.weight"), std::string::npos) << qr.output;
+  EXPECT_NE(qr.output.find("threshold failed: model.layers.0.mlp.down_proj.weight"),
+            std::string::npos)
+      << qr.output;
   EXPECT_EQ(qr.output.find("Per layer"), std::string::npos);
   EXPECT_NE(qr.output.find("verdict: gate_failed"), std::string::npos);
   // SNR and cosine limits, and a model-level limit through a policy.
@@ -111,7 +115,8 @@ TEST_F(VerifyCli, PolicyWithADuplicateKeyIsRefused) {
     "thresholds": {"max_rel_error": 0.01, "max_rel_error": 0.9}})"));
   const auto r = verify("--policy " + q(p));
   EXPECT_EQ(r.exit_code, 2) << r.output;
-  EXPECT_NE(r.output.find("qpack: error: " + p + ": policy: duplicate key 'max_rel_error' in 'thresholds'"),
+  EXPECT_NE(r.output.find("qpack: error: " + p +
+                          ": policy: duplicate key 'max_rel_error' in 'thresholds'"),
             std::string::npos)
       << r.output;
   test::write_file(p, std::string(R"({"version": 1} trailing)"));
@@ -122,21 +127,26 @@ TEST_F(VerifyCli, PolicyWithADuplicateKeyIsRefused) {
 
 TEST_F(VerifyCli, UsageAndIoErrors) {
   EXPECT_EQ(test::run_qpack("verify " + q(qp_)).exit_code, 2);  // no source
-  EXPECT_EQ(test::run_qpack("verify " + q(qp_) + " " + q(src_) + " --source " + q(qp_)).exit_code, 2);
-  EXPECT_EQ(test::run_qpack("verify " + q(qp_) + " --source " + q(src_) + " --device cpu -q").exit_code, 0);
+  EXPECT_EQ(test::run_qpack("verify " + q(qp_) + " " + q(src_) + " --source " + q(qp_)).exit_code,
+            2);
+  EXPECT_EQ(
+      test::run_qpack("verify " + q(qp_) + " --source " + q(src_) + " --device cpu -q").exit_code,
+      0);
   EXPECT_EQ(verify("--min-cosine 2").exit_code, 2);
   EXPECT_EQ(verify("--device tpu").exit_code, 2);
   // One vocabulary for every subcommand (qpack::parse_device): the old
   // spelling "gpu" is gone, cuda:N is accepted.
   const auto gpu = verify("--device gpu");
   EXPECT_EQ(gpu.exit_code, 2) << gpu.output;
-  EXPECT_NE(gpu.output.find("unknown device 'gpu' (expected cpu, cuda, cuda:N or auto)"), std::string::npos)
+  EXPECT_NE(gpu.output.find("unknown device 'gpu' (expected cpu, cuda, cuda:N or auto)"),
+            std::string::npos)
       << gpu.output;
   EXPECT_EQ(verify("--device cuda:").exit_code, 2);
   EXPECT_EQ(verify("--device cuda:-1").exit_code, 2);
   EXPECT_EQ(verify("--bogus").exit_code, 2);
   EXPECT_EQ(test::run_qpack("verify " + q(dir_.file("none.qpack")) + " " + q(src_)).exit_code, 5);
-  EXPECT_EQ(test::run_qpack("verify " + q(qp_) + " " + q(dir_.file("none.safetensors"))).exit_code, 5);
+  EXPECT_EQ(test::run_qpack("verify " + q(qp_) + " " + q(dir_.file("none.safetensors"))).exit_code,
+            5);
   if (!verify_cuda_available()) {
     for (const char* d : {"cuda", "cuda:0", "cuda:3"}) {
       const auto r = test::run_qpack("verify " + q(qp_) + " " + q(src_) + " --device " + d);
@@ -191,7 +201,8 @@ TEST_F(VerifyCli, SourceMismatchExits4) {
   vtest::write_source(src_, src);
   const auto r = verify("");
   EXPECT_EQ(r.exit_code, 4) << r.output;
-  EXPECT_NE(r.output.find("lm_head.weight: not in the source checkpoint"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("lm_head.weight: not in the source checkpoint"), std::string::npos)
+      << r.output;
 }
 
 TEST_F(VerifyCli, JsonAndHtmlReports) {
@@ -204,7 +215,8 @@ TEST_F(VerifyCli, JsonAndHtmlReports) {
   EXPECT_EQ(j["gate"]["failures"].size(), 2u);
   EXPECT_EQ(j["gate"]["failures"][0]["metric"], "rel_error");
   EXPECT_EQ(j["settings"]["device"].get<std::string>().rfind("cpu", 0), 0u);
-  EXPECT_EQ(nlohmann::json::parse(test::read_file(jf).data(), test::read_file(jf).data() + fs::file_size(jf))["verdict"],
+  EXPECT_EQ(nlohmann::json::parse(test::read_file(jf).data(),
+                                  test::read_file(jf).data() + fs::file_size(jf))["verdict"],
             "gate_failed");
   const auto bytes = test::read_file(html);
   const std::string h(bytes.begin(), bytes.end());
@@ -230,8 +242,10 @@ TEST_F(VerifyCli, DequantizeRoundTrip) {
     if (t.name.find("down_proj") != std::string::npos) s.bits = 2;
     const vtest::Quantized qt = vtest::quantize(t, s);
     std::vector<float> ref(t.numel());
-    dequantize_reference(qt.codes.data(), qt.scales.data(), qt.zeros.data(), qt.layout, qt.scheme, ref.data());
-    EXPECT_EQ(std::memcmp(f->tensor_data(*info), ref.data(), ref.size() * 4), 0) << t.name;  // F32 source
+    dequantize_reference(qt.codes.data(), qt.scales.data(), qt.zeros.data(), qt.layout, qt.scheme,
+                         ref.data());
+    EXPECT_EQ(std::memcmp(f->tensor_data(*info), ref.data(), ref.size() * 4), 0)
+        << t.name;  // F32 source
   }
   // Exists: exit 5 without --force; --dtype bf16 with --force.
   EXPECT_EQ(test::run_qpack("dequantize " + q(qp_) + " " + q(out)).exit_code, 5);
@@ -239,13 +253,20 @@ TEST_F(VerifyCli, DequantizeRoundTrip) {
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_TRUE(r.output.empty()) << r.output;
   EXPECT_EQ(SafetensorsFile::open(out)->find("lm_head.weight")->dtype, DType::BF16);
-  EXPECT_EQ(SafetensorsFile::open(out)->find("model.norm.weight")->dtype, DType::F32);  // raw: as it was
+  EXPECT_EQ(SafetensorsFile::open(out)->find("model.norm.weight")->dtype,
+            DType::F32);  // raw: as it was
   EXPECT_EQ(test::run_qpack("dequantize " + q(qp_) + " " + q(out) + " --dtype f8").exit_code, 2);
   // --device: the same vocabulary as every subcommand.
-  EXPECT_EQ(test::run_qpack("dequantize " + q(qp_) + " " + q(out) + " --force --device gpu").exit_code, 2);
-  EXPECT_EQ(test::run_qpack("dequantize " + q(qp_) + " " + q(out) + " --force -q --device cpu").exit_code, 0);
+  EXPECT_EQ(
+      test::run_qpack("dequantize " + q(qp_) + " " + q(out) + " --force --device gpu").exit_code,
+      2);
+  EXPECT_EQ(
+      test::run_qpack("dequantize " + q(qp_) + " " + q(out) + " --force -q --device cpu").exit_code,
+      0);
   if (!verify_cuda_available()) {
-    EXPECT_EQ(test::run_qpack("dequantize " + q(qp_) + " " + q(out) + " --force --device cuda:1").exit_code, 6);
+    EXPECT_EQ(test::run_qpack("dequantize " + q(qp_) + " " + q(out) + " --force --device cuda:1")
+                  .exit_code,
+              6);
   }
 }
 
@@ -262,7 +283,8 @@ TEST_P(VerifyStories, ConvertVerifyDequantize) {
   auto r = test::run_qpack("convert " + q(st) + " " + q(qp) + " -q");
   ASSERT_EQ(r.exit_code, 0) << r.output;
 
-  r = test::run_qpack("verify " + q(qp) + " " + q(st) + " --device cpu --json --max-rel-error 0.2 --min-cosine 0.98");
+  r = test::run_qpack("verify " + q(qp) + " " + q(st) +
+                      " --device cpu --json --max-rel-error 0.2 --min-cosine 0.98");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const auto j = nlohmann::json::parse(r.output);
   EXPECT_EQ(j["verdict"], "pass");
@@ -297,7 +319,8 @@ TEST_P(VerifyStories, ConvertVerifyDequantize) {
     EXPECT_EQ(u->dtype, t.dtype);
   }
   // A bad threshold on the real model names its worst tensor.
-  r = test::run_qpack("verify " + q(qp) + " " + q(st) + " --device cpu --quiet --max-rel-error 0.001");
+  r = test::run_qpack("verify " + q(qp) + " " + q(st) +
+                      " --device cpu --quiet --max-rel-error 0.001");
   EXPECT_EQ(r.exit_code, 10);
   EXPECT_NE(r.output.find("threshold failed: model.layers."), std::string::npos) << r.output;
 }

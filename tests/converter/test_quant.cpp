@@ -9,12 +9,12 @@
 #include <random>
 #include <vector>
 
-#include "qpack/format/error.hpp"
-#include "qpack/spec/codes.hpp"
-#include "qpack/spec/group_params.hpp"
 #include "qpack/converter/quantize.hpp"
+#include "qpack/format/error.hpp"
 #include "qpack/format/layout.hpp"
 #include "qpack/format/text.hpp"
+#include "qpack/spec/codes.hpp"
+#include "qpack/spec/group_params.hpp"
 #include "testutil.hpp"
 
 using namespace qpack;
@@ -24,7 +24,9 @@ namespace {
 struct Quantized {
   GroupLayout layout;
   std::vector<uint8_t> codes, scales, zeros;
-  QuantBuffers buffers() { return {codes.data(), scales.data(), zeros.empty() ? nullptr : zeros.data()}; }
+  QuantBuffers buffers() {
+    return {codes.data(), scales.data(), zeros.empty() ? nullptr : zeros.data()};
+  }
 };
 
 Quantized make_output(const std::vector<int64_t>& shape, const QuantScheme& s, uint8_t poison) {
@@ -72,7 +74,8 @@ TEST(QuantGolden, SpecWorkedExample) {
   s.group_size = 8;
   s.axis = -1;
   auto q = make_output({1, 10}, s, 0xAB);
-  quantize_reference({src.data(), DType::F16, "example"}, q.layout, s, NonFinitePolicy::Error, q.buffers());
+  quantize_reference({src.data(), DType::F16, "example"}, q.layout, s, NonFinitePolicy::Error,
+                     q.buffers());
   EXPECT_EQ(q.codes, (std::vector<uint8_t>{0x20, 0x64, 0xA8, 0xFC, 0xF0, 0x00, 0x00, 0x00}));
   EXPECT_EQ(q.scales, (std::vector<uint8_t>{0x00, 0x38, 0x44, 0x30}));
   EXPECT_EQ(q.zeros, (std::vector<uint8_t>{0x00, 0x00, 0x00, 0xBC}));
@@ -92,10 +95,12 @@ TEST(QuantGolden, ThreeBitPackingOrder) {
   s.group_size = 8;
   s.axis = -1;
   auto q = make_output({8}, s, 0);
-  quantize_reference({src.data(), DType::F32, "t"}, q.layout, s, NonFinitePolicy::Error, q.buffers());
+  quantize_reference({src.data(), DType::F32, "t"}, q.layout, s, NonFinitePolicy::Error,
+                     q.buffers());
   uint32_t stream = 0;
   for (uint32_t k = 0; k < 8; ++k) stream |= k << (3 * k);
-  EXPECT_EQ(q.codes, (std::vector<uint8_t>{uint8_t(stream), uint8_t(stream >> 8), uint8_t(stream >> 16)}));
+  EXPECT_EQ(q.codes,
+            (std::vector<uint8_t>{uint8_t(stream), uint8_t(stream >> 8), uint8_t(stream >> 16)}));
 }
 
 TEST(QuantGolden, DefaultAxisZeroLayout) {
@@ -108,7 +113,8 @@ TEST(QuantGolden, DefaultAxisZeroLayout) {
   const auto src = encode_source(x, DType::F16);
   QuantScheme s;  // defaults: 4 bits, G 64, axis 0, asym, F16
   auto q = make_output({rows, cols}, s, 0);
-  quantize_reference({src.data(), DType::F16, "w"}, q.layout, s, NonFinitePolicy::Error, q.buffers());
+  quantize_reference({src.data(), DType::F16, "w"}, q.layout, s, NonFinitePolicy::Error,
+                     q.buffers());
   ASSERT_EQ(q.codes.size(), size_t(32 * cols));
   for (int64_t j = 0; j < 32; ++j)
     for (int64_t c = 0; c < cols; ++c) {
@@ -132,7 +138,9 @@ TEST(QuantConversions, F16RoundingMatchesHardwareAndDouble) {
   // (NaNs excluded: the hardware quiets signalling NaNs, qpack never stores one.)
   for (uint32_t h = 0; h < 65536; ++h)
     if ((h & 0x7c00u) != 0x7c00u || (h & 0x3ffu) == 0) {
-      ASSERT_EQ(spec::f32_bits(f16_to_f32(uint16_t(h))), spec::f32_bits(hardware_f16_to_f32(uint16_t(h)))) << h;
+      ASSERT_EQ(spec::f32_bits(f16_to_f32(uint16_t(h))),
+                spec::f32_bits(hardware_f16_to_f32(uint16_t(h))))
+          << h;
     }
   std::mt19937_64 rng(test::test_seed());
   auto check = [](uint32_t bits) {
@@ -192,13 +200,27 @@ std::vector<float> make_values(const Case& c, std::mt19937_64& rng) {
   for (int64_t i = 0; i < n; ++i) {
     float x;
     switch (c.pattern) {
-      case 1: x = 0.5f * float(small(rng)) * 0.25f; break;  // many exact ties
-      case 2: x = (i / 7) % 3 == 0 ? 1.25f : amp * normal(rng); break;
-      case 3: x = std::ldexp(normal(rng), -(int(rng() % 40)) - 100); break;
-      case 4: x = (rng() % 3 == 0) ? ((rng() & 1) ? -0.0f : 0.0f) : amp * normal(rng); break;
-      case 5: x = -std::fabs(amp * normal(rng)) - (rng() % 9 == 0 ? 0.0f : amp); break;
-      case 6: x = std::fabs(amp * normal(rng)); break;
-      default: x = amp * normal(rng) + (rng() % 5 == 0 ? amp : 0.0f); break;
+      case 1:
+        x = 0.5f * float(small(rng)) * 0.25f;
+        break;  // many exact ties
+      case 2:
+        x = (i / 7) % 3 == 0 ? 1.25f : amp * normal(rng);
+        break;
+      case 3:
+        x = std::ldexp(normal(rng), -(int(rng() % 40)) - 100);
+        break;
+      case 4:
+        x = (rng() % 3 == 0) ? ((rng() & 1) ? -0.0f : 0.0f) : amp * normal(rng);
+        break;
+      case 5:
+        x = -std::fabs(amp * normal(rng)) - (rng() % 9 == 0 ? 0.0f : amp);
+        break;
+      case 6:
+        x = std::fabs(amp * normal(rng));
+        break;
+      default:
+        x = amp * normal(rng) + (rng() % 5 == 0 ? amp : 0.0f);
+        break;
     }
     v[size_t(i)] = x;
   }
@@ -279,14 +301,17 @@ void check_case(const Case& c, std::mt19937_64& rng) {
   // The spec's bound, in float64, for every element.
   const GroupLayout& L = ref.layout;
   for (int64_t flat = 0; flat < n; ++flat) {
-    const int64_t i = flat % L.inner, a = (flat / L.inner) % L.axis_len, o = flat / L.inner / L.axis_len;
+    const int64_t i = flat % L.inner, a = (flat / L.inner) % L.axis_len,
+                  o = flat / L.inner / L.axis_len;
     const int64_t p = (o * L.groups_per_axis + a / L.group_size) * L.inner + i;
     const double S = spec::load_param(ref.scales.data(), p, c.scheme.scale_dtype);
-    const double M = c.scheme.symmetric ? 0.0 : spec::load_param(ref.zeros.data(), p, c.scheme.scale_dtype);
+    const double M =
+        c.scheme.symmetric ? 0.0 : spec::load_param(ref.zeros.data(), p, c.scheme.scale_dtype);
     const double x = load_as_f32(src.data(), c.src, uint64_t(flat));
     const double err = std::fabs(x - double(deq_ref[size_t(flat)]));
     ASSERT_LE(err, test::reference_error_bound(x, S, M, c.scheme))
-        << "element " << flat << " x " << x << " xhat " << deq_ref[size_t(flat)] << " S " << S << " M " << M;
+        << "element " << flat << " x " << x << " xhat " << deq_ref[size_t(flat)] << " S " << S
+        << " M " << M;
   }
 }
 
@@ -304,23 +329,26 @@ TEST(QuantParity, VectorLayoutsAllBitsAxesAndDtypes) {
   // row-group kernel (inner == 1, partial groups, lanes < 8) and the
   // whole-row kernel (axis -1, every group whole, a partial batch of 8 last).
   std::mt19937_64 rng(test::test_seed() + 3);
-  struct Shape { std::vector<int64_t> dims; int64_t group; };
+  struct Shape {
+    std::vector<int64_t> dims;
+    int64_t group;
+  };
   const Shape shapes[] = {{{130, 77}, 64}, {{37, 128}, 32}, {{21, 192}, 64}, {{19, 256}, 128}};
   for (const Shape& sh : shapes)
-  for (int bits : {2, 3, 4, 8})
-    for (bool sym : {false, true})
-      for (DType sd : {DType::F16, DType::BF16, DType::F32})
-        for (DType src : {DType::F16, DType::BF16, DType::F32})
-          for (int axis : {0, -1}) {
-            Case c;
-            c.shape = sh.dims;
-            c.scheme = {bits, sh.group, axis, sym, sd};
-            c.src = src;
-            c.pattern = int(rng() % 7);
-            if (c.pattern == 3 && src == DType::F16) c.pattern = 1;
-            check_case(c, rng);
-            if (HasFatalFailure()) return;
-          }
+    for (int bits : {2, 3, 4, 8})
+      for (bool sym : {false, true})
+        for (DType sd : {DType::F16, DType::BF16, DType::F32})
+          for (DType src : {DType::F16, DType::BF16, DType::F32})
+            for (int axis : {0, -1}) {
+              Case c;
+              c.shape = sh.dims;
+              c.scheme = {bits, sh.group, axis, sym, sd};
+              c.src = src;
+              c.pattern = int(rng() % 7);
+              if (c.pattern == 3 && src == DType::F16) c.pattern = 1;
+              check_case(c, rng);
+              if (HasFatalFailure()) return;
+            }
 }
 
 TEST(QuantParity, OneElementAndEmptyTensors) {
@@ -349,8 +377,10 @@ TEST(QuantParity, HugeFiniteValuesAreNotMistakenForNonFinite) {
       s.axis = axis;
       s.scale_dtype = sd;
       auto ref = make_output({130, 96}, s, 1), fast = make_output({130, 96}, s, 2);
-      quantize_reference({src.data(), DType::F32, "huge"}, ref.layout, s, NonFinitePolicy::Error, ref.buffers());
-      quantize_cpu({src.data(), DType::F32, "huge"}, fast.layout, s, NonFinitePolicy::Error, fast.buffers(), 2);
+      quantize_reference({src.data(), DType::F32, "huge"}, ref.layout, s, NonFinitePolicy::Error,
+                         ref.buffers());
+      quantize_cpu({src.data(), DType::F32, "huge"}, fast.layout, s, NonFinitePolicy::Error,
+                   fast.buffers(), 2);
       EXPECT_EQ(ref.codes, fast.codes);
       EXPECT_EQ(ref.scales, fast.scales);
       EXPECT_EQ(ref.zeros, fast.zeros);
@@ -362,7 +392,8 @@ TEST(QuantSemantics, ConstantGroupReconstructsExactly) {
   const auto src = encode_source(x, DType::F32);
   QuantScheme s;
   auto q = make_output({64}, s, 0x77);
-  quantize_reference({src.data(), DType::F32, "c"}, q.layout, s, NonFinitePolicy::Error, q.buffers());
+  quantize_reference({src.data(), DType::F32, "c"}, q.layout, s, NonFinitePolicy::Error,
+                     q.buffers());
   std::vector<float> out(64);
   dequantize_reference(q.codes.data(), q.scales.data(), q.zeros.data(), q.layout, s, out.data());
   for (float v : out) EXPECT_EQ(v, 0.3125f);
@@ -378,8 +409,10 @@ TEST(QuantSemantics, NegativeZeroDoesNotChangeBytes) {
     s.scale_dtype = sd;
     auto qa = make_output({16}, s, 0), qb = make_output({16}, s, 0);
     const auto sa = encode_source(a, DType::F32), sb = encode_source(b, DType::F32);
-    quantize_cpu({sa.data(), DType::F32, "a"}, qa.layout, s, NonFinitePolicy::Error, qa.buffers(), 1);
-    quantize_cpu({sb.data(), DType::F32, "b"}, qb.layout, s, NonFinitePolicy::Error, qb.buffers(), 1);
+    quantize_cpu({sa.data(), DType::F32, "a"}, qa.layout, s, NonFinitePolicy::Error, qa.buffers(),
+                 1);
+    quantize_cpu({sb.data(), DType::F32, "b"}, qb.layout, s, NonFinitePolicy::Error, qb.buffers(),
+                 1);
     EXPECT_EQ(qa.scales, qb.scales);
     EXPECT_EQ(qa.zeros, qb.zeros);
     EXPECT_EQ(qa.codes, qb.codes);
@@ -395,7 +428,8 @@ TEST(QuantSemantics, PartialGroupUsesOnlyRealElements) {
   QuantScheme s;
   s.axis = 0;
   auto q = make_output({70}, s, 0);
-  quantize_reference({src.data(), DType::F32, "p"}, q.layout, s, NonFinitePolicy::Error, q.buffers());
+  quantize_reference({src.data(), DType::F32, "p"}, q.layout, s, NonFinitePolicy::Error,
+                     q.buffers());
   EXPECT_EQ(spec::load_param(q.zeros.data(), 1, DType::F16), 10.0f);
 }
 
@@ -411,13 +445,16 @@ TEST(QuantErrors, NonFiniteNamesTensorAndFirstIndex) {
       auto q = make_output({3, 100}, s, 0);
       try {
         const QuantInput in{b.data(), src, "model.layers.0.mlp.up_proj.weight"};
-        if (impl == 0) quantize_reference(in, q.layout, s, NonFinitePolicy::Error, q.buffers());
-        else quantize_cpu(in, q.layout, s, NonFinitePolicy::Error, q.buffers(), impl);
+        if (impl == 0)
+          quantize_reference(in, q.layout, s, NonFinitePolicy::Error, q.buffers());
+        else
+          quantize_cpu(in, q.layout, s, NonFinitePolicy::Error, q.buffers(), impl);
         FAIL() << "no error";
       } catch (const Error& e) {
         EXPECT_EQ(e.code(), ErrorCode::NonFinite);
         EXPECT_EQ(e.tensor(), "model.layers.0.mlp.up_proj.weight");
-        EXPECT_NE(std::string(e.what()).find("NaN at flat index 123"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("NaN at flat index 123"), std::string::npos)
+            << e.what();
       }
     }
   }
@@ -440,8 +477,8 @@ TEST(QuantErrors, EveryNonFiniteKindIsFoundByEveryKernel) {
             for (auto& v : x) v = (rng() % 4 == 0 ? -1.0f : 1.0f) * std::fabs(nd(rng));
             const size_t at = size_t(rng() % x.size());
             x[at] = kinds[kind];
-            SCOPED_TRACE("src " + std::string(dtype_name(src)) + " kind " + std::to_string(kind) + " at " +
-                         std::to_string(at) + " axis " + std::to_string(axis) + " inner " +
+            SCOPED_TRACE("src " + std::string(dtype_name(src)) + " kind " + std::to_string(kind) +
+                         " at " + std::to_string(at) + " axis " + std::to_string(axis) + " inner " +
                          std::to_string(shape[1]) + (sym ? " sym" : " asym"));
             const auto b = encode_source(x, src);
             QuantScheme s;
@@ -450,7 +487,8 @@ TEST(QuantErrors, EveryNonFiniteKindIsFoundByEveryKernel) {
             for (int threads : {1, 2}) {
               auto q = make_output(shape, s, 0);
               try {
-                quantize_cpu({b.data(), src, "w"}, q.layout, s, NonFinitePolicy::Error, q.buffers(), threads);
+                quantize_cpu({b.data(), src, "w"}, q.layout, s, NonFinitePolicy::Error, q.buffers(),
+                             threads);
                 ADD_FAILURE() << "no error";
               } catch (const Error& e) {
                 EXPECT_EQ(e.code(), ErrorCode::NonFinite);
@@ -460,7 +498,8 @@ TEST(QuantErrors, EveryNonFiniteKindIsFoundByEveryKernel) {
               }
             }
             auto r = make_output(shape, s, 1), f = make_output(shape, s, 2);
-            quantize_reference({b.data(), src, "w"}, r.layout, s, NonFinitePolicy::Zero, r.buffers());
+            quantize_reference({b.data(), src, "w"}, r.layout, s, NonFinitePolicy::Zero,
+                               r.buffers());
             quantize_cpu({b.data(), src, "w"}, f.layout, s, NonFinitePolicy::Zero, f.buffers(), 2);
             EXPECT_EQ(f.codes, r.codes);
             EXPECT_EQ(f.scales, r.scales);
@@ -483,10 +522,13 @@ TEST(QuantErrors, NonFiniteZeroPolicyMatchesZeros) {
     QuantScheme s;
     s.axis = axis;
     const auto b = encode_source(x, DType::F32), bc = encode_source(clean, DType::F32);
-    auto q1 = make_output({64, 64}, s, 1), q2 = make_output({64, 64}, s, 2), q3 = make_output({64, 64}, s, 3);
-    quantize_reference({b.data(), DType::F32, "z"}, q1.layout, s, NonFinitePolicy::Zero, q1.buffers());
+    auto q1 = make_output({64, 64}, s, 1), q2 = make_output({64, 64}, s, 2),
+         q3 = make_output({64, 64}, s, 3);
+    quantize_reference({b.data(), DType::F32, "z"}, q1.layout, s, NonFinitePolicy::Zero,
+                       q1.buffers());
     quantize_cpu({b.data(), DType::F32, "z"}, q2.layout, s, NonFinitePolicy::Zero, q2.buffers(), 2);
-    quantize_reference({bc.data(), DType::F32, "z"}, q3.layout, s, NonFinitePolicy::Error, q3.buffers());
+    quantize_reference({bc.data(), DType::F32, "z"}, q3.layout, s, NonFinitePolicy::Error,
+                       q3.buffers());
     EXPECT_EQ(q1.codes, q3.codes);
     EXPECT_EQ(q1.scales, q3.scales);
     EXPECT_EQ(q2.codes, q3.codes);
@@ -504,8 +546,10 @@ TEST(QuantErrors, RangeTooWideForF16SuggestsWiderScale) {
     auto q = make_output({128}, s, 0);
     try {
       const QuantInput in{b.data(), DType::F32, "big"};
-      if (impl == 0) quantize_reference(in, q.layout, s, NonFinitePolicy::Error, q.buffers());
-      else quantize_cpu(in, q.layout, s, NonFinitePolicy::Error, q.buffers(), 2);
+      if (impl == 0)
+        quantize_reference(in, q.layout, s, NonFinitePolicy::Error, q.buffers());
+      else
+        quantize_cpu(in, q.layout, s, NonFinitePolicy::Error, q.buffers(), 2);
       FAIL() << "no error";
     } catch (const Error& e) {
       EXPECT_EQ(e.code(), ErrorCode::RangeOverflow);
@@ -516,7 +560,8 @@ TEST(QuantErrors, RangeTooWideForF16SuggestsWiderScale) {
   }
   s.scale_dtype = DType::BF16;
   auto q = make_output({128}, s, 0);
-  EXPECT_NO_THROW(quantize_cpu({b.data(), DType::F32, "big"}, q.layout, s, NonFinitePolicy::Error, q.buffers(), 2));
+  EXPECT_NO_THROW(quantize_cpu({b.data(), DType::F32, "big"}, q.layout, s, NonFinitePolicy::Error,
+                               q.buffers(), 2));
 }
 
 TEST(QuantErrors, OverflowAndNaNReportedAsTheReferenceDoesInEveryKernel) {
@@ -540,7 +585,8 @@ TEST(QuantErrors, OverflowAndNaNReportedAsTheReferenceDoesInEveryKernel) {
           std::string want;
           auto r = make_output(shape, s, 0);
           try {
-            quantize_reference({b.data(), DType::BF16, "w"}, r.layout, s, NonFinitePolicy::Error, r.buffers());
+            quantize_reference({b.data(), DType::BF16, "w"}, r.layout, s, NonFinitePolicy::Error,
+                               r.buffers());
           } catch (const Error& e) {
             want = e.what();
           }
@@ -549,11 +595,13 @@ TEST(QuantErrors, OverflowAndNaNReportedAsTheReferenceDoesInEveryKernel) {
             auto q = make_output(shape, s, 0);
             std::string got;
             try {
-              quantize_cpu({b.data(), DType::BF16, "w"}, q.layout, s, NonFinitePolicy::Error, q.buffers(), threads);
+              quantize_cpu({b.data(), DType::BF16, "w"}, q.layout, s, NonFinitePolicy::Error,
+                           q.buffers(), threads);
             } catch (const Error& e) {
               got = e.what();
             }
-            EXPECT_EQ(got, want) << "threads " << threads << " axis " << axis << " inner " << shape[1];
+            EXPECT_EQ(got, want) << "threads " << threads << " axis " << axis << " inner "
+                                 << shape[1];
           }
         }
 }

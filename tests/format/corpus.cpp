@@ -11,8 +11,8 @@
 
 #include "qpack/format/checksum.hpp"
 #include "qpack/format/endian.hpp"
-#include "qpack/format/safetensors.hpp"
 #include "qpack/format/layout.hpp"
+#include "qpack/format/safetensors.hpp"
 
 namespace qpack::corpus {
 
@@ -94,15 +94,17 @@ Bytes shard1() {
       R"({"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"U8","shape":[3],"data_offsets":[8,11]}})",
       11);
 }
-Bytes shard2() { return safetensors_bytes(R"({"c":{"dtype":"F16","shape":[2,2],"data_offsets":[0,8]}})", 8); }
+Bytes shard2() {
+  return safetensors_bytes(R"({"c":{"dtype":"F16","shape":[2,2],"data_offsets":[0,8]}})", 8);
+}
 
 json good_index() {
   return {{"metadata", {{"total_size", 19}}},
           {"weight_map", {{"a", kShard1}, {"b", kShard1}, {"c", kShard2}}}};
 }
 
-Case ckpt_case(const std::string& name, std::vector<File> files, ErrorCode code, const std::string& tensor,
-               const std::string& file_in_message) {
+Case ckpt_case(const std::string& name, std::vector<File> files, ErrorCode code,
+               const std::string& tensor, const std::string& file_in_message) {
   Case c;
   c.name = name;
   c.kind = Kind::Checkpoint;
@@ -116,8 +118,9 @@ Case ckpt_case(const std::string& name, std::vector<File> files, ErrorCode code,
 
 Case index_case(const std::string& name, const std::string& index_text, ErrorCode code,
                 const std::string& tensor = "", const std::string& file = kIndex) {
-  return ckpt_case(name, {{kShard1, shard1()}, {kShard2, shard2()}, {kIndex, text_bytes(index_text)}}, code,
-                   tensor, file);
+  return ckpt_case(name,
+                   {{kShard1, shard1()}, {kShard2, shard2()}, {kIndex, text_bytes(index_text)}},
+                   code, tensor, file);
 }
 
 // ------------------------------------------------------------------ qpack
@@ -151,7 +154,8 @@ Bytes edit_manifest(const std::function<void(json&)>& edit, Codec codec = Codec:
 }
 
 // Section `key` of tensor `name` as (offset, size).
-std::pair<uint64_t, uint64_t> section_of(const Bytes& f, const std::string& name, const std::string& key) {
+std::pair<uint64_t, uint64_t> section_of(const Bytes& f, const std::string& name,
+                                         const std::string& key) {
   json m = read_manifest(f);
   const json& s = tensor_json(m, name)["sections"][key];
   return {s["offset"].get<uint64_t>(), s["size"].get<uint64_t>()};
@@ -176,12 +180,16 @@ const std::vector<std::pair<std::string, Builder>>& registry() {
 
     // ---- safetensors: framing
     add("st_empty_file", [] { return st_case("st_empty_file", {}, E::Truncated); });
-    add("st_short_length", [] { return st_case("st_short_length", {5, 0, 0, 0, 0}, E::Truncated); });
+    add("st_short_length", [] {
+      return st_case("st_short_length", {5, 0, 0, 0, 0}, E::Truncated);
+    });
     add("st_header_past_eof", [] {
-      return st_case("st_header_past_eof", safetensors_bytes_with_length(1000, "{}", 0), E::Truncated);
+      return st_case("st_header_past_eof", safetensors_bytes_with_length(1000, "{}", 0),
+                     E::Truncated);
     });
     add("st_header_too_large", [] {
-      return st_case("st_header_too_large", safetensors_bytes_with_length(100000001, "{}", 0), E::HeaderTooLarge);
+      return st_case("st_header_too_large", safetensors_bytes_with_length(100000001, "{}", 0),
+                     E::HeaderTooLarge);
     });
     add("st_header_length_max", [] {
       return st_case("st_header_length_max", safetensors_bytes_with_length(~uint64_t(0), "{}", 0),
@@ -189,128 +197,160 @@ const std::vector<std::pair<std::string, Builder>>& registry() {
     });
     // ---- safetensors: JSON
     add("st_empty_header", [] { return st_header("st_empty_header", "", 0, E::BadJson); });
-    add("st_bad_json", [] { return st_header("st_bad_json", R"({"a":{"dtype":"F32",)", 0, E::BadJson); });
-    add("st_trailing_garbage", [] { return st_header("st_trailing_garbage", "{}   x", 0, E::BadJson); });
-    add("st_nul_padding", [] { return st_header("st_nul_padding", std::string("{}\0\0\0\0\0\0", 8), 0, E::BadJson); });
+    add("st_bad_json",
+        [] { return st_header("st_bad_json", R"({"a":{"dtype":"F32",)", 0, E::BadJson); });
+    add("st_trailing_garbage",
+        [] { return st_header("st_trailing_garbage", "{}   x", 0, E::BadJson); });
+    add("st_nul_padding", [] {
+      return st_header("st_nul_padding", std::string("{}\0\0\0\0\0\0", 8), 0, E::BadJson);
+    });
     add("st_invalid_utf8", [] {
-      return st_header("st_invalid_utf8", "{\"a\xff\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1,
+      return st_header("st_invalid_utf8",
+                       "{\"a\xff\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", 1,
                        E::BadJson);
     });
-    add("st_byte_order_mark", [] { return st_header("st_byte_order_mark", "\xEF\xBB\xBF{}", 0, E::BadJson); });
+    add("st_byte_order_mark",
+        [] { return st_header("st_byte_order_mark", "\xEF\xBB\xBF{}", 0, E::BadJson); });
     add("st_too_deep", [] {
-      return st_header("st_too_deep", "{\"a\":" + std::string(600, '[') + std::string(600, ']') + "}", 0,
+      return st_header("st_too_deep",
+                       "{\"a\":" + std::string(600, '[') + std::string(600, ']') + "}", 0,
                        E::BadJson);
     });
     add("st_non_object", [] { return st_header("st_non_object", "[1,2,3]", 0, E::BadHeader); });
     // ---- safetensors: entries
-    add("st_entry_not_object", [] { return st_header("st_entry_not_object", R"({"a":5})", 0, E::BadHeader, "a"); });
+    add("st_entry_not_object",
+        [] { return st_header("st_entry_not_object", R"({"a":5})", 0, E::BadHeader, "a"); });
     add("st_missing_dtype", [] {
-      return st_header("st_missing_dtype", R"({"a":{"shape":[2],"data_offsets":[0,8]}})", 8, E::BadHeader, "a");
+      return st_header("st_missing_dtype", R"({"a":{"shape":[2],"data_offsets":[0,8]}})", 8,
+                       E::BadHeader, "a");
     });
     add("st_extra_key", [] {
-      return st_header("st_extra_key", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":1}})", 8,
+      return st_header("st_extra_key",
+                       R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":1}})", 8,
                        E::BadHeader, "a");
     });
     add("st_duplicate_key_in_entry", [] {
       return st_header("st_duplicate_key_in_entry",
-                       R"({"a":{"dtype":"F32","dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8, E::BadHeader,
-                       "a");
-    });
-    add("st_dtype_not_string", [] {
-      return st_header("st_dtype_not_string", R"({"a":{"dtype":5,"shape":[2],"data_offsets":[0,8]}})", 8,
+                       R"({"a":{"dtype":"F32","dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8,
                        E::BadHeader, "a");
     });
+    add("st_dtype_not_string", [] {
+      return st_header("st_dtype_not_string",
+                       R"({"a":{"dtype":5,"shape":[2],"data_offsets":[0,8]}})", 8, E::BadHeader,
+                       "a");
+    });
     add("st_unknown_dtype", [] {
-      return st_header("st_unknown_dtype", R"({"a":{"dtype":"F17","shape":[2],"data_offsets":[0,8]}})", 8,
+      return st_header("st_unknown_dtype",
+                       R"({"a":{"dtype":"F17","shape":[2],"data_offsets":[0,8]}})", 8,
                        E::UnknownDtype, "a");
     });
     add("st_shape_not_array", [] {
-      return st_header("st_shape_not_array", R"({"a":{"dtype":"F32","shape":2,"data_offsets":[0,8]}})", 8,
-                       E::BadHeader, "a");
+      return st_header("st_shape_not_array",
+                       R"({"a":{"dtype":"F32","shape":2,"data_offsets":[0,8]}})", 8, E::BadHeader,
+                       "a");
     });
     add("st_negative_shape", [] {
-      return st_header("st_negative_shape", R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8,
+      return st_header("st_negative_shape",
+                       R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", 8,
                        E::BadHeader, "a");
     });
     add("st_float_shape", [] {
-      return st_header("st_float_shape", R"({"a":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}})", 8,
+      return st_header("st_float_shape",
+                       R"({"a":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}})", 8,
                        E::BadHeader, "a");
     });
     add("st_offsets_one_value", [] {
-      return st_header("st_offsets_one_value", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8]}})", 8,
-                       E::BadHeader, "a");
+      return st_header("st_offsets_one_value",
+                       R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[8]}})", 8, E::BadHeader,
+                       "a");
     });
     add("st_offsets_negative", [] {
-      return st_header("st_offsets_negative", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]}})", 8,
+      return st_header("st_offsets_negative",
+                       R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]}})", 8,
                        E::BadHeader, "a");
     });
     add("st_offsets_beyond_u64", [] {
-      return st_header("st_offsets_beyond_u64",
-                       R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,18446744073709551616]}})", 8,
-                       E::BadHeader, "a");
+      return st_header(
+          "st_offsets_beyond_u64",
+          R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,18446744073709551616]}})", 8,
+          E::BadHeader, "a");
     });
     add("st_begin_after_end", [] {
-      return st_header("st_begin_after_end", R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[8,0]}})", 8,
+      return st_header("st_begin_after_end",
+                       R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[8,0]}})", 8,
                        E::OffsetOutOfRange, "a");
     });
     add("st_size_mismatch", [] {
-      return st_header("st_size_mismatch", R"({"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,20]}})", 20,
+      return st_header("st_size_mismatch",
+                       R"({"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,20]}})", 20,
                        E::ShapeMismatch, "a");
     });
     add("st_subbyte_uneven", [] {
-      return st_header("st_subbyte_uneven", R"({"a":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}})", 2,
+      return st_header("st_subbyte_uneven",
+                       R"({"a":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}})", 2,
                        E::ShapeMismatch, "a");
     });
     add("st_element_count_overflow", [] {
-      return st_header("st_element_count_overflow",
-                       R"({"a":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", 0,
-                       E::SizeOverflow, "a");
+      return st_header(
+          "st_element_count_overflow",
+          R"({"a":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", 0,
+          E::SizeOverflow, "a");
     });
     add("st_bit_count_overflow", [] {
-      return st_header("st_bit_count_overflow",
-                       R"({"a":{"dtype":"F64","shape":[2305843009213693952],"data_offsets":[0,0]}})", 0,
-                       E::SizeOverflow, "a");
+      return st_header(
+          "st_bit_count_overflow",
+          R"({"a":{"dtype":"F64","shape":[2305843009213693952],"data_offsets":[0,0]}})", 0,
+          E::SizeOverflow, "a");
     });
     add("st_dimension_too_large", [] {
       return st_header("st_dimension_too_large",
-                       R"({"a":{"dtype":"U8","shape":[9223372036854775808],"data_offsets":[0,0]}})", 0,
-                       E::SizeOverflow, "a");
+                       R"({"a":{"dtype":"U8","shape":[9223372036854775808],"data_offsets":[0,0]}})",
+                       0, E::SizeOverflow, "a");
     });
     add("st_offset_huge", [] {
-      return st_header("st_offset_huge",
-                       R"({"a":{"dtype":"U8","shape":[15],"data_offsets":[18446744073709551600,18446744073709551615]}})",
-                       15, E::OffsetOutOfRange, "a");
+      return st_header(
+          "st_offset_huge",
+          R"({"a":{"dtype":"U8","shape":[15],"data_offsets":[18446744073709551600,18446744073709551615]}})",
+          15, E::OffsetOutOfRange, "a");
     });
     add("st_offset_past_data", [] {
-      return st_header("st_offset_past_data", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 4,
+      return st_header("st_offset_past_data",
+                       R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 4,
                        E::OffsetOutOfRange, "a");
     });
     // ---- safetensors: layout
     add("st_overlap", [] {
-      return st_header("st_overlap",
-                       R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"U8","shape":[3],"data_offsets":[4,7]}})",
-                       8, E::Overlap, "b");
+      return st_header(
+          "st_overlap",
+          R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"U8","shape":[3],"data_offsets":[4,7]}})",
+          8, E::Overlap, "b");
     });
     add("st_empty_tensor_inside_another", [] {
-      return st_header("st_empty_tensor_inside_another",
-                       R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"e":{"dtype":"U8","shape":[0],"data_offsets":[4,4]}})",
-                       8, E::Overlap, "e");
+      return st_header(
+          "st_empty_tensor_inside_another",
+          R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"e":{"dtype":"U8","shape":[0],"data_offsets":[4,4]}})",
+          8, E::Overlap, "e");
     });
     add("st_hole", [] {
-      return st_header("st_hole",
-                       R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"U8","shape":[3],"data_offsets":[10,13]}})",
-                       13, E::Hole, "b");
+      return st_header(
+          "st_hole",
+          R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"U8","shape":[3],"data_offsets":[10,13]}})",
+          13, E::Hole, "b");
     });
     add("st_hole_at_start", [] {
-      return st_header("st_hole_at_start", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12, E::Hole,
+      return st_header("st_hole_at_start",
+                       R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12, E::Hole,
                        "a");
     });
-    add("st_data_not_covered", [] { return st_header("st_data_not_covered", kGood, 16, E::DataNotCovered); });
-    add("st_data_without_tensors", [] { return st_header("st_data_without_tensors", "{}", 8, E::DataNotCovered); });
+    add("st_data_not_covered",
+        [] { return st_header("st_data_not_covered", kGood, 16, E::DataNotCovered); });
+    add("st_data_without_tensors",
+        [] { return st_header("st_data_without_tensors", "{}", 8, E::DataNotCovered); });
     add("st_duplicate_name", [] {
-      return st_header("st_duplicate_name",
-                       R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
-                       8, E::DuplicateName, "a");
+      return st_header(
+          "st_duplicate_name",
+          R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+          8, E::DuplicateName, "a");
     });
     // ---- safetensors: metadata
     add("st_metadata_not_object", [] {
@@ -321,9 +361,11 @@ const std::vector<std::pair<std::string, Builder>>& registry() {
     });
 
     // ---- sharded checkpoints and folders
-    add("idx_bad_json", [] { return index_case("idx_bad_json", R"({"weight_map": {"a": )", E::BadIndex); });
+    add("idx_bad_json",
+        [] { return index_case("idx_bad_json", R"({"weight_map": {"a": )", E::BadIndex); });
     add("idx_not_object", [] { return index_case("idx_not_object", "[]", E::BadIndex); });
-    add("idx_no_weight_map", [] { return index_case("idx_no_weight_map", R"({"metadata":{}})", E::BadIndex); });
+    add("idx_no_weight_map",
+        [] { return index_case("idx_no_weight_map", R"({"metadata":{}})", E::BadIndex); });
     add("idx_weight_map_value_not_string", [] {
       json j = good_index();
       j["weight_map"]["a"] = 1;
@@ -336,8 +378,8 @@ const std::vector<std::pair<std::string, Builder>>& registry() {
     });
     add("idx_duplicate_key", [] {
       return index_case("idx_duplicate_key",
-                        std::string(R"({"weight_map":{"a":")") + kShard1 + R"(","a":")" + kShard1 + R"(","b":")" +
-                            kShard1 + R"(","c":")" + kShard2 + R"("}})",
+                        std::string(R"({"weight_map":{"a":")") + kShard1 + R"(","a":")" + kShard1 +
+                            R"(","b":")" + kShard1 + R"(","c":")" + kShard2 + R"("}})",
                         E::BadIndex);
     });
     add("idx_path_escape", [] {
@@ -361,7 +403,8 @@ const std::vector<std::pair<std::string, Builder>>& registry() {
       return index_case("idx_unlisted_tensor", j.dump(), E::IndexUnlistedTensor, "b", kShard1);
     });
     add("idx_tensor_in_two_shards", [] {
-      Case c = index_case("idx_tensor_in_two_shards", good_index().dump(), E::DuplicateName, "a", kShard2);
+      Case c = index_case("idx_tensor_in_two_shards", good_index().dump(), E::DuplicateName, "a",
+                          kShard2);
       c.files[1].bytes = safetensors_bytes(
           R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"c":{"dtype":"F16","shape":[2,2],"data_offsets":[8,16]}})",
           16);
@@ -373,21 +416,23 @@ const std::vector<std::pair<std::string, Builder>>& registry() {
       return c;
     });
     add("dir_duplicate_across_files", [] {
-      return ckpt_case("dir_duplicate_across_files",
-                       {{"a.safetensors", shard1()},
-                        {"b.safetensors",
-                         safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8)}},
-                       E::DuplicateName, "a", "b.safetensors");
+      return ckpt_case(
+          "dir_duplicate_across_files",
+          {{"a.safetensors", shard1()},
+           {"b.safetensors",
+            safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8)}},
+          E::DuplicateName, "a", "b.safetensors");
     });
     add("dir_bad_config_json", [] {
-      return ckpt_case("dir_bad_config_json",
-                       {{"model.safetensors", shard1()}, {"config.json", text_bytes(R"({"hidden_size": )")}},
-                       E::BadJson, "", "config.json");
+      return ckpt_case(
+          "dir_bad_config_json",
+          {{"model.safetensors", shard1()}, {"config.json", text_bytes(R"({"hidden_size": )")}},
+          E::BadJson, "", "config.json");
     });
     add("dir_config_not_object", [] {
       return ckpt_case("dir_config_not_object",
-                       {{"model.safetensors", shard1()}, {"config.json", text_bytes("[1]")}}, E::BadJson, "",
-                       "config.json");
+                       {{"model.safetensors", shard1()}, {"config.json", text_bytes("[1]")}},
+                       E::BadJson, "", "config.json");
     });
 
     // ---- .qpack: header
@@ -417,13 +462,15 @@ const std::vector<std::pair<std::string, Builder>>& registry() {
     });
     add("qp_header_checksum_flip", [] {
       Bytes f = sample_qpack(Codec::None);
-      edit_header(f, [](QpackHeader& h) { h.header_xxh3 ^= 1; }, false);
+      edit_header(
+          f, [](QpackHeader& h) { h.header_xxh3 ^= 1; }, false);
       return qp_case("qp_header_checksum_flip", f, E::HeaderChecksumMismatch);
     });
     add("qp_header_field_flip", [] {
       Bytes f = sample_qpack(Codec::None);
       // manifest_offset, checksum left stale
-      edit_header(f, [](QpackHeader& h) { h.manifest_offset ^= uint64_t(0x40) << 32; }, false);
+      edit_header(
+          f, [](QpackHeader& h) { h.manifest_offset ^= uint64_t(0x40) << 32; }, false);
       return qp_case("qp_header_field_flip", f, E::HeaderChecksumMismatch);
     });
     add("qp_truncated", [] {
@@ -456,58 +503,65 @@ const std::vector<std::pair<std::string, Builder>>& registry() {
       return qp_case("qp_manifest_checksum_flip", f, E::ManifestChecksumMismatch);
     });
     add("qp_manifest_bad_json", [] {
-      return qp_case("qp_manifest_bad_json", with_manifest_text(sample_qpack(Codec::None), R"({"tensors":[)"),
+      return qp_case("qp_manifest_bad_json",
+                     with_manifest_text(sample_qpack(Codec::None), R"({"tensors":[)"),
                      E::BadManifestJson);
     });
     add("qp_manifest_duplicate_key", [] {
       const Bytes base = sample_qpack(Codec::None);
       std::string text = read_manifest(base).dump();
       text.insert(1, R"("generator":"x",)");
-      return qp_case("qp_manifest_duplicate_key", with_manifest_text(base, text), E::BadManifestJson);
+      return qp_case("qp_manifest_duplicate_key", with_manifest_text(base, text),
+                     E::BadManifestJson);
     });
     add("qp_manifest_not_object", [] {
-      return qp_case("qp_manifest_not_object", with_manifest_text(sample_qpack(Codec::None), "[]"), E::BadManifest);
+      return qp_case("qp_manifest_not_object", with_manifest_text(sample_qpack(Codec::None), "[]"),
+                     E::BadManifest);
     });
     add("qp_manifest_missing_tensors", [] {
-      return qp_case("qp_manifest_missing_tensors", edit_manifest([](json& m) { m.erase("tensors"); }),
-                     E::BadManifest);
+      return qp_case("qp_manifest_missing_tensors",
+                     edit_manifest([](json& m) { m.erase("tensors"); }), E::BadManifest);
     });
     add("qp_manifest_missing_source", [] {
-      return qp_case("qp_manifest_missing_source", edit_manifest([](json& m) { m.erase("source"); }),
-                     E::BadManifest);
+      return qp_case("qp_manifest_missing_source",
+                     edit_manifest([](json& m) { m.erase("source"); }), E::BadManifest);
     });
     add("qp_manifest_shape_wrong_type", [] {
       return qp_case("qp_manifest_shape_wrong_type",
-                     edit_manifest([](json& m) { tensor_json(m, "emb")["shape"] = "3x4"; }), E::BadManifest, "emb");
+                     edit_manifest([](json& m) { tensor_json(m, "emb")["shape"] = "3x4"; }),
+                     E::BadManifest, "emb");
     });
     add("qp_manifest_metadata_non_string", [] {
       return qp_case("qp_manifest_metadata_non_string",
-                     edit_manifest([](json& m) { m["source"]["metadata"]["k"] = 1; }), E::BadManifest);
+                     edit_manifest([](json& m) { m["source"]["metadata"]["k"] = 1; }),
+                     E::BadManifest);
     });
     add("qp_version_mismatch", [] {
-      return qp_case("qp_version_mismatch", edit_manifest([](json& m) { m["qpack_version"] = "2.0"; }),
+      return qp_case("qp_version_mismatch",
+                     edit_manifest([](json& m) { m["qpack_version"] = "2.0"; }),
                      E::ManifestMismatch);
     });
     add("qp_bad_alignment", [] {
-      return qp_case("qp_bad_alignment", edit_manifest([](json& m) { m["alignment"] = 48; }), E::BadManifest);
+      return qp_case("qp_bad_alignment", edit_manifest([](json& m) { m["alignment"] = 48; }),
+                     E::BadManifest);
     });
     add("qp_unknown_dtype", [] {
-      return qp_case("qp_unknown_dtype", edit_manifest([](json& m) { tensor_json(m, "emb")["dtype"] = "F17"; }),
+      return qp_case("qp_unknown_dtype",
+                     edit_manifest([](json& m) { tensor_json(m, "emb")["dtype"] = "F17"; }),
                      E::UnknownDtype, "emb");
     });
     add("qp_unknown_encoding", [] {
       return qp_case("qp_unknown_encoding",
-                     edit_manifest([](json& m) { tensor_json(m, "emb")["encoding"] = "lz"; }), E::BadManifest,
-                     "emb");
+                     edit_manifest([](json& m) { tensor_json(m, "emb")["encoding"] = "lz"; }),
+                     E::BadManifest, "emb");
     });
     add("qp_duplicate_tensor_names", [] {
       return qp_case("qp_duplicate_tensor_names",
-                     edit_manifest([](json& m) { tensor_json(m, "norm")["name"] = "emb"; }), E::DuplicateName,
-                     "emb");
+                     edit_manifest([](json& m) { tensor_json(m, "norm")["name"] = "emb"; }),
+                     E::DuplicateName, "emb");
     });
     add("qp_shape_overflow", [] {
-      return qp_case("qp_shape_overflow",
-                     edit_manifest([](json& m) {
+      return qp_case("qp_shape_overflow", edit_manifest([](json& m) {
                        tensor_json(m, "emb")["shape"] = {uint64_t(1) << 40, uint64_t(1) << 40};
                      }),
                      E::ManifestMismatch, "emb");
@@ -520,8 +574,9 @@ const std::vector<std::pair<std::string, Builder>>& registry() {
                      E::SectionOutOfRange, "emb");
     });
     add("qp_section_in_header", [] {
-      return qp_case("qp_section_in_header",
-                     edit_manifest([](json& m) { tensor_json(m, "emb")["sections"]["data"]["offset"] = 0; }),
+      return qp_case("qp_section_in_header", edit_manifest([](json& m) {
+                       tensor_json(m, "emb")["sections"]["data"]["offset"] = 0;
+                     }),
                      E::SectionOutOfRange, "emb");
     });
     add("qp_section_offset_overflow", [] {
@@ -567,8 +622,9 @@ const std::vector<std::pair<std::string, Builder>>& registry() {
                      E::ManifestMismatch, "emb");
     });
     add("qp_group_size_unresolved", [] {
-      return qp_case("qp_group_size_unresolved",
-                     edit_manifest([](json& m) { tensor_json(m, "w")["quant"]["group_size"] = 64; }),
+      return qp_case("qp_group_size_unresolved", edit_manifest([](json& m) {
+                       tensor_json(m, "w")["quant"]["group_size"] = 64;
+                     }),
                      E::ManifestMismatch, "w");
     });
     add("qp_group_size_zero", [] {
@@ -577,41 +633,48 @@ const std::vector<std::pair<std::string, Builder>>& registry() {
                      E::ManifestMismatch, "w");
     });
     add("qp_axis_out_of_range", [] {
-      return qp_case("qp_axis_out_of_range", edit_manifest([](json& m) { tensor_json(m, "w")["quant"]["axis"] = 2; }),
+      return qp_case("qp_axis_out_of_range",
+                     edit_manifest([](json& m) { tensor_json(m, "w")["quant"]["axis"] = 2; }),
                      E::ManifestMismatch, "w");
     });
     add("qp_bits_unsupported", [] {
-      return qp_case("qp_bits_unsupported", edit_manifest([](json& m) { tensor_json(m, "w")["quant"]["bits"] = 5; }),
+      return qp_case("qp_bits_unsupported",
+                     edit_manifest([](json& m) { tensor_json(m, "w")["quant"]["bits"] = 5; }),
                      E::UnsupportedScheme, "w");
     });
     add("qp_scale_dtype_unsupported", [] {
-      return qp_case("qp_scale_dtype_unsupported",
-                     edit_manifest([](json& m) { tensor_json(m, "w")["quant"]["scale_dtype"] = "F64"; }),
+      return qp_case("qp_scale_dtype_unsupported", edit_manifest([](json& m) {
+                       tensor_json(m, "w")["quant"]["scale_dtype"] = "F64";
+                     }),
                      E::UnsupportedScheme, "w");
     });
     add("qp_quantized_integer_dtype", [] {
       return qp_case("qp_quantized_integer_dtype",
-                     edit_manifest([](json& m) { tensor_json(m, "w")["dtype"] = "I16"; }), E::ManifestMismatch,
-                     "w");
+                     edit_manifest([](json& m) { tensor_json(m, "w")["dtype"] = "I16"; }),
+                     E::ManifestMismatch, "w");
     });
     add("qp_symmetric_with_zeros", [] {
-      return qp_case("qp_symmetric_with_zeros",
-                     edit_manifest([](json& m) { tensor_json(m, "w")["quant"]["symmetric"] = true; }),
+      return qp_case("qp_symmetric_with_zeros", edit_manifest([](json& m) {
+                       tensor_json(m, "w")["quant"]["symmetric"] = true;
+                     }),
                      E::ManifestMismatch, "w");
     });
     add("qp_asymmetric_without_zeros", [] {
-      return qp_case("qp_asymmetric_without_zeros",
-                     edit_manifest([](json& m) { tensor_json(m, "ws")["quant"]["symmetric"] = false; }),
+      return qp_case("qp_asymmetric_without_zeros", edit_manifest([](json& m) {
+                       tensor_json(m, "ws")["quant"]["symmetric"] = false;
+                     }),
                      E::BadManifest, "ws");
     });
     add("qp_unknown_codec", [] {
-      return qp_case("qp_unknown_codec",
-                     edit_manifest([](json& m) { tensor_json(m, "emb")["sections"]["data"]["codec"] = "lz4"; }),
+      return qp_case("qp_unknown_codec", edit_manifest([](json& m) {
+                       tensor_json(m, "emb")["sections"]["data"]["codec"] = "lz4";
+                     }),
                      E::BadCodec, "emb");
     });
     add("qp_bad_hex_checksum", [] {
-      return qp_case("qp_bad_hex_checksum",
-                     edit_manifest([](json& m) { tensor_json(m, "emb")["sections"]["data"]["xxh3"] = "xyz"; }),
+      return qp_case("qp_bad_hex_checksum", edit_manifest([](json& m) {
+                       tensor_json(m, "emb")["sections"]["data"]["xxh3"] = "xyz";
+                     }),
                      E::BadManifest, "emb");
     });
     add("qp_uppercase_hex_checksum", [] {
@@ -646,8 +709,10 @@ const std::vector<std::pair<std::string, Builder>>& registry() {
       const auto [off, size] = section_of(f, "z", "data");
       for (uint64_t i = 0; i < size; ++i) f[off + i] = uint8_t(0xA5 ^ i);
       json m = read_manifest(f);
-      tensor_json(m, "z")["sections"]["data"]["xxh3"] = checksum_to_hex(checksum64(f.data() + off, size));
-      return qp_case("qp_bad_zstd_frame", with_manifest_text(f, m.dump()), E::Decompress, "z", true);
+      tensor_json(m, "z")["sections"]["data"]["xxh3"] =
+          checksum_to_hex(checksum64(f.data() + off, size));
+      return qp_case("qp_bad_zstd_frame", with_manifest_text(f, m.dump()), E::Decompress, "z",
+                     true);
     });
     add("qp_zstd_wrong_content_size", [] {
       Bytes f = sample_qpack(Codec::Zstd);
@@ -661,12 +726,14 @@ const std::vector<std::pair<std::string, Builder>>& registry() {
       const Bytes half = slurp(s.file("half.qpack"));
       const auto [hoff, hsize] = section_of(half, "z", "data");
       if (hsize > size) throw std::runtime_error("corpus: replacement frame too large");
-      std::copy(half.begin() + long(hoff), half.begin() + long(hoff + hsize), f.begin() + long(off));
+      std::copy(half.begin() + long(hoff), half.begin() + long(hoff + hsize),
+                f.begin() + long(off));
       json m = read_manifest(f);
       json& sec = tensor_json(m, "z")["sections"]["data"];
       sec["size"] = hsize;
       sec["xxh3"] = checksum_to_hex(checksum64(f.data() + off, hsize));
-      return qp_case("qp_zstd_wrong_content_size", with_manifest_text(f, m.dump()), E::Decompress, "z", true);
+      return qp_case("qp_zstd_wrong_content_size", with_manifest_text(f, m.dump()), E::Decompress,
+                     "z", true);
     });
     add("qp_zstd_trailing_bytes", [] {
       Bytes f = sample_qpack(Codec::Zstd);
@@ -678,7 +745,8 @@ const std::vector<std::pair<std::string, Builder>>& registry() {
       json& sec = tensor_json(m, "z")["sections"]["data"];
       sec["size"] = size + 1;
       sec["xxh3"] = checksum_to_hex(checksum64(f.data() + off, size + 1));
-      return qp_case("qp_zstd_trailing_bytes", with_manifest_text(f, m.dump()), E::Decompress, "z", true);
+      return qp_case("qp_zstd_trailing_bytes", with_manifest_text(f, m.dump()), E::Decompress, "z",
+                     true);
     });
     return t;
   }();
@@ -687,7 +755,8 @@ const std::vector<std::pair<std::string, Builder>>& registry() {
 
 }  // namespace
 
-Bytes safetensors_bytes_with_length(uint64_t header_length, const std::string& header, uint64_t data_bytes) {
+Bytes safetensors_bytes_with_length(uint64_t header_length, const std::string& header,
+                                    uint64_t data_bytes) {
   Bytes b(8);
   store_le64(b.data(), header_length);
   b.insert(b.end(), header.begin(), header.end());
@@ -746,7 +815,8 @@ Bytes sample_qpack(Codec codec) {
     q4.symmetric = false;
     q4.scale_dtype = DType::F16;
     const GroupLayout l4 = make_layout({16, 8}, q4);
-    const Bytes codes = pattern(l4.codes_bytes(), 2), scales = pattern(l4.params_bytes(q4.scale_dtype), 3),
+    const Bytes codes = pattern(l4.codes_bytes(), 2),
+                scales = pattern(l4.params_bytes(q4.scale_dtype), 3),
                 zeros = pattern(l4.params_bytes(q4.scale_dtype), 4);
     w.add_quantized("w", DType::F16, {16, 8}, q4, codes.data(), scales.data(), zeros.data());
 
@@ -760,7 +830,8 @@ Bytes sample_qpack(Codec codec) {
     q8.symmetric = true;
     q8.scale_dtype = DType::BF16;
     const GroupLayout l8 = make_layout({8, 16}, q8);
-    const Bytes codes8 = pattern(l8.codes_bytes(), 6), scales8 = pattern(l8.params_bytes(q8.scale_dtype), 7);
+    const Bytes codes8 = pattern(l8.codes_bytes(), 6),
+                scales8 = pattern(l8.params_bytes(q8.scale_dtype), 7);
     w.add_quantized("ws", DType::F32, {8, 16}, q8, codes8.data(), scales8.data(), nullptr);
 
     const std::vector<float> z(256, 0.0f);
@@ -817,9 +888,10 @@ std::vector<Case> valid_samples() {
   st("st_good", safetensors_bytes(kGood, 11));
   st("st_empty_header_object", safetensors_bytes("{}", 0));
   st("st_padded_with_metadata",
-     safetensors_bytes(R"({"__metadata__":{"format":"pt"},"a":{"dtype":"F4","shape":[2,3],"data_offsets":[0,3]}})"
-                       "      ",
-                       3));
+     safetensors_bytes(
+         R"({"__metadata__":{"format":"pt"},"a":{"dtype":"F4","shape":[2,3],"data_offsets":[0,3]}})"
+         "      ",
+         3));
   st("st_zero_sized",
      safetensors_bytes(
          R"({"e":{"dtype":"F32","shape":[0,4],"data_offsets":[0,0]},"s":{"dtype":"F64","shape":[],"data_offsets":[0,8]}})",
@@ -829,9 +901,9 @@ std::vector<Case> valid_samples() {
     Scratch s;
     std::vector<TensorToWrite> ts;
     std::vector<Bytes> keep;
-    const char* names[] = {"BOOL", "U8",  "I8",  "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16",
-                           "U16",  "F16", "BF16", "I32",    "U32",     "F32",     "F64",
-                           "I64",  "U64", "C64", "F4",      "F6_E2M3", "F6_E3M2"};
+    const char* names[] = {"BOOL", "U8",  "I8",   "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16",
+                           "U16",  "F16", "BF16", "I32",     "U32",     "F32",     "F64",
+                           "I64",  "U64", "C64",  "F4",      "F6_E2M3", "F6_E3M2"};
     for (const char* n : names) {
       const DType dt = *dtype_from_string(n);
       TensorToWrite t;

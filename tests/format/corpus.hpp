@@ -27,7 +27,7 @@ struct Case {
   std::string name;  // [A-Za-z0-9_]: also the test name
   Kind kind = Kind::Safetensors;
   std::vector<File> files;
-  std::string open;             // relative path to open; "" = the folder itself
+  std::string open;  // relative path to open; "" = the folder itself
   ErrorCode expected = ErrorCode::Internal;
   std::string tensor;           // the tensor the error must name ("" = none checked)
   std::string file_in_message;  // relative path the error must name
@@ -52,7 +52,8 @@ std::string materialize(const Case& c, const std::string& dir);
 
 // Building blocks, exposed for the tests.
 Bytes safetensors_bytes(const std::string& header, uint64_t data_bytes);
-Bytes safetensors_bytes_with_length(uint64_t header_length, const std::string& header, uint64_t data_bytes);
+Bytes safetensors_bytes_with_length(uint64_t header_length, const std::string& header,
+                                    uint64_t data_bytes);
 // The sample .qpack the qpack cases are derived from: tensors "emb" (raw
 // F32 [3,4]), "w" (F16 [16,8], q4 g8 ax0 asym F16), "norm" (raw BF16 [16]),
 // "ws" (F32 [8,16], q8 g16 ax1 sym BF16), "z" (raw F32 [256] of zeros;

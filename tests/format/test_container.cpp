@@ -1,11 +1,11 @@
 // The .qpack container: writer -> reader round trips, layout rules of
 // docs/format.md, codecs, forward compatibility and writer misuse.
+#include <gtest/gtest.h>
+
 #include <cstring>
 #include <filesystem>
-#include <random>
-
-#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "format/corpus.hpp"
 #include "qpack/format/checkpoint.hpp"
@@ -66,7 +66,8 @@ std::vector<RawSpec> raw_specs(std::mt19937_64& rng, bool compressible) {
 
 std::vector<QuantSpec> quant_specs(std::mt19937_64& rng, bool compressible) {
   std::vector<QuantSpec> out;
-  const std::vector<std::vector<int64_t>> shapes = {{1}, {7}, {16, 8}, {3, 10, 5}, {0, 4}, {4, 0}, {33, 2}};
+  const std::vector<std::vector<int64_t>> shapes = {{1},    {7},    {16, 8}, {3, 10, 5},
+                                                    {0, 4}, {4, 0}, {33, 2}};
   const int bits[] = {2, 3, 4, 8};
   const int64_t groups[] = {0, 8, 10, 64};
   const DType sds[] = {DType::F16, DType::BF16, DType::F32};
@@ -78,7 +79,8 @@ std::vector<QuantSpec> quant_specs(std::mt19937_64& rng, bool compressible) {
       q.dtype = srcs[rng() % 3];
       q.scheme.bits = bits[rng() % 4];
       q.scheme.group_size = groups[rng() % 4];
-      q.scheme.axis = int(rng() % shape.size()) - (rng() % 2 ? int(shape.size()) : 0);  // negative too
+      q.scheme.axis =
+          int(rng() % shape.size()) - (rng() % 2 ? int(shape.size()) : 0);  // negative too
       q.scheme.symmetric = rng() % 2;
       q.scheme.scale_dtype = sds[rng() % 3];
       q.name = "q." + std::to_string(out.size());
@@ -96,7 +98,8 @@ std::vector<QuantSpec> quant_specs(std::mt19937_64& rng, bool compressible) {
 void write_all(const std::string& path, const WriterOptions& o, const std::vector<RawSpec>& raws,
                const std::vector<QuantSpec>& quants) {
   QpackWriter w(path, o);
-  w.set_source(json{{"format", "pt"}, {"x", "y"}}, json{{"hidden_size", 8}, {"nested", {{"a", {1, 2}}}}});
+  w.set_source(json{{"format", "pt"}, {"x", "y"}},
+               json{{"hidden_size", 8}, {"nested", {{"a", {1, 2}}}}});
   // Interleaved, so that tensor order is the order added, not grouped by kind.
   size_t i = 0, j = 0;
   while (i < raws.size() || j < quants.size()) {
@@ -113,7 +116,8 @@ void write_all(const std::string& path, const WriterOptions& o, const std::vecto
   w.commit();
 }
 
-void expect_bytes(const QpackFile& f, const QpackTensor& t, const Section& s, const std::vector<uint8_t>& want) {
+void expect_bytes(const QpackFile& f, const QpackTensor& t, const Section& s,
+                  const std::vector<uint8_t>& want) {
   ASSERT_TRUE(s.present);
   EXPECT_EQ(s.raw_size, want.size());
   EXPECT_EQ(s.offset % kQpackAlignment, 0u);
@@ -205,8 +209,23 @@ TEST(Checksum, DispatchedKernelMatchesTheDefaultOne) {
   std::mt19937_64 rng(test::test_seed() + 21);
   std::vector<uint8_t> buf(size_t(3) << 20);
   for (auto& b : buf) b = uint8_t(rng());
-  std::vector<size_t> sizes = {0, 1, 16, 17, 128, 129, 240, 241, 255, 256, 1023, 1024, 1025, 4096, 65535,
-                               1u << 20, (3u << 20) - 64};
+  std::vector<size_t> sizes = {0,
+                               1,
+                               16,
+                               17,
+                               128,
+                               129,
+                               240,
+                               241,
+                               255,
+                               256,
+                               1023,
+                               1024,
+                               1025,
+                               4096,
+                               65535,
+                               1u << 20,
+                               (3u << 20) - 64};
   for (int i = 0; i < 200; ++i) sizes.push_back(size_t(rng() % 20000));
   for (size_t n : sizes)
     for (size_t off : {size_t(0), size_t(1), size_t(7), size_t(33)}) {
@@ -266,7 +285,8 @@ TEST(Container, LayoutFollowsTheSpec) {
   for (const json& t : m["tensors"])
     for (const auto& [k, s] : t["sections"].items()) {
       EXPECT_EQ(s["xxh3"].get<std::string>().size(), 16u);
-      if (s["size"] > 0) spans.emplace_back(s["offset"], s["offset"].get<uint64_t>() + s["size"].get<uint64_t>());
+      if (s["size"] > 0)
+        spans.emplace_back(s["offset"], s["offset"].get<uint64_t>() + s["size"].get<uint64_t>());
     }
   std::sort(spans.begin(), spans.end());
   uint64_t pos = 64;
@@ -367,7 +387,8 @@ TEST(Container, WriterRejectsMisuse) {
   s.group_size = 8;
   s.axis = 0;
   s.symmetric = true;
-  EXPECT_EQ(code([&] { w.add_raw("a", DType::F32, {3}, d.data(), 11); }), ErrorCode::InvalidArgument);
+  EXPECT_EQ(code([&] { w.add_raw("a", DType::F32, {3}, d.data(), 11); }),
+            ErrorCode::InvalidArgument);
   EXPECT_EQ(code([&] { w.add_quantized("q", DType::I32, {8}, s, d.data(), d.data(), nullptr); }),
             ErrorCode::UnsupportedDtype);
   EXPECT_EQ(code([&] { w.add_quantized("q", DType::F32, {8}, s, d.data(), d.data(), d.data()); }),
@@ -382,7 +403,8 @@ TEST(Container, WriterRejectsMisuse) {
             ErrorCode::UnsupportedScheme);
   w.add_raw("a", DType::U8, {4}, d.data(), 4);
   EXPECT_EQ(code([&] { w.add_raw("a", DType::U8, {4}, d.data(), 4); }), ErrorCode::DuplicateName);
-  EXPECT_EQ(code([&] { w.add_raw("\xff", DType::U8, {4}, d.data(), 4); }), ErrorCode::InvalidArgument);
+  EXPECT_EQ(code([&] { w.add_raw("\xff", DType::U8, {4}, d.data(), 4); }),
+            ErrorCode::InvalidArgument);
   EXPECT_EQ(code([&] { w.set_source(json{{"k", 1}}, nullptr); }), ErrorCode::InvalidArgument);
   w.commit();
   EXPECT_EQ(code([&] { w.commit(); }), ErrorCode::InvalidArgument);
@@ -398,7 +420,8 @@ TEST(Container, CheckpointToQpackRawCopy) {
   std::mt19937_64 rng(test::test_seed() + 5);
   const auto raws = raw_specs(rng, false);
   std::vector<TensorToWrite> ts;
-  for (const auto& r : raws) ts.push_back({r.name, r.dtype, r.shape, r.bytes.data(), r.bytes.size()});
+  for (const auto& r : raws)
+    ts.push_back({r.name, r.dtype, r.shape, r.bytes.data(), r.bytes.size()});
   write_safetensors(dir.file("model.safetensors"), ts, {{"format", "pt"}}, false);
   test::write_file(dir.file("config.json"), R"({"model_type":"llama"})");
   const auto before = test::read_file(dir.file("model.safetensors"));

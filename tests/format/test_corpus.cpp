@@ -2,9 +2,9 @@
 // rejected with its own ErrorCode, naming the file (and tensor), and nothing
 // crashes. The same corpus runs through the CLI in tests/cli/test_inspect_cli.cpp and
 // seeds the fuzzers.
-#include <set>
-
 #include <gtest/gtest.h>
+
+#include <set>
 
 #include "format/corpus.hpp"
 #include "qpack/format/checkpoint.hpp"
@@ -60,7 +60,9 @@ TEST_P(MustFail, RejectedWithItsErrorCode) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Corpus, MustFail, ::testing::ValuesIn(corpus::must_fail_names()),
-                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
 
 // The in-memory entry points the fuzzers use give the same verdicts.
 class MustFailInMemory : public ::testing::TestWithParam<std::string> {};
@@ -87,7 +89,9 @@ TEST_P(MustFailInMemory, SameVerdict) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Corpus, MustFailInMemory, ::testing::ValuesIn(corpus::single_file_names()),
-                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
 
 TEST(MustFailCorpus, IsLargeAndCoversBothFormats) {
   int st = 0, ck = 0, qp = 0;
@@ -95,8 +99,9 @@ TEST(MustFailCorpus, IsLargeAndCoversBothFormats) {
   for (const std::string& n : corpus::must_fail_names()) {
     const Case c = corpus::make_must_fail(n);
     EXPECT_EQ(c.name, n);
-    const Kind by_prefix = n.rfind("st_", 0) == 0 ? Kind::Safetensors : n.rfind("qp_", 0) == 0 ? Kind::Qpack
-                                                                                                : Kind::Checkpoint;
+    const Kind by_prefix = n.rfind("st_", 0) == 0   ? Kind::Safetensors
+                           : n.rfind("qp_", 0) == 0 ? Kind::Qpack
+                                                    : Kind::Checkpoint;
     EXPECT_EQ(c.kind, by_prefix) << n;
     (c.kind == Kind::Safetensors ? st : c.kind == Kind::Checkpoint ? ck : qp)++;
     codes.insert(c.expected);

@@ -1,13 +1,13 @@
 // Golden bytes: the worked example of docs/format.md §9 and a tiny
 // safetensors file. A change here is a format change: update the spec (and
 // its version rules) first.
+#include <gtest/gtest.h>
+
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <sstream>
-
-#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "qpack/format/checksum.hpp"
 #include "qpack/format/container.hpp"
@@ -114,9 +114,11 @@ TEST(Golden, SpecShowsTheseBytes) {
   uint64_t moff = 0;
   for (int i = 7; i >= 0; --i) moff = (moff << 8) | f[16 + size_t(i)];
   const std::string sections = hex_dump(f, 0, moff);
-  EXPECT_NE(doc.find(sections), std::string::npos) << "docs/format.md §9 should contain:\n" << sections;
+  EXPECT_NE(doc.find(sections), std::string::npos) << "docs/format.md §9 should contain:\n"
+                                                   << sections;
   const std::string manifest(f.begin() + long(moff), f.end());
-  EXPECT_NE(doc.find(manifest), std::string::npos) << "docs/format.md §9 should contain:\n" << manifest;
+  EXPECT_NE(doc.find(manifest), std::string::npos) << "docs/format.md §9 should contain:\n"
+                                                   << manifest;
 }
 
 TEST(Golden, TinySafetensors) {
@@ -124,7 +126,8 @@ TEST(Golden, TinySafetensors) {
   const uint8_t a[2] = {1, 2};
   write_safetensors(dir.file("t.safetensors"), {{"a", DType::U8, {2}, a, 2}}, {{"k", "v"}}, false);
   const auto b = test::read_file(dir.file("t.safetensors"));
-  const std::string header = R"({"__metadata__":{"k":"v"},"a":{"data_offsets":[0,2],"dtype":"U8","shape":[2]}})";
+  const std::string header =
+      R"({"__metadata__":{"k":"v"},"a":{"data_offsets":[0,2],"dtype":"U8","shape":[2]}})";
   std::string want(8, '\0');
   const size_t padded = (header.size() + 7) / 8 * 8;
   want[0] = char(padded);

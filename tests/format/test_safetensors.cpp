@@ -1,5 +1,6 @@
 // safetensors reader and writer, checkpoints (single file, index, folder),
 // and the atomic output file.
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -7,10 +8,8 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
-#include <random>
-
-#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "format/corpus.hpp"
 #include "qpack/format/checkpoint.hpp"
@@ -25,9 +24,9 @@ namespace {
 using nlohmann::json;
 using test::TempDir;
 
-const char* kAllDtypes[] = {"BOOL", "U8",  "I8",  "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16",
-                            "U16",  "F16", "BF16", "I32",    "U32",     "F32",     "F64",
-                            "I64",  "U64", "C64", "F4",      "F6_E2M3", "F6_E3M2"};
+const char* kAllDtypes[] = {"BOOL", "U8",  "I8",   "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16",
+                            "U16",  "F16", "BF16", "I32",     "U32",     "F32",     "F64",
+                            "I64",  "U64", "C64",  "F4",      "F6_E2M3", "F6_E3M2"};
 
 struct Owned {
   TensorToWrite t;
@@ -42,11 +41,14 @@ std::vector<uint8_t> random_bytes(std::mt19937_64& rng, uint64_t n) {
 
 // memcmp with a null pointer is undefined even for 0 bytes (empty tensors
 // have no data pointer).
-bool same_bytes(const void* a, const void* b, size_t n) { return n == 0 || std::memcmp(a, b, n) == 0; }
+bool same_bytes(const void* a, const void* b, size_t n) {
+  return n == 0 || std::memcmp(a, b, n) == 0;
+}
 
 // Awkward shapes whose size in `dtype` is a whole number of bytes.
 std::vector<std::vector<int64_t>> shapes_for(DType dt) {
-  const std::vector<std::vector<int64_t>> all = {{}, {1}, {0}, {3, 0, 2}, {7}, {2, 3, 5}, {1, 1, 1, 1}, {4}, {8, 3}};
+  const std::vector<std::vector<int64_t>> all = {{},        {1},          {0}, {3, 0, 2}, {7},
+                                                 {2, 3, 5}, {1, 1, 1, 1}, {4}, {8, 3}};
   std::vector<std::vector<int64_t>> out;
   for (const auto& s : all) {
     uint64_t n = 1;
@@ -132,7 +134,8 @@ TEST(Safetensors, WriterIsDeterministicWithSortedKeysAndSpacePadding) {
   TempDir dir;
   const std::vector<float> a = {1, 2, 3};
   const std::vector<uint8_t> b = {7};
-  std::vector<TensorToWrite> ts = {{"zeta", DType::F32, {3}, a.data(), 12}, {"alpha", DType::U8, {1}, b.data(), 1}};
+  std::vector<TensorToWrite> ts = {{"zeta", DType::F32, {3}, a.data(), 12},
+                                   {"alpha", DType::U8, {1}, b.data(), 1}};
   write_safetensors(dir.file("1.safetensors"), ts, {}, false);
   write_safetensors(dir.file("2.safetensors"), ts, {}, false);
   const auto x = test::read_file(dir.file("1.safetensors"));
@@ -144,8 +147,9 @@ TEST(Safetensors, WriterIsDeterministicWithSortedKeysAndSpacePadding) {
   const std::string header(x.begin() + 8, x.begin() + 8 + long(n));
   const std::string trimmed = header.substr(0, header.find_last_not_of(' ') + 1);
   EXPECT_EQ(header.find_first_not_of(' ', trimmed.size()), std::string::npos);
-  EXPECT_EQ(trimmed,
-            R"({"alpha":{"data_offsets":[12,13],"dtype":"U8","shape":[1]},"zeta":{"data_offsets":[0,12],"dtype":"F32","shape":[3]}})");
+  EXPECT_EQ(
+      trimmed,
+      R"({"alpha":{"data_offsets":[12,13],"dtype":"U8","shape":[1]},"zeta":{"data_offsets":[0,12],"dtype":"F32","shape":[3]}})");
   EXPECT_EQ(header.find("__metadata__"), std::string::npos);  // only when non-empty
   // Data in the given order, header keys sorted: the reader lists by offset.
   const auto f = SafetensorsFile::open(dir.file("1.safetensors"));
@@ -167,8 +171,9 @@ TEST(Safetensors, ReaderOrdersByOffsetWhateverTheKeyOrder) {
 }
 
 TEST(Safetensors, AcceptsPaddingAndLeadingWhitespace) {
-  for (const std::string& h : {std::string(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}     )"),
-                              std::string(" \n{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}\t")}) {
+  for (const std::string& h :
+       {std::string(R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}     )"),
+        std::string(" \n{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}\t")}) {
     const auto b = corpus::safetensors_bytes(h, 1);
     std::vector<TensorInfo> ts;
     std::map<std::string, std::string> md;
@@ -183,15 +188,18 @@ TEST(Safetensors, StreamWriterChecksWhatWasDeclared) {
   TempDir dir;
   const std::vector<uint8_t> d(10, 1);
   {
-    SafetensorsStreamWriter w(dir.file("s.safetensors"), {{"a", DType::U8, {10}, nullptr, 10}}, {}, false);
+    SafetensorsStreamWriter w(dir.file("s.safetensors"), {{"a", DType::U8, {10}, nullptr, 10}}, {},
+                              false);
     w.append(d.data(), 4);
     EXPECT_THROW(w.append(d.data(), 7), Error);
     EXPECT_THROW(w.commit(), Error);  // 4 of 10 bytes
   }
   EXPECT_FALSE(file_exists(dir.file("s.safetensors")));
-  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()), {}), 0) << "temporary file left";
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()), {}), 0)
+      << "temporary file left";
   {
-    SafetensorsStreamWriter w(dir.file("s.safetensors"), {{"a", DType::U8, {10}, nullptr, 10}}, {{"k", "v"}}, false);
+    SafetensorsStreamWriter w(dir.file("s.safetensors"), {{"a", DType::U8, {10}, nullptr, 10}},
+                              {{"k", "v"}}, false);
     w.append(d.data(), 4);
     w.append(d.data() + 4, 6);
     w.commit();
@@ -213,7 +221,8 @@ TEST(Safetensors, WriterRejectsBadDeclarations) {
     return ErrorCode::Internal;
   };
   EXPECT_EQ(code_of({{"a", DType::F32, {2}, d.data(), 7}}), ErrorCode::InvalidArgument);
-  EXPECT_EQ(code_of({{"a", DType::U8, {1}, d.data(), 1}, {"a", DType::U8, {1}, d.data(), 1}}), ErrorCode::InvalidArgument);
+  EXPECT_EQ(code_of({{"a", DType::U8, {1}, d.data(), 1}, {"a", DType::U8, {1}, d.data(), 1}}),
+            ErrorCode::InvalidArgument);
   EXPECT_EQ(code_of({{"__metadata__", DType::U8, {1}, d.data(), 1}}), ErrorCode::InvalidArgument);
   EXPECT_EQ(code_of({{"a", DType::U8, {-1}, d.data(), 1}}), ErrorCode::InvalidArgument);
   EXPECT_EQ(code_of({{"a", DType::F4, {3}, d.data(), 2}}), ErrorCode::ShapeMismatch);
@@ -235,8 +244,8 @@ Sharded write_sharded(const std::string& dir, std::mt19937_64& rng, bool with_in
     s.shard[i] = random_tensors(rng, "s" + std::to_string(i) + ".");
     s.shard[i].resize(std::min<size_t>(s.shard[i].size(), 12));
     for (const auto& o : s.shard[i]) wm[o.t.name] = names[i];
-    write_safetensors(dir + "/" + names[i], views(s.shard[i]), {{"shard", std::to_string(i)}, {"format", "pt"}},
-                      false);
+    write_safetensors(dir + "/" + names[i], views(s.shard[i]),
+                      {{"shard", std::to_string(i)}, {"format", "pt"}}, false);
   }
   if (with_index)
     test::write_file(dir + "/model.safetensors.index.json",
@@ -305,16 +314,19 @@ TEST(Checkpoint, OtherIndexNameAndSeveralIndexes) {
   std::mt19937_64 rng(test::test_seed() + 3);
   TempDir dir;
   const Sharded s = write_sharded(dir.path(), rng, true);
-  std::filesystem::rename(dir.file("model.safetensors.index.json"), dir.file("pytorch_model.safetensors.index.json"));
+  std::filesystem::rename(dir.file("model.safetensors.index.json"),
+                          dir.file("pytorch_model.safetensors.index.json"));
   expect_sharded(*Checkpoint::open(dir.path()), s);
-  std::filesystem::copy_file(dir.file("pytorch_model.safetensors.index.json"), dir.file("other.safetensors.index.json"));
+  std::filesystem::copy_file(dir.file("pytorch_model.safetensors.index.json"),
+                             dir.file("other.safetensors.index.json"));
   try {
     Checkpoint::open(dir.path());
     FAIL();
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), ErrorCode::BadIndex);
   }
-  std::filesystem::copy_file(dir.file("other.safetensors.index.json"), dir.file("model.safetensors.index.json"));
+  std::filesystem::copy_file(dir.file("other.safetensors.index.json"),
+                             dir.file("model.safetensors.index.json"));
   expect_sharded(*Checkpoint::open(dir.path()), s);  // model.* preferred
 }
 
@@ -419,7 +431,8 @@ int write_past_size_limit(const std::string& final_path) {
 
 TEST(AtomicOutputFile, FullDiskIsDiskFullAndLeavesNothing) {
   TempDir dir;
-  EXPECT_EXIT(std::_Exit(write_past_size_limit(dir.file("big.bin"))), ::testing::ExitedWithCode(0), "");
+  EXPECT_EXIT(std::_Exit(write_past_size_limit(dir.file("big.bin"))), ::testing::ExitedWithCode(0),
+              "");
 }
 
 TEST(Io, HelpersAndMappedFile) {

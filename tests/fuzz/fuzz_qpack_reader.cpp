@@ -1,8 +1,7 @@
 // libFuzzer target: QpackFile::from_memory, then every read path.
 #include <cstring>
-#include <vector>
-
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "fuzz/fuzz_entry.hpp"
 #include "qpack/format/checksum.hpp"
@@ -67,7 +66,8 @@ int qpack_reader(const uint8_t* data, size_t size) {
         if (!ts.section->present || ts.section->raw_size != ts.raw_size) __builtin_trap();
       for (const Section* s : {&t.data, &t.codes, &t.scales, &t.zeros}) {
         if (!s->present) continue;
-        if (s->offset < QpackHeader::kSize || s->offset > f->file_size() || s->size > f->file_size() - s->offset)
+        if (s->offset < QpackHeader::kSize || s->offset > f->file_size() ||
+            s->size > f->file_size() - s->offset)
           __builtin_trap();
         try {
           const SectionBytes b = f->read(t, *s);

@@ -4,9 +4,9 @@
 // rewrites). Only qpack::Error may escape the library, which the entry
 // points catch; any other exception fails the test, a trap or a sanitizer
 // report kills it. The seed is printed; QPACK_TEST_SEED replays a run.
-#include <random>
-
 #include <gtest/gtest.h>
+
+#include <random>
 
 #include "fuzz/fuzz_entry.hpp"
 #include "fuzz/seeds.hpp"
@@ -17,7 +17,8 @@ namespace {
 
 constexpr int kMutations = 2500;
 
-corpus::Bytes mutate(const corpus::Bytes& in, const std::vector<Seed>& pool, std::mt19937_64& rng, size_t keep) {
+corpus::Bytes mutate(const corpus::Bytes& in, const std::vector<Seed>& pool, std::mt19937_64& rng,
+                     size_t keep) {
   corpus::Bytes b = in;
   const int steps = 1 + int(rng() % 4);
   for (int s = 0; s < steps; ++s) {
@@ -27,7 +28,8 @@ corpus::Bytes mutate(const corpus::Bytes& in, const std::vector<Seed>& pool, std
         if (n > keep) b[keep + rng() % (n - keep)] ^= uint8_t(1u << (rng() % 8));
         break;
       case 1: {  // interesting byte
-        static const uint8_t v[] = {0, 0xff, 0x7f, 0x80, '{', '}', '[', ']', '"', ':', ',', '-', '0', '9', ' ', 'e'};
+        static const uint8_t v[] = {0,   0xff, 0x7f, 0x80, '{', '}', '[', ']',
+                                    '"', ':',  ',',  '-',  '0', '9', ' ', 'e'};
         if (n > keep) b[keep + rng() % (n - keep)] = v[rng() % sizeof v];
         break;
       }
@@ -43,7 +45,8 @@ corpus::Bytes mutate(const corpus::Bytes& in, const std::vector<Seed>& pool, std
       case 4: {  // splice a piece of another seed
         const corpus::Bytes& o = pool[rng() % pool.size()].bytes;
         if (o.empty() || n <= keep) break;
-        const size_t from = rng() % o.size(), len = 1 + rng() % std::min<size_t>(64, o.size() - from);
+        const size_t from = rng() % o.size(),
+                     len = 1 + rng() % std::min<size_t>(64, o.size() - from);
         const size_t at = keep + rng() % (n - keep);
         for (size_t i = 0; i < len && at + i < b.size(); ++i) b[at + i] = o[from + i];
         break;
@@ -51,14 +54,17 @@ corpus::Bytes mutate(const corpus::Bytes& in, const std::vector<Seed>& pool, std
       case 5: {  // rewrite a little-endian u64 somewhere (lengths, offsets)
         if (n < keep + 8) break;
         const size_t at = keep + (rng() % 2 ? 0 : 8 * (rng() % ((n - keep) / 8)));
-        static const uint64_t v[] = {0, 1, 7, 8, 63, 64, 65, 100000000, 100000001, ~uint64_t(0), uint64_t(1) << 63};
+        static const uint64_t v[] = {
+            0, 1, 7, 8, 63, 64, 65, 100000000, 100000001, ~uint64_t(0), uint64_t(1) << 63};
         const uint64_t x = rng() % 2 ? v[rng() % (sizeof v / sizeof v[0])] : rng() % (n + 16);
-        for (int i = 0; i < 8 && at + size_t(i) < b.size(); ++i) b[at + size_t(i)] = uint8_t(x >> (8 * i));
+        for (int i = 0; i < 8 && at + size_t(i) < b.size(); ++i)
+          b[at + size_t(i)] = uint8_t(x >> (8 * i));
         break;
       }
       case 6:  // duplicate a chunk (repeats keys, sections)
         if (n > keep + 2) {
-          const size_t from = keep + rng() % (n - keep - 1), len = 1 + rng() % std::min<size_t>(32, n - from);
+          const size_t from = keep + rng() % (n - keep - 1),
+                       len = 1 + rng() % std::min<size_t>(32, n - from);
           corpus::Bytes chunk(b.begin() + long(from), b.begin() + long(from + len));
           b.insert(b.begin() + long(from), chunk.begin(), chunk.end());
         }

@@ -17,27 +17,27 @@
 #include <string>
 #include <vector>
 
-#include "qpack/converter/convert.hpp"
 #include "qpack/converter/backend_cuda.hpp"
-#include "qpack/kernels/cuda_quant.hpp"
-#include "qpack/spec/dtype.hpp"
-#include "qpack/format/error.hpp"
-#include "qpack/format/io.hpp"
-#include "quant_detail.hpp"
+#include "qpack/converter/convert.hpp"
 #include "qpack/converter/quantize.hpp"
 #include "qpack/converter/quantizer.hpp"
-#include "qpack/format/safetensors.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/format/io.hpp"
 #include "qpack/format/layout.hpp"
+#include "qpack/format/safetensors.hpp"
 #include "qpack/format/text.hpp"
+#include "qpack/kernels/cuda_quant.hpp"
+#include "qpack/spec/dtype.hpp"
+#include "quant_detail.hpp"
 #include "testutil.hpp"
 
 using namespace qpack;
 
 namespace {
 
-#define REQUIRE_GPU()                                                 \
-  do {                                                                \
-    std::string why_;                                                 \
+#define REQUIRE_GPU()                                                             \
+  do {                                                                            \
+    std::string why_;                                                             \
     if (!cuda::cuda_available(&why_)) GTEST_SKIP() << "no CUDA device: " << why_; \
   } while (0)
 
@@ -104,7 +104,8 @@ enum class Dist { Normal, Wide, Ties, Constant, Tiny, Zeros };
 
 // Values for a tensor viewed as (outer, L, inner); some distributions are
 // built per group so they hit exact rounding ties, constant groups etc.
-std::vector<float> make_values(const GroupLayout& L, const QuantScheme& s, Dist d, std::mt19937_64& rng) {
+std::vector<float> make_values(const GroupLayout& L, const QuantScheme& s, Dist d,
+                               std::mt19937_64& rng) {
   const int64_t n = L.num_elements();
   std::vector<float> v(static_cast<size_t>(n));
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -125,9 +126,9 @@ std::vector<float> make_values(const GroupLayout& L, const QuantScheme& s, Dist 
     case Dist::Tiny:  // subnormals of every source dtype, signed zeros
       for (auto& x : v) {
         const int pick = int(rng() % 5);
-        const float m = pick == 0 ? std::ldexp(float(rng() % 1024), -24 - 10)   // f16 subnormals
-                        : pick == 1 ? std::ldexp(float(rng() % 128), -133)      // bf16/f32 subnormals
-                        : pick == 2 ? std::ldexp(float(rng() % 4096), -149)     // f32 subnormals
+        const float m = pick == 0   ? std::ldexp(float(rng() % 1024), -24 - 10)  // f16 subnormals
+                        : pick == 1 ? std::ldexp(float(rng() % 128), -133)   // bf16/f32 subnormals
+                        : pick == 2 ? std::ldexp(float(rng() % 4096), -149)  // f32 subnormals
                         : pick == 3 ? -0.0f
                                     : std::ldexp(1.0f + uni(rng), -14 - int(rng() % 10));
         x = (rng() & 1) ? -m : m;
@@ -184,18 +185,43 @@ struct Case {
 // element, rank 1..4.
 std::vector<Case> cases() {
   return {
-      {{1}, 0, 64},          {{7}, 0, 0},           {{10}, -1, 8},        {{1, 10}, -1, 8},
-      {{33, 17}, 0, 8},      {{33, 17}, -1, 8},     {{64, 40}, 0, 64},    {{130, 24}, 0, 64},
-      {{24, 130}, -1, 64},   {{24, 128}, -1, 64},   {{3, 5, 40}, 1, 0},   {{3, 5, 40}, 2, 16},
-      {{3, 5, 40}, 0, 8},    {{5, 2, 7, 3}, 2, 10}, {{300, 16}, 0, 256},  {{300, 16}, 0, 0},
-      {{600, 8}, 0, 0},      {{8, 600}, -1, 0},     {{96, 64}, 0, 32},    {{16, 64}, 0, 8},
-      {{16, 64}, 0, 16},     {{8, 264}, -1, 264},   {{256, 48}, 0, 128},  {{70, 36}, 0, 48},
-      {{2, 66, 24}, 1, 64},  {{1, 1}, 0, 8},        {{40, 64}, -1, 32},   {{33, 16}, -1, 8},
-      {{37, 128}, -1, 64},   {{5, 3, 64}, 2, 16},
+      {{1}, 0, 64},
+      {{7}, 0, 0},
+      {{10}, -1, 8},
+      {{1, 10}, -1, 8},
+      {{33, 17}, 0, 8},
+      {{33, 17}, -1, 8},
+      {{64, 40}, 0, 64},
+      {{130, 24}, 0, 64},
+      {{24, 130}, -1, 64},
+      {{24, 128}, -1, 64},
+      {{3, 5, 40}, 1, 0},
+      {{3, 5, 40}, 2, 16},
+      {{3, 5, 40}, 0, 8},
+      {{5, 2, 7, 3}, 2, 10},
+      {{300, 16}, 0, 256},
+      {{300, 16}, 0, 0},
+      {{600, 8}, 0, 0},
+      {{8, 600}, -1, 0},
+      {{96, 64}, 0, 32},
+      {{16, 64}, 0, 8},
+      {{16, 64}, 0, 16},
+      {{8, 264}, -1, 264},
+      {{256, 48}, 0, 128},
+      {{70, 36}, 0, 48},
+      {{2, 66, 24}, 1, 64},
+      {{1, 1}, 0, 8},
+      {{40, 64}, -1, 32},
+      {{33, 16}, -1, 8},
+      {{37, 128}, -1, 64},
+      {{5, 3, 64}, 2, 16},
       // Contiguous whole groups of 8 * 2^k elements (coalesced-window quantize
       // kernel for 16-bit sources, whole-group dequantize): windows of 32
       // groups and of fewer (G' = 128, 256), partial last windows.
-      {{48, 256}, -1, 128},  {{20, 512}, -1, 256},  {{300, 64}, -1, 64},  {{3, 7, 48}, 2, 16},
+      {{48, 256}, -1, 128},
+      {{20, 512}, -1, 256},
+      {{300, 64}, -1, 64},
+      {{3, 7, 48}, 2, 16},
   };
 }
 
@@ -250,12 +276,17 @@ DeviceRun run_device(const std::vector<uint8_t>& src, DType dt, const GroupLayou
   o.codes = d_codes.as<uint8_t>();
   o.scales = d_scales.as<uint8_t>();
   o.zeros = s.symmetric ? nullptr : d_zeros.as<uint8_t>();
-  cuda::throw_if_failed(cuda::quantize(d_src.data(), dt, L, s, policy, o, d_flags.as<cuda::QuantFlags>(), nullptr));
-  cuda::throw_if_failed(cuda::dequantize(d_codes.as<uint8_t>(), d_scales.as<uint8_t>(), d_zeros.as<uint8_t>(), L,
-                                         s, d_deq.data(), DType::F32, nullptr));
-  cuda::throw_if_failed(cuda::copy_to_host(r.out.codes.data(), d_codes.data(), r.out.codes.size(), nullptr));
-  cuda::throw_if_failed(cuda::copy_to_host(r.out.scales.data(), d_scales.data(), r.out.scales.size(), nullptr));
-  cuda::throw_if_failed(cuda::copy_to_host(r.out.zeros.data(), d_zeros.data(), r.out.zeros.size(), nullptr));
+  cuda::throw_if_failed(
+      cuda::quantize(d_src.data(), dt, L, s, policy, o, d_flags.as<cuda::QuantFlags>(), nullptr));
+  cuda::throw_if_failed(cuda::dequantize(d_codes.as<uint8_t>(), d_scales.as<uint8_t>(),
+                                         d_zeros.as<uint8_t>(), L, s, d_deq.data(), DType::F32,
+                                         nullptr));
+  cuda::throw_if_failed(
+      cuda::copy_to_host(r.out.codes.data(), d_codes.data(), r.out.codes.size(), nullptr));
+  cuda::throw_if_failed(
+      cuda::copy_to_host(r.out.scales.data(), d_scales.data(), r.out.scales.size(), nullptr));
+  cuda::throw_if_failed(
+      cuda::copy_to_host(r.out.zeros.data(), d_zeros.data(), r.out.zeros.size(), nullptr));
   cuda::throw_if_failed(cuda::copy_to_host(&r.flags, d_flags.data(), sizeof r.flags, nullptr));
   r.deq.assign(size_t(L.num_elements()), 0.0f);
   cuda::throw_if_failed(cuda::copy_to_host(r.deq.data(), d_deq.data(), r.deq.size() * 4, nullptr));
@@ -295,7 +326,8 @@ std::string message_from_flags(const cuda::QuantFlags& f, const std::vector<uint
 TEST(CudaQuant, DeviceApiMatchesReferenceEverywhere) {
   REQUIRE_GPU();
   std::mt19937_64 rng(test::test_seed());
-  const Dist dists[] = {Dist::Normal, Dist::Wide, Dist::Ties, Dist::Constant, Dist::Tiny, Dist::Zeros};
+  const Dist dists[] = {Dist::Normal,   Dist::Wide, Dist::Ties,
+                        Dist::Constant, Dist::Tiny, Dist::Zeros};
   int checked = 0, errors = 0;
   for (const Case& c : cases())
     for (const Config& cfg : configs()) {
@@ -307,7 +339,8 @@ TEST(CudaQuant, DeviceApiMatchesReferenceEverywhere) {
       const Dist d = dists[rng() % 6];
       const std::vector<uint8_t> src = encode(make_values(L, s, d, rng), cfg.dtype);
       for (NonFinitePolicy policy : {NonFinitePolicy::Error, NonFinitePolicy::Zero}) {
-        const std::string what = describe(c.shape, cfg.dtype, s) + " dist " + std::to_string(int(d)) +
+        const std::string what = describe(c.shape, cfg.dtype, s) + " dist " +
+                                 std::to_string(int(d)) +
                                  (policy == NonFinitePolicy::Zero ? " nonfinite=zero" : "");
         SCOPED_TRACE(what);
         Outputs want;
@@ -327,8 +360,10 @@ TEST(CudaQuant, DeviceApiMatchesReferenceEverywhere) {
             expect_same(r.out, want, w);
             std::vector<float> deq(size_t(L.num_elements()));
             dequantize_reference(want.codes.data(), want.scales.data(),
-                                 want.zeros.empty() ? nullptr : want.zeros.data(), L, s, deq.data());
-            EXPECT_EQ(first_diff(float_bytes(r.deq), float_bytes(deq)), -1) << w << ": dequantized floats differ";
+                                 want.zeros.empty() ? nullptr : want.zeros.data(), L, s,
+                                 deq.data());
+            EXPECT_EQ(first_diff(float_bytes(r.deq), float_bytes(deq)), -1)
+                << w << ": dequantized floats differ";
             ++checked;
           }
           if (HasFailure()) return;  // one detailed failure is enough
@@ -379,20 +414,25 @@ TEST(CudaQuant, DequantizeToHalfTypesRoundsLikeTheHost) {
         Outputs q = make_outputs(L, s, 0);
         for (auto& b : q.codes) b = uint8_t(rng());
         std::normal_distribution<float> normal(0.0f, 3.0f);
-        const std::vector<uint8_t> sc = encode([&] {
-          std::vector<float> v(size_t(L.num_groups()));
-          for (auto& x : v) x = normal(rng);
-          return v;
-        }(), s.scale_dtype);
+        const std::vector<uint8_t> sc = encode(
+            [&] {
+              std::vector<float> v(size_t(L.num_groups()));
+              for (auto& x : v) x = normal(rng);
+              return v;
+            }(),
+            s.scale_dtype);
         q.scales = sc;
-        if (!s.symmetric) q.zeros = encode([&] {
-          std::vector<float> v(size_t(L.num_groups()));
-          for (auto& x : v) x = normal(rng) * 10.0f;
-          return v;
-        }(), s.scale_dtype);
+        if (!s.symmetric)
+          q.zeros = encode(
+              [&] {
+                std::vector<float> v(size_t(L.num_groups()));
+                for (auto& x : v) x = normal(rng) * 10.0f;
+                return v;
+              }(),
+              s.scale_dtype);
         std::vector<float> ref(size_t(L.num_elements()));
-        dequantize_reference(q.codes.data(), q.scales.data(), q.zeros.empty() ? nullptr : q.zeros.data(), L, s,
-                             ref.data());
+        dequantize_reference(q.codes.data(), q.scales.data(),
+                             q.zeros.empty() ? nullptr : q.zeros.data(), L, s, ref.data());
         std::vector<uint8_t> want;
         if (out_dt == DType::F32) {
           want = float_bytes(ref);
@@ -400,9 +440,11 @@ TEST(CudaQuant, DequantizeToHalfTypesRoundsLikeTheHost) {
           want = encode(ref, out_dt);
         }
         std::vector<uint8_t> got(ref.size() * size_t(esize(out_dt)), 0x5A);
-        cuda::dequantize_on_device(0, q.codes.data(), q.scales.data(), q.zeros.empty() ? nullptr : q.zeros.data(),
-                                   L, s, got.data(), out_dt);
-        ASSERT_EQ(first_diff(got, want), -1) << describe(c.shape, DType::F32, s) << " -> " << dtype_name(out_dt);
+        cuda::dequantize_on_device(0, q.codes.data(), q.scales.data(),
+                                   q.zeros.empty() ? nullptr : q.zeros.data(), L, s, got.data(),
+                                   out_dt);
+        ASSERT_EQ(first_diff(got, want), -1)
+            << describe(c.shape, DType::F32, s) << " -> " << dtype_name(out_dt);
 
         // Non-finite parameters (the kernels' general path): +-Inf and NaN
         // scales and zero-points among finite ones, output equal up to NaN
@@ -414,13 +456,15 @@ TEST(CudaQuant, DequantizeToHalfTypesRoundsLikeTheHost) {
           const std::vector<uint8_t> one = encode({specials[rng() % 3]}, s.scale_dtype);
           std::memcpy(&arr[gidx * one.size()], one.data(), one.size());
         }
-        dequantize_reference(q.codes.data(), q.scales.data(), q.zeros.empty() ? nullptr : q.zeros.data(), L, s,
-                             ref.data());
+        dequantize_reference(q.codes.data(), q.scales.data(),
+                             q.zeros.empty() ? nullptr : q.zeros.data(), L, s, ref.data());
         want = out_dt == DType::F32 ? float_bytes(ref) : encode(ref, out_dt);
-        cuda::dequantize_on_device(0, q.codes.data(), q.scales.data(), q.zeros.empty() ? nullptr : q.zeros.data(),
-                                   L, s, got.data(), out_dt);
+        cuda::dequantize_on_device(0, q.codes.data(), q.scales.data(),
+                                   q.zeros.empty() ? nullptr : q.zeros.data(), L, s, got.data(),
+                                   out_dt);
         ASSERT_EQ(first_diff_nan(got, want, out_dt), -1)
-            << describe(c.shape, DType::F32, s) << " -> " << dtype_name(out_dt) << " (non-finite parameters)";
+            << describe(c.shape, DType::F32, s) << " -> " << dtype_name(out_dt)
+            << " (non-finite parameters)";
       }
 }
 
@@ -480,8 +524,8 @@ TEST(CudaQuantizer, LargeTensorsManyChunksBothStreamsCounts) {
       const std::vector<uint8_t> src = encode(make_values(L, s, Dist::Normal, rng), DType::BF16);
       const Outputs want = run_reference(src, DType::BF16, L, s, NonFinitePolicy::Error);
       Outputs got = make_outputs(L, s, 0xA5);
-      quantizer(src.size() / 7, streams)->quantize({src.data(), DType::BF16, "big"}, L, s,
-                                                   NonFinitePolicy::Error, got.buffers());
+      quantizer(src.size() / 7, streams)
+          ->quantize({src.data(), DType::BF16, "big"}, L, s, NonFinitePolicy::Error, got.buffers());
       expect_same(got, want, "axis " + std::to_string(axis));
     }
 }
@@ -501,7 +545,8 @@ TEST(CudaQuantizer, PinnedSourceIsCopiedDirectly) {
     const Outputs want = run_reference(src, DType::F16, L, s, NonFinitePolicy::Error);
     for (size_t chunk : {size_t(1) << 20, size_t(5000), size_t(1)}) {
       Outputs got = make_outputs(L, s, 0xA5);
-      quantizer(chunk)->quantize({pinned.data(), DType::F16, "p"}, L, s, NonFinitePolicy::Error, got.buffers());
+      quantizer(chunk)->quantize({pinned.data(), DType::F16, "p"}, L, s, NonFinitePolicy::Error,
+                                 got.buffers());
       expect_same(got, want, "pinned, chunk " + std::to_string(chunk));
     }
   }
@@ -531,15 +576,16 @@ TEST(CudaQuantizer, PageableSourcesAtOddOffsetsMatchTheReference) {
       const MappedFile file(path);
       for (const uint8_t* base : {static_cast<const uint8_t*>(bytes.data()) + at, file.data() + at})
         for (size_t chunk : {size_t(1) << 20, size_t(2) << 20, (size_t(3) << 20) + 12345}) {
-          const std::string what = std::string(base == file.data() + at ? "file" : "anon") + " axis " +
-                                   std::to_string(axis) + " rows " + std::to_string(rows) + " chunk " +
-                                   std::to_string(chunk);
+          const std::string what = std::string(base == file.data() + at ? "file" : "anon") +
+                                   " axis " + std::to_string(axis) + " rows " +
+                                   std::to_string(rows) + " chunk " + std::to_string(chunk);
           SCOPED_TRACE(what);
           cuda::QuantizerOptions o;
           o.chunk_bytes = chunk;
           o.host_threads = 4;
           Outputs got = make_outputs(L, s, 0xA5);
-          make_cuda_quantizer(0, o)->quantize({base, DType::F16, "r"}, L, s, NonFinitePolicy::Error, got.buffers());
+          make_cuda_quantizer(0, o)->quantize({base, DType::F16, "r"}, L, s, NonFinitePolicy::Error,
+                                              got.buffers());
           expect_same(got, want, what);
           if (HasFailure()) return;
         }
@@ -568,7 +614,8 @@ TEST(CudaQuant, LargeTensorsMatchTheReference) {
 TEST(CudaQuantizer, EmptyTensorsDoNothing) {
   REQUIRE_GPU();
   auto q = quantizer(1024);
-  for (const std::vector<int64_t>& shape : std::vector<std::vector<int64_t>>{{0}, {0, 64}, {64, 0}, {3, 0, 5}}) {
+  for (const std::vector<int64_t>& shape :
+       std::vector<std::vector<int64_t>>{{0}, {0, 64}, {64, 0}, {3, 0, 5}}) {
     QuantScheme s;
     const GroupLayout L = make_layout(shape, s, "e");
     uint8_t dummy = 0;
@@ -614,7 +661,7 @@ TEST(CudaQuantizer, SubmittedTensorsShareThePipelineAndMatchTheReference) {
       it->scheme.axis = c.axis;
       it->scheme.group_size = c.group;
       std::vector<int64_t> shape = c.shape;
-      if (rng() % 8 == 0) shape[0] = 0;                      // empty
+      if (rng() % 8 == 0) shape[0] = 0;                               // empty
       if (chunk > 1 && rng() % 4 == 0) shape[0] = shape[0] * 37 + 5;  // more chunks, bigger buffers
       it->L = make_layout(shape, it->scheme, "t" + std::to_string(i));
       std::vector<float> v = make_values(it->L, it->scheme, Dist(rng() % 6), rng);
@@ -630,7 +677,8 @@ TEST(CudaQuantizer, SubmittedTensorsShareThePipelineAndMatchTheReference) {
       const std::string name = "t" + std::to_string(i);
       it->want = make_outputs(it->L, it->scheme, 0);
       try {
-        quantize_reference({it->src.data(), it->dtype, name}, it->L, it->scheme, it->policy, it->want.buffers());
+        quantize_reference({it->src.data(), it->dtype, name}, it->L, it->scheme, it->policy,
+                           it->want.buffers());
       } catch (const Error& e) {
         it->want_error = e.what();
       }
@@ -683,7 +731,9 @@ TEST(CudaQuantizer, CancelStopsTensorsInFlight) {
   auto q = quantizer(20000);
   std::vector<Outputs> outs(4, make_outputs(L, s, 0xA5));
   std::vector<TensorQuantizer::Ticket> ts;
-  for (Outputs& o : outs) ts.push_back(q->submit({src.data(), DType::F16, "c"}, L, s, NonFinitePolicy::Error, o.buffers()));
+  for (Outputs& o : outs)
+    ts.push_back(
+        q->submit({src.data(), DType::F16, "c"}, L, s, NonFinitePolicy::Error, o.buffers()));
   q->cancel();
   for (TensorQuantizer::Ticket t : ts) {
     try {
@@ -697,7 +747,8 @@ TEST(CudaQuantizer, CancelStopsTensorsInFlight) {
   q->quantize({src.data(), DType::F16, "c"}, L, s, NonFinitePolicy::Error, got.buffers());
   expect_same(got, want, "after cancel");
   // Tensors left in flight when the quantizer goes away are stopped by it.
-  for (Outputs& o : outs) q->submit({src.data(), DType::F16, "c"}, L, s, NonFinitePolicy::Error, o.buffers());
+  for (Outputs& o : outs)
+    q->submit({src.data(), DType::F16, "c"}, L, s, NonFinitePolicy::Error, o.buffers());
   q.reset();
 }
 
@@ -725,7 +776,8 @@ TEST(CudaConvert, FailureWithTensorsInFlightLeavesNothing) {
   EXPECT_EQ(gpu_error, cpu_error);
   EXPECT_FALSE(std::filesystem::exists(dir.file("gpu.qpack")));
   size_t files = 0;
-  for (const auto& e : std::filesystem::directory_iterator(dir.path())) files += e.path() != src ? 1 : 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path()))
+    files += e.path() != src ? 1 : 0;
   EXPECT_EQ(files, 0u) << "a temporary file was left behind";
 }
 
@@ -733,8 +785,9 @@ TEST(CudaConvert, FailureWithTensorsInFlightLeavesNothing) {
 
 // Runs the reference and the GPU quantizer (default and tiny chunks); both
 // must throw the same code and message, or both succeed with the same bytes.
-void expect_same_outcome(const std::vector<uint8_t>& src, DType dt, const std::vector<int64_t>& shape,
-                         const QuantScheme& s, NonFinitePolicy policy, ErrorCode expected) {
+void expect_same_outcome(const std::vector<uint8_t>& src, DType dt,
+                         const std::vector<int64_t>& shape, const QuantScheme& s,
+                         NonFinitePolicy policy, ErrorCode expected) {
   const GroupLayout L = make_layout(shape, s, "bad.weight");
   std::string want_msg;
   ErrorCode want_code = ErrorCode::Internal;
@@ -774,7 +827,8 @@ TEST(CudaQuantizerErrors, NonFiniteFirstIndexAndPolicies) {
   for (DType dt : {DType::F16, DType::BF16, DType::F32})
     for (int axis : {0, -1, -2})  // -2: axis -1 of a [96, 64] tensor (whole groups)
       for (float special : specials) {
-        const std::vector<int64_t> shape = axis == -2 ? std::vector<int64_t>{96, 64} : std::vector<int64_t>{96, 40};
+        const std::vector<int64_t> shape =
+            axis == -2 ? std::vector<int64_t>{96, 64} : std::vector<int64_t>{96, 40};
         QuantScheme s;
         s.axis = axis == -2 ? -1 : axis;
         s.group_size = 32;
@@ -808,7 +862,8 @@ TEST(CudaQuantizerErrors, RangeOverflowNamesTheFirstGroup) {
       // Beyond F16's range: the zero-point (asymmetric) or the scale overflows.
       for (int k = 0; k < 4; ++k) v[size_t(rng() % v.size())] = sym ? 3.0e6f : -1.0e5f;
       const std::vector<uint8_t> src = encode(v, DType::F32);
-      expect_same_outcome(src, DType::F32, {64, 48}, s, NonFinitePolicy::Error, ErrorCode::RangeOverflow);
+      expect_same_outcome(src, DType::F32, {64, 48}, s, NonFinitePolicy::Error,
+                          ErrorCode::RangeOverflow);
       // A NaN anywhere wins over the overflow, as in the reference.
       std::vector<float> w = v;
       w[w.size() - 1] = std::nanf("");
@@ -816,7 +871,8 @@ TEST(CudaQuantizerErrors, RangeOverflowNamesTheFirstGroup) {
                           ErrorCode::NonFinite);
       // With BF16 scales the same values are fine.
       s.scale_dtype = DType::BF16;
-      expect_same_outcome(src, DType::F32, {64, 48}, s, NonFinitePolicy::Error, ErrorCode::Internal);
+      expect_same_outcome(src, DType::F32, {64, 48}, s, NonFinitePolicy::Error,
+                          ErrorCode::Internal);
     }
 }
 
@@ -829,29 +885,39 @@ TEST(CudaApi, ValidatesArguments) {
   cuda::DeviceQuantOutput o;
   o.codes = o.scales = o.zeros = buf.as<uint8_t>();
   // No flags.
-  EXPECT_EQ(cuda::quantize(buf.data(), DType::F16, L, s, NonFinitePolicy::Error, o, nullptr, nullptr).code,
-            cuda::StatusCode::InvalidArgument);
+  EXPECT_EQ(
+      cuda::quantize(buf.data(), DType::F16, L, s, NonFinitePolicy::Error, o, nullptr, nullptr)
+          .code,
+      cuda::StatusCode::InvalidArgument);
   // Layout of another scheme.
   QuantScheme s8 = s;
   s8.bits = 8;
   auto* flags = reinterpret_cast<cuda::QuantFlags*>(buf.as<uint8_t>() + 60000);
-  EXPECT_EQ(cuda::quantize(buf.data(), DType::F16, L, s8, NonFinitePolicy::Error, o, flags, nullptr).code,
-            cuda::StatusCode::InvalidArgument);
+  EXPECT_EQ(
+      cuda::quantize(buf.data(), DType::F16, L, s8, NonFinitePolicy::Error, o, flags, nullptr).code,
+      cuda::StatusCode::InvalidArgument);
   // Non-float source, tile out of range, null output.
-  EXPECT_EQ(cuda::quantize(buf.data(), DType::I32, L, s, NonFinitePolicy::Error, o, flags, nullptr).code,
-            cuda::StatusCode::InvalidArgument);
+  EXPECT_EQ(
+      cuda::quantize(buf.data(), DType::I32, L, s, NonFinitePolicy::Error, o, flags, nullptr).code,
+      cuda::StatusCode::InvalidArgument);
   cuda::Tile t;
   t.col_end = 65;
-  EXPECT_EQ(cuda::quantize(buf.data(), DType::F16, L, s, NonFinitePolicy::Error, o, flags, nullptr, t).code,
-            cuda::StatusCode::InvalidArgument);
+  EXPECT_EQ(
+      cuda::quantize(buf.data(), DType::F16, L, s, NonFinitePolicy::Error, o, flags, nullptr, t)
+          .code,
+      cuda::StatusCode::InvalidArgument);
   cuda::DeviceQuantOutput bad = o;
   bad.scales = nullptr;
-  EXPECT_EQ(cuda::quantize(buf.data(), DType::F16, L, s, NonFinitePolicy::Error, bad, flags, nullptr).code,
+  EXPECT_EQ(
+      cuda::quantize(buf.data(), DType::F16, L, s, NonFinitePolicy::Error, bad, flags, nullptr)
+          .code,
+      cuda::StatusCode::InvalidArgument);
+  EXPECT_EQ(cuda::dequantize(buf.as<uint8_t>(), buf.as<uint8_t>(), buf.as<uint8_t>(), L, s,
+                             buf.data(), DType::I8, nullptr)
+                .code,
             cuda::StatusCode::InvalidArgument);
-  EXPECT_EQ(cuda::dequantize(buf.as<uint8_t>(), buf.as<uint8_t>(), buf.as<uint8_t>(), L, s, buf.data(),
-                             DType::I8, nullptr).code,
-            cuda::StatusCode::InvalidArgument);
-  const cuda::Status st = cuda::quantize(buf.data(), DType::F16, L, s, NonFinitePolicy::Error, o, nullptr, nullptr);
+  const cuda::Status st =
+      cuda::quantize(buf.data(), DType::F16, L, s, NonFinitePolicy::Error, o, nullptr, nullptr);
   EXPECT_THROW(cuda::throw_if_failed(st, "t"), Error);
 }
 
@@ -888,7 +954,8 @@ TEST(CudaConvert, CheckpointOnGpuIsTheSameFileAsOnCpu) {
   test::TempDir dir;
   const std::string model = dir.file("model");
   std::filesystem::create_directories(model);
-  test::run_testgen("llama " + model + " --hidden 200 --intermediate 72 --layers 2 --vocab 130 "
+  test::run_testgen("llama " + model +
+                    " --hidden 200 --intermediate 72 --layers 2 --vocab 130 "
                     "--shard-bytes 150000 --seed 11 --dtype bf16");
   struct Variant {
     const char* name;
@@ -907,7 +974,8 @@ TEST(CudaConvert, CheckpointOnGpuIsTheSameFileAsOnCpu) {
     o.recipe = v.recipe;
     o.overwrite = true;
     auto cpu = make_cpu_quantizer(2);
-    const std::string a = dir.file("cpu.qpack"), b = dir.file("gpu.qpack"), c = dir.file("gpu-tiny.qpack");
+    const std::string a = dir.file("cpu.qpack"), b = dir.file("gpu.qpack"),
+                      c = dir.file("gpu-tiny.qpack");
     convert_checkpoint(model, a, o, *cpu);
     convert_checkpoint(model, b, o, *make_cuda_quantizer(0));
     convert_checkpoint(model, c, o, *quantizer(4096));

@@ -7,12 +7,12 @@
 #include <filesystem>
 #include <random>
 
-#include "qpack/format/container.hpp"
 #include "qpack/converter/export.hpp"
+#include "qpack/format/container.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/safetensors.hpp"
-#include "qpack/verify/verify.hpp"
 #include "qpack/verify/report.hpp"
+#include "qpack/verify/verify.hpp"
 #include "testutil.hpp"
 #include "verify/verify_fixtures.hpp"
 
@@ -121,7 +121,8 @@ TEST_F(VerifyFile, JsonReportHasTheDocumentedFields) {
   EXPECT_EQ(j["schema_version"], 1);
   EXPECT_EQ(j["verdict"], "pass");
   EXPECT_EQ(j["exit_code"], 0);
-  for (const char* k : {"file", "source", "device", "threads", "qpack_version", "created_utc", "thresholds", "policy"})
+  for (const char* k : {"file", "source", "device", "threads", "qpack_version", "created_utc",
+                        "thresholds", "policy"})
     EXPECT_TRUE(j["settings"].contains(k)) << k;
   EXPECT_EQ(j["settings"]["thresholds"]["max_rel_error"], 0.5);
   EXPECT_TRUE(j["settings"]["thresholds"]["min_snr_db"].is_null());
@@ -136,8 +137,9 @@ TEST_F(VerifyFile, JsonReportHasTheDocumentedFields) {
   EXPECT_EQ(q["layer_index"], 0);
   EXPECT_EQ(q["kind"], "q_proj");
   EXPECT_EQ(q["scheme"]["bits"], 4);
-  for (const char* k : {"elements", "nonfinite_skipped", "rel_error", "snr_db", "cosine", "rmse", "mean_abs_error",
-                        "max_abs_error", "max_abs_index", "bound_violations", "first_bound_violation_index", "sums"})
+  for (const char* k : {"elements", "nonfinite_skipped", "rel_error", "snr_db", "cosine", "rmse",
+                        "mean_abs_error", "max_abs_error", "max_abs_index", "bound_violations",
+                        "first_bound_violation_index", "sums"})
     EXPECT_TRUE(q["metrics"].contains(k)) << k;
   EXPECT_TRUE(q["metrics"]["rel_error"].is_number());
   EXPECT_EQ(j["layers"].size(), 4u);
@@ -202,7 +204,8 @@ TEST_F(VerifyFile, FlippedManifestByteIsAnIntegrityError) {
   ASSERT_EQ(r.integrity_issues.size(), 1u);
   EXPECT_EQ(r.integrity_issues[0].tensor, "");  // file level
   EXPECT_EQ(r.verdict, Verdict::IntegrityFailed);
-  EXPECT_NE(r.integrity_issues[0].message.find("manifest"), std::string::npos) << r.integrity_issues[0].message;
+  EXPECT_NE(r.integrity_issues[0].message.find("manifest"), std::string::npos)
+      << r.integrity_issues[0].message;
 }
 
 TEST_F(VerifyFile, TruncatedFileIsAnIntegrityError) {
@@ -309,18 +312,22 @@ void expect_dequantized(const std::string& out, const std::vector<HostTensor>& t
     if (!is_quantizable(t.dtype) || t.shape.size() < 2) {
       EXPECT_EQ(info->dtype, t.dtype);
       ASSERT_EQ(info->nbytes(), t.bytes.size());
-      EXPECT_EQ(std::memcmp(got, t.bytes.data(), t.bytes.size()), 0) << t.name << ": raw bytes differ";
+      EXPECT_EQ(std::memcmp(got, t.bytes.data(), t.bytes.size()), 0)
+          << t.name << ": raw bytes differ";
       continue;
     }
     const DType want_dt = as ? *as : t.dtype;
     EXPECT_EQ(info->dtype, want_dt) << t.name;
     const vtest::Quantized q = vtest::quantize(t, QuantScheme{});
     std::vector<float> ref(t.numel());
-    dequantize_reference(q.codes.data(), q.scales.data(), q.zeros.data(), q.layout, q.scheme, ref.data());
+    dequantize_reference(q.codes.data(), q.scales.data(), q.zeros.data(), q.layout, q.scheme,
+                         ref.data());
     for (uint64_t i = 0; i < t.numel(); ++i) {
       uint32_t want;
-      if (want_dt == DType::F32) std::memcpy(&want, &ref[i], 4);
-      else want = want_dt == DType::F16 ? f32_to_f16_rne(ref[i]) : f32_to_bf16_rne(ref[i]);
+      if (want_dt == DType::F32)
+        std::memcpy(&want, &ref[i], 4);
+      else
+        want = want_dt == DType::F16 ? f32_to_f16_rne(ref[i]) : f32_to_bf16_rne(ref[i]);
       uint32_t have = 0;
       std::memcpy(&have, got + i * (want_dt == DType::F32 ? 4 : 2), want_dt == DType::F32 ? 4 : 2);
       ASSERT_EQ(have, want) << t.name << " element " << i;
@@ -340,8 +347,9 @@ TEST(VerifyDequantize, RoundTripInEveryDtype) {
   tensors.push_back(vtest::random_tensor("mask", DType::U8, {7}, rng));
   const std::string qp = dir.file("m.qpack");
   vtest::write_qpack(qp, tensors, vtest::quantize_matrices());
-  for (std::optional<DType> as : {std::optional<DType>(), std::optional<DType>(DType::F32),
-                                  std::optional<DType>(DType::F16), std::optional<DType>(DType::BF16)}) {
+  for (std::optional<DType> as :
+       {std::optional<DType>(), std::optional<DType>(DType::F32), std::optional<DType>(DType::F16),
+        std::optional<DType>(DType::BF16)}) {
     DequantizeOptions o;
     o.dtype = as;
     o.overwrite = true;

@@ -1,9 +1,8 @@
 // The CUDA path gives the CPU path's bits: per tensor (whole, and staged in
 // tiny chunks, including column-split segment rows), on device-resident
 // buffers, and for a whole verify() report. Skips without a device.
-#include <gtest/gtest.h>
-
 #include <cuda_runtime.h>
+#include <gtest/gtest.h>
 
 #include <algorithm>
 #include <array>
@@ -12,10 +11,10 @@
 #include <limits>
 #include <random>
 
-#include "qpack/verify/verify.hpp"
+#include "qpack/format/text.hpp"
 #include "qpack/verify/metrics.hpp"
 #include "qpack/verify/report.hpp"
-#include "qpack/format/text.hpp"
+#include "qpack/verify/verify.hpp"
 #include "testutil.hpp"
 #include "verify/verify_fixtures.hpp"
 
@@ -32,9 +31,11 @@ using vtest::view_of;
 bool identical(const ErrorSums& a, const ErrorSums& b) {
   auto eq = [](double x, double y) { return std::memcmp(&x, &y, 8) == 0; };
   return a.count == b.count && a.nonfinite == b.nonfinite && eq(a.sum_sq_err, b.sum_sq_err) &&
-         eq(a.sum_abs_err, b.sum_abs_err) && eq(a.sum_sq_ref, b.sum_sq_ref) && eq(a.sum_sq_hat, b.sum_sq_hat) &&
-         eq(a.sum_dot, b.sum_dot) && eq(a.max_abs_err, b.max_abs_err) && a.max_abs_index == b.max_abs_index &&
-         a.bound_violations == b.bound_violations && a.first_violation_index == b.first_violation_index;
+         eq(a.sum_abs_err, b.sum_abs_err) && eq(a.sum_sq_ref, b.sum_sq_ref) &&
+         eq(a.sum_sq_hat, b.sum_sq_hat) && eq(a.sum_dot, b.sum_dot) &&
+         eq(a.max_abs_err, b.max_abs_err) && a.max_abs_index == b.max_abs_index &&
+         a.bound_violations == b.bound_violations &&
+         a.first_violation_index == b.first_violation_index;
 }
 
 TEST(VerifyGpu, SameBitsAsCpuForEverySchemeAndChunking) {
@@ -42,9 +43,9 @@ TEST(VerifyGpu, SameBitsAsCpuForEverySchemeAndChunking) {
   auto whole = CudaMetricsEngine::create(256ull << 20);
   auto tiny = CudaMetricsEngine::create(4096);  // forces many chunks and column splits
   std::mt19937_64 rng(test::test_seed());
-  const std::vector<std::vector<int64_t>> shapes = {{1},       {7},        {3, 5},    {65, 3},     {2, 3, 130},
-                                                    {70, 300}, {5, 100, 3}, {129, 2}, {1, 1000},  {33, 1000},
-                                                    {4, 5000}, {300, 64},   {0, 5}};
+  const std::vector<std::vector<int64_t>> shapes = {
+      {1},      {7},       {3, 5},     {65, 3},   {2, 3, 130}, {70, 300}, {5, 100, 3},
+      {129, 2}, {1, 1000}, {33, 1000}, {4, 5000}, {300, 64},   {0, 5}};
   const int64_t groups[] = {8, 64, 0, 96, 128, 10};
   // Under the CUDA sanitizers (tools/gpu_check.sh) a quarter of the sweep.
   const bool quick = std::getenv("QPACK_GPU_TEST_QUICK") != nullptr;
@@ -95,18 +96,20 @@ TEST(VerifyGpu, FastLayoutsGiveTheSameBits) {
     int64_t group;
   };
   const std::vector<Shape> shapes = {
-      {{136, 520}, 0, 64},   // columns: a partial last group (136 = 2*64 + 8), idle columns in the last block
-      {{130, 260}, 0, 128},  // columns: two segments per group, 260 = 256 + 4 columns
-      {{3, 96, 512}, 1, 0},  // columns, outer > 1, whole-axis groups
-      {{37, 200}, 1, 64},    // inner 1, a partial last group: the general kernel
-      {{700, 128}, -1, 32},  // rows of 32-element units: 2800 units (a partial last block)
-      {{9, 1, 136}, 2, 8},   // inner 1, groups of 8: the general kernel
-      {{40, 40}, -1, 16},    // inner 1, groups of 16, 16, 8: the general kernel
-      {{130, 512}, -1, 64},  // rows of 64-element units: 1040 units (a partial last block)
-      {{96, 1024}, -1, 128}, // rows, two units per group: 1536 units, whole blocks only
-      {{64, 1024}, -1, 256}, // rows, four units per group (parameter row = unit >> 2)
-      {{20, 768}, -1, 192},  // inner 1, three units per group: the general kernel
-      {{256, 96}, -1, 48},   // inner 1, groups of 48: the general kernel
+      {{136, 520},
+       0,
+       64},  // columns: a partial last group (136 = 2*64 + 8), idle columns in the last block
+      {{130, 260}, 0, 128},   // columns: two segments per group, 260 = 256 + 4 columns
+      {{3, 96, 512}, 1, 0},   // columns, outer > 1, whole-axis groups
+      {{37, 200}, 1, 64},     // inner 1, a partial last group: the general kernel
+      {{700, 128}, -1, 32},   // rows of 32-element units: 2800 units (a partial last block)
+      {{9, 1, 136}, 2, 8},    // inner 1, groups of 8: the general kernel
+      {{40, 40}, -1, 16},     // inner 1, groups of 16, 16, 8: the general kernel
+      {{130, 512}, -1, 64},   // rows of 64-element units: 1040 units (a partial last block)
+      {{96, 1024}, -1, 128},  // rows, two units per group: 1536 units, whole blocks only
+      {{64, 1024}, -1, 256},  // rows, four units per group (parameter row = unit >> 2)
+      {{20, 768}, -1, 192},   // inner 1, three units per group: the general kernel
+      {{256, 96}, -1, 48},    // inner 1, groups of 48: the general kernel
   };
   const bool quick = std::getenv("QPACK_GPU_TEST_QUICK") != nullptr;
   int case_index = 0;
@@ -115,59 +118,62 @@ TEST(VerifyGpu, FastLayoutsGiveTheSameBits) {
       for (DType sd : {DType::F16, DType::BF16, DType::F32})
         for (const Shape& sh : shapes)
           for (int variant = 0; variant < 6; ++variant) {
-              const int ci = case_index++;
-              const DType src = std::array<DType, 3>{DType::F32, DType::F16, DType::BF16}[ci % 3];
-              if (quick && ci % 8 != 0) continue;
-              QuantScheme s;
-              s.bits = bits;
-              s.symmetric = sym;
-              s.scale_dtype = sd;
-              s.group_size = sh.group;
-              s.axis = sh.axis;
-              // variant 3: values near the top of the scale dtype's range, so
-              // that F32/BF16 scales pass 2^118 (the exact path); F16 scales
-              // cannot hold them, so F16 scales use ordinary values there.
-              // F16 sources get values of a few thousand instead: units whose
-              // sum of squares passes 2^32 take the exact path, the others not.
-              const bool huge = variant == 3 && sd != DType::F16 && src != DType::F16;
-              const double sigma = huge ? 1e37 : variant == 3 && src == DType::F16 ? 8e3 : 0.02;
-              HostTensor t = vtest::random_tensor("t", src, sh.shape, rng, sigma);
-              const uint64_t n = t.numel();
-              if (variant == 4) {  // all zero: every error is 0, the maximum is element 0's
-                std::fill(t.bytes.begin(), t.bytes.end(), uint8_t(0));
-              }
-              if (variant == 5) {  // every unit the same values: the largest error ties across units
-                const size_t esz = src == DType::F32 ? 4 : 2;
-                const size_t axis = size_t(sh.axis < 0 ? int(sh.shape.size()) + sh.axis : sh.axis);
-                int64_t inner = 1;
-                for (size_t d = axis + 1; d < sh.shape.size(); ++d) inner *= sh.shape[d];
-                const int64_t len = sh.shape[axis];
-                for (uint64_t i = 0; i < n; ++i) {
-                  const uint64_t rep = uint64_t((int64_t(i) / inner % len) % 64 * inner);
-                  std::memcpy(&t.bytes[i * esz], &t.bytes[rep * esz], esz);
-                }
-              }
-              if (variant == 1) {  // non-finite source values
-                vtest::set_value(t, rng() % n, std::numeric_limits<float>::quiet_NaN());
-                vtest::set_value(t, rng() % n, std::numeric_limits<float>::infinity());
-                vtest::set_value(t, n - 1, -std::numeric_limits<float>::infinity());
-              }
-              Quantized q = vtest::quantize(t, s, NonFinitePolicy::Zero);
-              if (variant == 2) {  // tampered codes and one scale: elements beyond the bound
-                for (int i = 0; i < 40 && !q.codes.empty(); ++i) q.codes[rng() % q.codes.size()] ^= uint8_t(1u << (rng() % 8));
-                if (!q.scales.empty()) q.scales[rng() % q.scales.size()] ^= 0x10;
-              }
-              const ErrorSums cpu = compute_error_sums_cpu(view_of(t, q), 2);
-              const std::string what = scheme_label(q.scheme) + " " + dtype_name(src) + " shape " +
-                                       std::to_string(sh.shape[0]) + "x.. variant " + std::to_string(variant);
-              EXPECT_TRUE(identical(cpu, whole->compute(view_of(t, q)))) << what;
-              if (variant == 0) {
-                EXPECT_TRUE(identical(cpu, tiny->compute(view_of(t, q)))) << what << " (4 KiB chunks)";
-              }
-              if (variant == 2) {
-                EXPECT_GT(cpu.bound_violations, 0u) << what;
+            const int ci = case_index++;
+            const DType src = std::array<DType, 3>{DType::F32, DType::F16, DType::BF16}[ci % 3];
+            if (quick && ci % 8 != 0) continue;
+            QuantScheme s;
+            s.bits = bits;
+            s.symmetric = sym;
+            s.scale_dtype = sd;
+            s.group_size = sh.group;
+            s.axis = sh.axis;
+            // variant 3: values near the top of the scale dtype's range, so
+            // that F32/BF16 scales pass 2^118 (the exact path); F16 scales
+            // cannot hold them, so F16 scales use ordinary values there.
+            // F16 sources get values of a few thousand instead: units whose
+            // sum of squares passes 2^32 take the exact path, the others not.
+            const bool huge = variant == 3 && sd != DType::F16 && src != DType::F16;
+            const double sigma = huge ? 1e37 : variant == 3 && src == DType::F16 ? 8e3 : 0.02;
+            HostTensor t = vtest::random_tensor("t", src, sh.shape, rng, sigma);
+            const uint64_t n = t.numel();
+            if (variant == 4) {  // all zero: every error is 0, the maximum is element 0's
+              std::fill(t.bytes.begin(), t.bytes.end(), uint8_t(0));
+            }
+            if (variant == 5) {  // every unit the same values: the largest error ties across units
+              const size_t esz = src == DType::F32 ? 4 : 2;
+              const size_t axis = size_t(sh.axis < 0 ? int(sh.shape.size()) + sh.axis : sh.axis);
+              int64_t inner = 1;
+              for (size_t d = axis + 1; d < sh.shape.size(); ++d) inner *= sh.shape[d];
+              const int64_t len = sh.shape[axis];
+              for (uint64_t i = 0; i < n; ++i) {
+                const uint64_t rep = uint64_t((int64_t(i) / inner % len) % 64 * inner);
+                std::memcpy(&t.bytes[i * esz], &t.bytes[rep * esz], esz);
               }
             }
+            if (variant == 1) {  // non-finite source values
+              vtest::set_value(t, rng() % n, std::numeric_limits<float>::quiet_NaN());
+              vtest::set_value(t, rng() % n, std::numeric_limits<float>::infinity());
+              vtest::set_value(t, n - 1, -std::numeric_limits<float>::infinity());
+            }
+            Quantized q = vtest::quantize(t, s, NonFinitePolicy::Zero);
+            if (variant == 2) {  // tampered codes and one scale: elements beyond the bound
+              for (int i = 0; i < 40 && !q.codes.empty(); ++i)
+                q.codes[rng() % q.codes.size()] ^= uint8_t(1u << (rng() % 8));
+              if (!q.scales.empty()) q.scales[rng() % q.scales.size()] ^= 0x10;
+            }
+            const ErrorSums cpu = compute_error_sums_cpu(view_of(t, q), 2);
+            const std::string what = scheme_label(q.scheme) + " " + dtype_name(src) + " shape " +
+                                     std::to_string(sh.shape[0]) + "x.. variant " +
+                                     std::to_string(variant);
+            EXPECT_TRUE(identical(cpu, whole->compute(view_of(t, q)))) << what;
+            if (variant == 0) {
+              EXPECT_TRUE(identical(cpu, tiny->compute(view_of(t, q))))
+                  << what << " (4 KiB chunks)";
+            }
+            if (variant == 2) {
+              EXPECT_GT(cpu.bound_violations, 0u) << what;
+            }
+          }
 }
 
 TEST(VerifyGpu, DeviceResidentBuffersGiveTheSameBits) {
@@ -217,7 +223,8 @@ TEST(VerifyGpu, ReportMatchesCpuReport) {
   };
   EXPECT_EQ(strip(cpu), strip(gpu));
   o.device = {DeviceKind::Auto};
-  EXPECT_NE(verify(dir.file("m.qpack"), dir.file("m.safetensors"), o).device.find("cuda"), std::string::npos);
+  EXPECT_NE(verify(dir.file("m.qpack"), dir.file("m.safetensors"), o).device.find("cuda"),
+            std::string::npos);
 }
 
 }  // namespace

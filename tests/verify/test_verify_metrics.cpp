@@ -9,9 +9,9 @@
 #include <limits>
 #include <random>
 
-#include "qpack/spec/error_sums.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/text.hpp"
+#include "qpack/spec/error_sums.hpp"
 #include "qpack/verify/metrics.hpp"
 #include "testutil.hpp"
 #include "verify/verify_fixtures.hpp"
@@ -42,7 +42,8 @@ void expect_identical(const ErrorSums& a, const ErrorSums& b, const std::string&
 // Sums of the same terms in another order: equal to a few ulps per term.
 void expect_close(double got, double want, const std::string& what) {
   if (std::isinf(want) || std::isnan(want)) {
-    EXPECT_TRUE(got == want || (std::isnan(got) && std::isnan(want))) << what << ": " << got << " vs " << want;
+    EXPECT_TRUE(got == want || (std::isnan(got) && std::isnan(want)))
+        << what << ": " << got << " vs " << want;
     return;
   }
   EXPECT_NEAR(got, want, 1e-11 * std::max(1.0, std::fabs(want)) + 1e-300) << what;
@@ -88,8 +89,9 @@ std::string describe(const HostTensor& t, const QuantScheme& s) {
 // group size and source dtype.
 TEST(VerifyMetrics, MatchesFloat64ReferenceOnEveryScheme) {
   std::mt19937_64 rng(test::test_seed());
-  const std::vector<std::vector<int64_t>> shapes = {
-      {1}, {7}, {3, 5}, {65, 3}, {2, 3, 130}, {70, 300}, {5, 100, 3}, {129, 2}, {1, 1000}, {33, 257}};
+  const std::vector<std::vector<int64_t>> shapes = {{1},         {7},       {3, 5},      {65, 3},
+                                                    {2, 3, 130}, {70, 300}, {5, 100, 3}, {129, 2},
+                                                    {1, 1000},   {33, 257}};
   const int64_t groups[] = {8, 16, 64, 0, 96, 128, 10};
   const DType sources[] = {DType::F32, DType::F16, DType::BF16};
   for (int bits : {2, 3, 4, 8})
@@ -115,8 +117,8 @@ TEST(VerifyMetrics, MatchesFloat64ReferenceOnEveryScheme) {
 // partial last one.
 TEST(VerifyMetrics, AwkwardShapesAndGroupSizes) {
   std::mt19937_64 rng(test::test_seed() + 1);
-  const std::vector<std::vector<int64_t>> shapes = {{1},       {2},        {9, 1},       {1, 9},
-                                                    {64, 64},  {65, 300},  {200, 3},     {3, 200},
+  const std::vector<std::vector<int64_t>> shapes = {{1},       {2},        {9, 1},      {1, 9},
+                                                    {64, 64},  {65, 300},  {200, 3},    {3, 200},
                                                     {4, 5, 6}, {190, 513}, {1, 257, 1}, {0, 5}};
   for (const auto& shape : shapes)
     for (int axis : {0, -1})
@@ -242,17 +244,20 @@ TEST(VerifyMetrics, DeviceBoundEqualsErrorBound) {
     s.scale_dtype = std::array<DType, 3>{DType::F16, DType::BF16, DType::F32}[rng() % 3];
     const auto pick = [&]() -> double {
       switch (rng() % 6) {
-        case 0: return 0.0;
-        case 1: return 6e-8;
-        default: return float((rng() % 2 ? -1 : 1) * std::pow(2.0, exp_dist(rng)));
+        case 0:
+          return 0.0;
+        case 1:
+          return 6e-8;
+        default:
+          return float((rng() % 2 ? -1 : 1) * std::pow(2.0, exp_dist(rng)));
       }
     };
     const double sc = std::fabs(pick()), m = s.symmetric ? 0.0 : pick(), x = pick();
     const double q = s.symmetric ? qmax_sym(s.bits) : qmax_asym(s.bits);
     const spec::BoundTerms bt = spec::bound_terms(sc, m, q, s.symmetric, s.scale_dtype);
     const double mine = spec::bound_for(bt, x), want = test::reference_error_bound(x, sc, m, s);
-    ASSERT_TRUE(same_bits(mine, want)) << "s=" << sc << " m=" << m << " x=" << x << " " << scheme_label(s)
-                                       << ": " << mine << " vs " << want;
+    ASSERT_TRUE(same_bits(mine, want)) << "s=" << sc << " m=" << m << " x=" << x << " "
+                                       << scheme_label(s) << ": " << mine << " vs " << want;
     ASSERT_LE(bt.base, want);
     ASSERT_EQ(spec::ulp_in(m, s.scale_dtype), test::reference_ulp(m, s.scale_dtype));
     ASSERT_TRUE(same_bits(spec::error_bound(x, sc, m, s), want));

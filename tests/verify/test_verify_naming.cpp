@@ -48,7 +48,8 @@ TEST(VerifyNaming, LayerTable) {
     EXPECT_EQ(id.stack, c.stack) << c.name;
     EXPECT_EQ(id.index, c.index) << c.name;
     EXPECT_EQ(id.global(), c.index < 0) << c.name;
-    EXPECT_EQ(id.label(), c.index < 0 ? std::string("global") : std::string(c.stack) + "." + std::to_string(c.index));
+    EXPECT_EQ(id.label(), c.index < 0 ? std::string("global")
+                                      : std::string(c.stack) + "." + std::to_string(c.index));
   }
 }
 
@@ -84,8 +85,8 @@ TEST(VerifyPolicy, ParsesAndResolvesFirstMatch) {
   EXPECT_EQ(rule, 0);
   EXPECT_FALSE(ignored);
   EXPECT_EQ(t.max_rel_error, 0.25);
-  EXPECT_FALSE(t.min_snr_db.has_value());  // cleared by null
-  EXPECT_EQ(t.min_cosine, 0.99);            // inherited
+  EXPECT_FALSE(t.min_snr_db.has_value());     // cleared by null
+  EXPECT_EQ(t.min_cosine, 0.99);              // inherited
   EXPECT_FALSE(t.max_abs_error.has_value());  // the second rule does not apply: first match wins
   t = p.for_tensor("model.layers.3.mlp.up_proj.weight", &rule, &ignored);
   EXPECT_EQ(rule, 1);
@@ -139,7 +140,8 @@ TEST(VerifyPolicy, RejectsMalformedFiles) {
   }
 }
 
-TensorResult quantized_result(const std::string& name, double sq_err, double sq_ref, double max_abs) {
+TensorResult quantized_result(const std::string& name, double sq_err, double sq_ref,
+                              double max_abs) {
   TensorResult t;
   t.name = name;
   t.layer = parse_layer(name);
@@ -158,9 +160,9 @@ TensorResult quantized_result(const std::string& name, double sq_err, double sq_
 TEST(VerifyGate, AppliesThresholdsAndVerdicts) {
   VerifyReport rep;
   rep.integrity_ok = true;
-  rep.tensors.push_back(quantized_result("a.weight", 1, 100, 0.5));     // rel 0.1, SNR 20 dB
-  rep.tensors.push_back(quantized_result("b.weight", 4, 100, 0.9));     // rel 0.2, SNR ~14 dB
-  rep.tensors.push_back(quantized_result("c.weight", 0, 100, 0.0));     // exact
+  rep.tensors.push_back(quantized_result("a.weight", 1, 100, 0.5));  // rel 0.1, SNR 20 dB
+  rep.tensors.push_back(quantized_result("b.weight", 4, 100, 0.9));  // rel 0.2, SNR ~14 dB
+  rep.tensors.push_back(quantized_result("c.weight", 0, 100, 0.0));  // exact
   for (const auto& t : rep.tensors) rep.model.sums.add(t.sums);
   apply_gate(rep);
   EXPECT_EQ(rep.verdict, Verdict::Pass);  // no thresholds

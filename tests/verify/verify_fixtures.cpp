@@ -57,7 +57,8 @@ HostTensor random_tensor(const std::string& name, DType dtype, std::vector<int64
 void write_source(const std::string& path, const std::vector<HostTensor>& tensors,
                   const std::map<std::string, std::string>& metadata) {
   std::vector<TensorToWrite> w;
-  for (const auto& t : tensors) w.push_back({t.name, t.dtype, t.shape, t.bytes.data(), t.bytes.size()});
+  for (const auto& t : tensors)
+    w.push_back({t.name, t.dtype, t.shape, t.bytes.data(), t.bytes.size()});
   write_safetensors(path, w, metadata, /*overwrite=*/true);
 }
 
@@ -77,8 +78,9 @@ Quantized quantize(const HostTensor& t, QuantScheme scheme, NonFinitePolicy poli
   return q;
 }
 
-void write_qpack(const std::string& path, const std::vector<HostTensor>& tensors, const SchemeChooser& choose,
-                 NonFinitePolicy policy, const std::map<std::string, std::string>& metadata) {
+void write_qpack(const std::string& path, const std::vector<HostTensor>& tensors,
+                 const SchemeChooser& choose, NonFinitePolicy policy,
+                 const std::map<std::string, std::string>& metadata) {
   WriterOptions wo;
   wo.overwrite = true;
   QpackWriter w(path, wo);
@@ -115,8 +117,8 @@ RefMetrics reference_metrics(const HostTensor& src, const Quantized& q) {
   const GroupLayout& L = q.layout;
   const int64_t n = L.num_elements();
   std::vector<float> xh(size_t(std::max<int64_t>(n, 1)));
-  dequantize_reference(q.codes.data(), q.scales.data(), q.scheme.symmetric ? nullptr : q.zeros.data(), L,
-                       q.scheme, xh.data());
+  dequantize_reference(q.codes.data(), q.scales.data(),
+                       q.scheme.symmetric ? nullptr : q.zeros.data(), L, q.scheme, xh.data());
   RefMetrics m;
   for (int64_t i = 0; i < n; ++i) {
     const float x = get_value(src, uint64_t(i));

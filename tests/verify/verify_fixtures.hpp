@@ -12,9 +12,9 @@
 #include <string>
 #include <vector>
 
-#include "qpack/spec/dtype.hpp"
 #include "qpack/converter/quantize.hpp"
 #include "qpack/format/layout.hpp"
+#include "qpack/spec/dtype.hpp"
 #include "qpack/verify/metrics.hpp"
 
 namespace qpack::vtest {

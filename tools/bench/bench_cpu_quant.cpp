@@ -18,8 +18,8 @@
 #include <string>
 #include <vector>
 
-#include "qpack/spec/dtype.hpp"
 #include "qpack/converter/quantize.hpp"
+#include "qpack/spec/dtype.hpp"
 
 using namespace qpack;
 using Clock = std::chrono::steady_clock;
@@ -59,8 +59,10 @@ int main(int argc, char** argv) {
   bool json = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--reps" && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
-    else if (a == "--json") json = true;
+    if (a == "--reps" && i + 1 < argc)
+      reps = std::max(1, std::atoi(argv[++i]));
+    else if (a == "--json")
+      json = true;
     else {
       std::printf("usage: %s [--reps N] [--json]\n", argv[0]);
       return a == "--help" ? 0 : 2;
@@ -68,11 +70,14 @@ int main(int argc, char** argv) {
   }
   std::mt19937_64 rng(42);
   std::normal_distribution<float> nd(0.0f, 0.02f);
-  struct Shape { int64_t rows, cols; };
+  struct Shape {
+    int64_t rows, cols;
+  };
   const Shape shapes[] = {{4096, 4096}, {11008, 4096}};
   std::vector<std::string> rows_json;
-  if (!json) std::printf("%-12s %4s %5s %7s %10s %10s %10s %8s\n", "shape", "bits", "axis", "threads",
-                         "GB/s src", "GB/s r+w", "copy r+w", "of copy");
+  if (!json)
+    std::printf("%-12s %4s %5s %7s %10s %10s %10s %8s\n", "shape", "bits", "axis", "threads",
+                "GB/s src", "GB/s r+w", "copy r+w", "of copy");
   CopyProbe probe(size_t(256) << 20);
   for (int threads : {1, 2}) {
     for (const Shape& sh : shapes) {
@@ -91,15 +96,15 @@ int main(int argc, char** argv) {
           scheme.bits = bits;
           scheme.axis = axis;
           const GroupLayout L = make_layout({sh.rows, sh.cols}, scheme);
-          std::vector<uint8_t> codes(L.codes_bytes()), scales(size_t(L.params_bytes(scheme.scale_dtype))),
-              zeros(scales.size());
+          std::vector<uint8_t> codes(L.codes_bytes()),
+              scales(size_t(L.params_bytes(scheme.scale_dtype))), zeros(scales.size());
           std::vector<double> t, tc;
           for (int r = 0; r < reps + 1; ++r) {
             const double c = probe.run(threads);
             const QuantInput in{src[size_t(r % copies)].data(), DType::F16, "bench"};
             const auto t0 = Clock::now();
-            quantize_cpu(in, L, scheme, NonFinitePolicy::Error, {codes.data(), scales.data(), zeros.data()},
-                         threads);
+            quantize_cpu(in, L, scheme, NonFinitePolicy::Error,
+                         {codes.data(), scales.data(), zeros.data()}, threads);
             if (r) {
               t.push_back(seconds_since(t0));
               tc.push_back(c);
@@ -114,15 +119,16 @@ int main(int argc, char** argv) {
           std::snprintf(name, sizeof name, "%lldx%lld", (long long)sh.rows, (long long)sh.cols);
           if (json) {
             char row[512];
-            std::snprintf(row, sizeof row,
-                          "{\"shape\":\"%s\",\"bits\":%d,\"axis\":%d,\"threads\":%d,\"seconds\":%.6f,"
-                          "\"gbps_source\":%.3f,\"gbps_read_write\":%.3f,\"copy_gbps_read_write\":%.3f,"
-                          "\"fraction_of_copy\":%.4f}",
-                          name, bits, axis, threads, sec, gbs_src, gbs_rw, copy, gbs_rw / copy);
+            std::snprintf(
+                row, sizeof row,
+                "{\"shape\":\"%s\",\"bits\":%d,\"axis\":%d,\"threads\":%d,\"seconds\":%.6f,"
+                "\"gbps_source\":%.3f,\"gbps_read_write\":%.3f,\"copy_gbps_read_write\":%.3f,"
+                "\"fraction_of_copy\":%.4f}",
+                name, bits, axis, threads, sec, gbs_src, gbs_rw, copy, gbs_rw / copy);
             rows_json.push_back(row);
           } else {
-            std::printf("%-12s %4d %5d %7d %10.2f %10.2f %10.2f %7.0f%%\n", name, bits, axis, threads,
-                        gbs_src, gbs_rw, copy, 100.0 * gbs_rw / copy);
+            std::printf("%-12s %4d %5d %7d %10.2f %10.2f %10.2f %7.0f%%\n", name, bits, axis,
+                        threads, gbs_src, gbs_rw, copy, 100.0 * gbs_rw / copy);
           }
         }
     }

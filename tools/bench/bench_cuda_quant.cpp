@@ -16,13 +16,13 @@
 //     memory, with one tensor submitted ahead of the last one's wait (as the
 //     converter drives it), and from the page cache one tensor at a time;
 //     then convert_checkpoint of the same tensors as a safetensors file in
-//     the page cache, written to /dev/shm. Before them, what cudaHostRegister + cudaHostUnregister cost
-//     per piece: the reason TensorQuantizer stages pageable sources through
-//     pinned buffers instead of registering them in place (docs/kernels.md,
-//     rejected designs; file mappings only with --file-registration: it hung
-//     the kernel of a machine it was measured on).
+//     the page cache, written to /dev/shm. Before them, what cudaHostRegister + cudaHostUnregister
+//     cost per piece: the reason TensorQuantizer stages pageable sources through pinned buffers
+//     instead of registering them in place (docs/kernels.md, rejected designs; file mappings only
+//     with --file-registration: it hung the kernel of a machine it was measured on).
 //
-//   qpack_bench_cuda [--quick] [--profile] [--e2e-only] [--e2e-gib N] [--file-registration] [--json FILE]
+//   qpack_bench_cuda [--quick] [--profile] [--e2e-only] [--e2e-gib N] [--file-registration] [--json
+//   FILE]
 //   (--profile: one launch of each kernel, for ncu; no timing worth reading)
 #include <cuda_runtime_api.h>
 #include <sys/mman.h>
@@ -41,19 +41,18 @@
 #include <thread>
 #include <vector>
 
-#include "qpack/format/checkpoint.hpp"
-#include "qpack/format/container.hpp"
-#include "qpack/converter/convert.hpp"
+#include "bench_util.hpp"
 #include "qpack/converter/backend_cuda.hpp"
-#include "qpack/kernels/cuda_quant.hpp"
-#include "qpack/spec/dtype.hpp"
-#include "qpack/format/error.hpp"
+#include "qpack/converter/convert.hpp"
 #include "qpack/converter/quantize.hpp"
 #include "qpack/converter/quantizer.hpp"
-#include "qpack/format/safetensors.hpp"
+#include "qpack/format/checkpoint.hpp"
+#include "qpack/format/container.hpp"
+#include "qpack/format/error.hpp"
 #include "qpack/format/layout.hpp"
-
-#include "bench_util.hpp"
+#include "qpack/format/safetensors.hpp"
+#include "qpack/kernels/cuda_quant.hpp"
+#include "qpack/spec/dtype.hpp"
 
 using namespace qpack;
 
@@ -102,14 +101,16 @@ struct Row {
 };
 std::vector<Row> rows;
 
-void report(const std::string& name, double bytes, double ms, double ref_gbps, const std::string& note = {}) {
+void report(const std::string& name, double bytes, double ms, double ref_gbps,
+            const std::string& note = {}) {
   Row r;
   r.name = name;
   r.ms = ms;
   r.gbps = bytes / (ms * 1e-3) / 1e9;
   r.frac = ref_gbps > 0 ? r.gbps / ref_gbps : 0;
   r.note = note;
-  std::printf("  %-46s %9.3f ms %9.1f GB/s %6.1f%% %s\n", name.c_str(), ms, r.gbps, 100 * r.frac, note.c_str());
+  std::printf("  %-46s %9.3f ms %9.1f GB/s %6.1f%% %s\n", name.c_str(), ms, r.gbps, 100 * r.frac,
+              note.c_str());
   std::fflush(stdout);
   rows.push_back(r);
 }
@@ -145,7 +146,8 @@ double d2d_copy_gbps(size_t bytes, int reps) {
   ck(cudaMalloc(&x, bytes), "malloc");
   ck(cudaMalloc(&y, bytes), "malloc");
   ck(cudaMemset(x, 1, bytes), "memset");
-  const double ms = time_ms(3, reps, [&](int) { ck(cudaMemcpyAsync(y, x, bytes, cudaMemcpyDeviceToDevice), "copy"); }, 1);
+  const double ms = time_ms(
+      3, reps, [&](int) { ck(cudaMemcpyAsync(y, x, bytes, cudaMemcpyDeviceToDevice), "copy"); }, 1);
   cudaFree(x);
   cudaFree(y);
   return 2.0 * double(bytes) / (ms * 1e-3) / 1e9;
@@ -154,19 +156,21 @@ double d2d_copy_gbps(size_t bytes, int reps) {
 double h2d_gbps(const void* host, size_t bytes, int reps) {
   void* d = nullptr;
   ck(cudaMalloc(&d, bytes), "malloc");
-  const double ms = time_ms(1, reps, [&](int) { ck(cudaMemcpyAsync(d, host, bytes, cudaMemcpyHostToDevice), "h2d"); }, 1);
+  const double ms = time_ms(
+      1, reps, [&](int) { ck(cudaMemcpyAsync(d, host, bytes, cudaMemcpyHostToDevice), "h2d"); }, 1);
   cudaFree(d);
   return double(bytes) / (ms * 1e-3) / 1e9;
 }
 
 // profile: one launch of each kernel on 11008x4096, 4 bits (for ncu).
 void bench_kernels(double copy_gbps, bool quick, bool profile) {
-  std::printf("\nkernels (fp16 source, G=64, asymmetric, F16 scales; %% of D2D copy %.0f GB/s)\n", copy_gbps);
+  std::printf("\nkernels (fp16 source, G=64, asymmetric, F16 scales; %% of D2D copy %.0f GB/s)\n",
+              copy_gbps);
   const int reps = profile ? 1 : quick ? 5 : 20;  // samples of 10 launches each
   const int warm = profile ? 0 : 5;
   const size_t kWorkingSet = size_t(400) << 20;  // rotate well past the 50 MB L2
   const auto shapes = profile ? std::vector<std::vector<int64_t>>{{11008, 4096}}
-                               : std::vector<std::vector<int64_t>>{{4096, 4096}, {11008, 4096}};
+                              : std::vector<std::vector<int64_t>>{{4096, 4096}, {11008, 4096}};
   for (const auto& shape : shapes) {
     const size_t n = size_t(shape[0] * shape[1]);
     std::vector<uint8_t> host(n * 2);
@@ -214,18 +218,21 @@ void bench_kernels(double copy_gbps, bool quick, bool profile) {
         const bool same = profile || (gc == rc && gs == rs && gz == rz);
         for (int i = 1; i < sets; ++i) quant(i);
 
-        const std::string tag = std::to_string(shape[0]) + "x" + std::to_string(shape[1]) + " axis " +
-                                std::to_string(axis) + " " + std::to_string(bits) + "b";
+        const std::string tag = std::to_string(shape[0]) + "x" + std::to_string(shape[1]) +
+                                " axis " + std::to_string(axis) + " " + std::to_string(bits) + "b";
         const double qms = time_ms(warm, reps, quant, profile ? 1 : 10);
         report("quantize   " + tag, double(n * 2 + codes + 2 * params), qms, copy_gbps,
                same ? "" : "MISMATCH vs quantize_cpu");
         for (DType od : {DType::F32, DType::F16}) {
-          const double dms = time_ms(warm, reps, [&](int i) {
-            const int k = i % sets;
-            ck(cuda::dequantize(cod[k].as<uint8_t>(), sc[k].as<uint8_t>(), ze[k].as<uint8_t>(), L, s,
-                                out[k].data(), od, nullptr),
-               "dequantize");
-          }, profile ? 1 : 10);
+          const double dms = time_ms(
+              warm, reps,
+              [&](int i) {
+                const int k = i % sets;
+                ck(cuda::dequantize(cod[k].as<uint8_t>(), sc[k].as<uint8_t>(), ze[k].as<uint8_t>(),
+                                    L, s, out[k].data(), od, nullptr),
+                   "dequantize");
+              },
+              profile ? 1 : 10);
           report(std::string("dequant>") + (od == DType::F32 ? "f32 " : "f16 ") + tag,
                  double(codes + 2 * params + n * size_t(od == DType::F32 ? 4 : 2)), dms, copy_gbps);
         }
@@ -247,7 +254,7 @@ class TempFile {
     fd_ = mkstemp(path.data());
     if (fd_ < 0) throw Error(ErrorCode::Io, path, "", "mkstemp failed");
     unlink(path.c_str());
-    struct statfs fs{};
+    struct statfs fs {};
     fstatfs(fd_, &fs);
     tmpfs_ = fs.f_type == 0x01021994;  // TMPFS_MAGIC: then "page cache" is shmem
     std::vector<uint8_t> head(at, 0x5a);
@@ -286,7 +293,8 @@ class TempFile {
 // cudaHostRegister then cudaHostUnregister of [base, base + bytes) in
 // pieces of `piece` bytes, `threads` threads at a time: GB/s of each phase
 // and of both together. Empty when registration fails.
-std::string register_cost(const uint8_t* base, size_t bytes, size_t piece, int threads, unsigned flags) {
+std::string register_cost(const uint8_t* base, size_t bytes, size_t piece, int threads,
+                          unsigned flags) {
   const size_t page = size_t(sysconf(_SC_PAGESIZE));
   const uintptr_t a = (reinterpret_cast<uintptr_t>(base) + page - 1) / page * page;
   bytes = (bytes - (a - reinterpret_cast<uintptr_t>(base))) / piece * piece;
@@ -300,8 +308,10 @@ std::string register_cost(const uint8_t* base, size_t bytes, size_t piece, int t
         cudaSetDevice(0);
         for (size_t i = size_t(t); i < pieces; i += size_t(threads)) {
           void* p = reinterpret_cast<void*>(a + i * piece);
-          if (reg) err[i] = cudaHostRegister(p, piece, flags);
-          else if (err[i] == cudaSuccess) cudaHostUnregister(p);
+          if (reg)
+            err[i] = cudaHostRegister(p, piece, flags);
+          else if (err[i] == cudaSuccess)
+            cudaHostUnregister(p);
         }
         cudaGetLastError();
       });
@@ -323,8 +333,8 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
   const size_t tensor_bytes = size_t(shape[0] * shape[1]) * 2;
   const int count = std::max(1, int(e2e_gib * double(1ull << 30) / double(tensor_bytes)));
   const size_t total = tensor_bytes * size_t(count);
-  std::printf("\nend to end: TensorQuantizer, %d tensors 11008x4096 fp16 = %.2f GB of source\n", count,
-              double(total) / 1e9);
+  std::printf("\nend to end: TensorQuantizer, %d tensors 11008x4096 fp16 = %.2f GB of source\n",
+              count, double(total) / 1e9);
   std::vector<uint8_t> pageable(total);
   fill_random_f16(pageable.data(), total / 2, 7);
   cuda::PinnedBuffer pinned;
@@ -339,8 +349,8 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
   const size_t probe = std::min(total, size_t(1) << 30);
   const double pinned_h2d = h2d_gbps(pinned.data(), probe, quick ? 3 : 5);
   const double pageable_h2d = h2d_gbps(pageable.data(), probe, quick ? 3 : 5);
-  std::printf("  pinned H2D %.1f GB/s, pageable H2D %.1f GB/s (cudaMemcpy of %.2f GB)\n", pinned_h2d,
-              pageable_h2d, double(probe) / 1e9);
+  std::printf("  pinned H2D %.1f GB/s, pageable H2D %.1f GB/s (cudaMemcpy of %.2f GB)\n",
+              pinned_h2d, pageable_h2d, double(probe) / 1e9);
   std::fflush(stdout);
 
   // What page-locking the source in place costs, against pinned H2D.
@@ -351,12 +361,14 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
     const int cores = int(std::min(16u, std::max(1u, std::thread::hardware_concurrency())));
     const size_t bytes = std::min(total, size_t(1) << 30);
     std::printf("  register: read-only registration %s; the bench file is in %s\n",
-                ro ? "supported" : "NOT supported", file.tmpfs() ? "tmpfs" : "a disk file system's page cache");
+                ro ? "supported" : "NOT supported",
+                file.tmpfs() ? "tmpfs" : "a disk file system's page cache");
     struct Way {
       size_t piece;
       int threads;
     };
-    for (const Way w : {Way{2u << 20, 1}, Way{32u << 20, 1}, Way{2u << 20, cores}, Way{32u << 20, cores}}) {
+    for (const Way w :
+         {Way{2u << 20, 1}, Way{32u << 20, 1}, Way{2u << 20, cores}, Way{32u << 20, cores}}) {
       char what[64];
       std::snprintf(what, sizeof what, "%2zu MiB pieces x %2d threads", w.piece >> 20, w.threads);
       std::printf("  register anon       %s: %s\n", what,
@@ -369,8 +381,9 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
       std::fflush(stdout);
     }
     if (!file_registration)
-      std::printf("  register file mmap: not tried (it hung the lent H100's kernel 6.18: "
-                  "--file-registration tries it)\n");
+      std::printf(
+          "  register file mmap: not tried (it hung the lent H100's kernel 6.18: "
+          "--file-registration tries it)\n");
   }
 
   struct Source {
@@ -399,19 +412,23 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
       TensorQuantizer::Ticket prev = 0;
       for (int i = 0; i < count; ++i) {
         const TensorQuantizer::Ticket t =
-            q.submit({base + size_t(i) * tensor_bytes, DType::F16, "w"}, L, s, NonFinitePolicy::Error, outs[i % 2]);
+            q.submit({base + size_t(i) * tensor_bytes, DType::F16, "w"}, L, s,
+                     NonFinitePolicy::Error, outs[i % 2]);
         if (i > 0) q.wait(prev);
         prev = t;
       }
       q.wait(prev);
-      return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+          .count();
     };
     // One tensor at a time: the pipeline fills and drains at every tensor.
     auto pass_one_by_one = [&](TensorQuantizer& q, const uint8_t* base) {
       const auto t0 = std::chrono::steady_clock::now();
       for (int i = 0; i < count; ++i)
-        q.quantize({base + size_t(i) * tensor_bytes, DType::F16, "w"}, L, s, NonFinitePolicy::Error, outs[0]);
-      return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        q.quantize({base + size_t(i) * tensor_bytes, DType::F16, "w"}, L, s, NonFinitePolicy::Error,
+                   outs[0]);
+      return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+          .count();
     };
     if (axis == 0 && !quick) {
       // Chunk size: each tensor fills and drains the pipeline once.
@@ -454,11 +471,13 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
   {
     std::vector<TensorToWrite> tensors;
     for (int i = 0; i < count; ++i)
-      tensors.push_back({"model.layers." + std::to_string(i) + ".mlp.up_proj.weight", DType::F16, shape,
-                         pageable.data() + size_t(i) * tensor_bytes, tensor_bytes});
+      tensors.push_back({"model.layers." + std::to_string(i) + ".mlp.up_proj.weight", DType::F16,
+                         shape, pageable.data() + size_t(i) * tensor_bytes, tensor_bytes});
     const char* dir = std::getenv("TMPDIR");
-    const std::string src = std::string(dir && *dir ? dir : "/tmp") + "/qpack_bench_model.safetensors";
-    const std::string out_dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : (dir && *dir ? dir : "/tmp");
+    const std::string src =
+        std::string(dir && *dir ? dir : "/tmp") + "/qpack_bench_model.safetensors";
+    const std::string out_dir =
+        access("/dev/shm", W_OK) == 0 ? "/dev/shm" : (dir && *dir ? dir : "/tmp");
     const std::string out = out_dir + "/qpack_bench_out.qpack";
     write_safetensors(src, tensors, {}, false);
     {
@@ -473,8 +492,10 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
       const auto t0 = std::chrono::steady_clock::now();
       const auto ckpt = Checkpoint::open(src);
       for (const auto& t : ckpt->tensors()) t.file->will_need(*t.info);
-      report("e2e convert parts: open + will_need", double(total),
-             std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(), pinned_h2d);
+      report(
+          "e2e convert parts: open + will_need", double(total),
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count(),
+          pinned_h2d);
     }
     {
       QuantScheme s;
@@ -488,9 +509,12 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
         wo.overwrite = true;
         QpackWriter w(out, wo);
         for (int i = 0; i < count; ++i)
-          w.add_quantized(tensors[size_t(i)].name, DType::F16, shape, s, codes.data(), scales.data(), zeros.data());
+          w.add_quantized(tensors[size_t(i)].name, DType::F16, shape, s, codes.data(),
+                          scales.data(), zeros.data());
         w.commit();
-        best = std::min(best, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+        best = std::min(
+            best, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                      .count());
       }
       report("e2e convert parts: writer alone", double(total), best, pinned_h2d);
     }
@@ -502,7 +526,8 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
       const ConvertSummary sum = convert_checkpoint(src, out, o, *q);
       if (rep > 0) best = std::min(best, sum.seconds * 1e3);
     }
-    report("e2e convert_checkpoint, page cache -> " + out_dir + " (vs pinned H2D)", double(total), best, pinned_h2d);
+    report("e2e convert_checkpoint, page cache -> " + out_dir + " (vs pinned H2D)", double(total),
+           best, pinned_h2d);
     std::remove(out.c_str());
     std::remove(src.c_str());
   }
@@ -515,10 +540,12 @@ void bench_e2e(double e2e_gib, bool quick, bool file_registration) {
     const int n = std::min(count, 11);
     const auto t0 = std::chrono::steady_clock::now();
     for (int i = 0; i < n; ++i)
-      quantize_cpu({pageable.data() + size_t(i) * tensor_bytes, DType::F16, "w"}, L, s, NonFinitePolicy::Error,
-                   {codes.data(), scales.data(), zeros.data()}, 0);
-    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    report("quantize_cpu axis 0 4b, all cores (vs pinned H2D)", double(tensor_bytes) * n, ms, pinned_h2d);
+      quantize_cpu({pageable.data() + size_t(i) * tensor_bytes, DType::F16, "w"}, L, s,
+                   NonFinitePolicy::Error, {codes.data(), scales.data(), zeros.data()}, 0);
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    report("quantize_cpu axis 0 4b, all cores (vs pinned H2D)", double(tensor_bytes) * n, ms,
+           pinned_h2d);
   }
 }
 
@@ -544,7 +571,9 @@ int main(int argc, char** argv) {
     } else if (a == "--json" && i + 1 < argc) {
       json = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: qpack_bench_cuda [--quick] [--profile] [--e2e-only] [--e2e-gib N] [--file-registration] [--json FILE]\n");
+      std::fprintf(stderr,
+                   "usage: qpack_bench_cuda [--quick] [--profile] [--e2e-only] [--e2e-gib N] "
+                   "[--file-registration] [--json FILE]\n");
       return 2;
     }
   }
@@ -570,9 +599,9 @@ int main(int argc, char** argv) {
     std::ofstream f(json);
     f << "[\n";
     for (size_t i = 0; i < rows.size(); ++i)
-      f << "  {\"name\": \"" << rows[i].name << "\", \"ms\": " << rows[i].ms << ", \"gbps\": " << rows[i].gbps
-        << ", \"fraction\": " << rows[i].frac << ", \"note\": \"" << rows[i].note << "\"}"
-        << (i + 1 < rows.size() ? ",\n" : "\n");
+      f << "  {\"name\": \"" << rows[i].name << "\", \"ms\": " << rows[i].ms
+        << ", \"gbps\": " << rows[i].gbps << ", \"fraction\": " << rows[i].frac << ", \"note\": \""
+        << rows[i].note << "\"}" << (i + 1 < rows.size() ? ",\n" : "\n");
     f << "]\n";
   }
   bool ok = true;

@@ -21,10 +21,9 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.hpp"
 #include "qpack/converter/quantize.hpp"
 #include "qpack/verify/metrics.hpp"
-
-#include "bench_util.hpp"
 
 using namespace qpack;
 
@@ -43,7 +42,7 @@ struct Case {
 
 std::vector<Case> all_cases() {
   return {
-      {"bf16-4b-g64-ax0", DType::BF16, 4, 0, 64, false},   // the default scheme on bf16 weights
+      {"bf16-4b-g64-ax0", DType::BF16, 4, 0, 64, false},  // the default scheme on bf16 weights
       {"f16-4b-g64-ax0", DType::F16, 4, 0, 64, false},
       {"f32-4b-g64-ax0", DType::F32, 4, 0, 64, false},
       {"bf16-3b-g64-ax0", DType::BF16, 3, 0, 64, false},
@@ -88,9 +87,9 @@ uint8_t* upload(const std::vector<uint8_t>& v) {
 bool same(const ErrorSums& a, const ErrorSums& b) {
   auto eq = [](double x, double y) { return std::memcmp(&x, &y, 8) == 0; };
   return a.count == b.count && eq(a.sum_sq_err, b.sum_sq_err) && eq(a.sum_abs_err, b.sum_abs_err) &&
-         eq(a.sum_sq_ref, b.sum_sq_ref) && eq(a.sum_sq_hat, b.sum_sq_hat) && eq(a.sum_dot, b.sum_dot) &&
-         eq(a.max_abs_err, b.max_abs_err) && a.max_abs_index == b.max_abs_index &&
-         a.bound_violations == b.bound_violations;
+         eq(a.sum_sq_ref, b.sum_sq_ref) && eq(a.sum_sq_hat, b.sum_sq_hat) &&
+         eq(a.sum_dot, b.sum_dot) && eq(a.max_abs_err, b.max_abs_err) &&
+         a.max_abs_index == b.max_abs_index && a.bound_violations == b.bound_violations;
 }
 
 double copy_bandwidth(size_t bytes, int iters) {
@@ -135,13 +134,20 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (a == "--rows") rows = std::stoll(next());
-    else if (a == "--cols") cols = std::stoll(next());
-    else if (a == "--iters") iters = std::stoi(next());
-    else if (a == "--no-check") verify_bits = false;
-    else if (a == "--case") only.push_back(next());
+    if (a == "--rows")
+      rows = std::stoll(next());
+    else if (a == "--cols")
+      cols = std::stoll(next());
+    else if (a == "--iters")
+      iters = std::stoi(next());
+    else if (a == "--no-check")
+      verify_bits = false;
+    else if (a == "--case")
+      only.push_back(next());
     else {
-      std::fprintf(stderr, "usage: %s [--rows R] [--cols C] [--iters N] [--no-check] [--case NAME]...\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--rows R] [--cols C] [--iters N] [--no-check] [--case NAME]...\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -153,12 +159,12 @@ int main(int argc, char** argv) {
     return 6;
   }
   std::printf("device: %s; tensor [%lld, %lld]; %d iterations (best of); %d CPU threads\n",
-              eng->description().c_str(), static_cast<long long>(rows), static_cast<long long>(cols), iters,
-              omp_get_max_threads());
+              eng->description().c_str(), static_cast<long long>(rows),
+              static_cast<long long>(cols), iters, omp_get_max_threads());
   const double copy_bw = copy_bandwidth(size_t(rows * cols) * 4, iters);
   std::printf("device-to-device copy: %.1f GB/s (2 x bytes / time)\n\n", copy_bw / 1e9);
-  std::printf("%-22s %10s %9s %10s %8s %12s %6s\n", "case", "read MB", "kernel ms", "GB/s", "of copy",
-              "staged GB/s", "bits");
+  std::printf("%-22s %10s %9s %10s %8s %12s %6s\n", "case", "read MB", "kernel ms", "GB/s",
+              "of copy", "staged GB/s", "bits");
   int below_target = 0;
   for (const Case& c : all_cases()) {
     if (!only.empty() && std::find(only.begin(), only.end(), c.name) == only.end()) continue;
@@ -176,7 +182,8 @@ int main(int argc, char** argv) {
     const size_t params = size_t(L.params_bytes(s.scale_dtype));
     std::vector<uint8_t> codes(L.codes_bytes()), scales(params), zeros(s.symmetric ? 0 : params);
     quantize_cpu(QuantInput{src.data(), c.src, c.name}, L, s, NonFinitePolicy::Error,
-                 QuantBuffers{codes.data(), scales.data(), s.symmetric ? nullptr : zeros.data()}, 0);
+                 QuantBuffers{codes.data(), scales.data(), s.symmetric ? nullptr : zeros.data()},
+                 0);
 
     QuantTensorView hv;
     hv.source = src.data();
@@ -205,7 +212,8 @@ int main(int argc, char** argv) {
     const double bw = read / (best * 1e-3);
     const auto t0 = std::chrono::steady_clock::now();
     const ErrorSums staged = eng->compute(hv);
-    const double staged_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double staged_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::string bits = "-";
     if (verify_bits) {
       const ErrorSums cpu = compute_error_sums_cpu(hv, 0);
@@ -214,15 +222,17 @@ int main(int argc, char** argv) {
     }
     const double frac = bw / copy_bw;
     if (frac < 0.6) ++below_target;
-    std::printf("%-22s %10.1f %9.3f %10.1f %7.0f%% %12.1f %6s%s\n", c.name.c_str(), read / 1e6, best, bw / 1e9,
-                frac * 100, read / staged_s / 1e9, bits.c_str(),
-                frac >= 0.8 ? "" : (frac >= 0.6 ? "  (below the 80% goal)" : "  BELOW THE 60% TARGET"));
+    std::printf(
+        "%-22s %10.1f %9.3f %10.1f %7.0f%% %12.1f %6s%s\n", c.name.c_str(), read / 1e6, best,
+        bw / 1e9, frac * 100, read / staged_s / 1e9, bits.c_str(),
+        frac >= 0.8 ? "" : (frac >= 0.6 ? "  (below the 80% goal)" : "  BELOW THE 60% TARGET"));
     for (uint8_t* p : {ds, dc, dsc, dz}) cudaFree(p);
   }
   if (below_target >= 1000) {
     std::printf("\nFAIL: the device result differs from the CPU path\n");
     return 1;
   }
-  std::printf("\n%s\n", below_target ? "some cases are below the 60% target" : "every case meets the 60% target");
+  std::printf("\n%s\n", below_target ? "some cases are below the 60% target"
+                                     : "every case meets the 60% target");
   return below_target ? 1 : 0;
 }

@@ -2,10 +2,10 @@
 
 #include "commands.hpp"
 #include "device.hpp"
+#include "progress_bar.hpp"
 #include "qpack/converter/convert.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/text.hpp"
-#include "progress_bar.hpp"
 
 namespace qpack::cli {
 
@@ -57,7 +57,8 @@ Recipe build_recipe(const ConvertArgs& a) {
   if (*a.sym_opt) r.defaults.symmetric = a.symmetric;
   if (*a.scale_opt) {
     const auto d = parse_scale_dtype(a.scale_dtype);
-    if (!d) throw Error(ErrorCode::InvalidArgument, "", "", "--scale-dtype must be f16, bf16 or f32");
+    if (!d)
+      throw Error(ErrorCode::InvalidArgument, "", "", "--scale-dtype must be f16, bf16 or f32");
     r.defaults.scale_dtype = *d;
   }
   if (*a.min_dims_opt) r.min_dims = a.min_dims;
@@ -78,16 +79,16 @@ Recipe build_recipe(const ConvertArgs& a) {
 void print_plan(const std::vector<PlanEntry>& plan) {
   size_t w = 6;
   for (const auto& e : plan) w = std::max(w, e.name.size());
-  std::printf("%-*s  %-18s %-5s %-24s %12s %12s  %s\n", int(w), "tensor", "shape", "dtype", "action",
-              "bytes in", "bytes out", "why");
+  std::printf("%-*s  %-18s %-5s %-24s %12s %12s  %s\n", int(w), "tensor", "shape", "dtype",
+              "action", "bytes in", "bytes out", "why");
   uint64_t in = 0, out = 0;
   size_t q = 0;
   for (const auto& e : plan) {
     const std::string scheme = e.action == TensorAction::Keep ? kRawLabel : scheme_label(e.scheme);
     std::printf("%-*s  %-18s %-5s %-24s %12llu %12llu  %s\n", int(w), e.name.c_str(),
                 shape_to_string(e.shape).c_str(), dtype_name(e.dtype), scheme.c_str(),
-                static_cast<unsigned long long>(e.bytes_in), static_cast<unsigned long long>(e.bytes_out),
-                e.reason.c_str());
+                static_cast<unsigned long long>(e.bytes_in),
+                static_cast<unsigned long long>(e.bytes_out), e.reason.c_str());
     in += e.bytes_in;
     out += e.bytes_out;
     q += e.action == TensorAction::Quantize;
@@ -100,9 +101,12 @@ void print_plan(const std::vector<PlanEntry>& plan) {
 int run_convert(ConvertArgs& a) {
   ConvertOptions o;
   o.recipe = build_recipe(a);
-  if (a.nonfinite == "error") o.nonfinite = NonFinitePolicy::Error;
-  else if (a.nonfinite == "zero") o.nonfinite = NonFinitePolicy::Zero;
-  else throw Error(ErrorCode::InvalidArgument, "", "", "--nonfinite must be 'error' or 'zero'");
+  if (a.nonfinite == "error")
+    o.nonfinite = NonFinitePolicy::Error;
+  else if (a.nonfinite == "zero")
+    o.nonfinite = NonFinitePolicy::Zero;
+  else
+    throw Error(ErrorCode::InvalidArgument, "", "", "--nonfinite must be 'error' or 'zero'");
   if (a.dry_run) {
     const auto plan = make_plan(a.source, o.recipe);
     if (a.json) {
@@ -112,7 +116,8 @@ int run_convert(ConvertArgs& a) {
     }
     return kExitOk;
   }
-  if (a.output.empty()) throw Error(ErrorCode::InvalidArgument, "", "", "convert needs OUTPUT (or --dry-run)");
+  if (a.output.empty())
+    throw Error(ErrorCode::InvalidArgument, "", "", "convert needs OUTPUT (or --dry-run)");
   if (a.zstd && a.zstd->count() > 0) {
     o.codec = Codec::Zstd;
     if (a.zstd_level < 1 || a.zstd_level > 19)
@@ -138,7 +143,8 @@ int run_convert(ConvertArgs& a) {
     std::printf("  in  %s   out %s   ratio %.2fx   (quantized tensors: %s -> %s)\n",
                 format_bytes(s.bytes_in).c_str(), format_bytes(s.bytes_out).c_str(),
                 s.bytes_out ? double(s.bytes_in) / double(s.bytes_out) : 0.0,
-                format_bytes(s.bytes_quantized_in).c_str(), format_bytes(s.bytes_quantized_out).c_str());
+                format_bytes(s.bytes_quantized_in).c_str(),
+                format_bytes(s.bytes_quantized_out).c_str());
     std::printf("  time %.2f s   %.2f GB/s   device %s\n", s.seconds,
                 s.seconds > 0 ? double(s.bytes_in) / s.seconds / 1e9 : 0.0, s.device.c_str());
   }
@@ -149,34 +155,47 @@ int run_convert(ConvertArgs& a) {
 
 Runner add_convert(CLI::App& app) {
   auto a = std::make_shared<ConvertArgs>();
-  auto* sub = app.add_subcommand("convert", "Quantize a safetensors checkpoint into one .qpack file");
+  auto* sub =
+      app.add_subcommand("convert", "Quantize a safetensors checkpoint into one .qpack file");
   sub->footer(
       "Defaults (FlexLLMGen): 4 bits, group size 64 along axis 0, asymmetric min-max, F16 scales.\n"
-      "Floating-point tensors with >= 2 dimensions are quantized; 1-D tensors (norms, biases) are kept.\n"
+      "Floating-point tensors with >= 2 dimensions are quantized; 1-D tensors (norms, biases) are "
+      "kept.\n"
       "Rules (first match wins; --skip and --rule before the recipe's own):\n"
       "  --skip '*embed_tokens*' --rule '*.mlp.down_proj.weight:bits=8,group=128,scale=bf16'\n"
-      "Recipe file: {\"defaults\": {\"bits\": 4, \"group_size\": 64, \"axis\": 0, \"symmetric\": false,\n"
-      "  \"scale_dtype\": \"f16\"}, \"min_dims\": 2, \"rules\": [{\"match\": \"lm_head*\", \"skip\": true}]}\n"
+      "Recipe file: {\"defaults\": {\"bits\": 4, \"group_size\": 64, \"axis\": 0, \"symmetric\": "
+      "false,\n"
+      "  \"scale_dtype\": \"f16\"}, \"min_dims\": 2, \"rules\": [{\"match\": \"lm_head*\", "
+      "\"skip\": true}]}\n"
       "See docs/quantization.md and docs/cli.md.");
-  sub->add_option("SOURCE", a->source, ".safetensors file, model.safetensors.index.json, or a folder")
+  sub->add_option("SOURCE", a->source,
+                  ".safetensors file, model.safetensors.index.json, or a folder")
       ->required();
   sub->add_option("OUTPUT", a->output, "the .qpack file to write");
   a->bits_opt = sub->add_option("--bits,-b", a->bits, "bits per code: 2, 3, 4 or 8 (default 4)");
-  a->group_opt = sub->add_option("--group-size,-g", a->group_size, "elements per group (even, >= 8) or 'all' (default 64)");
-  a->axis_opt = sub->add_option("--axis", a->axis, "grouping axis; negative counts from the end (default 0)");
-  a->sym_opt = sub->add_flag("--symmetric,!--asymmetric", a->symmetric, "symmetric absmax codes, no zero-point (default asymmetric)");
-  a->scale_opt = sub->add_option("--scale-dtype", a->scale_dtype, "scale/zero-point dtype: f16, bf16, f32 (default f16)");
+  a->group_opt = sub->add_option("--group-size,-g", a->group_size,
+                                 "elements per group (even, >= 8) or 'all' (default 64)");
+  a->axis_opt =
+      sub->add_option("--axis", a->axis, "grouping axis; negative counts from the end (default 0)");
+  a->sym_opt = sub->add_flag("--symmetric,!--asymmetric", a->symmetric,
+                             "symmetric absmax codes, no zero-point (default asymmetric)");
+  a->scale_opt = sub->add_option("--scale-dtype", a->scale_dtype,
+                                 "scale/zero-point dtype: f16, bf16, f32 (default f16)");
   sub->add_option("--skip", a->skips, "keep tensors matching this glob as they are (repeatable)");
   sub->add_option("--rule", a->rules, "PATTERN:key=value,... per-tensor override (repeatable)");
   sub->add_option("--recipe", a->recipe_file, "JSON recipe file")->check(CLI::ExistingFile);
-  a->min_dims_opt = sub->add_option("--min-dims", a->min_dims, "quantize tensors with at least this many dimensions (default 2)");
-  sub->add_option("--nonfinite", a->nonfinite, "NaN/Inf in a tensor: 'error' (default) or 'zero' (replace by 0)");
+  a->min_dims_opt = sub->add_option(
+      "--min-dims", a->min_dims, "quantize tensors with at least this many dimensions (default 2)");
+  sub->add_option("--nonfinite", a->nonfinite,
+                  "NaN/Inf in a tensor: 'error' (default) or 'zero' (replace by 0)");
   sub->add_option("--threads,-j", a->threads, "CPU threads (default: all cores)");
   add_device_option(sub, &a->device, "the quantizer");
-  a->zstd = sub->add_option("--zstd", a->zstd_level, "compress sections with zstd (optional LEVEL, default 3)")
+  a->zstd = sub->add_option("--zstd", a->zstd_level,
+                            "compress sections with zstd (optional LEVEL, default 3)")
                 ->expected(0, 1);
   sub->add_flag("--force,-f", a->force, "replace OUTPUT if it exists");
-  sub->add_flag("--dry-run,-n", a->dry_run, "print what would happen to each tensor; write nothing");
+  sub->add_flag("--dry-run,-n", a->dry_run,
+                "print what would happen to each tensor; write nothing");
   sub->add_flag("--quiet,-q", a->quiet, "no progress bar, no summary");
   sub->add_flag("--json", a->json, "print the summary (or the plan) as JSON");
   return [a] { return run_convert(*a); };

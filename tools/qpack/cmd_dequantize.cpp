@@ -7,10 +7,10 @@
 
 #include "commands.hpp"
 #include "device.hpp"
+#include "progress_bar.hpp"
 #include "qpack/converter/export.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/text.hpp"
-#include "progress_bar.hpp"
 
 namespace qpack::cli {
 
@@ -28,25 +28,28 @@ struct DequantizeArgs {
 int run_dequantize(const DequantizeArgs& a) {
   DequantizeOptions opt;
   if (!a.dtype.empty()) {
-    if (a.dtype == "f16") opt.dtype = DType::F16;
-    else if (a.dtype == "bf16") opt.dtype = DType::BF16;
-    else if (a.dtype == "f32") opt.dtype = DType::F32;
-    else throw Error(ErrorCode::InvalidArgument, "", "", "--dtype must be f16, bf16 or f32");
+    if (a.dtype == "f16")
+      opt.dtype = DType::F16;
+    else if (a.dtype == "bf16")
+      opt.dtype = DType::BF16;
+    else if (a.dtype == "f32")
+      opt.dtype = DType::F32;
+    else
+      throw Error(ErrorCode::InvalidArgument, "", "", "--dtype must be f16, bf16 or f32");
   }
   opt.device = a.device.value();
   opt.threads = a.threads;
   opt.overwrite = a.force;
   ProgressBar bar("dequantizing", !a.quiet);
   if (bar.active())
-    opt.progress = [&](size_t i, size_t n, uint64_t done, uint64_t total, const std::string& tensor) {
-      bar.update(done, total, i, n, tensor);
-    };
+    opt.progress = [&](size_t i, size_t n, uint64_t done, uint64_t total,
+                       const std::string& tensor) { bar.update(done, total, i, n, tensor); };
   const DequantizeSummary s = dequantize_file(a.qpack, a.out, opt);
   bar.finish();
   if (!a.quiet)
-    std::printf("wrote %s: %zu tensors (%zu dequantized, %zu raw), %s of tensor data, on %s\n", a.out.c_str(),
-                s.tensors, s.quantized, s.tensors - s.quantized, format_bytes(s.output_bytes).c_str(),
-                s.device.c_str());
+    std::printf("wrote %s: %zu tensors (%zu dequantized, %zu raw), %s of tensor data, on %s\n",
+                a.out.c_str(), s.tensors, s.quantized, s.tensors - s.quantized,
+                format_bytes(s.output_bytes).c_str(), s.device.c_str());
   return kExitOk;
 }
 
@@ -54,8 +57,9 @@ int run_dequantize(const DequantizeArgs& a) {
 
 Runner add_dequantize(CLI::App& app) {
   auto a = std::make_shared<DequantizeArgs>();
-  auto* sub = app.add_subcommand("dequantize",
-                                 "Write the checkpoint a .qpack reconstructs (x^ = fma(q, S, M)) as safetensors");
+  auto* sub = app.add_subcommand(
+      "dequantize",
+      "Write the checkpoint a .qpack reconstructs (x^ = fma(q, S, M)) as safetensors");
   sub->footer(
       "Quantized tensors are written in their source dtype (or --dtype), rounded to nearest even;\n"
       "raw tensors are copied byte for byte; the source's safetensors metadata is carried over.\n"
@@ -65,10 +69,13 @@ Runner add_dequantize(CLI::App& app) {
       "5 I/O error (output exists without --force, disk full), 6 --device cuda[:N] unusable.");
   sub->add_option("model", a->qpack, "The .qpack file")->required();
   sub->add_option("output", a->out, "The .safetensors file to write")->required();
-  sub->add_option("--dtype", a->dtype, "Dtype of dequantized tensors: f16, bf16 or f32 (default: each tensor's source dtype)")
+  sub->add_option(
+         "--dtype", a->dtype,
+         "Dtype of dequantized tensors: f16, bf16 or f32 (default: each tensor's source dtype)")
       ->check(CLI::IsMember({"f16", "bf16", "f32"}));
   add_device_option(sub, &a->device, "the dequantization");
-  sub->add_option("--threads", a->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  sub->add_option("--threads", a->threads, "CPU threads (default: all cores)")
+      ->check(CLI::NonNegativeNumber);
   sub->add_flag("-f,--force", a->force, "Replace an existing output file");
   sub->add_flag("-q,--quiet", a->quiet, "No progress and no summary line");
   return [a] { return run_dequantize(*a); };

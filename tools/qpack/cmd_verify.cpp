@@ -11,11 +11,11 @@
 
 #include "commands.hpp"
 #include "device.hpp"
+#include "progress_bar.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/io.hpp"
-#include "progress_bar.hpp"
-#include "qpack/verify/verify.hpp"
 #include "qpack/verify/report.hpp"
+#include "qpack/verify/verify.hpp"
 
 namespace qpack::cli {
 
@@ -72,10 +72,12 @@ void write_report_file(const std::string& path, const std::string& text) {
 
 int run_verify(VerifyArgs a) {
   if (a.source.empty() == a.source_opt.empty() && a.source != a.source_opt)
-    throw Error(ErrorCode::InvalidArgument, "", "", "give the source checkpoint once: SOURCE or --source");
+    throw Error(ErrorCode::InvalidArgument, "", "",
+                "give the source checkpoint once: SOURCE or --source");
   if (a.source.empty()) a.source = a.source_opt;
   if (a.source.empty())
-    throw Error(ErrorCode::InvalidArgument, "", "", "the source checkpoint is required (SOURCE or --source)");
+    throw Error(ErrorCode::InvalidArgument, "", "",
+                "the source checkpoint is required (SOURCE or --source)");
   check_threshold("--max-rel-error", a.max_rel, 0, HUGE_VAL);
   check_threshold("--max-abs-error", a.max_abs, 0, HUGE_VAL);
   check_threshold("--min-cosine", a.min_cos, -1, 1);
@@ -102,7 +104,8 @@ int run_verify(VerifyArgs a) {
       if (!bar || p.phase != phase) {
         if (bar) bar->finish();
         phase = p.phase;
-        bar = std::make_unique<ProgressBar>(p.phase == VerifyProgress::Integrity ? "checksums" : "comparing", true);
+        bar = std::make_unique<ProgressBar>(
+            p.phase == VerifyProgress::Integrity ? "checksums" : "comparing", true);
       }
       bar->update(p.done_bytes, p.total_bytes, p.tensor_index, p.tensor_count, p.tensor);
     };
@@ -118,11 +121,14 @@ int run_verify(VerifyArgs a) {
   } else if (a.quiet) {
     // Only what a CI log needs: the failures and the verdict.
     for (const auto& i : rep.integrity_issues)
-      std::printf("integrity: %s %s%s [%s]\n", i.tensor.empty() ? rep.file.c_str() : i.tensor.c_str(),
-                  i.section.empty() ? "" : (i.section + ": ").c_str(), i.message.c_str(), i.code.c_str());
-    for (const auto& n : rep.missing_from_qpack) std::printf("source mismatch: %s: missing from the .qpack\n", n.c_str());
+      std::printf(
+          "integrity: %s %s%s [%s]\n", i.tensor.empty() ? rep.file.c_str() : i.tensor.c_str(),
+          i.section.empty() ? "" : (i.section + ": ").c_str(), i.message.c_str(), i.code.c_str());
+    for (const auto& n : rep.missing_from_qpack)
+      std::printf("source mismatch: %s: missing from the .qpack\n", n.c_str());
     for (const auto& t : rep.tensors)
-      for (const auto& p : t.problems) std::printf("source mismatch: %s: %s\n", t.name.c_str(), p.c_str());
+      for (const auto& p : t.problems)
+        std::printf("source mismatch: %s: %s\n", t.name.c_str(), p.c_str());
     for (const auto& t : rep.tensors)
       if (t.sums.bound_violations)
         std::printf("ERROR BOUND VIOLATED: %s: %llu element(s)\n", t.name.c_str(),
@@ -130,7 +136,8 @@ int run_verify(VerifyArgs a) {
     for (const auto& f : rep.gate_failures)
       std::printf("threshold failed: %s: %s = %s, must be %s %s\n",
                   f.tensor.empty() ? "model totals" : f.tensor.c_str(), f.metric.c_str(),
-                  format_metric(f.value, 4, true).c_str(), f.op.c_str(), format_metric(f.limit, 4, true).c_str());
+                  format_metric(f.value, 4, true).c_str(), f.op.c_str(),
+                  format_metric(f.limit, 4, true).c_str());
     std::printf("verdict: %s\n", verdict_name(rep.verdict));
   } else {
     TableOptions t;
@@ -147,18 +154,24 @@ int run_verify(VerifyArgs a) {
 Runner add_verify(CLI::App& app) {
   auto a = std::make_shared<VerifyArgs>();
   auto* sub = app.add_subcommand(
-      "verify", "Check a .qpack's integrity and its quantization error against the source checkpoint");
+      "verify",
+      "Check a .qpack's integrity and its quantization error against the source checkpoint");
   sub->footer(kVerifyFooter);
   sub->add_option("model", a->qpack, "The .qpack file")->required();
   sub->add_option("source", a->source,
-                  "The checkpoint it was converted from (.safetensors, model.safetensors.index.json, or a folder)");
+                  "The checkpoint it was converted from (.safetensors, "
+                  "model.safetensors.index.json, or a folder)");
   sub->add_option("-s,--source", a->source_opt, "Same as the SOURCE argument");
   add_device_option(sub, &a->device, "the metrics pass");
-  sub->add_option("--threads", a->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
-  sub->add_option("--max-rel-error", a->max_rel, "Fail a tensor whose ||x-x^||/||x|| is above this");
+  sub->add_option("--threads", a->threads, "CPU threads (default: all cores)")
+      ->check(CLI::NonNegativeNumber);
+  sub->add_option("--max-rel-error", a->max_rel,
+                  "Fail a tensor whose ||x-x^||/||x|| is above this");
   sub->add_option("--min-snr", a->min_snr, "Fail a tensor whose SNR (dB) is below this");
-  sub->add_option("--min-cosine", a->min_cos, "Fail a tensor whose cosine similarity is below this");
-  sub->add_option("--max-abs-error", a->max_abs, "Fail a tensor whose largest |x-x^| is above this");
+  sub->add_option("--min-cosine", a->min_cos,
+                  "Fail a tensor whose cosine similarity is below this");
+  sub->add_option("--max-abs-error", a->max_abs,
+                  "Fail a tensor whose largest |x-x^| is above this");
   sub->add_option("--policy", a->policy, "Threshold policy (JSON; see docs/verify-report.md)");
   sub->add_flag("--json", a->json, "Print the JSON report on stdout instead of the table");
   sub->add_option("--json-out", a->json_out, "Also write the JSON report to this file");

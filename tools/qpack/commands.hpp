@@ -4,9 +4,8 @@
 // into a message and the error's exit code.
 #pragma once
 
-#include <functional>
-
 #include <CLI/CLI.hpp>
+#include <functional>
 
 namespace qpack::cli {
 

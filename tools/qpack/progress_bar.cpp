@@ -16,8 +16,10 @@ bool ProgressBar::terminal_allows() {
 }
 
 ProgressBar::ProgressBar(std::string label, bool enabled)
-    : label_(std::move(label)), active_(enabled && terminal_allows()),
-      start_(std::chrono::steady_clock::now()), last_(start_ - std::chrono::seconds(1)) {}
+    : label_(std::move(label)),
+      active_(enabled && terminal_allows()),
+      start_(std::chrono::steady_clock::now()),
+      last_(start_ - std::chrono::seconds(1)) {}
 
 ProgressBar::~ProgressBar() { finish(); }
 

@@ -7,7 +7,6 @@
 #include <cstdint>
 #include <string>
 
-
 namespace qpack {
 
 class ProgressBar {
@@ -28,6 +27,5 @@ class ProgressBar {
   bool active_ = false, drawn_ = false;
   std::chrono::steady_clock::time_point start_, last_;
 };
-
 
 }  // namespace qpack

@@ -16,15 +16,14 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
-#include "qpack/spec/dtype.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/io.hpp"
 #include "qpack/format/safetensors.hpp"
+#include "qpack/spec/dtype.hpp"
 
 using namespace qpack;
 
@@ -108,14 +107,22 @@ int llama(int argc, char** argv) {
       if (i + 1 >= argc) throw Error(ErrorCode::InvalidArgument, "", "", a + " needs a value");
       return argv[++i];
     };
-    if (a == "--hidden") hidden = std::stoll(val());
-    else if (a == "--intermediate") inter = std::stoll(val());
-    else if (a == "--layers") layers = std::stoll(val());
-    else if (a == "--vocab") vocab = std::stoll(val());
-    else if (a == "--dtype") dtype = parse_dtype(val());
-    else if (a == "--shard-bytes") shard_bytes = std::stoull(val());
-    else if (a == "--seed") seed = std::stoull(val());
-    else throw Error(ErrorCode::InvalidArgument, "", "", "unknown option " + a);
+    if (a == "--hidden")
+      hidden = std::stoll(val());
+    else if (a == "--intermediate")
+      inter = std::stoll(val());
+    else if (a == "--layers")
+      layers = std::stoll(val());
+    else if (a == "--vocab")
+      vocab = std::stoll(val());
+    else if (a == "--dtype")
+      dtype = parse_dtype(val());
+    else if (a == "--shard-bytes")
+      shard_bytes = std::stoull(val());
+    else if (a == "--seed")
+      seed = std::stoull(val());
+    else
+      throw Error(ErrorCode::InvalidArgument, "", "", "unknown option " + a);
   }
   std::vector<Spec> specs;
   specs.push_back({"model.embed_tokens.weight", {vocab, hidden}});
@@ -151,8 +158,10 @@ int llama(int argc, char** argv) {
   std::vector<uint8_t> buf;
   for (size_t s = 0; s < shards.size(); ++s) {
     char fname[64];
-    if (shards.size() == 1) std::snprintf(fname, sizeof fname, "model.safetensors");
-    else std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
+    if (shards.size() == 1)
+      std::snprintf(fname, sizeof fname, "model.safetensors");
+    else
+      std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
     std::vector<TensorToWrite> decl;
     for (size_t i : shards[s]) {
       TensorToWrite t;
@@ -171,7 +180,8 @@ int llama(int argc, char** argv) {
       for (uint64_t done = 0; done < n; done += chunk) {
         const uint64_t m = std::min(chunk, n - done);
         for (uint64_t k = 0; k < m; ++k)
-          store(&buf[k * esize], dtype, specs[i].norm ? 1.0f + rng.normal(0.05f) : rng.normal(0.02f));
+          store(&buf[k * esize], dtype,
+                specs[i].norm ? 1.0f + rng.normal(0.05f) : rng.normal(0.02f));
         w.append(buf.data(), m * esize);
       }
       total += n * esize;
@@ -188,21 +198,26 @@ int llama(int argc, char** argv) {
                            {"intermediate_size", inter},
                            {"num_hidden_layers", layers},
                            {"vocab_size", vocab},
-                           {"torch_dtype", dtype == DType::F16 ? "float16" : dtype == DType::BF16 ? "bfloat16" : "float32"}};
+                           {"torch_dtype", dtype == DType::F16    ? "float16"
+                                           : dtype == DType::BF16 ? "bfloat16"
+                                                                  : "float32"}};
   write_text(dir + "/config.json", config.dump(2) + "\n");
-  std::printf("wrote %zu tensors, %.3f GB in %zu shard(s) to %s\n", specs.size(), double(total) / 1e9,
-              shards.size(), dir.c_str());
+  std::printf("wrote %zu tensors, %.3f GB in %zu shard(s) to %s\n", specs.size(),
+              double(total) / 1e9, shards.size(), dir.c_str());
   return 0;
 }
 
 int stories(int argc, char** argv) {
-  if (argc < 2) throw Error(ErrorCode::InvalidArgument, "", "", "stories needs SRC.bin OUT.safetensors");
+  if (argc < 2)
+    throw Error(ErrorCode::InvalidArgument, "", "", "stories needs SRC.bin OUT.safetensors");
   const std::string src = argv[0], out = argv[1];
   DType dtype = DType::F32;
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--dtype" && i + 1 < argc) dtype = parse_dtype(argv[++i]);
-    else throw Error(ErrorCode::InvalidArgument, "", "", "unknown option " + a);
+    if (a == "--dtype" && i + 1 < argc)
+      dtype = parse_dtype(argv[++i]);
+    else
+      throw Error(ErrorCode::InvalidArgument, "", "", "unknown option " + a);
   }
   MappedFile f(src);
   if (f.size() < 28) throw Error(ErrorCode::Truncated, src, "", "shorter than the 28-byte header");
@@ -284,8 +299,9 @@ int stories(int argc, char** argv) {
                            {"max_position_embeddings", seq},
                            {"tie_word_embeddings", shared}};
   const size_t slash = out.find_last_of('/');
-  write_text((slash == std::string::npos ? std::string(".") : out.substr(0, slash)) + "/config.json",
-             config.dump(2) + "\n");
+  write_text(
+      (slash == std::string::npos ? std::string(".") : out.substr(0, slash)) + "/config.json",
+      config.dump(2) + "\n");
   std::printf("wrote %zu tensors (%s) to %s\n", tensors.size(), dtype_name(dtype), out.c_str());
   return 0;
 }
@@ -294,7 +310,8 @@ int stories(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   const std::string usage =
-      "usage: qpack-testgen llama OUT_DIR [--hidden H] [--intermediate I] [--layers L] [--vocab V]\n"
+      "usage: qpack-testgen llama OUT_DIR [--hidden H] [--intermediate I] [--layers L] [--vocab "
+      "V]\n"
       "                     [--dtype f16|bf16|f32] [--shard-bytes N] [--seed S]\n"
       "       qpack-testgen stories SRC.bin OUT.safetensors [--dtype f16|bf16|f32]\n";
   if (argc < 2 || std::string(argv[1]) == "--help") {

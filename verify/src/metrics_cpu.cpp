@@ -4,8 +4,8 @@
 
 #include <vector>
 
-#include "qpack/spec/error_sums.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/spec/error_sums.hpp"
 #include "qpack/verify/metrics.hpp"
 
 #if defined(QPACK_VERIFY_CUDA)
@@ -19,7 +19,8 @@ namespace {
 using spec::PartialSums;
 
 template <DType kSrc>
-inline void eval_block(const spec::CompareGeometry& g, const spec::ChunkView& v, int64_t b, PartialSums* out) {
+inline void eval_block(const spec::CompareGeometry& g, const spec::ChunkView& v, int64_t b,
+                       PartialSums* out) {
   PartialSums slots[spec::kBlockUnits];
   for (int t = 0; t < spec::kBlockUnits; ++t) {
     spec::partial_init(slots[t]);
@@ -31,7 +32,8 @@ inline void eval_block(const spec::CompareGeometry& g, const spec::ChunkView& v,
 }
 
 template <DType kSrc>
-void eval_blocks_generic(const spec::CompareGeometry& g, const spec::ChunkView& v, PartialSums* out, int threads) {
+void eval_blocks_generic(const spec::CompareGeometry& g, const spec::ChunkView& v, PartialSums* out,
+                         int threads) {
 #pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
   for (int64_t b = 0; b < g.blocks; ++b) eval_block<kSrc>(g, v, b, out + b);
 }
@@ -40,14 +42,16 @@ void eval_blocks_generic(const spec::CompareGeometry& g, const spec::ChunkView& 
 // a libm call on baseline x86-64) becomes one instruction. An FMA is
 // correctly rounded either way, so the results are the same bits.
 template <DType kSrc>
-__attribute__((target("avx2,fma"), flatten)) void eval_blocks_fma(const spec::CompareGeometry& g, const spec::ChunkView& v,
-                                                          PartialSums* out, int threads) {
+__attribute__((target("avx2,fma"), flatten)) void eval_blocks_fma(const spec::CompareGeometry& g,
+                                                                  const spec::ChunkView& v,
+                                                                  PartialSums* out, int threads) {
 #pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
   for (int64_t b = 0; b < g.blocks; ++b) eval_block<kSrc>(g, v, b, out + b);
 }
 
 template <DType kSrc>
-void eval_blocks(const spec::CompareGeometry& g, const spec::ChunkView& v, PartialSums* out, int threads) {
+void eval_blocks(const spec::CompareGeometry& g, const spec::ChunkView& v, PartialSums* out,
+                 int threads) {
   static const bool fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (fma)
     eval_blocks_fma<kSrc>(g, v, out, threads);
@@ -100,13 +104,19 @@ ErrorSums compute_error_sums_cpu(const QuantTensorView& view, int threads) {
   check_view(view);
   const spec::CompareGeometry g = spec::make_geometry(view.layout, view.scheme, view.source_dtype);
   std::vector<PartialSums> blocks(static_cast<size_t>(g.blocks));
-  const spec::ChunkView v{view.source, view.codes, view.scales, view.zeros, 0, 0, 0, 0,
-                           view.layout.inner};
+  const spec::ChunkView v{view.source, view.codes, view.scales, view.zeros,       0,
+                          0,           0,          0,           view.layout.inner};
   const int nt = threads > 0 ? threads : omp_get_max_threads();
   switch (view.source_dtype) {
-    case DType::F16: eval_blocks<DType::F16>(g, v, blocks.data(), nt); break;
-    case DType::BF16: eval_blocks<DType::BF16>(g, v, blocks.data(), nt); break;
-    default: eval_blocks<DType::F32>(g, v, blocks.data(), nt); break;
+    case DType::F16:
+      eval_blocks<DType::F16>(g, v, blocks.data(), nt);
+      break;
+    case DType::BF16:
+      eval_blocks<DType::BF16>(g, v, blocks.data(), nt);
+      break;
+    default:
+      eval_blocks<DType::F32>(g, v, blocks.data(), nt);
+      break;
   }
   return reduce_block_partials(blocks.data(), g.blocks);
 }
@@ -132,8 +142,8 @@ ErrorSums CudaMetricsEngine::compute(const QuantTensorView& view) {
   check_view(view);
   const spec::CompareGeometry g = spec::make_geometry(view.layout, view.scheme, view.source_dtype);
   std::vector<PartialSums> blocks(static_cast<size_t>(g.blocks));
-  const spec::ChunkView v{view.source, view.codes, view.scales, view.zeros, 0, 0, 0, 0,
-                           view.layout.inner};
+  const spec::ChunkView v{view.source, view.codes, view.scales, view.zeros,       0,
+                          0,           0,          0,           view.layout.inner};
   if (g.blocks > 0) vcuda::compute_host(impl_->state, g, v, blocks.data(), view.name);
   return reduce_block_partials(blocks.data(), g.blocks);
 }
@@ -142,8 +152,8 @@ ErrorSums CudaMetricsEngine::compute_device(const QuantTensorView& view, float* 
   check_view(view);
   const spec::CompareGeometry g = spec::make_geometry(view.layout, view.scheme, view.source_dtype);
   std::vector<PartialSums> blocks(static_cast<size_t>(g.blocks));
-  const spec::ChunkView v{view.source, view.codes, view.scales, view.zeros, 0, 0, 0, 0,
-                           view.layout.inner};
+  const spec::ChunkView v{view.source, view.codes, view.scales, view.zeros,       0,
+                          0,           0,          0,           view.layout.inner};
   if (kernel_ms) *kernel_ms = 0.0f;
   if (g.blocks > 0) vcuda::compute_device(impl_->state, g, v, blocks.data(), kernel_ms, view.name);
   return reduce_block_partials(blocks.data(), g.blocks);

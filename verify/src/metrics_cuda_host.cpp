@@ -30,7 +30,8 @@ using spec::PartialSums;
 // Enqueues the partials of blocks [block0, block0 + nblocks) on `stream`.
 void enqueue_blocks(const CompareGeometry& g, const ChunkView& v, int64_t block0, int64_t nblocks,
                     PartialSums* out, cudaStream_t stream, const std::string& tensor) {
-  if (nblocks > INT_MAX) throw Error(ErrorCode::Internal, "", tensor, "too many blocks in one launch");
+  if (nblocks > INT_MAX)
+    throw Error(ErrorCode::Internal, "", tensor, "too many blocks in one launch");
   if (g.bits != 2 && g.bits != 3 && g.bits != 4 && g.bits != 8)
     throw Error(ErrorCode::UnsupportedScheme, "", tensor, "bits must be 2, 3, 4 or 8");
   cuda::throw_if_failed(cuda::compare_blocks(g, v, block0, nblocks, out, stream), tensor);
@@ -65,12 +66,12 @@ std::vector<Chunk> plan_chunks(const CompareGeometry& g, uint64_t budget) {
                                              kMaxBlocksPerLaunch);
     for (int64_t b0 = 0; b0 < g.blocks; b0 += step) {
       const int64_t b1 = std::min(b0 + step, g.blocks);
-      chunks.push_back({b0, b1, b0 * g.rows_per_block,
-                        std::min(b1 * g.rows_per_block, g.seg_rows), 0, g.inner});
+      chunks.push_back(
+          {b0, b1, b0 * g.rows_per_block, std::min(b1 * g.rows_per_block, g.seg_rows), 0, g.inner});
     }
   } else if (per_row <= budget) {
-    const int64_t step = std::clamp<int64_t>(int64_t(budget / per_row), 1,
-                                             std::max<int64_t>(kMaxBlocksPerLaunch / g.col_blocks, 1));
+    const int64_t step = std::clamp<int64_t>(
+        int64_t(budget / per_row), 1, std::max<int64_t>(kMaxBlocksPerLaunch / g.col_blocks, 1));
     for (int64_t r0 = 0; r0 < g.seg_rows; r0 += step) {
       const int64_t r1 = std::min(r0 + step, g.seg_rows);
       chunks.push_back({r0 * g.col_blocks, r1 * g.col_blocks, r0, r1, 0, g.inner});
@@ -84,8 +85,7 @@ std::vector<Chunk> plan_chunks(const CompareGeometry& g, uint64_t budget) {
       for (int64_t cb0 = 0; cb0 < g.col_blocks; cb0 += step) {
         const int64_t cb1 = std::min(cb0 + step, g.col_blocks);
         chunks.push_back({r * g.col_blocks + cb0, r * g.col_blocks + cb1, r, r + 1,
-                          cb0 * spec::kBlockUnits,
-                          std::min(cb1 * spec::kBlockUnits, g.inner)});
+                          cb0 * spec::kBlockUnits, std::min(cb1 * spec::kBlockUnits, g.inner)});
       }
   }
   return chunks;
@@ -138,7 +138,8 @@ void upload_rect(void* dst, const uint8_t* host, int64_t row0, int64_t height, i
   if (w == pitch)
     cuda::throw_if_failed(cuda::copy_to_device(dst, from, w * size_t(height), stream), tensor);
   else
-    cuda::throw_if_failed(cuda::copy_2d_to_device(dst, w, from, pitch, w, size_t(height), stream), tensor);
+    cuda::throw_if_failed(cuda::copy_2d_to_device(dst, w, from, pitch, w, size_t(height), stream),
+                          tensor);
 }
 
 }  // namespace
@@ -194,8 +195,8 @@ void destroy(DeviceState* s) noexcept {
 
 std::string description(const DeviceState* s) { return s->desc; }
 
-void compute_host(DeviceState* s, const CompareGeometry& g, const ChunkView& host, PartialSums* out_blocks,
-                  const std::string& tensor) {
+void compute_host(DeviceState* s, const CompareGeometry& g, const ChunkView& host,
+                  PartialSums* out_blocks, const std::string& tensor) {
   cuda::throw_if_failed(cuda::set_device(s->device), tensor);
   const std::vector<Chunk> chunks = plan_chunks(g, s->chunk_bytes);
   const int esize = source_bytes_per_element(g.source_dtype);
@@ -220,18 +221,25 @@ void compute_host(DeviceState* s, const CompareGeometry& g, const ChunkView& hos
       ensure_partials(set, size_t(nb), tensor);
 
       const cudaStream_t stream = set.stream.get();
-      upload_rect(set.src.data(), host.src, first.row_begin, rows, c.c0, width, g.inner, esize, stream, tensor);
-      upload_rect(set.codes.data(), host.codes, first.plane_begin, planes, c.c0, width, g.inner, 1, stream,
-                  tensor);
-      upload_rect(set.scales.data(), host.scales, first.scale_row, srows, c.c0, width, g.inner, sb, stream,
-                  tensor);
+      upload_rect(set.src.data(), host.src, first.row_begin, rows, c.c0, width, g.inner, esize,
+                  stream, tensor);
+      upload_rect(set.codes.data(), host.codes, first.plane_begin, planes, c.c0, width, g.inner, 1,
+                  stream, tensor);
+      upload_rect(set.scales.data(), host.scales, first.scale_row, srows, c.c0, width, g.inner, sb,
+                  stream, tensor);
       if (!g.symmetric)
-        upload_rect(set.zeros.data(), host.zeros, first.scale_row, srows, c.c0, width, g.inner, sb, stream,
-                    tensor);
+        upload_rect(set.zeros.data(), host.zeros, first.scale_row, srows, c.c0, width, g.inner, sb,
+                    stream, tensor);
 
-      const ChunkView dv{set.src.as<uint8_t>(), set.codes.as<uint8_t>(), set.scales.as<uint8_t>(),
+      const ChunkView dv{set.src.as<uint8_t>(),
+                         set.codes.as<uint8_t>(),
+                         set.scales.as<uint8_t>(),
                          g.symmetric ? nullptr : set.zeros.as<uint8_t>(),
-                         first.row_begin, first.plane_begin, first.scale_row, c.c0, width};
+                         first.row_begin,
+                         first.plane_begin,
+                         first.scale_row,
+                         c.c0,
+                         width};
       enqueue_blocks(g, dv, c.block0, nb, set.d_part.as<PartialSums>(), stream, tensor);
       cuda::throw_if_failed(cuda::copy_to_host(set.h_part.data(), set.d_part.data(),
                                                size_t(nb) * sizeof(PartialSums), stream),
@@ -250,8 +258,8 @@ void compute_host(DeviceState* s, const CompareGeometry& g, const ChunkView& hos
   }
 }
 
-void compute_device(DeviceState* s, const CompareGeometry& g, const ChunkView& dev, PartialSums* out_blocks,
-                    float* kernel_ms, const std::string& tensor) {
+void compute_device(DeviceState* s, const CompareGeometry& g, const ChunkView& dev,
+                    PartialSums* out_blocks, float* kernel_ms, const std::string& tensor) {
   cuda::throw_if_failed(cuda::set_device(s->device), tensor);
   StagingSet& set = s->sets[0];
   const cudaStream_t stream = set.stream.get();

@@ -15,7 +15,8 @@ std::vector<std::string_view> split_dots(std::string_view s) {
   size_t start = 0;
   for (;;) {
     const size_t dot = s.find('.', start);
-    parts.push_back(s.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start));
+    parts.push_back(
+        s.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start));
     if (dot == std::string_view::npos) break;
     start = dot + 1;
   }
@@ -32,8 +33,8 @@ bool all_digits(std::string_view s) {
 // Name components that hold a numbered sequence of transformer blocks in the
 // usual naming schemes (HF Llama/Mistral/Qwen/GPT-NeoX "layers", GPT-2/Falcon
 // "h", GGUF "blk", BERT "layer", T5/MPT/RWKV "block(s)").
-constexpr std::array<std::string_view, 7> kBlockContainers = {"layers", "layer", "h", "blk",
-                                                             "blocks", "block", "decoder_layers"};
+constexpr std::array<std::string_view, 7> kBlockContainers = {
+    "layers", "layer", "h", "blk", "blocks", "block", "decoder_layers"};
 
 bool is_block_container(std::string_view s) {
   for (auto c : kBlockContainers)

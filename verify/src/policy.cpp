@@ -58,28 +58,40 @@ void ErrorSums::add(const ErrorSums& o) {
 
 const char* tensor_status_name(TensorStatus s) {
   switch (s) {
-    case TensorStatus::Ok: return "ok";
-    case TensorStatus::GateFailed: return "gate_failed";
-    case TensorStatus::BoundViolated: return "bound_violated";
-    default: return "source_mismatch";
+    case TensorStatus::Ok:
+      return "ok";
+    case TensorStatus::GateFailed:
+      return "gate_failed";
+    case TensorStatus::BoundViolated:
+      return "bound_violated";
+    default:
+      return "source_mismatch";
   }
 }
 
 const char* verdict_name(Verdict v) {
   switch (v) {
-    case Verdict::Pass: return "pass";
-    case Verdict::GateFailed: return "gate_failed";
-    case Verdict::BoundViolated: return "bound_violated";
-    case Verdict::SourceMismatch: return "source_mismatch";
-    default: return "integrity_failed";
+    case Verdict::Pass:
+      return "pass";
+    case Verdict::GateFailed:
+      return "gate_failed";
+    case Verdict::BoundViolated:
+      return "bound_violated";
+    case Verdict::SourceMismatch:
+      return "source_mismatch";
+    default:
+      return "integrity_failed";
   }
 }
 
 int verdict_exit_code(Verdict v) {
   switch (v) {
-    case Verdict::Pass: return kExitOk;
-    case Verdict::GateFailed: return kExitGateFailed;
-    default: return kExitIntegrity;  // the file does not match itself or its source
+    case Verdict::Pass:
+      return kExitOk;
+    case Verdict::GateFailed:
+      return kExitGateFailed;
+    default:
+      return kExitIntegrity;  // the file does not match itself or its source
   }
 }
 
@@ -108,7 +120,8 @@ std::optional<double>* field(Thresholds& t, const std::string& key) {
   throw Error(ErrorCode::InvalidArgument, file, "", "policy " + where + ": " + why);
 }
 
-void check_value(const std::string& file, const std::string& where, const std::string& key, double v) {
+void check_value(const std::string& file, const std::string& where, const std::string& key,
+                 double v) {
   if (!std::isfinite(v)) bad(file, where, key + " must be a finite number");
   if ((key == "max_rel_error" || key == "max_abs_error") && v < 0)
     bad(file, where, key + " must be >= 0");
@@ -153,7 +166,8 @@ nlohmann::json thresholds_json(const Thresholds& t) {
 
 }  // namespace
 
-Thresholds VerifyPolicy::for_tensor(const std::string& tensor, int* rule_index, bool* ignored) const {
+Thresholds VerifyPolicy::for_tensor(const std::string& tensor, int* rule_index,
+                                    bool* ignored) const {
   if (rule_index) *rule_index = -1;
   if (ignored) *ignored = false;
   for (size_t r = 0; r < rules.size(); ++r) {
@@ -198,18 +212,21 @@ VerifyPolicy VerifyPolicy::from_json(const nlohmann::json& j, const std::string&
         ThresholdRule rule;
         read_metrics(o, file, where, &rule.thresholds, &rule.cleared,
                      {"pattern", "ignore", "comment"});
-        if (!o.contains("pattern") || !o["pattern"].is_string() || o["pattern"].get<std::string>().empty())
+        if (!o.contains("pattern") || !o["pattern"].is_string() ||
+            o["pattern"].get<std::string>().empty())
           bad(file, where, "needs a non-empty string 'pattern'");
         rule.pattern = o["pattern"].get<std::string>();
         if (o.contains("ignore")) {
           if (!o["ignore"].is_boolean()) bad(file, where, "'ignore' must be true or false");
           rule.ignore = o["ignore"].get<bool>();
         }
-        if (o.contains("comment") && !o["comment"].is_string()) bad(file, where, "'comment' must be a string");
+        if (o.contains("comment") && !o["comment"].is_string())
+          bad(file, where, "'comment' must be a string");
         p.rules.push_back(std::move(rule));
       }
     } else {
-      bad(file, "top level", "unknown key '" + key + "' (expected version, thresholds, overrides, model)");
+      bad(file, "top level",
+          "unknown key '" + key + "' (expected version, thresholds, overrides, model)");
     }
   }
   return p;

@@ -19,12 +19,23 @@ std::string esc(const std::string& s) {
   o.reserve(s.size());
   for (char c : s) {
     switch (c) {
-      case '&': o += "&amp;"; break;
-      case '<': o += "&lt;"; break;
-      case '>': o += "&gt;"; break;
-      case '"': o += "&quot;"; break;
-      case '\'': o += "&#39;"; break;
-      default: o += c;
+      case '&':
+        o += "&amp;";
+        break;
+      case '<':
+        o += "&lt;";
+        break;
+      case '>':
+        o += "&gt;";
+        break;
+      case '"':
+        o += "&quot;";
+        break;
+      case '\'':
+        o += "&#39;";
+        break;
+      default:
+        o += c;
     }
   }
   return o;
@@ -47,7 +58,8 @@ std::string sci(double v) { return format_metric(v, 3, true); }
 std::string fixed(double v, int p) { return format_metric(v, p, false); }
 
 std::string num_td(double v, const std::string& shown, const char* cls = "") {
-  return std::string("<td class=\"n ") + cls + "\" data-v=\"" + key(v) + "\">" + esc(shown) + "</td>";
+  return std::string("<td class=\"n ") + cls + "\" data-v=\"" + key(v) + "\">" + esc(shown) +
+         "</td>";
 }
 std::string txt_td(const std::string& s, const char* cls = "") {
   return std::string("<td class=\"") + cls + "\">" + esc(s) + "</td>";
@@ -147,17 +159,19 @@ std::string bar_chart(const std::vector<Bar>& bars, const std::string& y_title, 
   std::string s = "<svg viewBox=\"0 0 " + std::to_string(W) + " " + std::to_string(H) +
                   "\" width=\"100%\" role=\"img\" aria-label=\"" + esc(y_title) + " per layer\">";
   auto vlabel = [&](double v) {
-    return percent ? (step * 100 < 0.1 ? fmt("%.3f%%", v * 100) : fmt("%.2f%%", v * 100)) : fmt("%g", v);
+    return percent ? (step * 100 < 0.1 ? fmt("%.3f%%", v * 100) : fmt("%.2f%%", v * 100))
+                   : fmt("%g", v);
   };
   for (double v = 0; v <= top * (1 + 1e-9); v += step) {
     const double yy = y(v);
-    s += "<line class=\"grid\" x1=\"" + fmt("%.1f", double(ml)) + "\" x2=\"" + fmt("%.1f", double(W - mr)) +
-         "\" y1=\"" + fmt("%.1f", yy) + "\" y2=\"" + fmt("%.1f", yy) + "\"/>";
-    s += "<text x=\"" + std::to_string(ml - 6) + "\" y=\"" + fmt("%.1f", yy + 4) + "\" text-anchor=\"end\">" +
-         vlabel(v) + "</text>";
+    s += "<line class=\"grid\" x1=\"" + fmt("%.1f", double(ml)) + "\" x2=\"" +
+         fmt("%.1f", double(W - mr)) + "\" y1=\"" + fmt("%.1f", yy) + "\" y2=\"" + fmt("%.1f", yy) +
+         "\"/>";
+    s += "<text x=\"" + std::to_string(ml - 6) + "\" y=\"" + fmt("%.1f", yy + 4) +
+         "\" text-anchor=\"end\">" + vlabel(v) + "</text>";
   }
-  s += "<line class=\"axis\" x1=\"" + std::to_string(ml) + "\" x2=\"" + std::to_string(W - mr) + "\" y1=\"" +
-       fmt("%.1f", y(0)) + "\" y2=\"" + fmt("%.1f", y(0)) + "\"/>";
+  s += "<line class=\"axis\" x1=\"" + std::to_string(ml) + "\" x2=\"" + std::to_string(W - mr) +
+       "\" y1=\"" + fmt("%.1f", y(0)) + "\" y2=\"" + fmt("%.1f", y(0)) + "\"/>";
   s += "<text transform=\"translate(14," + fmt("%.1f", mt + ph / 2) +
        ") rotate(-90)\" text-anchor=\"middle\">" + esc(y_title) + "</text>";
   const size_t n = bars.size();
@@ -170,24 +184,27 @@ std::string bar_chart(const std::vector<Bar>& bars, const std::string& y_title, 
     if (std::isfinite(b.value)) {
       const double v = std::max(0.0, b.value);
       const double yy = y(v), h = y(0) - yy;
-      s += "<rect class=\"bar" + std::string(b.bad ? " bad" : "") + "\" x=\"" + fmt("%.1f", cx - bw / 2) +
-           "\" y=\"" + fmt("%.1f", yy) + "\" width=\"" + fmt("%.1f", bw) + "\" height=\"" +
-           fmt("%.1f", std::max(h, 0.5)) + "\"><title>" + esc(b.tip) + "</title></rect>";
+      s += "<rect class=\"bar" + std::string(b.bad ? " bad" : "") + "\" x=\"" +
+           fmt("%.1f", cx - bw / 2) + "\" y=\"" + fmt("%.1f", yy) + "\" width=\"" +
+           fmt("%.1f", bw) + "\" height=\"" + fmt("%.1f", std::max(h, 0.5)) + "\"><title>" +
+           esc(b.tip) + "</title></rect>";
     } else if (std::isinf(b.value)) {
       s += "<text x=\"" + fmt("%.1f", cx) + "\" y=\"" + fmt("%.1f", y(0) - 4) +
            "\" text-anchor=\"middle\">&#8734;<title>" + esc(b.tip) + "</title></text>";
     }
     if (i % label_every == 0)
       s += "<text x=\"" + fmt("%.1f", cx) + "\" y=\"" + fmt("%.1f", y(0) + 14) +
-           "\" text-anchor=\"end\" transform=\"rotate(-35 " + fmt("%.1f", cx) + " " + fmt("%.1f", y(0) + 14) +
-           ")\">" + esc(b.label) + "</text>";
+           "\" text-anchor=\"end\" transform=\"rotate(-35 " + fmt("%.1f", cx) + " " +
+           fmt("%.1f", y(0) + 14) + ")\">" + esc(b.label) + "</text>";
   }
   if (threshold && std::isfinite(*threshold)) {
     const double yy = y(*threshold);
-    s += "<line class=\"thr\" x1=\"" + std::to_string(ml) + "\" x2=\"" + std::to_string(W - mr) + "\" y1=\"" +
-         fmt("%.1f", yy) + "\" y2=\"" + fmt("%.1f", yy) + "\"/>";
+    s += "<line class=\"thr\" x1=\"" + std::to_string(ml) + "\" x2=\"" + std::to_string(W - mr) +
+         "\" y1=\"" + fmt("%.1f", yy) + "\" y2=\"" + fmt("%.1f", yy) + "\"/>";
     s += "<text x=\"" + std::to_string(W - mr - 4) + "\" y=\"" + fmt("%.1f", yy - 5) +
-         "\" text-anchor=\"end\" style=\"fill:#cf222e;paint-order:stroke;stroke:#fff;stroke-width:4px\">" + esc(thr_label) + "</text>";
+         "\" text-anchor=\"end\" "
+         "style=\"fill:#cf222e;paint-order:stroke;stroke:#fff;stroke-width:4px\">" +
+         esc(thr_label) + "</text>";
   }
   s += "</svg>";
   return s;
@@ -208,7 +225,8 @@ std::string mix_color(double t) {
   const int i = t < 0.5 ? 0 : 1;
   const double u = t < 0.5 ? t * 2 : (t - 0.5) * 2;
   char buf[16];
-  std::snprintf(buf, sizeof buf, "#%02x%02x%02x", int(stops[i][0] + (stops[i + 1][0] - stops[i][0]) * u + 0.5),
+  std::snprintf(buf, sizeof buf, "#%02x%02x%02x",
+                int(stops[i][0] + (stops[i + 1][0] - stops[i][0]) * u + 0.5),
                 int(stops[i][1] + (stops[i + 1][1] - stops[i][1]) * u + 0.5),
                 int(stops[i][2] + (stops[i + 1][2] - stops[i][2]) * u + 0.5));
   return buf;
@@ -253,8 +271,8 @@ std::string heatmap(const VerifyReport& rep, const std::vector<std::string>& lab
   std::string s = "<svg viewBox=\"0 0 " + std::to_string(W) + " " + std::to_string(H) +
                   "\" width=\"100%\" role=\"img\" aria-label=\"relative error by kind and layer\">";
   s += "<defs><linearGradient id=\"hm\"><stop offset=\"0\" stop-color=\"" + mix_color(0) +
-       "\"/><stop offset=\"0.5\" stop-color=\"" + mix_color(0.5) + "\"/><stop offset=\"1\" stop-color=\"" +
-       mix_color(1) + "\"/></linearGradient></defs>";
+       "\"/><stop offset=\"0.5\" stop-color=\"" + mix_color(0.5) +
+       "\"/><stop offset=\"1\" stop-color=\"" + mix_color(1) + "\"/></linearGradient></defs>";
   for (size_t k = 0; k < nk; ++k) {
     const double y = mt + double(k) * ch;
     s += "<text x=\"" + std::to_string(ml - 6) + "\" y=\"" + fmt("%.1f", y + ch * 0.68) +
@@ -265,9 +283,10 @@ std::string heatmap(const VerifyReport& rep, const std::vector<std::string>& lab
       const double v = c.sums.rel_error();
       const double t = vmax > vmin ? (v - vmin) / (vmax - vmin) : 0.5;
       const double x = ml + double(l) * cw;
-      s += "<rect class=\"cell" + std::string(c.bad ? " bad" : "") + "\" x=\"" + fmt("%.1f", x) + "\" y=\"" +
-           fmt("%.1f", y) + "\" width=\"" + fmt("%.1f", cw) + "\" height=\"" + std::to_string(ch) +
-           "\" fill=\"" + (std::isfinite(v) ? mix_color(t) : std::string("#000")) + "\"><title>" +
+      s += "<rect class=\"cell" + std::string(c.bad ? " bad" : "") + "\" x=\"" + fmt("%.1f", x) +
+           "\" y=\"" + fmt("%.1f", y) + "\" width=\"" + fmt("%.1f", cw) + "\" height=\"" +
+           std::to_string(ch) + "\" fill=\"" +
+           (std::isfinite(v) ? mix_color(t) : std::string("#000")) + "\"><title>" +
            esc(kinds[k] + " in " + rep.layers[l].key + ": rel error " + sci(v) + ", SNR " +
                fixed(c.sums.snr_db(), 2) + " dB, " + std::to_string(c.tensors) + " tensor(s)" +
                (c.bad ? " (failed)" : "")) +
@@ -282,16 +301,17 @@ std::string heatmap(const VerifyReport& rep, const std::vector<std::string>& lab
   const double ly = mt + double(nk) * ch + 12;
   for (size_t l = 0; l < nl; l += label_every) {
     const double cx = ml + (double(l) + 0.5) * cw;
-    s += "<text x=\"" + fmt("%.1f", cx) + "\" y=\"" + fmt("%.1f", ly) + "\" text-anchor=\"end\" transform=\"rotate(-35 " +
-         fmt("%.1f", cx) + " " + fmt("%.1f", ly) + ")\">" + esc(labels[l]) + "</text>";
+    s += "<text x=\"" + fmt("%.1f", cx) + "\" y=\"" + fmt("%.1f", ly) +
+         "\" text-anchor=\"end\" transform=\"rotate(-35 " + fmt("%.1f", cx) + " " +
+         fmt("%.1f", ly) + ")\">" + esc(labels[l]) + "</text>";
   }
   const double gy = H - 18;
   s += "<text x=\"" + std::to_string(W - mr - 330) + "\" y=\"" + fmt("%.1f", gy + 10) +
        "\" text-anchor=\"end\">" + esc(sci(vmin)) + "</text>";
   s += "<rect x=\"" + std::to_string(W - mr - 324) + "\" y=\"" + fmt("%.1f", gy) +
        "\" width=\"240\" height=\"12\" fill=\"url(#hm)\"/>";
-  s += "<text x=\"" + std::to_string(W - mr - 78) + "\" y=\"" + fmt("%.1f", gy + 10) + "\">" + esc(sci(vmax)) +
-       " rel error</text>";
+  s += "<text x=\"" + std::to_string(W - mr - 78) + "\" y=\"" + fmt("%.1f", gy + 10) + "\">" +
+       esc(sci(vmax)) + " rel error</text>";
   s += "</svg>";
   return s;
 }
@@ -303,12 +323,15 @@ std::vector<std::string> layer_labels(const std::vector<Rollup>& layers) {
   for (const auto& l : layers) {
     if (l.layer_index < 0) continue;
     const std::string st = l.key.substr(0, l.key.rfind('.'));
-    if (stack.empty()) stack = st;
-    else if (st != stack) one_stack = false;
+    if (stack.empty())
+      stack = st;
+    else if (st != stack)
+      one_stack = false;
   }
   std::vector<std::string> out;
   for (const auto& l : layers)
-    out.push_back(l.layer_index < 0 ? "global" : (one_stack ? std::to_string(l.layer_index) : l.key));
+    out.push_back(l.layer_index < 0 ? "global"
+                                    : (one_stack ? std::to_string(l.layer_index) : l.key));
   return out;
 }
 
@@ -330,19 +353,31 @@ std::string verify_report_html(const VerifyReport& rep) {
   h.reserve(1 << 16);
   h += "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
        "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
-       "<title>qpack verify: " + esc(rep.file) + "</title><style>" + kCss + "</style></head><body>\n";
+       "<title>qpack verify: " +
+       esc(rep.file) + "</title><style>" + kCss + "</style></head><body>\n";
 
   std::string verdict;
   switch (rep.verdict) {
-    case Verdict::Pass: verdict = "PASS"; break;
-    case Verdict::GateFailed: verdict = "FAIL: quality thresholds not met"; break;
-    case Verdict::BoundViolated: verdict = "FAIL: error bound violated"; break;
-    case Verdict::SourceMismatch: verdict = "FAIL: source mismatch"; break;
-    case Verdict::IntegrityFailed: verdict = "FAIL: integrity error"; break;
+    case Verdict::Pass:
+      verdict = "PASS";
+      break;
+    case Verdict::GateFailed:
+      verdict = "FAIL: quality thresholds not met";
+      break;
+    case Verdict::BoundViolated:
+      verdict = "FAIL: error bound violated";
+      break;
+    case Verdict::SourceMismatch:
+      verdict = "FAIL: source mismatch";
+      break;
+    case Verdict::IntegrityFailed:
+      verdict = "FAIL: integrity error";
+      break;
   }
-  h += "<header class=\"v " + std::string(pass ? "pass" : "fail") + "\"><h1>qpack verify &mdash; " + esc(verdict) +
-       "</h1><p>" + esc(rep.file) + " &nbsp;vs&nbsp; " + esc(rep.source) + " &nbsp;&middot;&nbsp; exit code " +
-       std::to_string(verdict_exit_code(rep.verdict)) + "</p></header>\n<main>\n";
+  h += "<header class=\"v " + std::string(pass ? "pass" : "fail") + "\"><h1>qpack verify &mdash; " +
+       esc(verdict) + "</h1><p>" + esc(rep.file) + " &nbsp;vs&nbsp; " + esc(rep.source) +
+       " &nbsp;&middot;&nbsp; exit code " + std::to_string(verdict_exit_code(rep.verdict)) +
+       "</p></header>\n<main>\n";
 
   // Summary cards.
   const ErrorSums& ms = rep.model.sums;
@@ -355,7 +390,9 @@ std::string verify_report_html(const VerifyReport& rep) {
   card(std::to_string(rep.tensors.size()) + " / " + std::to_string(nq), "tensors / quantized");
   card(format_bytes(rep.model.source_bytes), "source tensors");
   card(format_bytes(rep.model.stored_bytes), "stored in the .qpack");
-  card(rep.model.stored_bytes ? fixed(double(rep.model.source_bytes) / double(rep.model.stored_bytes), 2) + "x" : "-",
+  card(rep.model.stored_bytes
+           ? fixed(double(rep.model.source_bytes) / double(rep.model.stored_bytes), 2) + "x"
+           : "-",
        "compression");
   if (rep.integrity_ok) {
     card(sci(ms.rel_error()), "relative error (model)");
@@ -370,8 +407,9 @@ std::string verify_report_html(const VerifyReport& rep) {
   if (!rep.integrity_ok) {
     h += "<div class=\"issues\"><h3>Integrity failure &mdash; nothing was compared</h3><ul>";
     for (const auto& i : rep.integrity_issues)
-      h += "<li><b>" + esc(i.tensor.empty() ? rep.file : i.tensor) + (i.section.empty() ? "" : " / " + esc(i.section)) +
-           "</b> [" + esc(i.code) + "]: " + esc(i.message) + "</li>";
+      h += "<li><b>" + esc(i.tensor.empty() ? rep.file : i.tensor) +
+           (i.section.empty() ? "" : " / " + esc(i.section)) + "</b> [" + esc(i.code) +
+           "]: " + esc(i.message) + "</li>";
     h += "</ul></div>\n";
   }
   bool any_mismatch = !rep.missing_from_qpack.empty();
@@ -385,13 +423,17 @@ std::string verify_report_html(const VerifyReport& rep) {
     h += "</ul></div>\n";
   }
   if (rep.bound_violations > 0) {
-    h += "<div class=\"issues\"><h3 class=\"loud\">ERROR BOUND VIOLATED: " + std::to_string(rep.bound_violations) +
-         " element(s)</h3><p>These elements exceed the bound of docs/quantization.md &sect;7. Either this .qpack "
-         "was not converted from this source checkpoint, or the quantizer has a bug: please report it.</p><ul>";
+    h += "<div class=\"issues\"><h3 class=\"loud\">ERROR BOUND VIOLATED: " +
+         std::to_string(rep.bound_violations) +
+         " element(s)</h3><p>These elements exceed the bound of docs/quantization.md &sect;7. "
+         "Either this .qpack "
+         "was not converted from this source checkpoint, or the quantizer has a bug: please report "
+         "it.</p><ul>";
     for (const auto& t : rep.tensors)
       if (t.sums.bound_violations > 0)
         h += "<li><b>" + esc(t.name) + "</b>: " + std::to_string(t.sums.bound_violations) +
-             " element(s), first at flat index " + std::to_string(t.sums.first_violation_index) + "</li>";
+             " element(s), first at flat index " + std::to_string(t.sums.first_violation_index) +
+             "</li>";
     h += "</ul></div>\n";
   }
   if (!rep.gate_failures.empty()) {
@@ -403,9 +445,9 @@ std::string verify_report_html(const VerifyReport& rep) {
       if (i == kShown)
         h += "</ul><details><summary>" + std::to_string(rep.gate_failures.size() - kShown) +
              " more</summary><ul>";
-      h += "<li><b>" + esc(f.tensor.empty() ? "model totals" : f.tensor) + "</b>: " + esc(f.metric) + " = " +
-           esc(format_metric(f.value, 4, true)) + ", must be " + esc(f.op) + " " +
-           esc(format_metric(f.limit, 4, true)) + "</li>";
+      h += "<li><b>" + esc(f.tensor.empty() ? "model totals" : f.tensor) +
+           "</b>: " + esc(f.metric) + " = " + esc(format_metric(f.value, 4, true)) + ", must be " +
+           esc(f.op) + " " + esc(format_metric(f.limit, 4, true)) + "</li>";
     }
     h += rep.gate_failures.size() > kShown ? "</ul></details></div>\n" : "</ul></div>\n";
   }
@@ -422,9 +464,10 @@ std::string verify_report_html(const VerifyReport& rep) {
       const bool m = l.quantized > 0;
       const double r = m ? l.sums.rel_error() : NAN;
       const double sn = m ? l.sums.snr_db() : NAN;  // for the tooltip
-      const std::string tip = l.key + ": rel error " + sci(r) + ", SNR " + fixed(sn, 2) + " dB, cosine " +
-                              fixed(l.sums.cosine(), 6) + ", " + std::to_string(l.quantized) +
-                              " quantized tensor(s); worst " + (l.worst_tensor.empty() ? "-" : l.worst_tensor);
+      const std::string tip = l.key + ": rel error " + sci(r) + ", SNR " + fixed(sn, 2) +
+                              " dB, cosine " + fixed(l.sums.cosine(), 6) + ", " +
+                              std::to_string(l.quantized) + " quantized tensor(s); worst " +
+                              (l.worst_tensor.empty() ? "-" : l.worst_tensor);
       rel.push_back({labels[i], tip, r, bad});
     }
     h += "<h2>Relative error per layer</h2><div class=\"chart\">";
@@ -432,12 +475,14 @@ std::string verify_report_html(const VerifyReport& rep) {
                    rep.policy.global.max_rel_error
                        ? "max_rel_error " + fmt("%.3g%%", *rep.policy.global.max_rel_error * 100)
                        : std::string());
-    h += "</div><p class=\"legend\">Element-weighted over each layer's quantized tensors; red: a tensor of the "
+    h += "</div><p class=\"legend\">Element-weighted over each layer's quantized tensors; red: a "
+         "tensor of the "
          "layer failed. Hover a bar for details.</p>\n";
     const std::string hm = heatmap(rep, labels);
     if (!hm.empty()) {
       h += "<h2>Relative error by tensor kind and layer</h2><div class=\"chart\">" + hm;
-      h += "</div><p class=\"legend\">Colour scale from the smallest to the largest cell; outlined: a tensor "
+      h += "</div><p class=\"legend\">Colour scale from the smallest to the largest cell; "
+           "outlined: a tensor "
            "failed. Hover a cell for details.</p>\n";
     }
   }
@@ -447,13 +492,17 @@ std::string verify_report_html(const VerifyReport& rep) {
     bool any_nonfinite = false;
     for (const auto& t : rep.tensors) any_nonfinite = any_nonfinite || t.sums.nonfinite > 0;
     h += "<h2>Tensors</h2><div class=\"tools\"><input id=\"filter\" type=\"search\" "
-         "placeholder=\"Filter by name\"> <span class=\"legend\">Click a column header to sort.</span></div>"
+         "placeholder=\"Filter by name\"> <span class=\"legend\">Click a column header to "
+         "sort.</span></div>"
          "<div class=\"scroll\"><table id=\"tensors\" class=\"sortable\"><thead><tr>"
          "<th>#</th><th>tensor</th><th>dtype</th><th>shape</th><th>scheme</th>"
-         "<th>elements</th><th>source</th><th>stored</th><th>ratio</th><th>rel err</th><th>SNR dB</th>"
+         "<th>elements</th><th>source</th><th>stored</th><th>ratio</th><th>rel err</th><th>SNR "
+         "dB</th>"
          "<th>cosine</th><th>max abs</th><th>RMSE</th><th>mean abs</th>" +
-         std::string(any_nonfinite ? "<th title=\"source NaN/Inf elements, excluded\">NaN/Inf</th>" : "") +
-         "<th title=\"elements beyond the error bound (must be 0)\">viol</th><th>status</th></tr></thead><tbody>\n";
+         std::string(any_nonfinite ? "<th title=\"source NaN/Inf elements, excluded\">NaN/Inf</th>"
+                                   : "") +
+         "<th title=\"elements beyond the error bound (must be "
+         "0)\">viol</th><th>status</th></tr></thead><tbody>\n";
     for (size_t i = 0; i < rep.tensors.size(); ++i) {
       const TensorResult& t = rep.tensors[i];
       const bool m = t.quantized && t.compared;
@@ -481,9 +530,15 @@ std::string verify_report_html(const VerifyReport& rep) {
       } else {
         // Raw tensors are exact (or mismatched): sort them as error 0.
         const std::string dash = t.quantized ? "-" : (t.raw_equal ? "exact" : "-");
-        for (int c = 0; c < (any_nonfinite ? 8 : 7); ++c) h += "<td class=\"n\" data-v=\"" + std::string(c == 1 ? "Infinity" : c == 2 ? "1" : "0") + "\">" + (c == 0 ? dash : "-") + "</td>";
+        for (int c = 0; c < (any_nonfinite ? 8 : 7); ++c)
+          h += "<td class=\"n\" data-v=\"" +
+               std::string(c == 1   ? "Infinity"
+                           : c == 2 ? "1"
+                                    : "0") +
+               "\">" + (c == 0 ? dash : "-") + "</td>";
       }
-      h += "<td>" + status_badge(st) + (t.gate_ignored ? " <span class=\"legend\">gate ignored</span>" : "") + "</td>";
+      h += "<td>" + status_badge(st) +
+           (t.gate_ignored ? " <span class=\"legend\">gate ignored</span>" : "") + "</td>";
       h += "</tr>\n";
     }
     h += "</tbody></table></div>\n";
@@ -491,10 +546,11 @@ std::string verify_report_html(const VerifyReport& rep) {
 
   // Layer and kind tables.
   auto rollup_table = [&](const std::vector<Rollup>& rows, const char* title, const char* first) {
-    h += std::string("<h2>") + title + "</h2><div class=\"scroll\"><table class=\"sortable\"><thead><tr><th>" +
-         first + "</th><th>tensors</th><th>quantized</th><th>elements</th><th>source</th><th>stored</th>"
-                 "<th>ratio</th><th>rel err</th><th>SNR dB</th><th>cosine</th><th>max abs</th><th>RMSE</th>"
-                 "<th>worst tensor</th></tr></thead><tbody>\n";
+    h += std::string("<h2>") + title +
+         "</h2><div class=\"scroll\"><table class=\"sortable\"><thead><tr><th>" + first +
+         "</th><th>tensors</th><th>quantized</th><th>elements</th><th>source</th><th>stored</th>"
+         "<th>ratio</th><th>rel err</th><th>SNR dB</th><th>cosine</th><th>max abs</th><th>RMSE</th>"
+         "<th>worst tensor</th></tr></thead><tbody>\n";
     for (size_t i = 0; i < rows.size(); ++i) {
       const Rollup& r = rows[i];
       const bool m = r.quantized > 0 && rep.integrity_ok;
@@ -509,11 +565,16 @@ std::string verify_report_html(const VerifyReport& rep) {
       h += num_td(double(r.source_bytes), format_bytes(r.source_bytes));
       h += num_td(double(r.stored_bytes), format_bytes(r.stored_bytes));
       h += ratio_td(r.source_bytes, r.stored_bytes);
-      h += m ? num_td(r.sums.rel_error(), sci(r.sums.rel_error())) : std::string("<td class=\"n\" data-v=\"0\">-</td>");
-      h += m ? num_td(r.sums.snr_db(), fixed(r.sums.snr_db(), 2)) : std::string("<td class=\"n\" data-v=\"Infinity\">-</td>");
-      h += m ? num_td(r.sums.cosine(), fixed(r.sums.cosine(), 6)) : std::string("<td class=\"n\" data-v=\"1\">-</td>");
-      h += m ? num_td(r.sums.max_abs_err, sci(r.sums.max_abs_err)) : std::string("<td class=\"n\" data-v=\"0\">-</td>");
-      h += m ? num_td(r.sums.rmse(), sci(r.sums.rmse())) : std::string("<td class=\"n\" data-v=\"0\">-</td>");
+      h += m ? num_td(r.sums.rel_error(), sci(r.sums.rel_error()))
+             : std::string("<td class=\"n\" data-v=\"0\">-</td>");
+      h += m ? num_td(r.sums.snr_db(), fixed(r.sums.snr_db(), 2))
+             : std::string("<td class=\"n\" data-v=\"Infinity\">-</td>");
+      h += m ? num_td(r.sums.cosine(), fixed(r.sums.cosine(), 6))
+             : std::string("<td class=\"n\" data-v=\"1\">-</td>");
+      h += m ? num_td(r.sums.max_abs_err, sci(r.sums.max_abs_err))
+             : std::string("<td class=\"n\" data-v=\"0\">-</td>");
+      h += m ? num_td(r.sums.rmse(), sci(r.sums.rmse()))
+             : std::string("<td class=\"n\" data-v=\"0\">-</td>");
       h += "<td class=\"name\">" + esc(r.worst_tensor) + "</td></tr>\n";
     }
     h += "</tbody></table></div>\n";
@@ -524,9 +585,13 @@ std::string verify_report_html(const VerifyReport& rep) {
   }
 
   // Settings.
-  auto opt = [](const std::optional<double>& v) { return v ? fmt("%g", *v) : std::string("not set"); };
+  auto opt = [](const std::optional<double>& v) {
+    return v ? fmt("%g", *v) : std::string("not set");
+  };
   h += "<h2>Settings</h2><dl class=\"settings\">";
-  auto dd = [&](const std::string& k, const std::string& v) { h += "<dt>" + esc(k) + "</dt><dd>" + esc(v) + "</dd>"; };
+  auto dd = [&](const std::string& k, const std::string& v) {
+    h += "<dt>" + esc(k) + "</dt><dd>" + esc(v) + "</dd>";
+  };
   dd("file", rep.file + " (" + format_bytes(rep.file_bytes) + ", format " +
                  (rep.format_version.empty() ? std::string("?") : rep.format_version) + ")");
   dd("source", rep.source);
@@ -547,8 +612,10 @@ std::string verify_report_html(const VerifyReport& rep) {
   if (!rep.policy.rules.empty() || rep.policy.model.any())
     h += "<pre>" + esc(rep.policy.to_json().dump(2)) + "</pre>";
   h += "<footer>Generated by qpack " + esc(rep.qpack_version) +
-       " verify. Metrics are accumulated in double in a fixed order: identical for any thread count and on CPU "
-       "and GPU. Relative error = ||x&minus;x&#770;||/||x||; SNR = 10&middot;log10(||x||&sup2;/||x&minus;x&#770;||&sup2;).</footer>\n";
+       " verify. Metrics are accumulated in double in a fixed order: identical for any thread "
+       "count and on CPU "
+       "and GPU. Relative error = ||x&minus;x&#770;||/||x||; SNR = "
+       "10&middot;log10(||x||&sup2;/||x&minus;x&#770;||&sup2;).</footer>\n";
   h += "</main><script>" + std::string(kJs) + "</script></body></html>\n";
   return h;
 }

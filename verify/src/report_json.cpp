@@ -16,7 +16,9 @@ nlohmann::json num(double v) {
   return v;
 }
 
-nlohmann::json opt_num(const std::optional<double>& v) { return v ? num(*v) : nlohmann::json(nullptr); }
+nlohmann::json opt_num(const std::optional<double>& v) {
+  return v ? num(*v) : nlohmann::json(nullptr);
+}
 
 nlohmann::json ratio(uint64_t before, uint64_t after) {
   if (after == 0) return nullptr;
@@ -60,7 +62,8 @@ nlohmann::json thresholds_json(const Thresholds& t) {
 nlohmann::json rollup_json(const Rollup& r, bool with_layer_index) {
   nlohmann::json j;
   j["key"] = r.key;
-  if (with_layer_index) j["layer_index"] = r.layer_index >= 0 ? nlohmann::json(r.layer_index) : nlohmann::json(nullptr);
+  if (with_layer_index)
+    j["layer_index"] = r.layer_index >= 0 ? nlohmann::json(r.layer_index) : nlohmann::json(nullptr);
   j["tensors"] = r.tensors;
   j["quantized_tensors"] = r.quantized;
   j["elements"] = r.elements;
@@ -68,7 +71,8 @@ nlohmann::json rollup_json(const Rollup& r, bool with_layer_index) {
   j["stored_bytes"] = r.stored_bytes;
   j["compression_ratio"] = ratio(r.source_bytes, r.stored_bytes);
   j["metrics"] = metrics_json(r.sums);
-  j["worst_tensor"] = r.worst_tensor.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.worst_tensor);
+  j["worst_tensor"] =
+      r.worst_tensor.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.worst_tensor);
   return j;
 }
 
@@ -103,10 +107,11 @@ nlohmann::json verify_report_json(const VerifyReport& rep) {
 
   nlohmann::json issues = nlohmann::json::array();
   for (const auto& i : rep.integrity_issues)
-    issues.push_back({{"tensor", i.tensor.empty() ? nlohmann::json(nullptr) : nlohmann::json(i.tensor)},
-                      {"section", i.section.empty() ? nlohmann::json(nullptr) : nlohmann::json(i.section)},
-                      {"code", i.code},
-                      {"message", i.message}});
+    issues.push_back(
+        {{"tensor", i.tensor.empty() ? nlohmann::json(nullptr) : nlohmann::json(i.tensor)},
+         {"section", i.section.empty() ? nlohmann::json(nullptr) : nlohmann::json(i.section)},
+         {"code", i.code},
+         {"message", i.message}});
   j["integrity"] = {{"ok", rep.integrity_ok},
                     {"sections_checked", rep.sections_checked},
                     {"bytes_checked", rep.bytes_checked},
@@ -146,13 +151,15 @@ nlohmann::json verify_report_json(const VerifyReport& rep) {
     if (t.quantized && t.compared) {
       nlohmann::json m = metrics_json(t.sums);
       m["max_abs_index"] = t.sums.max_abs_index;
-      m["first_bound_violation_index"] =
-          t.sums.first_violation_index >= 0 ? nlohmann::json(t.sums.first_violation_index) : nlohmann::json(nullptr);
+      m["first_bound_violation_index"] = t.sums.first_violation_index >= 0
+                                             ? nlohmann::json(t.sums.first_violation_index)
+                                             : nlohmann::json(nullptr);
       o["metrics"] = std::move(m);
     } else {
       o["metrics"] = nullptr;
     }
-    o["raw_equal"] = !t.quantized && t.compared ? nlohmann::json(t.raw_equal) : nlohmann::json(nullptr);
+    o["raw_equal"] =
+        !t.quantized && t.compared ? nlohmann::json(t.raw_equal) : nlohmann::json(nullptr);
     o["status"] = tensor_status_name(t.status);
     o["problems"] = t.problems;
     nlohmann::json gf = nlohmann::json::array();

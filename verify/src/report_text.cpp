@@ -23,7 +23,8 @@ class TextTable {
   std::string render(const std::string& indent) const {
     std::vector<size_t> w(header_.size(), 0);
     auto measure = [&](const std::vector<std::string>& r) {
-      for (size_t c = 0; c < r.size() && c < w.size(); ++c) w[c] = std::max(w[c], display_width(r[c]));
+      for (size_t c = 0; c < r.size() && c < w.size(); ++c)
+        w[c] = std::max(w[c], display_width(r[c]));
     };
     measure(header_);
     for (const auto& r : rows_) measure(r);
@@ -104,10 +105,10 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
   if (rep.tensors.empty())
     add("  " + rep.device);
   else
-    add("  " + rep.device + "; " + std::to_string(rep.tensors.size()) + " tensors (" + std::to_string(quantized) +
-        " quantized, " + std::to_string(raw) + " raw); " + format_bytes(rep.model.source_bytes) + " -> " +
-        format_bytes(rep.model.stored_bytes) + " (" + ratio_str(rep.model.source_bytes, rep.model.stored_bytes) +
-        ")");
+    add("  " + rep.device + "; " + std::to_string(rep.tensors.size()) + " tensors (" +
+        std::to_string(quantized) + " quantized, " + std::to_string(raw) + " raw); " +
+        format_bytes(rep.model.source_bytes) + " -> " + format_bytes(rep.model.stored_bytes) +
+        " (" + ratio_str(rep.model.source_bytes, rep.model.stored_bytes) + ")");
 
   // Integrity.
   if (rep.integrity_ok) {
@@ -115,7 +116,8 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
         format_bytes(rep.bytes_checked) + " checksummed)");
   } else {
     add("");
-    add("INTEGRITY FAILURE: " + std::to_string(rep.integrity_issues.size()) + " problem(s); nothing was compared");
+    add("INTEGRITY FAILURE: " + std::to_string(rep.integrity_issues.size()) +
+        " problem(s); nothing was compared");
     for (const auto& i : rep.integrity_issues) {
       std::string where = i.tensor.empty() ? rep.file : "tensor '" + i.tensor + "'";
       if (!i.section.empty()) where += " section " + i.section;
@@ -130,7 +132,8 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
   if (!rep.missing_from_qpack.empty() || !mismatched.empty()) {
     add("");
     add("SOURCE MISMATCH:");
-    for (const auto& n : rep.missing_from_qpack) add("  " + n + ": in the source checkpoint, missing from the .qpack");
+    for (const auto& n : rep.missing_from_qpack)
+      add("  " + n + ": in the source checkpoint, missing from the .qpack");
     for (const auto* t : mismatched)
       for (const auto& p : t->problems) add("  " + t->name + ": " + p);
   }
@@ -140,7 +143,8 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
     add("");
     add("!!! ERROR BOUND VIOLATED: " + std::to_string(rep.bound_violations) +
         " element(s) exceed the bound of docs/quantization.md section 7.");
-    add("!!! Either this .qpack was not converted from this source checkpoint, or the quantizer has a bug");
+    add("!!! Either this .qpack was not converted from this source checkpoint, or the quantizer "
+        "has a bug");
     add("!!! (please report it with this output):");
     for (const auto& t : rep.tensors)
       if (t.sums.bound_violations > 0)
@@ -170,16 +174,17 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
       const TensorResult& t = *q[i];
       std::string status = tensor_status_name(t.status);
       if (t.gate_ignored) status += " (gate ignored)";
-      tt.add({ellipsize(t.name, 64), scheme_short(t), sci(t.sums.rel_error()), fixed(t.sums.snr_db(), 2),
-              fixed(t.sums.cosine(), 6), sci(t.sums.max_abs_err),
-              t.sums.max_abs_index >= 0 ? std::to_string(t.sums.max_abs_index) : "-", sci(t.sums.rmse()),
-              std::to_string(t.sums.bound_violations), status});
+      tt.add({ellipsize(t.name, 64), scheme_short(t), sci(t.sums.rel_error()),
+              fixed(t.sums.snr_db(), 2), fixed(t.sums.cosine(), 6), sci(t.sums.max_abs_err),
+              t.sums.max_abs_index >= 0 ? std::to_string(t.sums.max_abs_index) : "-",
+              sci(t.sums.rmse()), std::to_string(t.sums.bound_violations), status});
     }
     out += tt.render("  ");
     uint64_t nonfinite = 0;
     for (const auto* t : q) nonfinite += t->sums.nonfinite;
     if (nonfinite > 0)
-      add("  (" + std::to_string(nonfinite) + " NaN/Inf source elements were excluded from the metrics)");
+      add("  (" + std::to_string(nonfinite) +
+          " NaN/Inf source elements were excluded from the metrics)");
   }
 
   // Per layer.
@@ -191,11 +196,11 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
                  {false, true, true, true, true, true, true, true, true, true, false});
     for (const auto& l : rep.layers) {
       const bool m = l.quantized > 0;
-      lt.add({l.key, std::to_string(l.tensors), std::to_string(l.elements), format_bytes(l.source_bytes),
-              format_bytes(l.stored_bytes), ratio_str(l.source_bytes, l.stored_bytes),
-              m ? sci(l.sums.rel_error()) : "-", m ? fixed(l.sums.snr_db(), 2) : "-",
-              m ? fixed(l.sums.cosine(), 6) : "-", m ? sci(l.sums.max_abs_err) : "-",
-              ellipsize(l.worst_tensor, 48)});
+      lt.add({l.key, std::to_string(l.tensors), std::to_string(l.elements),
+              format_bytes(l.source_bytes), format_bytes(l.stored_bytes),
+              ratio_str(l.source_bytes, l.stored_bytes), m ? sci(l.sums.rel_error()) : "-",
+              m ? fixed(l.sums.snr_db(), 2) : "-", m ? fixed(l.sums.cosine(), 6) : "-",
+              m ? sci(l.sums.max_abs_err) : "-", ellipsize(l.worst_tensor, 48)});
     }
     out += lt.render("  ");
   }
@@ -204,11 +209,11 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
   if (rep.integrity_ok) {
     const ErrorSums& s = rep.model.sums;
     add("");
-    add("Model (" + std::to_string(rep.model.quantized) + " quantized tensors, " + std::to_string(s.count) +
-        " elements, element-weighted): rel err " + sci(s.rel_error()) + ", SNR " + fixed(s.snr_db(), 2) +
-        " dB, cosine " + fixed(s.cosine(), 6) + ", max abs " + sci(s.max_abs_err) + ", RMSE " +
-        sci(s.rmse()) + ", mean abs " + sci(s.mean_abs_err()) + ", bound violations " +
-        std::to_string(rep.bound_violations));
+    add("Model (" + std::to_string(rep.model.quantized) + " quantized tensors, " +
+        std::to_string(s.count) + " elements, element-weighted): rel err " + sci(s.rel_error()) +
+        ", SNR " + fixed(s.snr_db(), 2) + " dB, cosine " + fixed(s.cosine(), 6) + ", max abs " +
+        sci(s.max_abs_err) + ", RMSE " + sci(s.rmse()) + ", mean abs " + sci(s.mean_abs_err()) +
+        ", bound violations " + std::to_string(rep.bound_violations));
   }
 
   // Gate.
@@ -216,20 +221,32 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
     add("");
     add("Gate: " + std::to_string(rep.gate_failures.size()) + " threshold(s) failed:");
     for (const auto& f : rep.gate_failures)
-      add("  " + (f.tensor.empty() ? std::string("model totals") : f.tensor) + ": " + describe_failure(f));
+      add("  " + (f.tensor.empty() ? std::string("model totals") : f.tensor) + ": " +
+          describe_failure(f));
   } else if (rep.integrity_ok && !rep.policy.any()) {
     add("");
-    add("Gate: no thresholds set (--max-rel-error, --min-snr, --min-cosine, --max-abs-error, --policy)");
+    add("Gate: no thresholds set (--max-rel-error, --min-snr, --min-cosine, --max-abs-error, "
+        "--policy)");
   }
 
   // Verdict.
   std::string verdict;
   switch (rep.verdict) {
-    case Verdict::Pass: verdict = "PASS"; break;
-    case Verdict::GateFailed: verdict = "FAIL: quality thresholds not met"; break;
-    case Verdict::BoundViolated: verdict = "FAIL: error bound violated (wrong source or quantizer bug)"; break;
-    case Verdict::SourceMismatch: verdict = "FAIL: the .qpack does not match the source checkpoint"; break;
-    case Verdict::IntegrityFailed: verdict = "FAIL: integrity error"; break;
+    case Verdict::Pass:
+      verdict = "PASS";
+      break;
+    case Verdict::GateFailed:
+      verdict = "FAIL: quality thresholds not met";
+      break;
+    case Verdict::BoundViolated:
+      verdict = "FAIL: error bound violated (wrong source or quantizer bug)";
+      break;
+    case Verdict::SourceMismatch:
+      verdict = "FAIL: the .qpack does not match the source checkpoint";
+      break;
+    case Verdict::IntegrityFailed:
+      verdict = "FAIL: integrity error";
+      break;
   }
   const char* on = opt.color ? (rep.verdict == Verdict::Pass ? "\033[1;32m" : "\033[1;31m") : "";
   const char* off = opt.color ? "\033[0m" : "";

@@ -2,6 +2,8 @@
 // Streams tensor by tensor: at any time only one tensor's sections (and, for
 // zstd files, their decoded bytes) are resident; mmap pages are released as
 // soon as a tensor is done.
+#include "qpack/verify/verify.hpp"
+
 #include <omp.h>
 
 #include <chrono>
@@ -14,10 +16,8 @@
 #include "qpack/format/container.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/text.hpp"
-#include "qpack/verify/verify.hpp"
 #include "qpack/verify/metrics.hpp"
 #include "qpack/version.hpp"
-
 
 namespace qpack {
 
@@ -56,7 +56,8 @@ void check_integrity(const QpackFile& qf, VerifyReport& rep, const VerifyOptions
     for (const TensorSection& ns : t.sections()) {
       if (!ns.section->present) {
         if (ns.raw_size > 0)
-          rep.integrity_issues.push_back({t.name, ns.name, error_code_name(ErrorCode::ManifestMismatch),
+          rep.integrity_issues.push_back({t.name, ns.name,
+                                          error_code_name(ErrorCode::ManifestMismatch),
                                           std::string("the ") + ns.name + " section is missing"});
         continue;
       }
@@ -86,7 +87,8 @@ void check_thresholds(const ErrorSums& s, const Thresholds& th, const std::strin
                       std::vector<GateFailure>* out) {
   if (th.max_rel_error) {
     const double v = s.rel_error();
-    if (!(v <= *th.max_rel_error)) out->push_back({tensor, "rel_error", v, *th.max_rel_error, "<="});
+    if (!(v <= *th.max_rel_error))
+      out->push_back({tensor, "rel_error", v, *th.max_rel_error, "<="});
   }
   if (th.min_snr_db) {
     const double v = s.snr_db();
@@ -98,7 +100,8 @@ void check_thresholds(const ErrorSums& s, const Thresholds& th, const std::strin
   }
   if (th.max_abs_error) {
     const double v = s.max_abs_err;
-    if (!(v <= *th.max_abs_error)) out->push_back({tensor, "max_abs_error", v, *th.max_abs_error, "<="});
+    if (!(v <= *th.max_abs_error))
+      out->push_back({tensor, "max_abs_error", v, *th.max_abs_error, "<="});
   }
 }
 
@@ -164,7 +167,8 @@ void apply_gate(VerifyReport& rep) {
   for (TensorResult& t : rep.tensors) {
     t.gate_failures.clear();
     const Thresholds th = rep.policy.for_tensor(t.name, &t.policy_rule, &t.gate_ignored);
-    if (t.quantized && t.compared && !t.gate_ignored) check_thresholds(t.sums, th, t.name, &t.gate_failures);
+    if (t.quantized && t.compared && !t.gate_ignored)
+      check_thresholds(t.sums, th, t.name, &t.gate_failures);
     rep.bound_violations += t.sums.bound_violations;
     if (!t.problems.empty()) {
       t.status = TensorStatus::SourceMismatch;
@@ -176,14 +180,20 @@ void apply_gate(VerifyReport& rep) {
     } else {
       t.status = TensorStatus::Ok;
     }
-    rep.gate_failures.insert(rep.gate_failures.end(), t.gate_failures.begin(), t.gate_failures.end());
+    rep.gate_failures.insert(rep.gate_failures.end(), t.gate_failures.begin(),
+                             t.gate_failures.end());
   }
   if (rep.integrity_ok) check_thresholds(rep.model.sums, rep.policy.model, "", &rep.gate_failures);
-  if (!rep.integrity_ok) rep.verdict = Verdict::IntegrityFailed;
-  else if (mismatch) rep.verdict = Verdict::SourceMismatch;
-  else if (rep.bound_violations > 0) rep.verdict = Verdict::BoundViolated;
-  else if (!rep.gate_failures.empty()) rep.verdict = Verdict::GateFailed;
-  else rep.verdict = Verdict::Pass;
+  if (!rep.integrity_ok)
+    rep.verdict = Verdict::IntegrityFailed;
+  else if (mismatch)
+    rep.verdict = Verdict::SourceMismatch;
+  else if (rep.bound_violations > 0)
+    rep.verdict = Verdict::BoundViolated;
+  else if (!rep.gate_failures.empty())
+    rep.verdict = Verdict::GateFailed;
+  else
+    rep.verdict = Verdict::Pass;
 }
 
 VerifyReport verify(const std::string& qpack_path, const std::string& source_path,
@@ -216,7 +226,8 @@ VerifyReport verify(const std::string& qpack_path, const std::string& source_pat
   }
   if (qf) {
     rep.file_bytes = qf->file_size();
-    rep.format_version = std::to_string(qf->version_major()) + "." + std::to_string(qf->version_minor());
+    rep.format_version =
+        std::to_string(qf->version_major()) + "." + std::to_string(qf->version_minor());
     check_integrity(*qf, rep, opt);
   }
   rep.integrity_ok = rep.integrity_issues.empty();
@@ -292,8 +303,8 @@ VerifyReport verify(const std::string& qpack_path, const std::string& source_pat
         const uint8_t* src = st->data();
         const uint64_t n = st->info->nbytes();
         if (data.size != n) {
-          r.problems.push_back("raw data is " + std::to_string(data.size) + " bytes, the source has " +
-                               std::to_string(n));
+          r.problems.push_back("raw data is " + std::to_string(data.size) +
+                               " bytes, the source has " + std::to_string(n));
         } else if (n > 0 && std::memcmp(data.data, src, n) != 0) {
           uint64_t first = 0;
           while (data.data[first] == src[first]) ++first;

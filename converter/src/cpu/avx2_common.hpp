@@ -79,7 +79,8 @@ struct Params8 {
   __m128i scale16, zero16;
 };
 
-__attribute__((always_inline)) QPACK_AVX2 inline int params8(__m256 mn_or_amax, __m256 mx, const QuantScheme& s, Params8* p) {
+__attribute__((always_inline)) QPACK_AVX2 inline int params8(__m256 mn_or_amax, __m256 mx,
+                                                             const QuantScheme& s, Params8* p) {
   const __m256 zero = _mm256_setzero_ps();
   __m256 s32;
   int overflow;
@@ -95,28 +96,35 @@ __attribute__((always_inline)) QPACK_AVX2 inline int params8(__m256 mn_or_amax, 
     s32 = _mm256_div_ps(_mm256_sub_ps(mxc, mn), _mm256_set1_ps(float(qmax_asym(s.bits))));
     p->scale = round_to_scale(s32, s.scale_dtype, &p->scale16);
     p->zero = round_to_scale(mn, s.scale_dtype, &p->zero16);
-    overflow = ~_mm256_movemask_ps(_mm256_and_ps(finite_mask(p->scale), finite_mask(p->zero))) & 0xff;
+    overflow =
+        ~_mm256_movemask_ps(_mm256_and_ps(finite_mask(p->scale), finite_mask(p->zero))) & 0xff;
   }
   // Degenerate (S < 2^-126, or overflowed): S = +0, inv = 0.
-  const __m256 ok = _mm256_and_ps(finite_mask(p->scale),
-                                  _mm256_cmp_ps(p->scale, _mm256_set1_ps(spec::kMinNormalF32), _CMP_GE_OQ));
+  const __m256 ok =
+      _mm256_and_ps(finite_mask(p->scale),
+                    _mm256_cmp_ps(p->scale, _mm256_set1_ps(spec::kMinNormalF32), _CMP_GE_OQ));
   p->scale = _mm256_and_ps(p->scale, ok);
-  p->inv = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_blendv_ps(_mm256_set1_ps(1.0f), p->scale, ok)), ok);
+  p->inv = _mm256_and_ps(
+      _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_blendv_ps(_mm256_set1_ps(1.0f), p->scale, ok)),
+      ok);
   const __m128i ok16 = _mm_packs_epi32(_mm256_castsi256_si128(_mm256_castps_si256(ok)),
                                        _mm256_extracti128_si256(_mm256_castps_si256(ok), 1));
   p->scale16 = _mm_and_si128(p->scale16, ok16);
   return overflow;
 }
 
-__attribute__((always_inline)) QPACK_AVX2 inline void store_params8(const QuantBuffers& out, int64_t index, const QuantScheme& s,
-                                     const Params8& p, int lanes) {
+__attribute__((always_inline)) QPACK_AVX2 inline void store_params8(const QuantBuffers& out,
+                                                                    int64_t index,
+                                                                    const QuantScheme& s,
+                                                                    const Params8& p, int lanes) {
   if (lanes == 8) {  // the common case: fixed-size stores, no memcpy calls
     if (s.scale_dtype == DType::F32) {
       _mm256_storeu_ps(reinterpret_cast<float*>(out.scales + 4 * index), p.scale);
       if (!s.symmetric) _mm256_storeu_ps(reinterpret_cast<float*>(out.zeros + 4 * index), p.zero);
     } else {
       _mm_storeu_si128(reinterpret_cast<__m128i*>(out.scales + 2 * index), p.scale16);
-      if (!s.symmetric) _mm_storeu_si128(reinterpret_cast<__m128i*>(out.zeros + 2 * index), p.zero16);
+      if (!s.symmetric)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out.zeros + 2 * index), p.zero16);
     }
     return;
   }
@@ -305,7 +313,8 @@ QPACK_AVX2 inline __m256i load16_bits(const uint8_t* base, int64_t elem) {
 // Per lane: the group's min and max bit patterns (SYM: max |x| in `lo`) and
 // a mask of lanes that saw NaN or Inf.
 template <DType T, bool SYM>
-QPACK_AVX2 inline void stats16_finish(const Stats16<SYM>& a, __m256i* lo, __m256i* hi, __m256i* bad) {
+QPACK_AVX2 inline void stats16_finish(const Stats16<SYM>& a, __m256i* lo, __m256i* hi,
+                                      __m256i* bad) {
   const __m256i top = _mm256_set1_epi16(Bits16<T>::kMaxFinite);
   if constexpr (SYM) {
     *lo = a.smax;
@@ -355,20 +364,28 @@ QPACK_AVX2 inline void run_stats(const uint8_t* x, int64_t stride, int64_t len, 
 // Parameters of a block from its statistics; stores them. False (with the
 // failure recorded) when the block holds NaN/Inf or overflows.
 template <DType T, bool SYM, bool ZERO_NF>
-QPACK_AVX2 inline bool run_params(const Stats16<SYM>& a, const Stats16<SYM>& b, const QuantScheme& s,
-                                  const QuantBuffers& out, int64_t pi, Params8* p, Failure* fail) {
+QPACK_AVX2 inline bool run_params(const Stats16<SYM>& a, const Stats16<SYM>& b,
+                                  const QuantScheme& s, const QuantBuffers& out, int64_t pi,
+                                  Params8* p, Failure* fail) {
   __m256i lo_a, hi_a, bad_a, lo_b, hi_b, bad_b;
   stats16_finish<T, SYM>(a, &lo_a, &hi_a, &bad_a);
   stats16_finish<T, SYM>(b, &lo_b, &hi_b, &bad_b);
-  if (!ZERO_NF && !_mm256_testz_si256(_mm256_or_si256(bad_a, bad_b), _mm256_or_si256(bad_a, bad_b))) {
+  if (!ZERO_NF &&
+      !_mm256_testz_si256(_mm256_or_si256(bad_a, bad_b), _mm256_or_si256(bad_a, bad_b))) {
     fail->nonfinite = true;
     return false;
   }
-  const int ov =
-      params8(bits16_to_ps<T>(_mm256_castsi256_si128(lo_a)), bits16_to_ps<T>(_mm256_castsi256_si128(hi_a)), s, &p[0]) |
-      params8(bits16_to_ps<T>(_mm256_extracti128_si256(lo_a, 1)), bits16_to_ps<T>(_mm256_extracti128_si256(hi_a, 1)), s, &p[1]) << 8 |
-      params8(bits16_to_ps<T>(_mm256_castsi256_si128(lo_b)), bits16_to_ps<T>(_mm256_castsi256_si128(hi_b)), s, &p[2]) << 16 |
-      params8(bits16_to_ps<T>(_mm256_extracti128_si256(lo_b, 1)), bits16_to_ps<T>(_mm256_extracti128_si256(hi_b, 1)), s, &p[3]) << 24;
+  const int ov = params8(bits16_to_ps<T>(_mm256_castsi256_si128(lo_a)),
+                         bits16_to_ps<T>(_mm256_castsi256_si128(hi_a)), s, &p[0]) |
+                 params8(bits16_to_ps<T>(_mm256_extracti128_si256(lo_a, 1)),
+                         bits16_to_ps<T>(_mm256_extracti128_si256(hi_a, 1)), s, &p[1])
+                     << 8 |
+                 params8(bits16_to_ps<T>(_mm256_castsi256_si128(lo_b)),
+                         bits16_to_ps<T>(_mm256_castsi256_si128(hi_b)), s, &p[2])
+                     << 16 |
+                 params8(bits16_to_ps<T>(_mm256_extracti128_si256(lo_b, 1)),
+                         bits16_to_ps<T>(_mm256_extracti128_si256(hi_b, 1)), s, &p[3])
+                     << 24;
   if (ov) {
     fail->overflow_group = std::min(fail->overflow_group, pi + __builtin_ctz(unsigned(ov)));
     return false;
@@ -380,11 +397,11 @@ QPACK_AVX2 inline bool run_params(const Stats16<SYM>& a, const Stats16<SYM>& b, 
 // Stored codes of the 32 elements at x (one row of a column block).
 template <DType T, bool SYM, bool ZERO_NF>
 QPACK_AVX2 inline __m256i row_codes32(const uint8_t* x, const Params8& p0, const Params8& p1,
-                                      const Params8& p2, const Params8& p3, const EncodeConsts& ec) {
+                                      const Params8& p2, const Params8& p3,
+                                      const EncodeConsts& ec) {
   return codes32<SYM>(load_x<T, ZERO_NF>(x, 0), load_x<T, ZERO_NF>(x, 8), load_x<T, ZERO_NF>(x, 16),
                       load_x<T, ZERO_NF>(x, 24), p0, p1, p2, p3, ec);
 }
-
 
 template <int BITS>
 QPACK_AVX2 inline void pack32(__m256i c, uint8_t* dst) {
@@ -395,19 +412,23 @@ QPACK_AVX2 inline void pack32(__m256i c, uint8_t* dst) {
     t = _mm256_permute4x64_epi64(_mm256_packus_epi16(t, t), 0x08);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm256_castsi256_si128(t));
   } else {  // BITS == 2: byte k = c[4k] | c[4k+1] << 2 | c[4k+2] << 4 | c[4k+3] << 6
-    __m256i t = _mm256_maddubs_epi16(c, _mm256_set1_epi16(0x0401));              // c0 + 4 c1
-    t = _mm256_madd_epi16(t, _mm256_set1_epi32(0x00100001));                     // + 16 (c2 + 4 c3)
+    __m256i t = _mm256_maddubs_epi16(c, _mm256_set1_epi16(0x0401));  // c0 + 4 c1
+    t = _mm256_madd_epi16(t, _mm256_set1_epi32(0x00100001));         // + 16 (c2 + 4 c3)
     t = _mm256_packus_epi32(t, t);
     t = _mm256_packus_epi16(t, t);
-    const uint32_t lo = uint32_t(_mm256_extract_epi32(t, 0)), hi = uint32_t(_mm256_extract_epi32(t, 4));
+    const uint32_t lo = uint32_t(_mm256_extract_epi32(t, 0)),
+                   hi = uint32_t(_mm256_extract_epi32(t, 4));
     std::memcpy(dst, &lo, 4);
     std::memcpy(dst + 4, &hi, 4);
   }
 }
 QPACK_AVX2 inline void pack32(__m256i c, int bits, uint8_t* dst) {
-  if (bits == 8) pack32<8>(c, dst);
-  else if (bits == 4) pack32<4>(c, dst);
-  else pack32<2>(c, dst);
+  if (bits == 8)
+    pack32<8>(c, dst);
+  else if (bits == 4)
+    pack32<4>(c, dst);
+  else
+    pack32<2>(c, dst);
 }
 
 QPACK_AVX2 inline float hmin8(__m256 v) {
@@ -423,9 +444,15 @@ QPACK_AVX2 inline float hmax8(__m256 v) {
   return _mm256_cvtss_f32(m);
 }
 
-struct MaxS16 { QPACK_AVX2 __m128i operator()(__m128i x, __m128i y) const { return _mm_max_epi16(x, y); } };
-struct MaxU16 { QPACK_AVX2 __m128i operator()(__m128i x, __m128i y) const { return _mm_max_epu16(x, y); } };
-struct MinS16 { QPACK_AVX2 __m128i operator()(__m128i x, __m128i y) const { return _mm_min_epi16(x, y); } };
+struct MaxS16 {
+  QPACK_AVX2 __m128i operator()(__m128i x, __m128i y) const { return _mm_max_epi16(x, y); }
+};
+struct MaxU16 {
+  QPACK_AVX2 __m128i operator()(__m128i x, __m128i y) const { return _mm_max_epu16(x, y); }
+};
+struct MinS16 {
+  QPACK_AVX2 __m128i operator()(__m128i x, __m128i y) const { return _mm_min_epi16(x, y); }
+};
 
 // Lane g of the result: the reduction by `op` of the 8 lanes of v[g]. A
 // transpose folded into the reduction: 21 operations for 8 groups, against
@@ -434,7 +461,8 @@ template <class Op>
 QPACK_AVX2 inline __m128i reduce8x8_epi16(const __m128i v[8], Op op) {
   __m128i t[4];
   for (int i = 0; i < 4; ++i)
-    t[i] = op(_mm_unpacklo_epi16(v[2 * i], v[2 * i + 1]), _mm_unpackhi_epi16(v[2 * i], v[2 * i + 1]));
+    t[i] =
+        op(_mm_unpacklo_epi16(v[2 * i], v[2 * i + 1]), _mm_unpackhi_epi16(v[2 * i], v[2 * i + 1]));
   const __m128i u0 = op(_mm_unpacklo_epi32(t[0], t[1]), _mm_unpackhi_epi32(t[0], t[1]));
   const __m128i u1 = op(_mm_unpacklo_epi32(t[2], t[3]), _mm_unpackhi_epi32(t[2], t[3]));
   return op(_mm_unpacklo_epi64(u0, u1), _mm_unpackhi_epi64(u0, u1));
@@ -442,7 +470,8 @@ QPACK_AVX2 inline __m128i reduce8x8_epi16(const __m128i v[8], Op op) {
 
 // Folds one group's 16-lane accumulators to 8 lanes, into slot l.
 template <bool SYM>
-QPACK_AVX2 inline void fold_stats16(const Stats16<SYM>& a, int l, __m128i* smax, __m128i* umax, __m128i* smin) {
+QPACK_AVX2 inline void fold_stats16(const Stats16<SYM>& a, int l, __m128i* smax, __m128i* umax,
+                                    __m128i* smin) {
   const __m128i lo_h = _mm256_castsi256_si128(a.smax), hi_h = _mm256_extracti128_si256(a.smax, 1);
   if constexpr (SYM) {
     smax[l] = _mm_max_epu16(lo_h, hi_h);

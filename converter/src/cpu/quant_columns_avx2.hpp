@@ -44,8 +44,9 @@ QPACK_AVX2 void column_block(const QuantInput& in, const GroupLayout& L, const Q
       stats8<SYM>(load_x<T, ZERO_NF>(src, e + 16), lo2, hi2, sum2);
       stats8<SYM>(load_x<T, ZERO_NF>(src, e + 24), lo3, hi3, sum3);
     }
-    if (!ZERO_NF && (stats_nonfinite<SYM>(lo0, hi0, sum0) || stats_nonfinite<SYM>(lo1, hi1, sum1) ||
-                     stats_nonfinite<SYM>(lo2, hi2, sum2) || stats_nonfinite<SYM>(lo3, hi3, sum3))) {
+    if (!ZERO_NF &&
+        (stats_nonfinite<SYM>(lo0, hi0, sum0) || stats_nonfinite<SYM>(lo1, hi1, sum1) ||
+         stats_nonfinite<SYM>(lo2, hi2, sum2) || stats_nonfinite<SYM>(lo3, hi3, sum3))) {
       for (int64_t k = 0, e = row0; k < len; ++k, e += inner)
         for (int64_t c = 0; c < 32; ++c)
           if (!spec::is_finite_f32(load_as_f32(src, in.dtype, uint64_t(e + c)))) {
@@ -77,14 +78,16 @@ QPACK_AVX2 void column_block(const QuantInput& in, const GroupLayout& L, const Q
       __m256i acc = row_codes32<T, SYM, ZERO_NF>(x, p0, p1, p2, p3, ec);
       x += stride;
       for (int r = 1; r < PER; ++r, x += stride)
-        acc = _mm256_or_si256(acc, _mm256_slli_epi16(row_codes32<T, SYM, ZERO_NF>(x, p0, p1, p2, p3, ec), r * BITS));
+        acc = _mm256_or_si256(
+            acc, _mm256_slli_epi16(row_codes32<T, SYM, ZERO_NF>(x, p0, p1, p2, p3, ec), r * BITS));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner), acc);
     }
     if (k < len) {  // a partial group's last plane
       __m256i acc = _mm256_setzero_si256();
       for (int r = 0; k < len; ++r, ++k, x += stride)
-        acc = _mm256_or_si256(acc, _mm256_sll_epi16(row_codes32<T, SYM, ZERO_NF>(x, p0, p1, p2, p3, ec),
-                                                    _mm_cvtsi32_si128(r * BITS)));
+        acc = _mm256_or_si256(acc,
+                              _mm256_sll_epi16(row_codes32<T, SYM, ZERO_NF>(x, p0, p1, p2, p3, ec),
+                                               _mm_cvtsi32_si128(r * BITS)));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner), acc);
       ++j;
     }
@@ -99,13 +102,21 @@ QPACK_AVX2 void column_block(const QuantInput& in, const GroupLayout& L, const Q
   int nbits = 0;
   for (int64_t k = 0, e = row0; k < len; ++k, e += inner) {
     const __m128i sh = _mm_cvtsi32_si128(nbits);
-    a0 = _mm256_or_si256(a0, _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e), p0.zero, p0.inv, ec), sh));
-    a1 = _mm256_or_si256(a1, _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e + 8), p1.zero, p1.inv, ec), sh));
-    a2 = _mm256_or_si256(a2, _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e + 16), p2.zero, p2.inv, ec), sh));
-    a3 = _mm256_or_si256(a3, _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e + 24), p3.zero, p3.inv, ec), sh));
+    a0 = _mm256_or_si256(
+        a0, _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e), p0.zero, p0.inv, ec), sh));
+    a1 = _mm256_or_si256(
+        a1,
+        _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e + 8), p1.zero, p1.inv, ec), sh));
+    a2 = _mm256_or_si256(
+        a2,
+        _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e + 16), p2.zero, p2.inv, ec), sh));
+    a3 = _mm256_or_si256(
+        a3,
+        _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e + 24), p3.zero, p3.inv, ec), sh));
     nbits += bits;
     while (nbits >= 8) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner), low_bytes32(a0, a1, a2, a3));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner),
+                          low_bytes32(a0, a1, a2, a3));
       a0 = _mm256_srli_epi32(a0, 8);
       a1 = _mm256_srli_epi32(a1, 8);
       a2 = _mm256_srli_epi32(a2, 8);
@@ -136,8 +147,8 @@ QPACK_AVX2 void column_block(const QuantInput& in, const GroupLayout& L, const Q
 // block at x + 64 bytes (the next 32 columns) on the way.
 template <DType T, bool SYM, bool ZERO_NF, int BITS, bool NEXT>
 QPACK_AVX2 inline void run_encode(const uint8_t* x, int64_t stride, int64_t len, const Params8* p,
-                                  const EncodeConsts& ec, uint8_t* plane, int64_t inner, int64_t bpg,
-                                  bool prefetch, Stats16<SYM>& na, Stats16<SYM>& nb) {
+                                  const EncodeConsts& ec, uint8_t* plane, int64_t inner,
+                                  int64_t bpg, bool prefetch, Stats16<SYM>& na, Stats16<SYM>& nb) {
   constexpr int PER = 8 / BITS;
   if constexpr (NEXT) {
     na = stats16_empty<SYM>();
@@ -146,7 +157,8 @@ QPACK_AVX2 inline void run_encode(const uint8_t* x, int64_t stride, int64_t len,
   int64_t k = 0, j = 0;
   auto row = [&](const uint8_t* r) QPACK_AVX2 {
     if constexpr (NEXT) {
-      if (prefetch) _mm_prefetch(reinterpret_cast<const char*>(r + 64 * (1 + kRunAhead)), _MM_HINT_T0);
+      if (prefetch)
+        _mm_prefetch(reinterpret_cast<const char*>(r + 64 * (1 + kRunAhead)), _MM_HINT_T0);
       stats16_add<SYM>(na, load16_bits<T, ZERO_NF>(r + 64, 0));
       stats16_add<SYM>(nb, load16_bits<T, ZERO_NF>(r + 64, 16));
     }
@@ -155,7 +167,8 @@ QPACK_AVX2 inline void run_encode(const uint8_t* x, int64_t stride, int64_t len,
   for (; k + PER <= len; k += PER, ++j) {
     __m256i acc = row(x);
     x += stride;
-    for (int r = 1; r < PER; ++r, x += stride) acc = _mm256_or_si256(acc, _mm256_slli_epi16(row(x), r * BITS));
+    for (int r = 1; r < PER; ++r, x += stride)
+      acc = _mm256_or_si256(acc, _mm256_slli_epi16(row(x), r * BITS));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner), acc);
   }
   if (k < len) {  // a partial group's last plane
@@ -165,7 +178,8 @@ QPACK_AVX2 inline void run_encode(const uint8_t* x, int64_t stride, int64_t len,
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner), acc);
     ++j;
   }
-  for (; j < bpg; ++j) _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner), _mm256_setzero_si256());
+  for (; j < bpg; ++j)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner), _mm256_setzero_si256());
 }
 
 template <DType T, bool SYM, bool ZERO_NF, int BITS>
@@ -189,10 +203,13 @@ QPACK_AVX2 void column_run(const QuantInput& in, const GroupLayout& L, const Qua
     const uint8_t* x = row0 + 64 * blk;
     uint8_t* plane = planes + 32 * blk;
     if (blk + 1 == b1) {
-      if (ok) run_encode<T, SYM, ZERO_NF, BITS, false>(x, stride, len, p, ec, plane, inner, bpg, false, a, b);
+      if (ok)
+        run_encode<T, SYM, ZERO_NF, BITS, false>(x, stride, len, p, ec, plane, inner, bpg, false, a,
+                                                 b);
     } else if (ok) {
       Stats16<SYM> na, nb;
-      run_encode<T, SYM, ZERO_NF, BITS, true>(x, stride, len, p, ec, plane, inner, bpg, prefetch_ok(blk), na, nb);
+      run_encode<T, SYM, ZERO_NF, BITS, true>(x, stride, len, p, ec, plane, inner, bpg,
+                                              prefetch_ok(blk), na, nb);
       a = na;
       b = nb;
     } else {
@@ -202,30 +219,40 @@ QPACK_AVX2 void column_run(const QuantInput& in, const GroupLayout& L, const Qua
 }
 
 template <DType T, int BITS>
-QPACK_AVX2 inline void column_run_bits(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
-                                       NonFinitePolicy policy, const QuantBuffers& out, int64_t o,
-                                       int64_t g, int64_t b0, int64_t b1, Failure* f) {
+QPACK_AVX2 inline void column_run_bits(const QuantInput& in, const GroupLayout& L,
+                                       const QuantScheme& s, NonFinitePolicy policy,
+                                       const QuantBuffers& out, int64_t o, int64_t g, int64_t b0,
+                                       int64_t b1, Failure* f) {
   const bool z = policy == NonFinitePolicy::Zero;
   if (s.symmetric) {
-    if (z) column_run<T, true, true, BITS>(in, L, s, out, o, g, b0, b1, f);
-    else column_run<T, true, false, BITS>(in, L, s, out, o, g, b0, b1, f);
+    if (z)
+      column_run<T, true, true, BITS>(in, L, s, out, o, g, b0, b1, f);
+    else
+      column_run<T, true, false, BITS>(in, L, s, out, o, g, b0, b1, f);
   } else {
-    if (z) column_run<T, false, true, BITS>(in, L, s, out, o, g, b0, b1, f);
-    else column_run<T, false, false, BITS>(in, L, s, out, o, g, b0, b1, f);
+    if (z)
+      column_run<T, false, true, BITS>(in, L, s, out, o, g, b0, b1, f);
+    else
+      column_run<T, false, false, BITS>(in, L, s, out, o, g, b0, b1, f);
   }
 }
 
 template <DType T, int BITS>
-QPACK_AVX2 inline void column_block_bits(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
-                                         NonFinitePolicy policy, const QuantBuffers& out, int64_t o,
-                                         int64_t g, int64_t i0, Failure* f) {
+QPACK_AVX2 inline void column_block_bits(const QuantInput& in, const GroupLayout& L,
+                                         const QuantScheme& s, NonFinitePolicy policy,
+                                         const QuantBuffers& out, int64_t o, int64_t g, int64_t i0,
+                                         Failure* f) {
   const bool z = policy == NonFinitePolicy::Zero;
   if (s.symmetric) {
-    if (z) column_block<T, true, true, BITS>(in, L, s, out, o, g, i0, f);
-    else column_block<T, true, false, BITS>(in, L, s, out, o, g, i0, f);
+    if (z)
+      column_block<T, true, true, BITS>(in, L, s, out, o, g, i0, f);
+    else
+      column_block<T, true, false, BITS>(in, L, s, out, o, g, i0, f);
   } else {
-    if (z) column_block<T, false, true, BITS>(in, L, s, out, o, g, i0, f);
-    else column_block<T, false, false, BITS>(in, L, s, out, o, g, i0, f);
+    if (z)
+      column_block<T, false, true, BITS>(in, L, s, out, o, g, i0, f);
+    else
+      column_block<T, false, false, BITS>(in, L, s, out, o, g, i0, f);
   }
 }
 
@@ -235,10 +262,18 @@ QPACK_AVX2 inline void column_block_dispatch(const QuantInput& in, const GroupLa
                                              const QuantBuffers& out, int64_t o, int64_t g,
                                              int64_t i0, Failure* f) {
   switch (s.bits) {
-    case 2: column_block_bits<T, 2>(in, L, s, policy, out, o, g, i0, f); break;
-    case 3: column_block_bits<T, 3>(in, L, s, policy, out, o, g, i0, f); break;
-    case 4: column_block_bits<T, 4>(in, L, s, policy, out, o, g, i0, f); break;
-    default: column_block_bits<T, 8>(in, L, s, policy, out, o, g, i0, f); break;
+    case 2:
+      column_block_bits<T, 2>(in, L, s, policy, out, o, g, i0, f);
+      break;
+    case 3:
+      column_block_bits<T, 3>(in, L, s, policy, out, o, g, i0, f);
+      break;
+    case 4:
+      column_block_bits<T, 4>(in, L, s, policy, out, o, g, i0, f);
+      break;
+    default:
+      column_block_bits<T, 8>(in, L, s, policy, out, o, g, i0, f);
+      break;
   }
 }
 

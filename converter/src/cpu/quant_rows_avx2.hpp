@@ -13,8 +13,8 @@ namespace qpack::cpu {
 namespace {
 
 template <DType T, bool SYM, bool ZERO_NF>
-QPACK_AVX2 inline bool finish_stats8x16(const __m128i* smax, const __m128i* umax, const __m128i* smin,
-                                        __m256* lo, __m256* hi) {
+QPACK_AVX2 inline bool finish_stats8x16(const __m128i* smax, const __m128i* umax,
+                                        const __m128i* smin, __m256* lo, __m256* hi) {
   Stats16<SYM> r;
   if constexpr (SYM) {
     r.smax = _mm256_castsi128_si256(reduce8x8_epi16(smax, MaxU16{}));
@@ -33,8 +33,8 @@ QPACK_AVX2 inline bool finish_stats8x16(const __m128i* smax, const __m128i* umax
 
 // Statistics of up to 8 contiguous 16-bit groups (start/len per lane).
 template <DType T, bool SYM, bool ZERO_NF>
-QPACK_AVX2 inline bool row_stats16(const uint8_t* src, const int64_t* start, const int64_t* len, int lanes,
-                                   __m256* lo, __m256* hi) {
+QPACK_AVX2 inline bool row_stats16(const uint8_t* src, const int64_t* start, const int64_t* len,
+                                   int lanes, __m256* lo, __m256* hi) {
   __m128i smax[8], umax[8], smin[8];
   for (int l = 0; l < 8; ++l) {
     const int src_l = l < lanes ? l : 0;  // unused lanes repeat lane 0
@@ -161,9 +161,10 @@ QPACK_AVX2 void row_groups(const QuantInput& in, const GroupLayout& L, const Qua
     int64_t k = 0;
     if (bits != 3) {
       for (; k + 32 <= n; k += 32) {
-        const __m256i c = codes32<SYM>(load_x<T, ZERO_NF>(src, b + k), load_x<T, ZERO_NF>(src, b + k + 8),
-                                       load_x<T, ZERO_NF>(src, b + k + 16), load_x<T, ZERO_NF>(src, b + k + 24),
-                                       gp8, gp8, gp8, gp8, ec);
+        const __m256i c =
+            codes32<SYM>(load_x<T, ZERO_NF>(src, b + k), load_x<T, ZERO_NF>(src, b + k + 8),
+                         load_x<T, ZERO_NF>(src, b + k + 16), load_x<T, ZERO_NF>(src, b + k + 24),
+                         gp8, gp8, gp8, gp8, ec);
         pack32(c, bits, dst + k * bits / 8);
       }
     }
@@ -177,7 +178,8 @@ QPACK_AVX2 void row_groups(const QuantInput& in, const GroupLayout& L, const Qua
       for (; k < n; ++k) {
         float x = load_as_f32(src, in.dtype, uint64_t(b + k));
         if (!spec::is_finite_f32(x)) x = 0.0f;
-        spec::put_code(dst, 1, k, bits, SYM ? spec::encode_sym(x, gp, bits) : spec::encode_asym(x, gp, bits));
+        spec::put_code(dst, 1, k, bits,
+                       SYM ? spec::encode_sym(x, gp, bits) : spec::encode_asym(x, gp, bits));
       }
     }
   }
@@ -187,8 +189,8 @@ QPACK_AVX2 void row_groups(const QuantInput& in, const GroupLayout& L, const Qua
 // of 32, every group full), starting with group p0: row_groups without the
 // per-group bookkeeping, for the layout of every axis -1 weight.
 template <DType T, bool SYM, bool ZERO_NF, int BITS>
-QPACK_AVX2 void row_full(const uint8_t* src, int64_t G, const QuantScheme& s, const QuantBuffers& out,
-                         int64_t p0, Failure* fail) {
+QPACK_AVX2 void row_full(const uint8_t* src, int64_t G, const QuantScheme& s,
+                         const QuantBuffers& out, int64_t p0, Failure* fail) {
   const uint8_t* const x0 = src + 2 * p0 * G;
   __m256 vlo, vhi;
   bool finite;
@@ -237,29 +239,38 @@ QPACK_AVX2 void row_full(const uint8_t* src, int64_t G, const QuantScheme& s, co
 
 template <DType T, int BITS>
 QPACK_AVX2 inline void row_full_bits(const uint8_t* src, int64_t G, const QuantScheme& s,
-                                     NonFinitePolicy policy, const QuantBuffers& out, int64_t p0, Failure* f) {
+                                     NonFinitePolicy policy, const QuantBuffers& out, int64_t p0,
+                                     Failure* f) {
   const bool z = policy == NonFinitePolicy::Zero;
   if (s.symmetric) {
-    if (z) row_full<T, true, true, BITS>(src, G, s, out, p0, f);
-    else row_full<T, true, false, BITS>(src, G, s, out, p0, f);
+    if (z)
+      row_full<T, true, true, BITS>(src, G, s, out, p0, f);
+    else
+      row_full<T, true, false, BITS>(src, G, s, out, p0, f);
   } else {
-    if (z) row_full<T, false, true, BITS>(src, G, s, out, p0, f);
-    else row_full<T, false, false, BITS>(src, G, s, out, p0, f);
+    if (z)
+      row_full<T, false, true, BITS>(src, G, s, out, p0, f);
+    else
+      row_full<T, false, false, BITS>(src, G, s, out, p0, f);
   }
 }
-
 
 template <DType T>
 QPACK_AVX2 inline void row_groups_dispatch(const QuantInput& in, const GroupLayout& L,
                                            const QuantScheme& s, NonFinitePolicy policy,
-                                           const QuantBuffers& out, int64_t p0, int lanes, Failure* f) {
+                                           const QuantBuffers& out, int64_t p0, int lanes,
+                                           Failure* f) {
   const bool z = policy == NonFinitePolicy::Zero;
   if (s.symmetric) {
-    if (z) row_groups<T, true, true>(in, L, s, out, p0, lanes, f);
-    else row_groups<T, true, false>(in, L, s, out, p0, lanes, f);
+    if (z)
+      row_groups<T, true, true>(in, L, s, out, p0, lanes, f);
+    else
+      row_groups<T, true, false>(in, L, s, out, p0, lanes, f);
   } else {
-    if (z) row_groups<T, false, true>(in, L, s, out, p0, lanes, f);
-    else row_groups<T, false, false>(in, L, s, out, p0, lanes, f);
+    if (z)
+      row_groups<T, false, true>(in, L, s, out, p0, lanes, f);
+    else
+      row_groups<T, false, false>(in, L, s, out, p0, lanes, f);
   }
 }
 

@@ -1,5 +1,3 @@
-#include "qpack/converter/export.hpp"
-
 #include <omp.h>
 
 #include <algorithm>
@@ -7,12 +5,13 @@
 #include <map>
 #include <vector>
 
+#include "qpack/converter/export.hpp"
+#include "qpack/converter/quantize.hpp"
 #include "qpack/format/container.hpp"
-#include "qpack/kernels/cuda_quant.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/io.hpp"
-#include "qpack/converter/quantize.hpp"
 #include "qpack/format/safetensors.hpp"
+#include "qpack/kernels/cuda_quant.hpp"
 
 namespace qpack {
 
@@ -47,10 +46,12 @@ void convert_floats(const float* in, int64_t n, DType to, uint8_t* out, int thre
 DequantizeSummary dequantize_file(const std::string& qpack_path, const std::string& out_path,
                                   const DequantizeOptions& opt) {
   if (opt.dtype && !is_quantizable(*opt.dtype))
-    throw Error(ErrorCode::InvalidArgument, "", "",
-                std::string("output dtype must be f16, bf16 or f32 (got ") + dtype_name(*opt.dtype) + ")");
+    throw Error(
+        ErrorCode::InvalidArgument, "", "",
+        std::string("output dtype must be f16, bf16 or f32 (got ") + dtype_name(*opt.dtype) + ")");
   if (file_exists(out_path) && same_file(qpack_path, out_path))
-    throw Error(ErrorCode::InvalidArgument, out_path, "", "the output would overwrite the input .qpack");
+    throw Error(ErrorCode::InvalidArgument, out_path, "",
+                "the output would overwrite the input .qpack");
   const int threads = opt.threads > 0 ? opt.threads : omp_get_max_threads();
   const DeviceSelection device = resolve_device(opt.device);
   const bool use_cuda = device.kind == DeviceKind::Cuda;
@@ -75,7 +76,8 @@ DequantizeSummary dequantize_file(const std::string& qpack_path, const std::stri
     declared.push_back(std::move(w));
   }
 
-  SafetensorsStreamWriter writer(out_path, declared, carried_metadata(qf->source_metadata()), opt.overwrite);
+  SafetensorsStreamWriter writer(out_path, declared, carried_metadata(qf->source_metadata()),
+                                 opt.overwrite);
   DequantizeSummary sum;
   if (use_cuda) {
     cuda::DeviceInfo info;
@@ -109,8 +111,7 @@ DequantizeSummary dequantize_file(const std::string& qpack_path, const std::stri
       // Slices of whole group rows (o, g): each is a contiguous run of the
       // output, described by a one-outer layout of its own.
       const int64_t row_elems = std::max<int64_t>(L.group_size * L.inner, 1);
-      const int64_t rows_per_slice =
-          std::max<int64_t>(1, int64_t(opt.slice_bytes / 4) / row_elems);
+      const int64_t rows_per_slice = std::max<int64_t>(1, int64_t(opt.slice_bytes / 4) / row_elems);
       for (int64_t o = 0; o < L.outer && L.num_elements() > 0; ++o) {
         for (int64_t g0 = 0; g0 < L.groups_per_axis; g0 += rows_per_slice) {
           const int64_t g1 = std::min(g0 + rows_per_slice, L.groups_per_axis);
@@ -119,10 +120,12 @@ DequantizeSummary dequantize_file(const std::string& qpack_path, const std::stri
           sub.axis_len = std::min(g1 * L.group_size, L.axis_len) - g0 * L.group_size;
           sub.groups_per_axis = g1 - g0;
           const int64_t first_group_row = o * L.groups_per_axis + g0;
-          const uint8_t* c = codes.data + uint64_t(first_group_row) * uint64_t(L.bytes_per_group * L.inner);
+          const uint8_t* c =
+              codes.data + uint64_t(first_group_row) * uint64_t(L.bytes_per_group * L.inner);
           const uint8_t* s = scales.data + uint64_t(first_group_row) * uint64_t(L.inner) * sb;
-          const uint8_t* z = t.scheme.symmetric ? nullptr
-                                                : zeros.data + uint64_t(first_group_row) * uint64_t(L.inner) * sb;
+          const uint8_t* z = t.scheme.symmetric
+                                 ? nullptr
+                                 : zeros.data + uint64_t(first_group_row) * uint64_t(L.inner) * sb;
           const int64_t n = sub.num_elements();
           converted.resize(size_t(n) * size_t(dtype_bytes(out_dtype)));
           if (use_cuda) {

@@ -19,7 +19,7 @@ struct QuantizerOptions {
   // a single group column needs more. Each tensor fills and drains the
   // pipeline once, so chunks are small next to typical tensors (~100 MB).
   size_t chunk_bytes = size_t(32) << 20;  // the best of 2/8/32 MiB measured (docs/performance.md)
-  int streams = 3;       // >= 2: chunks n-1, n and n+1 are in flight at once
+  int streams = 3;                        // >= 2: chunks n-1, n and n+1 are in flight at once
   int host_threads = 0;  // threads for the host-side copies; 0: one per core, at most 16
 };
 

@@ -3,15 +3,14 @@
 
 #include <cstdint>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
-#include "qpack/format/container.hpp"
 #include "qpack/converter/quantize.hpp"
 #include "qpack/converter/quantizer.hpp"
 #include "qpack/converter/recipe.hpp"
+#include "qpack/format/container.hpp"
 
 namespace qpack {
 
@@ -20,10 +19,10 @@ struct PlanEntry {
   DType dtype = DType::F32;
   std::vector<int64_t> shape;
   TensorAction action = TensorAction::Keep;
-  QuantScheme scheme;         // resolved (group size and axis as stored)
+  QuantScheme scheme;  // resolved (group size and axis as stored)
   std::string reason;
-  uint64_t bytes_in = 0;      // source bytes
-  uint64_t bytes_out = 0;     // codes + scales + zeros, or the raw bytes
+  uint64_t bytes_in = 0;   // source bytes
+  uint64_t bytes_out = 0;  // codes + scales + zeros, or the raw bytes
 };
 
 struct ConvertProgress {
@@ -43,8 +42,8 @@ struct ConvertOptions {
 
 struct ConvertSummary {
   size_t tensors_quantized = 0, tensors_kept = 0;
-  uint64_t bytes_in = 0;    // source tensor bytes
-  uint64_t bytes_out = 0;   // size of the .qpack file
+  uint64_t bytes_in = 0;   // source tensor bytes
+  uint64_t bytes_out = 0;  // size of the .qpack file
   uint64_t bytes_quantized_in = 0, bytes_quantized_out = 0;
   double seconds = 0;
   std::string device;

@@ -11,8 +11,8 @@
 #include <optional>
 #include <string>
 
-#include "qpack/spec/dtype.hpp"
 #include "qpack/kernels/device.hpp"
+#include "qpack/spec/dtype.hpp"
 
 namespace qpack {
 

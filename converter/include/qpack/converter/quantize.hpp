@@ -9,8 +9,8 @@
 #include <cstdint>
 #include <string>
 
-#include "qpack/spec/dtype.hpp"
 #include "qpack/format/layout.hpp"
+#include "qpack/spec/dtype.hpp"
 
 namespace qpack {
 
@@ -25,7 +25,7 @@ struct QuantBuffers {
 struct QuantInput {
   const uint8_t* data = nullptr;  // little-endian F16, BF16 or F32
   DType dtype = DType::F32;
-  std::string name;               // for error messages
+  std::string name;  // for error messages
 };
 
 // Throws Error(NonFinite) or Error(RangeOverflow) naming the tensor; on error

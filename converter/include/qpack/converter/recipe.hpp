@@ -2,14 +2,13 @@
 // rules matched by glob pattern on the tensor name (first match wins).
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
-#include "qpack/spec/dtype.hpp"
 #include "qpack/format/layout.hpp"
+#include "qpack/spec/dtype.hpp"
 
 namespace qpack {
 

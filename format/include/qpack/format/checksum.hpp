@@ -29,7 +29,7 @@ uint64_t checksum64_baseline(const void* data, size_t size);
 bool checksum64_uses_avx2();
 }  // namespace detail
 
-std::string checksum_to_hex(uint64_t v);     // 16 lower-case hex digits
+std::string checksum_to_hex(uint64_t v);  // 16 lower-case hex digits
 bool checksum_from_hex(const std::string& s, uint64_t* out);
 
 }  // namespace qpack

@@ -10,15 +10,14 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
-#include "qpack/spec/dtype.hpp"
 #include "qpack/format/io.hpp"
 #include "qpack/format/layout.hpp"
+#include "qpack/spec/dtype.hpp"
 
 namespace qpack {
 
@@ -44,7 +43,7 @@ struct QpackHeader {
   uint64_t manifest_xxh3 = 0;  // XXH3-64 of the manifest bytes
   uint64_t file_size = 0;
   uint64_t reserved = 0;
-  uint64_t header_xxh3 = 0;    // XXH3-64 of header bytes 0 ... 55: see seal()
+  uint64_t header_xxh3 = 0;  // XXH3-64 of header bytes 0 ... 55: see seal()
 
   // Writes the kSize bytes at `out`, every field as it is (header_xxh3 too,
   // so that a test can write a stale one).
@@ -90,15 +89,15 @@ struct TensorSection {
 
 struct QpackTensor {
   std::string name;
-  DType dtype = DType::F32;           // the source dtype
+  DType dtype = DType::F32;  // the source dtype
   std::vector<int64_t> shape;
   bool quantized = false;
-  QuantScheme scheme;                 // resolved: group_size > 0, axis >= 0
-  GroupLayout layout;                 // quantized only
-  Section codes, scales, zeros;       // quantized (zeros: asymmetric only)
-  Section data;                       // raw (kept) tensors
-  uint64_t source_bytes() const;      // bytes in the source dtype
-  uint64_t stored_bytes() const;      // bytes of its sections in the file
+  QuantScheme scheme;             // resolved: group_size > 0, axis >= 0
+  GroupLayout layout;             // quantized only
+  Section codes, scales, zeros;   // quantized (zeros: asymmetric only)
+  Section data;                   // raw (kept) tensors
+  uint64_t source_bytes() const;  // bytes in the source dtype
+  uint64_t stored_bytes() const;  // bytes of its sections in the file
   // The sections it has, in file order: data (raw), or codes, scales and,
   // when asymmetric, zeros (quantized). The one place that says which
   // sections a tensor has and how large each one decodes.

@@ -23,11 +23,11 @@ enum class ErrorCode {
   BadHeader,
   UnknownDtype,
   ShapeMismatch,
-  SizeOverflow,         // prod(shape) x bits overflows 64 bits
+  SizeOverflow,  // prod(shape) x bits overflows 64 bits
   OffsetOutOfRange,
   Overlap,
   Hole,
-  DataNotCovered,       // bytes after the last tensor
+  DataNotCovered,  // bytes after the last tensor
   DuplicateName,
   BadMetadata,
   BadIndex,
@@ -38,7 +38,7 @@ enum class ErrorCode {
   BadMagic,
   UnsupportedVersion,
   HeaderChecksumMismatch,
-  FileSizeMismatch,     // the file is not as long as its header says
+  FileSizeMismatch,  // the file is not as long as its header says
   ManifestChecksumMismatch,
   BadManifestJson,
   BadManifest,
@@ -69,10 +69,10 @@ enum ExitCode : int {
   kExitOk = 0,
   kExitInternal = 1,
   kExitUsage = 2,
-  kExitBadInput = 3,   // malformed or unsupported input, numeric problems
-  kExitIntegrity = 4,  // checksum or manifest/section disagreement in a .qpack
-  kExitIo = 5,         // cannot read or write, disk full, output exists
-  kExitNoDevice = 6,   // CUDA requested but unavailable, or a CUDA failure
+  kExitBadInput = 3,     // malformed or unsupported input, numeric problems
+  kExitIntegrity = 4,    // checksum or manifest/section disagreement in a .qpack
+  kExitIo = 5,           // cannot read or write, disk full, output exists
+  kExitNoDevice = 6,     // CUDA requested but unavailable, or a CUDA failure
   kExitGateFailed = 10,  // verify: a threshold did not hold
 };
 

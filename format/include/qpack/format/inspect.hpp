@@ -3,9 +3,8 @@
 // (docs/cli.md, "inspect --json", documents its fields) and its table rendering.
 #pragma once
 
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "qpack/format/layout.hpp"
 

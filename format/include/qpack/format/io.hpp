@@ -45,7 +45,7 @@ class AtomicOutputFile {
   AtomicOutputFile(const AtomicOutputFile&) = delete;
   AtomicOutputFile& operator=(const AtomicOutputFile&) = delete;
 
-  void write(const void* data, size_t size);   // appends; Error(DiskFull/Io)
+  void write(const void* data, size_t size);  // appends; Error(DiskFull/Io)
   void write_zeros(uint64_t count);
   void pwrite_at(uint64_t offset, const void* data, size_t size);
   uint64_t position() const { return pos_; }

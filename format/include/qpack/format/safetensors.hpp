@@ -9,8 +9,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "qpack/spec/dtype.hpp"
 #include "qpack/format/io.hpp"
+#include "qpack/spec/dtype.hpp"
 
 namespace qpack {
 
@@ -35,13 +35,14 @@ class SafetensorsFile {
   // `file_size` is the size of the whole file the header came from.
   static void parse_header(const uint8_t* data, uint64_t file_size, const std::string& path,
                            std::vector<TensorInfo>* tensors,
-                           std::map<std::string, std::string>* metadata,
-                           uint64_t* data_start);
+                           std::map<std::string, std::string>* metadata, uint64_t* data_start);
 
   const std::string& path() const { return file_.path(); }
   const std::vector<TensorInfo>& tensors() const { return tensors_; }  // in data-offset order
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
-  const uint8_t* tensor_data(const TensorInfo& t) const { return file_.data() + data_start_ + t.begin; }
+  const uint8_t* tensor_data(const TensorInfo& t) const {
+    return file_.data() + data_start_ + t.begin;
+  }
   const TensorInfo* find(const std::string& name) const;
   void release(const TensorInfo& t) const { file_.release(data_start_ + t.begin, t.nbytes()); }
   void will_need(const TensorInfo& t) const { file_.will_need(data_start_ + t.begin, t.nbytes()); }

@@ -60,8 +60,10 @@ QPACK_HD float load_param(const uint8_t* params, int64_t index, DType sd) {
   return param_value(load_param_bits(params, index, sd), sd);
 }
 inline void store_param(uint8_t* dst, int64_t index, DType sd, float value, uint16_t bits16) {
-  if (sd == DType::F32) std::memcpy(dst + 4 * index, &value, 4);
-  else std::memcpy(dst + 2 * index, &bits16, 2);
+  if (sd == DType::F32)
+    std::memcpy(dst + 4 * index, &value, 4);
+  else
+    std::memcpy(dst + 2 * index, &bits16, 2);
 }
 
 }  // namespace qpack::spec

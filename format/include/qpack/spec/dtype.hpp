@@ -65,8 +65,12 @@ inline int dtype_bits(DType t) {
     if (r.type == t) return r.bits;
   return 0;
 }
-inline bool is_quantizable(DType t) { return t == DType::F16 || t == DType::BF16 || t == DType::F32; }
-inline bool is_scale_dtype(DType t) { return t == DType::F16 || t == DType::BF16 || t == DType::F32; }
+inline bool is_quantizable(DType t) {
+  return t == DType::F16 || t == DType::BF16 || t == DType::F32;
+}
+inline bool is_scale_dtype(DType t) {
+  return t == DType::F16 || t == DType::BF16 || t == DType::F32;
+}
 // Bytes of one stored scale / zero-point (scales are F16, BF16 or F32).
 QPACK_HD int scale_bytes(DType scale_dtype) { return scale_dtype == DType::F32 ? 4 : 2; }
 
@@ -93,15 +97,15 @@ QPACK_HD uint16_t f32_to_f16_rne(float f) {
   const uint32_t ax = x & 0x7fffffffu;
   if (ax > 0x7f800000u) return uint16_t(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));
   if (ax >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // rounds to >= 65520
-  if (ax >= 0x38800000u) {  // normal half
+  if (ax >= 0x38800000u) {                                 // normal half
     const uint32_t mant_round = ax + 0xfffu + ((ax >> 13) & 1u);
     return uint16_t(sign | ((mant_round - 0x38000000u) >> 13));
   }
   if (ax < 0x33000000u) return sign;  // below half the smallest subnormal: +-0
   // subnormal half: value = m * 2^-24, m = round(ax_value * 2^24)
-  const uint32_t e = ax >> 23;                  // 102..112
+  const uint32_t e = ax >> 23;  // 102..112
   const uint32_t m = (ax & 0x7fffffu) | 0x800000u;
-  const uint32_t shift = 126u - e;              // 14..24
+  const uint32_t shift = 126u - e;  // 14..24
   uint32_t r = m >> shift;
   const uint32_t rem = m & ((1u << shift) - 1u);
   const uint32_t half = 1u << (shift - 1u);

@@ -68,10 +68,11 @@ struct CompareGeometry : GroupLayout {
   int64_t blocks;
   bool symmetric;
   DType scale_dtype, source_dtype;
-  double q;                // qmax of the scheme, for the bound
+  double q;  // qmax of the scheme, for the bound
 };
 
-inline CompareGeometry make_geometry(const GroupLayout& L, const QuantScheme& s, DType source_dtype) {
+inline CompareGeometry make_geometry(const GroupLayout& L, const QuantScheme& s,
+                                     DType source_dtype) {
   CompareGeometry g{};
   static_cast<GroupLayout&>(g) = L;
   g.segs = (L.group_size + kSegment - 1) / kSegment;
@@ -173,7 +174,8 @@ QPACK_HD float load_source(const uint8_t* p, int64_t idx) {
 
 // Adds one element (source x, reconstruction xh, flat index) to a unit's
 // sums. Elements must arrive in ascending flat order within a unit.
-QPACK_HD void accumulate_element(PartialSums& acc, float x, float xh, int64_t flat, const BoundTerms& bt) {
+QPACK_HD void accumulate_element(PartialSums& acc, float x, float xh, int64_t flat,
+                                 const BoundTerms& bt) {
   if (!is_finite_f32(x)) {
     ++acc.nonfinite;
     return;

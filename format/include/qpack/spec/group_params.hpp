@@ -28,11 +28,11 @@ QPACK_HD float round_to(float v, DType d, uint16_t* bits16) {
 }
 
 struct GroupParams {
-  float scale;   // S: the stored scale, as float32
-  float zero;    // M: the stored zero-point, as float32 (+0 for symmetric)
-  float inv;     // fl(1 / S); 0 for a degenerate group (S == +0)
+  float scale;  // S: the stored scale, as float32
+  float zero;   // M: the stored zero-point, as float32 (+0 for symmetric)
+  float inv;    // fl(1 / S); 0 for a degenerate group (S == +0)
   uint16_t scale_bits16, zero_bits16;
-  bool overflow; // S or M is not finite in the scale dtype
+  bool overflow;  // S or M is not finite in the scale dtype
 };
 
 // The tail both rules share (§5): a scale that overflowed or fell below the

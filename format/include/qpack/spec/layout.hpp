@@ -34,7 +34,8 @@ struct GroupLayout {
   QPACK_HD int64_t num_groups() const { return outer * groups_per_axis * inner; }
   // Bytes of the codes section.
   QPACK_HD uint64_t codes_bytes() const {
-    return uint64_t(outer) * uint64_t(groups_per_axis) * uint64_t(bytes_per_group) * uint64_t(inner);
+    return uint64_t(outer) * uint64_t(groups_per_axis) * uint64_t(bytes_per_group) *
+           uint64_t(inner);
   }
   // Bytes of the scales section, and of the zeros section when there is one.
   QPACK_HD uint64_t params_bytes(DType scale_dtype) const {
@@ -55,8 +56,9 @@ struct GroupLayout {
                              GroupLayout* out, std::string* why);
 };
 
-inline LayoutFault GroupLayout::resolve(const std::vector<int64_t>& shape, const QuantScheme& scheme,
-                                        GroupLayout* out, std::string* why) {
+inline LayoutFault GroupLayout::resolve(const std::vector<int64_t>& shape,
+                                        const QuantScheme& scheme, GroupLayout* out,
+                                        std::string* why) {
   const auto fail = [why](LayoutFault f, std::string reason) {
     *why = std::move(reason);
     return f;
@@ -68,7 +70,8 @@ inline LayoutFault GroupLayout::resolve(const std::vector<int64_t>& shape, const
     *r = a * b;
     return true;
   };
-  if (shape.empty()) return fail(LayoutFault::UnsupportedScheme, "cannot group-quantize a 0-d tensor");
+  if (shape.empty())
+    return fail(LayoutFault::UnsupportedScheme, "cannot group-quantize a 0-d tensor");
   if (!is_valid_bits(scheme.bits))
     return fail(LayoutFault::UnsupportedScheme,
                 "bits must be 2, 3, 4 or 8 (got " + std::to_string(scheme.bits) + ")");
@@ -79,8 +82,8 @@ inline LayoutFault GroupLayout::resolve(const std::vector<int64_t>& shape, const
   const int axis = scheme.axis < 0 ? scheme.axis + rank : scheme.axis;
   if (axis < 0 || axis >= rank)
     return fail(LayoutFault::UnsupportedScheme, "group axis " + std::to_string(scheme.axis) +
-                                                    " is out of range for a " + std::to_string(rank) +
-                                                    "-d tensor");
+                                                    " is out of range for a " +
+                                                    std::to_string(rank) + "-d tensor");
   uint64_t outer = 1, inner = 1;
   for (int d = 0; d < rank; ++d) {
     if (shape[d] < 0) return fail(LayoutFault::ShapeMismatch, "negative dimension");

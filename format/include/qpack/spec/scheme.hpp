@@ -10,9 +10,9 @@
 namespace qpack {
 
 struct QuantScheme {
-  int bits = 4;                 // 2, 3, 4 or 8
-  int64_t group_size = 64;      // elements per group along `axis`; 0 = the whole axis
-  int axis = 0;                 // negative counts from the end
+  int bits = 4;             // 2, 3, 4 or 8
+  int64_t group_size = 64;  // elements per group along `axis`; 0 = the whole axis
+  int axis = 0;             // negative counts from the end
   bool symmetric = false;
   DType scale_dtype = DType::F16;  // F16, BF16 or F32; also the zero-point's dtype
 
@@ -36,19 +36,23 @@ QPACK_HD bool is_valid_bits(int bits) { return bits == 2 || bits == 3 || bits ==
 QPACK_HD int qmax_asym(int bits) { return (1 << bits) - 1; }
 QPACK_HD int qmax_sym(int bits) { return (1 << (bits - 1)) - 1; }
 QPACK_HD int sym_offset(int bits) { return 1 << (bits - 1); }
-QPACK_HD int qmax_of(const QuantScheme& s) { return s.symmetric ? qmax_sym(s.bits) : qmax_asym(s.bits); }
+QPACK_HD int qmax_of(const QuantScheme& s) {
+  return s.symmetric ? qmax_sym(s.bits) : qmax_asym(s.bits);
+}
 
 // Checks bits, group size and scale dtype of a *requested* scheme (not the
 // axis, which needs a shape). Groups are even and at least 8 elements so that
 // every packed group fills whole bytes at every width. Returns an empty
 // string when valid, otherwise the reason.
 inline std::string validate_scheme(const QuantScheme& s) {
-  if (!is_valid_bits(s.bits)) return "bits must be 2, 3, 4 or 8 (got " + std::to_string(s.bits) + ")";
+  if (!is_valid_bits(s.bits))
+    return "bits must be 2, 3, 4 or 8 (got " + std::to_string(s.bits) + ")";
   if (s.group_size < 0 || (s.group_size > 0 && s.group_size < 8) || s.group_size % 2 != 0)
     return "group size must be an even number >= 8, or 0 for the whole axis (got " +
            std::to_string(s.group_size) + ")";
   if (!is_scale_dtype(s.scale_dtype))
-    return std::string("scale dtype must be F16, BF16 or F32 (got ") + dtype_name(s.scale_dtype) + ")";
+    return std::string("scale dtype must be F16, BF16 or F32 (got ") + dtype_name(s.scale_dtype) +
+           ")";
   return {};
 }
 

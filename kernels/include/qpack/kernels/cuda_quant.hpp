@@ -25,7 +25,7 @@
 struct CUstream_st;
 typedef struct CUstream_st* cudaStream_t;  // same declaration as the CUDA runtime's
 struct CUevent_st;
-typedef struct CUevent_st* cudaEvent_t;    // likewise
+typedef struct CUevent_st* cudaEvent_t;  // likewise
 
 namespace qpack {
 namespace cuda {
@@ -37,7 +37,7 @@ enum class StatusCode {
   InvalidArgument,  // a bad pointer, size, layout, scheme or tile
   NoDevice,         // no usable GPU, or built without CUDA
   OutOfMemory,
-  CudaError,        // any other failure reported by the CUDA runtime
+  CudaError,  // any other failure reported by the CUDA runtime
 };
 
 struct Status {
@@ -72,7 +72,8 @@ struct DeviceInfo {
   int driver_version = 0, runtime_version = 0;
 };
 Status query_device(int device, DeviceInfo* info);
-std::string describe(const DeviceInfo& info);  // "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.1 GiB)"
+std::string describe(
+    const DeviceInfo& info);  // "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.1 GiB)"
 
 // ---------------------------------------------------------------- device-level API
 
@@ -141,7 +142,8 @@ class DeviceBuffer {
  public:
   DeviceBuffer() = default;
   ~DeviceBuffer();
-  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  DeviceBuffer(DeviceBuffer&& o) noexcept
+      : ptr_(std::exchange(o.ptr_, nullptr)), size_(std::exchange(o.size_, 0)) {}
   DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {  // what this held is freed with o
     std::swap(ptr_, o.ptr_);
     std::swap(size_, o.size_);
@@ -154,7 +156,9 @@ class DeviceBuffer {
   void reset();
   void* data() const { return ptr_; }
   template <class T>
-  T* as() const { return static_cast<T*>(ptr_); }
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
   size_t size() const { return size_; }
 
  private:
@@ -168,7 +172,8 @@ class PinnedBuffer {
  public:
   PinnedBuffer() = default;
   ~PinnedBuffer();
-  PinnedBuffer(PinnedBuffer&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  PinnedBuffer(PinnedBuffer&& o) noexcept
+      : ptr_(std::exchange(o.ptr_, nullptr)), size_(std::exchange(o.size_, 0)) {}
   PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {  // what this held is freed with o
     std::swap(ptr_, o.ptr_);
     std::swap(size_, o.size_);
@@ -239,8 +244,8 @@ Status set_device(int device);
 Status copy_to_device(void* d_dst, const void* h_src, size_t bytes, cudaStream_t stream);
 // `rows` rows of `row_bytes` bytes, `h_pitch` bytes apart in host memory, to
 // rows `d_pitch` bytes apart in device memory (cudaMemcpy2DAsync).
-Status copy_2d_to_device(void* d_dst, size_t d_pitch, const void* h_src, size_t h_pitch, size_t row_bytes,
-                         size_t rows, cudaStream_t stream);
+Status copy_2d_to_device(void* d_dst, size_t d_pitch, const void* h_src, size_t h_pitch,
+                         size_t row_bytes, size_t rows, cudaStream_t stream);
 Status copy_to_host(void* h_dst, const void* d_src, size_t bytes, cudaStream_t stream);
 Status fill_device(void* d_dst, int byte, size_t bytes, cudaStream_t stream);
 Status synchronize(cudaStream_t stream);

@@ -17,16 +17,23 @@ inline Status cuda_status(cudaError_t err, const char* what) {
   if (err == cudaSuccess) return {};
   Status s;
   switch (err) {
-    case cudaErrorMemoryAllocation: s.code = StatusCode::OutOfMemory; break;
+    case cudaErrorMemoryAllocation:
+      s.code = StatusCode::OutOfMemory;
+      break;
     case cudaErrorNoDevice:
     case cudaErrorInsufficientDriver:
     case cudaErrorInvalidDevice:
     case cudaErrorDevicesUnavailable:
     case cudaErrorSystemDriverMismatch:
-    case cudaErrorCompatNotSupportedOnDevice: s.code = StatusCode::NoDevice; break;
-    default: s.code = StatusCode::CudaError; break;
+    case cudaErrorCompatNotSupportedOnDevice:
+      s.code = StatusCode::NoDevice;
+      break;
+    default:
+      s.code = StatusCode::CudaError;
+      break;
   }
-  s.message = std::string(what) + ": " + cudaGetErrorString(err) + " (" + cudaGetErrorName(err) + ")";
+  s.message =
+      std::string(what) + ": " + cudaGetErrorString(err) + " (" + cudaGetErrorName(err) + ")";
   return s;
 }
 
@@ -39,8 +46,8 @@ inline Status invalid(std::string message) {
 
 }  // namespace qpack::cuda
 
-#define QPACK_CUDA_TRY(call)                                                     \
-  do {                                                                           \
-    const cudaError_t qpack_err_ = (call);                                       \
+#define QPACK_CUDA_TRY(call)                                                             \
+  do {                                                                                   \
+    const cudaError_t qpack_err_ = (call);                                               \
     if (qpack_err_ != cudaSuccess) return ::qpack::cuda::cuda_status(qpack_err_, #call); \
   } while (0)

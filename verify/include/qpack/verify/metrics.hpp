@@ -18,8 +18,8 @@
 #include <memory>
 #include <string>
 
-#include "qpack/spec/dtype.hpp"
 #include "qpack/format/layout.hpp"
+#include "qpack/spec/dtype.hpp"
 #include "qpack/verify/verify.hpp"
 
 namespace qpack {
@@ -31,10 +31,10 @@ struct QuantTensorView {
   DType source_dtype = DType::F32;
   const uint8_t* codes = nullptr;
   const uint8_t* scales = nullptr;
-  const uint8_t* zeros = nullptr;   // null for symmetric schemes
+  const uint8_t* zeros = nullptr;  // null for symmetric schemes
   GroupLayout layout;
-  QuantScheme scheme;               // resolved
-  std::string name;                 // for error messages
+  QuantScheme scheme;  // resolved
+  std::string name;    // for error messages
 };
 
 // Host loop over blocks with OpenMP (threads <= 0: OpenMP default).

@@ -11,15 +11,14 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
-#include "qpack/spec/dtype.hpp"
 #include "qpack/format/layout.hpp"
 #include "qpack/kernels/device.hpp"
+#include "qpack/spec/dtype.hpp"
 
 namespace qpack {
 
@@ -52,7 +51,7 @@ struct ThresholdRule {
 struct VerifyPolicy {
   Thresholds global;
   std::vector<ThresholdRule> rules;
-  Thresholds model;  // checked against the element-weighted totals
+  Thresholds model;         // checked against the element-weighted totals
   std::string source_file;  // where it was loaded from, for the report
 
   // The thresholds for `tensor`, and the rule that decided them (-1: global).
@@ -76,8 +75,8 @@ struct VerifyPolicy {
 // decoder.layers.N., layers.N., h.N., blocks.N., ... Tensors outside any
 // block (embeddings, final norm, lm_head) are "global".
 struct LayerId {
-  std::string stack;  // name prefix before the index ("model.layers"); empty for global
-  int64_t index = -1; // -1 for global
+  std::string stack;   // name prefix before the index ("model.layers"); empty for global
+  int64_t index = -1;  // -1 for global
   bool global() const { return index < 0; }
   // "model.layers.3" or "global"
   std::string label() const;
@@ -92,15 +91,15 @@ std::string tensor_kind(const std::string& tensor_name);
 // Raw sums of one tensor (or a roll-up), from which every metric derives.
 // Roll-ups add the sums, so model-level metrics are element-weighted.
 struct ErrorSums {
-  uint64_t count = 0;        // finite source elements compared
-  uint64_t nonfinite = 0;    // source NaN/Inf elements (excluded)
-  double sum_sq_err = 0;     // sum (x - x^)^2
-  double sum_abs_err = 0;    // sum |x - x^|
-  double sum_sq_ref = 0;     // sum x^2
-  double sum_sq_hat = 0;     // sum x^^2
-  double sum_dot = 0;        // sum x * x^
-  double max_abs_err = 0;    // largest |x - x^| (0 when count == 0)
-  int64_t max_abs_index = -1;  // its flat index (smallest on ties), -1 when count == 0
+  uint64_t count = 0;             // finite source elements compared
+  uint64_t nonfinite = 0;         // source NaN/Inf elements (excluded)
+  double sum_sq_err = 0;          // sum (x - x^)^2
+  double sum_abs_err = 0;         // sum |x - x^|
+  double sum_sq_ref = 0;          // sum x^2
+  double sum_sq_hat = 0;          // sum x^^2
+  double sum_dot = 0;             // sum x * x^
+  double max_abs_err = 0;         // largest |x - x^| (0 when count == 0)
+  int64_t max_abs_index = -1;     // its flat index (smallest on ties), -1 when count == 0
   uint64_t bound_violations = 0;  // elements beyond error_bound(); must be 0
   int64_t first_violation_index = -1;
 
@@ -126,11 +125,11 @@ enum class TensorStatus {
 const char* tensor_status_name(TensorStatus s);
 
 struct GateFailure {
-  std::string tensor;   // "" for the whole-model totals
-  std::string metric;   // "rel_error", "snr_db", "cosine", "max_abs_error"
+  std::string tensor;  // "" for the whole-model totals
+  std::string metric;  // "rel_error", "snr_db", "cosine", "max_abs_error"
   double value = 0;
   double limit = 0;
-  std::string op;       // "<=" or ">=": the condition that failed to hold
+  std::string op;  // "<=" or ">=": the condition that failed to hold
 };
 
 struct TensorResult {
@@ -140,23 +139,23 @@ struct TensorResult {
   DType dtype = DType::F32;
   std::vector<int64_t> shape;
   bool quantized = false;
-  QuantScheme scheme;           // quantized only
+  QuantScheme scheme;  // quantized only
   uint64_t elements = 0;
-  uint64_t source_bytes = 0;    // bytes in the source dtype
-  uint64_t stored_bytes = 0;    // bytes of its sections in the .qpack
-  bool compared = false;        // metrics (quantized) or bytes (raw) were compared
-  ErrorSums sums;               // quantized and compared only
-  bool raw_equal = false;       // raw and compared only
+  uint64_t source_bytes = 0;  // bytes in the source dtype
+  uint64_t stored_bytes = 0;  // bytes of its sections in the .qpack
+  bool compared = false;      // metrics (quantized) or bytes (raw) were compared
+  ErrorSums sums;             // quantized and compared only
+  bool raw_equal = false;     // raw and compared only
   TensorStatus status = TensorStatus::Ok;
-  std::vector<std::string> problems;   // source mismatches, in words
+  std::vector<std::string> problems;  // source mismatches, in words
   std::vector<GateFailure> gate_failures;
-  int policy_rule = -1;         // index of the matching rule, -1: global thresholds
+  int policy_rule = -1;  // index of the matching rule, -1: global thresholds
   bool gate_ignored = false;
-  double seconds = 0;           // time spent on it (not part of determinism)
+  double seconds = 0;  // time spent on it (not part of determinism)
 };
 
 struct Rollup {
-  std::string key;        // layer label / kind / "model"
+  std::string key;           // layer label / kind / "model"
   int64_t layer_index = -1;  // layer roll-ups: the block index (-1 global)
   uint64_t tensors = 0;      // all tensors
   uint64_t quantized = 0;    // quantized tensors among them
@@ -168,9 +167,9 @@ struct Rollup {
 };
 
 struct IntegrityIssue {
-  std::string tensor;    // "" for the header or manifest
-  std::string section;   // "codes", "scales", "zeros", "data", or "" (file level)
-  std::string code;      // error_code_name()
+  std::string tensor;   // "" for the header or manifest
+  std::string section;  // "codes", "scales", "zeros", "data", or "" (file level)
+  std::string code;     // error_code_name()
   std::string message;
 };
 
@@ -182,15 +181,15 @@ int verdict_exit_code(Verdict v);
 struct VerifyReport {
   // settings
   std::string file, source;
-  std::string device;            // "cpu (2 threads)" / "cuda:0 (NVIDIA H100 ...)"
+  std::string device;                // "cpu (2 threads)" / "cuda:0 (NVIDIA H100 ...)"
   DeviceSelection device_requested;  // as given (auto, cpu, cuda:N)
   int threads = 0;
   VerifyPolicy policy;
-  std::string qpack_version;     // of this build
-  std::string created_utc;       // ISO 8601
+  std::string qpack_version;  // of this build
+  std::string created_utc;    // ISO 8601
   // the file
   uint64_t file_bytes = 0;
-  std::string format_version;    // "1.0"
+  std::string format_version;  // "1.0"
   // integrity
   bool integrity_ok = false;
   uint64_t sections_checked = 0, bytes_checked = 0;
@@ -200,8 +199,8 @@ struct VerifyReport {
   std::vector<std::string> extra_in_qpack;      // in the .qpack, not in the source
   // results, in the .qpack's tensor order
   std::vector<TensorResult> tensors;
-  std::vector<Rollup> layers;    // global first, then by stack and index
-  std::vector<Rollup> kinds;     // by name
+  std::vector<Rollup> layers;  // global first, then by stack and index
+  std::vector<Rollup> kinds;   // by name
   Rollup model;
   std::vector<GateFailure> gate_failures;  // all of them, tensors first, then model
   uint64_t bound_violations = 0;           // sum over tensors; must be 0
@@ -216,7 +215,7 @@ struct VerifyProgress {
   enum Phase { Integrity, Compare } phase = Integrity;
   uint64_t done_bytes = 0, total_bytes = 0;  // of the phase
   size_t tensor_index = 0, tensor_count = 0;
-  std::string tensor;                       // being processed
+  std::string tensor;  // being processed
 };
 
 struct VerifyOptions {
@@ -225,7 +224,7 @@ struct VerifyOptions {
   // when unusable. The report is the same on every device.
   DeviceSelection device;
   VerifyPolicy policy;
-  int threads = 0;   // CPU threads; <= 0: OpenMP default
+  int threads = 0;  // CPU threads; <= 0: OpenMP default
   // Source bytes uploaded per chunk on the GPU path (bounded device memory).
   uint64_t gpu_chunk_bytes = 256ull << 20;
   std::function<void(const VerifyProgress&)> progress;  // may be empty
