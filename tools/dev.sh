@@ -8,7 +8,7 @@
 #   tools/dev.sh deps    # install missing packages only
 #
 # Environment: BUILD_DIR (default build), QPACK_ENABLE_CUDA (ON when nvcc is
-# found), JOBS (default: all cores).
+# found), JOBS (default: all cores). With CI set, warnings are errors.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,7 +19,7 @@ JOBS="${JOBS:-$(nproc)}"
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 deps() {
-  local pkgs=(cmake g++ make pkg-config nlohmann-json3-dev libcli11-dev libzstd-dev libgtest-dev libxxhash-dev)
+  local pkgs=(cmake g++ make pkg-config python3 clang-format-14 nlohmann-json3-dev libcli11-dev libzstd-dev libgtest-dev libxxhash-dev)
   local missing=()
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -47,7 +47,11 @@ cuda_flag() {
 build() {
   deps
   say "configuring ($BUILD_DIR)"
-  cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQPACK_ENABLE_CUDA="$(cuda_flag)" >/dev/null
+  # CI holds the build at zero warnings (the ci preset's setting).
+  local werror=OFF
+  [ -n "${CI:-}" ] && [ "${CI}" != 0 ] && [ "${CI}" != false ] && werror=ON
+  cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQPACK_ENABLE_CUDA="$(cuda_flag)" \
+    -DQPACK_WARNINGS_AS_ERRORS="$werror" >/dev/null
   say "building with $JOBS jobs"
   cmake --build "$BUILD_DIR" -j "$JOBS"
 }

@@ -127,10 +127,10 @@ Status resolve_tile(const GroupLayout& L, const Tile& t, TileRange* r) {
   return {};
 }
 
-// Geometry of one launch over group rows [gr_begin, gr_end) of the tile.
-kernels::Geometry launch_geometry(const GroupLayout& L, const TileRange& r, int64_t gr_begin,
-                                  int64_t gr_end) {
-  kernels::Geometry g{};
+// TileGeometry of one launch over group rows [gr_begin, gr_end) of the tile.
+kernels::TileGeometry launch_geometry(const GroupLayout& L, const TileRange& r, int64_t gr_begin,
+                                      int64_t gr_end) {
+  kernels::TileGeometry g{};
   g.axis_len = L.axis_len;
   g.group = L.group_size;
   g.bytes = L.bytes_per_group;
@@ -162,7 +162,7 @@ Status for_each_launch(const GroupLayout& L, const TileRange& r, int64_t work_pe
   const int64_t tile_row0 = tile_first_row(L, r.gr_begin);
   for (int64_t b = r.gr_begin; b < r.gr_end; b += step) {
     const int64_t e = std::min(r.gr_end, b + step);
-    kernels::Geometry g = launch_geometry(L, r, b, e);
+    kernels::TileGeometry g = launch_geometry(L, r, b, e);
     g.tasks = uint32_t(int64_t(g.n_gr) * work_per_group_row);
     g.per_gr = kernels::FastDiv(uint32_t(std::max<int64_t>(1, work_per_group_row)));
     if (Status s = launch(g, b - r.gr_begin, g.row_begin - tile_row0); !s.ok()) return s;
@@ -256,7 +256,7 @@ Status quantize(const void* d_src, DType src_dtype, const GroupLayout& layout,
   }
   return for_each_launch(
       layout, r, work_per_gr,
-      [&](const kernels::Geometry& g, int64_t gr_off, int64_t row_off) -> Status {
+      [&](const kernels::TileGeometry& g, int64_t gr_off, int64_t row_off) -> Status {
         kernels::QuantArgs a{};
         a.geo = g;
         if (l.rows)
@@ -330,7 +330,7 @@ Status dequantize(const uint8_t* d_codes, const uint8_t* d_scales, const uint8_t
   const int64_t work_per_gr = nslices * nchunks;  // threads per group row
   return for_each_launch(
       layout, r, work_per_gr,
-      [&](const kernels::Geometry& g, int64_t gr_off, int64_t row_off) -> Status {
+      [&](const kernels::TileGeometry& g, int64_t gr_off, int64_t row_off) -> Status {
         kernels::DequantArgs a{};
         a.geo = g;
         a.geo.chunks = kernels::FastDiv(uint32_t(nchunks));

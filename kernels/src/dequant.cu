@@ -199,7 +199,7 @@ __device__ __forceinline__ void dequant_slice_cols_finite(const uint8_t* plane0,
 template <int BITS, int V, DType O>
 __global__ void __launch_bounds__(kBlockThreads) dequantize_cols(const DequantArgs a) {
   pdl_prologue();
-  const Geometry& g = a.geo;
+  const TileGeometry& g = a.geo;
   const uint32_t nchunks = g.chunks.d;
   const uint32_t per_gr = g.per_gr.d;
   for (uint32_t idx = blockIdx.x * blockDim.x + threadIdx.x; idx < g.tasks;
@@ -261,7 +261,7 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_cols(const DequantAr
 template <int BITS, bool VEC, DType O, int EPT>
 __global__ void __launch_bounds__(kBlockThreads) dequantize_rows(const DequantArgs a) {
   pdl_prologue();
-  const Geometry& g = a.geo;
+  const TileGeometry& g = a.geo;
   constexpr uint32_t kParts = kSliceRows / EPT;
   const uint32_t per_gr = g.per_gr.d;
   for (uint32_t idx = blockIdx.x * blockDim.x + threadIdx.x; idx < g.tasks;
@@ -324,7 +324,7 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_rows_whole(const Deq
   constexpr int ITEMS = kRowItems;
   constexpr int EPT = O == DType::F32 ? kF32Part : kSliceRows;
   constexpr uint32_t kParts = kSliceRows / EPT;
-  const Geometry& g = a.geo;
+  const TileGeometry& g = a.geo;
   const uint32_t lane = threadIdx.x & 31;
   const uint32_t span = 32 * ITEMS;
   const uint32_t step = ((gridDim.x * blockDim.x) >> 5) * span;

@@ -49,7 +49,7 @@ struct FastDiv {
 // One launch covers a tile of group rows x columns whose buffers start at
 // the tile's first group row. Local counters (group rows, tasks) fit in 31
 // bits; the host splits larger tiles into several launches.
-struct Geometry {
+struct TileGeometry {
   int64_t axis_len;   // L
   int64_t group;      // G' (resolved group size)
   int64_t bytes;      // B (bytes per group)
@@ -70,7 +70,7 @@ struct Geometry {
 };
 
 struct QuantArgs {
-  Geometry geo;
+  TileGeometry geo;
   const void* src;
   uint8_t* codes;
   uint8_t* scales;
@@ -81,7 +81,7 @@ struct QuantArgs {
 };
 
 struct DequantArgs {
-  Geometry geo;
+  TileGeometry geo;
   const uint8_t* codes;
   const uint8_t* scales;
   const uint8_t* zeros;

@@ -171,7 +171,7 @@ __device__ __forceinline__ void finish_params(ColumnStats<D, V, SYM>& acc, const
 template <DType D, int BITS, bool SYM, int V>
 __global__ void __launch_bounds__(kBlockThreads, 3) quantize_cols(const QuantArgs a) {
   pdl_prologue();
-  const Geometry& g = a.geo;
+  const TileGeometry& g = a.geo;
   constexpr int kB = Src<D>::kBytes;
   const int lane = threadIdx.x & 31;
   const int tl = g.lanes;   // lanes per column chunk (slices in parallel)

@@ -66,7 +66,7 @@ __device__ __forceinline__ void encode_chunk(const Packet<D, kSliceRows>& p, int
 template <DType D, int BITS, bool SYM, bool VEC>
 __global__ void __launch_bounds__(kBlockThreads) quantize_rows(const QuantArgs a) {
   pdl_prologue();
-  const Geometry& g = a.geo;
+  const TileGeometry& g = a.geo;
   constexpr int kB = Src<D>::kBytes;
   const int lane = threadIdx.x & 31;
   const int t = g.lanes;   // lanes per group
@@ -214,7 +214,7 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows_window(const Quan
   // (zero-point, 1/S, bad) per group.
   __shared__ __align__(16) uint2 part[kWarps][kWindowUnits + 2 * 32];
   __shared__ float4 prm[kWarps][32];
-  const Geometry& g = a.geo;
+  const TileGeometry& g = a.geo;
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
   const int lg = __ffs(g.nslices) - 1;  // log2(units per group); G' = 8 << lg
