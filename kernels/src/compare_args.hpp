@@ -33,4 +33,36 @@ int launch_compare_general(const CompareArgs& a, const Launch& l);
 int launch_compare_cols(const CompareArgs& a, const Launch& l);
 int launch_compare_rows(const CompareArgs& a, int unit_len, const Launch& l);  // unit_len: 32 or 64
 
+// Calls launcher.template run<kSrc, BITS>() for the tensor's source dtype and
+// code width: the one place the compare kernels' instantiations are chosen.
+// compare_blocks checked both, so anything else is cudaErrorInvalidValue (1).
+template <DType kSrc, class Launcher>
+int dispatch_bits(int bits, const Launcher& launcher) {
+  switch (bits) {
+    case 2:
+      return launcher.template run<kSrc, 2>();
+    case 3:
+      return launcher.template run<kSrc, 3>();
+    case 4:
+      return launcher.template run<kSrc, 4>();
+    case 8:
+      return launcher.template run<kSrc, 8>();
+    default:
+      return 1;
+  }
+}
+template <class Launcher>
+int dispatch_source_and_bits(const spec::CompareGeometry& geo, const Launcher& launcher) {
+  switch (geo.source_dtype) {
+    case DType::F16:
+      return dispatch_bits<DType::F16>(geo.bits, launcher);
+    case DType::BF16:
+      return dispatch_bits<DType::BF16>(geo.bits, launcher);
+    case DType::F32:
+      return dispatch_bits<DType::F32>(geo.bits, launcher);
+    default:
+      return 1;
+  }
+}
+
 }  // namespace qpack::kernels

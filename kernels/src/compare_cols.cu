@@ -329,41 +329,20 @@ __global__ void __launch_bounds__(kCompareThreads, 6)
   }
 }
 
-template <DType kSrc, int BITS>
-int launch(const CompareArgs& a, const Launch& l) {
-  return int(launch_kernel(compare_cols<kSrc, BITS>, l.blocks, kCompareThreads, l, a.geo, a.view,
-                           a.block0, a.out));
-}
-
-template <DType kSrc>
-int launch_bits(const CompareArgs& a, const Launch& l) {
-  switch (a.geo.bits) {
-    case 2:
-      return launch<kSrc, 2>(a, l);
-    case 3:
-      return launch<kSrc, 3>(a, l);
-    case 4:
-      return launch<kSrc, 4>(a, l);
-    case 8:
-      return launch<kSrc, 8>(a, l);
-    default:
-      return int(cudaErrorInvalidValue);  // compare_blocks checked the bits
+struct ColsLauncher {
+  const CompareArgs& a;
+  const Launch& l;
+  template <DType kSrc, int BITS>
+  int run() const {
+    return int(launch_kernel(compare_cols<kSrc, BITS>, l.blocks, kCompareThreads, l, a.geo, a.view,
+                             a.block0, a.out));
   }
-}
+};
 
 }  // namespace
 
 int launch_compare_cols(const CompareArgs& a, const Launch& l) {
-  switch (a.geo.source_dtype) {
-    case DType::F16:
-      return launch_bits<DType::F16>(a, l);
-    case DType::BF16:
-      return launch_bits<DType::BF16>(a, l);
-    case DType::F32:
-      return launch_bits<DType::F32>(a, l);
-    default:
-      return int(cudaErrorInvalidValue);  // compare_blocks checked the dtype
-  }
+  return dispatch_source_and_bits(a.geo, ColsLauncher{a, l});
 }
 
 }  // namespace qpack::kernels

@@ -352,47 +352,22 @@ __global__ void __launch_bounds__(kCompareThreads, 7)
   }
 }
 
-template <DType kSrc, int BITS, int U>
-int launch(const CompareArgs& a, const Launch& l) {
-  return int(launch_kernel(compare_rows<kSrc, BITS, U>, l.blocks, kCompareThreads, l, a.geo, a.view,
-                           a.seg_shift, a.block0, a.out));
-}
-
-template <DType kSrc, int U>
-int launch_bits(const CompareArgs& a, const Launch& l) {
-  switch (a.geo.bits) {
-    case 2:
-      return launch<kSrc, 2, U>(a, l);
-    case 3:
-      return launch<kSrc, 3, U>(a, l);
-    case 4:
-      return launch<kSrc, 4, U>(a, l);
-    case 8:
-      return launch<kSrc, 8, U>(a, l);
-    default:
-      return int(cudaErrorInvalidValue);  // compare_blocks checked the bits
-  }
-}
-
 template <int U>
-int launch_dtype(const CompareArgs& a, const Launch& l) {
-  switch (a.geo.source_dtype) {
-    case DType::F16:
-      return launch_bits<DType::F16, U>(a, l);
-    case DType::BF16:
-      return launch_bits<DType::BF16, U>(a, l);
-    case DType::F32:
-      return launch_bits<DType::F32, U>(a, l);
-    default:
-      return int(cudaErrorInvalidValue);  // compare_blocks checked the dtype
+struct RowsLauncher {
+  const CompareArgs& a;
+  const Launch& l;
+  template <DType kSrc, int BITS>
+  int run() const {
+    return int(launch_kernel(compare_rows<kSrc, BITS, U>, l.blocks, kCompareThreads, l, a.geo,
+                             a.view, a.seg_shift, a.block0, a.out));
   }
-}
+};
 
 }  // namespace
 
 int launch_compare_rows(const CompareArgs& a, int unit_len, const Launch& l) {
-  if (unit_len == 64) return launch_dtype<64>(a, l);
-  if (unit_len == 32) return launch_dtype<32>(a, l);
+  if (unit_len == 64) return dispatch_source_and_bits(a.geo, RowsLauncher<64>{a, l});
+  if (unit_len == 32) return dispatch_source_and_bits(a.geo, RowsLauncher<32>{a, l});
   return int(cudaErrorInvalidValue);
 }
 

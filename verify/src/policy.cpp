@@ -84,6 +84,21 @@ const char* verdict_name(Verdict v) {
   }
 }
 
+const char* verdict_text(Verdict v) {
+  switch (v) {
+    case Verdict::Pass:
+      return "PASS";
+    case Verdict::GateFailed:
+      return "FAIL: quality thresholds not met";
+    case Verdict::BoundViolated:
+      return "FAIL: error bound violated (wrong source or quantizer bug)";
+    case Verdict::SourceMismatch:
+      return "FAIL: the .qpack does not match the source checkpoint";
+    default:
+      return "FAIL: integrity error";
+  }
+}
+
 int verdict_exit_code(Verdict v) {
   switch (v) {
     case Verdict::Pass:

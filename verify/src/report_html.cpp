@@ -356,24 +356,7 @@ std::string verify_report_html(const VerifyReport& rep) {
        "<title>qpack verify: " +
        esc(rep.file) + "</title><style>" + kCss + "</style></head><body>\n";
 
-  std::string verdict;
-  switch (rep.verdict) {
-    case Verdict::Pass:
-      verdict = "PASS";
-      break;
-    case Verdict::GateFailed:
-      verdict = "FAIL: quality thresholds not met";
-      break;
-    case Verdict::BoundViolated:
-      verdict = "FAIL: error bound violated";
-      break;
-    case Verdict::SourceMismatch:
-      verdict = "FAIL: source mismatch";
-      break;
-    case Verdict::IntegrityFailed:
-      verdict = "FAIL: integrity error";
-      break;
-  }
+  const std::string verdict = verdict_text(rep.verdict);
   h += "<header class=\"v " + std::string(pass ? "pass" : "fail") + "\"><h1>qpack verify &mdash; " +
        esc(verdict) + "</h1><p>" + esc(rep.file) + " &nbsp;vs&nbsp; " + esc(rep.source) +
        " &nbsp;&middot;&nbsp; exit code " + std::to_string(verdict_exit_code(rep.verdict)) +

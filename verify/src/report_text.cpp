@@ -230,24 +230,7 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
   }
 
   // Verdict.
-  std::string verdict;
-  switch (rep.verdict) {
-    case Verdict::Pass:
-      verdict = "PASS";
-      break;
-    case Verdict::GateFailed:
-      verdict = "FAIL: quality thresholds not met";
-      break;
-    case Verdict::BoundViolated:
-      verdict = "FAIL: error bound violated (wrong source or quantizer bug)";
-      break;
-    case Verdict::SourceMismatch:
-      verdict = "FAIL: the .qpack does not match the source checkpoint";
-      break;
-    case Verdict::IntegrityFailed:
-      verdict = "FAIL: integrity error";
-      break;
-  }
+  const std::string verdict = verdict_text(rep.verdict);
   const char* on = opt.color ? (rep.verdict == Verdict::Pass ? "\033[1;32m" : "\033[1;31m") : "";
   const char* off = opt.color ? "\033[0m" : "";
   add("");

@@ -175,6 +175,8 @@ struct IntegrityIssue {
 
 enum class Verdict { Pass, GateFailed, BoundViolated, SourceMismatch, IntegrityFailed };
 const char* verdict_name(Verdict v);
+// The verdict as the text and HTML reports print it ("PASS", "FAIL: ...").
+const char* verdict_text(Verdict v);
 // The CLI's exit code for a verdict (error.hpp's ExitCode values).
 int verdict_exit_code(Verdict v);
 
