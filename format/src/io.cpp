@@ -154,8 +154,7 @@ AtomicOutputFile::AtomicOutputFile(const std::string& final_path, bool overwrite
     throw Error(ErrorCode::InvalidArgument, final_path, "", "not a file name");
   if (is_directory(final_path)) throw Error(ErrorCode::Io, final_path, "", "is a directory");
   if (!overwrite && file_exists(final_path))
-    throw Error(ErrorCode::OutputExists, final_path, "",
-                "output already exists (pass --overwrite to replace it)");
+    throw Error(ErrorCode::OutputExists, final_path, "", "output already exists");
   std::string tmpl = dir_of(final_path) + "/." + base + ".tmp-XXXXXX";
   std::vector<char> buf(tmpl.begin(), tmpl.end());
   buf.push_back('\0');

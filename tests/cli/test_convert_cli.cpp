@@ -257,6 +257,9 @@ TEST_F(ConvertTest, RefusesToOverwriteWithoutForceAndNeverTheInput) {
   auto r = test::run_qpack("convert " + model_ + " " + out + " -q --bits 8");
   EXPECT_EQ(r.exit_code, 5) << r.output;
   EXPECT_NE(r.output.find("exists"), std::string::npos) << r.output;
+  // The fix it names is the flag that exists.
+  EXPECT_NE(r.output.find("pass --force to replace it"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("--overwrite"), std::string::npos) << r.output;
   EXPECT_EQ(test::read_file(out), before);
   ASSERT_EQ(test::run_qpack("convert " + model_ + " " + out + " -q --bits 8 --force").exit_code, 0);
   EXPECT_NE(test::read_file(out), before);

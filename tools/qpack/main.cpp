@@ -52,7 +52,10 @@ int main(int argc, char** argv) {
       if (sub->parsed()) return run();
     return qpack::kExitUsage;
   } catch (const qpack::Error& e) {
-    std::fprintf(stderr, "qpack: error: %s\n", e.what());
+    // The library says what is wrong; the CLI says which of its flags fixes it.
+    const char* hint =
+        e.code() == qpack::ErrorCode::OutputExists ? " (pass --force to replace it)" : "";
+    std::fprintf(stderr, "qpack: error: %s%s\n", e.what(), hint);
     return qpack::exit_code_for(e.code());
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "qpack: error: out of memory\n");
