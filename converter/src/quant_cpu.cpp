@@ -38,6 +38,7 @@
 #include "qpack/converter/quantize.hpp"
 #include "qpack/converter/quantizer.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/format/text.hpp"
 #include "qpack/spec/group_params.hpp"
 #include "quant_detail.hpp"
 
@@ -252,7 +253,7 @@ class CpuQuantizer final : public TensorQuantizer {
     quantize_cpu(in, layout, scheme, policy, out, threads_);
   }
   std::string description() const override {
-    return "cpu (" + std::to_string(threads_) + (threads_ == 1 ? " thread, " : " threads, ") +
+    return "cpu (" + count_of(uint64_t(threads_), "thread") + ", " +
            (cpu_has_avx2() ? "avx2+f16c" : "scalar") + ")";
   }
 

@@ -38,4 +38,8 @@ std::string format_bytes(uint64_t n) {
   return buf;
 }
 
+std::string count_of(uint64_t n, const char* noun) {
+  return std::to_string(n) + " " + noun + (n == 1 ? "" : "s");
+}
+
 }  // namespace qpack

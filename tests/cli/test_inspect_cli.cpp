@@ -216,6 +216,9 @@ TEST(InspectLibrary, ReportAndTable) {
   s.group_size = 0;  // unresolved: the whole axis
   EXPECT_EQ(scheme_label(s), "q3 gall ax1 sym F32");
   EXPECT_EQ(shape_to_string({4096, 11008}), "[4096, 11008]");
+  EXPECT_EQ(count_of(1, "tensor"), "1 tensor");
+  EXPECT_EQ(count_of(0, "tensor"), "0 tensors");
+  EXPECT_EQ(count_of(12, "thread"), "12 threads");
   EXPECT_EQ(shape_to_string({}), "[]");
   EXPECT_EQ(format_bytes(1023), "1023 B");
   EXPECT_EQ(format_bytes(3u << 29), "1.50 GiB");

@@ -59,6 +59,14 @@ TEST_F(VerifyCli, PassesAndPrintsTheTable) {
   EXPECT_NE(r.output.substr(first_row, 200).find("down_proj"), std::string::npos) << r.output;
 }
 
+// Counts agree with their nouns: "1 thread", never "1 threads".
+TEST_F(VerifyCli, OneThreadIsSingular) {
+  const auto r = verify("--threads 1");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("cpu (1 thread)"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("1 threads"), std::string::npos) << r.output;
+}
+
 TEST_F(VerifyCli, FailedThresholdExits10AndNamesTheOffenders) {
   const auto r = verify("--max-rel-error 0.2");
   EXPECT_EQ(r.exit_code, 10) << r.output;

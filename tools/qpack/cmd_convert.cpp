@@ -93,9 +93,9 @@ void print_plan(const std::vector<PlanEntry>& plan) {
     out += e.bytes_out;
     q += e.action == TensorAction::Quantize;
   }
-  std::printf("total: %zu tensors (%zu quantized, %zu raw), %s -> %s (%.2fx, sections only)\n",
-              plan.size(), q, plan.size() - q, format_bytes(in).c_str(), format_bytes(out).c_str(),
-              out ? double(in) / double(out) : 0.0);
+  std::printf("total: %s (%zu quantized, %zu raw), %s -> %s (%.2fx, sections only)\n",
+              count_of(plan.size(), "tensor").c_str(), q, plan.size() - q, format_bytes(in).c_str(),
+              format_bytes(out).c_str(), out ? double(in) / double(out) : 0.0);
 }
 
 int run_convert(ConvertArgs& a) {
@@ -138,8 +138,8 @@ int run_convert(ConvertArgs& a) {
     j["source"] = a.source;
     std::printf("%s\n", j.dump(2).c_str());
   } else if (!a.quiet) {
-    std::printf("qpack convert: %zu tensors quantized, %zu raw -> %s\n", s.tensors_quantized,
-                s.tensors_kept, a.output.c_str());
+    std::printf("qpack convert: %s quantized, %zu raw -> %s\n",
+                count_of(s.tensors_quantized, "tensor").c_str(), s.tensors_kept, a.output.c_str());
     std::printf("  in  %s   out %s   ratio %.2fx   (quantized tensors: %s -> %s)\n",
                 format_bytes(s.bytes_in).c_str(), format_bytes(s.bytes_out).c_str(),
                 s.bytes_out ? double(s.bytes_in) / double(s.bytes_out) : 0.0,

@@ -47,9 +47,9 @@ int run_dequantize(const DequantizeArgs& a) {
   const DequantizeSummary s = dequantize_file(a.qpack, a.out, opt);
   bar.finish();
   if (!a.quiet)
-    std::printf("wrote %s: %zu tensors (%zu dequantized, %zu raw), %s of tensor data, on %s\n",
-                a.out.c_str(), s.tensors, s.quantized, s.tensors - s.quantized,
-                format_bytes(s.output_bytes).c_str(), s.device.c_str());
+    std::printf("wrote %s: %s (%zu dequantized, %zu raw), %s of tensor data, on %s\n",
+                a.out.c_str(), count_of(s.tensors, "tensor").c_str(), s.quantized,
+                s.tensors - s.quantized, format_bytes(s.output_bytes).c_str(), s.device.c_str());
   return kExitOk;
 }
 

@@ -105,7 +105,7 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
   if (rep.tensors.empty())
     add("  " + rep.device);
   else
-    add("  " + rep.device + "; " + std::to_string(rep.tensors.size()) + " tensors (" +
+    add("  " + rep.device + "; " + count_of(rep.tensors.size(), "tensor") + " (" +
         std::to_string(quantized) + " quantized, " + std::to_string(raw) + " raw); " +
         format_bytes(rep.model.source_bytes) + " -> " + format_bytes(rep.model.stored_bytes) +
         " (" + ratio_str(rep.model.source_bytes, rep.model.stored_bytes) + ")");

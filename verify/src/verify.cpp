@@ -213,7 +213,7 @@ VerifyReport verify(const std::string& qpack_path, const std::string& source_pat
   const DeviceSelection device = resolve_device(opt.device);
   if (device.kind == DeviceKind::Cuda)
     gpu = CudaMetricsEngine::create(opt.gpu_chunk_bytes, device.index);
-  rep.device = gpu ? gpu->description() : "cpu (" + std::to_string(rep.threads) + " threads)";
+  rep.device = gpu ? gpu->description() : "cpu (" + count_of(uint64_t(rep.threads), "thread") + ")";
 
   // 1. Integrity: header and manifest (open), then every section.
   const auto t_int = Clock::now();

@@ -11,6 +11,7 @@
 #include "qpack/format/error.hpp"
 #include "qpack/format/io.hpp"
 #include "qpack/format/safetensors.hpp"
+#include "qpack/format/text.hpp"
 #include "qpack/kernels/cuda_quant.hpp"
 
 namespace qpack {
@@ -84,7 +85,7 @@ DequantizeSummary dequantize_file(const std::string& qpack_path, const std::stri
     sum.device =
         cuda::query_device(device.index, &info).ok() ? cuda::describe(info) : device_name(device);
   } else {
-    sum.device = "cpu (" + std::to_string(threads) + " threads)";
+    sum.device = "cpu (" + count_of(uint64_t(threads), "thread") + ")";
   }
   std::vector<float> values;
   std::vector<uint8_t> converted;

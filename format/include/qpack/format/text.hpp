@@ -22,6 +22,10 @@ inline constexpr const char* kRawLabel = "raw";
 // "[4096, 11008]"; "[]" for a 0-d tensor.
 std::string shape_to_string(const std::vector<int64_t>& shape);
 
+// "1 tensor", "3 tensors": a count and its noun, singular for exactly one
+// (nouns that take an "s").
+std::string count_of(uint64_t n, const char* noun);
+
 // "1.50 GiB": binary units, two decimals (bytes below 1 KiB as "N B").
 std::string format_bytes(uint64_t bytes);
 
