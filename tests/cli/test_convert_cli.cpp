@@ -228,6 +228,34 @@ TEST_F(ConvertTest, BadRulesAndOptionsAreUsageErrors) {
 // Recipes are read by the converter with the format library's strict JSON
 // reader: a duplicate key is a usage error naming the file and the key, not
 // a silent last-one-wins.
+// --skip and --rule take one value per occurrence (they used to swallow the
+// positionals after them), and a bare --zstd means level 3 (it used to be a
+// usage error).
+TEST_F(ConvertTest, RepeatableOptionsTakeOneValueAndZstdHasADefaultLevel) {
+  const std::string plain = dir_.file("plain.qpack"), mixed = dir_.file("mixed.qpack");
+  ASSERT_EQ(
+      test::run_qpack("convert " + model_ + " " + plain +
+                      " -q --skip '*embed*' --rule '*down_proj*:bits=8' --rule '*up_proj*:bits=2'")
+          .exit_code,
+      0);
+  const auto r =
+      test::run_qpack("convert " + model_ + " --skip '*embed*' --rule '*down_proj*:bits=8' " +
+                      "--rule '*up_proj*:bits=2' " + mixed + " -q");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(test::read_file(mixed), test::read_file(plain));
+
+  const std::string bare = dir_.file("bare.qpack"), three = dir_.file("three.qpack");
+  const auto b = test::run_qpack("convert " + model_ + " " + bare + " -q --zstd");
+  ASSERT_EQ(b.exit_code, 0) << b.output;
+  ASSERT_EQ(test::run_qpack("convert " + model_ + " " + three + " -q --zstd 3").exit_code, 0);
+  EXPECT_EQ(test::read_file(bare), test::read_file(three));
+  // A level that is not a number is a usage error naming the option.
+  const auto bad =
+      test::run_qpack("convert " + model_ + " " + dir_.file("x.qpack") + " -q --zstd x");
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("--zstd"), std::string::npos) << bad.output;
+}
+
 TEST_F(ConvertTest, RecipeWithADuplicateKeyIsRefused) {
   const std::string out = dir_.file("x.qpack"), recipe = dir_.file("dup.json");
   test::write_file(recipe, R"({"defaults": {"bits": 8, "group_size": 32, "bits": 2}})");

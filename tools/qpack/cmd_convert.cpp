@@ -181,8 +181,16 @@ Runner add_convert(CLI::App& app) {
                              "symmetric absmax codes, no zero-point (default asymmetric)");
   a->scale_opt = sub->add_option("--scale-dtype", a->scale_dtype,
                                  "scale/zero-point dtype: f16, bf16, f32 (default f16)");
-  sub->add_option("--skip", a->skips, "keep tensors matching this glob as they are (repeatable)");
-  sub->add_option("--rule", a->rules, "PATTERN:key=value,... per-tensor override (repeatable)");
+  // One value per occurrence, repeated for more: a vector option would
+  // otherwise swallow the positionals that follow it.
+  sub->add_option("--skip", a->skips, "keep tensors matching this glob as they are (repeatable)")
+      ->expected(1)
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  sub->add_option("--rule", a->rules, "PATTERN:key=value,... per-tensor override (repeatable)")
+      ->expected(1)
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   sub->add_option("--recipe", a->recipe_file, "JSON recipe file")->check(CLI::ExistingFile);
   a->min_dims_opt = sub->add_option(
       "--min-dims", a->min_dims, "quantize tensors with at least this many dimensions (default 2)");
@@ -192,7 +200,9 @@ Runner add_convert(CLI::App& app) {
   add_device_option(sub, &a->device, "the quantizer");
   a->zstd = sub->add_option("--zstd", a->zstd_level,
                             "compress sections with zstd (optional LEVEL, default 3)")
-                ->expected(0, 1);
+                ->expected(0, 1)
+                ->allow_extra_args(false)
+                ->default_str("3");  // what a bare --zstd means
   sub->add_flag("--force,-f", a->force, "replace OUTPUT if it exists");
   sub->add_flag("--dry-run,-n", a->dry_run,
                 "print what would happen to each tensor; write nothing");
