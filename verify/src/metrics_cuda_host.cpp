@@ -44,12 +44,12 @@ struct Chunk {
   int64_t c0, c1;
 };
 
-int source_bytes_per_element(DType d) { return d == DType::F32 ? 4 : 2; }
-int scale_bytes_of(DType d) { return d == DType::F32 ? 4 : 2; }
+// Bytes of one source element (F16, BF16 or F32: verify checked the dtype).
+int source_bytes_per_element(DType d) { return dtype_bits(d) / 8; }
 
 // Upper bound of the staged bytes of one segment row, per column.
 uint64_t seg_row_bytes_per_column(const CompareGeometry& g) {
-  const uint64_t params = uint64_t(scale_bytes_of(g.scale_dtype)) * (g.symmetric ? 1 : 2);
+  const uint64_t params = uint64_t(scale_bytes(g.scale_dtype)) * (g.symmetric ? 1 : 2);
   return uint64_t(spec::kSegment) * source_bytes_per_element(g.source_dtype) +
          uint64_t(spec::kSegment / 8) * g.bits + params;
 }
@@ -200,7 +200,7 @@ void compute_host(DeviceState* s, const CompareGeometry& g, const ChunkView& hos
   cuda::throw_if_failed(cuda::set_device(s->device), tensor);
   const std::vector<Chunk> chunks = plan_chunks(g, s->chunk_bytes);
   const int esize = source_bytes_per_element(g.source_dtype);
-  const int sb = scale_bytes_of(g.scale_dtype);
+  const int sb = scale_bytes(g.scale_dtype);
   try {
     for (size_t ci = 0; ci < chunks.size(); ++ci) {
       const Chunk& c = chunks[ci];
