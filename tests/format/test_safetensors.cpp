@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -356,7 +357,9 @@ TEST(AtomicOutputFile, TempFileBesideTargetRemovedUnlessCommitted) {
   {
     AtomicOutputFile f(final_path, false);
     temp = f.temp_path();
-    EXPECT_EQ(temp.rfind(dir.file(".out.bin.tmp-"), 0), 0u) << temp;
+    EXPECT_EQ(temp.rfind(dir.file(".out.bin.qpack-partial." + std::to_string(getpid()) + "."), 0),
+              0u)
+        << temp;
     EXPECT_TRUE(file_exists(temp));
     f.write("abc", 3);
     EXPECT_FALSE(file_exists(final_path));

@@ -1,7 +1,9 @@
 // File primitives: a read-only memory map, and an output file that appears
 // under its final name only when complete (temporary file in the same folder,
 // fsync, rename). A crash, kill -9 or full disk never leaves a partial file
-// under the final name.
+// under the final name. Both record themselves in qpack/format/live_files.hpp
+// so a tool's signal handlers can remove temporary files and name a mapped
+// file that shrank (SIGBUS).
 #pragma once
 
 #include <cstddef>
@@ -34,12 +36,25 @@ class MappedFile {
   std::string path_;
   const uint8_t* data_ = nullptr;
   uint64_t size_ = 0;
+  int live_slot_ = -1;  // live_files::add_mapping
 };
 
+// The output path must be a regular file or absent. Anything else (a
+// directory, device node, FIFO, socket, a dangling symbolic link or one to
+// such a thing) is refused with Error(Io) and left untouched, `overwrite` or
+// not. A symbolic link to a regular file is followed: with `overwrite` the
+// target is replaced and the link kept. A replaced file keeps its permission
+// bits.
+//
+// The temporary file, in the folder of the file it will replace, is named
+// `.NAME.qpack-partial.PID.XXXXXX` (NAME the output's name, PID this
+// process). The constructor removes such files of the same output whose
+// process no longer exists (left by kill -9 or a power cut): only regular
+// files matching that pattern exactly, never anything else.
 class AtomicOutputFile {
  public:
-  // Creates a temporary file next to `final_path`. Refuses an existing
-  // final_path unless `overwrite`. Throws Error(Io/OutputExists).
+  // Creates the temporary file. Refuses an existing final_path unless
+  // `overwrite`. Throws Error(Io/OutputExists/DiskFull).
   AtomicOutputFile(const std::string& final_path, bool overwrite);
   ~AtomicOutputFile();  // removes the temporary file unless committed
   AtomicOutputFile(const AtomicOutputFile&) = delete;
@@ -54,14 +69,29 @@ class AtomicOutputFile {
 
   const std::string& final_path() const { return final_path_; }
   const std::string& temp_path() const { return temp_path_; }
+  // The file the commit replaces or creates: final_path, or the target of
+  // the symbolic link at final_path.
+  const std::string& target_path() const { return target_path_; }
 
  private:
-  std::string final_path_, temp_path_;
+  std::string final_path_, target_path_, temp_path_;
   int fd_ = -1;
+  int live_slot_ = -1;  // live_files::add_temp_file
   uint64_t pos_ = 0;
   bool overwrite_ = false;
   bool committed_ = false;
 };
+
+// The part of a temporary file's name before PID: `.NAME.qpack-partial.`
+// (NAME shortened so that the whole name fits in 255 bytes).
+std::string partial_file_prefix(const std::string& output_name);
+
+// Refuses, with Error(DiskFull) naming the folder, the bytes needed and the
+// bytes free (statvfs f_bavail * f_frsize), an output of `bytes_needed` that
+// does not fit in the folder where an AtomicOutputFile for `final_path`
+// writes. A folder whose free space cannot be read passes: the write itself
+// still fails cleanly when the disk fills.
+void check_free_space(const std::string& final_path, uint64_t bytes_needed);
 
 // Reads a whole (small) file into a string; throws Error(Io).
 std::string read_text_file(const std::string& path);
