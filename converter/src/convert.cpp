@@ -176,6 +176,13 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
   wo.overwrite = options.overwrite;
   wo.generator = std::string("qpack ") + QPACK_VERSION_STRING;
   QpackWriter writer(output, wo);
+  // Before any tensor is read: the sections alone (uncompressed) must fit.
+  // A zstd output's size is known only once written.
+  if (options.codec == Codec::None) {
+    uint64_t sections = 0;
+    for (const auto& p : summary.plan) sections += p.bytes_out;
+    check_free_space(output, QpackHeader::kSize + sections);
+  }
   writer.set_source(ckpt->metadata(), ckpt->config());
 
   BufferSet sets[3];

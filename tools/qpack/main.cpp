@@ -8,6 +8,7 @@
 #include "commands.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/version.hpp"
+#include "signals.hpp"
 
 static const char* kExitCodes =
     "Exit codes:\n"
@@ -21,9 +22,7 @@ static const char* kExitCodes =
     "  10  verify: a quality threshold failed\n";
 
 int main(int argc, char** argv) {
-  // A file-size limit (ulimit -f) should fail the write with a message, not
-  // kill the process: the temporary file is then removed.
-  std::signal(SIGXFSZ, SIG_IGN);
+  qpack::cli::install_signal_handlers();
   CLI::App app{"qpack: group-quantize LLM checkpoints into one verified, checksummed .qpack file"};
   app.footer(kExitCodes);
   app.set_version_flag("--version", std::string("qpack ") + QPACK_VERSION_STRING);

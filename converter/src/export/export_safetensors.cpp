@@ -79,6 +79,7 @@ DequantizeSummary dequantize_file(const std::string& qpack_path, const std::stri
 
   SafetensorsStreamWriter writer(out_path, declared, carried_metadata(qf->source_metadata()),
                                  opt.overwrite);
+  check_free_space(out_path, total);  // the tensor data, before any is decoded
   DequantizeSummary sum;
   if (use_cuda) {
     cuda::DeviceInfo info;
