@@ -11,6 +11,8 @@
    may depend on (the table below; docs/architecture.md draws it).
 5. The CLI (tools/qpack/) holds no SIMD or OpenMP code: kernels belong to
    the libraries (benchmarks may use OpenMP to measure a bound).
+6. No library installs a signal handler (signal(), sigaction()): dispositions
+   are process state that only a tool owns.
 
 Usage: check_layers.py SOURCE_DIR prints one line per violation and exits 1
 when there is any, 0 otherwise. check_layers.py --self-test builds a small
@@ -39,6 +41,7 @@ TERMINAL = re.compile(
     r"|\bisatty\s*\(|getenv\s*\(\s*\"CI\"\s*\)")
 EXITS = re.compile(r"(?<![\w.:>])(std::)?(exit|_exit|_Exit|abort|quick_exit)\s*\(")
 INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"')
+SIGNALS = re.compile(r"(?<![\w.:>])(std::)?(signal|sigaction)\s*\(")
 SIMD = re.compile(r"#\s*pragma\s+omp|<immintrin\.h>|<x86intrin\.h>")
 
 
@@ -94,6 +97,8 @@ def check(root):
                     problems.append(f"{rel}:{n}: a library writes to or probes a terminal: {line.strip()}")
                 if EXITS.search(line):
                     problems.append(f"{rel}:{n}: a library ends the process: {line.strip()}")
+                if SIGNALS.search(line):
+                    problems.append(f"{rel}:{n}: a library installs a signal handler: {line.strip()}")
             if rel.startswith("tools/qpack/") and SIMD.search(line):
                 problems.append(f"{rel}:{n}: SIMD/OpenMP code in the CLI (it belongs in a library)")
             m = INCLUDE.match(line)
@@ -118,6 +123,7 @@ BREAKS = {
     "format/src/talk.cpp": ('#include <iostream>\nvoid f() { std::cerr << "x"; }\n', "writes to or probes a terminal"),
     "converter/src/tty.cpp": ("int f() { return isatty(2); }\n", "writes to or probes a terminal"),
     "verify/src/quit.cpp": ("void f() { std::exit(3); }\n", "ends the process"),
+    "format/src/trap.cpp": ("void f() { std::signal(SIGINT, SIG_IGN); }\n", "installs a signal handler"),
     "format/include/qpack/spec/up.hpp": ('#include "qpack/format/error.hpp"\n', "layer 'spec' may not include"),
     "verify/src/side.cpp": ('#include "qpack/converter/quantize.hpp"\n', "layer 'verify' may not include"),
     "kernels/src/io.cpp": ('#include "qpack/format/io.hpp"\n', "kernels may use only"),
