@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "inspect_gguf.hpp"
 #include "json_strict.hpp"
 #include "qpack/format/checkpoint.hpp"
 #include "qpack/format/checksum.hpp"
@@ -148,6 +149,9 @@ json inspect_report(const std::string& path, const InspectOptions& options) {
   if (!file_exists(path)) throw Error(ErrorCode::Io, path, "", "no such file or folder");
   // The magic decides; a file named .qpack without it is still read as one,
   // so that its error says "bad magic" rather than something about safetensors.
+  if (detail::is_gguf_file(path) ||
+      (path.size() >= 5 && path.compare(path.size() - 5, 5, ".gguf") == 0))
+    return detail::gguf_inspect_report(path, options);
   const bool named_qpack =
       path.size() >= 6 && path.compare(path.size() - 6, 6, ".qpack") == 0 && !is_directory(path);
   return is_qpack_file(path) || named_qpack ? qpack_report(path, options)
@@ -155,6 +159,7 @@ json inspect_report(const std::string& path, const InspectOptions& options) {
 }
 
 std::string format_inspect_table(const json& report) {
+  if (report.at("format") == "gguf") return detail::format_gguf_inspect_table(report);
   const bool qp = report.at("format") == "qpack";
   const bool multi_file = !qp && report.at("files").size() > 1;
   std::vector<std::string> head = {"NAME", "SHAPE", "DTYPE", "SCHEME", "BYTES"};

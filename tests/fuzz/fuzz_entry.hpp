@@ -19,4 +19,7 @@ int safetensors_header(const uint8_t* data, size_t size);
 // the first checksum.
 int qpack_reader(const uint8_t* data, size_t size);
 
+// The whole input is a GGUF file.
+int gguf_reader(const uint8_t* data, size_t size);
+
 }  // namespace qpack::fuzz

@@ -1,5 +1,5 @@
 // Writes the fuzzers' seed corpora: make_fuzz_seeds OUTDIR creates
-// OUTDIR/safetensors/ and OUTDIR/qpack/ (how to run the fuzzers: the
+// OUTDIR/safetensors/, OUTDIR/qpack/ and OUTDIR/gguf/ (how to run the fuzzers: the
 // comment above the fuzz targets in tests/CMakeLists.txt).
 #include <sys/stat.h>
 
@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
   try {
     if (!write_all(out + "/safetensors", qpack::fuzz::safetensors_seeds())) return 1;
     if (!write_all(out + "/qpack", qpack::fuzz::qpack_seeds())) return 1;
+    if (!write_all(out + "/gguf", qpack::fuzz::gguf_seeds())) return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "make_fuzz_seeds: %s\n", e.what());
     return 1;

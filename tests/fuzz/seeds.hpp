@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "format/corpus.hpp"
+#include "format/corpus_gguf.hpp"
 
 namespace qpack::fuzz {
 
@@ -49,6 +50,18 @@ inline std::vector<Seed> qpack_seeds() {
   }
   for (const corpus::Case& c : corpus::valid_samples())
     if (c.kind == corpus::Kind::Qpack) take(c);
+  return out;
+}
+
+// The GGUF must-fail corpus and valid samples, as they are.
+inline std::vector<Seed> gguf_seeds() {
+  std::vector<Seed> out;
+  for (const std::string& n : corpus::gguf_must_fail_names()) {
+    corpus::GgufCase c = corpus::make_gguf_must_fail(n);
+    out.push_back({c.name, std::move(c.bytes)});
+  }
+  for (corpus::GgufCase& c : corpus::gguf_valid_samples())
+    out.push_back({c.name, std::move(c.bytes)});
   return out;
 }
 

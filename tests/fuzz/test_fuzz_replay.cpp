@@ -106,6 +106,7 @@ void replay(const std::vector<Seed>& seeds, Entry entry, size_t keep, uint64_t s
 
 TEST(FuzzReplay, SafetensorsHeader) { replay(safetensors_seeds(), safetensors_header, 0, 0x5afe); }
 TEST(FuzzReplay, QpackReader) { replay(qpack_seeds(), qpack_reader, 1, 0x9ac4); }
+TEST(FuzzReplay, GgufReader) { replay(gguf_seeds(), gguf_reader, 0, 0x6609); }
 
 }  // namespace
 }  // namespace qpack::fuzz

@@ -59,6 +59,30 @@ enum class ErrorCode {
   Cuda,
   // verify
   SourceMismatch,
+  // GGUF (docs/gguf.md)
+  GgufTruncated,  // the header, a key or a tensor info runs past the end
+  GgufBadMagic,
+  GgufUnsupportedVersion,
+  GgufBigEndian,
+  GgufBadCount,         // tensor or key count larger than the bytes left could hold
+  GgufBadStringLength,  // a string length runs past the end
+  GgufBadKey,
+  GgufDuplicateKey,
+  GgufBadValueType,
+  GgufBadArray,  // an array count runs past the end
+  GgufArrayTooDeep,
+  GgufBadBool,
+  GgufBadAlignment,
+  GgufBadTensorName,
+  GgufDuplicateTensor,
+  GgufBadDims,
+  GgufUnknownTensorType,
+  GgufBadRowSize,
+  GgufSizeOverflow,
+  GgufMisalignedOffset,
+  GgufTensorOutOfRange,
+  GgufTensorOverlap,
+  GgufWrongDataSize,  // writer: a tensor's bytes are not its declared size
   Internal,
 };
 
