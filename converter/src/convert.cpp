@@ -17,6 +17,7 @@
 #include "qpack/format/checkpoint.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/io.hpp"
+#include "qpack/format/provenance.hpp"
 #include "qpack/version.hpp"
 
 namespace qpack {
@@ -184,6 +185,20 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
     check_free_space(output, QpackHeader::kSize + sections);
   }
   writer.set_source(ckpt->metadata(), ckpt->config());
+  // Provenance (docs/format.md section 3.3, issue #12): what made this file
+  // from which bytes. Nothing machine- or time-dependent, so the same input
+  // and options still give the same file.
+  {
+    nlohmann::json opts = {
+        {"codec", codec_name(options.codec)},
+        {"nonfinite", options.nonfinite == NonFinitePolicy::Zero ? "zero" : "error"}};
+    if (options.codec == Codec::Zstd) opts["zstd_level"] = options.zstd_level;
+    writer.set_provenance({{"command", "convert"},
+                           {"qpack", QPACK_VERSION_STRING},
+                           {"options", std::move(opts)},
+                           {"recipe", options.recipe.to_json()},
+                           {"source_files", source_files_json(*ckpt, source)}});
+  }
 
   BufferSet sets[3];
   std::future<void> pending;  // the write of the previous tensor

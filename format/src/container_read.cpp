@@ -181,6 +181,9 @@ const json& ManifestParser::parse_manifest_top(const json& m, uint16_t major, ui
   const json& config = r_.req(source, "config", "source", "");
   if (!config.is_object() && !config.is_null())
     r_.fail("", "source.config is neither an object nor null");
+  // §3.3: optional; when present, an object (its contents are informative).
+  if (m.contains("provenance") && !m.at("provenance").is_object())
+    r_.fail("", "provenance is not an object");
   const json& tensors = r_.req(m, "tensors", "manifest", "");
   if (!tensors.is_array()) r_.fail("", "tensors is not an array");
   return tensors;

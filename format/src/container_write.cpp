@@ -20,7 +20,8 @@ struct QpackWriter::Impl {
   json tensors = json::array();
   std::unordered_set<std::string> names;
   json metadata = json::object();
-  json config;  // null
+  json config;      // null
+  json provenance;  // null: no "provenance" key
   bool committed = false;
   detail::ZstdSectionEncoder zstd;
 
@@ -50,6 +51,12 @@ void QpackWriter::set_source(nlohmann::json metadata, nlohmann::json config) {
                 "source config must be a JSON object or null");
   impl_->metadata = std::move(metadata);
   impl_->config = std::move(config);
+}
+
+void QpackWriter::set_provenance(nlohmann::json provenance) {
+  if (!provenance.is_object())
+    throw Error(ErrorCode::InvalidArgument, impl_->file(), "", "provenance must be a JSON object");
+  impl_->provenance = std::move(provenance);
 }
 
 namespace {
@@ -206,13 +213,14 @@ void QpackWriter::commit() {
   Impl& w = *impl_;
   if (w.committed)
     throw Error(ErrorCode::InvalidArgument, w.file(), "", "writer already committed");
-  const json manifest = {
+  json manifest = {
       {"qpack_version",
        std::to_string(kQpackVersionMajor) + "." + std::to_string(kQpackVersionMinor)},
       {"generator", w.options.generator},
       {"alignment", kQpackAlignment},
       {"source", {{"format", "safetensors"}, {"metadata", w.metadata}, {"config", w.config}}},
       {"tensors", w.tensors}};
+  if (!w.provenance.is_null()) manifest["provenance"] = w.provenance;
   std::string text;
   try {
     text = manifest.dump();

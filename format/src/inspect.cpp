@@ -54,6 +54,8 @@ json qpack_report(const std::string& path, const InspectOptions& options) {
   r["file_size"] = f->file_size();
   r["metadata"] = f->source_metadata();
   r["config"] = f->source_config();
+  // docs/format.md section 3.3; null for files written without it.
+  r["provenance"] = f->manifest().contains("provenance") ? f->manifest().at("provenance") : json();
   json tensors = json::array();
   uint64_t bytes = 0, source = 0;
   const json& mtensors = f->manifest().at("tensors");
@@ -238,6 +240,22 @@ std::string format_inspect_table(const json& report) {
            ratio_text(tot.at("ratio")) + ")\n";
   } else {
     out += "data " + format_bytes(tot.at("bytes").get<uint64_t>()) + "\n";
+  }
+  if (qp && report.contains("provenance") && report.at("provenance").is_object()) {
+    const json& p = report.at("provenance");
+    out += "provenance:";
+    for (const char* k : {"command", "qpack"})
+      if (p.contains(k) && p.at(k).is_string())
+        out += std::string(" ") + k + " " + p.at(k).get<std::string>() + ";";
+    if (p.contains("options")) out += " options " + p.at("options").dump() + ";";
+    out += "\n";
+    if (p.contains("recipe")) out += "  recipe " + p.at("recipe").dump() + "\n";
+    if (p.contains("source_files") && p.at("source_files").is_array())
+      for (const auto& sf : p.at("source_files"))
+        if (sf.is_object() && sf.contains("path") && sf.contains("xxh3") &&
+            sf.at("path").is_string() && sf.at("xxh3").is_string())
+          out += "  source " + sf.at("path").get<std::string>() + " xxh3 " +
+                 sf.at("xxh3").get<std::string>() + "\n";
   }
   if (report.at("check").is_string()) out += "check: OK\n";
   return out;

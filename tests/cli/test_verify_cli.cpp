@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <random>
 
+#include "qpack/format/checksum.hpp"
 #include "qpack/format/container.hpp"
 #include "qpack/format/safetensors.hpp"
 #include "qpack/verify/verify.hpp"
@@ -134,7 +135,7 @@ TEST_F(VerifyCli, PolicyWithADuplicateKeyIsRefused) {
 }
 
 TEST_F(VerifyCli, UsageAndIoErrors) {
-  EXPECT_EQ(test::run_qpack("verify " + q(qp_)).exit_code, 2);  // no source
+  EXPECT_EQ(test::run_qpack("verify " + q(qp_) + " --device cpu").exit_code, 0);  // self-check
   EXPECT_EQ(test::run_qpack("verify " + q(qp_) + " " + q(src_) + " --source " + q(qp_)).exit_code,
             2);
   EXPECT_EQ(
@@ -231,6 +232,148 @@ TEST_F(VerifyCli, JsonAndHtmlReports) {
   EXPECT_NE(h.find("<svg"), std::string::npos);
   EXPECT_NE(h.find("FAIL"), std::string::npos);
   EXPECT_EQ(h.find("https://"), std::string::npos);
+}
+
+// Issue #12 item 11: an unwritable report path fails at once (exit 5, the
+// path named), before the comparison: no report of any tensor is printed.
+TEST_F(VerifyCli, UnwritableReportPathFailsBeforeComparing) {
+  const std::string bad_html = dir_.file("no-such-folder") + "/r.html";
+  auto r = verify("--html " + q(bad_html));
+  EXPECT_EQ(r.exit_code, 5) << r.output;
+  EXPECT_NE(r.output.find(bad_html), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--html"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("down_proj"), std::string::npos) << r.output;  // nothing compared
+  EXPECT_EQ(r.output.find("Verdict"), std::string::npos) << r.output;
+  // A directory as --json-out, under --json: still before any comparison.
+  fs::create_directory(dir_.file("adir"));
+  r = verify("--json --json-out " + q(dir_.file("adir")));
+  EXPECT_EQ(r.exit_code, 5) << r.output;
+  EXPECT_NE(r.output.find("is a directory"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("\"tensors\""), std::string::npos) << r.output;
+}
+
+// `qpack verify FILE` without a source: integrity and stored parameters.
+TEST_F(VerifyCli, SelfCheckWithoutSource) {
+  auto r = test::run_qpack("verify " + q(qp_) + " --device cpu");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("self-check"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("Stored parameters of"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("model.layers.1.mlp.down_proj.weight"), std::string::npos) << r.output;
+  r = test::run_qpack("verify " + q(qp_) + " --device cpu --json");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  const auto j = nlohmann::json::parse(r.output);
+  EXPECT_TRUE(j["settings"]["source"].is_null());
+  EXPECT_EQ(j["verdict"], "pass");
+  size_t checked = 0;
+  for (const auto& t : j["tensors"])
+    if (t["quantized"].get<bool>()) {
+      ASSERT_TRUE(t["params"].is_object()) << t.dump();
+      EXPECT_GT(t["params"]["groups"].get<uint64_t>(), 0u);
+      EXPECT_EQ(t["params"]["nonfinite_params"], 0);
+      ++checked;
+    }
+  EXPECT_GT(checked, 0u);
+  // A flipped byte is still an integrity failure (exit 4) without a source.
+  vtest::flip_byte(qp_, 100);
+  EXPECT_EQ(test::run_qpack("verify " + q(qp_) + " --device cpu").exit_code, 4);
+}
+
+// A planted non-finite scale (checksums intact) fails the self-check's gate.
+TEST_F(VerifyCli, SelfCheckFlagsANonFiniteScale) {
+  const vtest::HostTensor& t = tensors_[2];
+  ASSERT_EQ(t.shape.size(), 2u);
+  vtest::Quantized qz = vtest::quantize(t, QuantScheme{});
+  ASSERT_EQ(qz.scheme.scale_dtype, DType::F16);
+  qz.scales[2] = 0x00;
+  qz.scales[3] = 0x7e;  // group 1's scale: an F16 NaN
+  const std::string bad = dir_.file("nan-scale.qpack");
+  {
+    QpackWriter w(bad, {});
+    w.add_quantized(t.name, t.dtype, t.shape, qz.scheme, qz.codes.data(), qz.scales.data(),
+                    qz.zeros.data());
+    w.commit();
+  }
+  auto r = test::run_qpack("verify " + q(bad) + " --device cpu");
+  EXPECT_EQ(r.exit_code, 10) << r.output;
+  EXPECT_NE(r.output.find("not finite"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("non-finite params 1"), std::string::npos) << r.output;
+  r = test::run_qpack("verify " + q(bad) + " --device cpu --json");
+  EXPECT_EQ(r.exit_code, 10) << r.output;
+  const auto j = nlohmann::json::parse(r.output);
+  EXPECT_EQ(j["tensors"][0]["params"]["nonfinite_params"], 1);
+  EXPECT_EQ(j["gate"]["failures"][0]["metric"], "nonfinite_params");
+}
+
+// Issue #12 item 21: a denormal F32 tensor quantizes into degenerate groups
+// only and reconstructs as all zeros: flagged and failing, thresholds or not.
+TEST_F(VerifyCli, AllZeroReconstructionOfADenormalTensorFails) {
+  vtest::HostTensor d;
+  d.name = "model.layers.0.mlp.tiny.weight";
+  d.dtype = DType::F32;
+  d.shape = {8, 64};
+  d.bytes.resize(8 * 64 * 4);
+  for (uint64_t i = 0; i < d.numel(); ++i) vtest::set_value(d, i, (i % 2 ? 1.0f : -1.0f) * 1e-40f);
+  const std::string src = dir_.file("denormal.safetensors"), qp = dir_.file("denormal.qpack");
+  vtest::write_source(src, {d});
+  vtest::write_qpack(qp, {d}, vtest::quantize_matrices());
+  auto r = test::run_qpack("verify " + q(qp) + " " + q(src) + " --device cpu");
+  EXPECT_EQ(r.exit_code, 10) << r.output;
+  EXPECT_NE(r.output.find("WARNING: " + d.name + ": reconstructed as all zeros"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("every group is degenerate"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("all-zero"), std::string::npos) << r.output;
+  r = test::run_qpack("verify " + q(qp) + " " + q(src) + " --device cpu --json");
+  const auto j = nlohmann::json::parse(r.output);
+  EXPECT_TRUE(j["tensors"][0]["all_zero"].get<bool>());
+  EXPECT_EQ(j["tensors"][0]["params"]["degenerate_groups"], j["tensors"][0]["params"]["groups"]);
+  EXPECT_EQ(j["gate"]["failures"][0]["metric"], "all_zero");
+  EXPECT_FALSE(j["warnings"].empty());
+  // The named opt-out passes the gate and still warns.
+  r = test::run_qpack("verify " + q(qp) + " " + q(src) + " --device cpu --allow-zero-tensors");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("reconstructed as all zeros"), std::string::npos) << r.output;
+  // Without a source, too.
+  r = test::run_qpack("verify " + q(qp) + " --device cpu");
+  EXPECT_EQ(r.exit_code, 10) << r.output;
+  EXPECT_NE(r.output.find("reconstructed as all zeros"), std::string::npos) << r.output;
+}
+
+// Provenance: recorded by convert, deterministic, checked by verify up front.
+TEST_F(VerifyCli, ProvenanceIsRecordedAndChecked) {
+  const std::string a = dir_.file("a.qpack"), b = dir_.file("b.qpack");
+  ASSERT_EQ(test::run_qpack("convert " + q(src_) + " " + q(a) + " --device cpu -q").exit_code, 0);
+  ASSERT_EQ(test::run_qpack("convert " + q(src_) + " " + q(b) + " --device cpu -q").exit_code, 0);
+  EXPECT_EQ(test::read_file(a), test::read_file(b));  // no timestamp, no machine detail
+  {
+    const auto f = QpackFile::open(a);
+    ASSERT_TRUE(f->manifest().contains("provenance"));
+    const auto& p = f->manifest()["provenance"];
+    EXPECT_EQ(p["command"], "convert");
+    EXPECT_TRUE(p["recipe"].is_object());
+    EXPECT_EQ(p["options"]["codec"], "none");
+    ASSERT_EQ(p["source_files"].size(), 1u);
+    EXPECT_EQ(p["source_files"][0]["path"], "model.safetensors");
+    const auto bytes = test::read_file(src_);
+    EXPECT_EQ(p["source_files"][0]["xxh3"],
+              checksum_to_hex(checksum64(bytes.data(), bytes.size())));
+  }
+  const auto ins = test::run_qpack("inspect " + q(a));
+  EXPECT_NE(ins.output.find("provenance"), std::string::npos) << ins.output;
+  auto r = verify("");
+  EXPECT_EQ(r.exit_code, 0);  // the fixture's file has no provenance: fine
+  EXPECT_EQ(r.output.find("differs"), std::string::npos) << r.output;
+  r = test::run_qpack("verify " + q(a) + " " + q(src_) + " --device cpu");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output.find("differs"), std::string::npos) << r.output;
+  // A changed source: warned before comparing (stderr, ahead of the table).
+  std::mt19937_64 rng(test::test_seed() + 1);
+  vtest::write_source(src_, vtest::tiny_llama(rng, 2));
+  r = test::run_qpack("verify " + q(a) + " " + q(src_) + " --device cpu");
+  const size_t w = r.output.find("qpack: warning: " + src_ + ": differs from the file");
+  EXPECT_NE(w, std::string::npos) << r.output;
+  EXPECT_LT(w, r.output.find("integrity: OK")) << r.output;
+  r = test::run_qpack("verify " + q(a) + " " + q(src_) + " --device cpu --require-recorded-source");
+  EXPECT_EQ(r.exit_code, 4) << r.output;
 }
 
 TEST_F(VerifyCli, DequantizeRoundTrip) {

@@ -135,7 +135,7 @@ TEST_F(VerifyFile, JsonReportHasTheDocumentedFields) {
   const auto& q = j["tensors"][2];
   EXPECT_EQ(q["layer"], "model.layers.0");
   EXPECT_EQ(q["layer_index"], 0);
-  EXPECT_EQ(q["kind"], "q_proj");
+  EXPECT_EQ(q["kind"], "self_attn.q_proj");
   EXPECT_EQ(q["scheme"]["bits"], 4);
   for (const char* k : {"elements", "nonfinite_skipped", "rel_error", "snr_db", "cosine", "rmse",
                         "mean_abs_error", "max_abs_error", "max_abs_index", "bound_violations",
@@ -161,6 +161,27 @@ TEST_F(VerifyFile, HtmlReportIsSelfContained) {
   for (const char* bad : {"http://", "https://", "<link", "src=", "@import", "url(http"})
     EXPECT_EQ(html.find(bad), std::string::npos) << bad;
   EXPECT_NE(html.find("</html>"), std::string::npos);
+}
+
+// Issue #12 item 18: the tensor table scrolls in its own box with a sticky
+// name column; the heat map's scale is absolute (0 to max_rel_error, or a
+// fixed 25 %), not the cells' min and max, and has a legend.
+TEST_F(VerifyFile, HtmlTableScrollsAndHeatScaleIsAbsolute) {
+  VerifyOptions o = cpu_options();
+  std::string html = verify_report_html(verify(qp_, src_, o));
+  const size_t box =
+      html.find("<div class=\"scroll tall\" id=\"tensors-box\"><table id=\"tensors\"");
+  EXPECT_NE(box, std::string::npos);
+  EXPECT_NE(html.find(".scroll{overflow:auto"), std::string::npos);
+  EXPECT_NE(html.find("<th class=\"name\">tensor</th>"), std::string::npos);
+  EXPECT_NE(html.find("td.name,th.name{position:sticky;left:0"), std::string::npos);
+  EXPECT_NE(html.find("overflow-wrap:anywhere"), std::string::npos);
+  EXPECT_NE(html.find("data-scale-min=\"0\" data-scale-max=\"0.25\""), std::string::npos);
+  EXPECT_NE(html.find("Absolute colour scale"), std::string::npos);
+  o.policy.global.max_rel_error = 0.6;
+  html = verify_report_html(verify(qp_, src_, o));
+  EXPECT_NE(html.find("data-scale-max=\"0.59999999999999998\""), std::string::npos);
+  EXPECT_NE(html.find("the max_rel_error threshold"), std::string::npos);
 }
 
 TEST_F(VerifyFile, FlippedCodeByteIsAnIntegrityError) {

@@ -54,14 +54,38 @@ TEST(VerifyNaming, LayerTable) {
 }
 
 TEST(VerifyNaming, KindTable) {
-  EXPECT_EQ(tensor_kind("model.layers.0.self_attn.q_proj.weight"), "q_proj");
-  EXPECT_EQ(tensor_kind("model.layers.0.mlp.down_proj.weight"), "down_proj");
-  EXPECT_EQ(tensor_kind("model.embed_tokens.weight"), "embed_tokens");
+  EXPECT_EQ(tensor_kind("model.layers.0.self_attn.q_proj.weight"), "self_attn.q_proj");
+  EXPECT_EQ(tensor_kind("model.layers.31.mlp.down_proj.weight"), "mlp.down_proj");
+  EXPECT_EQ(tensor_kind("model.embed_tokens.weight"), "model.embed_tokens");
   EXPECT_EQ(tensor_kind("lm_head.weight"), "lm_head");
   EXPECT_EQ(tensor_kind("blk.0.attn_q.weight"), "attn_q");
-  EXPECT_EQ(tensor_kind("model.layers.0.self_attn.q_proj.bias"), "q_proj.bias");
+  EXPECT_EQ(tensor_kind("model.layers.0.self_attn.q_proj.bias"), "self_attn.q_proj.bias");
   EXPECT_EQ(tensor_kind("transformer.wte"), "transformer.wte");
   EXPECT_EQ(tensor_kind("scale"), "scale");
+  EXPECT_EQ(tensor_kind("weight"), "weight");
+}
+
+// Issue #12 item 18: BERT's three "dense" matrices of a block are three kinds,
+// and the same matrix of two blocks is one kind.
+TEST(VerifyNaming, BertDenseMatricesAreDistinctKinds) {
+  const std::string b = "bert.encoder.layer.";
+  const std::string attn_out = tensor_kind(b + "0.attention.output.dense.weight");
+  const std::string inter = tensor_kind(b + "0.intermediate.dense.weight");
+  const std::string out = tensor_kind(b + "0.output.dense.weight");
+  EXPECT_EQ(attn_out, "attention.output.dense");
+  EXPECT_EQ(inter, "intermediate.dense");
+  EXPECT_EQ(out, "output.dense");
+  EXPECT_EQ(tensor_kind(b + "11.intermediate.dense.weight"), inter);
+  EXPECT_EQ(tensor_kind(b + "3.attention.self.query.weight"), "attention.self.query");
+  EXPECT_EQ(tensor_kind(b + "3.attention.output.LayerNorm.bias"),
+            "attention.output.LayerNorm.bias");
+  EXPECT_EQ(tensor_kind("encoder.layer.2.output.dense.bias"), "output.dense.bias");
+  EXPECT_EQ(tensor_kind("bert.pooler.dense.weight"), "bert.pooler.dense");
+  // Llama: q/k/v/o of attention and the MLP's projections, one kind each.
+  EXPECT_EQ(tensor_kind("model.layers.5.self_attn.o_proj.weight"), "self_attn.o_proj");
+  EXPECT_EQ(tensor_kind("model.layers.5.mlp.up_proj.weight"), "mlp.up_proj");
+  EXPECT_NE(tensor_kind("model.layers.5.mlp.up_proj.weight"),
+            tensor_kind("model.layers.5.mlp.down_proj.weight"));
 }
 
 TEST(VerifyPolicy, ParsesAndResolvesFirstMatch) {

@@ -1,10 +1,13 @@
 // qpack verify: integrity, source comparison, error metrics and the CI gate.
 // All logic is in verify/ (qpack/verify.hpp); this file maps flags and
 // prints.
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -32,9 +35,17 @@ const char* kVerifyFooter =
     "thresholds, per-name glob overrides, model totals; see docs/verify-report.md).\n"
     "Flags override the policy's global thresholds.\n"
     "\n"
+    "Without SOURCE, verify checks the integrity and the stored parameters only\n"
+    "(non-finite scales or zero-points, degenerate groups, all-zero tensors).\n"
+    "A quantized tensor reconstructed as all zeros, or with a non-finite\n"
+    "parameter, fails the gate (exit 10) with or without thresholds; degenerate\n"
+    "groups are warned about. When the file records its source files' hashes\n"
+    "(provenance), a source that differs is warned about before comparing.\n"
+    "\n"
     "Exit codes:\n"
     "  0   every check passed and every threshold held\n"
-    "  10  a quality threshold failed (the offenders are listed)\n"
+    "  10  a quality threshold failed, or a tensor is all zeros or has non-finite\n"
+    "      parameters (the offenders are listed)\n"
     "  4   integrity error (checksum, manifest or section mismatch, truncated file),\n"
     "      source mismatch (missing/extra tensor, shape/dtype, raw bytes differ), or\n"
     "      elements beyond the error bound (wrong source, or a quantizer bug)\n"
@@ -55,6 +66,8 @@ struct VerifyArgs {
   size_t top = 20;
   bool quiet = false;
   uint64_t gpu_chunk_mb = 256;
+  bool allow_zero_tensors = false;
+  bool require_recorded_source = false;
 };
 
 void check_threshold(const char* flag, const std::optional<double>& v, double lo, double hi) {
@@ -62,6 +75,28 @@ void check_threshold(const char* flag, const std::optional<double>& v, double lo
     throw Error(ErrorCode::InvalidArgument, "", "",
                 std::string(flag) + " must be a finite number in [" + std::to_string(lo) + ", " +
                     std::to_string(hi) + "]");
+}
+
+// A report path must be writable before the comparison starts (issue #12
+// item 11: hours on a large model, then "cannot write"): the target is absent
+// or a regular file, and its folder exists and takes a new file (probed with
+// a temporary file, since access() says yes to root on a read-only mount).
+void check_report_path(const char* flag, const std::string& path) {
+  auto fail = [&](const std::string& why) {
+    throw Error(ErrorCode::Io, path, "", std::string(flag) + ": " + why);
+  };
+  struct stat st {};
+  if (stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+    fail(S_ISDIR(st.st_mode) ? "is a directory" : "exists and is not a regular file");
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  if (dir.empty()) dir = ".";
+  if (stat(dir.c_str(), &st) != 0) fail("folder '" + dir + "' does not exist");
+  if (!S_ISDIR(st.st_mode)) fail("'" + dir + "' is not a folder");
+  std::string probe = dir + "/.qpack-verify-probe-XXXXXX";
+  const int fd = mkstemp(probe.data());
+  if (fd < 0) fail("folder '" + dir + "' is not writable");
+  close(fd);
+  unlink(probe.c_str());
 }
 
 void write_report_file(const std::string& path, const std::string& text) {
@@ -75,9 +110,6 @@ int run_verify(VerifyArgs a) {
     throw Error(ErrorCode::InvalidArgument, "", "",
                 "give the source checkpoint once: SOURCE or --source");
   if (a.source.empty()) a.source = a.source_opt;
-  if (a.source.empty())
-    throw Error(ErrorCode::InvalidArgument, "", "",
-                "the source checkpoint is required (SOURCE or --source)");
   check_threshold("--max-rel-error", a.max_rel, 0, HUGE_VAL);
   check_threshold("--max-abs-error", a.max_abs, 0, HUGE_VAL);
   check_threshold("--min-cosine", a.min_cos, -1, 1);
@@ -94,6 +126,15 @@ int run_verify(VerifyArgs a) {
   flags.min_cosine = a.min_cos;
   flags.max_abs_error = a.max_abs;
   opt.policy.global = opt.policy.global.overlaid(flags);
+  opt.policy.allow_zero_tensors = a.allow_zero_tensors;
+  opt.require_recorded_source = a.require_recorded_source;
+  // Warnings go to stderr as soon as they are known (the provenance check
+  // before any comparison); the reports repeat them.
+  opt.warn = [&](const std::string& line) {
+    if (!a.json) std::fprintf(stderr, "qpack: warning: %s\n", line.c_str());
+  };
+  if (!a.json_out.empty()) check_report_path("--json-out", a.json_out);
+  if (!a.html_out.empty()) check_report_path("--html", a.html_out);
 
   // Progress on stderr, only on a terminal and without --quiet (ProgressBar
   // also stays off under CI); one bar per phase.
@@ -138,6 +179,7 @@ int run_verify(VerifyArgs a) {
                   f.tensor.empty() ? "model totals" : f.tensor.c_str(), f.metric.c_str(),
                   format_metric(f.value, 4, true).c_str(), f.op.c_str(),
                   format_metric(f.limit, 4, true).c_str());
+    for (const auto& w : rep.warnings) std::printf("warning: %s\n", w.c_str());
     std::printf("verdict: %s\n", verdict_name(rep.verdict));
   } else {
     TableOptions t;
@@ -160,7 +202,8 @@ Runner add_verify(CLI::App& app) {
   sub->add_option("model", a->qpack, "The .qpack file")->required();
   sub->add_option("source", a->source,
                   "The checkpoint it was converted from (.safetensors, "
-                  "model.safetensors.index.json, or a folder)");
+                  "model.safetensors.index.json, or a folder); without it, only the "
+                  "integrity and the stored parameters are checked");
   sub->add_option("-s,--source", a->source_opt, "Same as the SOURCE argument");
   add_device_option(sub, &a->device, "the metrics pass");
   sub->add_option("--threads", a->threads, "CPU threads (default: all cores)")
@@ -178,6 +221,11 @@ Runner add_verify(CLI::App& app) {
   sub->add_option("--html", a->html_out, "Also write a self-contained HTML report to this file");
   sub->add_option("--top", a->top, "Worst tensors listed in the table (0: all)")->default_str("20");
   sub->add_flag("-q,--quiet", a->quiet, "No progress and no table: only failures and the verdict");
+  sub->add_flag("--allow-zero-tensors", a->allow_zero_tensors,
+                "Do not fail on a quantized tensor reconstructed as all zeros (still warned)");
+  sub->add_flag("--require-recorded-source", a->require_recorded_source,
+                "A source file whose hash differs from the file's provenance is a source "
+                "mismatch (exit 4) instead of a warning");
   sub->add_option("--gpu-chunk-mb", a->gpu_chunk_mb, "Device staging buffer size per chunk (MiB)")
       ->default_str("256")
       ->check(CLI::PositiveNumber);

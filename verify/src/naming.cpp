@@ -70,12 +70,19 @@ LayerId parse_layer(const std::string& name) {
 }
 
 std::string tensor_kind(const std::string& name) {
-  const auto parts = split_dots(name);
-  if (parts.size() == 1) return name;
-  const std::string_view last = parts.back();
-  const std::string_view prev = parts[parts.size() - 2];
-  if (last == "weight") return std::string(prev);
-  return std::string(prev) + "." + std::string(last);
+  // Inside a block, everything after the block index: "self_attn.q_proj",
+  // and BERT's "attention.output.dense", "intermediate.dense" and
+  // "output.dense" stay three kinds (the last component alone would merge
+  // them into one "dense"). Outside any block, the whole name: each such
+  // tensor is a matrix of its own.
+  const LayerId layer = parse_layer(name);
+  std::string kind = name;
+  if (!layer.global()) kind = name.substr(layer.label().size() + 1);
+  const std::string suffix = ".weight";
+  if (kind.size() > suffix.size() &&
+      kind.compare(kind.size() - suffix.size(), suffix.size(), suffix) == 0)
+    kind.resize(kind.size() - suffix.size());
+  return kind;
 }
 
 }  // namespace qpack

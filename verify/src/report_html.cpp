@@ -80,13 +80,18 @@ h2{font-size:17px;margin:26px 0 8px;padding-bottom:4px;border-bottom:1px solid v
 .issues{border:1px solid var(--bad);border-left:6px solid var(--bad);background:#fff5f5;padding:8px 14px;border-radius:6px;margin-top:14px}
 .issues h3{margin:4px 0;color:var(--bad);font-size:15px} .issues summary{cursor:pointer;color:var(--mut);margin:0 0 6px 20px} .issues li{word-break:break-all}
 .loud{font-weight:700;font-size:16px}
-.scroll{overflow-x:auto;border:1px solid var(--bd);border-radius:6px}
+.scroll{overflow:auto;max-width:100%;border:1px solid var(--bd);border-radius:6px}
+.scroll.tall{max-height:75vh}
+.warns{border:1px solid var(--warn);border-left:6px solid var(--warn);background:#fff8e5;padding:8px 14px;border-radius:6px;margin-top:14px}
+.warns h3{margin:4px 0;color:var(--warn);font-size:15px} .warns li{word-break:break-all}
+.flag{border-radius:10px;padding:1px 8px;font-size:11.5px;color:#fff;background:var(--bad);white-space:nowrap}
 table{border-collapse:collapse;width:100%;font-size:12.5px}
 th,td{padding:4px 8px;border-bottom:1px solid #eaeef2;white-space:nowrap;text-align:left}
-th{background:var(--bg2);position:sticky;top:0;cursor:pointer;user-select:none}
+th{background:var(--bg2);position:sticky;top:0;z-index:2;cursor:pointer;user-select:none}
 th:hover{background:#eaeef2} th.asc::after{content:" \25B2"} th.desc::after{content:" \25BC"}
 td.n{text-align:right;font-variant-numeric:tabular-nums;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
-td.name{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;max-width:420px;overflow:hidden;text-overflow:ellipsis}
+td.name{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;white-space:normal;overflow-wrap:anywhere;min-width:22em;max-width:30em}
+td.name,th.name{position:sticky;left:0;z-index:1;background:#fff;box-shadow:inset -1px 0 0 var(--bd)} th.name{z-index:3;background:var(--bg2)}
 tr.failrow td{background:#fff0f0} tr:hover td{background:#f3f8ff}
 .st{border-radius:10px;padding:1px 8px;font-size:11.5px;color:#fff}
 .st.ok{background:var(--ok)} .st.gate_failed{background:var(--warn)} .st.bound_violated,.st.source_mismatch{background:var(--bad)}
@@ -232,6 +237,12 @@ std::string mix_color(double t) {
   return buf;
 }
 
+// The relative error at which the heat map's colour is darkest.
+double heat_scale_top(const VerifyPolicy& p) {
+  const auto& thr = p.global.max_rel_error;
+  return thr && std::isfinite(*thr) && *thr > 0 ? *thr : 0.25;
+}
+
 std::string heatmap(const VerifyReport& rep, const std::vector<std::string>& labels) {
   std::vector<std::string> kinds;
   for (const auto& k : rep.kinds)
@@ -260,11 +271,20 @@ std::string heatmap(const VerifyReport& rep, const std::vector<std::string>& lab
       }
     }
   if (!std::isfinite(vmin)) vmin = vmax = 0;
+  // An absolute scale (docs/verify-report.md section 5): 0 to the gate's
+  // max_rel_error, or to a fixed 25 % without one. A relative min-max scale
+  // made a 0.015-point spread on a passing report look alarming.
+  const double scale_top = heat_scale_top(rep.policy);
   // Enough decimals (of a percentage) to tell the smallest and largest cells apart.
   const double span = (vmax - vmin) * 100;
   const int decimals = span > 0 ? std::clamp(int(std::ceil(-std::log10(span))) + 1, 1, 4) : 1;
   const std::string cell_fmt = "%." + std::to_string(decimals) + "f%%";
-  const int ml = 150, mr = 16, mt = 8, ch = 22, W = 1300;
+  // The left margin fits the longest kind label (about 6.6 px a character at
+  // 11 px), so long names such as "bert.embeddings.word_embeddings" are not cut.
+  size_t longest = 0;
+  for (const auto& k : kinds) longest = std::max(longest, k.size());
+  const int ml = std::clamp(int(double(longest) * 6.6) + 14, 150, 460), mr = 16, mt = 8, ch = 22,
+            W = 1300;
   const double cw = std::min(110.0, double(W - ml - mr) / double(nl));
   const int mb = 70;
   const int H = mt + int(nk) * ch + mb;
@@ -281,7 +301,7 @@ std::string heatmap(const VerifyReport& rep, const std::vector<std::string>& lab
       const HeatCell& c = cells[k * nl + l];
       if (!c.tensors) continue;
       const double v = c.sums.rel_error();
-      const double t = vmax > vmin ? (v - vmin) / (vmax - vmin) : 0.5;
+      const double t = std::clamp(v / scale_top, 0.0, 1.0);
       const double x = ml + double(l) * cw;
       s += "<rect class=\"cell" + std::string(c.bad ? " bad" : "") + "\" x=\"" + fmt("%.1f", x) +
            "\" y=\"" + fmt("%.1f", y) + "\" width=\"" + fmt("%.1f", cw) + "\" height=\"" +
@@ -306,12 +326,13 @@ std::string heatmap(const VerifyReport& rep, const std::vector<std::string>& lab
          fmt("%.1f", ly) + ")\">" + esc(labels[l]) + "</text>";
   }
   const double gy = H - 18;
+  s += "<g class=\"heat-legend\" data-scale-min=\"0\" data-scale-max=\"" + key(scale_top) + "\">";
   s += "<text x=\"" + std::to_string(W - mr - 330) + "\" y=\"" + fmt("%.1f", gy + 10) +
-       "\" text-anchor=\"end\">" + esc(sci(vmin)) + "</text>";
+       "\" text-anchor=\"end\">0%</text>";
   s += "<rect x=\"" + std::to_string(W - mr - 324) + "\" y=\"" + fmt("%.1f", gy) +
        "\" width=\"240\" height=\"12\" fill=\"url(#hm)\"/>";
   s += "<text x=\"" + std::to_string(W - mr - 78) + "\" y=\"" + fmt("%.1f", gy + 10) + "\">" +
-       esc(sci(vmax)) + " rel error</text>";
+       esc(fmt("%g%%", scale_top * 100)) + " rel error</text></g>";
   s += "</svg>";
   return s;
 }
@@ -358,7 +379,9 @@ std::string verify_report_html(const VerifyReport& rep) {
 
   const std::string verdict = verdict_text(rep.verdict);
   h += "<header class=\"v " + std::string(pass ? "pass" : "fail") + "\"><h1>qpack verify &mdash; " +
-       esc(verdict) + "</h1><p>" + esc(rep.file) + " &nbsp;vs&nbsp; " + esc(rep.source) +
+       esc(verdict) + "</h1><p>" + esc(rep.file) +
+       (rep.source.empty() ? std::string(" &nbsp;(self-check, no source)")
+                           : " &nbsp;vs&nbsp; " + esc(rep.source)) +
        " &nbsp;&middot;&nbsp; exit code " + std::to_string(verdict_exit_code(rep.verdict)) +
        "</p></header>\n<main>\n";
 
@@ -435,8 +458,14 @@ std::string verify_report_html(const VerifyReport& rep) {
     h += rep.gate_failures.size() > kShown ? "</ul></details></div>\n" : "</ul></div>\n";
   }
 
+  if (!rep.warnings.empty()) {
+    h += "<div class=\"warns\"><h3>" + std::to_string(rep.warnings.size()) + " warning(s)</h3><ul>";
+    for (const auto& w : rep.warnings) h += "<li>" + esc(w) + "</li>";
+    h += "</ul></div>\n";
+  }
+
   // Charts.
-  if (rep.integrity_ok && !rep.layers.empty()) {
+  if (rep.integrity_ok && !rep.layers.empty() && !rep.source.empty()) {
     const auto labels = layer_labels(rep.layers);
     std::vector<Bar> rel;
     for (size_t i = 0; i < rep.layers.size(); ++i) {
@@ -464,9 +493,12 @@ std::string verify_report_html(const VerifyReport& rep) {
     const std::string hm = heatmap(rep, labels);
     if (!hm.empty()) {
       h += "<h2>Relative error by tensor kind and layer</h2><div class=\"chart\">" + hm;
-      h += "</div><p class=\"legend\">Colour scale from the smallest to the largest cell; "
-           "outlined: a tensor "
-           "failed. Hover a cell for details.</p>\n";
+      h += "</div><p class=\"legend\">Absolute colour scale: 0 (palest) to " +
+           esc(fmt("%g%%", heat_scale_top(rep.policy) * 100)) +
+           (rep.policy.global.max_rel_error ? " (the max_rel_error threshold)"
+                                            : " (fixed; set --max-rel-error to anchor it)") +
+           " relative error (darkest, and above); outlined: a tensor failed. Hover a cell for "
+           "details.</p>\n";
     }
   }
 
@@ -477,15 +509,17 @@ std::string verify_report_html(const VerifyReport& rep) {
     h += "<h2>Tensors</h2><div class=\"tools\"><input id=\"filter\" type=\"search\" "
          "placeholder=\"Filter by name\"> <span class=\"legend\">Click a column header to "
          "sort.</span></div>"
-         "<div class=\"scroll\"><table id=\"tensors\" class=\"sortable\"><thead><tr>"
-         "<th>#</th><th>tensor</th><th>dtype</th><th>shape</th><th>scheme</th>"
+         "<div class=\"scroll tall\" id=\"tensors-box\"><table id=\"tensors\" "
+         "class=\"sortable\"><thead><tr>"
+         "<th>#</th><th class=\"name\">tensor</th><th>dtype</th><th>shape</th><th>scheme</th>"
          "<th>elements</th><th>source</th><th>stored</th><th>ratio</th><th>rel err</th><th>SNR "
          "dB</th>"
          "<th>cosine</th><th>max abs</th><th>RMSE</th><th>mean abs</th>" +
          std::string(any_nonfinite ? "<th title=\"source NaN/Inf elements, excluded\">NaN/Inf</th>"
                                    : "") +
          "<th title=\"elements beyond the error bound (must be "
-         "0)\">viol</th><th>status</th></tr></thead><tbody>\n";
+         "0)\">viol</th><th>status</th><th title=\"all-zero reconstruction, degenerate groups "
+         "(stored scale 0), non-finite parameters\">flags</th></tr></thead><tbody>\n";
     for (size_t i = 0; i < rep.tensors.size(); ++i) {
       const TensorResult& t = rep.tensors[i];
       const bool m = t.quantized && t.compared;
@@ -522,6 +556,9 @@ std::string verify_report_html(const VerifyReport& rep) {
       }
       h += "<td>" + status_badge(st) +
            (t.gate_ignored ? " <span class=\"legend\">gate ignored</span>" : "") + "</td>";
+      const std::string flags = tensor_flags(t);
+      h += flags.empty() ? std::string("<td></td>")
+                         : "<td><span class=\"flag\">" + esc(flags) + "</span></td>";
       h += "</tr>\n";
     }
     h += "</tbody></table></div>\n";
@@ -577,7 +614,7 @@ std::string verify_report_html(const VerifyReport& rep) {
   };
   dd("file", rep.file + " (" + format_bytes(rep.file_bytes) + ", format " +
                  (rep.format_version.empty() ? std::string("?") : rep.format_version) + ")");
-  dd("source", rep.source);
+  dd("source", rep.source.empty() ? std::string("none (self-check)") : rep.source);
   dd("device", rep.device + " (requested: " + device_name(rep.device_requested) + ")");
   dd("threads", std::to_string(rep.threads));
   dd("max_rel_error", opt(rep.policy.global.max_rel_error));
@@ -594,6 +631,8 @@ std::string verify_report_html(const VerifyReport& rep) {
   h += "</dl>";
   if (!rep.policy.rules.empty() || rep.policy.model.any())
     h += "<pre>" + esc(rep.policy.to_json().dump(2)) + "</pre>";
+  if (!rep.provenance.is_null())
+    h += "<h2>Provenance</h2><pre>" + esc(rep.provenance.dump(2)) + "</pre>";
   h += "<footer>Generated by qpack " + esc(rep.qpack_version) +
        " verify. Metrics are accumulated in double in a fixed order: identical for any thread "
        "count and on CPU "

@@ -87,7 +87,7 @@ nlohmann::json verify_report_json(const VerifyReport& rep) {
 
   nlohmann::json settings;
   settings["file"] = rep.file;
-  settings["source"] = rep.source;
+  settings["source"] = rep.source.empty() ? nlohmann::json(nullptr) : nlohmann::json(rep.source);
   settings["device"] = rep.device;
   settings["device_requested"] = device_kind_name(rep.device_requested.kind);
   settings["threads"] = rep.threads;
@@ -120,10 +120,13 @@ nlohmann::json verify_report_json(const VerifyReport& rep) {
   nlohmann::json mismatched = nlohmann::json::array();
   for (const auto& t : rep.tensors)
     if (!t.problems.empty()) mismatched.push_back({{"tensor", t.name}, {"problems", t.problems}});
-  j["source_check"] = {{"ok", rep.missing_from_qpack.empty() && mismatched.empty()},
-                       {"missing_from_qpack", rep.missing_from_qpack},
-                       {"extra_in_qpack", rep.extra_in_qpack},
-                       {"mismatched", std::move(mismatched)}};
+  j["source_check"] = {
+      {"ok", rep.missing_from_qpack.empty() && mismatched.empty() && !rep.source_refused},
+      {"source_files_changed", rep.source_files_changed},
+      {"refused", rep.source_refused},
+      {"missing_from_qpack", rep.missing_from_qpack},
+      {"extra_in_qpack", rep.extra_in_qpack},
+      {"mismatched", std::move(mismatched)}};
 
   nlohmann::json tensors = nlohmann::json::array();
   for (const auto& t : rep.tensors) {
@@ -167,6 +170,18 @@ nlohmann::json verify_report_json(const VerifyReport& rep) {
     o["gate_failures"] = std::move(gf);
     o["policy_rule"] = t.policy_rule >= 0 ? nlohmann::json(t.policy_rule) : nlohmann::json(nullptr);
     o["gate_ignored"] = t.gate_ignored;
+    if (t.params_checked)
+      o["params"] = {{"groups", t.groups},
+                     {"degenerate_groups", t.degenerate_groups},
+                     {"nonfinite_params", t.nonfinite_params}};
+    else
+      o["params"] = nullptr;
+    o["all_zero"] = t.all_zero;
+    nlohmann::json flags = nlohmann::json::array();
+    if (t.all_zero) flags.push_back("all_zero");
+    if (t.degenerate_groups > 0) flags.push_back("degenerate_groups");
+    if (t.nonfinite_params > 0) flags.push_back("nonfinite_params");
+    o["flags"] = std::move(flags);
     tensors.push_back(std::move(o));
   }
   j["tensors"] = std::move(tensors);
@@ -183,6 +198,8 @@ nlohmann::json verify_report_json(const VerifyReport& rep) {
   for (const auto& f : rep.gate_failures) gate.push_back(failure_json(f));
   j["gate"] = {{"passed", rep.gate_failures.empty()}, {"failures", std::move(gate)}};
   j["bound_violations"] = rep.bound_violations;
+  j["warnings"] = rep.warnings;
+  j["provenance"] = rep.provenance;
 
   nlohmann::json per_tensor = nlohmann::json::array();
   for (const auto& t : rep.tensors) per_tensor.push_back(t.seconds);

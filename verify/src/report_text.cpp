@@ -86,6 +86,9 @@ std::string threshold_name(const std::string& metric) {
 }
 
 std::string describe_failure(const GateFailure& f) {
+  if (f.metric == "all_zero") return "reconstructed as all zeros (--allow-zero-tensors to accept)";
+  if (f.metric == "nonfinite_params")
+    return count_of(uint64_t(f.value), "stored scale or zero-point") + " not finite";
   const bool le = f.op == "<=";
   const bool sc = f.metric != "snr_db" && f.metric != "cosine";
   const std::string v = sc ? sci(f.value) : fixed(f.value, f.metric == "cosine" ? 6 : 2);
@@ -101,7 +104,9 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
 
   size_t quantized = 0, raw = 0;
   for (const auto& t : rep.tensors) (t.quantized ? quantized : raw)++;
-  add("qpack verify " + rep.file + " against " + rep.source);
+  add("qpack verify " + rep.file +
+      (rep.source.empty() ? " (self-check: integrity and stored parameters, no source)"
+                          : " against " + rep.source));
   if (rep.tensors.empty())
     add("  " + rep.device);
   else
@@ -174,6 +179,8 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
       const TensorResult& t = *q[i];
       std::string status = tensor_status_name(t.status);
       if (t.gate_ignored) status += " (gate ignored)";
+      const std::string flags = tensor_flags(t);
+      if (!flags.empty()) status += " [" + flags + "]";
       tt.add({ellipsize(t.name, 64), scheme_short(t), sci(t.sums.rel_error()),
               fixed(t.sums.snr_db(), 2), fixed(t.sums.cosine(), 6), sci(t.sums.max_abs_err),
               t.sums.max_abs_index >= 0 ? std::to_string(t.sums.max_abs_index) : "-",
@@ -187,8 +194,28 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
           " NaN/Inf source elements were excluded from the metrics)");
   }
 
+  // Self-check: the stored parameters of every quantized tensor.
+  if (rep.source.empty() && rep.integrity_ok) {
+    std::vector<const TensorResult*> p;
+    for (const auto& t : rep.tensors)
+      if (t.params_checked) p.push_back(&t);
+    if (!p.empty()) {
+      add("");
+      add("Stored parameters of " + count_of(p.size(), "quantized tensor") + ":");
+      TextTable pt({"tensor", "scheme", "groups", "degenerate", "non-finite", "flags"},
+                   {false, false, true, true, true, false});
+      for (const auto* t : p) {
+        const std::string flags = tensor_flags(*t);
+        pt.add({ellipsize(t->name, 64), scheme_short(*t), std::to_string(t->groups),
+                std::to_string(t->degenerate_groups), std::to_string(t->nonfinite_params),
+                flags.empty() ? "-" : flags});
+      }
+      out += pt.render("  ");
+    }
+  }
+
   // Per layer.
-  if (!rep.layers.empty() && rep.integrity_ok) {
+  if (!rep.layers.empty() && rep.integrity_ok && !rep.source.empty()) {
     add("");
     add("Per layer:");
     TextTable lt({"layer", "tensors", "elements", "source", "stored", "ratio", "rel err", "SNR dB",
@@ -206,7 +233,7 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
   }
 
   // Totals.
-  if (rep.integrity_ok) {
+  if (rep.integrity_ok && !rep.source.empty() && !rep.source_refused) {
     const ErrorSums& s = rep.model.sums;
     add("");
     add("Model (" + std::to_string(rep.model.quantized) + " quantized tensors, " +
@@ -214,6 +241,12 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
         ", SNR " + fixed(s.snr_db(), 2) + " dB, cosine " + fixed(s.cosine(), 6) + ", max abs " +
         sci(s.max_abs_err) + ", RMSE " + sci(s.rmse()) + ", mean abs " + sci(s.mean_abs_err()) +
         ", bound violations " + std::to_string(rep.bound_violations));
+  }
+
+  // Warnings: degenerate or all-zero tensors, a changed source.
+  if (!rep.warnings.empty()) {
+    add("");
+    for (const auto& w : rep.warnings) add("WARNING: " + w);
   }
 
   // Gate.

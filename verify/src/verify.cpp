@@ -7,15 +7,19 @@
 #include <omp.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <ctime>
 #include <map>
 #include <tuple>
 
 #include "qpack/format/checkpoint.hpp"
+#include "qpack/format/checksum.hpp"
 #include "qpack/format/container.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/format/provenance.hpp"
 #include "qpack/format/text.hpp"
+#include "qpack/spec/codes.hpp"
 #include "qpack/verify/metrics.hpp"
 #include "qpack/version.hpp"
 
@@ -158,17 +162,122 @@ TensorResult describe(const QpackTensor& t) {
   return r;
 }
 
+// Counts the groups whose stored scale is zero (degenerate: they reconstruct
+// as their zero-point) and the scales and zero-points that are not finite.
+void check_params(const QpackTensor& t, const SectionBytes& scales, const SectionBytes* zeros,
+                  TensorResult& r) {
+  const DType sd = t.scheme.scale_dtype;
+  const int64_t groups = t.layout.num_groups();
+  r.groups = uint64_t(groups);
+  for (int64_t g = 0; g < groups; ++g) {
+    const float s = spec::load_param(scales.data, g, sd);
+    if (!std::isfinite(s))
+      ++r.nonfinite_params;
+    else if (s == 0.0f)
+      ++r.degenerate_groups;
+    if (zeros && !std::isfinite(spec::load_param(zeros->data, g, sd))) ++r.nonfinite_params;
+  }
+  r.params_checked = true;
+}
+
+void warn(VerifyReport& rep, const VerifyOptions& opt, std::string line) {
+  if (opt.warn) opt.warn(line);
+  rep.warnings.push_back(std::move(line));
+}
+
+// The warnings a tensor's parameters call for (after check_params and, with a
+// source, the metrics).
+void warn_about_params(const TensorResult& r, VerifyReport& rep, const VerifyOptions& opt) {
+  if (r.nonfinite_params > 0)
+    warn(rep, opt,
+         r.name + ": " + count_of(r.nonfinite_params, "stored scale or zero-point") +
+             " not finite (a damaged or foreign file)");
+  if (r.all_zero)
+    warn(rep, opt,
+         r.name + ": reconstructed as all zeros" +
+             (rep.source.empty() ? std::string() : " while the source is not") +
+             (r.degenerate_groups == r.groups ? " (every group is degenerate)" : ""));
+  else if (r.degenerate_groups > 0)
+    warn(rep, opt,
+         r.name + ": " + std::to_string(r.degenerate_groups) + " of " +
+             count_of(r.groups, "group") + " degenerate (stored scale 0)");
+}
+
+// Without a source: the reconstruction's energy, from the metrics pass run
+// against an all-zero "source" of the tensor's dtype (sum_sq_hat is then the
+// sum of the reconstructed squares; the other sums mean nothing).
+double reconstruction_energy(const QpackTensor& t, const SectionBytes& codes,
+                             const SectionBytes& scales, const SectionBytes* zeros, int threads) {
+  const std::vector<uint8_t> zero_source(t.source_bytes(), 0);
+  QuantTensorView v;
+  v.source = zero_source.data();
+  v.source_dtype = t.dtype;
+  v.codes = codes.data;
+  v.scales = scales.data;
+  v.zeros = zeros ? zeros->data : nullptr;
+  v.layout = t.layout;
+  v.scheme = t.scheme;
+  v.name = t.name;
+  return compute_error_sums_cpu(v, threads).sum_sq_hat;
+}
+
+// The provenance's source files (docs/format.md section 3.3), hashed again
+// under the source root; each one that differs or is gone is named.
+void check_provenance(const QpackFile& qf, VerifyReport& rep, const VerifyOptions& opt) {
+  const nlohmann::json& m = qf.manifest();
+  if (!m.contains("provenance")) return;
+  rep.provenance = m.at("provenance");
+  if (rep.source.empty() || !rep.provenance.contains("source_files")) return;
+  const std::string root = source_root(rep.source);
+  for (const auto& f : rep.provenance.at("source_files")) {
+    if (!f.is_object() || !f.contains("path") || !f.contains("xxh3") || !f.at("path").is_string() ||
+        !f.at("xxh3").is_string())
+      continue;  // informative only: a foreign writer's shape is not an error
+    const std::string rel = f.at("path").get<std::string>();
+    const std::string want = f.at("xxh3").get<std::string>();
+    const std::string path = root.empty() ? rel : root + "/" + rel;
+    std::string now;
+    try {
+      now = checksum_to_hex(file_checksum64(path));
+    } catch (const Error&) {
+      now = "";
+    }
+    if (now == want) continue;
+    rep.source_files_changed.push_back(rel);
+    warn(rep, opt,
+         path + ": " +
+             (now.empty() ? std::string("cannot be read")
+                          : "differs from the file the .qpack was made from (xxh3 " + now +
+                                ", recorded " + want + ")"));
+  }
+}
+
 }  // namespace
+
+std::string tensor_flags(const TensorResult& t) {
+  std::string out;
+  auto add = [&](const std::string& f) { out += (out.empty() ? "" : ", ") + f; };
+  if (t.all_zero) add("all-zero");
+  if (t.degenerate_groups > 0)
+    add("degenerate " + std::to_string(t.degenerate_groups) + "/" + std::to_string(t.groups));
+  if (t.nonfinite_params > 0) add("non-finite params " + std::to_string(t.nonfinite_params));
+  return out;
+}
 
 void apply_gate(VerifyReport& rep) {
   rep.gate_failures.clear();
   rep.bound_violations = 0;
-  bool mismatch = !rep.missing_from_qpack.empty();
+  bool mismatch = !rep.missing_from_qpack.empty() || rep.source_refused;
   for (TensorResult& t : rep.tensors) {
     t.gate_failures.clear();
     const Thresholds th = rep.policy.for_tensor(t.name, &t.policy_rule, &t.gate_ignored);
     if (t.quantized && t.compared && !t.gate_ignored)
       check_thresholds(t.sums, th, t.name, &t.gate_failures);
+    // Never finite-less parameters; an all-zero reconstruction unless allowed.
+    if (t.nonfinite_params > 0)
+      t.gate_failures.push_back({t.name, "nonfinite_params", double(t.nonfinite_params), 0, "<="});
+    if (t.all_zero && !rep.policy.allow_zero_tensors && !t.gate_ignored)
+      t.gate_failures.push_back({t.name, "all_zero", 1, 0, "=="});
     rep.bound_violations += t.sums.bound_violations;
     if (!t.problems.empty()) {
       t.status = TensorStatus::SourceMismatch;
@@ -242,7 +351,39 @@ VerifyReport verify(const std::string& qpack_path, const std::string& source_pat
     return rep;
   }
 
-  // 2. Source comparison and metrics, one tensor at a time.
+  // 2. Is the source the one the file was made from? Said before comparing.
+  check_provenance(*qf, rep, opt);
+  if (source_path.empty() || (opt.require_recorded_source && !rep.source_files_changed.empty())) {
+    // 2'. Without a source (or with one refused): the stored parameters only.
+    rep.source_refused = !source_path.empty();
+    const auto t_self = Clock::now();
+    for (const QpackTensor& t : qf->tensors()) {
+      TensorResult r = describe(t);
+      r.elements = 1;
+      for (int64_t d : t.shape) r.elements *= uint64_t(d);
+      if (t.quantized && !rep.source_refused) {
+        const SectionBytes codes = qf->read(t, t.codes);
+        const SectionBytes scales = qf->read(t, t.scales);
+        SectionBytes zeros;
+        if (!t.scheme.symmetric) zeros = qf->read(t, t.zeros);
+        const SectionBytes* zp = t.scheme.symmetric ? nullptr : &zeros;
+        check_params(t, scales, zp, r);
+        r.all_zero =
+            r.elements > 0 && reconstruction_energy(t, codes, scales, zp, rep.threads) == 0.0;
+        warn_about_params(r, rep, opt);
+        for (const TensorSection& ns : t.sections())
+          if (ns.section->present) qf->release(*ns.section);
+      }
+      rep.tensors.push_back(std::move(r));
+    }
+    rep.compare_seconds = seconds_since(t_self);
+    build_rollups(rep);
+    apply_gate(rep);
+    rep.seconds = seconds_since(t_start);
+    return rep;
+  }
+
+  // 3. Source comparison and metrics, one tensor at a time.
   const auto t_cmp = Clock::now();
   std::unique_ptr<Checkpoint> ck = Checkpoint::open(source_path);
   for (const CheckpointTensor& st : ck->tensors())
@@ -298,6 +439,9 @@ VerifyReport verify(const std::string& qpack_path, const std::string& source_pat
         v.name = t.name;
         r.sums = gpu ? gpu->compute(v) : compute_error_sums_cpu(v, rep.threads);
         r.compared = true;
+        check_params(t, scales, t.scheme.symmetric ? nullptr : &zeros, r);
+        r.all_zero = r.sums.sum_sq_hat == 0.0 && r.sums.sum_sq_ref > 0.0;
+        warn_about_params(r, rep, opt);
       } else {
         const SectionBytes data = qf->read(t, t.data);
         const uint8_t* src = st->data();

@@ -170,6 +170,9 @@ class QpackWriter {
   QpackWriter(const std::string& path, const WriterOptions& options);
   ~QpackWriter();
   void set_source(nlohmann::json metadata, nlohmann::json config);
+  // The manifest's optional "provenance" object (docs/format.md section 3.3);
+  // a file written without it has no such key. Must be a JSON object.
+  void set_provenance(nlohmann::json provenance);
   void add_raw(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
                const void* data, uint64_t size);
   // `scheme` must be resolved (make_layout); zeros is null for symmetric.

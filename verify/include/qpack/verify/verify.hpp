@@ -53,6 +53,10 @@ struct VerifyPolicy {
   std::vector<ThresholdRule> rules;
   Thresholds model;         // checked against the element-weighted totals
   std::string source_file;  // where it was loaded from, for the report
+  // A quantized tensor reconstructed as all zeros (while its source is not,
+  // or, without a source, at all) fails the gate unless this is set
+  // (`--allow-zero-tensors`): see docs/verify-report.md, "Degenerate groups".
+  bool allow_zero_tensors = false;
 
   // The thresholds for `tensor`, and the rule that decided them (-1: global).
   Thresholds for_tensor(const std::string& tensor, int* rule_index = nullptr,
@@ -82,8 +86,10 @@ struct LayerId {
   std::string label() const;
 };
 LayerId parse_layer(const std::string& tensor_name);
-// The tensor's kind: the last name component before ".weight" ("q_proj",
-// "embed_tokens"), or the last two for other suffixes ("q_proj.bias").
+// The tensor's kind: inside a block, the name after the block index, less a
+// final ".weight" ("self_attn.q_proj", "attention.output.dense",
+// "self_attn.q_proj.bias"); outside any block, the whole name less ".weight"
+// ("model.embed_tokens", "lm_head").
 std::string tensor_kind(const std::string& tensor_name);
 
 // ------------------------------------------------------------------ metrics
@@ -151,8 +157,21 @@ struct TensorResult {
   std::vector<GateFailure> gate_failures;
   int policy_rule = -1;  // index of the matching rule, -1: global thresholds
   bool gate_ignored = false;
+  // The stored parameters (quantized tensors of an intact file, with or
+  // without a source): groups, degenerate groups (stored scale +0 or -0,
+  // docs/quantization.md section 4 step 5), and scales or zero-points that are
+  // not finite (never written by qpack: a damaged or foreign file).
+  bool params_checked = false;
+  uint64_t groups = 0, degenerate_groups = 0, nonfinite_params = 0;
+  // Every reconstructed element is zero while the source has a non-zero
+  // element (with a source), or at all (without one).
+  bool all_zero = false;
   double seconds = 0;  // time spent on it (not part of determinism)
 };
+
+// A tensor's loud flags, in words, "" when none: "all-zero",
+// "degenerate 3/96", "non-finite params 1" (joined by ", ").
+std::string tensor_flags(const TensorResult& t);
 
 struct Rollup {
   std::string key;           // layer label / kind / "model"
@@ -205,7 +224,17 @@ struct VerifyReport {
   std::vector<Rollup> kinds;   // by name
   Rollup model;
   std::vector<GateFailure> gate_failures;  // all of them, tensors first, then model
-  uint64_t bound_violations = 0;           // sum over tensors; must be 0
+  // Lines a person must see (degenerate or all-zero tensors, a source that
+  // is not the one the file was made from), in the order found.
+  std::vector<std::string> warnings;
+  // The manifest's "provenance" object (docs/format.md section 3.3), or null.
+  nlohmann::json provenance;
+  // Source files whose XXH3-64 differs from the recorded one (or that are
+  // gone), checked before any comparison.
+  std::vector<std::string> source_files_changed;
+  // require_recorded_source was set and a file changed: nothing compared.
+  bool source_refused = false;
+  uint64_t bound_violations = 0;  // sum over tensors; must be 0
   Verdict verdict = Verdict::IntegrityFailed;
   double seconds = 0;
   double integrity_seconds = 0, compare_seconds = 0;
@@ -227,12 +256,19 @@ struct VerifyOptions {
   DeviceSelection device;
   VerifyPolicy policy;
   int threads = 0;  // CPU threads; <= 0: OpenMP default
+  // A source file that differs from the provenance's hash is a source
+  // mismatch (no comparison, verdict SourceMismatch) instead of a warning.
+  bool require_recorded_source = false;
+  // Called with each warning as soon as it is known (before the comparison
+  // for the provenance check), so that a tool can print it up front.
+  std::function<void(const std::string&)> warn;  // may be empty
   // Source bytes uploaded per chunk on the GPU path (bounded device memory).
   uint64_t gpu_chunk_bytes = 256ull << 20;
   std::function<void(const VerifyProgress&)> progress;  // may be empty
 };
 
-// Runs the whole check. Integrity problems, source mismatches, bound
+// Runs the whole check; an empty `source_path` runs the self-check only
+// (integrity and the stored parameters, no metrics). Integrity problems, source mismatches, bound
 // violations and failed thresholds are results (in the report's verdict),
 // not exceptions. Throws Error for what prevents a verdict: the .qpack or
 // source cannot be read (Io), the source checkpoint is malformed, CUDA was
