@@ -63,8 +63,8 @@ TEST(SourceKind, FolderOfSeparateModelsIsRefusedNamingThem) {
   fs::create_directories(folder);
   write_matrix(folder + "/model.safetensors", "w");
   write_matrix(folder + "/adapter_model.safetensors", "lora_A.w");
-  for (const std::string cmd : {"convert " + folder + " " + dir.file("o.qpack") + " -q",
-                                "convert " + folder + " --dry-run", "inspect " + folder}) {
+  for (const std::string& cmd : {"convert " + folder + " " + dir.file("o.qpack") + " -q",
+                                 "convert " + folder + " --dry-run", "inspect " + folder}) {
     SCOPED_TRACE(cmd);
     const auto r = test::run_qpack(cmd);
     EXPECT_EQ(r.exit_code, 3) << r.output;

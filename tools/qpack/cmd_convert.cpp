@@ -70,6 +70,7 @@ Recipe build_recipe(const ConvertArgs& a) {
     TensorRule t;
     t.pattern = s;
     t.skip = true;
+    t.origin = "--skip '" + s + "'";
     front.push_back(t);
   }
   for (const auto& s : a.rules) front.push_back(parse_rule(s));
