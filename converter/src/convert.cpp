@@ -16,8 +16,10 @@
 
 #include "qpack/format/checkpoint.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/format/glob.hpp"
 #include "qpack/format/io.hpp"
 #include "qpack/format/provenance.hpp"
+#include "qpack/format/text.hpp"
 #include "qpack/version.hpp"
 
 namespace qpack {
@@ -68,33 +70,184 @@ nlohmann::json plan_tensors_json(const std::vector<PlanEntry>& plan) {
   return t;
 }
 
+std::string rule_name(const TensorRule& r) {
+  return r.origin.empty() ? "rule '" + r.pattern + "'" : r.origin;
+}
+
+// "'a' [4, 4], 'b' [2] and 3 more": the first few tensors of a list.
+std::string some_tensors(const std::vector<const PlanEntry*>& entries) {
+  constexpr size_t kShown = 3;
+  std::string s;
+  for (size_t i = 0; i < entries.size() && i < kShown; ++i) {
+    if (i) s += i + 1 == entries.size() ? " and " : ", ";
+    s += "'" + entries[i]->name + "' " + shape_to_string(entries[i]->shape);
+  }
+  if (entries.size() > kShown) s += " and " + std::to_string(entries.size() - kShown) + " more";
+  return s;
+}
+
+WriterOptions writer_options(const ConvertOptions& options) {
+  WriterOptions wo;
+  wo.codec = options.codec;
+  wo.zstd_level = options.zstd_level;
+  wo.overwrite = options.overwrite;
+  wo.generator = std::string("qpack ") + QPACK_VERSION_STRING;
+  return wo;
+}
+
+double ratio_or_zero(uint64_t source, uint64_t stored) {
+  return compression_ratio(source, stored).value_or(0.0);
+}
+
+// Provenance (docs/format.md section 3.3): what made this file from which
+// bytes. Nothing machine- or time-dependent, so the same input and options
+// still give the same file.
+nlohmann::json provenance_json(const Checkpoint& ckpt, const std::string& source,
+                               const ConvertOptions& options, SourceHashes hashes) {
+  nlohmann::json opts = {
+      {"codec", codec_name(options.codec)},
+      {"nonfinite", options.nonfinite == NonFinitePolicy::Zero ? "zero" : "error"}};
+  if (options.codec == Codec::Zstd) opts["zstd_level"] = options.zstd_level;
+  return {{"command", "convert"},
+          {"qpack", QPACK_VERSION_STRING},
+          {"options", std::move(opts)},
+          {"recipe", options.recipe.to_json()},
+          {"source_files", source_files_json(ckpt, source, hashes)}};
+}
+
+// Decides every tensor, resolves the schemes, and sizes the file.
+ConvertPlan plan_for(const Checkpoint& ckpt, const std::string& source,
+                     const ConvertOptions& options) {
+  const Recipe& recipe = options.recipe;
+  ConvertPlan plan;
+  plan.tensors.reserve(ckpt.tensors().size());
+  std::vector<size_t> rule_matches(recipe.rules.size(), 0), rule_decides(recipe.rules.size(), 0);
+  std::vector<size_t> axis_missing;  // tensors kept for the default axis alone
+  size_t default_axis_used = 0;      // tensors quantized on the default axis
+  for (const auto& t : ckpt.tensors()) {
+    PlanEntry e;
+    e.name = t.info->name;
+    e.dtype = t.info->dtype;
+    e.shape = t.info->shape;
+    e.bytes_in = t.info->nbytes();
+    for (size_t i = 0; i < recipe.rules.size(); ++i)
+      rule_matches[i] += glob_match(recipe.rules[i].pattern, e.name);
+    const TensorDecision d = decide(recipe, e.name, e.dtype, e.shape);
+    const TensorRule* rule = d.rule >= 0 ? &recipe.rules[size_t(d.rule)] : nullptr;
+    if (rule) ++rule_decides[size_t(d.rule)];
+    e.action = d.action;
+    e.reason = d.reason;
+    e.bytes_out = e.bytes_in;
+    if (d.default_axis_missing) axis_missing.push_back(plan.tensors.size());
+    if (d.action == TensorAction::Quantize) {
+      const bool rule_axis = rule && rule->axis;
+      default_axis_used += !rule_axis;
+      GroupLayout L;
+      try {
+        L = make_layout(e.shape, d.scheme, e.name);
+      } catch (const Error& err) {
+        if (rule_axis && err.code() == ErrorCode::UnsupportedScheme)
+          throw Error(ErrorCode::InvalidArgument, ckpt.path(), e.name,
+                      rule_name(*rule) + " sets group axis " + std::to_string(*rule->axis) +
+                          ", which this " + std::to_string(e.shape.size()) + "-d tensor " +
+                          shape_to_string(e.shape) + " does not have");
+        throw err.with_context(ckpt.path(), e.name);
+      }
+      const uint64_t sections =
+          L.codes_bytes() + L.params_bytes(d.scheme.scale_dtype) * (d.scheme.symmetric ? 1 : 2);
+      if (L.group_size < kMinResolvedGroup) {
+        e.action = TensorAction::Keep;
+        e.reason = "axis " + std::to_string(L.axis) + " has " + std::to_string(L.axis_len) +
+                   " elements: groups below the minimum of " + std::to_string(kMinResolvedGroup) +
+                   " (kept)";
+      } else if (sections >= e.bytes_in) {
+        e.action = TensorAction::Keep;
+        e.reason = "quantized it would not be smaller (" + std::to_string(sections) +
+                   " bytes for " + std::to_string(e.bytes_in) + ") (kept)";
+      } else {
+        e.scheme = d.scheme;
+        e.scheme.group_size = L.group_size;
+        e.scheme.axis = L.axis;
+        e.bytes_out = sections;
+      }
+    }
+    if (e.action == TensorAction::Quantize) {
+      ++plan.tensors_quantized;
+      plan.bytes_quantized_in += e.bytes_in;
+      plan.bytes_quantized_out += e.bytes_out;
+    } else {
+      ++plan.tensors_kept;
+    }
+    plan.bytes_in += e.bytes_in;
+    plan.tensors.push_back(std::move(e));
+  }
+
+  if (!axis_missing.empty()) {
+    std::vector<const PlanEntry*> missing;
+    for (size_t i : axis_missing) missing.push_back(&plan.tensors[i]);
+    const std::string axis = std::to_string(recipe.defaults.axis);
+    if (default_axis_used == 0)
+      throw Error(
+          ErrorCode::InvalidArgument, ckpt.path(), "",
+          "the default group axis " + axis +
+              " does not exist in any tensor selected for quantization: " + some_tensors(missing) +
+              (missing.size() == 1 ? " has" : " have") + " fewer dimensions");
+    plan.warnings.push_back("the default group axis " + axis + " does not exist in " +
+                            count_of(missing.size(), "tensor") + " selected for quantization (" +
+                            some_tensors(missing) + "): kept as they are");
+  }
+  for (size_t i = 0; i < recipe.rules.size(); ++i) {
+    if (rule_matches[i] == 0)
+      plan.warnings.push_back(rule_name(recipe.rules[i]) + " matches no tensor");
+    else if (rule_decides[i] == 0)
+      plan.warnings.push_back(rule_name(recipe.rules[i]) + " matches " +
+                              count_of(rule_matches[i], "tensor") +
+                              ", each decided by an earlier rule");
+  }
+  if (plan.tensors_quantized == 0) {
+    const std::string why =
+        plan.tensors.empty()
+            ? "the checkpoint holds no tensors"
+            : "no tensor is quantized (all " + count_of(plan.tensors.size(), "tensor") + " kept)";
+    if (options.require_quantized)
+      throw Error(ErrorCode::NothingToQuantize, ckpt.path(), "",
+                  why + ", and a quantized tensor is required");
+    plan.warnings.push_back(why);
+  }
+
+  std::vector<PlannedQpackTensor> planned;
+  planned.reserve(plan.tensors.size());
+  for (const PlanEntry& e : plan.tensors)
+    planned.push_back({e.name, e.dtype, e.shape, e.action == TensorAction::Quantize, e.scheme});
+  plan.bytes_out =
+      planned_qpack_file_size(
+      planned, ckpt.metadata(), ckpt.config(),
+      provenance_json(ckpt, source, options, SourceHashes::Placeholder), writer_options(options));
+  plan.bytes_out_is_upper_bound = options.codec != Codec::None;
+  return plan;
+}
+
 }  // namespace
 
-nlohmann::json plan_to_json(const std::vector<PlanEntry>& plan) {
-  size_t quantized = 0, kept = 0;
-  uint64_t in = 0, out = 0, q_in = 0, q_out = 0;
-  for (const auto& p : plan) {
-    in += p.bytes_in;
-    out += p.bytes_out;
-    if (p.action == TensorAction::Quantize) {
-      ++quantized;
-      q_in += p.bytes_in;
-      q_out += p.bytes_out;
-    } else {
-      ++kept;
-    }
-  }
+double ConvertPlan::ratio() const { return ratio_or_zero(bytes_in, bytes_out); }
+
+nlohmann::json ConvertPlan::to_json() const {
   nlohmann::json j;
   j["dry_run"] = true;
-  j["tensors_quantized"] = quantized;
-  j["tensors_kept"] = kept;
-  j["bytes_in"] = in;
-  j["ratio"] = out ? double(in) / double(out) : 0.0;  // sections only: no file yet
-  j["bytes_quantized_in"] = q_in;
-  j["bytes_quantized_out"] = q_out;
-  j["tensors"] = plan_tensors_json(plan);
+  j["tensors_quantized"] = tensors_quantized;
+  j["tensors_kept"] = tensors_kept;
+  j["bytes_in"] = bytes_in;
+  j["bytes_out"] = bytes_out;
+  j["bytes_out_is_upper_bound"] = bytes_out_is_upper_bound;
+  j["ratio"] = ratio();
+  j["bytes_quantized_in"] = bytes_quantized_in;
+  j["bytes_quantized_out"] = bytes_quantized_out;
+  j["warnings"] = warnings;
+  j["tensors"] = plan_tensors_json(tensors);
   return j;
 }
+
+double ConvertSummary::ratio() const { return ratio_or_zero(bytes_in, bytes_out); }
 
 nlohmann::json ConvertSummary::to_json() const {
   nlohmann::json j;
@@ -102,55 +255,20 @@ nlohmann::json ConvertSummary::to_json() const {
   j["tensors_kept"] = tensors_kept;
   j["bytes_in"] = bytes_in;
   j["bytes_out"] = bytes_out;
-  j["ratio"] = bytes_out ? double(bytes_in) / double(bytes_out) : 0.0;
+  j["ratio"] = ratio();
   j["bytes_quantized_in"] = bytes_quantized_in;
   j["bytes_quantized_out"] = bytes_quantized_out;
   j["seconds"] = seconds;
   j["gbps"] = seconds > 0 ? double(bytes_in) / seconds / 1e9 : 0.0;
   j["device"] = device;
+  j["warnings"] = warnings;
   j["tensors"] = plan_tensors_json(plan);
   return j;
 }
 
-namespace {
-
-std::vector<PlanEntry> plan_for(const Checkpoint& ckpt, const Recipe& recipe) {
-  std::vector<PlanEntry> plan;
-  plan.reserve(ckpt.tensors().size());
-  for (const auto& t : ckpt.tensors()) {
-    PlanEntry e;
-    e.name = t.info->name;
-    e.dtype = t.info->dtype;
-    e.shape = t.info->shape;
-    e.bytes_in = t.info->nbytes();
-    const TensorDecision d = decide(recipe, e.name, e.dtype, e.shape);
-    e.action = d.action;
-    e.reason = d.reason;
-    if (d.action == TensorAction::Quantize) {
-      GroupLayout L;
-      try {
-        L = make_layout(e.shape, d.scheme, e.name);
-      } catch (const Error& err) {
-        throw err.with_context(ckpt.path(), e.name);
-      }
-      e.scheme = d.scheme;
-      e.scheme.group_size = L.group_size;
-      e.scheme.axis = L.axis;
-      e.bytes_out =
-          L.codes_bytes() + L.params_bytes(d.scheme.scale_dtype) * (d.scheme.symmetric ? 1 : 2);
-    } else {
-      e.bytes_out = e.bytes_in;
-    }
-    plan.push_back(std::move(e));
-  }
-  return plan;
-}
-
-}  // namespace
-
-std::vector<PlanEntry> make_plan(const std::string& source, const Recipe& recipe) {
+ConvertPlan make_plan(const std::string& source, const ConvertOptions& options) {
   const auto ckpt = Checkpoint::open(source);
-  return plan_for(*ckpt, recipe);
+  return plan_for(*ckpt, source, options);
 }
 
 ConvertSummary convert_checkpoint(const std::string& source, const std::string& output,
@@ -164,41 +282,21 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
   if (same_file(output, source))
     throw Error(ErrorCode::InvalidArgument, output, "", "the output is the input");
 
+  ConvertPlan plan = plan_for(*ckpt, source, options);
   ConvertSummary summary;
-  summary.plan = plan_for(*ckpt, options.recipe);
+  summary.plan = std::move(plan.tensors);
+  summary.warnings = std::move(plan.warnings);
   summary.device = quantizer.description();
   ConvertProgress progress;
   progress.tensors_total = summary.plan.size();
   for (const auto& p : summary.plan) progress.bytes_total += p.bytes_in;
 
-  WriterOptions wo;
-  wo.codec = options.codec;
-  wo.zstd_level = options.zstd_level;
-  wo.overwrite = options.overwrite;
-  wo.generator = std::string("qpack ") + QPACK_VERSION_STRING;
-  QpackWriter writer(output, wo);
-  // Before any tensor is read: the sections alone (uncompressed) must fit.
-  // A zstd output's size is known only once written.
-  if (options.codec == Codec::None) {
-    uint64_t sections = 0;
-    for (const auto& p : summary.plan) sections += p.bytes_out;
-    check_free_space(output, QpackHeader::kSize + sections);
-  }
+  QpackWriter writer(output, writer_options(options));
+  // Before any tensor is read: the whole file must fit. The plan's size is
+  // exact without zstd and an upper bound with it.
+  check_free_space(output, plan.bytes_out);
   writer.set_source(ckpt->metadata(), ckpt->config());
-  // Provenance (docs/format.md section 3.3, issue #12): what made this file
-  // from which bytes. Nothing machine- or time-dependent, so the same input
-  // and options still give the same file.
-  {
-    nlohmann::json opts = {
-        {"codec", codec_name(options.codec)},
-        {"nonfinite", options.nonfinite == NonFinitePolicy::Zero ? "zero" : "error"}};
-    if (options.codec == Codec::Zstd) opts["zstd_level"] = options.zstd_level;
-    writer.set_provenance({{"command", "convert"},
-                           {"qpack", QPACK_VERSION_STRING},
-                           {"options", std::move(opts)},
-                           {"recipe", options.recipe.to_json()},
-                           {"source_files", source_files_json(*ckpt, source)}});
-  }
+  writer.set_provenance(provenance_json(*ckpt, source, options, SourceHashes::Compute));
 
   BufferSet sets[3];
   std::future<void> pending;  // the write of the previous tensor

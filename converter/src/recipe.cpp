@@ -54,6 +54,7 @@ TensorRule parse_rule(const std::string& text) {
   if (colon == std::string::npos || colon == 0)
     bad(origin, "expected PATTERN:key=value[,key=value...], e.g. '*.mlp.*:bits=8,group=128'");
   TensorRule r;
+  r.origin = origin;
   r.pattern = text.substr(0, colon);
   std::string rest = text.substr(colon + 1);
   size_t pos = 0;
@@ -174,6 +175,7 @@ Recipe Recipe::from_json(const nlohmann::json& j, const std::string& origin) {
         const std::string where = "rules[" + std::to_string(n++) + "]";
         if (!rj.is_object()) bad(origin, where + " must be an object");
         TensorRule rule;
+        rule.origin = "recipe " + origin + " " + where;
         read_scheme_fields(rj, where, &rule, nullptr);
         if (rule.pattern.empty()) bad(origin, where + " needs \"match\"");
         check_rule(rule, origin);
@@ -218,9 +220,10 @@ TensorDecision decide(const Recipe& recipe, const std::string& name, DType dtype
   TensorDecision d;
   d.scheme = recipe.defaults;
   const TensorRule* rule = nullptr;
-  for (const auto& r : recipe.rules)
-    if (glob_match(r.pattern, name)) {
-      rule = &r;
+  for (size_t i = 0; i < recipe.rules.size(); ++i)
+    if (glob_match(recipe.rules[i].pattern, name)) {
+      rule = &recipe.rules[i];
+      d.rule = int(i);
       break;
     }
   int64_t numel = 1;
@@ -254,10 +257,12 @@ TensorDecision decide(const Recipe& recipe, const std::string& name, DType dtype
   const int rank = int(shape.size());
   if (d.scheme.axis >= rank || d.scheme.axis < -rank) {
     // A default axis that this tensor does not have: keep it rather than fail
-    // the whole model; an explicit rule's axis is the user's to get right.
+    // the whole model (the plan refuses an axis that no selected tensor has);
+    // an explicit rule's axis is the user's to get right.
     if (!rule || !rule->axis) {
-      d.reason = "group axis " + std::to_string(d.scheme.axis) + " does not exist in a " +
+      d.reason = "default group axis " + std::to_string(d.scheme.axis) + " does not exist in a " +
                  std::to_string(rank) + "-d tensor";
+      d.default_axis_missing = true;
       return d;
     }
   }

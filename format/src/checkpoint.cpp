@@ -58,6 +58,61 @@ std::vector<std::string> list_dir(const std::string& dir) {
   return names;
 }
 
+// "model-00002-of-00003.safetensors" -> prefix "model", 2, 3.
+bool parse_shard_name(const std::string& name, std::string* prefix, int* index, int* count) {
+  static const std::string kExt = ".safetensors";
+  if (!ends_with(name, kExt)) return false;
+  const std::string stem = name.substr(0, name.size() - kExt.size());
+  const size_t of = stem.rfind("-of-");
+  if (of == std::string::npos || of < 1) return false;
+  const size_t dash = stem.rfind('-', of - 1);
+  if (dash == std::string::npos || dash == 0) return false;
+  const std::string a = stem.substr(dash + 1, of - dash - 1), b = stem.substr(of + 4);
+  const auto digits = [](const std::string& d) {
+    return !d.empty() && d.size() <= 6 &&
+           std::all_of(d.begin(), d.end(), [](char c) { return c >= '0' && c <= '9'; });
+  };
+  if (!digits(a) || !digits(b)) return false;
+  *prefix = stem.substr(0, dash);
+  *index = std::stoi(a);
+  *count = std::stoi(b);
+  return *index >= 1 && *index <= *count;
+}
+
+// A folder without an index is one model when it holds one .safetensors
+// file, or the complete shards PREFIX-0000i-of-0000N of one prefix and one N.
+// Anything else (model.safetensors beside adapter_model.safetensors, two
+// models' shards) would be merged into one model that exists nowhere.
+void check_files_form_one_model(const std::string& dir, const std::vector<std::string>& files) {
+  if (files.size() <= 1) return;
+  std::string list;
+  for (size_t i = 0; i < files.size() && i < 4; ++i) list += (i ? ", " : "") + files[i];
+  if (files.size() > 4) list += " and " + std::to_string(files.size() - 4) + " more";
+  const std::string advice =
+      "; pass the one to convert, or add a *.safetensors.index.json that lists the shards";
+  std::string prefix0;
+  int count0 = 0;
+  std::set<int> seen;
+  for (const std::string& f : files) {
+    std::string prefix;
+    int index = 0, count = 0;
+    if (!parse_shard_name(f, &prefix, &index, &count) ||
+        (!seen.empty() && (prefix != prefix0 || count != count0)))
+      throw Error(ErrorCode::BadIndex, dir, "",
+                  "folder holds " + std::to_string(files.size()) +
+                      " .safetensors files that are not the shards of one model (" + list + ")" +
+                      advice);
+    prefix0 = prefix;
+    count0 = count;
+    seen.insert(index);
+  }
+  if (int(seen.size()) != count0)
+    throw Error(ErrorCode::BadIndex, dir, "",
+                "folder holds " + std::to_string(seen.size()) + " of the " +
+                    std::to_string(count0) + " shards of '" + prefix0 + "' (" + list +
+                    ") and no index: shards are missing");
+}
+
 }  // namespace
 
 std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path) {
@@ -152,6 +207,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path) {
       if (files.empty())
         throw Error(ErrorCode::InvalidArgument, path, "",
                     "folder holds no .safetensors file and no *.safetensors.index.json");
+      check_files_form_one_model(path, files);
       for (const std::string& name : files)
         shards.emplace(name, SafetensorsFile::open(join(path, name)));
       std::map<std::string, std::string> seen;  // tensor -> shard

@@ -69,14 +69,56 @@ json section_json(const Section& s) {
           {"xxh3", checksum_to_hex(s.checksum)}};
 }
 
+// The manifest entries and the manifest itself, shared by the writer and
+// planned_qpack_file_size so that a planned size is the written one.
+json raw_tensor_json(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
+                     const Section& data) {
+  return {{"name", name},
+          {"dtype", dtype_name(dtype)},
+          {"shape", shape},
+          {"encoding", "raw"},
+          {"sections", {{"data", section_json(data)}}}};
+}
+
+json quantized_tensor_json(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
+                           const QuantScheme& rs, json sections) {
+  return {{"name", name},
+          {"dtype", dtype_name(dtype)},
+          {"shape", shape},
+          {"encoding", "group_quant"},
+          {"quant",
+           {{"bits", rs.bits},
+            {"group_size", rs.group_size},
+            {"axis", rs.axis},
+            {"symmetric", rs.symmetric},
+            {"scale_dtype", dtype_name(rs.scale_dtype)}}},
+          {"sections", std::move(sections)}};
+}
+
+json manifest_json(const WriterOptions& options, const json& metadata, const json& config,
+                   const json& tensors, const json& provenance) {
+  json manifest = {
+      {"qpack_version",
+       std::to_string(kQpackVersionMajor) + "." + std::to_string(kQpackVersionMinor)},
+      {"generator", options.generator},
+      {"alignment", kQpackAlignment},
+      {"source", {{"format", "safetensors"}, {"metadata", metadata}, {"config", config}}},
+      {"tensors", tensors}};
+  if (!provenance.is_null()) manifest["provenance"] = provenance;
+  return manifest;
+}
+
+uint64_t padding_to_alignment(uint64_t position) {
+  return (kQpackAlignment - position % kQpackAlignment) % kQpackAlignment;
+}
+
 }  // namespace
 
 Section QpackWriter::write_section(const std::string& tensor, const void* data, uint64_t size) {
   Impl& w = *impl_;
   if (size > 0 && data == nullptr)
     throw Error(ErrorCode::InvalidArgument, w.file(), tensor, "null section data");
-  const uint64_t pad = (kQpackAlignment - w.out.position() % kQpackAlignment) % kQpackAlignment;
-  w.out.write_zeros(pad);
+  w.out.write_zeros(padding_to_alignment(w.out.position()));
   Section s;
   s.present = true;
   s.offset = w.out.position();
@@ -149,11 +191,7 @@ void QpackWriter::add_raw(const std::string& name, DType dtype, const std::vecto
                     std::to_string(want) + " bytes, got " + std::to_string(size));
   check_name(w.file(), name, w.names);
   const Section s = write_section(name, data, size);
-  w.tensors.push_back({{"name", name},
-                       {"dtype", dtype_name(dtype)},
-                       {"shape", shape},
-                       {"encoding", "raw"},
-                       {"sections", {{"data", section_json(s)}}}});
+  w.tensors.push_back(raw_tensor_json(name, dtype, shape, s));
 }
 
 void QpackWriter::add_quantized(const std::string& name, DType dtype,
@@ -194,17 +232,7 @@ void QpackWriter::add_quantized(const std::string& name, DType dtype,
                                                        : zeros;
     sections[ts.name] = section_json(write_section(name, src, ts.raw_size));
   }
-  w.tensors.push_back({{"name", name},
-                       {"dtype", dtype_name(dtype)},
-                       {"shape", shape},
-                       {"encoding", "group_quant"},
-                       {"quant",
-                        {{"bits", rs.bits},
-                         {"group_size", rs.group_size},
-                         {"axis", rs.axis},
-                         {"symmetric", rs.symmetric},
-                         {"scale_dtype", dtype_name(rs.scale_dtype)}}},
-                       {"sections", std::move(sections)}});
+  w.tensors.push_back(quantized_tensor_json(name, dtype, shape, rs, std::move(sections)));
 }
 
 uint64_t QpackWriter::bytes_written() const { return impl_->out.position(); }
@@ -213,14 +241,7 @@ void QpackWriter::commit() {
   Impl& w = *impl_;
   if (w.committed)
     throw Error(ErrorCode::InvalidArgument, w.file(), "", "writer already committed");
-  json manifest = {
-      {"qpack_version",
-       std::to_string(kQpackVersionMajor) + "." + std::to_string(kQpackVersionMinor)},
-      {"generator", w.options.generator},
-      {"alignment", kQpackAlignment},
-      {"source", {{"format", "safetensors"}, {"metadata", w.metadata}, {"config", w.config}}},
-      {"tensors", w.tensors}};
-  if (!w.provenance.is_null()) manifest["provenance"] = w.provenance;
+  const json manifest = manifest_json(w.options, w.metadata, w.config, w.tensors, w.provenance);
   std::string text;
   try {
     text = manifest.dump();
@@ -228,7 +249,7 @@ void QpackWriter::commit() {
     throw Error(ErrorCode::InvalidArgument, w.file(), "",
                 std::string("manifest cannot be written: ") + e.what());
   }
-  w.out.write_zeros((kQpackAlignment - w.out.position() % kQpackAlignment) % kQpackAlignment);
+  w.out.write_zeros(padding_to_alignment(w.out.position()));
   const uint64_t moff = w.out.position();
   w.out.write(text.data(), text.size());
   const uint64_t file_size = w.out.position();
@@ -244,6 +265,56 @@ void QpackWriter::commit() {
   w.out.pwrite_at(0, bytes, sizeof bytes);
   w.out.commit();
   w.committed = true;
+}
+
+uint64_t planned_qpack_file_size(const std::vector<PlannedQpackTensor>& tensors,
+                                 const nlohmann::json& metadata, const nlohmann::json& config,
+                                 const nlohmann::json& provenance, const WriterOptions& options) {
+  uint64_t pos = QpackHeader::kSize;
+  // Where write_section would put a section of `size` bytes stored as is.
+  auto place = [&pos](uint64_t size) {
+    pos += padding_to_alignment(pos);
+    Section s;
+    s.present = true;
+    s.offset = pos;
+    s.size = size;
+    s.raw_size = size;
+    pos += size;
+    return s;
+  };
+  json entries = json::array();
+  for (const PlannedQpackTensor& p : tensors) {
+    if (!p.quantized) {
+      unsigned long long n = 1;
+      for (int64_t d : p.shape)
+        if (d < 0 || mul_overflows_u64(n, (unsigned long long)d, &n))
+          throw Error(ErrorCode::InvalidArgument, "", p.name,
+                      "bad shape " + shape_to_string(p.shape));
+      const uint64_t bytes = uint64_t(n) * uint64_t(dtype_bits(p.dtype)) / 8;
+      entries.push_back(raw_tensor_json(p.name, p.dtype, p.shape, place(bytes)));
+      continue;
+    }
+    QpackTensor t;
+    t.quantized = true;
+    t.layout = make_layout(p.shape, p.scheme, p.name);
+    t.scheme = p.scheme;
+    t.scheme.group_size = t.layout.group_size;
+    t.scheme.axis = t.layout.axis;
+    json sections = json::object();
+    for (const TensorSection& ts : t.sections())
+      sections[ts.name] = section_json(place(ts.raw_size));
+    entries.push_back(
+        quantized_tensor_json(p.name, p.dtype, p.shape, t.scheme, std::move(sections)));
+  }
+  const json meta = metadata.is_null() ? json::object() : metadata;
+  std::string text;
+  try {
+    text = manifest_json(options, meta, config, entries, provenance).dump();
+  } catch (const json::exception& e) {
+    throw Error(ErrorCode::InvalidArgument, "", "",
+                std::string("manifest cannot be written: ") + e.what());
+  }
+  return pos + padding_to_alignment(pos) + text.size();
 }
 
 }  // namespace qpack

@@ -46,6 +46,7 @@ const char* error_code_name(ErrorCode code) {
     QPACK_CASE(RangeOverflow)
     QPACK_CASE(UnsupportedScheme)
     QPACK_CASE(UnsupportedDtype)
+    QPACK_CASE(NothingToQuantize)
     QPACK_CASE(NoDevice)
     QPACK_CASE(Cuda)
     QPACK_CASE(SourceMismatch)

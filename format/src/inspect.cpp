@@ -39,8 +39,8 @@ bool is_qpack_file(const std::string& path) {
 namespace {
 
 json ratio_of(uint64_t source, uint64_t stored) {
-  if (stored == 0) return nullptr;
-  return double(source) / double(stored);
+  const auto r = compression_ratio(source, stored);
+  return r ? json(*r) : json(nullptr);
 }
 
 json qpack_report(const std::string& path, const InspectOptions& options) {
@@ -80,7 +80,7 @@ json qpack_report(const std::string& path, const InspectOptions& options) {
   r["totals"] = {{"tensors", f->tensors().size()},
                  {"bytes", bytes},
                  {"source_bytes", source},
-                 {"ratio", ratio_of(source, bytes)}};
+                 {"ratio", ratio_of(source, f->file_size())}};  // the model's: over the file
   r["check"] = options.check ? json("ok") : json(nullptr);
   return r;
 }
@@ -133,10 +133,7 @@ json checkpoint_report(const std::string& path, const InspectOptions& options) {
 }
 
 std::string ratio_text(const json& r) {
-  if (r.is_null()) return "-";
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.2fx", r.get<double>());
-  return buf;
+  return format_ratio(r.is_null() ? std::nullopt : std::optional<double>(r.get<double>()));
 }
 
 std::string shape_text(const json& shape) {
@@ -235,7 +232,8 @@ std::string format_inspect_table(const json& report) {
     out += line + "\n";
   }
   if (qp) {
-    out += "stored " + format_bytes(tot.at("bytes").get<uint64_t>()) + " of " +
+    out += "stored " + format_bytes(tot.at("bytes").get<uint64_t>()) + " in sections, file " +
+           format_bytes(report.at("file_size").get<uint64_t>()) + " for " +
            format_bytes(tot.at("source_bytes").get<uint64_t>()) + " source (ratio " +
            ratio_text(tot.at("ratio")) + ")\n";
   } else {

@@ -22,7 +22,8 @@ std::string source_root(const std::string& source) {
   return fs::path(source).parent_path().string();
 }
 
-nlohmann::json source_files_json(const Checkpoint& checkpoint, const std::string& source) {
+nlohmann::json source_files_json(const Checkpoint& checkpoint, const std::string& source,
+                                 SourceHashes hashes) {
   const std::string root = source_root(source);
   const fs::path dir = root.empty() ? fs::path(".") : fs::path(root);
   nlohmann::json files = nlohmann::json::array();
@@ -30,7 +31,9 @@ nlohmann::json source_files_json(const Checkpoint& checkpoint, const std::string
     // Shards and config.json all sit in the source folder, so a
     // file name is its path relative to the root: no absolute path is kept.
     files.push_back(
-        {{"path", p.filename().string()}, {"xxh3", checksum_to_hex(file_checksum64(p.string()))}});
+        {{"path", p.filename().string()},
+         {"xxh3", hashes == SourceHashes::Compute ? checksum_to_hex(file_checksum64(p.string()))
+                                                  : std::string(16, '0')}});
   };
   for (const auto& f : checkpoint.files()) add(f->path());
   std::error_code ec;

@@ -1,11 +1,13 @@
 #include "qpack/format/safetensors.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "json_strict.hpp"
+#include "qpack/format/container.hpp"
 #include "qpack/format/endian.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/text.hpp"
@@ -132,6 +134,15 @@ void SafetensorsFile::parse_header(const uint8_t* data, uint64_t file_size, cons
                                    std::vector<TensorInfo>* tensors_out,
                                    std::map<std::string, std::string>* metadata_out,
                                    uint64_t* data_start_out) {
+  // Another format's magic where the header length would be: say what the
+  // file is rather than report its first bytes as an absurd header length.
+  if (file_size >= kQpackMagic.size() &&
+      std::memcmp(data, kQpackMagic.data(), kQpackMagic.size()) == 0)
+    throw Error(ErrorCode::BadHeader, path, "",
+                "is a .qpack file, not a safetensors checkpoint (inspect, verify and dequantize "
+                "read .qpack files)");
+  if (file_size >= 4 && std::memcmp(data, "GGUF", 4) == 0)
+    throw Error(ErrorCode::BadHeader, path, "", "is a GGUF file, not a safetensors checkpoint");
   if (file_size < 8)
     throw Error(ErrorCode::Truncated, path, "",
                 "file is " + std::to_string(file_size) +

@@ -42,4 +42,16 @@ std::string count_of(uint64_t n, const char* noun) {
   return std::to_string(n) + " " + noun + (n == 1 ? "" : "s");
 }
 
+std::optional<double> compression_ratio(uint64_t source_bytes, uint64_t stored_bytes) {
+  if (stored_bytes == 0) return std::nullopt;
+  return double(source_bytes) / double(stored_bytes);
+}
+
+std::string format_ratio(std::optional<double> ratio) {
+  if (!ratio) return "-";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2fx", *ratio);
+  return buf;
+}
+
 }  // namespace qpack

@@ -418,10 +418,12 @@ const std::vector<std::pair<std::string, Builder>>& registry() {
     add("dir_duplicate_across_files", [] {
       return ckpt_case(
           "dir_duplicate_across_files",
-          {{"a.safetensors", shard1()},
-           {"b.safetensors",
+          // Shards of one model (without an index, other names are refused
+          // before any tensor is compared).
+          {{kShard1, shard1()},
+           {kShard2,
             safetensors_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8)}},
-          E::DuplicateName, "a", "b.safetensors");
+          E::DuplicateName, "a", kShard2);
     });
     add("dir_bad_config_json", [] {
       return ckpt_case(

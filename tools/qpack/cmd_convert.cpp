@@ -33,6 +33,7 @@ struct ConvertArgs {
   CLI::Option* sym_opt = nullptr;
   CLI::Option* scale_opt = nullptr;
   bool force = false, dry_run = false, quiet = false, json = false;
+  bool require_quantized = false;
 };
 
 Recipe build_recipe(const ConvertArgs& a) {
@@ -69,6 +70,7 @@ Recipe build_recipe(const ConvertArgs& a) {
     TensorRule t;
     t.pattern = s;
     t.skip = true;
+    t.origin = "--skip '" + s + "'";
     front.push_back(t);
   }
   for (const auto& s : a.rules) front.push_back(parse_rule(s));
@@ -76,26 +78,31 @@ Recipe build_recipe(const ConvertArgs& a) {
   return r;
 }
 
-void print_plan(const std::vector<PlanEntry>& plan) {
+void print_plan(const ConvertPlan& plan) {
   size_t w = 6;
-  for (const auto& e : plan) w = std::max(w, e.name.size());
+  for (const auto& e : plan.tensors) w = std::max(w, e.name.size());
   std::printf("%-*s  %-18s %-5s %-24s %12s %12s  %s\n", int(w), "tensor", "shape", "dtype",
               "action", "bytes in", "bytes out", "why");
-  uint64_t in = 0, out = 0;
-  size_t q = 0;
-  for (const auto& e : plan) {
+  for (const auto& e : plan.tensors) {
     const std::string scheme = e.action == TensorAction::Keep ? kRawLabel : scheme_label(e.scheme);
     std::printf("%-*s  %-18s %-5s %-24s %12llu %12llu  %s\n", int(w), e.name.c_str(),
                 shape_to_string(e.shape).c_str(), dtype_name(e.dtype), scheme.c_str(),
                 static_cast<unsigned long long>(e.bytes_in),
                 static_cast<unsigned long long>(e.bytes_out), e.reason.c_str());
-    in += e.bytes_in;
-    out += e.bytes_out;
-    q += e.action == TensorAction::Quantize;
   }
-  std::printf("total: %s (%zu quantized, %zu raw), %s -> %s (%.2fx, sections only)\n",
-              count_of(plan.size(), "tensor").c_str(), q, plan.size() - q, format_bytes(in).c_str(),
-              format_bytes(out).c_str(), out ? double(in) / double(out) : 0.0);
+  // The file's size and the ratio over it: what convert's summary will say.
+  std::printf("total: %s (%zu quantized, %zu raw), %s -> %s%s (%s; quantized tensors: %s -> %s)\n",
+              count_of(plan.tensors.size(), "tensor").c_str(), plan.tensors_quantized,
+              plan.tensors_kept, format_bytes(plan.bytes_in).c_str(),
+              plan.bytes_out_is_upper_bound ? "at most " : "", format_bytes(plan.bytes_out).c_str(),
+              format_ratio(compression_ratio(plan.bytes_in, plan.bytes_out)).c_str(),
+              format_bytes(plan.bytes_quantized_in).c_str(),
+              format_bytes(plan.bytes_quantized_out).c_str());
+}
+
+// Warnings go to stderr whatever the output mode, so a CI log shows them.
+void print_warnings(const std::vector<std::string>& warnings) {
+  for (const auto& w : warnings) std::fprintf(stderr, "qpack: warning: %s\n", w.c_str());
 }
 
 int run_convert(ConvertArgs& a) {
@@ -107,23 +114,25 @@ int run_convert(ConvertArgs& a) {
     o.nonfinite = NonFinitePolicy::Zero;
   else
     throw Error(ErrorCode::InvalidArgument, "", "", "--nonfinite must be 'error' or 'zero'");
-  if (a.dry_run) {
-    const auto plan = make_plan(a.source, o.recipe);
-    if (a.json) {
-      std::printf("%s\n", plan_to_json(plan).dump(2).c_str());
-    } else {
-      print_plan(plan);
-    }
-    return kExitOk;
-  }
-  if (a.output.empty())
-    throw Error(ErrorCode::InvalidArgument, "", "", "convert needs OUTPUT (or --dry-run)");
   if (a.zstd && a.zstd->count() > 0) {
     o.codec = Codec::Zstd;
     if (a.zstd_level < 1 || a.zstd_level > 19)
       throw Error(ErrorCode::InvalidArgument, "", "", "--zstd level must be 1..19");
     o.zstd_level = a.zstd_level;
   }
+  o.require_quantized = a.require_quantized;
+  if (a.dry_run) {
+    const ConvertPlan plan = make_plan(a.source, o);
+    if (a.json) {
+      std::printf("%s\n", plan.to_json().dump(2).c_str());
+    } else {
+      print_plan(plan);
+    }
+    print_warnings(plan.warnings);
+    return kExitOk;
+  }
+  if (a.output.empty())
+    throw Error(ErrorCode::InvalidArgument, "", "", "convert needs OUTPUT (or --dry-run)");
   o.overwrite = a.force;
   auto quantizer = make_quantizer(a.device.value(), a.threads);
   ProgressBar bar("convert", !a.quiet);
@@ -140,14 +149,15 @@ int run_convert(ConvertArgs& a) {
   } else if (!a.quiet) {
     std::printf("qpack convert: %s quantized, %zu raw -> %s\n",
                 count_of(s.tensors_quantized, "tensor").c_str(), s.tensors_kept, a.output.c_str());
-    std::printf("  in  %s   out %s   ratio %.2fx   (quantized tensors: %s -> %s)\n",
+    std::printf("  in  %s   out %s   ratio %s   (quantized tensors: %s -> %s)\n",
                 format_bytes(s.bytes_in).c_str(), format_bytes(s.bytes_out).c_str(),
-                s.bytes_out ? double(s.bytes_in) / double(s.bytes_out) : 0.0,
+                format_ratio(compression_ratio(s.bytes_in, s.bytes_out)).c_str(),
                 format_bytes(s.bytes_quantized_in).c_str(),
                 format_bytes(s.bytes_quantized_out).c_str());
     std::printf("  time %.2f s   %.2f GB/s   device %s\n", s.seconds,
                 s.seconds > 0 ? double(s.bytes_in) / s.seconds / 1e9 : 0.0, s.device.c_str());
   }
+  print_warnings(s.warnings);
   return kExitOk;
 }
 
@@ -207,6 +217,8 @@ Runner add_convert(CLI::App& app) {
   sub->add_flag("--dry-run,-n", a->dry_run,
                 "print what would happen to each tensor; write nothing");
   sub->add_flag("--quiet,-q", a->quiet, "no progress bar, no summary");
+  sub->add_flag("--require-quantized", a->require_quantized,
+                "fail (exit 3) before writing when no tensor would be quantized");
   sub->add_flag("--json", a->json, "print the summary (or the plan) as JSON");
   return [a] { return run_convert(*a); };
 }

@@ -361,9 +361,9 @@ std::string status_badge(const std::string& st) {
 }
 
 std::string ratio_td(uint64_t before, uint64_t after) {
-  if (after == 0) return "<td class=\"n\" data-v=\"0\">-</td>";
-  const double r = double(before) / double(after);
-  return num_td(r, fixed(r, 2) + "x");
+  const auto r = compression_ratio(before, after);
+  if (!r) return "<td class=\"n\" data-v=\"0\">-</td>";
+  return num_td(*r, format_ratio(r));
 }
 
 }  // namespace
@@ -395,11 +395,8 @@ std::string verify_report_html(const VerifyReport& rep) {
   h += "<section class=\"cards\">";
   card(std::to_string(rep.tensors.size()) + " / " + std::to_string(nq), "tensors / quantized");
   card(format_bytes(rep.model.source_bytes), "source tensors");
-  card(format_bytes(rep.model.stored_bytes), "stored in the .qpack");
-  card(rep.model.stored_bytes
-           ? fixed(double(rep.model.source_bytes) / double(rep.model.stored_bytes), 2) + "x"
-           : "-",
-       "compression");
+  card(format_bytes(rep.file_bytes), "the .qpack file");
+  card(format_ratio(compression_ratio(rep.model.source_bytes, rep.file_bytes)), "compression");
   if (rep.integrity_ok) {
     card(sci(ms.rel_error()), "relative error (model)");
     card(fixed(ms.snr_db(), 2) + " dB", "SNR (model)");

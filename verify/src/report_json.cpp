@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "qpack/format/error.hpp"
+#include "qpack/format/text.hpp"
 #include "qpack/verify/report.hpp"
 
 namespace qpack {
@@ -21,8 +22,8 @@ nlohmann::json opt_num(const std::optional<double>& v) {
 }
 
 nlohmann::json ratio(uint64_t before, uint64_t after) {
-  if (after == 0) return nullptr;
-  return double(before) / double(after);
+  const auto r = compression_ratio(before, after);
+  return r ? nlohmann::json(*r) : nlohmann::json(nullptr);
 }
 
 nlohmann::json metrics_json(const ErrorSums& s) {
@@ -193,6 +194,8 @@ nlohmann::json verify_report_json(const VerifyReport& rep) {
   for (const auto& r : rep.kinds) kinds.push_back(rollup_json(r, false));
   j["kinds"] = std::move(kinds);
   j["model"] = rollup_json(rep.model, false);
+  // The model's ratio is over the file, as convert and inspect give it.
+  j["model"]["compression_ratio"] = ratio(rep.model.source_bytes, rep.file_bytes);
 
   nlohmann::json gate = nlohmann::json::array();
   for (const auto& f : rep.gate_failures) gate.push_back(failure_json(f));

@@ -69,8 +69,7 @@ std::string sci(double v) { return format_metric(v, 3, true); }
 std::string fixed(double v, int p) { return format_metric(v, p, false); }
 
 std::string ratio_str(uint64_t before, uint64_t after) {
-  if (after == 0) return "-";
-  return fixed(double(before) / double(after), 2) + "x";
+  return format_ratio(compression_ratio(before, after));
 }
 
 std::string scheme_short(const TensorResult& t) {
@@ -112,8 +111,8 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
   else
     add("  " + rep.device + "; " + count_of(rep.tensors.size(), "tensor") + " (" +
         std::to_string(quantized) + " quantized, " + std::to_string(raw) + " raw); " +
-        format_bytes(rep.model.source_bytes) + " -> " + format_bytes(rep.model.stored_bytes) +
-        " (" + ratio_str(rep.model.source_bytes, rep.model.stored_bytes) + ")");
+        format_bytes(rep.model.source_bytes) + " -> " + format_bytes(rep.file_bytes) + " file (" +
+        ratio_str(rep.model.source_bytes, rep.file_bytes) + ")");
 
   // Integrity.
   if (rep.integrity_ok) {

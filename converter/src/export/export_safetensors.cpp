@@ -22,12 +22,31 @@ int dtype_bytes(DType d) { return dtype_bits(d) / 8; }
 
 // safetensors metadata is string -> string; the .qpack keeps the source's as
 // JSON. Strings are carried as they are, anything else as its JSON text.
+// "total_size" comes from a sharded source's index (Checkpoint merges the
+// index's metadata): the byte count of those shards, false for this file,
+// so it is not carried.
 std::map<std::string, std::string> carried_metadata(const nlohmann::json& j) {
   std::map<std::string, std::string> m;
   if (!j.is_object()) return m;
-  for (auto it = j.begin(); it != j.end(); ++it)
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    if (it.key() == "total_size") continue;
     m[it.key()] = it->is_string() ? it->get<std::string>() : it->dump();
+  }
   return m;
+}
+
+// A kept F16/BF16/F32 tensor's n elements rounded to `to` (exact when wider).
+void convert_kept(const uint8_t* in, DType from, int64_t n, DType to, uint8_t* out, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = load_as_f32(in, from, uint64_t(i));
+    if (to == DType::F32) {
+      std::memcpy(out + 4 * i, &v, 4);
+    } else {
+      const uint16_t h = to == DType::F16 ? f32_to_f16_rne(v) : f32_to_bf16_rne(v);
+      std::memcpy(out + 2 * i, &h, 2);
+    }
+  }
 }
 
 void convert_floats(const float* in, int64_t n, DType to, uint8_t* out, int threads) {
@@ -50,6 +69,10 @@ DequantizeSummary dequantize_file(const std::string& qpack_path, const std::stri
     throw Error(
         ErrorCode::InvalidArgument, "", "",
         std::string("output dtype must be f16, bf16 or f32 (got ") + dtype_name(*opt.dtype) + ")");
+  if (opt.kept_dtype && !is_quantizable(*opt.kept_dtype))
+    throw Error(ErrorCode::InvalidArgument, "", "",
+                std::string("kept tensors' output dtype must be f16, bf16 or f32 (got ") +
+                    dtype_name(*opt.kept_dtype) + ")");
   if (file_exists(out_path) && same_file(qpack_path, out_path))
     throw Error(ErrorCode::InvalidArgument, out_path, "",
                 "the output would overwrite the input .qpack");
@@ -69,6 +92,10 @@ DequantizeSummary dequantize_file(const std::string& qpack_path, const std::stri
     if (t.quantized) {
       w.dtype = opt.dtype ? *opt.dtype : t.dtype;
       w.nbytes = uint64_t(t.layout.num_elements()) * uint64_t(dtype_bytes(w.dtype));
+    } else if (opt.kept_dtype && is_quantizable(t.dtype)) {
+      w.dtype = *opt.kept_dtype;
+      w.nbytes =
+          (t.source_bytes() / uint64_t(dtype_bytes(t.dtype))) * uint64_t(dtype_bytes(w.dtype));
     } else {
       w.dtype = t.dtype;
       w.nbytes = t.source_bytes();
@@ -96,11 +123,20 @@ DequantizeSummary dequantize_file(const std::string& qpack_path, const std::stri
     if (opt.progress) opt.progress(ti, tensors.size(), done, total, t.name);
     if (!t.quantized) {
       const SectionBytes data = qf->read(t, t.data);
-      if (data.size != declared[ti].nbytes)
+      if (data.size != t.source_bytes())
         throw Error(ErrorCode::ManifestMismatch, qpack_path, t.name,
                     "raw data section holds " + std::to_string(data.size) + " bytes, expected " +
-                        std::to_string(declared[ti].nbytes));
-      writer.append(data.data, data.size);
+                        std::to_string(t.source_bytes()));
+      if (declared[ti].dtype != t.dtype) {
+        const int64_t n = int64_t(t.source_bytes() / uint64_t(dtype_bytes(t.dtype)));
+        converted.resize(size_t(declared[ti].nbytes));
+        convert_kept(data.data, t.dtype, n, declared[ti].dtype, converted.data(), threads);
+        writer.append(converted.data(), converted.size());
+        ++sum.kept_converted;
+      } else {
+        writer.append(data.data, data.size);
+        if (opt.dtype && is_quantizable(t.dtype) && t.dtype != *opt.dtype) ++sum.kept_other_dtype;
+      }
       qf->release(t.data);
     } else {
       const GroupLayout& L = t.layout;

@@ -37,7 +37,32 @@ struct ConvertOptions {
   Codec codec = Codec::None;
   int zstd_level = 3;
   bool overwrite = false;
+  // A plan that quantizes no tensor (an empty checkpoint, everything kept) is
+  // Error(NothingToQuantize) before anything is written, instead of a warning.
+  bool require_quantized = false;
   std::function<void(const ConvertProgress&)> progress;  // called from the converting thread
+};
+
+// What convert will do to each tensor and what it will write, computed before
+// any tensor is read.
+struct ConvertPlan {
+  std::vector<PlanEntry> tensors;  // in the order they are written
+  // Things a person should look at, none fatal: no tensor quantized, a rule
+  // that matches nothing, tensors kept because the default axis is not theirs.
+  std::vector<std::string> warnings;
+  size_t tensors_quantized = 0, tensors_kept = 0;
+  uint64_t bytes_in = 0;                                     // source tensor bytes
+  uint64_t bytes_quantized_in = 0, bytes_quantized_out = 0;  // quantized tensors: source, sections
+  // The size of the .qpack file convert writes (planned_qpack_file_size):
+  // exact without zstd; with zstd its upper bound (bytes_out_is_upper_bound).
+  uint64_t bytes_out = 0;
+  bool bytes_out_is_upper_bound = false;
+  double ratio() const;  // compression_ratio(bytes_in, bytes_out), 0 when undefined
+  // convert --dry-run --json: {"dry_run": true, tensors_quantized,
+  // tensors_kept, bytes_in, bytes_out, bytes_out_is_upper_bound,
+  // bytes_quantized_in, bytes_quantized_out, ratio, warnings, "tensors": [...]};
+  // each tensor as in ConvertSummary::to_json.
+  nlohmann::json to_json() const;
 };
 
 struct ConvertSummary {
@@ -48,17 +73,16 @@ struct ConvertSummary {
   double seconds = 0;
   std::string device;
   std::vector<PlanEntry> plan;
+  std::vector<std::string> warnings;  // the plan's
+  double ratio() const;               // compression_ratio(bytes_in, bytes_out), 0 when undefined
   nlohmann::json to_json() const;
 };
 
-// What convert would do, without writing anything.
-std::vector<PlanEntry> make_plan(const std::string& source, const Recipe& recipe);
-
-// convert --dry-run --json: {"dry_run": true, tensors_quantized, tensors_kept,
-// bytes_in, bytes_quantized_in, bytes_quantized_out, ratio (bytes_in over the
-// sections' bytes: there is no file yet), "tensors": [...]}; each tensor as
-// in ConvertSummary::to_json.
-nlohmann::json plan_to_json(const std::vector<PlanEntry>& plan);
+// What convert would do with `options`, without writing anything. Throws
+// Error(InvalidArgument) for a group axis no selected tensor has (naming
+// them) or that a rule's tensor lacks, Error(NothingToQuantize) under
+// options.require_quantized.
+ConvertPlan make_plan(const std::string& source, const ConvertOptions& options);
 
 // Converts `source` (a .safetensors file, an index, or a folder) into `output`.
 // The output appears only when complete (temporary file + rename); the

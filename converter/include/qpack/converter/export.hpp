@@ -1,7 +1,8 @@
 // `qpack dequantize`: writes the checkpoint a .qpack reconstructs, as one
 // safetensors file. Quantized tensors are dequantized (docs/quantization.md
 // §6) and rounded to the output dtype; raw tensors are copied byte for byte;
-// the source's safetensors metadata is carried over. Streaming (bounded
+// the source's safetensors metadata is carried over, less the index's
+// total_size (it describes the source's shards, not this file). Streaming (bounded
 // memory: a slice of one tensor at a time) and atomic (the output appears
 // only when complete).
 #pragma once
@@ -17,9 +18,13 @@
 namespace qpack {
 
 struct DequantizeOptions {
-  // Output dtype of quantized tensors (F16, BF16 or F32, rounded to nearest
-  // even); unset: each tensor's source dtype. Raw tensors keep theirs.
+  // Output dtype of the dequantized (quantized) tensors: F16, BF16 or F32,
+  // rounded to nearest even; unset: each tensor's source dtype.
   std::optional<DType> dtype;
+  // Output dtype of the kept (raw) floating-point tensors, F16/BF16/F32 ones
+  // (rounded to nearest even); unset: copied byte for byte. Kept tensors of
+  // other dtypes (integers, bool, F64, F8) are always copied as they are.
+  std::optional<DType> kept_dtype;
   // Cpu: dequantize_cpu. Cuda (cuda:N): the kernels' dequantize on that
   // device (bit-identical), Error(NoDevice) when unusable. Auto (the
   // default): CUDA device 0 when usable, else the CPU.
@@ -37,6 +42,11 @@ struct DequantizeOptions {
 struct DequantizeSummary {
   std::string device;  // "cpu (N threads)" or the CUDA device
   size_t tensors = 0, quantized = 0;
+  size_t kept_converted = 0;  // kept tensors written in kept_dtype
+  // Kept floating-point tensors written in a dtype other than the
+  // dequantized tensors' (options.dtype set, kept_dtype not): the file
+  // mixes dtypes, which the CLI says.
+  size_t kept_other_dtype = 0;
   uint64_t output_bytes = 0;  // tensor data written
 };
 

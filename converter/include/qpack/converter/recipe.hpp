@@ -21,6 +21,9 @@ struct TensorRule {
   std::optional<int> axis;
   std::optional<bool> symmetric;
   std::optional<DType> scale_dtype;
+  // Where the rule came from, for warnings: "--skip '*embed*'", "--rule
+  // '...'", "recipe r.json rules[2]". Empty: shown as "rule 'PATTERN'".
+  std::string origin;
 };
 
 struct Recipe {
@@ -39,6 +42,11 @@ struct Recipe {
   nlohmann::json to_json() const;
 };
 
+// Tensors whose resolved group is shorter than this are kept (the requested
+// group size may be larger than the axis it groups): a group of fewer
+// elements costs more in scales than it saves in codes.
+constexpr int64_t kMinResolvedGroup = 8;
+
 // "PATTERN:key=value,key=value" with keys bits, group (or group_size), axis,
 // sym (or symmetric), asym, scale (or scale_dtype), skip, force.
 TensorRule parse_rule(const std::string& text);
@@ -54,6 +62,10 @@ struct TensorDecision {
   TensorAction action = TensorAction::Keep;
   QuantScheme scheme;  // as requested (group size and axis not yet resolved)
   std::string reason;  // why it is kept, or which rule chose the scheme
+  int rule = -1;       // index in recipe.rules of the rule that decided, or -1
+  // Kept only because the default group axis (scheme.axis) is not one of its
+  // dimensions: the plan refuses a default axis that no selected tensor has.
+  bool default_axis_missing = false;
 };
 
 // Decides for one tensor. Quantizable = F16/BF16/F32 with >= min_dims

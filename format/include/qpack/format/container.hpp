@@ -162,6 +162,27 @@ struct WriterOptions {
   std::string generator = "qpack";
 };
 
+// A tensor as QpackWriter records it, for sizing a file before it is written.
+struct PlannedQpackTensor {
+  std::string name;
+  DType dtype = DType::F32;  // the source dtype
+  std::vector<int64_t> shape;
+  bool quantized = false;
+  QuantScheme scheme;  // quantized only; resolved (make_layout) or resolvable
+};
+
+// The size of the file QpackWriter writes for `tensors`, added in this order
+// after set_source(metadata, config), laid out as the writer lays it out
+// (the same manifest text, padding and alignment). Exact when options.codec
+// is None. With zstd it is an upper bound: a section is stored compressed
+// only when that is smaller, a smaller section never moves a later offset
+// up, and "zstd" is as long as "none" in the manifest. `provenance` is what
+// set_provenance will be given (null for none); only its serialized length
+// matters, so hashes may be placeholders of the same length.
+uint64_t planned_qpack_file_size(const std::vector<PlannedQpackTensor>& tensors,
+                                 const nlohmann::json& metadata, const nlohmann::json& config,
+                                 const nlohmann::json& provenance, const WriterOptions& options);
+
 // Streams sections to a temporary file next to `path`; commit() writes the
 // manifest and header, fsyncs and renames. Destroying it uncommitted removes
 // the temporary file.

@@ -54,6 +54,7 @@ enum class ErrorCode {
   RangeOverflow,
   UnsupportedScheme,
   UnsupportedDtype,
+  NothingToQuantize,  // a conversion that would quantize no tensor, where one must
   // devices
   NoDevice,
   Cuda,

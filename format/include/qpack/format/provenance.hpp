@@ -21,6 +21,10 @@ std::string source_root(const std::string& source);
 // [{"path": NAME, "xxh3": HEX}, ...]: every file of the checkpoint that
 // convert reads data from (each .safetensors shard, then config.json when
 // present), by its name relative to source_root(source), in that order.
-nlohmann::json source_files_json(const Checkpoint& checkpoint, const std::string& source);
+// With SourceHashes::Placeholder the files are not read and every hash is
+// sixteen zeros: the same length, for sizing a manifest before writing it.
+enum class SourceHashes { Compute, Placeholder };
+nlohmann::json source_files_json(const Checkpoint& checkpoint, const std::string& source,
+                                 SourceHashes hashes = SourceHashes::Compute);
 
 }  // namespace qpack

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,5 +29,15 @@ std::string count_of(uint64_t n, const char* noun);
 
 // "1.50 GiB": binary units, two decimals (bytes below 1 KiB as "N B").
 std::string format_bytes(uint64_t bytes);
+
+// ---- the compression ratio: one definition for convert, inspect and verify.
+// Source tensor bytes over stored bytes. For a whole model the stored bytes
+// are the .qpack file's size (header, padding and manifest included), so
+// convert's summary, its --dry-run plan, inspect's totals and verify's model
+// line show the same number; for one tensor or one layer they are the bytes
+// of its sections. nullopt when nothing is stored.
+std::optional<double> compression_ratio(uint64_t source_bytes, uint64_t stored_bytes);
+// "7.03x", or "-" for nullopt.
+std::string format_ratio(std::optional<double> ratio);
 
 }  // namespace qpack
