@@ -219,8 +219,7 @@ ConvertPlan plan_for(const Checkpoint& ckpt, const std::string& source,
   planned.reserve(plan.tensors.size());
   for (const PlanEntry& e : plan.tensors)
     planned.push_back({e.name, e.dtype, e.shape, e.action == TensorAction::Quantize, e.scheme});
-  plan.bytes_out =
-      planned_qpack_file_size(
+  plan.bytes_out = planned_qpack_file_size(
       planned, ckpt.metadata(), ckpt.config(),
       provenance_json(ckpt, source, options, SourceHashes::Placeholder), writer_options(options));
   plan.bytes_out_is_upper_bound = options.codec != Codec::None;

@@ -100,7 +100,7 @@ TEST_F(VerifyFile, CleanFilePassesWithConsistentReport) {
   EXPECT_LT(r.model.stored_bytes, src_bytes / 3);
   bool saw_q = false;
   for (const auto& k : r.kinds)
-    if (k.key == "q_proj") {
+    if (k.key == "self_attn.q_proj") {
       saw_q = true;
       EXPECT_EQ(k.tensors, 3u);
     }
