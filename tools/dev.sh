@@ -31,6 +31,14 @@ deps() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+  # Test-only Python modules: gguf-py (llama.cpp's own reader) and numpy for
+  # the GGUF cross-checks. Best effort: without them those tests skip.
+  if ! python3 -c "import gguf, numpy" >/dev/null 2>&1; then
+    say "installing the test-only Python modules gguf, numpy (pip)"
+    python3 -m pip install -q gguf numpy >/dev/null 2>&1 ||
+      python3 -m pip install -q --user --break-system-packages gguf numpy >/dev/null 2>&1 ||
+      say "pip could not install gguf/numpy: the gguf-py cross-checks will skip"
+  fi
 }
 
 cuda_flag() {
