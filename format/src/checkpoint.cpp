@@ -205,7 +205,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path) {
       open_index(join(path, chosen));
     } else {
       if (files.empty())
-        throw Error(ErrorCode::InvalidArgument, path, "",
+        throw Error(ErrorCode::BadIndex, path, "",  // bad input (3), not a usage error
                     "folder holds no .safetensors file and no *.safetensors.index.json");
       check_files_form_one_model(path, files);
       for (const std::string& name : files)

@@ -170,8 +170,8 @@ std::string format_inspect_table(const json& report) {
   std::vector<std::vector<std::string>> rows;
   rows.push_back(head);
   for (const json& t : report.at("tensors")) {
-    std::vector<std::string> row = {t.at("name").get<std::string>(), shape_text(t.at("shape")),
-                                    t.at("dtype").get<std::string>(),
+    std::vector<std::string> row = {escape_for_terminal(t.at("name").get<std::string>()),
+                                    shape_text(t.at("shape")), t.at("dtype").get<std::string>(),
                                     t.at("scheme").get<std::string>(),
                                     std::to_string(t.at("bytes").get<uint64_t>())};
     if (qp) {
@@ -181,7 +181,7 @@ std::string format_inspect_table(const json& report) {
     if (multi_file) {
       const std::string f = t.at("file").get<std::string>();
       const size_t slash = f.find_last_of('/');
-      row.push_back(slash == std::string::npos ? f : f.substr(slash + 1));
+      row.push_back(escape_for_terminal(slash == std::string::npos ? f : f.substr(slash + 1)));
     }
     rows.push_back(std::move(row));
   }
@@ -200,20 +200,20 @@ std::string format_inspect_table(const json& report) {
   }
   std::vector<size_t> width(head.size(), 0);
   for (const auto& row : rows)
-    for (size_t c = 0; c < row.size(); ++c) width[c] = std::max(width[c], row[c].size());
+    for (size_t c = 0; c < row.size(); ++c) width[c] = std::max(width[c], display_width(row[c]));
   // Numbers right-aligned: BYTES, SOURCE, RATIO.
   auto numeric = [&](size_t c) { return c == 4 || (qp && (c == 5 || c == 6)); };
 
   std::string out;
   if (qp) {
     out += "qpack " + report.at("version").get<std::string>() + ": " +
-           report.at("path").get<std::string>() + " (" +
+           escape_for_terminal(report.at("path").get<std::string>()) + " (" +
            std::to_string(report.at("file_size").get<uint64_t>()) + " bytes, generator " +
-           report.at("generator").get<std::string>() + ")\n";
+           escape_for_terminal(report.at("generator").get<std::string>()) + ")\n";
   } else {
     const size_t nf = report.at("files").size();
-    out += "safetensors: " + report.at("path").get<std::string>() + " (" + std::to_string(nf) +
-           (nf == 1 ? " file" : " files") + ")\n";
+    out += "safetensors: " + escape_for_terminal(report.at("path").get<std::string>()) + " (" +
+           std::to_string(nf) + (nf == 1 ? " file" : " files") + ")\n";
   }
   for (size_t i = 0; i < rows.size(); ++i) {
     if (i + 1 == rows.size()) {  // a rule above the totals
@@ -223,10 +223,8 @@ std::string format_inspect_table(const json& report) {
     }
     std::string line;
     for (size_t c = 0; c < rows[i].size(); ++c) {
-      const std::string& cell = rows[i][c];
-      const std::string pad(width[c] - cell.size(), ' ');
       if (c) line += "  ";
-      line += numeric(c) ? pad + cell : cell + pad;
+      line += pad_to_width(rows[i][c], width[c], numeric(c));
     }
     while (!line.empty() && line.back() == ' ') line.pop_back();
     out += line + "\n";

@@ -100,14 +100,17 @@ DeviceSelection resolve_device(const DeviceSelection& d) {
   std::string why;
   const bool usable = cuda::cuda_available(&why);
   if (d.kind == DeviceKind::Auto) return {usable ? DeviceKind::Cuda : DeviceKind::Cpu, 0};
+  // One message for every command and every cause (no driver, a driver
+  // too old for the runtime, a build without CUDA, an index past the count):
+  // what to do first, the cause after it.
   if (!usable)
     throw Error(ErrorCode::NoDevice, "", "",
-                "device " + device_name(d) + " needs a usable CUDA device: " + why);
+                "no usable CUDA device (use --device cpu): " + device_name(d) + ": " + why);
   const int n = cuda::device_count();
   if (d.index >= n)
-    throw Error(
-        ErrorCode::NoDevice, "", "",
-        "device " + device_name(d) + ": only " + std::to_string(n) + " CUDA device(s) visible");
+    throw Error(ErrorCode::NoDevice, "", "",
+                "no usable CUDA device (use --device cpu): " + device_name(d) + ": only " +
+                    std::to_string(n) + " CUDA device(s) visible");
   return d;
 }
 

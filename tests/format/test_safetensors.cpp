@@ -344,7 +344,9 @@ TEST(Checkpoint, MissingPathsAndEmptyFolders) {
     Checkpoint::open(dir.path());
     FAIL();
   } catch (const Error& e) {
-    EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+    // A folder with no checkpoint in it is bad input (3), not a usage error.
+    EXPECT_EQ(e.code(), ErrorCode::BadIndex);
+    EXPECT_EQ(exit_code_for(e.code()), kExitBadInput);
   }
 }
 

@@ -1,5 +1,6 @@
 #include <cstdio>
 
+#include "cli_options.hpp"
 #include "commands.hpp"
 #include "device.hpp"
 #include "progress_bar.hpp"
@@ -57,12 +58,15 @@ Recipe build_recipe(const ConvertArgs& a) {
   if (*a.axis_opt) r.defaults.axis = a.axis;
   if (*a.sym_opt) r.defaults.symmetric = a.symmetric;
   if (*a.scale_opt) {
-    const auto d = parse_scale_dtype(a.scale_dtype);
-    if (!d)
-      throw Error(ErrorCode::InvalidArgument, "", "", "--scale-dtype must be f16, bf16 or f32");
-    r.defaults.scale_dtype = *d;
+    r.defaults.scale_dtype = parse_float_dtype_flag("--scale-dtype", a.scale_dtype);
   }
-  if (*a.min_dims_opt) r.min_dims = a.min_dims;
+  if (*a.min_dims_opt) {
+    // As the recipe requires: a 0-d tensor has one element and nothing to group.
+    if (a.min_dims < 1)
+      throw Error(ErrorCode::InvalidArgument, "", "",
+                  "--min-dims must be at least 1, not " + std::to_string(a.min_dims));
+    r.min_dims = a.min_dims;
+  }
   const std::string why = validate_scheme(r.defaults);
   if (!why.empty()) throw Error(ErrorCode::InvalidArgument, "", "", why);
   std::vector<TensorRule> front;
@@ -79,16 +83,23 @@ Recipe build_recipe(const ConvertArgs& a) {
 }
 
 void print_plan(const ConvertPlan& plan) {
+  // Names from the file: escaped for the terminal, padded by display width.
+  std::vector<std::string> names;
   size_t w = 6;
-  for (const auto& e : plan.tensors) w = std::max(w, e.name.size());
-  std::printf("%-*s  %-18s %-5s %-24s %12s %12s  %s\n", int(w), "tensor", "shape", "dtype",
-              "action", "bytes in", "bytes out", "why");
   for (const auto& e : plan.tensors) {
+    names.push_back(escape_for_terminal(e.name));
+    w = std::max(w, display_width(names.back()));
+  }
+  std::printf("%s  %-18s %-5s %-24s %12s %12s  %s\n", pad_to_width("tensor", w).c_str(), "shape",
+              "dtype", "action", "bytes in", "bytes out", "why");
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    const PlanEntry& e = plan.tensors[i];
     const std::string scheme = e.action == TensorAction::Keep ? kRawLabel : scheme_label(e.scheme);
-    std::printf("%-*s  %-18s %-5s %-24s %12llu %12llu  %s\n", int(w), e.name.c_str(),
+    std::printf("%s  %-18s %-5s %-24s %12llu %12llu  %s\n", pad_to_width(names[i], w).c_str(),
                 shape_to_string(e.shape).c_str(), dtype_name(e.dtype), scheme.c_str(),
                 static_cast<unsigned long long>(e.bytes_in),
-                static_cast<unsigned long long>(e.bytes_out), e.reason.c_str());
+                static_cast<unsigned long long>(e.bytes_out),
+                escape_for_terminal(e.reason).c_str());
   }
   // The file's size and the ratio over it: what convert's summary will say.
   std::printf("total: %s (%zu quantized, %zu raw), %s -> %s%s (%s; quantized tensors: %s -> %s)\n",
@@ -135,7 +146,7 @@ int run_convert(ConvertArgs& a) {
     throw Error(ErrorCode::InvalidArgument, "", "", "convert needs OUTPUT (or --dry-run)");
   o.overwrite = a.force;
   auto quantizer = make_quantizer(a.device.value(), a.threads);
-  ProgressBar bar("convert", !a.quiet);
+  ProgressBar bar("convert", !a.quiet && !a.json);
   o.progress = [&bar](const ConvertProgress& p) {
     bar.update(p.bytes_done, p.bytes_total, p.tensors_done, p.tensors_total, p.current);
   };
@@ -148,7 +159,8 @@ int run_convert(ConvertArgs& a) {
     std::printf("%s\n", j.dump(2).c_str());
   } else if (!a.quiet) {
     std::printf("qpack convert: %s quantized, %zu raw -> %s\n",
-                count_of(s.tensors_quantized, "tensor").c_str(), s.tensors_kept, a.output.c_str());
+                count_of(s.tensors_quantized, "tensor").c_str(), s.tensors_kept,
+                escape_for_terminal(a.output).c_str());
     std::printf("  in  %s   out %s   ratio %s   (quantized tensors: %s -> %s)\n",
                 format_bytes(s.bytes_in).c_str(), format_bytes(s.bytes_out).c_str(),
                 format_ratio(compression_ratio(s.bytes_in, s.bytes_out)).c_str(),
@@ -190,7 +202,7 @@ Runner add_convert(CLI::App& app) {
   a->sym_opt = sub->add_flag("--symmetric,!--asymmetric", a->symmetric,
                              "symmetric absmax codes, no zero-point (default asymmetric)");
   a->scale_opt = sub->add_option("--scale-dtype", a->scale_dtype,
-                                 "scale/zero-point dtype: f16, bf16, f32 (default f16)");
+                                 "scale/zero-point dtype: f16, bf16, f32, any case (default f16)");
   // One value per occurrence, repeated for more: a vector option would
   // otherwise swallow the positionals that follow it.
   sub->add_option("--skip", a->skips, "keep tensors matching this glob as they are (repeatable)")
@@ -206,7 +218,7 @@ Runner add_convert(CLI::App& app) {
       "--min-dims", a->min_dims, "quantize tensors with at least this many dimensions (default 2)");
   sub->add_option("--nonfinite", a->nonfinite,
                   "NaN/Inf in a tensor: 'error' (default) or 'zero' (replace by 0)");
-  sub->add_option("--threads,-j", a->threads, "CPU threads (default: all cores)");
+  add_threads_option(sub, &a->threads);
   add_device_option(sub, &a->device, "the quantizer");
   a->zstd = sub->add_option("--zstd", a->zstd_level,
                             "compress sections with zstd (optional LEVEL, default 3)")
@@ -216,10 +228,10 @@ Runner add_convert(CLI::App& app) {
   sub->add_flag("--force,-f", a->force, "replace OUTPUT if it exists");
   sub->add_flag("--dry-run,-n", a->dry_run,
                 "print what would happen to each tensor; write nothing");
-  sub->add_flag("--quiet,-q", a->quiet, "no progress bar, no summary");
+  add_quiet_flag(sub, &a->quiet, "no progress bar, no summary");
   sub->add_flag("--require-quantized", a->require_quantized,
                 "fail (exit 3) before writing when no tensor would be quantized");
-  sub->add_flag("--json", a->json, "print the summary (or the plan) as JSON");
+  add_json_flag(sub, &a->json, "print the summary (or the plan) as JSON");
   return [a] { return run_convert(*a); };
 }
 

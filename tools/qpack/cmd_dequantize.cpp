@@ -3,8 +3,10 @@
 // qpack/converter/export.hpp).
 #include <cstdio>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
+#include "cli_options.hpp"
 #include "commands.hpp"
 #include "device.hpp"
 #include "progress_bar.hpp"
@@ -25,38 +27,43 @@ struct DequantizeArgs {
   int threads = 0;
   bool force = false;
   bool quiet = false;
+  bool json = false;
 };
 
 int run_dequantize(const DequantizeArgs& a) {
   DequantizeOptions opt;
-  if (!a.dtype.empty()) {
-    if (a.dtype == "f16")
-      opt.dtype = DType::F16;
-    else if (a.dtype == "bf16")
-      opt.dtype = DType::BF16;
-    else if (a.dtype == "f32")
-      opt.dtype = DType::F32;
-    else
-      throw Error(ErrorCode::InvalidArgument, "", "", "--dtype must be f16, bf16 or f32");
-  }
-  if (!a.kept_dtype.empty()) {
-    opt.kept_dtype = parse_scale_dtype(a.kept_dtype);
-    if (!opt.kept_dtype)
-      throw Error(ErrorCode::InvalidArgument, "", "", "--kept-dtype must be f16, bf16 or f32");
-  }
+  if (!a.dtype.empty()) opt.dtype = parse_float_dtype_flag("--dtype", a.dtype);
+  if (!a.kept_dtype.empty()) opt.kept_dtype = parse_float_dtype_flag("--kept-dtype", a.kept_dtype);
   opt.device = a.device.value();
   opt.threads = a.threads;
   opt.overwrite = a.force;
-  ProgressBar bar("dequantizing", !a.quiet);
+  ProgressBar bar("dequantizing", !a.quiet && !a.json);
   if (bar.active())
     opt.progress = [&](size_t i, size_t n, uint64_t done, uint64_t total,
                        const std::string& tensor) { bar.update(done, total, i, n, tensor); };
-  const DequantizeSummary s = dequantize_file(a.qpack, a.out, opt);
+  DequantizeSummary s;
+  try {
+    s = dequantize_file(a.qpack, a.out, opt);
+  } catch (const Error& e) {
+    // A .qpack that fails its checks is an integrity error (4), as in verify.
+    rethrow_qpack_error(e, a.qpack);
+  }
   bar.finish();
-  if (!a.quiet)
+  if (a.json) {
+    const nlohmann::json j = {{"input", a.qpack},
+                              {"output", a.out},
+                              {"tensors", s.tensors},
+                              {"tensors_dequantized", s.quantized},
+                              {"tensors_raw", s.tensors - s.quantized},
+                              {"bytes_out", s.output_bytes},
+                              {"device", s.device}};
+    const std::string text = j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+    std::printf("%s\n", text.c_str());
+  } else if (!a.quiet)
     std::printf("wrote %s: %s (%zu dequantized, %zu raw), %s of tensor data, on %s\n",
-                a.out.c_str(), count_of(s.tensors, "tensor").c_str(), s.quantized,
-                s.tensors - s.quantized, format_bytes(s.output_bytes).c_str(), s.device.c_str());
+                escape_for_terminal(a.out).c_str(), count_of(s.tensors, "tensor").c_str(),
+                s.quantized, s.tensors - s.quantized, format_bytes(s.output_bytes).c_str(),
+                s.device.c_str());
   // Said even with --quiet: the file is not what --dtype alone suggests.
   if (s.kept_other_dtype > 0)
     std::fprintf(stderr,
@@ -85,17 +92,16 @@ Runner add_dequantize(CLI::App& app) {
   sub->add_option("model", a->qpack, "The .qpack file")->required();
   sub->add_option("output", a->out, "The .safetensors file to write")->required();
   sub->add_option("--dtype,--dequantized-dtype", a->dtype,
-                  "Dtype of the dequantized tensors: f16, bf16 or f32 (default: each tensor's "
-                  "source dtype); kept tensors: --kept-dtype")
-      ->check(CLI::IsMember({"f16", "bf16", "f32"}));
+                  "Dtype of the dequantized tensors: f16, bf16 or f32, any case (default: each "
+                  "tensor's source dtype); kept tensors: --kept-dtype");
   sub->add_option("--kept-dtype", a->kept_dtype,
-                  "Dtype of the kept F16/BF16/F32 tensors: f16, bf16 or f32 (default: copied as "
-                  "stored; other dtypes are always copied)");
+                  "Dtype of the kept F16/BF16/F32 tensors: f16, bf16 or f32, any case (default: "
+                  "copied as stored; other dtypes are always copied)");
   add_device_option(sub, &a->device, "the dequantization");
-  sub->add_option("--threads", a->threads, "CPU threads (default: all cores)")
-      ->check(CLI::NonNegativeNumber);
+  add_threads_option(sub, &a->threads);
   sub->add_flag("-f,--force", a->force, "Replace an existing output file");
-  sub->add_flag("-q,--quiet", a->quiet, "No progress and no summary line");
+  add_quiet_flag(sub, &a->quiet, "No progress and no summary line");
+  add_json_flag(sub, &a->json, "Print the summary as JSON (docs/cli.md)");
   return [a] { return run_dequantize(*a); };
 }
 

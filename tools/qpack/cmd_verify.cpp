@@ -12,11 +12,13 @@
 #include <optional>
 #include <string>
 
+#include "cli_options.hpp"
 #include "commands.hpp"
 #include "device.hpp"
 #include "progress_bar.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/io.hpp"
+#include "qpack/format/text.hpp"
 #include "qpack/verify/report.hpp"
 #include "qpack/verify/verify.hpp"
 
@@ -160,23 +162,25 @@ int run_verify(VerifyArgs a) {
   if (a.json) {
     std::fputs((verify_report_json(rep).dump(2) + "\n").c_str(), stdout);
   } else if (a.quiet) {
-    // Only what a CI log needs: the failures and the verdict.
+    // Only what a CI log needs: the failures and the verdict; names and
+    // messages from the files escaped for the terminal.
+    const auto esc = [](const std::string& t) { return escape_for_terminal(t); };
     for (const auto& i : rep.integrity_issues)
-      std::printf(
-          "integrity: %s %s%s [%s]\n", i.tensor.empty() ? rep.file.c_str() : i.tensor.c_str(),
-          i.section.empty() ? "" : (i.section + ": ").c_str(), i.message.c_str(), i.code.c_str());
+      std::printf("integrity: %s %s%s [%s]\n", esc(i.tensor.empty() ? rep.file : i.tensor).c_str(),
+                  esc(i.section.empty() ? "" : i.section + ": ").c_str(), esc(i.message).c_str(),
+                  i.code.c_str());
     for (const auto& n : rep.missing_from_qpack)
-      std::printf("source mismatch: %s: missing from the .qpack\n", n.c_str());
+      std::printf("source mismatch: %s: missing from the .qpack\n", esc(n).c_str());
     for (const auto& t : rep.tensors)
       for (const auto& p : t.problems)
-        std::printf("source mismatch: %s: %s\n", t.name.c_str(), p.c_str());
+        std::printf("source mismatch: %s: %s\n", esc(t.name).c_str(), esc(p).c_str());
     for (const auto& t : rep.tensors)
       if (t.sums.bound_violations)
-        std::printf("ERROR BOUND VIOLATED: %s: %llu element(s)\n", t.name.c_str(),
+        std::printf("ERROR BOUND VIOLATED: %s: %llu element(s)\n", esc(t.name).c_str(),
                     static_cast<unsigned long long>(t.sums.bound_violations));
     for (const auto& f : rep.gate_failures)
       std::printf("threshold failed: %s: %s = %s, must be %s %s\n",
-                  f.tensor.empty() ? "model totals" : f.tensor.c_str(), f.metric.c_str(),
+                  f.tensor.empty() ? "model totals" : esc(f.tensor).c_str(), f.metric.c_str(),
                   format_metric(f.value, 4, true).c_str(), f.op.c_str(),
                   format_metric(f.limit, 4, true).c_str());
     for (const auto& w : rep.warnings) std::printf("warning: %s\n", w.c_str());
@@ -206,8 +210,7 @@ Runner add_verify(CLI::App& app) {
                   "integrity and the stored parameters are checked");
   sub->add_option("-s,--source", a->source_opt, "Same as the SOURCE argument");
   add_device_option(sub, &a->device, "the metrics pass");
-  sub->add_option("--threads", a->threads, "CPU threads (default: all cores)")
-      ->check(CLI::NonNegativeNumber);
+  add_threads_option(sub, &a->threads);
   sub->add_option("--max-rel-error", a->max_rel,
                   "Fail a tensor whose ||x-x^||/||x|| is above this");
   sub->add_option("--min-snr", a->min_snr, "Fail a tensor whose SNR (dB) is below this");
@@ -216,11 +219,11 @@ Runner add_verify(CLI::App& app) {
   sub->add_option("--max-abs-error", a->max_abs,
                   "Fail a tensor whose largest |x-x^| is above this");
   sub->add_option("--policy", a->policy, "Threshold policy (JSON; see docs/verify-report.md)");
-  sub->add_flag("--json", a->json, "Print the JSON report on stdout instead of the table");
+  add_json_flag(sub, &a->json, "Print the JSON report on stdout instead of the table");
   sub->add_option("--json-out", a->json_out, "Also write the JSON report to this file");
   sub->add_option("--html", a->html_out, "Also write a self-contained HTML report to this file");
   sub->add_option("--top", a->top, "Worst tensors listed in the table (0: all)")->default_str("20");
-  sub->add_flag("-q,--quiet", a->quiet, "No progress and no table: only failures and the verdict");
+  add_quiet_flag(sub, &a->quiet, "No progress and no table: only failures and the verdict");
   sub->add_flag("--allow-zero-tensors", a->allow_zero_tensors,
                 "Do not fail on a quantized tensor reconstructed as all zeros (still warned)");
   sub->add_flag("--require-recorded-source", a->require_recorded_source,

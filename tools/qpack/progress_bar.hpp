@@ -1,6 +1,7 @@
 // A one-line progress bar on stderr: shown only on a terminal, never with
 // --quiet or in CI (CI set in the environment), redrawn at most 10 times a
-// second.
+// second. The line always fits the terminal's width (it never wraps, so a
+// redraw never leaves a stale line behind) and is cleared on finish.
 #pragma once
 
 #include <chrono>
@@ -8,6 +9,25 @@
 #include <string>
 
 namespace qpack {
+
+// What one redraw shows.
+struct ProgressState {
+  std::string label;  // "convert", "checksums", ...
+  uint64_t bytes_done = 0, bytes_total = 0;
+  size_t items_done = 0, items_total = 0;
+  std::string current;  // the tensor being worked on, as the file names it
+  double seconds = 0;   // since the work began
+};
+
+// The bar's text for a terminal `width` columns wide, without the \r and
+// clear-to-end-of-line around it: at most width - 1 display columns (the
+// last column would make some terminals wrap), the tensor name escaped and
+// shortened in the middle, parts dropped when the terminal is narrow. The ETA
+// appears only once there is a rate to estimate it from.
+std::string format_progress_line(const ProgressState& state, size_t width);
+
+// Columns of the terminal on `fd` (TIOCGWINSZ), else $COLUMNS, else 80.
+size_t terminal_columns(int fd);
 
 class ProgressBar {
  public:

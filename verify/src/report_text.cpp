@@ -33,9 +33,8 @@ class TextTable {
       std::string l = indent;
       for (size_t c = 0; c < w.size(); ++c) {
         const std::string& cell = c < r.size() ? r[c] : std::string();
-        const std::string pad(w[c] - display_width(cell), ' ');
         if (c) l += "  ";
-        l += right_[c] ? pad + cell : cell + (c + 1 < w.size() ? pad : std::string());
+        l += c + 1 < w.size() || right_[c] ? pad_to_width(cell, w[c], right_[c]) : cell;
       }
       while (!l.empty() && l.back() == ' ') l.pop_back();
       out += l + "\n";
@@ -49,20 +48,15 @@ class TextTable {
   }
 
  private:
-  static size_t display_width(const std::string& s) {
-    size_t n = 0;
-    for (unsigned char c : s) n += (c & 0xC0) != 0x80;  // count UTF-8 code points
-    return n;
-  }
   std::vector<std::string> header_;
   std::vector<bool> right_;
   std::vector<std::vector<std::string>> rows_;
 };
 
-std::string ellipsize(const std::string& s, size_t max) {
-  if (s.size() <= max) return s;
-  const size_t keep = max - 3;
-  return s.substr(0, keep / 3) + "..." + s.substr(s.size() - (keep - keep / 3));
+// A name from the file for a table cell: escaped (terminal controls) and
+// shortened in the middle to `max` columns.
+std::string cell_name(const std::string& s, size_t max) {
+  return ellipsize_middle(escape_for_terminal(s), max);
 }
 
 std::string sci(double v) { return format_metric(v, 3, true); }
@@ -99,7 +93,9 @@ std::string describe_failure(const GateFailure& f) {
 
 std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt) {
   std::string out;
-  auto add = [&](const std::string& s) { out += s + "\n"; };
+  // Every line but the tables' is escaped here (names, paths, messages from
+  // the file); the tables escape their cells.
+  auto add = [&](const std::string& s) { out += escape_for_terminal(s) + "\n"; };
 
   size_t quantized = 0, raw = 0;
   for (const auto& t : rep.tensors) (t.quantized ? quantized : raw)++;
@@ -180,7 +176,7 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
       if (t.gate_ignored) status += " (gate ignored)";
       const std::string flags = tensor_flags(t);
       if (!flags.empty()) status += " [" + flags + "]";
-      tt.add({ellipsize(t.name, 64), scheme_short(t), sci(t.sums.rel_error()),
+      tt.add({cell_name(t.name, 64), scheme_short(t), sci(t.sums.rel_error()),
               fixed(t.sums.snr_db(), 2), fixed(t.sums.cosine(), 6), sci(t.sums.max_abs_err),
               t.sums.max_abs_index >= 0 ? std::to_string(t.sums.max_abs_index) : "-",
               sci(t.sums.rmse()), std::to_string(t.sums.bound_violations), status});
@@ -205,7 +201,7 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
                    {false, false, true, true, true, false});
       for (const auto* t : p) {
         const std::string flags = tensor_flags(*t);
-        pt.add({ellipsize(t->name, 64), scheme_short(*t), std::to_string(t->groups),
+        pt.add({cell_name(t->name, 64), scheme_short(*t), std::to_string(t->groups),
                 std::to_string(t->degenerate_groups), std::to_string(t->nonfinite_params),
                 flags.empty() ? "-" : flags});
       }
@@ -222,11 +218,11 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
                  {false, true, true, true, true, true, true, true, true, true, false});
     for (const auto& l : rep.layers) {
       const bool m = l.quantized > 0;
-      lt.add({l.key, std::to_string(l.tensors), std::to_string(l.elements),
+      lt.add({escape_for_terminal(l.key), std::to_string(l.tensors), std::to_string(l.elements),
               format_bytes(l.source_bytes), format_bytes(l.stored_bytes),
               ratio_str(l.source_bytes, l.stored_bytes), m ? sci(l.sums.rel_error()) : "-",
               m ? fixed(l.sums.snr_db(), 2) : "-", m ? fixed(l.sums.cosine(), 6) : "-",
-              m ? sci(l.sums.max_abs_err) : "-", ellipsize(l.worst_tensor, 48)});
+              m ? sci(l.sums.max_abs_err) : "-", cell_name(l.worst_tensor, 48)});
     }
     out += lt.render("  ");
   }
@@ -266,8 +262,8 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
   const char* on = opt.color ? (rep.verdict == Verdict::Pass ? "\033[1;32m" : "\033[1;31m") : "";
   const char* off = opt.color ? "\033[0m" : "";
   add("");
-  add(std::string("Verdict: ") + on + verdict + off + " (exit code " +
-      std::to_string(verdict_exit_code(rep.verdict)) + ")");
+  out += std::string("Verdict: ") + on + verdict + off + " (exit code " +
+         std::to_string(verdict_exit_code(rep.verdict)) + ")\n";
   return out;
 }
 

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "qpack/spec/scheme.hpp"
@@ -39,5 +40,26 @@ std::string format_bytes(uint64_t bytes);
 std::optional<double> compression_ratio(uint64_t source_bytes, uint64_t stored_bytes);
 // "7.03x", or "-" for nullopt.
 std::string format_ratio(std::optional<double> ratio);
+// Text from a file (a tensor name, a path, an error's reason) made safe to
+// print on a terminal: C0 controls, DEL and bytes that are not UTF-8 become
+// \xHH (ESC is "\x1b"), C1 controls and the bidi overrides/isolates
+// (U+202A..U+202E, U+2066..U+2069) and line/paragraph separators become
+// \uHHHH. Everything else, valid multi-byte UTF-8 included, is kept: a
+// downloaded checkpoint cannot set the title or clear the screen.
+std::string escape_for_terminal(std::string_view text);
+
+// Columns `text` takes on a terminal: UTF-8 code points, East Asian wide and
+// fullwidth characters (CJK, Hangul, emoji) count 2, combining marks 0. For
+// text already passed through escape_for_terminal (no controls).
+size_t display_width(std::string_view text);
+
+// `text` shortened in the middle to at most `max_width` display columns,
+// "…" (one column) standing for what was cut, never splitting a UTF-8
+// sequence. Unchanged when it fits.
+std::string ellipsize_middle(std::string_view text, size_t max_width);
+
+// `text` padded with spaces to `width` display columns, on the right (left
+// aligned) or on the left (`right_align`).
+std::string pad_to_width(const std::string& text, size_t width, bool right_align = false);
 
 }  // namespace qpack
