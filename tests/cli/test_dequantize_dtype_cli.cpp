@@ -81,7 +81,8 @@ TEST_F(DequantizeDtype, KeptDtypeConvertsKeptTensorsExactly) {
   // --kept-dtype alone: dequantized tensors in their source dtype (F16).
   const std::string bf = dir_.file("bf.safetensors");
   ASSERT_EQ(test::run_qpack("dequantize " + qp_ + " " + bf + " --kept-dtype bf16 -q").exit_code, 0);
-  for (const auto& t : SafetensorsFile::open(bf)->tensors())
+  const auto bf_file = SafetensorsFile::open(bf);  // kept alive while its tensors are read
+  for (const auto& t : bf_file->tensors())
     EXPECT_EQ(t.dtype, t.shape.size() == 1 ? DType::BF16 : DType::F16) << t.name;
 }
 
