@@ -41,6 +41,18 @@ std::string esc(const std::string& s) {
   return o;
 }
 
+// A tensor name escaped, with a line-break opportunity after each '.' so
+// that a long name wraps between its parts ("model.layers.0." /
+// "mlp.down_proj.weight") instead of inside a word.
+std::string esc_name(const std::string& s) {
+  std::string o;
+  for (char c : s) {
+    o += esc(std::string(1, c));
+    if (c == '.') o += "<wbr>";
+  }
+  return o;
+}
+
 std::string fmt(const char* f, double v) {
   char buf[64];
   std::snprintf(buf, sizeof buf, f, v);
@@ -69,7 +81,7 @@ const char* kCss = R"CSS(
 :root{--ok:#1a7f37;--bad:#cf222e;--warn:#9a6700;--fg:#1f2328;--mut:#656d76;--bd:#d0d7de;--bg2:#f6f8fa;--bar:#0969da}
 *{box-sizing:border-box}
 body{font:14px/1.45 -apple-system,"Segoe UI",Helvetica,Arial,sans-serif;color:var(--fg);margin:0;background:#fff}
-main{max-width:1500px;margin:0 auto;padding:0 20px 40px}
+main{max-width:2400px;margin:0 auto;padding:0 20px 40px}
 header.v{padding:18px 20px;color:#fff}
 header.v.pass{background:var(--ok)} header.v.fail{background:var(--bad)}
 header.v h1{margin:0;font-size:22px} header.v p{margin:4px 0 0;opacity:.92;word-break:break-all}
@@ -90,7 +102,7 @@ th,td{padding:4px 8px;border-bottom:1px solid #eaeef2;white-space:nowrap;text-al
 th{background:var(--bg2);position:sticky;top:0;z-index:2;cursor:pointer;user-select:none}
 th:hover{background:#eaeef2} th.asc::after{content:" \25B2"} th.desc::after{content:" \25BC"}
 td.n{text-align:right;font-variant-numeric:tabular-nums;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
-td.name{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;white-space:normal;overflow-wrap:anywhere;min-width:22em;max-width:30em}
+td.name{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;white-space:normal;overflow-wrap:break-word;min-width:16em;max-width:30em}
 td.name,th.name{position:sticky;left:0;z-index:1;background:#fff;box-shadow:inset -1px 0 0 var(--bd)} th.name{z-index:3;background:var(--bg2)}
 tr.failrow td{background:#fff0f0} tr:hover td{background:#f3f8ff}
 .st{border-radius:10px;padding:1px 8px;font-size:11.5px;color:#fff}
@@ -523,7 +535,7 @@ std::string verify_report_html(const VerifyReport& rep) {
       const std::string st = tensor_status_name(t.status);
       h += std::string("<tr") + (t.status != TensorStatus::Ok ? " class=\"failrow\"" : "") + ">";
       h += num_td(double(i), std::to_string(i));
-      h += "<td class=\"name\" title=\"" + esc(t.name) + "\">" + esc(t.name) + "</td>";
+      h += "<td class=\"name\" title=\"" + esc(t.name) + "\">" + esc_name(t.name) + "</td>";
       h += txt_td(dtype_name(t.dtype)) + txt_td(shape_to_string(t.shape));
       h += txt_td(t.quantized ? scheme_label(t.scheme) : kRawLabel);
       h += num_td(double(t.elements), std::to_string(t.elements));
@@ -592,7 +604,7 @@ std::string verify_report_html(const VerifyReport& rep) {
              : std::string("<td class=\"n\" data-v=\"0\">-</td>");
       h += m ? num_td(r.sums.rmse(), sci(r.sums.rmse()))
              : std::string("<td class=\"n\" data-v=\"0\">-</td>");
-      h += "<td class=\"name\">" + esc(r.worst_tensor) + "</td></tr>\n";
+      h += "<td class=\"name\">" + esc_name(r.worst_tensor) + "</td></tr>\n";
     }
     h += "</tbody></table></div>\n";
   };
