@@ -20,10 +20,10 @@ Runner add_inspect(CLI::App& app) {
   };
   auto args = std::make_shared<Args>();
   auto* sub = app.add_subcommand("inspect",
-                                 "List the tensors of a .qpack file or a safetensors checkpoint "
-                                 "(file, index .json or folder)");
+                                 "List the tensors of a .qpack file, a GGUF file or a safetensors "
+                                 "checkpoint (file, index .json or folder)");
   sub->add_option("path", args->path,
-                  "a .qpack file (detected by its magic), a .safetensors file, "
+                  "a .qpack or GGUF file (detected by its magic), a .safetensors file, "
                   "a *.safetensors.index.json or a folder")
       ->required();
   add_json_flag(sub, &args->json, "machine-readable output (fields: docs/cli.md, inspect --json)");
