@@ -171,8 +171,9 @@ TEST(GgufWriter, RoundTripsEveryValueTypeAndAwkwardShapes) {
     EXPECT_EQ(t.ne, w.decls[i].ne);
     EXPECT_EQ(t.offset % 64, 0u);
     ASSERT_EQ(t.nbytes, w.data[i].size());
-    if (t.nbytes > 0)  // an empty vector's data() may be null, which memcmp may not take
+    if (t.nbytes > 0) {  // an empty vector's data() may be null, which memcmp may not take
       EXPECT_EQ(std::memcmp(f->tensor_data(t), w.data[i].data(), t.nbytes), 0) << t.name;
+    }
   }
   EXPECT_EQ(f->file_size() % 64, 0u) << "the last tensor is padded too";
 }
