@@ -397,6 +397,15 @@ Rows awkward_rows(uint64_t seed) {
     b[5] = std::ldexp(1.0f, e);
     rows.add("tiny 2^" + std::to_string(e), b);
   }
+  // Where 1/d starts to overflow: |d| = 2^-128 gives 1/d = 2^128 = inf, the
+  // next subnormal up a finite reciprocal (Q4_0: d = max / -8; Q8_0: amax / 127).
+  for (float top :
+       {0x1p-125f, 0x1p-125f + 0x1p-146f, 127.0f * 0x1p-128f, 127.0f * 0x1p-128f + 0x1p-140f}) {
+    std::vector<float> b(32);
+    for (int j = 0; j < 32; ++j) b[size_t(j)] = top * float(j - 16) / 16.0f + 0.0f;
+    b[0] = -top;
+    rows.add("1/d overflow boundary " + std::to_string(std::log2(double(top))), b);
+  }
   {
     std::vector<float> b(32);
     for (auto& v : b) v = std::ldexp(normal(rng), -140) + 0.0f;

@@ -70,9 +70,9 @@ QPACK_HD uint32_t load_u32_le(const uint8_t* p) {
 QPACK_HD float reciprocal_or_zero(float d) { return d != 0.0f ? div_f32(1.0f, d) : 0.0f; }
 
 // ggml's `(int8_t)t` (and Q5_1's `(uint8_t)t`). Every finite t these rules
-// produce lies in [0, 33) (docs/quantization.md, Part II), where the cast
-// truncates toward zero. t is not finite only when 1/d overflowed (every |x|
-// of the block below about 2^-125): C leaves that conversion undefined;
+// produce lies in [0, 33) (docs/quantization.md §G4), where the cast
+// truncates toward zero. t is not finite only when 1/d overflowed (|d| <=
+// 2^-128: a block of tiny values): C leaves that conversion undefined;
 // ggml's x86 build (cvttss2si, then the low byte) and gguf-py both give 0,
 // so qpack gives 0.
 QPACK_HD int truncate_code(float t) { return is_finite_f32(t) ? int(t) : 0; }
@@ -174,7 +174,7 @@ QPACK_HD void quantize_block_q5_0(const float* x, uint8_t* out) {
 }
 
 // Q5_1: as Q4_1 with d = (max - min) / 31. ggml writes no clamp here: the
-// truncated value never exceeds 31 (docs/quantization.md, Part II).
+// truncated value never exceeds 31 (docs/quantization.md §G4).
 QPACK_HD void quantize_block_q5_1(const float* x, uint8_t* out) {
   float mn, mx;
   detail::block_min_max(x, &mn, &mx);
