@@ -107,6 +107,17 @@ QPACK_HD float fma_f32(float q, float s, float m) {
   return std::fma(q, s, m);
 #endif
 }
+// Round to nearest integer, ties away from zero (C's roundf): ggml's Q8_0
+// rounds this way, not to even.
+QPACK_HD float round_half_away_f32(float a) {
+#if defined(__CUDA_ARCH__)
+  return roundf(a);
+#else
+  return std::round(a);
+#endif
+}
+// |a| by clearing the sign bit: exact, and -0 becomes +0 (C's fabsf).
+QPACK_HD float abs_f32(float a) { return f32_from_bits(f32_bits(a) & 0x7fffffffu); }
 QPACK_HD bool is_finite_f32(float x) { return (f32_bits(x) & 0x7f800000u) != 0x7f800000u; }
 
 // Smallest normal binary32, 2^-126. A scale below it (after rounding to the
