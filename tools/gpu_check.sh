@@ -91,6 +91,8 @@ if ! cmake "${CMAKE_ARGS[@]}" > "$OUT/configure.log" 2>&1; then
   exit 1
 fi
 TARGETS=(cuda_quant_test qpack_bench_cuda qpack qpack-testgen)
+# ggml's legacy GGUF block kernels, when the tree has them.
+grep -q cuda_ggml_blocks_test "$ROOT/tests/CMakeLists.txt" && TARGETS+=(cuda_ggml_blocks_test qpack_bench_ggml_blocks)
 [ "$VERIFY_ONLY" = 1 ] && TARGETS=()
 # The verifier's GPU test and benchmark, when that part of the tree has them.
 grep -q verify_gpu_test "$ROOT/tests/CMakeLists.txt" && TARGETS+=(verify_gpu_test)
@@ -128,9 +130,9 @@ fi
 if [ "$SANITIZE" = 1 ]; then
   SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
   # Ours first: if time runs short, the verifier's sanitizer runs are dropped.
-  for exe in tests/cuda_quant_test tests/verify_gpu_test; do
+  for exe in tests/cuda_quant_test tests/cuda_ggml_blocks_test tests/verify_gpu_test; do
     [ -x "$exe" ] || continue
-    [ "$VERIFY_ONLY" = 1 ] && [ "$exe" = tests/cuda_quant_test ] && continue
+    [ "$VERIFY_ONLY" = 1 ] && [ "$exe" != tests/verify_gpu_test ] && continue
     for tool in memcheck racecheck; do
       extra=()
       [ "$tool" = memcheck ] && extra=(--leak-check full)
@@ -162,6 +164,13 @@ if [ "$VERIFY_ONLY" = 0 ]; then
   [ "$rc" = 0 ] || FAIL=1
   row "qpack_bench_cuda" "rc=$rc (nonzero: a mismatch vs quantize_cpu)"
   stamp "benchmark done"
+fi
+if [ -x ./tools/bench/qpack_bench_ggml_blocks ] && [ "$VERIFY_ONLY" = 0 ] && [ "$E2E_ONLY" = 0 ]; then
+  ./tools/bench/qpack_bench_ggml_blocks > "$OUT/bench_ggml_blocks.log" 2>&1
+  rc=$?
+  [ "$rc" = 0 ] || FAIL=1
+  row "qpack_bench_ggml_blocks" "rc=$rc (nonzero: a mismatch vs the spec's reference)"
+  stamp "ggml blocks benchmark done"
 fi
 if [ -x ./tools/bench/qpack_bench_verify ] && [ "$E2E_ONLY" = 0 ]; then
   ./tools/bench/qpack_bench_verify > "$OUT/bench_verify.log" 2>&1

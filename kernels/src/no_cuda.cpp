@@ -5,6 +5,7 @@
 #include "qpack/format/error.hpp"
 #include "qpack/kernels/compare.hpp"
 #include "qpack/kernels/cuda_quant.hpp"
+#include "qpack/kernels/ggml_blocks.hpp"
 
 namespace qpack {
 namespace cuda {
@@ -35,6 +36,14 @@ Status quantize(const void*, DType, const GroupLayout&, const QuantScheme&, NonF
 }
 Status dequantize(const uint8_t*, const uint8_t*, const uint8_t*, const GroupLayout&,
                   const QuantScheme&, void*, DType, cudaStream_t, const Tile&) {
+  return disabled();
+}
+Status quantize_ggml_blocks(spec::ggml::GgmlLegacyType, const void*, DType, int64_t, uint8_t*,
+                            cudaStream_t) {
+  return disabled();
+}
+Status dequantize_ggml_blocks(spec::ggml::GgmlLegacyType, const uint8_t*, int64_t, float*,
+                              cudaStream_t) {
   return disabled();
 }
 

@@ -1,0 +1,34 @@
+// CUDA quantization into ggml's legacy GGUF block types (Q4_0, Q4_1, Q5_0,
+// Q5_1, Q8_0) and back: the bytes and floats of qpack/spec/ggml_legacy.hpp's
+// scalar reference (docs/quantization.md, Part II), bit for bit, because the
+// kernels call that reference for every block.
+//
+// Like cuda_quant.hpp this compiles with a plain C++ compiler; a build with
+// QPACK_ENABLE_CUDA=OFF provides the same symbols, reporting NoDevice.
+#pragma once
+
+#include <cstdint>
+
+#include "qpack/kernels/cuda_quant.hpp"
+#include "qpack/spec/dtype.hpp"
+#include "qpack/spec/ggml_legacy.hpp"
+
+namespace qpack {
+namespace cuda {
+
+// Enqueues the quantization of `n` consecutive elements (a multiple of 32:
+// ggml's block; 0 does nothing) of `src_dtype` (F16, BF16 or F32, converted
+// exactly to float first, as llama-quantize does) at device address d_src
+// into n/32 blocks of spec::ggml::block_bytes(type) bytes at d_blocks.
+// Exactly those bytes are written. Inputs should be finite: a NaN or Inf
+// gives the reference's bytes, which ggml does not define either.
+Status quantize_ggml_blocks(spec::ggml::GgmlLegacyType type, const void* d_src, DType src_dtype,
+                            int64_t n, uint8_t* d_blocks, cudaStream_t stream);
+
+// Enqueues the dequantization of n/32 blocks at d_blocks into `n` floats at
+// d_out (ggml's dequantize_row_*, bit for bit).
+Status dequantize_ggml_blocks(spec::ggml::GgmlLegacyType type, const uint8_t* d_blocks, int64_t n,
+                              float* d_out, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace qpack

@@ -1,0 +1,247 @@
+// The CUDA kernels for ggml's legacy block types (qpack/kernels/ggml_blocks.hpp)
+// against the spec's scalar reference (qpack/spec/ggml_legacy.hpp, itself
+// checked against gguf-py in format_ggml_legacy_test): the same bytes from
+// the same F32/F16/BF16 sources and the same float bits back, at block counts
+// around the kernels' 128-block CTAs, into poisoned buffers with a guard
+// region that must stay untouched. Skipped without a usable device.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "qpack/kernels/cuda_quant.hpp"
+#include "qpack/kernels/ggml_blocks.hpp"
+#include "qpack/spec/dtype.hpp"
+#include "qpack/spec/ggml_legacy.hpp"
+#include "testutil.hpp"
+
+namespace qpack {
+namespace {
+
+using spec::ggml::GgmlLegacyType;
+namespace gl = spec::ggml;
+
+#define REQUIRE_GPU()                                                             \
+  do {                                                                            \
+    std::string why_;                                                             \
+    if (!cuda::cuda_available(&why_)) GTEST_SKIP() << "no CUDA device: " << why_; \
+  } while (0)
+
+#define ASSERT_OK(status)                                                          \
+  do {                                                                             \
+    const cuda::Status s_ = (status);                                              \
+    ASSERT_TRUE(s_.ok()) << cuda::status_code_name(s_.code) << ": " << s_.message; \
+  } while (0)
+
+constexpr GgmlLegacyType kTypes[] = {GgmlLegacyType::Q4_0, GgmlLegacyType::Q4_1,
+                                     GgmlLegacyType::Q5_0, GgmlLegacyType::Q5_1,
+                                     GgmlLegacyType::Q8_0};
+constexpr size_t kGuard = 64;  // bytes after the output that must stay poisoned
+constexpr uint8_t kPoison = 0xa5;
+
+const char* type_name(GgmlLegacyType t) {
+  switch (t) {
+    case GgmlLegacyType::Q4_0:
+      return "Q4_0";
+    case GgmlLegacyType::Q4_1:
+      return "Q4_1";
+    case GgmlLegacyType::Q5_0:
+      return "Q5_0";
+    case GgmlLegacyType::Q5_1:
+      return "Q5_1";
+    case GgmlLegacyType::Q8_0:
+      return "Q8_0";
+  }
+  return "?";
+}
+
+// Source elements in `dtype` (raw bytes) and the floats they are exactly:
+// blocks of varied scale and sign, and awkward blocks among them (zeros, one
+// non-zero, a tie between +max and -max, huge values, subnormals).
+struct Source {
+  std::vector<uint8_t> bytes;
+  std::vector<float> values;
+};
+
+Source make_source(DType dtype, int64_t n, std::mt19937_64& rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_int_distribution<int> kind(0, 15), expo(-20, 10);
+  std::vector<float> x(static_cast<size_t>(n));
+  for (int64_t b = 0; b < n / 32; ++b) {
+    float* p = x.data() + b * 32;
+    const float scale = std::ldexp(1.0f, expo(rng));
+    for (int j = 0; j < 32; ++j) p[j] = normal(rng) * scale;
+    switch (kind(rng)) {
+      case 0:
+        for (int j = 0; j < 32; ++j) p[j] = 0.0f;
+        break;
+      case 1:
+        for (int j = 0; j < 32; ++j) p[j] = j == 5 ? -3.0f : 0.0f;
+        break;
+      case 2:
+        p[3] = 8.0f * scale;
+        p[20] = -8.0f * scale;
+        break;
+      case 3:
+        for (int j = 0; j < 32; ++j) p[j] = normal(rng) * 6.0e4f / 4.0f;
+        break;
+      case 4:
+        for (int j = 0; j < 32; ++j) p[j] = normal(rng) * 1.0e-41f;
+        break;
+      case 5:
+        for (int j = 0; j < 32; ++j) p[j] = float(j % 16) - 8.0f;  // codes land on ties
+        break;
+      default:
+        break;
+    }
+  }
+  Source s;
+  s.values.resize(x.size());
+  s.bytes.resize(x.size() * (dtype == DType::F32 ? 4 : 2));
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (dtype == DType::F32) {
+      s.values[i] = x[i];
+      std::memcpy(s.bytes.data() + 4 * i, &x[i], 4);
+    } else {
+      const uint16_t h = dtype == DType::F16 ? f32_to_f16_rne(x[i]) : f32_to_bf16_rne(x[i]);
+      s.values[i] = dtype == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
+      std::memcpy(s.bytes.data() + 2 * i, &h, 2);
+    }
+  }
+  return s;
+}
+
+int64_t first_difference(const uint8_t* a, const uint8_t* b, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if (a[i] != b[i]) return int64_t(i);
+  return -1;
+}
+
+TEST(CudaGgmlBlocks, SameBytesAndFloatsAsTheReference) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(test::test_seed());
+  // Block counts: one, a partial CTA, exactly one CTA, one past it, several
+  // CTAs and a partial one, and a large odd count.
+  // QPACK_GPU_TEST_QUICK (the sanitizer runs) leaves out the large count.
+  const char* quick = std::getenv("QPACK_GPU_TEST_QUICK");
+  const bool is_quick = quick && *quick && *quick != '0';
+  const int64_t block_counts[] = {1, 7, 128, 129, 1000, 100003};
+  for (const DType dtype : {DType::F32, DType::F16, DType::BF16}) {
+    for (const int64_t nb : block_counts) {
+      if (is_quick && nb > 1000) continue;
+      const int64_t n = nb * 32;
+      const Source src = make_source(dtype, n, rng);
+      cuda::DeviceBuffer d_src, d_blocks, d_out;
+      ASSERT_OK(d_src.allocate(src.bytes.size()));
+      ASSERT_OK(cuda::copy_to_device(d_src.data(), src.bytes.data(), src.bytes.size(), nullptr));
+      for (const GgmlLegacyType t : kTypes) {
+        SCOPED_TRACE(std::string(type_name(t)) + " from " + dtype_name(dtype) + ", " +
+                     std::to_string(nb) + " blocks");
+        const size_t bytes = size_t(nb) * size_t(gl::block_bytes(t));
+        std::vector<uint8_t> expected(bytes);
+        ASSERT_TRUE(gl::quantize_row(t, src.values.data(), n, expected.data()));
+
+        ASSERT_OK(d_blocks.allocate(bytes + kGuard));
+        ASSERT_OK(cuda::fill_device(d_blocks.data(), kPoison, bytes + kGuard, nullptr));
+        ASSERT_OK(
+            cuda::quantize_ggml_blocks(t, d_src.data(), dtype, n, d_blocks.as<uint8_t>(), nullptr));
+        std::vector<uint8_t> got(bytes + kGuard);
+        ASSERT_OK(cuda::copy_to_host(got.data(), d_blocks.data(), got.size(), nullptr));
+        ASSERT_OK(cuda::synchronize(nullptr));
+        const int64_t at = first_difference(got.data(), expected.data(), bytes);
+        ASSERT_EQ(at, -1) << "first differing byte " << at << " (block " << at / gl::block_bytes(t)
+                          << ")";
+        for (size_t i = bytes; i < got.size(); ++i)
+          ASSERT_EQ(got[i], kPoison) << "wrote past the last block at byte " << i;
+
+        // Back: the device's floats for the reference's bytes.
+        std::vector<float> want(static_cast<size_t>(n));
+        ASSERT_TRUE(gl::dequantize_row(t, expected.data(), n, want.data()));
+        ASSERT_OK(d_out.allocate(size_t(n) * 4 + kGuard));
+        ASSERT_OK(cuda::fill_device(d_out.data(), kPoison, size_t(n) * 4 + kGuard, nullptr));
+        ASSERT_OK(
+            cuda::dequantize_ggml_blocks(t, d_blocks.as<uint8_t>(), n, d_out.as<float>(), nullptr));
+        std::vector<uint8_t> back(size_t(n) * 4 + kGuard);
+        ASSERT_OK(cuda::copy_to_host(back.data(), d_out.data(), back.size(), nullptr));
+        ASSERT_OK(cuda::synchronize(nullptr));
+        const int64_t fat = first_difference(
+            back.data(), reinterpret_cast<const uint8_t*>(want.data()), size_t(n) * 4);
+        ASSERT_EQ(fat, -1) << "first differing float " << fat / 4;
+        for (size_t i = size_t(n) * 4; i < back.size(); ++i)
+          ASSERT_EQ(back[i], kPoison) << "wrote past the last float at byte " << i;
+      }
+    }
+  }
+}
+
+// Sources at element offsets that are not a multiple of a CTA (a tensor
+// inside a larger staging buffer): the kernels must not assume alignment
+// beyond the element's own.
+TEST(CudaGgmlBlocks, UnalignedSourcesAndOutputsGiveTheSameBytes) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(test::test_seed() + 1);
+  const int64_t nb = 300, n = nb * 32;
+  const Source src = make_source(DType::F16, n + 32, rng);
+  cuda::DeviceBuffer d_src, d_blocks;
+  ASSERT_OK(d_src.allocate(src.bytes.size()));
+  ASSERT_OK(cuda::copy_to_device(d_src.data(), src.bytes.data(), src.bytes.size(), nullptr));
+  for (const GgmlLegacyType t : kTypes) {
+    SCOPED_TRACE(type_name(t));
+    const size_t bytes = size_t(nb) * size_t(gl::block_bytes(t));
+    std::vector<uint8_t> expected(bytes);
+    ASSERT_TRUE(gl::quantize_row(t, src.values.data() + 32, n, expected.data()));
+    ASSERT_OK(d_blocks.allocate(bytes + 3 + kGuard));
+    ASSERT_OK(cuda::fill_device(d_blocks.data(), kPoison, bytes + 3 + kGuard, nullptr));
+    // Source 32 elements (64 bytes) in; output 3 bytes in: not 4-aligned.
+    ASSERT_OK(cuda::quantize_ggml_blocks(t, d_src.as<uint8_t>() + 64, DType::F16, n,
+                                         d_blocks.as<uint8_t>() + 3, nullptr));
+    std::vector<uint8_t> got(bytes + 3 + kGuard);
+    ASSERT_OK(cuda::copy_to_host(got.data(), d_blocks.data(), got.size(), nullptr));
+    ASSERT_OK(cuda::synchronize(nullptr));
+    for (int i = 0; i < 3; ++i) ASSERT_EQ(got[size_t(i)], kPoison);
+    ASSERT_EQ(first_difference(got.data() + 3, expected.data(), bytes), -1);
+    for (size_t i = bytes + 3; i < got.size(); ++i) ASSERT_EQ(got[i], kPoison);
+    // And back from the unaligned blocks.
+    std::vector<float> want(static_cast<size_t>(n)), back(static_cast<size_t>(n));
+    ASSERT_TRUE(gl::dequantize_row(t, expected.data(), n, want.data()));
+    cuda::DeviceBuffer d_out;
+    ASSERT_OK(d_out.allocate(size_t(n) * 4));
+    ASSERT_OK(
+        cuda::dequantize_ggml_blocks(t, d_blocks.as<uint8_t>() + 3, n, d_out.as<float>(), nullptr));
+    ASSERT_OK(cuda::copy_to_host(back.data(), d_out.data(), size_t(n) * 4, nullptr));
+    ASSERT_OK(cuda::synchronize(nullptr));
+    ASSERT_EQ(std::memcmp(back.data(), want.data(), size_t(n) * 4), 0);
+  }
+}
+
+TEST(CudaGgmlBlocks, ArgumentsAreChecked) {
+  REQUIRE_GPU();
+  cuda::DeviceBuffer d;
+  ASSERT_OK(d.allocate(4096));
+  uint8_t* p = d.as<uint8_t>();
+  const auto code = [](const cuda::Status& s) { return s.code; };
+  using cuda::StatusCode;
+  EXPECT_EQ(code(cuda::quantize_ggml_blocks(GgmlLegacyType::Q4_0, p, DType::F32, 33, p, nullptr)),
+            StatusCode::InvalidArgument);
+  EXPECT_EQ(code(cuda::quantize_ggml_blocks(GgmlLegacyType::Q4_0, p, DType::F32, -32, p, nullptr)),
+            StatusCode::InvalidArgument);
+  EXPECT_EQ(
+      code(cuda::quantize_ggml_blocks(GgmlLegacyType::Q4_0, nullptr, DType::F32, 32, p, nullptr)),
+      StatusCode::InvalidArgument);
+  EXPECT_EQ(code(cuda::quantize_ggml_blocks(GgmlLegacyType::Q4_0, p, DType::I8, 32, p, nullptr)),
+            StatusCode::InvalidArgument);
+  EXPECT_EQ(code(cuda::quantize_ggml_blocks(GgmlLegacyType(4), p, DType::F32, 32, p, nullptr)),
+            StatusCode::InvalidArgument);
+  EXPECT_EQ(code(cuda::dequantize_ggml_blocks(GgmlLegacyType::Q8_0, p, 48, d.as<float>(), nullptr)),
+            StatusCode::InvalidArgument);
+  EXPECT_TRUE(
+      cuda::quantize_ggml_blocks(GgmlLegacyType::Q4_0, nullptr, DType::F32, 0, nullptr, nullptr)
+          .ok());
+}
+
+}  // namespace
+}  // namespace qpack
