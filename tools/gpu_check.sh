@@ -4,7 +4,7 @@
 # CUDA benchmark, and print a short summary table last. Full logs go to $OUT
 # (default: ./gpu-check-out).
 #
-#   tools/gpu_check.sh [--skip-sanitizers] [--profile] [--verify-only | --e2e-only] [--bench-args "..."]
+#   tools/gpu_check.sh [--skip-sanitizers] [--profile] [--verify-only | --e2e-only | --ggml-only] [--bench-args "..."]
 #
 # --profile adds Nsight Compute counters for one launch of each kernel
 # (ncu.log) and the SASS of the two main quantize kernels (sass.log).
@@ -12,7 +12,8 @@
 # (TensorQuantizer and convert_checkpoint from the page cache), no tests.
 # --verify-only builds, tests and benchmarks only the verifier's GPU pass
 # (with --profile: counters and SASS of its fast kernels), for quick rounds
-# of work on it.
+# of work on it. --ggml-only does the same for the kernels of ggml's legacy
+# GGUF block types (test, sanitizers, qpack_bench_ggml_blocks).
 #
 # The GPU machine has no package manager and no network. When the system
 # lacks the build dependencies (nlohmann-json, CLI11, zstd, xxhash, GoogleTest,
@@ -30,6 +31,7 @@ SANITIZE=1
 PROFILE=0
 VERIFY_ONLY=0
 E2E_ONLY=0
+GGML_ONLY=0
 BENCH_ARGS=""
 # Seconds the whole run may take (the GPU machine stops a command at 600 s);
 # the sanitizer runs shrink or are skipped to leave room for the benchmark.
@@ -41,8 +43,9 @@ while [ $# -gt 0 ]; do
     --profile) PROFILE=1 ;;
     --verify-only) VERIFY_ONLY=1 ;;
     --e2e-only) E2E_ONLY=1; SANITIZE=0; BENCH_ARGS="--e2e-only $BENCH_ARGS" ;;
+    --ggml-only) GGML_ONLY=1 ;;
     --bench-args) BENCH_ARGS="$2"; shift ;;
-    *) echo "usage: $0 [--skip-sanitizers] [--profile] [--verify-only | --e2e-only] [--bench-args ARGS]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--skip-sanitizers] [--profile] [--verify-only | --e2e-only | --ggml-only] [--bench-args ARGS]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -98,6 +101,7 @@ grep -q cuda_ggml_blocks_test "$ROOT/tests/CMakeLists.txt" && TARGETS+=(cuda_ggm
 grep -q verify_gpu_test "$ROOT/tests/CMakeLists.txt" && TARGETS+=(verify_gpu_test)
 grep -q qpack_bench_verify "$ROOT/tools/bench/CMakeLists.txt" && TARGETS+=(qpack_bench_verify)
 [ "$E2E_ONLY" = 1 ] && TARGETS=(qpack_bench_cuda)
+[ "$GGML_ONLY" = 1 ] && TARGETS=(cuda_ggml_blocks_test qpack_bench_ggml_blocks)
 if ! cmake --build "$BUILD" -j"$JOBS" --target "${TARGETS[@]}" > "$OUT/build.log" 2>&1; then
   grep -E "error|Error" "$OUT/build.log" | head -40
   echo "build FAILED (see build.log)"
@@ -111,6 +115,7 @@ cd "$BUILD" || exit 1
 FAIL=0
 CTEST_ONLY=()
 [ "$VERIFY_ONLY" = 1 ] && CTEST_ONLY=(-R "^VerifyGpu\.")
+[ "$GGML_ONLY" = 1 ] && CTEST_ONLY=(-R "^CudaGgmlBlocks\.")
 if [ "$E2E_ONLY" = 0 ]; then
   ctest -L gpu "${CTEST_ONLY[@]}" --output-on-failure --timeout 600 > "$OUT/ctest_gpu.log" 2>&1
   rc=$?
@@ -121,7 +126,7 @@ if [ "$E2E_ONLY" = 0 ]; then
   stamp "ctest -L gpu: $res"
 fi
 # The same binary once more with its own output (seed, per-test timings).
-if [ -x ./tests/cuda_quant_test ] && [ "$VERIFY_ONLY" = 0 ] && [ "$E2E_ONLY" = 0 ]; then
+if [ -x ./tests/cuda_quant_test ] && [ "$VERIFY_ONLY" = 0 ] && [ "$E2E_ONLY" = 0 ] && [ "$GGML_ONLY" = 0 ]; then
   ./tests/cuda_quant_test > "$OUT/cuda_quant_test.log" 2>&1
   row "cuda_quant_test (direct)" "rc=$?: $(grep -E '^\[  (PASSED|FAILED)' "$OUT/cuda_quant_test.log" | tr '\n' ' ')"
 fi
@@ -133,6 +138,7 @@ if [ "$SANITIZE" = 1 ]; then
   for exe in tests/cuda_quant_test tests/cuda_ggml_blocks_test tests/verify_gpu_test; do
     [ -x "$exe" ] || continue
     [ "$VERIFY_ONLY" = 1 ] && [ "$exe" != tests/verify_gpu_test ] && continue
+    [ "$GGML_ONLY" = 1 ] && [ "$exe" != tests/cuda_ggml_blocks_test ] && continue
     for tool in memcheck racecheck; do
       extra=()
       [ "$tool" = memcheck ] && extra=(--leak-check full)
@@ -158,7 +164,7 @@ if [ "$SANITIZE" = 1 ]; then
 fi
 
 # ---------------------------------------------------------------- benchmark
-if [ "$VERIFY_ONLY" = 0 ]; then
+if [ "$VERIFY_ONLY" = 0 ] && [ "$GGML_ONLY" = 0 ]; then
   ./tools/bench/qpack_bench_cuda --json "$OUT/bench.json" $BENCH_ARGS > "$OUT/bench.log" 2>&1
   rc=$?
   [ "$rc" = 0 ] || FAIL=1
@@ -172,7 +178,7 @@ if [ -x ./tools/bench/qpack_bench_ggml_blocks ] && [ "$VERIFY_ONLY" = 0 ] && [ "
   row "qpack_bench_ggml_blocks" "rc=$rc (nonzero: a mismatch vs the spec's reference)"
   stamp "ggml blocks benchmark done"
 fi
-if [ -x ./tools/bench/qpack_bench_verify ] && [ "$E2E_ONLY" = 0 ]; then
+if [ -x ./tools/bench/qpack_bench_verify ] && [ "$E2E_ONLY" = 0 ] && [ "$GGML_ONLY" = 0 ]; then
   ./tools/bench/qpack_bench_verify > "$OUT/bench_verify.log" 2>&1
   row "qpack_bench_verify" "rc=$? (nonzero: below 60% of copy or a CPU/GPU mismatch)"
   stamp "verify benchmark done"
