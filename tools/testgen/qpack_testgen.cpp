@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -98,6 +99,15 @@ void write_text(const std::string& path, const std::string& text) {
 int llama(int argc, char** argv) {
   if (argc < 1) throw Error(ErrorCode::InvalidArgument, "", "", "llama needs OUT_DIR");
   const std::string dir = argv[0];
+  // OUT_DIR is made when missing, as `mkdir -p` would; an existing path that
+  // is not a folder is an error.
+  {
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec || !std::filesystem::is_directory(dir))
+      throw Error(ErrorCode::Io, dir, "",
+                  "cannot make the output folder" + (ec ? ": " + ec.message() : std::string()));
+  }
   int64_t hidden = 256, inter = 688, layers = 2, vocab = 1000;
   uint64_t shard_bytes = 0, seed = 1;
   DType dtype = DType::F16;
