@@ -1,0 +1,31 @@
+// ggml's legacy GGUF block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) on the CPU:
+// the spec's scalar reference (qpack/spec/ggml_legacy.hpp, docs/
+// quantization.md Part II) over whole tensors, from F16/BF16/F32 sources,
+// on several threads. Blocks are independent and each is computed by the
+// reference's own code, so the bytes do not depend on the thread count.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "qpack/spec/dtype.hpp"
+#include "qpack/spec/ggml_legacy.hpp"
+
+namespace qpack {
+
+// Bytes of the blocks of `n` elements (n a multiple of 32).
+uint64_t ggml_blocks_bytes(spec::ggml::GgmlLegacyType type, int64_t n);
+
+// Quantizes `n` elements (a multiple of 32) of `src_dtype` at `src` (little-
+// endian) into ggml_blocks_bytes(type, n) bytes at `out`. threads: 0 = all
+// cores. Throws qpack::Error (InvalidArgument naming `tensor`) for an n that
+// is not a whole number of blocks or a dtype that is not F16, BF16 or F32.
+void quantize_ggml_blocks_cpu(spec::ggml::GgmlLegacyType type, const void* src, DType src_dtype,
+                              int64_t n, uint8_t* out, int threads = 0,
+                              const std::string& tensor = {});
+
+// Dequantizes n/32 blocks at `blocks` into `n` floats (ggml's dequantize_row_*).
+void dequantize_ggml_blocks_cpu(spec::ggml::GgmlLegacyType type, const uint8_t* blocks, int64_t n,
+                                float* out, int threads = 0, const std::string& tensor = {});
+
+}  // namespace qpack

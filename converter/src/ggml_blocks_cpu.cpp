@@ -1,0 +1,96 @@
+// ggml's legacy block types over whole tensors on the CPU (qpack/converter/
+// ggml_blocks.hpp). Threads take contiguous runs of blocks (OpenMP static
+// schedule); each block converts its 32 source elements to float exactly and
+// calls the spec's reference, so every thread count writes the same bytes.
+#include <omp.h>
+
+#include <cstring>
+
+#include "qpack/converter/ggml_blocks.hpp"
+#include "qpack/format/error.hpp"
+
+namespace qpack {
+namespace {
+
+namespace gl = spec::ggml;
+
+void check_length(int64_t n, const std::string& tensor, const char* what) {
+  if (n < 0 || n % gl::kBlockElements != 0)
+    throw Error(ErrorCode::InvalidArgument, "", tensor,
+                std::string(what) + ": " + std::to_string(n) +
+                    " elements is not a whole number of 32-element ggml blocks");
+}
+
+void check_type(gl::GgmlLegacyType type, const std::string& tensor) {
+  if (gl::block_bytes(type) == 0)
+    throw Error(ErrorCode::InvalidArgument, "", tensor, "not a legacy ggml block type");
+}
+
+int thread_count(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
+
+// Element j of block b as float, exactly (F16 and BF16 are subsets of F32).
+template <DType S>
+void load_block(const uint8_t* src, int64_t b, float* x) {
+  constexpr int kBytes = S == DType::F32 ? 4 : 2;
+  const uint8_t* p = src + b * gl::kBlockElements * kBytes;
+  for (int j = 0; j < gl::kBlockElements; ++j) {
+    if constexpr (S == DType::F32) {
+      std::memcpy(&x[j], p + 4 * j, 4);
+    } else {
+      const uint16_t h = uint16_t(p[2 * j] | (uint32_t(p[2 * j + 1]) << 8));
+      x[j] = S == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
+    }
+  }
+}
+
+template <DType S>
+void quantize_all(gl::GgmlLegacyType type, const uint8_t* src, int64_t nblocks, uint8_t* out,
+                  int threads) {
+  const int64_t bytes = gl::block_bytes(type);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t b = 0; b < nblocks; ++b) {
+    float x[gl::kBlockElements];
+    load_block<S>(src, b, x);
+    gl::quantize_block(type, x, out + b * bytes);
+  }
+}
+
+}  // namespace
+
+uint64_t ggml_blocks_bytes(gl::GgmlLegacyType type, int64_t n) {
+  return uint64_t(n / gl::kBlockElements) * uint64_t(gl::block_bytes(type));
+}
+
+void quantize_ggml_blocks_cpu(gl::GgmlLegacyType type, const void* src, DType src_dtype, int64_t n,
+                              uint8_t* out, int threads, const std::string& tensor) {
+  check_type(type, tensor);
+  check_length(n, tensor, "quantize to a ggml block type");
+  const auto* s = static_cast<const uint8_t*>(src);
+  const int64_t nblocks = n / gl::kBlockElements;
+  const int t = thread_count(threads);
+  switch (src_dtype) {
+    case DType::F32:
+      return quantize_all<DType::F32>(type, s, nblocks, out, t);
+    case DType::F16:
+      return quantize_all<DType::F16>(type, s, nblocks, out, t);
+    case DType::BF16:
+      return quantize_all<DType::BF16>(type, s, nblocks, out, t);
+    default:
+      throw Error(ErrorCode::InvalidArgument, "", tensor,
+                  std::string("a ggml block type is made from F16, BF16 or F32, not ") +
+                      dtype_name(src_dtype));
+  }
+}
+
+void dequantize_ggml_blocks_cpu(gl::GgmlLegacyType type, const uint8_t* blocks, int64_t n,
+                                float* out, int threads, const std::string& tensor) {
+  check_type(type, tensor);
+  check_length(n, tensor, "dequantize a ggml block type");
+  const int64_t nblocks = n / gl::kBlockElements;
+  const int64_t bytes = gl::block_bytes(type);
+#pragma omp parallel for schedule(static) num_threads(thread_count(threads))
+  for (int64_t b = 0; b < nblocks; ++b)
+    gl::dequantize_block(type, blocks + b * bytes, out + b * gl::kBlockElements);
+}
+
+}  // namespace qpack

@@ -1,0 +1,120 @@
+// The CPU path for ggml's legacy block types (qpack/converter/ggml_blocks.hpp)
+// against the spec's scalar reference row functions: the same bytes from
+// F32/F16/BF16 sources and the same float bits back, at every thread count,
+// into poisoned buffers whose guard bytes must stay untouched.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "qpack/converter/ggml_blocks.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/spec/dtype.hpp"
+#include "qpack/spec/ggml_legacy.hpp"
+#include "testutil.hpp"
+
+namespace qpack {
+namespace {
+
+using spec::ggml::GgmlLegacyType;
+namespace gl = spec::ggml;
+
+constexpr GgmlLegacyType kTypes[] = {GgmlLegacyType::Q4_0, GgmlLegacyType::Q4_1,
+                                     GgmlLegacyType::Q5_0, GgmlLegacyType::Q5_1,
+                                     GgmlLegacyType::Q8_0};
+constexpr size_t kGuard = 37;
+constexpr uint8_t kPoison = 0xa5;
+
+// Random source bytes in `dtype` and the floats they are; a few blocks of
+// zeros and of exact ties among them.
+void make_source(DType dtype, int64_t n, std::mt19937_64& rng, std::vector<uint8_t>* bytes,
+                 std::vector<float>* values) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_int_distribution<int> kind(0, 9), expo(-12, 8);
+  const size_t esize = dtype == DType::F32 ? 4 : 2;
+  bytes->assign(static_cast<size_t>(n) * esize, 0);
+  values->assign(static_cast<size_t>(n), 0.0f);
+  for (int64_t b = 0; b < n / 32; ++b) {
+    const int k = kind(rng);
+    const float scale = std::ldexp(1.0f, expo(rng));
+    for (int j = 0; j < 32; ++j) {
+      float v = normal(rng) * scale;
+      if (k == 0) v = 0.0f;
+      if (k == 1) v = float(j % 16) - 8.0f;
+      const size_t i = size_t(b * 32 + j);
+      if (dtype == DType::F32) {
+        std::memcpy(bytes->data() + 4 * i, &v, 4);
+        (*values)[i] = v;
+      } else {
+        const uint16_t h = dtype == DType::F16 ? f32_to_f16_rne(v) : f32_to_bf16_rne(v);
+        (*bytes)[2 * i] = uint8_t(h & 0xff);
+        (*bytes)[2 * i + 1] = uint8_t(h >> 8);
+        (*values)[i] = dtype == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
+      }
+    }
+  }
+}
+
+TEST(GgmlBlocksCpu, SameBytesAndFloatsAsTheReferenceAtEveryThreadCount) {
+  std::mt19937_64 rng(test::test_seed());
+  for (const DType dtype : {DType::F32, DType::F16, DType::BF16}) {
+    for (const int64_t nb : {int64_t(0), int64_t(1), int64_t(7), int64_t(1001), int64_t(40009)}) {
+      const int64_t n = nb * 32;
+      std::vector<uint8_t> src;
+      std::vector<float> values;
+      make_source(dtype, n, rng, &src, &values);
+      for (const GgmlLegacyType t : kTypes) {
+        const size_t bytes = size_t(ggml_blocks_bytes(t, n));
+        ASSERT_EQ(bytes, size_t(nb) * size_t(gl::block_bytes(t)));
+        std::vector<uint8_t> want(bytes);
+        ASSERT_TRUE(gl::quantize_row(t, values.data(), n, want.data()));
+        std::vector<float> want_back(static_cast<size_t>(n));
+        ASSERT_TRUE(gl::dequantize_row(t, want.data(), n, want_back.data()));
+        for (const int threads : {1, 2, 3, 7}) {
+          SCOPED_TRACE(std::string(dtype_name(dtype)) + ", " + std::to_string(nb) + " blocks, " +
+                       std::to_string(threads) + " threads, type " + std::to_string(unsigned(t)));
+          std::vector<uint8_t> got(bytes + kGuard, kPoison);
+          quantize_ggml_blocks_cpu(t, src.data(), dtype, n, got.data(), threads);
+          ASSERT_EQ(std::memcmp(got.data(), want.data(), bytes), 0);
+          for (size_t i = bytes; i < got.size(); ++i) ASSERT_EQ(got[i], kPoison) << i;
+          std::vector<uint8_t> back((static_cast<size_t>(n)) * 4 + kGuard, kPoison);
+          dequantize_ggml_blocks_cpu(t, want.data(), n, reinterpret_cast<float*>(back.data()),
+                                     threads);
+          ASSERT_EQ(std::memcmp(back.data(), want_back.data(), size_t(n) * 4), 0);
+          for (size_t i = size_t(n) * 4; i < back.size(); ++i) ASSERT_EQ(back[i], kPoison) << i;
+        }
+      }
+    }
+  }
+}
+
+TEST(GgmlBlocksCpu, BadLengthsAndDtypesNameTheTensor) {
+  std::vector<uint8_t> buf(4096, 0);
+  try {
+    quantize_ggml_blocks_cpu(GgmlLegacyType::Q4_1, buf.data(), DType::F16, 33, buf.data(), 1,
+                             "blk.0.attn_q.weight");
+    FAIL() << "33 elements accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+    EXPECT_EQ(e.tensor(), "blk.0.attn_q.weight");
+    EXPECT_NE(std::string(e.what()).find("32-element"), std::string::npos) << e.what();
+  }
+  try {
+    quantize_ggml_blocks_cpu(GgmlLegacyType::Q8_0, buf.data(), DType::I8, 32, buf.data(), 1, "t");
+    FAIL() << "I8 accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("I8"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(dequantize_ggml_blocks_cpu(GgmlLegacyType::Q5_0, buf.data(), -32,
+                                          reinterpret_cast<float*>(buf.data())),
+               Error);
+  EXPECT_THROW(quantize_ggml_blocks_cpu(GgmlLegacyType(5), buf.data(), DType::F32, 32, buf.data()),
+               Error);
+}
+
+}  // namespace
+}  // namespace qpack
