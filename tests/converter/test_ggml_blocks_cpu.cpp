@@ -78,12 +78,16 @@ TEST(GgmlBlocksCpu, SameBytesAndFloatsAsTheReferenceAtEveryThreadCount) {
                        std::to_string(threads) + " threads, type " + std::to_string(unsigned(t)));
           std::vector<uint8_t> got(bytes + kGuard, kPoison);
           quantize_ggml_blocks_cpu(t, src.data(), dtype, n, got.data(), threads);
-          ASSERT_EQ(std::memcmp(got.data(), want.data(), bytes), 0);
+          if (bytes > 0) {  // an empty vector's data() may be null, which memcmp may not take
+            ASSERT_EQ(std::memcmp(got.data(), want.data(), bytes), 0);
+          }
           for (size_t i = bytes; i < got.size(); ++i) ASSERT_EQ(got[i], kPoison) << i;
           std::vector<uint8_t> back((static_cast<size_t>(n)) * 4 + kGuard, kPoison);
           dequantize_ggml_blocks_cpu(t, want.data(), n, reinterpret_cast<float*>(back.data()),
                                      threads);
-          ASSERT_EQ(std::memcmp(back.data(), want_back.data(), size_t(n) * 4), 0);
+          if (n > 0) {
+            ASSERT_EQ(std::memcmp(back.data(), want_back.data(), size_t(n) * 4), 0);
+          }
           for (size_t i = size_t(n) * 4; i < back.size(); ++i) ASSERT_EQ(back[i], kPoison) << i;
         }
       }
