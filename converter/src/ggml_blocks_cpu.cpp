@@ -1,11 +1,15 @@
 // ggml's legacy block types over whole tensors on the CPU (qpack/converter/
 // ggml_blocks.hpp). Threads take contiguous runs of blocks (OpenMP static
-// schedule); each block converts its 32 source elements to float exactly and
-// calls the spec's reference, so every thread count writes the same bytes.
+// schedule). With AVX2 eight blocks go at once, one per lane
+// (cpu/ggml_blocks_avx2.hpp); otherwise each block converts its 32 source
+// elements to float exactly and calls the spec's reference. Both give the
+// reference's bytes, so every thread count and machine writes the same file.
 #include <omp.h>
 
+#include <cstdlib>
 #include <cstring>
 
+#include "cpu/ggml_blocks_avx2.hpp"
 #include "qpack/converter/ggml_blocks.hpp"
 #include "qpack/format/error.hpp"
 
@@ -44,15 +48,44 @@ void load_block(const uint8_t* src, int64_t b, float* x) {
 }
 
 template <DType S>
+void quantize_one(gl::GgmlLegacyType type, const uint8_t* src, int64_t b, uint8_t* out) {
+  float x[gl::kBlockElements];
+  load_block<S>(src, b, x);
+  gl::quantize_block(type, x, out + b * gl::block_bytes(type));
+}
+
+bool has_avx2() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  return ok;
+}
+
+// QPACK_GGML_SCALAR=1 forces the scalar reference (for comparisons).
+bool scalar_forced() {
+  static const bool forced = [] {
+    const char* v = std::getenv("QPACK_GGML_SCALAR");
+    return v && *v && *v != '0';
+  }();
+  return forced;
+}
+
+template <DType S>
 void quantize_all(gl::GgmlLegacyType type, const uint8_t* src, int64_t nblocks, uint8_t* out,
                   int threads) {
-  const int64_t bytes = gl::block_bytes(type);
+  if (has_avx2() && !scalar_forced()) {
+    // Groups of eight blocks, one per AVX2 lane; the last nblocks % 8 blocks
+    // and any group with a non-finite element by the reference.
+    const int64_t groups = nblocks / cpu::kLanes;
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t b = 0; b < nblocks; ++b) {
-    float x[gl::kBlockElements];
-    load_block<S>(src, b, x);
-    gl::quantize_block(type, x, out + b * bytes);
+    for (int64_t g = 0; g < groups; ++g) {
+      if (!cpu::quantize_eight_blocks<S>(type, src, g * cpu::kLanes, out))
+        for (int64_t b = g * cpu::kLanes; b < (g + 1) * cpu::kLanes; ++b)
+          quantize_one<S>(type, src, b, out);
+    }
+    for (int64_t b = groups * cpu::kLanes; b < nblocks; ++b) quantize_one<S>(type, src, b, out);
+    return;
   }
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t b = 0; b < nblocks; ++b) quantize_one<S>(type, src, b, out);
 }
 
 }  // namespace

@@ -1,11 +1,15 @@
-// The CPU path for ggml's legacy block types (qpack/converter/ggml_blocks.hpp)
-// against the spec's scalar reference row functions: the same bytes from
-// F32/F16/BF16 sources and the same float bits back, at every thread count,
-// into poisoned buffers whose guard bytes must stay untouched.
+// The CPU path for ggml's legacy block types (qpack/converter/ggml_blocks.hpp,
+// AVX2 eight blocks at a time where the CPU has it) against the spec's scalar
+// reference row functions: the same bytes from F32/F16/BF16 sources and the
+// same float bits back, at every thread count, into poisoned buffers whose
+// guard bytes must stay untouched. The sources mix awkward blocks (ties,
+// tiny values, signed zeros, NaN and Inf, which take the reference's path)
+// among random ones.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -33,7 +37,7 @@ constexpr uint8_t kPoison = 0xa5;
 void make_source(DType dtype, int64_t n, std::mt19937_64& rng, std::vector<uint8_t>* bytes,
                  std::vector<float>* values) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::uniform_int_distribution<int> kind(0, 9), expo(-12, 8);
+  std::uniform_int_distribution<int> kind(0, 11), expo(-12, 8);
   const size_t esize = dtype == DType::F32 ? 4 : 2;
   bytes->assign(static_cast<size_t>(n) * esize, 0);
   values->assign(static_cast<size_t>(n), 0.0f);
@@ -43,7 +47,12 @@ void make_source(DType dtype, int64_t n, std::mt19937_64& rng, std::vector<uint8
     for (int j = 0; j < 32; ++j) {
       float v = normal(rng) * scale;
       if (k == 0) v = 0.0f;
-      if (k == 1) v = float(j % 16) - 8.0f;
+      if (k == 1) v = float(j % 16) - 8.0f;  // codes on exact ties
+      if (k == 2) v *= 0x1p-130f;            // tiny: 1/d overflows (F32), zeros (F16)
+      if (k == 3 && (j == 3 || j == 20)) v = j == 3 ? 7.0f * scale : -7.0f * scale;  // |max| tie
+      if (k == 4) v = (j % 3 == 0) ? -0.0f : 0.0f;  // signed zeros, -0 first
+      if (k == 5 && j == 11) v = b % 2 ? std::numeric_limits<float>::infinity() : std::nanf("");
+      if (k == 6) v = (float(j) - 15.5f) * scale;  // x*id near .5 for Q8_0
       const size_t i = size_t(b * 32 + j);
       if (dtype == DType::F32) {
         std::memcpy(bytes->data() + 4 * i, &v, 4);
