@@ -101,19 +101,61 @@ QPACK_GGML_AVX2 inline __m256i truncate_codes(__m256 t, int cap) {
   return c;
 }
 
-// Codes c[j][lane] packed into each lane's block: nibbles (and the fifth
-// bits) as the reference's pack_nibbles / pack_five_bits.
-inline void pack_lanes(const int32_t (*c)[kLanes], bool five_bits, uint8_t* out, int stride,
-                       int qh_offset, int qs_offset) {
-  for (int b = 0; b < kLanes; ++b) {
-    uint8_t* blk = out + b * stride;
-    for (int j = 0; j < gl::kHalfBlock; ++j)
-      blk[qs_offset + j] = uint8_t((c[j][b] & 0x0f) | ((c[j + gl::kHalfBlock][b] & 0x0f) << 4));
-    if (five_bits) {
-      uint32_t high = 0;
-      for (int j = 0; j < gl::kBlockElements; ++j) high |= uint32_t((c[j][b] >> 4) & 1) << j;
-      for (int i = 0; i < 4; ++i) blk[qh_offset + i] = uint8_t((high >> (8 * i)) & 0xffu);
-    }
+// Sixteen rows of codes (row j: byte j of each lane's block, one int32 per
+// lane, within the byte's range) to 16 consecutive bytes per block at
+// out + lane * stride + offset. Packing to bytes leaves, in each 128-bit
+// half, a 4x4 tile per four rows (row-major, four lanes); a byte shuffle
+// turns each tile lane-major, and a 4x4 transpose of 32-bit words across
+// the four packed vectors puts each block's 16 bytes together. `Signed`:
+// the bytes are int8 (Q8_0's codes), else uint8.
+template <bool Signed>
+QPACK_GGML_AVX2 inline void store_rows_as_blocks(const __m256i (&rows)[16], uint8_t* out,
+                                                 int stride, int offset) {
+  const __m256i tile = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, 0, 4,
+                                        8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  __m256i q[4];
+  for (int m = 0; m < 4; ++m) {
+    const __m256i lo = _mm256_packs_epi32(rows[4 * m], rows[4 * m + 1]);
+    const __m256i hi = _mm256_packs_epi32(rows[4 * m + 2], rows[4 * m + 3]);
+    const __m256i bytes = Signed ? _mm256_packs_epi16(lo, hi) : _mm256_packus_epi16(lo, hi);
+    q[m] = _mm256_shuffle_epi8(bytes, tile);  // per half: lane k's rows 4m..4m+3 at word k
+  }
+  const __m256i t0 = _mm256_unpacklo_epi32(q[0], q[1]), t1 = _mm256_unpackhi_epi32(q[0], q[1]);
+  const __m256i t2 = _mm256_unpacklo_epi32(q[2], q[3]), t3 = _mm256_unpackhi_epi32(q[2], q[3]);
+  const __m256i r[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2),
+                        _mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3)};
+  for (int k = 0; k < 4; ++k) {
+    // Half h of r[k] is the block of lane 4h + k.
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k * stride + offset),
+                     _mm256_castsi256_si128(r[k]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (4 + k) * stride + offset),
+                     _mm256_extracti128_si256(r[k], 1));
+  }
+}
+
+// Codes c[j] (lane = block) packed into each block: element j in the low
+// nibble of byte j, element j+16 in the high nibble, and for five-bit codes
+// bit 4 of element j in bit j of the little-endian qh (the reference's
+// pack_nibbles / pack_five_bits).
+QPACK_GGML_AVX2 inline void pack_lanes(const __m256i (&c)[gl::kBlockElements], bool five_bits,
+                                       uint8_t* out, int stride, int qh_offset, int qs_offset) {
+  const __m256i low4 = _mm256_set1_epi32(0x0f);
+  __m256i rows[16];
+  for (int j = 0; j < gl::kHalfBlock; ++j)
+    rows[j] = _mm256_or_si256(_mm256_and_si256(c[j], low4),
+                              _mm256_slli_epi32(_mm256_and_si256(c[j + gl::kHalfBlock], low4), 4));
+  store_rows_as_blocks<false>(rows, out, stride, qs_offset);
+  if (five_bits) {
+    __m256i high = _mm256_setzero_si256();
+    const __m256i one = _mm256_set1_epi32(1);
+    for (int j = 0; j < gl::kBlockElements; ++j)
+      high = _mm256_or_si256(
+          high, _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(c[j], 4), one), j));
+    alignas(32) uint32_t h[kLanes];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(h), high);
+    for (int b = 0; b < kLanes; ++b)
+      for (int i = 0; i < 4; ++i)
+        out[b * stride + qh_offset + i] = uint8_t((h[b] >> (8 * i)) & 0xffu);
   }
 }
 
@@ -132,11 +174,9 @@ QPACK_GGML_AVX2 inline void quantize_eight_symmetric(const __m256 (&x)[gl::kBloc
   const __m256 d = _mm256_div_ps(mx, _mm256_set1_ps(divisor));
   const __m256 id = reciprocal_or_zero8(d);
   store_f16_lanes(d, out, stride, 0);
-  int32_t c[gl::kBlockElements][kLanes];
-  for (int j = 0; j < gl::kBlockElements; ++j) {
-    const __m256 t = _mm256_add_ps(_mm256_mul_ps(x[j], id), _mm256_set1_ps(bias));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c[j]), truncate_codes(t, cap));
-  }
+  __m256i c[gl::kBlockElements];
+  for (int j = 0; j < gl::kBlockElements; ++j)
+    c[j] = truncate_codes(_mm256_add_ps(_mm256_mul_ps(x[j], id), _mm256_set1_ps(bias)), cap);
   pack_lanes(c, five_bits, out, stride, 2, five_bits ? 6 : 2);
 }
 
@@ -155,12 +195,10 @@ QPACK_GGML_AVX2 inline void quantize_eight_min_max(const __m256 (&x)[gl::kBlockE
   const __m256 id = reciprocal_or_zero8(d);
   store_f16_lanes(d, out, stride, 0);
   store_f16_lanes(lo, out, stride, 2);
-  int32_t c[gl::kBlockElements][kLanes];
-  for (int j = 0; j < gl::kBlockElements; ++j) {
-    const __m256 t =
-        _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(x[j], lo), id), _mm256_set1_ps(0.5f));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c[j]), truncate_codes(t, cap));
-  }
+  __m256i c[gl::kBlockElements];
+  for (int j = 0; j < gl::kBlockElements; ++j)
+    c[j] = truncate_codes(
+        _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(x[j], lo), id), _mm256_set1_ps(0.5f)), cap);
   pack_lanes(c, five_bits, out, stride, 4, five_bits ? 8 : 4);
 }
 
@@ -176,6 +214,7 @@ QPACK_GGML_AVX2 inline void quantize_eight_q8_0(const __m256 (&x)[gl::kBlockElem
   const __m256 id = reciprocal_or_zero8(d);
   store_f16_lanes(d, out, stride, 0);
   const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+  __m256i rows[2][16];
   for (int j = 0; j < gl::kBlockElements; ++j) {
     const __m256 t = _mm256_mul_ps(x[j], id);
     // roundf: trunc, then one step away from zero when the dropped part is
@@ -185,10 +224,10 @@ QPACK_GGML_AVX2 inline void quantize_eight_q8_0(const __m256 (&x)[gl::kBlockElem
     const __m256 step =
         _mm256_and_ps(_mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ),
                       _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(t, sign_bit)));
-    alignas(32) int32_t c[kLanes];
-    _mm256_store_si256(reinterpret_cast<__m256i*>(c), truncate_codes(_mm256_add_ps(r, step), -1));
-    for (int b = 0; b < kLanes; ++b) out[b * stride + 2 + j] = uint8_t(int8_t(c[b]));
+    rows[j / 16][j % 16] = truncate_codes(_mm256_add_ps(r, step), -1);  // |code| <= 127
   }
+  store_rows_as_blocks<true>(rows[0], out, stride, 2);
+  store_rows_as_blocks<true>(rows[1], out, stride, 18);
 }
 
 // Blocks [b0, b0 + 8) of `type` into out + b0 * block bytes; false, writing
