@@ -54,6 +54,7 @@ TEST(GgmlLegacy, TypeIdsAndBlockSizesMatchTheGgufTypeTable) {
     const GgmlTypeInfo* info = ggml_type_info(uint32_t(c.type));
     ASSERT_NE(info, nullptr);
     EXPECT_EQ(std::string(info->name), c.name);
+    EXPECT_EQ(std::string(gl::type_name(c.type)), info->name);
     EXPECT_EQ(info->block_size, uint32_t(gl::kBlockElements));
     EXPECT_EQ(info->type_size, uint32_t(gl::block_bytes(c.type)));
   }

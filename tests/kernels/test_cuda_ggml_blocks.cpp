@@ -43,22 +43,6 @@ constexpr GgmlLegacyType kTypes[] = {GgmlLegacyType::Q4_0, GgmlLegacyType::Q4_1,
 constexpr size_t kGuard = 64;  // bytes after the output that must stay poisoned
 constexpr uint8_t kPoison = 0xa5;
 
-const char* type_name(GgmlLegacyType t) {
-  switch (t) {
-    case GgmlLegacyType::Q4_0:
-      return "Q4_0";
-    case GgmlLegacyType::Q4_1:
-      return "Q4_1";
-    case GgmlLegacyType::Q5_0:
-      return "Q5_0";
-    case GgmlLegacyType::Q5_1:
-      return "Q5_1";
-    case GgmlLegacyType::Q8_0:
-      return "Q8_0";
-  }
-  return "?";
-}
-
 // Source elements in `dtype` (raw bytes) and the floats they are exactly:
 // blocks of varied scale and sign, and awkward blocks among them (zeros, one
 // non-zero, a tie between +max and -max, huge values, subnormals).
@@ -142,7 +126,7 @@ TEST(CudaGgmlBlocks, SameBytesAndFloatsAsTheReference) {
       ASSERT_OK(d_src.allocate(src.bytes.size()));
       ASSERT_OK(cuda::copy_to_device(d_src.data(), src.bytes.data(), src.bytes.size(), nullptr));
       for (const GgmlLegacyType t : kTypes) {
-        SCOPED_TRACE(std::string(type_name(t)) + " from " + dtype_name(dtype) + ", " +
+        SCOPED_TRACE(std::string(gl::type_name(t)) + " from " + dtype_name(dtype) + ", " +
                      std::to_string(nb) + " blocks");
         const size_t bytes = size_t(nb) * size_t(gl::block_bytes(t));
         std::vector<uint8_t> expected(bytes);
@@ -203,7 +187,7 @@ TEST(CudaGgmlBlocks, UnalignedSourcesAndOutputsGiveTheSameBytes) {
   ASSERT_OK(d_src.allocate(src.bytes.size()));
   ASSERT_OK(cuda::copy_to_device(d_src.data(), src.bytes.data(), src.bytes.size(), nullptr));
   for (const GgmlLegacyType t : kTypes) {
-    SCOPED_TRACE(type_name(t));
+    SCOPED_TRACE(gl::type_name(t));
     const size_t bytes = size_t(nb) * size_t(gl::block_bytes(t));
     std::vector<uint8_t> expected(bytes);
     ASSERT_TRUE(gl::quantize_row(t, src.values.data() + 32, n, expected.data()));

@@ -54,22 +54,6 @@ float best_ms(int iters, F&& work) {
   return best;
 }
 
-const char* type_name(gl::GgmlLegacyType t) {
-  switch (t) {
-    case gl::GgmlLegacyType::Q4_0:
-      return "Q4_0";
-    case gl::GgmlLegacyType::Q4_1:
-      return "Q4_1";
-    case gl::GgmlLegacyType::Q5_0:
-      return "Q5_0";
-    case gl::GgmlLegacyType::Q5_1:
-      return "Q5_1";
-    case gl::GgmlLegacyType::Q8_0:
-      return "Q8_0";
-  }
-  return "?";
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -153,7 +137,7 @@ int main(int argc, char** argv) {
         CS(cuda::quantize_ggml_blocks(t, d_src.data(), dt, n, d_blocks.as<uint8_t>(), nullptr));
       });
       const double qbw = double(src_bytes + block_bytes) / (qms * 1e-3);
-      std::printf("%-6s %-5s %-10s %10.3f %10.1f %7.1f%%%s\n", type_name(t), dtype_name(dt),
+      std::printf("%-6s %-5s %-10s %10.3f %10.1f %7.1f%%%s\n", gl::type_name(t), dtype_name(dt),
                   "quantize", qms, qbw / 1e9, 100.0 * qbw / copy_bw,
                   same ? "" : "  MISMATCH vs the reference");
       if (dt == DType::F16) {  // dequantize does not depend on the source dtype
@@ -162,8 +146,8 @@ int main(int argc, char** argv) {
                                           nullptr));
         });
         const double dbw = double(block_bytes + size_t(n) * 4) / (dms * 1e-3);
-        std::printf("%-6s %-5s %-10s %10.3f %10.1f %7.1f%%\n", type_name(t), "", "dequant>f32", dms,
-                    dbw / 1e9, 100.0 * dbw / copy_bw);
+        std::printf("%-6s %-5s %-10s %10.3f %10.1f %7.1f%%\n", gl::type_name(t), "", "dequant>f32",
+                    dms, dbw / 1e9, 100.0 * dbw / copy_bw);
       }
     }
   }

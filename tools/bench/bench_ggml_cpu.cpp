@@ -45,22 +45,6 @@ double copy_seconds(std::vector<uint8_t>& a, std::vector<uint8_t>& b, int thread
   return seconds_since(t0);
 }
 
-const char* type_name(gl::GgmlLegacyType t) {
-  switch (t) {
-    case gl::GgmlLegacyType::Q4_0:
-      return "Q4_0";
-    case gl::GgmlLegacyType::Q4_1:
-      return "Q4_1";
-    case gl::GgmlLegacyType::Q5_0:
-      return "Q5_0";
-    case gl::GgmlLegacyType::Q5_1:
-      return "Q5_1";
-    case gl::GgmlLegacyType::Q8_0:
-      return "Q8_0";
-  }
-  return "?";
-}
-
 // "TYPE SECONDS" lines from the peer script, or nothing.
 std::map<std::string, double> run_peer(const std::string& script, int64_t rows, int64_t cols,
                                        int reps) {
@@ -138,14 +122,14 @@ int main(int argc, char** argv) {
         best = std::min(best, seconds_since(t0));
       }
       const double bw = double(moved) / best, copy_bw = double(moved) / best_copy;
-      const auto p = peer_s.find(type_name(t));
+      const auto p = peer_s.find(gl::type_name(t));
       if (p != peer_s.end()) {
         const double peer_bw = double(moved) / p->second;
-        std::printf("%-5s %7d %10.2f %10.2f %7.1f%% %10.3f %8.1fx\n", type_name(t), threads,
+        std::printf("%-5s %7d %10.2f %10.2f %7.1f%% %10.3f %8.1fx\n", gl::type_name(t), threads,
                     best * 1e3, bw / 1e9, 100 * bw / copy_bw, peer_bw / 1e9, bw / peer_bw);
       } else {
-        std::printf("%-5s %7d %10.2f %10.2f %7.1f%% %10s %9s\n", type_name(t), threads, best * 1e3,
-                    bw / 1e9, 100 * bw / copy_bw, "-", "-");
+        std::printf("%-5s %7d %10.2f %10.2f %7.1f%% %10s %9s\n", gl::type_name(t), threads,
+                    best * 1e3, bw / 1e9, 100 * bw / copy_bw, "-", "-");
       }
     }
   }

@@ -50,6 +50,23 @@ QPACK_HD int block_bytes(GgmlLegacyType t) {
   return 0;
 }
 
+// ggml's name of the type ("Q4_0"), as GGUF and llama.cpp spell it.
+QPACK_HD const char* type_name(GgmlLegacyType t) {
+  switch (t) {
+    case GgmlLegacyType::Q4_0:
+      return "Q4_0";
+    case GgmlLegacyType::Q4_1:
+      return "Q4_1";
+    case GgmlLegacyType::Q5_0:
+      return "Q5_0";
+    case GgmlLegacyType::Q5_1:
+      return "Q5_1";
+    case GgmlLegacyType::Q8_0:
+      return "Q8_0";
+  }
+  return "?";
+}
+
 namespace detail {
 
 // Block fields are little-endian whatever the host is.
