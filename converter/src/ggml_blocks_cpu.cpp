@@ -126,4 +126,44 @@ void dequantize_ggml_blocks_cpu(gl::GgmlLegacyType type, const uint8_t* blocks, 
     gl::dequantize_block(type, blocks + b * bytes, out + b * gl::kBlockElements);
 }
 
+namespace {
+
+// The legacy type a GGUF type number names, or an Error naming `tensor`.
+gl::GgmlLegacyType legacy_type(GgmlType type, const std::string& tensor) {
+  if (!ggml_blocks_supported(type))
+    throw Error(ErrorCode::InvalidArgument, "", tensor,
+                std::string("qpack does not quantize or dequantize ggml type ") +
+                    ggml_type_name(type) + " on the CPU");
+  return gl::GgmlLegacyType(uint32_t(type));
+}
+
+}  // namespace
+
+bool ggml_blocks_supported(GgmlType type) {
+  switch (type) {
+    case GgmlType::Q4_0:
+    case GgmlType::Q4_1:
+    case GgmlType::Q5_0:
+    case GgmlType::Q5_1:
+    case GgmlType::Q8_0:
+      return true;
+    default:
+      return false;
+  }
+}
+
+uint64_t ggml_blocks_bytes(GgmlType type, int64_t n) {
+  return ggml_blocks_bytes(legacy_type(type, {}), n);
+}
+
+void quantize_ggml_blocks_cpu(GgmlType type, const void* src, DType src_dtype, int64_t n,
+                              uint8_t* out, int threads, const std::string& tensor) {
+  quantize_ggml_blocks_cpu(legacy_type(type, tensor), src, src_dtype, n, out, threads, tensor);
+}
+
+void dequantize_ggml_blocks_cpu(GgmlType type, const uint8_t* blocks, int64_t n, float* out,
+                                int threads, const std::string& tensor) {
+  dequantize_ggml_blocks_cpu(legacy_type(type, tensor), blocks, n, out, threads, tensor);
+}
+
 }  // namespace qpack

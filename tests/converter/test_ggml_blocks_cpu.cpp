@@ -129,5 +129,35 @@ TEST(GgmlBlocksCpu, BadLengthsAndDtypesNameTheTensor) {
                Error);
 }
 
+// The GGUF-type-number overloads are the legacy ones under another name, and
+// refuse the types they do not handle (IQ4_NL here) naming the tensor.
+TEST(GgmlBlocksCpu, GgufTypeNumbersReachTheSameQuantizer) {
+  std::mt19937_64 rng(test::test_seed());
+  const int64_t n = 37 * 32;
+  std::vector<uint8_t> src;
+  std::vector<float> values;
+  make_source(DType::BF16, n, rng, &src, &values);
+  for (const GgmlLegacyType t : kTypes) {
+    const GgmlType g = GgmlType(uint32_t(t));
+    ASSERT_TRUE(ggml_blocks_supported(g));
+    ASSERT_EQ(ggml_blocks_bytes(g, n), ggml_blocks_bytes(t, n));
+    std::vector<uint8_t> want(size_t(ggml_blocks_bytes(t, n))), got(want.size() + kGuard, kPoison);
+    quantize_ggml_blocks_cpu(t, src.data(), DType::BF16, n, want.data(), 2);
+    quantize_ggml_blocks_cpu(g, src.data(), DType::BF16, n, got.data(), 2);
+    ASSERT_EQ(std::memcmp(got.data(), want.data(), want.size()), 0);
+    for (size_t i = want.size(); i < got.size(); ++i) ASSERT_EQ(got[i], kPoison) << i;
+  }
+  std::vector<uint8_t> buf(4096, 0);
+  EXPECT_FALSE(ggml_blocks_supported(GgmlType::IQ4_NL));
+  try {
+    quantize_ggml_blocks_cpu(GgmlType::IQ4_NL, buf.data(), DType::F32, 32, buf.data(), 1, "w");
+    FAIL() << "IQ4_NL accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+    EXPECT_EQ(e.tensor(), "w");
+    EXPECT_NE(std::string(e.what()).find("IQ4_NL"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace qpack

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 
+#include "qpack/format/gguf.hpp"
 #include "qpack/spec/dtype.hpp"
 #include "qpack/spec/ggml_legacy.hpp"
 
@@ -27,5 +28,18 @@ void quantize_ggml_blocks_cpu(spec::ggml::GgmlLegacyType type, const void* src, 
 // Dequantizes n/32 blocks at `blocks` into `n` floats (ggml's dequantize_row_*).
 void dequantize_ggml_blocks_cpu(spec::ggml::GgmlLegacyType type, const uint8_t* blocks, int64_t n,
                                 float* out, int threads = 0, const std::string& tensor = {});
+
+// The same over any ggml block type qpack writes, named by its GGUF type
+// number (what an exporter and a GGUF reader hold). ggml_blocks_supported
+// says which: today the five legacy types.
+bool ggml_blocks_supported(GgmlType type);
+// Bytes of `n` elements (a whole number of the type's blocks) in `type`.
+uint64_t ggml_blocks_bytes(GgmlType type, int64_t n);
+// Throws Error(InvalidArgument naming `tensor`) for a type that
+// ggml_blocks_supported refuses, as well as for what the overloads above refuse.
+void quantize_ggml_blocks_cpu(GgmlType type, const void* src, DType src_dtype, int64_t n,
+                              uint8_t* out, int threads = 0, const std::string& tensor = {});
+void dequantize_ggml_blocks_cpu(GgmlType type, const uint8_t* blocks, int64_t n, float* out,
+                                int threads = 0, const std::string& tensor = {});
 
 }  // namespace qpack
