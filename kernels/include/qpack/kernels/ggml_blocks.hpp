@@ -11,6 +11,7 @@
 
 #include "qpack/kernels/cuda_quant.hpp"
 #include "qpack/spec/dtype.hpp"
+#include "qpack/spec/ggml_block_types.hpp"
 #include "qpack/spec/ggml_legacy.hpp"
 
 namespace qpack {
@@ -28,6 +29,16 @@ Status quantize_ggml_blocks(spec::ggml::GgmlLegacyType type, const void* d_src, 
 // Enqueues the dequantization of n/32 blocks at d_blocks into `n` floats at
 // d_out (ggml's dequantize_row_*, bit for bit).
 Status dequantize_ggml_blocks(spec::ggml::GgmlLegacyType type, const uint8_t* d_blocks, int64_t n,
+                              float* d_out, cudaStream_t stream);
+
+// The same over every ggml block type qpack writes (qpack/spec/
+// ggml_block_types.hpp): the legacy types as above, the K-quants (Q2_K..Q6_K,
+// docs/quantization.md Part III) on `n` a multiple of 256, their super-block.
+// The K-quants' scale searches are arithmetic-heavy; their kernels run one
+// thread per super-block (docs/kernels.md).
+Status quantize_ggml_blocks(spec::ggml::GgmlBlockType type, const void* d_src, DType src_dtype,
+                            int64_t n, uint8_t* d_blocks, cudaStream_t stream);
+Status dequantize_ggml_blocks(spec::ggml::GgmlBlockType type, const uint8_t* d_blocks, int64_t n,
                               float* d_out, cudaStream_t stream);
 
 }  // namespace cuda
