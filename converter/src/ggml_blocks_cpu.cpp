@@ -1,9 +1,11 @@
-// ggml's legacy block types over whole tensors on the CPU (qpack/converter/
+// ggml's block types over whole tensors on the CPU (qpack/converter/
 // ggml_blocks.hpp). Threads take contiguous runs of blocks (OpenMP static
-// schedule). With AVX2 eight blocks go at once, one per lane
+// schedule). Legacy types: with AVX2 eight blocks go at once, one per lane
 // (cpu/ggml_blocks_avx2.hpp); otherwise each block converts its 32 source
-// elements to float exactly and calls the spec's reference. Both give the
-// reference's bytes, so every thread count and machine writes the same file.
+// elements to float exactly and calls the spec's reference. K-quants: each
+// 256-element super-block is converted and quantized by the spec's reference
+// (qpack/spec/ggml_kquants.hpp). Every path gives the reference's bytes, so
+// every thread count and machine writes the same file.
 #include <omp.h>
 
 #include <cstdlib>
@@ -12,6 +14,7 @@
 #include "cpu/ggml_blocks_avx2.hpp"
 #include "qpack/converter/ggml_blocks.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/spec/ggml_block_types.hpp"
 
 namespace qpack {
 namespace {
@@ -32,12 +35,13 @@ void check_type(gl::GgmlLegacyType type, const std::string& tensor) {
 
 int thread_count(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
 
-// Element j of block b as float, exactly (F16 and BF16 are subsets of F32).
-template <DType S>
+// Element j of the `E`-element block b as float, exactly (F16 and BF16 are
+// subsets of F32).
+template <DType S, int E = gl::kBlockElements>
 void load_block(const uint8_t* src, int64_t b, float* x) {
   constexpr int kBytes = S == DType::F32 ? 4 : 2;
-  const uint8_t* p = src + b * gl::kBlockElements * kBytes;
-  for (int j = 0; j < gl::kBlockElements; ++j) {
+  const uint8_t* p = src + b * E * kBytes;
+  for (int j = 0; j < E; ++j) {
     if constexpr (S == DType::F32) {
       std::memcpy(&x[j], p + 4 * j, 4);
     } else {
@@ -128,42 +132,91 @@ void dequantize_ggml_blocks_cpu(gl::GgmlLegacyType type, const uint8_t* blocks, 
 
 namespace {
 
-// The legacy type a GGUF type number names, or an Error naming `tensor`.
-gl::GgmlLegacyType legacy_type(GgmlType type, const std::string& tensor) {
+// The block type a GGUF type number names, or an Error naming `tensor`.
+gl::GgmlBlockType block_type(GgmlType type, const std::string& tensor) {
   if (!ggml_blocks_supported(type))
     throw Error(ErrorCode::InvalidArgument, "", tensor,
                 std::string("qpack does not quantize or dequantize ggml type ") +
                     ggml_type_name(type) + " on the CPU");
-  return gl::GgmlLegacyType(uint32_t(type));
+  return gl::GgmlBlockType(uint32_t(type));
+}
+
+// ------------------------------------------------------------ K-quants
+
+void check_kquant_length(gl::GgmlBlockType type, int64_t n, const std::string& tensor,
+                         const char* what) {
+  if (n < 0 || n % gl::kSuperBlockElements != 0)
+    throw Error(ErrorCode::InvalidArgument, "", tensor,
+                std::string(what) + " " + gl::type_name(type) + ": " + std::to_string(n) +
+                    " elements is not a whole number of 256-element ggml super-blocks");
+}
+
+template <DType S>
+void quantize_kquant_all(gl::GgmlBlockType type, const uint8_t* src, int64_t nblocks, uint8_t* out,
+                         int threads) {
+  const int64_t bytes = gl::block_bytes(type);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t b = 0; b < nblocks; ++b) {
+    float x[gl::kSuperBlockElements];
+    load_block<S, gl::kSuperBlockElements>(src, b, x);
+    gl::quantize_block(type, x, out + b * bytes);
+  }
+}
+
+void quantize_kquant_cpu(gl::GgmlBlockType type, const void* src, DType src_dtype, int64_t n,
+                         uint8_t* out, int threads, const std::string& tensor) {
+  check_kquant_length(type, n, tensor, "quantize to");
+  const auto* s = static_cast<const uint8_t*>(src);
+  const int64_t nblocks = n / gl::kSuperBlockElements;
+  const int t = thread_count(threads);
+  switch (src_dtype) {
+    case DType::F32:
+      return quantize_kquant_all<DType::F32>(type, s, nblocks, out, t);
+    case DType::F16:
+      return quantize_kquant_all<DType::F16>(type, s, nblocks, out, t);
+    case DType::BF16:
+      return quantize_kquant_all<DType::BF16>(type, s, nblocks, out, t);
+    default:
+      throw Error(ErrorCode::InvalidArgument, "", tensor,
+                  std::string("a ggml block type is made from F16, BF16 or F32, not ") +
+                      dtype_name(src_dtype));
+  }
+}
+
+void dequantize_kquant_cpu(gl::GgmlBlockType type, const uint8_t* blocks, int64_t n, float* out,
+                           int threads, const std::string& tensor) {
+  check_kquant_length(type, n, tensor, "dequantize");
+  const int64_t nblocks = n / gl::kSuperBlockElements;
+  const int64_t bytes = gl::block_bytes(type);
+#pragma omp parallel for schedule(static) num_threads(thread_count(threads))
+  for (int64_t b = 0; b < nblocks; ++b)
+    gl::dequantize_block(type, blocks + b * bytes, out + b * gl::kSuperBlockElements);
 }
 
 }  // namespace
 
 bool ggml_blocks_supported(GgmlType type) {
-  switch (type) {
-    case GgmlType::Q4_0:
-    case GgmlType::Q4_1:
-    case GgmlType::Q5_0:
-    case GgmlType::Q5_1:
-    case GgmlType::Q8_0:
-      return true;
-    default:
-      return false;
-  }
+  return gl::is_block_type(gl::GgmlBlockType(uint32_t(type)));
 }
 
 uint64_t ggml_blocks_bytes(GgmlType type, int64_t n) {
-  return ggml_blocks_bytes(legacy_type(type, {}), n);
+  const gl::GgmlBlockType t = block_type(type, {});
+  return uint64_t(n / gl::block_elements(t)) * uint64_t(gl::block_bytes(t));
 }
 
 void quantize_ggml_blocks_cpu(GgmlType type, const void* src, DType src_dtype, int64_t n,
                               uint8_t* out, int threads, const std::string& tensor) {
-  quantize_ggml_blocks_cpu(legacy_type(type, tensor), src, src_dtype, n, out, threads, tensor);
+  const gl::GgmlBlockType t = block_type(type, tensor);
+  if (gl::is_kquant(t)) return quantize_kquant_cpu(t, src, src_dtype, n, out, threads, tensor);
+  quantize_ggml_blocks_cpu(gl::GgmlLegacyType(uint32_t(t)), src, src_dtype, n, out, threads,
+                           tensor);
 }
 
 void dequantize_ggml_blocks_cpu(GgmlType type, const uint8_t* blocks, int64_t n, float* out,
                                 int threads, const std::string& tensor) {
-  dequantize_ggml_blocks_cpu(legacy_type(type, tensor), blocks, n, out, threads, tensor);
+  const gl::GgmlBlockType t = block_type(type, tensor);
+  if (gl::is_kquant(t)) return dequantize_kquant_cpu(t, blocks, n, out, threads, tensor);
+  dequantize_ggml_blocks_cpu(gl::GgmlLegacyType(uint32_t(t)), blocks, n, out, threads, tensor);
 }
 
 }  // namespace qpack
