@@ -2,16 +2,16 @@
 // ggml_blocks.hpp). Threads take contiguous runs of blocks (OpenMP static
 // schedule). Legacy types: with AVX2 eight blocks go at once, one per lane
 // (cpu/ggml_blocks_avx2.hpp); otherwise each block converts its 32 source
-// elements to float exactly and calls the spec's reference. K-quants: each
-// 256-element super-block is converted and quantized by the spec's reference
-// (qpack/spec/ggml_kquants.hpp). Every path gives the reference's bytes, so
-// every thread count and machine writes the same file.
+// elements to float exactly and calls the spec's reference. K-quants go to
+// ggml_kquants_cpu.cpp. Every path gives the reference's bytes, so every
+// thread count and machine writes the same file.
 #include <omp.h>
 
 #include <cstdlib>
 #include <cstring>
 
 #include "cpu/ggml_blocks_avx2.hpp"
+#include "ggml_kquants_cpu.hpp"
 #include "qpack/converter/ggml_blocks.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/spec/ggml_block_types.hpp"
@@ -35,13 +35,12 @@ void check_type(gl::GgmlLegacyType type, const std::string& tensor) {
 
 int thread_count(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
 
-// Element j of the `E`-element block b as float, exactly (F16 and BF16 are
-// subsets of F32).
-template <DType S, int E = gl::kBlockElements>
+// Element j of block b as float, exactly (F16 and BF16 are subsets of F32).
+template <DType S>
 void load_block(const uint8_t* src, int64_t b, float* x) {
   constexpr int kBytes = S == DType::F32 ? 4 : 2;
-  const uint8_t* p = src + b * E * kBytes;
-  for (int j = 0; j < E; ++j) {
+  const uint8_t* p = src + b * gl::kBlockElements * kBytes;
+  for (int j = 0; j < gl::kBlockElements; ++j) {
     if constexpr (S == DType::F32) {
       std::memcpy(&x[j], p + 4 * j, 4);
     } else {
@@ -141,58 +140,6 @@ gl::GgmlBlockType block_type(GgmlType type, const std::string& tensor) {
   return gl::GgmlBlockType(uint32_t(type));
 }
 
-// ------------------------------------------------------------ K-quants
-
-void check_kquant_length(gl::GgmlBlockType type, int64_t n, const std::string& tensor,
-                         const char* what) {
-  if (n < 0 || n % gl::kSuperBlockElements != 0)
-    throw Error(ErrorCode::InvalidArgument, "", tensor,
-                std::string(what) + " " + gl::type_name(type) + ": " + std::to_string(n) +
-                    " elements is not a whole number of 256-element ggml super-blocks");
-}
-
-template <DType S>
-void quantize_kquant_all(gl::GgmlBlockType type, const uint8_t* src, int64_t nblocks, uint8_t* out,
-                         int threads) {
-  const int64_t bytes = gl::block_bytes(type);
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t b = 0; b < nblocks; ++b) {
-    float x[gl::kSuperBlockElements];
-    load_block<S, gl::kSuperBlockElements>(src, b, x);
-    gl::quantize_block(type, x, out + b * bytes);
-  }
-}
-
-void quantize_kquant_cpu(gl::GgmlBlockType type, const void* src, DType src_dtype, int64_t n,
-                         uint8_t* out, int threads, const std::string& tensor) {
-  check_kquant_length(type, n, tensor, "quantize to");
-  const auto* s = static_cast<const uint8_t*>(src);
-  const int64_t nblocks = n / gl::kSuperBlockElements;
-  const int t = thread_count(threads);
-  switch (src_dtype) {
-    case DType::F32:
-      return quantize_kquant_all<DType::F32>(type, s, nblocks, out, t);
-    case DType::F16:
-      return quantize_kquant_all<DType::F16>(type, s, nblocks, out, t);
-    case DType::BF16:
-      return quantize_kquant_all<DType::BF16>(type, s, nblocks, out, t);
-    default:
-      throw Error(ErrorCode::InvalidArgument, "", tensor,
-                  std::string("a ggml block type is made from F16, BF16 or F32, not ") +
-                      dtype_name(src_dtype));
-  }
-}
-
-void dequantize_kquant_cpu(gl::GgmlBlockType type, const uint8_t* blocks, int64_t n, float* out,
-                           int threads, const std::string& tensor) {
-  check_kquant_length(type, n, tensor, "dequantize");
-  const int64_t nblocks = n / gl::kSuperBlockElements;
-  const int64_t bytes = gl::block_bytes(type);
-#pragma omp parallel for schedule(static) num_threads(thread_count(threads))
-  for (int64_t b = 0; b < nblocks; ++b)
-    gl::dequantize_block(type, blocks + b * bytes, out + b * gl::kSuperBlockElements);
-}
-
 }  // namespace
 
 bool ggml_blocks_supported(GgmlType type) {
@@ -207,7 +154,8 @@ uint64_t ggml_blocks_bytes(GgmlType type, int64_t n) {
 void quantize_ggml_blocks_cpu(GgmlType type, const void* src, DType src_dtype, int64_t n,
                               uint8_t* out, int threads, const std::string& tensor) {
   const gl::GgmlBlockType t = block_type(type, tensor);
-  if (gl::is_kquant(t)) return quantize_kquant_cpu(t, src, src_dtype, n, out, threads, tensor);
+  if (gl::is_kquant(t))
+    return detail::quantize_kquant_cpu(t, src, src_dtype, n, out, threads, tensor);
   quantize_ggml_blocks_cpu(gl::GgmlLegacyType(uint32_t(t)), src, src_dtype, n, out, threads,
                            tensor);
 }
@@ -215,7 +163,7 @@ void quantize_ggml_blocks_cpu(GgmlType type, const void* src, DType src_dtype, i
 void dequantize_ggml_blocks_cpu(GgmlType type, const uint8_t* blocks, int64_t n, float* out,
                                 int threads, const std::string& tensor) {
   const gl::GgmlBlockType t = block_type(type, tensor);
-  if (gl::is_kquant(t)) return dequantize_kquant_cpu(t, blocks, n, out, threads, tensor);
+  if (gl::is_kquant(t)) return detail::dequantize_kquant_cpu(t, blocks, n, out, threads, tensor);
   dequantize_ggml_blocks_cpu(gl::GgmlLegacyType(uint32_t(t)), blocks, n, out, threads, tensor);
 }
 
