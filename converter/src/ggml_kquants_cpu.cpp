@@ -2,7 +2,10 @@
 // (ggml_kquants_cpu.hpp): threads take contiguous runs of 256-element
 // super-blocks (OpenMP static schedule); each converts its source elements to
 // float exactly and calls the spec's reference (qpack/spec/ggml_kquants.hpp),
-// so the bytes do not depend on the thread count.
+// or for Q2_K, Q4_K and Q5_K on a CPU with AVX2 the same rule with eight
+// sub-block fits per register (cpu/ggml_kquants_avx2.hpp). Both give the
+// reference's bytes, so the bytes depend neither on the thread count nor on
+// the machine.
 //
 // This file builds at -O2, not the -O3 of ggml_blocks_cpu.cpp: GCC 12's -O3
 // vectorizes the searches' short loops around their sequential float sums,
@@ -12,8 +15,10 @@
 
 #include <omp.h>
 
+#include <cstdlib>
 #include <cstring>
 
+#include "cpu/ggml_kquants_avx2.hpp"
 #include "qpack/format/error.hpp"
 
 namespace qpack::detail {
@@ -46,15 +51,52 @@ void check_kquant_length(gl::GgmlBlockType type, int64_t n, const std::string& t
                     " elements is not a whole number of 256-element ggml super-blocks");
 }
 
+bool has_avx2() {
+  static const bool ok = __builtin_cpu_supports("avx2");
+  return ok;
+}
+
+// QPACK_GGML_SCALAR=1 forces the scalar reference (for comparisons).
+bool scalar_forced() {
+  static const bool forced = [] {
+    const char* v = std::getenv("QPACK_GGML_SCALAR");
+    return v && *v && *v != '0';
+  }();
+  return forced;
+}
+
+using BlockQuantizer = void (*)(const float*, uint8_t*);
+
+// The AVX2 form of the type's quantizer (the same bytes), or nullptr where
+// there is none or the CPU lacks AVX2: Q2_K, Q4_K and Q5_K, whose
+// asymmetric fits run eight sub-blocks per register.
+BlockQuantizer avx2_quantizer(gl::GgmlBlockType type) {
+  if (!has_avx2() || scalar_forced()) return nullptr;
+  switch (type) {
+    case gl::GgmlBlockType::Q2_K:
+      return cpu::quantize_block_q2_k_avx2;
+    case gl::GgmlBlockType::Q4_K:
+      return cpu::quantize_block_q4_k_avx2;
+    case gl::GgmlBlockType::Q5_K:
+      return cpu::quantize_block_q5_k_avx2;
+    default:
+      return nullptr;
+  }
+}
+
 template <DType S>
 void quantize_kquant_all(gl::GgmlBlockType type, const uint8_t* src, int64_t nblocks, uint8_t* out,
                          int threads) {
   const int64_t bytes = gl::block_bytes(type);
+  const BlockQuantizer avx2 = avx2_quantizer(type);
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t b = 0; b < nblocks; ++b) {
     float x[gl::kSuperBlockElements];
     load_super_block<S>(src, b, x);
-    gl::quantize_block(type, x, out + b * bytes);
+    if (avx2 != nullptr)
+      avx2(x, out + b * bytes);
+    else
+      gl::quantize_block(type, x, out + b * bytes);
   }
 }
 

@@ -1,6 +1,7 @@
 // The CPU path for ggml's block types (qpack/converter/ggml_blocks.hpp; for
 // the legacy types AVX2 eight blocks at a time where the CPU has it, for the
-// K-quants Q2_K..Q6_K one super-block per call) against the spec's scalar
+// K-quants Q2_K..Q6_K one super-block per call, Q2_K's, Q4_K's and Q5_K's
+// sub-block fits eight per AVX2 register) against the spec's scalar
 // reference row functions: the same bytes from F32/F16/BF16 sources and the
 // same float bits back, at every thread count, into poisoned buffers whose
 // guard bytes must stay untouched. The sources mix awkward blocks (ties,
@@ -263,6 +264,31 @@ TEST(GgmlBlocksCpuKquants, LargeTensorIndependentOfThreads) {
     ASSERT_TRUE(gl::quantize_row(gl::GgmlBlockType(uint32_t(g)), values.data(), n, want.data()));
     EXPECT_TRUE(a == want) << ggml_type_name(g);
     EXPECT_TRUE(b == want) << ggml_type_name(g);
+  }
+}
+
+// ggml's own bytes (tests/data/ggml_kquants, whose input holds blocks that
+// take the searches' rare paths) from the CPU path itself, which on an AVX2
+// machine runs Q2_K's, Q4_K's and Q5_K's fits eight sub-blocks per register.
+TEST(GgmlBlocksCpuKquants, GgmlsOwnBytesFromTheCpuPath) {
+  const std::string dir = test::source_dir() + "/tests/data/ggml_kquants/";
+  const std::vector<uint8_t> x = test::read_file(dir + "input.f32");
+  const int64_t n = int64_t(x.size() / 4);
+  ASSERT_EQ(n, 128 * kSuper);
+  for (const GgmlType g : kKquants) {
+    SCOPED_TRACE(ggml_type_name(g));
+    const std::vector<uint8_t> want = test::read_file(dir + "quantized." + ggml_type_name(g));
+    ASSERT_EQ(want.size(), size_t(ggml_blocks_bytes(g, n)));
+    for (const int threads : {1, 3}) {
+      std::vector<uint8_t> got(want.size() + kGuard, kPoison);
+      quantize_ggml_blocks_cpu(g, x.data(), DType::F32, n, got.data(), threads);
+      const size_t bytes = want.size() / 128;
+      int differ = 0;
+      for (size_t b = 0; b < 128; ++b)
+        differ += std::memcmp(&got[b * bytes], &want[b * bytes], bytes) != 0;
+      EXPECT_EQ(differ, 0) << threads << " threads";
+      for (size_t i = want.size(); i < got.size(); ++i) ASSERT_EQ(got[i], kPoison) << i;
+    }
   }
 }
 
