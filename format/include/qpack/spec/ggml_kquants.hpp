@@ -314,21 +314,27 @@ QPACK_HD int k4_nibble(const uint8_t* qs, int e) {
 // ------------------------------------------------------------ quantize one super-block
 // x: 256 floats; out: the type's block bytes.
 
+namespace kquant {
+
 // Q2_K: 16 sub-blocks of 16, each fitted by fit_scale_and_min(nmax 3,
 // weights |x|, rmin -0.5, rdelta 0.1, 15 steps, absolute error); 4-bit
 // scale and min per sub-block against d = max_scale / 15, dmin = max_min / 15.
-QPACK_HD void quantize_block_q2_k(const float* x, uint8_t* out) {
-  using namespace kquant;
-  uint8_t L[kSuperBlockElements];
+// The fits (codes into L):
+QPACK_HD void q2_k_fits(const float* x, uint8_t* L, float* scales, float* mins) {
   float weights[16];
-  float mins[16];
-  float scales[16];
-  float max_scale = 0.0f;
-  float max_min = 0.0f;
   for (int j = 0; j < 16; ++j) {
     for (int l = 0; l < 16; ++l) weights[l] = abs_f32(x[16 * j + l]);
     scales[j] =
         fit_scale_and_min(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], -0.5f, 0.1f, 15, true);
+  }
+}
+
+// Then, from the fits, the whole block (L holds the fits' codes on entry).
+QPACK_HD void q2_k_block_from_fits(const float* x, const float* scales, const float* mins,
+                                   uint8_t* L, uint8_t* out) {
+  float max_scale = 0.0f;
+  float max_min = 0.0f;
+  for (int j = 0; j < 16; ++j) {
     if (scales[j] > max_scale) max_scale = scales[j];
     if (mins[j] > max_min) max_min = mins[j];
   }
@@ -369,6 +375,16 @@ QPACK_HD void quantize_block_q2_k(const float* x, uint8_t* out) {
   pack_two_bit_codes(L, qs);
   detail::store_u16_le(out + 80, d_bits);
   detail::store_u16_le(out + 82, dmin_bits);
+}
+
+}  // namespace kquant
+
+QPACK_HD void quantize_block_q2_k(const float* x, uint8_t* out) {
+  uint8_t L[kSuperBlockElements];
+  float scales[16];
+  float mins[16];
+  kquant::q2_k_fits(x, L, scales, mins);
+  kquant::q2_k_block_from_fits(x, scales, mins, L, out);
 }
 
 // Q3_K: 16 sub-blocks of 16 fitted by fit_symmetric_scale_q3(nmax 4); 6-bit
@@ -438,14 +454,10 @@ namespace kquant {
 // Q4_K and Q5_K differ only in nmax, the search constants and the code
 // layout: 8 sub-blocks of 32 fitted by fit_scale_and_min (weights sub-block
 // RMS + |x|, squared error); 6-bit scale and min against d = max_scale / 63,
-// dmin = max_min / 63. Writes d, dmin, scales and returns the codes in L.
-QPACK_HD void quantize_k4_scales_and_codes(const float* x, int nmax, float rmin, int nstep,
-                                           uint8_t* out, uint8_t* L) {
+// dmin = max_min / 63. The fits of the 8 sub-blocks (codes into L):
+QPACK_HD void k4_fits(const float* x, int nmax, float rmin, int nstep, uint8_t* L, float* scales,
+                      float* mins) {
   float weights[32];
-  float mins[8];
-  float scales[8];
-  float max_scale = 0.0f;
-  float max_min = 0.0f;
   for (int j = 0; j < 8; ++j) {
     float sum_x2 = 0.0f;
     for (int l = 0; l < 32; ++l) sum_x2 = add_f32(sum_x2, mul_f32(x[32 * j + l], x[32 * j + l]));
@@ -453,6 +465,17 @@ QPACK_HD void quantize_k4_scales_and_codes(const float* x, int nmax, float rmin,
     for (int l = 0; l < 32; ++l) weights[l] = add_f32(av_x, abs_f32(x[32 * j + l]));
     scales[j] = fit_scale_and_min(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], rmin, 0.1f,
                                   nstep, false);
+  }
+}
+
+// Then, from the fits: writes d, dmin and the 12 scale bytes, and derives
+// the codes again from the quantized scales (into L; a sub-block whose
+// quantized scale is 0 keeps the fit's codes).
+QPACK_HD void k4_scales_and_codes_from_fits(const float* x, int nmax, const float* scales,
+                                            const float* mins, uint8_t* out, uint8_t* L) {
+  float max_scale = 0.0f;
+  float max_min = 0.0f;
+  for (int j = 0; j < 8; ++j) {
     if (scales[j] > max_scale) max_scale = scales[j];
     if (mins[j] > max_min) max_min = mins[j];
   }
@@ -484,23 +507,19 @@ QPACK_HD void quantize_k4_scales_and_codes(const float* x, int nmax, float rmin,
   }
 }
 
-}  // namespace kquant
-
-// Q4_K: codes 0..15, search rmin -1, 20 steps.
-QPACK_HD void quantize_block_q4_k(const float* x, uint8_t* out) {
-  uint8_t L[kSuperBlockElements];
-  kquant::quantize_k4_scales_and_codes(x, 15, -1.0f, 20, out, L);
+// Q4_K's codes 0..15: byte 16 + 32c + l holds element 64c + l (low nibble)
+// and 64c + 32 + l (high nibble).
+QPACK_HD void pack_q4_k_codes(const uint8_t* L, uint8_t* out) {
   uint8_t* qs = out + 16;
   for (int c = 0; c < 4; ++c)
     for (int l = 0; l < 32; ++l)
       qs[32 * c + l] = uint8_t(L[64 * c + l] | (L[64 * c + l + 32] << 4));
 }
 
-// Q5_K: codes 0..31, search rmin -0.5, 15 steps; the fifth bit of element
-// 64c + l is bit 2c of qh[l], that of 64c + 32 + l bit 2c + 1.
-QPACK_HD void quantize_block_q5_k(const float* x, uint8_t* out) {
-  uint8_t L[kSuperBlockElements];
-  kquant::quantize_k4_scales_and_codes(x, 31, -0.5f, 15, out, L);
+// Q5_K's codes 0..31: the low 4 bits as Q4_K's (from byte 48); the fifth bit
+// of element 64c + l is bit 2c of qh[l] (byte 16 + l), that of 64c + 32 + l
+// bit 2c + 1.
+QPACK_HD void pack_q5_k_codes(const uint8_t* L, uint8_t* out) {
   uint8_t* qh = out + 16;
   uint8_t* qs = out + 48;
   for (int j = 0; j < 32; ++j) qh[j] = 0;
@@ -519,6 +538,28 @@ QPACK_HD void quantize_block_q5_k(const float* x, uint8_t* out) {
       qs[32 * c + j] = uint8_t(l1 | (l2 << 4));
     }
   }
+}
+
+}  // namespace kquant
+
+// Q4_K: codes 0..15, search rmin -1, 20 steps.
+QPACK_HD void quantize_block_q4_k(const float* x, uint8_t* out) {
+  uint8_t L[kSuperBlockElements];
+  float scales[8];
+  float mins[8];
+  kquant::k4_fits(x, 15, -1.0f, 20, L, scales, mins);
+  kquant::k4_scales_and_codes_from_fits(x, 15, scales, mins, out, L);
+  kquant::pack_q4_k_codes(L, out);
+}
+
+// Q5_K: codes 0..31, search rmin -0.5, 15 steps.
+QPACK_HD void quantize_block_q5_k(const float* x, uint8_t* out) {
+  uint8_t L[kSuperBlockElements];
+  float scales[8];
+  float mins[8];
+  kquant::k4_fits(x, 31, -0.5f, 15, L, scales, mins);
+  kquant::k4_scales_and_codes_from_fits(x, 31, scales, mins, out, L);
+  kquant::pack_q5_k_codes(L, out);
 }
 
 // Q6_K: 16 sub-blocks of 16 fitted by fit_symmetric_scale(nmax 32); int8
