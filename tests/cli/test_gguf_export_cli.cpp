@@ -12,6 +12,8 @@
 
 #include "qpack/format/error.hpp"
 #include "qpack/format/gguf.hpp"
+#include "qpack/format/gguf_llama.hpp"
+#include "qpack/format/safetensors.hpp"
 #include "qpack/spec/dtype.hpp"
 #include "testutil.hpp"
 
@@ -103,6 +105,17 @@ TEST_F(GgufExport, SameBytesAtAnyThreadCount) {
   ASSERT_EQ(
       run_qpack("convert " + q(model_) + " " + q(b) + " --type Q4_1 --pure -q -j 2").exit_code, 0);
   EXPECT_EQ(test::read_file(a), test::read_file(b));
+  // The same model in shards (same seed, a folder of the same name, which
+  // general.name takes): the same file.
+  const std::string sharded = dir_.file("s/m"), c = dir_.file("c.gguf");
+  test::run_testgen("llama " + q(sharded) +
+                    " --hidden 256 --intermediate 704 --layers 2 --vocab 1000 --heads 8"
+                    " --kv-heads 2 --dtype f32 --shard-bytes 1000000 --seed " +
+                    std::to_string(test::test_seed() % 100000));
+  ASSERT_TRUE(std::filesystem::exists(sharded + "/model.safetensors.index.json"));
+  ASSERT_EQ(run_qpack("convert " + q(sharded) + " " + q(c) + " --type Q4_1 --pure -q").exit_code,
+            0);
+  EXPECT_EQ(test::read_file(a), test::read_file(c));
 }
 
 TEST_F(GgufExport, DryRunPlanAsJson) {
@@ -137,6 +150,12 @@ TEST_F(GgufExport, DryRunPlanAsJson) {
     }
   }
   EXPECT_EQ(entries(dir_.path()), std::vector<std::string>{"m"});
+  const auto text = run_qpack("convert " + q(model_) + " --format gguf --type Q8_0 -n");
+  ASSERT_EQ(text.exit_code, 0) << text.output;
+  EXPECT_NE(text.output.find("Q8_0 default (Q/K rows permuted, 8 heads)"), std::string::npos)
+      << text.output;
+  EXPECT_NE(text.output.find("general.file_type 7 (Q8_0)"), std::string::npos) << text.output;
+  EXPECT_NE(text.output.find("not quantized (1-D)"), std::string::npos) << text.output;
 }
 
 // A GGUF source with keys of every type, a tokenizer, and an already
@@ -349,6 +368,130 @@ TEST_F(GgufExport, BadInputsAreClearErrorsAndWriteNothing) {
   const auto forced = run_qpack("convert " + q(model_) + " " + out + " --type Q8_0 -q --force");
   EXPECT_EQ(forced.exit_code, 0) << forced.output;
   EXPECT_GT(test::read_file(dir_.file("out.gguf")).size(), 7u);
+}
+
+// A one-layer BF16 model written here: 64 wide, 4 heads over 2, q/k/v biases,
+// optionally without lm_head (tied). Row r of every tensor holds values that
+// name it, so a moved row is seen.
+struct SmallModel {
+  std::map<std::string, std::vector<uint8_t>> data;  // HF name -> BF16 bytes
+  std::map<std::string, std::vector<int64_t>> shape;
+};
+
+SmallModel write_small_model(const std::string& dir, const std::string& model_type, bool tied) {
+  std::filesystem::create_directories(dir);
+  SmallModel m;
+  const int64_t h = 64, kv = 32, ff = 96, v = 32;
+  std::vector<std::pair<std::string, std::vector<int64_t>>> specs = {
+      {"model.embed_tokens.weight", {v, h}},
+      {"model.layers.0.input_layernorm.weight", {h}},
+      {"model.layers.0.self_attn.q_proj.weight", {h, h}},
+      {"model.layers.0.self_attn.q_proj.bias", {h}},
+      {"model.layers.0.self_attn.k_proj.weight", {kv, h}},
+      {"model.layers.0.self_attn.k_proj.bias", {kv}},
+      {"model.layers.0.self_attn.v_proj.weight", {kv, h}},
+      {"model.layers.0.self_attn.v_proj.bias", {kv}},
+      {"model.layers.0.self_attn.o_proj.weight", {h, h}},
+      {"model.layers.0.self_attn.rotary_emb.inv_freq", {8}},
+      {"model.layers.0.post_attention_layernorm.weight", {h}},
+      {"model.layers.0.mlp.gate_proj.weight", {ff, h}},
+      {"model.layers.0.mlp.up_proj.weight", {ff, h}},
+      {"model.layers.0.mlp.down_proj.weight", {h, ff}},
+      {"model.norm.weight", {h}}};
+  if (!tied) specs.push_back({"lm_head.weight", {v, h}});
+  std::vector<TensorToWrite> w;
+  int k = 0;
+  for (const auto& [name, sh] : specs) {
+    uint64_t n = 1;
+    for (auto d : sh) n *= uint64_t(d);
+    auto& b = m.data[name];
+    b.resize(2 * n);
+    const uint64_t cols = sh.size() == 2 ? uint64_t(sh[1]) : 1;
+    for (uint64_t i = 0; i < n; ++i) {
+      const float val = float(k) + float(i / cols) / 128.0f + float(i % cols) / 65536.0f;
+      const uint16_t bits = f32_to_bf16_rne(val);
+      std::memcpy(&b[2 * i], &bits, 2);
+    }
+    m.shape[name] = sh;
+    w.push_back({name, DType::BF16, sh, b.data(), b.size()});
+    ++k;
+  }
+  write_safetensors(dir + "/model.safetensors", w, {}, false);
+  json cfg = {{"model_type", model_type},
+              {"hidden_size", h},
+              {"intermediate_size", ff},
+              {"num_hidden_layers", 1},
+              {"num_attention_heads", 4},
+              {"num_key_value_heads", 2},
+              {"vocab_size", v},
+              {"rms_norm_eps", 1e-6},
+              {"max_position_embeddings", 128},
+              {"tie_word_embeddings", tied}};
+  if (model_type == "qwen2") cfg["rope_theta"] = 1000000.0;
+  test::write_file(dir + "/config.json", cfg.dump());
+  return m;
+}
+
+// GGUF row g of `name` as HF rows: permuted for llama q/k, else the same.
+void expect_rows(const GgufFile& f, const SmallModel& m, const std::string& hf,
+                 const std::string& gguf, int64_t heads) {
+  SCOPED_TRACE(gguf);
+  const GgufTensorInfo* t = f.find(gguf);
+  ASSERT_NE(t, nullptr);
+  const auto& sh = m.shape.at(hf);
+  const auto& src = m.data.at(hf);
+  const int64_t rows = sh[0];
+  const uint64_t row_elems = src.size() / 2 / uint64_t(rows);
+  const bool one_d = sh.size() == 1;
+  ASSERT_EQ(t->type, one_d ? GgmlType::F32 : GgmlType::BF16);
+  const uint8_t* d = f.tensor_data(*t);
+  for (int64_t g = 0; g < rows; ++g) {
+    const int64_t r = heads ? llama_qk_hf_row(g, rows, heads) : g;
+    for (uint64_t c = 0; c < row_elems; ++c) {
+      uint16_t b;
+      std::memcpy(&b, &src[2 * (uint64_t(r) * row_elems + c)], 2);
+      if (one_d) {
+        float got;
+        std::memcpy(&got, d + 4 * (uint64_t(g) * row_elems + c), 4);
+        ASSERT_EQ(got, bf16_to_f32(b)) << "row " << g;
+      } else {
+        uint16_t got;
+        std::memcpy(&got, d + 2 * (uint64_t(g) * row_elems + c), 2);
+        ASSERT_EQ(got, b) << "row " << g;
+      }
+    }
+  }
+}
+
+TEST(GgufExportFamilies, LlamaBiasesPermutedQwen2NotTiedHasNoOutput) {
+  test::TempDir dir;
+  for (const char* family : {"llama", "mistral", "qwen2"}) {
+    SCOPED_TRACE(family);
+    const bool llama_like = std::string(family) != "qwen2";
+    const std::string md = dir.file(family);
+    const SmallModel m = write_small_model(md, family, !llama_like);
+    const std::string out = dir.file(std::string(family) + ".gguf");
+    const auto r = run_qpack("convert " + q(md) + " " + q(out) + " --type BF16 -q");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const auto f = GgufFile::open(out);
+    const std::string arch = llama_like ? "llama" : "qwen2";
+    EXPECT_EQ(f->find_key("general.architecture")->str, arch);
+    EXPECT_EQ(f->find_key("general.file_type")->u, 32u);
+    EXPECT_EQ(f->find_key(arch + ".attention.head_count_kv")->u, 2u);
+    EXPECT_EQ(f->find_key(arch + ".rope.dimension_count") != nullptr, llama_like);
+    const int64_t hq = llama_like ? 4 : 0, hk = llama_like ? 2 : 0;
+    expect_rows(*f, m, "model.layers.0.self_attn.q_proj.weight", "blk.0.attn_q.weight", hq);
+    expect_rows(*f, m, "model.layers.0.self_attn.q_proj.bias", "blk.0.attn_q.bias", hq);
+    expect_rows(*f, m, "model.layers.0.self_attn.k_proj.weight", "blk.0.attn_k.weight", hk);
+    expect_rows(*f, m, "model.layers.0.self_attn.k_proj.bias", "blk.0.attn_k.bias", hk);
+    expect_rows(*f, m, "model.layers.0.self_attn.v_proj.weight", "blk.0.attn_v.weight", 0);
+    expect_rows(*f, m, "model.layers.0.self_attn.v_proj.bias", "blk.0.attn_v.bias", 0);
+    expect_rows(*f, m, "model.layers.0.mlp.down_proj.weight", "blk.0.ffn_down.weight", 0);
+    expect_rows(*f, m, "model.norm.weight", "output_norm.weight", 0);
+    EXPECT_EQ(f->find("output.weight") != nullptr, llama_like);
+    EXPECT_EQ(f->find("blk.0.rotary_emb.inv_freq"), nullptr);
+    EXPECT_EQ(f->tensors().size(), llama_like ? 15u : 14u);
+  }
 }
 
 TEST(GgufExportSource, UnknownTensorIsNamed) {
