@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "qpack/kernels/cuda_quant.hpp"
 #include "qpack/spec/dtype.hpp"
@@ -29,6 +30,38 @@ Status quantize_ggml_blocks(spec::ggml::GgmlLegacyType type, const void* d_src, 
 // d_out (ggml's dequantize_row_*, bit for bit).
 Status dequantize_ggml_blocks(spec::ggml::GgmlLegacyType type, const uint8_t* d_blocks, int64_t n,
                               float* d_out, cudaStream_t stream);
+
+// ---------------------------------------------------------------- by GGUF type number
+
+// THE switch point for GPU decoding of GGUF tensors: true for the GGUF type
+// numbers (qpack/format/gguf.hpp's GgmlType values) whose blocks the kernels
+// dequantize, today the five legacy types. `qpack dequantize --device cuda`
+// and `qpack verify --device cuda` decode every other type on the CPU; a
+// K-quant kernel is added here (and in GgmlBlocksDeviceDecoder::dequantize)
+// and both commands use it from then on.
+bool cuda_block_type_supported(uint32_t gguf_type);
+
+// Host blocks in, host floats out, through the kernels on one device: the
+// staging for callers that hold a tensor's blocks in host memory (a mapped
+// GGUF). Buffers grow to the largest piece seen and are kept for the next.
+// Construction throws Error(NoDevice) when the device is not usable.
+class GgmlBlocksDeviceDecoder {
+ public:
+  explicit GgmlBlocksDeviceDecoder(int device);
+  // n elements (a whole number of the type's blocks) of `gguf_type` at
+  // `blocks` (nbytes of them) into n floats at `out`, bit for bit what the
+  // CPU's dequantize_ggml_blocks_cpu gives. Throws Error: InvalidArgument
+  // naming `tensor` for a type cuda_block_type_supported refuses, Cuda for
+  // a failure.
+  void dequantize(uint32_t gguf_type, const uint8_t* blocks, uint64_t nbytes, int64_t n, float* out,
+                  const std::string& tensor);
+  int device() const { return device_; }
+
+ private:
+  int device_ = 0;
+  DeviceBuffer d_blocks_, d_out_;
+  Stream stream_;
+};
 
 }  // namespace cuda
 }  // namespace qpack
