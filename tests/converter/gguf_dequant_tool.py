@@ -3,11 +3,12 @@
 `qpack verify X.gguf`, for tests/converter/test_dequantize_gguf.cpp and
 tests/verify/test_verify_gguf.cpp. Test-only: the product never runs Python.
 
-  write FILE SEED [SRC.safetensors]
+  write FILE SEED [SRC.safetensors [SRC.gguf]]
       a GGUF of every legacy type made by gguf.quants.quantize from fresh
-      random floats at awkward shapes, plus F32, F16 and BF16 tensors, scalar
+      random floats at awkward shapes (one of them larger than a block of
+      verify's fixed summation order), plus F32, F16 and BF16 tensors, scalar
       and array metadata; with SRC, also the float32 source as safetensors
-      (numpy shape = ne reversed) for verify
+      (numpy shape = ne reversed) and as an F32 GGUF, for verify
   write-kquants FILE SEED
       Q2_K..Q6_K tensors of random block bytes with finite random f16 scales
       (gguf-py has no K-quant quantizer, but dequantizes them)
@@ -40,7 +41,7 @@ def awkward_rows(rng):
     return [1, 3, 7, int(rng.integers(2, 12))]
 
 
-def write(path, seed, src_path=None):
+def write(path, seed, src_path=None, src_gguf=None):
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(path, arch="llama")
     w.add_uint32("llama.block_count", 2)
@@ -64,6 +65,10 @@ def write(path, seed, src_path=None):
             data = gguf.quants.quantize(x, qt)
             w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qt)
             src[name] = x
+    x = rng.standard_normal((37, 1024)).astype(np.float32)
+    data = gguf.quants.quantize(x, Q.Q4_1)
+    w.add_tensor("blk.1.big.weight", data, raw_shape=data.shape, raw_dtype=Q.Q4_1)
+    src["blk.1.big.weight"] = x
     x = rng.standard_normal((5, 7)).astype(np.float32)
     w.add_tensor("output_norm.weight", x)
     src["output_norm.weight"] = x
@@ -82,6 +87,14 @@ def write(path, seed, src_path=None):
     if src_path:
         from safetensors.numpy import save_file
         save_file(src, src_path)
+    if src_gguf:
+        ws = gguf.GGUFWriter(src_gguf, arch="llama")
+        for name, x in src.items():
+            ws.add_tensor(name, x)
+        ws.write_header_to_file()
+        ws.write_kv_data_to_file()
+        ws.write_tensors_to_file()
+        ws.close()
 
 
 def write_kquants(path, seed):
@@ -197,7 +210,8 @@ def metrics(gguf_path, src_path):
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "write":
-        write(sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None)
+        write(sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None,
+              sys.argv[5] if len(sys.argv) > 5 else None)
     elif cmd == "write-kquants":
         write_kquants(sys.argv[2], int(sys.argv[3]))
     elif cmd == "check":

@@ -1,0 +1,62 @@
+// The verifier's sums over a tensor whose reconstruction is already a float32
+// array (a GGUF tensor decoded by ggml's rules), in a fixed order written
+// once for the host and a device, so that every thread count and every
+// device gives the same bits:
+//   * a unit is 64 consecutive elements in flat order, accumulated in order;
+//   * a block is 256 consecutive units (kFloatBlockElements elements; the
+//     last block of a tensor may be short), its unit sums reduced by the fixed
+//     tree of error_sums.hpp (strides 128, 64, ..., 1);
+//   * the block sums are added in block order.
+// The element rule is accumulate_element's without the §7 bound, which is a
+// property of qpack's scheme and not of ggml's types.
+#pragma once
+
+#include <cstdint>
+
+#include "qpack/spec/error_sums.hpp"
+
+namespace qpack::spec {
+
+constexpr int64_t kFloatUnitElements = 64;
+constexpr int64_t kFloatBlockElements = kFloatUnitElements * kBlockUnits;
+
+// Adds one element (source x, reconstruction xh, flat index) to a unit's
+// sums; elements arrive in ascending flat order.
+QPACK_HD void accumulate_float_element(PartialSums& acc, float x, float xh, int64_t flat) {
+  if (!is_finite_f32(x)) {
+    ++acc.nonfinite;
+    return;
+  }
+  const double xd = x, hd = xh;
+  const double e = sub_f64(xd, hd);
+  const double ae = abs_f64(e);
+  acc.sq_err = add_f64(acc.sq_err, mul_f64(e, e));
+  acc.abs_err = add_f64(acc.abs_err, ae);
+  acc.sq_ref = add_exact_product_f64(acc.sq_ref, xd, xd);
+  acc.sq_hat = add_exact_product_f64(acc.sq_hat, hd, hd);
+  acc.dot = add_exact_product_f64(acc.dot, xd, hd);
+  ++acc.count;
+  // A NaN error (a non-finite stored scale) ranks as the largest.
+  const double rank = ae == ae ? ae : f64_from_bits(0x7ff0000000000000ull);
+  if (rank > acc.max_abs) {
+    acc.max_abs = rank;
+    acc.max_index = flat;
+  }
+}
+
+// The sums of one block: n (<= kFloatBlockElements) elements of ref and hat
+// starting at flat index `flat0` (a multiple of kFloatBlockElements).
+// `slots` is scratch of kBlockUnits entries; the result is in slots[0].
+QPACK_HD void float_block_sums(const float* ref, const float* hat, int64_t n, int64_t flat0,
+                               PartialSums* slots) {
+  for (int t = 0; t < kBlockUnits; ++t) {
+    partial_init(slots[t]);
+    const int64_t k0 = int64_t(t) * kFloatUnitElements;
+    const int64_t k1 = k0 + kFloatUnitElements < n ? k0 + kFloatUnitElements : n;
+    for (int64_t k = k0; k < k1; ++k) accumulate_float_element(slots[t], ref[k], hat[k], flat0 + k);
+  }
+  for (int stride = kBlockUnits / 2; stride > 0; stride >>= 1)
+    for (int t = 0; t < stride; ++t) partial_merge(slots[t], slots[t + stride]);
+}
+
+}  // namespace qpack::spec

@@ -1,0 +1,429 @@
+// verify() for GGUF files (qpack/verify/verify.hpp): the reader's validation
+// as the integrity check, then every tensor decoded by ggml's rules and
+// compared with the source (a GGUF or a safetensors checkpoint with the same
+// tensor names) in the fixed order of qpack/spec/float_error_sums.hpp, so
+// the report is the same for every thread count and for the CPU and CUDA
+// decoders (which give the same floats). Streams: one slice of one tensor's
+// floats at a time; mapped pages are released after each tensor.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <set>
+
+#include "qpack/format/checkpoint.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/format/gguf.hpp"
+#include "qpack/format/text.hpp"
+#include "qpack/kernels/ggml_blocks.hpp"
+#include "qpack/spec/float_error_sums.hpp"
+#include "qpack/spec/ggml_legacy.hpp"
+#include "qpack/verify/metrics.hpp"
+#include "qpack/version.hpp"
+#include "verify_detail.hpp"
+
+namespace qpack {
+
+namespace {
+
+using namespace verify_detail;
+
+int dtype_bytes(DType d) { return dtype_bits(d) / 8; }
+
+std::vector<int64_t> reversed(const std::vector<int64_t>& ne) {
+  return std::vector<int64_t>(ne.rbegin(), ne.rend());
+}
+
+// ----------------------------------------------------------- the decoders
+
+bool spec_legacy_supported(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q4_0:
+    case GgmlType::Q4_1:
+    case GgmlType::Q5_0:
+    case GgmlType::Q5_1:
+    case GgmlType::Q8_0:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Without a decoder from the caller: the spec's reference, block by block.
+void spec_legacy_dequantize(GgmlType type, const uint8_t* blocks, int64_t n, float* out,
+                            int threads, const std::string&) {
+  const auto t = spec::ggml::GgmlLegacyType(uint32_t(type));
+  const int64_t bytes = spec::ggml::block_bytes(t);
+  const int64_t nb = n / spec::ggml::kBlockElements;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t b = 0; b < nb; ++b)
+    spec::ggml::dequantize_block(t, blocks + b * bytes, out + b * spec::ggml::kBlockElements);
+}
+
+// Decodes slices of a GGUF tensor's blocks into floats: on the device for
+// the types cuda_block_type_supported names, on the CPU otherwise.
+class Decoder {
+ public:
+  Decoder(const VerifyOptions& opt, cuda::GgmlBlocksDeviceDecoder* gpu, int threads)
+      : opt_(opt), gpu_(gpu), threads_(threads) {}
+  bool supported(GgmlType t) const {
+    if (ggml_plain_dtype(t)) return true;
+    if (gpu_ && cuda::cuda_block_type_supported(uint32_t(t))) return true;
+    return opt_.ggml_supported ? opt_.ggml_supported(t) : spec_legacy_supported(t);
+  }
+  // Elements [e0, e0 + m) of `t` (e0 and m whole blocks) as floats.
+  void decode(const GgufTensorInfo& t, const uint8_t* data, int64_t e0, int64_t m,
+              float* out) const {
+    if (const auto plain = ggml_plain_dtype(t.type)) {
+#pragma omp parallel for schedule(static) num_threads(threads_)
+      for (int64_t i = 0; i < m; ++i) out[i] = load_plain(data, *plain, uint64_t(e0 + i));
+      return;
+    }
+    const GgmlTypeInfo* info = ggml_type_info(uint32_t(t.type));
+    const uint8_t* blocks = data + uint64_t(e0 / info->block_size) * info->type_size;
+    const uint64_t nbytes = uint64_t(m / info->block_size) * info->type_size;
+    if (gpu_ && cuda::cuda_block_type_supported(uint32_t(t.type)))
+      gpu_->dequantize(uint32_t(t.type), blocks, nbytes, m, out, t.name);
+    else if (opt_.ggml_dequantize)
+      opt_.ggml_dequantize(t.type, blocks, m, out, threads_, t.name);
+    else
+      spec_legacy_dequantize(t.type, blocks, m, out, threads_, t.name);
+  }
+  static float load_plain(const uint8_t* p, DType d, uint64_t i) {
+    switch (d) {
+      case DType::F32:
+      case DType::F16:
+      case DType::BF16:
+        return load_as_f32(p, d, i);
+      case DType::F64: {
+        double v;
+        std::memcpy(&v, p + 8 * i, 8);
+        return float(v);
+      }
+      default:
+        return 0.0f;  // integers are compared as bytes, never decoded
+    }
+  }
+
+ private:
+  const VerifyOptions& opt_;
+  cuda::GgmlBlocksDeviceDecoder* gpu_;
+  int threads_;
+};
+
+// ----------------------------------------------------------- the source
+
+// The source tensor a GGUF tensor is compared with.
+struct SourceMatch {
+  std::string name;  // in the source
+  DType dtype = DType::F32;
+  std::vector<int64_t> ne;  // GGUF order (ne[0] contiguous)
+  const uint8_t* data = nullptr;
+  std::string problem;  // set when the source tensor cannot be a source
+  // GGUF row r (of ne[0] elements) is source row row_map[r]; empty: the same.
+  std::vector<int64_t> row_map;
+  std::function<void()> release;
+};
+
+// A GGUF file or a safetensors checkpoint, with the same tensor names.
+class Source {
+ public:
+  explicit Source(const std::string& path) {
+    if (has_gguf_magic(path))
+      gguf_ = GgufFile::open(path);
+    else
+      ck_ = Checkpoint::open(path);
+  }
+  std::vector<std::string> names() const {
+    std::vector<std::string> n;
+    if (gguf_)
+      for (const auto& t : gguf_->tensors()) n.push_back(t.name);
+    else
+      for (const auto& t : ck_->tensors()) n.push_back(t.name());
+    return n;
+  }
+  std::optional<SourceMatch> find(const std::string& name) const {
+    SourceMatch m;
+    m.name = name;
+    if (gguf_) {
+      const GgufTensorInfo* t = gguf_->find(name);
+      if (!t) return std::nullopt;
+      m.ne = t->ne;
+      m.data = gguf_->tensor_data(*t);
+      const auto plain = ggml_plain_dtype(t->type);
+      if (plain)
+        m.dtype = *plain;
+      else
+        m.problem = std::string("the source tensor is ") + ggml_type_name(t->type) +
+                    "; a source holds F32, F16 or BF16 tensors";
+      const GgufFile* g = gguf_.get();
+      m.release = [g, t] { g->release(*t); };
+    } else {
+      const CheckpointTensor* t = ck_->find(name);
+      if (!t) return std::nullopt;
+      m.ne = reversed(t->info->shape);
+      m.dtype = t->info->dtype;
+      m.data = t->data();
+      m.release = [t] { t->file->release(*t->info); };
+    }
+    return m;
+  }
+
+ private:
+  std::unique_ptr<GgufFile> gguf_;
+  std::unique_ptr<Checkpoint> ck_;
+};
+
+// ----------------------------------------------------------- per tensor
+
+TensorResult describe(const GgufTensorInfo& t) {
+  TensorResult r;
+  r.name = t.name;
+  r.layer = parse_layer(t.name);
+  r.kind = tensor_kind(t.name);
+  r.ggml_type = ggml_type_name(t.type);
+  const auto plain = ggml_plain_dtype(t.type);
+  r.dtype = plain ? *plain : DType::F32;
+  r.shape = reversed(t.ne);
+  r.quantized = !plain;
+  r.elements = t.num_elements();
+  r.stored_bytes = t.nbytes;
+  return r;
+}
+
+// Source elements [e0, e0 + m) in the GGUF tensor's order, as floats.
+void load_reference(const SourceMatch& s, int64_t e0, int64_t m, float* out, int threads) {
+  const int64_t ne0 = s.ne.empty() ? 1 : s.ne[0];
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t i = 0; i < m; ++i) {
+    const int64_t e = e0 + i;
+    const int64_t src =
+        s.row_map.empty() ? e : s.row_map[size_t(e / ne0)] * ne0 + e % ne0;  // whole rows move
+    out[i] = Decoder::load_plain(s.data, s.dtype, uint64_t(src));
+  }
+}
+
+// Blocks of `block` elements among out[0, m) holding a non-finite value.
+uint64_t nonfinite_blocks(const float* v, int64_t m, int64_t block, int threads) {
+  uint64_t n = 0;
+#pragma omp parallel for schedule(static) reduction(+ : n) num_threads(threads)
+  for (int64_t b = 0; b < m / block; ++b) {
+    bool bad = false;
+    for (int64_t k = 0; k < block; ++k) bad |= !std::isfinite(v[b * block + k]);
+    n += bad ? 1 : 0;
+  }
+  return n;
+}
+
+// Byte comparison of a tensor stored as its source's dtype (rows moved by
+// the row map); "" when equal, else where they differ.
+std::string raw_difference(const uint8_t* file, const SourceMatch& s, uint64_t nbytes) {
+  const uint64_t row_bytes = uint64_t(s.ne.empty() ? 1 : s.ne[0]) * uint64_t(dtype_bytes(s.dtype));
+  auto first_diff = [](const uint8_t* a, const uint8_t* b, uint64_t n) -> int64_t {
+    if (n == 0 || std::memcmp(a, b, n) == 0) return -1;
+    uint64_t i = 0;
+    while (a[i] == b[i]) ++i;
+    return int64_t(i);
+  };
+  int64_t at = -1;
+  if (s.row_map.empty()) {
+    at = first_diff(file, s.data, nbytes);
+  } else {
+    for (size_t r = 0; r < s.row_map.size() && at < 0; ++r) {
+      const int64_t d =
+          first_diff(file + r * row_bytes, s.data + uint64_t(s.row_map[r]) * row_bytes, row_bytes);
+      if (d >= 0) at = int64_t(r * row_bytes) + d;
+    }
+  }
+  return at < 0 ? std::string()
+                : "raw bytes differ from the source (first difference at byte " +
+                      std::to_string(at) + ")";
+}
+
+void warn_about_blocks(const TensorResult& r, VerifyReport& rep, const VerifyOptions& opt) {
+  if (r.nonfinite_params > 0)
+    warn(rep, opt,
+         r.name + ": " + count_of(r.nonfinite_params, "block") + " of " + r.ggml_type +
+             " decode to NaN or Inf (a non-finite stored scale: a damaged file)");
+  if (r.all_zero)
+    warn(rep, opt,
+         r.name + ": decoded as all zeros" +
+             (rep.source.empty() ? std::string() : " while the source is not"));
+}
+
+}  // namespace
+
+VerifyReport verify_gguf(const std::string& path, const std::string& source_path,
+                         const VerifyOptions& opt) {
+  const auto t_start = Clock::now();
+  VerifyReport rep;
+  rep.file = path;
+  rep.file_format = "gguf";
+  rep.source = source_path;
+  rep.device_requested = opt.device;
+  rep.threads = opt.threads > 0 ? opt.threads : omp_get_max_threads();
+  rep.policy = opt.policy;
+  rep.qpack_version = QPACK_VERSION_STRING;
+  rep.created_utc = utc_now_iso8601();
+
+  // The device first, so that an unusable --device cuda fails before any work.
+  std::unique_ptr<cuda::GgmlBlocksDeviceDecoder> gpu;
+  const DeviceSelection device = resolve_device(opt.device);
+  if (device.kind == DeviceKind::Cuda) {
+    gpu = std::make_unique<cuda::GgmlBlocksDeviceDecoder>(device.index);
+    cuda::DeviceInfo info;
+    rep.device =
+        cuda::query_device(device.index, &info).ok() ? cuda::describe(info) : device_name(device);
+  } else {
+    rep.device = "cpu (" + count_of(uint64_t(rep.threads), "thread") + ")";
+  }
+  const Decoder decoder(opt, gpu.get(), rep.threads);
+
+  // 1. Integrity: GGUF has no checksums; the reader's validation (counts,
+  // lengths, types, offsets inside the file, aligned, no overlap) is it.
+  const auto t_int = Clock::now();
+  std::unique_ptr<GgufFile> g;
+  try {
+    g = GgufFile::open(path);
+  } catch (const Error& e) {
+    if (is_io_error(e.code())) throw;
+    rep.integrity_issues.push_back({e.tensor(), "", error_code_name(e.code()), e.reason()});
+  }
+  if (g) {
+    rep.file_bytes = g->file_size();
+    rep.format_version = std::to_string(g->version());
+    rep.sections_checked = g->tensors().size();
+    for (const auto& t : g->tensors()) rep.bytes_checked += t.nbytes;
+  }
+  rep.integrity_ok = rep.integrity_issues.empty();
+  rep.integrity_seconds = seconds_since(t_int);
+  if (!rep.integrity_ok) {
+    build_rollups(rep);
+    apply_gate(rep);
+    rep.seconds = seconds_since(t_start);
+    return rep;
+  }
+  // Every type decodable, before any work (an error naming tensor and type).
+  for (const GgufTensorInfo& t : g->tensors())
+    if (!decoder.supported(t.type))
+      throw Error(
+          ErrorCode::UnsupportedDtype, path, t.name,
+          std::string("GGML type ") + ggml_type_name(t.type) + " cannot be decoded by this build");
+
+  std::unique_ptr<Source> src;
+  if (!source_path.empty()) {
+    src = std::make_unique<Source>(source_path);
+    for (const std::string& n : src->names())
+      if (!g->find(n)) rep.missing_from_qpack.push_back(n);
+  }
+
+  // 2. Every tensor, one slice at a time.
+  const auto t_cmp = Clock::now();
+  const int64_t per_slice =
+      std::max<int64_t>(1, int64_t(opt.gguf_slice_bytes / 8) / spec::kFloatBlockElements) *
+      spec::kFloatBlockElements;
+  std::vector<float> ref, hat;
+  VerifyProgress pr;
+  pr.phase = VerifyProgress::Compare;
+  pr.tensor_count = g->tensors().size();
+  for (const auto& t : g->tensors()) pr.total_bytes += t.nbytes;
+  for (size_t ti = 0; ti < g->tensors().size(); ++ti) {
+    const GgufTensorInfo& t = g->tensors()[ti];
+    const auto t0 = Clock::now();
+    pr.tensor_index = ti;
+    pr.tensor = t.name;
+    if (opt.progress) opt.progress(pr);
+    TensorResult r = describe(t);
+    const uint8_t* data = g->tensor_data(t);
+    const int64_t n = int64_t(t.num_elements());
+    const auto plain = ggml_plain_dtype(t.type);
+    const int64_t bs = ggml_type_info(uint32_t(t.type))->block_size;
+
+    std::optional<SourceMatch> s;
+    if (src) {
+      s = src->find(t.name);
+      if (!s) {
+        rep.extra_in_qpack.push_back(t.name);
+        r.problems.push_back("not in the source checkpoint");
+      } else {
+        r.dtype = s->dtype;
+        r.source_bytes = uint64_t(n) * uint64_t(dtype_bytes(s->dtype));
+        if (!s->problem.empty()) r.problems.push_back(s->problem);
+        if (s->ne != t.ne)
+          r.problems.push_back("shape differs: source " + shape_to_string(reversed(s->ne)) +
+                               ", file " + shape_to_string(r.shape));
+        const bool same_plain = plain && *plain == s->dtype;
+        if (r.problems.empty() && !same_plain && !is_quantizable(s->dtype))
+          r.problems.push_back(std::string("dtype differs: source ") + dtype_name(s->dtype) +
+                               ", file " + r.ggml_type);
+        if (r.problems.empty() && plain && !same_plain && !is_quantizable(*plain))
+          r.problems.push_back(std::string("dtype differs: source ") + dtype_name(s->dtype) +
+                               ", file " + r.ggml_type);
+        // A float tensor stored in another float type is a lossy
+        // conversion: measured like a block type.
+        r.quantized = r.problems.empty() && !same_plain;
+      }
+    }
+
+    if (src && r.problems.empty()) {
+      if (!r.quantized) {
+        const std::string d = raw_difference(data, *s, t.nbytes);
+        if (!d.empty()) r.problems.push_back(d);
+        r.raw_equal = d.empty();
+        r.compared = true;
+      } else {
+        FloatErrorAccumulator acc;
+        for (int64_t e0 = 0; e0 < n; e0 += per_slice) {
+          const int64_t m = std::min(per_slice, n - e0);
+          ref.resize(size_t(m));
+          hat.resize(size_t(m));
+          decoder.decode(t, data, e0, m, hat.data());
+          load_reference(*s, e0, m, ref.data(), rep.threads);
+          acc.add(ref.data(), hat.data(), m, rep.threads);
+          if (!plain) r.nonfinite_params += nonfinite_blocks(hat.data(), m, bs, rep.threads);
+        }
+        r.sums = acc.sums();
+        r.compared = true;
+        if (!plain) {
+          r.params_checked = true;
+          r.groups = uint64_t(n / bs);
+        }
+        r.all_zero = r.sums.sum_sq_hat == 0.0 && r.sums.sum_sq_ref > 0.0;
+        warn_about_blocks(r, rep, opt);
+      }
+    } else if (!src && !plain) {
+      // Self-check: every block decodes to finite values, not all zeros.
+      bool nonzero = false;
+      for (int64_t e0 = 0; e0 < n; e0 += per_slice) {
+        const int64_t m = std::min(per_slice, n - e0);
+        hat.resize(size_t(m));
+        decoder.decode(t, data, e0, m, hat.data());
+        r.nonfinite_params += nonfinite_blocks(hat.data(), m, bs, rep.threads);
+        for (int64_t i = 0; i < m && !nonzero; ++i) nonzero = hat[size_t(i)] != 0.0f;
+      }
+      r.params_checked = true;
+      r.groups = uint64_t(n / bs);
+      r.all_zero = n > 0 && !nonzero && r.nonfinite_params == 0;
+      warn_about_blocks(r, rep, opt);
+    }
+    g->release(t);
+    if (s && s->release) s->release();
+    r.seconds = seconds_since(t0);
+    pr.done_bytes += t.nbytes;
+    rep.tensors.push_back(std::move(r));
+  }
+  pr.tensor_index = pr.tensor_count;
+  pr.tensor.clear();
+  if (opt.progress) opt.progress(pr);
+  rep.compare_seconds = seconds_since(t_cmp);
+
+  build_rollups(rep);
+  apply_gate(rep);
+  rep.seconds = seconds_since(t_start);
+  return rep;
+}
+
+}  // namespace qpack
