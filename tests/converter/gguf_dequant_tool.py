@@ -17,6 +17,12 @@ tests/verify/test_verify_gguf.cpp. Test-only: the product never runs Python.
       bit; block types rounded to the dtype given (nearest even: numpy's
       astype for f16, the bit rule below for bf16), F32/F16/BF16 tensors as
       stored; prints JSON {tensor: {"equal": bool, "shape_ok": bool, ...}}
+  hf-to-gguf HF_DIR OUT.gguf [nopermute]
+      an HF Llama folder (config.json, model.safetensors) as the GGUF
+      llama.cpp's converter would write, restated here in numpy: its names,
+      the Q/K rows permuted (reshape(n_head, 2, rows/n_head/2, cols)
+      .swapaxes(1, 2)), 2-D tensors in their own dtype, norms in F32; with
+      `nopermute`, the Q/K rows left as they are (a wrong file)
   metrics FILE.gguf SRC.safetensors
       the verify metrics of every tensor in float64 numpy, as JSON
 """
@@ -207,6 +213,45 @@ def metrics(gguf_path, src_path):
     print(json.dumps(res))
 
 
+HF_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight":
+            "output_norm.weight", "lm_head.weight": "output.weight"}
+HF_LAYER = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+            "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+            "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+            "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+
+
+def hf_to_gguf(hf_dir, out, permute=True):
+    cfg = json.load(open(hf_dir + "/config.json"))
+    heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads",
+                                                       cfg["num_attention_heads"])
+    w = gguf.GGUFWriter(out, arch="llama")
+    for name, x in load_safetensors(hf_dir + "/model.safetensors").items():
+        if name in HF_NAMES:
+            g = HF_NAMES[name]
+        else:
+            parts = name.split(".")  # model.layers.N.<kind>.weight
+            g = f"blk.{parts[2]}.{HF_LAYER['.'.join(parts[3:-1])]}.{parts[-1]}"
+        n_head = heads if ".attn_q." in g else kv if ".attn_k." in g else 0
+        if n_head and permute:
+            r = x.shape[0]
+            x = x.reshape(n_head, 2, r // n_head // 2, *x.shape[1:]).swapaxes(1, 2).reshape(
+                x.shape)
+        x = np.ascontiguousarray(x)
+        if x.ndim == 1:
+            x = x.astype(np.float32) if x.dtype != np.uint16 else (
+                x.astype(np.uint32) << 16).view(np.float32)
+        if x.dtype == np.uint16:
+            w.add_tensor(g, x.view(np.uint8).reshape(x.shape[0], -1), raw_shape=None,
+                         raw_dtype=Q.BF16)
+        else:
+            w.add_tensor(g, x)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "write":
@@ -216,6 +261,8 @@ if __name__ == "__main__":
         write_kquants(sys.argv[2], int(sys.argv[3]))
     elif cmd == "check":
         check(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "f32")
+    elif cmd == "hf-to-gguf":
+        hf_to_gguf(sys.argv[2], sys.argv[3], len(sys.argv) <= 4 or sys.argv[4] != "nopermute")
     elif cmd == "metrics":
         metrics(sys.argv[2], sys.argv[3])
     else:

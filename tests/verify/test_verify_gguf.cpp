@@ -181,6 +181,69 @@ TEST_F(VerifyGguf, WrongSourceIsASourceMismatch) {
       has(tensor_of(rep, "blk.0.q4_0_0.weight").at("problems").dump(), "not in the source"));
 }
 
+// An HF Llama folder as the source: names mapped HF -> GGUF and the Q/K rows
+// un-permuted. The GGUF is written by numpy's restatement of llama.cpp's
+// converter (gguf_dequant_tool.py hf-to-gguf), not by qpack.
+class VerifyGgufHf : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!have_gguf_py()) GTEST_SKIP() << "python3 cannot import gguf, numpy, safetensors";
+    hf_ = dir_.file("hf");
+    test::run_testgen("llama " + hf_ +
+                      " --hidden 64 --intermediate 96 --layers 2 --vocab 64 --dtype f16 --heads 4 "
+                      "--kv-heads 2 --seed " +
+                      std::to_string(test::test_seed() % 1000000));
+  }
+  std::string to_gguf(const std::string& name, const std::string& extra = "") {
+    const std::string out = dir_.file(name);
+    const auto r = test::run_command(tool() + "hf-to-gguf " + hf_ + " " + out + extra + " 2>&1");
+    if (r.exit_code != 0) throw std::runtime_error(r.output);
+    return out;
+  }
+  test::TempDir dir_;
+  std::string hf_;
+};
+
+TEST_F(VerifyGgufHf, PermutedRowsEqualTheHfRowsByteForByte) {
+  const json rep = verify_json(to_gguf("m.gguf") + " --source " + hf_ + " --device cpu", 0);
+  EXPECT_TRUE(rep.at("source_check").at("missing_from_qpack").empty());
+  size_t raw = 0, qk = 0;
+  for (const auto& t : rep.at("tensors")) {
+    SCOPED_TRACE(t.at("name").get<std::string>());
+    if (t.at("shape").size() == 2) {
+      ++raw;
+      EXPECT_TRUE(t.at("raw_equal").get<bool>());
+      const std::string n = t.at("name");
+      qk += has(n, "attn_q") || has(n, "attn_k");
+    } else {  // norms: F32 in the GGUF from an F16 source, exact
+      EXPECT_TRUE(t.at("quantized").get<bool>());
+      EXPECT_EQ(t.at("metrics").at("sums").at("sq_err").get<double>(), 0.0);
+    }
+  }
+  EXPECT_EQ(raw, 2u + 2u * 7u);
+  EXPECT_EQ(qk, 4u);
+}
+
+TEST_F(VerifyGgufHf, UnpermutedQkRowsAreASourceMismatchOfExactlyThoseTensors) {
+  const json rep =
+      verify_json(to_gguf("bad.gguf", " nopermute") + " --source " + hf_ + " --device cpu", 4);
+  std::vector<std::string> bad;
+  for (const auto& m : rep.at("source_check").at("mismatched")) bad.push_back(m.at("tensor"));
+  EXPECT_EQ(bad, (std::vector<std::string>{"blk.0.attn_k.weight", "blk.0.attn_q.weight",
+                                           "blk.1.attn_k.weight", "blk.1.attn_q.weight"}));
+}
+
+TEST_F(VerifyGgufHf, QpacksOwnGgufExportVerifiesAgainstItsHfSource) {
+  const std::string out = dir_.file("q8.gguf");
+  const auto c = test::run_qpack("convert " + hf_ + " " + out + " --type Q8_0 -q --device cpu");
+  ASSERT_EQ(c.exit_code, 0) << c.output;
+  const json rep = verify_json(out + " --source " + hf_ + " --device cpu --max-rel-error 0.01", 0);
+  EXPECT_EQ(tensor_of(rep, "blk.1.attn_q.weight").at("ggml_type"), "Q8_0");
+  // Without the row map every Q/K row would be compared with another one.
+  EXPECT_LT(tensor_of(rep, "blk.1.attn_q.weight").at("metrics").at("rel_error").get<double>(),
+            0.01);
+}
+
 TEST(VerifyGgufFiles, DamagedFileIsAnIntegrityFailure) {
   test::TempDir dir;
   const std::string in = dir.file("t.gguf");

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <set>
@@ -17,6 +18,7 @@
 #include "qpack/format/checkpoint.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/gguf.hpp"
+#include "qpack/format/gguf_llama.hpp"
 #include "qpack/format/text.hpp"
 #include "qpack/kernels/ggml_blocks.hpp"
 #include "qpack/spec/float_error_sums.hpp"
@@ -123,31 +125,72 @@ struct SourceMatch {
   std::vector<int64_t> ne;  // GGUF order (ne[0] contiguous)
   const uint8_t* data = nullptr;
   std::string problem;  // set when the source tensor cannot be a source
-  // GGUF row r (of ne[0] elements) is source row row_map[r]; empty: the same.
+  // GGUF row r (of row_elems elements) is source row row_map[r]; empty: the
+  // same rows (the HF Llama Q/K permutation moves whole rows).
   std::vector<int64_t> row_map;
+  int64_t row_elems = 1;
+  // Computed from the source's config rather than read (rope_freqs.weight
+  // of a llama3-scaled model): held here, and always measured, never
+  // compared byte for byte (llama.cpp computes it in float32 steps).
+  std::vector<float> computed;
+  bool measure_always = false;
   std::function<void()> release;
 };
 
-// A GGUF file or a safetensors checkpoint, with the same tensor names.
+// A GGUF file or a safetensors checkpoint with the same tensor names, or an
+// HF Llama-family checkpoint (config.json beside it) whose names and Q/K rows
+// are mapped to GGUF's (qpack/format/gguf_llama.hpp).
 class Source {
  public:
-  explicit Source(const std::string& path) {
-    if (has_gguf_magic(path))
+  Source(const std::string& path, const GgufFile& target) {
+    if (has_gguf_magic(path)) {
       gguf_ = GgufFile::open(path);
-    else
-      ck_ = Checkpoint::open(path);
+      return;
+    }
+    ck_ = Checkpoint::open(path);
+    // HF names: none of the target's tensors is in the checkpoint by its own
+    // name, and config.json says a Llama-family model.
+    bool same_names = false;
+    for (const auto& t : target.tensors()) same_names = same_names || ck_->find(t.name);
+    if (same_names || target.tensors().empty() || ck_->config().is_null()) return;
+    std::string dir =
+        is_directory(path) ? path : std::filesystem::path(path).parent_path().string();
+    if (dir.empty()) dir = ".";
+    hf_ = parse_llama_config(ck_->config(), dir + "/config.json");
   }
+  bool hf() const { return hf_.has_value(); }
+  // The source's tensors as the GGUF names them; the tensors a GGUF leaves
+  // out by llama.cpp's rules (rotary_emb.inv_freq) are not listed.
   std::vector<std::string> names() const {
     std::vector<std::string> n;
-    if (gguf_)
+    if (gguf_) {
       for (const auto& t : gguf_->tensors()) n.push_back(t.name);
-    else
+    } else if (hf_) {
+      for (const auto& t : ck_->tensors()) {
+        const LlamaTensorName m = llama_gguf_tensor_name(t.name());
+        if (m.mapping == LlamaTensorMapping::Mapped)
+          n.push_back(m.gguf_name);
+        else if (m.mapping == LlamaTensorMapping::Unknown)
+          n.push_back(t.name());  // never in a GGUF: reported as missing from it
+      }
+    } else {
       for (const auto& t : ck_->tensors()) n.push_back(t.name());
+    }
+    return n;
+  }
+  // The HF name of a GGUF tensor ("" when it has none).
+  std::string hf_name(const std::string& gguf_name) const {
+    if (!hf_) return {};
+    std::string n = llama_hf_tensor_name(gguf_name).value_or("");
+    // A tied model's output is its embedding (when a GGUF writes it at all).
+    if (n == "lm_head.weight" && !ck_->find(n) && hf_->tie_word_embeddings)
+      n = "model.embed_tokens.weight";
     return n;
   }
   std::optional<SourceMatch> find(const std::string& name) const {
     SourceMatch m;
     m.name = name;
+    if (hf_) return find_hf(name);
     if (gguf_) {
       const GgufTensorInfo* t = gguf_->find(name);
       if (!t) return std::nullopt;
@@ -175,6 +218,40 @@ class Source {
  private:
   std::unique_ptr<GgufFile> gguf_;
   std::unique_ptr<Checkpoint> ck_;
+  std::optional<LlamaConfig> hf_;
+
+  std::optional<SourceMatch> find_hf(const std::string& gguf_name) const {
+    SourceMatch m;
+    if (gguf_name == "rope_freqs.weight" && hf_->rope_scaling_type == "llama3") {
+      m.name = "(llama3 rope factors from config.json)";
+      m.computed = llama3_rope_factors(*hf_);
+      m.ne = {int64_t(m.computed.size())};
+      m.dtype = DType::F32;
+      m.data = reinterpret_cast<const uint8_t*>(m.computed.data());
+      m.measure_always = true;
+      return m;
+    }
+    m.name = hf_name(gguf_name);
+    const CheckpointTensor* t = m.name.empty() ? nullptr : ck_->find(m.name);
+    if (!t) return std::nullopt;
+    m.ne = reversed(t->info->shape);
+    m.dtype = t->info->dtype;
+    m.data = t->data();
+    m.release = [t] { t->file->release(*t->info); };
+    const int64_t heads = llama_permute_heads(*hf_, gguf_name);
+    if (heads > 0 && !m.ne.empty()) {
+      // Weights: rows of ne[0]; biases (1-D): rows of one element.
+      m.row_elems = m.ne.size() == 1 ? 1 : m.ne[0];
+      const int64_t rows = m.ne.size() == 1 ? m.ne[0] : m.ne[1];
+      if (rows % (2 * heads) == 0) {
+        m.row_map = llama_qk_hf_rows(rows, heads);
+      } else {
+        m.problem = "rows " + std::to_string(rows) + " are not a multiple of 2 x " +
+                    std::to_string(heads) + " heads (config.json): the Q/K rows cannot be mapped";
+      }
+    }
+    return m;
+  }
 };
 
 // ----------------------------------------------------------- per tensor
@@ -196,12 +273,12 @@ TensorResult describe(const GgufTensorInfo& t) {
 
 // Source elements [e0, e0 + m) in the GGUF tensor's order, as floats.
 void load_reference(const SourceMatch& s, int64_t e0, int64_t m, float* out, int threads) {
-  const int64_t ne0 = s.ne.empty() ? 1 : s.ne[0];
+  const int64_t re = s.row_elems;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t i = 0; i < m; ++i) {
     const int64_t e = e0 + i;
     const int64_t src =
-        s.row_map.empty() ? e : s.row_map[size_t(e / ne0)] * ne0 + e % ne0;  // whole rows move
+        s.row_map.empty() ? e : s.row_map[size_t(e / re)] * re + e % re;  // whole rows move
     out[i] = Decoder::load_plain(s.data, s.dtype, uint64_t(src));
   }
 }
@@ -221,7 +298,7 @@ uint64_t nonfinite_blocks(const float* v, int64_t m, int64_t block, int threads)
 // Byte comparison of a tensor stored as its source's dtype (rows moved by
 // the row map); "" when equal, else where they differ.
 std::string raw_difference(const uint8_t* file, const SourceMatch& s, uint64_t nbytes) {
-  const uint64_t row_bytes = uint64_t(s.ne.empty() ? 1 : s.ne[0]) * uint64_t(dtype_bytes(s.dtype));
+  const uint64_t row_bytes = uint64_t(s.row_elems) * uint64_t(dtype_bytes(s.dtype));
   auto first_diff = [](const uint8_t* a, const uint8_t* b, uint64_t n) -> int64_t {
     if (n == 0 || std::memcmp(a, b, n) == 0) return -1;
     uint64_t i = 0;
@@ -315,7 +392,7 @@ VerifyReport verify_gguf(const std::string& path, const std::string& source_path
 
   std::unique_ptr<Source> src;
   if (!source_path.empty()) {
-    src = std::make_unique<Source>(source_path);
+    src = std::make_unique<Source>(source_path, *g);
     for (const std::string& n : src->names())
       if (!g->find(n)) rep.missing_from_qpack.push_back(n);
   }
@@ -347,7 +424,9 @@ VerifyReport verify_gguf(const std::string& path, const std::string& source_path
       s = src->find(t.name);
       if (!s) {
         rep.extra_in_qpack.push_back(t.name);
-        r.problems.push_back("not in the source checkpoint");
+        const std::string hf = src->hf_name(t.name);
+        r.problems.push_back(hf.empty() ? std::string("not in the source checkpoint")
+                                        : "not in the source checkpoint (as " + hf + ")");
       } else {
         r.dtype = s->dtype;
         r.source_bytes = uint64_t(n) * uint64_t(dtype_bytes(s->dtype));
@@ -355,7 +434,7 @@ VerifyReport verify_gguf(const std::string& path, const std::string& source_path
         if (s->ne != t.ne)
           r.problems.push_back("shape differs: source " + shape_to_string(reversed(s->ne)) +
                                ", file " + shape_to_string(r.shape));
-        const bool same_plain = plain && *plain == s->dtype;
+        const bool same_plain = plain && *plain == s->dtype && !s->measure_always;
         if (r.problems.empty() && !same_plain && !is_quantizable(s->dtype))
           r.problems.push_back(std::string("dtype differs: source ") + dtype_name(s->dtype) +
                                ", file " + r.ggml_type);
