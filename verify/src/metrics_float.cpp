@@ -12,16 +12,23 @@ namespace qpack {
 
 FloatErrorAccumulator::FloatErrorAccumulator() { spec::partial_init(acc_); }
 
-void FloatErrorAccumulator::add(const float* ref, const float* hat, int64_t n, int threads) {
+void FloatErrorAccumulator::merge_blocks(const spec::PartialSums* blocks, int64_t n) {
   if (n <= 0) return;
   // Only the last slice may end inside a block: a block split across slices
   // would be summed as two.
   if (short_block_seen_)
     throw Error(ErrorCode::Internal, "", "",
                 "float error sums: a slice after one that ended inside a block");
+  if (n % spec::kFloatBlockElements != 0) short_block_seen_ = true;
+  const int64_t nb = (n + spec::kFloatBlockElements - 1) / spec::kFloatBlockElements;
+  for (int64_t b = 0; b < nb; ++b) spec::partial_merge(acc_, blocks[b]);
+  flat_ += n;
+}
+
+void FloatErrorAccumulator::add(const float* ref, const float* hat, int64_t n, int threads) {
+  if (n <= 0) return;
   const int64_t bn = spec::kFloatBlockElements;
   const int64_t blocks = (n + bn - 1) / bn;
-  if (n % bn != 0) short_block_seen_ = true;
   std::vector<spec::PartialSums> out(static_cast<size_t>(blocks));
   const int nt = threads > 0 ? threads : omp_get_max_threads();
 #pragma omp parallel num_threads(nt)
@@ -35,8 +42,7 @@ void FloatErrorAccumulator::add(const float* ref, const float* hat, int64_t n, i
       out[size_t(b)] = slots[0];
     }
   }
-  for (const spec::PartialSums& p : out) spec::partial_merge(acc_, p);
-  flat_ += n;
+  merge_blocks(out.data(), n);
 }
 
 ErrorSums FloatErrorAccumulator::sums() const {

@@ -271,28 +271,91 @@ TensorResult describe(const GgufTensorInfo& t) {
   return r;
 }
 
-// Source elements [e0, e0 + m) in the GGUF tensor's order, as floats.
-void load_reference(const SourceMatch& s, int64_t e0, int64_t m, float* out, int threads) {
-  const int64_t re = s.row_elems;
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t i = 0; i < m; ++i) {
-    const int64_t e = e0 + i;
-    const int64_t src =
-        s.row_map.empty() ? e : s.row_map[size_t(e / re)] * re + e % re;  // whole rows move
-    out[i] = Decoder::load_plain(s.data, s.dtype, uint64_t(src));
+template <DType D>
+float load_one(const uint8_t* p, int64_t i) {
+  if constexpr (D == DType::F64) {
+    double v;
+    std::memcpy(&v, p + 8 * i, 8);
+    return float(v);
+  } else {
+    return load_as_f32(p, D, uint64_t(i));
   }
 }
 
-// Blocks of `block` elements among out[0, m) holding a non-finite value.
-uint64_t nonfinite_blocks(const float* v, int64_t m, int64_t block, int threads) {
+// Source elements [e0, e0 + m) in the GGUF tensor's order, as floats (one
+// thread: called per summation block). Whole rows move under the row map.
+template <DType D>
+void load_reference_as(const SourceMatch& s, int64_t e0, int64_t m, float* out) {
+  if (s.row_map.empty()) {
+    for (int64_t i = 0; i < m; ++i) out[i] = load_one<D>(s.data, e0 + i);
+    return;
+  }
+  const int64_t re = s.row_elems;
+  for (int64_t e = e0; e < e0 + m;) {
+    const int64_t c = e % re;
+    const int64_t len = std::min(re - c, e0 + m - e);
+    const int64_t src = s.row_map[size_t(e / re)] * re + c;
+    for (int64_t j = 0; j < len; ++j) out[e - e0 + j] = load_one<D>(s.data, src + j);
+    e += len;
+  }
+}
+
+void load_reference(const SourceMatch& s, int64_t e0, int64_t m, float* out) {
+  switch (s.dtype) {
+    case DType::F16:
+      return load_reference_as<DType::F16>(s, e0, m, out);
+    case DType::BF16:
+      return load_reference_as<DType::BF16>(s, e0, m, out);
+    case DType::F64:
+      return load_reference_as<DType::F64>(s, e0, m, out);
+    default:
+      return load_reference_as<DType::F32>(s, e0, m, out);
+  }
+}
+
+// Blocks of `block` elements among v[0, m) holding a NaN or Inf (exponent
+// bits all ones; an integer test the compiler vectorizes).
+uint64_t nonfinite_blocks(const float* v, int64_t m, int64_t block) {
   uint64_t n = 0;
-#pragma omp parallel for schedule(static) reduction(+ : n) num_threads(threads)
   for (int64_t b = 0; b < m / block; ++b) {
-    bool bad = false;
-    for (int64_t k = 0; k < block; ++k) bad |= !std::isfinite(v[b * block + k]);
-    n += bad ? 1 : 0;
+    uint32_t bad = 0;
+    for (int64_t k = 0; k < block; ++k) {
+      uint32_t u;
+      std::memcpy(&u, v + b * block + k, 4);
+      bad |= uint32_t((u & 0x7f800000u) == 0x7f800000u);
+    }
+    n += bad;
   }
   return n;
+}
+
+// One slice: its floats already decoded into `hat`; per summation block
+// (one parallel loop) the source floats, the block's sums and its
+// non-finite ggml blocks.
+void measure_slice(const SourceMatch& s, int64_t e0, int64_t m, const float* hat,
+                   int64_t ggml_block, FloatErrorAccumulator& acc, uint64_t* nonfinite,
+                   int threads) {
+  const int64_t bn = spec::kFloatBlockElements;
+  const int64_t nb = (m + bn - 1) / bn;
+  std::vector<spec::PartialSums> parts(static_cast<size_t>(nb));
+  const int64_t flat0 = acc.next_flat();
+  uint64_t bad = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : bad)
+  {
+    std::vector<float> ref(static_cast<size_t>(bn));
+    std::vector<spec::PartialSums> slots(spec::kBlockUnits);
+#pragma omp for schedule(dynamic, 2)
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t k0 = b * bn;
+      const int64_t mb = std::min(bn, m - k0);
+      load_reference(s, e0 + k0, mb, ref.data());
+      spec::float_block_sums(ref.data(), hat + k0, mb, flat0 + k0, slots.data());
+      parts[size_t(b)] = slots[0];
+      if (ggml_block > 0) bad += nonfinite_blocks(hat + k0, mb, ggml_block);
+    }
+  }
+  acc.merge_blocks(parts.data(), m);
+  *nonfinite += bad;
 }
 
 // Byte comparison of a tensor stored as its source's dtype (rows moved by
@@ -400,9 +463,9 @@ VerifyReport verify_gguf(const std::string& path, const std::string& source_path
   // 2. Every tensor, one slice at a time.
   const auto t_cmp = Clock::now();
   const int64_t per_slice =
-      std::max<int64_t>(1, int64_t(opt.gguf_slice_bytes / 8) / spec::kFloatBlockElements) *
+      std::max<int64_t>(1, int64_t(opt.gguf_slice_bytes / 4) / spec::kFloatBlockElements) *
       spec::kFloatBlockElements;
-  std::vector<float> ref, hat;
+  std::vector<float> hat;
   VerifyProgress pr;
   pr.phase = VerifyProgress::Compare;
   pr.tensor_count = g->tensors().size();
@@ -457,12 +520,10 @@ VerifyReport verify_gguf(const std::string& path, const std::string& source_path
         FloatErrorAccumulator acc;
         for (int64_t e0 = 0; e0 < n; e0 += per_slice) {
           const int64_t m = std::min(per_slice, n - e0);
-          ref.resize(size_t(m));
           hat.resize(size_t(m));
           decoder.decode(t, data, e0, m, hat.data());
-          load_reference(*s, e0, m, ref.data(), rep.threads);
-          acc.add(ref.data(), hat.data(), m, rep.threads);
-          if (!plain) r.nonfinite_params += nonfinite_blocks(hat.data(), m, bs, rep.threads);
+          measure_slice(*s, e0, m, hat.data(), plain ? 0 : bs, acc, &r.nonfinite_params,
+                        rep.threads);
         }
         r.sums = acc.sums();
         r.compared = true;
@@ -480,7 +541,7 @@ VerifyReport verify_gguf(const std::string& path, const std::string& source_path
         const int64_t m = std::min(per_slice, n - e0);
         hat.resize(size_t(m));
         decoder.decode(t, data, e0, m, hat.data());
-        r.nonfinite_params += nonfinite_blocks(hat.data(), m, bs, rep.threads);
+        r.nonfinite_params += nonfinite_blocks(hat.data(), m, bs);
         for (int64_t i = 0; i < m && !nonzero; ++i) nonzero = hat[size_t(i)] != 0.0f;
       }
       r.params_checked = true;

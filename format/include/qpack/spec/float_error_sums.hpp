@@ -47,16 +47,33 @@ QPACK_HD void accumulate_float_element(PartialSums& acc, float x, float xh, int6
 // The sums of one block: n (<= kFloatBlockElements) elements of ref and hat
 // starting at flat index `flat0` (a multiple of kFloatBlockElements).
 // `slots` is scratch of kBlockUnits entries; the result is in slots[0].
+// Full units go four at a time, element k of each in turn: every unit still
+// sees its own elements in order, so its sums are those of the plain loop
+// (the four independent chains only run side by side).
 QPACK_HD void float_block_sums(const float* ref, const float* hat, int64_t n, int64_t flat0,
                                PartialSums* slots) {
-  for (int t = 0; t < kBlockUnits; ++t) {
+  constexpr int kLanes = 4;
+  const int64_t full_units = n / kFloatUnitElements;
+  int t = 0;
+  for (; t + kLanes <= full_units; t += kLanes) {
+    PartialSums acc[kLanes];
+    for (int u = 0; u < kLanes; ++u) partial_init(acc[u]);
+    const int64_t base = int64_t(t) * kFloatUnitElements;
+    for (int64_t k = 0; k < kFloatUnitElements; ++k)
+      for (int u = 0; u < kLanes; ++u) {
+        const int64_t i = base + int64_t(u) * kFloatUnitElements + k;
+        accumulate_float_element(acc[u], ref[i], hat[i], flat0 + i);
+      }
+    for (int u = 0; u < kLanes; ++u) slots[t + u] = acc[u];
+  }
+  for (; t < kBlockUnits; ++t) {
     partial_init(slots[t]);
     const int64_t k0 = int64_t(t) * kFloatUnitElements;
     const int64_t k1 = k0 + kFloatUnitElements < n ? k0 + kFloatUnitElements : n;
     for (int64_t k = k0; k < k1; ++k) accumulate_float_element(slots[t], ref[k], hat[k], flat0 + k);
   }
   for (int stride = kBlockUnits / 2; stride > 0; stride >>= 1)
-    for (int t = 0; t < stride; ++t) partial_merge(slots[t], slots[t + stride]);
+    for (int t2 = 0; t2 < stride; ++t2) partial_merge(slots[t2], slots[t2 + stride]);
 }
 
 }  // namespace qpack::spec

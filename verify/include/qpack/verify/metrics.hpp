@@ -50,6 +50,11 @@ class FloatErrorAccumulator {
  public:
   FloatErrorAccumulator();
   void add(const float* ref, const float* hat, int64_t n, int threads);
+  // For callers that compute a slice's block partials themselves (fused
+  // with other per-block work): the flat index the next slice starts at, and
+  // the partials of its ceil(n / kFloatBlockElements) blocks, in order.
+  int64_t next_flat() const { return flat_; }
+  void merge_blocks(const spec::PartialSums* blocks, int64_t n);
   ErrorSums sums() const;
 
  private:
