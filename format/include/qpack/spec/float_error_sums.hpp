@@ -49,22 +49,67 @@ QPACK_HD void accumulate_float_element(PartialSums& acc, float x, float xh, int6
 // `slots` is scratch of kBlockUnits entries; the result is in slots[0].
 // Full units go four at a time, element k of each in turn: every unit still
 // sees its own elements in order, so its sums are those of the plain loop
-// (the four independent chains only run side by side).
+// (the four independent chains only run side by side); the tail units take
+// the plain loop itself.
 QPACK_HD void float_block_sums(const float* ref, const float* hat, int64_t n, int64_t flat0,
                                PartialSums* slots) {
   constexpr int kLanes = 4;
   const int64_t full_units = n / kFloatUnitElements;
   int t = 0;
   for (; t + kLanes <= full_units; t += kLanes) {
-    PartialSums acc[kLanes];
-    for (int u = 0; u < kLanes; ++u) partial_init(acc[u]);
+    // The lanes' sums as plain arrays (registers), each step without a
+    // branch: a non-finite source element adds +0.0 to every sum (the sums
+    // start at +0.0 and never become -0.0, so that is the plain loop's skip)
+    // and is counted apart, as accumulate_float_element does.
+    double sq_err[kLanes], abs_err[kLanes], sq_ref[kLanes], sq_hat[kLanes], dot[kLanes];
+    double mx[kLanes];
+    int64_t mx_at[kLanes];
+    uint64_t count[kLanes];
+    for (int u = 0; u < kLanes; ++u) {
+      sq_err[u] = abs_err[u] = sq_ref[u] = sq_hat[u] = dot[u] = 0.0;
+      mx[u] = -1.0;
+      mx_at[u] = kNoIndex;
+      count[u] = 0;
+    }
     const int64_t base = int64_t(t) * kFloatUnitElements;
     for (int64_t k = 0; k < kFloatUnitElements; ++k)
+    // Unrolled, so that the lane arrays live in registers.
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#else
+#pragma GCC unroll 4
+#endif
       for (int u = 0; u < kLanes; ++u) {
         const int64_t i = base + int64_t(u) * kFloatUnitElements + k;
-        accumulate_float_element(acc[u], ref[i], hat[i], flat0 + i);
+        const bool fin = is_finite_f32(ref[i]);
+        const double xd = fin ? double(ref[i]) : 0.0;
+        const double hd = fin ? double(hat[i]) : 0.0;
+        const double e = sub_f64(xd, hd);
+        const double ae = abs_f64(e);
+        sq_err[u] = add_f64(sq_err[u], mul_f64(e, e));
+        abs_err[u] = add_f64(abs_err[u], ae);
+        sq_ref[u] = add_exact_product_f64(sq_ref[u], xd, xd);
+        sq_hat[u] = add_exact_product_f64(sq_hat[u], hd, hd);
+        dot[u] = add_exact_product_f64(dot[u], xd, hd);
+        count[u] += fin ? 1u : 0u;
+        const double rank = ae == ae ? ae : f64_from_bits(0x7ff0000000000000ull);
+        const bool take = fin && rank > mx[u];
+        mx[u] = take ? rank : mx[u];
+        mx_at[u] = take ? flat0 + i : mx_at[u];
       }
-    for (int u = 0; u < kLanes; ++u) slots[t + u] = acc[u];
+    for (int u = 0; u < kLanes; ++u) {
+      PartialSums& p = slots[t + u];
+      partial_init(p);
+      p.sq_err = sq_err[u];
+      p.abs_err = abs_err[u];
+      p.sq_ref = sq_ref[u];
+      p.sq_hat = sq_hat[u];
+      p.dot = dot[u];
+      p.max_abs = mx[u];
+      p.max_index = mx_at[u];
+      p.count = count[u];
+      p.nonfinite = uint64_t(kFloatUnitElements) - count[u];
+    }
   }
   for (; t < kBlockUnits; ++t) {
     partial_init(slots[t]);
