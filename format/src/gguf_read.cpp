@@ -3,6 +3,7 @@
 // allocate more than the file could describe. docs/gguf.md lists the rules.
 #include <algorithm>
 #include <cstring>
+#include <fstream>
 
 #include "qpack/format/endian.hpp"
 #include "qpack/format/error.hpp"
@@ -353,6 +354,13 @@ const GgufTensorInfo* GgufFile::find(const std::string& name) const {
 
 void GgufFile::release(const GgufTensorInfo& t) const {
   if (file_.data()) file_.release(header_.data_start + t.offset, t.nbytes);
+}
+
+bool has_gguf_magic(const std::string& path) {
+  if (is_directory(path)) return false;
+  std::ifstream f(path, std::ios::binary);
+  char magic[4] = {};
+  return f.read(magic, 4) && std::memcmp(magic, "GGUF", 4) == 0;
 }
 
 }  // namespace qpack

@@ -63,6 +63,29 @@ const char* ggml_type_name(GgmlType type) {
   return t ? t->name : "unknown";
 }
 
+std::optional<DType> ggml_plain_dtype(GgmlType type) {
+  switch (type) {
+    case GgmlType::F32:
+      return DType::F32;
+    case GgmlType::F16:
+      return DType::F16;
+    case GgmlType::BF16:
+      return DType::BF16;
+    case GgmlType::F64:
+      return DType::F64;
+    case GgmlType::I8:
+      return DType::I8;
+    case GgmlType::I16:
+      return DType::I16;
+    case GgmlType::I32:
+      return DType::I32;
+    case GgmlType::I64:
+      return DType::I64;
+    default:
+      return std::nullopt;
+  }
+}
+
 bool gguf_type_known(uint32_t type) { return type <= uint32_t(GgufType::Float64); }
 
 const char* gguf_type_name(GgufType type) {

@@ -16,6 +16,7 @@
 #include "commands.hpp"
 #include "device.hpp"
 #include "progress_bar.hpp"
+#include "qpack/converter/ggml_blocks.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/io.hpp"
 #include "qpack/format/text.hpp"
@@ -43,6 +44,13 @@ const char* kVerifyFooter =
     "parameter, fails the gate (exit 10) with or without thresholds; degenerate\n"
     "groups are warned about. When the file records its source files' hashes\n"
     "(provenance), a source that differs is warned about before comparing.\n"
+    "\n"
+    "A GGUF file (MODEL.gguf) is checked the same way: integrity is the GGUF reader's\n"
+    "validation (GGUF has no checksums); every tensor is decoded by ggml's rules and\n"
+    "compared with SOURCE, a GGUF (F32/F16/BF16 tensors) or safetensors checkpoint with\n"
+    "the same tensor names, or an HF Llama-family folder (names mapped, Q/K rows\n"
+    "un-permuted); the report gives each tensor's GGML type. A type this build\n"
+    "cannot decode is an error (exit 3). See docs/verify-report.md section 9.\n"
     "\n"
     "Exit codes:\n"
     "  0   every check passed and every threshold held\n"
@@ -130,6 +138,13 @@ int run_verify(VerifyArgs a) {
   opt.policy.global = opt.policy.global.overlaid(flags);
   opt.policy.allow_zero_tensors = a.allow_zero_tensors;
   opt.require_recorded_source = a.require_recorded_source;
+  // GGUF files: the converter's ggml block decoders (every type this build
+  // has, K-quants included once they are there).
+  opt.ggml_supported = [](GgmlType t) { return ggml_blocks_supported(t); };
+  opt.ggml_dequantize = [](GgmlType t, const uint8_t* blocks, int64_t n, float* out, int threads,
+                           const std::string& tensor) {
+    dequantize_ggml_blocks_cpu(t, blocks, n, out, threads, tensor);
+  };
   // Warnings go to stderr as soon as they are known (the provenance check
   // before any comparison); the reports repeat them.
   opt.warn = [&](const std::string& line) {
@@ -201,9 +216,10 @@ Runner add_verify(CLI::App& app) {
   auto a = std::make_shared<VerifyArgs>();
   auto* sub = app.add_subcommand(
       "verify",
-      "Check a .qpack's integrity and its quantization error against the source checkpoint");
+      "Check a .qpack's or GGUF's integrity and its quantization error against the source "
+      "checkpoint");
   sub->footer(kVerifyFooter);
-  sub->add_option("model", a->qpack, "The .qpack file")->required();
+  sub->add_option("model", a->qpack, "The .qpack or .gguf file")->required();
   sub->add_option("source", a->source,
                   "The checkpoint it was converted from (.safetensors, "
                   "model.safetensors.index.json, or a folder); without it, only the "

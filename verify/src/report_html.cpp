@@ -407,7 +407,8 @@ std::string verify_report_html(const VerifyReport& rep) {
   h += "<section class=\"cards\">";
   card(std::to_string(rep.tensors.size()) + " / " + std::to_string(nq), "tensors / quantized");
   card(format_bytes(rep.model.source_bytes), "source tensors");
-  card(format_bytes(rep.file_bytes), "the .qpack file");
+  card(format_bytes(rep.file_bytes),
+       rep.file_format == "gguf" ? "the GGUF file" : "the .qpack file");
   card(format_ratio(compression_ratio(rep.model.source_bytes, rep.file_bytes)), "compression");
   if (rep.integrity_ok) {
     card(sci(ms.rel_error()), "relative error (model)");
@@ -432,7 +433,8 @@ std::string verify_report_html(const VerifyReport& rep) {
   if (any_mismatch) {
     h += "<div class=\"issues\"><h3>Source mismatch</h3><ul>";
     for (const auto& n : rep.missing_from_qpack)
-      h += "<li><b>" + esc(n) + "</b>: in the source checkpoint, missing from the .qpack</li>";
+      h += "<li><b>" + esc(n) + "</b>: in the source checkpoint, missing from the " +
+           (rep.file_format == "gguf" ? "GGUF file" : ".qpack") + "</li>";
     for (const auto& t : rep.tensors)
       for (const auto& p : t.problems) h += "<li><b>" + esc(t.name) + "</b>: " + esc(p) + "</li>";
     h += "</ul></div>\n";
@@ -537,7 +539,9 @@ std::string verify_report_html(const VerifyReport& rep) {
       h += num_td(double(i), std::to_string(i));
       h += "<td class=\"name\" title=\"" + esc(t.name) + "\">" + esc_name(t.name) + "</td>";
       h += txt_td(dtype_name(t.dtype)) + txt_td(shape_to_string(t.shape));
-      h += txt_td(t.quantized ? scheme_label(t.scheme) : kRawLabel);
+      h += txt_td(!t.ggml_type.empty() ? t.ggml_type
+                  : t.quantized        ? scheme_label(t.scheme)
+                                       : kRawLabel);
       h += num_td(double(t.elements), std::to_string(t.elements));
       h += num_td(double(t.source_bytes), format_bytes(t.source_bytes));
       h += num_td(double(t.stored_bytes), format_bytes(t.stored_bytes));
@@ -621,7 +625,8 @@ std::string verify_report_html(const VerifyReport& rep) {
   auto dd = [&](const std::string& k, const std::string& v) {
     h += "<dt>" + esc(k) + "</dt><dd>" + esc(v) + "</dd>";
   };
-  dd("file", rep.file + " (" + format_bytes(rep.file_bytes) + ", format " +
+  dd("file", rep.file + " (" + format_bytes(rep.file_bytes) + ", " +
+                 (rep.file_format == "gguf" ? "GGUF v" : "format ") +
                  (rep.format_version.empty() ? std::string("?") : rep.format_version) + ")");
   dd("source", rep.source.empty() ? std::string("none (self-check)") : rep.source);
   dd("device", rep.device + " (requested: " + device_name(rep.device_requested) + ")");
@@ -631,9 +636,12 @@ std::string verify_report_html(const VerifyReport& rep) {
   dd("min_cosine", opt(rep.policy.global.min_cosine));
   dd("max_abs_error", opt(rep.policy.global.max_abs_error));
   dd("policy file", rep.policy.source_file.empty() ? "none" : rep.policy.source_file);
-  dd("integrity", rep.integrity_ok ? std::to_string(rep.sections_checked) + " sections, " +
-                                         format_bytes(rep.bytes_checked) + " checksummed (XXH3-64)"
-                                   : "FAILED");
+  dd("integrity", !rep.integrity_ok ? std::string("FAILED")
+                  : rep.file_format == "gguf"
+                      ? count_of(rep.sections_checked, "tensor info") +
+                            " valid, tensor data in bounds (GGUF has no checksums)"
+                      : std::to_string(rep.sections_checked) + " sections, " +
+                            format_bytes(rep.bytes_checked) + " checksummed (XXH3-64)");
   dd("qpack version", rep.qpack_version);
   dd("date (UTC)", rep.created_utc);
   dd("run time", fmt("%.2f s", rep.seconds));

@@ -102,6 +102,7 @@ nlohmann::json verify_report_json(const VerifyReport& rep) {
   j["settings"] = std::move(settings);
 
   j["file"] = {{"path", rep.file},
+               {"format", rep.file_format},
                {"size_bytes", rep.file_bytes},
                {"format_version", rep.format_version.empty() ? nlohmann::json(nullptr)
                                                              : nlohmann::json(rep.format_version)}};
@@ -139,7 +140,8 @@ nlohmann::json verify_report_json(const VerifyReport& rep) {
     o["dtype"] = dtype_name(t.dtype);
     o["shape"] = t.shape;
     o["quantized"] = t.quantized;
-    if (t.quantized)
+    o["ggml_type"] = t.ggml_type.empty() ? nlohmann::json(nullptr) : nlohmann::json(t.ggml_type);
+    if (t.quantized && t.ggml_type.empty())
       o["scheme"] = {{"bits", t.scheme.bits},
                      {"group_size", t.scheme.group_size},
                      {"axis", t.scheme.axis},

@@ -67,6 +67,7 @@ std::string ratio_str(uint64_t before, uint64_t after) {
 }
 
 std::string scheme_short(const TensorResult& t) {
+  if (!t.ggml_type.empty()) return t.ggml_type;  // GGUF: the GGML type, block or plain
   if (!t.quantized) return kRawLabel;
   return scheme_label(t.scheme);
 }
@@ -99,7 +100,8 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
 
   size_t quantized = 0, raw = 0;
   for (const auto& t : rep.tensors) (t.quantized ? quantized : raw)++;
-  add("qpack verify " + rep.file +
+  const bool gguf = rep.file_format == "gguf";
+  add("qpack verify " + rep.file + (gguf ? " (GGUF v" + rep.format_version + ")" : "") +
       (rep.source.empty() ? " (self-check: integrity and stored parameters, no source)"
                           : " against " + rep.source));
   if (rep.tensors.empty())
@@ -107,11 +109,18 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
   else
     add("  " + rep.device + "; " + count_of(rep.tensors.size(), "tensor") + " (" +
         std::to_string(quantized) + " quantized, " + std::to_string(raw) + " raw); " +
-        format_bytes(rep.model.source_bytes) + " -> " + format_bytes(rep.file_bytes) + " file (" +
-        ratio_str(rep.model.source_bytes, rep.file_bytes) + ")");
+        (rep.model.source_bytes == 0 && gguf
+             ? format_bytes(rep.file_bytes) + " file"  // no source: its size is not known
+             : format_bytes(rep.model.source_bytes) + " -> " + format_bytes(rep.file_bytes) +
+                   " file (" + ratio_str(rep.model.source_bytes, rep.file_bytes) + ")"));
 
   // Integrity.
-  if (rep.integrity_ok) {
+  if (rep.integrity_ok && gguf) {
+    add("  integrity: OK (header, metadata and " + count_of(rep.sections_checked, "tensor info") +
+        " valid, " + format_bytes(rep.bytes_checked) +
+        " of tensor data in bounds; GGUF has no "
+        "checksums)");
+  } else if (rep.integrity_ok) {
     add("  integrity: OK (" + std::to_string(rep.sections_checked) + " sections, " +
         format_bytes(rep.bytes_checked) + " checksummed)");
   } else {
@@ -133,7 +142,8 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
     add("");
     add("SOURCE MISMATCH:");
     for (const auto& n : rep.missing_from_qpack)
-      add("  " + n + ": in the source checkpoint, missing from the .qpack");
+      add("  " + n + ": in the source checkpoint, missing from the " +
+          (gguf ? "GGUF file" : ".qpack"));
     for (const auto* t : mismatched)
       for (const auto& p : t->problems) add("  " + t->name + ": " + p);
   }

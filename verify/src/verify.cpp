@@ -17,17 +17,17 @@
 #include "qpack/format/checksum.hpp"
 #include "qpack/format/container.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/format/gguf.hpp"
 #include "qpack/format/provenance.hpp"
 #include "qpack/format/text.hpp"
 #include "qpack/spec/codes.hpp"
 #include "qpack/verify/metrics.hpp"
 #include "qpack/version.hpp"
+#include "verify_detail.hpp"
 
 namespace qpack {
 
-namespace {
-
-using Clock = std::chrono::steady_clock;
+namespace verify_detail {
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -45,6 +45,58 @@ std::string utc_now_iso8601() {
 bool is_io_error(ErrorCode c) {
   return c == ErrorCode::Io || c == ErrorCode::DiskFull || c == ErrorCode::OutputExists;
 }
+
+namespace {
+void add_to_rollup(Rollup& r, const TensorResult& t) {
+  ++r.tensors;
+  r.elements += t.elements;
+  r.source_bytes += t.source_bytes;
+  r.stored_bytes += t.stored_bytes;
+  if (!t.quantized || !t.compared) return;
+  ++r.quantized;
+  r.sums.add(t.sums);
+  const double rel = t.sums.rel_error();
+  if (r.worst_tensor.empty() || !(rel <= r.worst_rel_error)) {
+    r.worst_tensor = t.name;
+    r.worst_rel_error = rel;
+  }
+}
+
+}  // namespace
+
+void build_rollups(VerifyReport& rep) {
+  // Global first, then by stack name and numeric index.
+  std::map<std::tuple<int, std::string, int64_t>, Rollup> layers;
+  std::map<std::string, Rollup> kinds;
+  rep.model = Rollup{};
+  rep.model.key = "model";
+  for (const TensorResult& t : rep.tensors) {
+    const auto key = std::make_tuple(t.layer.global() ? 0 : 1, t.layer.stack, t.layer.index);
+    Rollup& l = layers[key];
+    l.key = t.layer.label();
+    l.layer_index = t.layer.index;
+    add_to_rollup(l, t);
+    Rollup& k = kinds[t.kind];
+    k.key = t.kind;
+    add_to_rollup(k, t);
+    add_to_rollup(rep.model, t);
+  }
+  rep.layers.clear();
+  for (auto& [k, r] : layers) rep.layers.push_back(std::move(r));
+  rep.kinds.clear();
+  for (auto& [k, r] : kinds) rep.kinds.push_back(std::move(r));
+}
+
+void warn(VerifyReport& rep, const VerifyOptions& opt, std::string line) {
+  if (opt.warn) opt.warn(line);
+  rep.warnings.push_back(std::move(line));
+}
+
+}  // namespace verify_detail
+
+namespace {
+
+using namespace verify_detail;
 
 // Checks every section's checksum and decoded size; records each failure.
 void check_integrity(const QpackFile& qf, VerifyReport& rep, const VerifyOptions& opt) {
@@ -109,44 +161,6 @@ void check_thresholds(const ErrorSums& s, const Thresholds& th, const std::strin
   }
 }
 
-void add_to_rollup(Rollup& r, const TensorResult& t) {
-  ++r.tensors;
-  r.elements += t.elements;
-  r.source_bytes += t.source_bytes;
-  r.stored_bytes += t.stored_bytes;
-  if (!t.quantized || !t.compared) return;
-  ++r.quantized;
-  r.sums.add(t.sums);
-  const double rel = t.sums.rel_error();
-  if (r.worst_tensor.empty() || !(rel <= r.worst_rel_error)) {
-    r.worst_tensor = t.name;
-    r.worst_rel_error = rel;
-  }
-}
-
-void build_rollups(VerifyReport& rep) {
-  // Global first, then by stack name and numeric index.
-  std::map<std::tuple<int, std::string, int64_t>, Rollup> layers;
-  std::map<std::string, Rollup> kinds;
-  rep.model = Rollup{};
-  rep.model.key = "model";
-  for (const TensorResult& t : rep.tensors) {
-    const auto key = std::make_tuple(t.layer.global() ? 0 : 1, t.layer.stack, t.layer.index);
-    Rollup& l = layers[key];
-    l.key = t.layer.label();
-    l.layer_index = t.layer.index;
-    add_to_rollup(l, t);
-    Rollup& k = kinds[t.kind];
-    k.key = t.kind;
-    add_to_rollup(k, t);
-    add_to_rollup(rep.model, t);
-  }
-  rep.layers.clear();
-  for (auto& [k, r] : layers) rep.layers.push_back(std::move(r));
-  rep.kinds.clear();
-  for (auto& [k, r] : kinds) rep.kinds.push_back(std::move(r));
-}
-
 // What the .qpack says about a tensor, before anything is compared.
 TensorResult describe(const QpackTensor& t) {
   TensorResult r;
@@ -178,11 +192,6 @@ void check_params(const QpackTensor& t, const SectionBytes& scales, const Sectio
     if (zeros && !std::isfinite(spec::load_param(zeros->data, g, sd))) ++r.nonfinite_params;
   }
   r.params_checked = true;
-}
-
-void warn(VerifyReport& rep, const VerifyOptions& opt, std::string line) {
-  if (opt.warn) opt.warn(line);
-  rep.warnings.push_back(std::move(line));
 }
 
 // The warnings a tensor's parameters call for (after check_params and, with a
@@ -307,6 +316,7 @@ void apply_gate(VerifyReport& rep) {
 
 VerifyReport verify(const std::string& qpack_path, const std::string& source_path,
                     const VerifyOptions& opt) {
+  if (has_gguf_magic(qpack_path)) return verify_gguf(qpack_path, source_path, opt);
   const auto t_start = Clock::now();
   VerifyReport rep;
   rep.file = qpack_path;

@@ -11,6 +11,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "qpack/kernels/device.hpp"
 #include "qpack/spec/dtype.hpp"
@@ -31,6 +32,10 @@ struct DequantizeOptions {
   DeviceSelection device;
   int threads = 0;         // <= 0: OpenMP default
   bool overwrite = false;  // replace an existing output file
+  // GGUF input only: tensors of a type this build cannot decode (IQ*, TQ*,
+  // ...) are left out of the output, each named in
+  // DequantizeSummary::skipped, instead of failing the run.
+  bool skip_unsupported = false;
   // Bytes of float32 values dequantized per slice (bounds memory).
   uint64_t slice_bytes = 64ull << 20;
   // Called before each tensor and once at the end (index == count).
@@ -48,11 +53,31 @@ struct DequantizeSummary {
   // mixes dtypes, which the CLI says.
   size_t kept_other_dtype = 0;
   uint64_t output_bytes = 0;  // tensor data written
+  // GGUF input: tensors left out (skip_unsupported), as "name (TYPE)".
+  std::vector<std::string> skipped;
+  // GGUF input on CUDA: tensors decoded on the CPU because no kernel
+  // decodes their type (cuda_block_type_supported), as "name (TYPE)".
+  std::vector<std::string> decoded_on_cpu;
 };
 
 // Throws Error: Io/OutputExists for the files, ChecksumMismatch (and the
 // other integrity codes) for a damaged .qpack, InvalidArgument for options.
 DequantizeSummary dequantize_file(const std::string& qpack_path, const std::string& out_path,
                                   const DequantizeOptions& options);
+
+// `qpack dequantize X.gguf`: every tensor of a GGUF file as safetensors
+// (docs/gguf.md, "qpack dequantize"). Block-type tensors are decoded by
+// ggml's rules (dequantize_ggml_blocks_cpu, or the kernels for the types
+// cuda_block_type_supported names; the same floats) and written as
+// options.dtype (default F32, F16/BF16 rounded to nearest even); F32, F16
+// and BF16 tensors are copied, or written as options.kept_dtype; integer and
+// F64 tensors are copied. The shape is ne reversed ([ne1, ne0]). Scalar
+// metadata becomes `__metadata__` strings; arrays are left out and named in
+// `qpack.gguf_arrays_omitted`; `qpack.source_format` is "gguf". Streaming and
+// atomic as dequantize_file. Throws Error: Gguf* for a malformed file,
+// UnsupportedDtype naming the tensor and its type for a type this build
+// cannot decode (unless skip_unsupported), Io/OutputExists for the output.
+DequantizeSummary dequantize_gguf_file(const std::string& gguf_path, const std::string& out_path,
+                                       const DequantizeOptions& options);
 
 }  // namespace qpack

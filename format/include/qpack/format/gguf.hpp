@@ -8,12 +8,14 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "qpack/format/io.hpp"
+#include "qpack/spec/dtype.hpp"
 
 namespace qpack {
 
@@ -75,6 +77,9 @@ const GgmlTypeInfo* ggml_type_info(uint32_t type);
 // Every known type, in number order.
 const std::vector<GgmlTypeInfo>& ggml_types();
 const char* ggml_type_name(GgmlType type);
+// The safetensors dtype of a type stored element by element (F32, F16, BF16,
+// F64, I8, I16, I32, I64); nullopt for the block types, which need decoding.
+std::optional<DType> ggml_plain_dtype(GgmlType type);
 
 // GGUF metadata value types (gguf.h's enum gguf_type).
 enum class GgufType : uint32_t {
@@ -160,6 +165,10 @@ struct GgufHeader {
 // Parses and validates the header of a GGUF file held in `data` (the whole
 // file, `size` bytes). Throws Error (codes Gguf*) naming `path`.
 GgufHeader parse_gguf(const uint8_t* data, uint64_t size, const std::string& path);
+
+// True when `path` is a regular file whose first four bytes are "GGUF" (how
+// the commands that take either a .qpack or a GGUF tell them apart).
+bool has_gguf_magic(const std::string& path);
 
 class GgufFile {
  public:

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "qpack/kernels/cuda_quant.hpp"
 #include "qpack/spec/dtype.hpp"
@@ -40,6 +41,37 @@ Status quantize_ggml_blocks(spec::ggml::GgmlBlockType type, const void* d_src, D
                             int64_t n, uint8_t* d_blocks, cudaStream_t stream);
 Status dequantize_ggml_blocks(spec::ggml::GgmlBlockType type, const uint8_t* d_blocks, int64_t n,
                               float* d_out, cudaStream_t stream);
+
+// ---------------------------------------------------------------- by GGUF type number
+
+// THE switch point for GPU decoding of GGUF tensors: true for the GGUF type
+// numbers (qpack/format/gguf.hpp's GgmlType values) whose blocks the kernels
+// dequantize: the ten types of qpack/spec/ggml_block_types.hpp. `qpack
+// dequantize --device cuda` and `qpack verify --device cuda` decode every
+// other type (none qpack writes) on the CPU.
+bool cuda_block_type_supported(uint32_t gguf_type);
+
+// Host blocks in, host floats out, through the kernels on one device: the
+// staging for callers that hold a tensor's blocks in host memory (a mapped
+// GGUF). Buffers grow to the largest piece seen and are kept for the next.
+// Construction throws Error(NoDevice) when the device is not usable.
+class GgmlBlocksDeviceDecoder {
+ public:
+  explicit GgmlBlocksDeviceDecoder(int device);
+  // n elements (a whole number of the type's blocks) of `gguf_type` at
+  // `blocks` (nbytes of them) into n floats at `out`, bit for bit what the
+  // CPU's dequantize_ggml_blocks_cpu gives. Throws Error: InvalidArgument
+  // naming `tensor` for a type cuda_block_type_supported refuses, Cuda for
+  // a failure.
+  void dequantize(uint32_t gguf_type, const uint8_t* blocks, uint64_t nbytes, int64_t n, float* out,
+                  const std::string& tensor);
+  int device() const { return device_; }
+
+ private:
+  int device_ = 0;
+  DeviceBuffer d_blocks_, d_out_;
+  Stream stream_;
+};
 
 }  // namespace cuda
 }  // namespace qpack

@@ -20,6 +20,7 @@
 
 #include "qpack/format/layout.hpp"
 #include "qpack/spec/dtype.hpp"
+#include "qpack/spec/error_sums.hpp"
 #include "qpack/verify/verify.hpp"
 
 namespace qpack {
@@ -39,6 +40,28 @@ struct QuantTensorView {
 
 // Host loop over blocks with OpenMP (threads <= 0: OpenMP default).
 ErrorSums compute_error_sums_cpu(const QuantTensorView& view, int threads);
+
+// The sums of a tensor whose reconstruction is a float32 array (GGUF
+// tensors), in the fixed order of qpack/spec/float_error_sums.hpp: fed in
+// flat order, one slice at a time, each slice but the last a whole number of
+// spec::kFloatBlockElements elements. Blocks run on OpenMP threads; the
+// result does not depend on the thread count or the slicing.
+class FloatErrorAccumulator {
+ public:
+  FloatErrorAccumulator();
+  void add(const float* ref, const float* hat, int64_t n, int threads);
+  // For callers that compute a slice's block partials themselves (fused
+  // with other per-block work): the flat index the next slice starts at, and
+  // the partials of its ceil(n / kFloatBlockElements) blocks, in order.
+  int64_t next_flat() const { return flat_; }
+  void merge_blocks(const spec::PartialSums* blocks, int64_t n);
+  ErrorSums sums() const;
+
+ private:
+  spec::PartialSums acc_;
+  int64_t flat_ = 0;
+  bool short_block_seen_ = false;
+};
 
 // Number of blocks of the fixed order for a layout (for tests and benches).
 int64_t error_sums_block_count(const GroupLayout& layout);

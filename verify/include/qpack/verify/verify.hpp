@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "qpack/format/gguf.hpp"
 #include "qpack/format/layout.hpp"
 #include "qpack/kernels/device.hpp"
 #include "qpack/spec/dtype.hpp"
@@ -145,7 +146,8 @@ struct TensorResult {
   DType dtype = DType::F32;
   std::vector<int64_t> shape;
   bool quantized = false;
-  QuantScheme scheme;  // quantized only
+  QuantScheme scheme;     // quantized .qpack tensors only
+  std::string ggml_type;  // GGUF files: the tensor's GGML type ("Q4_K", "F32"); "" for .qpack
   uint64_t elements = 0;
   uint64_t source_bytes = 0;  // bytes in the source dtype
   uint64_t stored_bytes = 0;  // bytes of its sections in the .qpack
@@ -160,7 +162,10 @@ struct TensorResult {
   // The stored parameters (quantized tensors of an intact file, with or
   // without a source): groups, degenerate groups (stored scale +0 or -0,
   // docs/quantization.md section 4 step 5), and scales or zero-points that are
-  // not finite (never written by qpack: a damaged or foreign file).
+  // not finite (never written by qpack: a damaged or foreign file). GGUF
+  // block tensors: groups = the ggml blocks, nonfinite_params = the blocks
+  // that decode to a non-finite value (a NaN/Inf scale or min), degenerate
+  // groups not counted.
   bool params_checked = false;
   uint64_t groups = 0, degenerate_groups = 0, nonfinite_params = 0;
   // Every reconstructed element is zero while the source has a non-zero
@@ -210,7 +215,8 @@ struct VerifyReport {
   std::string created_utc;    // ISO 8601
   // the file
   uint64_t file_bytes = 0;
-  std::string format_version;  // "1.0"
+  std::string file_format = "qpack";  // "qpack" or "gguf"
+  std::string format_version;         // "1.0" (.qpack), "3" (GGUF)
   // integrity
   bool integrity_ok = false;
   uint64_t sections_checked = 0, bytes_checked = 0;
@@ -265,9 +271,21 @@ struct VerifyOptions {
   // Source bytes uploaded per chunk on the GPU path (bounded device memory).
   uint64_t gpu_chunk_bytes = 256ull << 20;
   std::function<void(const VerifyProgress&)> progress;  // may be empty
+  // GGUF files: how block-type tensors become floats on the CPU. verify and
+  // the converter are siblings, so the caller (the CLI) passes the
+  // converter's ggml_blocks_supported / dequantize_ggml_blocks_cpu; left
+  // empty, the spec's reference decodes the five legacy types. Either way a
+  // type it cannot decode is an Error(UnsupportedDtype) naming the tensor.
+  std::function<bool(GgmlType)> ggml_supported;
+  std::function<void(GgmlType type, const uint8_t* blocks, int64_t n, float* out, int threads,
+                     const std::string& tensor)>
+      ggml_dequantize;
+  // GGUF files: floats decoded and compared per slice (bounds memory).
+  uint64_t gguf_slice_bytes = 64ull << 20;
 };
 
-// Runs the whole check; an empty `source_path` runs the self-check only
+// Runs the whole check of a .qpack or (told by its magic) a GGUF file; an
+// empty `source_path` runs the self-check only
 // (integrity and the stored parameters, no metrics). Integrity problems, source mismatches, bound
 // violations and failed thresholds are results (in the report's verdict),
 // not exceptions. Throws Error for what prevents a verdict: the .qpack or

@@ -1,0 +1,53 @@
+// `qpack dequantize X.gguf --device cuda` gives the bytes of --device cpu
+// (legacy types on the kernels, every other type on the CPU); label gpu:
+// skipped without a usable device or without gguf-py.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "qpack/kernels/cuda_quant.hpp"
+#include "testutil.hpp"
+
+using namespace qpack;
+
+namespace {
+
+bool have_gguf_py() {
+  return test::run_command(std::string(QPACK_PYTHON) + " -c 'import gguf, numpy' 2>/dev/null")
+             .exit_code == 0;
+}
+
+void run_tool(const std::string& args) {
+  const auto r = test::run_command(std::string(QPACK_PYTHON) + " " + test::source_dir() +
+                                   "/tests/converter/gguf_dequant_tool.py " + args + " 2>&1");
+  if (r.exit_code != 0) throw std::runtime_error("gguf_dequant_tool.py " + args + ": " + r.output);
+}
+
+bool has(const std::string& text, const std::string& what) {
+  return text.find(what) != std::string::npos;
+}
+
+// label gpu: --device cuda gives the CPU's bytes (legacy types on the
+// kernels, the rest on the CPU).
+TEST(DequantizeGgufGpu, CudaEqualsCpu) {
+  if (!have_gguf_py()) GTEST_SKIP() << "python3 cannot import gguf";
+  if (!cuda::cuda_available()) GTEST_SKIP() << "no usable CUDA device";
+  test::TempDir dir;
+  const std::string in = dir.file("m.gguf");
+  run_tool("write " + in + " " + std::to_string(test::test_seed() % 1000000));
+  for (const char* dtype : {"f32", "f16", "bf16"}) {
+    SCOPED_TRACE(dtype);
+    const std::string c = dir.file(std::string("cpu_") + dtype + ".safetensors");
+    const std::string g = dir.file(std::string("gpu_") + dtype + ".safetensors");
+    ASSERT_EQ(test::run_qpack("dequantize " + in + " " + c + " -q --device cpu --dtype " + dtype)
+                  .exit_code,
+              0);
+    const auto r =
+        test::run_qpack("dequantize " + in + " " + g + " --device cuda --json --dtype " + dtype);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_EQ(test::read_file(c), test::read_file(g));
+    EXPECT_TRUE(has(r.output, "\"decoded_on_cpu\": []")) << r.output;
+  }
+}
+
+}  // namespace
