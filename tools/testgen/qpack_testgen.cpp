@@ -2,14 +2,21 @@
 // committed.
 //
 //   qpack-testgen llama OUT_DIR [--hidden H] [--intermediate I] [--layers L]
-//                 [--vocab V] [--dtype f16|bf16|f32] [--shard-bytes N] [--seed S]
+//                 [--vocab V] [--heads N] [--kv-heads N] [--dtype f16|bf16|f32]
+//                 [--shard-bytes N] [--seed S]
 //       A Llama-shaped model with Hugging Face tensor names and config.json,
 //       weights ~ N(0, 0.02) from a fixed PRNG (same bytes on every machine).
 //       With --shard-bytes, sharded with model.safetensors.index.json.
+//       --heads defaults to H/64 (1 when 64 does not divide H), --kv-heads to
+//       --heads; fewer KV heads (GQA) make k_proj/v_proj [H*kv/heads, H].
 //
 //   qpack-testgen stories SRC.bin OUT.safetensors [--dtype f16|bf16|f32]
-//       The llama2.c "legacy v0" checkpoint (../shared/data/stories260K) with
-//       HF names; config.json is written beside OUT.
+//       The llama2.c "legacy v0" checkpoint (../shared/data/stories260K) as an
+//       HF Llama checkpoint; config.json is written beside OUT. llama2.c
+//       rotates adjacent pairs (Meta's order) while HF rotates halves, so
+//       q_proj/k_proj rows get the permutation Meta's weights get on the way
+//       to HF (transformers' convert_llama_weights_to_hf): per head, row
+//       2i+j moves to j*(d/2)+i. The HF->GGUF permutation undoes exactly that.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -108,7 +115,7 @@ int llama(int argc, char** argv) {
       throw Error(ErrorCode::Io, dir, "",
                   "cannot make the output folder" + (ec ? ": " + ec.message() : std::string()));
   }
-  int64_t hidden = 256, inter = 688, layers = 2, vocab = 1000;
+  int64_t hidden = 256, inter = 688, layers = 2, vocab = 1000, heads = 0, kv_heads = 0;
   uint64_t shard_bytes = 0, seed = 1;
   DType dtype = DType::F16;
   for (int i = 1; i < argc; ++i) {
@@ -125,6 +132,10 @@ int llama(int argc, char** argv) {
       layers = std::stoll(val());
     else if (a == "--vocab")
       vocab = std::stoll(val());
+    else if (a == "--heads")
+      heads = std::stoll(val());
+    else if (a == "--kv-heads")
+      kv_heads = std::stoll(val());
     else if (a == "--dtype")
       dtype = parse_dtype(val());
     else if (a == "--shard-bytes")
@@ -134,13 +145,23 @@ int llama(int argc, char** argv) {
     else
       throw Error(ErrorCode::InvalidArgument, "", "", "unknown option " + a);
   }
+  if (heads == 0) heads = hidden % 64 == 0 ? hidden / 64 : 1;
+  if (kv_heads == 0) kv_heads = heads;
+  if (heads < 0 || hidden % heads != 0 || (hidden / heads) % 2 != 0)
+    throw Error(ErrorCode::InvalidArgument, "", "",
+                "--heads must divide --hidden into an even head size");
+  if (kv_heads < 0 || heads % kv_heads != 0)
+    throw Error(ErrorCode::InvalidArgument, "", "", "--kv-heads must divide --heads");
+  const int64_t kv_dim = hidden / heads * kv_heads;
   std::vector<Spec> specs;
   specs.push_back({"model.embed_tokens.weight", {vocab, hidden}});
   for (int64_t l = 0; l < layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     specs.push_back({p + "input_layernorm.weight", {hidden}, true});
-    for (const char* t : {"q_proj", "k_proj", "v_proj", "o_proj"})
-      specs.push_back({p + "self_attn." + t + ".weight", {hidden, hidden}});
+    specs.push_back({p + "self_attn.q_proj.weight", {hidden, hidden}});
+    specs.push_back({p + "self_attn.k_proj.weight", {kv_dim, hidden}});
+    specs.push_back({p + "self_attn.v_proj.weight", {kv_dim, hidden}});
+    specs.push_back({p + "self_attn.o_proj.weight", {hidden, hidden}});
     specs.push_back({p + "post_attention_layernorm.weight", {hidden}, true});
     specs.push_back({p + "mlp.gate_proj.weight", {inter, hidden}});
     specs.push_back({p + "mlp.up_proj.weight", {inter, hidden}});
@@ -207,6 +228,11 @@ int llama(int argc, char** argv) {
                            {"hidden_size", hidden},
                            {"intermediate_size", inter},
                            {"num_hidden_layers", layers},
+                           {"num_attention_heads", heads},
+                           {"num_key_value_heads", kv_heads},
+                           {"rms_norm_eps", 1e-5},
+                           {"rope_theta", 10000.0},
+                           {"max_position_embeddings", 2048},
                            {"vocab_size", vocab},
                            {"torch_dtype", dtype == DType::F16    ? "float16"
                                            : dtype == DType::BF16 ? "bfloat16"
@@ -265,14 +291,26 @@ int stories(int argc, char** argv) {
   std::vector<std::vector<uint8_t>> bufs;
   std::vector<TensorToWrite> tensors;
   const uint64_t esize = dtype == DType::F32 ? 4 : 2;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, const float* data) {
+  // n_head > 0: rows reordered from llama2.c's adjacent RoPE pairs to HF's
+  // halves (destination row h*d + j*(d/2) + i takes source row h*d + 2i + j).
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, const float* data,
+                 int64_t n_head = 0) {
     uint64_t n = 1;
     for (auto d : shape) n *= uint64_t(d);
+    const int64_t cols = shape.size() == 2 ? shape[1] : int64_t(n);
+    const int64_t rows = int64_t(n) / cols, d = n_head ? rows / n_head : rows;
     bufs.emplace_back(n * esize);
-    for (uint64_t i = 0; i < n; ++i) {
-      float v;
-      std::memcpy(&v, data + i, 4);
-      store(&bufs.back()[i * esize], dtype, v);
+    for (int64_t r = 0; r < rows; ++r) {
+      int64_t src_row = r;
+      if (n_head) {
+        const int64_t h = r / d, jj = (r % d) / (d / 2), i = (r % d) % (d / 2);
+        src_row = h * d + 2 * i + jj;
+      }
+      for (int64_t c = 0; c < cols; ++c) {
+        float v;
+        std::memcpy(&v, data + src_row * cols + c, 4);
+        store(&bufs.back()[uint64_t(r * cols + c) * esize], dtype, v);
+      }
     }
     TensorToWrite t;
     t.name = name;
@@ -285,8 +323,8 @@ int stories(int argc, char** argv) {
   for (int64_t l = 0; l < L; ++l) {
     const std::string q = "model.layers." + std::to_string(l) + ".";
     add(q + "input_layernorm.weight", {dim}, rms_att + l * dim);
-    add(q + "self_attn.q_proj.weight", {dim, dim}, wq + l * dim * dim);
-    add(q + "self_attn.k_proj.weight", {kv_dim, dim}, wk + l * kv_dim * dim);
+    add(q + "self_attn.q_proj.weight", {dim, dim}, wq + l * dim * dim, heads);
+    add(q + "self_attn.k_proj.weight", {kv_dim, dim}, wk + l * kv_dim * dim, kv_heads);
     add(q + "self_attn.v_proj.weight", {kv_dim, dim}, wv + l * kv_dim * dim);
     add(q + "self_attn.o_proj.weight", {dim, dim}, wo + l * dim * dim);
     add(q + "post_attention_layernorm.weight", {dim}, rms_ffn + l * dim);
@@ -305,6 +343,8 @@ int stories(int argc, char** argv) {
                            {"num_hidden_layers", L},
                            {"num_attention_heads", heads},
                            {"num_key_value_heads", kv_heads},
+                           {"rms_norm_eps", 1e-5},
+                           {"rope_theta", 10000.0},
                            {"vocab_size", vocab},
                            {"max_position_embeddings", seq},
                            {"tie_word_embeddings", shared}};
@@ -322,7 +362,8 @@ int main(int argc, char** argv) {
   const std::string usage =
       "usage: qpack-testgen llama OUT_DIR [--hidden H] [--intermediate I] [--layers L] [--vocab "
       "V]\n"
-      "                     [--dtype f16|bf16|f32] [--shard-bytes N] [--seed S]\n"
+      "                     [--heads N] [--kv-heads N] [--dtype f16|bf16|f32] [--shard-bytes N]\n"
+      "                     [--seed S]\n"
       "       qpack-testgen stories SRC.bin OUT.safetensors [--dtype f16|bf16|f32]\n";
   if (argc < 2 || std::string(argv[1]) == "--help") {
     std::fputs(usage.c_str(), argc < 2 ? stderr : stdout);
