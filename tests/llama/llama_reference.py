@@ -177,6 +177,58 @@ class LlamaReference:
             xa = act_q8_k(xf)
         return xa @ wt.w.T
 
+    @classmethod
+    def from_hf(cls, model_dir):
+        """The same forward pass over an HF Llama safetensors folder, in HF's own
+        convention: Q/K rows as stored, RoPE rotating the two HALVES of each head
+        (x[i], x[i + d/2]), as transformers' rotate_half does. Plain float64 (no
+        matmul modelling). Independent of any GGUF file, so llama.cpp running an
+        F32 GGUF against it checks the converter's Q/K permutation itself."""
+        import json
+        import os
+
+        from safetensors.numpy import load_file
+
+        self = cls.__new__(cls)
+        with open(os.path.join(model_dir, "config.json")) as fh:
+            cfg = json.load(fh)
+        t = {}
+        for fname in sorted(os.listdir(model_dir)):
+            if fname.endswith(".safetensors"):
+                t.update(load_file(os.path.join(model_dir, fname)))
+        self.model_matmul, self.model_rope, self.rope_halves = False, False, True
+        self.n_embd, self.n_layer = cfg["hidden_size"], cfg["num_hidden_layers"]
+        self.n_head = cfg["num_attention_heads"]
+        self.n_head_kv = cfg.get("num_key_value_heads", self.n_head)
+        self.eps = float(np.float32(cfg.get("rms_norm_eps", 1e-5)))
+        self.rope_base = float(cfg.get("rope_theta", 10000.0))
+        self.head_dim = self.n_rot = self.n_embd // self.n_head
+
+        class W:
+            def __init__(self, name, a):
+                self.name, self.type, self.w, self.mins = name, Q.F32, a.astype(np.float64), None
+                self.shape = a.shape
+
+        names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+                 "lm_head.weight": "output.weight"}
+        per_layer = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+                     "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+                     "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                     "mlp.down_proj": "ffn_down"}
+        self.t = {}
+        for k, a in t.items():
+            if k in names:
+                g = names[k]
+            else:
+                parts = k.split(".")
+                g = f"blk.{parts[2]}.{per_layer['.'.join(parts[3:-1])]}.weight"
+            self.t[g] = W(g, a.astype(np.float32))
+        if cfg.get("tie_word_embeddings") or "output.weight" not in self.t:
+            self.output = self.t["token_embd.weight"]
+        else:
+            self.output = self.t["output.weight"]
+        return self
+
     def rms_norm(self, x, w):
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * w.w
 
@@ -197,27 +249,43 @@ class LlamaReference:
         return np.cos(theta), np.sin(theta)
 
     def rope(self, x, cos, sin):
-        """x: [n, heads, head_dim]; NORM mode rotates adjacent pairs of the first n_rot dims."""
+        """x: [n, heads, head_dim]; NORM mode rotates adjacent pairs of the first n_rot dims
+        (HF's halves in a from_hf() reference)."""
         y = x.copy()
+        if getattr(self, "rope_halves", False):
+            h = self.n_rot // 2
+            a, b = x[..., :h], x[..., h : self.n_rot]
+            c, s = cos[:, None, :], sin[:, None, :]
+            y[..., :h] = a * c - b * s
+            y[..., h : self.n_rot] = a * s + b * c
+            return y
         a, b = x[..., 0 : self.n_rot : 2], x[..., 1 : self.n_rot : 2]
         c, s = cos[:, None, :], sin[:, None, :]
         y[..., 0 : self.n_rot : 2] = a * c - b * s
         y[..., 1 : self.n_rot : 2] = a * s + b * c
         return y
 
-    def forward(self, tokens):
+    def forward(self, tokens, trace=None):
+        """Logits [n, n_vocab]. trace: a dict that receives the intermediates under
+        llama.cpp's graph names (attn_norm-L, Vcur-L, kqv_out-L, attn_out-L, ffn_inp-L,
+        ffn_norm-L, ffn_gate-L, ffn_up-L, ffn_swiglu-L, ffn_out-L, l_out-L, result_norm,
+        result_output), each [n, width], for locating a divergence with cb_eval."""
         tokens = np.asarray(tokens, dtype=np.int64)
         n = len(tokens)
         hd, nh, nkv = self.head_dim, self.n_head, self.n_head_kv
+        keep = trace.__setitem__ if trace is not None else (lambda k, v: None)
         x = self.t["token_embd.weight"].w[tokens]
         cos, sin = self.rope_cos_sin(n)
         mask = np.triu(np.full((n, n), -np.inf), k=1)
         for l in range(self.n_layer):
             p = f"blk.{l}."
             h = self.rms_norm(x, self.t[p + "attn_norm.weight"])
+            keep(f"attn_norm-{l}", h)
             q = self.rope(self.matmul(self.t[p + "attn_q.weight"], h).reshape(n, nh, hd), cos, sin)
             k = self.rope(self.matmul(self.t[p + "attn_k.weight"], h).reshape(n, nkv, hd), cos, sin)
-            v = self.matmul(self.t[p + "attn_v.weight"], h).reshape(n, nkv, hd)
+            v = self.matmul(self.t[p + "attn_v.weight"], h)
+            keep(f"Vcur-{l}", v)
+            v = v.reshape(n, nkv, hd)
             group = nh // nkv  # query head j uses kv head j // group (ggml's broadcast)
             k = np.repeat(k, group, axis=1)
             v = np.repeat(v, group, axis=1)
@@ -225,14 +293,81 @@ class LlamaReference:
             att = np.exp(att - att.max(axis=-1, keepdims=True))
             att /= att.sum(axis=-1, keepdims=True)
             o = np.einsum("hij,jhd->ihd", att, v).reshape(n, nh * hd)
-            x = x + self.matmul(self.t[p + "attn_output.weight"], o)
+            keep(f"kqv_out-{l}", o)
+            o = self.matmul(self.t[p + "attn_output.weight"], o)
+            keep(f"attn_out-{l}", o)
+            x = x + o
+            keep(f"ffn_inp-{l}", x)
             h = self.rms_norm(x, self.t[p + "ffn_norm.weight"])
+            keep(f"ffn_norm-{l}", h)
             g = self.matmul(self.t[p + "ffn_gate.weight"], h)
             u = self.matmul(self.t[p + "ffn_up.weight"], h)
+            keep(f"ffn_gate-{l}", g)
+            keep(f"ffn_up-{l}", u)
             m = g / (1.0 + np.exp(-g)) * u
-            x = x + self.matmul(self.t[p + "ffn_down.weight"], m)
+            keep(f"ffn_swiglu-{l}", m)
+            m = self.matmul(self.t[p + "ffn_down.weight"], m)
+            keep(f"ffn_out-{l}", m)
+            x = x + m
+            keep(f"l_out-{l}", x)
         x = self.rms_norm(x, self.t["output_norm.weight"])
-        return self.matmul(self.output, x)
+        keep("result_norm", x)
+        logits = self.matmul(self.output, x)
+        keep("result_output", logits)
+        return logits
+
+
+    def trace_names(self):
+        """The llama.cpp graph nodes teacher_forced() needs."""
+        names = ["embd", "result_norm", "result_output"]
+        for l in range(self.n_layer):
+            names += [f"{k}-{l}" for k in ("attn_norm", "Qcur", "Kcur", "Vcur", "kqv_out", "attn_out",
+                                            "ffn_inp", "ffn_norm", "ffn_gate", "ffn_up", "ffn_swiglu",
+                                            "ffn_out", "l_out")]
+        return names
+
+    def teacher_forced(self, trace, tokens):
+        """Every weight checked on llama.cpp's own input to it: {weight name: max over
+        tokens of ||ref(in) - llama.cpp's out|| / ||llama.cpp's out||}. The reference's
+        activation conversion then sees the very float32 values ggml converted, so no
+        code or F16 rounding can flip, and each tensor must agree to float32 rounding.
+        RMSNorm weights are checked the same way, the token embedding on the rows."""
+        n = len(tokens)
+        cos, sin = self.rope_cos_sin(n)
+        out = {}
+
+        def rel(name, got, want):
+            got = np.asarray(got, dtype=np.float64).reshape(n, -1)
+            want = np.asarray(want, dtype=np.float64).reshape(n, -1)
+            out[name] = float(relative_differences(want, got).max())
+
+        f = lambda k: np.asarray(trace[k], dtype=np.float32).astype(np.float64)  # noqa: E731
+        rel("token_embd.weight", self.t["token_embd.weight"].w[np.asarray(tokens)], f("embd"))
+        for l in range(self.n_layer):
+            p, s = f"blk.{l}.", f"-{l}"
+            prev = f("embd") if l == 0 else f(f"l_out-{l - 1}")
+            rel(p + "attn_norm.weight", self.rms_norm(prev, self.t[p + "attn_norm.weight"]), f("attn_norm" + s))
+            h = f("attn_norm" + s)
+            q = self.rope(self.matmul(self.t[p + "attn_q.weight"], h).reshape(n, self.n_head, -1), cos, sin)
+            rel(p + "attn_q.weight", q, f("Qcur" + s))
+            k = self.rope(self.matmul(self.t[p + "attn_k.weight"], h).reshape(n, self.n_head_kv, -1), cos, sin)
+            rel(p + "attn_k.weight", k, f("Kcur" + s))
+            rel(p + "attn_v.weight", self.matmul(self.t[p + "attn_v.weight"], h), f("Vcur" + s))
+            rel(p + "attn_output.weight", self.matmul(self.t[p + "attn_output.weight"], f("kqv_out" + s)),
+                f("attn_out" + s))
+            rel(p + "ffn_norm.weight", self.rms_norm(f("ffn_inp" + s), self.t[p + "ffn_norm.weight"]),
+                f("ffn_norm" + s))
+            h = f("ffn_norm" + s)
+            rel(p + "ffn_gate.weight", self.matmul(self.t[p + "ffn_gate.weight"], h), f("ffn_gate" + s))
+            rel(p + "ffn_up.weight", self.matmul(self.t[p + "ffn_up.weight"], h), f("ffn_up" + s))
+            rel(p + "ffn_down.weight", self.matmul(self.t[p + "ffn_down.weight"], f("ffn_swiglu" + s)),
+                f("ffn_out" + s))
+        last = f(f"l_out-{self.n_layer - 1}")
+        rel("output_norm.weight", self.rms_norm(last, self.t["output_norm.weight"]), f("result_norm"))
+        tied = self.output is self.t["token_embd.weight"]
+        rel("token_embd.weight (tied output)" if tied else "output.weight", self.matmul(self.output, f("result_norm")),
+            f("result_output"))
+        return out
 
 
 def relative_differences(got, ref):

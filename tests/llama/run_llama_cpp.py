@@ -32,6 +32,28 @@ GGML_TYPE_F32, GGML_TYPE_F16 = 0, 1
 LLAMA_FLASH_ATTN_TYPE_DISABLED = 0
 
 
+class GgmlTensor(ctypes.Structure):
+    """struct ggml_tensor (ggml/include/ggml.h, GGML_MAX_DIMS 4, GGML_MAX_SRC 10,
+    GGML_MAX_OP_PARAMS 64, GGML_MAX_NAME 64): read by the cb_eval trace."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("buffer", ctypes.c_void_p),
+        ("ne", ctypes.c_int64 * 4),
+        ("nb", ctypes.c_size_t * 4),
+        ("op", ctypes.c_int),
+        ("op_params", ctypes.c_int32 * 16),
+        ("flags", ctypes.c_int32),
+        ("src", ctypes.c_void_p * 10),
+        ("view_src", ctypes.c_void_p),
+        ("view_offs", ctypes.c_size_t),
+        ("data", ctypes.c_void_p),
+        ("name", ctypes.c_char * 64),
+        ("extra", ctypes.c_void_p),
+        ("padding", ctypes.c_char * 8),
+    ]
+
+
 @lc.llama_log_callback
 def _quiet_log(level, text, user_data):  # llama.cpp's load chatter goes nowhere unless asked
     if os.environ.get("QPACK_LLAMA_VERBOSE"):
@@ -39,7 +61,11 @@ def _quiet_log(level, text, user_data):  # llama.cpp's load chatter goes nowhere
 
 
 class LlamaCpp:
-    def __init__(self, path, n_ctx=256, kv_f16=False, threads=None):
+    """trace: a set of graph node names (e.g. "attn_norm-0", "Vcur-0", "result_output");
+    after decode(), self.trace holds each one's F32 values as [n_tokens, width], read
+    through llama.cpp's cb_eval callback as the graph runs."""
+
+    def __init__(self, path, n_ctx=256, kv_f16=False, threads=None, trace=None):
         lc.llama_log_set(_quiet_log, ctypes.c_void_p(0))
         lc.llama_backend_init()
         threads = threads or int(os.environ.get("QPACK_LLAMA_THREADS", "2"))
@@ -64,6 +90,27 @@ class LlamaCpp:
         cp.type_v = GGML_TYPE_F16 if kv_f16 else GGML_TYPE_F32
         cp.offload_kqv = False
         cp.no_perf = True
+        self.trace = {}
+        if trace:
+            wanted = set(trace)
+
+            def observe(t, ask, user_data):
+                tt = ctypes.cast(t, ctypes.POINTER(GgmlTensor)).contents
+                name = tt.name.decode()
+                if ask:
+                    return name in wanted
+                if name in wanted and tt.type == GGML_TYPE_F32 and tt.data:
+                    ne = list(tt.ne)
+                    if tt.nb[1] == 4 * ne[0] and tt.nb[2] == tt.nb[1] * ne[1]:  # contiguous
+                        n = ne[0] * ne[1] * ne[2] * ne[3]
+                        a = np.ctypeslib.as_array(ctypes.cast(tt.data, ctypes.POINTER(ctypes.c_float)), shape=(n,))
+                        self.trace[name] = a.reshape(self._n_tokens, -1).copy()
+                return True
+
+            self._observe = lc.ggml_backend_sched_eval_callback(observe)  # kept alive with self
+            cp.cb_eval = self._observe
+            cp.cb_eval_user_data = None
+        self._n_tokens = 1
         self.ctx = lc.llama_init_from_model(self.model, cp)
         if not self.ctx:
             raise RuntimeError("llama.cpp could not make a context")
@@ -79,6 +126,8 @@ class LlamaCpp:
     def decode(self, tokens, start_pos=0, all_logits=True):
         """Feed tokens at positions start_pos.. in one batch; logits [n, n_vocab] (or last row)."""
         n = len(tokens)
+        self._n_tokens = n
+        self.trace = {}
         batch = lc.llama_batch_init(n, 0, 1)
         try:
             for i, t in enumerate(tokens):
