@@ -139,8 +139,8 @@ def main():
     else:
         w.add_tokenizer_model("none")
 
-    if cfg.get("tie_word_embeddings") and "lm_head.weight" in tensors:
-        del tensors["lm_head.weight"]  # llama.cpp uses token_embd when output is absent
+    # As convert_hf_to_gguf.py's LlamaModel: lm_head.weight, when the checkpoint has it,
+    # becomes output.weight even with tie_word_embeddings; without it llama.cpp uses token_embd.
     for hf in sorted(tensors, key=lambda n: (n.count("layers"), n)):
         x = tensors[hf].astype(np.float32)
         name = gguf_name(hf)

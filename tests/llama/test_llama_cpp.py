@@ -184,7 +184,13 @@ def synthetic(a, work):
         check_file(c, pf, t, TOKENS, "llama.cpp-quantized file")
         if use_qpack:
             q = os.path.join(work, f"qpack_{t}.gguf")
-            run([a.qpack, "convert", model, q, "--type", t, "-q"])
+            r = subprocess.run([a.qpack, "convert", model, q, "--type", t, "-q"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+            if r.returncode != 0 and "cannot write yet" in r.stdout:
+                print(f"note: qpack {t}: {r.stdout.strip()}")  # K-quants land separately
+                continue
+            if r.returncode != 0:
+                raise RuntimeError(f"qpack convert --type {t} -> {r.returncode}\n{r.stdout}")
             check_file(c, q, t, TOKENS, "qpack file", hf)
             tq, tp = tensor_bytes(q), tensor_bytes(pf)
             diff = [n for n in tp if n not in tq or tq[n] != tp[n]] + [n for n in tq if n not in tp]
@@ -215,6 +221,10 @@ def stories(a, work):
             q = os.path.join(work, f"stories_qpack_{t}.gguf")
             run([a.qpack, "convert", st, q, "--type", t, "--pure", "--vocab-from", vocab, "-q"])
             files.append((q, t, "qpack stories"))
+            tq, tg = tensor_bytes(q), tensor_bytes(g)
+            diff = [n for n in tg if n not in tq or tq[n] != tg[n]] + [n for n in tq if n not in tg]
+            c.expect(not diff, f"qpack stories {t}: {len(tq)} tensors byte-identical to gguf-py's "
+                     f"(differing: {diff[:4]})")
     hf = ref_mod.LlamaReference.from_hf(st)
     for path, t, label in files:
         m = LlamaCpp(path)

@@ -77,8 +77,15 @@ for threads in $threads_list; do
     prss=$(peak_rss_mib "$work/peer.time")
     if "$qpack" convert --help 2>&1 | grep -q -- '--type'; then
       t0=$(date +%s.%N)
-      /usr/bin/time -v "$qpack" convert "$src" "$q" --type "$t" $pure --threads "$threads" -q --force \
-        2>"$work/qpack.time"
+      if ! /usr/bin/time -v "$qpack" convert "$src" "$q" --type "$t" $pure --threads "$threads" -q --force \
+        >"$work/qpack.out" 2>"$work/qpack.time"; then
+        awk -v t="$spec" -v n="$threads" -v b="$bytes" -v ps="$psecs" -v pr="$prss" -v c="$copy" 'BEGIN{
+          printf "%-12s %3d  %-28s %6.3f (%7.2f s, %6d)     %7s  %6.2f     %s\n",
+            t, n, "(qpack cannot write it yet)", b/ps/1e9, ps, pr, "-", c, "-"}'
+        grep -m1 'error' "$work/qpack.time" >&2 || true
+        rm -f "$p"
+        continue
+      fi
       t1=$(date +%s.%N)
       qsecs=$(awk -v a="$t0" -v z="$t1" 'BEGIN{print z-a}')
       qrss=$(peak_rss_mib "$work/qpack.time")

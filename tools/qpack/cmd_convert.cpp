@@ -5,6 +5,7 @@
 #include "device.hpp"
 #include "progress_bar.hpp"
 #include "qpack/converter/convert.hpp"
+#include "qpack/converter/export_gguf.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/text.hpp"
 
@@ -35,7 +36,73 @@ struct ConvertArgs {
   CLI::Option* scale_opt = nullptr;
   bool force = false, dry_run = false, quiet = false, json = false;
   bool require_quantized = false;
+  // GGUF output (docs/gguf.md "Writing GGUF").
+  std::string format;  // "gguf", "qpack", or empty: from OUTPUT's extension
+  std::string gguf_type = "Q4_K_M";
+  bool pure = false;
+  std::vector<std::string> tensor_types;
+  std::string vocab_from;
+  CLI::Option* format_opt = nullptr;
+  CLI::Option* type_opt = nullptr;
+  std::vector<std::pair<std::string, CLI::Option*>> qpack_only, gguf_only;
+  CLI::Option* device_opt = nullptr;
 };
+
+bool ends_with(const std::string& s, const std::string& e) {
+  return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0;
+}
+
+// gguf or qpack: --format, else OUTPUT's extension, else (a dry run with no
+// OUTPUT) gguf when --type was given.
+std::string output_format(const ConvertArgs& a) {
+  if (!a.format.empty()) {
+    if (a.format != "gguf" && a.format != "qpack")
+      throw Error(ErrorCode::InvalidArgument, "", "", "--format must be 'gguf' or 'qpack'");
+    return a.format;
+  }
+  if (!a.output.empty()) return ends_with(a.output, ".gguf") ? "gguf" : "qpack";
+  return a.type_opt->count() > 0 ? "gguf" : "qpack";
+}
+
+// Options of the other format are refused by name rather than ignored.
+void refuse_options(const std::vector<std::pair<std::string, CLI::Option*>>& opts,
+                    const std::string& format) {
+  for (const auto& [name, opt] : opts) {
+    if (opt->count() > 0)
+      throw Error(ErrorCode::InvalidArgument, "", "",
+                  name + " is not an option for " + format + " output" +
+                      (format == "GGUF" ? " (GGUF types come from --type, --pure and "
+                                          "--tensor-type; docs/gguf.md)"
+                                        : " (it is for OUT.gguf or --format gguf)"));
+  }
+}
+
+void print_gguf_plan(const GgufExportPlan& plan) {
+  std::vector<std::string> names;
+  size_t w = 6;
+  for (const auto& e : plan.tensors) {
+    names.push_back(escape_for_terminal(e.name));
+    w = std::max(w, display_width(names.back()));
+  }
+  std::printf("%s  %-18s %-6s    %-6s %12s %12s %6s  %s\n", pad_to_width("tensor", w).c_str(), "ne",
+              "source", "type", "bytes in", "bytes out", "bpw", "why");
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    const GgufPlanEntry& e = plan.tensors[i];
+    std::printf(
+        "%s  %-18s %-6s -> %-6s %12llu %12llu %6.2f  %s%s\n", pad_to_width(names[i], w).c_str(),
+        shape_to_string(e.ne).c_str(), e.source_type.c_str(), ggml_type_name(e.type),
+        static_cast<unsigned long long>(e.bytes_in), static_cast<unsigned long long>(e.bytes_out),
+        e.bits_per_weight(), escape_for_terminal(e.reason).c_str(),
+        e.permute_heads
+            ? (" (Q/K rows permuted, " + std::to_string(e.permute_heads) + " heads)").c_str()
+            : "");
+  }
+  std::printf("total: %s (%zu quantized), %s -> %s, file %s, general.file_type %u (%s%s)\n",
+              count_of(plan.tensors.size(), "tensor").c_str(), plan.tensors_quantized,
+              format_bytes(plan.bytes_in).c_str(), format_bytes(plan.bytes_out).c_str(),
+              format_bytes(plan.file_bytes).c_str(), plan.llama_ftype, plan.file_type.c_str(),
+              plan.pure ? ", pure" : "");
+}
 
 Recipe build_recipe(const ConvertArgs& a) {
   Recipe r;
@@ -116,7 +183,62 @@ void print_warnings(const std::vector<std::string>& warnings) {
   for (const auto& w : warnings) std::fprintf(stderr, "qpack: warning: %s\n", w.c_str());
 }
 
+int run_gguf(ConvertArgs& a) {
+  refuse_options(a.qpack_only, "GGUF");
+  GgufExportOptions o;
+  o.type = a.gguf_type;
+  find_gguf_file_type(o.type);  // an unknown --type before anything is read
+  o.pure = a.pure;
+  for (const auto& t : a.tensor_types) o.tensor_types.push_back(parse_gguf_tensor_type_rule(t));
+  o.vocab_from = a.vocab_from;
+  o.threads = a.threads;
+  if (a.device_opt->count() > 0 && a.device.value().kind == DeviceKind::Cuda)
+    throw Error(ErrorCode::InvalidArgument, "", "",
+                "GGUF output is written on the CPU: --device cuda is not supported for it yet");
+  if (a.dry_run) {
+    const GgufExportPlan plan = plan_gguf_export(a.source, o);
+    if (a.json) {
+      nlohmann::json j = plan.to_json();
+      j["dry_run"] = true;
+      std::printf("%s\n", j.dump(2).c_str());
+    } else {
+      print_gguf_plan(plan);
+    }
+    print_warnings(plan.warnings);
+    return kExitOk;
+  }
+  if (a.output.empty())
+    throw Error(ErrorCode::InvalidArgument, "", "", "convert needs OUTPUT (or --dry-run)");
+  o.overwrite = a.force;
+  ProgressBar bar("convert", !a.quiet && !a.json);
+  o.progress = [&bar](const GgufExportProgress& p) {
+    bar.update(p.bytes_done, p.bytes_total, p.tensors_done, p.tensors_total, p.current);
+  };
+  const GgufExportSummary s = export_gguf(a.source, a.output, o);
+  bar.finish();
+  if (a.json) {
+    nlohmann::json j = s.to_json();
+    j["output"] = a.output;
+    j["source"] = a.source;
+    std::printf("%s\n", j.dump(2).c_str());
+  } else if (!a.quiet) {
+    std::printf("qpack convert: %s (%zu quantized) -> %s, %s (general.file_type %u)\n",
+                count_of(s.plan.tensors.size(), "tensor").c_str(), s.plan.tensors_quantized,
+                escape_for_terminal(a.output).c_str(), s.plan.file_type.c_str(),
+                s.plan.llama_ftype);
+    std::printf("  in  %s   out %s   ratio %s\n", format_bytes(s.plan.bytes_in).c_str(),
+                format_bytes(s.plan.file_bytes).c_str(),
+                format_ratio(compression_ratio(s.plan.bytes_in, s.plan.file_bytes)).c_str());
+    std::printf("  time %.2f s   %.2f GB/s   device %s\n", s.seconds,
+                s.seconds > 0 ? double(s.plan.bytes_in) / s.seconds / 1e9 : 0.0, s.device.c_str());
+  }
+  print_warnings(s.plan.warnings);
+  return kExitOk;
+}
+
 int run_convert(ConvertArgs& a) {
+  if (output_format(a) == "gguf") return run_gguf(a);
+  refuse_options(a.gguf_only, ".qpack");
   ConvertOptions o;
   o.recipe = build_recipe(a);
   if (a.nonfinite == "error")
@@ -177,8 +299,8 @@ int run_convert(ConvertArgs& a) {
 
 Runner add_convert(CLI::App& app) {
   auto a = std::make_shared<ConvertArgs>();
-  auto* sub =
-      app.add_subcommand("convert", "Quantize a safetensors checkpoint into one .qpack file");
+  auto* sub = app.add_subcommand(
+      "convert", "Quantize a safetensors checkpoint into one .qpack file, or into a GGUF");
   sub->footer(
       "Defaults (FlexLLMGen): 4 bits, group size 64 along axis 0, asymmetric min-max, F16 scales.\n"
       "Floating-point tensors with >= 2 dimensions are quantized; 1-D tensors (norms, biases) are "
@@ -189,11 +311,34 @@ Runner add_convert(CLI::App& app) {
       "false,\n"
       "  \"scale_dtype\": \"f16\"}, \"min_dims\": 2, \"rules\": [{\"match\": \"lm_head*\", "
       "\"skip\": true}]}\n"
-      "See docs/quantization.md and docs/cli.md.");
+      "GGUF output (OUT.gguf or --format gguf), from a GGUF or a Llama-family safetensors model:\n"
+      "  qpack convert model/ out.gguf --type Q4_K_M [--pure] [--tensor-type 'attn_v=q8_0']\n"
+      "  [--vocab-from vocab.gguf]; types and rules as llama-quantize's (docs/gguf.md).\n"
+      "See docs/quantization.md, docs/gguf.md and docs/cli.md.");
   sub->add_option("SOURCE", a->source,
                   ".safetensors file, model.safetensors.index.json, or a folder")
       ->required();
-  sub->add_option("OUTPUT", a->output, "the .qpack file to write");
+  sub->add_option("OUTPUT", a->output, "the .qpack or .gguf file to write");
+  a->format_opt = sub->add_option("--format", a->format,
+                                  "gguf or qpack (default: from OUTPUT's extension, .gguf = gguf)");
+  a->type_opt = sub->add_option(
+      "--type", a->gguf_type,
+      "GGUF: llama-quantize file type: Q4_K_M (default), Q4_K_S, Q5_K_M, Q5_K_S, Q3_K_M, Q3_K_L, "
+      "Q3_K_S, Q2_K, Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, F16, BF16, F32");
+  auto* pure = sub->add_flag("--pure", a->pure,
+                             "GGUF: every quantizable tensor in the file type's default type "
+                             "(llama-quantize --pure)");
+  auto* tt = sub->add_option("--tensor-type", a->tensor_types,
+                             "GGUF: PATTERN=TYPE, a regex over GGUF names (repeatable, first "
+                             "match wins)")
+                 ->expected(1)
+                 ->allow_extra_args(false)
+                 ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  auto* vocab = sub->add_option("--vocab-from", a->vocab_from,
+                                "GGUF from safetensors: copy the tokenizer.* keys of this GGUF")
+                    ->check(CLI::ExistingFile);
+  a->gguf_only = {
+      {"--type", a->type_opt}, {"--pure", pure}, {"--tensor-type", tt}, {"--vocab-from", vocab}};
   a->bits_opt = sub->add_option("--bits,-b", a->bits, "bits per code: 2, 3, 4 or 8 (default 4)");
   a->group_opt = sub->add_option("--group-size,-g", a->group_size,
                                  "elements per group (even, >= 8) or 'all' (default 64)");
@@ -205,32 +350,44 @@ Runner add_convert(CLI::App& app) {
                                  "scale/zero-point dtype: f16, bf16, f32, any case (default f16)");
   // One value per occurrence, repeated for more: a vector option would
   // otherwise swallow the positionals that follow it.
-  sub->add_option("--skip", a->skips, "keep tensors matching this glob as they are (repeatable)")
-      ->expected(1)
-      ->allow_extra_args(false)
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  sub->add_option("--rule", a->rules, "PATTERN:key=value,... per-tensor override (repeatable)")
-      ->expected(1)
-      ->allow_extra_args(false)
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  sub->add_option("--recipe", a->recipe_file, "JSON recipe file")->check(CLI::ExistingFile);
+  auto* skip = sub->add_option("--skip", a->skips,
+                               "keep tensors matching this glob as they are (repeatable)");
+  skip->expected(1)->allow_extra_args(false)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  auto* rule =
+      sub->add_option("--rule", a->rules, "PATTERN:key=value,... per-tensor override (repeatable)");
+  rule->expected(1)->allow_extra_args(false)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  auto* recipe =
+      sub->add_option("--recipe", a->recipe_file, "JSON recipe file")->check(CLI::ExistingFile);
   a->min_dims_opt = sub->add_option(
       "--min-dims", a->min_dims, "quantize tensors with at least this many dimensions (default 2)");
-  sub->add_option("--nonfinite", a->nonfinite,
-                  "NaN/Inf in a tensor: 'error' (default) or 'zero' (replace by 0)");
+  auto* nonfinite =
+      sub->add_option("--nonfinite", a->nonfinite,
+                      "NaN/Inf in a tensor: 'error' (default) or 'zero' (replace by 0)");
   add_threads_option(sub, &a->threads);
-  add_device_option(sub, &a->device, "the quantizer");
+  a->device_opt = add_device_option(sub, &a->device, "the quantizer");
   a->zstd = sub->add_option("--zstd", a->zstd_level,
                             "compress sections with zstd (optional LEVEL, default 3)")
                 ->expected(0, 1)
                 ->allow_extra_args(false)
                 ->default_str("3");  // what a bare --zstd means
-  sub->add_flag("--force,-f", a->force, "replace OUTPUT if it exists");
+  sub->add_flag("--force,-f,--overwrite", a->force, "replace OUTPUT if it exists");
   sub->add_flag("--dry-run,-n", a->dry_run,
                 "print what would happen to each tensor; write nothing");
   add_quiet_flag(sub, &a->quiet, "no progress bar, no summary");
-  sub->add_flag("--require-quantized", a->require_quantized,
-                "fail (exit 3) before writing when no tensor would be quantized");
+  auto* require = sub->add_flag("--require-quantized", a->require_quantized,
+                                "fail (exit 3) before writing when no tensor would be quantized");
+  a->qpack_only = {{"--bits", a->bits_opt},
+                   {"--group-size", a->group_opt},
+                   {"--axis", a->axis_opt},
+                   {"--symmetric/--asymmetric", a->sym_opt},
+                   {"--scale-dtype", a->scale_opt},
+                   {"--skip", skip},
+                   {"--rule", rule},
+                   {"--recipe", recipe},
+                   {"--min-dims", a->min_dims_opt},
+                   {"--nonfinite", nonfinite},
+                   {"--zstd", a->zstd},
+                   {"--require-quantized", require}};
   add_json_flag(sub, &a->json, "print the summary (or the plan) as JSON");
   return [a] { return run_convert(*a); };
 }

@@ -2,13 +2,15 @@
 // committed.
 //
 //   qpack-testgen llama OUT_DIR [--hidden H] [--intermediate I] [--layers L]
-//                 [--vocab V] [--heads N] [--kv-heads N] [--dtype f16|bf16|f32]
-//                 [--shard-bytes N] [--seed S]
-//       A Llama-shaped model with Hugging Face tensor names and config.json,
-//       weights ~ N(0, 0.02) from a fixed PRNG (same bytes on every machine).
-//       With --shard-bytes, sharded with model.safetensors.index.json.
-//       --heads defaults to H/64 (1 when 64 does not divide H), --kv-heads to
-//       --heads; fewer KV heads (GQA) make k_proj/v_proj [H*kv/heads, H].
+//                 [--vocab V] [--heads N] [--kv-heads N] [--tied]
+//                 [--dtype f16|bf16|f32] [--shard-bytes N] [--seed S]
+//       A Llama-shaped model with Hugging Face tensor names and a config.json
+//       llama.cpp's converter accepts, weights ~ N(0, 0.02) from a fixed PRNG
+//       (same bytes on every machine). Heads default to the largest divisor
+//       of H that is <= H/64 (at least 1), kv heads to the heads; k_proj and
+//       v_proj are [kv_heads * H/heads, H]. --tied: no lm_head.weight
+//       (tie_word_embeddings). With --shard-bytes, sharded with
+//       model.safetensors.index.json.
 //
 //   qpack-testgen stories SRC.bin OUT.safetensors [--dtype f16|bf16|f32]
 //       The llama2.c "legacy v0" checkpoint (../shared/data/stories260K) as an
@@ -115,7 +117,9 @@ int llama(int argc, char** argv) {
       throw Error(ErrorCode::Io, dir, "",
                   "cannot make the output folder" + (ec ? ": " + ec.message() : std::string()));
   }
-  int64_t hidden = 256, inter = 688, layers = 2, vocab = 1000, heads = 0, kv_heads = 0;
+  int64_t hidden = 256, inter = 688, layers = 2, vocab = 1000;
+  int64_t heads = 0, kv_heads = 0;  // 0: the defaults above
+  bool tied = false;
   uint64_t shard_bytes = 0, seed = 1;
   DType dtype = DType::F16;
   for (int i = 1; i < argc; ++i) {
@@ -136,6 +140,8 @@ int llama(int argc, char** argv) {
       heads = std::stoll(val());
     else if (a == "--kv-heads")
       kv_heads = std::stoll(val());
+    else if (a == "--tied")
+      tied = true;
     else if (a == "--dtype")
       dtype = parse_dtype(val());
     else if (a == "--shard-bytes")
@@ -145,14 +151,28 @@ int llama(int argc, char** argv) {
     else
       throw Error(ErrorCode::InvalidArgument, "", "", "unknown option " + a);
   }
-  if (heads == 0) heads = hidden % 64 == 0 ? hidden / 64 : 1;
-  if (kv_heads == 0) kv_heads = heads;
-  if (heads < 0 || hidden % heads != 0 || (hidden / heads) % 2 != 0)
+  if (hidden <= 0 || inter <= 0 || layers <= 0 || vocab <= 0)
     throw Error(ErrorCode::InvalidArgument, "", "",
-                "--heads must divide --hidden into an even head size");
-  if (kv_heads < 0 || heads % kv_heads != 0)
-    throw Error(ErrorCode::InvalidArgument, "", "", "--kv-heads must divide --heads");
-  const int64_t kv_dim = hidden / heads * kv_heads;
+                "--hidden, --intermediate, --layers and --vocab must be positive");
+  if (heads == 0) {
+    heads = 1;
+    for (int64_t d = std::max<int64_t>(1, hidden / 64); d >= 1; --d) {
+      if (hidden % d == 0) {
+        heads = d;
+        break;
+      }
+    }
+  }
+  if (heads <= 0 || hidden % heads != 0)
+    throw Error(
+        ErrorCode::InvalidArgument, "", "",
+        "--heads " + std::to_string(heads) + " does not divide --hidden " + std::to_string(hidden));
+  if (kv_heads == 0) kv_heads = heads;
+  if (kv_heads <= 0 || heads % kv_heads != 0)
+    throw Error(ErrorCode::InvalidArgument, "", "",
+                "--kv-heads " + std::to_string(kv_heads) + " does not divide --heads " +
+                    std::to_string(heads));
+  const int64_t kv_dim = kv_heads * (hidden / heads);
   std::vector<Spec> specs;
   specs.push_back({"model.embed_tokens.weight", {vocab, hidden}});
   for (int64_t l = 0; l < layers; ++l) {
@@ -168,7 +188,7 @@ int llama(int argc, char** argv) {
     specs.push_back({p + "mlp.down_proj.weight", {hidden, inter}});
   }
   specs.push_back({"model.norm.weight", {hidden}, true});
-  specs.push_back({"lm_head.weight", {vocab, hidden}});
+  if (!tied) specs.push_back({"lm_head.weight", {vocab, hidden}});
 
   const uint64_t esize = dtype == DType::F32 ? 4 : 2;
   // Split into shards of at most shard_bytes (at least one tensor each).
@@ -234,6 +254,7 @@ int llama(int argc, char** argv) {
                            {"rope_theta", 10000.0},
                            {"max_position_embeddings", 2048},
                            {"vocab_size", vocab},
+                           {"tie_word_embeddings", tied},
                            {"torch_dtype", dtype == DType::F16    ? "float16"
                                            : dtype == DType::BF16 ? "bfloat16"
                                                                   : "float32"}};
@@ -343,9 +364,9 @@ int stories(int argc, char** argv) {
                            {"num_hidden_layers", L},
                            {"num_attention_heads", heads},
                            {"num_key_value_heads", kv_heads},
-                           {"rms_norm_eps", 1e-5},
-                           {"rope_theta", 10000.0},
                            {"vocab_size", vocab},
+                           {"rms_norm_eps", 1e-5},  // llama2.c's run.c
+                           {"rope_theta", 10000.0},
                            {"max_position_embeddings", seq},
                            {"tie_word_embeddings", shared}};
   const size_t slash = out.find_last_of('/');
@@ -362,8 +383,8 @@ int main(int argc, char** argv) {
   const std::string usage =
       "usage: qpack-testgen llama OUT_DIR [--hidden H] [--intermediate I] [--layers L] [--vocab "
       "V]\n"
-      "                     [--heads N] [--kv-heads N] [--dtype f16|bf16|f32] [--shard-bytes N]\n"
-      "                     [--seed S]\n"
+      "                     [--heads N] [--kv-heads N] [--tied]\n"
+      "                     [--dtype f16|bf16|f32] [--shard-bytes N] [--seed S]\n"
       "       qpack-testgen stories SRC.bin OUT.safetensors [--dtype f16|bf16|f32]\n";
   if (argc < 2 || std::string(argv[1]) == "--help") {
     std::fputs(usage.c_str(), argc < 2 ? stderr : stdout);
