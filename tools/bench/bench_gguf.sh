@@ -9,7 +9,8 @@
 #
 # Defaults: build, /tmp/qpack-bench-gguf, 4 layers of Llama-2-7B widths
 # (hidden 4096, MLP 11008, vocab 32000, 32 heads: a 2.1 GB F16 GGUF),
-# TYPES "Q4_1 Q4_1:pure Q4_K_M Q4_K_M:pure", THREADS "1 2".
+# TYPES "Q4_1 Q4_1:pure Q4_K_M Q4_K_M:pure", THREADS "1 2"; REPS=N takes the
+# best of N runs of each side (the machine may be shared).
 # The source GGUF is written once per WORK_DIR (qpack convert --type F16 when
 # qpack writes GGUF, else tests/llama/gguf_from_hf.py). Every timed run reads a
 # warm page cache (the source is read once before). Needs python3 with
@@ -21,6 +22,7 @@ work="${2:-/tmp/qpack-bench-gguf}"
 layers="${3:-4}"
 types="${4:-Q4_1 Q4_1:pure Q4_K_M Q4_K_M:pure}"
 threads_list="${5:-1 2}"
+reps="${REPS:-1}"  # best of REPS runs each (peak RSS: the largest)
 qpack="$build/tools/qpack"
 mkdir -p "$work"
 model="$work/hf-$layers"
@@ -71,14 +73,29 @@ for threads in $threads_list; do
     q="$work/qpack-$t${pure:+-pure}-$threads.gguf"
     p="$work/peer-$t${pure:+-pure}-$threads.gguf"
     rm -f "$q" "$p"
-    /usr/bin/time -v python3 "$here/tools/bench/llama_quantize_peer.py" "$src" "$p" --type "$t" \
-      --threads "$threads" $pure >"$work/peer.json" 2>"$work/peer.time"
-    psecs=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["seconds"])' "$work/peer.json")
-    prss=$(peak_rss_mib "$work/peer.time")
+    psecs=1e30 prss=0
+    for ((r = 0; r < reps; r++)); do
+      rm -f "$p"
+      /usr/bin/time -v python3 "$here/tools/bench/llama_quantize_peer.py" "$src" "$p" --type "$t" \
+        --threads "$threads" $pure >"$work/peer.json" 2>"$work/peer.time"
+      s1=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["seconds"])' "$work/peer.json")
+      psecs=$(awk -v a="$psecs" -v b="$s1" 'BEGIN{print (b < a ? b : a)}')
+      prss=$(awk -v a="$prss" -v b="$(peak_rss_mib "$work/peer.time")" 'BEGIN{print (b > a ? b : a)}')
+    done
     if "$qpack" convert --help 2>&1 | grep -q -- '--type'; then
+      qsecs=1e30 qrss=0 failed=""
+      for ((r = 0; r < reps; r++)); do
       t0=$(date +%s.%N)
       if ! /usr/bin/time -v "$qpack" convert "$src" "$q" --type "$t" $pure --threads "$threads" -q --force \
         >"$work/qpack.out" 2>"$work/qpack.time"; then
+        failed=1
+        break
+      fi
+      t1=$(date +%s.%N)
+      qsecs=$(awk -v a="$qsecs" -v b="$(awk -v a="$t0" -v z="$t1" 'BEGIN{print z-a}')" 'BEGIN{print (b < a ? b : a)}')
+      qrss=$(awk -v a="$qrss" -v b="$(peak_rss_mib "$work/qpack.time")" 'BEGIN{print (b > a ? b : a)}')
+      done
+      if [ -n "$failed" ]; then
         awk -v t="$spec" -v n="$threads" -v b="$bytes" -v ps="$psecs" -v pr="$prss" -v c="$copy" 'BEGIN{
           printf "%-12s %3d  %-28s %6.3f (%7.2f s, %6d)     %7s  %6.2f     %s\n",
             t, n, "(qpack cannot write it yet)", b/ps/1e9, ps, pr, "-", c, "-"}'
@@ -86,9 +103,6 @@ for threads in $threads_list; do
         rm -f "$p"
         continue
       fi
-      t1=$(date +%s.%N)
-      qsecs=$(awk -v a="$t0" -v z="$t1" 'BEGIN{print z-a}')
-      qrss=$(peak_rss_mib "$work/qpack.time")
       cmp=$(python3 "$here/tools/bench/gguf_compare.py" "$q" "$p" || true)
       awk -v t="$spec" -v n="$threads" -v b="$bytes" -v qs="$qsecs" -v ps="$psecs" -v qr="$qrss" \
         -v pr="$prss" -v c="$copy" -v cmp="$cmp" 'BEGIN{
