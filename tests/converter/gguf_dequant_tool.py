@@ -107,13 +107,14 @@ def write_kquants(path, seed):
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(path, arch="llama")
     for qt, (nbytes, f16_at) in KQUANTS.items():
-        for rows, blocks in [(1, 1), (3, 2), (int(rng.integers(2, 6)), int(rng.integers(1, 4)))]:
+        shapes = [(1, 1), (3, 2), (int(rng.integers(2, 6)), int(rng.integers(1, 4)))]
+        for k, (rows, blocks) in enumerate(shapes):
             raw = rng.integers(0, 256, size=(rows, blocks, nbytes), dtype=np.uint8)
             for off in f16_at:
                 v = (rng.standard_normal((rows, blocks)) * 0.05).astype(np.float16)
                 raw[:, :, off:off + 2] = v.view(np.uint8).reshape(rows, blocks, 2)
             data = raw.reshape(rows, blocks * nbytes)
-            w.add_tensor(f"{qt.name.lower()}_{rows}x{blocks}", data, raw_shape=data.shape,
+            w.add_tensor(f"{qt.name.lower()}_{k}_{rows}x{blocks}", data, raw_shape=data.shape,
                          raw_dtype=qt)
     w.write_header_to_file()
     w.write_kv_data_to_file()
