@@ -566,19 +566,23 @@ QPACK_HD void quantize_block_q5_k(const float* x, uint8_t* out) {
 // scales against d = max_scale / -128; codes -32..31 stored +32 as 4 low
 // bits in ql and 2 high bits in qh. A block whose largest |scale| is below
 // 1e-15 is all zero bytes.
-QPACK_HD void quantize_block_q6_k(const float* x, uint8_t* out) {
-  using namespace kquant;
-  int8_t L[kSuperBlockElements];
-  float scales[16];
+namespace kquant {
+
+// Q6_K's fits of its 16 sub-blocks (codes into L).
+QPACK_HD void q6_k_fits(const float* x, int8_t* L, float* scales) {
+  for (int ib = 0; ib < 16; ++ib)
+    scales[ib] = fit_symmetric_scale(16, 32, x + 16 * ib, L + 16 * ib);
+}
+
+// Then, from the fits, the whole block (L holds the fits' codes on entry).
+QPACK_HD void q6_k_block_from_fits(const float* x, const float* scales, int8_t* L, uint8_t* out) {
   float max_scale = 0.0f;
   float max_abs_scale = 0.0f;
   for (int ib = 0; ib < 16; ++ib) {
-    const float scale = fit_symmetric_scale(16, 32, x + 16 * ib, L + 16 * ib);
-    scales[ib] = scale;
-    const float abs_scale = abs_f32(scale);
+    const float abs_scale = abs_f32(scales[ib]);
     if (abs_scale > max_abs_scale) {
       max_abs_scale = abs_scale;
-      max_scale = scale;
+      max_scale = scales[ib];
     }
   }
   if (max_abs_scale < kGroupMaxEps) {
@@ -614,6 +618,15 @@ QPACK_HD void quantize_block_q6_k(const float* x, uint8_t* out) {
     }
   }
   detail::store_u16_le(out + 208, d_bits);
+}
+
+}  // namespace kquant
+
+QPACK_HD void quantize_block_q6_k(const float* x, uint8_t* out) {
+  int8_t L[kSuperBlockElements];
+  float scales[16];
+  kquant::q6_k_fits(x, L, scales);
+  kquant::q6_k_block_from_fits(x, scales, L, out);
 }
 
 // ------------------------------------------------------------ dequantize one super-block
