@@ -2,8 +2,8 @@
 // (ggml_kquants_cpu.hpp): threads take contiguous runs of 256-element
 // super-blocks (OpenMP static schedule); each converts its source elements to
 // float exactly and calls the spec's reference (qpack/spec/ggml_kquants.hpp),
-// or for Q2_K, Q4_K and Q5_K on a CPU with AVX2 the same rule with eight
-// sub-block fits per register (cpu/ggml_kquants_avx2.hpp). Both give the
+// or for Q2_K, Q4_K, Q5_K and Q6_K on a CPU with AVX2 the same rule with
+// eight sub-block fits per register (cpu/ggml_kquants_avx2.hpp). Both give the
 // reference's bytes, so the bytes depend neither on the thread count nor on
 // the machine.
 //
@@ -68,8 +68,8 @@ bool scalar_forced() {
 using BlockQuantizer = void (*)(const float*, uint8_t*);
 
 // The AVX2 form of the type's quantizer (the same bytes), or nullptr where
-// there is none or the CPU lacks AVX2: Q2_K, Q4_K and Q5_K, whose
-// asymmetric fits run eight sub-blocks per register.
+// there is none or the CPU lacks AVX2: Q2_K, Q4_K, Q5_K and Q6_K, whose
+// sub-block fits run eight per register (Q3_K's descent has no such form yet).
 BlockQuantizer avx2_quantizer(gl::GgmlBlockType type) {
   if (!has_avx2() || scalar_forced()) return nullptr;
   switch (type) {
@@ -79,6 +79,8 @@ BlockQuantizer avx2_quantizer(gl::GgmlBlockType type) {
       return cpu::quantize_block_q4_k_avx2;
     case gl::GgmlBlockType::Q5_K:
       return cpu::quantize_block_q5_k_avx2;
+    case gl::GgmlBlockType::Q6_K:
+      return cpu::quantize_block_q6_k_avx2;
     default:
       return nullptr;
   }

@@ -1,7 +1,7 @@
 // The CPU path for ggml's block types (qpack/converter/ggml_blocks.hpp; for
 // the legacy types AVX2 eight blocks at a time where the CPU has it, for the
-// K-quants Q2_K..Q6_K one super-block per call, Q2_K's, Q4_K's and Q5_K's
-// sub-block fits eight per AVX2 register) against the spec's scalar
+// K-quants Q2_K..Q6_K one super-block per call, the sub-block fits of all
+// but Q3_K eight per AVX2 register) against the spec's scalar
 // reference row functions: the same bytes from F32/F16/BF16 sources and the
 // same float bits back, at every thread count, into poisoned buffers whose
 // guard bytes must stay untouched. The sources mix awkward blocks (ties,
@@ -170,11 +170,12 @@ constexpr int kSuper = gl::kSuperBlockElements;
 
 // Random super-blocks in `dtype` and the floats they are: normal at scales
 // 2^-16..2^6, blocks and sub-blocks of zeros, a tie grid, constants, sparse
-// and offset blocks, and sub-blocks of very different scales.
+// and offset blocks, sub-blocks of very different scales, and sub-blocks so
+// small (2^-76..2^-54) that Q3_K and Q6_K take them for zeros.
 void make_kquant_source(DType dtype, int64_t n, std::mt19937_64& rng, std::vector<uint8_t>* bytes,
                         std::vector<float>* values) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::uniform_int_distribution<int> kind(0, 9), expo(-16, 6), sub_expo(-10, 2);
+  std::uniform_int_distribution<int> kind(0, 10), expo(-16, 6), sub_expo(-10, 2);
   const size_t esize = dtype == DType::F32 ? 4 : 2;
   bytes->assign(static_cast<size_t>(n) * esize, 0);
   values->assign(static_cast<size_t>(n), 0.0f);
@@ -194,6 +195,7 @@ void make_kquant_source(DType dtype, int64_t n, std::mt19937_64& rng, std::vecto
       if (k == 4) v += offset;             // min > 0 or max < 0
       if (k == 5) v *= sub_scale[j / 16];
       if (k == 6 && (j / 32) % 3 == 1) v = (j % 2) ? -0.0f : 0.0f;  // zero sub-blocks
+      if (k == 7 && (j / 16) % 2 == 1) v *= 0x1p-60f;  // below Q3_K's/Q6_K's 1e-15: zero
       const size_t i = size_t(b * kSuper + j);
       if (dtype == DType::F32) {
         std::memcpy(bytes->data() + 4 * i, &v, 4);
@@ -269,7 +271,7 @@ TEST(GgmlBlocksCpuKquants, LargeTensorIndependentOfThreads) {
 
 // ggml's own bytes (tests/data/ggml_kquants, whose input holds blocks that
 // take the searches' rare paths) from the CPU path itself, which on an AVX2
-// machine runs Q2_K's, Q4_K's and Q5_K's fits eight sub-blocks per register.
+// machine runs the fits (all but Q3_K's) eight sub-blocks per register.
 TEST(GgmlBlocksCpuKquants, GgmlsOwnBytesFromTheCpuPath) {
   const std::string dir = test::source_dir() + "/tests/data/ggml_kquants/";
   const std::vector<uint8_t> x = test::read_file(dir + "input.f32");

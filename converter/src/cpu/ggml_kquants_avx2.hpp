@@ -1,7 +1,8 @@
-// ggml's asymmetric K-quant fit (spec::ggml::kquant::fit_scale_and_min,
-// docs/quantization.md §K3) for eight sub-blocks at once with AVX2, one
-// sub-block per lane: Q4_K's and Q5_K's eight sub-blocks of a super-block,
-// Q2_K's sixteen in two passes. Every lane runs the scalar rule's operations
+// ggml's K-quant fits for eight sub-blocks at once with AVX2, one sub-block
+// per lane: the asymmetric fit (spec::ggml::kquant::fit_scale_and_min,
+// docs/quantization.md §K3) for Q4_K's and Q5_K's eight sub-blocks of a
+// super-block and Q2_K's sixteen in two passes, and Q6_K's symmetric fit
+// (fit_symmetric_scale, §K4) in two passes. Every lane runs the scalar rule's operations
 // in the scalar rule's order (its sums run over its own elements in index
 // order; adds, multiplies, divisions and square roots are the IEEE-rounded
 // AVX instructions, never fused: the target has no FMA), and the branches
@@ -162,6 +163,80 @@ QPACK_KQUANT_AVX2 inline void q2_k_fits_avx2(const float* x, uint8_t* L, float* 
     fit_scale_and_min_8(xt, wt, 16, 3, -0.5f, 0.1f, 15, true, L + 128 * half, 16, scales + 8 * half,
                         mins + 8 * half);
   }
+}
+
+// fit_symmetric_scale (§K4, Q6_K: n 16, nmax 32) over eight sub-blocks:
+// xt[i] holds element i of each. Lane j's codes (0..63, or 0 for a zero
+// sub-block) go to L[16 j + i], its scale to scales[j].
+QPACK_KQUANT_AVX2 inline void fit_symmetric_scale_8(const __m256* xt, int8_t* L, float* scales) {
+  constexpr int n = 16;
+  constexpr int nmax = 32;
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256i lo = _mm256_set1_epi32(-nmax), hi = _mm256_set1_epi32(nmax - 1);
+  __m256 amax = zero, max = zero;
+  for (int i = 0; i < n; ++i) {
+    const __m256 ax = _mm256_andnot_ps(sign, xt[i]);
+    const __m256 m = _mm256_cmp_ps(ax, amax, _CMP_GT_OQ);
+    amax = select(amax, ax, m);
+    max = select(max, xt[i], m);
+  }
+  // Lanes whose largest |x| is below 1e-15 give codes 0 and scale 0.
+  const __m256 tiny = _mm256_cmp_ps(amax, _mm256_set1_ps(kq::kGroupMaxEps), _CMP_LT_OQ);
+  __m256 w[n];
+  for (int i = 0; i < n; ++i) w[i] = _mm256_mul_ps(xt[i], xt[i]);
+  __m256i Lv[n], cand[n];
+  // The sums of one candidate iscale; its clamped codes into l.
+  auto sums = [&](__m256 iscale, __m256i * l, __m256 * sumlx, __m256 * suml2)
+      __attribute__((target("avx2"))) {
+    *sumlx = zero;
+    *suml2 = zero;
+    for (int i = 0; i < n; ++i) {
+      l[i] = _mm256_max_epi32(lo, _mm256_min_epi32(hi, nearest_int8(_mm256_mul_ps(iscale, xt[i]))));
+      const __m256 lf = _mm256_cvtepi32_ps(l[i]);
+      *sumlx = _mm256_add_ps(*sumlx, _mm256_mul_ps(_mm256_mul_ps(w[i], xt[i]), lf));
+      *suml2 = _mm256_add_ps(*suml2, _mm256_mul_ps(_mm256_mul_ps(w[i], lf), lf));
+    }
+  };
+  __m256 sumlx, suml2;
+  sums(_mm256_div_ps(_mm256_set1_ps(float(-nmax)), max), Lv, &sumlx, &suml2);
+  // suml2 ? sumlx / suml2 : 0 (C's truth: NaN counts as true).
+  __m256 scale = select(zero, _mm256_div_ps(sumlx, suml2), _mm256_cmp_ps(suml2, zero, _CMP_NEQ_UQ));
+  __m256 best = _mm256_mul_ps(scale, sumlx);
+  for (int is = -9; is <= 9; ++is) {
+    if (is == 0) continue;
+    const float num = -(float(nmax) + 0.1f * float(is));  // two roundings, then an exact negation
+    sums(_mm256_div_ps(_mm256_set1_ps(num), max), cand, &sumlx, &suml2);
+    const __m256 win = _mm256_and_ps(
+        _mm256_cmp_ps(suml2, zero, _CMP_GT_OQ),
+        _mm256_cmp_ps(_mm256_mul_ps(sumlx, sumlx), _mm256_mul_ps(best, suml2), _CMP_GT_OQ));
+    if (_mm256_movemask_ps(win) == 0) continue;
+    const __m256i win_i = _mm256_castps_si256(win);
+    for (int i = 0; i < n; ++i) Lv[i] = _mm256_blendv_epi8(Lv[i], cand[i], win_i);
+    const __m256 s = _mm256_div_ps(sumlx, suml2);
+    scale = select(scale, s, win);
+    best = select(best, _mm256_mul_ps(s, sumlx), win);
+  }
+  _mm256_storeu_ps(scales, select(scale, zero, tiny));
+  const __m256i tiny_i = _mm256_castps_si256(tiny);
+  alignas(32) int32_t lanes[8];
+  for (int i = 0; i < n; ++i) {
+    const __m256i code = _mm256_add_epi32(Lv[i], _mm256_set1_epi32(nmax));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes),
+                       _mm256_blendv_epi8(code, _mm256_setzero_si256(), tiny_i));
+    for (int j = 0; j < 8; ++j) L[16 * j + i] = int8_t(lanes[j]);
+  }
+}
+
+QPACK_KQUANT_AVX2 inline void quantize_block_q6_k_avx2(const float* x, uint8_t* out) {
+  int8_t L[spec::ggml::kSuperBlockElements];
+  float scales[16];
+  for (int half = 0; half < 2; ++half) {
+    __m256 xt[16];
+    transpose_sub_blocks(x + 128 * half, 16, xt);
+    fit_symmetric_scale_8(xt, L + 128 * half, scales + 8 * half);
+  }
+  kq::q6_k_block_from_fits(x, scales, L, out);
 }
 
 QPACK_KQUANT_AVX2 inline void quantize_block_q4_k_avx2(const float* x, uint8_t* out) {

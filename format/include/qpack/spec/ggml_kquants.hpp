@@ -390,14 +390,18 @@ QPACK_HD void quantize_block_q2_k(const float* x, uint8_t* out) {
 // Q3_K: 16 sub-blocks of 16 fitted by fit_symmetric_scale_q3(nmax 4); 6-bit
 // signed scales against d = max_scale / -32 (max_scale the signed scale of
 // largest |scale|); codes -4..3 stored +4 as 2 low bits plus an hmask bit.
-QPACK_HD void quantize_block_q3_k(const float* x, uint8_t* out) {
-  using namespace kquant;
-  int8_t L[kSuperBlockElements];
-  float scales[16];
+namespace kquant {
+
+// Q3_K's fits of its 16 sub-blocks (codes 0..7 into L).
+QPACK_HD void q3_k_fits(const float* x, int8_t* L, float* scales) {
+  for (int j = 0; j < 16; ++j) scales[j] = fit_symmetric_scale_q3(16, 4, x + 16 * j, L + 16 * j);
+}
+
+// Then, from the fits, the whole block (L holds the fits' codes on entry).
+QPACK_HD void q3_k_block_from_fits(const float* x, const float* scales, int8_t* L, uint8_t* out) {
   float max_scale = 0.0f;
   float amax = 0.0f;
   for (int j = 0; j < 16; ++j) {
-    scales[j] = fit_symmetric_scale_q3(16, 4, x + 16 * j, L + 16 * j);
     const float scale = abs_f32(scales[j]);
     if (scale > amax) {
       amax = scale;
@@ -447,6 +451,15 @@ QPACK_HD void quantize_block_q3_k(const float* x, uint8_t* out) {
   }
   pack_two_bit_codes(low, qs);
   detail::store_u16_le(out + 108, d_bits);
+}
+
+}  // namespace kquant
+
+QPACK_HD void quantize_block_q3_k(const float* x, uint8_t* out) {
+  int8_t L[kSuperBlockElements];
+  float scales[16];
+  kquant::q3_k_fits(x, L, scales);
+  kquant::q3_k_block_from_fits(x, scales, L, out);
 }
 
 namespace kquant {
@@ -566,19 +579,23 @@ QPACK_HD void quantize_block_q5_k(const float* x, uint8_t* out) {
 // scales against d = max_scale / -128; codes -32..31 stored +32 as 4 low
 // bits in ql and 2 high bits in qh. A block whose largest |scale| is below
 // 1e-15 is all zero bytes.
-QPACK_HD void quantize_block_q6_k(const float* x, uint8_t* out) {
-  using namespace kquant;
-  int8_t L[kSuperBlockElements];
-  float scales[16];
+namespace kquant {
+
+// Q6_K's fits of its 16 sub-blocks (codes into L).
+QPACK_HD void q6_k_fits(const float* x, int8_t* L, float* scales) {
+  for (int ib = 0; ib < 16; ++ib)
+    scales[ib] = fit_symmetric_scale(16, 32, x + 16 * ib, L + 16 * ib);
+}
+
+// Then, from the fits, the whole block (L holds the fits' codes on entry).
+QPACK_HD void q6_k_block_from_fits(const float* x, const float* scales, int8_t* L, uint8_t* out) {
   float max_scale = 0.0f;
   float max_abs_scale = 0.0f;
   for (int ib = 0; ib < 16; ++ib) {
-    const float scale = fit_symmetric_scale(16, 32, x + 16 * ib, L + 16 * ib);
-    scales[ib] = scale;
-    const float abs_scale = abs_f32(scale);
+    const float abs_scale = abs_f32(scales[ib]);
     if (abs_scale > max_abs_scale) {
       max_abs_scale = abs_scale;
-      max_scale = scale;
+      max_scale = scales[ib];
     }
   }
   if (max_abs_scale < kGroupMaxEps) {
@@ -614,6 +631,15 @@ QPACK_HD void quantize_block_q6_k(const float* x, uint8_t* out) {
     }
   }
   detail::store_u16_le(out + 208, d_bits);
+}
+
+}  // namespace kquant
+
+QPACK_HD void quantize_block_q6_k(const float* x, uint8_t* out) {
+  int8_t L[kSuperBlockElements];
+  float scales[16];
+  kquant::q6_k_fits(x, L, scales);
+  kquant::q6_k_block_from_fits(x, scales, L, out);
 }
 
 // ------------------------------------------------------------ dequantize one super-block
