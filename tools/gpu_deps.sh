@@ -33,5 +33,8 @@ for pc in "$D"/share/pkgconfig/*.pc; do
 done
 cp "$(command -v pkgconf)" "$D/bin/pkg-config"
 cp /lib/x86_64-linux-gnu/libpkgconf.so.3* "$D/lib/"
-grep -qx "/.gpudeps/" .git/info/exclude 2>/dev/null || echo "/.gpudeps/" >> .git/info/exclude
+# info/exclude lives in the common git folder (a worktree's .git is a file).
+exclude=$(git rev-parse --git-path info/exclude)
+mkdir -p "$(dirname "$exclude")"
+grep -qx "/.gpudeps/" "$exclude" 2>/dev/null || echo "/.gpudeps/" >> "$exclude"
 du -sh .gpudeps

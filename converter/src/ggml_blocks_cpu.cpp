@@ -1,17 +1,20 @@
-// ggml's legacy block types over whole tensors on the CPU (qpack/converter/
+// ggml's block types over whole tensors on the CPU (qpack/converter/
 // ggml_blocks.hpp). Threads take contiguous runs of blocks (OpenMP static
-// schedule). With AVX2 eight blocks go at once, one per lane
+// schedule). Legacy types: with AVX2 eight blocks go at once, one per lane
 // (cpu/ggml_blocks_avx2.hpp); otherwise each block converts its 32 source
-// elements to float exactly and calls the spec's reference. Both give the
-// reference's bytes, so every thread count and machine writes the same file.
+// elements to float exactly and calls the spec's reference. K-quants go to
+// ggml_kquants_cpu.cpp. Every path gives the reference's bytes, so every
+// thread count and machine writes the same file.
 #include <omp.h>
 
 #include <cstdlib>
 #include <cstring>
 
 #include "cpu/ggml_blocks_avx2.hpp"
+#include "ggml_kquants_cpu.hpp"
 #include "qpack/converter/ggml_blocks.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/spec/ggml_block_types.hpp"
 
 namespace qpack {
 namespace {
@@ -128,42 +131,40 @@ void dequantize_ggml_blocks_cpu(gl::GgmlLegacyType type, const uint8_t* blocks, 
 
 namespace {
 
-// The legacy type a GGUF type number names, or an Error naming `tensor`.
-gl::GgmlLegacyType legacy_type(GgmlType type, const std::string& tensor) {
+// The block type a GGUF type number names, or an Error naming `tensor`.
+gl::GgmlBlockType block_type(GgmlType type, const std::string& tensor) {
   if (!ggml_blocks_supported(type))
     throw Error(ErrorCode::InvalidArgument, "", tensor,
                 std::string("qpack does not quantize or dequantize ggml type ") +
                     ggml_type_name(type) + " on the CPU");
-  return gl::GgmlLegacyType(uint32_t(type));
+  return gl::GgmlBlockType(uint32_t(type));
 }
 
 }  // namespace
 
 bool ggml_blocks_supported(GgmlType type) {
-  switch (type) {
-    case GgmlType::Q4_0:
-    case GgmlType::Q4_1:
-    case GgmlType::Q5_0:
-    case GgmlType::Q5_1:
-    case GgmlType::Q8_0:
-      return true;
-    default:
-      return false;
-  }
+  return gl::is_block_type(gl::GgmlBlockType(uint32_t(type)));
 }
 
 uint64_t ggml_blocks_bytes(GgmlType type, int64_t n) {
-  return ggml_blocks_bytes(legacy_type(type, {}), n);
+  const gl::GgmlBlockType t = block_type(type, {});
+  return uint64_t(n / gl::block_elements(t)) * uint64_t(gl::block_bytes(t));
 }
 
 void quantize_ggml_blocks_cpu(GgmlType type, const void* src, DType src_dtype, int64_t n,
                               uint8_t* out, int threads, const std::string& tensor) {
-  quantize_ggml_blocks_cpu(legacy_type(type, tensor), src, src_dtype, n, out, threads, tensor);
+  const gl::GgmlBlockType t = block_type(type, tensor);
+  if (gl::is_kquant(t))
+    return detail::quantize_kquant_cpu(t, src, src_dtype, n, out, threads, tensor);
+  quantize_ggml_blocks_cpu(gl::GgmlLegacyType(uint32_t(t)), src, src_dtype, n, out, threads,
+                           tensor);
 }
 
 void dequantize_ggml_blocks_cpu(GgmlType type, const uint8_t* blocks, int64_t n, float* out,
                                 int threads, const std::string& tensor) {
-  dequantize_ggml_blocks_cpu(legacy_type(type, tensor), blocks, n, out, threads, tensor);
+  const gl::GgmlBlockType t = block_type(type, tensor);
+  if (gl::is_kquant(t)) return detail::dequantize_kquant_cpu(t, blocks, n, out, threads, tensor);
+  dequantize_ggml_blocks_cpu(gl::GgmlLegacyType(uint32_t(t)), blocks, n, out, threads, tensor);
 }
 
 }  // namespace qpack

@@ -1,85 +1,33 @@
-// ggml's legacy block types on the GPU. Each thread quantizes (or
-// dequantizes) one 32-element block by calling the spec's scalar reference,
-// so there is one rule and no second copy of it to drift. What the kernels
-// add is memory traffic in whole lines: a CTA stages its blocks' source
-// elements in shared memory with coalesced 16-byte loads, each thread then reads its
-// own 32 (rows padded to 33 floats so the 32 threads of a warp hit 32
-// different banks), and the packed blocks go back out as coalesced 32-bit
-// words.
+// ggml's legacy block types on the GPU, and the dispatch over every ggml
+// block type (the K-quants' kernels are in ggml_kquants.cu). Each thread
+// quantizes (or dequantizes) one 32-element block by calling the spec's
+// scalar reference, so there is one rule and no second copy of it to drift.
+// What the kernels add is memory traffic in whole lines (ggml_staging.cuh):
+// a CTA stages its blocks' source elements in shared memory with coalesced
+// 16-byte loads, each thread then reads its own 32 (rows padded to 33
+// floats so the 32 threads of a warp hit 32 different banks), and the
+// packed blocks go back out as coalesced 32-bit words.
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
+#include "ggml_kquants_launch.hpp"
+#include "ggml_staging.cuh"
 #include "qpack/kernels/cuda_status.hpp"
 #include "qpack/kernels/ggml_blocks.hpp"
+#include "qpack/spec/ggml_block_types.hpp"
 #include "qpack/spec/ggml_legacy.hpp"
 
 namespace qpack::cuda {
 namespace {
 
 namespace gl = spec::ggml;
+using ggml_staging::copy_span;
+using ggml_staging::stage_source;
 
 constexpr int kThreads = 128;  // ggml blocks per CTA, one per thread
 constexpr int kPitch = gl::kBlockElements + 1;
 constexpr int kMaxBlockBytes = gl::kQ8_0BlockBytes;
-
-template <DType S>
-__device__ __forceinline__ float load_source(const void* src, int64_t i) {
-  if constexpr (S == DType::F32) {
-    return static_cast<const float*>(src)[i];
-  } else if constexpr (S == DType::F16) {
-    return f16_to_f32(static_cast<const uint16_t*>(src)[i]);
-  } else {
-    return bf16_to_f32(static_cast<const uint16_t*>(src)[i]);
-  }
-}
-
-// The CTA's `count` source elements (a multiple of 32) from element `first`
-// into x[block][element]. 16-byte loads when the span is 16-aligned (it
-// starts at a multiple of 32 elements, so that is the tensor's own
-// alignment): with one element per load the kernel was bound by load
-// instructions, not bytes (F16 at 19 % of the copy bandwidth on the H200).
-template <DType S>
-__device__ __forceinline__ void stage_source(float (*x)[kPitch], const void* src, int64_t first,
-                                             int count) {
-  constexpr int kElementBytes = S == DType::F32 ? 4 : 2;
-  constexpr int kPerLoad = 16 / kElementBytes;
-  const uint8_t* base = static_cast<const uint8_t*>(src) + first * kElementBytes;
-  if ((reinterpret_cast<uintptr_t>(base) & 15u) != 0) {
-    for (int e = threadIdx.x; e < count; e += kThreads)
-      x[e / gl::kBlockElements][e % gl::kBlockElements] = load_source<S>(src, first + e);
-    return;
-  }
-  for (int v = threadIdx.x; v < count / kPerLoad; v += kThreads) {
-    const uint4 w = reinterpret_cast<const uint4*>(base)[v];
-    const uint32_t words[4] = {w.x, w.y, w.z, w.w};
-    const int e = v * kPerLoad;  // kPerLoad divides 32: one block's row
-    float* row = x[e / gl::kBlockElements] + e % gl::kBlockElements;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      if constexpr (S == DType::F32) {
-        row[k] = spec::f32_from_bits(words[k]);
-      } else if constexpr (S == DType::F16) {
-        row[2 * k] = f16_to_f32(uint16_t(words[k] & 0xffffu));
-        row[2 * k + 1] = f16_to_f32(uint16_t(words[k] >> 16));
-      } else {
-        row[2 * k] = bf16_to_f32(uint16_t(words[k] & 0xffffu));
-        row[2 * k + 1] = bf16_to_f32(uint16_t(words[k] >> 16));
-      }
-    }
-  }
-}
-
-// Copies `bytes` bytes from shared to global memory as 32-bit words where
-// both sides allow it (the CTA's span starts 4-aligned whenever the block
-// size times kThreads is, which holds for every type), bytes for the rest.
-__device__ __forceinline__ void store_span(uint8_t* dst, const uint8_t* smem, int bytes) {
-  const bool aligned = (reinterpret_cast<uintptr_t>(dst) & 3u) == 0;
-  const int words = aligned ? bytes / 4 : 0;
-  for (int w = threadIdx.x; w < words; w += blockDim.x)
-    reinterpret_cast<uint32_t*>(dst)[w] = reinterpret_cast<const uint32_t*>(smem)[w];
-  for (int b = words * 4 + int(threadIdx.x); b < bytes; b += blockDim.x) dst[b] = smem[b];
-}
 
 template <DType S>
 __global__ void __launch_bounds__(kThreads)
@@ -90,7 +38,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t first = int64_t(blockIdx.x) * kThreads;
   const int nb = int(nblocks - first < kThreads ? nblocks - first : kThreads);
   const int bytes = gl::block_bytes(type);
-  stage_source<S>(x, src, first * gl::kBlockElements, nb * gl::kBlockElements);
+  stage_source<S, gl::kBlockElements, kPitch, kThreads>(x, src, first * gl::kBlockElements,
+                                                        nb * gl::kBlockElements);
   __syncthreads();
   if (int(threadIdx.x) < nb) {
     float row[gl::kBlockElements];
@@ -99,7 +48,7 @@ __global__ void __launch_bounds__(kThreads)
     gl::quantize_block(type, row, packed + threadIdx.x * bytes);
   }
   __syncthreads();
-  store_span(out + first * bytes, packed, nb * bytes);
+  copy_span(out + first * bytes, packed, nb * bytes);
 }
 
 __global__ void __launch_bounds__(kThreads)
@@ -110,12 +59,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t first = int64_t(blockIdx.x) * kThreads;
   const int nb = int(nblocks - first < kThreads ? nblocks - first : kThreads);
   const int bytes = gl::block_bytes(type);
-  const uint8_t* src = in + first * bytes;
-  const bool aligned = (reinterpret_cast<uintptr_t>(src) & 3u) == 0;
-  const int words = aligned ? nb * bytes / 4 : 0;
-  for (int w = threadIdx.x; w < words; w += kThreads)
-    reinterpret_cast<uint32_t*>(packed)[w] = reinterpret_cast<const uint32_t*>(src)[w];
-  for (int b = words * 4 + int(threadIdx.x); b < nb * bytes; b += kThreads) packed[b] = src[b];
+  copy_span(packed, in + first * bytes, nb * bytes);
   __syncthreads();
   if (int(threadIdx.x) < nb) {
     float row[gl::kBlockElements];
@@ -186,6 +130,32 @@ Status dequantize_ggml_blocks(gl::GgmlLegacyType type, const uint8_t* d_blocks, 
                                                                  n / gl::kBlockElements, d_out);
   QPACK_CUDA_TRY(cudaGetLastError());
   return {};
+}
+
+Status quantize_ggml_blocks(gl::GgmlBlockType type, const void* d_src, DType src_dtype, int64_t n,
+                            uint8_t* d_blocks, cudaStream_t stream) {
+  if (!gl::is_block_type(type)) return invalid("quantize_ggml_blocks: not a ggml block type");
+  if (!gl::is_kquant(type))
+    return quantize_ggml_blocks(gl::GgmlLegacyType(uint32_t(type)), d_src, src_dtype, n, d_blocks,
+                                stream);
+  if (n < 0 || n % gl::kSuperBlockElements != 0)
+    return invalid("quantize_ggml_blocks: n must be a non-negative multiple of 256");
+  if (n == 0) return {};
+  if (!d_src || !d_blocks) return invalid("quantize_ggml_blocks: null device pointer");
+  return launch_quantize_kquants(type, d_src, src_dtype, n / gl::kSuperBlockElements, d_blocks,
+                                 stream);
+}
+
+Status dequantize_ggml_blocks(gl::GgmlBlockType type, const uint8_t* d_blocks, int64_t n,
+                              float* d_out, cudaStream_t stream) {
+  if (!gl::is_block_type(type)) return invalid("dequantize_ggml_blocks: not a ggml block type");
+  if (!gl::is_kquant(type))
+    return dequantize_ggml_blocks(gl::GgmlLegacyType(uint32_t(type)), d_blocks, n, d_out, stream);
+  if (n < 0 || n % gl::kSuperBlockElements != 0)
+    return invalid("dequantize_ggml_blocks: n must be a non-negative multiple of 256");
+  if (n == 0) return {};
+  if (!d_blocks || !d_out) return invalid("dequantize_ggml_blocks: null device pointer");
+  return launch_dequantize_kquants(type, d_blocks, n / gl::kSuperBlockElements, d_out, stream);
 }
 
 }  // namespace qpack::cuda

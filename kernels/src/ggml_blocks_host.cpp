@@ -13,8 +13,13 @@ bool cuda_block_type_supported(uint32_t gguf_type) {
     case uint32_t(spec::ggml::GgmlLegacyType::Q5_0):
     case uint32_t(spec::ggml::GgmlLegacyType::Q5_1):
     case uint32_t(spec::ggml::GgmlLegacyType::Q8_0):
+    case uint32_t(spec::ggml::GgmlBlockType::Q2_K):
+    case uint32_t(spec::ggml::GgmlBlockType::Q3_K):
+    case uint32_t(spec::ggml::GgmlBlockType::Q4_K):
+    case uint32_t(spec::ggml::GgmlBlockType::Q5_K):
+    case uint32_t(spec::ggml::GgmlBlockType::Q6_K):
       return true;
-    default:  // K-quant kernels: add their type numbers here
+    default:
       return false;
   }
 }
@@ -36,7 +41,7 @@ void GgmlBlocksDeviceDecoder::dequantize(uint32_t gguf_type, const uint8_t* bloc
   if (d_out_.size() < out_bytes) throw_if_failed(d_out_.allocate(out_bytes), tensor);
   throw_if_failed(copy_to_device(d_blocks_.data(), blocks, size_t(nbytes), stream_.get()), tensor);
   throw_if_failed(
-      dequantize_ggml_blocks(spec::ggml::GgmlLegacyType(gguf_type), d_blocks_.as<uint8_t>(), n,
+      dequantize_ggml_blocks(spec::ggml::GgmlBlockType(gguf_type), d_blocks_.as<uint8_t>(), n,
                              d_out_.as<float>(), stream_.get()),
       tensor);
   throw_if_failed(copy_to_host(out, d_out_.data(), out_bytes, stream_.get()), tensor);

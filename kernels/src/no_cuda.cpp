@@ -46,6 +46,14 @@ Status dequantize_ggml_blocks(spec::ggml::GgmlLegacyType, const uint8_t*, int64_
                               cudaStream_t) {
   return disabled();
 }
+Status quantize_ggml_blocks(spec::ggml::GgmlBlockType, const void*, DType, int64_t, uint8_t*,
+                            cudaStream_t) {
+  return disabled();
+}
+Status dequantize_ggml_blocks(spec::ggml::GgmlBlockType, const uint8_t*, int64_t, float*,
+                              cudaStream_t) {
+  return disabled();
+}
 
 Status compare_blocks(const spec::CompareGeometry&, const spec::ChunkView&, int64_t, int64_t,
                       spec::PartialSums*, cudaStream_t) {

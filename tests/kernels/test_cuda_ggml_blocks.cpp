@@ -1,9 +1,11 @@
-// The CUDA kernels for ggml's legacy block types (qpack/kernels/ggml_blocks.hpp)
-// against the spec's scalar reference (qpack/spec/ggml_legacy.hpp, itself
-// checked against gguf-py in format_ggml_legacy_test): the same bytes from
-// the same F32/F16/BF16 sources and the same float bits back, at block counts
-// around the kernels' 128-block CTAs, into poisoned buffers with a guard
-// region that must stay untouched. Skipped without a usable device.
+// The CUDA kernels for ggml's block types (qpack/kernels/ggml_blocks.hpp),
+// legacy and K-quants, against the spec's scalar reference (qpack/spec/
+// ggml_block_types.hpp; itself checked against gguf-py in
+// format_ggml_legacy_test and against ggml's C in format_ggml_kquants_test):
+// the same bytes from the same F32/F16/BF16 sources and the same float bits
+// back, at block counts around the kernels' CTAs (128 legacy blocks, 32
+// super-blocks), into poisoned buffers with a guard region that must stay
+// untouched. Skipped without a usable device.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -16,12 +18,14 @@
 #include "qpack/kernels/cuda_quant.hpp"
 #include "qpack/kernels/ggml_blocks.hpp"
 #include "qpack/spec/dtype.hpp"
+#include "qpack/spec/ggml_block_types.hpp"
 #include "qpack/spec/ggml_legacy.hpp"
 #include "testutil.hpp"
 
 namespace qpack {
 namespace {
 
+using spec::ggml::GgmlBlockType;
 using spec::ggml::GgmlLegacyType;
 namespace gl = spec::ggml;
 
@@ -37,9 +41,10 @@ namespace gl = spec::ggml;
     ASSERT_TRUE(s_.ok()) << cuda::status_code_name(s_.code) << ": " << s_.message; \
   } while (0)
 
-constexpr GgmlLegacyType kTypes[] = {GgmlLegacyType::Q4_0, GgmlLegacyType::Q4_1,
-                                     GgmlLegacyType::Q5_0, GgmlLegacyType::Q5_1,
-                                     GgmlLegacyType::Q8_0};
+constexpr GgmlBlockType kTypes[] = {GgmlBlockType::Q4_0, GgmlBlockType::Q4_1, GgmlBlockType::Q5_0,
+                                    GgmlBlockType::Q5_1, GgmlBlockType::Q8_0, GgmlBlockType::Q2_K,
+                                    GgmlBlockType::Q3_K, GgmlBlockType::Q4_K, GgmlBlockType::Q5_K,
+                                    GgmlBlockType::Q6_K};
 constexpr size_t kGuard = 64;  // bytes after the output that must stay poisoned
 constexpr uint8_t kPoison = 0xa5;
 
@@ -86,6 +91,27 @@ Source make_source(DType dtype, int64_t n, std::mt19937_64& rng) {
         break;
     }
   }
+  // Whole super-blocks of one kind for the K-quants' searches: all zero,
+  // one constant, one value among zeros, and a ramp.
+  for (int64_t sb = 0; sb < n / 256; ++sb) {
+    float* p = x.data() + sb * 256;
+    switch (sb % 11) {
+      case 1:
+        for (int j = 0; j < 256; ++j) p[j] = 0.0f;
+        break;
+      case 3:
+        for (int j = 0; j < 256; ++j) p[j] = 0.75f;
+        break;
+      case 5:
+        for (int j = 0; j < 256; ++j) p[j] = j == 77 ? -2.5f : 0.0f;
+        break;
+      case 7:
+        for (int j = 0; j < 256; ++j) p[j] = float(j - 128) / 64.0f;
+        break;
+      default:
+        break;
+    }
+  }
   Source s;
   s.values.resize(x.size());
   s.bytes.resize(x.size() * (dtype == DType::F32 ? 4 : 2));
@@ -111,24 +137,31 @@ int64_t first_difference(const uint8_t* a, const uint8_t* b, size_t n) {
 TEST(CudaGgmlBlocks, SameBytesAndFloatsAsTheReference) {
   REQUIRE_GPU();
   std::mt19937_64 rng(test::test_seed());
-  // Block counts: one, a partial CTA, exactly one CTA, one past it, several
-  // CTAs and a partial one, and a large odd count.
+  // Counts of 32-element blocks: one, a partial legacy CTA, exactly one, one
+  // past it, several CTAs and a partial one, and a large odd count; the
+  // K-quants use the multiples of 8 among them (one super-block, a partial
+  // 32-super-block CTA, one, one past, several) and 8 * 40003.
   // QPACK_GPU_TEST_QUICK (the sanitizer runs) leaves out the large count.
   const char* quick = std::getenv("QPACK_GPU_TEST_QUICK");
   const bool is_quick = quick && *quick && *quick != '0';
-  const int64_t block_counts[] = {1, 7, 128, 129, 1000, 100003};
+  const int64_t block_counts[] = {1,   7,   8,    56,      128,    129,
+                                  256, 264, 1000, 8 * 131, 100003, 8 * 40003};
   for (const DType dtype : {DType::F32, DType::F16, DType::BF16}) {
     for (const int64_t nb : block_counts) {
-      if (is_quick && nb > 1000) continue;
+      if (is_quick && nb > 8 * 131) continue;
       const int64_t n = nb * 32;
       const Source src = make_source(dtype, n, rng);
       cuda::DeviceBuffer d_src, d_blocks, d_out;
       ASSERT_OK(d_src.allocate(src.bytes.size()));
       ASSERT_OK(cuda::copy_to_device(d_src.data(), src.bytes.data(), src.bytes.size(), nullptr));
-      for (const GgmlLegacyType t : kTypes) {
+      for (const GgmlBlockType t : kTypes) {
+        if (n % gl::block_elements(t) != 0) continue;
+        if (!gl::is_kquant(t) && nb == 8 * 40003) continue;
+        if (gl::is_kquant(t) && nb == 100003) continue;
         SCOPED_TRACE(std::string(gl::type_name(t)) + " from " + dtype_name(dtype) + ", " +
-                     std::to_string(nb) + " blocks");
-        const size_t bytes = size_t(nb) * size_t(gl::block_bytes(t));
+                     std::to_string(nb) + " x 32 elements");
+        const int64_t blocks = n / gl::block_elements(t);
+        const size_t bytes = size_t(blocks) * size_t(gl::block_bytes(t));
         std::vector<uint8_t> expected(bytes);
         ASSERT_TRUE(gl::quantize_row(t, src.values.data(), n, expected.data()));
 
@@ -162,8 +195,9 @@ TEST(CudaGgmlBlocks, SameBytesAndFloatsAsTheReference) {
           uint32_t gb, wb;
           std::memcpy(&gb, back.data() + 4 * k, 4);
           std::memcpy(&wb, &want[k], 4);
-          const size_t blk = k / 32 * size_t(gl::block_bytes(t));
-          FAIL() << "float " << k << " (block " << k / 32 << "): device bits 0x" << std::hex << gb
+          const size_t be = size_t(gl::block_elements(t));
+          const size_t blk = k / be * size_t(gl::block_bytes(t));
+          FAIL() << "float " << k << " (block " << k / be << "): device bits 0x" << std::hex << gb
                  << ", reference 0x" << wb << ", block bytes " << std::dec
                  << unsigned(expected[blk]) << "," << unsigned(expected[blk + 1]) << ","
                  << unsigned(expected[blk + 2]);
@@ -181,14 +215,14 @@ TEST(CudaGgmlBlocks, SameBytesAndFloatsAsTheReference) {
 TEST(CudaGgmlBlocks, UnalignedSourcesAndOutputsGiveTheSameBytes) {
   REQUIRE_GPU();
   std::mt19937_64 rng(test::test_seed() + 1);
-  const int64_t nb = 300, n = nb * 32;
+  const int64_t n = 300 * 256;
   const Source src = make_source(DType::F16, n + 32, rng);
   cuda::DeviceBuffer d_src, d_blocks;
   ASSERT_OK(d_src.allocate(src.bytes.size()));
   ASSERT_OK(cuda::copy_to_device(d_src.data(), src.bytes.data(), src.bytes.size(), nullptr));
-  for (const GgmlLegacyType t : kTypes) {
+  for (const GgmlBlockType t : kTypes) {
     SCOPED_TRACE(gl::type_name(t));
-    const size_t bytes = size_t(nb) * size_t(gl::block_bytes(t));
+    const size_t bytes = size_t(n / gl::block_elements(t)) * size_t(gl::block_bytes(t));
     std::vector<uint8_t> expected(bytes);
     ASSERT_TRUE(gl::quantize_row(t, src.values.data() + 32, n, expected.data()));
     ASSERT_OK(d_blocks.allocate(bytes + 3 + kGuard));
@@ -237,6 +271,22 @@ TEST(CudaGgmlBlocks, ArgumentsAreChecked) {
             StatusCode::InvalidArgument);
   EXPECT_TRUE(
       cuda::quantize_ggml_blocks(GgmlLegacyType::Q4_0, nullptr, DType::F32, 0, nullptr, nullptr)
+          .ok());
+  // The K-quants: whole super-blocks only, no other dtype, no unknown type.
+  EXPECT_EQ(code(cuda::quantize_ggml_blocks(GgmlBlockType::Q4_K, p, DType::F32, 224, p, nullptr)),
+            StatusCode::InvalidArgument);
+  EXPECT_EQ(code(cuda::quantize_ggml_blocks(GgmlBlockType::Q6_K, p, DType::I8, 256, p, nullptr)),
+            StatusCode::InvalidArgument);
+  EXPECT_EQ(code(cuda::quantize_ggml_blocks(GgmlBlockType(15), p, DType::F32, 256, p, nullptr)),
+            StatusCode::InvalidArgument);
+  EXPECT_EQ(
+      code(cuda::dequantize_ggml_blocks(GgmlBlockType::Q2_K, p, 512 + 32, d.as<float>(), nullptr)),
+      StatusCode::InvalidArgument);
+  EXPECT_EQ(
+      code(cuda::dequantize_ggml_blocks(GgmlBlockType::Q3_K, nullptr, 256, d.as<float>(), nullptr)),
+      StatusCode::InvalidArgument);
+  EXPECT_TRUE(
+      cuda::quantize_ggml_blocks(GgmlBlockType::Q5_K, nullptr, DType::F32, 0, nullptr, nullptr)
           .ok());
 }
 

@@ -1,11 +1,12 @@
-// ggml's legacy block types on the GPU (qpack/kernels/ggml_blocks.hpp):
-// quantize and dequantize throughput per type and source dtype, next to the
+// ggml's block types on the GPU (qpack/kernels/ggml_blocks.hpp), legacy and
+// K-quants: quantize and dequantize throughput per type and source dtype, next to the
 // device-to-device copy bandwidth measured in the same run (counted as
 // NVIDIA's bandwidthTest counts it: 2 x bytes / time). A kernel's bytes are
 // what it must move: source elements read plus blocks written (quantize),
 // blocks read plus F32 written (dequantize). Before timing, the device's
-// bytes for the whole tensor are compared with the spec's scalar reference;
-// a mismatch ends the run with exit 1.
+// bytes are compared with the spec's scalar reference (the whole tensor for
+// the legacy types, its first 2^20 elements for the K-quants, whose scalar
+// reference takes seconds per tensor); a mismatch ends the run with exit 1.
 //
 //   qpack_bench_ggml_blocks [--rows R] [--cols C] [--iters N]
 #include <cuda_runtime_api.h>
@@ -21,7 +22,7 @@
 #include "qpack/kernels/cuda_quant.hpp"
 #include "qpack/kernels/ggml_blocks.hpp"
 #include "qpack/spec/dtype.hpp"
-#include "qpack/spec/ggml_legacy.hpp"
+#include "qpack/spec/ggml_block_types.hpp"
 
 using namespace qpack;
 namespace gl = spec::ggml;
@@ -71,8 +72,8 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (cols % 32 != 0 || rows <= 0 || cols <= 0 || iters <= 0) {
-    std::fprintf(stderr, "cols must be a positive multiple of 32\n");
+  if (cols % 256 != 0 || rows <= 0 || cols <= 0 || iters <= 0) {
+    std::fprintf(stderr, "cols must be a positive multiple of 256 (a K-quant super-block)\n");
     return 2;
   }
   std::string why;
@@ -111,9 +112,11 @@ int main(int argc, char** argv) {
   std::printf("%-6s %-5s %-10s %10s %10s %8s\n", "type", "src", "kernel", "ms", "GB/s", "of copy");
 
   int rc = 0;
-  const gl::GgmlLegacyType types[] = {gl::GgmlLegacyType::Q4_0, gl::GgmlLegacyType::Q4_1,
-                                      gl::GgmlLegacyType::Q5_0, gl::GgmlLegacyType::Q5_1,
-                                      gl::GgmlLegacyType::Q8_0};
+  using gl::GgmlBlockType;
+  const GgmlBlockType types[] = {GgmlBlockType::Q4_0, GgmlBlockType::Q4_1, GgmlBlockType::Q5_0,
+                                 GgmlBlockType::Q5_1, GgmlBlockType::Q8_0, GgmlBlockType::Q2_K,
+                                 GgmlBlockType::Q3_K, GgmlBlockType::Q4_K, GgmlBlockType::Q5_K,
+                                 GgmlBlockType::Q6_K};
   for (const DType dt : {DType::F16, DType::BF16, DType::F32}) {
     const void* host = dt == DType::F32   ? static_cast<const void*>(f32.data())
                        : dt == DType::F16 ? static_cast<const void*>(f16.data())
@@ -125,12 +128,15 @@ int main(int argc, char** argv) {
       values[size_t(i)] = dt == DType::F32   ? f32[size_t(i)]
                           : dt == DType::F16 ? f16_to_f32(f16[size_t(i)])
                                              : bf16_to_f32(bf16[size_t(i)]);
-    for (const gl::GgmlLegacyType t : types) {
-      const size_t block_bytes = size_t(n / 32) * size_t(gl::block_bytes(t));
+    for (const GgmlBlockType t : types) {
+      const int64_t be = gl::block_elements(t);
+      const size_t block_bytes = size_t(n / be) * size_t(gl::block_bytes(t));
       CS(cuda::quantize_ggml_blocks(t, d_src.data(), dt, n, d_blocks.as<uint8_t>(), nullptr));
-      std::vector<uint8_t> got(block_bytes), want(block_bytes);
-      CK(cudaMemcpy(got.data(), d_blocks.data(), block_bytes, cudaMemcpyDeviceToHost));
-      gl::quantize_row(t, values.data(), n, want.data());
+      const int64_t check_n = gl::is_kquant(t) && n > (int64_t(1) << 20) ? int64_t(1) << 20 : n;
+      const size_t check_bytes = size_t(check_n / be) * size_t(gl::block_bytes(t));
+      std::vector<uint8_t> got(check_bytes), want(check_bytes);
+      CK(cudaMemcpy(got.data(), d_blocks.data(), check_bytes, cudaMemcpyDeviceToHost));
+      gl::quantize_row(t, values.data(), check_n, want.data());
       const bool same = got == want;
       if (!same) rc = 1;
       const float qms = best_ms(iters, [&] {

@@ -1,11 +1,14 @@
-// ggml's legacy GGUF block types on the CPU (qpack/converter/ggml_blocks.hpp):
+// ggml's GGUF block types on the CPU (qpack/converter/ggml_blocks.hpp):
 // quantize throughput from an F16 tensor at 1 and 2 threads (and all cores
 // when there are more), next to the memory-copy bound measured in the same
-// run over the same number of bytes, and next to the peer on the same shape:
-// gguf-py's numpy quantizers (tools/bench/ggml_peer.py; skipped when python3
-// or gguf is missing). Bytes are source read plus blocks written.
+// run over the same number of bytes, and next to the peer on the same shape
+// (tools/bench/ggml_peer.py; a type whose peer is missing shows "-"): for the
+// legacy types gguf-py's numpy quantizers, for the K-quants ggml's own C
+// (quantize_row_qN_K_ref from libggml-base.so, one thread). Bytes are source
+// read plus blocks written.
 //
-//   qpack_bench_ggml_cpu [--rows R] [--cols C] [--reps N] [--no-peer]
+//   qpack_bench_ggml_cpu [--rows R] [--cols C] [--reps N] [--types T,T,..]
+//                        [--ggml-lib PATH] [--no-peer]
 #include <omp.h>
 
 #include <algorithm>
@@ -22,7 +25,6 @@
 #include "qpack/spec/dtype.hpp"
 
 using namespace qpack;
-namespace gl = spec::ggml;
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -47,10 +49,13 @@ double copy_seconds(std::vector<uint8_t>& a, std::vector<uint8_t>& b, int thread
 
 // "TYPE SECONDS" lines from the peer script, or nothing.
 std::map<std::string, double> run_peer(const std::string& script, int64_t rows, int64_t cols,
-                                       int reps) {
+                                       int reps, const std::string& types,
+                                       const std::string& ggml_lib) {
   std::map<std::string, double> out;
-  const std::string cmd = "python3 '" + script + "' --rows " + std::to_string(rows) + " --cols " +
-                          std::to_string(cols) + " --reps " + std::to_string(reps) + " 2>/dev/null";
+  std::string cmd = "python3 '" + script + "' --rows " + std::to_string(rows) + " --cols " +
+                    std::to_string(cols) + " --reps " + std::to_string(reps) + " --types " + types;
+  if (!ggml_lib.empty()) cmd += " --ggml-lib '" + ggml_lib + "'";
+  cmd += " 2>/dev/null";
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return out;
   char name[16];
@@ -60,12 +65,38 @@ std::map<std::string, double> run_peer(const std::string& script, int64_t rows, 
   return out;
 }
 
+constexpr GgmlType kAllTypes[] = {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1,
+                                  GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K,
+                                  GgmlType::Q5_K, GgmlType::Q6_K};
+
+// The types named in a comma-separated list ("Q4_K,Q6_K"); false for an
+// unknown name.
+bool parse_types(const std::string& list, std::vector<GgmlType>* out) {
+  out->clear();
+  size_t begin = 0;
+  while (begin <= list.size()) {
+    const size_t end = std::min(list.find(',', begin), list.size());
+    const std::string name = list.substr(begin, end - begin);
+    bool found = false;
+    for (const GgmlType t : kAllTypes)
+      if (name == ggml_type_name(t)) {
+        out->push_back(t);
+        found = true;
+      }
+    if (!found) return false;
+    begin = end + 1;
+  }
+  return !out->empty();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int64_t rows = 11008, cols = 4096;
   int reps = 5;
   bool peer = true;
+  std::string type_list = "Q4_0,Q4_1,Q5_0,Q5_1,Q8_0,Q2_K,Q3_K,Q4_K,Q5_K,Q6_K";
+  std::string ggml_lib;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--rows" && i + 1 < argc)
@@ -74,15 +105,34 @@ int main(int argc, char** argv) {
       cols = std::atoll(argv[++i]);
     else if (a == "--reps" && i + 1 < argc)
       reps = std::max(1, std::atoi(argv[++i]));
+    else if (a == "--types" && i + 1 < argc)
+      type_list = argv[++i];
+    else if (a == "--ggml-lib" && i + 1 < argc)
+      ggml_lib = argv[++i];
     else if (a == "--no-peer")
       peer = false;
     else {
-      std::printf("usage: %s [--rows R] [--cols C] [--reps N] [--no-peer]\n", argv[0]);
+      std::printf(
+          "usage: %s [--rows R] [--cols C] [--reps N] [--types T,T,..] [--ggml-lib PATH] "
+          "[--no-peer]\n"
+          "  --types     ggml types to time (default all ten: Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K "
+          "Q3_K Q4_K Q5_K Q6_K)\n"
+          "  --ggml-lib  libggml-base.so for the K-quant peer (default: llama-cpp-python's)\n",
+          argv[0]);
       return a == "--help" ? 0 : 2;
     }
   }
-  if (rows <= 0 || cols <= 0 || cols % 32 != 0) {
-    std::fprintf(stderr, "cols must be a positive multiple of 32\n");
+  std::vector<GgmlType> types;
+  if (!parse_types(type_list, &types)) {
+    std::fprintf(stderr, "--types: not a comma-separated list of ggml block types: %s\n",
+                 type_list.c_str());
+    return 2;
+  }
+  bool kquants = false;
+  for (const GgmlType t : types)
+    kquants = kquants || ggml_type_info(uint32_t(t))->block_size == 256;
+  if (rows <= 0 || cols <= 0 || cols % (kquants ? 256 : 32) != 0) {
+    std::fprintf(stderr, "cols must be a positive multiple of %d\n", kquants ? 256 : 32);
     return 2;
   }
   const int64_t n = rows * cols;
@@ -90,7 +140,7 @@ int main(int argc, char** argv) {
   std::normal_distribution<float> nd(0.0f, 0.02f);
   std::vector<uint16_t> src(static_cast<size_t>(n));
   for (auto& h : src) h = f32_to_f16_rne(nd(rng));
-  std::vector<uint8_t> blocks(size_t(ggml_blocks_bytes(gl::GgmlLegacyType::Q8_0, n)));
+  std::vector<uint8_t> blocks(size_t(ggml_blocks_bytes(GgmlType::Q8_0, n)));  // the largest
 
   std::vector<int> thread_counts = {1, 2};
   if (omp_get_max_threads() > 2) thread_counts.push_back(omp_get_max_threads());
@@ -98,18 +148,18 @@ int main(int argc, char** argv) {
   if (peer) {
     // The script sits in the source tree, the binary in the build tree.
     const std::string script = std::string(QPACK_SOURCE_DIR) + "/tools/bench/ggml_peer.py";
-    peer_s = run_peer(script, rows, cols, std::min(reps, 3));
+    peer_s = run_peer(script, rows, cols, std::min(reps, 3), type_list, ggml_lib);
   }
-  std::printf("tensor [%lld, %lld] F16 (%.0f MB); best of %d; peer: %s\n", (long long)rows,
-              (long long)cols, double(n) * 2 / 1e6, reps,
-              peer_s.empty() ? "none (python3 + gguf not available, or --no-peer)"
-                             : "gguf-py numpy quantize (f16 -> f32 -> blocks), 1 thread");
+  std::printf(
+      "tensor [%lld, %lld] F16 (%.0f MB); best of %d; peer (f16 -> f32 -> blocks, 1 "
+      "thread): %s\n",
+      (long long)rows, (long long)cols, double(n) * 2 / 1e6, reps,
+      !peer            ? "none (--no-peer)"
+      : peer_s.empty() ? "none (python3 with gguf or llama_cpp not available)"
+                       : "gguf-py numpy (legacy types), ggml's C (K-quants)");
   std::printf("%-5s %7s %10s %10s %8s %10s %9s\n", "type", "threads", "ms", "GB/s", "of copy",
               "peer GB/s", "vs peer");
-  const gl::GgmlLegacyType types[] = {gl::GgmlLegacyType::Q4_0, gl::GgmlLegacyType::Q4_1,
-                                      gl::GgmlLegacyType::Q5_0, gl::GgmlLegacyType::Q5_1,
-                                      gl::GgmlLegacyType::Q8_0};
-  for (const gl::GgmlLegacyType t : types) {
+  for (const GgmlType t : types) {
     const size_t out_bytes = size_t(ggml_blocks_bytes(t, n));
     const size_t moved = size_t(n) * 2 + out_bytes;
     std::vector<uint8_t> ca(moved / 2), cb(moved / 2);  // copy of the same total r+w
@@ -122,13 +172,13 @@ int main(int argc, char** argv) {
         best = std::min(best, seconds_since(t0));
       }
       const double bw = double(moved) / best, copy_bw = double(moved) / best_copy;
-      const auto p = peer_s.find(gl::type_name(t));
+      const auto p = peer_s.find(ggml_type_name(t));
       if (p != peer_s.end()) {
         const double peer_bw = double(moved) / p->second;
-        std::printf("%-5s %7d %10.2f %10.2f %7.1f%% %10.3f %8.1fx\n", gl::type_name(t), threads,
+        std::printf("%-5s %7d %10.2f %10.2f %7.1f%% %10.3f %8.1fx\n", ggml_type_name(t), threads,
                     best * 1e3, bw / 1e9, 100 * bw / copy_bw, peer_bw / 1e9, bw / peer_bw);
       } else {
-        std::printf("%-5s %7d %10.2f %10.2f %7.1f%% %10s %9s\n", gl::type_name(t), threads,
+        std::printf("%-5s %7d %10.2f %10.2f %7.1f%% %10s %9s\n", ggml_type_name(t), threads,
                     best * 1e3, bw / 1e9, 100 * bw / copy_bw, "-", "-");
       }
     }

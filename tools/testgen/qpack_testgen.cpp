@@ -13,8 +13,12 @@
 //       model.safetensors.index.json.
 //
 //   qpack-testgen stories SRC.bin OUT.safetensors [--dtype f16|bf16|f32]
-//       The llama2.c "legacy v0" checkpoint (../shared/data/stories260K) with
-//       HF names; config.json is written beside OUT.
+//       The llama2.c "legacy v0" checkpoint (../shared/data/stories260K) as an
+//       HF Llama checkpoint; config.json is written beside OUT. llama2.c
+//       rotates adjacent pairs (Meta's order) while HF rotates halves, so
+//       q_proj/k_proj rows get the permutation Meta's weights get on the way
+//       to HF (transformers' convert_llama_weights_to_hf): per head, row
+//       2i+j moves to j*(d/2)+i. The HF->GGUF permutation undoes exactly that.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -308,14 +312,26 @@ int stories(int argc, char** argv) {
   std::vector<std::vector<uint8_t>> bufs;
   std::vector<TensorToWrite> tensors;
   const uint64_t esize = dtype == DType::F32 ? 4 : 2;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, const float* data) {
+  // n_head > 0: rows reordered from llama2.c's adjacent RoPE pairs to HF's
+  // halves (destination row h*d + j*(d/2) + i takes source row h*d + 2i + j).
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, const float* data,
+                 int64_t n_head = 0) {
     uint64_t n = 1;
     for (auto d : shape) n *= uint64_t(d);
+    const int64_t cols = shape.size() == 2 ? shape[1] : int64_t(n);
+    const int64_t rows = int64_t(n) / cols, d = n_head ? rows / n_head : rows;
     bufs.emplace_back(n * esize);
-    for (uint64_t i = 0; i < n; ++i) {
-      float v;
-      std::memcpy(&v, data + i, 4);
-      store(&bufs.back()[i * esize], dtype, v);
+    for (int64_t r = 0; r < rows; ++r) {
+      int64_t src_row = r;
+      if (n_head) {
+        const int64_t h = r / d, jj = (r % d) / (d / 2), i = (r % d) % (d / 2);
+        src_row = h * d + 2 * i + jj;
+      }
+      for (int64_t c = 0; c < cols; ++c) {
+        float v;
+        std::memcpy(&v, data + src_row * cols + c, 4);
+        store(&bufs.back()[uint64_t(r * cols + c) * esize], dtype, v);
+      }
     }
     TensorToWrite t;
     t.name = name;
@@ -328,8 +344,8 @@ int stories(int argc, char** argv) {
   for (int64_t l = 0; l < L; ++l) {
     const std::string q = "model.layers." + std::to_string(l) + ".";
     add(q + "input_layernorm.weight", {dim}, rms_att + l * dim);
-    add(q + "self_attn.q_proj.weight", {dim, dim}, wq + l * dim * dim);
-    add(q + "self_attn.k_proj.weight", {kv_dim, dim}, wk + l * kv_dim * dim);
+    add(q + "self_attn.q_proj.weight", {dim, dim}, wq + l * dim * dim, heads);
+    add(q + "self_attn.k_proj.weight", {kv_dim, dim}, wk + l * kv_dim * dim, kv_heads);
     add(q + "self_attn.v_proj.weight", {kv_dim, dim}, wv + l * kv_dim * dim);
     add(q + "self_attn.o_proj.weight", {dim, dim}, wo + l * dim * dim);
     add(q + "post_attention_layernorm.weight", {dim}, rms_ffn + l * dim);

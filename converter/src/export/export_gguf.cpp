@@ -467,11 +467,14 @@ void convert_floats(const uint8_t* in, GgmlType from, int64_t n, GgmlType to, ui
 
 void write_tensor(GgufWriter& w, const Origin& og, const GgufPlanEntry& e, const std::string& src,
                   const GgufExportOptions& o, int threads, std::vector<uint8_t>& gather,
-                  std::vector<uint8_t>& out) {
+                  std::vector<uint8_t>& out, const std::function<void(uint64_t)>& advanced) {
   if (e.action == GgufTensorAction::Copy) {
     const uint64_t chunk = std::max<uint64_t>(o.slice_bytes, 1);
-    for (uint64_t off = 0; off < og.nbytes; off += chunk)
-      w.append(og.data + off, std::min(chunk, og.nbytes - off));
+    for (uint64_t off = 0; off < og.nbytes; off += chunk) {
+      const uint64_t n = std::min(chunk, og.nbytes - off);
+      w.append(og.data + off, n);
+      advanced(n);
+    }
     return;
   }
   // Rows: the HF outer dimension for a permuted 1-D bias (one element each),
@@ -513,6 +516,7 @@ void write_tensor(GgufWriter& w, const Origin& og, const GgufPlanEntry& e, const
       convert_floats(in, og.source_type, n, e.type, out.data(), threads);
     }
     w.append(out.data(), out.size());
+    advanced(uint64_t(nr) * src_row_bytes);
   }
 }
 
@@ -602,10 +606,18 @@ GgufExportSummary export_gguf(const std::string& source, const std::string& outp
   for (size_t i = 0; i < count; ++i) {
     const Origin& og = p.source.tensors[i];
     const GgufPlanEntry& e = p.plan.tensors[i];
+    const uint64_t start = done;
+    uint64_t in_tensor = 0;
     if (options.progress) options.progress({i, count, done, p.plan.bytes_in, e.name});
-    write_tensor(w, og, e, source, options, threads, gather, out);
+    // Between slices too: one large tensor (token_embd) can take a while.
+    const auto advanced = [&](uint64_t n) {
+      in_tensor += n;
+      if (options.progress && in_tensor < e.bytes_in)
+        options.progress({i, count, start + in_tensor, p.plan.bytes_in, e.name});
+    };
+    write_tensor(w, og, e, source, options, threads, gather, out, advanced);
     if (og.release) og.release();
-    done += e.bytes_in;
+    done = start + e.bytes_in;
   }
   if (options.progress) options.progress({count, count, done, p.plan.bytes_in, ""});
   w.commit();

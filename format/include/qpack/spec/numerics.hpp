@@ -99,6 +99,14 @@ QPACK_HD float rint_f32(float a) {
   return std::nearbyint(a);
 #endif
 }
+// The square root, correctly rounded (IEEE requires it of sqrtf and of sqrtss).
+QPACK_HD float sqrt_f32(float a) {
+#if defined(__CUDA_ARCH__)
+  return __fsqrt_rn(a);
+#else
+  return std::sqrt(a);
+#endif
+}
 // q * s + m with a single rounding: the only fused float32 operation in the spec.
 QPACK_HD float fma_f32(float q, float s, float m) {
 #if defined(__CUDA_ARCH__)

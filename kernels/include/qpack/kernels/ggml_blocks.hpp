@@ -12,6 +12,7 @@
 
 #include "qpack/kernels/cuda_quant.hpp"
 #include "qpack/spec/dtype.hpp"
+#include "qpack/spec/ggml_block_types.hpp"
 #include "qpack/spec/ggml_legacy.hpp"
 
 namespace qpack {
@@ -31,14 +32,23 @@ Status quantize_ggml_blocks(spec::ggml::GgmlLegacyType type, const void* d_src, 
 Status dequantize_ggml_blocks(spec::ggml::GgmlLegacyType type, const uint8_t* d_blocks, int64_t n,
                               float* d_out, cudaStream_t stream);
 
+// The same over every ggml block type qpack writes (qpack/spec/
+// ggml_block_types.hpp): the legacy types as above, the K-quants (Q2_K..Q6_K,
+// docs/quantization.md Part III) on `n` a multiple of 256, their super-block.
+// The K-quants' scale searches are arithmetic-heavy; their kernels run one
+// thread per super-block (docs/kernels.md).
+Status quantize_ggml_blocks(spec::ggml::GgmlBlockType type, const void* d_src, DType src_dtype,
+                            int64_t n, uint8_t* d_blocks, cudaStream_t stream);
+Status dequantize_ggml_blocks(spec::ggml::GgmlBlockType type, const uint8_t* d_blocks, int64_t n,
+                              float* d_out, cudaStream_t stream);
+
 // ---------------------------------------------------------------- by GGUF type number
 
 // THE switch point for GPU decoding of GGUF tensors: true for the GGUF type
 // numbers (qpack/format/gguf.hpp's GgmlType values) whose blocks the kernels
-// dequantize, today the five legacy types. `qpack dequantize --device cuda`
-// and `qpack verify --device cuda` decode every other type on the CPU; a
-// K-quant kernel is added here (and in GgmlBlocksDeviceDecoder::dequantize)
-// and both commands use it from then on.
+// dequantize: the ten types of qpack/spec/ggml_block_types.hpp. `qpack
+// dequantize --device cuda` and `qpack verify --device cuda` decode every
+// other type (none qpack writes) on the CPU.
 bool cuda_block_type_supported(uint32_t gguf_type);
 
 // Host blocks in, host floats out, through the kernels on one device: the
