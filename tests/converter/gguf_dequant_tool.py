@@ -9,9 +9,10 @@ tests/verify/test_verify_gguf.cpp. Test-only: the product never runs Python.
       verify's fixed summation order), plus F32, F16 and BF16 tensors, scalar
       and array metadata; with SRC, also the float32 source as safetensors
       (numpy shape = ne reversed) and as an F32 GGUF, for verify
-  write-kquants FILE SEED
+  write-kquants FILE SEED [SRC.safetensors]
       Q2_K..Q6_K tensors of random block bytes with finite random f16 scales
-      (gguf-py has no K-quant quantizer, but dequantizes them)
+      (gguf-py has no K-quant quantizer, but dequantizes them); with SRC,
+      gguf-py's dequantization of them as the source (verify: error 0)
   check FILE.gguf OUT.safetensors [f32|f16|bf16]
       every tensor of OUT against gguf.quants.dequantize of FILE's, bit for
       bit; block types rounded to the dtype given (nearest even: numpy's
@@ -103,9 +104,10 @@ def write(path, seed, src_path=None, src_gguf=None):
         ws.close()
 
 
-def write_kquants(path, seed):
+def write_kquants(path, seed, src_path=None):
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(path, arch="llama")
+    src = {}
     for qt, (nbytes, f16_at) in KQUANTS.items():
         shapes = [(1, 1), (3, 2), (int(rng.integers(2, 6)), int(rng.integers(1, 4)))]
         for k, (rows, blocks) in enumerate(shapes):
@@ -114,12 +116,16 @@ def write_kquants(path, seed):
                 v = (rng.standard_normal((rows, blocks)) * 0.05).astype(np.float16)
                 raw[:, :, off:off + 2] = v.view(np.uint8).reshape(rows, blocks, 2)
             data = raw.reshape(rows, blocks * nbytes)
-            w.add_tensor(f"{qt.name.lower()}_{k}_{rows}x{blocks}", data, raw_shape=data.shape,
-                         raw_dtype=qt)
+            name = f"{qt.name.lower()}_{k}_{rows}x{blocks}"
+            w.add_tensor(name, data, raw_shape=data.shape, raw_dtype=qt)
+            src[name] = gguf.quants.dequantize(data, qt).astype(np.float32)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    if src_path:
+        from safetensors.numpy import save_file
+        save_file(src, src_path)
 
 
 def reference(t):
@@ -259,7 +265,7 @@ if __name__ == "__main__":
         write(sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None,
               sys.argv[5] if len(sys.argv) > 5 else None)
     elif cmd == "write-kquants":
-        write_kquants(sys.argv[2], int(sys.argv[3]))
+        write_kquants(sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None)
     elif cmd == "check":
         check(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "f32")
     elif cmd == "hf-to-gguf":

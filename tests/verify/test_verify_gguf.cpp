@@ -244,6 +244,25 @@ TEST_F(VerifyGgufHf, QpacksOwnGgufExportVerifiesAgainstItsHfSource) {
             0.01);
 }
 
+TEST(VerifyGgufKQuants, DecodeAsGgufPyOnceTheBuildDecodesThem) {
+  if (!have_gguf_py()) GTEST_SKIP() << "python3 cannot import gguf, numpy, safetensors";
+  for (GgmlType t :
+       {GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K})
+    if (!ggml_blocks_supported(t)) GTEST_SKIP() << "K-quants not supported by this build";
+  test::TempDir dir;
+  const std::string g = dir.file("k.gguf"), s = dir.file("k.safetensors");
+  const auto w = test::run_command(tool() + "write-kquants " + g + " " +
+                                   std::to_string(test::test_seed() % 1000000) + " " + s + " 2>&1");
+  ASSERT_EQ(w.exit_code, 0) << w.output;
+  // The source is gguf-py's decoding of the same blocks: every error is 0.
+  const json rep = verify_json(g + " --source " + s + " --device cpu --max-abs-error 0", 0);
+  for (const auto& t : rep.at("tensors")) {
+    SCOPED_TRACE(t.at("name").get<std::string>());
+    EXPECT_EQ(t.at("metrics").at("sums").at("sq_err").get<double>(), 0.0);
+    EXPECT_GT(t.at("metrics").at("sums").at("sq_ref").get<double>(), 0.0);
+  }
+}
+
 TEST(VerifyGgufFiles, DamagedFileIsAnIntegrityFailure) {
   test::TempDir dir;
   const std::string in = dir.file("t.gguf");

@@ -185,7 +185,8 @@ int run_verify(VerifyArgs a) {
                   esc(i.section.empty() ? "" : i.section + ": ").c_str(), esc(i.message).c_str(),
                   i.code.c_str());
     for (const auto& n : rep.missing_from_qpack)
-      std::printf("source mismatch: %s: missing from the .qpack\n", esc(n).c_str());
+      std::printf("source mismatch: %s: missing from the %s\n", esc(n).c_str(),
+                  rep.file_format == "gguf" ? "GGUF file" : ".qpack");
     for (const auto& t : rep.tensors)
       for (const auto& p : t.problems)
         std::printf("source mismatch: %s: %s\n", esc(t.name).c_str(), esc(p).c_str());
