@@ -25,11 +25,14 @@ namespace {
 
 namespace kq = spec::ggml::kquant;
 
-// ggml's nearest_int per lane: the low 23 bits of v + 1.5 * 2^23, less 2^22.
+// ggml's nearest_int per lane: the low 23 bits of v + 1.5 * 2^23, less 2^22;
+// 0 for a NaN lane, as the spec's nearest_int says.
 QPACK_KQUANT_AVX2 inline __m256i nearest_int8(__m256 v) {
   const __m256i b = _mm256_castps_si256(_mm256_add_ps(v, _mm256_set1_ps(12582912.0f)));
-  return _mm256_sub_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x007fffff)),
-                          _mm256_set1_epi32(0x00400000));
+  const __m256i l = _mm256_sub_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x007fffff)),
+                                     _mm256_set1_epi32(0x00400000));
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  return _mm256_andnot_si256(nan, l);
 }
 
 // a where mask is clear, b where it is set.

@@ -52,9 +52,13 @@ QPACK_HD int wrap_uint8(int v) { return v & 0xff; }
 
 // ggml's nearest_int: add 1.5 * 2^23 and read the integer from the low 23
 // bits of the sum. For |v| <= 4194303 the float add rounds v to the nearest
-// integer, ties to even; outside that range (and for NaN) the answer is
-// whatever the bits say, which ggml's release build returns too.
+// integer, ties to even; outside that range the answer is whatever the bits
+// say, which ggml's release build returns too. A NaN gives 0: it is what
+// ggml's C gives on x86 for the NaN a step makes from finite inputs (Inf * 0
+// in a sub-block of tiny range is x86's default NaN 0xFFC00000), and a GPU's
+// canonical NaN (0x7FFFFFFF) would give 4194303, so the rule says 0.
 QPACK_HD int nearest_int(float v) {
+  if (!(v == v)) return 0;
   const float t = add_f32(v, 12582912.0f);
   return int(f32_bits(t) & 0x007fffffu) - 0x00400000;
 }
