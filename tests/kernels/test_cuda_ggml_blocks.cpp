@@ -264,6 +264,44 @@ TEST(CudaGgmlBlocks, UnalignedSourcesAndOutputsGiveTheSameBytes) {
   }
 }
 
+// Every finite F16 value (subnormals and -0 included) as its own constant
+// 32-element block, quantized to Q4_1 from F16: a constant block stores its
+// value as the block minimum m, so the bytes show each element's conversion
+// to float bit for bit (the kernels convert F16 in hardware, the reference
+// in software). Q8_0 and Q4_0 of the same blocks store the value's scale.
+// Non-finite patterns are left out (their blocks hold zeros): Inf - Inf and
+// NaN arithmetic give NaNs whose bits are the hardware's.
+TEST(CudaGgmlBlocks, EveryFiniteF16ValueConvertsExactly) {
+  REQUIRE_GPU();
+  const int64_t nb = 65536, n = nb * 32;
+  std::vector<uint16_t> bits(static_cast<size_t>(n));
+  std::vector<float> values(static_cast<size_t>(n));
+  for (int64_t b = 0; b < nb; ++b)
+    for (int j = 0; j < 32; ++j) {
+      const uint16_t h = (b & 0x7c00) == 0x7c00 ? uint16_t(0) : uint16_t(b);
+      bits[size_t(b * 32 + j)] = h;
+      values[size_t(b * 32 + j)] = f16_to_f32(h);
+    }
+  cuda::DeviceBuffer d_src, d_blocks;
+  ASSERT_OK(d_src.allocate(size_t(n) * 2));
+  ASSERT_OK(cuda::copy_to_device(d_src.data(), bits.data(), size_t(n) * 2, nullptr));
+  for (const GgmlBlockType t : {GgmlBlockType::Q4_1, GgmlBlockType::Q8_0, GgmlBlockType::Q4_0}) {
+    SCOPED_TRACE(gl::type_name(t));
+    const size_t bytes = size_t(nb) * size_t(gl::block_bytes(t));
+    std::vector<uint8_t> expected(bytes), got(bytes);
+    ASSERT_TRUE(gl::quantize_row(t, values.data(), n, expected.data()));
+    ASSERT_OK(d_blocks.allocate(bytes));
+    ASSERT_OK(cuda::fill_device(d_blocks.data(), kPoison, bytes, nullptr));
+    ASSERT_OK(cuda::quantize_ggml_blocks(t, d_src.data(), DType::F16, n, d_blocks.as<uint8_t>(),
+                                         nullptr));
+    ASSERT_OK(cuda::copy_to_host(got.data(), d_blocks.data(), bytes, nullptr));
+    ASSERT_OK(cuda::synchronize(nullptr));
+    const int64_t at = first_difference(got.data(), expected.data(), bytes);
+    ASSERT_EQ(at, -1) << "first differing byte " << at << ": the block of F16 bits 0x" << std::hex
+                      << at / gl::block_bytes(t);
+  }
+}
+
 TEST(CudaGgmlBlocks, ArgumentsAreChecked) {
   REQUIRE_GPU();
   cuda::DeviceBuffer d;
