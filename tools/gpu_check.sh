@@ -12,8 +12,9 @@
 # (TensorQuantizer and convert_checkpoint from the page cache), no tests.
 # --verify-only builds, tests and benchmarks only the verifier's GPU pass
 # (with --profile: counters and SASS of its fast kernels), for quick rounds
-# of work on it. --ggml-only does the same for the kernels of ggml's legacy
-# GGUF block types (test, sanitizers, qpack_bench_ggml_blocks).
+# of work on it. --ggml-only does the same for the kernels of ggml's GGUF
+# block types (their test, the GGUF dequantize/verify GPU tests, sanitizers,
+# qpack_bench_ggml_blocks).
 #
 # The GPU machine has no package manager and no network. When the system
 # lacks the build dependencies (nlohmann-json, CLI11, zstd, xxhash, GoogleTest,
@@ -96,12 +97,18 @@ fi
 TARGETS=(cuda_quant_test qpack_bench_cuda qpack qpack-testgen)
 # ggml's legacy GGUF block kernels, when the tree has them.
 grep -q cuda_ggml_blocks_test "$ROOT/tests/CMakeLists.txt" && TARGETS+=(cuda_ggml_blocks_test qpack_bench_ggml_blocks)
+# GGUF decoding on the device (dequantize and verify; they need python3 with
+# gguf, numpy and safetensors there, else they skip: carry gguf as a wheel).
+GGUF_TESTS=()
+grep -q dequantize_gguf_gpu_test "$ROOT/tests/CMakeLists.txt" && GGUF_TESTS+=(dequantize_gguf_gpu_test)
+grep -q verify_gguf_gpu_test "$ROOT/tests/CMakeLists.txt" && GGUF_TESTS+=(verify_gguf_gpu_test)
+TARGETS+=("${GGUF_TESTS[@]}")
 [ "$VERIFY_ONLY" = 1 ] && TARGETS=()
 # The verifier's GPU test and benchmark, when that part of the tree has them.
 grep -q verify_gpu_test "$ROOT/tests/CMakeLists.txt" && TARGETS+=(verify_gpu_test)
 grep -q qpack_bench_verify "$ROOT/tools/bench/CMakeLists.txt" && TARGETS+=(qpack_bench_verify)
 [ "$E2E_ONLY" = 1 ] && TARGETS=(qpack_bench_cuda)
-[ "$GGML_ONLY" = 1 ] && TARGETS=(cuda_ggml_blocks_test qpack_bench_ggml_blocks)
+[ "$GGML_ONLY" = 1 ] && TARGETS=(cuda_ggml_blocks_test qpack_bench_ggml_blocks qpack "${GGUF_TESTS[@]}")
 if ! cmake --build "$BUILD" -j"$JOBS" --target "${TARGETS[@]}" > "$OUT/build.log" 2>&1; then
   grep -E "error|Error" "$OUT/build.log" | head -40
   echo "build FAILED (see build.log)"
@@ -115,7 +122,7 @@ cd "$BUILD" || exit 1
 FAIL=0
 CTEST_ONLY=()
 [ "$VERIFY_ONLY" = 1 ] && CTEST_ONLY=(-R "^VerifyGpu\.")
-[ "$GGML_ONLY" = 1 ] && CTEST_ONLY=(-R "^CudaGgmlBlocks\.")
+[ "$GGML_ONLY" = 1 ] && CTEST_ONLY=(-R "^CudaGgmlBlocks\.|Gguf.*Gpu")
 if [ "$E2E_ONLY" = 0 ]; then
   ctest -L gpu "${CTEST_ONLY[@]}" --output-on-failure --timeout 600 > "$OUT/ctest_gpu.log" 2>&1
   rc=$?

@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 #include <string>
+#include <tuple>
 
 #include "qpack/kernels/cuda_quant.hpp"
 #include "testutil.hpp"
@@ -32,8 +33,19 @@ TEST(VerifyGgufGpu, CudaReportEqualsCpu) {
                                    "/tests/converter/gguf_dequant_tool.py write " + g + " " +
                                    std::to_string(test::test_seed() % 1000000) + " " + s + " 2>&1");
   ASSERT_EQ(w.exit_code, 0) << w.output;
-  for (const char* src : {"", " --source "}) {
-    const std::string args = g + (*src ? std::string(src) + s : std::string());
+  // And a file of K-quant blocks (random bytes, finite f16 scales) with its
+  // gguf-py dequantization as the source.
+  const std::string kg = dir.file("k.gguf"), ks = dir.file("k.safetensors");
+  const auto kw = test::run_command(std::string(QPACK_PYTHON) + " " + test::source_dir() +
+                                    "/tests/converter/gguf_dequant_tool.py write-kquants " + kg +
+                                    " " + std::to_string(test::test_seed() % 1000000) + " " + ks +
+                                    " 2>&1");
+  ASSERT_EQ(kw.exit_code, 0) << kw.output;
+  for (const auto& [file, source, src] :
+       {std::tuple<std::string, std::string, const char*>{g, s, ""},
+        {g, s, " --source "},
+        {kg, ks, " --source "}}) {
+    const std::string args = file + (*src ? std::string(src) + source : std::string());
     json c = verify_json(args + " --device cpu");
     json d = verify_json(args + " --device cuda");
     for (json* j : {&c, &d}) {
@@ -42,7 +54,7 @@ TEST(VerifyGgufGpu, CudaReportEqualsCpu) {
       (*j)["settings"].erase("device_requested");
       (*j)["settings"].erase("created_utc");
     }
-    EXPECT_EQ(c, d) << "source: " << (*src ? s : "none");
+    EXPECT_EQ(c, d) << file << ", source: " << (*src ? source : "none");
   }
 }
 
