@@ -225,6 +225,31 @@ def stories(a, work):
             diff = [n for n in tg if n not in tq or tq[n] != tg[n]] + [n for n in tq if n not in tg]
             c.expect(not diff, f"qpack stories {t}: {len(tq)} tensors byte-identical to gguf-py's "
                      f"(differing: {diff[:4]})")
+    # K-quant mixes: rows of 64 and 172 are not whole 256-blocks, so every tensor takes
+    # llama.cpp's fallbacks (Q4_K -> Q5_0, Q6_K -> Q8_0, ... -> F16); llama_model_quantize
+    # on the gguf-py F32 file (the checkpoint is F32: the same values qpack reads) is the
+    # reference for the bytes.
+    f16 = os.path.join(work, "stories_gguf_py_F32_source.gguf")
+    run([sys.executable, os.path.join(HERE, "gguf_from_hf.py"), st, f16, "--type", "F32", "--vocab-from", vocab])
+    peer = os.path.join(HERE, "..", "..", "tools", "bench", "llama_quantize_peer.py")
+    for t in [x for x in a.peer_types.split(",") if x]:
+        pf = os.path.join(work, f"stories_peer_{t}.gguf")
+        run([sys.executable, peer, f16, pf, "--type", t, "--threads", "2"])
+        files.append((pf, t, "llama.cpp-quantized stories"))
+        if use_qpack:
+            q = os.path.join(work, f"stories_qpack_{t}.gguf")
+            r = subprocess.run([a.qpack, "convert", st, q, "--type", t, "--vocab-from", vocab, "-q"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            if r.returncode != 0 and "cannot write yet" in r.stdout:
+                print(f"note: qpack {t}: {r.stdout.strip()}")
+                continue
+            if r.returncode != 0:
+                raise RuntimeError(f"qpack convert --type {t} -> {r.returncode}\n{r.stdout}")
+            files.append((q, t, "qpack stories"))
+            tq, tp = tensor_bytes(q), tensor_bytes(pf)
+            diff = [n for n in tp if n not in tq or tq[n] != tp[n]] + [n for n in tq if n not in tp]
+            c.expect(not diff, f"qpack stories {t}: {len(tq)} tensors byte-identical to llama_model_quantize's "
+                     f"(differing: {diff[:4]})")
     hf = ref_mod.LlamaReference.from_hf(st)
     for path, t, label in files:
         m = LlamaCpp(path)
@@ -249,11 +274,13 @@ def main():
     ap.add_argument("--qpack")
     ap.add_argument("--data")
     ap.add_argument("--types")
-    ap.add_argument("--peer-types", default="Q4_K_M,Q6_K,Q5_K_M,Q3_K_M,Q2_K",
-                    help="mixes quantized by llama_model_quantize (synthetic only)")
+    ap.add_argument("--peer-types", help="mixes quantized by llama_model_quantize "
+                    "(default Q4_K_M,Q6_K,Q5_K_M,Q3_K_M,Q2_K; stories Q4_K_M,Q6_K)")
     a = ap.parse_args()
     if a.types is None:
         a.types = "F32,F16,Q8_0,Q4_0,Q4_1,Q5_0,Q5_1"
+    if a.peer_types is None:
+        a.peer_types = "Q4_K_M,Q6_K,Q5_K_M,Q3_K_M,Q2_K" if a.which == "synthetic" else "Q4_K_M,Q6_K"
     with tempfile.TemporaryDirectory(prefix="qpack-llama-") as work:
         c = synthetic(a, work) if a.which == "synthetic" else stories(a, work)
     if c.failures:
