@@ -36,10 +36,10 @@ TEST(VerifyGgufGpu, CudaReportEqualsCpu) {
   // And a file of K-quant blocks (random bytes, finite f16 scales) with its
   // gguf-py dequantization as the source.
   const std::string kg = dir.file("k.gguf"), ks = dir.file("k.safetensors");
-  const auto kw = test::run_command(std::string(QPACK_PYTHON) + " " + test::source_dir() +
-                                    "/tests/converter/gguf_dequant_tool.py write-kquants " + kg +
-                                    " " + std::to_string(test::test_seed() % 1000000) + " " + ks +
-                                    " 2>&1");
+  const auto kw =
+      test::run_command(std::string(QPACK_PYTHON) + " " + test::source_dir() +
+                        "/tests/converter/gguf_dequant_tool.py write-kquants " + kg + " " +
+                        std::to_string(test::test_seed() % 1000000) + " " + ks + " 2>&1");
   ASSERT_EQ(kw.exit_code, 0) << kw.output;
   for (const auto& [file, source, src] :
        {std::tuple<std::string, std::string, const char*>{g, s, ""},
