@@ -9,16 +9,28 @@
 
 namespace qpack {
 
+// What an asymmetric group stores as its zero-point (docs/quantization.md).
+//   Float:   M, the group minimum rounded to the scale dtype; x_hat = fma(q, S, M)
+//            (qpack's own rule, FlexLLMGen's; the default).
+//   Integer: z, an integer code in [0, 2^bits - 1], with the group's range
+//            widened to include 0; x_hat = (q - z) * S (the rule of
+//            compressed-tensors, GPTQ and AWQ). Stored in the zeros section as
+//            the value z in the scale dtype (exact: z <= 255).
+// Symmetric schemes have no zero-point and ignore this field.
+enum class ZeroPoint : uint8_t { Float, Integer };
+
 struct QuantScheme {
   int bits = 4;             // 2, 3, 4 or 8
   int64_t group_size = 64;  // elements per group along `axis`; 0 = the whole axis
   int axis = 0;             // negative counts from the end
   bool symmetric = false;
-  DType scale_dtype = DType::F16;  // F16, BF16 or F32; also the zero-point's dtype
+  DType scale_dtype = DType::F16;           // F16, BF16 or F32; also the zero-point's dtype
+  ZeroPoint zero_point = ZeroPoint::Float;  // asymmetric only
 
   bool operator==(const QuantScheme& o) const {
     return bits == o.bits && group_size == o.group_size && axis == o.axis &&
-           symmetric == o.symmetric && scale_dtype == o.scale_dtype;
+           symmetric == o.symmetric && scale_dtype == o.scale_dtype &&
+           (symmetric || zero_point == o.zero_point);
   }
 };
 
