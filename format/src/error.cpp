@@ -73,6 +73,10 @@ const char* error_code_name(ErrorCode code) {
     QPACK_CASE(GgufTensorOutOfRange)
     QPACK_CASE(GgufTensorOverlap)
     QPACK_CASE(GgufWrongDataSize)
+    QPACK_CASE(HfBadConfig)
+    QPACK_CASE(HfUnsupported)
+    QPACK_CASE(HfBadTensor)
+    QPACK_CASE(HfBadValue)
     QPACK_CASE(Internal)
 #undef QPACK_CASE
   }

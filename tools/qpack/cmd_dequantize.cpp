@@ -10,10 +10,12 @@
 #include "commands.hpp"
 #include "device.hpp"
 #include "progress_bar.hpp"
+#include "qpack/converter/dequantize_hf.hpp"
 #include "qpack/converter/export.hpp"
 #include "qpack/converter/recipe.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/gguf.hpp"
+#include "qpack/format/hf_quantized.hpp"
 #include "qpack/format/text.hpp"
 
 namespace qpack::cli {
@@ -49,6 +51,7 @@ int run_dequantize(const DequantizeArgs& a) {
   opt.overwrite = a.force;
   opt.skip_unsupported = a.skip_unsupported;
   const bool gguf = has_gguf_magic(a.qpack);
+  const bool hf = !gguf && HfQuantizedModel::detect(a.qpack);
   if (a.skip_unsupported && !gguf)
     throw Error(ErrorCode::InvalidArgument, a.qpack, "",
                 "--skip-unsupported applies to GGUF input only");
@@ -58,8 +61,11 @@ int run_dequantize(const DequantizeArgs& a) {
                        const std::string& tensor) { bar.update(done, total, i, n, tensor); };
   DequantizeSummary s;
   try {
-    s = gguf ? dequantize_gguf_file(a.qpack, a.out, opt) : dequantize_file(a.qpack, a.out, opt);
+    s = gguf ? dequantize_gguf_file(a.qpack, a.out, opt)
+        : hf ? dequantize_hf_folder(a.qpack, a.out, opt)
+             : dequantize_file(a.qpack, a.out, opt);
   } catch (const Error& e) {
+    if (hf) throw;
     // A .qpack that fails its checks is an integrity error (4), as in verify.
     if (gguf) rethrow_gguf_error(e, a.qpack);
     rethrow_qpack_error(e, a.qpack);
@@ -73,7 +79,9 @@ int run_dequantize(const DequantizeArgs& a) {
                               {"tensors_raw", s.tensors - s.quantized},
                               {"bytes_out", s.output_bytes},
                               {"device", s.device},
-                              {"format", gguf ? "gguf" : "qpack"},
+                              {"format", gguf ? "gguf"
+                                         : hf ? s.source_format
+                                              : "qpack"},
                               {"skipped", s.skipped},
                               {"decoded_on_cpu", s.decoded_on_cpu}};
     const std::string text = j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -121,9 +129,17 @@ Runner add_dequantize(CLI::App& app) {
       "build cannot decode (IQ*, TQ*, ...) is an error (exit 3) naming the tensor, unless\n"
       "--skip-unsupported leaves such tensors out with a warning. A malformed GGUF exits 4.\n"
       "\n"
+      "\n"
+      "A compressed-tensors (pack-quantized) or GPTQ model folder (config.json with a\n"
+      "quantization_config, or quantize_config.json): every quantized Linear is read back by\n"
+      "qpack's reader of the layout and decoded as (q - z) * s, written in its scale dtype (or\n"
+      "--dtype); the other tensors are copied. docs/hf-reading.md.\n"
+      "\n"
       "Exit codes: 0 ok, 2 usage, 3 bad input, 4 integrity error (checksum/manifest),\n"
       "5 I/O error (output exists without --force, disk full), 6 --device cuda[:N] unusable.");
-  sub->add_option("model", a->qpack, "The .qpack or .gguf file")->required();
+  sub->add_option("model", a->qpack,
+                  "The .qpack or .gguf file, or a compressed-tensors / GPTQ model folder")
+      ->required();
   sub->add_option("output", a->out, "The .safetensors file to write")->required();
   sub->add_option("--dtype,--dequantized-dtype", a->dtype,
                   "Dtype of the dequantized tensors: f16, bf16 or f32, any case (default: each "

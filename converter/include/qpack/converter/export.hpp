@@ -58,6 +58,8 @@ struct DequantizeSummary {
   // GGUF input on CUDA: tensors decoded on the CPU because no kernel
   // decodes their type (cuda_block_type_supported), as "name (TYPE)".
   std::vector<std::string> decoded_on_cpu;
+  // Folder input: "compressed-tensors" or "gptq".
+  std::string source_format;
 };
 
 // Throws Error: Io/OutputExists for the files, ChecksumMismatch (and the

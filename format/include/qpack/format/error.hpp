@@ -84,6 +84,11 @@ enum class ErrorCode {
   GgufTensorOutOfRange,
   GgufTensorOverlap,
   GgufWrongDataSize,  // writer: a tensor's bytes are not its declared size
+  // Hugging Face quantized model folders (docs/hf-reading.md)
+  HfBadConfig,    // quantization_config / quantize_config.json missing, malformed, contradictory
+  HfUnsupported,  // a valid setting qpack does not read (method, format, bits, strategy, act order)
+  HfBadTensor,    // a quantized Linear's tensors: missing, extra, wrong dtype or shape
+  HfBadValue,     // stored values the format forbids: zero-points out of range, g_idx not k/G
   Internal,
 };
 

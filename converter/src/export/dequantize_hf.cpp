@@ -1,0 +1,164 @@
+// dequantize_hf_folder (qpack/converter/dequantize_hf.hpp): the folder
+// reader's rows in qpack's layout, qpack's decode, one safetensors file.
+#include "qpack/converter/dequantize_hf.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <vector>
+
+#include "qpack/converter/quantize.hpp"
+#include "qpack/format/error.hpp"
+#include "qpack/format/hf_quantized.hpp"
+#include "qpack/format/io.hpp"
+#include "qpack/format/safetensors.hpp"
+#include "qpack/format/text.hpp"
+#include "qpack/kernels/cuda_quant.hpp"
+
+namespace qpack {
+
+namespace {
+
+int dtype_bytes(DType d) { return dtype_bits(d) / 8; }
+
+void store_floats(const float* in, int64_t n, DType to, uint8_t* out, int threads) {
+  if (to == DType::F32) {
+    std::memcpy(out, in, size_t(n) * 4);
+    return;
+  }
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t h = to == DType::F16 ? f32_to_f16_rne(in[i]) : f32_to_bf16_rne(in[i]);
+    std::memcpy(out + 2 * i, &h, 2);
+  }
+}
+
+}  // namespace
+
+DequantizeSummary dequantize_hf_folder(const std::string& folder, const std::string& out_path,
+                                       const DequantizeOptions& opt) {
+  if (opt.dtype && !is_quantizable(*opt.dtype))
+    throw Error(
+        ErrorCode::InvalidArgument, "", "",
+        std::string("output dtype must be f16, bf16 or f32 (got ") + dtype_name(*opt.dtype) + ")");
+  if (opt.kept_dtype && !is_quantizable(*opt.kept_dtype))
+    throw Error(ErrorCode::InvalidArgument, "", "",
+                std::string("kept tensors' output dtype must be f16, bf16 or f32 (got ") +
+                    dtype_name(*opt.kept_dtype) + ")");
+  const int threads = opt.threads > 0 ? opt.threads : omp_get_max_threads();
+  const DeviceSelection device = resolve_device(opt.device);
+  const bool use_cuda = device.kind == DeviceKind::Cuda;
+
+  const std::unique_ptr<HfQuantizedModel> m = HfQuantizedModel::open(folder);
+  for (const HfQuantTensor& q : m->quantized()) require_decodable(q, m->config_file());
+  for (const CheckpointTensor* t : m->kept())
+    if (file_exists(out_path) && same_file(t->file->path(), out_path))
+      throw Error(ErrorCode::InvalidArgument, out_path, "",
+                  "the output would overwrite an input shard");
+
+  std::vector<TensorToWrite> declared;
+  uint64_t total = 0;
+  for (const HfEntry& e : m->entries()) {
+    TensorToWrite w;
+    if (e.quantized) {
+      const HfQuantTensor& q = m->quantized()[e.index];
+      w.name = q.name;
+      w.shape = q.shape;
+      w.dtype = opt.dtype ? *opt.dtype : q.scheme.scale_dtype;
+      w.nbytes = uint64_t(q.layout.num_elements()) * uint64_t(dtype_bytes(w.dtype));
+    } else {
+      const CheckpointTensor& t = *m->kept()[e.index];
+      w.name = t.name();
+      w.shape = t.info->shape;
+      w.dtype = opt.kept_dtype && is_quantizable(t.info->dtype) ? *opt.kept_dtype : t.info->dtype;
+      w.nbytes = w.dtype == t.info->dtype ? t.info->nbytes()
+                                          : t.info->num_elements() * uint64_t(dtype_bytes(w.dtype));
+    }
+    total += w.nbytes;
+    declared.push_back(std::move(w));
+  }
+  std::map<std::string, std::string> meta;
+  for (auto it = m->checkpoint().metadata().begin(); it != m->checkpoint().metadata().end(); ++it)
+    if (it.key() != "total_size")
+      meta[it.key()] = it->is_string() ? it->get<std::string>() : it->dump();
+  meta["qpack.source_format"] = m->format_name();
+
+  SafetensorsStreamWriter writer(out_path, declared, meta, opt.overwrite);
+  check_free_space(out_path, total);
+  DequantizeSummary sum;
+  sum.source_format = m->format_name();
+  if (use_cuda) {
+    cuda::DeviceInfo info;
+    sum.device =
+        cuda::query_device(device.index, &info).ok() ? cuda::describe(info) : device_name(device);
+  } else {
+    sum.device = "cpu (" + count_of(uint64_t(threads), "thread") + ")";
+  }
+  std::vector<uint8_t> codes, scales, zeros, converted;
+  std::vector<float> values;
+  uint64_t done = 0;
+  const size_t count = m->entries().size();
+  for (size_t i = 0; i < count; ++i) {
+    const HfEntry& e = m->entries()[i];
+    if (opt.progress) opt.progress(i, count, done, total, declared[i].name);
+    const DType out_dtype = declared[i].dtype;
+    if (!e.quantized) {
+      const CheckpointTensor& t = *m->kept()[e.index];
+      if (out_dtype == t.info->dtype) {
+        writer.append(t.data(), t.info->nbytes());
+        if (opt.dtype && is_quantizable(t.info->dtype) && t.info->dtype != *opt.dtype)
+          ++sum.kept_other_dtype;
+      } else {
+        const int64_t n = int64_t(t.info->num_elements());
+        values.resize(size_t(n));
+        for (int64_t k = 0; k < n; ++k)
+          values[size_t(k)] = load_as_f32(t.data(), t.info->dtype, uint64_t(k));
+        converted.resize(size_t(declared[i].nbytes));
+        store_floats(values.data(), n, out_dtype, converted.data(), threads);
+        writer.append(converted.data(), converted.size());
+        ++sum.kept_converted;
+      }
+      t.file->release(*t.info);
+    } else {
+      const HfQuantTensor& q = m->quantized()[e.index];
+      const GroupLayout& L = q.layout;
+      const int sb = scale_bytes(q.scheme.scale_dtype);
+      const int64_t in = std::max<int64_t>(q.shape[1], 1);
+      const int64_t rows_per_slice = std::max<int64_t>(1, int64_t(opt.slice_bytes / 4) / in);
+      for (int64_t r0 = 0; r0 < L.outer; r0 += rows_per_slice) {
+        const int64_t rows = std::min(rows_per_slice, L.outer - r0);
+        GroupLayout sub = L;
+        sub.outer = rows;
+        codes.resize(size_t(sub.codes_bytes()));
+        scales.resize(size_t(sub.num_groups()) * size_t(sb));
+        zeros.resize(q.scheme.symmetric ? 0 : scales.size());
+        m->unpack_rows(q, r0, rows, codes.data(), scales.data(),
+                       q.scheme.symmetric ? nullptr : zeros.data());
+        const uint8_t* z = q.scheme.symmetric ? nullptr : zeros.data();
+        const int64_t n = sub.num_elements();
+        converted.resize(size_t(n) * size_t(dtype_bytes(out_dtype)));
+        if (use_cuda) {
+          cuda::dequantize_on_device(device.index, codes.data(), scales.data(), z, sub, q.scheme,
+                                     converted.data(), out_dtype);
+        } else {
+          values.resize(size_t(n));
+          dequantize_cpu(codes.data(), scales.data(), z, sub, q.scheme, values.data(), threads);
+          store_floats(values.data(), n, out_dtype, converted.data(), threads);
+        }
+        writer.append(converted.data(), converted.size());
+      }
+      m->release(q);
+      ++sum.quantized;
+    }
+    done += declared[i].nbytes;
+    ++sum.tensors;
+  }
+  writer.commit();
+  if (opt.progress) opt.progress(count, count, done, total, "");
+  sum.output_bytes = done;
+  return sum;
+}
+
+}  // namespace qpack
