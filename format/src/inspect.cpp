@@ -9,11 +9,13 @@
 #include <cstring>
 
 #include "inspect_gguf.hpp"
+#include "inspect_hf.hpp"
 #include "json_strict.hpp"
 #include "qpack/format/checkpoint.hpp"
 #include "qpack/format/checksum.hpp"
 #include "qpack/format/container.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/format/hf_quantized.hpp"
 #include "qpack/format/text.hpp"
 
 namespace qpack {
@@ -153,12 +155,17 @@ json inspect_report(const std::string& path, const InspectOptions& options) {
     return detail::gguf_inspect_report(path, options);
   const bool named_qpack =
       path.size() >= 6 && path.compare(path.size() - 6, 6, ".qpack") == 0 && !is_directory(path);
+  // A folder whose config says it holds quantized weights (docs/hf-reading.md).
+  if (!named_qpack && !is_qpack_file(path) && HfQuantizedModel::detect(path))
+    return detail::hf_inspect_report(path, options);
   return is_qpack_file(path) || named_qpack ? qpack_report(path, options)
                                             : checkpoint_report(path, options);
 }
 
 std::string format_inspect_table(const json& report) {
   if (report.at("format") == "gguf") return detail::format_gguf_inspect_table(report);
+  if (report.at("format") == "compressed-tensors" || report.at("format") == "gptq")
+    return detail::format_hf_inspect_table(report);
   const bool qp = report.at("format") == "qpack";
   const bool multi_file = !qp && report.at("files").size() > 1;
   std::vector<std::string> head = {"NAME", "SHAPE", "DTYPE", "SCHEME", "BYTES"};

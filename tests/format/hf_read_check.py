@@ -138,8 +138,9 @@ def mode_inspect(qpack, tmp):
     check(sorted(names) == sorted(expected), "inspect names %s" % names)
     for t in r["tensors"]:
         if t["name"].endswith("proj.weight"):
-            check(t["quantized"] and t["scheme"]["bits"] == 4 and t["scheme"]["group_size"] == 32
-                  and t["scheme"]["symmetric"], "inspect scheme of %s: %r" % (t["name"], t))
+            check(t["quantized"] and t["quant"]["bits"] == 4 and t["quant"]["group_size"] == 32
+                  and t["quant"]["symmetric"] and t["scheme"] == "q4 g32 ax1 sym F16",
+                  "inspect scheme of %s: %r" % (t["name"], t))
             m = t["name"][:-len(".weight")]
             nbytes = sum(np.ascontiguousarray(stored[m + s][2]).nbytes
                          for s in (".qweight", ".qzeros", ".scales", ".g_idx"))
