@@ -194,20 +194,44 @@ def mode_verify(qpack, tmp, device):
                 continue
             xh = exact[name]
             err = x - xh
-            want = {"sum_sq_err": float(np.sum(err * err)), "sum_sq_ref": float(np.sum(x * x)),
-                    "sum_sq_hat": float(np.sum(xh * xh)), "sum_dot": float(np.sum(x * xh)),
-                    "sum_abs_err": float(np.sum(np.abs(err)))}
-            sums = t["sums"]
+            want = {"sq_err": float(np.sum(err * err)), "sq_ref": float(np.sum(x * x)),
+                    "sq_hat": float(np.sum(xh * xh)), "dot": float(np.sum(x * xh)),
+                    "abs_err": float(np.sum(np.abs(err)))}
+            sums = t["metrics"]["sums"]
             for k, v in want.items():
                 check(abs(sums[k] - v) <= 1e-9 * abs(v) + 1e-300,
                       "verify %s %s: %r vs float64 %r" % (name, k, sums[k], v))
             check(abs(t["metrics"]["max_abs_error"] - float(np.max(np.abs(err)))) <= 0,
                   "verify %s max_abs_error %r vs %r" % (name, t["metrics"]["max_abs_error"],
                                                         float(np.max(np.abs(err)))))
-            check(t["quantized"] and t["scheme"]["bits"] == c["b"], "verify scheme %r" % t.get("scheme"))
+            check(t["quantized"] and t["scheme"]["bits"] == c["b"] and t["scheme"]["axis"] == 1
+                  and t["scheme"]["symmetric"] == c["sym"], "verify scheme %r" % t.get("scheme"))
+            check(t["metrics"]["elements"] == x.size, "verify elements %r" % t["metrics"]["elements"])
         for name in expected:
             if name not in exact and name in by:
                 check(by[name]["status"] == "ok", "verify kept %s: %r" % (name, by[name]["status"]))
+        check(rep["bound_is_promise"] is False, "verify: bound_is_promise %r" % rep.get("bound_is_promise"))
+        # The gate: a threshold no tensor meets fails (10) and names every quantized tensor.
+        rc, so, se = run(qpack, "verify", folder, "--source", src_path, "--json", "--device", device,
+                         "--max-rel-error", "1e-12")
+        check(rc == 10, "verify gate exit %d" % rc)
+        if rc == 10:
+            failed = {f["tensor"] for f in json.loads(so)["gate"]["failures"]}
+            check(failed == set(exact), "verify gate failures %s" % sorted(failed))
+        # A source whose kept tensor differs by one byte is a source mismatch (4).
+        bad = dict(src)
+        dt, shape, arr = bad["model.norm.weight"]
+        arr = arr.copy()
+        arr[3] += 1
+        bad["model.norm.weight"] = (dt, shape, arr)
+        bad_path = os.path.join(tmp, "bad%d.safetensors" % n)
+        gen.write_safetensors(bad_path, bad)
+        rc, so, se = run(qpack, "verify", folder, "--source", bad_path, "-q", "--device", device)
+        check(rc == 4 and "model.norm.weight: raw bytes differ" in so,
+              "verify mismatch exit %d: %s" % (rc, so))
+        # Without a source: the self-check passes (stored parameters only).
+        rc, so, se = run(qpack, "verify", folder, "--json", "--device", device)
+        check(rc == 0, "verify self-check exit %d: %s" % (rc, se))
     print("verify: %d failures" % len(FAILS))
 
 

@@ -52,6 +52,12 @@ const char* kVerifyFooter =
     "un-permuted); the report gives each tensor's GGML type. A type this build\n"
     "cannot decode is an error (exit 3). See docs/verify-report.md section 9.\n"
     "\n"
+    "A compressed-tensors (pack-quantized) or GPTQ model folder is read by qpack's own reader\n"
+    "of the layout (integrity: the config and every stored tensor valid for it; a setting\n"
+    "qpack does not read exits 3); each quantized Linear is measured as a .qpack tensor of\n"
+    "the same scheme. Elements beyond qpack's error bound are counted, not failed: another\n"
+    "quantizer made the codes. See docs/hf-reading.md.\n"
+    "\n"
     "Exit codes:\n"
     "  0   every check passed and every threshold held\n"
     "  10  a quality threshold failed, or a tensor is all zeros or has non-finite\n"
@@ -186,7 +192,9 @@ int run_verify(VerifyArgs a) {
                   i.code.c_str());
     for (const auto& n : rep.missing_from_qpack)
       std::printf("source mismatch: %s: missing from the %s\n", esc(n).c_str(),
-                  rep.file_format == "gguf" ? "GGUF file" : ".qpack");
+                  rep.file_format == "gguf"    ? "GGUF file"
+                  : rep.file_format == "qpack" ? ".qpack"
+                                               : "model folder");
     for (const auto& t : rep.tensors)
       for (const auto& p : t.problems)
         std::printf("source mismatch: %s: %s\n", esc(t.name).c_str(), esc(p).c_str());
@@ -220,7 +228,9 @@ Runner add_verify(CLI::App& app) {
       "Check a .qpack's or GGUF's integrity and its quantization error against the source "
       "checkpoint");
   sub->footer(kVerifyFooter);
-  sub->add_option("model", a->qpack, "The .qpack or .gguf file")->required();
+  sub->add_option("model", a->qpack,
+                  "The .qpack or .gguf file, or a compressed-tensors / GPTQ model folder")
+      ->required();
   sub->add_option("source", a->source,
                   "The checkpoint it was converted from (.safetensors, "
                   "model.safetensors.index.json, or a folder); without it, only the "

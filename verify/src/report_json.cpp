@@ -203,6 +203,7 @@ nlohmann::json verify_report_json(const VerifyReport& rep) {
   for (const auto& f : rep.gate_failures) gate.push_back(failure_json(f));
   j["gate"] = {{"passed", rep.gate_failures.empty()}, {"failures", std::move(gate)}};
   j["bound_violations"] = rep.bound_violations;
+  j["bound_is_promise"] = rep.bound_is_promise;
   j["warnings"] = rep.warnings;
   j["provenance"] = rep.provenance;
 

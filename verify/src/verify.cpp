@@ -18,6 +18,7 @@
 #include "qpack/format/container.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/gguf.hpp"
+#include "qpack/format/hf_quantized.hpp"
 #include "qpack/format/provenance.hpp"
 #include "qpack/format/text.hpp"
 #include "qpack/spec/codes.hpp"
@@ -90,6 +91,42 @@ void build_rollups(VerifyReport& rep) {
 void warn(VerifyReport& rep, const VerifyOptions& opt, std::string line) {
   if (opt.warn) opt.warn(line);
   rep.warnings.push_back(std::move(line));
+}
+
+void warn_about_params(const TensorResult& r, VerifyReport& rep, const VerifyOptions& opt) {
+  if (r.nonfinite_params > 0)
+    warn(rep, opt,
+         r.name + ": " + count_of(r.nonfinite_params, "stored scale or zero-point") +
+             " not finite (a damaged or foreign file)");
+  if (r.all_zero)
+    warn(rep, opt,
+         r.name + ": reconstructed as all zeros" +
+             (rep.source.empty() ? std::string() : " while the source is not") +
+             (r.degenerate_groups == r.groups ? " (every group is degenerate)" : ""));
+  else if (r.degenerate_groups > 0)
+    warn(rep, opt,
+         r.name + ": " + std::to_string(r.degenerate_groups) + " of " +
+             count_of(r.groups, "group") + " degenerate (stored scale 0)");
+}
+
+VerifyReport start_report(const std::string& file, const std::string& source,
+                          const VerifyOptions& opt, const std::string& format) {
+  VerifyReport rep;
+  rep.file = file;
+  rep.file_format = format;
+  rep.source = source;
+  rep.device_requested = opt.device;
+  rep.threads = opt.threads > 0 ? opt.threads : omp_get_max_threads();
+  rep.policy = opt.policy;
+  rep.qpack_version = QPACK_VERSION_STRING;
+  rep.created_utc = utc_now_iso8601();
+  return rep;
+}
+
+void finish_report(VerifyReport& rep, Clock::time_point t_start) {
+  build_rollups(rep);
+  apply_gate(rep);
+  rep.seconds = seconds_since(t_start);
 }
 
 }  // namespace verify_detail
@@ -194,24 +231,6 @@ void check_params(const QpackTensor& t, const SectionBytes& scales, const Sectio
   r.params_checked = true;
 }
 
-// The warnings a tensor's parameters call for (after check_params and, with a
-// source, the metrics).
-void warn_about_params(const TensorResult& r, VerifyReport& rep, const VerifyOptions& opt) {
-  if (r.nonfinite_params > 0)
-    warn(rep, opt,
-         r.name + ": " + count_of(r.nonfinite_params, "stored scale or zero-point") +
-             " not finite (a damaged or foreign file)");
-  if (r.all_zero)
-    warn(rep, opt,
-         r.name + ": reconstructed as all zeros" +
-             (rep.source.empty() ? std::string() : " while the source is not") +
-             (r.degenerate_groups == r.groups ? " (every group is degenerate)" : ""));
-  else if (r.degenerate_groups > 0)
-    warn(rep, opt,
-         r.name + ": " + std::to_string(r.degenerate_groups) + " of " +
-             count_of(r.groups, "group") + " degenerate (stored scale 0)");
-}
-
 // Without a source: the reconstruction's energy, from the metrics pass run
 // against an all-zero "source" of the tensor's dtype (sum_sq_hat is then the
 // sum of the reconstructed squares; the other sums mean nothing).
@@ -291,7 +310,7 @@ void apply_gate(VerifyReport& rep) {
     if (!t.problems.empty()) {
       t.status = TensorStatus::SourceMismatch;
       mismatch = true;
-    } else if (t.sums.bound_violations > 0) {
+    } else if (t.sums.bound_violations > 0 && rep.bound_is_promise) {
       t.status = TensorStatus::BoundViolated;
     } else if (!t.gate_failures.empty()) {
       t.status = TensorStatus::GateFailed;
@@ -306,7 +325,7 @@ void apply_gate(VerifyReport& rep) {
     rep.verdict = Verdict::IntegrityFailed;
   else if (mismatch)
     rep.verdict = Verdict::SourceMismatch;
-  else if (rep.bound_violations > 0)
+  else if (rep.bound_violations > 0 && rep.bound_is_promise)
     rep.verdict = Verdict::BoundViolated;
   else if (!rep.gate_failures.empty())
     rep.verdict = Verdict::GateFailed;
@@ -317,15 +336,9 @@ void apply_gate(VerifyReport& rep) {
 VerifyReport verify(const std::string& qpack_path, const std::string& source_path,
                     const VerifyOptions& opt) {
   if (has_gguf_magic(qpack_path)) return verify_gguf(qpack_path, source_path, opt);
+  if (HfQuantizedModel::detect(qpack_path)) return verify_hf(qpack_path, source_path, opt);
   const auto t_start = Clock::now();
-  VerifyReport rep;
-  rep.file = qpack_path;
-  rep.source = source_path;
-  rep.device_requested = opt.device;
-  rep.threads = opt.threads > 0 ? opt.threads : omp_get_max_threads();
-  rep.policy = opt.policy;
-  rep.qpack_version = QPACK_VERSION_STRING;
-  rep.created_utc = utc_now_iso8601();
+  VerifyReport rep = start_report(qpack_path, source_path, opt, "qpack");
 
   // The device first, so that an unusable --device cuda fails before any work.
   std::unique_ptr<CudaMetricsEngine> gpu;
@@ -355,9 +368,7 @@ VerifyReport verify(const std::string& qpack_path, const std::string& source_pat
     // A corrupted file's numbers mean nothing: report the damage only.
     if (qf)
       for (const auto& t : qf->tensors()) rep.tensors.push_back(describe(t));
-    build_rollups(rep);
-    apply_gate(rep);
-    rep.seconds = seconds_since(t_start);
+    finish_report(rep, t_start);
     return rep;
   }
 
@@ -387,9 +398,7 @@ VerifyReport verify(const std::string& qpack_path, const std::string& source_pat
       rep.tensors.push_back(std::move(r));
     }
     rep.compare_seconds = seconds_since(t_self);
-    build_rollups(rep);
-    apply_gate(rep);
-    rep.seconds = seconds_since(t_start);
+    finish_report(rep, t_start);
     return rep;
   }
 
@@ -482,9 +491,7 @@ VerifyReport verify(const std::string& qpack_path, const std::string& source_pat
   if (opt.progress) opt.progress(pr);
   rep.compare_seconds = seconds_since(t_cmp);
 
-  build_rollups(rep);
-  apply_gate(rep);
-  rep.seconds = seconds_since(t_start);
+  finish_report(rep, t_start);
   return rep;
 }
 

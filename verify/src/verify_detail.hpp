@@ -1,5 +1,7 @@
-// What verify.cpp (.qpack files) and verify_gguf.cpp (GGUF files) share:
-// the clock, the roll-ups, warnings. Internal to the verify library.
+// What verify.cpp (.qpack files), verify_gguf.cpp (GGUF files) and
+// verify_hf.cpp (compressed-tensors / GPTQ folders) share: the clock, the
+// report's settings, the roll-ups and the gate, warnings. Internal to the
+// verify library.
 #pragma once
 
 #include <chrono>
@@ -18,6 +20,15 @@ bool is_io_error(ErrorCode c);
 void build_rollups(VerifyReport& rep);
 // Passes `line` to opt.warn and keeps it in the report.
 void warn(VerifyReport& rep, const VerifyOptions& opt, std::string line);
+// A report with the run's settings filled in (file, source, policy,
+// threads, version, date) for a file of `format` ("qpack", "gguf", ...).
+VerifyReport start_report(const std::string& file, const std::string& source,
+                          const VerifyOptions& opt, const std::string& format);
+// The last steps of every format: roll-ups, the gate, the total time.
+void finish_report(VerifyReport& rep, Clock::time_point t_start);
+// The warnings a quantized tensor's stored parameters call for (non-finite
+// scales or zero-points, all-zero reconstruction, degenerate groups).
+void warn_about_params(const TensorResult& r, VerifyReport& rep, const VerifyOptions& opt);
 
 }  // namespace qpack::verify_detail
 
@@ -25,4 +36,7 @@ namespace qpack {
 // verify() for a GGUF file (verify_gguf.cpp).
 VerifyReport verify_gguf(const std::string& gguf_path, const std::string& source_path,
                          const VerifyOptions& options);
+// verify() for a compressed-tensors / GPTQ model folder (verify_hf.cpp).
+VerifyReport verify_hf(const std::string& folder, const std::string& source_path,
+                       const VerifyOptions& options);
 }  // namespace qpack

@@ -399,15 +399,7 @@ void warn_about_blocks(const TensorResult& r, VerifyReport& rep, const VerifyOpt
 VerifyReport verify_gguf(const std::string& path, const std::string& source_path,
                          const VerifyOptions& opt) {
   const auto t_start = Clock::now();
-  VerifyReport rep;
-  rep.file = path;
-  rep.file_format = "gguf";
-  rep.source = source_path;
-  rep.device_requested = opt.device;
-  rep.threads = opt.threads > 0 ? opt.threads : omp_get_max_threads();
-  rep.policy = opt.policy;
-  rep.qpack_version = QPACK_VERSION_STRING;
-  rep.created_utc = utc_now_iso8601();
+  VerifyReport rep = start_report(path, source_path, opt, "gguf");
 
   // The device first, so that an unusable --device cuda fails before any work.
   std::unique_ptr<cuda::GgmlBlocksDeviceDecoder> gpu;
@@ -441,9 +433,7 @@ VerifyReport verify_gguf(const std::string& path, const std::string& source_path
   rep.integrity_ok = rep.integrity_issues.empty();
   rep.integrity_seconds = seconds_since(t_int);
   if (!rep.integrity_ok) {
-    build_rollups(rep);
-    apply_gate(rep);
-    rep.seconds = seconds_since(t_start);
+    finish_report(rep, t_start);
     return rep;
   }
   // Every type decodable, before any work (an error naming tensor and type).
@@ -560,9 +550,7 @@ VerifyReport verify_gguf(const std::string& path, const std::string& source_path
   if (opt.progress) opt.progress(pr);
   rep.compare_seconds = seconds_since(t_cmp);
 
-  build_rollups(rep);
-  apply_gate(rep);
-  rep.seconds = seconds_since(t_start);
+  finish_report(rep, t_start);
   return rep;
 }
 

@@ -215,8 +215,13 @@ struct VerifyReport {
   std::string created_utc;    // ISO 8601
   // the file
   uint64_t file_bytes = 0;
-  std::string file_format = "qpack";  // "qpack" or "gguf"
-  std::string format_version;         // "1.0" (.qpack), "3" (GGUF)
+  std::string file_format = "qpack";  // "qpack", "gguf", "compressed-tensors" or "gptq"
+  std::string format_version;         // "1.0" (.qpack), "3" (GGUF), the folder's layout
+  // Whether elements beyond docs/quantization.md section 7's bound fail the
+  // run: true for qpack's own files, whose quantizer promises it; false for
+  // folders another quantizer made (GPTQ's codes are not round-to-nearest),
+  // where the count is reported only.
+  bool bound_is_promise = true;
   // integrity
   bool integrity_ok = false;
   uint64_t sections_checked = 0, bytes_checked = 0;
