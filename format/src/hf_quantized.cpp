@@ -578,19 +578,37 @@ void HfReaderAccess::read_gptq(HfQuantizedModel& m, const GptqConfig& g) {
 
 // ------------------------------------------------------------------ public
 
-bool HfQuantizedModel::detect(const std::string& path) {
-  if (!file_exists(path) && !is_directory(path)) return false;
+std::string HfQuantizedModel::quant_method_of(const std::string& path) {
+  if (!file_exists(path) && !is_directory(path)) return {};
   const std::string dir = folder_of(path);
-  if (file_exists(join(dir, "quantize_config.json"))) return true;
+  const auto method_in = [](const json& o) {
+    const auto it = o.find("quant_method");
+    return it != o.end() && it->is_string() ? it->get<std::string>() : std::string("?");
+  };
   const std::string cfg = join(dir, "config.json");
-  if (!file_exists(cfg) || is_directory(cfg)) return false;
-  try {
-    const json j = read_json_file(cfg, "config.json", ErrorCode::BadJson);
-    return j.is_object() && j.contains("quantization_config") &&
-           j.at("quantization_config").is_object();
-  } catch (const Error&) {
-    return false;  // Checkpoint::open names the malformed config.json
+  if (file_exists(cfg) && !is_directory(cfg)) {
+    try {
+      const json j = read_json_file(cfg, "config.json", ErrorCode::BadJson);
+      if (j.is_object() && j.contains("quantization_config"))
+        return j.at("quantization_config").is_object() ? method_in(j.at("quantization_config"))
+                                                       : std::string("?");
+    } catch (const Error&) {
+      // Checkpoint::open (or open()) names the malformed config.json.
+    }
   }
+  const std::string qc = join(dir, "quantize_config.json");
+  if (file_exists(qc) && !is_directory(qc)) {
+    try {
+      const json j = read_json_file(qc, "quantize_config.json", ErrorCode::BadJson);
+      if (j.is_object()) {
+        const std::string m = method_in(j);
+        return m == "?" ? std::string("gptq") : m;
+      }
+    } catch (const Error&) {
+    }
+    return "?";
+  }
+  return {};
 }
 
 std::unique_ptr<HfQuantizedModel> HfQuantizedModel::open(const std::string& path) {

@@ -155,8 +155,10 @@ json inspect_report(const std::string& path, const InspectOptions& options) {
     return detail::gguf_inspect_report(path, options);
   const bool named_qpack =
       path.size() >= 6 && path.compare(path.size() - 6, 6, ".qpack") == 0 && !is_directory(path);
-  // A folder whose config says it holds quantized weights (docs/hf-reading.md).
-  if (!named_qpack && !is_qpack_file(path) && HfQuantizedModel::detect(path))
+  // A folder whose config says it holds weights quantized by a method qpack
+  // reads (docs/hf-reading.md); other methods are listed as plain tensors.
+  if (!named_qpack && !is_qpack_file(path) &&
+      HfQuantizedModel::reads_method(HfQuantizedModel::quant_method_of(path)))
     return detail::hf_inspect_report(path, options);
   return is_qpack_file(path) || named_qpack ? qpack_report(path, options)
                                             : checkpoint_report(path, options);

@@ -78,7 +78,16 @@ class HfQuantizedModel {
   // "quantization_config" object, or that holds quantize_config.json: such
   // a folder is read by open(), never as a plain checkpoint (open() refuses
   // the methods it does not read, by name).
-  static bool detect(const std::string& path);
+  static bool detect(const std::string& path) { return !quant_method_of(path).empty(); }
+  // The folder's quant_method ("compressed-tensors", "gptq", "awq", ...;
+  // "gptq" for a quantize_config.json without one, "?" for a config without
+  // a readable one), or "" when it has no quantization config. inspect reads
+  // folders of the methods qpack reads with open(), and lists the others as
+  // plain checkpoints.
+  static std::string quant_method_of(const std::string& path);
+  static bool reads_method(const std::string& method) {
+    return method == "compressed-tensors" || method == "gptq";
+  }
 
   // Opens and validates; throws Error (HfBadConfig, HfUnsupported,
   // HfBadTensor, HfBadValue, and the checkpoint's own codes).
