@@ -153,6 +153,9 @@ def mode_inspect(qpack, tmp):
     print("inspect: %d failures" % len(FAILS))
 
 
+Q_NAME = "model.layers.0.self_attn.q_proj.weight"
+
+
 def mode_verify(qpack, tmp, device):
     """A source whose weights are the folder's reconstruction plus noise; the
     report's sums against float64 numpy over the same values."""
@@ -229,6 +232,13 @@ def mode_verify(qpack, tmp, device):
         rc, so, se = run(qpack, "verify", folder, "--source", bad_path, "-q", "--device", device)
         check(rc == 4 and "model.norm.weight: raw bytes differ" in so,
               "verify mismatch exit %d: %s" % (rc, so))
+        # The HTML report of the same run.
+        html = os.path.join(tmp, "r%d.html" % n)
+        rc, so, se = run(qpack, "verify", folder, "--source", src_path, "-q", "--html", html,
+                         "--device", device)
+        text = open(html).read() if os.path.exists(html) else ""
+        check(rc == 0 and "model folder" in text and Q_NAME in text,
+              "verify --html exit %d, %d bytes" % (rc, len(text)))
         # Without a source: the self-check passes (stored parameters only).
         rc, so, se = run(qpack, "verify", folder, "--json", "--device", device)
         check(rc == 0, "verify self-check exit %d: %s" % (rc, se))
