@@ -65,6 +65,7 @@ def random_scales(rng, shape, sdt):
     """Scales over many binades, both signs rarely negative, some tiny."""
     mag = np.exp2(rng.uniform(-20, 2, size=shape))
     mag[rng.random(shape) < 0.02] = 0.0  # degenerate groups
+    mag[rng.random(shape) < 0.03] *= -1.0  # negative scales: q = 0 gives -0
     if sdt == "F16":
         tiny = rng.random(shape) < 0.05  # F16 subnormals
         mag[tiny] = np.exp2(rng.uniform(-24, -15, size=int(tiny.sum())))

@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "qpack/format/safetensors.hpp"
 #include "qpack/format/text.hpp"
 #include "qpack/kernels/cuda_quant.hpp"
+#include "qpack/spec/codes.hpp"
 
 namespace qpack {
 
@@ -33,6 +35,41 @@ void store_floats(const float* in, int64_t n, DType to, uint8_t* out, int thread
     const uint16_t h = to == DType::F16 ? f32_to_f16_rne(in[i]) : f32_to_bf16_rne(in[i]);
     std::memcpy(out + 2 * i, &h, 2);
   }
+}
+
+// The folders' rule is the product (q - z) * s, whose zero has the sign of
+// sign(q - z) xor sign(s); qpack's symmetric decode fma(q, S, +0) gives +0
+// for every zero. Rows of a symmetric tensor, decoded into `out` (out_dtype),
+// get the product's sign where they are zero: -0 for q < 0 with a +0 scale
+// (a degenerate group), or for q = 0 with a negative scale. Every other bit
+// is the decode's.
+void product_zero_signs(const uint8_t* codes, const uint8_t* scales, const GroupLayout& L,
+                        const QuantScheme& s, uint8_t* out, DType out_dtype) {
+  const int64_t P = L.groups_per_axis, B = L.bytes_per_group, G = L.group_size;
+  const int ob = dtype_bytes(out_dtype);
+  const int off = sym_offset(s.bits);
+  for (int64_t r = 0; r < L.outer; ++r)
+    for (int64_t p = 0; p < P; ++p) {
+      const float scale = spec::load_param(scales, r * P + p, s.scale_dtype);
+      const bool scale_negative = std::signbit(scale);
+      const uint8_t* gc = codes + uint64_t(r * P + p) * uint64_t(B);
+      for (int64_t k = 0; k < L.group_len(p); ++k) {
+        const int q = int(spec::get_code(gc, 1, k, s.bits)) - off;
+        if ((q < 0) == scale_negative) continue;  // the product's zero is +0
+        uint8_t* e = out + uint64_t(r * L.axis_len + p * G + k) * uint64_t(ob);
+        if (ob == 4) {
+          uint32_t v;
+          std::memcpy(&v, e, 4);
+          if ((v & 0x7fffffffu) == 0) v |= 0x80000000u;
+          std::memcpy(e, &v, 4);
+        } else {
+          uint16_t v;
+          std::memcpy(&v, e, 2);
+          if ((v & 0x7fffu) == 0) v |= 0x8000u;
+          std::memcpy(e, &v, 2);
+        }
+      }
+    }
 }
 
 }  // namespace
@@ -147,6 +184,9 @@ DequantizeSummary dequantize_hf_folder(const std::string& folder, const std::str
           dequantize_cpu(codes.data(), scales.data(), z, sub, q.scheme, values.data(), threads);
           store_floats(values.data(), n, out_dtype, converted.data(), threads);
         }
+        if (q.scheme.symmetric)
+          product_zero_signs(codes.data(), scales.data(), sub, q.scheme, converted.data(),
+                             out_dtype);
         writer.append(converted.data(), converted.size());
       }
       m->release(q);
