@@ -19,31 +19,6 @@ namespace {
 constexpr uint64_t kMinKvBytes = 8 + 4 + 1;
 constexpr uint64_t kMinTensorInfoBytes = 8 + 4 + 4 + 8;
 
-uint64_t scalar_size(GgufType t) {
-  switch (t) {
-    case GgufType::Uint8:
-    case GgufType::Int8:
-    case GgufType::Bool:
-      return 1;
-    case GgufType::Uint16:
-    case GgufType::Int16:
-      return 2;
-    case GgufType::Uint32:
-    case GgufType::Int32:
-    case GgufType::Float32:
-      return 4;
-    case GgufType::Uint64:
-    case GgufType::Int64:
-    case GgufType::Float64:
-      return 8;
-    case GgufType::String:
-      return 8;  // at least its length
-    case GgufType::Array:
-      return 4 + 8;  // at least its item type and count
-  }
-  return 1;
-}
-
 class Cursor {
  public:
   Cursor(const uint8_t* data, uint64_t size, const std::string& path)
@@ -155,7 +130,7 @@ GgufValue read_value(Cursor& c, GgufType type, const std::string& path, const st
                     where + ": unknown array item type " + std::to_string(item));
       v.array_type = GgufType(item);
       const uint64_t n = c.u64(where + "'s array length");
-      const uint64_t each = scalar_size(v.array_type);
+      const uint64_t each = gguf_type_min_bytes(v.array_type);
       if (n > c.left() / each)
         throw Error(ErrorCode::GgufBadArray, path, "",
                     where + ": an array of " + std::to_string(n) + " " +

@@ -88,6 +88,39 @@ std::optional<DType> ggml_plain_dtype(GgmlType type) {
 
 bool gguf_type_known(uint32_t type) { return type <= uint32_t(GgufType::Float64); }
 
+uint64_t gguf_type_min_bytes(GgufType type) {
+  switch (type) {
+    case GgufType::Uint8:
+    case GgufType::Int8:
+    case GgufType::Bool:
+      return 1;
+    case GgufType::Uint16:
+    case GgufType::Int16:
+      return 2;
+    case GgufType::Uint32:
+    case GgufType::Int32:
+    case GgufType::Float32:
+      return 4;
+    case GgufType::Uint64:
+    case GgufType::Int64:
+    case GgufType::Float64:
+      return 8;
+    case GgufType::String:
+      return 8;
+    case GgufType::Array:
+      return 4 + 8;
+  }
+  return 1;
+}
+
+uint64_t gguf_value_bytes(const GgufValue& v) {
+  if (v.type == GgufType::String) return 8 + v.str.size();
+  if (v.type != GgufType::Array) return gguf_type_min_bytes(v.type);
+  uint64_t n = gguf_type_min_bytes(GgufType::Array);
+  for (const GgufValue& item : v.items) n += gguf_value_bytes(item);
+  return n;
+}
+
 const char* gguf_type_name(GgufType type) {
   switch (type) {
     case GgufType::Uint8:

@@ -85,35 +85,6 @@ std::optional<int64_t> kv_int(const GgufFile& f, const std::string& key) {
   }
 }
 
-// Bytes of one metadata value as the writer encodes it.
-uint64_t value_bytes(const GgufValue& v) {
-  switch (v.type) {
-    case GgufType::Uint8:
-    case GgufType::Int8:
-    case GgufType::Bool:
-      return 1;
-    case GgufType::Uint16:
-    case GgufType::Int16:
-      return 2;
-    case GgufType::Uint32:
-    case GgufType::Int32:
-    case GgufType::Float32:
-      return 4;
-    case GgufType::Uint64:
-    case GgufType::Int64:
-    case GgufType::Float64:
-      return 8;
-    case GgufType::String:
-      return 8 + v.str.size();
-    case GgufType::Array: {
-      uint64_t n = 4 + 8;
-      for (const auto& i : v.items) n += value_bytes(i);
-      return n;
-    }
-  }
-  return 0;
-}
-
 uint64_t round_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 // One output tensor and where its bytes come from.
@@ -416,7 +387,7 @@ void plan_into(Planned& p, const std::string& source_path, const GgufExportOptio
   uint32_t alignment = kGgufDefaultAlignment;
   uint64_t header = 4 + 4 + 8 + 8;
   for (const GgufKv& kv : plan.metadata) {
-    header += 8 + kv.key.size() + 4 + value_bytes(kv.value);
+    header += 8 + kv.key.size() + 4 + gguf_value_bytes(kv.value);
     if (kv.key == kGgufAlignmentKey && kv.value.type == GgufType::Uint32)
       alignment = uint32_t(kv.value.u);
   }

@@ -99,6 +99,10 @@ enum class GgufType : uint32_t {
 };
 const char* gguf_type_name(GgufType type);  // "u32", "string", "array", ...
 bool gguf_type_known(uint32_t type);
+// The fewest bytes a value of `type` takes in a file: its size for the fixed
+// types, the length field (8) of a string, the item type and count (12) of
+// an array. The reader checks array counts against it before allocating.
+uint64_t gguf_type_min_bytes(GgufType type);
 
 // One typed metadata value. Integers keep their value in `u` (unsigned types)
 // or `i` (signed types), floats in `f` (a float32 converts to double exactly
@@ -132,6 +136,9 @@ struct GgufValue {
   bool operator==(const GgufValue& o) const;
   bool operator!=(const GgufValue& o) const { return !(*this == o); }
 };
+
+// The bytes `v` takes as gguf_write encodes it, strings and arrays whole.
+uint64_t gguf_value_bytes(const GgufValue& v);
 
 struct GgufKv {
   std::string key;
