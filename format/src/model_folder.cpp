@@ -215,7 +215,7 @@ struct ModelFolderWriter::Impl {
   std::vector<std::string> shard_names;
   std::vector<std::unique_ptr<FolderMemberFile>> shards;
   std::vector<CopyFile> copies;
-  std::vector<std::string> skipped;
+  std::vector<std::string> skipped, copied;
   uint64_t tensor_bytes = 0;
   Existing existing = Existing::Absent;
   mode_t existing_mode = 0;
@@ -308,6 +308,7 @@ void ModelFolderWriter::Impl::scan_copy_source() {
       continue;
     }
     copies.push_back({name, path, uint64_t(st.st_size), st.st_mode & 07777});
+    copied.push_back(name);
   }
 }
 
@@ -505,6 +506,7 @@ size_t ModelFolderWriter::shard_of(size_t tensor) const { return impl_->shard_of
 const std::string& ModelFolderWriter::final_path() const { return impl_->final_path; }
 const std::string& ModelFolderWriter::temp_path() const { return impl_->temp_path; }
 const std::vector<std::string>& ModelFolderWriter::skipped() const { return impl_->skipped; }
+const std::vector<std::string>& ModelFolderWriter::copied() const { return impl_->copied; }
 uint64_t ModelFolderWriter::tensor_bytes() const { return impl_->tensor_bytes; }
 
 void ModelFolderWriter::write(size_t tensor, uint64_t offset, const void* data, uint64_t nbytes) {
