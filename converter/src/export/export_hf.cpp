@@ -338,6 +338,11 @@ HfExportPlan plan_from(const Checkpoint& ckpt, const std::string& source,
                 "no Linear weight to quantize (2-D '<module>.weight' tensors other than "
                 "embeddings, norms and lm_head)");
 
+  // lm_head is always ignored, present or not: with tied embeddings the
+  // model still has an lm_head Linear, which "targets": ["Linear"] would
+  // otherwise expect quantized (llm-compressor's W4A16 ignores it too).
+  if (std::find(plan.ignore.begin(), plan.ignore.end(), "lm_head") == plan.ignore.end())
+    plan.ignore.push_back("lm_head");
   std::sort(plan.ignore.begin(), plan.ignore.end());
   if (gptq) {
     plan.quantization_config = gptq::quantize_config(o.bits, o.group_size);
