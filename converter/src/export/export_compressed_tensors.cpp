@@ -15,6 +15,21 @@
 
 namespace qpack::hf_export {
 
+void quantize_block(const LinearJob& job, const uint8_t* src, const GroupLayout& L, int64_t r0,
+                    int64_t k0, const QuantBuffers& out) {
+  try {
+    job.quantizer->quantize({src, job.dtype, job.name}, L, job.scheme, job.nonfinite, out);
+  } catch (const Error& e) {
+    if (e.code() != ErrorCode::NonFinite && e.code() != ErrorCode::RangeOverflow) throw;
+    if (L.outer == job.out && L.axis_len == job.in) throw;  // the block is the weight
+    throw Error(e.code(), e.file(), e.tensor(),
+                e.reason() + " (indices within the block of rows " + std::to_string(r0) + ".." +
+                    std::to_string(r0 + L.outer - 1) + ", columns " + std::to_string(k0) + ".." +
+                    std::to_string(k0 + L.axis_len - 1) + " of the [" + std::to_string(job.out) +
+                    ", " + std::to_string(job.in) + "] weight)");
+  }
+}
+
 void write_compressed_tensors_linear(const LinearJob& job) {
   const QuantScheme& s = job.scheme;
   const uint64_t esize = uint64_t(dtype_bits(job.dtype) / 8);
@@ -35,9 +50,8 @@ void write_compressed_tensors_linear(const LinearJob& job) {
     codes.resize(L.codes_bytes());
     scales.resize(L.params_bytes(s.scale_dtype));
     zeros.resize(s.symmetric ? 0 : L.params_bytes(s.scale_dtype));
-    job.quantizer->quantize({job.data + uint64_t(r0) * row_bytes, job.dtype, job.name}, L, s,
-                            job.nonfinite,
-                            {codes.data(), scales.data(), s.symmetric ? nullptr : zeros.data()});
+    quantize_block(job, job.data + uint64_t(r0) * row_bytes, L, r0, 0,
+                   {codes.data(), scales.data(), s.symmetric ? nullptr : zeros.data()});
     packed.resize(uint64_t(rows) * uint64_t(words) * 4);
     compressed_tensors::pack_weight_rows(codes.data(), L, packed.data());
     job.write(t_packed, uint64_t(r0) * uint64_t(words) * 4, packed.data(), packed.size());

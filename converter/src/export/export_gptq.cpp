@@ -54,8 +54,7 @@ void write_gptq_linear(const LinearJob& job) {
       const GroupLayout L = make_layout({rows, cols}, s, job.name);
       codes.resize(L.codes_bytes());
       scales.resize(L.params_bytes(s.scale_dtype));
-      job.quantizer->quantize({src, job.dtype, job.name}, L, s, job.nonfinite,
-                              {codes.data(), scales.data(), nullptr});
+      quantize_block(job, src, L, r0, k0, {codes.data(), scales.data(), nullptr});
       const int64_t qrows = cols / cpw, groups = L.groups_per_axis;
       words.resize(uint64_t(qrows) * uint64_t(rows) * 4);
       gptq::pack_qweight_block(codes.data(), L, words.data());

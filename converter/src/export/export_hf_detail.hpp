@@ -9,6 +9,7 @@
 #include <string>
 
 #include "qpack/converter/quantizer.hpp"
+#include "qpack/spec/layout.hpp"
 #include "qpack/spec/scheme.hpp"
 
 namespace qpack::hf_export {
@@ -27,6 +28,12 @@ struct LinearJob {
   std::function<void(size_t, uint64_t, const void*, uint64_t)> write;
   std::function<void(uint64_t source_bytes)> done;  // after each slice
 };
+
+// Quantizes one block of the weight, rows [r0, r0 + L.outer) by columns
+// [k0, k0 + L.axis_len), held contiguously at `src`: the quantizer's errors
+// count indices within the block, so they get the block's place appended.
+void quantize_block(const LinearJob& job, const uint8_t* src, const GroupLayout& L, int64_t r0,
+                    int64_t k0, const QuantBuffers& out);
 
 // Outputs in order: weight_packed, weight_scale, [weight_zero_point], weight_shape.
 void write_compressed_tensors_linear(const LinearJob& job);
