@@ -4,7 +4,8 @@
 // 32 for compressed-tensors, column blocks of one group or single rows for
 // GPTQ, against one slice for the whole weight) nor on the thread count,
 // every output byte must be written exactly once, and the decoded tensors
-// must be the whole tensor's quantization (quantize_reference of the full
+// must be the whole tensor's quantization, also through a quantizer that
+// finishes each block only when waited for (quantize_reference of the full
 // [out, in] weight, re-laid out by the layout functions, which
 // test_hf_layouts checks element by element).
 #include <gtest/gtest.h>
@@ -32,6 +33,45 @@ struct Outputs {
   std::vector<std::vector<int>> writes;  // times each byte was written
 };
 
+// A quantizer that does the work only at wait(), as a device pipeline may:
+// a writer that touched a block's buffers before waiting for it, or reused
+// them while it was in flight, gets other bytes (or reads freed memory,
+// which the sanitizer builds catch).
+class DeferredQuantizer : public TensorQuantizer {
+ public:
+  explicit DeferredQuantizer(int threads) : cpu_(make_cpu_quantizer(threads)) {}
+  void quantize(const QuantInput& in, const GroupLayout& layout, const QuantScheme& scheme,
+                NonFinitePolicy policy, const QuantBuffers& out) override {
+    cpu_->quantize(in, layout, scheme, policy, out);
+  }
+  Ticket submit(const QuantInput& in, const GroupLayout& layout, const QuantScheme& scheme,
+                NonFinitePolicy policy, const QuantBuffers& out) override {
+    pending_.push_back({in, layout, scheme, policy, out});
+    // Poison the outputs: the writer must not read them before wait().
+    std::memset(out.codes, kPoison, layout.codes_bytes());
+    std::memset(out.scales, kPoison, layout.params_bytes(scheme.scale_dtype));
+    return pending_.size() - 1;
+  }
+  void wait(Ticket t) override {
+    const Pending& p = pending_.at(t);
+    cpu_->quantize(p.in, p.layout, p.scheme, p.policy, p.out);
+  }
+  void cancel() noexcept override {}
+  std::string description() const override { return "deferred"; }
+  size_t submitted() const { return pending_.size(); }
+
+ private:
+  struct Pending {
+    QuantInput in;
+    GroupLayout layout;
+    QuantScheme scheme;
+    NonFinitePolicy policy;
+    QuantBuffers out;
+  };
+  std::unique_ptr<TensorQuantizer> cpu_;
+  std::vector<Pending> pending_;
+};
+
 Outputs run(bool gptq, const std::vector<uint8_t>& src, DType dtype, int64_t out, int64_t in,
             const QuantScheme& s, uint64_t slice_bytes, int threads,
             const std::vector<uint64_t>& sizes) {
@@ -40,7 +80,10 @@ Outputs run(bool gptq, const std::vector<uint8_t>& src, DType dtype, int64_t out
     o.bytes.emplace_back(n, kPoison);
     o.writes.emplace_back(n, 0);
   }
-  auto q = make_cpu_quantizer(threads);
+  // threads < 0: the deferred quantizer with -threads threads.
+  std::unique_ptr<TensorQuantizer> q =
+      threads < 0 ? std::unique_ptr<TensorQuantizer>(new DeferredQuantizer(-threads))
+                  : make_cpu_quantizer(threads);
   hf_export::LinearJob job;
   job.name = "w";
   job.data = src.data();
@@ -105,7 +148,11 @@ TEST(HfExportSlices, CompressedTensorsRowSlices) {
         uint64_t(c.out * P * 2), 16};
     const Outputs whole = run(false, src, DType::BF16, c.out, c.in, s, 1ull << 30, 2, sizes);
     const Outputs sliced = run(false, src, DType::BF16, c.out, c.in, s, 1, 1, sizes);
-    for (size_t t = 0; t < sizes.size(); ++t) EXPECT_EQ(whole.bytes[t], sliced.bytes[t]) << t;
+    const Outputs deferred = run(false, src, DType::BF16, c.out, c.in, s, 1, -2, sizes);
+    for (size_t t = 0; t < sizes.size(); ++t) {
+      EXPECT_EQ(whole.bytes[t], sliced.bytes[t]) << t;
+      EXPECT_EQ(whole.bytes[t], deferred.bytes[t]) << t;
+    }
     // The whole tensor's quantization, re-laid out.
     const GroupLayout L = make_layout({c.out, c.in}, s);
     std::vector<uint8_t> codes(L.codes_bytes()), scales(L.params_bytes(s.scale_dtype));
@@ -141,7 +188,11 @@ TEST(HfExportSlices, GptqColumnBlocksAndRowSlices) {
                                          uint64_t(c.in * 4)};
     const Outputs whole = run(true, src, DType::BF16, c.out, c.in, s, 1ull << 30, 2, sizes);
     const Outputs sliced = run(true, src, DType::BF16, c.out, c.in, s, 1, 3, sizes);
-    for (size_t t = 0; t < sizes.size(); ++t) EXPECT_EQ(whole.bytes[t], sliced.bytes[t]) << t;
+    const Outputs deferred = run(true, src, DType::BF16, c.out, c.in, s, 1, -1, sizes);
+    for (size_t t = 0; t < sizes.size(); ++t) {
+      EXPECT_EQ(whole.bytes[t], sliced.bytes[t]) << t;
+      EXPECT_EQ(whole.bytes[t], deferred.bytes[t]) << t;
+    }
     const GroupLayout L = make_layout({c.out, c.in}, s);
     std::vector<uint8_t> codes(L.codes_bytes()), scales(L.params_bytes(s.scale_dtype));
     quantize_reference({src.data(), DType::BF16, "w"}, L, s, NonFinitePolicy::Error,

@@ -7,13 +7,11 @@
 // (group_size -1), slices of whole rows, each becoming a column range of
 // every qweight row.
 #include <algorithm>
-#include <cstring>
 #include <vector>
 
 #include "export_hf_detail.hpp"
 #include "gptq_layout.hpp"
 #include "qpack/format/error.hpp"
-#include "qpack/format/layout.hpp"
 
 namespace qpack::hf_export {
 
@@ -26,6 +24,7 @@ void write_gptq_linear(const LinearJob& job) {
   const int64_t G = s.group_size > 0 ? s.group_size : job.in;
   const int64_t P = job.in / G;
   const uint64_t out = uint64_t(job.out);
+  const uint64_t sb = uint64_t(scale_bytes(s.scale_dtype));
   const size_t t_qweight = job.first_output, t_qzeros = t_qweight + 1;
   const size_t t_scales = t_qweight + 2, t_gidx = t_qweight + 3;
 
@@ -38,44 +37,33 @@ void write_gptq_linear(const LinearJob& job) {
     nr = int64_t(job.slice_bytes / std::max<uint64_t>(uint64_t(job.in) * esize, 1));
     nr = std::min<int64_t>(std::max<int64_t>(nr, 1), job.out);
   }
-  std::vector<uint8_t> gathered, codes, scales, words, scales_t;
-  for (int64_t r0 = 0; r0 < job.out; r0 += nr) {
-    const int64_t rows = std::min(nr, job.out - r0);
-    for (int64_t k0 = 0; k0 < job.in; k0 += kw) {
-      const int64_t cols = std::min(kw, job.in - k0);
-      const uint8_t* src = job.data + (uint64_t(r0) * uint64_t(job.in) + uint64_t(k0)) * esize;
-      if (cols != job.in) {  // gather the [rows, cols] block
-        gathered.resize(uint64_t(rows) * uint64_t(cols) * esize);
-        for (int64_t n = 0; n < rows; ++n)
-          std::memcpy(&gathered[uint64_t(n) * uint64_t(cols) * esize],
-                      src + uint64_t(n) * uint64_t(job.in) * esize, uint64_t(cols) * esize);
-        src = gathered.data();
-      }
-      const GroupLayout L = make_layout({rows, cols}, s, job.name);
-      codes.resize(L.codes_bytes());
-      scales.resize(L.params_bytes(s.scale_dtype));
-      quantize_block(job, src, L, r0, k0, {codes.data(), scales.data(), nullptr});
-      const int64_t qrows = cols / cpw, groups = L.groups_per_axis;
-      words.resize(uint64_t(qrows) * uint64_t(rows) * 4);
-      gptq::pack_qweight_block(codes.data(), L, words.data());
-      const uint64_t sb = uint64_t(scale_bytes(s.scale_dtype));
-      scales_t.resize(uint64_t(groups) * uint64_t(rows) * sb);
-      gptq::transpose(scales.data(), rows, groups, int(sb), scales_t.data());
-      const uint64_t qrow0 = uint64_t(k0 / cpw), grow0 = uint64_t(k0 / G);
-      if (rows == job.out) {  // whole output rows: one write each
-        job.write(t_qweight, qrow0 * out * 4, words.data(), words.size());
-        job.write(t_scales, grow0 * out * sb, scales_t.data(), scales_t.size());
-      } else {  // a column range of every row
-        for (int64_t r = 0; r < qrows; ++r)
-          job.write(t_qweight, ((qrow0 + uint64_t(r)) * out + uint64_t(r0)) * 4,
-                    &words[uint64_t(r) * uint64_t(rows) * 4], uint64_t(rows) * 4);
-        for (int64_t g = 0; g < groups; ++g)
-          job.write(t_scales, ((grow0 + uint64_t(g)) * out + uint64_t(r0)) * sb,
-                    &scales_t[uint64_t(g) * uint64_t(rows) * sb], uint64_t(rows) * sb);
-      }
-      if (job.done) job.done(uint64_t(rows) * uint64_t(cols) * esize);
+  std::vector<Block> blocks;
+  for (int64_t r0 = 0; r0 < job.out; r0 += nr)
+    for (int64_t k0 = 0; k0 < job.in; k0 += kw)
+      blocks.push_back({r0, std::min(nr, job.out - r0), k0, std::min(kw, job.in - k0)});
+
+  std::vector<uint8_t> words, scales_t;
+  quantize_blocks(job, blocks, [&](const QuantizedBlock& q) {
+    const int64_t r0 = q.block.r0, rows = q.block.rows, k0 = q.block.k0, cols = q.block.cols;
+    const int64_t qrows = cols / cpw, groups = q.layout.groups_per_axis;
+    words.resize(uint64_t(qrows) * uint64_t(rows) * 4);
+    gptq::pack_qweight_block(q.codes, q.layout, words.data());
+    scales_t.resize(uint64_t(groups) * uint64_t(rows) * sb);
+    gptq::transpose(q.scales, rows, groups, int(sb), scales_t.data());
+    const uint64_t qrow0 = uint64_t(k0 / cpw), grow0 = uint64_t(k0 / G);
+    if (rows == job.out) {  // whole output rows: one write each
+      job.write(t_qweight, qrow0 * out * 4, words.data(), words.size());
+      job.write(t_scales, grow0 * out * sb, scales_t.data(), scales_t.size());
+    } else {  // a column range of every row
+      for (int64_t r = 0; r < qrows; ++r)
+        job.write(t_qweight, ((qrow0 + uint64_t(r)) * out + uint64_t(r0)) * 4,
+                  &words[uint64_t(r) * uint64_t(rows) * 4], uint64_t(rows) * 4);
+      for (int64_t g = 0; g < groups; ++g)
+        job.write(t_scales, ((grow0 + uint64_t(g)) * out + uint64_t(r0)) * sb,
+                  &scales_t[uint64_t(g) * uint64_t(rows) * sb], uint64_t(rows) * sb);
     }
-  }
+    if (job.done) job.done(uint64_t(rows) * uint64_t(cols) * esize);
+  });
   // Symmetric: every zero-point is 2^(b-1), stored as 2^(b-1) - 1.
   std::vector<int32_t> z(out, 1 << (s.bits - 1));
   std::vector<uint8_t> zrow(out / uint64_t(cpw) * 4);

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "qpack/converter/quantizer.hpp"
 #include "qpack/spec/layout.hpp"
@@ -29,11 +30,28 @@ struct LinearJob {
   std::function<void(uint64_t source_bytes)> done;  // after each slice
 };
 
-// Quantizes one block of the weight, rows [r0, r0 + L.outer) by columns
-// [k0, k0 + L.axis_len), held contiguously at `src`: the quantizer's errors
-// count indices within the block, so they get the block's place appended.
-void quantize_block(const LinearJob& job, const uint8_t* src, const GroupLayout& L, int64_t r0,
-                    int64_t k0, const QuantBuffers& out);
+// A block of the weight: rows [r0, r0 + rows) by columns [k0, k0 + cols),
+// the columns whole groups.
+struct Block {
+  int64_t r0 = 0, rows = 0, k0 = 0, cols = 0;
+};
+// A block's quantization, valid during the `finish` call that receives it.
+struct QuantizedBlock {
+  Block block;
+  GroupLayout layout;  // of the [rows, cols] block, axis -1
+  const uint8_t* codes = nullptr;
+  const uint8_t* scales = nullptr;
+  const uint8_t* zeros = nullptr;  // null when symmetric
+};
+// Quantizes the blocks in order with two in flight (block i+1 is submitted
+// to the quantizer before block i is waited for, so a device pipeline
+// overlaps the re-layout and writes of block i), and calls finish on each
+// in order. A block that is not whole rows is gathered from the source
+// first. The quantizer's NonFinite/RangeOverflow errors count indices within
+// the block, so they get the block's place appended; on any error the work
+// in flight is cancelled before its buffers go.
+void quantize_blocks(const LinearJob& job, const std::vector<Block>& blocks,
+                     const std::function<void(const QuantizedBlock&)>& finish);
 
 // Outputs in order: weight_packed, weight_scale, [weight_zero_point], weight_shape.
 void write_compressed_tensors_linear(const LinearJob& job);
