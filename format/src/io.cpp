@@ -222,6 +222,18 @@ OutputTarget inspect_output(const std::string& final_path) {
 
 // `.NAME.qpack-partial.PID.XXXXXX` of a process that is gone: a leftover of
 // kill -9. Only this exact shape qualifies.
+bool is_orphaned_partial(const std::string& entry, const std::string& prefix);
+
+}  // namespace
+
+bool is_orphaned_partial_name(const std::string& entry, const std::string& prefix) {
+  return is_orphaned_partial(entry, prefix);
+}
+
+unsigned mode_after_umask(unsigned bits) { return unsigned(bits & ~current_umask()); }
+
+namespace {
+
 bool is_orphaned_partial(const std::string& entry, const std::string& prefix) {
   if (entry.size() <= prefix.size() || entry.compare(0, prefix.size(), prefix) != 0) return false;
   const std::string rest = entry.substr(prefix.size());
@@ -361,6 +373,54 @@ void AtomicOutputFile::write_zeros(uint64_t count) {
 void AtomicOutputFile::pwrite_at(uint64_t offset, const void* data, size_t size) {
   if (fd_ < 0) throw Error(ErrorCode::Internal, final_path_, "", "write after commit");
   write_all(fd_, static_cast<const char*>(data), size, int64_t(offset), final_path_, temp_path_);
+}
+
+// ----------------------------------------------------------- FolderMemberFile
+
+FolderMemberFile::FolderMemberFile(const std::string& path, const std::string& report_path)
+    : path_(path), report_path_(report_path) {
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (fd_ < 0) {
+    const int err = errno;
+    throw Error(is_disk_full(err) ? ErrorCode::DiskFull : ErrorCode::Io, report_path, "",
+                "cannot create " + path + ": " + errno_text(err));
+  }
+}
+
+FolderMemberFile::~FolderMemberFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void FolderMemberFile::write(const void* data, size_t size) {
+  if (fd_ < 0) throw Error(ErrorCode::Internal, report_path_, "", "write after close of " + path_);
+  write_all(fd_, static_cast<const char*>(data), size, -1, report_path_, path_);
+}
+
+void FolderMemberFile::pwrite_at(uint64_t offset, const void* data, size_t size) {
+  if (fd_ < 0) throw Error(ErrorCode::Internal, report_path_, "", "write after close of " + path_);
+  write_all(fd_, static_cast<const char*>(data), size, int64_t(offset), report_path_, path_);
+}
+
+void FolderMemberFile::set_mode(unsigned mode) {
+  if (fd_ >= 0 && fchmod(fd_, mode_t(mode & 07777)) != 0)
+    throw Error(ErrorCode::Io, report_path_, "",
+                "cannot set the permissions of " + path_ + ": " + errno_text(errno));
+}
+
+void FolderMemberFile::sync_and_close() {
+  if (fd_ < 0) return;
+  if (fsync(fd_) != 0) {
+    const int err = errno;
+    throw Error(is_disk_full(err) ? ErrorCode::DiskFull : ErrorCode::Io, report_path_, "",
+                "fsync of " + path_ + " failed: " + errno_text(err));
+  }
+  const int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0) {
+    const int err = errno;
+    throw Error(is_disk_full(err) ? ErrorCode::DiskFull : ErrorCode::Io, report_path_, "",
+                "close of " + path_ + " failed: " + errno_text(err));
+  }
 }
 
 void AtomicOutputFile::commit() {

@@ -289,16 +289,24 @@ std::string build_header(const std::string& path, const std::vector<TensorToWrit
 
 }  // namespace
 
+std::string safetensors_file_prefix(const std::string& path,
+                                    const std::vector<TensorToWrite>& tensors,
+                                    const std::map<std::string, std::string>& metadata,
+                                    uint64_t* data_bytes) {
+  const std::string header = build_header(path, tensors, metadata, data_bytes);
+  std::string out(8, '\0');
+  store_le64(reinterpret_cast<uint8_t*>(&out[0]), header.size());
+  out += header;
+  return out;
+}
+
 SafetensorsStreamWriter::SafetensorsStreamWriter(const std::string& path,
                                                  const std::vector<TensorToWrite>& declared,
                                                  const std::map<std::string, std::string>& metadata,
                                                  bool overwrite)
     : out_(path, overwrite) {
-  const std::string header = build_header(path, declared, metadata, &expected_);
-  uint8_t len[8];
-  store_le64(len, header.size());
-  out_.write(len, 8);
-  out_.write(header.data(), header.size());
+  const std::string prefix = safetensors_file_prefix(path, declared, metadata, &expected_);
+  out_.write(prefix.data(), prefix.size());
 }
 
 void SafetensorsStreamWriter::append(const void* data, uint64_t nbytes) {

@@ -56,10 +56,14 @@ class OutputFilesCli : public ::testing::Test {
     ASSERT_EQ(r.exit_code, 0) << r.output;
   }
   // "convert MODEL OUT" or "dequantize MODEL.qpack OUT", with `flags`.
+  // These are the single-file writer's rules, so dequantize is told to write
+  // one file (an existing directory would otherwise be a folder output: the
+  // folder rules are in test_dequantize_folder_cli.cpp).
   test::CommandResult run(const std::string& command, const std::string& out,
                           const std::string& flags) {
     const std::string input = command == "convert" ? model_ : qpack_;
-    return test::run_qpack(command + " " + input + " '" + out + "' -q " + flags);
+    return test::run_qpack(command + " " + input + " '" + out + "' -q " + flags +
+                           (command == "dequantize" ? " --format safetensors" : ""));
   }
   test::TempDir dir_;
   std::string model_, qpack_;

@@ -108,8 +108,44 @@ def mode_dequant(qpack, tmp, device):
                   (label(c), name, len(bad), bad[0], int(a[bad[0]]), int(e[bad[0]])))
         doc = json.loads(so)
         check(doc.get("format") == c["fmt"], "%s: --json format %r" % (label(c), doc.get("format")))
+    mode_dequant_folder(qpack, tmp, device)
     print("dequant: %d folders, %d asymmetric pending the Integer rule, %d failures (%d of them "
           "+0 for -0)" % (len(CASES), pending, len(FAILS), zero_sign[0]))
+
+
+def mode_dequant_folder(qpack, tmp, device):
+    """dequantize FOLDER OUTDIR/: sharded safetensors whose tensors are the
+    single file's, config.json without quantization_config, files copied."""
+    c = dict(fmt="gptq", b=4, sym=True, group=32, sdt="F16", shards=2, v2=False)
+    folder = os.path.join(tmp, "dqf")
+    expected, _, _ = gen.write_model(folder, c["fmt"], c["b"], c["sym"], c["group"], c["sdt"],
+                                     c["shards"], seed=11)
+    with open(os.path.join(folder, "tokenizer.json"), "w") as f:
+        f.write('{"version": "1.0"}')
+    out = os.path.join(tmp, "dqf_out") + "/"
+    rc, so, se = run(qpack, "dequantize", folder, out, "--device", device, "--json",
+                     "--max-shard-size", "20000", "--copy-files-from", folder)
+    check(rc == 0, "dequantize to a folder: exit %d: %s" % (rc, se.strip()))
+    if rc != 0:
+        return
+    doc = json.loads(so)
+    check(doc["output_kind"] == "folder" and len(doc["shards"]) > 1 and doc["format"] == "gptq",
+          "folder --json %r" % doc)
+    with open(os.path.join(out, "config.json")) as f:
+        cfg = json.load(f)
+    check("quantization_config" not in cfg and cfg.get("model_type") == "llama",
+          "folder config.json %r" % cfg)
+    check(os.path.exists(os.path.join(out, "tokenizer.json")), "tokenizer.json not copied")
+    with open(os.path.join(out, "model.safetensors.index.json")) as f:
+        wm = json.load(f)["weight_map"]
+    check(sorted(wm) == sorted(expected), "folder index names %s" % sorted(wm))
+    got = {}
+    for shard in sorted(set(wm.values())):
+        got.update(gen.read_safetensors(os.path.join(out, shard)))
+    for name, (dt, shape, arr) in expected.items():
+        g = got.get(name)
+        check(g is not None and g[0] == dt and tuple(g[1]) == tuple(shape) and
+              g[2] == np.ascontiguousarray(arr).tobytes(), "folder tensor %s differs" % name)
 
 
 def mode_inspect(qpack, tmp):

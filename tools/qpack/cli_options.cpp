@@ -1,5 +1,6 @@
 #include "cli_options.hpp"
 
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -45,6 +46,61 @@ DType parse_float_dtype_flag(const std::string& flag, const std::string& text) {
     throw Error(ErrorCode::InvalidArgument, "", "",
                 flag + " must be f16, bf16 or f32 (any case), not '" + text + "'");
   return *d;
+}
+
+namespace {
+// Sizes up to 2^64 - 1 times a unit up to 2^40 fit without overflow checks
+// on every step (GCC and Clang; __extension__ keeps -Wpedantic quiet).
+__extension__ typedef unsigned __int128 u128;
+}  // namespace
+
+uint64_t parse_byte_size_flag(const std::string& flag, const std::string& text) {
+  const auto bad = [&](const char* why) {
+    return Error(ErrorCode::InvalidArgument, "", "",
+                 flag + " must be a size such as 5GB, 500MB, 2GiB or a byte count, not '" + text +
+                     "'" + why);
+  };
+  size_t i = 0;
+  u128 whole = 0, frac = 0, frac_scale = 1;
+  const u128 kMax = ~uint64_t(0);
+  while (i < text.size() && text[i] >= '0' && text[i] <= '9') {
+    whole = whole * 10 + unsigned(text[i++] - '0');
+    if (whole > kMax) throw bad(" (too large)");
+  }
+  const size_t int_digits = i;
+  size_t frac_digits = 0;
+  if (i < text.size() && text[i] == '.') {
+    ++i;
+    while (i < text.size() && text[i] >= '0' && text[i] <= '9') {
+      if (frac_digits < 18) {
+        frac = frac * 10 + unsigned(text[i] - '0');
+        frac_scale *= 10;
+      }
+      ++frac_digits;
+      ++i;
+    }
+  }
+  if (int_digits + frac_digits == 0) throw bad("");
+  std::string unit;
+  for (; i < text.size(); ++i) unit += char(std::tolower(static_cast<unsigned char>(text[i])));
+  static const std::pair<const char*, uint64_t> kUnits[] = {{"", 1},
+                                                            {"b", 1},
+                                                            {"kb", 1000ull},
+                                                            {"mb", 1000000ull},
+                                                            {"gb", 1000000000ull},
+                                                            {"tb", 1000000000000ull},
+                                                            {"kib", 1ull << 10},
+                                                            {"mib", 1ull << 20},
+                                                            {"gib", 1ull << 30},
+                                                            {"tib", 1ull << 40}};
+  for (const auto& [name, mult] : kUnits) {
+    if (unit != name) continue;
+    const u128 v = whole * mult + frac * mult / frac_scale;
+    if (v > kMax) throw bad(" (too large)");
+    if (v == 0) throw bad(" (must be at least one byte)");
+    return uint64_t(v);
+  }
+  throw bad(" (unknown unit)");
 }
 
 void rethrow_qpack_error(const Error& e, const std::string& qpack_path) {

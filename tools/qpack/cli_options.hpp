@@ -31,6 +31,13 @@ CLI::Option* add_json_flag(CLI::App* sub, bool* json, const std::string& what);
 // naming `flag`.
 DType parse_float_dtype_flag(const std::string& flag, const std::string& text);
 
+// A size flag's value (--max-shard-size): a whole or decimal number and an
+// optional unit, any case: B, KB/MB/GB/TB (10^3 steps, Hugging Face's "5GB"
+// is 5 * 10^9 bytes) or KiB/MiB/GiB/TiB (2^10 steps); no unit is bytes.
+// Fractions of a byte are dropped. A usage error naming `flag` otherwise,
+// and for 0 or more than 2^64 - 1.
+uint64_t parse_byte_size_flag(const std::string& flag, const std::string& text);
+
 // A qpack::Error about a .qpack file that failed its checks: exit 4
 // (integrity) in every command, whatever the error's code, as verify reports
 // it. Thrown by inspect and dequantize in place of a bad-input error.

@@ -1,6 +1,9 @@
 // qpack dequantize: writes the checkpoint a .qpack reconstructs as one
-// safetensors file (logic in the converter's exporters,
-// qpack/converter/export.hpp).
+// safetensors file or a model folder (logic in the converter's exporters,
+// qpack/converter/export.hpp; the folder: docs/hf-folders.md).
+#include <sys/stat.h>
+
+#include <cctype>
 #include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -26,6 +29,9 @@ struct DequantizeArgs {
   std::string qpack, out;
   std::string dtype;
   std::string kept_dtype;
+  std::string format;  // "safetensors", "folder", or empty: from OUTPUT
+  std::string max_shard_size;
+  std::string copy_files_from;
   DeviceOption device;
   int threads = 0;
   bool force = false;
@@ -42,8 +48,48 @@ void rethrow_gguf_error(const Error& e, const std::string& path) {
   throw e;
 }
 
+// The output's last path component has an extension when its last dot
+// (not a leading one) is followed by letters and digits with at least one
+// letter: "x.safetensors", "x.bin"; not "Llama-3.1-8B" or "Qwen2.5".
+bool has_extension(const std::string& path) {
+  const std::string base = path.substr(path.find_last_of('/') + 1);
+  const size_t dot = base.find_last_of('.');
+  if (dot == std::string::npos || dot == 0 || dot + 1 == base.size()) return false;
+  bool letter = false;
+  for (size_t i = dot + 1; i < base.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(base[i]);
+    if (!std::isalnum(c)) return false;
+    letter = letter || std::isalpha(c);
+  }
+  return letter;
+}
+
+// --format, else from OUTPUT (docs/cli.md): a trailing '/', an existing
+// directory or a name without an extension is a folder; an existing
+// non-directory and a name with an extension (.safetensors, ...) one file.
+bool folder_output(const DequantizeArgs& a) {
+  if (!a.format.empty()) {
+    if (a.format != "safetensors" && a.format != "folder")
+      throw Error(ErrorCode::InvalidArgument, "", "",
+                  "--format must be 'safetensors' or 'folder', not '" + a.format + "'");
+    return a.format == "folder";
+  }
+  if (!a.out.empty() && a.out.back() == '/') return true;
+  struct stat st;
+  if (::lstat(a.out.c_str(), &st) == 0) return S_ISDIR(st.st_mode);
+  return !has_extension(a.out);
+}
+
 int run_dequantize(const DequantizeArgs& a) {
   DequantizeOptions opt;
+  opt.folder = folder_output(a);
+  if (!opt.folder && (!a.max_shard_size.empty() || !a.copy_files_from.empty()))
+    throw Error(ErrorCode::InvalidArgument, a.out, "",
+                std::string(a.max_shard_size.empty() ? "--copy-files-from" : "--max-shard-size") +
+                    " applies to a model folder output (OUTDIR/, or --format folder)");
+  if (!a.max_shard_size.empty())
+    opt.max_shard_bytes = parse_byte_size_flag("--max-shard-size", a.max_shard_size);
+  opt.copy_files_from = a.copy_files_from;
   if (!a.dtype.empty()) opt.dtype = parse_float_dtype_flag("--dtype", a.dtype);
   if (!a.kept_dtype.empty()) opt.kept_dtype = parse_float_dtype_flag("--kept-dtype", a.kept_dtype);
   opt.device = a.device.value();
@@ -72,18 +118,25 @@ int run_dequantize(const DequantizeArgs& a) {
   }
   bar.finish();
   if (a.json) {
-    const nlohmann::json j = {{"input", a.qpack},
-                              {"output", a.out},
-                              {"tensors", s.tensors},
-                              {"tensors_dequantized", s.quantized},
-                              {"tensors_raw", s.tensors - s.quantized},
-                              {"bytes_out", s.output_bytes},
-                              {"device", s.device},
-                              {"format", gguf ? "gguf"
-                                         : hf ? s.source_format
-                                              : "qpack"},
-                              {"skipped", s.skipped},
-                              {"decoded_on_cpu", s.decoded_on_cpu}};
+    nlohmann::json j = {{"input", a.qpack},
+                        {"output", a.out},
+                        {"output_kind", opt.folder ? "folder" : "safetensors"},
+                        {"tensors", s.tensors},
+                        {"tensors_dequantized", s.quantized},
+                        {"tensors_raw", s.tensors - s.quantized},
+                        {"bytes_out", s.output_bytes},
+                        {"device", s.device},
+                        {"format", gguf ? "gguf"
+                                   : hf ? s.source_format
+                                        : "qpack"},
+                        {"skipped", s.skipped},
+                        {"decoded_on_cpu", s.decoded_on_cpu}};
+    if (opt.folder) {
+      j["shards"] = s.shards;
+      j["config_written"] = s.config_written;
+      j["files_copied"] = s.files_copied;
+      j["files_not_copied"] = s.files_skipped;
+    }
     const std::string text = j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
     std::printf("%s\n", text.c_str());
   } else if (!a.quiet)
@@ -91,6 +144,25 @@ int run_dequantize(const DequantizeArgs& a) {
                 escape_for_terminal(a.out).c_str(), count_of(s.tensors, "tensor").c_str(),
                 s.quantized, s.tensors - s.quantized, format_bytes(s.output_bytes).c_str(),
                 s.device.c_str());
+  if (opt.folder && !a.quiet && !a.json) {
+    std::printf("  %s, %s%s\n", count_of(s.shards.size(), "shard").c_str(),
+                s.config_written ? "config.json" : "no config.json",
+                a.copy_files_from.empty()
+                    ? ", no other files (--copy-files-from SRC copies the tokenizer and the rest)"
+                    : (", " + count_of(s.files_copied.size(), "file") + " copied from " +
+                       escape_for_terminal(a.copy_files_from))
+                          .c_str());
+  }
+  // Said even with --quiet: the folder lacks what a loader needs.
+  if (opt.folder && !s.config_written)
+    std::fprintf(stderr,
+                 "qpack: warning: %s stores no config.json, so the folder has none "
+                 "(transformers needs one: copy the source model's)\n",
+                 escape_for_terminal(a.qpack).c_str());
+  for (const std::string& f : s.files_skipped)
+    if (!a.quiet && !a.json)
+      std::fprintf(stderr, "qpack: note: %s/%s not copied (not a regular file)\n",
+                   escape_for_terminal(a.copy_files_from).c_str(), escape_for_terminal(f).c_str());
   // Said even with --quiet: tensors missing from the output.
   for (const std::string& t : s.skipped)
     std::fprintf(stderr, "qpack: warning: %s left out: no decoder for its type in this build\n",
@@ -115,12 +187,22 @@ Runner add_dequantize(CLI::App& app) {
   auto* sub = app.add_subcommand(
       "dequantize",
       "Write the checkpoint a .qpack (x^ = fma(q, S, M)) or a GGUF file (ggml's dequantization) "
-      "reconstructs as safetensors");
+      "reconstructs as safetensors: one file, or a Hugging Face model folder");
   sub->footer(
       "Quantized tensors are written in their source dtype (or --dtype), rounded to nearest even;\n"
       "kept tensors are copied byte for byte (or, F16/BF16/F32 ones, written in --kept-dtype);\n"
       "the source's safetensors metadata is carried over, less an index's total_size.\n"
       "Every section's checksum is verified as it is read. The output appears only when complete.\n"
+      "\n"
+      "Model folder output (OUTDIR/, an existing directory, a name without extension, or\n"
+      "--format folder; docs/hf-folders.md): shards of at most --max-shard-size (default 5GB)\n"
+      "named model-00001-of-0000N.safetensors (model.safetensors when one), an index when more\n"
+      "than one, config.json from the .qpack's stored config without quantization_config\n"
+      "(torch_dtype set to --dtype), and the other files of --copy-files-from SRC (tokenizer,\n"
+      "generation config, ...; weights, hidden files and subfolders are not copied). In a folder\n"
+      "--dtype applies to the kept F16/BF16/F32 tensors too, unless --kept-dtype says otherwise.\n"
+      "--force replaces only an existing model folder (regular files, with config.json or\n"
+      "*.safetensors); an empty directory is written into.\n"
       "\n"
       "GGUF input (X.gguf): block-type tensors (Q4_0 ... Q8_0, and every type the build decodes)\n"
       "are decoded by ggml's rules and written as --dtype (default f32); F32/F16/BF16 tensors are\n"
@@ -140,7 +222,17 @@ Runner add_dequantize(CLI::App& app) {
   sub->add_option("model", a->qpack,
                   "The .qpack or .gguf file, or a compressed-tensors / GPTQ model folder")
       ->required();
-  sub->add_option("output", a->out, "The .safetensors file to write")->required();
+  sub->add_option("output", a->out, "The .safetensors file or the model folder (OUTDIR/) to write")
+      ->required();
+  sub->add_option("--format", a->format,
+                  "safetensors (one file) or folder (default: from OUTPUT: a trailing '/', an "
+                  "existing directory or a name without extension is a folder)");
+  sub->add_option("--max-shard-size", a->max_shard_size,
+                  "Folder: largest shard's tensor bytes, e.g. 5GB (default, 5*10^9), 500MB, "
+                  "2GiB or a byte count");
+  sub->add_option("--copy-files-from", a->copy_files_from,
+                  "Folder: copy this source model folder's other files (tokenizer, "
+                  "generation_config.json, chat template, licence, README)");
   sub->add_option("--dtype,--dequantized-dtype", a->dtype,
                   "Dtype of the dequantized tensors: f16, bf16 or f32, any case (default: each "
                   "tensor's source dtype); kept tensors: --kept-dtype");
@@ -149,7 +241,8 @@ Runner add_dequantize(CLI::App& app) {
                   "copied as stored; other dtypes are always copied)");
   add_device_option(sub, &a->device, "the dequantization");
   add_threads_option(sub, &a->threads);
-  sub->add_flag("-f,--force", a->force, "Replace an existing output file");
+  sub->add_flag("-f,--force", a->force,
+                "Replace an existing output file (or model folder, never another directory)");
   add_quiet_flag(sub, &a->quiet, "No progress and no summary line");
   add_json_flag(sub, &a->json, "Print the summary as JSON (docs/cli.md)");
   sub->add_flag("--skip-unsupported", a->skip_unsupported,

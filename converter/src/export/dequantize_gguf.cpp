@@ -1,8 +1,8 @@
 // `qpack dequantize X.gguf OUT.safetensors` (qpack/converter/export.hpp):
 // every tensor of a GGUF file decoded by ggml's rules into one safetensors
-// file. Streams slices of whole blocks (bounded memory) through the atomic
-// safetensors writer, so nothing appears under the output name unless the
-// whole file was written.
+// file or model folder. Streams slices of whole blocks (bounded memory)
+// through the shared atomic output (dequantize_output.hpp), so nothing
+// appears under the output name unless all of it was written.
 #include <omp.h>
 
 #include <algorithm>
@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "dequantize_output.hpp"
 #include "qpack/converter/export.hpp"
 #include "qpack/converter/ggml_blocks.hpp"
 #include "qpack/format/error.hpp"
@@ -86,31 +87,6 @@ std::map<std::string, std::string> gguf_metadata(const GgufFile& g) {
   return m;
 }
 
-void convert_floats(const float* in, int64_t n, DType to, uint8_t* out, int threads) {
-  if (to == DType::F32) {
-    std::memcpy(out, in, size_t(n) * 4);
-    return;
-  }
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t i = 0; i < n; ++i) {
-    const uint16_t h = to == DType::F16 ? f32_to_f16_rne(in[i]) : f32_to_bf16_rne(in[i]);
-    std::memcpy(out + 2 * i, &h, 2);
-  }
-}
-
-void convert_plain(const uint8_t* in, DType from, int64_t n, DType to, uint8_t* out, int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = load_as_f32(in, from, uint64_t(i));
-    if (to == DType::F32) {
-      std::memcpy(out + 4 * i, &v, 4);
-    } else {
-      const uint16_t h = to == DType::F16 ? f32_to_f16_rne(v) : f32_to_bf16_rne(v);
-      std::memcpy(out + 2 * i, &h, 2);
-    }
-  }
-}
-
 std::string type_label(const GgufTensorInfo& t) {
   return t.name + " (" + ggml_type_name(t.type) + ")";
 }
@@ -119,18 +95,9 @@ std::string type_label(const GgufTensorInfo& t) {
 
 DequantizeSummary dequantize_gguf_file(const std::string& gguf_path, const std::string& out_path,
                                        const DequantizeOptions& opt) {
+  detail::check_dequantize_options(opt, gguf_path, out_path, "GGUF file");
   const DType block_dtype = opt.dtype ? *opt.dtype : DType::F32;
-  if (!is_quantizable(block_dtype))
-    throw Error(
-        ErrorCode::InvalidArgument, "", "",
-        std::string("output dtype must be f16, bf16 or f32 (got ") + dtype_name(block_dtype) + ")");
-  if (opt.kept_dtype && !is_quantizable(*opt.kept_dtype))
-    throw Error(ErrorCode::InvalidArgument, "", "",
-                std::string("kept tensors' output dtype must be f16, bf16 or f32 (got ") +
-                    dtype_name(*opt.kept_dtype) + ")");
-  if (file_exists(out_path) && same_file(gguf_path, out_path))
-    throw Error(ErrorCode::InvalidArgument, out_path, "",
-                "the output would overwrite the input GGUF file");
+  const std::optional<DType> kept_dtype = detail::kept_output_dtype(opt);
   const int threads = opt.threads > 0 ? opt.threads : omp_get_max_threads();
   const DeviceSelection device = resolve_device(opt.device);
   std::unique_ptr<cuda::GgmlBlocksDeviceDecoder> gpu;
@@ -168,8 +135,8 @@ DequantizeSummary dequantize_gguf_file(const std::string& gguf_path, const std::
     const uint64_t n = t.num_elements();
     if (!plain)
       w.dtype = block_dtype;
-    else if (opt.kept_dtype && is_quantizable(*plain))
-      w.dtype = *opt.kept_dtype;
+    else if (kept_dtype && is_quantizable(*plain))
+      w.dtype = *kept_dtype;
     else
       w.dtype = *plain;
     w.nbytes = n * uint64_t(dtype_bytes(w.dtype));
@@ -178,8 +145,8 @@ DequantizeSummary dequantize_gguf_file(const std::string& gguf_path, const std::
     declared.push_back(std::move(w));
   }
 
-  SafetensorsStreamWriter writer(out_path, declared, gguf_metadata(*g), opt.overwrite);
-  check_free_space(out_path, total);
+  // A GGUF holds no config.json: a folder gets none (the CLI warns).
+  detail::DequantizeOutput writer(out_path, declared, gguf_metadata(*g), nullptr, opt);
   if (gpu) {
     cuda::DeviceInfo info;
     sum.device =
@@ -189,22 +156,19 @@ DequantizeSummary dequantize_gguf_file(const std::string& gguf_path, const std::
   }
 
   std::vector<float> values;
-  std::vector<uint8_t> converted;
   uint64_t done = 0;
   for (size_t pi = 0; pi < plan.size(); ++pi) {
     const GgufTensorInfo& t = *plan[pi].t;
     const TensorToWrite& w = declared[pi];
     if (opt.progress) opt.progress(pi, plan.size(), done, total, t.name);
+    writer.begin_tensor(pi);
     const uint8_t* data = g->tensor_data(t);
     const int64_t n = int64_t(t.num_elements());
     if (!plan[pi].blocks) {
+      writer.append_kept(data, plan[pi].from, n);
       if (w.dtype == plan[pi].from) {
-        writer.append(data, t.nbytes);
         if (opt.dtype && is_quantizable(w.dtype) && w.dtype != *opt.dtype) ++sum.kept_other_dtype;
       } else {
-        converted.resize(size_t(w.nbytes));
-        convert_plain(data, plan[pi].from, n, w.dtype, converted.data(), threads);
-        writer.append(converted.data(), converted.size());
         ++sum.kept_converted;
       }
     } else {
@@ -224,9 +188,7 @@ DequantizeSummary dequantize_gguf_file(const std::string& gguf_path, const std::
           gpu->dequantize(uint32_t(t.type), blocks, nbytes, m, values.data(), t.name);
         else
           dequantize_ggml_blocks_cpu(t.type, blocks, m, values.data(), threads, t.name);
-        converted.resize(size_t(m) * size_t(dtype_bytes(w.dtype)));
-        convert_floats(values.data(), m, w.dtype, converted.data(), threads);
-        writer.append(converted.data(), converted.size());
+        writer.append_floats(values.data(), m);
       }
       ++sum.quantized;
     }
@@ -235,6 +197,7 @@ DequantizeSummary dequantize_gguf_file(const std::string& gguf_path, const std::
     ++sum.tensors;
   }
   writer.commit();
+  writer.describe(&sum);
   if (opt.progress) opt.progress(plan.size(), plan.size(), done, total, "");
   sum.output_bytes = done;
   return sum;

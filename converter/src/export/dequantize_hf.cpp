@@ -8,8 +8,10 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <vector>
 
+#include "dequantize_output.hpp"
 #include "qpack/converter/quantize.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/hf_quantized.hpp"
@@ -76,14 +78,7 @@ void product_zero_signs(const uint8_t* codes, const uint8_t* scales, const Group
 
 DequantizeSummary dequantize_hf_folder(const std::string& folder, const std::string& out_path,
                                        const DequantizeOptions& opt) {
-  if (opt.dtype && !is_quantizable(*opt.dtype))
-    throw Error(
-        ErrorCode::InvalidArgument, "", "",
-        std::string("output dtype must be f16, bf16 or f32 (got ") + dtype_name(*opt.dtype) + ")");
-  if (opt.kept_dtype && !is_quantizable(*opt.kept_dtype))
-    throw Error(ErrorCode::InvalidArgument, "", "",
-                std::string("kept tensors' output dtype must be f16, bf16 or f32 (got ") +
-                    dtype_name(*opt.kept_dtype) + ")");
+  detail::check_dequantize_options(opt, folder, out_path, "model folder");
   const int threads = opt.threads > 0 ? opt.threads : omp_get_max_threads();
   const DeviceSelection device = resolve_device(opt.device);
   const bool use_cuda = device.kind == DeviceKind::Cuda;
@@ -95,8 +90,8 @@ DequantizeSummary dequantize_hf_folder(const std::string& folder, const std::str
       throw Error(ErrorCode::InvalidArgument, out_path, "",
                   "the output would overwrite an input shard");
 
+  const std::optional<DType> kept_dtype = detail::kept_output_dtype(opt);
   std::vector<TensorToWrite> declared;
-  uint64_t total = 0;
   for (const HfEntry& e : m->entries()) {
     TensorToWrite w;
     if (e.quantized) {
@@ -109,11 +104,10 @@ DequantizeSummary dequantize_hf_folder(const std::string& folder, const std::str
       const CheckpointTensor& t = *m->kept()[e.index];
       w.name = t.name();
       w.shape = t.info->shape;
-      w.dtype = opt.kept_dtype && is_quantizable(t.info->dtype) ? *opt.kept_dtype : t.info->dtype;
+      w.dtype = kept_dtype && is_quantizable(t.info->dtype) ? *kept_dtype : t.info->dtype;
       w.nbytes = w.dtype == t.info->dtype ? t.info->nbytes()
                                           : t.info->num_elements() * uint64_t(dtype_bytes(w.dtype));
     }
-    total += w.nbytes;
     declared.push_back(std::move(w));
   }
   std::map<std::string, std::string> meta;
@@ -121,9 +115,14 @@ DequantizeSummary dequantize_hf_folder(const std::string& folder, const std::str
     if (it.key() != "total_size")
       meta[it.key()] = it->is_string() ? it->get<std::string>() : it->dump();
   meta["qpack.source_format"] = m->format_name();
+  // A folder's config.json: the source's, less quantization_config.
+  nlohmann::json config = opt.folder
+                              ? detail::dequantized_config(m->checkpoint().config(), opt.dtype)
+                              : nlohmann::json();
+  uint64_t total = 0;
+  for (const TensorToWrite& w : declared) total += w.nbytes;
+  detail::DequantizeOutput writer(out_path, declared, meta, std::move(config), opt);
 
-  SafetensorsStreamWriter writer(out_path, declared, meta, opt.overwrite);
-  check_free_space(out_path, total);
   DequantizeSummary sum;
   sum.source_format = m->format_name();
   if (use_cuda) {
@@ -140,23 +139,19 @@ DequantizeSummary dequantize_hf_folder(const std::string& folder, const std::str
   for (size_t i = 0; i < count; ++i) {
     const HfEntry& e = m->entries()[i];
     if (opt.progress) opt.progress(i, count, done, total, declared[i].name);
+    writer.begin_tensor(i);
     const DType out_dtype = declared[i].dtype;
     if (!e.quantized) {
       const CheckpointTensor& t = *m->kept()[e.index];
-      if (out_dtype == t.info->dtype) {
-        writer.append(t.data(), t.info->nbytes());
-        if (opt.dtype && is_quantizable(t.info->dtype) && t.info->dtype != *opt.dtype)
-          ++sum.kept_other_dtype;
-      } else {
-        const int64_t n = int64_t(t.info->num_elements());
-        values.resize(size_t(n));
-        for (int64_t k = 0; k < n; ++k)
-          values[size_t(k)] = load_as_f32(t.data(), t.info->dtype, uint64_t(k));
-        converted.resize(size_t(declared[i].nbytes));
-        store_floats(values.data(), n, out_dtype, converted.data(), threads);
-        writer.append(converted.data(), converted.size());
+      if (out_dtype != t.info->dtype) {
         ++sum.kept_converted;
+      } else if (opt.dtype && is_quantizable(t.info->dtype) && t.info->dtype != *opt.dtype) {
+        ++sum.kept_other_dtype;
       }
+      if (out_dtype == t.info->dtype)
+        writer.append_bytes(t.data(), t.info->nbytes());
+      else
+        writer.append_kept(t.data(), t.info->dtype, int64_t(t.info->num_elements()));
       t.file->release(*t.info);
     } else {
       const HfQuantTensor& q = m->quantized()[e.index];
@@ -187,7 +182,7 @@ DequantizeSummary dequantize_hf_folder(const std::string& folder, const std::str
         if (q.scheme.symmetric)
           product_zero_signs(codes.data(), scales.data(), sub, q.scheme, converted.data(),
                              out_dtype);
-        writer.append(converted.data(), converted.size());
+        writer.append_bytes(converted.data(), converted.size());
       }
       m->release(q);
       ++sum.quantized;
@@ -196,6 +191,7 @@ DequantizeSummary dequantize_hf_folder(const std::string& folder, const std::str
     ++sum.tensors;
   }
   writer.commit();
+  writer.describe(&sum);
   if (opt.progress) opt.progress(count, count, done, total, "");
   sum.output_bytes = done;
   return sum;

@@ -5,6 +5,7 @@
 #include <map>
 #include <vector>
 
+#include "dequantize_output.hpp"
 #include "qpack/converter/export.hpp"
 #include "qpack/converter/quantize.hpp"
 #include "qpack/format/container.hpp"
@@ -35,47 +36,11 @@ std::map<std::string, std::string> carried_metadata(const nlohmann::json& j) {
   return m;
 }
 
-// A kept F16/BF16/F32 tensor's n elements rounded to `to` (exact when wider).
-void convert_kept(const uint8_t* in, DType from, int64_t n, DType to, uint8_t* out, int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = load_as_f32(in, from, uint64_t(i));
-    if (to == DType::F32) {
-      std::memcpy(out + 4 * i, &v, 4);
-    } else {
-      const uint16_t h = to == DType::F16 ? f32_to_f16_rne(v) : f32_to_bf16_rne(v);
-      std::memcpy(out + 2 * i, &h, 2);
-    }
-  }
-}
-
-void convert_floats(const float* in, int64_t n, DType to, uint8_t* out, int threads) {
-  if (to == DType::F32) {
-    std::memcpy(out, in, size_t(n) * 4);
-    return;
-  }
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t i = 0; i < n; ++i) {
-    const uint16_t h = to == DType::F16 ? f32_to_f16_rne(in[i]) : f32_to_bf16_rne(in[i]);
-    std::memcpy(out + 2 * i, &h, 2);
-  }
-}
-
 }  // namespace
 
 DequantizeSummary dequantize_file(const std::string& qpack_path, const std::string& out_path,
                                   const DequantizeOptions& opt) {
-  if (opt.dtype && !is_quantizable(*opt.dtype))
-    throw Error(
-        ErrorCode::InvalidArgument, "", "",
-        std::string("output dtype must be f16, bf16 or f32 (got ") + dtype_name(*opt.dtype) + ")");
-  if (opt.kept_dtype && !is_quantizable(*opt.kept_dtype))
-    throw Error(ErrorCode::InvalidArgument, "", "",
-                std::string("kept tensors' output dtype must be f16, bf16 or f32 (got ") +
-                    dtype_name(*opt.kept_dtype) + ")");
-  if (file_exists(out_path) && same_file(qpack_path, out_path))
-    throw Error(ErrorCode::InvalidArgument, out_path, "",
-                "the output would overwrite the input .qpack");
+  detail::check_dequantize_options(opt, qpack_path, out_path, ".qpack");
   const int threads = opt.threads > 0 ? opt.threads : omp_get_max_threads();
   const DeviceSelection device = resolve_device(opt.device);
   const bool use_cuda = device.kind == DeviceKind::Cuda;
@@ -83,6 +48,7 @@ DequantizeSummary dequantize_file(const std::string& qpack_path, const std::stri
   std::unique_ptr<QpackFile> qf = QpackFile::open(qpack_path);
   const auto& tensors = qf->tensors();
 
+  const std::optional<DType> kept_dtype = detail::kept_output_dtype(opt);
   std::vector<TensorToWrite> declared;
   uint64_t total = 0;
   for (const QpackTensor& t : tensors) {
@@ -92,8 +58,8 @@ DequantizeSummary dequantize_file(const std::string& qpack_path, const std::stri
     if (t.quantized) {
       w.dtype = opt.dtype ? *opt.dtype : t.dtype;
       w.nbytes = uint64_t(t.layout.num_elements()) * uint64_t(dtype_bytes(w.dtype));
-    } else if (opt.kept_dtype && is_quantizable(t.dtype)) {
-      w.dtype = *opt.kept_dtype;
+    } else if (kept_dtype && is_quantizable(t.dtype)) {
+      w.dtype = *kept_dtype;
       w.nbytes =
           (t.source_bytes() / uint64_t(dtype_bytes(t.dtype))) * uint64_t(dtype_bytes(w.dtype));
     } else {
@@ -104,9 +70,9 @@ DequantizeSummary dequantize_file(const std::string& qpack_path, const std::stri
     declared.push_back(std::move(w));
   }
 
-  SafetensorsStreamWriter writer(out_path, declared, carried_metadata(qf->source_metadata()),
-                                 opt.overwrite);
-  check_free_space(out_path, total);  // the tensor data, before any is decoded
+  detail::DequantizeOutput writer(
+      out_path, declared, carried_metadata(qf->source_metadata()),
+      opt.folder ? detail::dequantized_config(qf->source_config(), opt.dtype) : nullptr, opt);
   DequantizeSummary sum;
   if (use_cuda) {
     cuda::DeviceInfo info;
@@ -116,25 +82,24 @@ DequantizeSummary dequantize_file(const std::string& qpack_path, const std::stri
     sum.device = "cpu (" + count_of(uint64_t(threads), "thread") + ")";
   }
   std::vector<float> values;
-  std::vector<uint8_t> converted;
+  std::vector<uint8_t> converted;  // CUDA output, already in the tensor's dtype
   uint64_t done = 0;
   for (size_t ti = 0; ti < tensors.size(); ++ti) {
     const QpackTensor& t = tensors[ti];
     if (opt.progress) opt.progress(ti, tensors.size(), done, total, t.name);
+    writer.begin_tensor(ti);
     if (!t.quantized) {
       const SectionBytes data = qf->read(t, t.data);
       if (data.size != t.source_bytes())
         throw Error(ErrorCode::ManifestMismatch, qpack_path, t.name,
                     "raw data section holds " + std::to_string(data.size) + " bytes, expected " +
                         std::to_string(t.source_bytes()));
-      if (declared[ti].dtype != t.dtype) {
+      if (declared[ti].dtype != t.dtype) {  // F16/BF16/F32 only: whole bytes per element
         const int64_t n = int64_t(t.source_bytes() / uint64_t(dtype_bytes(t.dtype)));
-        converted.resize(size_t(declared[ti].nbytes));
-        convert_kept(data.data, t.dtype, n, declared[ti].dtype, converted.data(), threads);
-        writer.append(converted.data(), converted.size());
+        writer.append_kept(data.data, t.dtype, n);
         ++sum.kept_converted;
       } else {
-        writer.append(data.data, data.size);
+        writer.append_bytes(data.data, data.size);  // any dtype, sub-byte ones too
         if (opt.dtype && is_quantizable(t.dtype) && t.dtype != *opt.dtype) ++sum.kept_other_dtype;
       }
       qf->release(t.data);
@@ -165,17 +130,17 @@ DequantizeSummary dequantize_file(const std::string& qpack_path, const std::stri
                                  ? nullptr
                                  : zeros.data + uint64_t(first_group_row) * uint64_t(L.inner) * sb;
           const int64_t n = sub.num_elements();
-          converted.resize(size_t(n) * size_t(dtype_bytes(out_dtype)));
           if (use_cuda) {
-            // Rounds to out_dtype on the device exactly as convert_floats does.
+            // Rounds to out_dtype on the device exactly as append_floats does.
+            converted.resize(size_t(n) * size_t(dtype_bytes(out_dtype)));
             cuda::dequantize_on_device(device.index, c, s, z, sub, t.scheme, converted.data(),
                                        out_dtype);
+            writer.append_bytes(converted.data(), converted.size());
           } else {
             values.resize(size_t(n));
             dequantize_cpu(c, s, z, sub, t.scheme, values.data(), threads);
-            convert_floats(values.data(), n, out_dtype, converted.data(), threads);
+            writer.append_floats(values.data(), n);
           }
-          writer.append(converted.data(), converted.size());
         }
       }
       qf->release(t.codes);
@@ -187,6 +152,7 @@ DequantizeSummary dequantize_file(const std::string& qpack_path, const std::stri
     ++sum.tensors;
   }
   writer.commit();
+  writer.describe(&sum);
   if (opt.progress) opt.progress(tensors.size(), tensors.size(), done, total, "");
   sum.output_bytes = done;
   // Large buffers are not kept past the call.

@@ -1,10 +1,9 @@
 // `qpack dequantize`: writes the checkpoint a .qpack reconstructs, as one
-// safetensors file. Quantized tensors are dequantized (docs/quantization.md
-// §6) and rounded to the output dtype; raw tensors are copied byte for byte;
-// the source's safetensors metadata is carried over, less the index's
-// total_size (it describes the source's shards, not this file). Streaming (bounded
-// memory: a slice of one tensor at a time) and atomic (the output appears
-// only when complete).
+// safetensors file or as a Hugging Face model folder (docs/hf-folders.md). Quantized tensors are
+// dequantized (docs/quantization.md §6) and rounded to the output dtype; raw tensors are copied
+// byte for byte; the source's safetensors metadata is carried over, less the index's total_size (it
+// describes the source's shards, not this file). Streaming (bounded memory: a slice of one tensor
+// at a time) and atomic (the output appears only when complete).
 #pragma once
 
 #include <cstdint>
@@ -36,6 +35,14 @@ struct DequantizeOptions {
   // ...) are left out of the output, each named in
   // DequantizeSummary::skipped, instead of failing the run.
   bool skip_unsupported = false;
+  // Write a model folder at the output path (docs/hf-folders.md): sharded
+  // safetensors with an index, config.json (the .qpack's stored config less
+  // quantization_config, torch_dtype/dtype set to `dtype`), the other files
+  // of copy_files_from. In a folder `dtype` applies to the kept F16/BF16/F32
+  // tensors too unless kept_dtype is set, so the folder has one float dtype.
+  bool folder = false;
+  uint64_t max_shard_bytes = 5000000000ull;  // folder: HF's "5GB"
+  std::string copy_files_from;               // folder: "" copies nothing
   // Bytes of float32 values dequantized per slice (bounds memory).
   uint64_t slice_bytes = 64ull << 20;
   // Called before each tensor and once at the end (index == count).
@@ -60,6 +67,12 @@ struct DequantizeSummary {
   std::vector<std::string> decoded_on_cpu;
   // Folder input: "compressed-tensors" or "gptq".
   std::string source_format;
+  // Folder output: the shard file names, whether config.json was written
+  // (false: the input stores no config), the files copied from
+  // copy_files_from and its entries not copied (subfolders, ...).
+  std::vector<std::string> shards;
+  bool config_written = false;
+  std::vector<std::string> files_copied, files_skipped;
 };
 
 // Throws Error: Io/OutputExists for the files, ChecksumMismatch (and the

@@ -82,9 +82,42 @@ class AtomicOutputFile {
   bool committed_ = false;
 };
 
+// A new file inside a folder whose owner removes the folder as a whole when
+// it fails (ModelFolderWriter's temporary folder): created exclusively, no
+// temporary name and no rename of its own, with AtomicOutputFile's write and
+// disk-full reporting. Errors name `report_path` (the final output) and the
+// file. The file gets 0666 & ~umask, or `set_mode`'s bits.
+class FolderMemberFile {
+ public:
+  // Throws Error(Io/DiskFull); an existing `path` is Error(Io).
+  FolderMemberFile(const std::string& path, const std::string& report_path);
+  ~FolderMemberFile();  // closes (the owner removes the file)
+  FolderMemberFile(const FolderMemberFile&) = delete;
+  FolderMemberFile& operator=(const FolderMemberFile&) = delete;
+
+  void write(const void* data, size_t size);  // appends; Error(DiskFull/Io)
+  // Positional; safe to call from several threads at once.
+  void pwrite_at(uint64_t offset, const void* data, size_t size);
+  void set_mode(unsigned mode);  // permission bits (& 07777)
+  // fsync + close: a full disk reported only at this point is Error(DiskFull).
+  void sync_and_close();
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_, report_path_;
+  int fd_ = -1;
+};
+
 // The part of a temporary file's name before PID: `.NAME.qpack-partial.`
 // (NAME shortened so that the whole name fits in 255 bytes).
 std::string partial_file_prefix(const std::string& output_name);
+// True when `entry` is `prefix` + PID + "." + 6 letters or digits, and no
+// process PID exists (a leftover of kill -9 or a power cut); never for this
+// process's own PID.
+bool is_orphaned_partial_name(const std::string& entry, const std::string& prefix);
+// The permission bits a new file of this process gets from 0666 (or a
+// folder from 0777): `bits & ~umask`, read without changing the umask.
+unsigned mode_after_umask(unsigned bits);
 
 // Refuses, with Error(DiskFull) naming the folder, the bytes needed and the
 // bytes free (statvfs f_bavail * f_frsize), an output of `bytes_needed` that

@@ -21,12 +21,19 @@ namespace qpack::live_files {
 int add_temp_file(const std::string& path) noexcept;
 void remove_temp_file(int slot) noexcept;
 
+// Records a temporary folder (ModelFolderWriter's), which holds only regular
+// files: the signal-time clean-up removes its files and then the folder.
+// Returns its slot or -1, as add_temp_file.
+int add_temp_folder(const std::string& path) noexcept;
+void remove_temp_folder(int slot) noexcept;
+
 // Records a read-only mapping [address, address + length) of `path`; returns
 // its slot or -1 (full table: SIGBUS on it is then reported without a name).
 int add_mapping(const void* address, uint64_t length, const std::string& path) noexcept;
 void remove_mapping(int slot) noexcept;
 
-// Async-signal-safe: unlink(2)s every recorded temporary file.
+// Async-signal-safe: unlink(2)s every recorded temporary file, then removes
+// every recorded temporary folder (its entries, then rmdir(2)).
 void unlink_temp_files() noexcept;
 
 // Async-signal-safe: the path of the recorded mapping that overlaps

@@ -85,8 +85,11 @@ class ModelFolderWriter {
 
   const std::string& final_path() const;
   const std::string& temp_path() const;
-  // Subfolders of copy_files_from that were not copied.
+  // Subfolders of copy_files_from that were not copied (and other entries
+  // that are not regular files: FIFOs, dangling links), by name.
   const std::vector<std::string>& skipped() const;
+  // The files copied (at commit) from copy_files_from, by name, sorted.
+  const std::vector<std::string>& copied() const;
   uint64_t tensor_bytes() const;  // the index's metadata.total_size
 
  private:

@@ -65,6 +65,17 @@ struct TensorToWrite {
   uint64_t nbytes = 0;
 };
 
+// The bytes of a safetensors file before its data region: the 8-byte header
+// length and the JSON header (keys sorted, padded with spaces so that the
+// data start 8-byte aligned, as the reference writer does). The tensors' data
+// follow back to back in the given order; *data_bytes receives their total.
+// Validates names, shapes and sizes: Error(InvalidArgument) naming `path`.
+// Every safetensors writer of qpack builds its header here.
+std::string safetensors_file_prefix(const std::string& path,
+                                    const std::vector<TensorToWrite>& tensors,
+                                    const std::map<std::string, std::string>& metadata,
+                                    uint64_t* data_bytes);
+
 // Writes tensors in the given order, header keys sorted, data 8-byte aligned
 // header padding with spaces as the reference does. Atomic (temp + rename).
 void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,

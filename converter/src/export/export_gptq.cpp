@@ -1,0 +1,81 @@
+// One Linear weight as GPTQ v1 tensors. GPTQ stores [in, out] (packed along
+// in), so the weight is processed in blocks whose transposes are contiguous
+// in the output: with groups, all rows by a slice of columns holding whole
+// groups (each [out, kw] block is gathered from the source, quantized along
+// axis -1, whose groups are then the whole tensor's, and becomes kw/(32/b)
+// whole qweight rows and kw/G whole scales rows); with one group per row
+// (group_size -1), slices of whole rows, each becoming a column range of
+// every qweight row.
+#include <algorithm>
+#include <vector>
+
+#include "export_hf_detail.hpp"
+#include "gptq_layout.hpp"
+#include "qpack/format/error.hpp"
+
+namespace qpack::hf_export {
+
+void write_gptq_linear(const LinearJob& job) {
+  const QuantScheme& s = job.scheme;
+  if (!s.symmetric)
+    throw Error(ErrorCode::UnsupportedScheme, "", job.name, "GPTQ export is symmetric only");
+  const uint64_t esize = uint64_t(dtype_bits(job.dtype) / 8);
+  const int cpw = gptq::codes_per_word(s.bits);
+  const int64_t G = s.group_size > 0 ? s.group_size : job.in;
+  const int64_t P = job.in / G;
+  const uint64_t out = uint64_t(job.out);
+  const uint64_t sb = uint64_t(scale_bytes(s.scale_dtype));
+  const size_t t_qweight = job.first_output, t_qzeros = t_qweight + 1;
+  const size_t t_scales = t_qweight + 2, t_gidx = t_qweight + 3;
+
+  // Block shape: [nr rows, kw columns].
+  int64_t nr = job.out, kw = job.in;
+  if (s.group_size > 0) {
+    kw = int64_t(job.slice_bytes / std::max<uint64_t>(out * esize, 1)) / G * G;
+    kw = std::min(std::max(kw, G), job.in);
+  } else {
+    nr = int64_t(job.slice_bytes / std::max<uint64_t>(uint64_t(job.in) * esize, 1));
+    nr = std::min<int64_t>(std::max<int64_t>(nr, 1), job.out);
+  }
+  std::vector<Block> blocks;
+  for (int64_t r0 = 0; r0 < job.out; r0 += nr)
+    for (int64_t k0 = 0; k0 < job.in; k0 += kw)
+      blocks.push_back({r0, std::min(nr, job.out - r0), k0, std::min(kw, job.in - k0)});
+
+  std::vector<uint8_t> words, scales_t;
+  quantize_blocks(job, blocks, [&](const QuantizedBlock& q) {
+    const int64_t r0 = q.block.r0, rows = q.block.rows, k0 = q.block.k0, cols = q.block.cols;
+    const int64_t qrows = cols / cpw, groups = q.layout.groups_per_axis;
+    words.resize(uint64_t(qrows) * uint64_t(rows) * 4);
+    gptq::pack_qweight_block(q.codes, q.layout, words.data());
+    scales_t.resize(uint64_t(groups) * uint64_t(rows) * sb);
+    gptq::transpose(q.scales, rows, groups, int(sb), scales_t.data());
+    const uint64_t qrow0 = uint64_t(k0 / cpw), grow0 = uint64_t(k0 / G);
+    if (rows == job.out) {  // whole output rows: one write each
+      job.write(t_qweight, qrow0 * out * 4, words.data(), words.size());
+      job.write(t_scales, grow0 * out * sb, scales_t.data(), scales_t.size());
+    } else {  // a column range of every row
+      for (int64_t r = 0; r < qrows; ++r)
+        job.write(t_qweight, ((qrow0 + uint64_t(r)) * out + uint64_t(r0)) * 4,
+                  &words[uint64_t(r) * uint64_t(rows) * 4], uint64_t(rows) * 4);
+      for (int64_t g = 0; g < groups; ++g)
+        job.write(t_scales, ((grow0 + uint64_t(g)) * out + uint64_t(r0)) * sb,
+                  &scales_t[uint64_t(g) * uint64_t(rows) * sb], uint64_t(rows) * sb);
+    }
+    if (job.done) job.done(uint64_t(rows) * uint64_t(cols) * esize);
+  });
+  // Symmetric: every zero-point is 2^(b-1), stored as 2^(b-1) - 1.
+  std::vector<int32_t> z(out, 1 << (s.bits - 1));
+  std::vector<uint8_t> zrow(out / uint64_t(cpw) * 4);
+  gptq::pack_qzeros_row(z.data(), job.out, s.bits, zrow.data());
+  for (int64_t g = 0; g < P; ++g)
+    job.write(t_qzeros, uint64_t(g) * zrow.size(), zrow.data(), zrow.size());
+  std::vector<int32_t> gidx(uint64_t(job.in));
+  gptq::group_index(job.in, s.group_size, gidx.data());
+  std::vector<uint8_t> le(gidx.size() * 4);
+  for (size_t k = 0; k < gidx.size(); ++k)
+    for (int b = 0; b < 4; ++b) le[4 * k + b] = uint8_t(uint32_t(gidx[k]) >> (8 * b));
+  job.write(t_gidx, 0, le.data(), le.size());
+}
+
+}  // namespace qpack::hf_export
