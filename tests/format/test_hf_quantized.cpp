@@ -13,6 +13,9 @@
 #include <vector>
 
 #include "qpack/converter/dequantize_hf.hpp"
+#include "qpack/converter/export_hf.hpp"
+#include "qpack/converter/quantizer.hpp"
+#include "qpack/format/checkpoint.hpp"
 #include "qpack/format/hf_quantized.hpp"
 #include "qpack/spec/codes.hpp"
 #include "qpack/verify/verify.hpp"
@@ -177,5 +180,102 @@ TEST(HfQuantized, VerifyReportDoesNotDependOnItsRowRanges) {
     EXPECT_NEAR(x.sums.sum_sq_ref, y.sums.sum_sq_ref, 1e-12 * x.sums.sum_sq_ref);
     EXPECT_NEAR(x.sums.sum_dot, y.sums.sum_dot, 1e-12 * std::fabs(x.sums.sum_dot));
     EXPECT_NEAR(x.sums.sum_sq_err, y.sums.sum_sq_err, 1e-12 * x.sums.sum_sq_err);
+  }
+}
+
+// Two independent implementations: folders written by qpack's exporter
+// (export_hf, from the same codes a .qpack of the scheme holds) read back by
+// this reader. dequantize of the folder must equal dequantize of the .qpack
+// `qpack convert` makes with the same scheme bit for bit, and verify against
+// the source must find no element beyond qpack's bound.
+TEST(HfQuantized, ReadsWhatQpacksExporterWrites) {
+  if (!have_numpy()) GTEST_SKIP() << "python3 cannot import numpy";
+  test::TempDir dir;
+  const std::string src = dir.path() + "/src";
+  const std::string py =
+      "import sys, os, json; sys.path.insert(0, '" + test::source_dir() +
+      "/tests/format'); import hf_quant_gen as g, numpy as np; rng = "
+      "np.random.default_rng(" +
+      std::to_string(test::test_seed() % 1000003) + "); os.makedirs('" + src +
+      "'); t = {}; b = lambda a: g.bf16_bits_of_f32(a.astype(np.float32)); "
+      "t['model.embed_tokens.weight'] = ('BF16', (64, 128), b(rng.standard_normal((64, 128)))); "
+      "[t.__setitem__('model.layers.%d.%s.weight' % (i, n), ('BF16', s, b(rng.standard_normal(s) "
+      "* 0.05))) for i in range(2) for n, s in [('self_attn.q_proj', (128, 128)), "
+      "('self_attn.k_proj', (64, 128)), ('self_attn.v_proj', (64, 128)), ('self_attn.o_proj', "
+      "(128, 128)), ('mlp.gate_proj', (256, 128)), ('mlp.up_proj', (256, 128)), "
+      "('mlp.down_proj', (128, 256))]]; t['model.norm.weight'] = ('BF16', (128,), "
+      "b(np.ones(128))); t['lm_head.weight'] = ('BF16', (64, 128), b(rng.standard_normal((64, "
+      "128)))); g.write_safetensors('" +
+      src +
+      "/model.safetensors', t); json.dump({'architectures': ['LlamaForCausalLM'], 'model_type': "
+      "'llama', 'hidden_size': 128, 'intermediate_size': 256, 'num_hidden_layers': 2, "
+      "'num_attention_heads': 4, 'num_key_value_heads': 2, 'vocab_size': 64, 'torch_dtype': "
+      "'bfloat16'}, open('" +
+      src + "/config.json', 'w'))";
+  const auto gen = test::run_command(std::string(QPACK_PYTHON) + " -c \"" + py + "\" 2>&1");
+  ASSERT_EQ(gen.exit_code, 0) << gen.output;
+
+  struct Export {
+    HfFormat format;
+    int bits;
+    int64_t group;
+    bool sym;
+  };
+  const Export exports[] = {{HfFormat::CompressedTensors, 4, 32, true},
+                            {HfFormat::CompressedTensors, 8, 0, true},
+                            {HfFormat::CompressedTensors, 2, 64, true},
+                            {HfFormat::Gptq, 4, 128, true},
+                            {HfFormat::Gptq, 8, 32, true},
+                            {HfFormat::CompressedTensors, 4, 32, false}};
+  for (const Export& x : exports) {
+    if (!x.sym && !kIntegerZeroPointDecoded) continue;
+    const std::string tag = std::string(hf_format_name(x.format)) + "_b" + std::to_string(x.bits) +
+                            "_g" + std::to_string(x.group) + (x.sym ? "_sym" : "_asym");
+    SCOPED_TRACE(tag);
+    HfExportOptions eo;
+    eo.format = x.format;
+    eo.bits = x.bits;
+    eo.group_size = x.group;
+    eo.symmetric = x.sym;
+    const auto quantizer = make_cpu_quantizer(2);
+    const std::string out = dir.path() + "/" + tag;
+    export_hf(src, out, eo, *quantizer);
+    const auto m = HfQuantizedModel::open(out);
+    ASSERT_EQ(m->format_name(), std::string(hf_format_name(x.format)));
+    for (const HfQuantTensor& t : m->quantized()) {
+      EXPECT_EQ(t.scheme.bits, x.bits);
+      EXPECT_EQ(t.scheme.symmetric, x.sym);
+      EXPECT_EQ(t.scheme.group_size, x.group == 0 ? t.shape[1] : x.group);
+    }
+    // The same scheme through the .qpack path, for the quantized tensors.
+    const std::string sd = x.format == HfFormat::Gptq ? "f16" : "bf16";
+    const std::string qp = dir.file(tag + ".qpack");
+    const auto conv = test::run_qpack(
+        "convert " + src + "/model.safetensors " + qp + " --axis -1 -b " + std::to_string(x.bits) +
+        " -g " + (x.group == 0 ? std::string("all") : std::to_string(x.group)) +
+        (x.sym ? " --symmetric" : " --asymmetric") + " --scale-dtype " + sd +
+        " --skip '*embed_tokens*' --skip 'lm_head*' --skip '*norm*' -q");
+    ASSERT_EQ(conv.exit_code, 0) << conv.output;
+    const auto d1 = test::run_qpack("dequantize " + out + " " + dir.file(tag + "_f.safetensors") +
+                                    " --device cpu -q --dtype " + sd);
+    ASSERT_EQ(d1.exit_code, 0) << d1.output;
+    const auto d2 = test::run_qpack("dequantize " + qp + " " + dir.file(tag + "_q.safetensors") +
+                                    " --device cpu -q --dtype " + sd);
+    ASSERT_EQ(d2.exit_code, 0) << d2.output;
+    const auto a = Checkpoint::open(dir.file(tag + "_f.safetensors"));
+    const auto b = Checkpoint::open(dir.file(tag + "_q.safetensors"));
+    for (const HfQuantTensor& t : m->quantized()) {
+      const CheckpointTensor* ta = a->find(t.name);
+      const CheckpointTensor* tb = b->find(t.name);
+      ASSERT_TRUE(ta && tb) << t.name;
+      ASSERT_EQ(ta->info->nbytes(), tb->info->nbytes()) << t.name;
+      EXPECT_EQ(0, std::memcmp(ta->data(), tb->data(), ta->info->nbytes())) << t.name;
+    }
+    VerifyOptions vo;
+    vo.device.kind = DeviceKind::Cpu;
+    const VerifyReport rep = verify(out, src, vo);
+    EXPECT_EQ(rep.verdict, Verdict::Pass);
+    EXPECT_EQ(rep.bound_violations, 0u) << "qpack's own codes keep qpack's bound";
+    EXPECT_EQ(rep.model.quantized, m->quantized().size());
   }
 }
