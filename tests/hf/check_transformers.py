@@ -113,6 +113,10 @@ def same_bits(a, b):
 
 def check_one(args, src, label, fmt, opts, ids, src_logits):
     row = {"model": os.path.basename(src), "scheme": label, "format": fmt}
+    if os.path.basename(src) == "stories260K" and fmt == "compressed-tensors":
+        # Its FFN width 172 is no multiple of 8 (one int32 word of 4-bit
+        # codes): down_proj stays unquantized, named in `ignore`.
+        opts = [*opts, "--skip", "*down_proj*"]
     out = os.path.join(args.work, f"{os.path.basename(src)}-{label}")
     deq = out + "-deq"
     for p in (out, deq):
