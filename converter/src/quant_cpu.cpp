@@ -205,7 +205,7 @@ void quantize_cpu(const QuantInput& in, const GroupLayout& L, const QuantScheme&
   Failure f;
   if (L.num_groups() == 0) return;
   const bool vector_layout = L.inner >= 32 || L.inner == 1;
-  if (cpu_has_avx2() && vector_layout) {
+  if (cpu_has_avx2() && vector_layout && !has_integer_zero(s)) {
     switch (in.dtype) {
       case DType::F16:
         quantize_avx2<DType::F16>(in, L, s, policy, out, threads, &f);
@@ -237,8 +237,8 @@ void dequantize_cpu(const uint8_t* codes, const uint8_t* scales, const uint8_t* 
       const uint8_t* base = codes + r * L.bytes_per_group * L.inner + i;
       float* dst = out + (o * L.axis_len + g * L.group_size) * L.inner + i;
       for (int64_t k = 0; k < len; ++k)
-        dst[k * L.inner] =
-            spec::decode(spec::get_code(base, L.inner, k, s.bits), sc, m, s.symmetric, s.bits);
+        dst[k * L.inner] = spec::decode_scheme(spec::get_code(base, L.inner, k, s.bits), sc, m,
+                                               s.symmetric, has_integer_zero(s), s.bits);
     }
   }
 }

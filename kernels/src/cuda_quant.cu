@@ -91,6 +91,8 @@ Status check_layout(const GroupLayout& L, const QuantScheme& s) {
   if (s.bits != 2 && s.bits != 3 && s.bits != 4 && s.bits != 8)
     return invalid("bits must be 2, 3, 4 or 8 (got " + std::to_string(s.bits) + ")");
   if (L.bits != s.bits) return invalid("layout and scheme disagree on bits");
+  if (has_integer_zero(s))
+    return invalid("integer zero-points are not implemented by the CUDA kernels; use --device cpu");
   if (!is_scale_dtype(s.scale_dtype))
     return invalid(std::string("scale dtype must be F16, BF16 or F32 (got ") +
                    dtype_name(s.scale_dtype) + ")");

@@ -254,7 +254,7 @@ TEST(VerifyMetrics, DeviceBoundEqualsErrorBound) {
     };
     const double sc = std::fabs(pick()), m = s.symmetric ? 0.0 : pick(), x = pick();
     const double q = s.symmetric ? qmax_sym(s.bits) : qmax_asym(s.bits);
-    const spec::BoundTerms bt = spec::bound_terms(sc, m, q, s.symmetric, s.scale_dtype);
+    const spec::BoundTerms bt = spec::bound_terms(sc, m, q, !s.symmetric, s.scale_dtype);
     const double mine = spec::bound_for(bt, x), want = test::reference_error_bound(x, sc, m, s);
     ASSERT_TRUE(same_bits(mine, want)) << "s=" << sc << " m=" << m << " x=" << x << " "
                                        << scheme_label(s) << ": " << mine << " vs " << want;
