@@ -19,6 +19,10 @@
 // max/min operations on the raw bits (see Stats16), which also reveal NaN and
 // Inf. Each element is converted to float32 once, in the encoding pass.
 //
+// Integer zero-points (quantization.md §5a) run through the same kernels:
+// the asymmetric encode is rint(fl(fl(x - sub) * inv)) + add, with (sub, add)
+// = (M, 0) for the float rule and (+0, z) for the integer rule (Params8).
+//
 // Bit-exactness with the reference rests on: the same IEEE operations in the
 // same order (sub, mul, div, round-to-nearest-even; -ffp-contract=off),
 // min/max being exact and order-independent for finite values (with -0
@@ -205,7 +209,7 @@ void quantize_cpu(const QuantInput& in, const GroupLayout& L, const QuantScheme&
   Failure f;
   if (L.num_groups() == 0) return;
   const bool vector_layout = L.inner >= 32 || L.inner == 1;
-  if (cpu_has_avx2() && vector_layout && !has_integer_zero(s)) {
+  if (cpu_has_avx2() && vector_layout) {
     switch (in.dtype) {
       case DType::F16:
         quantize_avx2<DType::F16>(in, L, s, policy, out, threads, &f);

@@ -204,9 +204,9 @@ TEST(QuantIntegerZero, ClampedEndsStayWithinTheBound) {
         // A target scale just below a rounding boundary of the scale dtype
         // (mantissa ...1 followed by 0111...): round_sd rounds it down.
         const int mant = sd == DType::F16 ? 10 : 7;
-        const double base =
-            std::ldexp(1.0 + double(rng() % (1u << mant)) / (1u << mant), int(rng() % 8) - 6);
-        const double s_true = base + std::ldexp(1.0, -mant) * (0.5 - 1e-3 * frac(rng)) * base;
+        const int e = int(rng() % 8) - 6;
+        const double base = std::ldexp(1.0 + double(rng() % (1u << mant)) / (1u << mant), e);
+        const double s_true = base + std::ldexp(0.5 - 1e-3 * frac(rng), e - mant);  // < half ulp
         const double range = s_true * Q;
         const double lo = -range * frac(rng);
         std::vector<float> x = {float(lo), float(lo + range)};
@@ -271,4 +271,86 @@ TEST(QuantIntegerZero, ZeroGroupIsDegenerate) {
     dequantize_cpu(codes.data(), scales.data(), zeros.data(), L, s, out.data(), 2);
     for (float v : out) EXPECT_EQ(spec::f32_bits(v), 0u);
   }
+}
+
+// The CPU path (AVX2 kernels for column blocks, row groups and whole rows,
+// the per-group routine for the rest; OpenMP) gives the reference's bytes
+// for integer zero-points on the groups of group_values, in every layout,
+// width and scale dtype, from every source dtype, with 1-3 threads and
+// output buffers poisoned differently.
+TEST(QuantIntegerZero, CpuPathMatchesReferenceOnHardGroups) {
+  std::mt19937_64 rng(test::test_seed() + 43);
+  struct Shape {
+    std::vector<int64_t> dims;
+    int64_t group;
+    int axis;
+  };
+  const Shape shapes[] = {{{130, 77}, 64, 0},  {{37, 128}, 32, -1}, {{19, 256}, 128, -1},
+                          {{3, 40, 5}, 16, 1}, {{70, 33}, 0, 0},    {{9, 66}, 10, -1}};
+  int runs = 0;
+  for (const Shape& sh : shapes)
+    for (int bits : {2, 3, 4, 8})
+      for (DType sd : {DType::F16, DType::BF16, DType::F32})
+        for (DType src_dt : {DType::F16, DType::BF16, DType::F32}) {
+          QuantScheme s = int_scheme(bits, sh.group, sd);
+          s.axis = sh.axis;
+          const GroupLayout L = make_layout(sh.dims, s);
+          const int64_t n = L.num_elements();
+          // Each run of 32 elements is one kind of group_values (groups along
+          // axis 0 see mixtures, along -1 mostly one kind).
+          std::vector<float> x;
+          while (int64_t(x.size()) < n) {
+            int kind = int(rng() % 8);
+            if (kind == 6 && src_dt == DType::F16) kind = 0;  // F16 holds no huge values
+            if (kind == 5 && src_dt == DType::F16) kind = 4;
+            const auto v = group_values(kind, 32, rng);
+            x.insert(x.end(), v.begin(), v.end());
+          }
+          x.resize(size_t(n));
+          std::vector<uint8_t> src(size_t(n) * (src_dt == DType::F32 ? 4 : 2));
+          for (int64_t i = 0; i < n; ++i) {
+            if (src_dt == DType::F32) {
+              std::memcpy(&src[size_t(4 * i)], &x[size_t(i)], 4);
+            } else {
+              const uint16_t h = src_dt == DType::F16 ? f32_to_f16_rne(x[size_t(i)])
+                                                      : f32_to_bf16_rne(x[size_t(i)]);
+              std::memcpy(&src[size_t(2 * i)], &h, 2);
+            }
+          }
+          SCOPED_TRACE(scheme_label(s) + " src " + dtype_name(src_dt) + " shape " +
+                       std::to_string(sh.dims[0]) + "x" + std::to_string(sh.dims[1]));
+          const QuantInput in{src.data(), src_dt, "t"};
+          std::vector<uint8_t> rc(L.codes_bytes(), 0x5A), rs(L.params_bytes(sd), 0x5A),
+              rz(L.params_bytes(sd), 0x5A);
+          bool overflow = false;
+          try {
+            quantize_reference(in, L, s, NonFinitePolicy::Error, {rc.data(), rs.data(), rz.data()});
+          } catch (const Error& e) {
+            ASSERT_EQ(e.code(), ErrorCode::RangeOverflow) << e.what();
+            overflow = true;
+          }
+          for (int threads : {1, 2, 3}) {
+            const uint8_t poison = uint8_t(0xA5 + threads);
+            std::vector<uint8_t> fc(L.codes_bytes(), poison), fs(L.params_bytes(sd), poison),
+                fz(L.params_bytes(sd), poison);
+            if (overflow) {
+              EXPECT_THROW(quantize_cpu(in, L, s, NonFinitePolicy::Error,
+                                        {fc.data(), fs.data(), fz.data()}, threads),
+                           Error);
+              continue;
+            }
+            quantize_cpu(in, L, s, NonFinitePolicy::Error, {fc.data(), fs.data(), fz.data()},
+                         threads);
+            ASSERT_EQ(fc, rc) << "codes, threads " << threads;
+            ASSERT_EQ(fs, rs) << "scales, threads " << threads;
+            ASSERT_EQ(fz, rz) << "zeros, threads " << threads;
+            ++runs;
+          }
+          if (overflow) continue;
+          std::vector<float> dr(size_t(n), NAN), df(size_t(n), -1.0f);
+          dequantize_reference(rc.data(), rs.data(), rz.data(), L, s, dr.data());
+          dequantize_cpu(rc.data(), rs.data(), rz.data(), L, s, df.data(), 3);
+          ASSERT_EQ(0, std::memcmp(dr.data(), df.data(), dr.size() * 4));
+        }
+  EXPECT_GT(runs, 400);
 }
