@@ -91,8 +91,6 @@ Status check_layout(const GroupLayout& L, const QuantScheme& s) {
   if (s.bits != 2 && s.bits != 3 && s.bits != 4 && s.bits != 8)
     return invalid("bits must be 2, 3, 4 or 8 (got " + std::to_string(s.bits) + ")");
   if (L.bits != s.bits) return invalid("layout and scheme disagree on bits");
-  if (has_integer_zero(s))
-    return invalid("integer zero-points are not implemented by the CUDA kernels; use --device cpu");
   if (!is_scale_dtype(s.scale_dtype))
     return invalid(std::string("scale dtype must be F16, BF16 or F32 (got ") +
                    dtype_name(s.scale_dtype) + ")");
@@ -270,6 +268,7 @@ Status quantize(const void* d_src, DType src_dtype, const GroupLayout& layout,
         a.flags = d_flags;
         a.scale_dtype = scheme.scale_dtype;
         a.zero_nonfinite = policy == NonFinitePolicy::Zero;
+        a.integer_zero = has_integer_zero(scheme);
         kernels::Launch ll = l;
         if (l.window) {
           const int64_t slices = layout.group_size / kernels::kSliceRows;
@@ -342,6 +341,7 @@ Status dequantize(const uint8_t* d_codes, const uint8_t* d_scales, const uint8_t
         a.out = static_cast<uint8_t*>(d_out) + row_off * ncols * osize;
         a.scale_dtype = scheme.scale_dtype;
         a.symmetric = scheme.symmetric;
+        a.integer_zero = has_integer_zero(scheme);
         a.bits = scheme.bits;
         kernels::Launch ll = l;
         const int64_t items = l.rows && l.window ? kernels::kRowItems : 1;  // per thread
