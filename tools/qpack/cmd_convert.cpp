@@ -21,6 +21,7 @@ struct ConvertArgs {
   int axis = 0;
   bool symmetric = false;
   std::string scale_dtype = "f16";
+  std::string zero_point = "float";
   std::vector<std::string> skips, rules;
   std::string recipe_file;
   int min_dims = 2;
@@ -35,6 +36,7 @@ struct ConvertArgs {
   CLI::Option* axis_opt = nullptr;
   CLI::Option* sym_opt = nullptr;
   CLI::Option* scale_opt = nullptr;
+  CLI::Option* zero_opt = nullptr;
   bool force = false, dry_run = false, quiet = false, json = false;
   bool require_quantized = false;
   // GGUF output (docs/gguf.md "Writing GGUF").
@@ -137,6 +139,18 @@ Recipe build_recipe(const ConvertArgs& a) {
   }
   if (*a.axis_opt) r.defaults.axis = a.axis;
   if (*a.sym_opt) r.defaults.symmetric = a.symmetric;
+  if (*a.zero_opt) {
+    const auto zp = zero_point_from_string(a.zero_point);
+    if (!zp)
+      throw Error(ErrorCode::InvalidArgument, "", "",
+                  "--zero-point must be 'float' or 'integer', not '" + a.zero_point + "'");
+    // Symmetric codes have no zero-point: asking for both is a mistake.
+    // (Recipe defaults may say both: rules can make single tensors asymmetric.)
+    if (*a.sym_opt && a.symmetric)
+      throw Error(ErrorCode::InvalidArgument, "", "",
+                  "--zero-point applies to asymmetric schemes; --symmetric has no zero-point");
+    r.defaults.zero_point = *zp;
+  }
   if (*a.scale_opt) {
     r.defaults.scale_dtype = parse_float_dtype_flag("--scale-dtype", a.scale_dtype);
   }
@@ -469,7 +483,8 @@ Runner add_convert(CLI::App& app) {
       "  --skip '*embed_tokens*' --rule '*.mlp.down_proj.weight:bits=8,group=128,scale=bf16'\n"
       "Recipe file: {\"defaults\": {\"bits\": 4, \"group_size\": 64, \"axis\": 0, \"symmetric\": "
       "false,\n"
-      "  \"scale_dtype\": \"f16\"}, \"min_dims\": 2, \"rules\": [{\"match\": \"lm_head*\", "
+      "  \"scale_dtype\": \"f16\", \"zero_point\": \"float\"}, \"min_dims\": 2, \"rules\": "
+      "[{\"match\": \"lm_head*\", "
       "\"skip\": true}]}\n"
       "GGUF output (OUT.gguf or --format gguf), from a GGUF or a Llama-family safetensors model:\n"
       "  qpack convert model/ out.gguf --type Q4_K_M [--pure] [--tensor-type 'attn_v=q8_0']\n"
@@ -512,6 +527,9 @@ Runner add_convert(CLI::App& app) {
       sub->add_option("--axis", a->axis, "grouping axis; negative counts from the end (default 0)");
   a->sym_opt = sub->add_flag("--symmetric,!--asymmetric", a->symmetric,
                              "symmetric absmax codes, no zero-point (default asymmetric)");
+  a->zero_opt = sub->add_option("--zero-point", a->zero_point,
+                                "asymmetric zero-points: 'float' (the group minimum, default) or "
+                                "'integer' (compressed-tensors/GPTQ: range includes 0)");
   a->scale_opt = sub->add_option("--scale-dtype", a->scale_dtype,
                                  "scale/zero-point dtype: f16, bf16, f32, any case (default f16)");
   // One value per occurrence, repeated for more: a vector option would
@@ -560,6 +578,7 @@ Runner add_convert(CLI::App& app) {
                    {"--axis", a->axis_opt},
                    {"--symmetric/--asymmetric", a->sym_opt},
                    {"--scale-dtype", a->scale_opt},
+                   {"--zero-point", a->zero_opt},
                    {"--skip", skip},
                    {"--rule", rule},
                    {"--recipe", recipe},
