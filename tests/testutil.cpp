@@ -133,7 +133,10 @@ double reference_error_bound(double x, double s, double m, const QuantScheme& sc
   const double q = scheme.symmetric ? (1 << (scheme.bits - 1)) - 1 : (1 << scheme.bits) - 1;
   double b = 0.5 * s + q * (reference_ulp(s, scheme.scale_dtype) + std::ldexp(s, -22) +
                             std::ldexp(1.0, -126));
-  if (!scheme.symmetric) b += reference_ulp(m, scheme.scale_dtype);
+  // An integer zero-point is no float offset: no ulp(M), and M counts as 0.
+  const bool integer_zero = !scheme.symmetric && scheme.zero_point == ZeroPoint::Integer;
+  if (integer_zero) m = 0.0;
+  if (!scheme.symmetric && !integer_zero) b += reference_ulp(m, scheme.scale_dtype);
   b += std::ldexp(1.0, -21) * (std::fabs(x) + std::fabs(m) + q * s);
   return b;
 }

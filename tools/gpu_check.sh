@@ -4,7 +4,7 @@
 # CUDA benchmark, and print a short summary table last. Full logs go to $OUT
 # (default: ./gpu-check-out).
 #
-#   tools/gpu_check.sh [--skip-sanitizers] [--profile] [--verify-only | --e2e-only | --ggml-only] [--bench-args "..."]
+#   tools/gpu_check.sh [--skip-sanitizers] [--profile] [--verify-only | --e2e-only | --ggml-only | --hf-only] [--bench-args "..."]
 #
 # --profile adds Nsight Compute counters for one launch of each kernel
 # (ncu.log) and the SASS of the two main quantize kernels (sass.log).
@@ -14,7 +14,10 @@
 # (with --profile: counters and SASS of its fast kernels), for quick rounds
 # of work on it. --ggml-only does the same for the kernels of ggml's GGUF
 # block types (their test, the GGUF dequantize/verify GPU tests, sanitizers,
-# qpack_bench_ggml_blocks).
+# qpack_bench_ggml_blocks). --hf-only builds qpack and qpack-testgen and runs
+# tests/hf/check_transformers.py: the compressed-tensors and GPTQ folders
+# qpack exports, loaded by transformers on the GPU (carry compressed-tensors
+# and its missing dependencies as wheels; QPACK_HF_ONLY=labels picks schemes).
 #
 # The GPU machine has no package manager and no network. When the system
 # lacks the build dependencies (nlohmann-json, CLI11, zstd, xxhash, GoogleTest,
@@ -33,6 +36,7 @@ PROFILE=0
 VERIFY_ONLY=0
 E2E_ONLY=0
 GGML_ONLY=0
+HF_ONLY=0
 BENCH_ARGS=""
 # Seconds the whole run may take (the GPU machine stops a command at 600 s);
 # the sanitizer runs shrink or are skipped to leave room for the benchmark.
@@ -45,8 +49,9 @@ while [ $# -gt 0 ]; do
     --verify-only) VERIFY_ONLY=1 ;;
     --e2e-only) E2E_ONLY=1; SANITIZE=0; BENCH_ARGS="--e2e-only $BENCH_ARGS" ;;
     --ggml-only) GGML_ONLY=1 ;;
+    --hf-only) HF_ONLY=1 ;;
     --bench-args) BENCH_ARGS="$2"; shift ;;
-    *) echo "usage: $0 [--skip-sanitizers] [--profile] [--verify-only | --e2e-only | --ggml-only] [--bench-args ARGS]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--skip-sanitizers] [--profile] [--verify-only | --e2e-only | --ggml-only | --hf-only] [--bench-args ARGS]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -109,6 +114,7 @@ grep -q verify_gpu_test "$ROOT/tests/CMakeLists.txt" && TARGETS+=(verify_gpu_tes
 grep -q qpack_bench_verify "$ROOT/tools/bench/CMakeLists.txt" && TARGETS+=(qpack_bench_verify)
 [ "$E2E_ONLY" = 1 ] && TARGETS=(qpack_bench_cuda)
 [ "$GGML_ONLY" = 1 ] && TARGETS=(cuda_ggml_blocks_test qpack_bench_ggml_blocks qpack "${GGUF_TESTS[@]}")
+[ "$HF_ONLY" = 1 ] && TARGETS=(qpack qpack-testgen)
 if ! cmake --build "$BUILD" -j"$JOBS" --target "${TARGETS[@]}" > "$OUT/build.log" 2>&1; then
   grep -E "error|Error" "$OUT/build.log" | head -40
   echo "build FAILED (see build.log)"
@@ -116,6 +122,20 @@ if ! cmake --build "$BUILD" -j"$JOBS" --target "${TARGETS[@]}" > "$OUT/build.log
 fi
 stamp "built ${TARGETS[*]}"
 row "build (sm_90, $JOBS jobs)" "ok, $(($(date +%s) - t0)) s"
+
+# ---------------------------------------------------------------- HF folders in transformers
+if [ "$HF_ONLY" = 1 ]; then
+  hf_args=(--qpack "$BUILD/tools/qpack" --testgen "$BUILD/tools/qpack-testgen" --work /tmp/qpack-hf
+           --json "$OUT/hf_transformers.json")
+  [ -d "$ROOT/../shared/data/stories260K" ] && hf_args+=(--stories "$ROOT/../shared/data/stories260K")
+  [ -d "$ROOT/.stories" ] && hf_args+=(--stories "$ROOT/.stories")  # a carried copy
+  [ -n "${QPACK_HF_ONLY:-}" ] && hf_args+=(--only "$QPACK_HF_ONLY")
+  python3 "$ROOT/tests/hf/check_transformers.py" "${hf_args[@]}" > "$OUT/hf_transformers.log" 2>&1
+  rc=$?
+  tail -30 "$OUT/hf_transformers.log"
+  stamp "check_transformers: rc=$rc"
+  exit "$rc"
+fi
 
 # ---------------------------------------------------------------- tests
 cd "$BUILD" || exit 1

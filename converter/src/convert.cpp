@@ -60,11 +60,14 @@ nlohmann::json plan_tensors_json(const std::vector<PlanEntry>& plan) {
                         {"bytes_in", p.bytes_in},
                         {"bytes_out", p.bytes_out}};
     if (p.action == TensorAction::Quantize)
-      e["scheme"] = {{"bits", p.scheme.bits},
-                     {"group_size", p.scheme.group_size},
-                     {"axis", p.scheme.axis},
-                     {"symmetric", p.scheme.symmetric},
-                     {"scale_dtype", scheme_json_name(p.scheme)}};
+      e["scheme"] = {
+          {"bits", p.scheme.bits},
+          {"group_size", p.scheme.group_size},
+          {"axis", p.scheme.axis},
+          {"symmetric", p.scheme.symmetric},
+          {"zero_point", p.scheme.symmetric ? nlohmann::json(nullptr)
+                                            : nlohmann::json(zero_point_name(p.scheme.zero_point))},
+          {"scale_dtype", scheme_json_name(p.scheme)}};
     t.push_back(e);
   }
   return t;

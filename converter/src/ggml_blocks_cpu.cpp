@@ -5,12 +5,8 @@
 // elements to float exactly and calls the spec's reference. K-quants go to
 // ggml_kquants_cpu.cpp. Every path gives the reference's bytes, so every
 // thread count and machine writes the same file.
-#include <omp.h>
-
-#include <cstdlib>
-#include <cstring>
-
 #include "cpu/ggml_blocks_avx2.hpp"
+#include "ggml_cpu_common.hpp"
 #include "ggml_kquants_cpu.hpp"
 #include "qpack/converter/ggml_blocks.hpp"
 #include "qpack/format/error.hpp"
@@ -21,39 +17,15 @@ namespace {
 
 namespace gl = spec::ggml;
 
-void check_length(int64_t n, const std::string& tensor, const char* what) {
-  if (n < 0 || n % gl::kBlockElements != 0)
-    throw Error(ErrorCode::InvalidArgument, "", tensor,
-                std::string(what) + ": " + std::to_string(n) +
-                    " elements is not a whole number of 32-element ggml blocks");
-}
-
 void check_type(gl::GgmlLegacyType type, const std::string& tensor) {
   if (gl::block_bytes(type) == 0)
     throw Error(ErrorCode::InvalidArgument, "", tensor, "not a legacy ggml block type");
 }
 
-int thread_count(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
-
-// Element j of block b as float, exactly (F16 and BF16 are subsets of F32).
-template <DType S>
-void load_block(const uint8_t* src, int64_t b, float* x) {
-  constexpr int kBytes = S == DType::F32 ? 4 : 2;
-  const uint8_t* p = src + b * gl::kBlockElements * kBytes;
-  for (int j = 0; j < gl::kBlockElements; ++j) {
-    if constexpr (S == DType::F32) {
-      std::memcpy(&x[j], p + 4 * j, 4);
-    } else {
-      const uint16_t h = uint16_t(p[2 * j] | (uint32_t(p[2 * j + 1]) << 8));
-      x[j] = S == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
-    }
-  }
-}
-
 template <DType S>
 void quantize_one(gl::GgmlLegacyType type, const uint8_t* src, int64_t b, uint8_t* out) {
   float x[gl::kBlockElements];
-  load_block<S>(src, b, x);
+  detail::load_ggml_block<S, gl::kBlockElements>(src, b, x);
   gl::quantize_block(type, x, out + b * gl::block_bytes(type));
 }
 
@@ -62,19 +34,10 @@ bool has_avx2() {
   return ok;
 }
 
-// QPACK_GGML_SCALAR=1 forces the scalar reference (for comparisons).
-bool scalar_forced() {
-  static const bool forced = [] {
-    const char* v = std::getenv("QPACK_GGML_SCALAR");
-    return v && *v && *v != '0';
-  }();
-  return forced;
-}
-
 template <DType S>
 void quantize_all(gl::GgmlLegacyType type, const uint8_t* src, int64_t nblocks, uint8_t* out,
                   int threads) {
-  if (has_avx2() && !scalar_forced()) {
+  if (has_avx2() && !detail::ggml_scalar_forced()) {
     // Groups of eight blocks, one per AVX2 lane; the last nblocks % 8 blocks
     // and any group with a non-finite element by the reference.
     const int64_t groups = nblocks / cpu::kLanes;
@@ -100,31 +63,22 @@ uint64_t ggml_blocks_bytes(gl::GgmlLegacyType type, int64_t n) {
 void quantize_ggml_blocks_cpu(gl::GgmlLegacyType type, const void* src, DType src_dtype, int64_t n,
                               uint8_t* out, int threads, const std::string& tensor) {
   check_type(type, tensor);
-  check_length(n, tensor, "quantize to a ggml block type");
+  detail::check_ggml_length(n, gl::kBlockElements, tensor, "quantize to a ggml block type");
   const auto* s = static_cast<const uint8_t*>(src);
   const int64_t nblocks = n / gl::kBlockElements;
-  const int t = thread_count(threads);
-  switch (src_dtype) {
-    case DType::F32:
-      return quantize_all<DType::F32>(type, s, nblocks, out, t);
-    case DType::F16:
-      return quantize_all<DType::F16>(type, s, nblocks, out, t);
-    case DType::BF16:
-      return quantize_all<DType::BF16>(type, s, nblocks, out, t);
-    default:
-      throw Error(ErrorCode::InvalidArgument, "", tensor,
-                  std::string("a ggml block type is made from F16, BF16 or F32, not ") +
-                      dtype_name(src_dtype));
-  }
+  const int t = detail::ggml_thread_count(threads);
+  detail::dispatch_ggml_source(src_dtype, tensor, [&](auto tag) {
+    quantize_all<decltype(tag)::value>(type, s, nblocks, out, t);
+  });
 }
 
 void dequantize_ggml_blocks_cpu(gl::GgmlLegacyType type, const uint8_t* blocks, int64_t n,
                                 float* out, int threads, const std::string& tensor) {
   check_type(type, tensor);
-  check_length(n, tensor, "dequantize a ggml block type");
+  detail::check_ggml_length(n, gl::kBlockElements, tensor, "dequantize a ggml block type");
   const int64_t nblocks = n / gl::kBlockElements;
   const int64_t bytes = gl::block_bytes(type);
-#pragma omp parallel for schedule(static) num_threads(thread_count(threads))
+#pragma omp parallel for schedule(static) num_threads(detail::ggml_thread_count(threads))
   for (int64_t b = 0; b < nblocks; ++b)
     gl::dequantize_block(type, blocks + b * bytes, out + b * gl::kBlockElements);
 }

@@ -19,6 +19,10 @@
 // max/min operations on the raw bits (see Stats16), which also reveal NaN and
 // Inf. Each element is converted to float32 once, in the encoding pass.
 //
+// Integer zero-points (quantization.md §5a) run through the same kernels:
+// the asymmetric encode is rint(fl(fl(x - sub) * inv)) + add, with (sub, add)
+// = (M, 0) for the float rule and (+0, z) for the integer rule (Params8).
+//
 // Bit-exactness with the reference rests on: the same IEEE operations in the
 // same order (sub, mul, div, round-to-nearest-even; -ffp-contract=off),
 // min/max being exact and order-independent for finite values (with -0
@@ -237,8 +241,8 @@ void dequantize_cpu(const uint8_t* codes, const uint8_t* scales, const uint8_t* 
       const uint8_t* base = codes + r * L.bytes_per_group * L.inner + i;
       float* dst = out + (o * L.axis_len + g * L.group_size) * L.inner + i;
       for (int64_t k = 0; k < len; ++k)
-        dst[k * L.inner] =
-            spec::decode(spec::get_code(base, L.inner, k, s.bits), sc, m, s.symmetric, s.bits);
+        dst[k * L.inner] = spec::decode_scheme(spec::get_code(base, L.inner, k, s.bits), sc, m,
+                                               s.symmetric, has_integer_zero(s), s.bits);
     }
   }
 }

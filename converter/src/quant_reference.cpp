@@ -86,7 +86,8 @@ int quantize_group(const QuantInput& in, const GroupLayout& L, const QuantScheme
       mn = std::fmin(mn, x[k]);
       mx = std::fmax(mx, x[k]);
     }
-    p = spec::params_asym(mn, mx, scheme.bits, sd);
+    p = has_integer_zero(scheme) ? spec::params_asym_int(mn, mx, scheme.bits, sd)
+                                 : spec::params_asym(mn, mx, scheme.bits, sd);
   }
   if (p.overflow) return kGroupOverflow;
   const int64_t pi = (o * L.groups_per_axis + g) * L.inner + i;
@@ -94,8 +95,9 @@ int quantize_group(const QuantInput& in, const GroupLayout& L, const QuantScheme
   if (!scheme.symmetric) spec::store_param(out.zeros, pi, sd, p.zero, p.zero_bits16);
   uint8_t* base = out.codes + (o * L.groups_per_axis + g) * L.bytes_per_group * L.inner + i;
   for (int64_t k = 0; k < len; ++k) {
-    const uint32_t c = scheme.symmetric ? spec::encode_sym(x[k], p, scheme.bits)
-                                        : spec::encode_asym(x[k], p, scheme.bits);
+    const uint32_t c = scheme.symmetric           ? spec::encode_sym(x[k], p, scheme.bits)
+                       : has_integer_zero(scheme) ? spec::encode_asym_int(x[k], p, scheme.bits)
+                                                  : spec::encode_asym(x[k], p, scheme.bits);
     spec::put_code(base, L.inner, k, scheme.bits, c);
   }
   return kGroupOk;
@@ -133,7 +135,7 @@ void dequantize_reference(const uint8_t* codes, const uint8_t* scales, const uin
         for (int64_t k = 0; k < L.group_len(g); ++k) {
           const uint32_t c = spec::get_code(base, L.inner, k, scheme.bits);
           out[(o * L.axis_len + g * L.group_size + k) * L.inner + i] =
-              spec::decode(c, s, m, scheme.symmetric, scheme.bits);
+              spec::decode_scheme(c, s, m, scheme.symmetric, has_integer_zero(scheme), scheme.bits);
         }
       }
 }

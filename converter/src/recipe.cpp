@@ -6,6 +6,7 @@
 #include "qpack/format/error.hpp"
 #include "qpack/format/glob.hpp"
 #include "qpack/format/json.hpp"
+#include "qpack/format/text.hpp"
 
 namespace qpack {
 
@@ -87,9 +88,12 @@ TensorRule parse_rule(const std::string& text) {
     else if (key == "scale" || key == "scale_dtype") {
       r.scale_dtype = parse_scale_dtype(val);
       if (!r.scale_dtype) bad(origin, "scale dtype must be f16, bf16 or f32, got '" + val + "'");
+    } else if (key == "zero" || key == "zero_point") {
+      r.zero_point = zero_point_from_string(val);
+      if (!r.zero_point) bad(origin, "zero point must be float or integer, got '" + val + "'");
     } else {
-      bad(origin,
-          "unknown key '" + key + "' (known: bits, group, axis, sym, asym, scale, skip, force)");
+      bad(origin, "unknown key '" + key +
+                      "' (known: bits, group, axis, sym, asym, scale, zero, skip, force)");
     }
     if (comma == rest.size()) break;
   }
@@ -153,6 +157,13 @@ Recipe Recipe::from_json(const nlohmann::json& j, const std::string& origin) {
           rule->scale_dtype = *d;
         else
           scheme->scale_dtype = *d;
+      } else if (k == "zero_point") {
+        const auto zp = v.is_string() ? zero_point_from_string(v.get<std::string>()) : std::nullopt;
+        if (!zp) bad(origin, where + ": 'zero_point' must be \"float\" or \"integer\"");
+        if (rule)
+          rule->zero_point = *zp;
+        else
+          scheme->zero_point = *zp;
       } else {
         bad(origin, where + ": unknown key '" + k + "'");
       }
@@ -198,6 +209,7 @@ nlohmann::json Recipe::to_json() const {
                    {"group_size", defaults.group_size},
                    {"axis", defaults.axis},
                    {"symmetric", defaults.symmetric},
+                   {"zero_point", zero_point_name(defaults.zero_point)},
                    {"scale_dtype", dtype_name(defaults.scale_dtype)}};
   j["min_dims"] = min_dims;
   j["rules"] = nlohmann::json::array();
@@ -210,6 +222,7 @@ nlohmann::json Recipe::to_json() const {
     if (r.axis) o["axis"] = *r.axis;
     if (r.symmetric) o["symmetric"] = *r.symmetric;
     if (r.scale_dtype) o["scale_dtype"] = dtype_name(*r.scale_dtype);
+    if (r.zero_point) o["zero_point"] = zero_point_name(*r.zero_point);
     j["rules"].push_back(o);
   }
   return j;
@@ -250,6 +263,7 @@ TensorDecision decide(const Recipe& recipe, const std::string& name, DType dtype
     if (rule->axis) d.scheme.axis = *rule->axis;
     if (rule->symmetric) d.scheme.symmetric = *rule->symmetric;
     if (rule->scale_dtype) d.scheme.scale_dtype = *rule->scale_dtype;
+    if (rule->zero_point) d.scheme.zero_point = *rule->zero_point;
     d.reason = "rule '" + rule->pattern + "'";
   } else {
     d.reason = "defaults";

@@ -83,11 +83,12 @@ QpackHeader QpackHeader::decode(const uint8_t* data, uint64_t size, const std::s
     throw Error(ErrorCode::BadMagic, file, "", "not a .qpack file (bad magic)");
   const QpackHeader h = load(data);
   // Step 2: the major version, before anything it might lay out differently.
-  if (h.version_major != kQpackVersionMajor)
+  if (h.version_major < kQpackVersionMajor || h.version_major > kQpackVersionMajorMax)
     throw Error(ErrorCode::UnsupportedVersion, file, "",
                 "format version " + std::to_string(h.version_major) + "." +
-                    std::to_string(h.version_minor) + "; this reader reads version " +
-                    std::to_string(kQpackVersionMajor) + ".x");
+                    std::to_string(h.version_minor) + "; this reader reads versions " +
+                    std::to_string(kQpackVersionMajor) + ".x to " +
+                    std::to_string(kQpackVersionMajorMax) + ".x");
   // Step 3: the header checksum, then header_size.
   const uint64_t actual = h.checksum();
   if (h.header_xxh3 != actual)

@@ -101,13 +101,13 @@ class ManifestParser {
   QpackHeader parse_header();        // steps 1-5
   json parse_manifest_json() const;  // steps 6-7
   const json& parse_manifest_top(const json& m, uint16_t major,
-                                 uint16_t minor);                // step 8: returns "tensors"
-  QpackTensor parse_tensor(const json& tj, size_t index);        // step 9
-  void check_overlaps(const std::vector<QpackTensor>& tensors);  // step 10
+                                 uint16_t minor);  // step 8: returns "tensors"
+  QpackTensor parse_tensor(const json& tj, size_t index, uint16_t major);  // step 9
+  void check_overlaps(const std::vector<QpackTensor>& tensors);            // step 10
 
  private:
   uint64_t parse_shape(const json& tj, const std::string& where, QpackTensor* t) const;
-  void parse_quant(const json& q, const std::string& where, QpackTensor* t) const;
+  void parse_quant(const json& q, const std::string& where, QpackTensor* t, uint16_t major) const;
   Section parse_section(const json& sections, const std::string& where, const TensorSection& ts,
                         const std::string& tensor, size_t index);
 
@@ -191,7 +191,7 @@ const json& ManifestParser::parse_manifest_top(const json& m, uint16_t major, ui
 
 // Step 9, one tensor: name, dtype, shape, encoding, the scheme of a
 // group_quant tensor, then each of its sections.
-QpackTensor ManifestParser::parse_tensor(const json& tj, size_t index) {
+QpackTensor ManifestParser::parse_tensor(const json& tj, size_t index, uint16_t major) {
   const std::string where = "tensors[" + std::to_string(index) + "]";
   if (!tj.is_object()) r_.fail("", where + " is not an object");
   QpackTensor t;
@@ -212,7 +212,7 @@ QpackTensor ManifestParser::parse_tensor(const json& tj, size_t index) {
                   "shape " + shape_to_string(t.shape) + " of " + dtype_name(t.dtype) +
                       " is not a whole number of bytes");
   } else if (encoding == "group_quant") {
-    parse_quant(r_.obj(tj, "quant", where, name), where + ".quant", &t);
+    parse_quant(r_.obj(tj, "quant", where, name), where + ".quant", &t, major);
   } else {
     r_.fail(name, where + ".encoding '" + encoding + "' is neither 'raw' nor 'group_quant'");
   }
@@ -250,7 +250,8 @@ uint64_t ManifestParser::parse_shape(const json& tj, const std::string& where,
 
 // A group_quant tensor's "quant": a supported scheme, resolved for this
 // tensor, and its layout.
-void ManifestParser::parse_quant(const json& q, const std::string& where, QpackTensor* t) const {
+void ManifestParser::parse_quant(const json& q, const std::string& where, QpackTensor* t,
+                                 uint16_t major) const {
   const std::string& name = t->name;
   const uint64_t qbits = r_.u64(q, "bits", where, name);
   const uint64_t gs = r_.u64(q, "group_size", where, name);
@@ -282,6 +283,26 @@ void ManifestParser::parse_quant(const json& q, const std::string& where, QpackT
   t->scheme.axis = int(axis);
   t->scheme.symmetric = symmetric;
   t->scheme.scale_dtype = *sd;
+  // zero_point (version 2): absent = "float". Only asymmetric tensors have
+  // one, and "integer" needs a 2.x file (a 1.x reader would ignore the key
+  // and decode the codes with the float rule).
+  if (q.contains("zero_point")) {
+    const std::string& zp = r_.str(q, "zero_point", where, name);
+    if (symmetric)
+      throw Error(ErrorCode::ManifestMismatch, file_, name,
+                  "a symmetric tensor has a zero_point ('" + zp + "')");
+    if (zp == "integer") {
+      if (major < kQpackVersionMajorIntegerZero)
+        throw Error(ErrorCode::ManifestMismatch, file_, name,
+                    "zero_point 'integer' in a version " + std::to_string(major) +
+                        ".x file (it needs version " +
+                        std::to_string(kQpackVersionMajorIntegerZero) + ")");
+      t->scheme.zero_point = ZeroPoint::Integer;
+    } else if (zp != "float") {
+      throw Error(ErrorCode::UnsupportedScheme, file_, name,
+                  "zero_point '" + zp + "' (must be 'float' or 'integer')");
+    }
+  }
   try {
     t->layout = make_layout(t->shape, t->scheme, name);
   } catch (const Error& e) {
@@ -380,7 +401,7 @@ void QpackFile::parse() {
   const json& tensors = p.parse_manifest_top(m, major_, minor_);
   std::vector<QpackTensor> out;
   out.reserve(tensors.size());
-  for (size_t i = 0; i < tensors.size(); ++i) out.push_back(p.parse_tensor(tensors[i], i));
+  for (size_t i = 0; i < tensors.size(); ++i) out.push_back(p.parse_tensor(tensors[i], i, major_));
   p.check_overlaps(out);
   manifest_ = std::move(m);
   tensors_ = std::move(out);

@@ -82,24 +82,35 @@ json raw_tensor_json(const std::string& name, DType dtype, const std::vector<int
 
 json quantized_tensor_json(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
                            const QuantScheme& rs, json sections) {
+  json quant = {{"bits", rs.bits},
+                {"group_size", rs.group_size},
+                {"axis", rs.axis},
+                {"symmetric", rs.symmetric},
+                {"scale_dtype", dtype_name(rs.scale_dtype)}};
+  // Absent means the float rule: files without integer zero-points stay
+  // byte for byte what version 1.0 wrote.
+  if (has_integer_zero(rs)) quant["zero_point"] = "integer";
   return {{"name", name},
           {"dtype", dtype_name(dtype)},
           {"shape", shape},
           {"encoding", "group_quant"},
-          {"quant",
-           {{"bits", rs.bits},
-            {"group_size", rs.group_size},
-            {"axis", rs.axis},
-            {"symmetric", rs.symmetric},
-            {"scale_dtype", dtype_name(rs.scale_dtype)}}},
+          {"quant", std::move(quant)},
           {"sections", std::move(sections)}};
+}
+
+// The major version a file of these tensors needs (container.hpp).
+uint16_t major_version_for(const json& tensors) {
+  for (const json& t : tensors)
+    if (t.contains("quant") && t.at("quant").contains("zero_point"))
+      return kQpackVersionMajorIntegerZero;
+  return kQpackVersionMajor;
 }
 
 json manifest_json(const WriterOptions& options, const json& metadata, const json& config,
                    const json& tensors, const json& provenance) {
   json manifest = {
       {"qpack_version",
-       std::to_string(kQpackVersionMajor) + "." + std::to_string(kQpackVersionMinor)},
+       std::to_string(major_version_for(tensors)) + "." + std::to_string(kQpackVersionMinor)},
       {"generator", options.generator},
       {"alignment", kQpackAlignment},
       {"source", {{"format", "safetensors"}, {"metadata", metadata}, {"config", config}}},
@@ -255,6 +266,7 @@ void QpackWriter::commit() {
   const uint64_t file_size = w.out.position();
 
   QpackHeader h;
+  h.version_major = major_version_for(w.tensors);
   h.manifest_offset = moff;
   h.manifest_size = text.size();
   h.manifest_xxh3 = checksum64(text.data(), text.size());

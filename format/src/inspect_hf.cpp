@@ -32,10 +32,6 @@ json quant_json(const QuantScheme& s) {
           {"scale_dtype", dtype_name(s.scale_dtype)}};
 }
 
-std::string label_of(const QuantScheme& s) {
-  return scheme_label(s) + (s.symmetric ? "" : " zint");
-}
-
 }  // namespace
 
 json hf_inspect_report(const std::string& path, const InspectOptions& options) {
@@ -70,7 +66,7 @@ json hf_inspect_report(const std::string& path, const InspectOptions& options) {
       row["quantized"] = true;
       row["shape"] = q.shape;
       row["dtype"] = dtype_name(q.scheme.scale_dtype);  // what the decompression gives
-      row["scheme"] = label_of(q.scheme);
+      row["scheme"] = scheme_label(q.scheme);
       row["quant"] = quant_json(q.scheme);
       json st = json::array();
       std::set<std::string> files;

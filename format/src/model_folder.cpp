@@ -170,7 +170,12 @@ void remove_orphaned_partial_folders(const std::string& parent, const std::strin
   ::closedir(d);
   for (const std::string& name : stale) {
     const std::string path = parent + "/" + name;
-    const std::vector<std::string> names = list_folder(path);
+    std::vector<std::string> names;
+    try {
+      names = list_folder(path);
+    } catch (const Error&) {
+      continue;  // best effort: an unreadable leftover stays
+    }
     bool only_files = true;
     for (const std::string& n : names) {
       struct stat st;

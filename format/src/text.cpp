@@ -10,9 +10,16 @@ std::string scheme_label(const QuantScheme& s) {
   std::string r = "q" + std::to_string(s.bits) + " g";
   r += s.group_size == 0 ? std::string("all") : std::to_string(s.group_size);
   r += " ax" + std::to_string(s.axis);
-  r += s.symmetric ? " sym " : " asym ";
+  r += s.symmetric ? " sym " : (has_integer_zero(s) ? " asym-int " : " asym ");
   r += dtype_name(s.scale_dtype);
   return r;
+}
+
+const char* zero_point_name(ZeroPoint zp) { return zp == ZeroPoint::Integer ? "integer" : "float"; }
+std::optional<ZeroPoint> zero_point_from_string(std::string_view name) {
+  if (name == "float") return ZeroPoint::Float;
+  if (name == "integer") return ZeroPoint::Integer;
+  return std::nullopt;
 }
 
 std::string shape_to_string(const std::vector<int64_t>& shape) {

@@ -38,7 +38,7 @@ __device__ __forceinline__ UnitParams unit_params(float scale, float zero,
   UnitParams p;
   p.scale = scale;
   p.zero = zero;
-  p.base = spec::bound_terms(scale, zero, g.q, g.symmetric, g.scale_dtype).base;
+  p.base = spec::bound_terms(scale, zero, g.q, !g.symmetric, g.scale_dtype).base;
   // |q| <= 255: |q*S + M| < 2^127 when |S| <= 2^118 and |M| <= 2^126.
   p.ok = fabsf(scale) <= 0x1p118f && fabsf(zero) <= 0x1p126f;
   return p;

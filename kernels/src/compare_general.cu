@@ -33,7 +33,7 @@ __device__ __forceinline__ void eval_unit_device(const CompareGeometry& g, const
   const int64_t pidx = (sp.scale_row - v.srow0) * v.pitch + c;
   const float scale = spec::load_param(v.scales, pidx, g.scale_dtype);
   const float zero = g.symmetric ? 0.0f : spec::load_param(v.zeros, pidx, g.scale_dtype);
-  const spec::BoundTerms bt = spec::bound_terms(scale, zero, g.q, g.symmetric, g.scale_dtype);
+  const spec::BoundTerms bt = spec::bound_terms(scale, zero, g.q, !g.symmetric, g.scale_dtype);
   // The segment starts on a byte plane (64 codes fill 8*BITS bytes); planes
   // past its end (a partial group's padding) read as 0.
   const uint8_t* planes = v.codes + (sp.plane_begin - v.plane0) * v.pitch + c;

@@ -268,6 +268,7 @@ Status quantize(const void* d_src, DType src_dtype, const GroupLayout& layout,
         a.flags = d_flags;
         a.scale_dtype = scheme.scale_dtype;
         a.zero_nonfinite = policy == NonFinitePolicy::Zero;
+        a.integer_zero = has_integer_zero(scheme);
         kernels::Launch ll = l;
         if (l.window) {
           const int64_t slices = layout.group_size / kernels::kSliceRows;
@@ -340,6 +341,7 @@ Status dequantize(const uint8_t* d_codes, const uint8_t* d_scales, const uint8_t
         a.out = static_cast<uint8_t*>(d_out) + row_off * ncols * osize;
         a.scale_dtype = scheme.scale_dtype;
         a.symmetric = scheme.symmetric;
+        a.integer_zero = has_integer_zero(scheme);
         a.bits = scheme.bits;
         kernels::Launch ll = l;
         const int64_t items = l.rows && l.window ? kernels::kRowItems : 1;  // per thread

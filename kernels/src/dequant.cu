@@ -150,11 +150,13 @@ __device__ __forceinline__ void store_out_nonnan(void* out, int64_t index, const
   }
 }
 
-// x_hat = fma(q, S, M) of a stored code: spec::decode with the width and the
-// symmetric offset known at compile time.
+// x_hat of a stored code: spec::decode (fma(q, S, M)) with the width and the
+// symmetric offset known at compile time, or spec::decode_int ((q - z) * S)
+// for integer zero-points (uniform across a launch: no divergence).
 template <int BITS, bool SYM>
-__device__ __forceinline__ float decode(uint32_t code, float scale, float zero) {
-  return spec::decode(code, scale, zero, SYM, BITS);
+__device__ __forceinline__ float decode(uint32_t code, float scale, float zero, bool integer) {
+  return !SYM && integer ? spec::decode_int(code, scale, zero)
+                         : spec::decode(code, scale, zero, SYM, BITS);
 }
 
 // A whole slice (8 rows) of V columns with finite parameters: codes straight
@@ -163,7 +165,8 @@ template <int BITS, int V, DType O, bool SYM>
 __device__ __forceinline__ void dequant_slice_cols_finite(const uint8_t* plane0, int64_t pitch,
                                                           int64_t s, const float (&scale)[V],
                                                           const float (&zero)[V], void* out,
-                                                          int64_t first, int64_t out_pitch) {
+                                                          int64_t first, int64_t out_pitch,
+                                                          bool integer) {
   constexpr uint32_t kMask = (1u << BITS) - 1u;
   if constexpr (BITS == 3) {
     SliceStream<BITS> st[V];
@@ -173,7 +176,7 @@ __device__ __forceinline__ void dequant_slice_cols_finite(const uint8_t* plane0,
       float x[V];
 #pragma unroll
       for (int v = 0; v < V; ++v)
-        x[v] = decode<BITS, SYM>(kernels::slice_code<BITS>(st[v], r), scale[v], zero[v]);
+        x[v] = decode<BITS, SYM>(kernels::slice_code<BITS>(st[v], r), scale[v], zero[v], integer);
       store_out_nonnan<O, V>(out, first + r * out_pitch, x);
     }
   } else {
@@ -187,7 +190,7 @@ __device__ __forceinline__ void dequant_slice_cols_finite(const uint8_t* plane0,
       for (int v = 0; v < V; ++v) {
         const uint64_t w = pl[(r * BITS) >> 3];
         const uint32_t code = uint32_t(w >> (8 * v + ((r * BITS) & 7))) & kMask;
-        x[v] = decode<BITS, SYM>(code, scale[v], zero[v]);
+        x[v] = decode<BITS, SYM>(code, scale[v], zero[v], integer);
       }
       store_out_nonnan<O, V>(out, first + r * out_pitch, x);
     }
@@ -229,10 +232,10 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_cols(const DequantAr
     if (finite && n == kSliceRows) {
       if (a.symmetric) {
         dequant_slice_cols_finite<BITS, V, O, true>(plane0, g.ncols, s, scale, zero, a.out,
-                                                    row * g.ncols + col, g.ncols);
+                                                    row * g.ncols + col, g.ncols, false);
       } else {
         dequant_slice_cols_finite<BITS, V, O, false>(plane0, g.ncols, s, scale, zero, a.out,
-                                                     row * g.ncols + col, g.ncols);
+                                                     row * g.ncols + col, g.ncols, a.integer_zero);
       }
       continue;
     }
@@ -248,8 +251,8 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_cols(const DequantAr
         float x[V];
 #pragma unroll
         for (int v = 0; v < V; ++v)
-          x[v] = spec::decode(kernels::slice_code<BITS>(st[v], r), scale[v], zero[v], a.symmetric,
-                              BITS);
+          x[v] = spec::decode_scheme(kernels::slice_code<BITS>(st[v], r), scale[v], zero[v],
+                                     a.symmetric, a.integer_zero, BITS);
         store_out<O, V>(a.out, (row + r) * g.ncols + col, x);
       }
   }
@@ -286,8 +289,8 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_rows(const DequantAr
     float x[EPT];
 #pragma unroll
     for (int k = 0; k < EPT; ++k)
-      x[k] =
-          spec::decode(kernels::slice_code<BITS>(st, h * EPT + k), scale, zero, a.symmetric, BITS);
+      x[k] = spec::decode_scheme(kernels::slice_code<BITS>(st, h * EPT + k), scale, zero,
+                                 a.symmetric, a.integer_zero, BITS);
     const int64_t first =
         o * g.axis_len + gi * g.group + int64_t(s) * kSliceRows + h * EPT - g.row_begin;
     if (VEC && n == EPT) {
@@ -371,12 +374,12 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_rows_whole(const Deq
 #pragma unroll
           for (int e = 0; e < EPT; ++e)
             x[e] = decode<BITS, true>(kernels::slice_code<BITS>(st[k], h * EPT + e), scale[k],
-                                      zero[k]);
+                                      zero[k], false);
         } else {
 #pragma unroll
           for (int e = 0; e < EPT; ++e)
             x[e] = decode<BITS, false>(kernels::slice_code<BITS>(st[k], h * EPT + e), scale[k],
-                                       zero[k]);
+                                       zero[k], a.integer_zero);
         }
         store_out_nonnan<O, EPT>(a.out, int64_t(i) * EPT, x);
       } else {
@@ -385,8 +388,8 @@ __global__ void __launch_bounds__(kBlockThreads) dequantize_rows_whole(const Deq
         const float ze = a.symmetric ? 0.0f : spec::load_param(a.zeros, lgr[k], a.scale_dtype);
 #pragma unroll
         for (int e = 0; e < EPT; ++e)
-          x[e] = spec::decode(kernels::slice_code<BITS>(st[k], h * EPT + e), sc, ze, a.symmetric,
-                              BITS);
+          x[e] = spec::decode_scheme(kernels::slice_code<BITS>(st[k], h * EPT + e), sc, ze,
+                                     a.symmetric, a.integer_zero, BITS);
         store_out<O, EPT>(a.out, int64_t(i) * EPT, x);
       }
     }

@@ -78,6 +78,7 @@ struct QuantArgs {
   cuda::QuantFlags* flags;
   DType scale_dtype;
   bool zero_nonfinite;  // NonFinitePolicy::Zero
+  bool integer_zero;    // asymmetric with integer zero-points (spec::params_asym_int)
 };
 
 struct DequantArgs {
@@ -88,6 +89,7 @@ struct DequantArgs {
   void* out;
   DType scale_dtype;
   bool symmetric;
+  bool integer_zero;  // asymmetric with integer zero-points: spec::decode_int
   int bits;
 };
 

@@ -126,7 +126,10 @@ __device__ __forceinline__ void finish_params(ColumnStats<D, V, SYM>& acc, const
         hi = acc.hi_of(v);
       }
     const spec::GroupParams p = SYM ? spec::params_sym(hi, BITS, a.scale_dtype)
+                                : a.integer_zero
+                                    ? spec::params_asym_int(lo, hi, BITS, a.scale_dtype)
                                     : spec::params_asym(lo, hi, BITS, a.scale_dtype);
+    const GroupCode mine_gc = group_code(p, !SYM && a.integer_zero);
     if (valid && ty < V) {
       const uint32_t sb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(p.scale)
                                                           : p.scale_bits16};
@@ -142,8 +145,9 @@ __device__ __forceinline__ void finish_params(ColumnStats<D, V, SYM>& acc, const
     }
 #pragma unroll
     for (int v = 0; v < V; ++v) {
-      gc[v].zero = SYM ? 0.0f : __shfl_sync(0xffffffffu, p.zero, v * txw + tx);
-      gc[v].inv = __shfl_sync(0xffffffffu, p.inv, v * txw + tx);
+      gc[v].zero = SYM ? 0.0f : __shfl_sync(0xffffffffu, mine_gc.zero, v * txw + tx);
+      gc[v].inv = __shfl_sync(0xffffffffu, mine_gc.inv, v * txw + tx);
+      gc[v].add = SYM ? 0 : __shfl_sync(0xffffffffu, mine_gc.add, v * txw + tx);
     }
     return;
   }
@@ -152,8 +156,8 @@ __device__ __forceinline__ void finish_params(ColumnStats<D, V, SYM>& acc, const
   uint32_t overflow = 0;
 #pragma unroll
   for (int v = 0; v < V; ++v) {
-    const spec::GroupParams p = acc.params(v, BITS, a.scale_dtype);
-    gc[v] = {p.zero, p.inv};
+    const spec::GroupParams p = acc.params(v, BITS, a.scale_dtype, a.integer_zero);
+    gc[v] = group_code(p, !SYM && a.integer_zero);
     scale_bits[v] = a.scale_dtype == DType::F32 ? __float_as_uint(p.scale) : p.scale_bits16;
     zero_bits[v] = a.scale_dtype == DType::F32 ? __float_as_uint(p.zero) : p.zero_bits16;
     overflow |= uint32_t(p.overflow) << v;

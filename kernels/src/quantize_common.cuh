@@ -163,8 +163,10 @@ struct Stats {
       hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, off));
     }
   }
-  __device__ __forceinline__ spec::GroupParams params(int bits, DType sd) const {
-    return SYM ? spec::params_sym(hi, bits, sd) : spec::params_asym(lo, hi, bits, sd);
+  __device__ __forceinline__ spec::GroupParams params(int bits, DType sd, bool integer) const {
+    return SYM       ? spec::params_sym(hi, bits, sd)
+           : integer ? spec::params_asym_int(lo, hi, bits, sd)
+                     : spec::params_asym(lo, hi, bits, sd);
   }
 };
 
@@ -184,9 +186,16 @@ __device__ __forceinline__ void add_or_zero_nonfinite(Stats<SYM>& st, float x,
 
 // What encoding needs of a group's parameters (the reference's encoders
 // read only these two fields).
+// The asymmetric encode is rint(fl(fl(x - zero) * inv)) + add: zero = M,
+// add = 0 for the float rule; zero = +0, add = z for integer zero-points
+// (x - +0 = x exactly; round first, then add z, as spec::encode_asym_int).
 struct GroupCode {
   float zero, inv;
+  int add;
 };
+__device__ __forceinline__ GroupCode group_code(const spec::GroupParams& p, bool integer) {
+  return integer ? GroupCode{0.0f, p.inv, int(p.zero)} : GroupCode{p.zero, p.inv, 0};
+}
 
 // The stored code of x. The reference computes t = fl(fl(x - M) * inv)
 // (symmetric: fl(x * inv)) with the same two roundings as here, then clamps
@@ -204,7 +213,7 @@ __device__ __forceinline__ uint32_t encode(float x, const GroupCode& c, int bits
     return uint32_t(min(max(r, -q), q) + (1 << (bits - 1)));
   }
   const int q = (1 << bits) - 1;
-  const int r = __float2int_rn(spec::mul_f32(spec::sub_f32(x, c.zero), c.inv));
+  const int r = __float2int_rn(spec::mul_f32(spec::sub_f32(x, c.zero), c.inv)) + c.add;
   return uint32_t(min(max(r, 0), q));
 }
 
@@ -377,9 +386,11 @@ struct ColumnStats {
       return __uint_as_float(hi[v]);
     }
   }
-  __device__ __forceinline__ spec::GroupParams params(int v, int bits, DType sd) const {
-    return SYM ? spec::params_sym(hi_of(v), bits, sd)
-               : spec::params_asym(lo_of(v), hi_of(v), bits, sd);
+  __device__ __forceinline__ spec::GroupParams params(int v, int bits, DType sd,
+                                                      bool integer) const {
+    return SYM       ? spec::params_sym(hi_of(v), bits, sd)
+           : integer ? spec::params_asym_int(lo_of(v), hi_of(v), bits, sd)
+                     : spec::params_asym(lo_of(v), hi_of(v), bits, sd);
   }
   // All N columns folded into one (a contiguous group's chunk of N elements).
   __device__ __forceinline__ void fold(float& l, float& h) const {

@@ -151,8 +151,8 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows(const QuantArgs a
     }
 
     st.reduce(1, t);
-    const spec::GroupParams prm = st.params(BITS, a.scale_dtype);
-    const GroupCode gc = {prm.zero, prm.inv};
+    const spec::GroupParams prm = st.params(BITS, a.scale_dtype, a.integer_zero);
+    const GroupCode gc = group_code(prm, !SYM && a.integer_zero);
     if (!valid) continue;
     if (c0 == 0) {
       const uint32_t sb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(prm.scale)
@@ -296,7 +296,8 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows_window(const Quan
         st.lo = fminf(Pair<D>::lo(lo), Pair<D>::hi(lo));
         st.hi = fmaxf(Pair<D>::lo(hi), Pair<D>::hi(hi));
       }
-      const spec::GroupParams prm_ = st.params(BITS, a.scale_dtype);
+      const spec::GroupParams prm_ = st.params(BITS, a.scale_dtype, a.integer_zero);
+      const GroupCode gc_ = group_code(prm_, !SYM && a.integer_zero);
       if (valid) {
         const uint32_t sb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(prm_.scale)
                                                             : prm_.scale_bits16};
@@ -311,7 +312,7 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows_window(const Quan
               &a.flags->first_overflow_group,
               static_cast<unsigned long long>((g.gr_begin + int64_t(lgr)) * g.inner + g.col_begin));
       }
-      my_prm[lane] = make_float4(prm_.zero, prm_.inv, bad ? 1.0f : 0.0f, 0.0f);
+      my_prm[lane] = make_float4(gc_.zero, gc_.inv, bad ? 1.0f : 0.0f, float(gc_.add));
     }
     __syncwarp();
 
@@ -321,7 +322,7 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows_window(const Quan
       if (k < rounds) {
         const int u = 32 * k + lane;
         const float4 p = my_prm[u >> lg];
-        const GroupCode gc = {p.x, p.y};
+        const GroupCode gc = {p.x, p.y, int(p.w)};
         Packet<D, kSliceRows> pk;
         packet_from(pk, d[k]);
         if (p.z != 0.0f) {

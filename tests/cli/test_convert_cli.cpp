@@ -210,6 +210,85 @@ TEST_F(ConvertTest, RulesRecipeAndDryRun) {
   expect_matches_reference(out, model_);
 }
 
+// --zero-point integer end to end: the file (version 2.0, quant.zero_point)
+// holds the reference's bytes, a rule can switch single tensors back to the
+// float rule, the plan and inspect show the kind, verify passes its bound, and
+// dequantize gives dequantize_reference's floats.
+TEST_F(ConvertTest, IntegerZeroPointEndToEnd) {
+  const std::string out = dir_.file("int.qpack");
+  const std::string args = " --zero-point integer --rule '*.mlp.down_proj.weight:zero=float'";
+  const auto dry = test::run_qpack("convert " + model_ + " " + out + args + " --dry-run --json");
+  ASSERT_EQ(dry.exit_code, 0) << dry.output;
+  size_t integer = 0, floats = 0;
+  const auto plan = nlohmann::json::parse(dry.output);
+  for (const auto& e : plan["tensors"]) {
+    if (e["action"] != "quantize") continue;
+    const bool down = e["name"].get<std::string>().find("down_proj") != std::string::npos;
+    EXPECT_EQ(e["scheme"]["zero_point"], down ? "float" : "integer") << e["name"];
+    (down ? floats : integer)++;
+  }
+  EXPECT_GT(integer, 0u);
+  EXPECT_EQ(floats, 2u);
+  ASSERT_EQ(test::run_qpack("convert " + model_ + " " + out + args + " -q").exit_code, 0);
+  expect_matches_reference(out, model_);
+  const auto q = QpackFile::open(out);
+  EXPECT_EQ(q->version_major(), 2);
+  for (const auto& t : q->tensors()) {
+    if (!t.quantized) continue;
+    const bool down = t.name.find("down_proj") != std::string::npos;
+    EXPECT_EQ(t.scheme.zero_point, down ? ZeroPoint::Float : ZeroPoint::Integer) << t.name;
+  }
+  const auto ins = test::run_qpack("inspect " + out);
+  ASSERT_EQ(ins.exit_code, 0) << ins.output;
+  EXPECT_NE(ins.output.find("q4 g64 ax0 asym-int F16"), std::string::npos) << ins.output;
+  EXPECT_NE(ins.output.find("q4 g64 ax0 asym F16"), std::string::npos) << ins.output;
+  const auto ver = test::run_qpack("verify " + out + " " + model_ + " --device cpu --json");
+  ASSERT_EQ(ver.exit_code, 0) << ver.output;
+  const auto report = nlohmann::json::parse(ver.output);
+  ASSERT_TRUE(report.contains("tensors")) << ver.output;
+  for (const auto& t : report["tensors"]) {
+    if (!t["quantized"].get<bool>()) continue;
+    ASSERT_TRUE(t["metrics"].is_object()) << t.dump();
+    EXPECT_EQ(t["metrics"]["bound_violations"].get<uint64_t>(), 0u) << t["name"];
+    const bool down = t["name"].get<std::string>().find("down_proj") != std::string::npos;
+    EXPECT_EQ(t["scheme"]["zero_point"], down ? "float" : "integer") << t["name"];
+  }
+  const std::string deq = dir_.file("deq.safetensors");
+  ASSERT_EQ(
+      test::run_qpack("dequantize " + out + " " + deq + " --dtype f32 --device cpu").exit_code, 0);
+  const auto d = SafetensorsFile::open(deq);
+  for (const auto& t : q->tensors()) {
+    if (!t.quantized) continue;
+    SCOPED_TRACE(t.name);
+    const SectionBytes c = q->read(t, t.codes), sc = q->read(t, t.scales), z = q->read(t, t.zeros);
+    std::vector<float> want(size_t(t.layout.num_elements()));
+    dequantize_reference(c.data, sc.data, z.data, t.layout, t.scheme, want.data());
+    const TensorInfo* dt = d->find(t.name);
+    ASSERT_NE(dt, nullptr);
+    ASSERT_EQ(dt->dtype, DType::F32);
+    ASSERT_EQ(0, std::memcmp(d->tensor_data(*dt), want.data(), want.size() * 4));
+  }
+}
+
+// --zero-point is a usage error with --symmetric or an unknown kind, and with
+// GGUF output.
+TEST_F(ConvertTest, ZeroPointUsageErrors) {
+  const std::string out = dir_.file("x.qpack");
+  auto r = test::run_qpack("convert " + model_ + " " + out + " --symmetric --zero-point integer");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--zero-point"), std::string::npos) << r.output;
+  EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --zero-point int").exit_code, 2);
+  EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --rule 'x:zero=int'").exit_code, 2);
+  EXPECT_EQ(
+      test::run_qpack("convert " + model_ + " " + dir_.file("x.gguf") + " --zero-point integer")
+          .exit_code,
+      2);
+  const std::string recipe = dir_.file("zp.json");
+  test::write_file(recipe, R"({"defaults": {"zero_point": 0}})");
+  EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --recipe " + recipe).exit_code, 2);
+  EXPECT_FALSE(fs::exists(out));
+}
+
 TEST_F(ConvertTest, BadRulesAndOptionsAreUsageErrors) {
   const std::string out = dir_.file("x.qpack");
   EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --bits 5").exit_code, 2);

@@ -285,3 +285,30 @@ TEST_F(DequantizeFolder, ForceReplacesOnlyAModelFolder) {
   EXPECT_EQ(entries(mine), std::vector<std::string>{"notes.txt"});
   for (const auto& e : entries(dir_.path())) EXPECT_FALSE(has(e, ".qpack-partial.")) << e;
 }
+
+TEST_F(DequantizeFolder, AGgufDequantizesIntoAFolderWithoutConfig) {
+  const std::string gguf = dir_.file("m.gguf");
+  auto r = test::run_qpack("convert " + q(model_) + " " + q(gguf) + " --type Q8_0 -q");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string single = dir_.file("g.safetensors"), folder = dir_.file("g");
+  ASSERT_EQ(test::run_qpack("dequantize " + q(gguf) + " " + q(single) +
+                            " -q --device cpu --dtype bf16 --kept-dtype bf16")
+                .exit_code,
+            0);
+  r = test::run_qpack("dequantize " + q(gguf) + " " + q(folder) +
+                      " -q --device cpu --dtype bf16 --max-shard-size 10KB");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(has(r.output, "stores no config.json")) << r.output;
+  const auto one = Checkpoint::open(single);
+  const auto many = Checkpoint::open(folder);
+  EXPECT_GT(many->files().size(), 1u);
+  ASSERT_EQ(many->tensors().size(), one->tensors().size());
+  for (const CheckpointTensor& t : one->tensors()) {
+    const CheckpointTensor* u = many->find(t.name());
+    ASSERT_NE(u, nullptr) << t.name();
+    EXPECT_EQ(u->info->dtype, DType::BF16) << t.name();
+    ASSERT_EQ(u->info->nbytes(), t.info->nbytes()) << t.name();
+    EXPECT_TRUE(std::equal(t.data(), t.data() + t.info->nbytes(), u->data())) << t.name();
+  }
+  EXPECT_FALSE(fs::exists(folder + "/config.json"));
+}

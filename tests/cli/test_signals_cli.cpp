@@ -156,6 +156,35 @@ TEST_F(SignalsCli, InterruptingConvertOrDequantizeRemovesTheTemporaryFile) {
   }
 }
 
+TEST_F(SignalsCli, InterruptingDequantizeIntoAFolderRemovesTheTemporaryFolder) {
+  // The folder is built in `.m.qpack-partial.PID.XXXXXX/`, which the signal
+  // handler empties and removes (live_files' temporary folders).
+  const std::string model = make_model("model");
+  const std::string qpack = dir_.file("model.qpack");
+  ASSERT_EQ(test::run_qpack("convert " + model + " " + qpack + " -q").exit_code, 0);
+  for (const int sig : {SIGINT, SIGTERM}) {
+    SCOPED_TRACE(strsignal(sig));
+    test::TempDir out_dir;
+    const std::string out = out_dir.file("m");
+    bool caught = false;
+    for (int attempt = 0; attempt < 5 && !caught; ++attempt) {
+      fs::remove_all(out);
+      const Child c = spawn_qpack({"dequantize", qpack, out + "/", "-q", "--threads", "1",
+                                   "--device", "cpu", "--max-shard-size", "20MB"},
+                                  dir_.file("log.txt"));
+      caught = stop_when(c.pid, [&] { return !partial_files(out_dir.path()).empty(); });
+      if (caught) kill(c.pid, sig);
+      kill(c.pid, SIGCONT);
+      const int status = wait_status(c.pid);
+      if (!caught) continue;
+      EXPECT_EQ(status, 128 + sig) << read_text(c.log);
+      EXPECT_TRUE(partial_files(out_dir.path()).empty()) << "temporary folder left";
+      EXPECT_FALSE(fs::exists(out));
+    }
+    if (!caught) GTEST_SKIP() << "the child finished before it could be signalled";
+  }
+}
+
 TEST_F(SignalsCli, ConvertOfASourceTruncatedWhileReadIsAnIoErrorNamingIt) {
   for (int attempt = 0; attempt < 3; ++attempt) {
     const std::string model = make_model("shrinking");

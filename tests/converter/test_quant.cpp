@@ -245,6 +245,7 @@ Case random_case(std::mt19937_64& rng) {
   c.scheme.group_size = gs[rng() % 8];
   c.scheme.axis = int(rng() % uint64_t(2 * rank)) - rank;
   c.scheme.symmetric = rng() % 3 == 0;
+  if (rng() % 2 == 0) c.scheme.zero_point = ZeroPoint::Integer;  // ignored when symmetric
   const DType sd[] = {DType::F16, DType::BF16, DType::F32};
   c.scheme.scale_dtype = sd[rng() % 3];
   c.src = sd[rng() % 3];
@@ -339,16 +340,18 @@ TEST(QuantParity, VectorLayoutsAllBitsAxesAndDtypes) {
       for (bool sym : {false, true})
         for (DType sd : {DType::F16, DType::BF16, DType::F32})
           for (DType src : {DType::F16, DType::BF16, DType::F32})
-            for (int axis : {0, -1}) {
-              Case c;
-              c.shape = sh.dims;
-              c.scheme = {bits, sh.group, axis, sym, sd};
-              c.src = src;
-              c.pattern = int(rng() % 7);
-              if (c.pattern == 3 && src == DType::F16) c.pattern = 1;
-              check_case(c, rng);
-              if (HasFatalFailure()) return;
-            }
+            for (int axis : {0, -1})
+              for (ZeroPoint zp : {ZeroPoint::Float, ZeroPoint::Integer}) {
+                if (sym && zp == ZeroPoint::Integer) continue;
+                Case c;
+                c.shape = sh.dims;
+                c.scheme = {bits, sh.group, axis, sym, sd, zp};
+                c.src = src;
+                c.pattern = int(rng() % 7);
+                if (c.pattern == 3 && src == DType::F16) c.pattern = 1;
+                check_case(c, rng);
+                if (HasFatalFailure()) return;
+              }
 }
 
 TEST(QuantParity, OneElementAndEmptyTensors) {

@@ -153,6 +153,19 @@ Bytes edit_manifest(const std::function<void(json&)>& edit, Codec codec = Codec:
   return with_manifest_text(base, m.dump());
 }
 
+// The same as a version 2.0 file: header and qpack_version both say 2.
+Bytes edit_manifest_v2(const std::function<void(json&)>& edit) {
+  Bytes f = edit_manifest([&](json& m) {
+    m["qpack_version"] = std::to_string(kQpackVersionMajorIntegerZero) + ".0";
+    edit(m);
+  });
+  QpackHeader h = QpackHeader::load(f.data());
+  h.version_major = kQpackVersionMajorIntegerZero;
+  h.seal();
+  h.encode(f.data());
+  return f;
+}
+
 // Section `key` of tensor `name` as (offset, size).
 std::pair<uint64_t, uint64_t> section_of(const Bytes& f, const std::string& name,
                                          const std::string& key) {
@@ -454,7 +467,7 @@ const std::vector<std::pair<std::string, Builder>>& registry() {
     });
     add("qp_future_major_version", [] {
       Bytes f = sample_qpack(Codec::None);
-      edit_header(f, [](QpackHeader& h) { h.version_major = 2; });
+      edit_header(f, [](QpackHeader& h) { h.version_major = kQpackVersionMajorMax + 1; });
       return qp_case("qp_future_major_version", f, E::UnsupportedVersion);
     });
     add("qp_header_size_not_64", [] {
@@ -660,6 +673,50 @@ const std::vector<std::pair<std::string, Builder>>& registry() {
                        tensor_json(m, "w")["quant"]["symmetric"] = true;
                      }),
                      E::ManifestMismatch, "w");
+    });
+    // quant.zero_point (format.md §3.1): "integer" needs a 2.x file, only
+    // asymmetric tensors have one, and its value is "float" or "integer".
+    add("qp_zero_point_integer_in_v1", [] {
+      return qp_case("qp_zero_point_integer_in_v1", edit_manifest([](json& m) {
+                       tensor_json(m, "w")["quant"]["zero_point"] = "integer";
+                     }),
+                     E::ManifestMismatch, "w");
+    });
+    add("qp_zero_point_unknown", [] {
+      return qp_case("qp_zero_point_unknown", edit_manifest_v2([](json& m) {
+                       tensor_json(m, "w")["quant"]["zero_point"] = "int4";
+                     }),
+                     E::UnsupportedScheme, "w");
+    });
+    add("qp_zero_point_wrong_case", [] {
+      return qp_case("qp_zero_point_wrong_case", edit_manifest_v2([](json& m) {
+                       tensor_json(m, "w")["quant"]["zero_point"] = "Integer";
+                     }),
+                     E::UnsupportedScheme, "w");
+    });
+    add("qp_zero_point_not_string", [] {
+      return qp_case("qp_zero_point_not_string", edit_manifest_v2([](json& m) {
+                       tensor_json(m, "w")["quant"]["zero_point"] = 1;
+                     }),
+                     E::BadManifest, "w");
+    });
+    add("qp_zero_point_on_symmetric", [] {
+      return qp_case("qp_zero_point_on_symmetric", edit_manifest_v2([](json& m) {
+                       tensor_json(m, "ws")["quant"]["zero_point"] = "integer";
+                     }),
+                     E::ManifestMismatch, "ws");
+    });
+    add("qp_zero_point_float_on_symmetric", [] {
+      return qp_case("qp_zero_point_float_on_symmetric", edit_manifest([](json& m) {
+                       tensor_json(m, "ws")["quant"]["zero_point"] = "float";
+                     }),
+                     E::ManifestMismatch, "ws");
+    });
+    add("qp_v2_header_v1_manifest", [] {
+      Bytes f =
+          edit_manifest([](json& m) { tensor_json(m, "w")["quant"]["zero_point"] = "integer"; });
+      edit_header(f, [](QpackHeader& h) { h.version_major = kQpackVersionMajorIntegerZero; });
+      return qp_case("qp_v2_header_v1_manifest", f, E::ManifestMismatch);
     });
     add("qp_asymmetric_without_zeros", [] {
       return qp_case("qp_asymmetric_without_zeros", edit_manifest([](json& m) {

@@ -48,6 +48,13 @@ struct QuantSpec {
   std::vector<uint8_t> codes, scales, zeros;
 };
 
+// The manifest's "quant" object of tensor `name`.
+const json& corpus_quant(const QpackFile& f, const std::string& name) {
+  for (const json& t : f.manifest()["tensors"])
+    if (t["name"] == name) return t["quant"];
+  throw std::runtime_error("no tensor " + name);
+}
+
 std::vector<RawSpec> raw_specs(std::mt19937_64& rng, bool compressible) {
   std::vector<RawSpec> out;
   const std::vector<std::vector<int64_t>> shapes = {{}, {1}, {0}, {5, 0}, {3, 7}, {2, 2, 3}, {100}};
@@ -411,6 +418,54 @@ TEST(Container, WriterRejectsMisuse) {
   EXPECT_EQ(code([&] { w.add_raw("b", DType::U8, {4}, d.data(), 4); }), ErrorCode::InvalidArgument);
   const auto f = QpackFile::open(dir.file("m.qpack"));
   EXPECT_EQ(f->tensors().size(), 1u);
+}
+
+// A tensor with integer zero-points makes the file version 2.0 (1.x readers
+// refuse it) and records quant.zero_point; the float rule's tensors beside it
+// carry no zero_point key, and a file of float-rule tensors only stays 1.0.
+TEST(Container, IntegerZeroPointIsVersion2AndRoundTrips) {
+  TempDir dir;
+  std::mt19937_64 rng(test::test_seed() + 9);
+  for (const bool with_integer : {false, true}) {
+    const std::string path = dir.file(with_integer ? "int.qpack" : "float.qpack");
+    QuantScheme fl;
+    fl.bits = 4;
+    fl.group_size = 8;
+    fl.axis = 1;
+    QuantScheme in = fl;
+    in.zero_point = ZeroPoint::Integer;
+    QuantScheme sym = fl;
+    sym.symmetric = true;
+    sym.zero_point = ZeroPoint::Integer;  // ignored: symmetric has none
+    const GroupLayout L = make_layout({4, 16}, fl);
+    const auto codes = random_bytes(rng, L.codes_bytes()),
+               params = random_bytes(rng, L.params_bytes(fl.scale_dtype));
+    {
+      QpackWriter w(path, WriterOptions{});
+      w.add_quantized("float", DType::F16, {4, 16}, fl, codes.data(), params.data(), params.data());
+      if (with_integer)
+        w.add_quantized("int", DType::F16, {4, 16}, in, codes.data(), params.data(), params.data());
+      w.add_quantized("sym", DType::F16, {4, 16}, sym, codes.data(), params.data(), nullptr);
+      w.commit();
+    }
+    const auto f = QpackFile::open(path);
+    EXPECT_EQ(f->version_major(), with_integer ? 2 : 1);
+    EXPECT_EQ(f->manifest()["qpack_version"], with_integer ? "2.0" : "1.0");
+    EXPECT_EQ(f->find("float")->scheme.zero_point, ZeroPoint::Float);
+    EXPECT_FALSE(corpus_quant(*f, "float").contains("zero_point"));
+    EXPECT_FALSE(corpus_quant(*f, "sym").contains("zero_point"));
+    EXPECT_TRUE(f->find("sym")->scheme.symmetric);
+    if (with_integer) {
+      const QpackTensor* t = f->find("int");
+      ASSERT_NE(t, nullptr);
+      EXPECT_EQ(t->scheme.zero_point, ZeroPoint::Integer);
+      EXPECT_FALSE(t->scheme == f->find("float")->scheme);
+      EXPECT_EQ(corpus_quant(*f, "int")["zero_point"], "integer");
+      expect_bytes(*f, *t, t->zeros, params);
+      expect_bytes(*f, *t, t->codes, codes);
+    }
+    f->check_all();
+  }
 }
 
 // Every tensor of a checkpoint kept raw: the source bytes come back exactly

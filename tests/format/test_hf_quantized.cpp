@@ -253,7 +253,7 @@ TEST(HfQuantized, ReadsWhatQpacksExporterWrites) {
     const auto conv = test::run_qpack(
         "convert " + src + "/model.safetensors " + qp + " --axis -1 -b " + std::to_string(x.bits) +
         " -g " + (x.group == 0 ? std::string("all") : std::to_string(x.group)) +
-        (x.sym ? " --symmetric" : " --asymmetric") + " --scale-dtype " + sd +
+        (x.sym ? " --symmetric" : " --asymmetric --zero-point integer") + " --scale-dtype " + sd +
         " --skip '*embed_tokens*' --skip 'lm_head*' --skip '*norm*' -q");
     ASSERT_EQ(conv.exit_code, 0) << conv.output;
     const auto d1 = test::run_qpack("dequantize " + out + " " + dir.file(tag + "_f.safetensors") +

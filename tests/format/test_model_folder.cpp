@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "qpack/format/checkpoint.hpp"
@@ -276,6 +277,31 @@ TEST(ModelFolder, PythonSafetensorsReadsTheFolderAsHfDoes) {
   if (r.exit_code == 77) GTEST_SKIP() << "python3 cannot import numpy and safetensors";
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("ok: 14 tensors"), std::string::npos) << r.output;
+}
+
+TEST(ModelFolder, WritesFromSeveralThreadsAtOnce) {
+  // Exporters write slices of several tensors from worker threads.
+  std::mt19937_64 rng(test::test_seed());
+  std::vector<Declared> ds;
+  for (int i = 0; i < 24; ++i)
+    ds.push_back(make_bytes("t" + std::to_string(i), 1000 + rng() % 5000, rng));
+  TempDir dir;
+  ModelFolderOptions opt;
+  opt.max_shard_bytes = 20000;
+  ModelFolderWriter w(dir.file("m"), declarations(ds), opt);
+  std::vector<std::thread> threads;
+  for (int k = 0; k < 4; ++k)
+    threads.emplace_back([&, k] {
+      // Thread k writes every 4th 97-byte piece of every tensor.
+      for (size_t i = 0; i < ds.size(); ++i)
+        for (uint64_t off = uint64_t(k) * 97; off < ds[i].t.nbytes; off += 4 * 97)
+          w.write(i, off, ds[i].bytes.data() + off, std::min<uint64_t>(97, ds[i].t.nbytes - off));
+    });
+  for (auto& t : threads) t.join();
+  w.commit();
+  std::vector<size_t> shard_of;
+  for (size_t i = 0; i < ds.size(); ++i) shard_of.push_back(w.shard_of(i));
+  expect_folder_holds(dir.file("m"), ds, w.shard_names(), shard_of);
 }
 
 TEST(ModelFolder, MissingBytesAreRefusedAndNothingIsLeft) {

@@ -234,11 +234,12 @@ std::vector<Config> configs() {
   std::vector<Config> out;
   for (DType dt : {DType::F16, DType::BF16, DType::F32})
     for (int bits : {2, 3, 4, 8})
-      for (bool sym : {false, true})
+      for (int kind = 0; kind < 3; ++kind)  // float zero-points, symmetric, integer zero-points
         for (DType sd : {DType::F16, DType::BF16, DType::F32}) {
           QuantScheme s;
           s.bits = bits;
-          s.symmetric = sym;
+          s.symmetric = kind == 1;
+          if (kind == 2) s.zero_point = ZeroPoint::Integer;
           s.scale_dtype = sd;
           out.push_back({dt, s});
         }
@@ -408,6 +409,7 @@ TEST(CudaQuant, DequantizeToHalfTypesRoundsLikeTheHost) {
         s.axis = c.axis;
         s.group_size = c.group;
         s.symmetric = rng() & 1;
+        if (rng() & 1) s.zero_point = ZeroPoint::Integer;  // asymmetric: (q - z) * S
         s.scale_dtype = rng() & 1 ? DType::F32 : DType::F16;
         const GroupLayout L = make_layout(c.shape, s, "t");
         // Arbitrary codes (padding bits included) and finite parameters.
@@ -597,10 +599,12 @@ TEST(CudaQuant, LargeTensorsMatchTheReference) {
   REQUIRE_GPU();
   std::mt19937_64 rng(test::test_seed() + 7);
   for (int axis : {0, -1})
-    for (bool sym : {false, true}) {
+    for (int kind = 0; kind < 3; ++kind) {  // float zero-points, symmetric, integer zero-points
+      const bool sym = kind == 1;
       QuantScheme s;
       s.axis = axis;
       s.symmetric = sym;
+      if (kind == 2) s.zero_point = ZeroPoint::Integer;
       s.bits = sym ? 8 : 4;
       s.group_size = axis == 0 ? 64 : 32;
       const GroupLayout L = make_layout({quick() ? 2048 : 4096, 2048}, s, "m");

@@ -95,13 +95,14 @@ TEST(VerifyMetrics, MatchesFloat64ReferenceOnEveryScheme) {
   const int64_t groups[] = {8, 16, 64, 0, 96, 128, 10};
   const DType sources[] = {DType::F32, DType::F16, DType::BF16};
   for (int bits : {2, 3, 4, 8})
-    for (bool sym : {false, true})
+    for (int kind = 0; kind < 3; ++kind)  // symmetric, float and integer zero-points
       for (DType sd : {DType::F16, DType::BF16, DType::F32})
         for (int rep = 0; rep < 2; ++rep) {
           const auto& shape = shapes[rng() % shapes.size()];
           QuantScheme s;
           s.bits = bits;
-          s.symmetric = sym;
+          s.symmetric = kind == 0;
+          s.zero_point = kind == 2 ? ZeroPoint::Integer : ZeroPoint::Float;
           s.scale_dtype = sd;
           s.group_size = groups[rng() % std::size(groups)];
           s.axis = int(rng() % shape.size()) - (rng() % 2 ? int(shape.size()) : 0);
@@ -241,6 +242,7 @@ TEST(VerifyMetrics, DeviceBoundEqualsErrorBound) {
     QuantScheme s;
     s.bits = std::array<int, 4>{2, 3, 4, 8}[rng() % 4];
     s.symmetric = rng() % 2;
+    if (rng() % 2) s.zero_point = ZeroPoint::Integer;
     s.scale_dtype = std::array<DType, 3>{DType::F16, DType::BF16, DType::F32}[rng() % 3];
     const auto pick = [&]() -> double {
       switch (rng() % 6) {
@@ -254,7 +256,9 @@ TEST(VerifyMetrics, DeviceBoundEqualsErrorBound) {
     };
     const double sc = std::fabs(pick()), m = s.symmetric ? 0.0 : pick(), x = pick();
     const double q = s.symmetric ? qmax_sym(s.bits) : qmax_asym(s.bits);
-    const spec::BoundTerms bt = spec::bound_terms(sc, m, q, s.symmetric, s.scale_dtype);
+    const bool float_zero = !s.symmetric && s.zero_point == ZeroPoint::Float;
+    const spec::BoundTerms bt =
+        spec::bound_terms(sc, float_zero ? m : 0.0, q, float_zero, s.scale_dtype);
     const double mine = spec::bound_for(bt, x), want = test::reference_error_bound(x, sc, m, s);
     ASSERT_TRUE(same_bits(mine, want)) << "s=" << sc << " m=" << m << " x=" << x << " "
                                        << scheme_label(s) << ": " << mine << " vs " << want;

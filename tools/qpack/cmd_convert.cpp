@@ -6,6 +6,7 @@
 #include "progress_bar.hpp"
 #include "qpack/converter/convert.hpp"
 #include "qpack/converter/export_gguf.hpp"
+#include "qpack/converter/export_hf.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/text.hpp"
 
@@ -20,6 +21,7 @@ struct ConvertArgs {
   int axis = 0;
   bool symmetric = false;
   std::string scale_dtype = "f16";
+  std::string zero_point = "float";
   std::vector<std::string> skips, rules;
   std::string recipe_file;
   int min_dims = 2;
@@ -34,6 +36,7 @@ struct ConvertArgs {
   CLI::Option* axis_opt = nullptr;
   CLI::Option* sym_opt = nullptr;
   CLI::Option* scale_opt = nullptr;
+  CLI::Option* zero_opt = nullptr;
   bool force = false, dry_run = false, quiet = false, json = false;
   bool require_quantized = false;
   // GGUF output (docs/gguf.md "Writing GGUF").
@@ -45,19 +48,32 @@ struct ConvertArgs {
   CLI::Option* format_opt = nullptr;
   CLI::Option* type_opt = nullptr;
   std::vector<std::pair<std::string, CLI::Option*>> qpack_only, gguf_only;
+  // Hugging Face folder output (docs/hf-quantized.md).
+  std::string max_shard_size = "5GB";
+  std::vector<std::string> includes;
+  CLI::Option* shard_opt = nullptr;
+  CLI::Option* include_opt = nullptr;
   CLI::Option* device_opt = nullptr;
+  CLI::Option* rule_opt = nullptr;
+  CLI::Option* recipe_opt = nullptr;
+  CLI::Option* require_opt = nullptr;
+  std::vector<std::pair<std::string, CLI::Option*>> hf_only;
 };
 
 bool ends_with(const std::string& s, const std::string& e) {
   return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0;
 }
 
-// gguf or qpack: --format, else OUTPUT's extension, else (a dry run with no
-// OUTPUT) gguf when --type was given.
+// gguf, qpack, compressed-tensors or gptq: --format, else OUTPUT's
+// extension, else (a dry run with no OUTPUT) gguf when --type was given.
+// The folder formats are only ever chosen by --format.
 std::string output_format(const ConvertArgs& a) {
   if (!a.format.empty()) {
-    if (a.format != "gguf" && a.format != "qpack")
-      throw Error(ErrorCode::InvalidArgument, "", "", "--format must be 'gguf' or 'qpack'");
+    if (a.format != "gguf" && a.format != "qpack" && a.format != "compressed-tensors" &&
+        a.format != "gptq")
+      throw Error(ErrorCode::InvalidArgument, "", "",
+                  "--format must be 'qpack', 'gguf', "
+                  "'compressed-tensors' or 'gptq'");
     return a.format;
   }
   if (!a.output.empty()) return ends_with(a.output, ".gguf") ? "gguf" : "qpack";
@@ -66,16 +82,15 @@ std::string output_format(const ConvertArgs& a) {
 
 // Options of the other format are refused by name rather than ignored.
 void refuse_options(const std::vector<std::pair<std::string, CLI::Option*>>& opts,
-                    const std::string& format) {
+                    const std::string& format, const std::string& hint) {
   for (const auto& [name, opt] : opts) {
     if (opt->count() > 0)
       throw Error(ErrorCode::InvalidArgument, "", "",
-                  name + " is not an option for " + format + " output" +
-                      (format == "GGUF" ? " (GGUF types come from --type, --pure and "
-                                          "--tensor-type; docs/gguf.md)"
-                                        : " (it is for OUT.gguf or --format gguf)"));
+                  name + " is not an option for " + format + " output (" + hint + ")");
   }
 }
+const char* kGgufHint = "it is for OUT.gguf or --format gguf";
+const char* kHfHint = "it is for --format compressed-tensors or gptq; docs/hf-quantized.md";
 
 void print_gguf_plan(const GgufExportPlan& plan) {
   std::vector<std::string> names;
@@ -124,6 +139,18 @@ Recipe build_recipe(const ConvertArgs& a) {
   }
   if (*a.axis_opt) r.defaults.axis = a.axis;
   if (*a.sym_opt) r.defaults.symmetric = a.symmetric;
+  if (*a.zero_opt) {
+    const auto zp = zero_point_from_string(a.zero_point);
+    if (!zp)
+      throw Error(ErrorCode::InvalidArgument, "", "",
+                  "--zero-point must be 'float' or 'integer', not '" + a.zero_point + "'");
+    // Symmetric codes have no zero-point: asking for both is a mistake.
+    // (Recipe defaults may say both: rules can make single tensors asymmetric.)
+    if (*a.sym_opt && a.symmetric)
+      throw Error(ErrorCode::InvalidArgument, "", "",
+                  "--zero-point applies to asymmetric schemes; --symmetric has no zero-point");
+    r.defaults.zero_point = *zp;
+  }
   if (*a.scale_opt) {
     r.defaults.scale_dtype = parse_float_dtype_flag("--scale-dtype", a.scale_dtype);
   }
@@ -184,7 +211,9 @@ void print_warnings(const std::vector<std::string>& warnings) {
 }
 
 int run_gguf(ConvertArgs& a) {
-  refuse_options(a.qpack_only, "GGUF");
+  refuse_options(a.qpack_only, "GGUF",
+                 "GGUF types come from --type, --pure and --tensor-type; docs/gguf.md");
+  refuse_options(a.hf_only, "GGUF", kHfHint);
   GgufExportOptions o;
   o.type = a.gguf_type;
   find_gguf_file_type(o.type);  // an unknown --type before anything is read
@@ -236,9 +265,154 @@ int run_gguf(ConvertArgs& a) {
   return kExitOk;
 }
 
+// "5GB", "500MB", "2GiB", "1000000": HF's units (KB/MB/GB powers of 10,
+// KiB/MiB/GiB powers of 2).
+uint64_t parse_shard_size(const std::string& text) {
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  std::string unit = text.substr(used);
+  for (auto& c : unit) c = char(std::toupper(static_cast<unsigned char>(c)));
+  static const std::pair<const char*, double> kUnits[] = {{"", 1},
+                                                          {"B", 1},
+                                                          {"KB", 1e3},
+                                                          {"MB", 1e6},
+                                                          {"GB", 1e9},
+                                                          {"TB", 1e12},
+                                                          {"KIB", 1024.0},
+                                                          {"MIB", 1048576.0},
+                                                          {"GIB", 1073741824.0},
+                                                          {"TIB", 1099511627776.0}};
+  if (used > 0 && v > 0)
+    for (const auto& [name, mult] : kUnits)
+      if (unit == name && v * mult >= 1 && v * mult < 1.8e19) return uint64_t(v * mult);
+  throw Error(
+      ErrorCode::InvalidArgument, "", "",
+      "--max-shard-size must be a positive size such as 5GB, 500MB or 2GiB, not '" + text + "'");
+}
+
+void print_hf_plan(const HfExportPlan& plan) {
+  std::vector<std::string> names;
+  size_t w = 6;
+  for (const auto& e : plan.tensors) {
+    names.push_back(escape_for_terminal(e.name));
+    w = std::max(w, display_width(names.back()));
+  }
+  std::printf("%s  %-14s %-5s %-10s %12s %12s  %s\n", pad_to_width("tensor", w).c_str(), "shape",
+              "dtype", "action", "bytes in", "bytes out", "why");
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    const HfPlanEntry& e = plan.tensors[i];
+    std::printf("%s  %-14s %-5s %-10s %12llu %12llu  %s\n", pad_to_width(names[i], w).c_str(),
+                shape_to_string(e.shape).c_str(), dtype_name(e.dtype),
+                e.quantized ? "quantize" : "keep", static_cast<unsigned long long>(e.bytes_in),
+                static_cast<unsigned long long>(e.bytes_out),
+                escape_for_terminal(e.reason).c_str());
+  }
+  const QuantScheme& s = plan.scheme;
+  std::printf("%s: %d-bit %s, %s, %s scales; ignore [", hf_format_name(plan.format), s.bits,
+              s.symmetric ? "symmetric" : "asymmetric (integer zero-point)",
+              s.group_size > 0 ? ("group " + std::to_string(s.group_size)).c_str() : "channel-wise",
+              dtype_name(s.scale_dtype));
+  for (size_t i = 0; i < plan.ignore.size(); ++i)
+    std::printf("%s%s", i ? ", " : "", escape_for_terminal(plan.ignore[i]).c_str());
+  std::printf("]\ntotal: %s (%zu quantized), %s -> %s (%s)\n",
+              count_of(plan.tensors.size(), "tensor").c_str(), plan.tensors_quantized,
+              format_bytes(plan.bytes_in).c_str(), format_bytes(plan.bytes_out).c_str(),
+              format_ratio(compression_ratio(plan.bytes_in, plan.bytes_out)).c_str());
+}
+
+int run_hf(ConvertArgs& a, HfFormat format) {
+  refuse_options(a.gguf_only, hf_format_name(format), kGgufHint);
+  refuse_options({{"--rule", a.rule_opt},
+                  {"--recipe", a.recipe_opt},
+                  {"--min-dims", a.min_dims_opt},
+                  {"--zstd", a.zstd},
+                  {"--require-quantized", a.require_opt}},
+                 hf_format_name(format), "a .qpack option; docs/hf-quantized.md");
+  HfExportOptions o;
+  o.format = format;
+  if (*a.bits_opt) o.bits = a.bits;
+  if (*a.group_opt) {
+    if (a.group_size == "all") {
+      o.group_size = 0;
+    } else {
+      try {
+        size_t used = 0;
+        o.group_size = std::stoll(a.group_size, &used);
+        if (used != a.group_size.size()) throw std::invalid_argument(a.group_size);
+      } catch (const std::exception&) {
+        throw Error(ErrorCode::InvalidArgument, "", "", "--group-size must be an integer or 'all'");
+      }
+    }
+  }
+  if (*a.axis_opt && a.axis != -1 && a.axis != 1)
+    throw Error(ErrorCode::InvalidArgument, "", "",
+                std::string(hf_format_name(format)) +
+                    " groups along the input dimension: --axis must be -1 (or left out)");
+  if (*a.sym_opt) o.symmetric = a.symmetric;
+  if (*a.scale_opt) o.scale_dtype = parse_float_dtype_flag("--scale-dtype", a.scale_dtype);
+  o.skip = a.skips;
+  o.include = a.includes;
+  if (a.nonfinite == "error")
+    o.nonfinite = NonFinitePolicy::Error;
+  else if (a.nonfinite == "zero")
+    o.nonfinite = NonFinitePolicy::Zero;
+  else
+    throw Error(ErrorCode::InvalidArgument, "", "", "--nonfinite must be 'error' or 'zero'");
+  o.max_shard_bytes = parse_shard_size(a.max_shard_size);
+  if (a.dry_run) {
+    const HfExportPlan plan = plan_hf_export(a.source, o);
+    if (a.json) {
+      nlohmann::json j = plan.to_json();
+      j["dry_run"] = true;
+      std::printf("%s\n", j.dump(2).c_str());
+    } else {
+      print_hf_plan(plan);
+    }
+    print_warnings(plan.warnings);
+    return kExitOk;
+  }
+  if (a.output.empty())
+    throw Error(ErrorCode::InvalidArgument, "", "", "convert needs OUTPUT (or --dry-run)");
+  o.overwrite = a.force;
+  auto quantizer = make_quantizer(a.device.value(), a.threads);
+  ProgressBar bar("convert", !a.quiet && !a.json);
+  o.progress = [&bar](size_t t, size_t tt, uint64_t b, uint64_t bt, const std::string& name) {
+    bar.update(b, bt, t, tt, name);
+  };
+  const HfExportSummary s = export_hf(a.source, a.output, o, *quantizer);
+  bar.finish();
+  if (a.json) {
+    nlohmann::json j = s.to_json();
+    j["output"] = a.output;
+    j["source"] = a.source;
+    std::printf("%s\n", j.dump(2).c_str());
+  } else if (!a.quiet) {
+    std::printf("qpack convert: %s (%zu quantized) -> %s/ (%s, %s)\n",
+                count_of(s.plan.tensors.size(), "tensor").c_str(), s.plan.tensors_quantized,
+                escape_for_terminal(a.output).c_str(), hf_format_name(s.plan.format),
+                count_of(s.shards.size(), "shard").c_str());
+    std::printf("  in  %s   out %s   ratio %s\n", format_bytes(s.plan.bytes_in).c_str(),
+                format_bytes(s.plan.bytes_out).c_str(),
+                format_ratio(compression_ratio(s.plan.bytes_in, s.plan.bytes_out)).c_str());
+    std::printf("  time %.2f s   %.2f GB/s   device %s\n", s.seconds,
+                s.seconds > 0 ? double(s.plan.bytes_in) / s.seconds / 1e9 : 0.0, s.device.c_str());
+  }
+  print_warnings(s.plan.warnings);
+  return kExitOk;
+}
+
 int run_convert(ConvertArgs& a) {
-  if (output_format(a) == "gguf") return run_gguf(a);
-  refuse_options(a.gguf_only, ".qpack");
+  const std::string format = output_format(a);
+  if (format == "gguf") return run_gguf(a);
+  if (format == "compressed-tensors") return run_hf(a, HfFormat::CompressedTensors);
+  if (format == "gptq") return run_hf(a, HfFormat::Gptq);
+  refuse_options(a.gguf_only, ".qpack", kGgufHint);
+  refuse_options(a.hf_only, ".qpack", kHfHint);
   ConvertOptions o;
   o.recipe = build_recipe(a);
   if (a.nonfinite == "error")
@@ -309,18 +483,25 @@ Runner add_convert(CLI::App& app) {
       "  --skip '*embed_tokens*' --rule '*.mlp.down_proj.weight:bits=8,group=128,scale=bf16'\n"
       "Recipe file: {\"defaults\": {\"bits\": 4, \"group_size\": 64, \"axis\": 0, \"symmetric\": "
       "false,\n"
-      "  \"scale_dtype\": \"f16\"}, \"min_dims\": 2, \"rules\": [{\"match\": \"lm_head*\", "
+      "  \"scale_dtype\": \"f16\", \"zero_point\": \"float\"}, \"min_dims\": 2, \"rules\": "
+      "[{\"match\": \"lm_head*\", "
       "\"skip\": true}]}\n"
       "GGUF output (OUT.gguf or --format gguf), from a GGUF or a Llama-family safetensors model:\n"
       "  qpack convert model/ out.gguf --type Q4_K_M [--pure] [--tensor-type 'attn_v=q8_0']\n"
       "  [--vocab-from vocab.gguf]; types and rules as llama-quantize's (docs/gguf.md).\n"
+      "Hugging Face model folder (--format compressed-tensors or gptq), from a safetensors model:\n"
+      "  qpack convert model/ out/ --format compressed-tensors [-b 4|8|2] [-g 32|64|128|all]\n"
+      "  [--asymmetric] [--scale-dtype bf16] [--max-shard-size 5GB]; defaults W4A16: 4 bits,\n"
+      "  symmetric, group 128 along the input dimension (docs/hf-quantized.md).\n"
       "See docs/quantization.md, docs/gguf.md and docs/cli.md.");
   sub->add_option("SOURCE", a->source,
                   ".safetensors file, model.safetensors.index.json, or a folder")
       ->required();
   sub->add_option("OUTPUT", a->output, "the .qpack or .gguf file to write");
-  a->format_opt = sub->add_option("--format", a->format,
-                                  "gguf or qpack (default: from OUTPUT's extension, .gguf = gguf)");
+  a->format_opt = sub->add_option(
+      "--format", a->format,
+      "qpack, gguf, compressed-tensors or gptq (default: from OUTPUT's extension, .gguf = gguf; "
+      "the last two write a model folder OUTPUT)");
   a->type_opt = sub->add_option(
       "--type", a->gguf_type,
       "GGUF: llama-quantize file type: Q4_K_M (default), Q4_K_S, Q5_K_M, Q5_K_S, Q3_K_M, Q3_K_L, "
@@ -346,6 +527,9 @@ Runner add_convert(CLI::App& app) {
       sub->add_option("--axis", a->axis, "grouping axis; negative counts from the end (default 0)");
   a->sym_opt = sub->add_flag("--symmetric,!--asymmetric", a->symmetric,
                              "symmetric absmax codes, no zero-point (default asymmetric)");
+  a->zero_opt = sub->add_option("--zero-point", a->zero_point,
+                                "asymmetric zero-points: 'float' (the group minimum, default) or "
+                                "'integer' (compressed-tensors/GPTQ: range includes 0)");
   a->scale_opt = sub->add_option("--scale-dtype", a->scale_dtype,
                                  "scale/zero-point dtype: f16, bf16, f32, any case (default f16)");
   // One value per occurrence, repeated for more: a vector option would
@@ -376,11 +560,25 @@ Runner add_convert(CLI::App& app) {
   add_quiet_flag(sub, &a->quiet, "no progress bar, no summary");
   auto* require = sub->add_flag("--require-quantized", a->require_quantized,
                                 "fail (exit 3) before writing when no tensor would be quantized");
+  a->rule_opt = rule;
+  a->recipe_opt = recipe;
+  a->require_opt = require;
+  a->shard_opt = sub->add_option("--max-shard-size", a->max_shard_size,
+                                 "compressed-tensors/gptq: largest safetensors shard (default "
+                                 "5GB; KB/MB/GB are powers of 10, KiB/MiB/GiB of 2)");
+  a->include_opt = sub->add_option("--include", a->includes,
+                                   "compressed-tensors/gptq: also quantize Linear weights "
+                                   "matching this glob (repeatable; anything else is an error)")
+                       ->expected(1)
+                       ->allow_extra_args(false)
+                       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  a->hf_only = {{"--max-shard-size", a->shard_opt}, {"--include", a->include_opt}};
   a->qpack_only = {{"--bits", a->bits_opt},
                    {"--group-size", a->group_opt},
                    {"--axis", a->axis_opt},
                    {"--symmetric/--asymmetric", a->sym_opt},
                    {"--scale-dtype", a->scale_opt},
+                   {"--zero-point", a->zero_opt},
                    {"--skip", skip},
                    {"--rule", rule},
                    {"--recipe", recipe},

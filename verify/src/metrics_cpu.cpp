@@ -141,6 +141,9 @@ std::unique_ptr<CudaMetricsEngine> CudaMetricsEngine::create(uint64_t chunk_byte
 ErrorSums CudaMetricsEngine::compute(const QuantTensorView& view) {
   check_view(view);
   const spec::CompareGeometry g = spec::make_geometry(view.layout, view.scheme, view.source_dtype);
+  // The compare kernels do not decode integer zero-points yet; the CPU pass
+  // gives the same bits by construction (error_sums.hpp).
+  if (g.integer_zero) return compute_error_sums_cpu(view, 0);
   std::vector<PartialSums> blocks(static_cast<size_t>(g.blocks));
   const spec::ChunkView v{view.source, view.codes, view.scales, view.zeros,       0,
                           0,           0,          0,           view.layout.inner};
@@ -151,10 +154,11 @@ ErrorSums CudaMetricsEngine::compute(const QuantTensorView& view) {
 ErrorSums CudaMetricsEngine::compute_device(const QuantTensorView& view, float* kernel_ms) {
   check_view(view);
   const spec::CompareGeometry g = spec::make_geometry(view.layout, view.scheme, view.source_dtype);
+  if (kernel_ms) *kernel_ms = 0.0f;
+  if (g.integer_zero) return compute_error_sums_cpu(view, 0);  // as compute()
   std::vector<PartialSums> blocks(static_cast<size_t>(g.blocks));
   const spec::ChunkView v{view.source, view.codes, view.scales, view.zeros,       0,
                           0,           0,          0,           view.layout.inner};
-  if (kernel_ms) *kernel_ms = 0.0f;
   if (g.blocks > 0) vcuda::compute_device(impl_->state, g, v, blocks.data(), kernel_ms, view.name);
   return reduce_block_partials(blocks.data(), g.blocks);
 }

@@ -142,11 +142,14 @@ nlohmann::json verify_report_json(const VerifyReport& rep) {
     o["quantized"] = t.quantized;
     o["ggml_type"] = t.ggml_type.empty() ? nlohmann::json(nullptr) : nlohmann::json(t.ggml_type);
     if (t.quantized && t.ggml_type.empty())
-      o["scheme"] = {{"bits", t.scheme.bits},
-                     {"group_size", t.scheme.group_size},
-                     {"axis", t.scheme.axis},
-                     {"symmetric", t.scheme.symmetric},
-                     {"scale_dtype", dtype_name(t.scheme.scale_dtype)}};
+      o["scheme"] = {
+          {"bits", t.scheme.bits},
+          {"group_size", t.scheme.group_size},
+          {"axis", t.scheme.axis},
+          {"symmetric", t.scheme.symmetric},
+          {"zero_point", t.scheme.symmetric ? nlohmann::json(nullptr)
+                                            : nlohmann::json(zero_point_name(t.scheme.zero_point))},
+          {"scale_dtype", dtype_name(t.scheme.scale_dtype)}};
     else
       o["scheme"] = nullptr;
     o["elements"] = t.elements;

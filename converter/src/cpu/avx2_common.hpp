@@ -72,10 +72,15 @@ QPACK_AVX2 inline __m256 finite_mask(__m256 v) {
   return _mm256_cmp_ps(av, _mm256_set1_ps(__builtin_inff()), _CMP_LT_OQ);
 }
 
-// Group parameters of 8 groups at once (qp_params_asym / qp_params_sym,
-// lane-wise). Returns the lanes whose scale or zero overflowed.
+// Group parameters of 8 groups at once (spec::params_asym, params_asym_int,
+// params_sym, lane-wise). Returns the lanes whose scale or zero overflowed.
+// `zero` is the stored zero-point (M, or the integer z as a float); the
+// asymmetric encode is t = rint(fl(fl(x - sub) * inv)) + add, with sub = M,
+// add = 0 (float rule) or sub = +0, add = z (integer rule: x - +0 = x
+// exactly, then round first and add z in integers, as encode_asym_int).
 struct Params8 {
-  __m256 scale, zero, inv;
+  __m256 scale, zero, inv, sub;
+  __m256i add;
   __m128i scale16, zero16;
 };
 
@@ -89,6 +94,15 @@ __attribute__((always_inline)) QPACK_AVX2 inline int params8(__m256 mn_or_amax, 
     p->scale = round_to_scale(s32, s.scale_dtype, &p->scale16);
     p->zero = zero;
     p->zero16 = _mm_setzero_si128();
+    overflow = ~_mm256_movemask_ps(finite_mask(p->scale)) & 0xff;
+  } else if (has_integer_zero(s)) {
+    // min(mn, +0) and max(mx, +0): minps/maxps return the second operand
+    // unless the first is strictly smaller/larger, so -0 gives +0 as well.
+    const __m256 mn = _mm256_add_ps(_mm256_min_ps(mn_or_amax, zero), zero);
+    const __m256 mxc = _mm256_add_ps(_mm256_max_ps(mx, zero), zero);
+    s32 = _mm256_div_ps(_mm256_sub_ps(mxc, mn), _mm256_set1_ps(float(qmax_asym(s.bits))));
+    p->scale = round_to_scale(s32, s.scale_dtype, &p->scale16);
+    p->zero = _mm256_xor_ps(mn, _mm256_set1_ps(-0.0f));  // -mn, until z is known (below)
     overflow = ~_mm256_movemask_ps(finite_mask(p->scale)) & 0xff;
   } else {
     const __m256 mn = _mm256_add_ps(mn_or_amax, zero);  // -0 -> +0
@@ -110,6 +124,19 @@ __attribute__((always_inline)) QPACK_AVX2 inline int params8(__m256 mn_or_amax, 
   const __m128i ok16 = _mm_packs_epi32(_mm256_castsi256_si128(_mm256_castps_si256(ok)),
                                        _mm256_extracti128_si256(_mm256_castps_si256(ok), 1));
   p->scale16 = _mm_and_si128(p->scale16, ok16);
+  if (!s.symmetric && has_integer_zero(s)) {
+    // z = min(max(rint(fl(-mn * inv)), +0), Q); -0 from mn = +0 becomes +0.
+    const __m256 t = _mm256_round_ps(_mm256_mul_ps(p->zero, p->inv),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 z =
+        _mm256_min_ps(_mm256_max_ps(t, zero), _mm256_set1_ps(float(qmax_asym(s.bits))));
+    p->zero = round_to_scale(z, s.scale_dtype, &p->zero16);  // exact: an integer <= 255
+    p->sub = zero;
+    p->add = _mm256_cvttps_epi32(z);
+  } else {
+    p->sub = p->zero;
+    p->add = _mm256_setzero_si256();
+  }
   return overflow;
 }
 
@@ -173,12 +200,13 @@ QPACK_AVX2 inline EncodeConsts encode_consts(const QuantScheme& s) {
 // changes): the same as rint() followed by the clamp done in integers, since
 // |t| stays far below 2^31 for elements of the group.
 template <bool SYM>
-QPACK_AVX2 inline __m256i encode8(__m256 x, __m256 zero, __m256 inv, const EncodeConsts& c) {
+QPACK_AVX2 inline __m256i encode8(__m256 x, const Params8& p, const EncodeConsts& c) {
   if constexpr (SYM) {
-    const __m256i t = _mm256_cvtps_epi32(_mm256_mul_ps(x, inv));
+    const __m256i t = _mm256_cvtps_epi32(_mm256_mul_ps(x, p.inv));
     return _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(t, c.lo), c.hi), c.offset);
   } else {
-    const __m256i t = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x, zero), inv));
+    const __m256i t =
+        _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x, p.sub), p.inv)), p.add);
     return _mm256_min_epi32(_mm256_max_epi32(t, c.lo), c.hi);
   }
 }
@@ -208,10 +236,15 @@ QPACK_AVX2 inline __m256i codes32(__m256 x0, __m256 x1, __m256 x2, __m256 x3, co
     t2 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x2, p2.inv)), c.offset);
     t3 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x3, p3.inv)), c.offset);
   } else {
-    t0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x0, p0.zero), p0.inv));
-    t1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x1, p1.zero), p1.inv));
-    t2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x2, p2.zero), p2.inv));
-    t3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x3, p3.zero), p3.inv));
+    // + add: 0 (float rule) or z; a sum above 255 saturates below, then clamps to Q.
+    t0 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x0, p0.sub), p0.inv)),
+                          p0.add);
+    t1 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x1, p1.sub), p1.inv)),
+                          p1.add);
+    t2 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x2, p2.sub), p2.inv)),
+                          p2.add);
+    t3 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x3, p3.sub), p3.inv)),
+                          p3.add);
   }
   __m256i b = _mm256_packus_epi16(_mm256_packus_epi32(t0, t1), _mm256_packus_epi32(t2, t3));
   b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));

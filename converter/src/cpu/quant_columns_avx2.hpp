@@ -102,17 +102,14 @@ QPACK_AVX2 void column_block(const QuantInput& in, const GroupLayout& L, const Q
   int nbits = 0;
   for (int64_t k = 0, e = row0; k < len; ++k, e += inner) {
     const __m128i sh = _mm_cvtsi32_si128(nbits);
-    a0 = _mm256_or_si256(
-        a0, _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e), p0.zero, p0.inv, ec), sh));
+    a0 =
+        _mm256_or_si256(a0, _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e), p0, ec), sh));
     a1 = _mm256_or_si256(
-        a1,
-        _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e + 8), p1.zero, p1.inv, ec), sh));
+        a1, _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e + 8), p1, ec), sh));
     a2 = _mm256_or_si256(
-        a2,
-        _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e + 16), p2.zero, p2.inv, ec), sh));
+        a2, _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e + 16), p2, ec), sh));
     a3 = _mm256_or_si256(
-        a3,
-        _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e + 24), p3.zero, p3.inv, ec), sh));
+        a3, _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e + 24), p3, ec), sh));
     nbits += bits;
     while (nbits >= 8) {
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner),

@@ -148,13 +148,19 @@ QPACK_AVX2 void row_groups(const QuantInput& in, const GroupLayout& L, const Qua
     return;
   }
   store_params8(out, p0, s, p, lanes);
-  alignas(32) float zero[8], inv[8], scale[8];
+  alignas(32) float zero[8], inv[8], scale[8], sub[8];
+  alignas(32) int32_t add[8];
   _mm256_store_ps(zero, p.zero);
+  _mm256_store_ps(sub, p.sub);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(add), p.add);
+  const bool integer_zero = has_integer_zero(s);
   _mm256_store_ps(inv, p.inv);
   _mm256_store_ps(scale, p.scale);
   for (int l = 0; l < lanes; ++l) {
     Params8 gp8;
     gp8.zero = _mm256_set1_ps(zero[l]);
+    gp8.sub = _mm256_set1_ps(sub[l]);
+    gp8.add = _mm256_set1_epi32(add[l]);
     gp8.inv = _mm256_set1_ps(inv[l]);
     uint8_t* dst = out.codes + (p0 + l) * bpg;
     const int64_t n = len[l], b = start[l];
@@ -179,7 +185,9 @@ QPACK_AVX2 void row_groups(const QuantInput& in, const GroupLayout& L, const Qua
         float x = load_as_f32(src, in.dtype, uint64_t(b + k));
         if (!spec::is_finite_f32(x)) x = 0.0f;
         spec::put_code(dst, 1, k, bits,
-                       SYM ? spec::encode_sym(x, gp, bits) : spec::encode_asym(x, gp, bits));
+                       SYM            ? spec::encode_sym(x, gp, bits)
+                       : integer_zero ? spec::encode_asym_int(x, gp, bits)
+                                      : spec::encode_asym(x, gp, bits));
       }
     }
   }
@@ -223,6 +231,8 @@ QPACK_AVX2 void row_full(const uint8_t* src, int64_t G, const QuantScheme& s,
     Params8 gp;
     const __m256i lane = _mm256_set1_epi32(l);
     gp.zero = _mm256_permutevar8x32_ps(p.zero, lane);
+    gp.sub = _mm256_permutevar8x32_ps(p.sub, lane);
+    gp.add = _mm256_permutevar8x32_epi32(p.add, lane);
     gp.inv = _mm256_permutevar8x32_ps(p.inv, lane);
     int64_t k = 0;
     for (; k + 64 <= G; k += 64, x += 128, dst += 8 * BITS) {

@@ -39,6 +39,14 @@ void check_dequantize_options(const DequantizeOptions& opt, const std::string& i
   if (file_exists(out_path) && same_file(in_path, out_path))
     throw Error(ErrorCode::InvalidArgument, out_path, "",
                 std::string("the output would overwrite the input ") + input_kind);
+  if (opt.folder && is_directory(out_path)) {
+    // --force would replace the folder, and the input with it.
+    const size_t slash = in_path.find_last_of('/');
+    const std::string in_dir = slash == std::string::npos ? "." : in_path.substr(0, slash + 1);
+    if (same_file(in_dir, out_path))
+      throw Error(ErrorCode::InvalidArgument, out_path, "",
+                  std::string("the output folder holds the input ") + input_kind);
+  }
   if (!opt.folder && !opt.copy_files_from.empty())
     throw Error(ErrorCode::InvalidArgument, out_path, "",
                 "copying files applies to a model folder output only");

@@ -21,6 +21,7 @@ struct TensorRule {
   std::optional<int> axis;
   std::optional<bool> symmetric;
   std::optional<DType> scale_dtype;
+  std::optional<ZeroPoint> zero_point;  // asymmetric tensors only; ignored for symmetric
   // Where the rule came from, for warnings: "--skip '*embed*'", "--rule
   // '...'", "recipe r.json rules[2]". Empty: shown as "rule 'PATTERN'".
   std::string origin;
@@ -48,7 +49,8 @@ struct Recipe {
 constexpr int64_t kMinResolvedGroup = 8;
 
 // "PATTERN:key=value,key=value" with keys bits, group (or group_size), axis,
-// sym (or symmetric), asym, scale (or scale_dtype), skip, force.
+// sym (or symmetric), asym, scale (or scale_dtype), zero (or zero_point: float
+// or integer), skip, force.
 TensorRule parse_rule(const std::string& text);
 
 // f16 / F16 / fp16 / float16, bf16, f32 / fp32 / float32.

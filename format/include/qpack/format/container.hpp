@@ -22,7 +22,14 @@
 namespace qpack {
 
 constexpr std::array<uint8_t, 8> kQpackMagic = {0x89, 'Q', 'P', 'K', 0x0D, 0x0A, 0x1A, 0x0A};
+// Version 1.0: every file without integer zero-points. Version 2.0 is 1.0
+// plus quant.zero_point (docs/format.md §3.1), written exactly when a tensor
+// has integer zero-points, so that 1.x readers, which ignore unknown keys and
+// would decode such codes with the float rule, refuse the file instead. The
+// header is laid out the same in both; this reader reads both.
 constexpr uint16_t kQpackVersionMajor = 1;
+constexpr uint16_t kQpackVersionMajorIntegerZero = 2;
+constexpr uint16_t kQpackVersionMajorMax = 2;
 constexpr uint16_t kQpackVersionMinor = 0;
 constexpr uint32_t kQpackHeaderSize = 64;
 constexpr uint64_t kQpackAlignment = 64;

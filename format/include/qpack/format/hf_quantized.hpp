@@ -34,7 +34,7 @@ enum class HfQuantFormat { CompressedTensors, Gptq };
 // ZeroPoint::Integer, x_hat = (q - z) * S. Until it does, asymmetric
 // tensors of these folders are read and listed but not decoded: dequantize
 // and verify refuse them with HfUnsupported ("not yet").
-inline constexpr bool kIntegerZeroPointDecoded = false;
+inline constexpr bool kIntegerZeroPointDecoded = true;
 
 // Throws HfUnsupported naming the tensor when its scheme cannot be decoded
 // by this build (an asymmetric tensor before kIntegerZeroPointDecoded).

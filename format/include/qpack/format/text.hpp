@@ -15,7 +15,13 @@ namespace qpack {
 // "q4 g64 ax0 asym F16": bits, group size, axis, sym or asym, scale dtype
 // (dtype_name). Shown schemes are resolved; an unresolved whole-axis group
 // size (0) prints as "gall".
+// "asym-int" in place of "asym" for integer zero-points.
 std::string scheme_label(const QuantScheme& scheme);
+
+// "float" or "integer": the zero-point kind as the CLI, recipes, the
+// manifest (quant.zero_point) and the JSON reports spell it.
+const char* zero_point_name(ZeroPoint zp);
+std::optional<ZeroPoint> zero_point_from_string(std::string_view name);
 
 // Where a scheme is shown, a tensor stored as it is (not quantized) shows
 // this: the format's encoding name.

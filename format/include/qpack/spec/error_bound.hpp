@@ -3,8 +3,10 @@
 // double precision, one IEEE operation at a time and in a fixed order, and
 // without libm (no frexp/ldexp), so that the CPU verifier, the GPU verifier
 // and the tests compute the same bits:
-//   b  = 0.5*S + q*((ulp(S) + S*2^-22) + 2^-126)  [+ ulp(M) asymmetric]
+//   b  = 0.5*S + q*((ulp(S) + S*2^-22) + 2^-126)  [+ ulp(M) float zero-point]
 //   b += 2^-21 * ((|x| + |M|) + q*S)
+// Groups with an integer zero-point (§7) use M = 0 and no ulp(M) term: their
+// clamping costs at most Q*|S - s_exact|, which the q*(...) term covers.
 #pragma once
 
 #include "qpack/spec/dtype.hpp"
@@ -39,11 +41,13 @@ struct BoundTerms {
   double abs_m;  // |M|
   double q_s;    // q*S
 };
-QPACK_HD BoundTerms bound_terms(double s, double m, double q, bool symmetric, DType sd) {
+// float_zero: the group has a float zero-point M (asymmetric, float rule);
+// otherwise m must be 0 (symmetric, or an integer zero-point).
+QPACK_HD BoundTerms bound_terms(double s, double m, double q, bool float_zero, DType sd) {
   BoundTerms t;
   const double inner = add_f64(add_f64(ulp_in(s, sd), mul_f64(s, 0x1p-22)), 0x1p-126);
   double b = add_f64(mul_f64(0.5, s), mul_f64(q, inner));
-  if (!symmetric) b = add_f64(b, ulp_in(m, sd));
+  if (float_zero) b = add_f64(b, ulp_in(m, sd));
   t.base = b;
   t.abs_m = abs_f64(m);
   t.q_s = mul_f64(q, s);
@@ -54,9 +58,11 @@ QPACK_HD double bound_for(const BoundTerms& t, double x) {
 }
 
 // The whole bound for one element. s and m are the stored scale and
-// zero-point (m = 0 for symmetric), as doubles.
+// zero-point (ignored for symmetric and integer zero-points), as doubles.
 QPACK_HD double error_bound(double x, double s, double m, const QuantScheme& scheme) {
-  return bound_for(bound_terms(s, m, qmax_of(scheme), scheme.symmetric, scheme.scale_dtype), x);
+  const bool float_zero = !scheme.symmetric && !has_integer_zero(scheme);
+  return bound_for(
+      bound_terms(s, float_zero ? m : 0.0, qmax_of(scheme), float_zero, scheme.scale_dtype), x);
 }
 
 }  // namespace qpack::spec

@@ -67,6 +67,7 @@ struct CompareGeometry : GroupLayout {
   int64_t rows_per_block;  // inner < 256: whole segment rows per block (256/inner); else 1
   int64_t blocks;
   bool symmetric;
+  bool integer_zero;  // asymmetric with integer zero-points (decode_int)
   DType scale_dtype, source_dtype;
   double q;  // qmax of the scheme, for the bound
 };
@@ -77,6 +78,7 @@ inline CompareGeometry make_geometry(const GroupLayout& L, const QuantScheme& s,
   static_cast<GroupLayout&>(g) = L;
   g.segs = (L.group_size + kSegment - 1) / kSegment;
   g.symmetric = s.symmetric;
+  g.integer_zero = has_integer_zero(s);
   g.scale_dtype = s.scale_dtype;
   g.source_dtype = source_dtype;
   g.q = qmax_of(s);
@@ -214,7 +216,9 @@ QPACK_HD void eval_unit(const CompareGeometry& g, const ChunkView& v, int64_t sr
   const int64_t pidx = (sp.scale_row - v.srow0) * v.pitch + c;
   const float scale = load_param(v.scales, pidx, g.scale_dtype);
   const float zero = g.symmetric ? 0.0f : load_param(v.zeros, pidx, g.scale_dtype);
-  const BoundTerms bt = bound_terms(scale, zero, g.q, g.symmetric, g.scale_dtype);
+  const bool float_zero = !g.symmetric && !g.integer_zero;
+  const BoundTerms bt =
+      bound_terms(scale, float_zero ? zero : 0.0f, g.q, float_zero, g.scale_dtype);
 
   const uint8_t* cp = v.codes + (sp.plane_begin - v.plane0) * v.pitch + c;
   const int64_t src0 = (sp.row_begin - v.row0) * v.pitch + c;
@@ -232,7 +236,7 @@ QPACK_HD void eval_unit(const CompareGeometry& g, const ChunkView& v, int64_t sr
     have -= g.bits;
 
     const float x = load_source<kSrc>(v.src, src0 + k * v.pitch);
-    const float xh = decode(code, scale, zero, g.symmetric, g.bits);
+    const float xh = decode_scheme(code, scale, zero, g.symmetric, g.integer_zero, g.bits);
     accumulate_element(acc, x, xh, (sp.row_begin + k) * g.inner + col, bt);
   }
 }

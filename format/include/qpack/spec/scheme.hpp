@@ -48,6 +48,10 @@ QPACK_HD bool is_valid_bits(int bits) { return bits == 2 || bits == 3 || bits ==
 QPACK_HD int qmax_asym(int bits) { return (1 << bits) - 1; }
 QPACK_HD int qmax_sym(int bits) { return (1 << (bits - 1)) - 1; }
 QPACK_HD int sym_offset(int bits) { return 1 << (bits - 1); }
+// True when the scheme's zero-points are integers (asymmetric, ZeroPoint::Integer).
+QPACK_HD bool has_integer_zero(const QuantScheme& s) {
+  return !s.symmetric && s.zero_point == ZeroPoint::Integer;
+}
 QPACK_HD int qmax_of(const QuantScheme& s) {
   return s.symmetric ? qmax_sym(s.bits) : qmax_asym(s.bits);
 }
