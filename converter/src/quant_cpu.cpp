@@ -19,9 +19,9 @@
 // max/min operations on the raw bits (see Stats16), which also reveal NaN and
 // Inf. Each element is converted to float32 once, in the encoding pass.
 //
-// Integer zero-points (quantization.md §5a) run through the same kernels:
-// the asymmetric encode is rint(fl(fl(x - sub) * inv)) + add, with (sub, add)
-// = (M, 0) for the float rule and (+0, z) for the integer rule (Params8).
+// Integer zero-points (quantization.md §5a) run through the same kernels,
+// instantiated with INTZ: codes rint(fl(x * inv)) + z instead of
+// rint(fl(fl(x - M) * inv)) (Params8).
 //
 // Bit-exactness with the reference rests on: the same IEEE operations in the
 // same order (sub, mul, div, round-to-nearest-even; -ffp-contract=off),

@@ -230,8 +230,6 @@ bool is_orphaned_partial_name(const std::string& entry, const std::string& prefi
   return is_orphaned_partial(entry, prefix);
 }
 
-unsigned mode_after_umask(unsigned bits) { return unsigned(bits & ~current_umask()); }
-
 namespace {
 
 bool is_orphaned_partial(const std::string& entry, const std::string& prefix) {

@@ -35,6 +35,9 @@ CompareKernel choose_kernel(const CompareGeometry& g, const ChunkView& v) {
   const int esz = g.source_dtype == DType::F32 ? 4 : 2;
   const int sb = g.scale_dtype == DType::F32 ? 4 : 2;
   if (g.seg_rows >= (int64_t(1) << 31)) return CompareKernel::General;
+  // The columns and rows kernels decode with tables and magic numbers of the
+  // float rule; integer zero-points take the general kernel (spec decode).
+  if (g.integer_zero) return CompareKernel::General;
   if (!aligned(v.scales, sb) || (!g.symmetric && !aligned(v.zeros, sb)))
     return CompareKernel::General;
   if (g.inner >= spec::kBlockUnits && g.inner % 4 == 0 && v.pitch % 4 == 0 && v.c0 % 4 == 0 &&

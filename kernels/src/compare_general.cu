@@ -33,7 +33,10 @@ __device__ __forceinline__ void eval_unit_device(const CompareGeometry& g, const
   const int64_t pidx = (sp.scale_row - v.srow0) * v.pitch + c;
   const float scale = spec::load_param(v.scales, pidx, g.scale_dtype);
   const float zero = g.symmetric ? 0.0f : spec::load_param(v.zeros, pidx, g.scale_dtype);
-  const spec::BoundTerms bt = spec::bound_terms(scale, zero, g.q, !g.symmetric, g.scale_dtype);
+  // As spec::eval_unit: an integer zero-point takes no part in the bound.
+  const bool float_zero = !g.symmetric && !g.integer_zero;
+  const spec::BoundTerms bt =
+      spec::bound_terms(scale, float_zero ? zero : 0.0f, g.q, float_zero, g.scale_dtype);
   // The segment starts on a byte plane (64 codes fill 8*BITS bytes); planes
   // past its end (a partial group's padding) read as 0.
   const uint8_t* planes = v.codes + (sp.plane_begin - v.plane0) * v.pitch + c;
@@ -45,7 +48,7 @@ __device__ __forceinline__ void eval_unit_device(const CompareGeometry& g, const
     SliceStream<BITS> st[1];
     load_slice_planes<BITS, 1>(planes, v.pitch, s, seg_planes, st);
     float xh[kSliceRows];
-    dequant_slice<BITS>(st[0], scale, zero, g.symmetric, xh);
+    dequant_slice<BITS>(st[0], scale, zero, g.symmetric, g.integer_zero, xh);
     const int64_t k0 = s * kSliceRows;
     // All eight loads are issued before the dependent accumulation chain, so
     // that each thread keeps several memory requests in flight.

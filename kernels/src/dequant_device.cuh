@@ -31,13 +31,16 @@ __device__ __forceinline__ uint32_t slice_code(SliceStream<BITS> stream, int k) 
   return uint32_t(stream >> (k * BITS)) & ((1u << BITS) - 1u);
 }
 
-// The 8 reconstructed values of a slice: x[k] = fma(q_k, S, M).
+// The 8 reconstructed values of a slice: x[k] = fma(q_k, S, M), or
+// (q_k - z) * S for integer zero-points.
 template <int BITS>
 __device__ __forceinline__ void dequant_slice(SliceStream<BITS> stream, float scale, float zero,
-                                              bool symmetric, float (&x)[kSliceRows]) {
+                                              bool symmetric, bool integer_zero,
+                                              float (&x)[kSliceRows]) {
 #pragma unroll
   for (int k = 0; k < kSliceRows; ++k)
-    x[k] = spec::decode(slice_code<BITS>(stream, k), scale, zero, symmetric, BITS);
+    x[k] = spec::decode_scheme(slice_code<BITS>(stream, k), scale, zero, symmetric, integer_zero,
+                               BITS);
 }
 
 // Slice `s` of a group whose B bytes are contiguous (axis -1, inner == 1):

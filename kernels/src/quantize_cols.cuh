@@ -107,7 +107,7 @@ __device__ __forceinline__ void encode_slice(const Packet<D, V> (&rows)[kSliceRo
 // share it (lanes ty and ty^k differ by k*txw), computes the parameters,
 // stores scales/zero-points, flags overflows, and returns what encoding
 // needs in every lane.
-template <DType D, int BITS, bool SYM, int V>
+template <DType D, int BITS, bool SYM, int V, bool INTZ>
 __device__ __forceinline__ void finish_params(ColumnStats<D, V, SYM>& acc, const QuantArgs& a,
                                               int txw, int tl, int tx, int ty, bool valid,
                                               int64_t pidx, int64_t first_group,
@@ -125,11 +125,10 @@ __device__ __forceinline__ void finish_params(ColumnStats<D, V, SYM>& acc, const
         lo = acc.lo_of(v);
         hi = acc.hi_of(v);
       }
-    const spec::GroupParams p = SYM ? spec::params_sym(hi, BITS, a.scale_dtype)
-                                : a.integer_zero
-                                    ? spec::params_asym_int(lo, hi, BITS, a.scale_dtype)
-                                    : spec::params_asym(lo, hi, BITS, a.scale_dtype);
-    const GroupCode mine_gc = group_code(p, !SYM && a.integer_zero);
+    const spec::GroupParams p = SYM    ? spec::params_sym(hi, BITS, a.scale_dtype)
+                                : INTZ ? spec::params_asym_int(lo, hi, BITS, a.scale_dtype)
+                                       : spec::params_asym(lo, hi, BITS, a.scale_dtype);
+    const GroupCode mine_gc = group_code(p, !SYM && INTZ);
     if (valid && ty < V) {
       const uint32_t sb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(p.scale)
                                                           : p.scale_bits16};
@@ -147,7 +146,7 @@ __device__ __forceinline__ void finish_params(ColumnStats<D, V, SYM>& acc, const
     for (int v = 0; v < V; ++v) {
       gc[v].zero = SYM ? 0.0f : __shfl_sync(0xffffffffu, mine_gc.zero, v * txw + tx);
       gc[v].inv = __shfl_sync(0xffffffffu, mine_gc.inv, v * txw + tx);
-      gc[v].add = SYM ? 0 : __shfl_sync(0xffffffffu, mine_gc.add, v * txw + tx);
+      gc[v].add = SYM || !INTZ ? 0 : __shfl_sync(0xffffffffu, mine_gc.add, v * txw + tx);
     }
     return;
   }
@@ -156,8 +155,8 @@ __device__ __forceinline__ void finish_params(ColumnStats<D, V, SYM>& acc, const
   uint32_t overflow = 0;
 #pragma unroll
   for (int v = 0; v < V; ++v) {
-    const spec::GroupParams p = acc.params(v, BITS, a.scale_dtype, a.integer_zero);
-    gc[v] = group_code(p, !SYM && a.integer_zero);
+    const spec::GroupParams p = acc.params(v, BITS, a.scale_dtype, INTZ);
+    gc[v] = group_code(p, !SYM && INTZ);
     scale_bits[v] = a.scale_dtype == DType::F32 ? __float_as_uint(p.scale) : p.scale_bits16;
     zero_bits[v] = a.scale_dtype == DType::F32 ? __float_as_uint(p.zero) : p.zero_bits16;
     overflow |= uint32_t(p.overflow) << v;
@@ -172,7 +171,7 @@ __device__ __forceinline__ void finish_params(ColumnStats<D, V, SYM>& acc, const
 
 // At most 80 registers (3 blocks of 256 per SM): the compiler's own choice
 // (~108) left 16 warps per SM and measured slower (docs/kernels.md).
-template <DType D, int BITS, bool SYM, int V>
+template <DType D, int BITS, bool SYM, int V, bool INTZ>
 __global__ void __launch_bounds__(kBlockThreads, 3) quantize_cols(const QuantArgs a) {
   pdl_prologue();
   const TileGeometry& g = a.geo;
@@ -230,7 +229,7 @@ __global__ void __launch_bounds__(kBlockThreads, 3) quantize_cols(const QuantArg
         acc.init();
         add_slice<D, SYM, V, true>(rows, n, acc);
       }
-      finish_params<D, BITS, SYM, V>(acc, a, txw, tl, tx, ty, valid, pidx, first_group, gc);
+      finish_params<D, BITS, SYM, V, INTZ>(acc, a, txw, tl, tx, ty, valid, pidx, first_group, gc);
       if (!valid) continue;
       if (bad) {
         encode_slice<D, BITS, SYM, V, true>(rows, n, gc, plane0, g.ncols, ty, g.bytes);
@@ -263,7 +262,7 @@ __global__ void __launch_bounds__(kBlockThreads, 3) quantize_cols(const QuantArg
         if (!a.zero_nonfinite && first_bad != cuda::kNoIndex)
           atomicMin(&a.flags->first_nonfinite, first_bad);
       }
-      finish_params<D, BITS, SYM, V>(acc, a, txw, tl, tx, ty, valid, pidx, first_group, gc);
+      finish_params<D, BITS, SYM, V, INTZ>(acc, a, txw, tl, tx, ty, valid, pidx, first_group, gc);
       if (!valid) continue;
       for (int64_t s = ty; s < nsl; s += tl) {
         Packet<D, V> rows[kSliceRows];

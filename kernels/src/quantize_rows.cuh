@@ -63,7 +63,7 @@ __device__ __forceinline__ void encode_chunk(const Packet<D, kSliceRows>& p, int
 // one round (1 for G' <= 64: a lane per group, and the parameter arithmetic
 // runs once per 64 elements instead of once per 8). Longer groups take
 // further rounds, re-read for the codes.
-template <DType D, int BITS, bool SYM, bool VEC>
+template <DType D, int BITS, bool SYM, bool VEC, bool INTZ>
 __global__ void __launch_bounds__(kBlockThreads) quantize_rows(const QuantArgs a) {
   pdl_prologue();
   const TileGeometry& g = a.geo;
@@ -151,8 +151,8 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows(const QuantArgs a
     }
 
     st.reduce(1, t);
-    const spec::GroupParams prm = st.params(BITS, a.scale_dtype, a.integer_zero);
-    const GroupCode gc = group_code(prm, !SYM && a.integer_zero);
+    const spec::GroupParams prm = st.params(BITS, a.scale_dtype, INTZ);
+    const GroupCode gc = group_code(prm, !SYM && INTZ);
     if (!valid) continue;
     if (c0 == 0) {
       const uint32_t sb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(prm.scale)
@@ -203,7 +203,7 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows(const QuantArgs a
 // through shared memory to one lane per group, which computes the group's
 // parameters once and hands zero-point and 1/S back the same way.
 
-template <DType D, int BITS, bool SYM>
+template <DType D, int BITS, bool SYM, bool INTZ>
 __global__ void __launch_bounds__(kBlockThreads) quantize_rows_window(const QuantArgs a) {
   pdl_prologue();
   static_assert(Src<D>::kBytes == 2, "16-bit sources only");
@@ -296,8 +296,8 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows_window(const Quan
         st.lo = fminf(Pair<D>::lo(lo), Pair<D>::hi(lo));
         st.hi = fmaxf(Pair<D>::lo(hi), Pair<D>::hi(hi));
       }
-      const spec::GroupParams prm_ = st.params(BITS, a.scale_dtype, a.integer_zero);
-      const GroupCode gc_ = group_code(prm_, !SYM && a.integer_zero);
+      const spec::GroupParams prm_ = st.params(BITS, a.scale_dtype, INTZ);
+      const GroupCode gc_ = group_code(prm_, !SYM && INTZ);
       if (valid) {
         const uint32_t sb[1] = {a.scale_dtype == DType::F32 ? __float_as_uint(prm_.scale)
                                                             : prm_.scale_bits16};
@@ -322,7 +322,7 @@ __global__ void __launch_bounds__(kBlockThreads) quantize_rows_window(const Quan
       if (k < rounds) {
         const int u = 32 * k + lane;
         const float4 p = my_prm[u >> lg];
-        const GroupCode gc = {p.x, p.y, int(p.w)};
+        const GroupCode gc = {p.x, p.y, INTZ ? int(p.w) : 0};
         Packet<D, kSliceRows> pk;
         packet_from(pk, d[k]);
         if (p.z != 0.0f) {

@@ -94,6 +94,14 @@ TEST_F(HfExport, DryRunPlanAndDefaults) {
   const auto s = run_qpack("convert " + q(model_) +
                            " --format compressed-tensors --dry-run --json --skip '*.down_proj.*'");
   ASSERT_EQ(s.exit_code, 0) << s.output;
+  const auto z = run_qpack("convert " + q(model_) +
+                           " --format compressed-tensors --dry-run --json --zero-point integer");
+  ASSERT_EQ(z.exit_code, 0) << z.output;
+  EXPECT_EQ(json::parse(z.output)["scheme"]["zero_point"], "integer");
+  EXPECT_EQ(
+      json::parse(
+          z.output)["quantization_config"]["config_groups"]["group_0"]["weights"]["symmetric"],
+      false);
   EXPECT_EQ(json::parse(s.output)["ignore"], json::array({"lm_head", "model.layers.0.mlp.down_proj",
                                                           "model.layers.1.mlp.down_proj"}));
 }
@@ -104,6 +112,10 @@ TEST_F(HfExport, RefusesWhatTheFormatsCannotHold) {
   expect_refused(model_, "--format gptq -b 2", 3, {"4 or 8 bits"});
   expect_refused(model_, "--format compressed-tensors -g 256", 3, {"group size must be"});
   expect_refused(model_, "--format gptq --scale-dtype bf16", 3, {"F16"});
+  expect_refused(model_, "--format compressed-tensors --zero-point float", 2, {"integer codes"});
+  expect_refused(model_, "--format compressed-tensors --symmetric --zero-point integer", 2,
+                 {"--symmetric has no zero-point"});
+  expect_refused(model_, "--format gptq --zero-point integer", 3, {"symmetric only"});
   expect_refused(model_, "--format compressed-tensors --axis 0", 2, {"--axis must be -1"});
   expect_refused(model_, "--format compressed-tensors --zstd", 2, {"--zstd is not an option"});
   expect_refused(model_, "--format gptq --type Q4_0", 2, {"--type is not an option"});

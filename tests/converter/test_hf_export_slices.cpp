@@ -50,6 +50,7 @@ class DeferredQuantizer : public TensorQuantizer {
     // Poison the outputs: the writer must not read them before wait().
     std::memset(out.codes, kPoison, layout.codes_bytes());
     std::memset(out.scales, kPoison, layout.params_bytes(scheme.scale_dtype));
+    if (out.zeros) std::memset(out.zeros, kPoison, layout.params_bytes(scheme.scale_dtype));
     return pending_.size() - 1;
   }
   void wait(Ticket t) override {
@@ -166,6 +167,47 @@ TEST(HfExportSlices, CompressedTensorsRowSlices) {
     std::memcpy(shape, sliced.bytes[2].data(), 16);  // little-endian host
     EXPECT_EQ(shape[0], c.out);
     EXPECT_EQ(shape[1], c.in);
+  }
+}
+
+// Asymmetric (Integer zero-point): weight_zero_point, packed along dim 0,
+// is assembled from 32-row slices into the whole tensor's words.
+TEST(HfExportSlices, CompressedTensorsIntegerZeroPoints) {
+  std::mt19937_64 rng(test::test_seed());
+  for (const Case c :
+       {Case{96, 256, 4, 128}, Case{64, 96, 8, 32}, Case{80, 192, 2, 64}, Case{72, 40, 4, 0}}) {
+    SCOPED_TRACE(::testing::Message() << c.out << "x" << c.in << " b" << c.bits << " g" << c.group);
+    const auto src = random_bf16(c.out * c.in, rng);
+    QuantScheme s;
+    s.bits = c.bits;
+    s.group_size = c.group;
+    s.axis = -1;
+    s.symmetric = false;
+    s.zero_point = ZeroPoint::Integer;
+    s.scale_dtype = DType::BF16;
+    const int64_t P = c.group ? c.in / c.group : 1;
+    const int64_t zr = compressed_tensors::zero_point_rows(c.out, c.bits);
+    const std::vector<uint64_t> sizes = {
+        uint64_t(c.out * compressed_tensors::packed_words_per_row(c.in, c.bits) * 4),
+        uint64_t(c.out * P * 2), uint64_t(zr * P * 4), 16};
+    const Outputs whole = run(false, src, DType::BF16, c.out, c.in, s, 1ull << 30, 2, sizes);
+    const Outputs sliced = run(false, src, DType::BF16, c.out, c.in, s, 1, 1, sizes);
+    const Outputs deferred = run(false, src, DType::BF16, c.out, c.in, s, 1, -2, sizes);
+    for (size_t t = 0; t < sizes.size(); ++t) {
+      EXPECT_EQ(whole.bytes[t], sliced.bytes[t]) << t;
+      EXPECT_EQ(whole.bytes[t], deferred.bytes[t]) << t;
+    }
+    const GroupLayout L = make_layout({c.out, c.in}, s);
+    std::vector<uint8_t> codes(L.codes_bytes()), scales(L.params_bytes(s.scale_dtype)),
+        zeros(L.params_bytes(s.scale_dtype));
+    quantize_reference({src.data(), DType::BF16, "w"}, L, s, NonFinitePolicy::Error,
+                       {codes.data(), scales.data(), zeros.data()});
+    std::vector<uint8_t> packed(sizes[0]), zp(sizes[2]);
+    compressed_tensors::pack_weight_rows(codes.data(), L, packed.data());
+    compressed_tensors::pack_zero_points(zeros.data(), s.scale_dtype, c.out, P, c.bits, zp.data());
+    EXPECT_EQ(sliced.bytes[0], packed);
+    EXPECT_EQ(sliced.bytes[1], scales);
+    EXPECT_EQ(sliced.bytes[2], zp);
   }
 }
 

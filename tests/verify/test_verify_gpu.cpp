@@ -51,13 +51,15 @@ TEST(VerifyGpu, SameBitsAsCpuForEverySchemeAndChunking) {
   const bool quick = std::getenv("QPACK_GPU_TEST_QUICK") != nullptr;
   int case_index = 0;
   for (int bits : {2, 3, 4, 8})
-    for (bool sym : {false, true})
+    for (int kind = 0; kind < 3; ++kind)  // float zero-points, symmetric, integer zero-points
       for (DType sd : {DType::F16, DType::BF16, DType::F32})
         for (const auto& shape : shapes) {
           if (quick && case_index++ % 4 != 0) continue;
+          const bool sym = kind == 1;
           QuantScheme s;
           s.bits = bits;
           s.symmetric = sym;
+          if (kind == 2) s.zero_point = ZeroPoint::Integer;
           s.scale_dtype = sd;
           s.group_size = groups[rng() % std::size(groups)];
           s.axis = int(rng() % shape.size());
@@ -114,16 +116,18 @@ TEST(VerifyGpu, FastLayoutsGiveTheSameBits) {
   const bool quick = std::getenv("QPACK_GPU_TEST_QUICK") != nullptr;
   int case_index = 0;
   for (int bits : {2, 3, 4, 8})
-    for (bool sym : {false, true})
+    for (int kind = 0; kind < 3; ++kind)  // float zero-points, symmetric, integer zero-points
       for (DType sd : {DType::F16, DType::BF16, DType::F32})
         for (const Shape& sh : shapes)
           for (int variant = 0; variant < 6; ++variant) {
             const int ci = case_index++;
             const DType src = std::array<DType, 3>{DType::F32, DType::F16, DType::BF16}[ci % 3];
             if (quick && ci % 8 != 0) continue;
+            const bool sym = kind == 1;
             QuantScheme s;
             s.bits = bits;
             s.symmetric = sym;
+            if (kind == 2) s.zero_point = ZeroPoint::Integer;
             s.scale_dtype = sd;
             s.group_size = sh.group;
             s.axis = sh.axis;

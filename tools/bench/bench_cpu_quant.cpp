@@ -1,7 +1,7 @@
 // CPU quantize throughput next to the machine's own memory-copy bandwidth,
 // measured in the same run. Not a test: numbers go to stdout (and --json).
 //
-//   build/tools/bench/qpack_bench_cpu [--reps N] [--json]
+//   build/tools/bench/qpack_bench_cpu [--reps N] [--zero-point float|integer] [--json]
 //
 // Bytes counted for "of copy": quantize reads the fp16 source once and writes
 // codes + scales + zero-points once; the copy bound moves the same total
@@ -57,14 +57,19 @@ struct CopyProbe {
 int main(int argc, char** argv) {
   int reps = 5;
   bool json = false;
+  ZeroPoint zero_point = ZeroPoint::Float;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--reps" && i + 1 < argc)
       reps = std::max(1, std::atoi(argv[++i]));
     else if (a == "--json")
       json = true;
+    else if (a == "--zero-point" && i + 1 < argc && std::string(argv[i + 1]) == "integer" && ++i)
+      zero_point = ZeroPoint::Integer;
+    else if (a == "--zero-point" && i + 1 < argc && std::string(argv[i + 1]) == "float" && ++i)
+      zero_point = ZeroPoint::Float;
     else {
-      std::printf("usage: %s [--reps N] [--json]\n", argv[0]);
+      std::printf("usage: %s [--reps N] [--zero-point float|integer] [--json]\n", argv[0]);
       return a == "--help" ? 0 : 2;
     }
   }
@@ -95,6 +100,7 @@ int main(int argc, char** argv) {
           QuantScheme scheme;
           scheme.bits = bits;
           scheme.axis = axis;
+          scheme.zero_point = zero_point;
           const GroupLayout L = make_layout({sh.rows, sh.cols}, scheme);
           std::vector<uint8_t> codes(L.codes_bytes()),
               scales(size_t(L.params_bytes(scheme.scale_dtype))), zeros(scales.size());

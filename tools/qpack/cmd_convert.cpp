@@ -354,6 +354,19 @@ int run_hf(ConvertArgs& a, HfFormat format) {
                 std::string(hf_format_name(format)) +
                     " groups along the input dimension: --axis must be -1 (or left out)");
   if (*a.sym_opt) o.symmetric = a.symmetric;
+  if (*a.zero_opt) {
+    // Asymmetric exports always use the integer zero-point (the formats
+    // store a code); the flag may say so, never otherwise.
+    if (a.zero_point != "integer")
+      throw Error(ErrorCode::InvalidArgument, "", "",
+                  std::string(hf_format_name(format)) +
+                      " zero-points are integer codes: --zero-point may only be 'integer' "
+                      "(asymmetric exports use it without the flag)");
+    if (o.symmetric && *a.sym_opt)
+      throw Error(ErrorCode::InvalidArgument, "", "",
+                  "--zero-point applies to asymmetric schemes; --symmetric has no zero-point");
+    o.symmetric = false;
+  }
   if (*a.scale_opt) o.scale_dtype = parse_float_dtype_flag("--scale-dtype", a.scale_dtype);
   o.skip = a.skips;
   o.include = a.includes;

@@ -141,9 +141,6 @@ std::unique_ptr<CudaMetricsEngine> CudaMetricsEngine::create(uint64_t chunk_byte
 ErrorSums CudaMetricsEngine::compute(const QuantTensorView& view) {
   check_view(view);
   const spec::CompareGeometry g = spec::make_geometry(view.layout, view.scheme, view.source_dtype);
-  // The compare kernels do not decode integer zero-points yet; the CPU pass
-  // gives the same bits by construction (error_sums.hpp).
-  if (g.integer_zero) return compute_error_sums_cpu(view, 0);
   std::vector<PartialSums> blocks(static_cast<size_t>(g.blocks));
   const spec::ChunkView v{view.source, view.codes, view.scales, view.zeros,       0,
                           0,           0,          0,           view.layout.inner};
@@ -155,7 +152,6 @@ ErrorSums CudaMetricsEngine::compute_device(const QuantTensorView& view, float* 
   check_view(view);
   const spec::CompareGeometry g = spec::make_geometry(view.layout, view.scheme, view.source_dtype);
   if (kernel_ms) *kernel_ms = 0.0f;
-  if (g.integer_zero) return compute_error_sums_cpu(view, 0);  // as compute()
   std::vector<PartialSums> blocks(static_cast<size_t>(g.blocks));
   const spec::ChunkView v{view.source, view.codes, view.scales, view.zeros,       0,
                           0,           0,          0,           view.layout.inner};

@@ -74,12 +74,14 @@ QPACK_AVX2 inline __m256 finite_mask(__m256 v) {
 
 // Group parameters of 8 groups at once (spec::params_asym, params_asym_int,
 // params_sym, lane-wise). Returns the lanes whose scale or zero overflowed.
-// `zero` is the stored zero-point (M, or the integer z as a float); the
-// asymmetric encode is t = rint(fl(fl(x - sub) * inv)) + add, with sub = M,
-// add = 0 (float rule) or sub = +0, add = z (integer rule: x - +0 = x
-// exactly, then round first and add z in integers, as encode_asym_int).
+// `zero` is the stored zero-point (M, or the integer z as a float); `add`
+// is z as int32 (integer rule only). The asymmetric encode is
+// rint(fl(fl(x - M) * inv)) (float rule) or rint(fl(x * inv)) + z (integer
+// rule: round first, then add z in integers, as encode_asym_int); kernels
+// pick one at compile time (INTZ), so that the float rule's loops keep their
+// registers.
 struct Params8 {
-  __m256 scale, zero, inv, sub;
+  __m256 scale, zero, inv;
   __m256i add;
   __m128i scale16, zero16;
 };
@@ -131,10 +133,8 @@ __attribute__((always_inline)) QPACK_AVX2 inline int params8(__m256 mn_or_amax, 
     const __m256 z =
         _mm256_min_ps(_mm256_max_ps(t, zero), _mm256_set1_ps(float(qmax_asym(s.bits))));
     p->zero = round_to_scale(z, s.scale_dtype, &p->zero16);  // exact: an integer <= 255
-    p->sub = zero;
     p->add = _mm256_cvttps_epi32(z);
   } else {
-    p->sub = p->zero;
     p->add = _mm256_setzero_si256();
   }
   return overflow;
@@ -199,14 +199,16 @@ QPACK_AVX2 inline EncodeConsts encode_consts(const QuantScheme& s) {
 // vcvtps2dq rounds to nearest even (the default MXCSR mode, which qpack never
 // changes): the same as rint() followed by the clamp done in integers, since
 // |t| stays far below 2^31 for elements of the group.
-template <bool SYM>
+template <bool SYM, bool INTZ = false>
 QPACK_AVX2 inline __m256i encode8(__m256 x, const Params8& p, const EncodeConsts& c) {
   if constexpr (SYM) {
     const __m256i t = _mm256_cvtps_epi32(_mm256_mul_ps(x, p.inv));
     return _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(t, c.lo), c.hi), c.offset);
+  } else if constexpr (INTZ) {
+    const __m256i t = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x, p.inv)), p.add);
+    return _mm256_min_epi32(_mm256_max_epi32(t, c.lo), c.hi);
   } else {
-    const __m256i t =
-        _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x, p.sub), p.inv)), p.add);
+    const __m256i t = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x, p.zero), p.inv));
     return _mm256_min_epi32(_mm256_max_epi32(t, c.lo), c.hi);
   }
 }
@@ -225,7 +227,7 @@ QPACK_AVX2 inline __m256i low_bytes32(__m256i a0, __m256i a1, __m256i a2, __m256
 // 0 (and |t| is far below 2^15 for a group's own elements), then a byte
 // min/max clamps to the code range. Equal to encode8 + low_bytes32, with
 // fewer operations per element.
-template <bool SYM>
+template <bool SYM, bool INTZ = false>
 QPACK_AVX2 inline __m256i codes32(__m256 x0, __m256 x1, __m256 x2, __m256 x3, const Params8& p0,
                                   const Params8& p1, const Params8& p2, const Params8& p3,
                                   const EncodeConsts& c) {
@@ -236,15 +238,18 @@ QPACK_AVX2 inline __m256i codes32(__m256 x0, __m256 x1, __m256 x2, __m256 x3, co
     t2 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x2, p2.inv)), c.offset);
     t3 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x3, p3.inv)), c.offset);
   } else {
-    // + add: 0 (float rule) or z; a sum above 255 saturates below, then clamps to Q.
-    t0 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x0, p0.sub), p0.inv)),
-                          p0.add);
-    t1 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x1, p1.sub), p1.inv)),
-                          p1.add);
-    t2 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x2, p2.sub), p2.inv)),
-                          p2.add);
-    t3 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x3, p3.sub), p3.inv)),
-                          p3.add);
+    // integer rule: + z; a sum above 255 saturates below, then clamps to Q.
+    if constexpr (INTZ) {
+      t0 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x0, p0.inv)), p0.add);
+      t1 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x1, p1.inv)), p1.add);
+      t2 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x2, p2.inv)), p2.add);
+      t3 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(x3, p3.inv)), p3.add);
+    } else {
+      t0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x0, p0.zero), p0.inv));
+      t1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x1, p1.zero), p1.inv));
+      t2 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x2, p2.zero), p2.inv));
+      t3 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(x3, p3.zero), p3.inv));
+    }
   }
   __m256i b = _mm256_packus_epi16(_mm256_packus_epi32(t0, t1), _mm256_packus_epi32(t2, t3));
   b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
@@ -428,12 +433,13 @@ QPACK_AVX2 inline bool run_params(const Stats16<SYM>& a, const Stats16<SYM>& b,
 }
 
 // Stored codes of the 32 elements at x (one row of a column block).
-template <DType T, bool SYM, bool ZERO_NF>
+template <DType T, bool SYM, bool ZERO_NF, bool INTZ = false>
 QPACK_AVX2 inline __m256i row_codes32(const uint8_t* x, const Params8& p0, const Params8& p1,
                                       const Params8& p2, const Params8& p3,
                                       const EncodeConsts& ec) {
-  return codes32<SYM>(load_x<T, ZERO_NF>(x, 0), load_x<T, ZERO_NF>(x, 8), load_x<T, ZERO_NF>(x, 16),
-                      load_x<T, ZERO_NF>(x, 24), p0, p1, p2, p3, ec);
+  return codes32<SYM, INTZ>(load_x<T, ZERO_NF>(x, 0), load_x<T, ZERO_NF>(x, 8),
+                            load_x<T, ZERO_NF>(x, 16), load_x<T, ZERO_NF>(x, 24), p0, p1, p2, p3,
+                            ec);
 }
 
 template <int BITS>

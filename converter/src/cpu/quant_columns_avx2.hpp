@@ -12,7 +12,7 @@
 namespace qpack::cpu {
 namespace {
 
-template <DType T, bool SYM, bool ZERO_NF, int BITS>
+template <DType T, bool SYM, bool ZERO_NF, int BITS, bool INTZ>
 QPACK_AVX2 void column_block(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
                              const QuantBuffers& out, int64_t o, int64_t g, int64_t i0,
                              Failure* fail) {
@@ -75,19 +75,20 @@ QPACK_AVX2 void column_block(const QuantInput& in, const GroupLayout& L, const Q
     const uint8_t* x = src + row0 * kEsize;
     int64_t k = 0;
     for (; k + PER <= len; k += PER, ++j) {
-      __m256i acc = row_codes32<T, SYM, ZERO_NF>(x, p0, p1, p2, p3, ec);
+      __m256i acc = row_codes32<T, SYM, ZERO_NF, INTZ>(x, p0, p1, p2, p3, ec);
       x += stride;
       for (int r = 1; r < PER; ++r, x += stride)
         acc = _mm256_or_si256(
-            acc, _mm256_slli_epi16(row_codes32<T, SYM, ZERO_NF>(x, p0, p1, p2, p3, ec), r * BITS));
+            acc,
+            _mm256_slli_epi16(row_codes32<T, SYM, ZERO_NF, INTZ>(x, p0, p1, p2, p3, ec), r * BITS));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner), acc);
     }
     if (k < len) {  // a partial group's last plane
       __m256i acc = _mm256_setzero_si256();
       for (int r = 0; k < len; ++r, ++k, x += stride)
-        acc = _mm256_or_si256(acc,
-                              _mm256_sll_epi16(row_codes32<T, SYM, ZERO_NF>(x, p0, p1, p2, p3, ec),
-                                               _mm_cvtsi32_si128(r * BITS)));
+        acc = _mm256_or_si256(
+            acc, _mm256_sll_epi16(row_codes32<T, SYM, ZERO_NF, INTZ>(x, p0, p1, p2, p3, ec),
+                                  _mm_cvtsi32_si128(r * BITS)));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner), acc);
       ++j;
     }
@@ -102,14 +103,14 @@ QPACK_AVX2 void column_block(const QuantInput& in, const GroupLayout& L, const Q
   int nbits = 0;
   for (int64_t k = 0, e = row0; k < len; ++k, e += inner) {
     const __m128i sh = _mm_cvtsi32_si128(nbits);
-    a0 =
-        _mm256_or_si256(a0, _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e), p0, ec), sh));
+    a0 = _mm256_or_si256(
+        a0, _mm256_sll_epi32(encode8<SYM, INTZ>(load_x<T, ZERO_NF>(src, e), p0, ec), sh));
     a1 = _mm256_or_si256(
-        a1, _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e + 8), p1, ec), sh));
+        a1, _mm256_sll_epi32(encode8<SYM, INTZ>(load_x<T, ZERO_NF>(src, e + 8), p1, ec), sh));
     a2 = _mm256_or_si256(
-        a2, _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e + 16), p2, ec), sh));
+        a2, _mm256_sll_epi32(encode8<SYM, INTZ>(load_x<T, ZERO_NF>(src, e + 16), p2, ec), sh));
     a3 = _mm256_or_si256(
-        a3, _mm256_sll_epi32(encode8<SYM>(load_x<T, ZERO_NF>(src, e + 24), p3, ec), sh));
+        a3, _mm256_sll_epi32(encode8<SYM, INTZ>(load_x<T, ZERO_NF>(src, e + 24), p3, ec), sh));
     nbits += bits;
     while (nbits >= 8) {
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner),
@@ -142,7 +143,7 @@ QPACK_AVX2 void column_block(const QuantInput& in, const GroupLayout& L, const Q
 
 // Codes of the block at x into its byte planes; with NEXT, statistics of the
 // block at x + 64 bytes (the next 32 columns) on the way.
-template <DType T, bool SYM, bool ZERO_NF, int BITS, bool NEXT>
+template <DType T, bool SYM, bool ZERO_NF, int BITS, bool NEXT, bool INTZ>
 QPACK_AVX2 inline void run_encode(const uint8_t* x, int64_t stride, int64_t len, const Params8* p,
                                   const EncodeConsts& ec, uint8_t* plane, int64_t inner,
                                   int64_t bpg, bool prefetch, Stats16<SYM>& na, Stats16<SYM>& nb) {
@@ -159,7 +160,7 @@ QPACK_AVX2 inline void run_encode(const uint8_t* x, int64_t stride, int64_t len,
       stats16_add<SYM>(na, load16_bits<T, ZERO_NF>(r + 64, 0));
       stats16_add<SYM>(nb, load16_bits<T, ZERO_NF>(r + 64, 16));
     }
-    return row_codes32<T, SYM, ZERO_NF>(r, p[0], p[1], p[2], p[3], ec);
+    return row_codes32<T, SYM, ZERO_NF, INTZ>(r, p[0], p[1], p[2], p[3], ec);
   };
   for (; k + PER <= len; k += PER, ++j) {
     __m256i acc = row(x);
@@ -179,7 +180,7 @@ QPACK_AVX2 inline void run_encode(const uint8_t* x, int64_t stride, int64_t len,
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(plane + j * inner), _mm256_setzero_si256());
 }
 
-template <DType T, bool SYM, bool ZERO_NF, int BITS>
+template <DType T, bool SYM, bool ZERO_NF, int BITS, bool INTZ>
 QPACK_AVX2 void column_run(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
                            const QuantBuffers& out, int64_t o, int64_t g, int64_t b0, int64_t b1,
                            Failure* fail) {
@@ -201,12 +202,12 @@ QPACK_AVX2 void column_run(const QuantInput& in, const GroupLayout& L, const Qua
     uint8_t* plane = planes + 32 * blk;
     if (blk + 1 == b1) {
       if (ok)
-        run_encode<T, SYM, ZERO_NF, BITS, false>(x, stride, len, p, ec, plane, inner, bpg, false, a,
-                                                 b);
+        run_encode<T, SYM, ZERO_NF, BITS, false, INTZ>(x, stride, len, p, ec, plane, inner, bpg,
+                                                       false, a, b);
     } else if (ok) {
       Stats16<SYM> na, nb;
-      run_encode<T, SYM, ZERO_NF, BITS, true>(x, stride, len, p, ec, plane, inner, bpg,
-                                              prefetch_ok(blk), na, nb);
+      run_encode<T, SYM, ZERO_NF, BITS, true, INTZ>(x, stride, len, p, ec, plane, inner, bpg,
+                                                    prefetch_ok(blk), na, nb);
       a = na;
       b = nb;
     } else {
@@ -223,14 +224,19 @@ QPACK_AVX2 inline void column_run_bits(const QuantInput& in, const GroupLayout& 
   const bool z = policy == NonFinitePolicy::Zero;
   if (s.symmetric) {
     if (z)
-      column_run<T, true, true, BITS>(in, L, s, out, o, g, b0, b1, f);
+      column_run<T, true, true, BITS, false>(in, L, s, out, o, g, b0, b1, f);
     else
-      column_run<T, true, false, BITS>(in, L, s, out, o, g, b0, b1, f);
+      column_run<T, true, false, BITS, false>(in, L, s, out, o, g, b0, b1, f);
+  } else if (has_integer_zero(s)) {
+    if (z)
+      column_run<T, false, true, BITS, true>(in, L, s, out, o, g, b0, b1, f);
+    else
+      column_run<T, false, false, BITS, true>(in, L, s, out, o, g, b0, b1, f);
   } else {
     if (z)
-      column_run<T, false, true, BITS>(in, L, s, out, o, g, b0, b1, f);
+      column_run<T, false, true, BITS, false>(in, L, s, out, o, g, b0, b1, f);
     else
-      column_run<T, false, false, BITS>(in, L, s, out, o, g, b0, b1, f);
+      column_run<T, false, false, BITS, false>(in, L, s, out, o, g, b0, b1, f);
   }
 }
 
@@ -242,14 +248,19 @@ QPACK_AVX2 inline void column_block_bits(const QuantInput& in, const GroupLayout
   const bool z = policy == NonFinitePolicy::Zero;
   if (s.symmetric) {
     if (z)
-      column_block<T, true, true, BITS>(in, L, s, out, o, g, i0, f);
+      column_block<T, true, true, BITS, false>(in, L, s, out, o, g, i0, f);
     else
-      column_block<T, true, false, BITS>(in, L, s, out, o, g, i0, f);
+      column_block<T, true, false, BITS, false>(in, L, s, out, o, g, i0, f);
+  } else if (has_integer_zero(s)) {
+    if (z)
+      column_block<T, false, true, BITS, true>(in, L, s, out, o, g, i0, f);
+    else
+      column_block<T, false, false, BITS, true>(in, L, s, out, o, g, i0, f);
   } else {
     if (z)
-      column_block<T, false, true, BITS>(in, L, s, out, o, g, i0, f);
+      column_block<T, false, true, BITS, false>(in, L, s, out, o, g, i0, f);
     else
-      column_block<T, false, false, BITS>(in, L, s, out, o, g, i0, f);
+      column_block<T, false, false, BITS, false>(in, L, s, out, o, g, i0, f);
   }
 }
 

@@ -74,7 +74,7 @@ QPACK_AVX2 inline bool row_stats16_fixed(const uint8_t* x, __m256* lo, __m256* h
 }
 
 // 8 contiguous groups (inner == 1) with linear indices p0..p0+lanes-1.
-template <DType T, bool SYM, bool ZERO_NF>
+template <DType T, bool SYM, bool ZERO_NF, bool INTZ>
 QPACK_AVX2 void row_groups(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
                            const QuantBuffers& out, int64_t p0, int lanes, Failure* fail) {
   const uint8_t* const src = in.data;
@@ -148,18 +148,15 @@ QPACK_AVX2 void row_groups(const QuantInput& in, const GroupLayout& L, const Qua
     return;
   }
   store_params8(out, p0, s, p, lanes);
-  alignas(32) float zero[8], inv[8], scale[8], sub[8];
+  alignas(32) float zero[8], inv[8], scale[8];
   alignas(32) int32_t add[8];
   _mm256_store_ps(zero, p.zero);
-  _mm256_store_ps(sub, p.sub);
   _mm256_store_si256(reinterpret_cast<__m256i*>(add), p.add);
-  const bool integer_zero = has_integer_zero(s);
   _mm256_store_ps(inv, p.inv);
   _mm256_store_ps(scale, p.scale);
   for (int l = 0; l < lanes; ++l) {
     Params8 gp8;
     gp8.zero = _mm256_set1_ps(zero[l]);
-    gp8.sub = _mm256_set1_ps(sub[l]);
     gp8.add = _mm256_set1_epi32(add[l]);
     gp8.inv = _mm256_set1_ps(inv[l]);
     uint8_t* dst = out.codes + (p0 + l) * bpg;
@@ -168,9 +165,9 @@ QPACK_AVX2 void row_groups(const QuantInput& in, const GroupLayout& L, const Qua
     if (bits != 3) {
       for (; k + 32 <= n; k += 32) {
         const __m256i c =
-            codes32<SYM>(load_x<T, ZERO_NF>(src, b + k), load_x<T, ZERO_NF>(src, b + k + 8),
-                         load_x<T, ZERO_NF>(src, b + k + 16), load_x<T, ZERO_NF>(src, b + k + 24),
-                         gp8, gp8, gp8, gp8, ec);
+            codes32<SYM, INTZ>(load_x<T, ZERO_NF>(src, b + k), load_x<T, ZERO_NF>(src, b + k + 8),
+                               load_x<T, ZERO_NF>(src, b + k + 16),
+                               load_x<T, ZERO_NF>(src, b + k + 24), gp8, gp8, gp8, gp8, ec);
         pack32(c, bits, dst + k * bits / 8);
       }
     }
@@ -185,9 +182,9 @@ QPACK_AVX2 void row_groups(const QuantInput& in, const GroupLayout& L, const Qua
         float x = load_as_f32(src, in.dtype, uint64_t(b + k));
         if (!spec::is_finite_f32(x)) x = 0.0f;
         spec::put_code(dst, 1, k, bits,
-                       SYM            ? spec::encode_sym(x, gp, bits)
-                       : integer_zero ? spec::encode_asym_int(x, gp, bits)
-                                      : spec::encode_asym(x, gp, bits));
+                       SYM    ? spec::encode_sym(x, gp, bits)
+                       : INTZ ? spec::encode_asym_int(x, gp, bits)
+                              : spec::encode_asym(x, gp, bits));
       }
     }
   }
@@ -196,7 +193,7 @@ QPACK_AVX2 void row_groups(const QuantInput& in, const GroupLayout& L, const Qua
 // 8 whole groups of G contiguous 16-bit elements (inner == 1, G a multiple
 // of 32, every group full), starting with group p0: row_groups without the
 // per-group bookkeeping, for the layout of every axis -1 weight.
-template <DType T, bool SYM, bool ZERO_NF, int BITS>
+template <DType T, bool SYM, bool ZERO_NF, int BITS, bool INTZ>
 QPACK_AVX2 void row_full(const uint8_t* src, int64_t G, const QuantScheme& s,
                          const QuantBuffers& out, int64_t p0, Failure* fail) {
   const uint8_t* const x0 = src + 2 * p0 * G;
@@ -231,16 +228,15 @@ QPACK_AVX2 void row_full(const uint8_t* src, int64_t G, const QuantScheme& s,
     Params8 gp;
     const __m256i lane = _mm256_set1_epi32(l);
     gp.zero = _mm256_permutevar8x32_ps(p.zero, lane);
-    gp.sub = _mm256_permutevar8x32_ps(p.sub, lane);
     gp.add = _mm256_permutevar8x32_epi32(p.add, lane);
     gp.inv = _mm256_permutevar8x32_ps(p.inv, lane);
     int64_t k = 0;
     for (; k + 64 <= G; k += 64, x += 128, dst += 8 * BITS) {
-      pack32<BITS>(row_codes32<T, SYM, ZERO_NF>(x, gp, gp, gp, gp, ec), dst);
-      pack32<BITS>(row_codes32<T, SYM, ZERO_NF>(x + 64, gp, gp, gp, gp, ec), dst + 4 * BITS);
+      pack32<BITS>(row_codes32<T, SYM, ZERO_NF, INTZ>(x, gp, gp, gp, gp, ec), dst);
+      pack32<BITS>(row_codes32<T, SYM, ZERO_NF, INTZ>(x + 64, gp, gp, gp, gp, ec), dst + 4 * BITS);
     }
     if (k < G) {  // G = 32 (mod 64)
-      pack32<BITS>(row_codes32<T, SYM, ZERO_NF>(x, gp, gp, gp, gp, ec), dst);
+      pack32<BITS>(row_codes32<T, SYM, ZERO_NF, INTZ>(x, gp, gp, gp, gp, ec), dst);
       x += 64;
       dst += 4 * BITS;
     }
@@ -254,14 +250,19 @@ QPACK_AVX2 inline void row_full_bits(const uint8_t* src, int64_t G, const QuantS
   const bool z = policy == NonFinitePolicy::Zero;
   if (s.symmetric) {
     if (z)
-      row_full<T, true, true, BITS>(src, G, s, out, p0, f);
+      row_full<T, true, true, BITS, false>(src, G, s, out, p0, f);
     else
-      row_full<T, true, false, BITS>(src, G, s, out, p0, f);
+      row_full<T, true, false, BITS, false>(src, G, s, out, p0, f);
+  } else if (has_integer_zero(s)) {
+    if (z)
+      row_full<T, false, true, BITS, true>(src, G, s, out, p0, f);
+    else
+      row_full<T, false, false, BITS, true>(src, G, s, out, p0, f);
   } else {
     if (z)
-      row_full<T, false, true, BITS>(src, G, s, out, p0, f);
+      row_full<T, false, true, BITS, false>(src, G, s, out, p0, f);
     else
-      row_full<T, false, false, BITS>(src, G, s, out, p0, f);
+      row_full<T, false, false, BITS, false>(src, G, s, out, p0, f);
   }
 }
 
@@ -273,14 +274,19 @@ QPACK_AVX2 inline void row_groups_dispatch(const QuantInput& in, const GroupLayo
   const bool z = policy == NonFinitePolicy::Zero;
   if (s.symmetric) {
     if (z)
-      row_groups<T, true, true>(in, L, s, out, p0, lanes, f);
+      row_groups<T, true, true, false>(in, L, s, out, p0, lanes, f);
     else
-      row_groups<T, true, false>(in, L, s, out, p0, lanes, f);
+      row_groups<T, true, false, false>(in, L, s, out, p0, lanes, f);
+  } else if (has_integer_zero(s)) {
+    if (z)
+      row_groups<T, false, true, true>(in, L, s, out, p0, lanes, f);
+    else
+      row_groups<T, false, false, true>(in, L, s, out, p0, lanes, f);
   } else {
     if (z)
-      row_groups<T, false, true>(in, L, s, out, p0, lanes, f);
+      row_groups<T, false, true, false>(in, L, s, out, p0, lanes, f);
     else
-      row_groups<T, false, false>(in, L, s, out, p0, lanes, f);
+      row_groups<T, false, false, false>(in, L, s, out, p0, lanes, f);
   }
 }
 

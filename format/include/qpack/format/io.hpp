@@ -115,9 +115,6 @@ std::string partial_file_prefix(const std::string& output_name);
 // process PID exists (a leftover of kill -9 or a power cut); never for this
 // process's own PID.
 bool is_orphaned_partial_name(const std::string& entry, const std::string& prefix);
-// The permission bits a new file of this process gets from 0666 (or a
-// folder from 0777): `bits & ~umask`, read without changing the umask.
-unsigned mode_after_umask(unsigned bits);
 
 // Refuses, with Error(DiskFull) naming the folder, the bytes needed and the
 // bytes free (statvfs f_bavail * f_frsize), an output of `bytes_needed` that
