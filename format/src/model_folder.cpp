@@ -296,6 +296,11 @@ void ModelFolderWriter::Impl::plan_shards() {
   for (size_t s = 0; s < n_shards; ++s) shard_names.push_back(shard_name(s, n_shards));
 }
 
+const std::vector<std::string>& quantization_side_files() {
+  static const std::vector<std::string> names = {"quantize_config.json", "quant_config.json"};
+  return names;
+}
+
 void ModelFolderWriter::Impl::scan_copy_source() {
   const std::string& src = options.copy_files_from;
   if (src.empty()) return;
@@ -303,6 +308,7 @@ void ModelFolderWriter::Impl::scan_copy_source() {
     throw Error(ErrorCode::Io, src, "", "the folder to copy files from is not a directory");
   std::set<std::string> written;
   for (const auto& g : options.generated_files) written.insert(g.first);
+  for (const std::string& name : options.exclude_files) written.insert(name);
   for (const std::string& name : list_folder(src)) {
     if (name[0] == '.' || is_weights_name(name) || name == "config.json" || written.count(name))
       continue;

@@ -118,6 +118,9 @@ def mode_dequant_folder(qpack, tmp, device):
                                      c["shards"], seed=11)
     with open(os.path.join(folder, "tokenizer.json"), "w") as f:
         f.write('{"version": "1.0"}')
+    # gen.write_model wrote GPTQ's quantize_config.json: it must not follow
+    # the weights out of the format.
+    check(os.path.exists(os.path.join(folder, "quantize_config.json")), "no quantize_config.json")
     out = os.path.join(tmp, "dqf_out") + "/"
     rc, so, se = run(qpack, "dequantize", folder, out, "--device", device, "--json",
                      "--max-shard-size", "20000", "--copy-files-from", folder)
@@ -132,6 +135,8 @@ def mode_dequant_folder(qpack, tmp, device):
     check("quantization_config" not in cfg and cfg.get("model_type") == "llama",
           "folder config.json %r" % cfg)
     check(os.path.exists(os.path.join(out, "tokenizer.json")), "tokenizer.json not copied")
+    check(not os.path.exists(os.path.join(out, "quantize_config.json")),
+          "quantize_config.json copied into a dequantized folder")
     with open(os.path.join(out, "model.safetensors.index.json")) as f:
         wm = json.load(f)["weight_map"]
     check(sorted(wm) == sorted(expected), "folder index names %s" % sorted(wm))

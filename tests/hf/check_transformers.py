@@ -115,8 +115,9 @@ def check_one(args, src, label, fmt, opts, ids, src_logits):
     row = {"model": os.path.basename(src), "scheme": label, "format": fmt}
     if os.path.basename(src) == "stories260K" and fmt == "compressed-tensors":
         # Its FFN width 172 is no multiple of 8 (one int32 word of 4-bit
-        # codes): down_proj stays unquantized, named in `ignore`.
-        opts = [*opts, "--skip", "*down_proj*"]
+        # codes): down_proj stays unquantized, named in `ignore`, and so do
+        # gate/up_proj for an asymmetric scheme (zero-points packed along out).
+        opts = [*opts, "--skip", "*mlp.*" if "--asymmetric" in opts else "*down_proj*"]
     out = os.path.join(args.work, f"{os.path.basename(src)}-{label}")
     deq = out + "-deq"
     for p in (out, deq):
@@ -216,8 +217,10 @@ def main():
         src_logits = logits_of(s, ids, args.device)
         del s
         for label, fmt, opts in schemes:
-            if os.path.basename(src) == "stories260K" and "channel" not in label:
-                continue  # its FFN width 172 holds no groups of 32: channel-wise only
+            if os.path.basename(src) == "stories260K" and ("channel" not in label or fmt == "gptq"):
+                # Its FFN width 172 holds no groups of 32 (channel-wise only),
+                # and GPTQ packs every FFN weight along 172 (refused).
+                continue
             try:
                 row, ok = check_one(args, src, label, fmt, opts, ids, src_logits)
             except Exception as e:  # one failing scheme must not hide the others

@@ -93,6 +93,7 @@ DequantizeOutput::DequantizeOutput(const std::string& out_path, std::vector<Tens
     fo.config = std::move(config);
     fo.metadata = metadata;
     fo.copy_files_from = opt.copy_files_from;
+    fo.exclude_files = quantization_side_files();  // the weights are no longer quantized
     config_written_ = !fo.config.is_null();
     // The folder writer checks the free space of everything it writes.
     folder_ = std::make_unique<ModelFolderWriter>(out_path, std::move(tensors), std::move(fo));

@@ -391,6 +391,7 @@ HfExportSummary export_hf(const std::string& source, const std::string& out_dir,
   fo.config = plan.config;
   fo.generated_files = plan.generated_files;
   fo.copy_files_from = plan.copy_files_from;
+  fo.exclude_files = quantization_side_files();  // GPTQ's own is a generated file
   ModelFolderWriter writer(out_dir, std::move(decl), fo);
 
   uint64_t done = 0;

@@ -54,7 +54,16 @@ struct ModelFolderOptions {
   // hidden files. Subfolders are not copied; each is named in
   // ModelFolderWriter::skipped().
   std::string copy_files_from;
+  // Names of copy_files_from never copied: files the new folder would
+  // contradict, such as a GPTQ quantize_config.json beside dequantized
+  // weights (a loader would take the folder for a quantized one).
+  std::vector<std::string> exclude_files;
 };
+
+// The quantization side files of the formats qpack reads (GPTQ's
+// quantize_config.json, AutoAWQ's quant_config.json): a folder whose weights
+// are not in that format must not carry them.
+const std::vector<std::string>& quantization_side_files();
 
 class ModelFolderWriter {
  public:
