@@ -7,24 +7,14 @@
 
 #include "json_strict.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/format/io.hpp"
+#include "qpack/format/text.hpp"
 
 namespace qpack {
 
 using nlohmann::json;
 
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-std::string dir_of(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
 
 std::string join(const std::string& dir, const std::string& name) {
   if (dir.empty() || dir == ".") return name;
@@ -127,7 +117,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path) {
 
   auto open_index = [&](const std::string& ipath) {
     index_path = ipath;
-    dir = dir_of(ipath);
+    dir = parent_folder(ipath);
     const std::string text = read_text_file(ipath);
     const auto pr = detail::parse_json_strict(text.data(), text.data() + text.size(), &index);
     if (!pr.ok()) throw Error(ErrorCode::BadIndex, ipath, "", pr.describe());
@@ -224,7 +214,7 @@ std::unique_ptr<Checkpoint> Checkpoint::open(const std::string& path) {
     if (ends_with(path, ".json")) {
       open_index(path);
     } else {
-      dir = dir_of(path);
+      dir = parent_folder(path);
       const size_t slash = path.find_last_of('/');
       shards.emplace(slash == std::string::npos ? path : path.substr(slash + 1),
                      SafetensorsFile::open(path));

@@ -25,11 +25,6 @@ const char* hf_quant_format_name(HfQuantFormat f) {
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 std::string folder_of(const std::string& path) {
   if (is_directory(path)) return path;
   const size_t slash = path.find_last_of('/');

@@ -26,6 +26,18 @@
 
 namespace qpack {
 
+std::string parent_folder(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+std::string file_name(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
 namespace {
 
 std::string errno_text(int err) { return std::strerror(err); }
@@ -36,18 +48,6 @@ uint64_t page_size() {
     return v > 0 ? uint64_t(v) : uint64_t(4096);
   }();
   return p;
-}
-
-std::string dir_of(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
-
-std::string base_of(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
 // mkstemp creates files 0600; the output should get the permissions any other
@@ -275,15 +275,15 @@ std::string partial_file_prefix(const std::string& output_name) {
 
 AtomicOutputFile::AtomicOutputFile(const std::string& final_path, bool overwrite)
     : final_path_(final_path), overwrite_(overwrite) {
-  const std::string base = base_of(final_path);
+  const std::string base = file_name(final_path);
   if (base.empty() || base == "." || base == "..")
     throw Error(ErrorCode::InvalidArgument, final_path, "", "not a file name");
   const OutputTarget target = inspect_output(final_path);
   if (!overwrite && target.exists)
     throw Error(ErrorCode::OutputExists, final_path, "", "output already exists");
   target_path_ = target.target;
-  const std::string folder = dir_of(target_path_);
-  const std::string prefix = partial_file_prefix(base_of(target_path_));
+  const std::string folder = parent_folder(target_path_);
+  const std::string prefix = partial_file_prefix(file_name(target_path_));
   remove_orphaned_partials(folder, prefix);
   // The name is recorded for the signal handlers before the file exists, so
   // that no moment has the file on disk and unknown to them (mkostemp would
@@ -469,7 +469,7 @@ void AtomicOutputFile::commit() {
   live_slot_ = -1;
   // Makes the rename itself durable. Some filesystems cannot fsync a
   // directory; the data is already safe, so that is not an error.
-  const int dfd = ::open(dir_of(target_path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  const int dfd = ::open(parent_folder(target_path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
     (void)fsync(dfd);
     ::close(dfd);
@@ -486,7 +486,7 @@ void check_free_space(const std::string& final_path, uint64_t bytes_needed) {
   if (::lstat(final_path.c_str(), &st) == 0 && S_ISLNK(st.st_mode) &&
       ::realpath(final_path.c_str(), resolved))
     target = resolved;
-  const std::string folder = dir_of(target);
+  const std::string folder = parent_folder(target);
   struct statvfs vfs;
   if (::statvfs(folder.c_str(), &vfs) != 0) return;
   const uint64_t free_bytes = uint64_t(vfs.f_bavail) * uint64_t(vfs.f_frsize);

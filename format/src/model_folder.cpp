@@ -27,23 +27,6 @@ using nlohmann::json;
 
 std::string errno_text(int err) { return std::strerror(err); }
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-std::string dir_of(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
-
-std::string base_of(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
 // "out/" and "out" name the same folder; "/" stays "/".
 std::string strip_trailing_slashes(std::string p) {
   while (p.size() > 1 && p.back() == '/') p.pop_back();
@@ -242,7 +225,7 @@ struct ModelFolderWriter::Impl {
 };
 
 void ModelFolderWriter::Impl::validate() {
-  const std::string base = base_of(final_path);
+  const std::string base = file_name(final_path);
   if (base.empty() || base == "." || base == "..")
     throw Error(ErrorCode::InvalidArgument, final_path, "", "not a folder name");
   if (options.max_shard_bytes == 0)
@@ -324,7 +307,7 @@ void ModelFolderWriter::Impl::scan_copy_source() {
 }
 
 void ModelFolderWriter::Impl::create_temp_folder() {
-  const std::string prefix = partial_file_prefix(base_of(final_path));
+  const std::string prefix = partial_file_prefix(file_name(final_path));
   // Recorded for the signal handlers before it exists, as AtomicOutputFile
   // does with its file; a name taken already is drawn again.
   std::random_device rd;
@@ -446,7 +429,7 @@ ModelFolderWriter::ModelFolderWriter(const std::string& out_dir, std::vector<Fol
     : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
   m.final_path = strip_trailing_slashes(out_dir);
-  m.parent = dir_of(m.final_path);
+  m.parent = parent_folder(m.final_path);
   m.tensors = std::move(tensors);
   m.options = std::move(options);
   m.validate();
@@ -485,7 +468,7 @@ ModelFolderWriter::ModelFolderWriter(const std::string& out_dir, std::vector<Fol
   if (m.shard_names.size() > 1) needed += 64 + 96 * m.tensors.size();  // about the index
   check_free_space(m.final_path, needed);
 
-  remove_orphaned_partial_folders(m.parent, partial_file_prefix(base_of(m.final_path)));
+  remove_orphaned_partial_folders(m.parent, partial_file_prefix(file_name(m.final_path)));
   m.create_temp_folder();
   try {
     for (size_t s = 0; s < m.shard_names.size(); ++s) {

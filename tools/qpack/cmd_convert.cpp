@@ -8,6 +8,7 @@
 #include "qpack/converter/export_gguf.hpp"
 #include "qpack/converter/export_hf.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/format/io.hpp"
 #include "qpack/format/text.hpp"
 
 namespace qpack::cli {
@@ -59,10 +60,6 @@ struct ConvertArgs {
   CLI::Option* require_opt = nullptr;
   std::vector<std::pair<std::string, CLI::Option*>> hf_only;
 };
-
-bool ends_with(const std::string& s, const std::string& e) {
-  return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0;
-}
 
 // gguf, qpack, compressed-tensors or gptq: --format, else OUTPUT's
 // extension, else (a dry run with no OUTPUT) gguf when --type was given.
@@ -210,6 +207,21 @@ void print_warnings(const std::vector<std::string>& warnings) {
   for (const auto& w : warnings) std::fprintf(stderr, "qpack: warning: %s\n", w.c_str());
 }
 
+// --dry-run of an exporter: its plan as JSON (with "dry_run": true) or as a
+// table, then the plan's warnings.
+template <class Plan>
+int print_dry_run(const Plan& plan, bool json, void (*print_table)(const Plan&)) {
+  if (json) {
+    nlohmann::json j = plan.to_json();
+    j["dry_run"] = true;
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    print_table(plan);
+  }
+  print_warnings(plan.warnings);
+  return kExitOk;
+}
+
 int run_gguf(ConvertArgs& a) {
   refuse_options(a.qpack_only, "GGUF",
                  "GGUF types come from --type, --pure and --tensor-type; docs/gguf.md");
@@ -224,18 +236,7 @@ int run_gguf(ConvertArgs& a) {
   if (a.device_opt->count() > 0 && a.device.value().kind == DeviceKind::Cuda)
     throw Error(ErrorCode::InvalidArgument, "", "",
                 "GGUF output is written on the CPU: --device cuda is not supported for it yet");
-  if (a.dry_run) {
-    const GgufExportPlan plan = plan_gguf_export(a.source, o);
-    if (a.json) {
-      nlohmann::json j = plan.to_json();
-      j["dry_run"] = true;
-      std::printf("%s\n", j.dump(2).c_str());
-    } else {
-      print_gguf_plan(plan);
-    }
-    print_warnings(plan.warnings);
-    return kExitOk;
-  }
+  if (a.dry_run) return print_dry_run(plan_gguf_export(a.source, o), a.json, print_gguf_plan);
   if (a.output.empty())
     throw Error(ErrorCode::InvalidArgument, "", "", "convert needs OUTPUT (or --dry-run)");
   o.overwrite = a.force;
@@ -377,18 +378,7 @@ int run_hf(ConvertArgs& a, HfFormat format) {
   else
     throw Error(ErrorCode::InvalidArgument, "", "", "--nonfinite must be 'error' or 'zero'");
   o.max_shard_bytes = parse_shard_size(a.max_shard_size);
-  if (a.dry_run) {
-    const HfExportPlan plan = plan_hf_export(a.source, o);
-    if (a.json) {
-      nlohmann::json j = plan.to_json();
-      j["dry_run"] = true;
-      std::printf("%s\n", j.dump(2).c_str());
-    } else {
-      print_hf_plan(plan);
-    }
-    print_warnings(plan.warnings);
-    return kExitOk;
-  }
+  if (a.dry_run) return print_dry_run(plan_hf_export(a.source, o), a.json, print_hf_plan);
   if (a.output.empty())
     throw Error(ErrorCode::InvalidArgument, "", "", "convert needs OUTPUT (or --dry-run)");
   o.overwrite = a.force;

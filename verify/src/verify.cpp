@@ -123,6 +123,16 @@ VerifyReport start_report(const std::string& file, const std::string& source,
   return rep;
 }
 
+std::unique_ptr<CudaMetricsEngine> open_metrics_engine(const VerifyOptions& opt,
+                                                       VerifyReport& rep) {
+  std::unique_ptr<CudaMetricsEngine> gpu;
+  const DeviceSelection device = resolve_device(opt.device);
+  if (device.kind == DeviceKind::Cuda)
+    gpu = CudaMetricsEngine::create(opt.gpu_chunk_bytes, device.index);
+  rep.device = gpu ? gpu->description() : "cpu (" + count_of(uint64_t(rep.threads), "thread") + ")";
+  return gpu;
+}
+
 void finish_report(VerifyReport& rep, Clock::time_point t_start) {
   build_rollups(rep);
   apply_gate(rep);
@@ -340,12 +350,7 @@ VerifyReport verify(const std::string& qpack_path, const std::string& source_pat
   const auto t_start = Clock::now();
   VerifyReport rep = start_report(qpack_path, source_path, opt, "qpack");
 
-  // The device first, so that an unusable --device cuda fails before any work.
-  std::unique_ptr<CudaMetricsEngine> gpu;
-  const DeviceSelection device = resolve_device(opt.device);
-  if (device.kind == DeviceKind::Cuda)
-    gpu = CudaMetricsEngine::create(opt.gpu_chunk_bytes, device.index);
-  rep.device = gpu ? gpu->description() : "cpu (" + count_of(uint64_t(rep.threads), "thread") + ")";
+  const std::unique_ptr<CudaMetricsEngine> gpu = open_metrics_engine(opt, rep);
 
   // 1. Integrity: header and manifest (open), then every section.
   const auto t_int = Clock::now();

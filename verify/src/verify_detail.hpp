@@ -5,9 +5,11 @@
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <string>
 
 #include "qpack/format/error.hpp"
+#include "qpack/verify/metrics.hpp"
 #include "qpack/verify/verify.hpp"
 
 namespace qpack::verify_detail {
@@ -24,6 +26,9 @@ void warn(VerifyReport& rep, const VerifyOptions& opt, std::string line);
 // threads, version, date) for a file of `format` ("qpack", "gguf", ...).
 VerifyReport start_report(const std::string& file, const std::string& source,
                           const VerifyOptions& opt, const std::string& format);
+// The metrics engine of opt.device (null for the CPU), opened first so that
+// an unusable --device cuda fails before any work; sets rep.device.
+std::unique_ptr<CudaMetricsEngine> open_metrics_engine(const VerifyOptions& opt, VerifyReport& rep);
 // The last steps of every format: roll-ups, the gate, the total time.
 void finish_report(VerifyReport& rep, Clock::time_point t_start);
 // The warnings a quantized tensor's stored parameters call for (non-finite

@@ -80,11 +80,7 @@ VerifyReport verify_hf(const std::string& path, const std::string& source_path,
   // Another quantizer made these codes: the bound is qpack's promise, not theirs.
   rep.bound_is_promise = false;
 
-  std::unique_ptr<CudaMetricsEngine> gpu;
-  const DeviceSelection device = resolve_device(opt.device);
-  if (device.kind == DeviceKind::Cuda)
-    gpu = CudaMetricsEngine::create(opt.gpu_chunk_bytes, device.index);
-  rep.device = gpu ? gpu->description() : "cpu (" + count_of(uint64_t(rep.threads), "thread") + ")";
+  const std::unique_ptr<CudaMetricsEngine> gpu = open_metrics_engine(opt, rep);
 
   // 1. Integrity: the reader's validation (safetensors headers, the config,
   // every companion's dtype and shape, zero-points, g_idx). A setting qpack

@@ -29,10 +29,6 @@ const char* hf_format_name(HfFormat f) {
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& e) {
-  return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0;
-}
-
 std::string last_component(const std::string& module) {
   const size_t dot = module.find_last_of('.');
   return dot == std::string::npos ? module : module.substr(dot + 1);

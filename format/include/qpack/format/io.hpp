@@ -123,6 +123,11 @@ bool is_orphaned_partial_name(const std::string& entry, const std::string& prefi
 // still fails cleanly when the disk fills.
 void check_free_space(const std::string& final_path, uint64_t bytes_needed);
 
+// The folder part of a path ("." for a bare name, "/" at the root) and its
+// last component.
+std::string parent_folder(const std::string& path);
+std::string file_name(const std::string& path);
+
 // Reads a whole (small) file into a string; throws Error(Io).
 std::string read_text_file(const std::string& path);
 bool file_exists(const std::string& path);

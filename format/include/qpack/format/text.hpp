@@ -28,6 +28,9 @@ std::optional<ZeroPoint> zero_point_from_string(std::string_view name);
 inline constexpr const char* kRawLabel = "raw";
 
 // "[4096, 11008]"; "[]" for a 0-d tensor.
+// True when `s` ends with `suffix` (file extensions, name suffixes).
+bool ends_with(std::string_view s, std::string_view suffix);
+
 std::string shape_to_string(const std::vector<int64_t>& shape);
 
 // "1 tensor", "3 tensors": a count and its noun, singular for exactly one
