@@ -233,9 +233,7 @@ int run_gguf(ConvertArgs& a) {
   for (const auto& t : a.tensor_types) o.tensor_types.push_back(parse_gguf_tensor_type_rule(t));
   o.vocab_from = a.vocab_from;
   o.threads = a.threads;
-  if (a.device_opt->count() > 0 && a.device.value().kind == DeviceKind::Cuda)
-    throw Error(ErrorCode::InvalidArgument, "", "",
-                "GGUF output is written on the CPU: --device cuda is not supported for it yet");
+  o.device = a.device.value();
   if (a.dry_run) return print_dry_run(plan_gguf_export(a.source, o), a.json, print_gguf_plan);
   if (a.output.empty())
     throw Error(ErrorCode::InvalidArgument, "", "", "convert needs OUTPUT (or --dry-run)");
