@@ -17,12 +17,16 @@
 #include <future>
 #include <memory>
 #include <optional>
+#include <set>
 
+#include "qpack/converter/partition.hpp"
 #include "qpack/format/checkpoint.hpp"
+#include "qpack/format/checksum.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/glob.hpp"
 #include "qpack/format/io.hpp"
 #include "qpack/format/provenance.hpp"
+#include "qpack/format/qpack_set.hpp"
 #include "qpack/format/text.hpp"
 #include "qpack/version.hpp"
 
@@ -268,6 +272,7 @@ nlohmann::json ConvertSummary::to_json() const {
   j["gbps"] = seconds > 0 ? double(bytes_in) / seconds / 1e9 : 0.0;
   j["device"] = device;
   j["warnings"] = warnings;
+  j["files"] = files;
   j["tensors"] = plan_tensors_json(plan);
   return j;
 }
@@ -277,33 +282,13 @@ ConvertPlan make_plan(const std::string& source, const ConvertOptions& options) 
   return plan_for(*ckpt, source, options);
 }
 
-ConvertSummary convert_checkpoint(const std::string& source, const std::string& output,
-                                  const ConvertOptions& options, TensorQuantizer& quantizer) {
-  const auto t0 = std::chrono::steady_clock::now();
-  const auto ckpt = Checkpoint::open(source);
-  for (const auto& f : ckpt->files())
-    if (same_file(output, f->path()))
-      throw Error(ErrorCode::InvalidArgument, output, "",
-                  "the output would overwrite the input checkpoint " + f->path());
-  if (same_file(output, source))
-    throw Error(ErrorCode::InvalidArgument, output, "", "the output is the input");
+namespace {
 
-  ConvertPlan plan = plan_for(*ckpt, source, options);
-  ConvertSummary summary;
-  summary.plan = std::move(plan.tensors);
-  summary.warnings = std::move(plan.warnings);
-  summary.device = quantizer.description();
-  ConvertProgress progress;
-  progress.tensors_total = summary.plan.size();
-  for (const auto& p : summary.plan) progress.bytes_total += p.bytes_in;
-
-  QpackWriter writer(output, writer_options(options));
-  // Before any tensor is read: the whole file must fit. The plan's size is
-  // exact without zstd and an upper bound with it.
-  check_free_space(output, plan.bytes_out);
-  writer.set_source(ckpt->metadata(), ckpt->config());
-  writer.set_provenance(provenance_json(*ckpt, source, options, SourceHashes::Compute));
-
+// Streams plan tensors [begin, end) into `writer` (the pipeline of the
+// comment at the top of this file), adding to `summary` and `progress`.
+void convert_range(const Checkpoint& ckpt, const std::vector<PlanEntry>& plan, size_t begin,
+                   size_t end, const ConvertOptions& options, TensorQuantizer& quantizer,
+                   QpackWriter& writer, ConvertProgress& progress, ConvertSummary& summary) {
   // Tensors submitted and not yet waited for, at most `depth` at once: one
   // per pipeline of the quantizer (several GPUs work on several tensors)
   // plus one, so that each pipeline runs on into its next tensor. One more
@@ -334,8 +319,8 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
   auto write_oldest = [&] {
     const InFlight f = in_flight.front();
     in_flight.pop_front();
-    const PlanEntry& e = summary.plan[f.idx];
-    const CheckpointTensor& t = ckpt->tensors()[f.idx];
+    const PlanEntry& e = plan[f.idx];
+    const CheckpointTensor& t = ckpt.tensors()[f.idx];
     try {
       quantizer.wait(f.ticket);
     } catch (const Error& err) {
@@ -350,9 +335,9 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
   };
   try {
     size_t n = 0;
-    for (size_t idx = 0; idx < summary.plan.size(); ++idx) {
-      const PlanEntry& e = summary.plan[idx];
-      const CheckpointTensor& t = ckpt->tensors()[idx];
+    for (size_t idx = begin; idx < end; ++idx) {
+      const PlanEntry& e = plan[idx];
+      const CheckpointTensor& t = ckpt.tensors()[idx];
       progress.current = e.name;
       if (options.progress) options.progress(progress);
       if (e.action == TensorAction::Keep) {
@@ -384,14 +369,11 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
         summary.bytes_quantized_out += e.bytes_out;
       }
       summary.bytes_in += e.bytes_in;
-      progress.tensors_done = idx + 1;
+      ++progress.tensors_done;
       progress.bytes_done += e.bytes_in;
     }
     write_all();
     wait_pending();
-    progress.current.clear();
-    if (options.progress) options.progress(progress);
-    writer.commit();
   } catch (...) {
     // Stop the quantizer and let the writer task finish with the buffers
     // before they go away; the writer's destructor then removes the
@@ -405,7 +387,147 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
     }
     throw;
   }
-  summary.bytes_out = writer.bytes_written();
+}
+
+// What one output file of a conversion holds: plan tensors [begin, end).
+struct Piece {
+  std::string path;
+  size_t index = 0, begin = 0, end = 0;
+};
+
+// A part's provenance (docs/format.md section 11.3): the source files it
+// reads tensors from are hashed, the others recorded with a null xxh3; part 0
+// also hashes the files no part reads tensors from (config.json, a shard
+// without tensors), so that the parts together hash every file once.
+nlohmann::json part_source_files(const Checkpoint& ckpt, const std::string& source,
+                                 const std::vector<size_t>& bounds, size_t part) {
+  nlohmann::json files = source_files_json(ckpt, source, SourceHashes::Placeholder);
+  std::set<std::string> mine, anyones;
+  for (size_t i = 0; i < ckpt.tensors().size(); ++i) {
+    const std::string name = file_name(ckpt.tensors()[i].file->path());
+    anyones.insert(name);
+    if (i >= bounds[part] && i < bounds[part + 1]) mine.insert(name);
+  }
+  const std::string root = source_root(source);
+  for (nlohmann::json& f : files) {
+    const std::string name = f.at("path").get<std::string>();
+    if (mine.count(name) || (part == 0 && !anyones.count(name)))
+      f["xxh3"] = checksum_to_hex(file_checksum64(root.empty() ? name : root + "/" + name));
+    else
+      f["xxh3"] = nullptr;
+  }
+  return files;
+}
+
+}  // namespace
+
+ConvertSummary convert_checkpoint(const std::string& source, const std::string& output,
+                                  const ConvertOptions& options, TensorQuantizer& quantizer) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto ckpt = Checkpoint::open(source);
+  if (options.part_count > 0 && options.part_index >= options.part_count)
+    throw Error(ErrorCode::InvalidArgument, output, "",
+                "part " + std::to_string(options.part_index) + " of " +
+                    std::to_string(options.part_count) + ": parts count from 0 to " +
+                    std::to_string(options.part_count - 1));
+  if (options.part_count > 0 && options.max_shard_bytes > 0)
+    throw Error(ErrorCode::InvalidArgument, output, "",
+                "a part is one shard of its set: --part and --max-shard-size do not go together");
+
+  ConvertPlan plan = plan_for(*ckpt, source, options);
+  ConvertSummary summary;
+  summary.warnings = std::move(plan.warnings);
+  summary.device = quantizer.description();
+
+  // The files to write (docs/format.md section 11.5).
+  std::vector<size_t> bounds = {0, plan.tensors.size()};
+  if (options.part_count > 0) {
+    std::vector<uint64_t> w;
+    for (const PlanEntry& e : plan.tensors) w.push_back(e.bytes_in);
+    bounds = balanced_partition(w, options.part_count);
+  } else if (options.max_shard_bytes > 0) {
+    std::vector<uint64_t> w;
+    for (const PlanEntry& e : plan.tensors) w.push_back(e.bytes_out);
+    bounds = capped_partition(w, options.max_shard_bytes);
+  }
+  const size_t count = bounds.size() - 1;
+  const bool sharded = count > 1 || options.part_count > 0;
+  std::vector<Piece> pieces;
+  for (size_t k = 0; k < count; ++k) {
+    if (options.part_count > 0 && k != options.part_index) continue;
+    pieces.push_back(
+        {sharded ? qpack_shard_path(output, k, count) : output, k, bounds[k], bounds[k + 1]});
+  }
+  const std::string index_path = qpack_set_index_path(output);
+  const bool write_index = sharded && options.part_count == 0;
+  // Refused before anything is written: an output over an input, an
+  // existing output without overwrite.
+  std::vector<std::string> outputs;
+  for (const Piece& p : pieces) outputs.push_back(p.path);
+  if (write_index) outputs.push_back(index_path);
+  for (const std::string& out : outputs) {
+    for (const auto& f : ckpt->files())
+      if (same_file(out, f->path()))
+        throw Error(ErrorCode::InvalidArgument, out, "",
+                    "the output would overwrite the input checkpoint " + f->path());
+    if (same_file(out, source))
+      throw Error(ErrorCode::InvalidArgument, out, "", "the output is the input");
+    if (!options.overwrite && file_exists(out))
+      throw Error(ErrorCode::OutputExists, out, "", "output exists");
+  }
+
+  nlohmann::json provenance =
+      provenance_json(*ckpt, source, options,
+                      options.part_count > 0 ? SourceHashes::Placeholder : SourceHashes::Compute);
+  if (options.part_count > 0)
+    provenance["source_files"] = part_source_files(*ckpt, source, bounds, options.part_index);
+  std::string set_id;
+  if (sharded) {
+    std::vector<std::string> names;
+    for (const PlanEntry& e : plan.tensors) names.push_back(e.name);
+    set_id = qpack_set_id(provenance, count, names);
+  }
+
+  ConvertProgress progress;
+  for (const Piece& piece : pieces)
+    for (size_t i = piece.begin; i < piece.end; ++i) {
+      ++progress.tensors_total;
+      progress.bytes_total += plan.tensors[i].bytes_in;
+      summary.plan.push_back(plan.tensors[i]);
+    }
+  // Before any tensor is read: the whole output must fit. The plan's size is
+  // exact without zstd and an upper bound with it; a part or shard needs at
+  // most its sections plus the single file's header and manifest.
+  {
+    uint64_t all = 0, mine = 0;
+    for (const PlanEntry& e : plan.tensors) all += e.bytes_out;
+    for (const PlanEntry& e : summary.plan) mine += e.bytes_out + kQpackAlignment;
+    const uint64_t overhead = plan.bytes_out > all ? plan.bytes_out - all : 0;
+    check_free_space(output, sharded ? mine + overhead * pieces.size() : plan.bytes_out);
+  }
+
+  for (const Piece& piece : pieces) {
+    QpackWriter writer(piece.path, writer_options(options));
+    writer.set_source(ckpt->metadata(), ckpt->config());
+    writer.set_provenance(provenance);
+    if (sharded)
+      writer.set_shard(
+          qpack_shard_json(set_id, piece.index, count, piece.begin, plan.tensors.size()));
+    convert_range(*ckpt, plan.tensors, piece.begin, piece.end, options, quantizer, writer, progress,
+                  summary);
+    writer.commit();
+    summary.bytes_out += writer.bytes_written();
+    summary.files.push_back(piece.path);
+  }
+  if (write_index) {
+    MergeOptions mo;
+    mo.index_only = true;
+    mo.overwrite = options.overwrite;
+    summary.bytes_out += merge_qpack_parts(summary.files, index_path, mo).bytes_out;
+    summary.files.push_back(index_path);
+  }
+  progress.current.clear();
+  if (options.progress) options.progress(progress);
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return summary;
 }

@@ -9,6 +9,7 @@
 #include "qpack/format/checksum.hpp"
 #include "qpack/format/container.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/format/qpack_set.hpp"
 #include "qpack/format/text.hpp"
 #include "section_codec.hpp"
 
@@ -18,6 +19,12 @@ using detail::json_type_name;
 using nlohmann::json;
 
 std::unique_ptr<QpackFile> QpackFile::open(const std::string& path) {
+  const std::string index = qpack_set_index_for(path);
+  if (!index.empty()) return open_qpack_set(index);
+  return open_file(path);
+}
+
+std::unique_ptr<QpackFile> QpackFile::open_file(const std::string& path) {
   auto f = std::unique_ptr<QpackFile>(new QpackFile());
   f->path_ = path;
   f->map_ = MappedFile(path);
@@ -397,6 +404,7 @@ void QpackFile::parse() {
   const QpackHeader h = p.parse_header();
   major_ = h.version_major;
   minor_ = h.version_minor;
+  header_checksum_ = h.header_xxh3;
   json m = p.parse_manifest_json();
   const json& tensors = p.parse_manifest_top(m, major_, minor_);
   std::vector<QpackTensor> out;
@@ -422,6 +430,7 @@ const nlohmann::json& QpackFile::source_config() const {
 
 // Steps 11 (the checksum) and 12 (the decode, section_codec.cpp).
 SectionBytes QpackFile::read(const QpackTensor& t, const Section& s) const {
+  if (!shards_.empty()) return shards_[s.shard]->read(t, s);
   const char* sname = section_name_in(t, s);
   if (!s.present)
     throw Error(ErrorCode::Internal, path_, t.name, std::string("no section '") + sname + "'");
@@ -438,7 +447,10 @@ SectionBytes QpackFile::read(const QpackTensor& t, const Section& s) const {
   return detail::decode_section(p, s, path_, t.name, sname);
 }
 
-void QpackFile::release(const Section& s) const { map_.release(s.offset, s.size); }
+void QpackFile::release(const Section& s) const {
+  if (!shards_.empty()) return shards_[s.shard]->release(s);
+  map_.release(s.offset, s.size);
+}
 
 void QpackFile::check_all() const {
   for (const QpackTensor& t : tensors_)

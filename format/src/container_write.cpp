@@ -22,6 +22,7 @@ struct QpackWriter::Impl {
   json metadata = json::object();
   json config;      // null
   json provenance;  // null: no "provenance" key
+  json shard;       // null: no "shard" key
   bool committed = false;
   detail::ZstdSectionEncoder zstd;
 
@@ -57,6 +58,12 @@ void QpackWriter::set_provenance(nlohmann::json provenance) {
   if (!provenance.is_object())
     throw Error(ErrorCode::InvalidArgument, impl_->file(), "", "provenance must be a JSON object");
   impl_->provenance = std::move(provenance);
+}
+
+void QpackWriter::set_shard(nlohmann::json shard) {
+  if (!shard.is_object())
+    throw Error(ErrorCode::InvalidArgument, impl_->file(), "", "shard must be a JSON object");
+  impl_->shard = std::move(shard);
 }
 
 namespace {
@@ -246,13 +253,39 @@ void QpackWriter::add_quantized(const std::string& name, DType dtype,
   w.tensors.push_back(quantized_tensor_json(name, dtype, shape, rs, std::move(sections)));
 }
 
+void QpackWriter::add_copied(const QpackFile& from, size_t index) {
+  Impl& w = *impl_;
+  if (w.committed)
+    throw Error(ErrorCode::InvalidArgument, w.file(), "", "writer already committed");
+  const QpackTensor& t = from.tensors().at(index);
+  json entry = from.manifest().at("tensors").at(index);
+  check_name(w.file(), t.name, w.names);
+  for (const TensorSection& ts : t.sections()) {
+    const Section& s = *ts.section;
+    const uint8_t* stored = from.stored(s);
+    w.out.write_zeros(padding_to_alignment(w.out.position()));
+    const uint64_t offset = w.out.position();
+    const uint64_t sum = checksum64(stored, size_t(s.size));
+    if (sum != s.checksum)
+      throw Error(ErrorCode::ChecksumMismatch, from.path(), t.name,
+                  std::string("section '") + ts.name + "' checksum " + checksum_to_hex(sum) +
+                      " does not match the manifest's " + checksum_to_hex(s.checksum) +
+                      ": the data is corrupt");
+    w.out.write(stored, size_t(s.size));
+    from.release(s);
+    entry.at("sections").at(ts.name)["offset"] = offset;
+  }
+  w.tensors.push_back(std::move(entry));
+}
+
 uint64_t QpackWriter::bytes_written() const { return impl_->out.position(); }
 
 void QpackWriter::commit() {
   Impl& w = *impl_;
   if (w.committed)
     throw Error(ErrorCode::InvalidArgument, w.file(), "", "writer already committed");
-  const json manifest = manifest_json(w.options, w.metadata, w.config, w.tensors, w.provenance);
+  json manifest = manifest_json(w.options, w.metadata, w.config, w.tensors, w.provenance);
+  if (!w.shard.is_null()) manifest["shard"] = w.shard;
   std::string text;
   try {
     text = manifest.dump();

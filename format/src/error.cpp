@@ -77,6 +77,15 @@ const char* error_code_name(ErrorCode code) {
     QPACK_CASE(HfUnsupported)
     QPACK_CASE(HfBadTensor)
     QPACK_CASE(HfBadValue)
+    QPACK_CASE(SetBadIndex)
+    QPACK_CASE(SetMissingShard)
+    QPACK_CASE(SetExtraShard)
+    QPACK_CASE(SetSwappedShard)
+    QPACK_CASE(SetShardMismatch)
+    QPACK_CASE(SetStaleIndex)
+    QPACK_CASE(PartMismatch)
+    QPACK_CASE(PartMissing)
+    QPACK_CASE(PartDuplicate)
     QPACK_CASE(Internal)
 #undef QPACK_CASE
   }
@@ -104,6 +113,12 @@ int exit_code_for(ErrorCode code) {
     case ErrorCode::FileSizeMismatch:
     case ErrorCode::BadMagic:
     case ErrorCode::SourceMismatch:
+    case ErrorCode::SetBadIndex:
+    case ErrorCode::SetMissingShard:
+    case ErrorCode::SetExtraShard:
+    case ErrorCode::SetSwappedShard:
+    case ErrorCode::SetShardMismatch:
+    case ErrorCode::SetStaleIndex:
       return kExitIntegrity;
     case ErrorCode::NoDevice:
     case ErrorCode::Cuda:

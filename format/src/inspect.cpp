@@ -16,6 +16,7 @@
 #include "qpack/format/container.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/hf_quantized.hpp"
+#include "qpack/format/qpack_set.hpp"
 #include "qpack/format/text.hpp"
 
 namespace qpack {
@@ -84,6 +85,12 @@ json qpack_report(const std::string& path, const InspectOptions& options) {
                  {"source_bytes", source},
                  {"ratio", ratio_of(source, f->file_size())}};  // the model's: over the file
   r["check"] = options.check ? json("ok") : json(nullptr);
+  // A shard set (docs/format.md section 11): its shards, in order; null for one file.
+  json shards;
+  for (const auto& s : f->shards())
+    shards.push_back(
+        {{"file", s->path()}, {"tensors", s->tensors().size()}, {"file_size", s->file_size()}});
+  r["shards"] = shards;
   return r;
 }
 
@@ -160,6 +167,7 @@ json inspect_report(const std::string& path, const InspectOptions& options) {
   if (!named_qpack && !is_qpack_file(path) &&
       HfQuantizedModel::reads_method(HfQuantizedModel::quant_method_of(path)))
     return detail::hf_inspect_report(path, options);
+  if (!qpack_set_index_for(path).empty()) return qpack_report(path, options);
   return is_qpack_file(path) || named_qpack ? qpack_report(path, options)
                                             : checkpoint_report(path, options);
 }

@@ -3,6 +3,7 @@
 #include "cli_options.hpp"
 #include "commands.hpp"
 #include "device.hpp"
+#include "part_option.hpp"
 #include "progress_bar.hpp"
 #include "qpack/converter/convert.hpp"
 #include "qpack/converter/export_gguf.hpp"
@@ -59,6 +60,11 @@ struct ConvertArgs {
   CLI::Option* recipe_opt = nullptr;
   CLI::Option* require_opt = nullptr;
   std::vector<std::pair<std::string, CLI::Option*>> hf_only;
+  // Conversion in parts (docs/scale-out.md).
+  std::string part;
+  size_t parts = 0;
+  CLI::Option* part_opt = nullptr;
+  CLI::Option* parts_opt = nullptr;
 };
 
 // gguf, qpack, compressed-tensors or gptq: --format, else OUTPUT's
@@ -234,6 +240,9 @@ int run_gguf(ConvertArgs& a) {
   refuse_options(a.qpack_only, "GGUF",
                  "GGUF types come from --type, --pure and --tensor-type; docs/gguf.md");
   refuse_options(a.hf_only, "GGUF", kHfHint);
+  refuse_options(
+      {{"--max-shard-size", a.shard_opt}, {"--part", a.part_opt}, {"--parts", a.parts_opt}}, "GGUF",
+      "a GGUF is one file");
   GgufExportOptions o;
   o.type = a.gguf_type;
   find_gguf_file_type(o.type);  // an unknown --type before anything is read
@@ -339,7 +348,9 @@ int run_hf(ConvertArgs& a, HfFormat format) {
                   {"--recipe", a.recipe_opt},
                   {"--min-dims", a.min_dims_opt},
                   {"--zstd", a.zstd},
-                  {"--require-quantized", a.require_opt}},
+                  {"--require-quantized", a.require_opt},
+                  {"--part", a.part_opt},
+                  {"--parts", a.parts_opt}},
                  hf_format_name(format), "a .qpack option; docs/hf-quantized.md");
   HfExportOptions o;
   o.format = format;
@@ -425,6 +436,14 @@ int run_convert(ConvertArgs& a) {
   refuse_options(a.gguf_only, ".qpack", kGgufHint);
   refuse_options(a.hf_only, ".qpack", kHfHint);
   ConvertOptions o;
+  if (a.shard_opt->count() > 0) o.max_shard_bytes = parse_shard_size(a.max_shard_size);
+  if (a.part_opt->count() > 0) {
+    const PartSpec p = parse_part_option(a.part, a.parts_opt->count() > 0 ? a.parts : 0);
+    o.part_index = p.index;
+    o.part_count = p.count;
+  } else if (a.parts_opt->count() > 0) {
+    throw Error(ErrorCode::InvalidArgument, "", "", "--parts N goes with --part auto");
+  }
   o.recipe = build_recipe(a);
   if (a.nonfinite == "error")
     o.nonfinite = NonFinitePolicy::Error;
@@ -467,7 +486,11 @@ int run_convert(ConvertArgs& a) {
   } else if (!a.quiet) {
     std::printf("qpack convert: %s quantized, %zu raw -> %s\n",
                 count_of(s.tensors_quantized, "tensor").c_str(), s.tensors_kept,
-                escape_for_terminal(a.output).c_str());
+                escape_for_terminal(s.files.size() == 1 ? s.files[0] : a.output).c_str());
+    if (s.files.size() > 1)
+      std::printf("  %s: %s ... %s\n", count_of(s.files.size(), "file").c_str(),
+                  escape_for_terminal(s.files.front()).c_str(),
+                  escape_for_terminal(s.files.back()).c_str());
     std::printf("  in  %s   out %s   ratio %s   (quantized tensors: %s -> %s)\n",
                 format_bytes(s.bytes_in).c_str(), format_bytes(s.bytes_out).c_str(),
                 format_ratio(compression_ratio(s.bytes_in, s.bytes_out)).c_str(),
@@ -574,16 +597,27 @@ Runner add_convert(CLI::App& app) {
   a->rule_opt = rule;
   a->recipe_opt = recipe;
   a->require_opt = require;
-  a->shard_opt = sub->add_option("--max-shard-size", a->max_shard_size,
-                                 "compressed-tensors/gptq: largest safetensors shard (default "
-                                 "5GB; KB/MB/GB are powers of 10, KiB/MiB/GiB of 2)");
+  a->shard_opt =
+      sub->add_option("--max-shard-size", a->max_shard_size,
+                      "largest shard: compressed-tensors/gptq safetensors shards (default "
+                      "5GB); .qpack: a set of shards plus BASE.qpack.index.json (no "
+                      "default: one file). KB/MB/GB are powers of 10, KiB/MiB/GiB of 2");
   a->include_opt = sub->add_option("--include", a->includes,
                                    "compressed-tensors/gptq: also quantize Linear weights "
                                    "matching this glob (repeatable; anything else is an error)")
                        ->expected(1)
                        ->allow_extra_args(false)
                        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  a->hf_only = {{"--max-shard-size", a->shard_opt}, {"--include", a->include_opt}};
+  a->hf_only = {{"--include", a->include_opt}};
+  a->part_opt = sub->add_option(
+      "--part", a->part,
+      ".qpack: convert only part K/N (K from 0 to N-1) of a deterministic, byte-balanced split, "
+      "written as BASE-0000{K+1}-of-0000N.qpack; 'auto' takes K and N from Slurm "
+      "(SLURM_ARRAY_TASK_ID, _COUNT, _MIN) or a Kubernetes Indexed Job (JOB_COMPLETION_INDEX "
+      "and --parts or QPACK_PARTS); qpack merge puts the parts together (docs/scale-out.md)");
+  a->parts_opt = sub->add_option("--parts", a->parts,
+                                 "with --part auto under Kubernetes: the number of parts (the "
+                                 "Job's completions); under Slurm it must equal the array's size");
   a->qpack_only = {{"--bits", a->bits_opt},
                    {"--group-size", a->group_opt},
                    {"--axis", a->axis_opt},

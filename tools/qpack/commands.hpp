@@ -15,5 +15,6 @@ Runner add_inspect(CLI::App& app);
 Runner add_convert(CLI::App& app);
 Runner add_verify(CLI::App& app);
 Runner add_dequantize(CLI::App& app);
+Runner add_merge(CLI::App& app);
 
 }  // namespace qpack::cli

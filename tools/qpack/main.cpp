@@ -99,6 +99,7 @@ int main(int argc, char** argv) {
   reg(&qpack::cli::add_convert);
   reg(&qpack::cli::add_verify);
   reg(&qpack::cli::add_dequantize);
+  reg(&qpack::cli::add_merge);
 
   const int rc = run(app, runners, argc, argv);
   // What a command printed (a report, --json, --help) must have reached

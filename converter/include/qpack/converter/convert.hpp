@@ -40,6 +40,16 @@ struct ConvertOptions {
   // A plan that quantizes no tensor (an empty checkpoint, everything kept) is
   // Error(NothingToQuantize) before anything is written, instead of a warning.
   bool require_quantized = false;
+  // A shard set (docs/format.md section 11) instead of one file: shards of at
+  // most this many tensor bytes (planned section bytes) each, named
+  // BASE-00001-of-0000N.qpack beside OUTPUT, and BASE.qpack.index.json. 0, or
+  // a plan that fits in one shard: OUTPUT as one file.
+  uint64_t max_shard_bytes = 0;
+  // Conversion in parts: part_count > 0 converts only part part_index
+  // (0-based) of the plan's balanced_partition into part_count, as the
+  // shard file qpack_shard_path(OUTPUT, part_index, part_count); qpack merge
+  // puts the parts together.
+  size_t part_index = 0, part_count = 0;
   std::function<void(const ConvertProgress&)> progress;  // called from the converting thread
 };
 
@@ -74,7 +84,9 @@ struct ConvertSummary {
   std::string device;
   std::vector<PlanEntry> plan;
   std::vector<std::string> warnings;  // the plan's
-  double ratio() const;               // compression_ratio(bytes_in, bytes_out), 0 when undefined
+  // The files written: OUTPUT; or the shards and then the index; or the part.
+  std::vector<std::string> files;
+  double ratio() const;  // compression_ratio(bytes_in, bytes_out), 0 when undefined
   nlohmann::json to_json() const;
 };
 

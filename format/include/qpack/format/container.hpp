@@ -79,6 +79,7 @@ struct Section {
   uint64_t raw_size = 0;  // bytes after decoding
   Codec codec = Codec::None;
   uint64_t checksum = 0;  // XXH3-64 of the stored bytes
+  uint32_t shard = 0;     // in a shard set (QpackFile::is_set): the shard file that holds it
 };
 
 // A tensor's sections, by their keys in the manifest.
@@ -125,8 +126,13 @@ class QpackFile {
  public:
   // Maps the file and validates header, manifest and section bounds (not the
   // section checksums: read() checks each section as it is read, check_all()
-  // checks every one).
+  // checks every one). A shard set (docs/format.md section 11: a folder
+  // holding a *.qpack.index.json, the index itself, or a shard the index
+  // beside it lists) opens as one file: its tensors in order, its manifest
+  // the first shard's with every shard's tensors (qpack/format/qpack_set.hpp).
   static std::unique_ptr<QpackFile> open(const std::string& path);
+  // One file only, never a set (a shard on its own, a part to merge).
+  static std::unique_ptr<QpackFile> open_file(const std::string& path);
   // The same validation over bytes in memory (fuzzing); `bytes` must outlive it.
   static std::unique_ptr<QpackFile> from_memory(const uint8_t* bytes, uint64_t size,
                                                 const std::string& name);
@@ -145,7 +151,15 @@ class QpackFile {
   SectionBytes read(const QpackTensor& t, const Section& s) const;
   // Stored bytes as in the file (no checksum check): for GPU upload paths that
   // verify on their own.
-  const uint8_t* stored(const Section& s) const { return base_ + s.offset; }
+  const uint8_t* stored(const Section& s) const {
+    return shards_.empty() ? base_ + s.offset : shards_[s.shard]->stored(s);
+  }
+  // XXH3-64 of header bytes 0 ... 55 (the header's last field): what a
+  // set's index records for each shard.
+  uint64_t header_checksum() const { return header_checksum_; }
+  // A shard set: its shards, in order (empty for one file).
+  bool is_set() const { return !shards_.empty(); }
+  const std::vector<std::unique_ptr<QpackFile>>& shards() const { return shards_; }
   void release(const Section& s) const;
   // Reads every section and verifies every checksum and decoded size.
   void check_all() const;
@@ -160,7 +174,13 @@ class QpackFile {
   nlohmann::json manifest_;
   std::vector<QpackTensor> tensors_;
   std::unordered_map<std::string, size_t> by_name_;
+  uint64_t header_checksum_ = 0;
+  std::vector<std::unique_ptr<QpackFile>> shards_;
+  friend std::unique_ptr<QpackFile> open_qpack_set(const std::string& index_path);
 };
+
+// Opens the set of the index at `index_path` (qpack_set.cpp).
+std::unique_ptr<QpackFile> open_qpack_set(const std::string& index_path);
 
 struct WriterOptions {
   Codec codec = Codec::None;
@@ -201,6 +221,13 @@ class QpackWriter {
   // The manifest's optional "provenance" object (docs/format.md section 3.3);
   // a file written without it has no such key. Must be a JSON object.
   void set_provenance(nlohmann::json provenance);
+  // The manifest's "shard" object of a shard or part of a set (docs/format.md
+  // section 11); absent unless called.
+  void set_shard(nlohmann::json shard);
+  // Tensor `index` of `from`, its stored sections copied as they are (codec
+  // and checksum kept, each checksum checked on the way) and its manifest
+  // entry kept verbatim but for the offsets: qpack merge.
+  void add_copied(const QpackFile& from, size_t index);
   void add_raw(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
                const void* data, uint64_t size);
   // `scheme` must be resolved (make_layout); zeros is null for symmetric.

@@ -89,6 +89,16 @@ enum class ErrorCode {
   HfUnsupported,  // a valid setting qpack does not read (method, format, bits, strategy, act order)
   HfBadTensor,    // a quantized Linear's tensors: missing, extra, wrong dtype or shape
   HfBadValue,     // stored values the format forbids: zero-points out of range, g_idx not k/G
+  // .qpack shard sets and qpack merge (docs/format.md section 11)
+  SetBadIndex,       // the set's index is not valid JSON or lacks a key, or names a bad file
+  SetMissingShard,   // a shard the index lists is not there
+  SetExtraShard,     // a shard of the set beside the index that the index does not list
+  SetSwappedShard,   // a shard file holds the bytes of another shard of the set
+  SetShardMismatch,  // a shard file is not the one the index lists (checksum, size, set)
+  SetStaleIndex,     // the shards agree among themselves, but not with the index
+  PartMismatch,      // merge: parts made from different sources or options
+  PartMissing,       // merge: a part of the set is not among those given
+  PartDuplicate,     // merge: the same part given twice
   Internal,
 };
 
