@@ -18,6 +18,7 @@
 #include "progress_bar.hpp"
 #include "qpack/converter/ggml_blocks.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/format/imatrix.hpp"
 #include "qpack/format/io.hpp"
 #include "qpack/format/text.hpp"
 #include "qpack/verify/report.hpp"
@@ -58,6 +59,13 @@ const char* kVerifyFooter =
     "the same scheme. Elements beyond qpack's error bound are counted, not failed: another\n"
     "quantizer made the codes. See docs/hf-reading.md.\n"
     "\n"
+    "With --imatrix FILE (llama.cpp's imatrix.dat or GGUF imatrix, docs/imatrix.md) each\n"
+    "quantized matrix with an entry also gets its importance-weighted relative error; with\n"
+    "--activations FILE (safetensors of sample inputs [samples, in] per weight name) each\n"
+    "named [out, in] matrix its relative output error. Both need SOURCE, are computed on\n"
+    "the CPU in float64 whatever --device, and measure .qpack files only; see\n"
+    "docs/quantization.md section 11. A malformed file is bad input (exit 3).\n"
+    "\n"
     "Exit codes:\n"
     "  0   every check passed and every threshold held\n"
     "  10  a quality threshold failed, or a tensor is all zeros or has non-finite\n"
@@ -84,6 +92,7 @@ struct VerifyArgs {
   uint64_t gpu_chunk_mb = 256;
   bool allow_zero_tensors = false;
   bool require_recorded_source = false;
+  std::string imatrix, activations;
 };
 
 void check_threshold(const char* flag, const std::optional<double>& v, double lo, double hi) {
@@ -144,6 +153,11 @@ int run_verify(VerifyArgs a) {
   opt.policy.global = opt.policy.global.overlaid(flags);
   opt.policy.allow_zero_tensors = a.allow_zero_tensors;
   opt.require_recorded_source = a.require_recorded_source;
+  if (!a.imatrix.empty()) {
+    opt.imatrix = std::make_shared<ImportanceMatrix>(read_imatrix(a.imatrix));
+    opt.imatrix_path = a.imatrix;
+  }
+  opt.activations_path = a.activations;
   // GGUF files: the converter's ggml block decoders (every type this build
   // has, K-quants included once they are there).
   opt.ggml_supported = [](GgmlType t) { return ggml_blocks_supported(t); };
@@ -256,6 +270,14 @@ Runner add_verify(CLI::App& app) {
   sub->add_flag("--require-recorded-source", a->require_recorded_source,
                 "A source file whose hash differs from the file's provenance is a source "
                 "mismatch (exit 4) instead of a warning");
+  sub->add_option("--imatrix", a->imatrix,
+                  "A llama.cpp importance matrix (imatrix.dat or GGUF): also report each "
+                  "matrix's importance-weighted relative error (CPU; docs/quantization.md "
+                  "section 11)");
+  sub->add_option("--activations", a->activations,
+                  "Sample inputs per linear layer (safetensors, [samples, in] keyed by weight "
+                  "name; tools/record_activations.py): also report each layer's relative output "
+                  "error ||XW^T - XW^^T|| / ||XW^T|| (CPU)");
   sub->add_option("--gpu-chunk-mb", a->gpu_chunk_mb, "Device staging buffer size per chunk (MiB)")
       ->default_str("256")
       ->check(CLI::PositiveNumber);

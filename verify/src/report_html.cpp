@@ -587,6 +587,32 @@ std::string verify_report_html(const VerifyReport& rep) {
     h += "</tbody></table></div>\n";
   }
 
+  // Importance-weighted and output errors (--imatrix, --activations).
+  {
+    std::string rows;
+    for (const auto& t : rep.tensors) {
+      if (!t.has_weighted && !t.has_output) continue;
+      rows += "<tr><td class=\"name\" title=\"" + esc(t.name) + "\">" + esc_name(t.name) + "</td>";
+      rows += num_td(t.sums.rel_error(), sci(t.sums.rel_error()));
+      rows += t.has_weighted ? num_td(t.weighted.rel_error(), sci(t.weighted.rel_error()))
+                             : std::string("<td class=\"n\" data-v=\"0\">-</td>");
+      rows += t.has_output ? num_td(t.output.rel_error(), sci(t.output.rel_error()))
+                           : std::string("<td class=\"n\" data-v=\"0\">-</td>");
+      rows += t.has_output ? num_td(double(t.output.samples), std::to_string(t.output.samples))
+                           : std::string("<td class=\"n\" data-v=\"0\">-</td>");
+      rows += "</tr>\n";
+    }
+    if (!rows.empty())
+      h += "<h2>Importance-weighted and output errors</h2><p class=\"legend\">" +
+           esc((rep.imatrix.empty() ? std::string() : "imatrix " + rep.imatrix + "; ") +
+               (rep.activations.empty() ? std::string() : "activations " + rep.activations + "; ") +
+               "docs/quantization.md section 11") +
+           "</p><div class=\"scroll\"><table class=\"sortable\"><thead><tr><th "
+           "class=\"name\">tensor</th><th>rel err</th><th>imatrix-weighted</th><th>output "
+           "err</th><th>samples</th></tr></thead><tbody>\n" +
+           rows + "</tbody></table></div>\n";
+  }
+
   // Layer and kind tables.
   auto rollup_table = [&](const std::vector<Rollup>& rows, const char* title, const char* first) {
     h += std::string("<h2>") + title +

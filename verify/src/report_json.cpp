@@ -45,6 +45,18 @@ nlohmann::json metrics_json(const ErrorSums& s) {
   return m;
 }
 
+nlohmann::json weighted_json(const WeightedErrorSums& s) {
+  return {{"rel_error", num(s.rel_error())},
+          {"elements", s.count},
+          {"sums", {{"w_sq_err", num(s.sum_w_sq_err)}, {"w_sq_ref", num(s.sum_w_sq_ref)}}}};
+}
+
+nlohmann::json output_json(const OutputErrorSums& s) {
+  return {{"rel_error", num(s.rel_error())},
+          {"samples", s.samples},
+          {"sums", {{"sq_err", num(s.sum_sq_err)}, {"sq_ref", num(s.sum_sq_ref)}}}};
+}
+
 nlohmann::json failure_json(const GateFailure& f) {
   return {{"tensor", f.tensor.empty() ? nlohmann::json(nullptr) : nlohmann::json(f.tensor)},
           {"metric", f.metric},
@@ -74,6 +86,18 @@ nlohmann::json rollup_json(const Rollup& r, bool with_layer_index) {
   j["metrics"] = metrics_json(r.sums);
   j["worst_tensor"] =
       r.worst_tensor.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.worst_tensor);
+  if (r.weighted_tensors > 0) {
+    j["importance_weighted"] = weighted_json(r.weighted);
+    j["importance_weighted"]["tensors"] = r.weighted_tensors;
+  } else {
+    j["importance_weighted"] = nullptr;
+  }
+  if (r.output_tensors > 0) {
+    j["output_error"] = output_json(r.output);
+    j["output_error"]["tensors"] = r.output_tensors;
+  } else {
+    j["output_error"] = nullptr;
+  }
   return j;
 }
 
@@ -92,6 +116,9 @@ nlohmann::json verify_report_json(const VerifyReport& rep) {
   settings["device"] = rep.device;
   settings["device_requested"] = device_kind_name(rep.device_requested.kind);
   settings["threads"] = rep.threads;
+  settings["imatrix"] = rep.imatrix.empty() ? nlohmann::json(nullptr) : nlohmann::json(rep.imatrix);
+  settings["activations"] =
+      rep.activations.empty() ? nlohmann::json(nullptr) : nlohmann::json(rep.activations);
   settings["qpack_version"] = rep.qpack_version;
   settings["created_utc"] = rep.created_utc;
   settings["policy_file"] = rep.policy.source_file.empty() ? nlohmann::json(nullptr)
@@ -167,6 +194,13 @@ nlohmann::json verify_report_json(const VerifyReport& rep) {
     } else {
       o["metrics"] = nullptr;
     }
+    if (t.has_weighted) {
+      o["importance_weighted"] = weighted_json(t.weighted);
+      o["importance_weighted"]["imatrix_entry"] = t.imatrix_entry;
+    } else {
+      o["importance_weighted"] = nullptr;
+    }
+    o["output_error"] = t.has_output ? output_json(t.output) : nlohmann::json(nullptr);
     o["raw_equal"] =
         !t.quantized && t.compared ? nlohmann::json(t.raw_equal) : nlohmann::json(nullptr);
     o["status"] = tensor_status_name(t.status);

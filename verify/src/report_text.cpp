@@ -213,6 +213,25 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
           " NaN/Inf source elements were excluded from the metrics)");
   }
 
+  // Past the weights: the importance-weighted error (--imatrix) and the
+  // output error on sample inputs (--activations), beside the plain one.
+  std::vector<const TensorResult*> oc;
+  for (const auto* t : q)
+    if (t->has_weighted || t->has_output) oc.push_back(t);
+  if (!oc.empty()) {
+    add("");
+    add("Importance-weighted and output errors (docs/quantization.md section 11), in the order "
+        "above:");
+    TextTable ot({"tensor", "rel err", "imatrix-weighted", "output err", "samples"},
+                 {false, true, true, true, true});
+    for (const auto* t : oc)
+      ot.add({cell_name(t->name, 64), sci(t->sums.rel_error()),
+              t->has_weighted ? sci(t->weighted.rel_error()) : "-",
+              t->has_output ? sci(t->output.rel_error()) : "-",
+              t->has_output ? std::to_string(t->output.samples) : "-"});
+    out += ot.render("  ");
+  }
+
   // Self-check: the stored parameters of every quantized tensor.
   if (rep.source.empty() && rep.integrity_ok) {
     std::vector<const TensorResult*> p;
@@ -260,6 +279,12 @@ std::string verify_report_table(const VerifyReport& rep, const TableOptions& opt
         ", SNR " + fixed(s.snr_db(), 2) + " dB, cosine " + fixed(s.cosine(), 6) + ", max abs " +
         sci(s.max_abs_err) + ", RMSE " + sci(s.rmse()) + ", mean abs " + sci(s.mean_abs_err()) +
         ", bound violations " + std::to_string(rep.bound_violations));
+    if (rep.model.weighted_tensors > 0)
+      add("  importance-weighted (" + count_of(rep.model.weighted_tensors, "tensor") +
+          ", imatrix " + rep.imatrix + "): rel err " + sci(rep.model.weighted.rel_error()));
+    if (rep.model.output_tensors > 0)
+      add("  output error (" + count_of(rep.model.output_tensors, "tensor") + ", activations " +
+          rep.activations + "): rel err " + sci(rep.model.output.rel_error()));
   }
 
   // Warnings: degenerate or all-zero tensors, a changed source.

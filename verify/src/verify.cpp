@@ -56,6 +56,14 @@ void add_to_rollup(Rollup& r, const TensorResult& t) {
   if (!t.quantized || !t.compared) return;
   ++r.quantized;
   r.sums.add(t.sums);
+  if (t.has_weighted) {
+    ++r.weighted_tensors;
+    r.weighted.add(t.weighted);
+  }
+  if (t.has_output) {
+    ++r.output_tensors;
+    r.output.add(t.output);
+  }
   const double rel = t.sums.rel_error();
   if (r.worst_tensor.empty() || !(rel <= r.worst_rel_error)) {
     r.worst_tensor = t.name;
@@ -345,12 +353,22 @@ void apply_gate(VerifyReport& rep) {
 
 VerifyReport verify(const std::string& qpack_path, const std::string& source_path,
                     const VerifyOptions& opt) {
+  const bool output_checks = opt.imatrix || !opt.activations_path.empty();
+  if (output_checks && source_path.empty())
+    throw Error(ErrorCode::InvalidArgument, qpack_path, "",
+                "--imatrix and --activations compare with the source: give SOURCE");
+  if (output_checks && (has_gguf_magic(qpack_path) || HfQuantizedModel::detect(qpack_path)))
+    throw Error(ErrorCode::InvalidArgument, qpack_path, "",
+                "--imatrix and --activations measure .qpack files only (not yet GGUF files or "
+                "model folders)");
   if (has_gguf_magic(qpack_path)) return verify_gguf(qpack_path, source_path, opt);
   if (HfQuantizedModel::detect(qpack_path)) return verify_hf(qpack_path, source_path, opt);
   const auto t_start = Clock::now();
   VerifyReport rep = start_report(qpack_path, source_path, opt, "qpack");
 
   const std::unique_ptr<CudaMetricsEngine> gpu = open_metrics_engine(opt, rep);
+  // Opened before any work, so that a bad activations file fails first.
+  const std::unique_ptr<OutputChecks> checks = OutputChecks::open(opt);
 
   // 1. Integrity: header and manifest (open), then every section.
   const auto t_int = Clock::now();
@@ -463,6 +481,7 @@ VerifyReport verify(const std::string& qpack_path, const std::string& source_pat
         v.name = t.name;
         r.sums = gpu ? gpu->compute(v) : compute_error_sums_cpu(v, rep.threads);
         r.compared = true;
+        if (checks) checks->measure(v, t.shape, r, rep.threads);
         check_params(t, scales, t.scheme.symmetric ? nullptr : &zeros, r);
         r.all_zero = r.sums.sum_sq_hat == 0.0 && r.sums.sum_sq_ref > 0.0;
         warn_about_params(r, rep, opt);
@@ -495,6 +514,7 @@ VerifyReport verify(const std::string& qpack_path, const std::string& source_pat
   pr.tensor.clear();
   if (opt.progress) opt.progress(pr);
   rep.compare_seconds = seconds_since(t_cmp);
+  if (checks) checks->finish(rep, opt);
 
   finish_report(rep, t_start);
   return rep;

@@ -7,8 +7,10 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "qpack/format/error.hpp"
+#include "qpack/format/safetensors.hpp"
 #include "qpack/verify/metrics.hpp"
 #include "qpack/verify/verify.hpp"
 
@@ -45,3 +47,31 @@ VerifyReport verify_gguf(const std::string& gguf_path, const std::string& source
 VerifyReport verify_hf(const std::string& folder, const std::string& source_path,
                        const VerifyOptions& options);
 }  // namespace qpack
+
+namespace qpack::verify_detail {
+
+// The importance-weighted and output errors of VerifyOptions (imatrix,
+// activations_path), tensor by tensor (output_checks.cpp). open() returns
+// null when neither is asked for; it validates the activations file (every
+// key [samples, in] of F32/F16/BF16, finite) before any comparison.
+class OutputChecks {
+ public:
+  static std::unique_ptr<OutputChecks> open(const VerifyOptions& opt);
+  // Fills r.weighted / r.output for a quantized tensor of `shape` (source and
+  // codes in `v`) where the imatrix has an entry or the activations a key.
+  // Throws Error(ShapeMismatch) naming the imatrix or activations file when
+  // an entry does not fit the tensor.
+  void measure(const QuantTensorView& v, const std::vector<int64_t>& shape, TensorResult& r,
+               int threads);
+  // Records the paths in the report and warns about quantized matrices the
+  // imatrix has no entry for and activation keys no tensor used.
+  void finish(VerifyReport& rep, const VerifyOptions& opt) const;
+
+ private:
+  OutputChecks() = default;
+  const ImportanceMatrix* imatrix_ = nullptr;
+  std::unique_ptr<SafetensorsFile> acts_;
+  std::vector<std::string> used_, missing_;
+};
+
+}  // namespace qpack::verify_detail

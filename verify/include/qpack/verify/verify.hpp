@@ -11,12 +11,14 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "qpack/format/gguf.hpp"
+#include "qpack/format/imatrix.hpp"
 #include "qpack/format/layout.hpp"
 #include "qpack/kernels/device.hpp"
 #include "qpack/spec/dtype.hpp"
@@ -121,6 +123,28 @@ struct ErrorSums {
   void add(const ErrorSums& o);
 };
 
+// The importance-weighted error of a weight [..., in] against a llama.cpp
+// importance matrix (docs/quantization.md section 11): per input channel j,
+// sq_err_j = sum_i (x_ij - x^_ij)^2 and sq_ref_j = sum_i x_ij^2 over the
+// rows, weighted by w_j (the mean squared activation of channel j).
+struct WeightedErrorSums {
+  uint64_t count = 0;        // finite source elements compared
+  double sum_w_sq_err = 0;   // sum_j w_j sq_err_j
+  double sum_w_sq_ref = 0;   // sum_j w_j sq_ref_j
+  double rel_error() const;  // sqrt(err / ref): 0 if both zero, +inf if only ref is
+  void add(const WeightedErrorSums& o);
+};
+
+// The output error of a linear layer y = W x over sample inputs X [n, in]
+// (docs/quantization.md section 11): ||X W^T - X W^^T|| / ||X W^T||.
+struct OutputErrorSums {
+  int64_t samples = 0;       // rows of X
+  double sum_sq_err = 0;     // sum over samples and outputs of (X (W - W^)^T)^2
+  double sum_sq_ref = 0;     // sum of (X W^T)^2
+  double rel_error() const;  // sqrt(err / ref): 0 if both zero, +inf if only ref is
+  void add(const OutputErrorSums& o);
+};
+
 // ------------------------------------------------------------------ results
 
 enum class TensorStatus {
@@ -171,6 +195,13 @@ struct TensorResult {
   // Every reconstructed element is zero while the source has a non-zero
   // element (with a source), or at all (without one).
   bool all_zero = false;
+  // With an importance matrix (VerifyOptions::imatrix) that has an entry for
+  // this quantized tensor, and with sample activations for it.
+  bool has_weighted = false;
+  WeightedErrorSums weighted;
+  std::string imatrix_entry;  // the entry's name in the imatrix
+  bool has_output = false;
+  OutputErrorSums output;
   double seconds = 0;  // time spent on it (not part of determinism)
 };
 
@@ -188,6 +219,10 @@ struct Rollup {
   ErrorSums sums;            // quantized tensors only (raw ones are exact)
   std::string worst_tensor;  // highest relative error
   double worst_rel_error = 0;
+  // Sums of the tensors that have them (weighted_tensors / output_tensors).
+  uint64_t weighted_tensors = 0, output_tensors = 0;
+  WeightedErrorSums weighted;
+  OutputErrorSums output;
 };
 
 struct IntegrityIssue {
@@ -207,6 +242,7 @@ int verdict_exit_code(Verdict v);
 struct VerifyReport {
   // settings
   std::string file, source;
+  std::string imatrix, activations;  // VerifyOptions' paths, "" when not given
   std::string device;                // "cpu (2 threads)" / "cuda:0 (NVIDIA H100 ...)"
   DeviceSelection device_requested;  // as given (auto, cpu, cuda:N)
   int threads = 0;
@@ -287,6 +323,16 @@ struct VerifyOptions {
       ggml_dequantize;
   // GGUF files: floats decoded and compared per slice (bounds memory).
   uint64_t gguf_slice_bytes = 64ull << 20;
+  // A llama.cpp importance matrix (qpack/format/imatrix.hpp, read_imatrix):
+  // each quantized tensor it has an entry for also gets the
+  // importance-weighted error. A safetensors file of sample inputs per
+  // linear layer (docs/quantization.md section 11): each quantized [out, in]
+  // tensor it names also gets the output error. Both are computed on the
+  // CPU whatever `device` is, in float64 in a fixed order; .qpack files
+  // only (a GGUF or a model folder with either is Error(InvalidArgument)).
+  std::shared_ptr<const ImportanceMatrix> imatrix;
+  std::string imatrix_path;      // for the report
+  std::string activations_path;  // "" = none
 };
 
 // Runs the whole check of a .qpack or (told by its magic) a GGUF file; an
