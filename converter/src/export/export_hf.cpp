@@ -393,7 +393,7 @@ HfExportSummary export_hf(const std::string& source, const std::string& out_dir,
   // Declared after the writer: destroyed (its thread joined) first.
   hf_export::WriteQueue queue(
       [&writer](size_t t, uint64_t off, const void* p, uint64_t n) { writer.write(t, off, p, n); },
-      2 * std::max<uint64_t>(options.slice_bytes, 1));
+      std::max<uint64_t>(options.slice_bytes, 1));
 
   uint64_t done = 0;
   size_t index = 0;
