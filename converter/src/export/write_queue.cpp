@@ -1,5 +1,6 @@
 #include "write_queue.hpp"
 
+#include <algorithm>
 #include <utility>
 
 namespace qpack::hf_export {
@@ -18,26 +19,30 @@ WriteQueue::~WriteQueue() {
 
 std::vector<uint8_t> WriteQueue::buffer(uint64_t n) {
   std::vector<uint8_t> b;
+  if (n < kPooledBytes) {  // small: the heap recycles these cheaply
+    b.resize(size_t(n));
+    return b;
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    // The pooled buffer that fits best without growing, else the largest.
-    size_t pick = pool_.size();
-    for (size_t i = 0; i < pool_.size(); ++i) {
-      const bool fits = pool_[i].capacity() >= n;
-      if (pick == pool_.size()) {
-        pick = i;
-      } else if (fits != (pool_[pick].capacity() >= n)) {
-        if (fits) pick = i;
-      } else if (fits ? pool_[i].capacity() < pool_[pick].capacity()
-                      : pool_[i].capacity() > pool_[pick].capacity()) {
-        pick = i;
+    largest_ = std::max(largest_, n);
+    // Pooled buffers smaller than this request would have to grow (a copy,
+    // then fresh pages): they go, and a new one of the largest size asked
+    // for so far comes instead, so a steady export settles on a few buffers
+    // that fit every request.
+    for (size_t i = 0; i < pool_.size();)
+      if (pool_[i].capacity() < n) {
+        pool_[i] = std::move(pool_.back());
+        pool_.pop_back();
+      } else {
+        ++i;
       }
-    }
-    if (pick < pool_.size()) {
-      b = std::move(pool_[pick]);
-      pool_.erase(pool_.begin() + std::ptrdiff_t(pick));
+    if (!pool_.empty()) {
+      b = std::move(pool_.back());
+      pool_.pop_back();
     }
   }
+  if (b.capacity() < n) b.reserve(size_t(largest_));
   b.resize(size_t(n));
   return b;
 }
@@ -48,9 +53,9 @@ void WriteQueue::rethrow_locked() {
 
 void WriteQueue::push(Task t) {
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return error_ || pending_ == 0 || pending_ + t.bytes <= max_pending_; });
+  cv_.wait(lock, [&] { return error_ || pending_ == 0 || pending_ + t.cost <= max_pending_; });
   rethrow_locked();
-  pending_ += t.bytes;
+  pending_ += t.cost;
   tasks_.push_back(std::move(t));
   lock.unlock();
   cv_.notify_all();
@@ -61,6 +66,7 @@ void WriteQueue::write(size_t tensor, uint64_t offset, std::vector<uint8_t> byte
   t.tensor = tensor;
   t.offset = offset;
   t.bytes = bytes.size();
+  t.cost = std::max<uint64_t>(bytes.capacity(), 1);
   t.owned = std::move(bytes);
   push(std::move(t));
 }
@@ -71,6 +77,7 @@ void WriteQueue::write_borrowed(size_t tensor, uint64_t offset, const void* data
   t.offset = offset;
   t.data = data;
   t.bytes = n;
+  t.cost = std::max<uint64_t>(n, 1);
   push(std::move(t));
 }
 
@@ -111,11 +118,11 @@ void WriteQueue::run() {
     }
     lock.lock();
     busy_ = false;
-    pending_ -= t.bytes;
-    if (!t.owned.empty() || t.owned.capacity() > 0) pool_.push_back(std::move(t.owned));
+    pending_ -= t.cost;
+    if (t.owned.capacity() >= kPooledBytes) pool_.push_back(std::move(t.owned));
     if (err && !error_) error_ = err;
     if (error_) {  // later tasks are dropped
-      for (size_t i = head_; i < tasks_.size(); ++i) pending_ -= tasks_[i].bytes;
+      for (size_t i = head_; i < tasks_.size(); ++i) pending_ -= tasks_[i].cost;
       tasks_.clear();
       head_ = 0;
     }

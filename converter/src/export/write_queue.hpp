@@ -3,7 +3,8 @@
 // is quantized, as the .qpack converter's writer task does, and across tensor
 // boundaries. Writes are done in the order queued; buffers come from a pool
 // and go back to it once written, so a steady export allocates (and faults
-// in) its buffers once.
+// in) its buffers once. What waits in the queue is bounded by the memory it
+// holds (buffer capacities, borrowed bytes).
 #pragma once
 
 #include <condition_variable>
@@ -47,11 +48,15 @@ class WriteQueue {
     std::vector<uint8_t> owned;
     const void* data = nullptr;
     uint64_t bytes = 0;
+    uint64_t cost = 0;  // memory held while queued: the buffer's capacity
     std::function<void()> then;
   };
   void push(Task t);
   void run();
   void rethrow_locked();
+
+  // Buffers of at least this size are pooled.
+  static constexpr uint64_t kPooledBytes = 1ull << 20;
 
   Sink sink_;
   uint64_t max_pending_;
@@ -63,6 +68,7 @@ class WriteQueue {
   bool busy_ = false, stop_ = false;
   std::exception_ptr error_;
   std::vector<std::vector<uint8_t>> pool_;
+  uint64_t largest_ = 0;  // the largest pooled request so far
   std::thread thread_;
 };
 
