@@ -27,24 +27,32 @@ void write_compressed_tensors_linear(const LinearJob& job) {
   const size_t t_packed = job.first_output, t_scale = t_packed + 1;
   const size_t t_zero = t_packed + 2, t_shape = t_packed + (s.symmetric ? 2 : 3);
 
-  std::vector<uint8_t> packed;
   quantize_blocks(job, blocks, [&](const QuantizedBlock& q) {
     const int64_t r0 = q.block.r0, rows = q.block.rows, P = q.layout.groups_per_axis;
-    packed.resize(uint64_t(rows) * uint64_t(words) * 4);
-    compressed_tensors::pack_weight_rows(q.codes, q.layout, packed.data());
-    job.write(t_packed, uint64_t(r0) * uint64_t(words) * 4, packed.data(), packed.size());
-    job.write(t_scale, uint64_t(r0) * uint64_t(P) * sb, q.scales,
-              uint64_t(rows) * uint64_t(P) * sb);
+    const uint64_t packed_bytes = uint64_t(rows) * uint64_t(words) * 4;
+    std::vector<uint8_t> packed;
+    if (uint64_t(q.layout.groups_per_axis) * uint64_t(q.layout.bytes_per_group) ==
+        uint64_t(words) * 4) {
+      // Rows end on word boundaries: the codes are the packed words.
+      packed = std::move(*q.codes_buffer);
+      packed.resize(size_t(packed_bytes));
+    } else {
+      packed = output_buffer(job, packed_bytes);
+      compressed_tensors::pack_weight_rows(q.codes, q.layout, packed.data());
+    }
+    write_buffer(job, t_packed, uint64_t(r0) * uint64_t(words) * 4, std::move(packed));
+    std::vector<uint8_t> scales = std::move(*q.scales_buffer);
+    scales.resize(size_t(uint64_t(rows) * uint64_t(P) * sb));
+    write_buffer(job, t_scale, uint64_t(r0) * uint64_t(P) * sb, std::move(scales));
     if (!s.symmetric) {
       const int64_t zr = compressed_tensors::zero_point_rows(rows, s.bits);
-      packed.resize(uint64_t(zr) * uint64_t(P) * 4);
+      std::vector<uint8_t> zp = output_buffer(job, uint64_t(zr) * uint64_t(P) * 4);
       try {
-        compressed_tensors::pack_zero_points(q.zeros, s.scale_dtype, rows, P, s.bits,
-                                             packed.data());
+        compressed_tensors::pack_zero_points(q.zeros, s.scale_dtype, rows, P, s.bits, zp.data());
       } catch (const Error& e) {
         throw e.with_context("", job.name);
       }
-      job.write(t_zero, uint64_t(r0 * s.bits / 32) * uint64_t(P) * 4, packed.data(), packed.size());
+      write_buffer(job, t_zero, uint64_t(r0 * s.bits / 32) * uint64_t(P) * 4, std::move(zp));
     }
     if (job.done) job.done(uint64_t(rows) * row_bytes);
   });

@@ -42,18 +42,17 @@ void write_gptq_linear(const LinearJob& job) {
     for (int64_t k0 = 0; k0 < job.in; k0 += kw)
       blocks.push_back({r0, std::min(nr, job.out - r0), k0, std::min(kw, job.in - k0)});
 
-  std::vector<uint8_t> words, scales_t;
   quantize_blocks(job, blocks, [&](const QuantizedBlock& q) {
     const int64_t r0 = q.block.r0, rows = q.block.rows, k0 = q.block.k0, cols = q.block.cols;
     const int64_t qrows = cols / cpw, groups = q.layout.groups_per_axis;
-    words.resize(uint64_t(qrows) * uint64_t(rows) * 4);
+    std::vector<uint8_t> words = output_buffer(job, uint64_t(qrows) * uint64_t(rows) * 4);
     gptq::pack_qweight_block(q.codes, q.layout, words.data());
-    scales_t.resize(uint64_t(groups) * uint64_t(rows) * sb);
+    std::vector<uint8_t> scales_t = output_buffer(job, uint64_t(groups) * uint64_t(rows) * sb);
     gptq::transpose(q.scales, rows, groups, int(sb), scales_t.data());
     const uint64_t qrow0 = uint64_t(k0 / cpw), grow0 = uint64_t(k0 / G);
     if (rows == job.out) {  // whole output rows: one write each
-      job.write(t_qweight, qrow0 * out * 4, words.data(), words.size());
-      job.write(t_scales, grow0 * out * sb, scales_t.data(), scales_t.size());
+      write_buffer(job, t_qweight, qrow0 * out * 4, std::move(words));
+      write_buffer(job, t_scales, grow0 * out * sb, std::move(scales_t));
     } else {  // a column range of every row
       for (int64_t r = 0; r < qrows; ++r)
         job.write(t_qweight, ((qrow0 + uint64_t(r)) * out + uint64_t(r0)) * 4,
@@ -66,10 +65,13 @@ void write_gptq_linear(const LinearJob& job) {
   });
   // Symmetric: every zero-point is 2^(b-1), stored as 2^(b-1) - 1.
   std::vector<int32_t> z(out, 1 << (s.bits - 1));
-  std::vector<uint8_t> zrow(out / uint64_t(cpw) * 4);
-  gptq::pack_qzeros_row(z.data(), job.out, s.bits, zrow.data());
-  for (int64_t g = 0; g < P; ++g)
-    job.write(t_qzeros, uint64_t(g) * zrow.size(), zrow.data(), zrow.size());
+  const uint64_t zrow = out / uint64_t(cpw) * 4;
+  std::vector<uint8_t> qzeros = output_buffer(job, uint64_t(P) * zrow);
+  gptq::pack_qzeros_row(z.data(), job.out, s.bits, qzeros.data());
+  for (int64_t g = 1; g < P; ++g)
+    std::copy(qzeros.begin(), qzeros.begin() + std::ptrdiff_t(zrow),
+              qzeros.begin() + std::ptrdiff_t(uint64_t(g) * zrow));
+  write_buffer(job, t_qzeros, 0, std::move(qzeros));
   std::vector<int32_t> gidx(uint64_t(job.in));
   gptq::group_index(job.in, s.group_size, gidx.data());
   std::vector<uint8_t> le(gidx.size() * 4);

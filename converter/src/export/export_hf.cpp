@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <set>
@@ -389,6 +390,10 @@ HfExportSummary export_hf(const std::string& source, const std::string& out_dir,
   fo.copy_files_from = plan.copy_files_from;
   fo.exclude_files = quantization_side_files();  // GPTQ's own is a generated file
   ModelFolderWriter writer(out_dir, std::move(decl), fo);
+  // Declared after the writer: destroyed (its thread joined) first.
+  hf_export::WriteQueue queue(
+      [&writer](size_t t, uint64_t off, const void* p, uint64_t n) { writer.write(t, off, p, n); },
+      std::max<uint64_t>(options.slice_bytes, 1));
 
   uint64_t done = 0;
   size_t index = 0;
@@ -399,14 +404,20 @@ HfExportSummary export_hf(const std::string& source, const std::string& out_dir,
     const HfPlanEntry& e = plan.tensors[i];
     const CheckpointTensor* ct = ckpt->find(e.name);
     report(i, e.name);
+    const MappedFile& map = ct->file->mapped();
+    const uint64_t base = ct->file->data_start() + ct->info->begin;
     if (!e.quantized) {
+      // Written from the mapping by the queue's thread, which releases the
+      // pages after the last slice.
       const uint8_t* data = ct->data();
       for (uint64_t off = 0; off < e.bytes_in; off += options.slice_bytes) {
         const uint64_t n = std::min<uint64_t>(options.slice_bytes, e.bytes_in - off);
-        writer.write(index, off, data + off, n);
+        map.will_need(base + off, n);
+        queue.write_borrowed(index, off, data + off, n);
         done += n;
         report(i, e.name);
       }
+      queue.then([ct] { ct->file->release(*ct->info); });
     } else {
       hf_export::LinearJob job;
       job.name = e.name;
@@ -419,9 +430,14 @@ HfExportSummary export_hf(const std::string& source, const std::string& out_dir,
       job.slice_bytes = options.slice_bytes;
       job.first_output = index;
       job.quantizer = &quantizer;
-      job.write = [&writer](size_t t, uint64_t off, const void* p, uint64_t n) {
-        writer.write(t, off, p, n);
+      job.queue = &queue;
+      job.write = [&queue](size_t t, uint64_t off, const void* p, uint64_t n) {
+        std::vector<uint8_t> b = queue.buffer(n);
+        std::memcpy(b.data(), p, size_t(n));
+        queue.write(t, off, std::move(b));
       };
+      job.will_need = [&map, base](uint64_t off, uint64_t n) { map.will_need(base + off, n); };
+      job.release = [&map, base](uint64_t off, uint64_t n) { map.release(base + off, n); };
       job.done = [&](uint64_t n) {
         done += n;
         report(i, e.name);
@@ -435,9 +451,10 @@ HfExportSummary export_hf(const std::string& source, const std::string& out_dir,
         throw err.with_context(ct->file->path(), e.name);
       }
     }
-    ct->file->release(*ct->info);
+    if (e.quantized) ct->file->release(*ct->info);  // every byte read (the outputs are copies)
     index += e.outputs.size();
   }
+  queue.drain();
   writer.commit();
   report(plan.tensors.size(), "");
   summary.shards = writer.shard_names();

@@ -20,6 +20,15 @@ Error in_block(const Error& e, const LinearJob& job, const Block& b) {
                    ", " + std::to_string(job.in) + "] weight)");
 }
 
+// `b` holding n bytes: its own storage when large enough, else a pooled
+// buffer (a buffer that `finish` moved out leaves `b` empty).
+void size_buffer(const LinearJob& job, std::vector<uint8_t>& b, uint64_t n) {
+  if (b.capacity() < n && job.queue)
+    b = job.queue->buffer(n);
+  else
+    b.resize(size_t(n));
+}
+
 struct Slot {
   std::vector<uint8_t> gathered, codes, scales, zeros;
   GroupLayout layout;
@@ -29,6 +38,17 @@ struct Slot {
 
 }  // namespace
 
+std::vector<uint8_t> output_buffer(const LinearJob& job, uint64_t n) {
+  return job.queue ? job.queue->buffer(n) : std::vector<uint8_t>(size_t(n));
+}
+
+void write_buffer(const LinearJob& job, size_t tensor, uint64_t offset, std::vector<uint8_t>&& b) {
+  if (job.queue)
+    job.queue->write(tensor, offset, std::move(b));
+  else
+    job.write(tensor, offset, b.data(), b.size());
+}
+
 void quantize_blocks(const LinearJob& job, const std::vector<Block>& blocks,
                      const std::function<void(const QuantizedBlock&)>& finish) {
   const QuantScheme& s = job.scheme;
@@ -37,7 +57,10 @@ void quantize_blocks(const LinearJob& job, const std::vector<Block>& blocks,
   const auto submit = [&](size_t i) {
     Slot& slot = slots[i % 2];
     const Block& b = blocks[i];
-    const uint8_t* src = job.data + (uint64_t(b.r0) * uint64_t(job.in) + uint64_t(b.k0)) * esize;
+    const uint64_t first = (uint64_t(b.r0) * uint64_t(job.in) + uint64_t(b.k0)) * esize;
+    const uint8_t* src = job.data + first;
+    if (job.will_need)
+      job.will_need(first, (uint64_t(b.rows - 1) * uint64_t(job.in) + uint64_t(b.cols)) * esize);
     if (b.cols != job.in) {  // gather the [rows, cols] block
       slot.gathered.resize(uint64_t(b.rows) * uint64_t(b.cols) * esize);
       for (int64_t n = 0; n < b.rows; ++n)
@@ -46,8 +69,8 @@ void quantize_blocks(const LinearJob& job, const std::vector<Block>& blocks,
       src = slot.gathered.data();
     }
     slot.layout = make_layout({b.rows, b.cols}, s, job.name);
-    slot.codes.resize(slot.layout.codes_bytes());
-    slot.scales.resize(slot.layout.params_bytes(s.scale_dtype));
+    size_buffer(job, slot.codes, slot.layout.codes_bytes());
+    size_buffer(job, slot.scales, slot.layout.params_bytes(s.scale_dtype));
     slot.zeros.resize(s.symmetric ? 0 : slot.layout.params_bytes(s.scale_dtype));
     try {
       slot.ticket = job.quantizer->submit(
@@ -69,8 +92,12 @@ void quantize_blocks(const LinearJob& job, const std::vector<Block>& blocks,
       } catch (const Error& e) {
         throw in_block(e, job, blocks[i]);
       }
-      finish({blocks[i], slot.layout, slot.codes.data(), slot.scales.data(),
-              s.symmetric ? nullptr : slot.zeros.data()});
+      const Block& b = blocks[i];
+      if (job.release && b.cols == job.in)  // whole rows: read for the last time
+        job.release(uint64_t(b.r0) * uint64_t(job.in) * esize,
+                    uint64_t(b.rows) * uint64_t(job.in) * esize);
+      finish({b, slot.layout, slot.codes.data(), slot.scales.data(),
+              s.symmetric ? nullptr : slot.zeros.data(), &slot.codes, &slot.scales});
     }
   } catch (...) {
     if (slots[0].in_flight || slots[1].in_flight) job.quantizer->cancel();

@@ -12,6 +12,7 @@
 #include "qpack/converter/quantizer.hpp"
 #include "qpack/spec/layout.hpp"
 #include "qpack/spec/scheme.hpp"
+#include "write_queue.hpp"
 
 namespace qpack::hf_export {
 
@@ -25,10 +26,24 @@ struct LinearJob {
   uint64_t slice_bytes = 64ull << 20;
   size_t first_output = 0;  // folder index of the entry's first output tensor
   TensorQuantizer* quantizer = nullptr;
-  // write(folder tensor, byte offset, data, bytes)
+  // write(folder tensor, byte offset, data, bytes); `data` is valid only
+  // during the call.
   std::function<void(size_t, uint64_t, const void*, uint64_t)> write;
   std::function<void(uint64_t source_bytes)> done;  // after each slice
+  // Optional. With a queue, the writers hand it their whole output buffers
+  // (taken from its pool) instead of calling `write`, so that writing
+  // overlaps quantizing the next block.
+  WriteQueue* queue = nullptr;
+  // Optional: bytes [offset, offset + n) of `data` are about to be read
+  // (map them in one call, not a page fault per page) / are no longer read.
+  std::function<void(uint64_t offset, uint64_t n)> will_need, release;
 };
+
+// A buffer for a writer's output: from the job's queue's pool, else new.
+std::vector<uint8_t> output_buffer(const LinearJob& job, uint64_t n);
+// Writes a whole buffer at `offset` of folder tensor `tensor`: through the
+// job's queue (which takes the buffer), else through `write`.
+void write_buffer(const LinearJob& job, size_t tensor, uint64_t offset, std::vector<uint8_t>&& b);
 
 // A block of the weight: rows [r0, r0 + rows) by columns [k0, k0 + cols),
 // the columns whole groups.
@@ -42,6 +57,10 @@ struct QuantizedBlock {
   const uint8_t* codes = nullptr;
   const uint8_t* scales = nullptr;
   const uint8_t* zeros = nullptr;  // null when symmetric
+  // The buffers behind codes and scales: `finish` may move them out (to
+  // write_buffer) instead of copying.
+  std::vector<uint8_t>* codes_buffer = nullptr;
+  std::vector<uint8_t>* scales_buffer = nullptr;
 };
 // Quantizes the blocks in order with two in flight (block i+1 is submitted
 // to the quantizer before block i is waited for, so a device pipeline
