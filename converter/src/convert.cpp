@@ -1,14 +1,18 @@
 // The conversion pipeline. Tensors stream in source order: tensor n is
 // submitted to the quantizer before tensor n-1 is waited for (so a device
-// pipeline runs on from one tensor into the next), and writing tensor n-1
-// overlaps quantizing tensor n (one writer task in flight). Three output
-// buffer sets: n being quantized, n-1 finishing, n-2 being written. Each
+// pipeline runs on from one tensor into the next; a quantizer with P
+// pipelines, several GPUs, gets P+1 tensors in flight), and writing the
+// oldest tensor overlaps quantizing the next ones (one writer task in
+// flight). Output buffer sets: the tensors in flight plus the one being
+// written (three for one pipeline). Each
 // tensor's mapped source pages are released once written, so peak memory is
 // about three tensors' outputs plus two tensors' source pages, not the
 // model's size.
 #include "qpack/converter/convert.hpp"
 
+#include <algorithm>
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <future>
 #include <memory>
@@ -301,7 +305,12 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
   writer.set_source(ckpt->metadata(), ckpt->config());
   writer.set_provenance(provenance_json(*ckpt, source, options, SourceHashes::Compute));
 
-  BufferSet sets[3];
+  // Tensors submitted and not yet waited for, at most `depth` at once: one
+  // per pipeline of the quantizer (several GPUs work on several tensors)
+  // plus one, so that each pipeline runs on into its next tensor. One more
+  // buffer set than that: the tensor being written.
+  const size_t depth = size_t(std::max(1, quantizer.pipelines())) + 1;
+  std::vector<BufferSet> sets(depth + 1);
   std::future<void> pending;  // the write of the previous tensor
   auto wait_pending = [&] {
     if (pending.valid()) pending.get();
@@ -321,12 +330,11 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
     TensorQuantizer::Ticket ticket;
     QuantBuffers out;
   };
-  std::optional<InFlight> prev;
-  // Waits for the tensor in flight, then hands it to the writer.
-  auto write_prev = [&] {
-    if (!prev) return;
-    const InFlight f = *prev;
-    prev.reset();
+  std::deque<InFlight> in_flight;  // in source order
+  // Waits for the oldest tensor in flight, then hands it to the writer.
+  auto write_oldest = [&] {
+    const InFlight f = in_flight.front();
+    in_flight.pop_front();
     const PlanEntry& e = summary.plan[f.idx];
     const CheckpointTensor& t = ckpt->tensors()[f.idx];
     try {
@@ -338,6 +346,9 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
       writer.add_quantized(e.name, e.dtype, e.shape, e.scheme, out.codes, out.scales, out.zeros);
     });
   };
+  auto write_all = [&] {
+    while (!in_flight.empty()) write_oldest();
+  };
   try {
     size_t n = 0;
     for (size_t idx = 0; idx < summary.plan.size(); ++idx) {
@@ -346,16 +357,16 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
       progress.current = e.name;
       if (options.progress) options.progress(progress);
       if (e.action == TensorAction::Keep) {
-        write_prev();  // the file keeps source order
+        write_all();  // the file keeps source order
         write_async(t, [&writer, &t, &e] {
           writer.add_raw(e.name, e.dtype, e.shape, t.data(), e.bytes_in);
         });
         ++summary.tensors_kept;
       } else {
         const GroupLayout L = make_layout(e.shape, e.scheme, e.name);
-        // Free: its last user, tensor n-3, was written before tensor n-2's
-        // write began.
-        BufferSet& b = sets[n++ % 3];
+        // Free: its last user, tensor n-depth-1, was written before tensor
+        // n-depth's write began, and at most depth-1 tensors are in flight.
+        BufferSet& b = sets[n++ % sets.size()];
         const uint64_t params = L.params_bytes(e.scheme.scale_dtype);
         QuantBuffers out{b.codes.get(L.codes_bytes()), b.scales.get(params),
                          e.scheme.symmetric ? nullptr : b.zeros.get(params)};
@@ -367,8 +378,8 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
         } catch (const Error& err) {
           throw err.with_context(t.file->path(), e.name);
         }
-        write_prev();
-        prev = InFlight{idx, ticket, out};
+        in_flight.push_back(InFlight{idx, ticket, out});
+        if (in_flight.size() >= depth) write_oldest();
         ++summary.tensors_quantized;
         summary.bytes_quantized_in += e.bytes_in;
         summary.bytes_quantized_out += e.bytes_out;
@@ -377,7 +388,7 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
       progress.tensors_done = idx + 1;
       progress.bytes_done += e.bytes_in;
     }
-    write_prev();
+    write_all();
     wait_pending();
     progress.current.clear();
     if (options.progress) options.progress(progress);

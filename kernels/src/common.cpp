@@ -114,4 +114,48 @@ DeviceSelection resolve_device(const DeviceSelection& d) {
   return d;
 }
 
+bool is_device_list(const std::string& text) {
+  return text == "cuda:all" ||
+         (text.compare(0, 5, "cuda:") == 0 && text.find(',') != std::string::npos);
+}
+
+std::vector<int> resolve_device_list(const std::string& text) {
+  if (!is_device_list(text))
+    throw Error(ErrorCode::InvalidArgument, "", "",
+                "'" + text + "' is no device list (expected cuda:all or cuda:N,M,...)");
+  std::vector<int> ids;
+  if (text != "cuda:all") {
+    size_t at = 5;
+    while (at <= text.size()) {
+      const size_t end = std::min(text.find(',', at), text.size());
+      const std::string item = text.substr(at, end - at);
+      DeviceSelection one{};
+      try {
+        one = parse_device("cuda:" + item);
+      } catch (const Error&) {
+        throw Error(ErrorCode::InvalidArgument, "", "",
+                    "bad device list '" + text + "': '" + item + "' is no CUDA ordinal");
+      }
+      if (std::find(ids.begin(), ids.end(), one.index) != ids.end())
+        throw Error(ErrorCode::InvalidArgument, "", "",
+                    "bad device list '" + text + "': cuda:" + item + " is named twice");
+      ids.push_back(one.index);
+      at = end + 1;
+    }
+  }
+  std::string why;
+  if (!cuda::cuda_available(&why))
+    throw Error(ErrorCode::NoDevice, "", "",
+                "no usable CUDA device (use --device cpu): " + text + ": " + why);
+  const int n = cuda::device_count();
+  if (ids.empty())
+    for (int i = 0; i < n; ++i) ids.push_back(i);
+  for (int id : ids)
+    if (id >= n)
+      throw Error(ErrorCode::NoDevice, "", "",
+                  "no usable CUDA device (use --device cpu): cuda:" + std::to_string(id) +
+                      ": only " + std::to_string(n) + " CUDA device(s) visible");
+  return ids;
+}
+
 }  // namespace qpack

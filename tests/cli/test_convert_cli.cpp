@@ -484,6 +484,40 @@ TEST_F(ConvertTest, PipelinedQuantizerGivesTheSameFile) {
   }
 }
 
+// --device cuda:all's quantizer set, with deferred parts that finish out of
+// order: the same file as one CPU quantizer, work spread over parts, no two tensors
+// in flight on one buffer set (the file would hold the poison).
+TEST_F(ConvertTest, QuantizerSetGivesTheSameFile) {
+  ConvertOptions o;
+  o.overwrite = true;
+  const std::string a = dir_.file("a.qpack"), b = dir_.file("b.qpack");
+  const ConvertSummary sa = convert_checkpoint(model_, a, o, *make_cpu_quantizer(2));
+  ASSERT_GE(sa.tensors_quantized, 3u);
+  for (unsigned parts : {2u, 3u, 5u}) {
+    std::vector<std::unique_ptr<TensorQuantizer>> qs;
+    std::vector<DeferredQuantizer*> raw;
+    for (unsigned k = 0; k < parts; ++k) {
+      auto q = std::make_unique<DeferredQuantizer>(parts * 10 + k);
+      raw.push_back(q.get());
+      qs.push_back(std::move(q));
+    }
+    auto set = make_quantizer_set(std::move(qs));
+    EXPECT_EQ(set->pipelines(), int(parts));
+    convert_checkpoint(model_, b, o, *set);
+    EXPECT_TRUE(files_equal(a, b)) << parts << " parts";
+    int submitted = 0, used = 0;
+    for (DeferredQuantizer* q : raw) {
+      submitted += q->submitted;
+      used += q->submitted > 0;
+      EXPECT_EQ(q->overlaps, 0);
+    }
+    EXPECT_EQ(submitted, int(sa.tensors_quantized));
+    // The second tensor is submitted while the first is still running (a
+    // deferred part sleeps before it quantizes), so it goes to another part.
+    EXPECT_GE(used, 2) << "the set ran every tensor on one part";
+  }
+}
+
 // The third of six tensors holds a NaN; when its wait fails the next tensor
 // is already submitted. Same error as the synchronous CPU path, no output.
 TEST(ConvertErrors, FailureWithTensorsInFlightLeavesNothing) {
@@ -505,6 +539,18 @@ TEST(ConvertErrors, FailureWithTensorsInFlightLeavesNothing) {
   EXPECT_NE(want.find("layers.2.w.weight"), std::string::npos) << want;
   EXPECT_NE(want.find(src), std::string::npos) << want;
   EXPECT_EQ(got, want);
+  EXPECT_TRUE(stray_files(dir.path(), {"m.safetensors"}).empty());
+  // The same through a set of three deferred parts (cuda:all's path).
+  std::string set_error;
+  try {
+    std::vector<std::unique_ptr<TensorQuantizer>> qs;
+    for (unsigned k = 0; k < 3; ++k) qs.push_back(std::make_unique<DeferredQuantizer>(20 + k));
+    auto set = make_quantizer_set(std::move(qs));
+    convert_checkpoint(src, dir.file("c.qpack"), ConvertOptions{}, *set);
+  } catch (const Error& e) {
+    set_error = e.what();
+  }
+  EXPECT_EQ(set_error, want);
   EXPECT_TRUE(stray_files(dir.path(), {"m.safetensors"}).empty());
 }
 

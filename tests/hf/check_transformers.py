@@ -37,6 +37,8 @@ except ImportError as e:  # pragma: no cover - the check needs them
     print(f"SKIP: {e}")
     sys.exit(77)
 
+gptqmodel = None  # imported by check_one for the GPTQ rows
+
 # (label, format, convert options)
 SCHEMES = [
     ("ct-w4-sym-g128", "compressed-tensors", ["--bits", "4", "--group-size", "128"]),
@@ -111,6 +113,26 @@ def same_bits(a, b):
                                            {2: torch.int16, 4: torch.int32, 8: torch.int64}[b.element_size()]))
 
 
+def gptq_decoded_weights(model):
+    """What gptqmodel decodes each GPTQ Linear to: its own dequantize_weight()
+    (scales[g_idx] * (q - z) in float16, [in, out]), transposed to the HF
+    [out, in] layout and keyed like the dequantized folder's tensors."""
+    out = {}
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if hasattr(m, "qweight") and hasattr(m, "dequantize_weight"):
+                out[name + ".weight"] = m.dequantize_weight().t().contiguous()
+            else:
+                for pn, p in m.named_parameters(recurse=False):
+                    out[f"{name}.{pn}" if name else pn] = p
+    return out
+
+
+def optimum_version():
+    from importlib.metadata import version
+    return version("optimum")
+
+
 def check_one(args, src, label, fmt, opts, ids, src_logits):
     row = {"model": os.path.basename(src), "scheme": label, "format": fmt}
     if os.path.basename(src) == "stories260K" and fmt == "compressed-tensors":
@@ -134,8 +156,9 @@ def check_one(args, src, label, fmt, opts, ids, src_logits):
     torch_dtype = torch.float16 if scale_dtype == "f16" else torch.bfloat16
     if fmt == "gptq":
         try:
-            import gptqmodel  # noqa: F401
-            import optimum  # noqa: F401
+            global gptqmodel
+            import gptqmodel
+            import optimum.gptq  # noqa: F401
         except ImportError as e:
             row["status"] = f"not run: transformers loads GPTQ only through gptqmodel + optimum ({e})"
             return row, True
@@ -145,7 +168,13 @@ def check_one(args, src, label, fmt, opts, ids, src_logits):
     if fmt == "compressed-tensors":
         kw["quantization_config"] = transformers.CompressedTensorsConfig(dequantize=True)
     model = load(out, args.device, dtype=torch_dtype, **kw)
-    sd = model.state_dict()
+    if fmt == "gptq":
+        sd = gptq_decoded_weights(model)
+        row["gptq_kernels"] = sorted({type(m).__name__ for m in model.modules() if hasattr(m, "qweight")})
+        row["gptqmodel"] = gptqmodel.__version__
+        row["optimum"] = optimum_version()
+    else:
+        sd = model.state_dict()
     n_eq = n_cmp = 0
     bad = []
     for name, t in deq_tensors.items():

@@ -68,5 +68,46 @@ TEST(DeviceSelection, ResolvesAgainstThisMachine) {
   }
 }
 
+constexpr int kInvalid = int(ErrorCode::InvalidArgument);
+constexpr int kNoDevice = int(ErrorCode::NoDevice);
+
+// Device lists (convert --device cuda:all / cuda:N,M): spelt apart from
+// parse_device's spellings, malformed or repeated entries InvalidArgument
+// wherever they are, and on this machine the ordinals or NoDevice.
+TEST(DeviceList, SpellingsAndErrors) {
+  for (const char* list : {"cuda:all", "cuda:0,1", "cuda:3,1,2", "cuda:0,"})
+    EXPECT_TRUE(is_device_list(list)) << list;
+  for (const char* one : {"cpu", "auto", "cuda", "cuda:0", "cuda:12", "all", "0,1"}) {
+    EXPECT_FALSE(is_device_list(one)) << one;
+  }
+  for (const char* list : {"cuda:all", "cuda:0,1"}) {
+    EXPECT_THROW(parse_device(list), Error) << list;  // never one device
+  }
+  const auto code_of = [](const std::string& text) {
+    try {
+      resolve_device_list(text);
+    } catch (const Error& e) {
+      return int(e.code());
+    }
+    return -1;  // no error
+  };
+  for (const char* bad : {"cuda:0,", "cuda:,1", "cuda:0,0", "cuda:1,x", "cuda:0,-1", "cuda:0 ,1"})
+    EXPECT_TRUE(code_of(bad) == kInvalid) << bad;
+  EXPECT_TRUE(code_of("cuda:0") == kInvalid);  // one device is no list
+  const int n = cuda::device_count();
+  if (!cuda::cuda_available()) {
+    EXPECT_TRUE(code_of("cuda:all") == kNoDevice);
+    EXPECT_TRUE(code_of("cuda:0,1") == kNoDevice);
+    return;
+  }
+  std::vector<int> all;
+  for (int i = 0; i < n; ++i) all.push_back(i);
+  EXPECT_EQ(resolve_device_list("cuda:all"), all);
+  EXPECT_TRUE(code_of("cuda:0," + std::to_string(n)) == kNoDevice);
+  if (n >= 2) {
+    EXPECT_EQ(resolve_device_list("cuda:1,0"), (std::vector<int>{1, 0}));
+  }
+}
+
 }  // namespace
 }  // namespace qpack

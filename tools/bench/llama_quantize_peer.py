@@ -30,7 +30,9 @@ FTYPES = {
     "Q5_K_M": 17, "Q6_K": 18, "BF16": 32,
 }
 # The K-quant ftypes name a mix; --pure gives every tensor the mix's base type.
-PURE_ALIASES = {"Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q3_K": "Q3_K_M"}
+# As in llama-quantize (and qpack's --type), Q3_K/Q4_K/Q5_K name the _M mix:
+# they are aliases, not --pure.
+MIX_ALIASES = {"Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "Q3_K": "Q3_K_M"}
 
 
 @lc.llama_log_callback
@@ -43,13 +45,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src")
     ap.add_argument("out")
-    ap.add_argument("--type", required=True, choices=sorted(set(FTYPES) | set(PURE_ALIASES)))
+    ap.add_argument("--type", required=True, choices=sorted(set(FTYPES) | set(MIX_ALIASES)))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--pure", action="store_true")
     a = ap.parse_args()
     name = a.type
-    pure = a.pure or name in PURE_ALIASES
-    ftype = FTYPES[PURE_ALIASES.get(name, name)]
+    pure = a.pure
+    ftype = FTYPES[MIX_ALIASES.get(name, name)]
     lc.llama_log_set(_log, ctypes.c_void_p(0))
     lc.llama_backend_init()
     p = lc.llama_model_quantize_default_params()

@@ -89,6 +89,14 @@ void refuse_options(const std::vector<std::pair<std::string, CLI::Option*>>& opt
                   name + " is not an option for " + format + " output (" + hint + ")");
   }
 }
+// Several GPUs (--device cuda:all, cuda:N,M) are for .qpack output; the
+// exporters quantize through one device.
+void refuse_device_list(const ConvertArgs& a, const std::string& format) {
+  if (a.device.is_list())
+    throw Error(ErrorCode::InvalidArgument, "", "",
+                "--device " + a.device.text + " (several GPUs) is for .qpack output; " + format +
+                    " output takes one device (cpu, cuda, cuda:N or auto)");
+}
 const char* kGgufHint = "it is for OUT.gguf or --format gguf";
 const char* kHfHint = "it is for --format compressed-tensors or gptq; docs/hf-quantized.md";
 
@@ -254,9 +262,8 @@ int run_gguf(ConvertArgs& a) {
   for (const auto& t : a.tensor_types) o.tensor_types.push_back(parse_gguf_tensor_type_rule(t));
   o.vocab_from = a.vocab_from;
   o.threads = a.threads;
-  if (a.device_opt->count() > 0 && a.device.value().kind == DeviceKind::Cuda)
-    throw Error(ErrorCode::InvalidArgument, "", "",
-                "GGUF output is written on the CPU: --device cuda is not supported for it yet");
+  refuse_device_list(a, "GGUF");
+  o.device = a.device.value();
   if (a.dry_run) return print_dry_run(plan_gguf_export(a.source, o), a.json, print_gguf_plan);
   if (a.output.empty())
     throw Error(ErrorCode::InvalidArgument, "", "", "convert needs OUTPUT (or --dry-run)");
@@ -403,6 +410,7 @@ int run_hf(ConvertArgs& a, HfFormat format) {
   if (a.output.empty())
     throw Error(ErrorCode::InvalidArgument, "", "", "convert needs OUTPUT (or --dry-run)");
   o.overwrite = a.force;
+  refuse_device_list(a, hf_format_name(format));
   auto quantizer = make_quantizer(a.device.value(), a.threads);
   ProgressBar bar("convert", !a.quiet && !a.json);
   o.progress = [&bar](size_t t, size_t tt, uint64_t b, uint64_t bt, const std::string& name) {
@@ -465,7 +473,7 @@ int run_convert(ConvertArgs& a) {
   if (a.output.empty())
     throw Error(ErrorCode::InvalidArgument, "", "", "convert needs OUTPUT (or --dry-run)");
   o.overwrite = a.force;
-  auto quantizer = make_quantizer(a.device.value(), a.threads);
+  auto quantizer = make_quantizer(a.device, a.threads);
   ProgressBar bar("convert", !a.quiet && !a.json);
   o.progress = [&bar](const ConvertProgress& p) {
     bar.update(p.bytes_done, p.bytes_total, p.tensors_done, p.tensors_total, p.current);
@@ -578,7 +586,7 @@ Runner add_convert(CLI::App& app) {
       sub->add_option("--nonfinite", a->nonfinite,
                       "NaN/Inf in a tensor: 'error' (default) or 'zero' (replace by 0)");
   add_threads_option(sub, &a->threads);
-  a->device_opt = add_device_option(sub, &a->device, "the quantizer");
+  a->device_opt = add_device_option(sub, &a->device, "the quantizer", /*lists=*/true);
   a->zstd = sub->add_option("--zstd", a->zstd_level,
                             "compress sections with zstd (optional LEVEL, default 3)")
                 ->expected(0, 1)

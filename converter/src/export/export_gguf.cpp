@@ -22,6 +22,7 @@
 #include "qpack/format/error.hpp"
 #include "qpack/format/gguf_llama.hpp"
 #include "qpack/format/io.hpp"
+#include "qpack/kernels/ggml_blocks.hpp"
 #include "qpack/spec/dtype.hpp"
 
 namespace qpack {
@@ -438,7 +439,8 @@ void convert_floats(const uint8_t* in, GgmlType from, int64_t n, GgmlType to, ui
 
 void write_tensor(GgufWriter& w, const Origin& og, const GgufPlanEntry& e, const std::string& src,
                   const GgufExportOptions& o, int threads, std::vector<uint8_t>& gather,
-                  std::vector<uint8_t>& out, const std::function<void(uint64_t)>& advanced) {
+                  std::vector<uint8_t>& out, const std::function<void(uint64_t)>& advanced,
+                  cuda::GgmlBlocksDeviceEncoder* gpu) {
   if (e.action == GgufTensorAction::Copy) {
     const uint64_t chunk = std::max<uint64_t>(o.slice_bytes, 1);
     for (uint64_t off = 0; off < og.nbytes; off += chunk) {
@@ -476,8 +478,11 @@ void write_tensor(GgufWriter& w, const Origin& og, const GgufPlanEntry& e, const
     const int64_t n = nr * row_elems;
     if (e.action == GgufTensorAction::Quantize) {
       try {
-        quantize_ggml_blocks_cpu(e.type, in, dtype_of(og.source_type), n, out.data(), threads,
-                                 og.name);
+        if (gpu)
+          gpu->quantize(uint32_t(e.type), in, dtype_of(og.source_type), n, out.data(), og.name);
+        else
+          quantize_ggml_blocks_cpu(e.type, in, dtype_of(og.source_type), n, out.data(), threads,
+                                   og.name);
       } catch (const Error& err) {
         throw err.with_context(src, og.name);
       }
@@ -567,6 +572,10 @@ GgufExportSummary export_gguf(const std::string& source, const std::string& outp
       throw Error(ErrorCode::InvalidArgument, output, "", "the output is the --vocab-from file");
   }
   const int threads = options.threads > 0 ? options.threads : omp_get_max_threads();
+  const DeviceSelection device = resolve_device(options.device);
+  std::unique_ptr<cuda::GgmlBlocksDeviceEncoder> gpu;
+  if (device.kind == DeviceKind::Cuda)
+    gpu = std::make_unique<cuda::GgmlBlocksDeviceEncoder>(device.index);
   std::vector<GgufTensorDecl> decls;
   for (const GgufPlanEntry& e : p.plan.tensors) decls.push_back({e.name, e.type, e.ne});
   GgufWriter w(output, p.plan.metadata, decls, options.overwrite);
@@ -586,7 +595,7 @@ GgufExportSummary export_gguf(const std::string& source, const std::string& outp
       if (options.progress && in_tensor < e.bytes_in)
         options.progress({i, count, start + in_tensor, p.plan.bytes_in, e.name});
     };
-    write_tensor(w, og, e, source, options, threads, gather, out, advanced);
+    write_tensor(w, og, e, source, options, threads, gather, out, advanced, gpu.get());
     if (og.release) og.release();
     done = start + e.bytes_in;
   }
@@ -594,7 +603,7 @@ GgufExportSummary export_gguf(const std::string& source, const std::string& outp
   w.commit();
   GgufExportSummary s;
   s.plan = std::move(p.plan);
-  s.device = "cpu (" + std::to_string(threads) + " threads)";
+  s.device = gpu ? device_name(device) : "cpu (" + std::to_string(threads) + " threads)";
   s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return s;
 }

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "qpack/format/gguf.hpp"
+#include "qpack/kernels/device.hpp"
 
 namespace qpack {
 
@@ -94,6 +95,11 @@ struct GgufExportOptions {
   // convert_hf_to_gguf.py --vocab-only); empty: tokenizer.ggml.model "none".
   std::string vocab_from;
   int threads = 0;  // <= 0: all cores
+  // Where the ggml blocks are computed. Cpu: quantize_ggml_blocks_cpu. Cuda
+  // (cuda:N): the kernels of qpack/kernels/ggml_blocks.hpp on that device,
+  // byte-identical; Error(NoDevice) when unusable. Auto: CUDA device 0 when
+  // usable, else the CPU. Float conversions and copies stay on the CPU.
+  DeviceSelection device{DeviceKind::Cpu, 0};
   bool overwrite = false;
   uint64_t slice_bytes = 64ull << 20;  // source bytes of one slice of rows
   std::function<void(const GgufExportProgress&)> progress;

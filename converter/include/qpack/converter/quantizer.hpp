@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "qpack/converter/quantize.hpp"
 
@@ -44,8 +45,22 @@ class TensorQuantizer {
 
   // "cpu (2 threads, avx2)" / "cuda:0 (NVIDIA H100 80GB HBM3)"
   virtual std::string description() const = 0;
+  // How many tensors it works on at once (several devices: one each). The
+  // converter keeps this many plus one submitted and unwaited.
+  virtual int pipelines() const { return 1; }
 };
 
 std::unique_ptr<TensorQuantizer> make_cpu_quantizer(int threads);
+
+// One quantizer over several (`--device cuda:all`: one per GPU). Each part
+// gets a host thread of its own that submits its tensors in turn, so the
+// parts run side by side however long a part's submit() takes; a tensor goes
+// to the part with the fewest source bytes outstanding. Every part must give
+// the same bytes (they all follow the spec), so the output does not depend
+// on which part quantized which tensor. pipelines() is the number of parts;
+// errors are those of the part that ran the tensor. `parts` must not be
+// empty.
+std::unique_ptr<TensorQuantizer> make_quantizer_set(
+    std::vector<std::unique_ptr<TensorQuantizer>> parts);
 
 }  // namespace qpack

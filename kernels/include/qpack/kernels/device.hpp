@@ -7,6 +7,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace qpack {
 
@@ -38,5 +39,16 @@ std::string device_name(const DeviceSelection& device);
 // (saying why, e.g. a build without CUDA) or when the index is not below
 // cuda::device_count().
 DeviceSelection resolve_device(const DeviceSelection& device);
+
+// Several CUDA devices for one conversion (`convert --device`): "cuda:all",
+// every visible device, or "cuda:N,M,..." (two or more ordinals, comma-
+// separated, no spaces). is_device_list says whether `text` is spelt as one
+// (it is then never a parse_device spelling); resolve_device_list gives the
+// ordinals (ascending for "cuda:all", as written otherwise) and throws
+// Error(InvalidArgument) for a malformed or repeated ordinal and
+// Error(NoDevice), worded as resolve_device's, when CUDA is unusable or an
+// ordinal is not below cuda::device_count().
+bool is_device_list(const std::string& text);
+std::vector<int> resolve_device_list(const std::string& text);
 
 }  // namespace qpack

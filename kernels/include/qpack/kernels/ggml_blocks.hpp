@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "qpack/kernels/cuda_quant.hpp"
 #include "qpack/spec/dtype.hpp"
@@ -71,6 +72,42 @@ class GgmlBlocksDeviceDecoder {
   int device_ = 0;
   DeviceBuffer d_blocks_, d_out_;
   Stream stream_;
+};
+
+// Host source in, host blocks out, through the kernels on one device: what
+// `qpack convert ... OUT.gguf --device cuda` quantizes with. A call is cut
+// into chunks of whole super-blocks (`chunk_bytes` of source each, rounded
+// down to 256 elements), and `streams` chunks are in flight at once: while
+// the device quantizes one, the host copies the next into pinned staging and
+// the previous one's blocks out of it. Every chunk is computed by the same
+// kernels as quantize_ggml_blocks, so the bytes are the CPU's
+// (quantize_ggml_blocks_cpu) whatever the chunk size or stream count.
+// Construction throws Error(NoDevice) when the device is not usable.
+class GgmlBlocksDeviceEncoder {
+ public:
+  explicit GgmlBlocksDeviceEncoder(int device, size_t chunk_bytes = size_t(16) << 20,
+                                   int streams = 3);
+  // n elements (a whole number of the type's blocks) of `src_dtype` (F16,
+  // BF16 or F32) at `src` into the type's blocks at `out`. Throws Error:
+  // InvalidArgument naming `tensor` for a type cuda_block_type_supported
+  // refuses, an n that is no whole number of blocks or another dtype; Cuda
+  // for a failure.
+  void quantize(uint32_t gguf_type, const void* src, DType src_dtype, int64_t n, uint8_t* out,
+                const std::string& tensor);
+  int device() const { return device_; }
+
+ private:
+  struct Lane {  // one chunk in flight
+    Stream stream;
+    PinnedBuffer h_src, h_blocks;
+    DeviceBuffer d_src, d_blocks;
+    uint8_t* out = nullptr;  // where this lane's blocks go when it drains
+    size_t out_bytes = 0;
+  };
+  void drain(Lane& lane, const std::string& tensor);
+  int device_ = 0;
+  int64_t chunk_elements_ = 0;
+  std::vector<Lane> lanes_;
 };
 
 }  // namespace cuda
