@@ -75,6 +75,7 @@ nlohmann::json plan_tensors_json(const std::vector<PlanEntry>& plan) {
           {"symmetric", p.scheme.symmetric},
           {"zero_point", p.scheme.symmetric ? nlohmann::json(nullptr)
                                             : nlohmann::json(zero_point_name(p.scheme.zero_point))},
+          {"method", method_name(p.scheme.method)},
           {"scale_dtype", scheme_json_name(p.scheme)}};
     t.push_back(e);
   }

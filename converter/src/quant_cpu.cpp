@@ -209,7 +209,9 @@ void quantize_cpu(const QuantInput& in, const GroupLayout& L, const QuantScheme&
   Failure f;
   if (L.num_groups() == 0) return;
   const bool vector_layout = L.inner >= 32 || L.inner == 1;
-  if (cpu_has_avx2() && vector_layout) {
+  // The methods (quantization.md §M) run the spec's per-group search on
+  // every layout: OpenMP over groups, scalar inside.
+  if (cpu_has_avx2() && vector_layout && s.method == QuantMethod::Rtn) {
     switch (in.dtype) {
       case DType::F16:
         quantize_avx2<DType::F16>(in, L, s, policy, out, threads, &f);

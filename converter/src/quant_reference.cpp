@@ -8,6 +8,7 @@
 
 #include "qpack/converter/quantize.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/spec/group_methods.hpp"
 #include "qpack/spec/group_params.hpp"
 #include "quant_detail.hpp"
 
@@ -80,6 +81,10 @@ int quantize_group(const QuantInput& in, const GroupLayout& L, const QuantScheme
     float amax = 0.0f;
     for (int64_t k = 0; k < len; ++k) amax = std::fmax(amax, std::fabs(x[k]));
     p = spec::params_sym(amax, scheme.bits, sd);
+  } else if (scheme.method != QuantMethod::Rtn) {
+    // validate_scheme admits the methods for the float zero-point rule only.
+    p = spec::params_asym_method(spec::GroupValues{x, nullptr}, len, scheme.bits, sd,
+                                 scheme.method);
   } else {
     float mn = x[0], mx = x[0];
     for (int64_t k = 1; k < len; ++k) {

@@ -310,6 +310,18 @@ void ManifestParser::parse_quant(const json& q, const std::string& where, QpackT
                   "zero_point '" + zp + "' (must be 'float' or 'integer')");
     }
   }
+  // method (minor version 1): absent = "rtn". The codes decode the same
+  // whatever it says; it selects the error bound verify checks.
+  if (q.contains("method")) {
+    const std::string& mname = r_.str(q, "method", where, name);
+    const auto m = method_from_string(mname);
+    if (!m)
+      throw Error(ErrorCode::UnsupportedScheme, file_, name,
+                  "method '" + mname + "' (must be 'rtn', 'search' or 'refit')");
+    t->scheme.method = *m;
+    const std::string why = validate_scheme(t->scheme);
+    if (!why.empty()) throw Error(ErrorCode::ManifestMismatch, file_, name, why);
+  }
   try {
     t->layout = make_layout(t->shape, t->scheme, name);
   } catch (const Error& e) {

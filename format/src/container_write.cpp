@@ -97,6 +97,8 @@ json quantized_tensor_json(const std::string& name, DType dtype, const std::vect
   // Absent means the float rule: files without integer zero-points stay
   // byte for byte what version 1.0 wrote.
   if (has_integer_zero(rs)) quant["zero_point"] = "integer";
+  // Absent means RTN: such files stay byte for byte what 1.0 wrote.
+  if (rs.method != QuantMethod::Rtn) quant["method"] = method_name(rs.method);
   return {{"name", name},
           {"dtype", dtype_name(dtype)},
           {"shape", shape},
@@ -113,11 +115,18 @@ uint16_t major_version_for(const json& tensors) {
   return kQpackVersionMajor;
 }
 
+// The minor version: 1 when a tensor records a method (container.hpp).
+uint16_t minor_version_for(const json& tensors) {
+  for (const json& t : tensors)
+    if (t.contains("quant") && t.at("quant").contains("method")) return kQpackVersionMinorMethod;
+  return kQpackVersionMinor;
+}
+
 json manifest_json(const WriterOptions& options, const json& metadata, const json& config,
                    const json& tensors, const json& provenance) {
   json manifest = {
-      {"qpack_version",
-       std::to_string(major_version_for(tensors)) + "." + std::to_string(kQpackVersionMinor)},
+      {"qpack_version", std::to_string(major_version_for(tensors)) + "." +
+                            std::to_string(minor_version_for(tensors))},
       {"generator", options.generator},
       {"alignment", kQpackAlignment},
       {"source", {{"format", "safetensors"}, {"metadata", metadata}, {"config", config}}},
@@ -300,6 +309,7 @@ void QpackWriter::commit() {
 
   QpackHeader h;
   h.version_major = major_version_for(w.tensors);
+  h.version_minor = minor_version_for(w.tensors);
   h.manifest_offset = moff;
   h.manifest_size = text.size();
   h.manifest_xxh3 = checksum64(text.data(), text.size());

@@ -12,7 +12,18 @@ std::string scheme_label(const QuantScheme& s) {
   r += " ax" + std::to_string(s.axis);
   r += s.symmetric ? " sym " : (has_integer_zero(s) ? " asym-int " : " asym ");
   r += dtype_name(s.scale_dtype);
+  if (s.method != QuantMethod::Rtn) r += std::string(" ") + method_name(s.method);
   return r;
+}
+
+const char* method_name(QuantMethod m) {
+  return m == QuantMethod::Search ? "search" : (m == QuantMethod::Refit ? "refit" : "rtn");
+}
+std::optional<QuantMethod> method_from_string(std::string_view name) {
+  if (name == "rtn") return QuantMethod::Rtn;
+  if (name == "search") return QuantMethod::Search;
+  if (name == "refit") return QuantMethod::Refit;
+  return std::nullopt;
 }
 
 const char* zero_point_name(ZeroPoint zp) { return zp == ZeroPoint::Integer ? "integer" : "float"; }

@@ -35,8 +35,9 @@ __device__ __forceinline__ void eval_unit_device(const CompareGeometry& g, const
   const float zero = g.symmetric ? 0.0f : spec::load_param(v.zeros, pidx, g.scale_dtype);
   // As spec::eval_unit: an integer zero-point takes no part in the bound.
   const bool float_zero = !g.symmetric && !g.integer_zero;
-  const spec::BoundTerms bt =
+  spec::BoundTerms bt =
       spec::bound_terms(scale, float_zero ? zero : 0.0f, g.q, float_zero, g.scale_dtype);
+  if (g.clipped) spec::add_clipped_range(bt, scale, zero, g.q);
   // The segment starts on a byte plane (64 codes fill 8*BITS bytes); planes
   // past its end (a partial group's padding) read as 0.
   const uint8_t* planes = v.codes + (sp.plane_begin - v.plane0) * v.pitch + c;

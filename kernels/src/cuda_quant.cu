@@ -230,6 +230,31 @@ Status quantize(const void* d_src, DType src_dtype, const GroupLayout& layout,
 
   const int esize = src_dtype == DType::F32 ? 4 : 2;
   const int ssize = scale_bytes(scheme.scale_dtype);
+  if (scheme.method != QuantMethod::Rtn) {
+    // The parameter methods (quantization.md §M): one thread per group
+    // (quantize_methods.cu), the reference's per-group spec code.
+    if (const std::string why = validate_scheme(scheme); !why.empty()) return invalid(why);
+    return for_each_launch(
+        layout, r, ncols,
+        [&](const kernels::TileGeometry& g, int64_t gr_off, int64_t row_off) -> Status {
+          kernels::QuantArgs a{};
+          a.geo = g;
+          a.src = static_cast<const uint8_t*>(d_src) + row_off * ncols * esize;
+          a.codes = out.codes + gr_off * layout.bytes_per_group * ncols;
+          a.scales = out.scales + gr_off * ncols * ssize;
+          a.zeros = out.zeros + gr_off * ncols * ssize;
+          a.flags = d_flags;
+          a.scale_dtype = scheme.scale_dtype;
+          a.zero_nonfinite = policy == NonFinitePolicy::Zero;
+          a.method = scheme.method;
+          kernels::Launch ll{};
+          ll.stream = stream;
+          ll.blocks = blocks_for(int64_t(g.tasks));
+          return cuda_status(
+              cudaError_t(kernels::launch_quantize_method(a, src_dtype, scheme.bits, ll)),
+              "quantize (method) kernel launch");
+        });
+  }
   const int64_t nslices = (layout.group_size + kernels::kSliceRows - 1) / kernels::kSliceRows;
   const int lanes = pow2_at_least(nslices);
   kernels::Launch l{};

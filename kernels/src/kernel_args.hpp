@@ -79,6 +79,7 @@ struct QuantArgs {
   DType scale_dtype;
   bool zero_nonfinite;  // NonFinitePolicy::Zero
   bool integer_zero;    // asymmetric with integer zero-points (spec::params_asym_int)
+  QuantMethod method;   // quantization.md §M: not Rtn only in quantize_methods.cu
 };
 
 struct DequantArgs {
@@ -143,6 +144,9 @@ cudaError_t launch_kernel(void (*kernel)(Params...), int blocks, int threads, co
 int launch_quantize_f16(const QuantArgs& a, int bits, bool symmetric, const Launch& l);
 int launch_quantize_bf16(const QuantArgs& a, int bits, bool symmetric, const Launch& l);
 int launch_quantize_f32(const QuantArgs& a, int bits, bool symmetric, const Launch& l);
+// quantize_methods.cu: the parameter methods (search, refit), one thread per
+// group, any source dtype and width; a.geo.tasks = group rows x columns.
+int launch_quantize_method(const QuantArgs& a, DType src_dtype, int bits, const Launch& l);
 // dequant.cu
 int launch_dequantize(const DequantArgs& a, DType out_dtype, const Launch& l);
 

@@ -22,6 +22,7 @@
 #include "qpack/format/container.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/safetensors.hpp"
+#include "qpack/format/text.hpp"
 #include "testutil.hpp"
 
 using namespace qpack;
@@ -655,3 +656,57 @@ TEST_P(Stories, ConvertsAndInspects) {
 INSTANTIATE_TEST_SUITE_P(Dtypes, Stories, ::testing::Values("f32", "f16", "bf16"));
 
 }  // namespace
+
+// --method search|refit (quantization.md §M): the file records the method
+// (minor version 1), holds the reference's bytes, and verifies against the
+// method's bound; rtn writes no key; the methods are refused where they do
+// not apply.
+TEST_F(ConvertTest, MethodsEndToEnd) {
+  const std::string rtn = dir_.file("rtn.qpack"), plain = dir_.file("plain.qpack");
+  ASSERT_EQ(test::run_qpack("convert " + model_ + " " + plain + " -q").exit_code, 0);
+  ASSERT_EQ(test::run_qpack("convert " + model_ + " " + rtn + " -q --method rtn").exit_code, 0);
+  EXPECT_TRUE(files_equal(plain, rtn));
+  EXPECT_EQ(QpackFile::open(rtn)->version_minor(), 0);
+  for (const char* m : {"search", "refit"}) {
+    SCOPED_TRACE(m);
+    const std::string out = dir_.file(std::string(m) + ".qpack");
+    ASSERT_EQ(test::run_qpack("convert " + model_ + " " + out + " -q --method " + m).exit_code, 0);
+    expect_matches_reference(out, model_);
+    const auto q = QpackFile::open(out);
+    EXPECT_EQ(q->version_major(), 1);
+    EXPECT_EQ(q->version_minor(), 1);
+    for (const auto& t : q->tensors()) {
+      if (t.quantized) {
+        EXPECT_EQ(method_name(t.scheme.method), std::string(m)) << t.name;
+      }
+    }
+    const auto ver = test::run_qpack("verify " + out + " " + model_ + " --device cpu --json");
+    ASSERT_EQ(ver.exit_code, 0) << ver.output;
+    const auto report = nlohmann::json::parse(ver.output);
+    EXPECT_EQ(report["bound_violations"].get<uint64_t>(), 0u);
+    for (const auto& t : report["tensors"]) {
+      if (t["quantized"].get<bool>()) {
+        EXPECT_EQ(t["scheme"]["method"], m) << t["name"];
+      }
+    }
+  }
+  // --preset best is --method search.
+  const std::string best = dir_.file("best.qpack");
+  ASSERT_EQ(test::run_qpack("convert " + model_ + " " + best + " -q --preset best").exit_code, 0);
+  EXPECT_TRUE(files_equal(best, dir_.file("search.qpack")));
+  const std::string out = dir_.file("x.qpack");
+  EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --method best").exit_code, 2);
+  EXPECT_EQ(
+      test::run_qpack("convert " + model_ + " " + out + " --method search --symmetric").exit_code,
+      2);
+  EXPECT_EQ(
+      test::run_qpack("convert " + model_ + " " + out + " --method refit --zero-point integer")
+          .exit_code,
+      2);
+  EXPECT_EQ(
+      test::run_qpack("convert " + model_ + " " + out + " --preset best --method rtn").exit_code,
+      2);
+  EXPECT_EQ(test::run_qpack("convert " + model_ + " " + dir_.file("x.gguf") + " --method search")
+                .exit_code,
+            2);
+}

@@ -24,6 +24,7 @@ struct ConvertArgs {
   bool symmetric = false;
   std::string scale_dtype = "f16";
   std::string zero_point = "float";
+  std::string method = "rtn", preset = "default";
   std::vector<std::string> skips, rules;
   std::string recipe_file;
   int min_dims = 2;
@@ -39,6 +40,8 @@ struct ConvertArgs {
   CLI::Option* sym_opt = nullptr;
   CLI::Option* scale_opt = nullptr;
   CLI::Option* zero_opt = nullptr;
+  CLI::Option* method_opt = nullptr;
+  CLI::Option* preset_opt = nullptr;
   bool force = false, dry_run = false, quiet = false, json = false;
   bool require_quantized = false;
   // GGUF output (docs/gguf.md "Writing GGUF").
@@ -164,6 +167,24 @@ Recipe build_recipe(const ConvertArgs& a) {
   }
   if (*a.scale_opt) {
     r.defaults.scale_dtype = parse_float_dtype_flag("--scale-dtype", a.scale_dtype);
+  }
+  // --preset best: the default scheme's bytes with the best method of
+  // docs/quantization.md §M (the search); --method names one directly.
+  if (*a.preset_opt) {
+    if (a.preset != "default" && a.preset != "best")
+      throw Error(ErrorCode::InvalidArgument, "", "",
+                  "--preset must be 'default' or 'best', not '" + a.preset + "'");
+    if (*a.method_opt)
+      throw Error(ErrorCode::InvalidArgument, "", "",
+                  "--preset chooses the method; give --preset or --method, not both");
+    r.defaults.method = a.preset == "best" ? QuantMethod::Search : QuantMethod::Rtn;
+  }
+  if (*a.method_opt) {
+    const auto m = method_from_string(a.method);
+    if (!m)
+      throw Error(ErrorCode::InvalidArgument, "", "",
+                  "--method must be 'rtn', 'search' or 'refit', not '" + a.method + "'");
+    r.defaults.method = *m;
   }
   if (*a.min_dims_opt) {
     // As the recipe requires: a 0-d tensor has one element and nothing to group.
@@ -564,6 +585,12 @@ Runner add_convert(CLI::App& app) {
   a->zero_opt = sub->add_option("--zero-point", a->zero_point,
                                 "asymmetric zero-points: 'float' (the group minimum, default) or "
                                 "'integer' (compressed-tensors/GPTQ: range includes 0)");
+  a->method_opt = sub->add_option("--method", a->method,
+                                  "how group scales and minimums are chosen: 'rtn' (min-max, "
+                                  "default), 'search' or 'refit' (docs/quantization.md §M)");
+  a->preset_opt = sub->add_option("--preset", a->preset,
+                                  "'default' (FlexLLMGen's scheme, RTN) or 'best' (the same "
+                                  "bytes, --method search)");
   a->scale_opt = sub->add_option("--scale-dtype", a->scale_dtype,
                                  "scale/zero-point dtype: f16, bf16, f32, any case (default f16)");
   // One value per occurrence, repeated for more: a vector option would
@@ -624,6 +651,8 @@ Runner add_convert(CLI::App& app) {
                    {"--symmetric/--asymmetric", a->sym_opt},
                    {"--scale-dtype", a->scale_opt},
                    {"--zero-point", a->zero_opt},
+                   {"--method", a->method_opt},
+                   {"--preset", a->preset_opt},
                    {"--skip", skip},
                    {"--rule", rule},
                    {"--recipe", recipe},

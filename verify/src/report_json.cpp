@@ -176,6 +176,7 @@ nlohmann::json verify_report_json(const VerifyReport& rep) {
           {"symmetric", t.scheme.symmetric},
           {"zero_point", t.scheme.symmetric ? nlohmann::json(nullptr)
                                             : nlohmann::json(zero_point_name(t.scheme.zero_point))},
+          {"method", method_name(t.scheme.method)},
           {"scale_dtype", dtype_name(t.scheme.scale_dtype)}};
     else
       o["scheme"] = nullptr;

@@ -31,6 +31,10 @@ constexpr uint16_t kQpackVersionMajor = 1;
 constexpr uint16_t kQpackVersionMajorIntegerZero = 2;
 constexpr uint16_t kQpackVersionMajorMax = 2;
 constexpr uint16_t kQpackVersionMinor = 0;
+// Minor version 1 adds quant.method (docs/format.md §3.1), written when a
+// tensor's parameters come from a method other than RTN: the codes decode as
+// before, so an older reader of the same major may ignore it.
+constexpr uint16_t kQpackVersionMinorMethod = 1;
 constexpr uint32_t kQpackHeaderSize = 64;
 constexpr uint64_t kQpackAlignment = 64;
 constexpr uint64_t kQpackMaxManifest = 1ull << 30;

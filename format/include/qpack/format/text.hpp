@@ -22,6 +22,9 @@ std::string scheme_label(const QuantScheme& scheme);
 // manifest (quant.zero_point) and the JSON reports spell it.
 const char* zero_point_name(ZeroPoint zp);
 std::optional<ZeroPoint> zero_point_from_string(std::string_view name);
+// "rtn", "search", "refit" (docs/quantization.md §M), and back.
+const char* method_name(QuantMethod m);
+std::optional<QuantMethod> method_from_string(std::string_view name);
 
 // Where a scheme is shown, a tensor stored as it is (not quantized) shows
 // this: the format's encoding name.

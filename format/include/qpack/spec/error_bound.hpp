@@ -7,6 +7,9 @@
 //   b += 2^-21 * ((|x| + |M|) + q*S)
 // Groups with an integer zero-point (§7) use M = 0 and no ulp(M) term: their
 // clamping costs at most Q*|S - s_exact|, which the q*(...) term covers.
+// Groups whose parameters come from a method other than RTN (§M4) add the
+// distance from x to their stored range [M, M + Q*S]:
+//   b += max(M - x, x - fl64(M + Q*S))   when that is > 0
 #pragma once
 
 #include "qpack/spec/dtype.hpp"
@@ -37,9 +40,11 @@ QPACK_HD double ulp_in(double v, DType d) {
 
 // The element-independent part of the bound, computed once per group.
 struct BoundTerms {
-  double base;   // b before the element term
-  double abs_m;  // |M|
-  double q_s;    // q*S
+  double base;    // b before the element term
+  double abs_m;   // |M|
+  double q_s;     // q*S
+  bool clipped;   // §M4: add the distance outside [lo, hi]
+  double lo, hi;  // M and fl64(M + q*S) when clipped
 };
 // float_zero: the group has a float zero-point M (asymmetric, float rule);
 // otherwise m must be 0 (symmetric, or an integer zero-point).
@@ -51,18 +56,38 @@ QPACK_HD BoundTerms bound_terms(double s, double m, double q, bool float_zero, D
   t.base = b;
   t.abs_m = abs_f64(m);
   t.q_s = mul_f64(q, s);
+  t.clipped = false;
+  t.lo = 0.0;
+  t.hi = 0.0;
   return t;
 }
+// §M4: the bound of a method other than RTN also allows the distance from
+// x to the stored range [M, M + Q*S] (an element the method left outside it
+// gets the nearest end's code). The base is unchanged, so an error at or
+// below it still passes without the element term.
+QPACK_HD void add_clipped_range(BoundTerms& t, double s, double m, double q) {
+  t.clipped = true;
+  t.lo = m;
+  t.hi = add_f64(m, mul_f64(q, s));
+}
 QPACK_HD double bound_for(const BoundTerms& t, double x) {
-  return add_f64(t.base, mul_f64(0x1p-21, add_f64(add_f64(abs_f64(x), t.abs_m), t.q_s)));
+  double b = add_f64(t.base, mul_f64(0x1p-21, add_f64(add_f64(abs_f64(x), t.abs_m), t.q_s)));
+  if (t.clipped) {
+    const double below = sub_f64(t.lo, x), above = sub_f64(x, t.hi);
+    const double out = below > above ? below : above;
+    if (out > 0.0) b = add_f64(b, out);
+  }
+  return b;
 }
 
 // The whole bound for one element. s and m are the stored scale and
 // zero-point (ignored for symmetric and integer zero-points), as doubles.
 QPACK_HD double error_bound(double x, double s, double m, const QuantScheme& scheme) {
   const bool float_zero = !scheme.symmetric && !has_integer_zero(scheme);
-  return bound_for(
-      bound_terms(s, float_zero ? m : 0.0, qmax_of(scheme), float_zero, scheme.scale_dtype), x);
+  BoundTerms t =
+      bound_terms(s, float_zero ? m : 0.0, qmax_of(scheme), float_zero, scheme.scale_dtype);
+  if (has_clipped_range(scheme)) add_clipped_range(t, s, m, qmax_of(scheme));
+  return bound_for(t, x);
 }
 
 }  // namespace qpack::spec

@@ -68,6 +68,7 @@ struct CompareGeometry : GroupLayout {
   int64_t blocks;
   bool symmetric;
   bool integer_zero;  // asymmetric with integer zero-points (decode_int)
+  bool clipped;       // a method other than RTN: the bound of §M4
   DType scale_dtype, source_dtype;
   double q;  // qmax of the scheme, for the bound
 };
@@ -79,6 +80,7 @@ inline CompareGeometry make_geometry(const GroupLayout& L, const QuantScheme& s,
   g.segs = (L.group_size + kSegment - 1) / kSegment;
   g.symmetric = s.symmetric;
   g.integer_zero = has_integer_zero(s);
+  g.clipped = has_clipped_range(s);
   g.scale_dtype = s.scale_dtype;
   g.source_dtype = source_dtype;
   g.q = qmax_of(s);
@@ -217,8 +219,8 @@ QPACK_HD void eval_unit(const CompareGeometry& g, const ChunkView& v, int64_t sr
   const float scale = load_param(v.scales, pidx, g.scale_dtype);
   const float zero = g.symmetric ? 0.0f : load_param(v.zeros, pidx, g.scale_dtype);
   const bool float_zero = !g.symmetric && !g.integer_zero;
-  const BoundTerms bt =
-      bound_terms(scale, float_zero ? zero : 0.0f, g.q, float_zero, g.scale_dtype);
+  BoundTerms bt = bound_terms(scale, float_zero ? zero : 0.0f, g.q, float_zero, g.scale_dtype);
+  if (g.clipped) add_clipped_range(bt, scale, zero, g.q);
 
   const uint8_t* cp = v.codes + (sp.plane_begin - v.plane0) * v.pitch + c;
   const int64_t src0 = (sp.row_begin - v.row0) * v.pitch + c;

@@ -63,86 +63,151 @@ QPACK_HD int nearest_int(float v) {
   return int(f32_bits(t) & 0x007fffffu) - 0x00400000;
 }
 
-// ggml's make_qkx2_quants: codes L[i] in 0..nmax for x[i] ~ scale * L[i] -
-// the_min over n <= 32 elements with weights w, min forced <= 0. The first
-// candidate takes iscale = nmax / (max - min); then for is = 0..nstep the
-// candidate iscale = (rmin + rdelta*is + nmax) / (max - min) gives codes from
-// which a weighted least-squares fit solves scale and min (min clamped to 0,
-// scale refitted alone then); a candidate replaces the best one only when
-// its weighted error (|diff| if use_mad, else diff^2) is strictly smaller.
-// Returns the scale; *the_min = -min (>= 0, possibly -0).
-QPACK_HD float fit_scale_and_min(int n, int nmax, const float* x, const float* w, uint8_t* L,
-                                 float* the_min, float rmin, float rdelta, int nstep,
-                                 bool use_mad) {
-  float mn = x[0];
-  float mx = x[0];
-  float sum_w = w[0];
-  float sum_x = mul_f32(sum_w, x[0]);
-  for (int i = 1; i < n; ++i) {
-    if (x[i] < mn) mn = x[i];
-    if (x[i] > mx) mx = x[i];
-    sum_w = add_f32(sum_w, w[i]);
-    sum_x = add_f32(sum_x, mul_f32(w[i], x[i]));
+// The weighted least-squares fit of x ~ scale * l + min over given codes l,
+// from the sums sum_w = S w, sum_x = S w*x, sum_l = S w*l, sum_l2 = S w*l*l,
+// sum_xl = S w*l*x (make_qkx2_quants' inner step, also qpack's refit
+// method, docs/quantization.md §M3). False when D = sum_w*sum_l2 - sum_l^2
+// is not > 0 (every code equal): no fit. min_at_most_zero (ggml's rule: a
+// K-quant min is stored as a non-negative number subtracted) replaces a
+// positive min by 0 and refits the scale alone.
+QPACK_HD bool least_squares_scale_min(float sum_w, float sum_x, float sum_l, float sum_l2,
+                                      float sum_xl, bool min_at_most_zero, float* scale,
+                                      float* min) {
+  const float D = sub_f32(mul_f32(sum_w, sum_l2), mul_f32(sum_l, sum_l));
+  if (!(D > 0.0f)) return false;
+  float this_scale = div_f32(sub_f32(mul_f32(sum_w, sum_xl), mul_f32(sum_x, sum_l)), D);
+  float this_min = div_f32(sub_f32(mul_f32(sum_l2, sum_x), mul_f32(sum_l, sum_xl)), D);
+  if (min_at_most_zero && this_min > 0.0f) {
+    this_min = 0.0f;
+    this_scale = div_f32(sum_xl, sum_l2);
   }
-  if (mn > 0.0f) mn = 0.0f;
+  *scale = this_scale;
+  *min = this_min;
+  return true;
+}
+
+// The result of make_qkx2_quants' search: x ~ scale * L + min, and how to
+// regenerate the winning codes L (the search keeps no code array, so that
+// it runs over groups of any length): L_i = clamp(ni(fl(code_iscale *
+// fl(x_i - code_lo))), 0, nmax), or 0 for every element when constant.
+struct ScaleMinFit {
+  float scale;
+  float min;  // the offset lo (<= 0 when min_at_most_zero); ggml stores -min
+  float code_iscale, code_lo;
+  bool constant;  // max == min: scale 0, every code 0
+};
+QPACK_HD int fit_code(const ScaleMinFit& f, float x, int nmax) {
+  if (f.constant) return 0;
+  return clamp_int(nearest_int(mul_f32(f.code_iscale, sub_f32(x, f.code_lo))), 0, nmax);
+}
+
+// ggml's make_qkx2_quants over n elements read through src (src.x(i) and
+// src.w(i), the weights), in index order. The first candidate takes iscale
+// = nmax / (max - min); then for is = 0..nstep the candidate iscale =
+// (rmin + rdelta*is + nmax) / (max - min) gives codes from which
+// least_squares_scale_min solves scale and min; a candidate replaces the
+// best one only when its weighted error (|diff| if use_mad, else diff^2) is
+// strictly smaller. min_at_most_zero is ggml's (the min never positive);
+// qpack's search (group_methods.hpp) lets the offset take either sign.
+template <class Src>
+QPACK_HD ScaleMinFit search_scale_and_min(const Src& src, int64_t n, int nmax, float rmin,
+                                          float rdelta, int nstep, bool use_mad,
+                                          bool min_at_most_zero) {
+  ScaleMinFit f;
+  float mn = src.x(0);
+  float mx = mn;
+  float sum_w = src.w(0);
+  float sum_x = mul_f32(sum_w, mn);
+  for (int64_t i = 1; i < n; ++i) {
+    const float xi = src.x(i), wi = src.w(i);
+    if (xi < mn) mn = xi;
+    if (xi > mx) mx = xi;
+    sum_w = add_f32(sum_w, wi);
+    sum_x = add_f32(sum_x, mul_f32(wi, xi));
+  }
+  if (min_at_most_zero && mn > 0.0f) mn = 0.0f;
   if (mx == mn) {
-    for (int i = 0; i < n; ++i) L[i] = 0;
-    *the_min = -mn;
-    return 0.0f;
+    f.scale = 0.0f;
+    f.min = mn;
+    f.code_iscale = 0.0f;
+    f.code_lo = mn;
+    f.constant = true;
+    return f;
   }
+  f.constant = false;
   float iscale = div_f32(float(nmax), sub_f32(mx, mn));
   float scale = div_f32(1.0f, iscale);
+  f.code_iscale = iscale;
+  f.code_lo = mn;
   float best_error = 0.0f;
-  for (int i = 0; i < n; ++i) {
-    const int l = nearest_int(mul_f32(iscale, sub_f32(x[i], mn)));
-    L[i] = uint8_t(clamp_int(l, 0, nmax));
-    float diff = sub_f32(add_f32(mul_f32(scale, float(L[i])), mn), x[i]);
+  for (int64_t i = 0; i < n; ++i) {
+    const float xi = src.x(i);
+    const int l = clamp_int(nearest_int(mul_f32(iscale, sub_f32(xi, mn))), 0, nmax);
+    float diff = sub_f32(add_f32(mul_f32(scale, float(l)), mn), xi);
     diff = use_mad ? abs_f32(diff) : mul_f32(diff, diff);
-    best_error = add_f32(best_error, mul_f32(w[i], diff));
+    best_error = add_f32(best_error, mul_f32(src.w(i), diff));
   }
-  if (nstep < 1) {
-    *the_min = -mn;
-    return scale;
-  }
-  uint8_t Laux[32];
-  for (int is = 0; is <= nstep; ++is) {
+  for (int is = 0; nstep >= 1 && is <= nstep; ++is) {
     iscale =
         div_f32(add_f32(add_f32(rmin, mul_f32(rdelta, float(is))), float(nmax)), sub_f32(mx, mn));
     float sum_l = 0.0f;
     float sum_l2 = 0.0f;
     float sum_xl = 0.0f;
-    for (int i = 0; i < n; ++i) {
-      const int l = clamp_int(nearest_int(mul_f32(iscale, sub_f32(x[i], mn))), 0, nmax);
-      Laux[i] = uint8_t(l);
-      const float wl = mul_f32(w[i], float(l));
+    for (int64_t i = 0; i < n; ++i) {
+      const float xi = src.x(i);
+      const int l = clamp_int(nearest_int(mul_f32(iscale, sub_f32(xi, mn))), 0, nmax);
+      const float wl = mul_f32(src.w(i), float(l));
       sum_l = add_f32(sum_l, wl);
       sum_l2 = add_f32(sum_l2, mul_f32(wl, float(l)));
-      sum_xl = add_f32(sum_xl, mul_f32(wl, x[i]));
+      sum_xl = add_f32(sum_xl, mul_f32(wl, xi));
     }
-    const float D = sub_f32(mul_f32(sum_w, sum_l2), mul_f32(sum_l, sum_l));
-    if (D > 0.0f) {
-      float this_scale = div_f32(sub_f32(mul_f32(sum_w, sum_xl), mul_f32(sum_x, sum_l)), D);
-      float this_min = div_f32(sub_f32(mul_f32(sum_l2, sum_x), mul_f32(sum_l, sum_xl)), D);
-      if (this_min > 0.0f) {
-        this_min = 0.0f;
-        this_scale = div_f32(sum_xl, sum_l2);
-      }
+    float this_scale, this_min;
+    if (least_squares_scale_min(sum_w, sum_x, sum_l, sum_l2, sum_xl, min_at_most_zero, &this_scale,
+                                &this_min)) {
+      // The candidate's codes again, from the same iscale and mn: the same
+      // operations give the same codes, so none need to be kept.
       float cur_error = 0.0f;
-      for (int i = 0; i < n; ++i) {
-        float diff = sub_f32(add_f32(mul_f32(this_scale, float(Laux[i])), this_min), x[i]);
+      for (int64_t i = 0; i < n; ++i) {
+        const float xi = src.x(i);
+        const int l = clamp_int(nearest_int(mul_f32(iscale, sub_f32(xi, mn))), 0, nmax);
+        float diff = sub_f32(add_f32(mul_f32(this_scale, float(l)), this_min), xi);
         diff = use_mad ? abs_f32(diff) : mul_f32(diff, diff);
-        cur_error = add_f32(cur_error, mul_f32(w[i], diff));
+        cur_error = add_f32(cur_error, mul_f32(src.w(i), diff));
       }
       if (cur_error < best_error) {
-        for (int i = 0; i < n; ++i) L[i] = Laux[i];
+        f.code_iscale = iscale;
+        f.code_lo = mn;
         best_error = cur_error;
         scale = this_scale;
         mn = this_min;
       }
     }
   }
-  *the_min = -mn;
-  return scale;
+  f.scale = scale;
+  f.min = mn;
+  return f;
+}
+
+// Elements and weights as two arrays (a K-quant sub-block).
+struct ArrayValues {
+  const float* xs;
+  const float* ws;
+  QPACK_HD float x(int64_t i) const { return xs[i]; }
+  QPACK_HD float w(int64_t i) const { return ws[i]; }
+};
+
+// ggml's make_qkx2_quants itself: codes L[i] in 0..nmax for x[i] ~ scale *
+// L[i] - the_min over n elements with weights w, min forced <= 0 (see
+// search_scale_and_min). Returns the scale; *the_min = -min (>= 0, possibly
+// -0).
+QPACK_HD float fit_scale_and_min(int n, int nmax, const float* x, const float* w, uint8_t* L,
+                                 float* the_min, float rmin, float rdelta, int nstep,
+                                 bool use_mad) {
+  const ScaleMinFit f =
+      search_scale_and_min(ArrayValues{x, w}, n, nmax, rmin, rdelta, nstep, use_mad, true);
+  for (int i = 0; i < n; ++i) L[i] = uint8_t(fit_code(f, x[i], nmax));
+  *the_min = -f.min;
+  return f.scale;
 }
 
 // The signed element of largest |x| (the first when several tie) and that

@@ -19,6 +19,15 @@ namespace qpack {
 // Symmetric schemes have no zero-point and ignore this field.
 enum class ZeroPoint : uint8_t { Float, Integer };
 
+// How a group's (S, M) are chosen (docs/quantization.md §M). Every method
+// stores ordinary parameters and codes, decoded by §6 as RTN's are; they
+// differ in the parameters and in the error bound verify checks (§7, §M4).
+//   Rtn:    min-max round-to-nearest (§4), FlexLLMGen's; the default.
+//   Search: llama.cpp's scale-and-minimum search per group (§M2).
+//   Refit:  least-squares refits of S and M given the codes (§M3).
+// Search and Refit apply to the float zero-point rule only.
+enum class QuantMethod : uint8_t { Rtn, Search, Refit };
+
 struct QuantScheme {
   int bits = 4;             // 2, 3, 4 or 8
   int64_t group_size = 64;  // elements per group along `axis`; 0 = the whole axis
@@ -26,11 +35,12 @@ struct QuantScheme {
   bool symmetric = false;
   DType scale_dtype = DType::F16;           // F16, BF16 or F32; also the zero-point's dtype
   ZeroPoint zero_point = ZeroPoint::Float;  // asymmetric only
+  QuantMethod method = QuantMethod::Rtn;
 
   bool operator==(const QuantScheme& o) const {
     return bits == o.bits && group_size == o.group_size && axis == o.axis &&
            symmetric == o.symmetric && scale_dtype == o.scale_dtype &&
-           (symmetric || zero_point == o.zero_point);
+           (symmetric || zero_point == o.zero_point) && method == o.method;
   }
 };
 
@@ -39,6 +49,10 @@ enum class NonFinitePolicy {
   Error,  // NaN or +-Inf: Error(NonFinite) naming the tensor and first index
   Zero,   // NaN and +-Inf are replaced by +0 before quantization
 };
+
+// Methods other than RTN widen the error bound by how far an element lies
+// outside its group's stored range [M, M + Q*S] (§M4).
+QPACK_HD bool has_clipped_range(const QuantScheme& s) { return s.method != QuantMethod::Rtn; }
 
 // The code widths qpack stores.
 QPACK_HD bool is_valid_bits(int bits) { return bits == 2 || bits == 3 || bits == 4 || bits == 8; }
@@ -69,6 +83,9 @@ inline std::string validate_scheme(const QuantScheme& s) {
   if (!is_scale_dtype(s.scale_dtype))
     return std::string("scale dtype must be F16, BF16 or F32 (got ") + dtype_name(s.scale_dtype) +
            ")";
+  if (s.method != QuantMethod::Rtn && (s.symmetric || s.zero_point != ZeroPoint::Float))
+    return "methods search and refit need the asymmetric scheme with float zero-points "
+           "(docs/quantization.md §M1); use --method rtn for symmetric or integer zero-points";
   return {};
 }
 
