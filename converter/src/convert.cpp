@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <chrono>
 #include <deque>
+#include <filesystem>
 #include <functional>
 #include <future>
 #include <memory>
@@ -473,8 +474,11 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
                     "the output would overwrite the input checkpoint " + f->path());
     if (same_file(out, source))
       throw Error(ErrorCode::InvalidArgument, out, "", "the output is the input");
-    if (!options.overwrite && file_exists(out))
-      throw Error(ErrorCode::OutputExists, out, "", "output exists");
+    // Only a regular file (or a link to one) is "already there": anything
+    // else is refused by the writer with what it is, before a byte is written.
+    std::error_code ec;
+    if (!options.overwrite && std::filesystem::is_regular_file(out, ec))
+      throw Error(ErrorCode::OutputExists, out, "", "output already exists");
   }
 
   nlohmann::json provenance =
