@@ -111,6 +111,10 @@ TARGETS+=("${GGUF_TESTS[@]}")
 [ "$VERIFY_ONLY" = 1 ] && TARGETS=()
 # The verifier's GPU test and benchmark, when that part of the tree has them.
 grep -q verify_gpu_test "$ROOT/tests/CMakeLists.txt" && TARGETS+=(verify_gpu_test)
+# The newer gpu tests: the GGUF encoder, the quantizer set (cuda:all), the methods kernel.
+for t in cuda_ggml_encoder_test quantizer_set_gpu_test cuda_quant_methods_test; do
+  grep -q "$t" "$ROOT/tests/CMakeLists.txt" && TARGETS+=("$t")
+done
 grep -q qpack_bench_verify "$ROOT/tools/bench/CMakeLists.txt" && TARGETS+=(qpack_bench_verify)
 [ "$E2E_ONLY" = 1 ] && TARGETS=(qpack_bench_cuda)
 [ "$GGML_ONLY" = 1 ] && TARGETS=(cuda_ggml_blocks_test qpack_bench_ggml_blocks qpack "${GGUF_TESTS[@]}")
