@@ -20,6 +20,7 @@
 #include "qpack/spec/dtype.hpp"
 #include "qpack/spec/ggml_block_types.hpp"
 #include "qpack/spec/ggml_legacy.hpp"
+#include "require_gpu.hpp"
 #include "testutil.hpp"
 
 namespace qpack {
@@ -28,12 +29,6 @@ namespace {
 using spec::ggml::GgmlBlockType;
 using spec::ggml::GgmlLegacyType;
 namespace gl = spec::ggml;
-
-#define REQUIRE_GPU()                                                             \
-  do {                                                                            \
-    std::string why_;                                                             \
-    if (!cuda::cuda_available(&why_)) GTEST_SKIP() << "no CUDA device: " << why_; \
-  } while (0)
 
 #define ASSERT_OK(status)                                                          \
   do {                                                                             \

@@ -20,6 +20,7 @@
 #include "qpack/kernels/ggml_blocks.hpp"
 #include "qpack/spec/dtype.hpp"
 #include "qpack/spec/ggml_block_types.hpp"
+#include "require_gpu.hpp"
 #include "testutil.hpp"
 
 namespace qpack {
@@ -27,12 +28,6 @@ namespace {
 
 using spec::ggml::GgmlBlockType;
 namespace gl = spec::ggml;
-
-#define REQUIRE_GPU()                                                             \
-  do {                                                                            \
-    std::string why_;                                                             \
-    if (!cuda::cuda_available(&why_)) GTEST_SKIP() << "no CUDA device: " << why_; \
-  } while (0)
 
 constexpr GgmlBlockType kTypes[] = {GgmlBlockType::Q4_0, GgmlBlockType::Q4_1, GgmlBlockType::Q5_0,
                                     GgmlBlockType::Q5_1, GgmlBlockType::Q8_0, GgmlBlockType::Q2_K,

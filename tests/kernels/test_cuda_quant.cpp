@@ -29,17 +29,12 @@
 #include "qpack/kernels/cuda_quant.hpp"
 #include "qpack/spec/dtype.hpp"
 #include "quant_detail.hpp"
+#include "require_gpu.hpp"
 #include "testutil.hpp"
 
 using namespace qpack;
 
 namespace {
-
-#define REQUIRE_GPU()                                                             \
-  do {                                                                            \
-    std::string why_;                                                             \
-    if (!cuda::cuda_available(&why_)) GTEST_SKIP() << "no CUDA device: " << why_; \
-  } while (0)
 
 bool quick() {
   const char* q = std::getenv("QPACK_GPU_TEST_QUICK");

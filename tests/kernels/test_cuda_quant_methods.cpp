@@ -16,17 +16,12 @@
 #include "qpack/format/error.hpp"
 #include "qpack/format/layout.hpp"
 #include "qpack/kernels/cuda_quant.hpp"
+#include "require_gpu.hpp"
 #include "testutil.hpp"
 
 using namespace qpack;
 
 namespace {
-
-#define REQUIRE_GPU()                                                             \
-  do {                                                                            \
-    std::string why_;                                                             \
-    if (!cuda::cuda_available(&why_)) GTEST_SKIP() << "no CUDA device: " << why_; \
-  } while (0)
 
 std::vector<uint8_t> encode(const std::vector<float>& v, DType t) {
   std::vector<uint8_t> out(v.size() * (t == DType::F32 ? 4 : 2));
