@@ -1,11 +1,11 @@
 // ggml's block types over whole tensors on the CPU (qpack/converter/
-// ggml_blocks.hpp). Threads take contiguous runs of blocks (OpenMP static
-// schedule). Legacy types: with AVX2 eight blocks go at once, one per lane
-// (cpu/ggml_blocks_avx2.hpp); otherwise each block converts its 32 source
-// elements to float exactly and calls the spec's reference. K-quants go to
-// ggml_kquants_cpu.cpp. Every path gives the reference's bytes, so every
-// thread count and machine writes the same file.
+// ggml_blocks.hpp). Threads take contiguous runs of blocks (the blocking pool of
+// cpu/thread_pool.hpp, static chunks). Legacy types: with AVX2 eight blocks go at once, one per
+// lane (cpu/ggml_blocks_avx2.hpp); otherwise each block converts its 32 source elements to float
+// exactly and calls the spec's reference. K-quants go to ggml_kquants_cpu.cpp. Every path gives the
+// reference's bytes, so every thread count and machine writes the same file.
 #include "cpu/ggml_blocks_avx2.hpp"
+#include "cpu/thread_pool.hpp"
 #include "ggml_cpu_common.hpp"
 #include "ggml_kquants_cpu.hpp"
 #include "qpack/converter/ggml_blocks.hpp"
@@ -41,17 +41,15 @@ void quantize_all(gl::GgmlLegacyType type, const uint8_t* src, int64_t nblocks, 
     // Groups of eight blocks, one per AVX2 lane; the last nblocks % 8 blocks
     // and any group with a non-finite element by the reference.
     const int64_t groups = nblocks / cpu::kLanes;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t g = 0; g < groups; ++g) {
+    cpu::parallel_for(threads, groups, [&](int64_t g) {
       if (!cpu::quantize_eight_blocks<S>(type, src, g * cpu::kLanes, out))
         for (int64_t b = g * cpu::kLanes; b < (g + 1) * cpu::kLanes; ++b)
           quantize_one<S>(type, src, b, out);
-    }
+    });
     for (int64_t b = groups * cpu::kLanes; b < nblocks; ++b) quantize_one<S>(type, src, b, out);
     return;
   }
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t b = 0; b < nblocks; ++b) quantize_one<S>(type, src, b, out);
+  cpu::parallel_for(threads, nblocks, [&](int64_t b) { quantize_one<S>(type, src, b, out); });
 }
 
 }  // namespace
@@ -78,9 +76,9 @@ void dequantize_ggml_blocks_cpu(gl::GgmlLegacyType type, const uint8_t* blocks, 
   detail::check_ggml_length(n, gl::kBlockElements, tensor, "dequantize a ggml block type");
   const int64_t nblocks = n / gl::kBlockElements;
   const int64_t bytes = gl::block_bytes(type);
-#pragma omp parallel for schedule(static) num_threads(detail::ggml_thread_count(threads))
-  for (int64_t b = 0; b < nblocks; ++b)
+  cpu::parallel_for(detail::ggml_thread_count(threads), nblocks, [&](int64_t b) {
     gl::dequantize_block(type, blocks + b * bytes, out + b * gl::kBlockElements);
+  });
 }
 
 namespace {

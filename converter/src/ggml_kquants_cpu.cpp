@@ -1,11 +1,10 @@
 // ggml's K-quants Q2_K..Q6_K over whole tensors on the CPU
 // (ggml_kquants_cpu.hpp): threads take contiguous runs of 256-element
-// super-blocks (OpenMP static schedule); each converts its source elements to
-// float exactly and calls the spec's reference (qpack/spec/ggml_kquants.hpp),
-// or for Q2_K, Q4_K, Q5_K and Q6_K on a CPU with AVX2 the same rule with
-// eight sub-block fits per register (cpu/ggml_kquants_avx2.hpp). Both give the
-// reference's bytes, so the bytes depend neither on the thread count nor on
-// the machine.
+// super-blocks (the blocking pool of cpu/thread_pool.hpp, static chunks); each converts its source
+// elements to float exactly and calls the spec's reference (qpack/spec/ggml_kquants.hpp), or for
+// Q2_K, Q4_K, Q5_K and Q6_K on a CPU with AVX2 the same rule with eight sub-block fits per register
+// (cpu/ggml_kquants_avx2.hpp). Both give the reference's bytes, so the bytes depend neither on the
+// thread count nor on the machine.
 //
 // This file builds at -O2, not the -O3 of ggml_blocks_cpu.cpp: GCC 12's -O3
 // vectorizes the searches' short loops around their sequential float sums,
@@ -14,6 +13,7 @@
 #include "ggml_kquants_cpu.hpp"
 
 #include "cpu/ggml_kquants_avx2.hpp"
+#include "cpu/thread_pool.hpp"
 #include "ggml_cpu_common.hpp"
 #include "qpack/format/error.hpp"
 
@@ -53,15 +53,14 @@ void quantize_kquant_all(gl::GgmlBlockType type, const uint8_t* src, int64_t nbl
                          int threads) {
   const int64_t bytes = gl::block_bytes(type);
   const BlockQuantizer avx2 = avx2_quantizer(type);
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t b = 0; b < nblocks; ++b) {
+  cpu::parallel_for(threads, nblocks, [&](int64_t b) {
     float x[gl::kSuperBlockElements];
     load_ggml_block<S, gl::kSuperBlockElements>(src, b, x);
     if (avx2 != nullptr)
       avx2(x, out + b * bytes);
     else
       gl::quantize_block(type, x, out + b * bytes);
-  }
+  });
 }
 
 }  // namespace
@@ -84,9 +83,9 @@ void dequantize_kquant_cpu(gl::GgmlBlockType type, const uint8_t* blocks, int64_
                     std::string("dequantize ") + gl::type_name(type));
   const int64_t nblocks = n / gl::kSuperBlockElements;
   const int64_t bytes = gl::block_bytes(type);
-#pragma omp parallel for schedule(static) num_threads(ggml_thread_count(threads))
-  for (int64_t b = 0; b < nblocks; ++b)
+  cpu::parallel_for(ggml_thread_count(threads), nblocks, [&](int64_t b) {
     gl::dequantize_block(type, blocks + b * bytes, out + b * gl::kSuperBlockElements);
+  });
 }
 
 }  // namespace qpack::detail

@@ -1,8 +1,9 @@
-// The fast CPU path: OpenMP threads over blocks of groups, AVX2+F16C inside,
+// The fast CPU path: threads over blocks of groups, AVX2+F16C inside,
 // selected at run time (machines differ; the build targets plain x86-64).
 //
 // This file is the dispatch: it picks a kernel per layout and runs it over
-// OpenMP threads; the kernels are in cpu/ (one header per layout family,
+// the blocking pool of cpu/thread_pool.hpp (not OpenMP, whose idle workers
+// spin: that file says why); the kernels are in cpu/ (one header per layout family,
 // cpu/avx2_common.hpp for what they share). Vector kernels cover the layouts
 // that matter:
 //  - "column blocks" (inner >= 32, e.g. axis 0 of a [rows, cols] weight):
@@ -39,6 +40,7 @@
 #include "cpu/avx2_common.hpp"
 #include "cpu/quant_columns_avx2.hpp"
 #include "cpu/quant_rows_avx2.hpp"
+#include "cpu/thread_pool.hpp"
 #include "qpack/converter/quantize.hpp"
 #include "qpack/converter/quantizer.hpp"
 #include "qpack/format/error.hpp"
@@ -67,88 +69,98 @@ void raise(const Failure& f, const QuantInput& in, const GroupLayout& L, const Q
   if (f.overflow_group != INT64_MAX) detail::throw_range_overflow(in, L, s, f.overflow_group);
 }
 
+// Per-task failures, combined in task order.
+Failure combine(const std::vector<Failure>& fs) {
+  Failure total;
+  for (const Failure& f : fs) {
+    total.nonfinite = total.nonfinite || f.nonfinite;
+    total.overflow_group = std::min(total.overflow_group, f.overflow_group);
+  }
+  return total;
+}
+
+template <DType T>
+QPACK_AVX2 void column_tasks(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
+                             NonFinitePolicy policy, const QuantBuffers& out, int64_t w0,
+                             int64_t w1, Failure* f) {
+  const int64_t blocks_per_row = L.inner / 32;
+  if (T != DType::F32 && s.bits != 3) {
+    // The share walked as runs within each group row.
+    for (int64_t w = w0; w < w1;) {
+      const int64_t r = w / blocks_per_row, b0 = w % blocks_per_row;
+      const int64_t b1 = std::min(blocks_per_row, b0 + (w1 - w));
+      const int64_t o = r / L.groups_per_axis, g = r % L.groups_per_axis;
+      if constexpr (T != DType::F32) {
+        switch (s.bits) {
+          case 2:
+            column_run_bits<T, 2>(in, L, s, policy, out, o, g, b0, b1, f);
+            break;
+          case 4:
+            column_run_bits<T, 4>(in, L, s, policy, out, o, g, b0, b1, f);
+            break;
+          default:
+            column_run_bits<T, 8>(in, L, s, policy, out, o, g, b0, b1, f);
+            break;
+        }
+      }
+      w += b1 - b0;
+    }
+  } else {
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t r = w / blocks_per_row, b = w % blocks_per_row;
+      column_block_dispatch<T>(in, L, s, policy, out, r / L.groups_per_axis, r % L.groups_per_axis,
+                               b * 32, f);
+    }
+  }
+}
+
+// Column tail of group rows r0..r1-1: zero its code bytes, then the
+// per-group routine.
+void column_tail(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
+                 NonFinitePolicy policy, const QuantBuffers& out, int64_t r0, int64_t r1,
+                 int64_t tail0, Failure* f) {
+  std::vector<float> scratch(size_t(L.group_size));
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t j = 0; j < L.bytes_per_group; ++j)
+      std::memset(out.codes + (r * L.bytes_per_group + j) * L.inner + tail0, 0,
+                  size_t(L.inner - tail0));
+    for (int64_t i = tail0; i < L.inner; ++i) {
+      const int res = detail::quantize_group(in, L, s, policy, out, r / L.groups_per_axis,
+                                             r % L.groups_per_axis, i, scratch.data());
+      if (res == detail::kGroupNonFinite) f->nonfinite = true;
+      if (res == detail::kGroupOverflow)
+        f->overflow_group = std::min(f->overflow_group, r * L.inner + i);
+    }
+  }
+}
+
 template <DType T>
 QPACK_AVX2 void quantize_avx2(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
                               NonFinitePolicy policy, const QuantBuffers& out, int threads,
                               Failure* failure) {
-  Failure total;
+  std::vector<Failure> fs(static_cast<size_t>(threads));
   if (L.inner >= 32) {
+    // A contiguous share of the 32-column blocks per thread, and of the
+    // group rows for the column tail (other bytes than the blocks'); one
+    // run of the pool does both.
     const int64_t blocks_per_row = L.inner / 32;
     const int64_t tail0 = blocks_per_row * 32;
     const int64_t rows = L.outer * L.groups_per_axis;
     const int64_t work = rows * blocks_per_row;
-    bool nonfinite = false;
-    int64_t overflow = INT64_MAX;
-#pragma omp parallel num_threads(threads) reduction(|| : nonfinite) reduction(min : overflow)
-    {
-      Failure f;
-      std::vector<float> scratch(size_t(L.group_size));
-      if (T != DType::F32 && s.bits != 3) {
-        // A contiguous share of the blocks per thread (as schedule(static)
-        // would give), walked as runs within each group row.
-        const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-        const int64_t w0 = work * t / nt, w1 = work * (t + 1) / nt;
-        for (int64_t w = w0; w < w1;) {
-          const int64_t r = w / blocks_per_row, b0 = w % blocks_per_row;
-          const int64_t b1 = std::min(blocks_per_row, b0 + (w1 - w));
-          const int64_t o = r / L.groups_per_axis, g = r % L.groups_per_axis;
-          if constexpr (T != DType::F32) {
-            switch (s.bits) {
-              case 2:
-                column_run_bits<T, 2>(in, L, s, policy, out, o, g, b0, b1, &f);
-                break;
-              case 4:
-                column_run_bits<T, 4>(in, L, s, policy, out, o, g, b0, b1, &f);
-                break;
-              default:
-                column_run_bits<T, 8>(in, L, s, policy, out, o, g, b0, b1, &f);
-                break;
-            }
-          }
-          w += b1 - b0;
-        }
-#pragma omp barrier
-      } else {
-#pragma omp for schedule(static)
-        for (int64_t w = 0; w < work; ++w) {
-          const int64_t r = w / blocks_per_row, b = w % blocks_per_row;
-          column_block_dispatch<T>(in, L, s, policy, out, r / L.groups_per_axis,
-                                   r % L.groups_per_axis, b * 32, &f);
-        }
-      }
-      if (tail0 < L.inner) {
-        // Column tail: zero its code bytes, then the per-group routine.
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < rows; ++r) {
-          for (int64_t j = 0; j < L.bytes_per_group; ++j)
-            std::memset(out.codes + (r * L.bytes_per_group + j) * L.inner + tail0, 0,
-                        size_t(L.inner - tail0));
-          for (int64_t i = tail0; i < L.inner; ++i) {
-            const int res = detail::quantize_group(in, L, s, policy, out, r / L.groups_per_axis,
-                                                   r % L.groups_per_axis, i, scratch.data());
-            if (res == detail::kGroupNonFinite) f.nonfinite = true;
-            if (res == detail::kGroupOverflow)
-              f.overflow_group = std::min(f.overflow_group, r * L.inner + i);
-          }
-        }
-      }
-      nonfinite = nonfinite || f.nonfinite;
-      overflow = std::min(overflow, f.overflow_group);
-    }
-    total.nonfinite = nonfinite;
-    total.overflow_group = overflow;
+    cpu::run_tasks(threads, [&](int t) {
+      Failure& f = fs[size_t(t)];
+      column_tasks<T>(in, L, s, policy, out, work * t / threads, work * (t + 1) / threads, &f);
+      if (tail0 < L.inner)
+        column_tail(in, L, s, policy, out, rows * t / threads, rows * (t + 1) / threads, tail0, &f);
+    });
   } else {  // inner == 1
     const int64_t groups = L.num_groups();
     const int64_t batches = (groups + 7) / 8;
     // Every group whole, 32-element aligned and 16-bit: the row_full layout.
     const bool whole = s.bits != 3 && L.group_size % 32 == 0 && L.axis_len % L.group_size == 0;
-    bool nonfinite = false;
-    int64_t overflow = INT64_MAX;
-#pragma omp parallel num_threads(threads) reduction(|| : nonfinite) reduction(min : overflow)
-    {
-      Failure f;
-#pragma omp for schedule(static)
-      for (int64_t b = 0; b < batches; ++b) {
+    cpu::parallel_chunks(threads, batches, [&](int64_t b0, int64_t b1, int t) QPACK_AVX2 {
+      Failure& f = fs[size_t(t)];
+      for (int64_t b = b0; b < b1; ++b) {
         const int lanes = int(std::min<int64_t>(8, groups - 8 * b));
         if constexpr (T != DType::F32) {
           if (whole && lanes == 8) {
@@ -168,13 +180,9 @@ QPACK_AVX2 void quantize_avx2(const QuantInput& in, const GroupLayout& L, const 
         }
         row_groups_dispatch<T>(in, L, s, policy, out, 8 * b, lanes, &f);
       }
-      nonfinite = nonfinite || f.nonfinite;
-      overflow = std::min(overflow, f.overflow_group);
-    }
-    total.nonfinite = nonfinite;
-    total.overflow_group = overflow;
+    });
   }
-  *failure = total;
+  *failure = combine(fs);
 }
 
 // Any layout, any CPU: the reference's per-group routine, in parallel.
@@ -182,23 +190,19 @@ void quantize_generic(const QuantInput& in, const GroupLayout& L, const QuantSch
                       NonFinitePolicy policy, const QuantBuffers& out, int threads,
                       Failure* failure) {
   if (L.codes_bytes() > 0) std::memset(out.codes, 0, L.codes_bytes());
-  const int64_t groups = L.num_groups();
-  bool nonfinite = false;
-  int64_t overflow = INT64_MAX;
-#pragma omp parallel num_threads(threads) reduction(|| : nonfinite) reduction(min : overflow)
-  {
+  std::vector<Failure> fs(static_cast<size_t>(threads));
+  cpu::parallel_chunks(threads, L.num_groups(), [&](int64_t p0, int64_t p1, int t) {
+    Failure& f = fs[size_t(t)];
     std::vector<float> scratch(size_t(L.group_size));
-#pragma omp for schedule(static)
-    for (int64_t p = 0; p < groups; ++p) {
+    for (int64_t p = p0; p < p1; ++p) {
       const int64_t i = p % L.inner, r = p / L.inner;
       const int res = detail::quantize_group(in, L, s, policy, out, r / L.groups_per_axis,
                                              r % L.groups_per_axis, i, scratch.data());
-      if (res == detail::kGroupNonFinite) nonfinite = true;
-      if (res == detail::kGroupOverflow) overflow = std::min(overflow, p);
+      if (res == detail::kGroupNonFinite) f.nonfinite = true;
+      if (res == detail::kGroupOverflow) f.overflow_group = std::min(f.overflow_group, p);
     }
-  }
-  failure->nonfinite = nonfinite;
-  failure->overflow_group = overflow;
+  });
+  *failure = combine(fs);
 }
 
 }  // namespace
@@ -233,8 +237,7 @@ void dequantize_cpu(const uint8_t* codes, const uint8_t* scales, const uint8_t* 
                     const GroupLayout& L, const QuantScheme& s, float* out, int threads) {
   threads = resolve_threads(threads);
   const int64_t rows = L.outer * L.groups_per_axis;
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
+  cpu::parallel_for(threads, rows, [&](int64_t r) {
     const int64_t o = r / L.groups_per_axis, g = r % L.groups_per_axis, len = L.group_len(g);
     for (int64_t i = 0; i < L.inner; ++i) {
       const int64_t pi = r * L.inner + i;
@@ -246,7 +249,7 @@ void dequantize_cpu(const uint8_t* codes, const uint8_t* scales, const uint8_t* 
         dst[k * L.inner] = spec::decode_scheme(spec::get_code(base, L.inner, k, s.bits), sc, m,
                                                s.symmetric, has_integer_zero(s), s.bits);
     }
-  }
+  });
 }
 
 // ------------------------------------------------------ TensorQuantizer ----

@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
+#include "cpu/thread_pool.hpp"
 #include "qpack/converter/quantize.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/spec/group_methods.hpp"
@@ -17,19 +19,22 @@ namespace detail {
 
 int64_t find_first_nonfinite(const uint8_t* data, DType dtype, int64_t n, int threads) {
   constexpr int64_t kChunk = 1 << 14;
-  int64_t first = INT64_MAX;
-#pragma omp parallel for schedule(static) num_threads(threads > 1 ? threads : 1) \
-    reduction(min                                                                \
-              : first)
-  for (int64_t c = 0; c < (n + kChunk - 1) / kChunk; ++c) {
-    const int64_t e = (c + 1) * kChunk < n ? (c + 1) * kChunk : n;
-    for (int64_t i = c * kChunk; i < e; ++i)
-      if (!spec::is_finite_f32(load_as_f32(data, dtype, uint64_t(i)))) {
-        if (i < first) first = i;
-        break;
-      }
-  }
-  return first == INT64_MAX ? -1 : first;
+  const int nt = threads > 1 ? threads : 1;
+  std::vector<int64_t> first(size_t(nt), INT64_MAX);
+  cpu::parallel_chunks(nt, (n + kChunk - 1) / kChunk, [&](int64_t c0, int64_t c1, int t) {
+    for (int64_t c = c0; c < c1 && first[size_t(t)] == INT64_MAX; ++c) {
+      const int64_t e = (c + 1) * kChunk < n ? (c + 1) * kChunk : n;
+      for (int64_t i = c * kChunk; i < e; ++i)
+        if (!spec::is_finite_f32(load_as_f32(data, dtype, uint64_t(i)))) {
+          first[size_t(t)] = i;
+          break;
+        }
+    }
+  });
+  // Chunks are in index order: the first task that found one has the answer.
+  for (const int64_t f : first)
+    if (f != INT64_MAX) return f;
+  return -1;
 }
 
 void throw_nonfinite(const QuantInput& in, const GroupLayout& layout, int64_t flat) {
