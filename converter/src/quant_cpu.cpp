@@ -40,6 +40,7 @@
 #include "cpu/avx2_common.hpp"
 #include "cpu/quant_columns_avx2.hpp"
 #include "cpu/quant_rows_avx2.hpp"
+#include "cpu/quant_search_avx2.hpp"
 #include "cpu/thread_pool.hpp"
 #include "qpack/converter/quantize.hpp"
 #include "qpack/converter/quantizer.hpp"
@@ -55,6 +56,11 @@ using namespace cpu;  // the AVX2 kernels (cpu/*.hpp)
 
 bool cpu_has_avx2() {
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  return ok;
+}
+
+bool cpu_has_avx2_fma() {
+  static const bool ok = cpu_has_avx2() && __builtin_cpu_supports("fma");
   return ok;
 }
 
@@ -185,6 +191,69 @@ QPACK_AVX2 void quantize_avx2(const QuantInput& in, const GroupLayout& L, const 
   *failure = combine(fs);
 }
 
+// The search method (§M2): batches of 16 groups with equal lengths through
+// cpu/quant_search_avx2.hpp (16 adjacent columns, or 16 consecutive
+// contiguous groups), every other group through the reference's routine.
+template <DType T>
+QPACK_AVX2 void quantize_search_avx2(const QuantInput& in, const GroupLayout& L,
+                                     const QuantScheme& s, NonFinitePolicy policy,
+                                     const QuantBuffers& out, int threads, Failure* failure) {
+  if (L.codes_bytes() > 0) std::memset(out.codes, 0, L.codes_bytes());
+  const int64_t groups = L.num_groups();
+  const int64_t units = (groups + kSearchLanes - 1) / kSearchLanes;
+  std::vector<Failure> fs(static_cast<size_t>(threads));
+  cpu::parallel_chunks(threads, units, [&](int64_t u0, int64_t u1, int t) QPACK_AVX2 {
+    Failure& f = fs[size_t(t)];
+    std::vector<float> scratch(size_t(L.group_size));
+    std::vector<float> xs(size_t(L.group_size * kSearchLanes)), ls(xs.size());
+    spec::GroupParams params[kSearchLanes];
+    const int64_t p_end = std::min(groups, u1 * kSearchLanes);
+    for (int64_t p = u0 * kSearchLanes; p < p_end;) {
+      const int64_t i = p % L.inner, r = p / L.inner;
+      const int64_t o = r / L.groups_per_axis, g = r % L.groups_per_axis;
+      bool batch = false;
+      if (p + kSearchLanes <= p_end) {
+        if (L.inner >= kSearchLanes)
+          batch = i + kSearchLanes <= L.inner;
+        else if (L.inner == 1)  // equal lengths: no partial last group among the 16
+          batch = L.axis_len % L.group_size == 0 || g + kSearchLanes < L.groups_per_axis;
+      }
+      if (!batch) {
+        const int res = detail::quantize_group(in, L, s, policy, out, o, g, i, scratch.data());
+        if (res == detail::kGroupNonFinite) f.nonfinite = true;
+        if (res == detail::kGroupOverflow) f.overflow_group = std::min(f.overflow_group, p);
+        ++p;
+        continue;
+      }
+      if (!gather16<T>(in, L, policy, o, g, i, p, xs.data())) {
+        f.nonfinite = true;
+        p += kSearchLanes;
+        continue;
+      }
+      const int64_t len = L.group_len(g);
+      search_params16(xs.data(), len, s.bits, s.scale_dtype, ls.data(), params);
+      for (int l = 0; l < kSearchLanes; ++l) {
+        const spec::GroupParams& gp = params[l];
+        if (gp.overflow) {
+          f.overflow_group = std::min(f.overflow_group, p + l);
+          continue;
+        }
+        spec::store_param(out.scales, p + l, s.scale_dtype, gp.scale, gp.scale_bits16);
+        spec::store_param(out.zeros, p + l, s.scale_dtype, gp.zero, gp.zero_bits16);
+        // Group p + l's code bytes: (o, g, i + l) in the column layout, the
+        // next group's in the row layout.
+        const int64_t ql = p + l, il = ql % L.inner, rl = ql / L.inner;
+        uint8_t* base = out.codes + rl * L.bytes_per_group * L.inner + il;
+        for (int64_t k = 0; k < len; ++k)
+          spec::put_code(base, L.inner, k, s.bits,
+                         spec::encode_asym(xs[size_t(k * kSearchLanes + l)], gp, s.bits));
+      }
+      p += kSearchLanes;
+    }
+  });
+  *failure = combine(fs);
+}
+
 // Any layout, any CPU: the reference's per-group routine, in parallel.
 void quantize_generic(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
                       NonFinitePolicy policy, const QuantBuffers& out, int threads,
@@ -225,6 +294,19 @@ void quantize_cpu(const QuantInput& in, const GroupLayout& L, const QuantScheme&
         break;
       default:
         quantize_avx2<DType::F32>(in, L, s, policy, out, threads, &f);
+        break;
+    }
+  } else if (cpu_has_avx2_fma() && (L.inner >= kSearchLanes || L.inner == 1) &&
+             s.method == QuantMethod::Search) {
+    switch (in.dtype) {
+      case DType::F16:
+        quantize_search_avx2<DType::F16>(in, L, s, policy, out, threads, &f);
+        break;
+      case DType::BF16:
+        quantize_search_avx2<DType::BF16>(in, L, s, policy, out, threads, &f);
+        break;
+      default:
+        quantize_search_avx2<DType::F32>(in, L, s, policy, out, threads, &f);
         break;
     }
   } else {

@@ -79,11 +79,21 @@ struct Case {
 };
 
 const Case kCases[] = {
-    {{64, 48}, 0, 64, 4, DType::F16, DType::F16},   {{130, 40}, 0, 64, 4, DType::F16, DType::F32},
-    {{37, 96}, -1, 32, 4, DType::F16, DType::BF16}, {{5, 200}, -1, 64, 3, DType::BF16, DType::F16},
-    {{72, 33}, 0, 16, 2, DType::F32, DType::F32},   {{3, 100, 7}, 1, 24, 8, DType::F16, DType::F32},
-    {{96, 64}, 0, 0, 4, DType::BF16, DType::BF16},  {{11, 90}, -1, 0, 2, DType::F16, DType::F16},
-    {{200, 35}, 0, 64, 8, DType::F32, DType::F16},  {{64, 256}, -1, 64, 4, DType::F16, DType::F16},
+    {{64, 48}, 0, 64, 4, DType::F16, DType::F16},
+    {{130, 40}, 0, 64, 4, DType::F16, DType::F32},
+    {{37, 96}, -1, 32, 4, DType::F16, DType::BF16},
+    {{5, 200}, -1, 64, 3, DType::BF16, DType::F16},
+    {{72, 33}, 0, 16, 2, DType::F32, DType::F32},
+    {{3, 100, 7}, 1, 24, 8, DType::F16, DType::F32},
+    {{96, 64}, 0, 0, 4, DType::BF16, DType::BF16},
+    {{11, 90}, -1, 0, 2, DType::F16, DType::F16},
+    {{200, 35}, 0, 64, 8, DType::F32, DType::F16},
+    {{64, 256}, -1, 64, 4, DType::F16, DType::F16},
+    // Row groups with a partial last group per row (batches of 16 groups
+    // only where no partial one is among them), and 16-column batches of a
+    // BF16 source next to scalar columns.
+    {{3, 1100}, -1, 64, 4, DType::F16, DType::F16},
+    {{70, 21}, 0, 32, 3, DType::BF16, DType::BF16},
 };
 
 // Sum of (x_hat - x)^2 per group, in float64, from the decoded tensor.
@@ -253,6 +263,44 @@ TEST(QuantMethodsRules, ExplicitUnitWeightsAreTheDefault) {
   EXPECT_GT(differ, 10);
 }
 
+// NaN/Inf: with the Zero policy the CPU path gives the reference's bytes
+// (batched and single groups, both layouts); with Error both refuse with the
+// same message.
+TEST(QuantMethodsRules, NonFiniteAsTheReference) {
+  std::mt19937 rng(unsigned(test::test_seed()));
+  for (int axis : {0, -1}) {
+    std::vector<float> x = weights(96 * 80, rng);
+    x[77] = std::nanf("");
+    x[1234] = INFINITY;
+    x[5000] = -INFINITY;
+    const auto src = to_source(x, DType::F16);
+    const QuantInput in{src.data(), DType::F16, "nf"};
+    QuantScheme s;
+    s.axis = axis;
+    s.method = QuantMethod::Search;
+    auto ref = make_output({96, 80}, s, 0x11);
+    auto fast = make_output({96, 80}, s, 0xEE);
+    quantize_reference(in, ref.layout, s, NonFinitePolicy::Zero, ref.buffers());
+    quantize_cpu(in, fast.layout, s, NonFinitePolicy::Zero, fast.buffers(), 2);
+    EXPECT_EQ(fast.codes, ref.codes) << "axis " << axis;
+    EXPECT_EQ(fast.scales, ref.scales) << "axis " << axis;
+    EXPECT_EQ(fast.zeros, ref.zeros) << "axis " << axis;
+    std::string ref_msg, cpu_msg;
+    try {
+      quantize_reference(in, ref.layout, s, NonFinitePolicy::Error, ref.buffers());
+    } catch (const Error& e) {
+      ref_msg = e.what();
+    }
+    try {
+      quantize_cpu(in, fast.layout, s, NonFinitePolicy::Error, fast.buffers(), 2);
+    } catch (const Error& e) {
+      cpu_msg = e.what();
+    }
+    EXPECT_NE(ref_msg, "");
+    EXPECT_EQ(cpu_msg, ref_msg);
+  }
+}
+
 // A range that does not fit the scale dtype fails as RTN's does.
 TEST(QuantMethodsRules, RangeOverflowFailsAsRtn) {
   std::vector<float> x(64, 1.0f);
@@ -268,6 +316,37 @@ TEST(QuantMethodsRules, RangeOverflowFailsAsRtn) {
   EXPECT_THROW(quantize_cpu({src.data(), DType::F32, "big"}, q.layout, s, NonFinitePolicy::Error,
                             q.buffers(), 2),
                Error);
+}
+
+// The same inside a batch of groups (32 rows or columns of 64): the first
+// overflowing group is named, as by the reference.
+TEST(QuantMethodsRules, RangeOverflowInABatchNamesTheReferenceGroup) {
+  for (int axis : {0, -1}) {
+    std::vector<float> x(64 * 64, 1.0f);
+    for (size_t k = 0; k < x.size(); ++k) x[k] = 0.01f * float(k % 37);
+    x[64 * 9 + 20] = 1e6f;
+    x[64 * 30 + 3] = -1e6f;
+    const auto src = to_source(x, DType::F32);
+    QuantScheme s;
+    s.axis = axis;
+    s.method = QuantMethod::Search;
+    auto q = make_output({64, 64}, s, 0);
+    std::string ref_msg, cpu_msg;
+    try {
+      quantize_reference({src.data(), DType::F32, "big"}, q.layout, s, NonFinitePolicy::Error,
+                         q.buffers());
+    } catch (const Error& e) {
+      ref_msg = e.what();
+    }
+    try {
+      quantize_cpu({src.data(), DType::F32, "big"}, q.layout, s, NonFinitePolicy::Error,
+                   q.buffers(), 2);
+    } catch (const Error& e) {
+      cpu_msg = e.what();
+    }
+    EXPECT_NE(ref_msg, "") << "axis " << axis;
+    EXPECT_EQ(cpu_msg, ref_msg) << "axis " << axis;
+  }
 }
 
 }  // namespace

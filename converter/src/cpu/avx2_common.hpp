@@ -91,6 +91,7 @@ __attribute__((always_inline)) QPACK_AVX2 inline int params8(__m256 mn_or_amax, 
   const __m256 zero = _mm256_setzero_ps();
   __m256 s32;
   int overflow;
+  p->zero16 = _mm_setzero_si128();  // set below by every rule; said here for GCC's flow analysis
   if (s.symmetric) {
     s32 = _mm256_div_ps(mn_or_amax, _mm256_set1_ps(float(qmax_sym(s.bits))));
     p->scale = round_to_scale(s32, s.scale_dtype, &p->scale16);
