@@ -33,14 +33,18 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "cpu/avx2_common.hpp"
 #include "cpu/quant_columns_avx2.hpp"
 #include "cpu/quant_rows_avx2.hpp"
 #include "cpu/quant_search_avx2.hpp"
+#include "cpu/quant_search_avx512.hpp"
 #include "cpu/thread_pool.hpp"
 #include "qpack/converter/quantize.hpp"
 #include "qpack/converter/quantizer.hpp"
@@ -50,19 +54,63 @@
 #include "quant_detail.hpp"
 
 namespace qpack {
+
+// ------------------------------------------------------------ ISA level ----
+CpuIsa cpu_isa_available() {
+  static const CpuIsa best = [] {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("f16c") ||
+        !__builtin_cpu_supports("fma"))
+      return CpuIsa::Scalar;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+      return CpuIsa::Avx512;
+    return CpuIsa::Avx2;
+  }();
+  return best;
+}
+
+const char* cpu_isa_name(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::Scalar:
+      return "scalar";
+    case CpuIsa::Avx2:
+      return "avx2";
+    default:
+      return "avx512";
+  }
+}
+
+namespace {
+CpuIsa clamp_isa(CpuIsa isa) { return isa < cpu_isa_available() ? isa : cpu_isa_available(); }
+
+// QPACK_CPU_ISA=scalar|avx2|avx512 caps the level; unset or anything else:
+// the best the CPU has.
+CpuIsa isa_from_environment() {
+  const char* v = std::getenv("QPACK_CPU_ISA");
+  const std::string e = v ? v : "";
+  if (e == "scalar") return CpuIsa::Scalar;
+  if (e == "avx2") return clamp_isa(CpuIsa::Avx2);
+  return cpu_isa_available();
+}
+
+std::atomic<int>& isa_setting() {
+  static std::atomic<int> level{int(isa_from_environment())};
+  return level;
+}
+}  // namespace
+
+CpuIsa cpu_isa() { return CpuIsa(isa_setting().load(std::memory_order_relaxed)); }
+
+CpuIsa set_cpu_isa(CpuIsa isa) {
+  const CpuIsa used = clamp_isa(isa);
+  isa_setting().store(int(used), std::memory_order_relaxed);
+  return used;
+}
+
 namespace {
 
 using namespace cpu;  // the AVX2 kernels (cpu/*.hpp)
-
-bool cpu_has_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-  return ok;
-}
-
-bool cpu_has_avx2_fma() {
-  static const bool ok = cpu_has_avx2() && __builtin_cpu_supports("fma");
-  return ok;
-}
 
 int resolve_threads(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
 
@@ -191,22 +239,33 @@ QPACK_AVX2 void quantize_avx2(const QuantInput& in, const GroupLayout& L, const 
   *failure = combine(fs);
 }
 
-// The search method (§M2): batches of 16 groups with equal lengths through
-// cpu/quant_search_avx2.hpp (16 adjacent columns, or 16 consecutive
-// contiguous groups), every other group through the reference's routine.
-template <DType T>
-QPACK_AVX2 void quantize_search_avx2(const QuantInput& in, const GroupLayout& L,
-                                     const QuantScheme& s, NonFinitePolicy policy,
-                                     const QuantBuffers& out, int threads, Failure* failure) {
+// The search method (§M2): batches of W groups with equal lengths through
+// cpu/quant_search_avx2.hpp (W = 16) or cpu/quant_search_avx512.hpp (W =
+// 32): W adjacent columns, or W consecutive contiguous groups. Every other
+// group goes through the reference's routine.
+template <DType T, int W>
+bool search_gather(const QuantInput& in, const GroupLayout& L, NonFinitePolicy policy, int64_t o,
+                   int64_t g, int64_t i, int64_t p, float* xs) {
+  if constexpr (W == kSearchLanes512)
+    return gather32<T>(in, L, policy, o, g, i, p, xs);
+  else
+    return gather16<T>(in, L, policy, o, g, i, p, xs);
+}
+
+template <DType T, int W>
+void quantize_search_batched(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
+                             NonFinitePolicy policy, const QuantBuffers& out, int threads,
+                             Failure* failure) {
+  constexpr int64_t kSearchLanes = W;
   if (L.codes_bytes() > 0) std::memset(out.codes, 0, L.codes_bytes());
   const int64_t groups = L.num_groups();
   const int64_t units = (groups + kSearchLanes - 1) / kSearchLanes;
   std::vector<Failure> fs(static_cast<size_t>(threads));
-  cpu::parallel_chunks(threads, units, [&](int64_t u0, int64_t u1, int t) QPACK_AVX2 {
+  cpu::parallel_chunks(threads, units, [&](int64_t u0, int64_t u1, int t) {
     Failure& f = fs[size_t(t)];
     std::vector<float> scratch(size_t(L.group_size));
     std::vector<float> xs(size_t(L.group_size * kSearchLanes)), ls(xs.size());
-    spec::GroupParams params[kSearchLanes];
+    spec::GroupParams params[W];
     const int64_t p_end = std::min(groups, u1 * kSearchLanes);
     for (int64_t p = u0 * kSearchLanes; p < p_end;) {
       const int64_t i = p % L.inner, r = p / L.inner;
@@ -225,13 +284,16 @@ QPACK_AVX2 void quantize_search_avx2(const QuantInput& in, const GroupLayout& L,
         ++p;
         continue;
       }
-      if (!gather16<T>(in, L, policy, o, g, i, p, xs.data())) {
+      if (!search_gather<T, W>(in, L, policy, o, g, i, p, xs.data())) {
         f.nonfinite = true;
         p += kSearchLanes;
         continue;
       }
       const int64_t len = L.group_len(g);
-      search_params16(xs.data(), len, s.bits, s.scale_dtype, ls.data(), params);
+      if constexpr (W == kSearchLanes512)
+        search_params32(xs.data(), len, s.bits, s.scale_dtype, ls.data(), params);
+      else
+        search_params16(xs.data(), len, s.bits, s.scale_dtype, ls.data(), params);
       for (int l = 0; l < kSearchLanes; ++l) {
         const spec::GroupParams& gp = params[l];
         if (gp.overflow) {
@@ -274,6 +336,19 @@ void quantize_generic(const QuantInput& in, const GroupLayout& L, const QuantSch
   *failure = combine(fs);
 }
 
+template <int W>
+void quantize_search(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
+                     NonFinitePolicy policy, const QuantBuffers& out, int threads, Failure* f) {
+  switch (in.dtype) {
+    case DType::F16:
+      return quantize_search_batched<DType::F16, W>(in, L, s, policy, out, threads, f);
+    case DType::BF16:
+      return quantize_search_batched<DType::BF16, W>(in, L, s, policy, out, threads, f);
+    default:
+      return quantize_search_batched<DType::F32, W>(in, L, s, policy, out, threads, f);
+  }
+}
+
 }  // namespace
 
 void quantize_cpu(const QuantInput& in, const GroupLayout& L, const QuantScheme& s,
@@ -281,10 +356,12 @@ void quantize_cpu(const QuantInput& in, const GroupLayout& L, const QuantScheme&
   threads = resolve_threads(threads);
   Failure f;
   if (L.num_groups() == 0) return;
+  const CpuIsa isa = cpu_isa();
   const bool vector_layout = L.inner >= 32 || L.inner == 1;
-  // The methods (quantization.md §M) run the spec's per-group search on
-  // every layout: OpenMP over groups, scalar inside.
-  if (cpu_has_avx2() && vector_layout && s.method == QuantMethod::Rtn) {
+  // RTN: the AVX2 kernels at the avx2 and avx512 levels. The search
+  // (§M2): its AVX-512 or AVX2 batches. The other method (refit) and the
+  // other layouts: the spec's per-group routine, in parallel.
+  if (isa >= CpuIsa::Avx2 && vector_layout && s.method == QuantMethod::Rtn) {
     switch (in.dtype) {
       case DType::F16:
         quantize_avx2<DType::F16>(in, L, s, policy, out, threads, &f);
@@ -296,19 +373,12 @@ void quantize_cpu(const QuantInput& in, const GroupLayout& L, const QuantScheme&
         quantize_avx2<DType::F32>(in, L, s, policy, out, threads, &f);
         break;
     }
-  } else if (cpu_has_avx2_fma() && (L.inner >= kSearchLanes || L.inner == 1) &&
+  } else if (isa == CpuIsa::Avx512 && (L.inner >= kSearchLanes512 || L.inner == 1) &&
              s.method == QuantMethod::Search) {
-    switch (in.dtype) {
-      case DType::F16:
-        quantize_search_avx2<DType::F16>(in, L, s, policy, out, threads, &f);
-        break;
-      case DType::BF16:
-        quantize_search_avx2<DType::BF16>(in, L, s, policy, out, threads, &f);
-        break;
-      default:
-        quantize_search_avx2<DType::F32>(in, L, s, policy, out, threads, &f);
-        break;
-    }
+    quantize_search<kSearchLanes512>(in, L, s, policy, out, threads, &f);
+  } else if (isa >= CpuIsa::Avx2 && (L.inner >= kSearchLanes || L.inner == 1) &&
+             s.method == QuantMethod::Search) {
+    quantize_search<kSearchLanes>(in, L, s, policy, out, threads, &f);
   } else {
     quantize_generic(in, L, s, policy, out, threads, &f);
   }
@@ -344,8 +414,7 @@ class CpuQuantizer final : public TensorQuantizer {
     quantize_cpu(in, layout, scheme, policy, out, threads_);
   }
   std::string description() const override {
-    return "cpu (" + count_of(uint64_t(threads_), "thread") + ", " +
-           (cpu_has_avx2() ? "avx2+f16c" : "scalar") + ")";
+    return "cpu (" + count_of(uint64_t(threads_), "thread") + ", " + cpu_isa_name(cpu_isa()) + ")";
   }
 
  private:

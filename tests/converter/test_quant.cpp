@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "cpu_isa_levels.hpp"
 #include "qpack/converter/quantize.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/layout.hpp"
@@ -283,12 +284,19 @@ void check_case(const Case& c, std::mt19937_64& rng) {
     }
     return;
   }
-  for (int threads : {1, 2}) {
-    auto fast = make_output(c.shape, c.scheme, 0xA5);  // different poison: unwritten bytes show
-    quantize_cpu(in, fast.layout, c.scheme, NonFinitePolicy::Error, fast.buffers(), threads);
-    ASSERT_EQ(fast.codes, ref.codes) << "codes differ, threads " << threads;
-    ASSERT_EQ(fast.scales, ref.scales) << "scales differ, threads " << threads;
-    ASSERT_EQ(fast.zeros, ref.zeros) << "zeros differ, threads " << threads;
+  // Every ISA level this CPU has (quantize.hpp's CpuIsa), each thread count.
+  for (CpuIsa isa : test::available_cpu_isas()) {
+    test::CpuIsaScope level(isa);
+    for (int threads : {1, 2}) {
+      auto fast = make_output(c.shape, c.scheme, 0xA5);  // different poison: unwritten bytes show
+      quantize_cpu(in, fast.layout, c.scheme, NonFinitePolicy::Error, fast.buffers(), threads);
+      ASSERT_EQ(fast.codes, ref.codes)
+          << "codes differ, " << cpu_isa_name(isa) << ", threads " << threads;
+      ASSERT_EQ(fast.scales, ref.scales)
+          << "scales differ, " << cpu_isa_name(isa) << ", threads " << threads;
+      ASSERT_EQ(fast.zeros, ref.zeros)
+          << "zeros differ, " << cpu_isa_name(isa) << ", threads " << threads;
+    }
   }
   const int64_t n = numel(c.shape);
   std::vector<float> deq_ref(size_t(n), std::nanf("")), deq_fast(size_t(n), std::nanf(""));

@@ -11,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "cpu_isa_levels.hpp"
 #include "qpack/converter/quantize.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/layout.hpp"
@@ -135,12 +136,15 @@ TEST_P(QuantMethods, CpuMatchesReferenceNeverWorseThanRtnWithinBound) {
 
     auto ref = make_output(c.shape, s, 0xA5);
     quantize_reference(in, ref.layout, s, NonFinitePolicy::Error, ref.buffers());
-    for (int threads : {1, 3}) {
-      auto fast = make_output(c.shape, s, uint8_t(0x3C + threads));
-      quantize_cpu(in, fast.layout, s, NonFinitePolicy::Error, fast.buffers(), threads);
-      EXPECT_EQ(fast.codes, ref.codes) << threads << " threads";
-      EXPECT_EQ(fast.scales, ref.scales) << threads << " threads";
-      EXPECT_EQ(fast.zeros, ref.zeros) << threads << " threads";
+    for (CpuIsa isa : test::available_cpu_isas()) {
+      test::CpuIsaScope level(isa);
+      for (int threads : {1, 3}) {
+        auto fast = make_output(c.shape, s, uint8_t(0x3C + threads));
+        quantize_cpu(in, fast.layout, s, NonFinitePolicy::Error, fast.buffers(), threads);
+        EXPECT_EQ(fast.codes, ref.codes) << cpu_isa_name(isa) << ", " << threads << " threads";
+        EXPECT_EQ(fast.scales, ref.scales) << cpu_isa_name(isa) << ", " << threads << " threads";
+        EXPECT_EQ(fast.zeros, ref.zeros) << cpu_isa_name(isa) << ", " << threads << " threads";
+      }
     }
     auto base = make_output(c.shape, rtn, 0x00);
     quantize_reference(in, base.layout, rtn, NonFinitePolicy::Error, base.buffers());
@@ -279,25 +283,29 @@ TEST(QuantMethodsRules, NonFiniteAsTheReference) {
     s.axis = axis;
     s.method = QuantMethod::Search;
     auto ref = make_output({96, 80}, s, 0x11);
-    auto fast = make_output({96, 80}, s, 0xEE);
     quantize_reference(in, ref.layout, s, NonFinitePolicy::Zero, ref.buffers());
-    quantize_cpu(in, fast.layout, s, NonFinitePolicy::Zero, fast.buffers(), 2);
-    EXPECT_EQ(fast.codes, ref.codes) << "axis " << axis;
-    EXPECT_EQ(fast.scales, ref.scales) << "axis " << axis;
-    EXPECT_EQ(fast.zeros, ref.zeros) << "axis " << axis;
-    std::string ref_msg, cpu_msg;
+    std::string ref_msg;
     try {
       quantize_reference(in, ref.layout, s, NonFinitePolicy::Error, ref.buffers());
     } catch (const Error& e) {
       ref_msg = e.what();
     }
-    try {
-      quantize_cpu(in, fast.layout, s, NonFinitePolicy::Error, fast.buffers(), 2);
-    } catch (const Error& e) {
-      cpu_msg = e.what();
-    }
     EXPECT_NE(ref_msg, "");
-    EXPECT_EQ(cpu_msg, ref_msg);
+    for (CpuIsa isa : test::available_cpu_isas()) {
+      test::CpuIsaScope level(isa);
+      auto fast = make_output({96, 80}, s, 0xEE);
+      quantize_cpu(in, fast.layout, s, NonFinitePolicy::Zero, fast.buffers(), 2);
+      EXPECT_EQ(fast.codes, ref.codes) << "axis " << axis << " " << cpu_isa_name(isa);
+      EXPECT_EQ(fast.scales, ref.scales) << "axis " << axis << " " << cpu_isa_name(isa);
+      EXPECT_EQ(fast.zeros, ref.zeros) << "axis " << axis << " " << cpu_isa_name(isa);
+      std::string cpu_msg;
+      try {
+        quantize_cpu(in, fast.layout, s, NonFinitePolicy::Error, fast.buffers(), 2);
+      } catch (const Error& e) {
+        cpu_msg = e.what();
+      }
+      EXPECT_EQ(cpu_msg, ref_msg) << cpu_isa_name(isa);
+    }
   }
 }
 
@@ -338,14 +346,18 @@ TEST(QuantMethodsRules, RangeOverflowInABatchNamesTheReferenceGroup) {
     } catch (const Error& e) {
       ref_msg = e.what();
     }
-    try {
-      quantize_cpu({src.data(), DType::F32, "big"}, q.layout, s, NonFinitePolicy::Error,
-                   q.buffers(), 2);
-    } catch (const Error& e) {
-      cpu_msg = e.what();
-    }
     EXPECT_NE(ref_msg, "") << "axis " << axis;
-    EXPECT_EQ(cpu_msg, ref_msg) << "axis " << axis;
+    for (CpuIsa isa : test::available_cpu_isas()) {
+      test::CpuIsaScope level(isa);
+      cpu_msg.clear();
+      try {
+        quantize_cpu({src.data(), DType::F32, "big"}, q.layout, s, NonFinitePolicy::Error,
+                     q.buffers(), 2);
+      } catch (const Error& e) {
+        cpu_msg = e.what();
+      }
+      EXPECT_EQ(cpu_msg, ref_msg) << "axis " << axis << " " << cpu_isa_name(isa);
+    }
   }
 }
 

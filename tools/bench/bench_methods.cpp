@@ -7,7 +7,9 @@
 // Wall time is the median over the repetitions; CPU time (the process's, all
 // threads) is reported beside it because the machine may be shared: a busy
 // neighbour stretches wall time but not CPU time. "of rtn" is the method's
-// throughput as a share of RTN's at the same axis, from the medians.
+// throughput as a share of RTN's at the same axis, from the medians. "isa"
+// is the CPU path's level (quantize.hpp's CpuIsa): the search runs at each
+// level the CPU has, RTN and the refit at the best.
 #include <time.h>
 
 #include <algorithm>
@@ -85,13 +87,25 @@ int main(int argc, char** argv) {
   const QuantInput in{reinterpret_cast<const uint8_t*>(src.data()), DType::F16, "bench"};
   const double elements = double(rows) * double(cols);
   if (!json)
-    std::printf("%-7s %5s %7s %10s %10s %12s %8s\n", "method", "axis", "threads", "wall s", "cpu s",
-                "Melem/s", "of rtn");
+    std::printf("%-7s %-6s %5s %7s %10s %10s %12s %8s\n", "method", "isa", "axis", "threads",
+                "wall s", "cpu s", "Melem/s", "of rtn");
   bool first = true;
   if (json) std::printf("[");
+  const CpuIsa best = cpu_isa();
+  struct Row {
+    QuantMethod method;
+    CpuIsa isa;
+  };
+  // RTN at the best level is the baseline; the search at every level this
+  // CPU has (QPACK_CPU_ISA caps them); the refit has no vector path.
+  std::vector<Row> rows_run = {{QuantMethod::Rtn, best}};
+  for (int l = int(best); l >= 0; --l) rows_run.push_back({QuantMethod::Search, CpuIsa(l)});
+  rows_run.push_back({QuantMethod::Refit, best});
   for (int axis : {0, -1}) {
     double rtn_rate = 0.0;
-    for (QuantMethod m : {QuantMethod::Rtn, QuantMethod::Search, QuantMethod::Refit}) {
+    for (const Row& row : rows_run) {
+      const QuantMethod m = row.method;
+      set_cpu_isa(row.isa);
       QuantScheme s;
       s.axis = axis;
       s.method = m;
@@ -107,16 +121,18 @@ int main(int argc, char** argv) {
           m == QuantMethod::Rtn ? "rtn" : (m == QuantMethod::Search ? "search" : "refit");
       if (json) {
         std::printf(
-            "%s{\"method\":\"%s\",\"axis\":%d,\"threads\":%d,\"rows\":%lld,\"cols\":%lld,"
-            "\"wall_s\":%.6f,\"cpu_s\":%.6f,\"elements_per_s\":%.1f,\"of_rtn\":%.4f}",
-            first ? "" : ",", name, axis, threads, (long long)rows, (long long)cols, t.wall, t.cpu,
-            rate, rate / rtn_rate);
+            "%s{\"method\":\"%s\",\"isa\":\"%s\",\"axis\":%d,\"threads\":%d,\"rows\":%lld,"
+            "\"cols\":%lld,\"wall_s\":%.6f,\"cpu_s\":%.6f,\"elements_per_s\":%.1f,"
+            "\"of_rtn\":%.4f}",
+            first ? "" : ",", name, cpu_isa_name(row.isa), axis, threads, (long long)rows,
+            (long long)cols, t.wall, t.cpu, rate, rate / rtn_rate);
         first = false;
       } else {
-        std::printf("%-7s %5d %7d %10.4f %10.4f %12.1f %7.1f%%\n", name, axis, threads, t.wall,
-                    t.cpu, rate / 1e6, 100.0 * rate / rtn_rate);
+        std::printf("%-7s %-6s %5d %7d %10.4f %10.4f %12.1f %7.1f%%\n", name, cpu_isa_name(row.isa),
+                    axis, threads, t.wall, t.cpu, rate / 1e6, 100.0 * rate / rtn_rate);
       }
     }
+    set_cpu_isa(best);
   }
   if (json) std::printf("]\n");
   return 0;

@@ -37,8 +37,26 @@ void quantize_reference(const QuantInput& in, const GroupLayout& layout, const Q
 void dequantize_reference(const uint8_t* codes, const uint8_t* scales, const uint8_t* zeros,
                           const GroupLayout& layout, const QuantScheme& scheme, float* out);
 
-// The fast CPU path: OpenMP threads over groups, SIMD inside. Byte-identical
-// to quantize_reference for every thread count. threads <= 0: OpenMP default.
+// The instruction-set level of the CPU path's vector kernels, chosen at run
+// time (docs/performance.md): scalar (the reference's per-group routine),
+// avx2 (AVX2+F16C+FMA), avx512 (AVX-512 F/BW/DQ/VL: the search method's
+// 32-group kernel; RTN runs its AVX2 kernels there). Every level gives the
+// same bytes.
+enum class CpuIsa : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+CpuIsa cpu_isa_available();  // the best this CPU supports
+// The level in use: the best available, capped by QPACK_CPU_ISA
+// (scalar|avx2|avx512, read once; other values are ignored) or by
+// set_cpu_isa.
+CpuIsa cpu_isa();
+// Caps the level (tests, benchmarks); returns the level now in use, which
+// is lower than asked when the CPU lacks it.
+CpuIsa set_cpu_isa(CpuIsa isa);
+const char* cpu_isa_name(CpuIsa isa);
+
+// The fast CPU path: a blocking worker pool over groups, SIMD inside (the
+// level above). Byte-identical to quantize_reference for every thread count
+// and level. threads <= 0: omp_get_max_threads() (OMP_NUM_THREADS or all
+// cores); no other OpenMP setting applies (the pool never spins).
 void quantize_cpu(const QuantInput& in, const GroupLayout& layout, const QuantScheme& scheme,
                   NonFinitePolicy policy, const QuantBuffers& out, int threads);
 void dequantize_cpu(const uint8_t* codes, const uint8_t* scales, const uint8_t* zeros,
