@@ -1,21 +1,25 @@
 // CPU quantize throughput next to the machine's own memory-copy bandwidth,
 // measured in the same run. Not a test: numbers go to stdout (and --json).
 //
-//   build/tools/bench/qpack_bench_cpu [--reps N] [--zero-point float|integer] [--json]
+//   build/tools/bench/qpack_bench_cpu [--reps N] [--zero-point float|integer]
+//                                     [--isa scalar|avx2|avx512] [--json]
+//
+// --isa caps the CPU path's level (quantize.hpp's CpuIsa; default: the best
+// the CPU has, or QPACK_CPU_ISA); RTN's kernels at the avx512 level are the
+// AVX2 ones.
 //
 // Bytes counted for "of copy": quantize reads the fp16 source once and writes
 // codes + scales + zero-points once; the copy bound moves the same total
 // bytes (read + write) at the measured memcpy rate. Each repetition times a
 // 256 MiB memcpy right before the quantize call, so that a busy neighbour on
 // a shared machine slows both alike; the medians of each are compared.
-#include <omp.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "qpack/converter/quantize.hpp"
@@ -36,18 +40,23 @@ double median(std::vector<double> v) {
 }
 
 // Parallel memcpy over buffers far larger than the caches; returns seconds.
+// Plain threads, not OpenMP: libgomp's workers would spin after the probe
+// and take the cores the quantizer's pool needs (converter/src/cpu/
+// thread_pool.hpp says why the quantizer has its own pool).
 struct CopyProbe {
   std::vector<uint8_t> a, b;
   explicit CopyProbe(size_t n) : a(n, 1), b(n, 2) {}
   double bytes_moved() const { return 2.0 * double(a.size()); }  // read + write
   double run(int threads) {
     const auto t0 = Clock::now();
-#pragma omp parallel num_threads(threads)
-    {
-      const int id = omp_get_thread_num(), nt = omp_get_num_threads();
-      const size_t chunk = a.size() / size_t(nt);
-      std::memcpy(b.data() + chunk * size_t(id), a.data() + chunk * size_t(id), chunk);
-    }
+    const size_t chunk = a.size() / size_t(threads);
+    std::vector<std::thread> ts;
+    for (int id = 1; id < threads; ++id)
+      ts.emplace_back([this, id, chunk] {
+        std::memcpy(b.data() + chunk * size_t(id), a.data() + chunk * size_t(id), chunk);
+      });
+    std::memcpy(b.data(), a.data(), chunk);
+    for (auto& t : ts) t.join();
     return seconds_since(t0);
   }
 };
@@ -60,7 +69,10 @@ int main(int argc, char** argv) {
   ZeroPoint zero_point = ZeroPoint::Float;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--reps" && i + 1 < argc)
+    if (a == "--isa" && i + 1 < argc) {
+      const std::string v = argv[++i];
+      set_cpu_isa(v == "scalar" ? CpuIsa::Scalar : v == "avx2" ? CpuIsa::Avx2 : CpuIsa::Avx512);
+    } else if (a == "--reps" && i + 1 < argc)
       reps = std::max(1, std::atoi(argv[++i]));
     else if (a == "--json")
       json = true;
@@ -69,7 +81,9 @@ int main(int argc, char** argv) {
     else if (a == "--zero-point" && i + 1 < argc && std::string(argv[i + 1]) == "float" && ++i)
       zero_point = ZeroPoint::Float;
     else {
-      std::printf("usage: %s [--reps N] [--zero-point float|integer] [--json]\n", argv[0]);
+      std::printf(
+          "usage: %s [--reps N] [--zero-point float|integer] [--isa scalar|avx2|avx512] [--json]\n",
+          argv[0]);
       return a == "--help" ? 0 : 2;
     }
   }
@@ -81,8 +95,9 @@ int main(int argc, char** argv) {
   const Shape shapes[] = {{4096, 4096}, {11008, 4096}};
   std::vector<std::string> rows_json;
   if (!json)
-    std::printf("%-12s %4s %5s %7s %10s %10s %10s %8s\n", "shape", "bits", "axis", "threads",
-                "GB/s src", "GB/s r+w", "copy r+w", "of copy");
+    std::printf("%-12s %-6s %4s %5s %7s %10s %10s %10s %8s\n", "shape", "isa", "bits", "axis",
+                "threads", "GB/s src", "GB/s r+w", "copy r+w", "of copy");
+  const char* isa = cpu_isa_name(cpu_isa());
   CopyProbe probe(size_t(256) << 20);
   for (int threads : {1, 2}) {
     for (const Shape& sh : shapes) {
@@ -127,14 +142,15 @@ int main(int argc, char** argv) {
             char row[512];
             std::snprintf(
                 row, sizeof row,
-                "{\"shape\":\"%s\",\"bits\":%d,\"axis\":%d,\"threads\":%d,\"seconds\":%.6f,"
+                "{\"shape\":\"%s\",\"isa\":\"%s\",\"bits\":%d,\"axis\":%d,\"threads\":%d,"
+                "\"seconds\":%.6f,"
                 "\"gbps_source\":%.3f,\"gbps_read_write\":%.3f,\"copy_gbps_read_write\":%.3f,"
                 "\"fraction_of_copy\":%.4f}",
-                name, bits, axis, threads, sec, gbs_src, gbs_rw, copy, gbs_rw / copy);
+                name, isa, bits, axis, threads, sec, gbs_src, gbs_rw, copy, gbs_rw / copy);
             rows_json.push_back(row);
           } else {
-            std::printf("%-12s %4d %5d %7d %10.2f %10.2f %10.2f %7.0f%%\n", name, bits, axis,
-                        threads, gbs_src, gbs_rw, copy, 100.0 * gbs_rw / copy);
+            std::printf("%-12s %-6s %4d %5d %7d %10.2f %10.2f %10.2f %7.0f%%\n", name, isa, bits,
+                        axis, threads, gbs_src, gbs_rw, copy, 100.0 * gbs_rw / copy);
           }
         }
     }
