@@ -190,6 +190,10 @@ std::vector<size_t> mark_hull(std::vector<BudgetCandidate>& cs) {
 
 }  // namespace
 
+const char* budget_objective_name(BudgetObjective o) {
+  return o == BudgetObjective::Relative ? "relative" : "total";
+}
+
 nlohmann::json BudgetReport::to_json() const {
   auto num = [](double v) {
     return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
@@ -223,6 +227,7 @@ nlohmann::json BudgetReport::to_json() const {
   }
   return {{"target_bpw", target_bpw ? nlohmann::json(*target_bpw) : nlohmann::json(nullptr)},
           {"axis_auto", axis_auto},
+          {"objective", budget_objective_name(objective)},
           {"weights", weights},
           {"elements", elements},
           {"bytes", bytes},
@@ -247,6 +252,7 @@ Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe_in,
   BudgetReport rep;
   rep.target_bpw = options.target_bpw;
   rep.axis_auto = options.axis_auto;
+  rep.objective = options.objective;
   rep.weights = options.imatrix ? options.imatrix->path : "none";
 
   // 1. Candidates and their estimated errors, tensor by tensor.
@@ -351,12 +357,20 @@ Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe_in,
   }
   rep.min_bpw = double(min_bytes) * 8.0 / double(rep.elements);
   rep.max_bpw = double(max_bytes) * 8.0 / double(rep.elements);
-  // Gains per bit in units of the mean weighted square of a weight.
+  // Each tensor's errors as the objective counts them: over its own
+  // reference (relative), or over the model's mean weighted square of a
+  // weight (total).
   const double unit = ref_sum > 0 ? ref_sum / double(rep.elements) : 1.0;
-  auto gain = [&](const BudgetCandidate& from, const BudgetCandidate& to) {
-    return (from.error - to.error) / (double(to.bytes - from.bytes) * 8.0) / unit;
-  };
   const size_t n = rep.tensors.size();
+  std::vector<double> per(n);
+  for (size_t i = 0; i < n; ++i) {
+    const double ref = rep.tensors[i].reference;
+    per[i] = options.objective == BudgetObjective::Total ? 1.0 / unit : ref > 0 ? 1.0 / ref : 1.0;
+  }
+  size_t current = 0;  // the tensor `gain` is asked about
+  auto gain = [&](const BudgetCandidate& from, const BudgetCandidate& to) {
+    return (from.error - to.error) * per[current] / (double(to.bytes - from.bytes) * 8.0);
+  };
   for (size_t i = 0; i < n; ++i) rep.tensors[i].gain_taken = rep.tensors[i].gain_next = kNaN;
   rep.threshold = kNaN;
 
@@ -396,6 +410,7 @@ Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe_in,
       for (size_t i = 0; i < n; ++i) {
         if (stopped[i] || at[i] + 1 >= hulls[i].size()) continue;
         const BudgetTensor& b = rep.tensors[i];
+        current = i;
         const double g = gain(b.candidates[hulls[i][at[i]]], b.candidates[hulls[i][at[i] + 1]]);
         if (best == n || better(i, g, best, best_gain)) {
           best = i;
@@ -427,6 +442,7 @@ Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe_in,
       for (size_t i = 0; i < n; ++i) {
         const BudgetTensor& b = rep.tensors[i];
         const BudgetCandidate& cur = b.choice();
+        current = i;
         for (size_t k = 0; k < b.candidates.size(); ++k) {
           const BudgetCandidate& c = b.candidates[k];
           if (c.bytes <= cur.bytes || !(c.error < cur.error)) continue;
@@ -450,6 +466,7 @@ Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe_in,
       BudgetTensor& b = rep.tensors[i];
       const BudgetCandidate& cur = b.choice();
       b.gain_next = kNaN;
+      current = i;
       for (size_t h : hulls[i])
         if (b.candidates[h].bytes > cur.bytes && b.candidates[h].error < cur.error) {
           b.gain_next = gain(cur, b.candidates[h]);

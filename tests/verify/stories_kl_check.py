@@ -33,6 +33,7 @@ SCHEMES = [
     ("4-bit g64 axis -1", ["--axis", "-1"]),
     ("4-bit g32 axis -1", ["--axis", "-1", "-g", "32"]),
     ("3-bit g64 axis 0", ["-b", "3"]),
+    ("--target-bpw 4.5 (axis 0)", ["--target-bpw", "4.5"]),
     ("8-bit g64 axis 0", ["-b", "8"]),
 ]
 

@@ -51,6 +51,8 @@ struct ConvertArgs {
   // Choices to a budget (docs/cli.md "Choices to a budget").
   double target_bpw = 0;
   std::string imatrix_file;
+  std::string objective = "total";
+  CLI::Option* objective_opt = nullptr;
   CLI::Option* target_opt = nullptr;
   CLI::Option* imatrix_opt = nullptr;
   bool force = false, dry_run = false, quiet = false, json = false;
@@ -483,10 +485,11 @@ void print_budget(const BudgetReport& r) {
                 *r.target_bpw, r.bpw, (r.bpw / *r.target_bpw - 1) * 100, r.min_bpw, r.max_bpw);
   else
     std::printf("%.4f bpw", r.bpw);
-  std::printf(" over %s (%lld elements); est. rel. error %.4f; axis %s; weights %s\n",
+  std::printf(" over %s (%lld elements); objective %s; est. rel. error %.4f; axis %s; weights %s\n",
               count_of(r.tensors.size(), "quantized tensor").c_str(),
-              static_cast<long long>(r.elements), r.estimated_rel_error,
-              r.axis_auto ? "auto" : "as asked", escape_for_terminal(r.weights).c_str());
+              static_cast<long long>(r.elements), budget_objective_name(r.objective),
+              r.estimated_rel_error, r.axis_auto ? "auto" : "as asked",
+              escape_for_terminal(r.weights).c_str());
 }
 
 int run_convert(ConvertArgs& a) {
@@ -529,6 +532,11 @@ int run_convert(ConvertArgs& a) {
     BudgetOptions bo;
     if (a.target_opt->count() > 0) bo.target_bpw = a.target_bpw;
     bo.axis_auto = a.axis_auto;
+    if (a.objective == "relative")
+      bo.objective = BudgetObjective::Relative;
+    else if (a.objective != "total")
+      throw Error(ErrorCode::InvalidArgument, "", "",
+                  "--budget-objective must be 'relative' or 'total', not '" + a.objective + "'");
     bo.origin = a.target_opt->count() > 0 ? "--target-bpw" : "--axis auto";
     bo.nonfinite = o.nonfinite;
     bo.threads = a.threads;
@@ -540,6 +548,8 @@ int run_convert(ConvertArgs& a) {
     const auto ckpt = Checkpoint::open(a.source);
     budget.emplace();
     o.recipe = choose_to_budget(*ckpt, o.recipe, bo, &*budget);
+  } else if (a.objective_opt->count() > 0) {
+    throw Error(ErrorCode::InvalidArgument, "", "", "--budget-objective goes with --target-bpw");
   } else if (a.imatrix_opt->count() > 0) {
     throw Error(ErrorCode::InvalidArgument, "", "",
                 "--imatrix weighs the errors of --target-bpw and --axis auto; give one of them");
@@ -671,6 +681,10 @@ Runner add_convert(CLI::App& app) {
                                    "llama.cpp importance matrix (imatrix.dat or GGUF) weighing "
                                    "--target-bpw / --axis auto errors per input channel")
                        ->check(CLI::ExistingFile);
+  a->objective_opt = sub->add_option("--budget-objective", a->objective,
+                                     "what --target-bpw minimises: 'total' (default), the "
+                                     "model-wide squared (weighted) error, or 'relative', the sum "
+                                     "of each tensor's squared relative error");
   a->sym_opt = sub->add_flag("--symmetric,!--asymmetric", a->symmetric,
                              "symmetric absmax codes, no zero-point (default asymmetric)");
   a->zero_opt = sub->add_option("--zero-point", a->zero_point,
@@ -746,6 +760,7 @@ Runner add_convert(CLI::App& app) {
                    {"--preset", a->preset_opt},
                    {"--target-bpw", a->target_opt},
                    {"--imatrix", a->imatrix_opt},
+                   {"--budget-objective", a->objective_opt},
                    {"--skip", skip},
                    {"--rule", rule},
                    {"--recipe", recipe},

@@ -29,7 +29,16 @@ inline constexpr int64_t kBudgetGroups[] = {32, 64, 128, 256};
 inline constexpr int64_t kBudgetWindow = 256;
 inline constexpr int64_t kBudgetSampleElements = int64_t(1) << 20;
 
+// What the allocation minimises (docs/quantization.md §B): the sum of the
+// tensors' squared (weighted) errors, the model-wide weight error that
+// verify's model line reports (the default); or the sum over tensors of each
+// one's squared relative error, so that every matrix's noise counts against
+// its own signal (on stories260K worse by weight error and by KL).
+enum class BudgetObjective { Relative, Total };
+const char* budget_objective_name(BudgetObjective o);  // "relative" / "total"
+
 struct BudgetOptions {
+  BudgetObjective objective = BudgetObjective::Total;
   std::optional<double> target_bpw;  // none: only --axis auto
   bool axis_auto = false;            // candidates on axis 0 and on the last axis
   // Per-input-channel weights of the error (docs/imatrix.md); required by
@@ -60,8 +69,9 @@ struct BudgetTensor {
   bool weighted = false;                    // an imatrix entry weighs its error
   std::vector<BudgetCandidate> candidates;  // ladder order: bits, group, axis
   size_t chosen = 0;
-  // Estimated error cut per added bit (in units of the model's mean w * x^2)
-  // of the last step taken to reach the choice, and of the next step along
+  // Estimated cut of the objective per added bit (relative: of the tensor's
+  // squared relative error; total: of the squared error in units of the
+  // model's mean w * x^2) of the last step taken to reach the choice, and of the next step along
   // the hull not taken; NaN where there is none.
   double gain_taken = 0, gain_next = 0;
   std::string why;
@@ -71,6 +81,7 @@ struct BudgetTensor {
 struct BudgetReport {
   std::optional<double> target_bpw;
   bool axis_auto = false;
+  BudgetObjective objective = BudgetObjective::Total;
   std::string weights;              // "none" or the imatrix path
   int64_t elements = 0;             // of the budget's tensors (those the plan quantizes)
   uint64_t bytes = 0;               // their codes + scales + zero-points as chosen
