@@ -327,8 +327,10 @@ Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe_in,
       QuantScheme q = schemes[i];
       q.axis = b.candidates[i].axis;
       try {
-        b.candidates[i].error =
-            sample_error(s, q, options.nonfinite, name, options.threads) * scale;
+        // Small samples on one thread: a parallel region costs more than
+        // it saves there (the result is the same for any count).
+        const int threads = s.x.size() < (size_t(1) << 16) ? 1 : options.threads;
+        b.candidates[i].error = sample_error(s, q, options.nonfinite, name, threads) * scale;
       } catch (const Error& err) {
         throw err.with_context(t.file->path(), name);
       }
