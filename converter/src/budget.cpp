@@ -4,6 +4,8 @@
 // bit, and a fill of what is left of the budget. docs/quantization.md §B.
 #include "qpack/converter/budget.hpp"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -22,6 +24,9 @@ namespace qpack {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+// The exchange pass is quadratic in the model's candidates: up to this many
+// (about 250 tensors of 16 candidates).
+constexpr size_t kExchangeCandidates = 4096;
 
 // Windows of kBudgetWindow positions of an axis of length n: all of them, or
 // k evenly spaced ones (the middle of each of k equal stretches), as a list
@@ -323,18 +328,26 @@ Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe_in,
     for (size_t i = 0; i < s.x.size(); ++i)
       if (std::isfinite(s.x[i])) ref += s.w[i] * (double(s.x[i]) * double(s.x[i]));
     b.reference = ref * scale;
-    for (size_t i = 0; i < b.candidates.size(); ++i) {
-      QuantScheme q = schemes[i];
-      q.axis = b.candidates[i].axis;
+    // One candidate per thread, each quantized on one thread into its own
+    // slot: the same errors for any thread count. A failure is rethrown
+    // for the first candidate (ladder order) that failed.
+    const int64_t count = int64_t(b.candidates.size());
+    std::vector<std::unique_ptr<Error>> failed(b.candidates.size());
+    const int threads = options.threads > 0 ? options.threads : omp_get_max_threads();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (int64_t i = 0; i < count; ++i) {
+      QuantScheme q = schemes[size_t(i)];
+      q.axis = b.candidates[size_t(i)].axis;
       try {
-        // Small samples on one thread: a parallel region costs more than
-        // it saves there (the result is the same for any count).
-        const int threads = s.x.size() < (size_t(1) << 16) ? 1 : options.threads;
-        b.candidates[i].error = sample_error(s, q, options.nonfinite, name, threads) * scale;
+        b.candidates[size_t(i)].error = sample_error(s, q, options.nonfinite, name, 1) * scale;
       } catch (const Error& err) {
-        throw err.with_context(t.file->path(), name);
+        failed[size_t(i)] = std::make_unique<Error>(err);
+      } catch (const std::exception& err) {
+        failed[size_t(i)] = std::make_unique<Error>(ErrorCode::Internal, "", name, err.what());
       }
     }
+    for (const auto& f : failed)
+      if (f) throw f->with_context(t.file->path(), name);
     rep.tensors.push_back(std::move(b));
   }
 
@@ -462,6 +475,67 @@ Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe_in,
       used += (b.candidates[bk].bytes - b.choice().bytes) * 8;
       b.chosen = bk;
       b.gain_taken = bg;
+    }
+    // Exchange: the greedy sees only hull steps, and a choice off the hulls
+    // (the uniform default itself, often) can be better. Repeatedly take
+    // the single change, or pair of changes (one tensor up, one down), that
+    // fits and lowers the total cost most; ties by tensor names, then
+    // candidate order. Quadratic in the candidates, so only up to
+    // kExchangeCandidates of them.
+    size_t total_candidates = 0;
+    for (const BudgetTensor& b : rep.tensors) total_candidates += b.candidates.size();
+    if (total_candidates <= kExchangeCandidates) {
+      auto cost = [&](size_t i, size_t k) { return rep.tensors[i].candidates[k].error * per[i]; };
+      double cost_sum = 0;
+      for (size_t i = 0; i < n; ++i) cost_sum += cost(i, rep.tensors[i].chosen);
+      for (size_t round = 0; round < 4 * n + 16; ++round) {
+        double best = -1e-12 * cost_sum;  // strictly better by more than rounding
+        size_t bi = n, bk = 0, bj = n, bl = 0;
+        for (size_t i = 0; i < n; ++i) {
+          const BudgetTensor& a = rep.tensors[i];
+          for (size_t k = 0; k < a.candidates.size(); ++k) {
+            if (k == a.chosen) continue;
+            const double di = cost(i, k) - cost(i, a.chosen);
+            if (!(di < 0)) continue;  // the tensor that goes up must gain
+            const int64_t bits_i = (int64_t(a.candidates[k].bytes) - int64_t(a.choice().bytes)) * 8;
+            if (int64_t(used) + bits_i <= int64_t(budget)) {
+              if (di < best) {
+                best = di;
+                bi = i, bk = k, bj = n;
+              }
+              continue;
+            }
+            const int64_t need = int64_t(used) + bits_i - int64_t(budget);
+            for (size_t j = 0; j < n; ++j) {
+              if (j == i) continue;
+              const BudgetTensor& c = rep.tensors[j];
+              for (size_t l = 0; l < c.candidates.size(); ++l) {
+                const int64_t freed =
+                    (int64_t(c.choice().bytes) - int64_t(c.candidates[l].bytes)) * 8;
+                if (freed < need) continue;
+                const double d = di + (cost(j, l) - cost(j, c.chosen));
+                if (d < best) {
+                  best = d;
+                  bi = i, bk = k, bj = j, bl = l;
+                }
+              }
+            }
+          }
+        }
+        if (bi == n) break;
+        auto move = [&](size_t i, size_t k) {
+          BudgetTensor& b = rep.tensors[i];
+          used = uint64_t(int64_t(used) +
+                          (int64_t(b.candidates[k].bytes) - int64_t(b.choice().bytes)) * 8);
+          current = i;
+          b.gain_taken =
+              b.candidates[k].bytes > b.choice().bytes ? gain(b.choice(), b.candidates[k]) : kNaN;
+          b.chosen = k;
+        };
+        move(bi, bk);
+        if (bj != n) move(bj, bl);
+        cost_sum += best;
+      }
     }
     // The next hull step from each choice, for the plan's "why".
     for (size_t i = 0; i < n; ++i) {
