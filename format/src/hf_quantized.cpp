@@ -448,8 +448,7 @@ void HfReaderAccess::read_ct(HfQuantizedModel& m, const std::vector<CtGroup>& gr
         for (int64_t p = 0; p < P; ++p)
           if (load_word(zp->data(), uint64_t(last * P + p)) & ~used)
             z.fail(ErrorCode::HfBadValue, "padding bits after row " + std::to_string(out - 1) +
-                                              " of column " + std::to_string(p) +
-                                              " are not zero");
+                                              " of column " + std::to_string(p) + " are not zero");
       }
     }
     if (const CheckpointTensor* gi = ck.find(mod + ".weight_g_idx"))
