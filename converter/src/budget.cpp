@@ -17,6 +17,7 @@
 #include "qpack/format/checkpoint.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/imatrix.hpp"
+#include "qpack/format/safetensors.hpp"
 #include "qpack/format/text.hpp"
 
 namespace qpack {
@@ -85,6 +86,41 @@ std::vector<double> channel_weights(const ImportanceMatrix* im, const std::strin
   for (double v : w) sum += v;
   if (!(sum > 0)) return {};
   const double mean = sum / double(w.size());
+  for (double& v : w) v /= mean;
+  return w;
+}
+
+// Per-channel mean squared activation of the inputs recorded for `name`,
+// normalised to mean 1, or empty when the file has none for it.
+std::vector<double> activation_weights(const SafetensorsFile* acts, const std::string& name,
+                                       const std::vector<int64_t>& shape) {
+  if (!acts || shape.size() < 2) return {};
+  const TensorInfo* a = acts->find(name);
+  if (!a) return {};
+  if (a->dtype != DType::F32 && a->dtype != DType::F16 && a->dtype != DType::BF16)
+    throw Error(ErrorCode::UnsupportedDtype, acts->path(), name,
+                std::string("activations must be F32, F16 or BF16, not ") + dtype_name(a->dtype));
+  if (a->shape.size() != 2 || a->shape[0] < 1 || a->shape[1] != shape.back())
+    throw Error(ErrorCode::ShapeMismatch, acts->path(), name,
+                "activations must be [samples, " + std::to_string(shape.back()) +
+                    "] for the weight " + shape_to_string(shape) + ", not " +
+                    shape_to_string(a->shape));
+  const int64_t n = a->shape[0], in = a->shape[1];
+  std::vector<double> w(size_t(in), 0.0);
+  const uint8_t* data = acts->tensor_data(*a);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = 0; j < in; ++j) {
+      const double x = load_as_f32(data, a->dtype, uint64_t(r * in + j));
+      if (!std::isfinite(x))
+        throw Error(ErrorCode::NonFinite, acts->path(), name,
+                    "activation " + std::to_string(r * in + j) + " is not finite");
+      w[size_t(j)] += x * x;
+    }
+  acts->release(*a);
+  double sum = 0;
+  for (double v : w) sum += v;
+  if (!(sum > 0)) return {};
+  const double mean = sum / double(in);
   for (double& v : w) v /= mean;
   return w;
 }
@@ -246,9 +282,10 @@ nlohmann::json BudgetReport::to_json() const {
 
 Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe_in,
                         const BudgetOptions& options, BudgetReport* report) {
-  if (options.axis_auto && !options.imatrix)
+  if (options.axis_auto && !options.imatrix && options.activations_path.empty())
     throw Error(ErrorCode::InvalidArgument, "", "",
-                "--axis auto needs --imatrix: weight error alone picks the wrong axis on one "
+                "--axis auto needs --imatrix or --activations: weight error alone picks the wrong "
+                "axis on one "
                 "model in two (docs/quantization.md §B)");
   if (options.target_bpw && !(std::isfinite(*options.target_bpw) && *options.target_bpw > 0))
     throw Error(ErrorCode::InvalidArgument, "", "", "--target-bpw must be a positive number");
@@ -258,7 +295,12 @@ Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe_in,
   rep.target_bpw = options.target_bpw;
   rep.axis_auto = options.axis_auto;
   rep.objective = options.objective;
-  rep.weights = options.imatrix ? options.imatrix->path : "none";
+  rep.weights = options.imatrix ? "imatrix " + options.imatrix->path : "";
+  if (!options.activations_path.empty())
+    rep.weights += (rep.weights.empty() ? "" : ", ") + ("activations " + options.activations_path);
+  if (rep.weights.empty()) rep.weights = "none";
+  std::unique_ptr<SafetensorsFile> acts;
+  if (!options.activations_path.empty()) acts = SafetensorsFile::open(options.activations_path);
 
   // 1. Candidates and their estimated errors, tensor by tensor.
   for (const CheckpointTensor& t : ckpt.tensors()) {
@@ -317,8 +359,9 @@ Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe_in,
     if (b.candidates.empty()) consider(d.scheme);  // as the plan would do without a budget
     if (b.candidates.empty()) continue;            // the plan keeps it (too small to gain)
     int64_t matrices = 1;
-    const std::vector<double> weights =
-        channel_weights(options.imatrix, t.file->path(), name, b.shape, &matrices);
+    std::vector<double> weights = activation_weights(acts.get(), name, b.shape);
+    if (weights.empty())
+      weights = channel_weights(options.imatrix, t.file->path(), name, b.shape, &matrices);
     b.weighted = !weights.empty();
     const Sample s =
         take_sample(t, std::max<int64_t>(1, options.sample_elements), weights, matrices);
@@ -573,7 +616,7 @@ Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe_in,
       why += std::isfinite(b.gain_next) ? ", next " + fmt("%.3g", b.gain_next) + "/bit"
                                         : ", least error";
     }
-    if (b.weighted) why += " (imatrix-weighted)";
+    if (b.weighted) why += " (weighted)";
     b.why = why;
     recipe.tensors[b.name] = TensorChoice{c.bits, c.group_size, c.axis, why};
   }

@@ -10,7 +10,7 @@ a budget"), checked from outside:
 - the same plan and the same bytes at 1 and 2 threads; the recipe recorded in
   the file's provenance reproduces it byte for byte;
 - a tensor with outliers gets more bits than its twin without;
-- --axis auto with an imatrix picks, per tensor, the axis of lower
+- --axis auto with an imatrix (or activations of the same mean squares) picks, per tensor, the axis of lower
   importance-weighted error, also where plain weight error would pick the
   other (both errors computed here in numpy float64 from a min-max RTN);
 - refusals (exit 2: a target outside the reachable range naming it, --axis
@@ -223,6 +223,20 @@ def main():
             check(got[name] == want, f"{name}: --axis auto chose {got[name]}, weighted error says {want}")
             if name == "l.flip.weight":
                 check((p0 < p1) != (e0 < e1), "the flip tensor does not flip (test is not testing)")
+        # Activations whose per-channel mean square is the imatrix's weight
+        # choose the same axes.
+        acts = {k: (np.sqrt(v[1])[None, :] * np.where(rng.uniform(size=(8, n)) < 0.5, -1.0, 1.0))
+                .astype(np.float32) for k, v in tensors.items()}
+        af = os.path.join(d, "acts.safetensors")
+        save_file(acts, af)
+        s = convert(qp, src, os.path.join(d, "axa.qpack"), ["--axis", "auto", "--activations", af])
+        check({t["name"]: t["axis"] for t in s["budget"]["tensors"]} == got,
+              "--axis auto with activations chose other axes than with the same imatrix")
+        save_file({"l.flip.weight": np.ones((4, 17), dtype=np.float32)}, os.path.join(d, "bad_acts.safetensors"))
+        p = run([qp, "convert", src, "--dry-run", "--axis", "auto", "--activations",
+                 os.path.join(d, "bad_acts.safetensors")])
+        check(p.returncode == 3 and "l.flip.weight" in p.stderr,
+              f"activations of the wrong width: exit {p.returncode}, {p.stderr.strip()!r}")
         s = convert(qp, src, os.path.join(d, "axb.qpack"),
                     ["--axis", "auto", "--imatrix", im, "--target-bpw", "3.5"])
         bpw, _ = file_bpw(qp, os.path.join(d, "axb.qpack"))
@@ -248,6 +262,7 @@ def main():
                 (["--target-bpw", "nan"], 2, ""),
                 (["--axis", "auto"], 2, "--imatrix"),
                 (["--imatrix", im], 2, "--target-bpw"),
+                (["--activations", im], 2, "--target-bpw"),
                 (["--axis", "sideways"], 2, "integer or 'auto'"),
                 (["--target-bpw", "4.5", "--format", "gguf"], 2, "--target-bpw"),
         ]:

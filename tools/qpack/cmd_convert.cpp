@@ -50,7 +50,8 @@ struct ConvertArgs {
   CLI::Option* preset_opt = nullptr;
   // Choices to a budget (docs/cli.md "Choices to a budget").
   double target_bpw = 0;
-  std::string imatrix_file;
+  std::string imatrix_file, activations_file;
+  CLI::Option* activations_opt = nullptr;
   std::string objective = "total";
   CLI::Option* objective_opt = nullptr;
   CLI::Option* target_opt = nullptr;
@@ -545,14 +546,16 @@ int run_convert(ConvertArgs& a) {
       im = read_imatrix(a.imatrix_file);
       bo.imatrix = &*im;
     }
+    if (a.activations_opt->count() > 0) bo.activations_path = a.activations_file;
     const auto ckpt = Checkpoint::open(a.source);
     budget.emplace();
     o.recipe = choose_to_budget(*ckpt, o.recipe, bo, &*budget);
   } else if (a.objective_opt->count() > 0) {
     throw Error(ErrorCode::InvalidArgument, "", "", "--budget-objective goes with --target-bpw");
-  } else if (a.imatrix_opt->count() > 0) {
+  } else if (a.imatrix_opt->count() > 0 || a.activations_opt->count() > 0) {
     throw Error(ErrorCode::InvalidArgument, "", "",
-                "--imatrix weighs the errors of --target-bpw and --axis auto; give one of them");
+                std::string(a.imatrix_opt->count() > 0 ? "--imatrix" : "--activations") +
+                    " weighs the errors of --target-bpw and --axis auto; give one of them");
   }
   if (a.dry_run) {
     const ConvertPlan plan = make_plan(a.source, o);
@@ -671,8 +674,8 @@ Runner add_convert(CLI::App& app) {
                                  "elements per group (even, >= 8) or 'all' (default 64)");
   a->axis_opt = sub->add_option("--axis", a->axis_text,
                                 "grouping axis; negative counts from the end (default 0); 'auto': "
-                                "axis 0 or -1 per tensor by the imatrix-weighted error (needs "
-                                "--imatrix)");
+                                "axis 0 or -1 per tensor by the importance-weighted error (needs "
+                                "--imatrix or --activations)");
   a->target_opt = sub->add_option("--target-bpw", a->target_bpw,
                                   "bits, group size (and with --axis auto the axis) per tensor "
                                   "to this many bits per weight over the quantized tensors "
@@ -681,6 +684,11 @@ Runner add_convert(CLI::App& app) {
                                    "llama.cpp importance matrix (imatrix.dat or GGUF) weighing "
                                    "--target-bpw / --axis auto errors per input channel")
                        ->check(CLI::ExistingFile);
+  a->activations_opt = sub->add_option("--activations", a->activations_file,
+                                       "sample inputs per weight (safetensors NAME -> [samples, "
+                                       "in], as verify --activations): their per-channel mean "
+                                       "square weighs --target-bpw / --axis auto errors")
+                           ->check(CLI::ExistingFile);
   a->objective_opt = sub->add_option("--budget-objective", a->objective,
                                      "what --target-bpw minimises: 'total' (default), the "
                                      "model-wide squared (weighted) error, or 'relative', the sum "
@@ -761,6 +769,7 @@ Runner add_convert(CLI::App& app) {
                    {"--target-bpw", a->target_opt},
                    {"--imatrix", a->imatrix_opt},
                    {"--budget-objective", a->objective_opt},
+                   {"--activations", a->activations_opt},
                    {"--skip", skip},
                    {"--rule", rule},
                    {"--recipe", recipe},

@@ -44,6 +44,11 @@ struct BudgetOptions {
   // Per-input-channel weights of the error (docs/imatrix.md); required by
   // axis_auto. Not owned.
   const ImportanceMatrix* imatrix = nullptr;
+  // Or sample inputs per weight (safetensors, NAME -> [samples, in], as
+  // verify --activations reads them): their per-channel mean square is the
+  // weight, as an imatrix's is; it takes precedence over the imatrix for
+  // the tensors it names. Empty: none.
+  std::string activations_path;
   NonFinitePolicy nonfinite = NonFinitePolicy::Error;
   int threads = 0;
   int64_t sample_elements = kBudgetSampleElements;
@@ -98,7 +103,7 @@ struct BudgetReport {
 // returns the recipe with them in `tensors` (any `tensors` it held are
 // replaced). Reads the tensors (a fixed, strided sample of each). Throws
 // Error(InvalidArgument) for a target outside the reachable range (naming
-// it), for axis_auto without an imatrix; Error(ShapeMismatch) for an imatrix
+// it), for axis_auto without an imatrix or activations; Error(ShapeMismatch) for an imatrix
 // entry of the wrong width; the quantizer's errors (NonFinite, RangeOverflow)
 // naming the tensor. Deterministic: the same choice for any thread count.
 Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe, const BudgetOptions& options,
