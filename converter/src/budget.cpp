@@ -145,17 +145,28 @@ Sample take_sample(const CheckpointTensor& t, int64_t cap, const std::vector<dou
   }
   const std::vector<int64_t> rows = window_positions(n0, k0);
   const std::vector<int64_t> cols = rank >= 2 ? window_positions(nl, kl) : std::vector<int64_t>{0};
+  // The middle axes (flattened) whole, or, when one window of each end axis
+  // already passes the cap, evenly spaced positions of them: groups run
+  // along the first or the last axis only, so any subset keeps them whole.
+  std::vector<int64_t> mids;
+  const int64_t ends = int64_t(rows.size() * cols.size());
+  const int64_t keep = numel > cap ? std::max<int64_t>(1, cap / std::max<int64_t>(1, ends)) : mid;
+  if (keep >= mid) {
+    for (int64_t m = 0; m < mid; ++m) mids.push_back(m);
+  } else {
+    for (int64_t i = 0; i < keep; ++i) mids.push_back(((2 * i + 1) * mid) / (2 * keep));
+  }
   Sample s;
-  s.shape = shape;
-  s.shape[0] = int64_t(rows.size());
-  if (rank >= 2) s.shape.back() = int64_t(cols.size());
+  s.shape = {int64_t(rows.size())};
+  if (rank >= 3) s.shape.push_back(int64_t(mids.size()));
+  if (rank >= 2) s.shape.push_back(int64_t(cols.size()));
   const uint8_t* data = t.data();
-  s.x.resize(rows.size() * size_t(mid) * cols.size());
+  s.x.resize(rows.size() * mids.size() * cols.size());
   s.w.assign(s.x.size(), 1.0);
   const int64_t rows_per_matrix = matrices > 1 ? n0 / matrices : n0;
   size_t k = 0;
   for (int64_t r : rows)
-    for (int64_t m = 0; m < mid; ++m)
+    for (int64_t m : mids)
       for (int64_t c : cols) {
         const uint64_t flat = uint64_t((r * mid + m) * nl + c);
         s.w[k] = weights.empty()
@@ -380,7 +391,8 @@ Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe_in,
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (int64_t i = 0; i < count; ++i) {
       QuantScheme q = schemes[size_t(i)];
-      q.axis = b.candidates[size_t(i)].axis;
+      // The sample is [rows, (middle,) columns]: the first axis or its last.
+      q.axis = b.candidates[size_t(i)].axis == 0 ? 0 : int(s.shape.size()) - 1;
       try {
         b.candidates[size_t(i)].error = sample_error(s, q, options.nonfinite, name, 1) * scale;
       } catch (const Error& err) {
