@@ -10,6 +10,7 @@ a budget"), checked from outside:
 - the same plan and the same bytes at 1 and 2 threads; the recipe recorded in
   the file's provenance reproduces it byte for byte;
 - a tensor with outliers gets more bits than its twin without;
+- a sampled tensor's estimated error is within 3 % of verify's;
 - --axis auto with an imatrix (or activations of the same mean squares) picks, per tensor, the axis of lower
   importance-weighted error, also where plain weight error would pick the
   other (both errors computed here in numpy float64 from a min-max RTN);
@@ -194,6 +195,23 @@ def main():
         print("outliers:", {n: (t["bits"], t["group_size"], round(t["bpw"], 3)) for n, t in by.items()})
         check(by["b.spiky.weight"]["bpw"] > by["a.calm.weight"]["bpw"],
               "the tensor with outliers did not get more bits")
+
+        # The estimate from a sample (a tensor past 2^20 elements) against
+        # verify's measured error of the written tensor.
+        big = (rng.standard_normal((1100, 1024)) * rng.uniform(0.2, 2.0, (1100, 1))).astype(np.float32)
+        src = os.path.join(d, "big.safetensors")
+        save_file({"big.weight": big, "small.weight": big[:64, :64].copy()}, src)
+        out = os.path.join(d, "big.qpack")
+        s = convert(qp, src, out, ["--target-bpw", "4.5"])
+        est = {t["name"]: (t["est_rel_error"], t["sampled_elements"], t["elements"]) for t in s["budget"]["tensors"]}
+        v = json.loads(run([qp, "verify", out, src, "--json", "--device", "cpu"]).stdout)
+        for t in v["tensors"]:
+            if t["name"] in est:
+                e, ns, ne = est[t["name"]]
+                got = t["metrics"]["rel_error"]
+                print(f"estimate {t['name']}: {e:.5f} from {ns} of {ne} elements, verify {got:.5f}")
+                check(abs(e - got) <= 0.03 * got, f"{t['name']}: estimate {e} vs verify {got}")
+        check(est["big.weight"][1] < est["big.weight"][2], "big.weight was not sampled")
 
         # 4. --axis auto follows the importance-weighted error.
         n = 256
