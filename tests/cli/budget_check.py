@@ -7,7 +7,8 @@ a budget"), checked from outside:
   has it, and numpy-made tensors of awkward shapes; the bits per weight are
   recomputed here from the written file's section sizes (`qpack inspect
   --json`), not taken from convert's report;
-- the same plan and the same bytes at 1 and 2 threads; the recipe recorded in
+- the same plan and the same bytes at 1 and 2 threads, and from two parts
+  merged; the recipe recorded in
   the file's provenance reproduces it byte for byte;
 - a tensor with outliers gets more bits than its twin without;
 - a sampled tensor's estimated error is within 3 % of verify's;
@@ -182,6 +183,16 @@ def main():
         check("tensors" in ins["provenance"]["recipe"], "provenance recipe lacks 'tensors'")
         convert(qp, src, o3, ["--recipe", recipe])
         check(open(o1, "rb").read() == open(o3, "rb").read(), "the provenance recipe does not reproduce the file")
+
+        # Conversion in parts: each part chooses for the whole model, so the
+        # merged parts are the single file.
+        for k in (0, 1):
+            run([qp, "convert", src, os.path.join(d, "p.qpack"), "-q", "-f", "--target-bpw", "4.5", "-j", "1",
+                 "--part", f"{k}/2"], check=True)
+        run([qp, "merge", os.path.join(d, "p-00001-of-00002.qpack"), os.path.join(d, "p-00002-of-00002.qpack"),
+             "--output", os.path.join(d, "merged.qpack"), "-q"], check=True)
+        check(open(o1, "rb").read() == open(os.path.join(d, "merged.qpack"), "rb").read(),
+              "--part 0/2 + 1/2 merged is not the single file")
 
         # 3. Outliers get more bits.
         base = rng.standard_normal((256, 256)).astype(np.float32) * 0.02
