@@ -192,8 +192,27 @@ Recipe Recipe::from_json(const nlohmann::json& j, const std::string& origin) {
         check_rule(rule, origin);
         r.rules.push_back(rule);
       }
+    } else if (it.key() == "tensors") {
+      if (!it.value().is_object()) bad(origin, "'tensors' must be an object of tensor names");
+      for (auto t = it.value().begin(); t != it.value().end(); ++t) {
+        const std::string where = "tensors['" + t.key() + "']";
+        if (!t.value().is_object()) bad(origin, where + " must be an object");
+        QuantScheme probe = r.defaults;
+        TensorRule seen;
+        read_scheme_fields(t.value(), where, &seen, nullptr);
+        if (!seen.pattern.empty() || seen.skip || seen.force || seen.symmetric ||
+            seen.scale_dtype || seen.zero_point)
+          bad(origin, where + ": takes only 'bits', 'group_size' and 'axis'");
+        if (!seen.bits || !seen.group_size || !seen.axis)
+          bad(origin, where + " needs 'bits', 'group_size' and 'axis'");
+        probe.bits = *seen.bits;
+        probe.group_size = *seen.group_size;
+        const std::string why = validate_scheme(probe);
+        if (!why.empty()) bad(origin, where + ": " + why);
+        r.tensors[t.key()] = TensorChoice{*seen.bits, *seen.group_size, *seen.axis, {}};
+      }
     } else {
-      bad(origin, "unknown key '" + it.key() + "' (known: defaults, min_dims, rules)");
+      bad(origin, "unknown key '" + it.key() + "' (known: defaults, min_dims, rules, tensors)");
     }
   }
   return r;
@@ -224,6 +243,12 @@ nlohmann::json Recipe::to_json() const {
     if (r.scale_dtype) o["scale_dtype"] = dtype_name(*r.scale_dtype);
     if (r.zero_point) o["zero_point"] = zero_point_name(*r.zero_point);
     j["rules"].push_back(o);
+  }
+  if (!tensors.empty()) {
+    nlohmann::json t = nlohmann::json::object();
+    for (const auto& [name, c] : tensors)
+      t[name] = {{"bits", c.bits}, {"group_size", c.group_size}, {"axis", c.axis}};
+    j["tensors"] = t;
   }
   return j;
 }
@@ -268,12 +293,21 @@ TensorDecision decide(const Recipe& recipe, const std::string& name, DType dtype
   } else {
     d.reason = "defaults";
   }
+  const auto chosen = recipe.tensors.find(name);
+  if (chosen != recipe.tensors.end()) {
+    d.scheme.bits = chosen->second.bits;
+    d.scheme.group_size = chosen->second.group_size;
+    d.scheme.axis = chosen->second.axis;
+    d.reason =
+        chosen->second.reason.empty() ? "recipe tensors['" + name + "']" : chosen->second.reason;
+    d.chosen = true;
+  }
   const int rank = int(shape.size());
   if (d.scheme.axis >= rank || d.scheme.axis < -rank) {
     // A default axis that this tensor does not have: keep it rather than fail
     // the whole model (the plan refuses an axis that no selected tensor has);
     // an explicit rule's axis is the user's to get right.
-    if (!rule || !rule->axis) {
+    if ((!rule || !rule->axis) && !d.chosen) {
       d.reason = "default group axis " + std::to_string(d.scheme.axis) + " does not exist in a " +
                  std::to_string(rank) + "-d tensor";
       d.default_axis_missing = true;

@@ -440,6 +440,16 @@ void HfReaderAccess::read_ct(HfQuantizedModel& m, const std::vector<CtGroup>& gr
       z.dtype({DType::I32}, "weight_zero_point");
       z.shape({ceil_div(out * b, 32), P},
               "[ceil(out * " + std::to_string(b) + " / 32), in / group size]: packed along out");
+      // The last packed row's bits past row out - 1 are padding, zero as
+      // compressed-tensors writes them: anything else is not this layout.
+      if ((out * b) % 32 != 0) {
+        const int64_t last = ceil_div(out * b, 32) - 1;
+        const uint32_t used = (1u << ((out * b) % 32)) - 1u;
+        for (int64_t p = 0; p < P; ++p)
+          if (load_word(zp->data(), uint64_t(last * P + p)) & ~used)
+            z.fail(ErrorCode::HfBadValue, "padding bits after row " + std::to_string(out - 1) +
+                                              " of column " + std::to_string(p) + " are not zero");
+      }
     }
     if (const CheckpointTensor* gi = ck.find(mod + ".weight_g_idx"))
       TensorChecker(gi).fail(ErrorCode::HfUnsupported,
@@ -719,8 +729,15 @@ void HfQuantizedModel::unpack_rows(const HfQuantTensor& t, int64_t row0, int64_t
   };
   if (format_ == HfQuantFormat::CompressedTensors) {
     const int64_t words = t.codes->info->shape[1];
+    // Each row's last word's bits past element in - 1 are padding, zero as
+    // compressed-tensors writes them.
+    const uint32_t used = (in * b) % 32 ? (1u << ((in * b) % 32)) - 1u : ~0u;
     for (int64_t r = 0; r < rows; ++r) {
       const uint8_t* src = cw + uint64_t(row0 + r) * uint64_t(words) * 4;
+      if (load_word(src, uint64_t(words - 1)) & ~used)
+        throw Error(ErrorCode::HfBadValue, t.codes->file->path(), t.codes->name(),
+                    "row " + std::to_string(row0 + r) + ": padding bits after element " +
+                        std::to_string(in - 1) + " are not zero");
       if (aligned) {
         std::memcpy(codes + uint64_t(r) * row_bytes, src, size_t(row_bytes));
       } else {

@@ -177,5 +177,28 @@ TEST_F(HfExport, RefusesBadSources) {
   EXPECT_EQ(again.exit_code, 5) << again.output;
 }
 
+// A full disk (RLIMIT_FSIZE: the kernel refuses the write as it would with
+// ENOSPC) while the writer thread writes a block queued earlier: exit 5, the
+// error names the folder and the output tensor being written (never the
+// source Linear being quantized at that moment), and no folder is left.
+TEST_F(HfExport, FullDiskNamesTheOutputTensorAndLeavesNothing) {
+  for (const char* fmt : {"gptq", "compressed-tensors"}) {
+    SCOPED_TRACE(fmt);
+    const auto before = entries(dir_.path());
+    const std::string out = dir_.file("full");
+    const auto r = test::run_command("ulimit -f 200; '" + std::string(QPACK_CLI) + "' convert " +
+                                     q(model_) + " " + q(out) + " --format " + fmt + " -q");
+    EXPECT_EQ(r.exit_code, 5) << r.output;
+    EXPECT_NE(r.output.find(out), std::string::npos) << r.output;
+    const size_t at = r.output.find("tensor '");
+    ASSERT_NE(at, std::string::npos) << r.output;
+    const std::string named = r.output.substr(at + 8, r.output.find('\'', at + 8) - at - 8);
+    const bool source_linear =
+        named.size() > 12 && named.compare(named.size() - 12, 12, "_proj.weight") == 0;
+    EXPECT_FALSE(source_linear) << "names the source Linear " << named << ": " << r.output;
+    EXPECT_EQ(entries(dir_.path()), before) << r.output;
+  }
+}
+
 }  // namespace
 }  // namespace qpack

@@ -304,6 +304,41 @@ TEST_F(VerifyCli, SelfCheckFlagsANonFiniteScale) {
   EXPECT_EQ(j["gate"]["failures"][0]["metric"], "nonfinite_params");
 }
 
+// An integer zero-point that is not a whole code (3.5; 16 at 4 bits; -1),
+// checksums intact: counted, flagged and failing the gate; the untouched
+// groups' whole codes are not.
+TEST_F(VerifyCli, SelfCheckFlagsIntegerZeroPointsThatAreNotCodes) {
+  const vtest::HostTensor& t = tensors_[2];
+  QuantScheme s;
+  s.zero_point = ZeroPoint::Integer;
+  vtest::Quantized qz = vtest::quantize(t, s);
+  ASSERT_EQ(qz.scheme.scale_dtype, DType::F16);
+  ASSERT_GE(qz.zeros.size(), 8u);
+  const std::string good = dir_.file("int-zero.qpack"), bad = dir_.file("int-zero-bad.qpack");
+  for (const std::string& path : {good, bad}) {
+    if (path == bad) {
+      const uint16_t planted[3] = {0x4300, 0x4C00, 0xBC00};  // F16 3.5, 16, -1
+      for (int g = 0; g < 3; ++g) std::memcpy(&qz.zeros[size_t(2 * g)], &planted[g], 2);
+    }
+    QpackWriter w(path, {});
+    w.add_quantized(t.name, t.dtype, t.shape, qz.scheme, qz.codes.data(), qz.scales.data(),
+                    qz.zeros.data());
+    w.commit();
+  }
+  auto r = test::run_qpack("verify " + q(good) + " --device cpu --json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(nlohmann::json::parse(r.output)["tensors"][0]["params"]["invalid_zero_points"], 0);
+  r = test::run_qpack("verify " + q(bad) + " --device cpu");
+  EXPECT_EQ(r.exit_code, 10) << r.output;
+  EXPECT_NE(r.output.find("3 integer zero-points not a whole code"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("invalid zero-points 3"), std::string::npos) << r.output;
+  r = test::run_qpack("verify " + q(bad) + " --device cpu --json");
+  EXPECT_EQ(r.exit_code, 10) << r.output;
+  const auto j = nlohmann::json::parse(r.output);
+  EXPECT_EQ(j["tensors"][0]["params"]["invalid_zero_points"], 3);
+  EXPECT_EQ(j["gate"]["failures"][0]["metric"], "invalid_zero_points");
+}
+
 // Issue #12 item 21: a denormal F32 tensor quantizes into degenerate groups
 // only and reconstructs as all zeros: flagged and failing, thresholds or not.
 TEST_F(VerifyCli, AllZeroReconstructionOfADenormalTensorFails) {

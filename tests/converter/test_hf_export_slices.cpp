@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -75,7 +76,8 @@ class DeferredQuantizer : public TensorQuantizer {
 
 Outputs run(bool gptq, const std::vector<uint8_t>& src, DType dtype, int64_t out, int64_t in,
             const QuantScheme& s, uint64_t slice_bytes, int threads,
-            const std::vector<uint64_t>& sizes) {
+            const std::vector<uint64_t>& sizes, int64_t min_slice_rows = 256,
+            bool through_queue = false) {
   Outputs o;
   for (uint64_t n : sizes) {
     o.bytes.emplace_back(n, kPoison);
@@ -95,16 +97,24 @@ Outputs run(bool gptq, const std::vector<uint8_t>& src, DType dtype, int64_t out
   job.slice_bytes = slice_bytes;
   job.first_output = 0;
   job.quantizer = q.get();
+  job.min_slice_rows = min_slice_rows;
   job.write = [&o](size_t t, uint64_t off, const void* p, uint64_t n) {
     ASSERT_LT(t, o.bytes.size());
     ASSERT_LE(off + n, o.bytes[t].size()) << "tensor " << t;
     std::memcpy(o.bytes[t].data() + off, p, n);
     for (uint64_t i = 0; i < n; ++i) ++o.writes[t][off + i];
   };
+  // The exporters' writer thread, its buffers handed over whole or strided.
+  std::unique_ptr<hf_export::WriteQueue> queue;
+  if (through_queue) {
+    queue = std::make_unique<hf_export::WriteQueue>(job.write, 1ull << 20);
+    job.queue = queue.get();
+  }
   if (gptq)
     hf_export::write_gptq_linear(job);
   else
     hf_export::write_compressed_tensors_linear(job);
+  if (queue) queue->drain();
   for (size_t t = 0; t < o.writes.size(); ++t)
     for (size_t i = 0; i < o.writes[t].size(); ++i)
       if (o.writes[t][i] != 1) {
@@ -231,9 +241,19 @@ TEST(HfExportSlices, GptqColumnBlocksAndRowSlices) {
     const Outputs whole = run(true, src, DType::BF16, c.out, c.in, s, 1ull << 30, 2, sizes);
     const Outputs sliced = run(true, src, DType::BF16, c.out, c.in, s, 1, 3, sizes);
     const Outputs deferred = run(true, src, DType::BF16, c.out, c.in, s, 1, -1, sizes);
+    // Row slices of 7 rows (a partial last one), strided writes, with and
+    // without the writer thread; and single rows.
+    const uint64_t seven_rows = uint64_t(7 * c.in * 2);
+    const Outputs rows7 = run(true, src, DType::BF16, c.out, c.in, s, seven_rows, 2, sizes, 1);
+    const Outputs rows7q =
+        run(true, src, DType::BF16, c.out, c.in, s, seven_rows, -1, sizes, 1, true);
+    const Outputs rows1 = run(true, src, DType::BF16, c.out, c.in, s, 1, 1, sizes, 1, true);
     for (size_t t = 0; t < sizes.size(); ++t) {
       EXPECT_EQ(whole.bytes[t], sliced.bytes[t]) << t;
       EXPECT_EQ(whole.bytes[t], deferred.bytes[t]) << t;
+      EXPECT_EQ(whole.bytes[t], rows7.bytes[t]) << t;
+      EXPECT_EQ(whole.bytes[t], rows7q.bytes[t]) << t;
+      EXPECT_EQ(whole.bytes[t], rows1.bytes[t]) << t;
     }
     const GroupLayout L = make_layout({c.out, c.in}, s);
     std::vector<uint8_t> codes(L.codes_bytes()), scales(L.params_bytes(s.scale_dtype));

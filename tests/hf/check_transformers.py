@@ -167,6 +167,15 @@ def check_one(args, src, label, fmt, opts, ids, src_logits):
     kw = {}
     if fmt == "compressed-tensors":
         kw["quantization_config"] = transformers.CompressedTensorsConfig(dequantize=True)
+    # GPTQ: the kernel is a loading attribute. gptqmodel's automatic choice
+    # compiles Marlin at first use (about 3 minutes) or downloads CUTLASS for
+    # Machete (this machine is offline); `torch` decodes with the format's own
+    # arithmetic and is what --gptq-backend defaults to here.
+    gptq_kw = {}
+    if fmt == "gptq" and args.gptq_backend != "auto":
+        gptq_kw["quantization_config"] = transformers.GPTQConfig(bits=cfg["bits"], backend=args.gptq_backend)
+        row["gptq_backend"] = args.gptq_backend
+    kw.update(gptq_kw)
     model = load(out, args.device, dtype=torch_dtype, **kw)
     if fmt == "gptq":
         sd = gptq_decoded_weights(model)
@@ -191,7 +200,7 @@ def check_one(args, src, label, fmt, opts, ids, src_logits):
     row["weights_differing"] = bad[:5]
     del model
     # Logits: the folder as users load it vs the dequantized folder.
-    q = load(out, args.device, dtype=torch_dtype)
+    q = load(out, args.device, dtype=torch_dtype, **gptq_kw)
     ql = logits_of(q, ids, args.device)
     del q
     d = load(deq, args.device, dtype=torch_dtype)
@@ -202,7 +211,10 @@ def check_one(args, src, label, fmt, opts, ids, src_logits):
     row["top1_agreement_vs_source"] = float((dl.argmax(-1) == src_logits.argmax(-1)).float().mean())
     row["quantization_config"] = {k: cfg.get(k) for k in ("quant_method", "format", "bits", "group_size", "sym")
                                   if k in cfg}
-    ok = n_eq == n_cmp and n_cmp > 0 and row["logits_max_abs_diff_vs_dequantized"] <= 1e-3 * max(
+    # Every tensor of the dequantized folder must have been compared: a
+    # quantized module whose weight could not be decoded by name is a failure.
+    row["weights_not_found"] = sorted(set(deq_tensors) - set(sd))[:5]
+    ok = n_eq == n_cmp and n_cmp == len(deq_tensors) and n_cmp > 0 and row["logits_max_abs_diff_vs_dequantized"] <= 1e-3 * max(
         1.0, dl.abs().max().item())
     row["status"] = "ok" if ok else "FAILED"
     return row, ok
@@ -217,6 +229,8 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json")
     ap.add_argument("--only", help="comma-separated scheme labels")
+    ap.add_argument("--gptq-backend", default="torch",
+                    help="gptqmodel kernel for GPTQ folders: torch (default here), auto (what users get), marlin, ...")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, device {args.device}")

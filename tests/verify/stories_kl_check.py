@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,11 @@ SCHEMES = [
     ("4-bit g64 axis -1", ["--axis", "-1"]),
     ("4-bit g32 axis -1", ["--axis", "-1", "-g", "32"]),
     ("3-bit g64 axis 0", ["-b", "3"]),
+    ("--target-bpw 4.5 (axis 0)", ["--target-bpw", "4.5"]),
+    # 4.7323: the default's own bits per weight on this model (partial groups).
+    ("--target-bpw 4.7323", ["--target-bpw", "4.7323"]),
+    ("  + --axis auto --imatrix", ["--target-bpw", "4.7323", "--axis", "auto", "--imatrix", "IMATRIX"]),
+    ("--axis auto --imatrix", ["--axis", "auto", "--imatrix", "IMATRIX"]),
     ("8-bit g64 axis 0", ["-b", "8"]),
 ]
 
@@ -40,6 +46,36 @@ SCHEMES = [
 def log_softmax(z):
     z = z - z.max(axis=-1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def record_imatrix(ref, path):
+    """A llama.cpp legacy imatrix (docs/imatrix.md, ncall 1): each linear
+    layer's mean squared input per channel, from the reference's forward
+    pass on token sequences other than the measured ones."""
+    names = {id(v): k for k, v in ref.t.items()}
+    names[id(ref.output)] = "output.weight"
+    sums, counts = {}, {}
+    plain = ref.matmul
+
+    def recording(wt, x):
+        n = names.get(id(wt))
+        if n is not None:
+            sums[n] = sums.get(n, 0) + (np.asarray(x, dtype=np.float64) ** 2).sum(axis=0)
+            counts[n] = counts.get(n, 0) + x.shape[0]
+        return plain(wt, x)
+
+    ref.matmul = recording
+    rng = np.random.default_rng(7)
+    for _ in range(8):
+        ref.forward([1] + list(rng.integers(3, 512, 63)))
+    ref.matmul = plain
+    b = struct.pack("<i", len(sums))
+    for n in sorted(sums):
+        nb = n.encode()
+        b += struct.pack("<i", len(nb)) + nb + struct.pack("<ii", 1, len(sums[n]))
+        b += (sums[n] / counts[n]).astype("<f4").tobytes()
+    with open(path, "wb") as f:
+        f.write(b)
 
 
 def main():
@@ -63,8 +99,11 @@ def main():
                        capture_output=True)
         ref = LlamaReference.from_hf(orig)
         lp = [log_softmax(ref.forward(s)) for s in seqs]
+        imatrix = os.path.join(d, "imatrix.dat")
+        record_imatrix(ref, imatrix)
         rows = []
         for label, flags in SCHEMES:
+            flags = [imatrix if f == "IMATRIX" else f for f in flags]
             q = os.path.join(d, "m.qpack")
             subprocess.run([a.qpack, "convert", os.path.join(orig, "model.safetensors"), q, "-f", "-q"] + flags,
                            check=True, capture_output=True)

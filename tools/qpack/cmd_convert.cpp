@@ -1,14 +1,18 @@
 #include <cstdio>
+#include <optional>
 
 #include "cli_options.hpp"
 #include "commands.hpp"
 #include "device.hpp"
 #include "part_option.hpp"
 #include "progress_bar.hpp"
+#include "qpack/converter/budget.hpp"
 #include "qpack/converter/convert.hpp"
 #include "qpack/converter/export_gguf.hpp"
 #include "qpack/converter/export_hf.hpp"
+#include "qpack/format/checkpoint.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/format/imatrix.hpp"
 #include "qpack/format/io.hpp"
 #include "qpack/format/text.hpp"
 
@@ -21,6 +25,8 @@ struct ConvertArgs {
   int bits = 4;
   std::string group_size = "64";
   int axis = 0;
+  std::string axis_text = "0";  // an integer, or "auto" (the budget's choice)
+  bool axis_auto = false;
   bool symmetric = false;
   std::string scale_dtype = "f16";
   std::string zero_point = "float";
@@ -42,6 +48,14 @@ struct ConvertArgs {
   CLI::Option* zero_opt = nullptr;
   CLI::Option* method_opt = nullptr;
   CLI::Option* preset_opt = nullptr;
+  // Choices to a budget (docs/cli.md "Choices to a budget").
+  double target_bpw = 0;
+  std::string imatrix_file, activations_file;
+  CLI::Option* activations_opt = nullptr;
+  std::string objective = "total";
+  CLI::Option* objective_opt = nullptr;
+  CLI::Option* target_opt = nullptr;
+  CLI::Option* imatrix_opt = nullptr;
   bool force = false, dry_run = false, quiet = false, json = false;
   bool require_quantized = false;
   // GGUF output (docs/gguf.md "Writing GGUF").
@@ -151,7 +165,7 @@ Recipe build_recipe(const ConvertArgs& a) {
       }
     }
   }
-  if (*a.axis_opt) r.defaults.axis = a.axis;
+  if (*a.axis_opt && !a.axis_auto) r.defaults.axis = a.axis;
   if (*a.sym_opt) r.defaults.symmetric = a.symmetric;
   if (*a.zero_opt) {
     const auto zp = zero_point_from_string(a.zero_point);
@@ -449,8 +463,41 @@ int run_hf(ConvertArgs& a, HfFormat format) {
   return kExitOk;
 }
 
+// --axis N or --axis auto.
+void parse_axis(ConvertArgs& a) {
+  if (a.axis_text == "auto") {
+    a.axis_auto = true;
+    return;
+  }
+  try {
+    size_t used = 0;
+    a.axis = std::stoi(a.axis_text, &used);
+    if (used != a.axis_text.size()) throw std::invalid_argument(a.axis_text);
+  } catch (const std::exception&) {
+    throw Error(ErrorCode::InvalidArgument, "", "",
+                "--axis must be an integer or 'auto', not '" + a.axis_text + "'");
+  }
+}
+
+void print_budget(const BudgetReport& r) {
+  std::printf("budget: ");
+  if (r.target_bpw)
+    std::printf("target %.4f bpw, chosen %.4f bpw (%+.2f %%), reachable %.4f .. %.4f",
+                *r.target_bpw, r.bpw, (r.bpw / *r.target_bpw - 1) * 100, r.min_bpw, r.max_bpw);
+  else
+    std::printf("%.4f bpw", r.bpw);
+  std::printf(" over %s (%lld elements); objective %s; est. rel. error %.4f; axis %s; weights %s\n",
+              count_of(r.tensors.size(), "quantized tensor").c_str(),
+              static_cast<long long>(r.elements), budget_objective_name(r.objective),
+              r.estimated_rel_error, r.axis_auto ? "auto" : "as asked",
+              escape_for_terminal(r.weights).c_str());
+}
+
 int run_convert(ConvertArgs& a) {
+  parse_axis(a);
   const std::string format = output_format(a);
+  if (format != "qpack" && a.axis_auto)
+    throw Error(ErrorCode::InvalidArgument, "", "", "--axis auto is for .qpack output");
   if (format == "gguf") return run_gguf(a);
   if (format == "compressed-tensors") return run_hf(a, HfFormat::CompressedTensors);
   if (format == "gptq") return run_hf(a, HfFormat::Gptq);
@@ -479,14 +526,52 @@ int run_convert(ConvertArgs& a) {
     o.zstd_level = a.zstd_level;
   }
   o.require_quantized = a.require_quantized;
+  // --target-bpw / --axis auto: per-tensor choices into the recipe's
+  // `tensors`, before the plan.
+  std::optional<BudgetReport> budget;
+  if (a.target_opt->count() > 0 || a.axis_auto) {
+    BudgetOptions bo;
+    if (a.target_opt->count() > 0) bo.target_bpw = a.target_bpw;
+    bo.axis_auto = a.axis_auto;
+    if (a.objective == "relative")
+      bo.objective = BudgetObjective::Relative;
+    else if (a.objective != "total")
+      throw Error(ErrorCode::InvalidArgument, "", "",
+                  "--budget-objective must be 'relative' or 'total', not '" + a.objective + "'");
+    bo.origin = a.target_opt->count() > 0 ? "--target-bpw" : "--axis auto";
+    bo.nonfinite = o.nonfinite;
+    bo.threads = a.threads;
+    std::optional<ImportanceMatrix> im;
+    if (a.imatrix_opt->count() > 0) {
+      im = read_imatrix(a.imatrix_file);
+      bo.imatrix = &*im;
+    }
+    if (a.activations_opt->count() > 0) bo.activations_path = a.activations_file;
+    const auto ckpt = Checkpoint::open(a.source);
+    budget.emplace();
+    o.recipe = choose_to_budget(*ckpt, o.recipe, bo, &*budget);
+  } else if (a.objective_opt->count() > 0) {
+    throw Error(ErrorCode::InvalidArgument, "", "", "--budget-objective goes with --target-bpw");
+  } else if (a.imatrix_opt->count() > 0 || a.activations_opt->count() > 0) {
+    throw Error(ErrorCode::InvalidArgument, "", "",
+                std::string(a.imatrix_opt->count() > 0 ? "--imatrix" : "--activations") +
+                    " weighs the errors of --target-bpw and --axis auto; give one of them");
+  }
   if (a.dry_run) {
     const ConvertPlan plan = make_plan(a.source, o);
     if (a.json) {
-      std::printf("%s\n", plan.to_json().dump(2).c_str());
+      nlohmann::json j = plan.to_json();
+      if (budget) {
+        j["budget"] = budget->to_json();
+        for (const auto& n : budget->notes) j["warnings"].push_back(n);
+      }
+      std::printf("%s\n", j.dump(2).c_str());
     } else {
       print_plan(plan);
+      if (budget) print_budget(*budget);
     }
     print_warnings(plan.warnings);
+    if (budget) print_warnings(budget->notes);
     return kExitOk;
   }
   if (a.output.empty())
@@ -503,6 +588,10 @@ int run_convert(ConvertArgs& a) {
     nlohmann::json j = s.to_json();
     j["output"] = a.output;
     j["source"] = a.source;
+    if (budget) {
+      j["budget"] = budget->to_json();
+      for (const auto& n : budget->notes) j["warnings"].push_back(n);
+    }
     std::printf("%s\n", j.dump(2).c_str());
   } else if (!a.quiet) {
     std::printf("qpack convert: %s quantized, %zu raw -> %s\n",
@@ -519,8 +608,13 @@ int run_convert(ConvertArgs& a) {
                 format_bytes(s.bytes_quantized_out).c_str());
     std::printf("  time %.2f s   %.2f GB/s   device %s\n", s.seconds,
                 s.seconds > 0 ? double(s.bytes_in) / s.seconds / 1e9 : 0.0, s.device.c_str());
+    if (budget) {
+      std::printf("  ");
+      print_budget(*budget);
+    }
   }
   print_warnings(s.warnings);
+  if (budget) print_warnings(budget->notes);
   return kExitOk;
 }
 
@@ -578,8 +672,27 @@ Runner add_convert(CLI::App& app) {
   a->bits_opt = sub->add_option("--bits,-b", a->bits, "bits per code: 2, 3, 4 or 8 (default 4)");
   a->group_opt = sub->add_option("--group-size,-g", a->group_size,
                                  "elements per group (even, >= 8) or 'all' (default 64)");
-  a->axis_opt =
-      sub->add_option("--axis", a->axis, "grouping axis; negative counts from the end (default 0)");
+  a->axis_opt = sub->add_option("--axis", a->axis_text,
+                                "grouping axis; negative counts from the end (default 0); 'auto': "
+                                "axis 0 or -1 per tensor by the importance-weighted error (needs "
+                                "--imatrix or --activations)");
+  a->target_opt = sub->add_option("--target-bpw", a->target_bpw,
+                                  "bits, group size (and with --axis auto the axis) per tensor "
+                                  "to this many bits per weight over the quantized tensors "
+                                  "(codes + scales + zero-points), least estimated error");
+  a->imatrix_opt = sub->add_option("--imatrix", a->imatrix_file,
+                                   "llama.cpp importance matrix (imatrix.dat or GGUF) weighing "
+                                   "--target-bpw / --axis auto errors per input channel")
+                       ->check(CLI::ExistingFile);
+  a->activations_opt = sub->add_option("--activations", a->activations_file,
+                                       "sample inputs per weight (safetensors NAME -> [samples, "
+                                       "in], as verify --activations): their per-channel mean "
+                                       "square weighs --target-bpw / --axis auto errors")
+                           ->check(CLI::ExistingFile);
+  a->objective_opt = sub->add_option("--budget-objective", a->objective,
+                                     "what --target-bpw minimises: 'total' (default), the "
+                                     "model-wide squared (weighted) error, or 'relative', the sum "
+                                     "of each tensor's squared relative error");
   a->sym_opt = sub->add_flag("--symmetric,!--asymmetric", a->symmetric,
                              "symmetric absmax codes, no zero-point (default asymmetric)");
   a->zero_opt = sub->add_option("--zero-point", a->zero_point,
@@ -653,6 +766,10 @@ Runner add_convert(CLI::App& app) {
                    {"--zero-point", a->zero_opt},
                    {"--method", a->method_opt},
                    {"--preset", a->preset_opt},
+                   {"--target-bpw", a->target_opt},
+                   {"--imatrix", a->imatrix_opt},
+                   {"--budget-objective", a->objective_opt},
+                   {"--activations", a->activations_opt},
                    {"--skip", skip},
                    {"--rule", rule},
                    {"--recipe", recipe},

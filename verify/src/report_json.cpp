@@ -214,7 +214,8 @@ nlohmann::json verify_report_json(const VerifyReport& rep) {
     if (t.params_checked)
       o["params"] = {{"groups", t.groups},
                      {"degenerate_groups", t.degenerate_groups},
-                     {"nonfinite_params", t.nonfinite_params}};
+                     {"nonfinite_params", t.nonfinite_params},
+                     {"invalid_zero_points", t.invalid_zero_points}};
     else
       o["params"] = nullptr;
     o["all_zero"] = t.all_zero;
@@ -222,6 +223,7 @@ nlohmann::json verify_report_json(const VerifyReport& rep) {
     if (t.all_zero) flags.push_back("all_zero");
     if (t.degenerate_groups > 0) flags.push_back("degenerate_groups");
     if (t.nonfinite_params > 0) flags.push_back("nonfinite_params");
+    if (t.invalid_zero_points > 0) flags.push_back("invalid_zero_points");
     o["flags"] = std::move(flags);
     tensors.push_back(std::move(o));
   }

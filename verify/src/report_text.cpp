@@ -83,6 +83,8 @@ std::string describe_failure(const GateFailure& f) {
   if (f.metric == "all_zero") return "reconstructed as all zeros (--allow-zero-tensors to accept)";
   if (f.metric == "nonfinite_params")
     return count_of(uint64_t(f.value), "stored scale or zero-point") + " not finite";
+  if (f.metric == "invalid_zero_points")
+    return count_of(uint64_t(f.value), "integer zero-point") + " not a whole code";
   const bool le = f.op == "<=";
   const bool sc = f.metric != "snr_db" && f.metric != "cosine";
   const std::string v = sc ? sci(f.value) : fixed(f.value, f.metric == "cosine" ? 6 : 2);

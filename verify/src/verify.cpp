@@ -106,6 +106,10 @@ void warn_about_params(const TensorResult& r, VerifyReport& rep, const VerifyOpt
     warn(rep, opt,
          r.name + ": " + count_of(r.nonfinite_params, "stored scale or zero-point") +
              " not finite (a damaged or foreign file)");
+  if (r.invalid_zero_points > 0)
+    warn(rep, opt,
+         r.name + ": " + count_of(r.invalid_zero_points, "integer zero-point") +
+             " not a whole code in [0, 2^bits - 1] (a damaged or foreign file)");
   if (r.all_zero)
     warn(rep, opt,
          r.name + ": reconstructed as all zeros" +
@@ -232,11 +236,16 @@ TensorResult describe(const QpackTensor& t) {
 }
 
 // Counts the groups whose stored scale is zero (degenerate: they reconstruct
-// as their zero-point) and the scales and zero-points that are not finite.
+// as their zero-point), the scales and zero-points that are not finite, and
+// the integer zero-points that are not a code (a fraction, negative, or above
+// 2^bits - 1: never written by qpack, and no reader of the integer rule could
+// decode them as the file's writer meant).
 void check_params(const QpackTensor& t, const SectionBytes& scales, const SectionBytes* zeros,
                   TensorResult& r) {
   const DType sd = t.scheme.scale_dtype;
   const int64_t groups = t.layout.num_groups();
+  const bool integer_zero = has_integer_zero(t.scheme);
+  const float zmax = float(qmax_asym(t.scheme.bits));
   r.groups = uint64_t(groups);
   for (int64_t g = 0; g < groups; ++g) {
     const float s = spec::load_param(scales.data, g, sd);
@@ -244,7 +253,12 @@ void check_params(const QpackTensor& t, const SectionBytes& scales, const Sectio
       ++r.nonfinite_params;
     else if (s == 0.0f)
       ++r.degenerate_groups;
-    if (zeros && !std::isfinite(spec::load_param(zeros->data, g, sd))) ++r.nonfinite_params;
+    if (!zeros) continue;
+    const float z = spec::load_param(zeros->data, g, sd);
+    if (!std::isfinite(z))
+      ++r.nonfinite_params;
+    else if (integer_zero && !(z >= 0.0f && z <= zmax && z == std::floor(z)))
+      ++r.invalid_zero_points;
   }
   r.params_checked = true;
 }
@@ -307,6 +321,8 @@ std::string tensor_flags(const TensorResult& t) {
   if (t.degenerate_groups > 0)
     add("degenerate " + std::to_string(t.degenerate_groups) + "/" + std::to_string(t.groups));
   if (t.nonfinite_params > 0) add("non-finite params " + std::to_string(t.nonfinite_params));
+  if (t.invalid_zero_points > 0)
+    add("invalid zero-points " + std::to_string(t.invalid_zero_points));
   return out;
 }
 
@@ -322,6 +338,9 @@ void apply_gate(VerifyReport& rep) {
     // Never finite-less parameters; an all-zero reconstruction unless allowed.
     if (t.nonfinite_params > 0)
       t.gate_failures.push_back({t.name, "nonfinite_params", double(t.nonfinite_params), 0, "<="});
+    if (t.invalid_zero_points > 0)
+      t.gate_failures.push_back(
+          {t.name, "invalid_zero_points", double(t.invalid_zero_points), 0, "<="});
     if (t.all_zero && !rep.policy.allow_zero_tensors && !t.gate_ignored)
       t.gate_failures.push_back({t.name, "all_zero", 1, 0, "=="});
     rep.bound_violations += t.sums.bound_violations;

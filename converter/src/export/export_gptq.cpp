@@ -1,11 +1,12 @@
 // One Linear weight as GPTQ v1 tensors. GPTQ stores [in, out] (packed along
-// in), so the weight is processed in blocks whose transposes are contiguous
-// in the output: with groups, all rows by a slice of columns holding whole
-// groups (each [out, kw] block is gathered from the source, quantized along
-// axis -1, whose groups are then the whole tensor's, and becomes kw/(32/b)
-// whole qweight rows and kw/G whole scales rows); with one group per row
-// (group_size -1), slices of whole rows, each becoming a column range of
-// every qweight row.
+// in), the transpose of the source's [out, in]. The weight is quantized in
+// slices of whole rows, contiguous in the source (no gather): each slice's
+// codes and scales, transposed, are a column range of every qweight and
+// scales row, written as strided runs. Only when a slice budget holds too few
+// rows for runs of a useful length (a very wide weight, a small budget) is it
+// processed in blocks of all rows by a slice of columns holding whole groups,
+// each gathered from the source, which become whole qweight and scales rows.
+// Either way the bytes are the same: the groups lie along `in` in both.
 #include <algorithm>
 #include <vector>
 
@@ -28,14 +29,15 @@ void write_gptq_linear(const LinearJob& job) {
   const size_t t_qweight = job.first_output, t_qzeros = t_qweight + 1;
   const size_t t_scales = t_qweight + 2, t_gidx = t_qweight + 3;
 
-  // Block shape: [nr rows, kw columns].
-  int64_t nr = job.out, kw = job.in;
-  if (s.group_size > 0) {
+  // Block shape: [nr rows, kw columns]. Row slices unless they would be
+  // shorter than job.min_slice_rows rows (qweight runs of 4 bytes a row).
+  int64_t nr = int64_t(job.slice_bytes / std::max<uint64_t>(uint64_t(job.in) * esize, 1));
+  nr = std::min<int64_t>(std::max<int64_t>(nr, 1), job.out);
+  int64_t kw = job.in;
+  if (s.group_size > 0 && nr < std::min<int64_t>(job.min_slice_rows, job.out)) {
+    nr = job.out;
     kw = int64_t(job.slice_bytes / std::max<uint64_t>(out * esize, 1)) / G * G;
     kw = std::min(std::max(kw, G), job.in);
-  } else {
-    nr = int64_t(job.slice_bytes / std::max<uint64_t>(uint64_t(job.in) * esize, 1));
-    nr = std::min<int64_t>(std::max<int64_t>(nr, 1), job.out);
   }
   std::vector<Block> blocks;
   for (int64_t r0 = 0; r0 < job.out; r0 += nr)
@@ -54,12 +56,10 @@ void write_gptq_linear(const LinearJob& job) {
       write_buffer(job, t_qweight, qrow0 * out * 4, std::move(words));
       write_buffer(job, t_scales, grow0 * out * sb, std::move(scales_t));
     } else {  // a column range of every row
-      for (int64_t r = 0; r < qrows; ++r)
-        job.write(t_qweight, ((qrow0 + uint64_t(r)) * out + uint64_t(r0)) * 4,
-                  &words[uint64_t(r) * uint64_t(rows) * 4], uint64_t(rows) * 4);
-      for (int64_t g = 0; g < groups; ++g)
-        job.write(t_scales, ((grow0 + uint64_t(g)) * out + uint64_t(r0)) * sb,
-                  &scales_t[uint64_t(g) * uint64_t(rows) * sb], uint64_t(rows) * sb);
+      write_strided_buffer(job, t_qweight, (qrow0 * out + uint64_t(r0)) * 4, out * 4,
+                           uint64_t(rows) * 4, std::move(words));
+      write_strided_buffer(job, t_scales, (grow0 * out + uint64_t(r0)) * sb, out * sb,
+                           uint64_t(rows) * sb, std::move(scales_t));
     }
     if (job.done) job.done(uint64_t(rows) * uint64_t(cols) * esize);
   });

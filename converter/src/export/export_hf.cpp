@@ -389,10 +389,21 @@ HfExportSummary export_hf(const std::string& source, const std::string& out_dir,
   fo.generated_files = plan.generated_files;
   fo.copy_files_from = plan.copy_files_from;
   fo.exclude_files = quantization_side_files();  // GPTQ's own is a generated file
+  std::vector<std::string> output_names;
+  for (const FolderTensor& x : decl) output_names.push_back(x.name);
   ModelFolderWriter writer(out_dir, std::move(decl), fo);
-  // Declared after the writer: destroyed (its thread joined) first.
+  // Declared after the writer: destroyed (its thread joined) first. A write
+  // that fails (a full disk) is rethrown later, while another tensor is being
+  // quantized: it names the output tensor it was writing, so the context
+  // added below does not name the wrong one.
   hf_export::WriteQueue queue(
-      [&writer](size_t t, uint64_t off, const void* p, uint64_t n) { writer.write(t, off, p, n); },
+      [&writer, &output_names](size_t t, uint64_t off, const void* p, uint64_t n) {
+        try {
+          writer.write(t, off, p, n);
+        } catch (const Error& err) {
+          throw err.with_context("", output_names[t]);
+        }
+      },
       std::max<uint64_t>(options.slice_bytes, 1));
 
   uint64_t done = 0;

@@ -1,5 +1,6 @@
 // quantize_blocks (export_hf_detail.hpp): the quantizer pipeline shared by
 // the compressed-tensors and GPTQ writers.
+#include <algorithm>
 #include <cstring>
 
 #include "export_hf_detail.hpp"
@@ -47,6 +48,17 @@ void write_buffer(const LinearJob& job, size_t tensor, uint64_t offset, std::vec
     job.queue->write(tensor, offset, std::move(b));
   else
     job.write(tensor, offset, b.data(), b.size());
+}
+
+void write_strided_buffer(const LinearJob& job, size_t tensor, uint64_t offset, uint64_t stride,
+                          uint64_t run, std::vector<uint8_t>&& b) {
+  if (job.queue) {
+    job.queue->write_strided(tensor, offset, stride, run, std::move(b));
+    return;
+  }
+  for (uint64_t i = 0; i * run < b.size(); ++i)
+    job.write(tensor, offset + i * stride, &b[i * run],
+              std::min<uint64_t>(run, b.size() - i * run));
 }
 
 void quantize_blocks(const LinearJob& job, const std::vector<Block>& blocks,

@@ -24,6 +24,9 @@ struct LinearJob {
   QuantScheme scheme;  // axis -1; group 0 = one group per row
   NonFinitePolicy nonfinite = NonFinitePolicy::Error;
   uint64_t slice_bytes = 64ull << 20;
+  // GPTQ: a weight is quantized in slices of whole rows when a slice holds
+  // at least this many rows (or all of them), else in column blocks.
+  int64_t min_slice_rows = 256;
   size_t first_output = 0;  // folder index of the entry's first output tensor
   TensorQuantizer* quantizer = nullptr;
   // write(folder tensor, byte offset, data, bytes); `data` is valid only
@@ -44,6 +47,9 @@ std::vector<uint8_t> output_buffer(const LinearJob& job, uint64_t n);
 // Writes a whole buffer at `offset` of folder tensor `tensor`: through the
 // job's queue (which takes the buffer), else through `write`.
 void write_buffer(const LinearJob& job, size_t tensor, uint64_t offset, std::vector<uint8_t>&& b);
+// Writes a buffer as runs of `run` bytes, run i at `offset + i * stride`.
+void write_strided_buffer(const LinearJob& job, size_t tensor, uint64_t offset, uint64_t stride,
+                          uint64_t run, std::vector<uint8_t>&& b);
 
 // A block of the weight: rows [r0, r0 + rows) by columns [k0, k0 + cols),
 // the columns whole groups.

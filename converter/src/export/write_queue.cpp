@@ -71,6 +71,19 @@ void WriteQueue::write(size_t tensor, uint64_t offset, std::vector<uint8_t> byte
   push(std::move(t));
 }
 
+void WriteQueue::write_strided(size_t tensor, uint64_t offset, uint64_t stride, uint64_t run,
+                               std::vector<uint8_t> bytes) {
+  Task t;
+  t.tensor = tensor;
+  t.offset = offset;
+  t.bytes = bytes.size();
+  t.stride = stride;
+  t.run = std::max<uint64_t>(run, 1);
+  t.cost = std::max<uint64_t>(bytes.capacity(), 1);
+  t.owned = std::move(bytes);
+  push(std::move(t));
+}
+
 void WriteQueue::write_borrowed(size_t tensor, uint64_t offset, const void* data, uint64_t n) {
   Task t;
   t.tensor = tensor;
@@ -110,8 +123,14 @@ void WriteQueue::run() {
       if (t.then) {
         t.then();
       } else {
-        const void* p = t.owned.empty() ? t.data : t.owned.data();
-        sink_(t.tensor, t.offset, p, t.bytes);
+        const uint8_t* p = static_cast<const uint8_t*>(t.owned.empty() ? t.data : t.owned.data());
+        if (t.run == 0) {
+          sink_(t.tensor, t.offset, p, t.bytes);
+        } else {
+          for (uint64_t i = 0; i * t.run < t.bytes; ++i)
+            sink_(t.tensor, t.offset + i * t.stride, p + i * t.run,
+                  std::min(t.run, t.bytes - i * t.run));
+        }
       }
     } catch (...) {
       err = std::current_exception();

@@ -32,6 +32,11 @@ class WriteQueue {
   std::vector<uint8_t> buffer(uint64_t n);
   // Queues writing `bytes` (owned; back to the pool once written).
   void write(size_t tensor, uint64_t offset, std::vector<uint8_t> bytes);
+  // Queues writing `bytes` (owned) as runs of `run` bytes, run i at
+  // `offset + i * stride`: a column range of every row of a row-major output
+  // (GPTQ's qweight written from a slice of weight rows).
+  void write_strided(size_t tensor, uint64_t offset, uint64_t stride, uint64_t run,
+                     std::vector<uint8_t> bytes);
   // Queues writing memory the caller keeps valid until a later `then` task
   // runs or drain() returns (a mapped source tensor).
   void write_borrowed(size_t tensor, uint64_t offset, const void* data, uint64_t n);
@@ -48,7 +53,8 @@ class WriteQueue {
     std::vector<uint8_t> owned;
     const void* data = nullptr;
     uint64_t bytes = 0;
-    uint64_t cost = 0;  // memory held while queued: the buffer's capacity
+    uint64_t stride = 0, run = 0;  // strided: runs of `run` bytes, `stride` apart
+    uint64_t cost = 0;             // memory held while queued: the buffer's capacity
     std::function<void()> then;
   };
   void push(Task t);

@@ -2,6 +2,7 @@
 // rules matched by glob pattern on the tensor name (first match wins).
 #pragma once
 
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -27,10 +28,29 @@ struct TensorRule {
   std::string origin;
 };
 
+// One tensor's bits, group size and axis, chosen by name (by the budget of
+// --target-bpw / --axis auto, docs/cli.md "Choices to a budget", or written
+// by hand as a recipe's "tensors"). They replace those three fields of the
+// scheme the rules and defaults give a tensor they quantize; whether a
+// tensor is quantized, its mode, zero-point, scale dtype and method stay the
+// rules'.
+struct TensorChoice {
+  int bits = 4;
+  int64_t group_size = 64;  // 0 = the whole axis
+  int axis = 0;
+  // The plan's "why" for the tensor (not stored in the recipe's JSON);
+  // empty: "recipe tensors['NAME']".
+  std::string reason;
+};
+
 struct Recipe {
   QuantScheme defaults;  // FlexLLMGen's: 4 bits, G 64, axis 0, asymmetric, F16
   int min_dims = 2;      // tensors of fewer dimensions (norms, biases) are kept
   std::vector<TensorRule> rules;
+  // Per-tensor choices by exact name, applied after the rules (see
+  // TensorChoice). JSON: "tensors": {"NAME": {"bits": 3, "group_size": 128,
+  // "axis": -1}, ...}, written only when not empty.
+  std::map<std::string, TensorChoice> tensors;
 
   // {"defaults": {...}, "min_dims": 2, "rules": [{"match": "*embed*", "skip": true}, ...]}
   // Throws Error(InvalidArgument) naming `origin` (a file name) on any unknown
@@ -68,6 +88,7 @@ struct TensorDecision {
   // Kept only because the default group axis (scheme.axis) is not one of its
   // dimensions: the plan refuses a default axis that no selected tensor has.
   bool default_axis_missing = false;
+  bool chosen = false;  // bits, group size and axis from recipe.tensors
 };
 
 // Decides for one tensor. Quantizable = F16/BF16/F32 with >= min_dims

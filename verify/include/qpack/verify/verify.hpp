@@ -190,8 +190,10 @@ struct TensorResult {
   // block tensors: groups = the ggml blocks, nonfinite_params = the blocks
   // that decode to a non-finite value (a NaN/Inf scale or min), degenerate
   // groups not counted.
+  // invalid_zero_points: integer zero-point tensors (docs/quantization.md
+  // §5a) whose stored z is finite but not a whole code in [0, 2^bits - 1].
   bool params_checked = false;
-  uint64_t groups = 0, degenerate_groups = 0, nonfinite_params = 0;
+  uint64_t groups = 0, degenerate_groups = 0, nonfinite_params = 0, invalid_zero_points = 0;
   // Every reconstructed element is zero while the source has a non-zero
   // element (with a source), or at all (without one).
   bool all_zero = false;
