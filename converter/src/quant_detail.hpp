@@ -26,7 +26,7 @@ enum GroupResult : int { kGroupOk = 0, kGroupOverflow = 1, kGroupNonFinite = 2 }
 
 // Quantizes group (o, g, i) exactly as the spec's steps read, one element at a
 // time. `scratch` holds at least layout.group_size floats. Does not throw (it
-// runs inside OpenMP regions): returns kGroupNonFinite when the group holds a
+// runs inside the thread pool's tasks): returns kGroupNonFinite when the group holds a
 // NaN/Inf and the policy is Error, kGroupOverflow when its scale or
 // zero-point does not fit the scale dtype. The group's code bytes must be
 // zero beforehand (codes are OR-ed in).
