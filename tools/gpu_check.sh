@@ -112,7 +112,7 @@ TARGETS+=("${GGUF_TESTS[@]}")
 # The verifier's GPU test and benchmark, when that part of the tree has them.
 grep -q verify_gpu_test "$ROOT/tests/CMakeLists.txt" && TARGETS+=(verify_gpu_test)
 # The newer gpu tests: the GGUF encoder, the quantizer set (cuda:all), the methods kernel.
-for t in cuda_ggml_encoder_test quantizer_set_gpu_test cuda_quant_methods_test; do
+for t in cuda_ggml_encoder_test quantizer_set_gpu_test cuda_quant_methods_test cuda_two_level_test; do
   grep -q "$t" "$ROOT/tests/CMakeLists.txt" && TARGETS+=("$t")
 done
 grep -q qpack_bench_verify "$ROOT/tools/bench/CMakeLists.txt" && TARGETS+=(qpack_bench_verify)

@@ -44,6 +44,7 @@
 #include "qpack/format/error.hpp"
 #include "qpack/kernels/cuda_quant.hpp"
 #include "qpack/kernels/cuda_status.hpp"
+#include "qpack/kernels/two_level.hpp"
 #include "quant_detail.hpp"
 
 namespace qpack {
@@ -260,6 +261,7 @@ class CudaTensorQuantizer final : public TensorQuantizer {
   void cancel() noexcept override;
 
  private:
+  void quantize_two_level_whole(Job& job);
   struct Slot {
     cudaStream_t stream = nullptr;
     cudaEvent_t h2d_done = nullptr;               // the pinned input may be refilled
@@ -636,6 +638,13 @@ TensorQuantizer::Ticket CudaTensorQuantizer::submit(const QuantInput& in, const 
     return job->ticket;
   }
   check(cudaSetDevice(device_), "cudaSetDevice", in.name);
+  if (has_two_level(scheme)) {
+    quantize_two_level_whole(*job);
+    std::lock_guard<std::mutex> lk(m_);
+    job->first = total_;  // no chunks: an empty range where the next job starts
+    jobs_.push_back(job);
+    return job->ticket;
+  }
   job->esize = in.dtype == DType::F32 ? 4 : 2;
   job->ssize = size_t(scale_bytes(scheme.scale_dtype));
   job->chunks = plan(L, int(job->esize), int(job->ssize));
@@ -676,6 +685,43 @@ TensorQuantizer::Ticket CudaTensorQuantizer::submit(const QuantInput& in, const 
     throw;
   }
   return job->ticket;
+}
+
+// Two-level scales (quantization.md §T): the whole tensor in one piece on
+// the device (cuda::quantize_two_level; a super-block spans 8 group rows, so
+// the chunked pipeline's tiles do not apply), synchronously, in buffers of
+// its own. The flags go to the job; wait() reports them as for any job.
+void CudaTensorQuantizer::quantize_two_level_whole(Job& job) {
+  const GroupLayout& L = job.L;
+  const size_t esize = job.in.dtype == DType::F32 ? 4 : 2;
+  const size_t n = size_t(L.num_elements()) * esize,
+               pbytes = L.params_bytes(job.scheme.scale_dtype);
+  cuda::DeviceBuffer src, codes, scales, zeros, scratch, flags;
+  const std::string& name = job.in.name;
+  cuda::throw_if_failed(src.allocate(n), name);
+  cuda::throw_if_failed(codes.allocate(L.codes_bytes()), name);
+  cuda::throw_if_failed(scales.allocate(pbytes), name);
+  cuda::throw_if_failed(zeros.allocate(pbytes), name);
+  cuda::throw_if_failed(scratch.allocate(cuda::two_level_scratch_bytes(L)), name);
+  cuda::throw_if_failed(flags.allocate(sizeof(cuda::QuantFlags)), name);
+  check(cudaMemcpy(src.data(), job.in.data, n, cudaMemcpyHostToDevice), "cudaMemcpy", name);
+  cuda::throw_if_failed(cuda::reset_flags(flags.as<cuda::QuantFlags>(), nullptr), name);
+  cuda::throw_if_failed(
+      cuda::quantize_two_level(src.data(), job.in.dtype, L, job.scheme, job.policy,
+                               {codes.as<uint8_t>(), scales.as<uint8_t>(), zeros.as<uint8_t>()},
+                               scratch.as<uint8_t>(), flags.as<cuda::QuantFlags>(), nullptr),
+      name);
+  cuda::QuantFlags f{};
+  check(cudaMemcpy(&f, flags.data(), sizeof f, cudaMemcpyDeviceToHost), "cudaMemcpy", name);
+  check(cudaMemcpy(job.out.codes, codes.data(), L.codes_bytes(), cudaMemcpyDeviceToHost),
+        "cudaMemcpy", name);
+  check(cudaMemcpy(job.out.scales, scales.data(), pbytes, cudaMemcpyDeviceToHost), "cudaMemcpy",
+        name);
+  check(cudaMemcpy(job.out.zeros, zeros.data(), pbytes, cudaMemcpyDeviceToHost), "cudaMemcpy",
+        name);
+  job.first_nonfinite = f.first_nonfinite;
+  job.first_overflow = f.first_overflow_group;
+  job.complete = true;
 }
 
 void CudaTensorQuantizer::wait(Ticket ticket) {

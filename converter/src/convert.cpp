@@ -77,6 +77,7 @@ nlohmann::json plan_tensors_json(const std::vector<PlanEntry>& plan) {
           {"zero_point", p.scheme.symmetric ? nlohmann::json(nullptr)
                                             : nlohmann::json(zero_point_name(p.scheme.zero_point))},
           {"method", method_name(p.scheme.method)},
+          {"scales", has_two_level(p.scheme) ? "two-level" : "one-level"},
           {"scale_dtype", scheme_json_name(p.scheme)}};
     t.push_back(e);
   }
@@ -155,6 +156,12 @@ ConvertPlan plan_for(const Checkpoint& ckpt, const std::string& source,
     if (d.action == TensorAction::Quantize) {
       const bool rule_axis = rule && rule->axis;
       default_axis_used += !rule_axis;
+      // A rule can combine with the defaults into a scheme no quantizer
+      // takes (two-level or a method with symmetric codes): refused here.
+      const std::string why = validate_scheme(d.scheme);
+      if (!why.empty())
+        throw Error(ErrorCode::InvalidArgument, ckpt.path(), e.name,
+                    (rule ? rule_name(*rule) + ": " : std::string()) + why);
       GroupLayout L;
       try {
         L = make_layout(e.shape, d.scheme, e.name);

@@ -50,6 +50,7 @@
 #include "qpack/converter/quantizer.hpp"
 #include "qpack/format/error.hpp"
 #include "qpack/format/text.hpp"
+#include "qpack/format/two_level.hpp"
 #include "qpack/spec/group_params.hpp"
 #include "quant_detail.hpp"
 
@@ -356,6 +357,7 @@ void quantize_cpu(const QuantInput& in, const GroupLayout& L, const QuantScheme&
   threads = resolve_threads(threads);
   Failure f;
   if (L.num_groups() == 0) return;
+  if (has_two_level(s)) return detail::quantize_two_level(in, L, s, policy, out, threads);
   const CpuIsa isa = cpu_isa();
   const bool vector_layout = L.inner >= 32 || L.inner == 1;
   // RTN: the AVX2 kernels at the avx2 and avx512 levels. The search
@@ -387,6 +389,10 @@ void quantize_cpu(const QuantInput& in, const GroupLayout& L, const QuantScheme&
 
 void dequantize_cpu(const uint8_t* codes, const uint8_t* scales, const uint8_t* zeros,
                     const GroupLayout& L, const QuantScheme& s, float* out, int threads) {
+  if (has_two_level(s)) {  // §T4: exact per-group (S, M), then §6
+    const ExpandedParams e = expand_two_level(L, s, scales, zeros);
+    return dequantize_cpu(codes, e.scales.data(), e.zeros.data(), e.layout, e.scheme, out, threads);
+  }
   threads = resolve_threads(threads);
   const int64_t rows = L.outer * L.groups_per_axis;
   cpu::parallel_for(threads, rows, [&](int64_t r) {

@@ -34,4 +34,10 @@ int quantize_group(const QuantInput& in, const GroupLayout& layout, const QuantS
                    NonFinitePolicy policy, const QuantBuffers& out, int64_t o, int64_t g, int64_t i,
                    float* scratch);
 
+// Two-level scales (quantization.md §T, quant_two_level.cpp): the whole
+// tensor, on `threads` OpenMP threads (1 for the reference); the same bytes
+// for any count. Throws Error(NonFinite / RangeOverflow) naming the tensor.
+void quantize_two_level(const QuantInput& in, const GroupLayout& layout, const QuantScheme& scheme,
+                        NonFinitePolicy policy, const QuantBuffers& out, int threads);
+
 }  // namespace qpack::detail

@@ -10,6 +10,7 @@
 #include "cpu/thread_pool.hpp"
 #include "qpack/converter/quantize.hpp"
 #include "qpack/format/error.hpp"
+#include "qpack/format/two_level.hpp"
 #include "qpack/spec/group_methods.hpp"
 #include "qpack/spec/group_params.hpp"
 #include "quant_detail.hpp"
@@ -117,6 +118,7 @@ int quantize_group(const QuantInput& in, const GroupLayout& L, const QuantScheme
 
 void quantize_reference(const QuantInput& in, const GroupLayout& L, const QuantScheme& scheme,
                         NonFinitePolicy policy, const QuantBuffers& out) {
+  if (has_two_level(scheme)) return detail::quantize_two_level(in, L, scheme, policy, out, 1);
   if (policy == NonFinitePolicy::Error) {
     const int64_t bad = detail::find_first_nonfinite(in.data, in.dtype, L.num_elements(), 1);
     if (bad >= 0) detail::throw_nonfinite(in, L, bad);
@@ -134,6 +136,10 @@ void quantize_reference(const QuantInput& in, const GroupLayout& L, const QuantS
 
 void dequantize_reference(const uint8_t* codes, const uint8_t* scales, const uint8_t* zeros,
                           const GroupLayout& L, const QuantScheme& scheme, float* out) {
+  if (has_two_level(scheme)) {  // §T4: exact per-group (S, M), then §6
+    const ExpandedParams e = expand_two_level(L, scheme, scales, zeros);
+    return dequantize_reference(codes, e.scales.data(), e.zeros.data(), e.layout, e.scheme, out);
+  }
   const DType sd = scheme.scale_dtype;
   for (int64_t o = 0; o < L.outer; ++o)
     for (int64_t g = 0; g < L.groups_per_axis; ++g)

@@ -91,9 +91,13 @@ TensorRule parse_rule(const std::string& text) {
     } else if (key == "zero" || key == "zero_point") {
       r.zero_point = zero_point_from_string(val);
       if (!r.zero_point) bad(origin, "zero point must be float or integer, got '" + val + "'");
+    } else if (key == "scales") {
+      if (val != "one-level" && val != "two-level")
+        bad(origin, "scales must be one-level or two-level, got '" + val + "'");
+      r.two_level = val == "two-level";
     } else {
       bad(origin, "unknown key '" + key +
-                      "' (known: bits, group, axis, sym, asym, scale, zero, skip, force)");
+                      "' (known: bits, group, axis, sym, asym, scale, zero, scales, skip, force)");
     }
     if (comma == rest.size()) break;
   }
@@ -164,6 +168,14 @@ Recipe Recipe::from_json(const nlohmann::json& j, const std::string& origin) {
           rule->zero_point = *zp;
         else
           scheme->zero_point = *zp;
+      } else if (k == "scales") {
+        const std::string v2 = v.is_string() ? v.get<std::string>() : "";
+        if (v2 != "one-level" && v2 != "two-level")
+          bad(origin, where + ": 'scales' must be \"one-level\" or \"two-level\"");
+        if (rule)
+          rule->two_level = v2 == "two-level";
+        else
+          scheme->super_block = v2 == "two-level" ? kSuperBlockGroups : 0;
       } else {
         bad(origin, where + ": unknown key '" + k + "'");
       }
@@ -230,6 +242,7 @@ nlohmann::json Recipe::to_json() const {
                    {"symmetric", defaults.symmetric},
                    {"zero_point", zero_point_name(defaults.zero_point)},
                    {"scale_dtype", dtype_name(defaults.scale_dtype)}};
+  if (has_two_level(defaults)) j["defaults"]["scales"] = "two-level";
   j["min_dims"] = min_dims;
   j["rules"] = nlohmann::json::array();
   for (const auto& r : rules) {
@@ -242,6 +255,7 @@ nlohmann::json Recipe::to_json() const {
     if (r.symmetric) o["symmetric"] = *r.symmetric;
     if (r.scale_dtype) o["scale_dtype"] = dtype_name(*r.scale_dtype);
     if (r.zero_point) o["zero_point"] = zero_point_name(*r.zero_point);
+    if (r.two_level) o["scales"] = *r.two_level ? "two-level" : "one-level";
     j["rules"].push_back(o);
   }
   if (!tensors.empty()) {
@@ -289,6 +303,7 @@ TensorDecision decide(const Recipe& recipe, const std::string& name, DType dtype
     if (rule->symmetric) d.scheme.symmetric = *rule->symmetric;
     if (rule->scale_dtype) d.scheme.scale_dtype = *rule->scale_dtype;
     if (rule->zero_point) d.scheme.zero_point = *rule->zero_point;
+    if (rule->two_level) d.scheme.super_block = *rule->two_level ? kSuperBlockGroups : 0;
     d.reason = "rule '" + rule->pattern + "'";
   } else {
     d.reason = "defaults";

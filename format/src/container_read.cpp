@@ -322,6 +322,28 @@ void ManifestParser::parse_quant(const json& q, const std::string& where, QpackT
     const std::string why = validate_scheme(t->scheme);
     if (!why.empty()) throw Error(ErrorCode::ManifestMismatch, file_, name, why);
   }
+  // two_level (version 3): the super-block of groups and the width of their
+  // scale and minimum codes (quantization.md §T). A 2.x file cannot hold it.
+  if (q.contains("two_level")) {
+    const json& tl = q.at("two_level");
+    if (!tl.is_object())
+      throw Error(ErrorCode::BadManifest, file_, name, "quant.two_level is not an object");
+    const uint64_t sb = r_.u64(tl, "super_block", where, name);
+    const uint64_t sub = r_.u64(tl, "sub_bits", where, name);
+    if (major < kQpackVersionMajorTwoLevel)
+      throw Error(ErrorCode::ManifestMismatch, file_, name,
+                  "two_level in a version " + std::to_string(major) + ".x file (it needs version " +
+                      std::to_string(kQpackVersionMajorTwoLevel) + ")");
+    if (sb != uint64_t(kSuperBlockGroups) || sub != uint64_t(kSubScaleBits))
+      throw Error(ErrorCode::UnsupportedScheme, file_, name,
+                  "two_level super_block " + std::to_string(sb) + ", sub_bits " +
+                      std::to_string(sub) + " (this reader knows super_block " +
+                      std::to_string(kSuperBlockGroups) + ", sub_bits " +
+                      std::to_string(kSubScaleBits) + ")");
+    t->scheme.super_block = kSuperBlockGroups;
+    const std::string why = validate_scheme(t->scheme);
+    if (!why.empty()) throw Error(ErrorCode::ManifestMismatch, file_, name, why);
+  }
   try {
     t->layout = make_layout(t->shape, t->scheme, name);
   } catch (const Error& e) {

@@ -99,6 +99,9 @@ json quantized_tensor_json(const std::string& name, DType dtype, const std::vect
   if (has_integer_zero(rs)) quant["zero_point"] = "integer";
   // Absent means RTN: such files stay byte for byte what 1.0 wrote.
   if (rs.method != QuantMethod::Rtn) quant["method"] = method_name(rs.method);
+  // Two-level scales (version 3): the super-block and the codes' width.
+  if (has_two_level(rs))
+    quant["two_level"] = {{"super_block", rs.super_block}, {"sub_bits", kSubScaleBits}};
   return {{"name", name},
           {"dtype", dtype_name(dtype)},
           {"shape", shape},
@@ -109,6 +112,9 @@ json quantized_tensor_json(const std::string& name, DType dtype, const std::vect
 
 // The major version a file of these tensors needs (container.hpp).
 uint16_t major_version_for(const json& tensors) {
+  for (const json& t : tensors)
+    if (t.contains("quant") && t.at("quant").contains("two_level"))
+      return kQpackVersionMajorTwoLevel;
   for (const json& t : tensors)
     if (t.contains("quant") && t.at("quant").contains("zero_point"))
       return kQpackVersionMajorIntegerZero;

@@ -13,6 +13,7 @@ std::string scheme_label(const QuantScheme& s) {
   r += s.symmetric ? " sym " : (has_integer_zero(s) ? " asym-int " : " asym ");
   r += dtype_name(s.scale_dtype);
   if (s.method != QuantMethod::Rtn) r += std::string(" ") + method_name(s.method);
+  if (has_two_level(s)) r += " two-level";
   return r;
 }
 

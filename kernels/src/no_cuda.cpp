@@ -6,6 +6,7 @@
 #include "qpack/kernels/compare.hpp"
 #include "qpack/kernels/cuda_quant.hpp"
 #include "qpack/kernels/ggml_blocks.hpp"
+#include "qpack/kernels/two_level.hpp"
 
 namespace qpack {
 namespace cuda {
@@ -32,6 +33,11 @@ Status query_device(int, DeviceInfo*) { return disabled(); }
 Status reset_flags(QuantFlags*, cudaStream_t) { return disabled(); }
 Status quantize(const void*, DType, const GroupLayout&, const QuantScheme&, NonFinitePolicy,
                 const DeviceQuantOutput&, QuantFlags*, cudaStream_t, const Tile&) {
+  return disabled();
+}
+Status quantize_two_level(const void*, DType, const GroupLayout&, const QuantScheme&,
+                          NonFinitePolicy, const DeviceQuantOutput&, uint8_t*, QuantFlags*,
+                          cudaStream_t) {
   return disabled();
 }
 Status dequantize(const uint8_t*, const uint8_t*, const uint8_t*, const GroupLayout&,

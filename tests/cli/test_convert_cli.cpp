@@ -690,10 +690,18 @@ TEST_F(ConvertTest, MethodsEndToEnd) {
       }
     }
   }
-  // --preset best is --method search.
-  const std::string best = dir_.file("best.qpack");
+  // --preset best is group 32, two-level scales and the search.
+  const std::string best = dir_.file("best.qpack"), tl = dir_.file("tl.qpack");
   ASSERT_EQ(test::run_qpack("convert " + model_ + " " + best + " -q --preset best").exit_code, 0);
-  EXPECT_TRUE(files_equal(best, dir_.file("search.qpack")));
+  ASSERT_EQ(test::run_qpack("convert " + model_ + " " + tl +
+                            " -q -g 32 --scales two-level --method search")
+                .exit_code,
+            0);
+  EXPECT_TRUE(files_equal(best, tl));
+  EXPECT_EQ(test::run_qpack("convert " + model_ + " " + dir_.file("y.qpack") +
+                            " --preset best --scales one-level")
+                .exit_code,
+            2);
   const std::string out = dir_.file("x.qpack");
   EXPECT_EQ(test::run_qpack("convert " + model_ + " " + out + " --method best").exit_code, 2);
   EXPECT_EQ(

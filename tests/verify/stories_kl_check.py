@@ -34,6 +34,11 @@ SCHEMES = [
     ("4-bit g64 axis -1", ["--axis", "-1"]),
     ("4-bit g32 axis -1", ["--axis", "-1", "-g", "32"]),
     ("3-bit g64 axis 0", ["-b", "3"]),
+    ("4-bit g64 axis 0 search", ["--method", "search"]),
+    ("two-level g32 axis 0 (RTN)", ["-g", "32", "--scales", "two-level"]),
+    ("two-level g32 axis 0 search", ["-g", "32", "--scales", "two-level", "--method", "search"]),
+    ("two-level g32 axis -1 search", ["--axis", "-1", "-g", "32", "--scales", "two-level",
+                                      "--method", "search"]),
     ("--target-bpw 4.5 (axis 0)", ["--target-bpw", "4.5"]),
     # 4.7323: the default's own bits per weight on this model (partial groups).
     ("--target-bpw 4.7323", ["--target-bpw", "4.7323"]),

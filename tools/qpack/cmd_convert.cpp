@@ -31,6 +31,7 @@ struct ConvertArgs {
   std::string scale_dtype = "f16";
   std::string zero_point = "float";
   std::string method = "rtn", preset = "default";
+  std::string scales = "one-level";
   std::vector<std::string> skips, rules;
   std::string recipe_file;
   int min_dims = 2;
@@ -48,6 +49,7 @@ struct ConvertArgs {
   CLI::Option* zero_opt = nullptr;
   CLI::Option* method_opt = nullptr;
   CLI::Option* preset_opt = nullptr;
+  CLI::Option* scales_opt = nullptr;
   // Choices to a budget (docs/cli.md "Choices to a budget").
   double target_bpw = 0;
   std::string imatrix_file, activations_file;
@@ -182,16 +184,21 @@ Recipe build_recipe(const ConvertArgs& a) {
   if (*a.scale_opt) {
     r.defaults.scale_dtype = parse_float_dtype_flag("--scale-dtype", a.scale_dtype);
   }
-  // --preset best: the default scheme's bytes with the best method of
-  // docs/quantization.md §M (the search); --method names one directly.
+  // --preset best: the default scheme's bytes with the lowest error measured
+  // without calibration data: group 32 with two-level scales (§T) and the
+  // search (§M2); --method and --scales name them directly.
   if (*a.preset_opt) {
     if (a.preset != "default" && a.preset != "best")
       throw Error(ErrorCode::InvalidArgument, "", "",
                   "--preset must be 'default' or 'best', not '" + a.preset + "'");
-    if (*a.method_opt)
+    if (*a.method_opt || *a.scales_opt)
       throw Error(ErrorCode::InvalidArgument, "", "",
-                  "--preset chooses the method; give --preset or --method, not both");
-    r.defaults.method = a.preset == "best" ? QuantMethod::Search : QuantMethod::Rtn;
+                  "--preset chooses the method and the scales; give --preset or "
+                  "--method/--scales, not both");
+    const bool best = a.preset == "best";
+    r.defaults.method = best ? QuantMethod::Search : QuantMethod::Rtn;
+    r.defaults.super_block = best ? kSuperBlockGroups : 0;
+    if (best && !*a.group_opt) r.defaults.group_size = 32;
   }
   if (*a.method_opt) {
     const auto m = method_from_string(a.method);
@@ -199,6 +206,14 @@ Recipe build_recipe(const ConvertArgs& a) {
       throw Error(ErrorCode::InvalidArgument, "", "",
                   "--method must be 'rtn', 'search' or 'refit', not '" + a.method + "'");
     r.defaults.method = *m;
+  }
+  // --scales two-level: the groups' scales and minimums quantized in
+  // super-blocks (docs/quantization.md §T).
+  if (*a.scales_opt) {
+    if (a.scales != "one-level" && a.scales != "two-level")
+      throw Error(ErrorCode::InvalidArgument, "", "",
+                  "--scales must be 'one-level' or 'two-level', not '" + a.scales + "'");
+    r.defaults.super_block = a.scales == "two-level" ? kSuperBlockGroups : 0;
   }
   if (*a.min_dims_opt) {
     // As the recipe requires: a 0-d tensor has one element and nothing to group.
@@ -703,7 +718,12 @@ Runner add_convert(CLI::App& app) {
                                   "default), 'search' or 'refit' (docs/quantization.md §M)");
   a->preset_opt = sub->add_option("--preset", a->preset,
                                   "'default' (FlexLLMGen's scheme, RTN) or 'best' (the same "
-                                  "bytes, --method search)");
+                                  "bytes: -g 32 --scales two-level --method search)");
+  a->scales_opt = sub->add_option("--scales", a->scales,
+                                  "'one-level' (a scale and minimum per group in the scale "
+                                  "dtype, default) or 'two-level' (6-bit codes per group, F16 "
+                                  "per 8-group super-block: group 32 at group 64's bytes; "
+                                  "docs/quantization.md §T)");
   a->scale_opt = sub->add_option("--scale-dtype", a->scale_dtype,
                                  "scale/zero-point dtype: f16, bf16, f32, any case (default f16)");
   // One value per occurrence, repeated for more: a vector option would
@@ -766,6 +786,7 @@ Runner add_convert(CLI::App& app) {
                    {"--zero-point", a->zero_opt},
                    {"--method", a->method_opt},
                    {"--preset", a->preset_opt},
+                   {"--scales", a->scales_opt},
                    {"--target-bpw", a->target_opt},
                    {"--imatrix", a->imatrix_opt},
                    {"--budget-objective", a->objective_opt},

@@ -21,6 +21,7 @@
 #include "qpack/format/hf_quantized.hpp"
 #include "qpack/format/provenance.hpp"
 #include "qpack/format/text.hpp"
+#include "qpack/format/two_level.hpp"
 #include "qpack/spec/codes.hpp"
 #include "qpack/verify/metrics.hpp"
 #include "qpack/version.hpp"
@@ -235,6 +236,24 @@ TensorResult describe(const QpackTensor& t) {
   return r;
 }
 
+// Two-level scales (quantization.md §T4): the tensor seen as one level with
+// its exact F32 (S, M) expanded into scales and zeros, which every pass
+// below reads as it reads any tensor; other tensors are returned as they are.
+QpackTensor one_level_view(const QpackTensor& t, SectionBytes& scales, SectionBytes& zeros) {
+  if (!has_two_level(t.scheme)) return t;
+  ExpandedParams e = expand_two_level(t.layout, t.scheme, scales.data, zeros.data);
+  scales.owned = std::move(e.scales);
+  scales.data = scales.owned.data();
+  scales.size = scales.owned.size();
+  zeros.owned = std::move(e.zeros);
+  zeros.data = zeros.owned.data();
+  zeros.size = zeros.owned.size();
+  QpackTensor v = t;
+  v.scheme = e.scheme;
+  v.layout = e.layout;
+  return v;
+}
+
 // Counts the groups whose stored scale is zero (degenerate: they reconstruct
 // as their zero-point), the scales and zero-points that are not finite, and
 // the integer zero-points that are not a code (a fraction, negative, or above
@@ -426,13 +445,14 @@ VerifyReport verify(const std::string& qpack_path, const std::string& source_pat
       for (int64_t d : t.shape) r.elements *= uint64_t(d);
       if (t.quantized && !rep.source_refused) {
         const SectionBytes codes = qf->read(t, t.codes);
-        const SectionBytes scales = qf->read(t, t.scales);
+        SectionBytes scales = qf->read(t, t.scales);
         SectionBytes zeros;
         if (!t.scheme.symmetric) zeros = qf->read(t, t.zeros);
         const SectionBytes* zp = t.scheme.symmetric ? nullptr : &zeros;
-        check_params(t, scales, zp, r);
+        const QpackTensor tv = one_level_view(t, scales, zeros);
+        check_params(tv, scales, zp, r);
         r.all_zero =
-            r.elements > 0 && reconstruction_energy(t, codes, scales, zp, rep.threads) == 0.0;
+            r.elements > 0 && reconstruction_energy(tv, codes, scales, zp, rep.threads) == 0.0;
         warn_about_params(r, rep, opt);
         for (const TensorSection& ns : t.sections())
           if (ns.section->present) qf->release(*ns.section);
@@ -486,22 +506,23 @@ VerifyReport verify(const std::string& qpack_path, const std::string& source_pat
     if (r.problems.empty()) {
       if (t.quantized) {
         const SectionBytes codes = qf->read(t, t.codes);
-        const SectionBytes scales = qf->read(t, t.scales);
+        SectionBytes scales = qf->read(t, t.scales);
         SectionBytes zeros;
         if (!t.scheme.symmetric) zeros = qf->read(t, t.zeros);
+        const QpackTensor tv = one_level_view(t, scales, zeros);
         QuantTensorView v;
         v.source = st->data();
         v.source_dtype = t.dtype;
         v.codes = codes.data;
         v.scales = scales.data;
         v.zeros = t.scheme.symmetric ? nullptr : zeros.data;
-        v.layout = t.layout;
-        v.scheme = t.scheme;
+        v.layout = tv.layout;
+        v.scheme = tv.scheme;
         v.name = t.name;
         r.sums = gpu ? gpu->compute(v) : compute_error_sums_cpu(v, rep.threads);
         r.compared = true;
         if (checks) checks->measure(v, t.shape, r, rep.threads);
-        check_params(t, scales, t.scheme.symmetric ? nullptr : &zeros, r);
+        check_params(tv, scales, t.scheme.symmetric ? nullptr : &zeros, r);
         r.all_zero = r.sums.sum_sq_hat == 0.0 && r.sums.sum_sq_ref > 0.0;
         warn_about_params(r, rep, opt);
       } else {

@@ -13,6 +13,7 @@
 #include "qpack/format/io.hpp"
 #include "qpack/format/safetensors.hpp"
 #include "qpack/format/text.hpp"
+#include "qpack/format/two_level.hpp"
 #include "qpack/kernels/cuda_quant.hpp"
 
 namespace qpack {
@@ -104,12 +105,24 @@ DequantizeSummary dequantize_file(const std::string& qpack_path, const std::stri
       }
       qf->release(t.data);
     } else {
-      const GroupLayout& L = t.layout;
       const SectionBytes codes = qf->read(t, t.codes);
-      const SectionBytes scales = qf->read(t, t.scales);
+      SectionBytes scales = qf->read(t, t.scales);
       SectionBytes zeros;
       if (!t.scheme.symmetric) zeros = qf->read(t, t.zeros);
-      const int sb = scale_bytes(t.scheme.scale_dtype);
+      // Two-level scales (quantization.md §T4): decoded through their exact
+      // one-level F32 (S, M), sliced below like any tensor's.
+      GroupLayout L = t.layout;
+      QuantScheme scheme = t.scheme;
+      if (has_two_level(t.scheme)) {
+        ExpandedParams e = expand_two_level(t.layout, t.scheme, scales.data, zeros.data);
+        scales.owned = std::move(e.scales);
+        scales.data = scales.owned.data();
+        zeros.owned = std::move(e.zeros);
+        zeros.data = zeros.owned.data();
+        L = e.layout;
+        scheme = e.scheme;
+      }
+      const int sb = scale_bytes(scheme.scale_dtype);
       const DType out_dtype = declared[ti].dtype;
       // Slices of whole group rows (o, g): each is a contiguous run of the
       // output, described by a one-outer layout of its own.
@@ -133,12 +146,12 @@ DequantizeSummary dequantize_file(const std::string& qpack_path, const std::stri
           if (use_cuda) {
             // Rounds to out_dtype on the device exactly as append_floats does.
             converted.resize(size_t(n) * size_t(dtype_bytes(out_dtype)));
-            cuda::dequantize_on_device(device.index, c, s, z, sub, t.scheme, converted.data(),
+            cuda::dequantize_on_device(device.index, c, s, z, sub, scheme, converted.data(),
                                        out_dtype);
             writer.append_bytes(converted.data(), converted.size());
           } else {
             values.resize(size_t(n));
-            dequantize_cpu(c, s, z, sub, t.scheme, values.data(), threads);
+            dequantize_cpu(c, s, z, sub, scheme, values.data(), threads);
             writer.append_floats(values.data(), n);
           }
         }

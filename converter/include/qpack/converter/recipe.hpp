@@ -23,6 +23,7 @@ struct TensorRule {
   std::optional<bool> symmetric;
   std::optional<DType> scale_dtype;
   std::optional<ZeroPoint> zero_point;  // asymmetric tensors only; ignored for symmetric
+  std::optional<bool> two_level;        // scales=two-level (quantization.md §T)
   // Where the rule came from, for warnings: "--skip '*embed*'", "--rule
   // '...'", "recipe r.json rules[2]". Empty: shown as "rule 'PATTERN'".
   std::string origin;
@@ -70,7 +71,7 @@ constexpr int64_t kMinResolvedGroup = 8;
 
 // "PATTERN:key=value,key=value" with keys bits, group (or group_size), axis,
 // sym (or symmetric), asym, scale (or scale_dtype), zero (or zero_point: float
-// or integer), skip, force.
+// or integer), scales (one-level or two-level), skip, force.
 TensorRule parse_rule(const std::string& text);
 
 // f16 / F16 / fp16 / float16, bf16, f32 / fp32 / float32.

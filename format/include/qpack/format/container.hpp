@@ -29,7 +29,12 @@ constexpr std::array<uint8_t, 8> kQpackMagic = {0x89, 'Q', 'P', 'K', 0x0D, 0x0A,
 // header is laid out the same in both; this reader reads both.
 constexpr uint16_t kQpackVersionMajor = 1;
 constexpr uint16_t kQpackVersionMajorIntegerZero = 2;
-constexpr uint16_t kQpackVersionMajorMax = 2;
+// Version 3.0 is 2.0 plus quant.two_level (docs/format.md §3.1), written
+// exactly when a tensor has two-level scales: its scales and zeros sections
+// hold 6-bit codes and super-block values that a 2.x reader would read as
+// scale-dtype values (quantization.md §T5), so 2.x readers refuse the file.
+constexpr uint16_t kQpackVersionMajorTwoLevel = 3;
+constexpr uint16_t kQpackVersionMajorMax = 3;
 constexpr uint16_t kQpackVersionMinor = 0;
 // Minor version 1 adds quant.method (docs/format.md §3.1), written when a
 // tensor's parameters come from a method other than RTN: the codes decode as

@@ -29,6 +29,7 @@ struct GroupLayout {
   int64_t bytes_per_group = 1;  // ceil(group_size * bits / 8)
   int axis = 0;                 // resolved: 0 <= axis < rank
   int bits = 4;
+  int64_t super_block = 0;  // groups per super-block of two-level scales (§T); 0 = one level
 
   QPACK_HD int64_t num_elements() const { return outer * axis_len * inner; }
   QPACK_HD int64_t num_groups() const { return outer * groups_per_axis * inner; }
@@ -37,8 +38,22 @@ struct GroupLayout {
     return uint64_t(outer) * uint64_t(groups_per_axis) * uint64_t(bytes_per_group) *
            uint64_t(inner);
   }
+  // Two-level scales (§T5): super-blocks along the axis, and the bytes of
+  // the groups' 6-bit codes at the start of the scales and zeros sections
+  // (padded with zero bits to a multiple of 4 bytes).
+  QPACK_HD int64_t supers_per_axis() const {
+    return super_block > 0 ? (groups_per_axis + super_block - 1) / super_block : 0;
+  }
+  QPACK_HD int64_t num_supers() const { return outer * supers_per_axis() * inner; }
+  QPACK_HD uint64_t sub_codes_bytes() const {
+    if (super_block == 0) return 0;
+    const uint64_t b = (uint64_t(num_groups()) * uint64_t(kSubScaleBits) + 7) / 8;
+    return (b + 3) / 4 * 4;
+  }
   // Bytes of the scales section, and of the zeros section when there is one.
   QPACK_HD uint64_t params_bytes(DType scale_dtype) const {
+    if (super_block > 0)
+      return sub_codes_bytes() + uint64_t(num_supers()) * uint64_t(scale_bytes(scale_dtype));
     return uint64_t(num_groups()) * uint64_t(scale_bytes(scale_dtype));
   }
   // Elements in group number g along the axis (the last one may be partial).
@@ -107,6 +122,9 @@ inline LayoutFault GroupLayout::resolve(const std::vector<int64_t>& shape,
   g.group_size = gs;
   g.groups_per_axis = (g.axis_len + gs - 1) / gs;
   g.bytes_per_group = (gs * scheme.bits + 7) / 8;
+  if (scheme.super_block < 0)
+    return fail(LayoutFault::UnsupportedScheme, "negative super-block size");
+  g.super_block = scheme.super_block;
   *out = g;
   return LayoutFault::None;
 }

@@ -28,6 +28,12 @@ enum class ZeroPoint : uint8_t { Float, Integer };
 // Search and Refit apply to the float zero-point rule only.
 enum class QuantMethod : uint8_t { Rtn, Search, Refit };
 
+// Two-level scales (docs/quantization.md §T): groups per super-block, and the
+// width of a group's scale and minimum codes. QuantScheme::super_block is 0
+// (one level: scales and zero-points in the scale dtype) or this value.
+constexpr int kSuperBlockGroups = 8;
+constexpr int kSubScaleBits = 6;
+
 struct QuantScheme {
   int bits = 4;             // 2, 3, 4 or 8
   int64_t group_size = 64;  // elements per group along `axis`; 0 = the whole axis
@@ -36,11 +42,13 @@ struct QuantScheme {
   DType scale_dtype = DType::F16;           // F16, BF16 or F32; also the zero-point's dtype
   ZeroPoint zero_point = ZeroPoint::Float;  // asymmetric only
   QuantMethod method = QuantMethod::Rtn;
+  int super_block = 0;  // groups per super-block of two-level scales (§T); 0 = one level
 
   bool operator==(const QuantScheme& o) const {
     return bits == o.bits && group_size == o.group_size && axis == o.axis &&
            symmetric == o.symmetric && scale_dtype == o.scale_dtype &&
-           (symmetric || zero_point == o.zero_point) && method == o.method;
+           (symmetric || zero_point == o.zero_point) && method == o.method &&
+           super_block == o.super_block;
   }
 };
 
@@ -52,7 +60,13 @@ enum class NonFinitePolicy {
 
 // Methods other than RTN widen the error bound by how far an element lies
 // outside its group's stored range [M, M + Q*S] (§M4).
-QPACK_HD bool has_clipped_range(const QuantScheme& s) { return s.method != QuantMethod::Rtn; }
+// Two-level scales (§T) widen it the same way: their quantized (S, M) need
+// not cover the group's range.
+QPACK_HD bool has_clipped_range(const QuantScheme& s) {
+  return s.method != QuantMethod::Rtn || s.super_block > 0;
+}
+// True when the scheme stores two-level scales (§T).
+QPACK_HD bool has_two_level(const QuantScheme& s) { return s.super_block > 0; }
 
 // The code widths qpack stores.
 QPACK_HD bool is_valid_bits(int bits) { return bits == 2 || bits == 3 || bits == 4 || bits == 8; }
@@ -86,6 +100,19 @@ inline std::string validate_scheme(const QuantScheme& s) {
   if (s.method != QuantMethod::Rtn && (s.symmetric || s.zero_point != ZeroPoint::Float))
     return "methods search and refit need the asymmetric scheme with float zero-points "
            "(docs/quantization.md §M1); use --method rtn for symmetric or integer zero-points";
+  if (s.super_block != 0) {
+    if (s.super_block != kSuperBlockGroups)
+      return "two-level scales take super-blocks of " + std::to_string(kSuperBlockGroups) +
+             " groups (got " + std::to_string(s.super_block) + ")";
+    if (s.symmetric || s.zero_point != ZeroPoint::Float)
+      return "two-level scales need the asymmetric scheme with float zero-points "
+             "(docs/quantization.md §T1)";
+    if (s.scale_dtype == DType::F32)
+      return "two-level scales need an F16 or BF16 scale dtype (docs/quantization.md §T1: "
+             "an F32 super-scale times a 6-bit code is not exact in F32)";
+    if (s.method == QuantMethod::Refit)
+      return "two-level scales take --method rtn or search (docs/quantization.md §T2)";
+  }
   return {};
 }
 
