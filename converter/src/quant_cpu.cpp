@@ -357,8 +357,8 @@ void quantize_cpu(const QuantInput& in, const GroupLayout& L, const QuantScheme&
   threads = resolve_threads(threads);
   Failure f;
   if (L.num_groups() == 0) return;
-  if (has_two_level(s)) return detail::quantize_two_level(in, L, s, policy, out, threads);
   const CpuIsa isa = cpu_isa();
+  if (has_two_level(s)) return detail::quantize_two_level(in, L, s, policy, out, threads, isa);
   const bool vector_layout = L.inner >= 32 || L.inner == 1;
   // RTN: the AVX2 kernels at the avx2 and avx512 levels. The search
   // (§M2): its AVX-512 or AVX2 batches. The other method (refit) and the

@@ -35,9 +35,11 @@ int quantize_group(const QuantInput& in, const GroupLayout& layout, const QuantS
                    float* scratch);
 
 // Two-level scales (quantization.md §T, quant_two_level.cpp): the whole
-// tensor, on `threads` OpenMP threads (1 for the reference); the same bytes
-// for any count. Throws Error(NonFinite / RangeOverflow) naming the tensor.
+// tensor on `threads` pool threads, with the AVX2 (and AVX-512) batches
+// at those `isa` levels (the reference: 1 thread, Scalar); the same bytes for
+// any count and level. Throws Error(NonFinite / RangeOverflow) naming the
+// tensor.
 void quantize_two_level(const QuantInput& in, const GroupLayout& layout, const QuantScheme& scheme,
-                        NonFinitePolicy policy, const QuantBuffers& out, int threads);
+                        NonFinitePolicy policy, const QuantBuffers& out, int threads, CpuIsa isa);
 
 }  // namespace qpack::detail

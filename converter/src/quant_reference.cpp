@@ -118,7 +118,8 @@ int quantize_group(const QuantInput& in, const GroupLayout& L, const QuantScheme
 
 void quantize_reference(const QuantInput& in, const GroupLayout& L, const QuantScheme& scheme,
                         NonFinitePolicy policy, const QuantBuffers& out) {
-  if (has_two_level(scheme)) return detail::quantize_two_level(in, L, scheme, policy, out, 1);
+  if (has_two_level(scheme))
+    return detail::quantize_two_level(in, L, scheme, policy, out, 1, CpuIsa::Scalar);
   if (policy == NonFinitePolicy::Error) {
     const int64_t bad = detail::find_first_nonfinite(in.data, in.dtype, L.num_elements(), 1);
     if (bad >= 0) detail::throw_nonfinite(in, L, bad);

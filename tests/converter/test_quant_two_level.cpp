@@ -14,6 +14,7 @@
 #include <random>
 #include <vector>
 
+#include "cpu_isa_levels.hpp"
 #include "qpack/converter/quantize.hpp"
 #include "qpack/format/container.hpp"
 #include "qpack/format/error.hpp"
@@ -97,10 +98,20 @@ struct Case {
   DType sd, src;
 };
 const Case kCases[] = {
-    {{300, 40}, 0, 32, 4, DType::F16, DType::F32}, {{37, 520}, -1, 32, 4, DType::F16, DType::BF16},
-    {{520, 3}, 0, 32, 3, DType::BF16, DType::F16}, {{2, 3, 777}, -1, 32, 2, DType::F16, DType::F32},
-    {{64, 40}, 0, 64, 8, DType::F16, DType::F16},  {{3, 70, 5}, 1, 16, 4, DType::BF16, DType::F32},
-    {{40, 33}, 0, 0, 4, DType::F16, DType::F32},   {{256, 64}, 0, 32, 4, DType::F16, DType::F16},
+    {{300, 40}, 0, 32, 4, DType::F16, DType::F32},
+    {{37, 520}, -1, 32, 4, DType::F16, DType::BF16},
+    {{520, 3}, 0, 32, 3, DType::BF16, DType::F16},
+    {{2, 3, 777}, -1, 32, 2, DType::F16, DType::F32},
+    {{64, 40}, 0, 64, 8, DType::F16, DType::F16},
+    {{3, 70, 5}, 1, 16, 4, DType::BF16, DType::F32},
+    {{40, 33}, 0, 0, 4, DType::F16, DType::F32},
+    {{256, 64}, 0, 32, 4, DType::F16, DType::F16},
+    // The AVX2 batches: rows of whole super-blocks (inner 1) with a partial
+    // last one, and adjacent columns with a remainder, from every dtype.
+    {{16, 1024}, -1, 32, 4, DType::F16, DType::F16},
+    {{8, 2080}, -1, 64, 4, DType::BF16, DType::F16},
+    {{96, 24}, 0, 32, 3, DType::BF16, DType::BF16},
+    {{70, 17}, 0, 32, 8, DType::F16, DType::BF16},
 };
 
 class TwoLevel : public ::testing::TestWithParam<QuantMethod> {};
@@ -127,13 +138,17 @@ TEST_P(TwoLevel, CpuMatchesReferenceAndSectionsDecodeIndependently) {
 
     auto ref = make_output(c.shape, s, 0xA5);
     quantize_reference(in, ref.layout, s, NonFinitePolicy::Error, ref.buffers());
-    for (int threads : {1, 2, 3}) {
-      auto fast = make_output(c.shape, s, uint8_t(0x3C + threads));
-      quantize_cpu(in, fast.layout, s, NonFinitePolicy::Error, fast.buffers(), threads);
-      EXPECT_EQ(fast.codes, ref.codes) << threads << " threads";
-      EXPECT_EQ(fast.scales, ref.scales) << threads << " threads";
-      EXPECT_EQ(fast.zeros, ref.zeros) << threads << " threads";
-    }
+    // Every ISA level this CPU has (the scalar text, the AVX2 and AVX-512
+    // batches), each thread count.
+    for (CpuIsa isa : test::available_cpu_isas())
+      for (int threads : {1, 2, 3}) {
+        test::CpuIsaScope level(isa);
+        auto fast = make_output(c.shape, s, uint8_t(0x3C + threads));
+        quantize_cpu(in, fast.layout, s, NonFinitePolicy::Error, fast.buffers(), threads);
+        EXPECT_EQ(fast.codes, ref.codes) << cpu_isa_name(isa) << ", " << threads << " threads";
+        EXPECT_EQ(fast.scales, ref.scales) << cpu_isa_name(isa) << ", " << threads << " threads";
+        EXPECT_EQ(fast.zeros, ref.zeros) << cpu_isa_name(isa) << ", " << threads << " threads";
+      }
     const GroupLayout& L = ref.layout;
     const uint64_t off = L.sub_codes_bytes();
     ASSERT_EQ(off % 4, 0u);
@@ -246,51 +261,77 @@ TEST_P(TwoLevel, LowerErrorThanOneLevelAtTheSameBytes) {
 INSTANTIATE_TEST_SUITE_P(Methods, TwoLevel,
                          ::testing::Values(QuantMethod::Rtn, QuantMethod::Search));
 
+// On the scalar layout (4 columns) and both AVX2 batch layouts (16
+// columns; rows of 512): the same errors, naming the same element or group,
+// as the reference.
 TEST(TwoLevelErrors, NonFiniteAndOverflow) {
-  QuantScheme s;
-  s.group_size = 32;
-  s.super_block = kSuperBlockGroups;
-  std::vector<float> x(300 * 4, 0.25f);
-  for (size_t k = 0; k < x.size(); ++k) x[k] = float(k % 7) * 0.01f;
-  x[777] = NAN;
-  auto src = to_source(x, DType::F32);
-  auto q = make_output({300, 4}, s, 0x5A);
-  try {
-    quantize_cpu({src.data(), DType::F32, "w"}, q.layout, s, NonFinitePolicy::Error, q.buffers(),
-                 2);
-    FAIL() << "no error";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), ErrorCode::NonFinite);
-    EXPECT_NE(std::string(e.what()).find("777"), std::string::npos) << e.what();
-  }
-  // Zero policy: the same bytes as the tensor with a zero there.
-  auto z1 = make_output({300, 4}, s, 0x11), z2 = make_output({300, 4}, s, 0x22);
-  quantize_cpu({src.data(), DType::F32, "w"}, z1.layout, s, NonFinitePolicy::Zero, z1.buffers(), 3);
-  x[777] = 0.0f;
-  auto src0 = to_source(x, DType::F32);
-  quantize_reference({src0.data(), DType::F32, "w"}, z2.layout, s, NonFinitePolicy::Error,
-                     z2.buffers());
-  EXPECT_EQ(z1.codes, z2.codes);
-  EXPECT_EQ(z1.scales, z2.scales);
-  EXPECT_EQ(z1.zeros, z2.zeros);
-  // A super-scale beyond F16: max s / 63 > 65504.
-  x[500] = 1e8f;
-  auto big = to_source(x, DType::F32);
-  for (int threads : {1, 2}) {
-    try {
-      quantize_cpu({big.data(), DType::F32, "w"}, q.layout, s, NonFinitePolicy::Error, q.buffers(),
-                   threads);
-      FAIL() << "no error";
-    } catch (const Error& e) {
-      EXPECT_EQ(e.code(), ErrorCode::RangeOverflow) << e.what();
+  struct Shape {
+    std::vector<int64_t> shape;
+    int axis;
+  };
+  for (CpuIsa isa : test::available_cpu_isas())
+    for (const Shape& c : {Shape{{300, 4}, 0}, Shape{{300, 16}, 0}, Shape{{4, 512}, -1}}) {
+      test::CpuIsaScope level(isa);
+      SCOPED_TRACE(testing::Message()
+                   << cpu_isa_name(isa) << ", shape " << c.shape[0] << "x" << c.shape[1]);
+      QuantScheme s;
+      s.group_size = 32;
+      s.axis = c.axis;
+      s.super_block = kSuperBlockGroups;
+      std::vector<float> x(size_t(c.shape[0] * c.shape[1]), 0.25f);
+      for (size_t k = 0; k < x.size(); ++k) x[k] = float(k % 7) * 0.01f;
+      x[777] = NAN;
+      auto src = to_source(x, DType::F32);
+      auto q = make_output(c.shape, s, 0x5A);
+      try {
+        quantize_cpu({src.data(), DType::F32, "w"}, q.layout, s, NonFinitePolicy::Error,
+                     q.buffers(), 2);
+        FAIL() << "no error";
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::NonFinite);
+        EXPECT_NE(std::string(e.what()).find("777"), std::string::npos) << e.what();
+      }
+      // Zero policy: the same bytes as the tensor with a zero there.
+      auto z1 = make_output(c.shape, s, 0x11), z2 = make_output(c.shape, s, 0x22);
+      quantize_cpu({src.data(), DType::F32, "w"}, z1.layout, s, NonFinitePolicy::Zero, z1.buffers(),
+                   3);
+      x[777] = 0.0f;
+      auto src0 = to_source(x, DType::F32);
+      quantize_reference({src0.data(), DType::F32, "w"}, z2.layout, s, NonFinitePolicy::Error,
+                         z2.buffers());
+      EXPECT_EQ(z1.codes, z2.codes);
+      EXPECT_EQ(z1.scales, z2.scales);
+      EXPECT_EQ(z1.zeros, z2.zeros);
+      // A super-scale beyond F16: max s / 63 > 65504, in two super-blocks.
+      x[500] = 1e8f;
+      x[1100] = -1e8f;
+      auto big = to_source(x, DType::F32);
+      std::string want;
+      try {
+        quantize_reference({big.data(), DType::F32, "w"}, q.layout, s, NonFinitePolicy::Error,
+                           q.buffers());
+        FAIL() << "no error from the reference";
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::RangeOverflow) << e.what();
+        want = e.what();
+      }
+      for (int threads : {1, 2}) {
+        try {
+          quantize_cpu({big.data(), DType::F32, "w"}, q.layout, s, NonFinitePolicy::Error,
+                       q.buffers(), threads);
+          FAIL() << "no error";
+        } catch (const Error& e) {
+          EXPECT_EQ(e.code(), ErrorCode::RangeOverflow) << e.what();
+          EXPECT_EQ(std::string(e.what()), want);
+        }
+      }
+      // BF16 super-scales hold it.
+      QuantScheme sb = s;
+      sb.scale_dtype = DType::BF16;
+      auto qb = make_output(c.shape, sb, 0);
+      EXPECT_NO_THROW(quantize_cpu({big.data(), DType::F32, "w"}, qb.layout, sb,
+                                   NonFinitePolicy::Error, qb.buffers(), 2));
     }
-  }
-  // BF16 super-scales hold it.
-  QuantScheme sb = s;
-  sb.scale_dtype = DType::BF16;
-  auto qb = make_output({300, 4}, sb, 0);
-  EXPECT_NO_THROW(quantize_cpu({big.data(), DType::F32, "w"}, qb.layout, sb, NonFinitePolicy::Error,
-                               qb.buffers(), 2));
 }
 
 TEST(TwoLevelErrors, RefusedWhereItDoesNotApply) {

@@ -22,41 +22,7 @@
 namespace qpack::cpu {
 namespace {
 
-#define QPACK_AVX2_FMA __attribute__((target("avx2,f16c,fma")))
-
 constexpr int kSearchLanes = 16;  // groups per batch: two vectors of 8
-
-// ggml's nearest_int on 8 lanes: NaN -> 0, else the low 23 bits of
-// fl(v + 1.5 * 2^23) minus 2^22; then clamped to [0, nmax].
-QPACK_AVX2 inline __m256i search_code8(__m256 v, __m256i nmax) {
-  const __m256 t = _mm256_add_ps(v, _mm256_set1_ps(12582912.0f));
-  __m256i r =
-      _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(t), _mm256_set1_epi32(0x7fffff)),
-                       _mm256_set1_epi32(0x400000));
-  r = _mm256_and_si256(r, _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_ORD_Q)));
-  return _mm256_max_epi32(_mm256_min_epi32(r, nmax), _mm256_setzero_si256());
-}
-
-// encode_asym on 8 lanes, the clamp done in float as the spec does it
-// (t < 0 -> 0, t > Q -> Q), then converted.
-QPACK_AVX2 inline __m256 encode_asym8(__m256 x, __m256 zero, __m256 inv, __m256 q) {
-  const __m256 t = _mm256_round_ps(_mm256_mul_ps(_mm256_sub_ps(x, zero), inv),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  return _mm256_min_ps(_mm256_max_ps(t, _mm256_setzero_ps()), q);  // max: +0 for -0 and NaN
-}
-
-// Adds sum over k of (fl(fma(q_k, S, M)) - x_k)^2 in binary64 to e_lo/e_hi
-// (lanes 0-3, 4-7) for one vector of lanes: group_error's terms.
-QPACK_AVX2_FMA inline void error_terms8(__m256 x, __m256 zero, __m256 inv, __m256 scale, __m256 q,
-                                        __m256d& e_lo, __m256d& e_hi) {
-  const __m256 xh = _mm256_fmadd_ps(encode_asym8(x, zero, inv, q), scale, zero);
-  const __m256d d_lo = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(xh)),
-                                     _mm256_cvtps_pd(_mm256_castps256_ps128(x)));
-  const __m256d d_hi = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(xh, 1)),
-                                     _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)));
-  e_lo = _mm256_add_pd(e_lo, _mm256_mul_pd(d_lo, d_lo));
-  e_hi = _mm256_add_pd(e_hi, _mm256_mul_pd(d_hi, d_hi));
-}
 
 // params_asym_search for the 16 groups whose elements are xs[k * 16 + l]
 // (k < n, finite), lane l -> params[l]. ls: room for n * 16 floats (a

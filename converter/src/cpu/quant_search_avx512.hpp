@@ -51,8 +51,8 @@ QPACK_AVX512 inline void error_terms16(__m512 x, __m512 zero, __m512 inv, __m512
 }
 
 // params_asym_search for the 32 groups xs[k * 32 + l]; ls: n * 32 floats.
-QPACK_AVX512 void search_params32(const float* xs, int64_t n, int bits, DType sd, float* ls,
-                                  spec::GroupParams* params) {
+QPACK_AVX512 inline void search_params32(const float* xs, int64_t n, int bits, DType sd, float* ls,
+                                         spec::GroupParams* params) {
   constexpr int V = 2, W = kSearchLanes512;
   const int nmax = int(qmax_asym(bits));
   const __m512i vnmax = _mm512_set1_epi32(nmax);
