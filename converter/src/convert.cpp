@@ -217,6 +217,7 @@ ConvertPlan plan_for(const Checkpoint& ckpt, const std::string& source,
                             some_tensors(missing) + "): kept as they are");
   }
   for (size_t i = 0; i < recipe.rules.size(); ++i) {
+    if (recipe.rules[i].preset) continue;
     if (rule_matches[i] == 0)
       plan.warnings.push_back(rule_name(recipe.rules[i]) + " matches no tensor");
     else if (rule_decides[i] == 0)

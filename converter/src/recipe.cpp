@@ -304,7 +304,8 @@ TensorDecision decide(const Recipe& recipe, const std::string& name, DType dtype
     if (rule->scale_dtype) d.scheme.scale_dtype = *rule->scale_dtype;
     if (rule->zero_point) d.scheme.zero_point = *rule->zero_point;
     if (rule->two_level) d.scheme.super_block = *rule->two_level ? kSuperBlockGroups : 0;
-    d.reason = "rule '" + rule->pattern + "'";
+    d.reason =
+        rule->preset ? rule->origin + ", '" + rule->pattern + "'" : "rule '" + rule->pattern + "'";
   } else {
     d.reason = "defaults";
   }

@@ -34,6 +34,27 @@ bool files_equal(const std::string& a, const std::string& b) {
   return test::read_file(a) == test::read_file(b);
 }
 
+// The same tensors (names, schemes, section sizes and checksums) in two
+// .qpack files whose recipes (recorded in the provenance) are written
+// differently.
+bool same_tensors(const std::string& a, const std::string& b) {
+  const auto ia = test::run_qpack("inspect " + a + " --json");
+  const auto ib = test::run_qpack("inspect " + b + " --json");
+  if (ia.exit_code != 0 || ib.exit_code != 0) return false;
+  const auto ta = nlohmann::json::parse(ia.output)["tensors"];
+  const auto tb = nlohmann::json::parse(ib.output)["tensors"];
+  if (ta.size() != tb.size() || ta.empty()) return false;
+  for (size_t i = 0; i < ta.size(); ++i)
+    for (const char* k : {"name", "scheme", "shape"})
+      if (ta[i][k] != tb[i][k]) return false;
+  for (size_t i = 0; i < ta.size(); ++i)
+    for (const auto& [sec, v] : ta[i]["sections"].items())
+      if (v["xxh3"] != tb[i]["sections"][sec]["xxh3"] ||
+          v["size"] != tb[i]["sections"][sec]["size"])
+        return false;
+  return true;
+}
+
 // Files in `dir` other than the ones named: temporary leftovers show here.
 std::vector<std::string> stray_files(const std::string& dir,
                                      const std::vector<std::string>& expected) {
@@ -690,14 +711,29 @@ TEST_F(ConvertTest, MethodsEndToEnd) {
       }
     }
   }
-  // --preset best is group 32, two-level scales and the search.
+  // --preset best is group 32, two-level scales and the search, along the
+  // last axis except in the vocabulary tables (axis 0); with --axis, that
+  // axis everywhere.
   const std::string best = dir_.file("best.qpack"), tl = dir_.file("tl.qpack");
   ASSERT_EQ(test::run_qpack("convert " + model_ + " " + best + " -q --preset best").exit_code, 0);
   ASSERT_EQ(test::run_qpack("convert " + model_ + " " + tl +
-                            " -q -g 32 --scales two-level --method search")
+                            " -q -g 32 --scales two-level --method search --axis -1" +
+                            " --rule '*embed_tokens.weight:axis=0' --rule 'lm_head.weight:axis=0'")
+                .exit_code,
+            0);
+  EXPECT_TRUE(same_tensors(best, tl));
+  ASSERT_EQ(
+      test::run_qpack("convert " + model_ + " " + best + " -q -f --preset best --axis 0").exit_code,
+      0);
+  ASSERT_EQ(test::run_qpack("convert " + model_ + " " + tl +
+                            " -q -f -g 32 --scales two-level --method search --axis 0")
                 .exit_code,
             0);
   EXPECT_TRUE(files_equal(best, tl));
+  const auto plan = test::run_qpack("convert " + model_ + " " + best + " --preset best --dry-run");
+  EXPECT_EQ(plan.output.find("matches no tensor"), std::string::npos) << plan.output;
+  EXPECT_NE(plan.output.find("--preset best: a vocabulary table"), std::string::npos)
+      << plan.output;
   EXPECT_EQ(test::run_qpack("convert " + model_ + " " + dir_.file("y.qpack") +
                             " --preset best --scales one-level")
                 .exit_code,

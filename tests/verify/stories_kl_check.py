@@ -39,6 +39,7 @@ SCHEMES = [
     ("two-level g32 axis 0 search", ["-g", "32", "--scales", "two-level", "--method", "search"]),
     ("two-level g32 axis -1 search", ["--axis", "-1", "-g", "32", "--scales", "two-level",
                                       "--method", "search"]),
+    ("--preset best (axis -1, tables 0)", ["--preset", "best"]),
     ("--target-bpw 4.5 (axis 0)", ["--target-bpw", "4.5"]),
     # 4.7323: the default's own bits per weight on this model (partial groups).
     ("--target-bpw 4.7323", ["--target-bpw", "4.7323"]),

@@ -149,6 +149,13 @@ void print_gguf_plan(const GgufExportPlan& plan) {
               plan.pure ? ", pure" : "");
 }
 
+// The token-embedding and output-head tables ([vocab, hidden]) by their
+// names in HF checkpoints (Llama/Mistral/Qwen, GPT-2, BERT, GPT-NeoX) and
+// in GGUF files.
+constexpr const char* kVocabularyTables[] = {
+    "*embed_tokens.weight", "lm_head.weight",   "*wte.weight",       "*word_embeddings.weight",
+    "*embed_in.weight",     "embed_out.weight", "token_embd.weight", "output.weight"};
+
 Recipe build_recipe(const ConvertArgs& a) {
   Recipe r;
   if (!a.recipe_file.empty()) r = Recipe::load(a.recipe_file);
@@ -186,7 +193,12 @@ Recipe build_recipe(const ConvertArgs& a) {
   }
   // --preset best: the default scheme's bytes with the lowest error measured
   // without calibration data: group 32 with two-level scales (§T) and the
-  // search (§M2); --method and --scales name them directly.
+  // search (§M2); --method and --scales name them directly. Unless --axis
+  // is given, groups run along each matrix's input dimension (axis -1, as
+  // every inference format groups) and along the vocabulary (axis 0) in the
+  // token-embedding and output-head tables: on stories260K that halves the
+  // next-token KL of axis 0 everywhere (quantization.md §T9).
+  std::vector<TensorRule> preset_rules;
   if (*a.preset_opt) {
     if (a.preset != "default" && a.preset != "best")
       throw Error(ErrorCode::InvalidArgument, "", "",
@@ -199,6 +211,17 @@ Recipe build_recipe(const ConvertArgs& a) {
     r.defaults.method = best ? QuantMethod::Search : QuantMethod::Rtn;
     r.defaults.super_block = best ? kSuperBlockGroups : 0;
     if (best && !*a.group_opt) r.defaults.group_size = 32;
+    if (best && !*a.axis_opt) {
+      r.defaults.axis = -1;
+      for (const char* p : kVocabularyTables) {
+        TensorRule t;
+        t.pattern = p;
+        t.axis = 0;
+        t.origin = "--preset best: a vocabulary table, grouped along the vocabulary";
+        t.preset = true;
+        preset_rules.push_back(t);
+      }
+    }
   }
   if (*a.method_opt) {
     const auto m = method_from_string(a.method);
@@ -234,6 +257,8 @@ Recipe build_recipe(const ConvertArgs& a) {
   }
   for (const auto& s : a.rules) front.push_back(parse_rule(s));
   r.rules.insert(r.rules.begin(), front.begin(), front.end());
+  // The preset's rules last: any rule of the user's that matches wins.
+  r.rules.insert(r.rules.end(), preset_rules.begin(), preset_rules.end());
   return r;
 }
 
@@ -718,7 +743,8 @@ Runner add_convert(CLI::App& app) {
                                   "default), 'search' or 'refit' (docs/quantization.md §M)");
   a->preset_opt = sub->add_option("--preset", a->preset,
                                   "'default' (FlexLLMGen's scheme, RTN) or 'best' (the same "
-                                  "bytes: -g 32 --scales two-level --method search)");
+                                  "bytes: -g 32 --scales two-level --method search, axis -1 "
+                                  "but 0 for the embedding and output tables, unless --axis)");
   a->scales_opt = sub->add_option("--scales", a->scales,
                                   "'one-level' (a scale and minimum per group in the scale "
                                   "dtype, default) or 'two-level' (6-bit codes per group, F16 "

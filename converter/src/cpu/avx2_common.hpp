@@ -1,8 +1,10 @@
 // The AVX2+F16C building blocks of the CPU quantizer (quant_cpu.cpp): loads
 // and conversions, the vector form of the group-parameter and encode steps
 // of qpack/spec/group_params.hpp, code packing, and the 16-bit integer
-// statistics (Stats16). Internal to converter/src; included by
-// quant_columns_avx2.hpp and quant_rows_avx2.hpp, compiled in quant_cpu.cpp.
+// statistics (Stats16), and the steps the methods share (nearest codes,
+// the encode, the binary64 error terms). Internal to converter/src; included
+// by the cpu/quant_*_avx2.hpp kernels, compiled in quant_cpu.cpp and
+// quant_two_level.cpp.
 #pragma once
 
 #include <immintrin.h>
@@ -15,8 +17,8 @@
 #include "qpack/spec/codes.hpp"
 #include "qpack/spec/group_params.hpp"
 
-// Internal linkage, as when these lived in quant_cpu.cpp itself: this header
-// is included by that one translation unit only.
+// Internal linkage: each translation unit that includes this header gets its
+// own copy (every function is inline or a template).
 namespace qpack::cpu {
 namespace {
 

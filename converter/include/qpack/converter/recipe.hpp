@@ -27,6 +27,10 @@ struct TensorRule {
   // Where the rule came from, for warnings: "--skip '*embed*'", "--rule
   // '...'", "recipe r.json rules[2]". Empty: shown as "rule 'PATTERN'".
   std::string origin;
+  // A preset's rule (a list of names of which a model has few): neither
+  // "matches no tensor" nor "decided by an earlier rule" is worth a warning,
+  // and the plan's reason names the origin.
+  bool preset = false;
 };
 
 // One tensor's bits, group size and axis, chosen by name (by the budget of
