@@ -265,6 +265,7 @@ nlohmann::json BudgetReport::to_json() const {
     t.push_back({{"name", b.name},
                  {"elements", b.elements},
                  {"sampled_elements", b.sampled},
+                 {"reference", b.reference},
                  {"weighted", b.weighted},
                  {"bits", c.bits},
                  {"group_size", c.group_size},
@@ -278,6 +279,8 @@ nlohmann::json BudgetReport::to_json() const {
                  {"candidates", cands}});
   }
   return {{"target_bpw", target_bpw ? nlohmann::json(*target_bpw) : nlohmann::json(nullptr)},
+          {"target_error", target_error ? nlohmann::json(*target_error) : nlohmann::json(nullptr)},
+          {"reachable_min_rel_error", min_rel_error},
           {"axis_auto", axis_auto},
           {"objective", budget_objective_name(objective)},
           {"weights", weights},
@@ -300,10 +303,21 @@ Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe_in,
                 "model in two (docs/quantization.md §B)");
   if (options.target_bpw && !(std::isfinite(*options.target_bpw) && *options.target_bpw > 0))
     throw Error(ErrorCode::InvalidArgument, "", "", "--target-bpw must be a positive number");
+  if (options.target_error && !(std::isfinite(*options.target_error) && *options.target_error > 0))
+    throw Error(ErrorCode::InvalidArgument, "", "", "--target-error must be a positive number");
+  if (options.target_error && options.target_bpw)
+    throw Error(ErrorCode::InvalidArgument, "", "",
+                "--target-bpw and --target-error are two targets; give one");
+  if (options.target_error && options.objective != BudgetObjective::Total)
+    throw Error(ErrorCode::InvalidArgument, "", "",
+                "--target-error bounds the model-wide error: the objective is 'total'");
+  // Bits and group sizes are free under either target.
+  const bool budgeted = options.target_bpw || options.target_error;
   Recipe recipe = recipe_in;
   recipe.tensors.clear();
   BudgetReport rep;
   rep.target_bpw = options.target_bpw;
+  rep.target_error = options.target_error;
   rep.axis_auto = options.axis_auto;
   rep.objective = options.objective;
   rep.weights = options.imatrix ? "imatrix " + options.imatrix->path : "";
@@ -321,11 +335,11 @@ Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe_in,
     const TensorRule* rule = d.rule >= 0 ? &recipe.rules[size_t(d.rule)] : nullptr;
     std::vector<int> bits_list, axis_list;
     std::vector<int64_t> group_list;
-    if ((rule && rule->bits) || !options.target_bpw)
+    if ((rule && rule->bits) || !budgeted)
       bits_list = {d.scheme.bits};
     else
       bits_list.assign(std::begin(kBudgetBits), std::end(kBudgetBits));
-    if ((rule && rule->group_size) || !options.target_bpw)
+    if ((rule && rule->group_size) || !budgeted)
       group_list = {d.scheme.group_size};
     else
       group_list.assign(std::begin(kBudgetGroups), std::end(kBudgetGroups));
@@ -444,7 +458,91 @@ Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe_in,
   for (size_t i = 0; i < n; ++i) rep.tensors[i].gain_taken = rep.tensors[i].gain_next = kNaN;
   rep.threshold = kNaN;
 
-  if (!options.target_bpw) {
+  {
+    double least = 0;  // every tensor at its least-error candidate
+    for (const BudgetTensor& b : rep.tensors) {
+      double m = b.candidates[0].error;
+      for (const BudgetCandidate& c : b.candidates) m = std::min(m, c.error);
+      least += m;
+    }
+    rep.min_rel_error = ref_sum > 0 ? std::sqrt(least / ref_sum) : 0.0;
+  }
+
+  if (options.target_error) {
+    // The least bits to an error: the greedy of --target-bpw along the hulls
+    // (largest error cut per bit first, ties by name) until the estimated
+    // total error is within the target, then a trim: repeatedly the single
+    // change to a cheaper candidate that keeps the total within the target
+    // and saves the most bits (ties: the smaller error added, then tensor
+    // name, then candidate order), until none does.
+    const double target = *options.target_error;
+    const double limit = target * target * ref_sum;
+    if (target < rep.min_rel_error * (1 - 1e-9))
+      throw Error(ErrorCode::InvalidArgument, ckpt.path(), "",
+                  "--target-error " + fmt("%g", target) +
+                      " is below the least reachable estimated error " +
+                      fmt("%.5f", rep.min_rel_error) + " of the " +
+                      count_of(n, "quantized tensor") + " (every one at its least-error scheme)");
+    double err = 0;
+    for (const BudgetTensor& b : rep.tensors) err += b.choice().error;
+    while (err > limit) {
+      size_t best = n;
+      double best_gain = 0;
+      for (size_t i = 0; i < n; ++i) {
+        if (at[i] + 1 >= hulls[i].size()) continue;
+        const BudgetTensor& b = rep.tensors[i];
+        current = i;
+        const double g = gain(b.candidates[hulls[i][at[i]]], b.candidates[hulls[i][at[i] + 1]]);
+        if (best == n || g > best_gain ||
+            (g == best_gain && rep.tensors[i].name < rep.tensors[best].name)) {
+          best = i;
+          best_gain = g;
+        }
+      }
+      if (best == n) break;  // every hull at its end: the least error, within the target
+      BudgetTensor& b = rep.tensors[best];
+      err += b.candidates[hulls[best][at[best] + 1]].error - b.choice().error;
+      ++at[best];
+      b.chosen = hulls[best][at[best]];
+      b.gain_taken = best_gain;
+      rep.threshold = best_gain;
+    }
+    for (;;) {
+      size_t bt = n, bk = 0;
+      uint64_t saved = 0;
+      double added = 0;
+      for (size_t i = 0; i < n; ++i) {
+        const BudgetTensor& b = rep.tensors[i];
+        for (size_t k = 0; k < b.candidates.size(); ++k) {
+          const BudgetCandidate& c = b.candidates[k];
+          if (c.bytes >= b.choice().bytes) continue;
+          const double d = c.error - b.choice().error;
+          if (err + d > limit) continue;
+          const uint64_t s = b.choice().bytes - c.bytes;
+          if (bt == n || s > saved || (s == saved && d < added)) {
+            bt = i, bk = k, saved = s, added = d;
+          }
+        }
+      }
+      if (bt == n) break;
+      BudgetTensor& b = rep.tensors[bt];
+      err += added;
+      b.chosen = bk;
+      b.gain_taken = kNaN;
+      b.trimmed = true;
+    }
+    for (size_t i = 0; i < n; ++i) {
+      BudgetTensor& b = rep.tensors[i];
+      const BudgetCandidate& cur = b.choice();
+      b.gain_next = kNaN;
+      current = i;
+      for (size_t h : hulls[i])
+        if (b.candidates[h].bytes > cur.bytes && b.candidates[h].error < cur.error) {
+          b.gain_next = gain(cur, b.candidates[h]);
+          break;
+        }
+    }
+  } else if (!options.target_bpw) {
     // --axis auto alone: per tensor the candidate of least error (ladder
     // order breaks ties).
     for (size_t i = 0; i < n; ++i) {
@@ -615,14 +713,15 @@ Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe_in,
     const double rel = b.reference > 0 ? std::sqrt(c.error / b.reference) : 0.0;
     std::string why = options.origin + ": " + fmt("%.3f", c.bpw(b.elements)) +
                       " bpw, est. rel. error " + fmt("%.4f", rel);
-    if (!options.target_bpw) {
+    if (!budgeted) {
       // The other axis's error, for comparison.
       for (const BudgetCandidate& o : b.candidates)
         if (o.axis != c.axis && o.bits == c.bits && o.group_size == c.group_size)
           why += " (axis " + std::to_string(o.axis) + ": " +
                  fmt("%.4f", b.reference > 0 ? std::sqrt(o.error / b.reference) : 0.0) + ")";
     } else {
-      why += std::isfinite(b.gain_taken)
+      why += b.trimmed ? "; trimmed within the target"
+             : std::isfinite(b.gain_taken)
                  ? "; last step gained " + fmt("%.3g", b.gain_taken) + "/bit"
                  : "; cheapest";
       why += std::isfinite(b.gain_next) ? ", next " + fmt("%.3g", b.gain_next) + "/bit"

@@ -282,6 +282,43 @@ def main():
             p = run([qp, "convert", os.path.join(d, "awkward.safetensors"), "--dry-run", "--recipe", rf])
             check(p.returncode == 2 and text in p.stderr, f"recipe tensors {bad_tensors}: {p.returncode} {p.stderr!r}")
 
+        # 4b. --target-error: the estimate within the target, every single
+        # move to a cheaper candidate would break it (from the plan's own
+        # candidates and references), and verify's error near the estimate.
+        te_cases = [("llama default", os.path.join(d, "ll0"), [0.07, 0.1, 0.15])]
+        if stories and os.path.exists(stories):
+            te_cases.append(("stories260K", os.path.join(d, "stories.safetensors"), [0.05, 0.09]))
+        for label, src, targets in te_cases:
+            for te in targets:
+                plan = json.loads(run([qp, "convert", src, "--dry-run", "--json", "--target-error", str(te)],
+                                      check=True).stdout)["budget"]
+                ts = plan["tensors"]
+                ref = sum(t["reference"] for t in ts)
+                err = sum(t["est_rel_error"] ** 2 * t["reference"] for t in ts)
+                check(abs(np.sqrt(err / ref) - plan["est_rel_error"]) < 1e-9,
+                      f"{label} --target-error {te}: totals {np.sqrt(err / ref)} vs {plan['est_rel_error']}")
+                check(plan["est_rel_error"] <= te * (1 + 1e-12),
+                      f"{label} --target-error {te}: estimate {plan['est_rel_error']} above the target")
+                for t in ts:
+                    for c in t["candidates"]:
+                        if c["bytes"] >= t["bytes"]:
+                            continue
+                        e2 = err + (c["est_rel_error"] ** 2 - t["est_rel_error"] ** 2) * t["reference"]
+                        check(e2 > te * te * ref * (1 - 1e-12),
+                              f"{label} --target-error {te}: {t['name']} could take {c} within the target")
+                out = os.path.join(d, "te.qpack")
+                s = convert(qp, src, out, ["--target-error", str(te)])
+                v = json.loads(run([qp, "verify", out, src, "--device", "cpu", "--json"]).stdout)
+                got = v["model"]["metrics"]["rel_error"]
+                print(f"{label}: --target-error {te}: {s['budget']['bpw']:.4f} bpw, est. "
+                      f"{s['budget']['est_rel_error']:.5f}, verify {got:.5f}")
+                check(abs(got / s["budget"]["est_rel_error"] - 1) < 0.03,
+                      f"{label} --target-error {te}: verify {got} vs estimate {s['budget']['est_rel_error']}")
+            # A looser target never costs more bits.
+            b = [json.loads(run([qp, "convert", src, "--dry-run", "--json", "--target-error", str(te)],
+                                check=True).stdout)["budget"]["bpw"] for te in targets]
+            check(all(x >= y for x, y in zip(b, b[1:])), f"{label}: bpw not falling with the target: {b}")
+
         # 5. Refusals.
         src = os.path.join(d, "ll0")
         for flags, code, text in [
@@ -294,6 +331,11 @@ def main():
                 (["--activations", im], 2, "--target-bpw"),
                 (["--axis", "sideways"], 2, "integer or 'auto'"),
                 (["--target-bpw", "4.5", "--format", "gguf"], 2, "--target-bpw"),
+                (["--target-error", "0"], 2, "positive"),
+                (["--target-error", "1e-6"], 2, "least reachable"),
+                (["--target-error", "0.1", "--target-bpw", "4"], 2, "two targets"),
+                (["--target-error", "0.1", "--budget-objective", "relative"], 2, "'total'"),
+                (["--target-error", "0.1", "--format", "gguf"], 2, "--target-error"),
         ]:
             p = run([qp, "convert", src, "--dry-run"] + flags)
             check(p.returncode == code and text in p.stderr,

@@ -51,12 +51,13 @@ struct ConvertArgs {
   CLI::Option* preset_opt = nullptr;
   CLI::Option* scales_opt = nullptr;
   // Choices to a budget (docs/cli.md "Choices to a budget").
-  double target_bpw = 0;
+  double target_bpw = 0, target_error = 0;
   std::string imatrix_file, activations_file;
   CLI::Option* activations_opt = nullptr;
   std::string objective = "total";
   CLI::Option* objective_opt = nullptr;
   CLI::Option* target_opt = nullptr;
+  CLI::Option* target_error_opt = nullptr;
   CLI::Option* imatrix_opt = nullptr;
   bool force = false, dry_run = false, quiet = false, json = false;
   bool require_quantized = false;
@@ -524,6 +525,11 @@ void print_budget(const BudgetReport& r) {
   if (r.target_bpw)
     std::printf("target %.4f bpw, chosen %.4f bpw (%+.2f %%), reachable %.4f .. %.4f",
                 *r.target_bpw, r.bpw, (r.bpw / *r.target_bpw - 1) * 100, r.min_bpw, r.max_bpw);
+  else if (r.target_error)
+    std::printf(
+        "target est. rel. error %.4f (reachable from %.5f), chosen %.4f bpw (reachable "
+        "%.4f .. %.4f)",
+        *r.target_error, r.min_rel_error, r.bpw, r.min_bpw, r.max_bpw);
   else
     std::printf("%.4f bpw", r.bpw);
   std::printf(" over %s (%lld elements); objective %s; est. rel. error %.4f; axis %s; weights %s\n",
@@ -569,16 +575,20 @@ int run_convert(ConvertArgs& a) {
   // --target-bpw / --axis auto: per-tensor choices into the recipe's
   // `tensors`, before the plan.
   std::optional<BudgetReport> budget;
-  if (a.target_opt->count() > 0 || a.axis_auto) {
+  const bool error_target = a.target_error_opt->count() > 0;
+  if (a.target_opt->count() > 0 || error_target || a.axis_auto) {
     BudgetOptions bo;
     if (a.target_opt->count() > 0) bo.target_bpw = a.target_bpw;
+    if (error_target) bo.target_error = a.target_error;
     bo.axis_auto = a.axis_auto;
     if (a.objective == "relative")
       bo.objective = BudgetObjective::Relative;
     else if (a.objective != "total")
       throw Error(ErrorCode::InvalidArgument, "", "",
                   "--budget-objective must be 'relative' or 'total', not '" + a.objective + "'");
-    bo.origin = a.target_opt->count() > 0 ? "--target-bpw" : "--axis auto";
+    bo.origin = a.target_opt->count() > 0 ? "--target-bpw"
+                : error_target            ? "--target-error"
+                                          : "--axis auto";
     bo.nonfinite = o.nonfinite;
     bo.threads = a.threads;
     std::optional<ImportanceMatrix> im;
@@ -591,7 +601,8 @@ int run_convert(ConvertArgs& a) {
     budget.emplace();
     o.recipe = choose_to_budget(*ckpt, o.recipe, bo, &*budget);
   } else if (a.objective_opt->count() > 0) {
-    throw Error(ErrorCode::InvalidArgument, "", "", "--budget-objective goes with --target-bpw");
+    throw Error(ErrorCode::InvalidArgument, "", "",
+                "--budget-objective goes with --target-bpw or --target-error");
   } else if (a.imatrix_opt->count() > 0 || a.activations_opt->count() > 0) {
     throw Error(ErrorCode::InvalidArgument, "", "",
                 std::string(a.imatrix_opt->count() > 0 ? "--imatrix" : "--activations") +
@@ -720,6 +731,11 @@ Runner add_convert(CLI::App& app) {
                                   "bits, group size (and with --axis auto the axis) per tensor "
                                   "to this many bits per weight over the quantized tensors "
                                   "(codes + scales + zero-points), least estimated error");
+  a->target_error_opt =
+      sub->add_option("--target-error", a->target_error,
+                      "bits, group size (and with --axis auto the axis) per tensor: the fewest "
+                      "bits whose estimated model-wide relative error (verify's, weighted with "
+                      "--imatrix) is at most this");
   a->imatrix_opt = sub->add_option("--imatrix", a->imatrix_file,
                                    "llama.cpp importance matrix (imatrix.dat or GGUF) weighing "
                                    "--target-bpw / --axis auto errors per input channel")
@@ -814,6 +830,7 @@ Runner add_convert(CLI::App& app) {
                    {"--preset", a->preset_opt},
                    {"--scales", a->scales_opt},
                    {"--target-bpw", a->target_opt},
+                   {"--target-error", a->target_error_opt},
                    {"--imatrix", a->imatrix_opt},
                    {"--budget-objective", a->objective_opt},
                    {"--activations", a->activations_opt},

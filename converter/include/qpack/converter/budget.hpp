@@ -39,8 +39,12 @@ const char* budget_objective_name(BudgetObjective o);  // "relative" / "total"
 
 struct BudgetOptions {
   BudgetObjective objective = BudgetObjective::Total;
-  std::optional<double> target_bpw;  // none: only --axis auto
-  bool axis_auto = false;            // candidates on axis 0 and on the last axis
+  std::optional<double> target_bpw;  // none: --target-error, or only --axis auto
+  // Or the least bits whose estimated model-wide relative (weighted) error,
+  // sqrt(sum error / sum reference) as verify's model line measures it, is
+  // at most this (--target-error; the objective is then `total`).
+  std::optional<double> target_error;
+  bool axis_auto = false;  // candidates on axis 0 and on the last axis
   // Per-input-channel weights of the error (docs/imatrix.md); required by
   // axis_auto. Not owned.
   const ImportanceMatrix* imatrix = nullptr;
@@ -79,18 +83,21 @@ struct BudgetTensor {
   // model's mean w * x^2) of the last step taken to reach the choice, and of the next step along
   // the hull not taken; NaN where there is none.
   double gain_taken = 0, gain_next = 0;
+  bool trimmed = false;  // --target-error's trim moved it to a cheaper candidate
   std::string why;
   const BudgetCandidate& choice() const { return candidates[chosen]; }
 };
 
 struct BudgetReport {
   std::optional<double> target_bpw;
+  std::optional<double> target_error;
   bool axis_auto = false;
   BudgetObjective objective = BudgetObjective::Total;
   std::string weights;              // "none" or the imatrix path
   int64_t elements = 0;             // of the budget's tensors (those the plan quantizes)
   uint64_t bytes = 0;               // their codes + scales + zero-points as chosen
   double min_bpw = 0, max_bpw = 0;  // reachable
+  double min_rel_error = 0;         // reachable: every tensor at its least-error candidate
   double bpw = 0;                   // chosen: bytes * 8 / elements
   double threshold = 0;             // the gain per bit below which the greedy stopped (NaN: none)
   double estimated_rel_error = 0;   // sqrt(sum error / sum reference) as chosen
@@ -103,7 +110,8 @@ struct BudgetReport {
 // returns the recipe with them in `tensors` (any `tensors` it held are
 // replaced). Reads the tensors (a fixed, strided sample of each). Throws
 // Error(InvalidArgument) for a target outside the reachable range (naming
-// it), for axis_auto without an imatrix or activations; Error(ShapeMismatch) for an imatrix
+// it), for a target error below the reachable minimum, for both targets, for
+// axis_auto without an imatrix or activations; Error(ShapeMismatch) for an imatrix
 // entry of the wrong width; the quantizer's errors (NonFinite, RangeOverflow)
 // naming the tensor. Deterministic: the same choice for any thread count.
 Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe, const BudgetOptions& options,
