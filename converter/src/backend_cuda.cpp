@@ -31,6 +31,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -202,8 +203,9 @@ struct Job {
   bool pinned_source = false;
   int64_t first = 0;
   // Every chunk is done and its outputs are in the caller's buffers (or the
-  // pipeline broke: then `failure` says why).
-  bool complete = false;
+  // pipeline broke: then `failure` says why). Set by the calling thread,
+  // read by the loader (job_of).
+  std::atomic<bool> complete{false};
   std::exception_ptr failure;
   unsigned long long first_nonfinite = cuda::kNoIndex, first_overflow = cuda::kNoIndex;
   int64_t end() const { return first + int64_t(chunks.size()); }
@@ -434,7 +436,10 @@ void CudaTensorQuantizer::loader_main() {
         if (stop_) return;
         g = loaded_;
         job = job_of(g);
-        if (job->pinned_source) {  // copied straight from the source
+        // A pinned source's chunks are copied straight from it: the calling
+        // thread enqueues them without waiting for this walk, so it may
+        // have finished (and waited) their job already: none to find.
+        if (!job || job->pinned_source) {
           loaded_ = g + 1;
           cv_.notify_all();
           continue;
