@@ -269,6 +269,18 @@ nlohmann::json ConvertPlan::to_json() const {
 
 double ConvertSummary::ratio() const { return ratio_or_zero(bytes_in, bytes_out); }
 
+nlohmann::json ConvertStages::to_json() const {
+  return {{"open", open},
+          {"hash_source", hash_source},
+          {"submit", submit},
+          {"quantize_wait", quantize_wait},
+          {"write_wait", write_wait},
+          {"commit", commit},
+          {"writer_write", write},
+          {"writer_checksum", checksum},
+          {"writer_compress", compress}};
+}
+
 nlohmann::json ConvertSummary::to_json() const {
   nlohmann::json j;
   j["tensors_quantized"] = tensors_quantized;
@@ -279,6 +291,7 @@ nlohmann::json ConvertSummary::to_json() const {
   j["bytes_quantized_in"] = bytes_quantized_in;
   j["bytes_quantized_out"] = bytes_quantized_out;
   j["seconds"] = seconds;
+  j["stages"] = stages.to_json();
   j["gbps"] = seconds > 0 ? double(bytes_in) / seconds / 1e9 : 0.0;
   j["device"] = device;
   j["warnings"] = warnings;
@@ -306,8 +319,14 @@ void convert_range(const Checkpoint& ckpt, const std::vector<PlanEntry>& plan, s
   const size_t depth = size_t(std::max(1, quantizer.pipelines())) + 1;
   std::vector<BufferSet> sets(depth + 1);
   std::future<void> pending;  // the write of the previous tensor
+  using clock = std::chrono::steady_clock;
+  const auto since = [](clock::time_point t) {
+    return std::chrono::duration<double>(clock::now() - t).count();
+  };
   auto wait_pending = [&] {
+    const auto t = clock::now();
     if (pending.valid()) pending.get();
+    summary.stages.write_wait += since(t);
   };
   // Hands a tensor to the writer task once the previous write is done; the
   // task releases the tensor's source pages after writing it.
@@ -331,8 +350,10 @@ void convert_range(const Checkpoint& ckpt, const std::vector<PlanEntry>& plan, s
     in_flight.pop_front();
     const PlanEntry& e = plan[f.idx];
     const CheckpointTensor& t = ckpt.tensors()[f.idx];
+    const auto tw = clock::now();
     try {
       quantizer.wait(f.ticket);
+      summary.stages.quantize_wait += since(tw);
     } catch (const Error& err) {
       throw err.with_context(t.file->path(), e.name);
     }
@@ -366,9 +387,11 @@ void convert_range(const Checkpoint& ckpt, const std::vector<PlanEntry>& plan, s
                          e.scheme.symmetric ? nullptr : b.zeros.get(params)};
         t.file->will_need(*t.info);
         TensorQuantizer::Ticket ticket = 0;
+        const auto ts = clock::now();
         try {
           ticket =
               quantizer.submit({t.data(), e.dtype, e.name}, L, e.scheme, options.nonfinite, out);
+          summary.stages.submit += since(ts);
         } catch (const Error& err) {
           throw err.with_context(t.file->path(), e.name);
         }
@@ -489,11 +512,17 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
       throw Error(ErrorCode::OutputExists, out, "", "output already exists");
   }
 
+  const auto since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
+  summary.stages.open = since(t0);
+  const auto th = std::chrono::steady_clock::now();
   nlohmann::json provenance =
       provenance_json(*ckpt, source, options,
                       options.part_count > 0 ? SourceHashes::Placeholder : SourceHashes::Compute);
   if (options.part_count > 0)
     provenance["source_files"] = part_source_files(*ckpt, source, bounds, options.part_index);
+  summary.stages.hash_source = since(th);
   std::string set_id;
   if (sharded) {
     std::vector<std::string> names;
@@ -529,6 +558,11 @@ ConvertSummary convert_checkpoint(const std::string& source, const std::string& 
     convert_range(*ckpt, plan.tensors, piece.begin, piece.end, options, quantizer, writer, progress,
                   summary);
     writer.commit();
+    const QpackWriter::Times wt = writer.times();
+    summary.stages.write += wt.write;
+    summary.stages.checksum += wt.checksum;
+    summary.stages.compress += wt.compress;
+    summary.stages.commit += wt.commit;
     summary.bytes_out += writer.bytes_written();
     summary.files.push_back(piece.path);
   }

@@ -1,5 +1,6 @@
 // QpackWriter: sections streamed in the order of docs/format.md §6, the
 // manifest after them, the header last.
+#include <chrono>
 #include <future>
 #include <unordered_set>
 
@@ -25,6 +26,7 @@ struct QpackWriter::Impl {
   json shard;       // null: no "shard" key
   bool committed = false;
   detail::ZstdSectionEncoder zstd;
+  QpackWriter::Times times;
 
   Impl(const std::string& path, const WriterOptions& o)
       : out(path, o.overwrite), options(o), zstd(o.zstd_level) {}
@@ -158,27 +160,44 @@ Section QpackWriter::write_section(const std::string& tensor, const void* data, 
   s.raw_size = size;
   const void* stored = data;
   uint64_t stored_size = size;
+  using clock = std::chrono::steady_clock;
+  const auto since = [](clock::time_point t) {
+    return std::chrono::duration<double>(clock::now() - t).count();
+  };
   if (w.options.codec == Codec::Zstd && size > 0) {
+    const auto t = clock::now();
     uint64_t n = 0;
     if (const uint8_t* frame = w.zstd.compress(data, size, &n, w.file(), tensor)) {
       stored = frame;
       stored_size = n;
       s.codec = Codec::Zstd;
     }  // else compression does not pay: stored as is
+    w.times.compress += since(t);
   }
   s.size = stored_size;
   if (stored_size >= (uint64_t(1) << 20)) {
     // Hashing and write() each take about as long per byte as the other on
     // a large section; on two threads they overlap. (The future's
     // destructor waits for the hash if the write throws.)
-    std::future<uint64_t> sum = std::async(std::launch::async, [stored, stored_size] {
-      return checksum64(stored, size_t(stored_size));
-    });
+    std::future<std::pair<uint64_t, double>> sum =
+        std::async(std::launch::async, [stored, stored_size, since] {
+          const auto t = clock::now();
+          const uint64_t v = checksum64(stored, size_t(stored_size));
+          return std::make_pair(v, since(t));
+        });
+    const auto t = clock::now();
     w.out.write(stored, size_t(stored_size));
-    s.checksum = sum.get();
+    w.times.write += since(t);
+    const auto [v, secs] = sum.get();
+    s.checksum = v;
+    w.times.checksum += secs;
   } else {
+    auto t = clock::now();
     s.checksum = checksum64(stored, size_t(stored_size));
+    w.times.checksum += since(t);
+    t = clock::now();
     w.out.write(stored, size_t(stored_size));
+    w.times.write += since(t);
   }
   return s;
 }
@@ -299,6 +318,7 @@ void QpackWriter::commit() {
   Impl& w = *impl_;
   if (w.committed)
     throw Error(ErrorCode::InvalidArgument, w.file(), "", "writer already committed");
+  const auto t0 = std::chrono::steady_clock::now();
   json manifest = manifest_json(w.options, w.metadata, w.config, w.tensors, w.provenance);
   if (!w.shard.is_null()) manifest["shard"] = w.shard;
   std::string text;
@@ -326,7 +346,10 @@ void QpackWriter::commit() {
   w.out.pwrite_at(0, bytes, sizeof bytes);
   w.out.commit();
   w.committed = true;
+  w.times.commit += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
+
+QpackWriter::Times QpackWriter::times() const { return impl_->times; }
 
 uint64_t planned_qpack_file_size(const std::vector<PlannedQpackTensor>& tensors,
                                  const nlohmann::json& metadata, const nlohmann::json& config,

@@ -754,3 +754,28 @@ TEST_F(ConvertTest, MethodsEndToEnd) {
                 .exit_code,
             2);
 }
+
+// --profile: the stage table after the summary; --json always carries the
+// stages, the converting thread's summing to no more than the wall time.
+TEST_F(ConvertTest, ProfileAndStages) {
+  const std::string out = dir_.file("p.qpack");
+  const auto r = test::run_qpack("convert " + model_ + " " + out + " --profile");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* row : {"profile (wall", "source checksums", "quantize: submit",
+                          "wait for the writer", "commit (manifest", "writer thread", "write()"})
+    EXPECT_NE(r.output.find(row), std::string::npos) << row << "\n" << r.output;
+  const auto j = test::run_qpack("convert " + model_ + " " + out + " -f --json --profile");
+  ASSERT_EQ(j.exit_code, 0) << j.output;
+  const auto s = nlohmann::json::parse(j.output);
+  const auto& g = s.at("stages");
+  double sum = 0;
+  for (const char* k : {"open", "hash_source", "submit", "quantize_wait", "write_wait", "commit"}) {
+    ASSERT_TRUE(g.contains(k)) << k;
+    EXPECT_GE(g[k].get<double>(), 0.0) << k;
+    sum += g[k].get<double>();
+  }
+  for (const char* k : {"writer_write", "writer_checksum", "writer_compress"})
+    EXPECT_GE(g.at(k).get<double>(), 0.0) << k;
+  EXPECT_GT(g["writer_write"].get<double>(), 0.0);
+  EXPECT_LE(sum, s["seconds"].get<double>() * 1.0001 + 1e-6);
+}

@@ -59,7 +59,7 @@ struct ConvertArgs {
   CLI::Option* target_opt = nullptr;
   CLI::Option* target_error_opt = nullptr;
   CLI::Option* imatrix_opt = nullptr;
-  bool force = false, dry_run = false, quiet = false, json = false;
+  bool force = false, dry_run = false, quiet = false, json = false, profile = false;
   bool require_quantized = false;
   // GGUF output (docs/gguf.md "Writing GGUF").
   std::string format;  // "gguf", "qpack", or empty: from OUTPUT's extension
@@ -539,6 +539,30 @@ void print_budget(const BudgetReport& r) {
               escape_for_terminal(r.weights).c_str());
 }
 
+// convert --profile: the stages of ConvertStages with their share of the
+// wall time; the writer thread's beside them.
+void print_stages(const ConvertSummary& s) {
+  const ConvertStages& g = s.stages;
+  const double wall = s.seconds > 0 ? s.seconds : 1;
+  const double listed =
+      g.open + g.hash_source + g.submit + g.quantize_wait + g.write_wait + g.commit;
+  const auto row = [&](const char* what, double secs) {
+    std::printf("    %-34s %8.3f s %6.1f %%\n", what, secs, 100 * secs / wall);
+  };
+  std::printf("  profile (wall %.3f s; the converting thread's steps sum to it):\n", s.seconds);
+  row("open, plan, output checks", g.open);
+  row("source checksums (provenance)", g.hash_source);
+  row("quantize: submit", g.submit);
+  row("quantize: wait for the codes", g.quantize_wait);
+  row("wait for the writer", g.write_wait);
+  row("commit (manifest, fsync, rename)", g.commit);
+  row("other (progress, buffers, pages)", std::max(0.0, s.seconds - listed));
+  std::printf("  writer thread (beside the above):\n");
+  row("write()", g.write);
+  row("section checksums", g.checksum);
+  if (g.compress > 0) row("zstd", g.compress);
+}
+
 int run_convert(ConvertArgs& a) {
   parse_axis(a);
   const std::string format = output_format(a);
@@ -664,6 +688,7 @@ int run_convert(ConvertArgs& a) {
       print_budget(*budget);
     }
   }
+  if (a.profile && !a.json) print_stages(s);
   print_warnings(s.warnings);
   if (budget) print_warnings(budget->notes);
   return kExitOk;
@@ -793,6 +818,10 @@ Runner add_convert(CLI::App& app) {
   sub->add_flag("--force,-f,--overwrite", a->force, "replace OUTPUT if it exists");
   sub->add_flag("--dry-run,-n", a->dry_run,
                 "print what would happen to each tensor; write nothing");
+  sub->add_flag("--profile", a->profile,
+                "after the summary, where the time went: open, source hashing, quantize "
+                "(submit, wait), waiting for the writer, commit; the writer thread's write, "
+                "checksum, zstd (.qpack output; --json always has them as \"stages\")");
   add_quiet_flag(sub, &a->quiet, "no progress bar, no summary");
   auto* require = sub->add_flag("--require-quantized", a->require_quantized,
                                 "fail (exit 3) before writing when no tensor would be quantized");

@@ -75,12 +75,30 @@ struct ConvertPlan {
   nlohmann::json to_json() const;
 };
 
+// Where a conversion's wall time went (convert --profile; docs/cli.md). The
+// converting thread's own steps are sequential and sum, with what is not
+// listed, to `seconds`; the writer's steps run on a writer thread beside
+// it (the checksum of a large section beside its write), so they overlap
+// the others: a writer-bound run shows its time in write_wait.
+struct ConvertStages {
+  double open = 0;           // the checkpoint's headers, the plan, the output checks
+  double hash_source = 0;    // the provenance's source file checksums
+  double submit = 0;         // handing tensors to the quantizer (the CPU quantizes here)
+  double quantize_wait = 0;  // waiting for a tensor's codes (the GPU quantizes here)
+  double write_wait = 0;     // waiting for the writer to take the next tensor
+  double commit = 0;         // manifest, header, fsync, rename (the writer's own)
+  // On the writer thread:
+  double write = 0, checksum = 0, compress = 0;
+  nlohmann::json to_json() const;
+};
+
 struct ConvertSummary {
   size_t tensors_quantized = 0, tensors_kept = 0;
   uint64_t bytes_in = 0;   // source tensor bytes
   uint64_t bytes_out = 0;  // size of the .qpack file
   uint64_t bytes_quantized_in = 0, bytes_quantized_out = 0;
   double seconds = 0;
+  ConvertStages stages;
   std::string device;
   std::vector<PlanEntry> plan;
   std::vector<std::string> warnings;  // the plan's

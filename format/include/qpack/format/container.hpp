@@ -245,6 +245,14 @@ class QpackWriter {
                      const void* zeros);
   uint64_t bytes_written() const;
   void commit();
+  // Seconds spent so far in each of the writer's steps (convert --profile):
+  // zstd, the sections' checksums (on a second thread for large sections,
+  // overlapping the write) and write() itself; commit's manifest, fsync and
+  // rename.
+  struct Times {
+    double compress = 0, checksum = 0, write = 0, commit = 0;
+  };
+  Times times() const;
 
  private:
   Section write_section(const std::string& tensor, const void* data, uint64_t size);
