@@ -17,6 +17,7 @@
 #include "qpack/kernels/ggml_blocks.hpp"
 #include "qpack/spec/ggml_block_types.hpp"
 #include "qpack/spec/ggml_legacy.hpp"
+#include "qpack/spec/ggml_legacy_methods.hpp"
 
 namespace qpack::cuda {
 namespace {
@@ -29,7 +30,9 @@ constexpr int kThreads = 128;  // ggml blocks per CTA, one per thread
 constexpr int kPitch = gl::kBlockElements + 1;
 constexpr int kMaxBlockBytes = gl::kQ8_0BlockBytes;
 
-template <DType S>
+// M is the method (docs/quantization.md §G9) as a template argument: the Rtn
+// kernel compiles to ggml's rule alone, without the search's registers.
+template <DType S, QuantMethod M>
 __global__ void __launch_bounds__(kThreads)
     quantize_blocks_kernel(gl::GgmlLegacyType type, const void* __restrict__ src, int64_t nblocks,
                            uint8_t* __restrict__ out) {
@@ -45,7 +48,7 @@ __global__ void __launch_bounds__(kThreads)
     float row[gl::kBlockElements];
 #pragma unroll
     for (int j = 0; j < gl::kBlockElements; ++j) row[j] = x[threadIdx.x][j];
-    gl::quantize_block(type, row, packed + threadIdx.x * bytes);
+    gl::quantize_block_method(type, M, row, packed + threadIdx.x * bytes);
   }
   __syncthreads();
   copy_span(out + first * bytes, packed, nb * bytes);
@@ -82,6 +85,25 @@ Status invalid(const char* why) {
 
 bool known_type(gl::GgmlLegacyType t) { return gl::block_bytes(t) != 0; }
 
+template <DType S>
+void launch_quantize(gl::GgmlLegacyType type, QuantMethod method, const void* d_src,
+                     int64_t nblocks, uint8_t* d_blocks, unsigned grid, cudaStream_t stream) {
+  switch (method) {
+    case QuantMethod::Search:
+      quantize_blocks_kernel<S, QuantMethod::Search>
+          <<<grid, kThreads, 0, stream>>>(type, d_src, nblocks, d_blocks);
+      return;
+    case QuantMethod::Refit:
+      quantize_blocks_kernel<S, QuantMethod::Refit>
+          <<<grid, kThreads, 0, stream>>>(type, d_src, nblocks, d_blocks);
+      return;
+    case QuantMethod::Rtn:
+      quantize_blocks_kernel<S, QuantMethod::Rtn>
+          <<<grid, kThreads, 0, stream>>>(type, d_src, nblocks, d_blocks);
+      return;
+  }
+}
+
 // CTAs for n elements; the grid's x dimension holds 2^31 - 1 of them, far
 // beyond any tensor (2^31 CTAs are 2^43 elements).
 unsigned grid_for(int64_t n) {
@@ -92,8 +114,10 @@ unsigned grid_for(int64_t n) {
 }  // namespace
 
 Status quantize_ggml_blocks(gl::GgmlLegacyType type, const void* d_src, DType src_dtype, int64_t n,
-                            uint8_t* d_blocks, cudaStream_t stream) {
+                            uint8_t* d_blocks, cudaStream_t stream, QuantMethod method) {
   if (!known_type(type)) return invalid("quantize_ggml_blocks: not a legacy ggml block type");
+  if (method != QuantMethod::Rtn && !gl::takes_method(type))
+    return invalid("quantize_ggml_blocks: methods search and refit take Q4_1 and Q5_1 only");
   if (n < 0 || n % gl::kBlockElements != 0)
     return invalid("quantize_ggml_blocks: n must be a non-negative multiple of 32");
   if (n == 0) return {};
@@ -101,16 +125,13 @@ Status quantize_ggml_blocks(gl::GgmlLegacyType type, const void* d_src, DType sr
   const int64_t nblocks = n / gl::kBlockElements;
   switch (src_dtype) {
     case DType::F32:
-      quantize_blocks_kernel<DType::F32>
-          <<<grid_for(n), kThreads, 0, stream>>>(type, d_src, nblocks, d_blocks);
+      launch_quantize<DType::F32>(type, method, d_src, nblocks, d_blocks, grid_for(n), stream);
       break;
     case DType::F16:
-      quantize_blocks_kernel<DType::F16>
-          <<<grid_for(n), kThreads, 0, stream>>>(type, d_src, nblocks, d_blocks);
+      launch_quantize<DType::F16>(type, method, d_src, nblocks, d_blocks, grid_for(n), stream);
       break;
     case DType::BF16:
-      quantize_blocks_kernel<DType::BF16>
-          <<<grid_for(n), kThreads, 0, stream>>>(type, d_src, nblocks, d_blocks);
+      launch_quantize<DType::BF16>(type, method, d_src, nblocks, d_blocks, grid_for(n), stream);
       break;
     default:
       return invalid("quantize_ggml_blocks: the source must be F16, BF16 or F32");
@@ -133,11 +154,13 @@ Status dequantize_ggml_blocks(gl::GgmlLegacyType type, const uint8_t* d_blocks, 
 }
 
 Status quantize_ggml_blocks(gl::GgmlBlockType type, const void* d_src, DType src_dtype, int64_t n,
-                            uint8_t* d_blocks, cudaStream_t stream) {
+                            uint8_t* d_blocks, cudaStream_t stream, QuantMethod method) {
   if (!gl::is_block_type(type)) return invalid("quantize_ggml_blocks: not a ggml block type");
   if (!gl::is_kquant(type))
     return quantize_ggml_blocks(gl::GgmlLegacyType(uint32_t(type)), d_src, src_dtype, n, d_blocks,
-                                stream);
+                                stream, method);
+  if (method != QuantMethod::Rtn)
+    return invalid("quantize_ggml_blocks: methods search and refit take Q4_1 and Q5_1 only");
   if (n < 0 || n % gl::kSuperBlockElements != 0)
     return invalid("quantize_ggml_blocks: n must be a non-negative multiple of 256");
   if (n == 0) return {};

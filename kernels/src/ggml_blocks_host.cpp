@@ -83,10 +83,16 @@ void GgmlBlocksDeviceEncoder::drain(Lane& lane, const std::string& tensor) {
 }
 
 void GgmlBlocksDeviceEncoder::quantize(uint32_t gguf_type, const void* src, DType src_dtype,
-                                       int64_t n, uint8_t* out, const std::string& tensor) {
+                                       int64_t n, uint8_t* out, const std::string& tensor,
+                                       QuantMethod method) {
   if (!cuda_block_type_supported(gguf_type))
     throw Error(ErrorCode::InvalidArgument, "", tensor,
                 "no CUDA kernel writes GGUF type " + std::to_string(gguf_type));
+  if (method != QuantMethod::Rtn && gguf_type != uint32_t(spec::ggml::GgmlLegacyType::Q4_1) &&
+      gguf_type != uint32_t(spec::ggml::GgmlLegacyType::Q5_1))
+    throw Error(ErrorCode::InvalidArgument, "", tensor,
+                "--method search and refit choose Q4_1 and Q5_1 blocks only, not GGUF type " +
+                    std::to_string(gguf_type) + " (docs/quantization.md §G9)");
   if (src_dtype != DType::F16 && src_dtype != DType::BF16 && src_dtype != DType::F32)
     throw Error(
         ErrorCode::InvalidArgument, "", tensor,
@@ -116,9 +122,10 @@ void GgmlBlocksDeviceEncoder::quantize(uint32_t gguf_type, const void* src, DTyp
       std::memcpy(l.h_src.data(), static_cast<const uint8_t*>(src) + size_t(e0) * esize, sbytes);
       throw_if_failed(copy_to_device(l.d_src.data(), l.h_src.data(), sbytes, l.stream.get()),
                       tensor);
-      throw_if_failed(quantize_ggml_blocks(spec::ggml::GgmlBlockType(gguf_type), l.d_src.data(),
-                                           src_dtype, m, l.d_blocks.as<uint8_t>(), l.stream.get()),
-                      tensor);
+      throw_if_failed(
+          quantize_ggml_blocks(spec::ggml::GgmlBlockType(gguf_type), l.d_src.data(), src_dtype, m,
+                               l.d_blocks.as<uint8_t>(), l.stream.get(), method),
+          tensor);
       throw_if_failed(copy_to_host(l.h_blocks.data(), l.d_blocks.data(), bbytes, l.stream.get()),
                       tensor);
       l.out = out + blocks_bytes(gguf_type, e0);

@@ -45,7 +45,7 @@ Status dequantize(const uint8_t*, const uint8_t*, const uint8_t*, const GroupLay
   return disabled();
 }
 Status quantize_ggml_blocks(spec::ggml::GgmlLegacyType, const void*, DType, int64_t, uint8_t*,
-                            cudaStream_t) {
+                            cudaStream_t, QuantMethod) {
   return disabled();
 }
 Status dequantize_ggml_blocks(spec::ggml::GgmlLegacyType, const uint8_t*, int64_t, float*,
@@ -53,7 +53,7 @@ Status dequantize_ggml_blocks(spec::ggml::GgmlLegacyType, const uint8_t*, int64_
   return disabled();
 }
 Status quantize_ggml_blocks(spec::ggml::GgmlBlockType, const void*, DType, int64_t, uint8_t*,
-                            cudaStream_t) {
+                            cudaStream_t, QuantMethod) {
   return disabled();
 }
 Status dequantize_ggml_blocks(spec::ggml::GgmlBlockType, const uint8_t*, int64_t, float*,

@@ -2,7 +2,7 @@
 """Independent check of a GGUF qpack wrote from a Hugging Face safetensors
 model, with gguf-py (PyPI `gguf`) and numpy only.
 
-    gguf_export_check.py HF_DIR OUT.gguf
+    gguf_export_check.py HF_DIR OUT.gguf [method]
 
 Reads every key and every tensor of OUT.gguf with gguf.GGUFReader, finds
 each tensor's HF source (names as llama.cpp's convert_hf_to_gguf.py maps
@@ -11,6 +11,12 @@ the bytes with what gguf-py makes of the same numbers: gguf.quants.quantize
 for the block types it has (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, BF16), numpy's
 float16/float32 otherwise. Prints one JSON object: keys (name -> value),
 tensors (name -> {type, shape, equal}), and the first mismatches.
+
+With `method` (a file written with --method search or refit), the Q4_1 and
+Q5_1 tensors also get, block by block against gguf-py's quantize (llama.cpp's
+bytes): blocks, blocks_changed, blocks_worse (blocks whose float64 squared
+error under gguf-py's dequantize exceeds llama.cpp's block's, beyond the
+summation order's 1e-12 relative), error (the file's) and error_llama.
 Exit 77 when gguf, numpy or safetensors cannot be imported.
 """
 import json
@@ -61,8 +67,24 @@ def field_value(f):
     return v
 
 
+def block_errors(x, got, want, qt):
+    """Per-block float64 squared errors of the file's blocks and llama.cpp's."""
+    from gguf.quants import dequantize
+    bb = 20 if qt == gguf.GGMLQuantizationType.Q4_1 else 24
+    g = np.frombuffer(got, dtype=np.uint8)
+    w = np.frombuffer(want, dtype=np.uint8)
+    xs = x.astype(np.float64).reshape(-1, 32)
+    e_got = ((dequantize(g, qt).astype(np.float64).reshape(-1, 32) - xs) ** 2).sum(axis=1)
+    e_want = ((dequantize(w, qt).astype(np.float64).reshape(-1, 32) - xs) ** 2).sum(axis=1)
+    changed = (g.reshape(-1, bb) != w.reshape(-1, bb)).any(axis=1)
+    return {"blocks": int(xs.shape[0]), "blocks_changed": int(changed.sum()),
+            "blocks_worse": int((e_got > e_want * (1 + 1e-12)).sum()),
+            "error": float(e_got.sum()), "error_llama": float(e_want.sum())}
+
+
 def main():
     hf_dir, path = sys.argv[1], sys.argv[2]
+    method = len(sys.argv) > 3 and sys.argv[3] == "method"
     cfg = json.load(open(os.path.join(hf_dir, "config.json")))
     tensors = {}
     for fn in sorted(os.listdir(hf_dir)):
@@ -99,6 +121,8 @@ def main():
         eq = got == want
         out["tensors"][t.name] = {"type": qt.name, "shape": [int(d) for d in t.shape],
                                   "equal": eq, "bytes": len(got)}
+        if method and qt in (T.Q4_1, T.Q5_1):
+            out["tensors"][t.name].update(block_errors(x, got, want, qt))
         if not eq and len(out["mismatches"]) < 5:
             out["mismatches"].append(t.name)
     print(json.dumps(out, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))

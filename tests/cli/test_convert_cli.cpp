@@ -750,9 +750,14 @@ TEST_F(ConvertTest, MethodsEndToEnd) {
   EXPECT_EQ(
       test::run_qpack("convert " + model_ + " " + out + " --preset best --method rtn").exit_code,
       2);
-  EXPECT_EQ(test::run_qpack("convert " + model_ + " " + dir_.file("x.gguf") + " --method search")
-                .exit_code,
-            2);
+  // GGUF output takes --method (Q4_1/Q5_1 blocks, test_gguf_export_cli.cpp)
+  // but not a bad name, and not --preset.
+  EXPECT_EQ(
+      test::run_qpack("convert " + model_ + " " + dir_.file("x.gguf") + " --method best").exit_code,
+      2);
+  EXPECT_EQ(
+      test::run_qpack("convert " + model_ + " " + dir_.file("x.gguf") + " --preset best").exit_code,
+      2);
 }
 
 // --profile: the stage table after the summary; --json always carries the

@@ -35,10 +35,12 @@ std::vector<std::string> entries(const std::string& dir) {
 }
 
 // gguf_export_check.py's report, or nullopt when gguf/numpy/safetensors are missing.
-std::optional<json> check_with_gguf_py(const std::string& hf_dir, const std::string& gguf) {
-  const auto r =
-      test::run_command(std::string(QPACK_PYTHON) + " " + test::source_dir() +
-                        "/tests/cli/gguf_export_check.py " + q(hf_dir) + " " + q(gguf) + " 2>&1");
+// mode "method": the block errors of Q4_1/Q5_1 tensors too (--method files).
+std::optional<json> check_with_gguf_py(const std::string& hf_dir, const std::string& gguf,
+                                       const std::string& mode = "") {
+  const auto r = test::run_command(std::string(QPACK_PYTHON) + " " + test::source_dir() +
+                                   "/tests/cli/gguf_export_check.py " + q(hf_dir) + " " + q(gguf) +
+                                   " " + mode + " 2>&1");
   if (r.exit_code == 77) return std::nullopt;
   if (r.exit_code != 0) throw std::runtime_error("gguf_export_check.py: " + r.output);
   return json::parse(r.output);
@@ -116,6 +118,81 @@ TEST_F(GgufExport, SameBytesAtAnyThreadCount) {
   ASSERT_EQ(run_qpack("convert " + q(sharded) + " " + q(c) + " --type Q4_1 --pure -q").exit_code,
             0);
   EXPECT_EQ(test::read_file(a), test::read_file(c));
+}
+
+// --method search / refit (docs/quantization.md §G9): Q4_1 and Q5_1 blocks of
+// their own where ggml's decode of them is closer, checked by gguf-py: no
+// block worse than gguf-py's (llama.cpp's) quantize, many better, the file
+// read by gguf.GGUFReader and `qpack dequantize` equal to gguf-py's
+// dequantize of it; the same bytes at any thread count; --method rtn is the
+// default's bytes; the plan says where the method does not apply.
+TEST_F(GgufExport, MethodsChooseQ4_1AndQ5_1BlocksNeverWorseThanLlamas) {
+  const std::string plain = dir_.file("plain.gguf"), rtn = dir_.file("rtn.gguf");
+  ASSERT_EQ(run_qpack("convert " + q(model_) + " " + q(plain) + " --type Q4_1 --pure -q").exit_code,
+            0);
+  ASSERT_EQ(run_qpack("convert " + q(model_) + " " + q(rtn) + " --type Q4_1 --pure -q --method rtn")
+                .exit_code,
+            0);
+  EXPECT_EQ(test::read_file(plain), test::read_file(rtn));
+  for (const char* type : {"Q4_1", "Q5_1"}) {
+    for (const char* method : {"search", "refit"}) {
+      SCOPED_TRACE(std::string(type) + " " + method);
+      const std::string out = dir_.file(std::string(type) + method + ".gguf");
+      const std::string two = dir_.file(std::string(type) + method + "-j1.gguf");
+      const std::string args = std::string(" --type ") + type + " --pure -q --method " + method;
+      auto r = run_qpack("convert " + q(model_) + " " + q(out) + args + " -j 3");
+      ASSERT_EQ(r.exit_code, 0) << r.output;
+      ASSERT_EQ(run_qpack("convert " + q(model_) + " " + q(two) + args + " -j 1").exit_code, 0);
+      EXPECT_EQ(test::read_file(out), test::read_file(two));
+      const auto rep = check_with_gguf_py(model_, out, "method");
+      if (!rep) GTEST_SKIP() << "python3 cannot import gguf, numpy and safetensors";
+      int64_t changed = 0;
+      double error = 0, error_llama = 0;
+      for (const auto& [name, v] : (*rep)["tensors"].items()) {
+        const bool one_d = name.find("norm") != std::string::npos;
+        EXPECT_EQ(v["type"].get<std::string>(), one_d ? "F32" : type) << name;
+        if (one_d) {
+          EXPECT_TRUE(v["equal"].get<bool>()) << name;
+          continue;
+        }
+        ASSERT_TRUE(v.contains("blocks_worse")) << name << " " << v.dump();
+        EXPECT_EQ(v["blocks_worse"], 0) << name << " " << v.dump();
+        changed += v["blocks_changed"].get<int64_t>();
+        error += v["error"].get<double>();
+        error_llama += v["error_llama"].get<double>();
+      }
+      EXPECT_GT(changed, 0);
+      EXPECT_LT(error, error_llama);
+      // qpack dequantize of the file is gguf-py's dequantize of it.
+      const std::string st = dir_.file(std::string(type) + method + ".safetensors");
+      r = run_qpack("dequantize " + q(out) + " " + q(st) + " --device cpu -q");
+      ASSERT_EQ(r.exit_code, 0) << r.output;
+      const auto c = test::run_command(std::string(QPACK_PYTHON) + " " + test::source_dir() +
+                                       "/tests/converter/gguf_dequant_tool.py check " + q(out) +
+                                       " " + q(st) + " 2>&1");
+      ASSERT_EQ(c.exit_code, 0) << c.output;
+      const json check = json::parse(c.output);
+      EXPECT_EQ(check.size(), 21u);
+      for (const auto& [name, v] : check.items())
+        EXPECT_TRUE(v.at("equal").get<bool>()) << name << " " << v.dump();
+    }
+  }
+  // The plan: the method per tensor, and a warning where it does not apply.
+  const auto plan = test::run_command("('" + std::string(QPACK_CLI) + "' convert " + q(model_) +
+                                      " --type Q5_1 --method search --dry-run --json 2>/dev/null)");
+  ASSERT_EQ(plan.exit_code, 0) << plan.output;
+  const auto warned = run_qpack("convert " + q(model_) + " --type Q5_1 --method search -n");
+  EXPECT_NE(warned.output.find("chooses the blocks of the"), std::string::npos) << warned.output;
+  const json j = json::parse(plan.output.substr(
+      plan.output.find('{'), plan.output.rfind('}') - plan.output.find('{') + 1));
+  EXPECT_EQ(j["method"], "search");
+  for (const auto& t : j["tensors"]) {
+    const bool applies = t["action"] == "quantize" && t["type"] == "Q5_1";
+    EXPECT_EQ(t["method"], applies ? "search" : "rtn") << t.dump();
+  }
+  const auto q8 = run_qpack("convert " + q(model_) + " --type Q8_0 --method refit -n");
+  ASSERT_EQ(q8.exit_code, 0) << q8.output;
+  EXPECT_NE(q8.output.find("--method refit has no effect"), std::string::npos) << q8.output;
 }
 
 TEST_F(GgufExport, DryRunPlanAsJson) {

@@ -320,6 +320,13 @@ TEST(CudaGgmlBlocks, ArgumentsAreChecked) {
   EXPECT_TRUE(
       cuda::quantize_ggml_blocks(GgmlLegacyType::Q4_0, nullptr, DType::F32, 0, nullptr, nullptr)
           .ok());
+  // --method search / refit take Q4_1 and Q5_1 only (docs/quantization.md §G9).
+  EXPECT_EQ(code(cuda::quantize_ggml_blocks(GgmlLegacyType::Q4_0, p, DType::F32, 32, p, nullptr,
+                                            QuantMethod::Search)),
+            StatusCode::InvalidArgument);
+  EXPECT_EQ(code(cuda::quantize_ggml_blocks(GgmlBlockType::Q4_K, p, DType::F32, 256, p, nullptr,
+                                            QuantMethod::Refit)),
+            StatusCode::InvalidArgument);
   // The K-quants: whole super-blocks only, no other dtype, no unknown type.
   EXPECT_EQ(code(cuda::quantize_ggml_blocks(GgmlBlockType::Q4_K, p, DType::F32, 224, p, nullptr)),
             StatusCode::InvalidArgument);

@@ -4,9 +4,11 @@
 // reference (qpack/spec/ggml_block_types.hpp) whatever the chunk size and
 // the number of chunks in flight, including counts that end one block past
 // a chunk or fill every lane several times over; nothing written past the
-// output; bad arguments refused with an Error naming the tensor. Then the
-// whole converter: the GGUF written with --device cuda is byte for byte the
-// one written on the CPU. Skipped without a usable device.
+// output; bad arguments refused with an Error naming the tensor. The same
+// for --method search and refit on Q4_1/Q5_1 (docs/quantization.md §G9,
+// qpack/spec/ggml_legacy_methods.hpp). Then the whole converter: the GGUF
+// written with --device cuda is byte for byte the one written on the CPU,
+// with and without a method. Skipped without a usable device.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -20,6 +22,7 @@
 #include "qpack/kernels/ggml_blocks.hpp"
 #include "qpack/spec/dtype.hpp"
 #include "qpack/spec/ggml_block_types.hpp"
+#include "qpack/spec/ggml_legacy_methods.hpp"
 #include "require_gpu.hpp"
 #include "testutil.hpp"
 
@@ -37,7 +40,8 @@ constexpr size_t kGuard = 64;
 constexpr uint8_t kPoison = 0x5a;
 
 // n elements in `dtype` (raw bytes) and the floats they are exactly: blocks
-// of varied scale, some all zero and some constant.
+// of varied scale, some all zero, some constant, some with an outlier (the
+// blocks the methods change).
 void make_source(DType dtype, int64_t n, std::mt19937_64& rng, std::vector<uint8_t>* bytes,
                  std::vector<float>* values) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -49,6 +53,7 @@ void make_source(DType dtype, int64_t n, std::mt19937_64& rng, std::vector<uint8
     const int k = kind(rng);
     for (int j = 0; j < 32; ++j) {
       float x = k == 0 ? 0.0f : k == 1 ? 0.5f * scale : normal(rng) * scale;
+      if (k >= 7 && j == (b * 7) % 32) x = (k == 8 ? -20.0f : 14.0f) * scale;
       const size_t i = size_t(b * 32 + j);
       if (dtype == DType::F32) {
         std::memcpy(bytes->data() + 4 * i, &x, 4);
@@ -113,6 +118,63 @@ TEST(CudaGgmlEncoder, SameBytesAsTheReferenceAtAnyChunkingAndLaneCount) {
   }
 }
 
+TEST(CudaGgmlEncoder, SearchAndRefitBlocksEqualTheReference) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(test::test_seed() + 7);
+  struct Setup {
+    size_t chunk_bytes;
+    int lanes;
+  };
+  const Setup setups[] = {{1024, 2}, {size_t(16) << 20, 3}};
+  for (const Setup& st : setups) {
+    cuda::GgmlBlocksDeviceEncoder enc(0, st.chunk_bytes, st.lanes);
+    for (const gl::GgmlLegacyType t : {gl::GgmlLegacyType::Q4_1, gl::GgmlLegacyType::Q5_1}) {
+      for (const QuantMethod m : {QuantMethod::Search, QuantMethod::Refit}) {
+        for (DType dt : {DType::F32, DType::F16, DType::BF16}) {
+          for (int64_t n : {int64_t(32), int64_t(7 * 256 + 32), int64_t(41 * 256 + 96)}) {
+            SCOPED_TRACE(std::string(gl::type_name(t)) +
+                         (m == QuantMethod::Search ? " search " : " refit ") + dtype_name(dt) +
+                         " n=" + std::to_string(n) + " chunk=" + std::to_string(st.chunk_bytes));
+            std::vector<uint8_t> src;
+            std::vector<float> values;
+            make_source(dt, n, rng, &src, &values);
+            std::vector<uint8_t> want(size_t(n / 32) * size_t(gl::block_bytes(t)));
+            ASSERT_TRUE(gl::quantize_row_method(t, m, values.data(), n, want.data()));
+            std::vector<uint8_t> llama(want.size());
+            ASSERT_TRUE(gl::quantize_row(t, values.data(), n, llama.data()));
+            if (n > 1024) {
+              ASSERT_NE(want, llama) << "no block changed: the test tests nothing";
+            }
+            std::vector<uint8_t> got(want.size() + kGuard, kPoison);
+            enc.quantize(uint32_t(t), src.data(), dt, n, got.data(), "w", m);
+            size_t first = want.size();
+            for (size_t i = 0; i < want.size(); ++i)
+              if (got[i] != want[i]) {
+                first = i;
+                break;
+              }
+            ASSERT_EQ(first, want.size()) << "first differing byte " << first << ", block "
+                                          << first / size_t(gl::block_bytes(t));
+            for (size_t i = want.size(); i < got.size(); ++i)
+              ASSERT_EQ(got[i], kPoison) << "written past the output at byte " << i;
+          }
+        }
+      }
+    }
+  }
+  // A method on a type without a float minimum is refused, naming the tensor.
+  std::vector<uint8_t> src(1024), out(1024);
+  try {
+    cuda::GgmlBlocksDeviceEncoder enc(0);
+    enc.quantize(uint32_t(GgmlBlockType::Q4_K), src.data(), DType::F32, 256, out.data(), "t",
+                 QuantMethod::Search);
+    FAIL() << "Q4_K took --method search";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::InvalidArgument);
+    EXPECT_EQ(e.tensor(), "t");
+  }
+}
+
 TEST(CudaGgmlEncoder, BadArgumentsAreErrorsNamingTheTensor) {
   REQUIRE_GPU();
   cuda::GgmlBlocksDeviceEncoder enc(0);
@@ -147,7 +209,9 @@ TEST(CudaGgmlEncoder, ConvertWritesTheCpuBytesOnTheDevice) {
                     "' --hidden 256 --intermediate 704 --layers 2 --vocab 1000 --heads 8"
                     " --kv-heads 2 --dtype bf16 --seed " +
                     std::to_string(test::test_seed() % 100000));
-  for (const char* type : {"Q4_K_M", "Q4_1 --pure", "Q3_K_M", "Q8_0 --pure"}) {
+  for (const char* type :
+       {"Q4_K_M", "Q4_1 --pure", "Q3_K_M", "Q8_0 --pure", "Q4_1 --pure --method search",
+        "Q5_1 --pure --method refit", "Q5_1 --method search"}) {
     SCOPED_TRACE(type);
     const std::string cpu = dir.file("cpu.gguf"), gpu = dir.file("gpu.gguf");
     auto r = test::run_qpack("convert '" + model + "' '" + cpu + "' --type " + type +

@@ -313,7 +313,12 @@ int print_dry_run(const Plan& plan, bool json, void (*print_table)(const Plan&))
 }
 
 int run_gguf(ConvertArgs& a) {
-  refuse_options(a.qpack_only, "GGUF",
+  // --method chooses Q4_1/Q5_1 blocks (docs/gguf.md); the other scheme
+  // options have no GGUF meaning.
+  std::vector<std::pair<std::string, CLI::Option*>> not_gguf;
+  for (const auto& o : a.qpack_only)
+    if (o.second != a.method_opt) not_gguf.push_back(o);
+  refuse_options(not_gguf, "GGUF",
                  "GGUF types come from --type, --pure and --tensor-type; docs/gguf.md");
   refuse_options(a.hf_only, "GGUF", kHfHint);
   refuse_options(
@@ -323,6 +328,13 @@ int run_gguf(ConvertArgs& a) {
   o.type = a.gguf_type;
   find_gguf_file_type(o.type);  // an unknown --type before anything is read
   o.pure = a.pure;
+  if (*a.method_opt) {
+    const auto m = method_from_string(a.method);
+    if (!m)
+      throw Error(ErrorCode::InvalidArgument, "", "",
+                  "--method must be 'rtn', 'search' or 'refit', not '" + a.method + "'");
+    o.method = *m;
+  }
   for (const auto& t : a.tensor_types) o.tensor_types.push_back(parse_gguf_tensor_type_rule(t));
   o.vocab_from = a.vocab_from;
   o.threads = a.threads;
@@ -781,7 +793,8 @@ Runner add_convert(CLI::App& app) {
                                 "'integer' (compressed-tensors/GPTQ: range includes 0)");
   a->method_opt = sub->add_option("--method", a->method,
                                   "how group scales and minimums are chosen: 'rtn' (min-max, "
-                                  "default), 'search' or 'refit' (docs/quantization.md §M)");
+                                  "default), 'search' or 'refit' (docs/quantization.md §M); "
+                                  "for GGUF output the Q4_1/Q5_1 blocks (§G9)");
   a->preset_opt = sub->add_option("--preset", a->preset,
                                   "'default' (FlexLLMGen's scheme, RTN) or 'best' (the same "
                                   "bytes: -g 32 --scales two-level --method search, axis -1 "

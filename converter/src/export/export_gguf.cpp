@@ -22,6 +22,7 @@
 #include "qpack/format/error.hpp"
 #include "qpack/format/gguf_llama.hpp"
 #include "qpack/format/io.hpp"
+#include "qpack/format/text.hpp"
 #include "qpack/kernels/ggml_blocks.hpp"
 #include "qpack/spec/dtype.hpp"
 
@@ -323,8 +324,9 @@ void plan_into(Planned& p, const std::string& source_path, const GgufExportOptio
   plan.file_type = ft.name;
   plan.llama_ftype = ft.llama_ftype;
   plan.pure = o.pure;
+  plan.method = o.method;
   plan.warnings = s.warnings;
-  size_t carried = 0, fallbacks = 0;
+  size_t carried = 0, fallbacks = 0, by_method = 0;
   for (size_t i = 0; i < s.tensors.size(); ++i) {
     const Origin& og = s.tensors[i];
     GgufPlanEntry e;
@@ -354,7 +356,13 @@ void plan_into(Planned& p, const std::string& source_path, const GgufExportOptio
       e.action = GgufTensorAction::Convert;
     else
       e.action = GgufTensorAction::Quantize;
-    if (e.action == GgufTensorAction::Quantize) ++plan.tensors_quantized;
+    if (e.action == GgufTensorAction::Quantize) {
+      ++plan.tensors_quantized;
+      if (o.method != QuantMethod::Rtn && ggml_type_takes_method(e.type)) {
+        e.method = o.method;
+        ++by_method;
+      }
+    }
     e.bytes_in = og.nbytes;
     e.bytes_out = gguf_tensor_nbytes(e.type, e.ne, source_path, og.name);
     plan.bytes_in += e.bytes_in;
@@ -368,6 +376,19 @@ void plan_into(Planned& p, const std::string& source_path, const GgufExportOptio
     plan.warnings.push_back(std::to_string(fallbacks) +
                             " tensor(s) fall back to another type: their rows are not a "
                             "multiple of the chosen type's block");
+  if (o.method != QuantMethod::Rtn) {
+    const std::string m = std::string("--method ") + method_name(o.method);
+    if (by_method == 0)
+      plan.warnings.push_back(m +
+                              " has no effect: no tensor is quantized to Q4_1 or Q5_1, the "
+                              "types it chooses blocks for (docs/gguf.md); every block is "
+                              "llama.cpp's");
+    else if (by_method < plan.tensors_quantized)
+      plan.warnings.push_back(m + " chooses the blocks of the " + std::to_string(by_method) +
+                              " Q4_1/Q5_1 tensor(s) only; the other " +
+                              std::to_string(plan.tensors_quantized - by_method) +
+                              " quantized tensor(s) get llama.cpp's blocks of their type");
+  }
   if (!o.tensor_types.empty() &&
       (ft.default_type == GgmlType::F32 || ft.default_type == GgmlType::F16 ||
        ft.default_type == GgmlType::BF16))
@@ -479,10 +500,11 @@ void write_tensor(GgufWriter& w, const Origin& og, const GgufPlanEntry& e, const
     if (e.action == GgufTensorAction::Quantize) {
       try {
         if (gpu)
-          gpu->quantize(uint32_t(e.type), in, dtype_of(og.source_type), n, out.data(), og.name);
+          gpu->quantize(uint32_t(e.type), in, dtype_of(og.source_type), n, out.data(), og.name,
+                        e.method);
         else
           quantize_ggml_blocks_cpu(e.type, in, dtype_of(og.source_type), n, out.data(), threads,
-                                   og.name);
+                                   og.name, e.method);
       } catch (const Error& err) {
         throw err.with_context(src, og.name);
       }
@@ -518,6 +540,7 @@ nlohmann::json GgufExportPlan::to_json() const {
                  {"source_type", e.source_type},
                  {"type", ggml_type_name(e.type)},
                  {"action", type_label(e.action)},
+                 {"method", method_name(e.method)},
                  {"permute_heads", e.permute_heads},
                  {"bytes_in", e.bytes_in},
                  {"bytes_out", e.bytes_out},
@@ -531,6 +554,7 @@ nlohmann::json GgufExportPlan::to_json() const {
           {"type", file_type},
           {"file_type", llama_ftype},
           {"pure", pure},
+          {"method", method_name(method)},
           {"tensors_quantized", tensors_quantized},
           {"bytes_in", bytes_in},
           {"bytes_out", bytes_out},

@@ -24,6 +24,7 @@
 
 #include "qpack/format/gguf.hpp"
 #include "qpack/kernels/device.hpp"
+#include "qpack/spec/scheme.hpp"
 
 namespace qpack {
 
@@ -91,6 +92,11 @@ struct GgufExportOptions {
   std::string type = "Q4_K_M";  // a gguf_file_types() name
   bool pure = false;
   std::vector<GgufTensorTypeRule> tensor_types;
+  // How Q4_1 and Q5_1 blocks are chosen (docs/quantization.md §G9): Rtn is
+  // llama.cpp's bytes; Search and Refit keep a block of their own where its
+  // error under ggml's decode is strictly lower. Every other type is
+  // llama.cpp's whatever the method (the plan says so in a warning).
+  QuantMethod method = QuantMethod::Rtn;
   // HF sources: copy the tokenizer.* keys of this GGUF (e.g. one written by
   // convert_hf_to_gguf.py --vocab-only); empty: tokenizer.ggml.model "none".
   std::string vocab_from;
@@ -121,6 +127,9 @@ struct GgufPlanEntry {
   int64_t permute_heads = 0;  // Q/K rows permuted with this many heads (HF sources)
   uint64_t bytes_in = 0, bytes_out = 0;
   std::string reason;
+  // The blocks' method: the options' for a quantized Q4_1 / Q5_1 tensor,
+  // Rtn (llama.cpp's bytes) for every other tensor.
+  QuantMethod method = QuantMethod::Rtn;
   uint64_t num_elements() const;
   double bits_per_weight() const;  // bytes_out * 8 / elements
 };
@@ -130,16 +139,18 @@ struct GgufExportPlan {
   std::string file_type;      // "Q4_K_M"
   uint32_t llama_ftype = 0;
   bool pure = false;
-  std::vector<GgufPlanEntry> tensors;  // in output order
-  std::vector<GgufKv> metadata;        // as written
+  QuantMethod method = QuantMethod::Rtn;  // the options' --method
+  std::vector<GgufPlanEntry> tensors;     // in output order
+  std::vector<GgufKv> metadata;           // as written
   std::vector<std::string> warnings;
   size_t tensors_quantized = 0;
   uint64_t bytes_in = 0, bytes_out = 0;  // tensor data
   uint64_t file_bytes = 0;               // the whole output file
-  // {"format": "gguf", source_format, type, file_type, pure, tensors_quantized,
-  //  bytes_in, bytes_out, file_bytes, warnings, metadata_keys, "tensors":
-  //  [{name, source_name, ne, source_type, type, action, permute_heads,
-  //    bytes_in, bytes_out, bits_per_weight, reason}]}
+  // {"format": "gguf", source_format, type, file_type, pure, method,
+  //  tensors_quantized, bytes_in, bytes_out, file_bytes, warnings,
+  //  metadata_keys, "tensors": [{name, source_name, ne, source_type, type,
+  //  action, method, permute_heads, bytes_in, bytes_out, bits_per_weight,
+  //  reason}]}
   nlohmann::json to_json() const;
 };
 

@@ -15,6 +15,7 @@
 #include "qpack/spec/dtype.hpp"
 #include "qpack/spec/ggml_block_types.hpp"
 #include "qpack/spec/ggml_legacy.hpp"
+#include "qpack/spec/scheme.hpp"
 
 namespace qpack {
 namespace cuda {
@@ -24,9 +25,13 @@ namespace cuda {
 // exactly to float first, as llama-quantize does) at device address d_src
 // into n/32 blocks of spec::ggml::block_bytes(type) bytes at d_blocks.
 // Exactly those bytes are written. Inputs should be finite: a NaN or Inf
-// gives the reference's bytes, which ggml does not define either.
+// gives the reference's bytes, which ggml does not define either. method:
+// Rtn is llama.cpp's bytes; Search and Refit choose Q4_1 / Q5_1 blocks by
+// docs/quantization.md §G9 (qpack/spec/ggml_legacy_methods.hpp, the same
+// text as the CPU's); InvalidArgument for them with any other type.
 Status quantize_ggml_blocks(spec::ggml::GgmlLegacyType type, const void* d_src, DType src_dtype,
-                            int64_t n, uint8_t* d_blocks, cudaStream_t stream);
+                            int64_t n, uint8_t* d_blocks, cudaStream_t stream,
+                            QuantMethod method = QuantMethod::Rtn);
 
 // Enqueues the dequantization of n/32 blocks at d_blocks into `n` floats at
 // d_out (ggml's dequantize_row_*, bit for bit).
@@ -39,7 +44,8 @@ Status dequantize_ggml_blocks(spec::ggml::GgmlLegacyType type, const uint8_t* d_
 // The K-quants' scale searches are arithmetic-heavy; their kernels run one
 // thread per super-block (docs/kernels.md).
 Status quantize_ggml_blocks(spec::ggml::GgmlBlockType type, const void* d_src, DType src_dtype,
-                            int64_t n, uint8_t* d_blocks, cudaStream_t stream);
+                            int64_t n, uint8_t* d_blocks, cudaStream_t stream,
+                            QuantMethod method = QuantMethod::Rtn);
 Status dequantize_ggml_blocks(spec::ggml::GgmlBlockType type, const uint8_t* d_blocks, int64_t n,
                               float* d_out, cudaStream_t stream);
 
@@ -88,12 +94,13 @@ class GgmlBlocksDeviceEncoder {
   explicit GgmlBlocksDeviceEncoder(int device, size_t chunk_bytes = size_t(16) << 20,
                                    int streams = 3);
   // n elements (a whole number of the type's blocks) of `src_dtype` (F16,
-  // BF16 or F32) at `src` into the type's blocks at `out`. Throws Error:
-  // InvalidArgument naming `tensor` for a type cuda_block_type_supported
-  // refuses, an n that is no whole number of blocks or another dtype; Cuda
-  // for a failure.
+  // BF16 or F32) at `src` into the type's blocks at `out`, by `method`
+  // (quantize_ggml_blocks). Throws Error: InvalidArgument naming `tensor`
+  // for a type cuda_block_type_supported refuses, an n that is no whole
+  // number of blocks, another dtype, or a method other than Rtn for a type
+  // other than Q4_1 and Q5_1; Cuda for a failure.
   void quantize(uint32_t gguf_type, const void* src, DType src_dtype, int64_t n, uint8_t* out,
-                const std::string& tensor);
+                const std::string& tensor, QuantMethod method = QuantMethod::Rtn);
   int device() const { return device_; }
 
  private:
