@@ -361,8 +361,10 @@ void quantize_cpu(const QuantInput& in, const GroupLayout& L, const QuantScheme&
   if (has_two_level(s)) return detail::quantize_two_level(in, L, s, policy, out, threads, isa);
   const bool vector_layout = L.inner >= 32 || L.inner == 1;
   // RTN: the AVX2 kernels at the avx2 and avx512 levels. The search
-  // (§M2): its AVX-512 or AVX2 batches. The other method (refit) and the
-  // other layouts: the spec's per-group routine, in parallel.
+  // (§M2): its AVX-512 or AVX2 batches. The other methods (refit, the
+  // integer zero-point search of §M5) and the other layouts: the spec's
+  // per-group routine, in parallel.
+  const bool float_search = s.method == QuantMethod::Search && !has_integer_zero(s);
   if (isa >= CpuIsa::Avx2 && vector_layout && s.method == QuantMethod::Rtn) {
     switch (in.dtype) {
       case DType::F16:
@@ -376,10 +378,9 @@ void quantize_cpu(const QuantInput& in, const GroupLayout& L, const QuantScheme&
         break;
     }
   } else if (isa == CpuIsa::Avx512 && (L.inner >= kSearchLanes512 || L.inner == 1) &&
-             s.method == QuantMethod::Search) {
+             float_search) {
     quantize_search<kSearchLanes512>(in, L, s, policy, out, threads, &f);
-  } else if (isa >= CpuIsa::Avx2 && (L.inner >= kSearchLanes || L.inner == 1) &&
-             s.method == QuantMethod::Search) {
+  } else if (isa >= CpuIsa::Avx2 && (L.inner >= kSearchLanes || L.inner == 1) && float_search) {
     quantize_search<kSearchLanes>(in, L, s, policy, out, threads, &f);
   } else {
     quantize_generic(in, L, s, policy, out, threads, &f);

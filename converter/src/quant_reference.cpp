@@ -88,9 +88,9 @@ int quantize_group(const QuantInput& in, const GroupLayout& L, const QuantScheme
     for (int64_t k = 0; k < len; ++k) amax = std::fmax(amax, std::fabs(x[k]));
     p = spec::params_sym(amax, scheme.bits, sd);
   } else if (scheme.method != QuantMethod::Rtn) {
-    // validate_scheme admits the methods for the float zero-point rule only.
-    p = spec::params_asym_method(spec::GroupValues{x, nullptr}, len, scheme.bits, sd,
-                                 scheme.method);
+    // validate_scheme admits search for both zero-point rules, refit for float.
+    p = spec::params_asym_method(spec::GroupValues{x, nullptr}, len, scheme.bits, sd, scheme.method,
+                                 has_integer_zero(scheme));
   } else {
     float mn = x[0], mx = x[0];
     for (int64_t k = 1; k < len; ++k) {

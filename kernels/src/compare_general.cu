@@ -37,7 +37,7 @@ __device__ __forceinline__ void eval_unit_device(const CompareGeometry& g, const
   const bool float_zero = !g.symmetric && !g.integer_zero;
   spec::BoundTerms bt =
       spec::bound_terms(scale, float_zero ? zero : 0.0f, g.q, float_zero, g.scale_dtype);
-  if (g.clipped) spec::add_clipped_range(bt, scale, zero, g.q);
+  if (g.clipped) spec::add_clipped_range(bt, scale, zero, g.q, g.integer_zero);
   // The segment starts on a byte plane (64 codes fill 8*BITS bytes); planes
   // past its end (a partial group's padding) read as 0.
   const uint8_t* planes = v.codes + (sp.plane_begin - v.plane0) * v.pitch + c;

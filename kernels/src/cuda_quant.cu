@@ -247,6 +247,7 @@ Status quantize(const void* d_src, DType src_dtype, const GroupLayout& layout,
           a.scale_dtype = scheme.scale_dtype;
           a.zero_nonfinite = policy == NonFinitePolicy::Zero;
           a.method = scheme.method;
+          a.integer_zero = has_integer_zero(scheme);
           kernels::Launch ll{};
           ll.stream = stream;
           ll.blocks = blocks_for(int64_t(g.tasks));

@@ -1,4 +1,5 @@
-// The parameter methods of docs/quantization.md §M (search, refit) on the
+// The parameter methods of docs/quantization.md §M (search, refit; the
+// integer zero-point search of §M5 when a.integer_zero) on the
 // GPU: one thread per group, calling the same header-only spec code as the
 // scalar reference (spec/group_methods.hpp), so the bytes are the
 // reference's. Adjacent threads take adjacent columns of a group row, so
@@ -70,7 +71,8 @@ __global__ void quantize_method_kernel(QuantArgs a, int bits) {
       if (bad) continue;
     }
     const DeviceGroup<D> grp{src, first, ncols};
-    const spec::GroupParams p = spec::params_asym_method(grp, len, bits, a.scale_dtype, a.method);
+    const spec::GroupParams p =
+        spec::params_asym_method(grp, len, bits, a.scale_dtype, a.method, a.integer_zero);
     if (p.overflow) {
       atomicMin(&a.flags->first_overflow_group,
                 static_cast<unsigned long long>(gr * g.inner + col));
@@ -85,7 +87,9 @@ __global__ void quantize_method_kernel(QuantArgs a, int bits) {
     int have = 0;
     int64_t j = 0;
     for (int64_t k = 0; k < len; ++k) {
-      buf |= spec::encode_asym(grp.x(k), p, bits) << have;
+      buf |= (a.integer_zero ? spec::encode_asym_int(grp.x(k), p, bits)
+                             : spec::encode_asym(grp.x(k), p, bits))
+             << have;
       have += bits;
       while (have >= 8) {
         out[j++ * ncols] = uint8_t(buf & 0xffu);

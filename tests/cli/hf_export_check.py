@@ -171,7 +171,9 @@ def run(cmd):
 
 
 def check_case(args, tmp, case):
-    name, fmt, bits, group, symmetric, model_dtype = case
+    name, fmt, bits, group, symmetric, model_dtype = case[:6]
+    # The parameter method (docs/quantization.md §M5), the same for both files.
+    method = ["--method", case[6]] if len(case) > 6 else []
     src = os.path.join(tmp, "src-" + model_dtype)
     if not os.path.exists(src):
         run([args.testgen, "llama", src, "--hidden", "256", "--intermediate", "384", "--layers",
@@ -185,12 +187,13 @@ def check_case(args, tmp, case):
     g = "all" if group == 0 else str(group)
     sd = {"f16": "F16", "bf16": "BF16"}[model_dtype] if fmt == "compressed-tensors" else "F16"
     run([args.qpack, "convert", src, out, "--format", fmt, "-b", str(bits), "-g", g,
-         "--symmetric" if symmetric else "--asymmetric", "--max-shard-size", "150KB", "-q"])
+         "--symmetric" if symmetric else "--asymmetric", "--max-shard-size", "150KB", "-q"] +
+        method)
     qp = os.path.join(tmp, name + ".qpack")
     zp = [] if symmetric else ["--zero-point", "integer"]
     run([args.qpack, "convert", src, qp, "--axis", "-1", "-g", g, "-b", str(bits),
          "--symmetric" if symmetric else "--asymmetric", "--scale-dtype", sd.lower(),
-         "--skip", "*embed_tokens*", "--skip", "lm_head*", "-q"] + zp)
+         "--skip", "*embed_tokens*", "--skip", "lm_head*", "-q"] + zp + method)
     deq = os.path.join(tmp, name + ".safetensors")
     run([args.qpack, "dequantize", qp, deq, "--dtype", sd.lower(), "-q"])
 
@@ -268,7 +271,7 @@ def main():
     ap.add_argument("--only")
     args = ap.parse_args()
     cases = [
-        # name, format, bits, group (0 = channel), symmetric, model dtype
+        # name, format, bits, group (0 = channel), symmetric, model dtype[, method]
         ("ct-w4-g128-sym-bf16", "compressed-tensors", 4, 128, True, "bf16"),
         ("ct-w8-g64-sym-f16", "compressed-tensors", 8, 64, True, "f16"),
         ("ct-w2-g32-sym-bf16", "compressed-tensors", 2, 32, True, "bf16"),
@@ -277,6 +280,8 @@ def main():
         ("ct-w8-g32-asym-f16", "compressed-tensors", 8, 32, False, "f16"),
         ("ct-w2-g64-asym-bf16", "compressed-tensors", 2, 64, False, "bf16"),
         ("ct-w4-channel-asym-f16", "compressed-tensors", 4, 0, False, "f16"),
+        ("ct-w4-g128-asym-search-bf16", "compressed-tensors", 4, 128, False, "bf16", "search"),
+        ("ct-w8-g32-asym-search-f16", "compressed-tensors", 8, 32, False, "f16", "search"),
         ("gptq-w4-g128-f16", "gptq", 4, 128, True, "f16"),
         ("gptq-w8-g32-bf16", "gptq", 8, 32, True, "bf16"),
         ("gptq-w4-channel-bf16", "gptq", 4, 0, True, "bf16"),

@@ -711,6 +711,38 @@ TEST_F(ConvertTest, MethodsEndToEnd) {
       }
     }
   }
+  // §M5: the search with integer zero-points records both, holds the
+  // reference's bytes, verifies against its bound (exit 0, no violation)
+  // and lowers the model-wide error below RTN's with integer zero-points.
+  {
+    const std::string si = dir_.file("search-int.qpack"), ri = dir_.file("rtn-int.qpack");
+    ASSERT_EQ(
+        test::run_qpack("convert " + model_ + " " + si + " -q --zero-point integer --method search")
+            .exit_code,
+        0);
+    ASSERT_EQ(
+        test::run_qpack("convert " + model_ + " " + ri + " -q --zero-point integer").exit_code, 0);
+    expect_matches_reference(si, model_);
+    const auto q = QpackFile::open(si);
+    EXPECT_EQ(q->version_minor(), 1);
+    for (const auto& t : q->tensors()) {
+      if (t.quantized) {
+        EXPECT_EQ(t.scheme.method, QuantMethod::Search) << t.name;
+        EXPECT_EQ(t.scheme.zero_point, ZeroPoint::Integer) << t.name;
+      }
+    }
+    double err[2] = {0, 0};
+    const std::string files[2] = {ri, si};
+    for (int k = 0; k < 2; ++k) {
+      const auto ver =
+          test::run_qpack("verify " + files[k] + " --source " + model_ + " --device cpu --json");
+      ASSERT_EQ(ver.exit_code, 0) << ver.output;
+      const auto report = nlohmann::json::parse(ver.output);
+      EXPECT_EQ(report["bound_violations"].get<uint64_t>(), 0u);
+      err[k] = report["model"]["metrics"]["rel_error"].get<double>();
+    }
+    EXPECT_LT(err[1], 0.99 * err[0]) << "rtn " << err[0] << ", search " << err[1];
+  }
   // --preset best is group 32, two-level scales and the search, along the
   // last axis except in the vocabulary tables (axis 0); with --axis, that
   // axis everywhere.

@@ -129,6 +129,44 @@ TEST_F(HfExport, RefusesWhatTheFormatsCannotHold) {
   expect_refused(model_, "--format gptq --skip '*.o_proj.*'", 2, {"o_proj", "GPTQ"});
 }
 
+// --method search with asymmetric compressed-tensors (quantization.md §M5):
+// ordinary integer (S, z), the same bytes at any thread count, verified
+// against the source with a lower error than RTN's; refused where it does
+// not apply.
+TEST_F(HfExport, IntegerZeroPointSearch) {
+  const std::string rtn = dir_.file("rtn"), s1 = dir_.file("s1"), s2 = dir_.file("s2");
+  const std::string common = " --format compressed-tensors --asymmetric -g 64 -q";
+  ASSERT_EQ(run_qpack("convert " + q(model_) + " " + q(rtn) + common).exit_code, 0);
+  ASSERT_EQ(
+      run_qpack("convert " + q(model_) + " " + q(s1) + common + " --method search -j 1").exit_code,
+      0);
+  ASSERT_EQ(
+      run_qpack("convert " + q(model_) + " " + q(s2) + common + " --method search -j 3").exit_code,
+      0);
+  EXPECT_EQ(entries(s1), entries(s2));
+  for (const auto& n : entries(s1))
+    EXPECT_EQ(test::read_file(s1 + "/" + n), test::read_file(s2 + "/" + n)) << n;
+  const auto plan =
+      run_qpack("convert " + q(model_) + common + " --method search --dry-run --json");
+  ASSERT_EQ(plan.exit_code, 0) << plan.output;
+  EXPECT_EQ(json::parse(plan.output)["scheme"]["method"], "search");
+  double err[2] = {0, 0};
+  const std::string dirs[2] = {rtn, s1};
+  for (int k = 0; k < 2; ++k) {
+    const auto v =
+        run_qpack("verify " + q(dirs[k]) + " --source " + q(model_) + " --device cpu --json");
+    ASSERT_EQ(v.exit_code, 0) << v.output;
+    err[k] = json::parse(v.output)["model"]["metrics"]["rel_error"].get<double>();
+  }
+  EXPECT_GT(err[0], 0.0);
+  EXPECT_LT(err[1], 0.99 * err[0]) << "rtn " << err[0] << ", search " << err[1];
+  expect_refused(model_, "--format compressed-tensors --method search", 3, {"asymmetric"});
+  expect_refused(model_, "--format compressed-tensors --asymmetric --method refit", 3,
+                 {"integer zero-points take"});
+  expect_refused(model_, "--format gptq --method search", 3, {"GPTQ export takes --method rtn"});
+  expect_refused(model_, "--format compressed-tensors --preset best", 2, {"--preset"});
+}
+
 TEST_F(HfExport, RefusesBadSources) {
   // Not a model folder: no config.json.
   const std::string bare = dir_.file("bare");

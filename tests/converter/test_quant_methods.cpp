@@ -1,4 +1,5 @@
-// The parameter methods of docs/quantization.md §M (search, refit): the CPU
+// The parameter methods of docs/quantization.md §M (search, refit, and the
+// integer zero-point search of §M5): the CPU
 // path against the scalar reference byte for byte (poisoned buffers, several
 // thread counts, awkward shapes, every width and scale dtype), every group's
 // error no larger than RTN's (recomputed here in float64 from the decoded
@@ -112,7 +113,12 @@ std::vector<double> group_errors(const GroupLayout& L, const std::vector<float>&
   return e;
 }
 
-class QuantMethods : public ::testing::TestWithParam<QuantMethod> {};
+// A method and the zero-point rule it runs under.
+struct MethodCase {
+  QuantMethod method;
+  ZeroPoint zero_point;
+};
+class QuantMethods : public ::testing::TestWithParam<MethodCase> {};
 
 TEST_P(QuantMethods, CpuMatchesReferenceNeverWorseThanRtnWithinBound) {
   std::mt19937 rng(unsigned(test::test_seed()));
@@ -125,7 +131,9 @@ TEST_P(QuantMethods, CpuMatchesReferenceNeverWorseThanRtnWithinBound) {
     s.group_size = c.group;
     s.axis = c.axis;
     s.scale_dtype = c.sd;
-    s.method = GetParam();
+    s.method = GetParam().method;
+    s.zero_point = GetParam().zero_point;
+    const bool intz = has_integer_zero(s);
     QuantScheme rtn = s;
     rtn.method = QuantMethod::Rtn;
     int64_t n = 1;
@@ -138,7 +146,7 @@ TEST_P(QuantMethods, CpuMatchesReferenceNeverWorseThanRtnWithinBound) {
     quantize_reference(in, ref.layout, s, NonFinitePolicy::Error, ref.buffers());
     for (CpuIsa isa : test::available_cpu_isas()) {
       test::CpuIsaScope level(isa);
-      for (int threads : {1, 3}) {
+      for (int threads : {1, 2, 3}) {
         auto fast = make_output(c.shape, s, uint8_t(0x3C + threads));
         quantize_cpu(in, fast.layout, s, NonFinitePolicy::Error, fast.buffers(), threads);
         EXPECT_EQ(fast.codes, ref.codes) << cpu_isa_name(isa) << ", " << threads << " threads";
@@ -173,11 +181,14 @@ TEST_P(QuantMethods, CpuMatchesReferenceNeverWorseThanRtnWithinBound) {
             const double err = std::fabs(double(x[f]) - double(xh[f]));
             ASSERT_LE(err, spec::error_bound(x[f], S, M, s)) << "flat " << f;
             if (err > spec::error_bound(x[f], S, M, rtn)) ++beyond_rtn_bound;
-            // Independent form of §M4: within S/2 (+ slack) of the grid
-            // inside [M, M + Q*S], the nearest end outside it.
-            const double Q = double((1 << c.bits) - 1), hi = M + Q * S;
-            const double out = std::max({0.0, M - x[f], x[f] - hi});
-            ASSERT_LE(err, out + 0.5 * S * (1 + 1e-5) + 1e-6 * (std::fabs(x[f]) + std::fabs(M)) +
+            // Independent form of §M4 (§M5): within S/2 (+ slack) of the
+            // grid inside [M, M + Q*S] ([-z*S, (Q - z)*S]), the nearest
+            // end outside it.
+            const double Q = double((1 << c.bits) - 1);
+            const double lo = intz ? -M * S : M, hi = intz ? (Q - M) * S : M + Q * S;
+            const double out = std::max({0.0, lo - x[f], x[f] - hi});
+            ASSERT_LE(err, out + 0.5 * S * (1 + 1e-5) +
+                               1e-6 * (std::fabs(x[f]) + (intz ? 0.0 : std::fabs(M))) +
                                4 * Q * S * 0x1p-10 + 1e-30)
                 << "flat " << f;
           }
@@ -185,7 +196,7 @@ TEST_P(QuantMethods, CpuMatchesReferenceNeverWorseThanRtnWithinBound) {
   }
   // A method that never changed anything would pass the above.
   EXPECT_GT(improved_groups, 100);
-  if (GetParam() == QuantMethod::Search) {
+  if (GetParam().method == QuantMethod::Search) {
     EXPECT_GT(beyond_rtn_bound, 0);
   }
 }
@@ -193,8 +204,10 @@ TEST_P(QuantMethods, CpuMatchesReferenceNeverWorseThanRtnWithinBound) {
 TEST_P(QuantMethods, LowerTotalErrorThanRtn) {
   std::mt19937 rng(unsigned(test::test_seed()));
   QuantScheme s;
-  s.method = GetParam();
+  s.method = GetParam().method;
+  s.zero_point = GetParam().zero_point;
   QuantScheme rtn;
+  rtn.zero_point = s.zero_point;
   std::vector<float> x = weights(256 * 128, rng);
   const auto src = to_source(x, DType::F32);
   const QuantInput in{src.data(), DType::F32, "t"};
@@ -215,21 +228,27 @@ TEST_P(QuantMethods, LowerTotalErrorThanRtn) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Methods, QuantMethods,
-                         ::testing::Values(QuantMethod::Search, QuantMethod::Refit),
+                         ::testing::Values(MethodCase{QuantMethod::Search, ZeroPoint::Float},
+                                           MethodCase{QuantMethod::Refit, ZeroPoint::Float},
+                                           MethodCase{QuantMethod::Search, ZeroPoint::Integer}),
                          [](const auto& info) {
-                           return std::string(info.param == QuantMethod::Search ? "search"
-                                                                                : "refit");
+                           return std::string(info.param.method == QuantMethod::Search ? "search"
+                                                                                       : "refit") +
+                                  (info.param.zero_point == ZeroPoint::Integer ? "_integer_zero"
+                                                                               : "");
                          });
 
-TEST(QuantMethodsRules, RefusedForSymmetricAndIntegerZeroPoints) {
+TEST(QuantMethodsRules, RefusedForSymmetricRefitRefusedForIntegerZeroPoints) {
   QuantScheme s;
   s.method = QuantMethod::Search;
   EXPECT_TRUE(validate_scheme(s).empty());
   s.symmetric = true;
-  EXPECT_NE(validate_scheme(s).find("float zero-points"), std::string::npos);
+  EXPECT_NE(validate_scheme(s).find("asymmetric"), std::string::npos);
   s.symmetric = false;
   s.zero_point = ZeroPoint::Integer;
-  EXPECT_FALSE(validate_scheme(s).empty());
+  EXPECT_TRUE(validate_scheme(s).empty());  // §M5
+  s.method = QuantMethod::Refit;
+  EXPECT_NE(validate_scheme(s).find("float zero-points"), std::string::npos);
   s.method = QuantMethod::Rtn;
   EXPECT_TRUE(validate_scheme(s).empty());
 }
@@ -244,12 +263,12 @@ TEST(QuantMethodsRules, ExplicitUnitWeightsAreTheDefault) {
     std::uniform_real_distribution<float> ud(0.1f, 4.0f);
     for (auto& v : w) v = ud(rng);
     for (QuantMethod m : {QuantMethod::Search, QuantMethod::Refit}) {
-      const auto a =
-          spec::params_asym_method(spec::GroupValues{x.data(), nullptr}, 64, 4, DType::F16, m);
-      const auto b =
-          spec::params_asym_method(spec::GroupValues{x.data(), ones.data()}, 64, 4, DType::F16, m);
-      const auto c =
-          spec::params_asym_method(spec::GroupValues{x.data(), w.data()}, 64, 4, DType::F16, m);
+      const auto a = spec::params_asym_method(spec::GroupValues{x.data(), nullptr}, 64, 4,
+                                              DType::F16, m, false);
+      const auto b = spec::params_asym_method(spec::GroupValues{x.data(), ones.data()}, 64, 4,
+                                              DType::F16, m, false);
+      const auto c = spec::params_asym_method(spec::GroupValues{x.data(), w.data()}, 64, 4,
+                                              DType::F16, m, false);
       ASSERT_EQ(a.scale_bits16, b.scale_bits16);
       ASSERT_EQ(a.zero_bits16, b.zero_bits16);
       differ += a.scale_bits16 != c.scale_bits16 || a.zero_bits16 != c.zero_bits16;
@@ -272,41 +291,44 @@ TEST(QuantMethodsRules, ExplicitUnitWeightsAreTheDefault) {
 // same message.
 TEST(QuantMethodsRules, NonFiniteAsTheReference) {
   std::mt19937 rng(unsigned(test::test_seed()));
-  for (int axis : {0, -1}) {
-    std::vector<float> x = weights(96 * 80, rng);
-    x[77] = std::nanf("");
-    x[1234] = INFINITY;
-    x[5000] = -INFINITY;
-    const auto src = to_source(x, DType::F16);
-    const QuantInput in{src.data(), DType::F16, "nf"};
-    QuantScheme s;
-    s.axis = axis;
-    s.method = QuantMethod::Search;
-    auto ref = make_output({96, 80}, s, 0x11);
-    quantize_reference(in, ref.layout, s, NonFinitePolicy::Zero, ref.buffers());
-    std::string ref_msg;
-    try {
-      quantize_reference(in, ref.layout, s, NonFinitePolicy::Error, ref.buffers());
-    } catch (const Error& e) {
-      ref_msg = e.what();
-    }
-    EXPECT_NE(ref_msg, "");
-    for (CpuIsa isa : test::available_cpu_isas()) {
-      test::CpuIsaScope level(isa);
-      auto fast = make_output({96, 80}, s, 0xEE);
-      quantize_cpu(in, fast.layout, s, NonFinitePolicy::Zero, fast.buffers(), 2);
-      EXPECT_EQ(fast.codes, ref.codes) << "axis " << axis << " " << cpu_isa_name(isa);
-      EXPECT_EQ(fast.scales, ref.scales) << "axis " << axis << " " << cpu_isa_name(isa);
-      EXPECT_EQ(fast.zeros, ref.zeros) << "axis " << axis << " " << cpu_isa_name(isa);
-      std::string cpu_msg;
+  for (int axis : {0, -1})
+    for (ZeroPoint zp : {ZeroPoint::Float, ZeroPoint::Integer}) {
+      SCOPED_TRACE(zp == ZeroPoint::Integer ? "integer zero-points" : "float zero-points");
+      std::vector<float> x = weights(96 * 80, rng);
+      x[77] = std::nanf("");
+      x[1234] = INFINITY;
+      x[5000] = -INFINITY;
+      const auto src = to_source(x, DType::F16);
+      const QuantInput in{src.data(), DType::F16, "nf"};
+      QuantScheme s;
+      s.axis = axis;
+      s.method = QuantMethod::Search;
+      s.zero_point = zp;
+      auto ref = make_output({96, 80}, s, 0x11);
+      quantize_reference(in, ref.layout, s, NonFinitePolicy::Zero, ref.buffers());
+      std::string ref_msg;
       try {
-        quantize_cpu(in, fast.layout, s, NonFinitePolicy::Error, fast.buffers(), 2);
+        quantize_reference(in, ref.layout, s, NonFinitePolicy::Error, ref.buffers());
       } catch (const Error& e) {
-        cpu_msg = e.what();
+        ref_msg = e.what();
       }
-      EXPECT_EQ(cpu_msg, ref_msg) << cpu_isa_name(isa);
+      EXPECT_NE(ref_msg, "");
+      for (CpuIsa isa : test::available_cpu_isas()) {
+        test::CpuIsaScope level(isa);
+        auto fast = make_output({96, 80}, s, 0xEE);
+        quantize_cpu(in, fast.layout, s, NonFinitePolicy::Zero, fast.buffers(), 2);
+        EXPECT_EQ(fast.codes, ref.codes) << "axis " << axis << " " << cpu_isa_name(isa);
+        EXPECT_EQ(fast.scales, ref.scales) << "axis " << axis << " " << cpu_isa_name(isa);
+        EXPECT_EQ(fast.zeros, ref.zeros) << "axis " << axis << " " << cpu_isa_name(isa);
+        std::string cpu_msg;
+        try {
+          quantize_cpu(in, fast.layout, s, NonFinitePolicy::Error, fast.buffers(), 2);
+        } catch (const Error& e) {
+          cpu_msg = e.what();
+        }
+        EXPECT_EQ(cpu_msg, ref_msg) << cpu_isa_name(isa);
+      }
     }
-  }
 }
 
 // A range that does not fit the scale dtype fails as RTN's does.

@@ -1,4 +1,5 @@
-// The parameter methods (docs/quantization.md §M) on the GPU against the
+// The parameter methods (docs/quantization.md §M: search and refit, and the
+// integer zero-point search of §M5) on the GPU against the
 // scalar reference, byte for byte: axis 0 and -1, partial groups, every
 // width and scale dtype, F16/BF16/F32 sources, tiny chunks (many tiles and
 // column splits), non-finite values zeroed, and the reference's errors for
@@ -8,6 +9,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "qpack/converter/backend_cuda.hpp"
@@ -67,17 +69,22 @@ TEST(CudaQuantMethods, MatchReferenceByteForByte) {
       {{64, 96}, 0, 0, 4, DType::BF16, DType::BF16},
       {{11, 90}, -1, 0, 2, DType::F16, DType::F16},
   };
-  for (QuantMethod m : {QuantMethod::Search, QuantMethod::Refit})
+  const std::pair<QuantMethod, ZeroPoint> methods[] = {{QuantMethod::Search, ZeroPoint::Float},
+                                                       {QuantMethod::Refit, ZeroPoint::Float},
+                                                       {QuantMethod::Search, ZeroPoint::Integer}};
+  for (const auto& [m, zp] : methods)
     for (const Case& c : cases)
       for (size_t chunk : {size_t(32) << 20, size_t(4096)}) {
-        SCOPED_TRACE(testing::Message() << "method " << int(m) << " axis " << c.axis << " g"
-                                        << c.group << " b" << c.bits << " chunk " << chunk);
+        SCOPED_TRACE(testing::Message()
+                     << "method " << int(m) << " zero-point " << int(zp) << " axis " << c.axis
+                     << " g" << c.group << " b" << c.bits << " chunk " << chunk);
         QuantScheme s;
         s.bits = c.bits;
         s.group_size = c.group;
         s.axis = c.axis;
         s.scale_dtype = c.sd;
         s.method = m;
+        s.zero_point = zp;
         const GroupLayout L = make_layout(c.shape, s);
         std::vector<float> x(size_t(L.num_elements()));
         for (size_t k = 0; k < x.size(); ++k) x[k] = nd(rng) * (k % 101 == 0 ? 20.0f : 1.0f);
@@ -96,10 +103,13 @@ TEST(CudaQuantMethods, MatchReferenceByteForByte) {
       }
 }
 
-TEST(CudaQuantMethods, ErrorsAsReference) {
+class CudaQuantMethodsErrors : public ::testing::TestWithParam<ZeroPoint> {};
+
+TEST_P(CudaQuantMethodsErrors, ErrorsAsReference) {
   REQUIRE_GPU();
   QuantScheme s;
   s.method = QuantMethod::Search;
+  s.zero_point = GetParam();
   const GroupLayout L = make_layout({128, 64}, s);
   std::vector<float> x(size_t(L.num_elements()), 0.5f);
   x[300] = std::nanf("");
@@ -120,5 +130,12 @@ TEST(CudaQuantMethods, ErrorsAsReference) {
       q->quantize({src.data(), DType::F32, "t"}, L, s, NonFinitePolicy::Error, out.buffers()),
       Error);
 }
+
+INSTANTIATE_TEST_SUITE_P(ZeroPoints, CudaQuantMethodsErrors,
+                         ::testing::Values(ZeroPoint::Float, ZeroPoint::Integer),
+                         [](const auto& info) {
+                           return std::string(info.param == ZeroPoint::Integer ? "integer_zero"
+                                                                               : "float_zero");
+                         });
 
 }  // namespace

@@ -50,8 +50,10 @@ TEST(VerifyGpu, SameBitsAsCpuForEverySchemeAndChunking) {
   // Under the CUDA sanitizers (tools/gpu_check.sh) a quarter of the sweep.
   const bool quick = std::getenv("QPACK_GPU_TEST_QUICK") != nullptr;
   int case_index = 0;
+  // Kinds: float zero-points, symmetric, integer zero-points, and integer
+  // zero-points under --method search (§M5: the clipped-range bound).
   for (int bits : {2, 3, 4, 8})
-    for (int kind = 0; kind < 3; ++kind)  // float zero-points, symmetric, integer zero-points
+    for (int kind = 0; kind < 4; ++kind)
       for (DType sd : {DType::F16, DType::BF16, DType::F32})
         for (const auto& shape : shapes) {
           if (quick && case_index++ % 4 != 0) continue;
@@ -59,7 +61,8 @@ TEST(VerifyGpu, SameBitsAsCpuForEverySchemeAndChunking) {
           QuantScheme s;
           s.bits = bits;
           s.symmetric = sym;
-          if (kind == 2) s.zero_point = ZeroPoint::Integer;
+          if (kind >= 2) s.zero_point = ZeroPoint::Integer;
+          if (kind == 3) s.method = QuantMethod::Search;
           s.scale_dtype = sd;
           s.group_size = groups[rng() % std::size(groups)];
           s.axis = int(rng() % shape.size());

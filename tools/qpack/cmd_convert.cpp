@@ -438,7 +438,14 @@ int run_hf(ConvertArgs& a, HfFormat format) {
                   {"--zstd", a.zstd},
                   {"--require-quantized", a.require_opt},
                   {"--part", a.part_opt},
-                  {"--parts", a.parts_opt}},
+                  {"--parts", a.parts_opt},
+                  {"--preset", a.preset_opt},
+                  {"--scales", a.scales_opt},
+                  {"--target-bpw", a.target_opt},
+                  {"--target-error", a.target_error_opt},
+                  {"--imatrix", a.imatrix_opt},
+                  {"--budget-objective", a.objective_opt},
+                  {"--activations", a.activations_opt}},
                  hf_format_name(format), "a .qpack option; docs/hf-quantized.md");
   HfExportOptions o;
   o.format = format;
@@ -475,6 +482,13 @@ int run_hf(ConvertArgs& a, HfFormat format) {
     o.symmetric = false;
   }
   if (*a.scale_opt) o.scale_dtype = parse_float_dtype_flag("--scale-dtype", a.scale_dtype);
+  if (*a.method_opt) {
+    const auto m = method_from_string(a.method);
+    if (!m)
+      throw Error(ErrorCode::InvalidArgument, "", "",
+                  "--method must be 'rtn', 'search' or 'refit', not '" + a.method + "'");
+    o.method = *m;
+  }
   o.skip = a.skips;
   o.include = a.includes;
   if (a.nonfinite == "error")

@@ -104,6 +104,22 @@ void check_options(const HfExportOptions& o, std::vector<std::string>* warnings)
                 "GPTQ export is symmetric only: vLLM accepts only symmetric 4/8-bit GPTQ, and "
                 "GPTQ v1 stores zero - 1, which cannot hold a zero-point of 0; use "
                 "--format compressed-tensors for asymmetric weights");
+  if (o.method != QuantMethod::Rtn) {
+    if (gptq)
+      throw Error(ErrorCode::UnsupportedScheme, "", "",
+                  "GPTQ export takes --method rtn only: its symmetric codes have no method "
+                  "(docs/quantization.md §M1)");
+    if (o.symmetric)
+      throw Error(ErrorCode::UnsupportedScheme, "", "",
+                  std::string("--method ") + method_name(o.method) +
+                      " needs asymmetric weights (--asymmetric or --zero-point integer): "
+                      "symmetric codes have no method (docs/quantization.md §M1)");
+    if (o.method != QuantMethod::Search)
+      throw Error(ErrorCode::UnsupportedScheme, "", "",
+                  std::string("--method ") + method_name(o.method) +
+                      " needs float zero-points; compressed-tensors' integer zero-points take "
+                      "--method rtn or search (docs/quantization.md §M5)");
+  }
   if (o.scale_dtype) {
     const DType d = *o.scale_dtype;
     if (gptq && d != DType::F16)
@@ -145,6 +161,7 @@ nlohmann::json HfExportPlan::to_json() const {
             {"axis", scheme.axis},
             {"symmetric", scheme.symmetric},
             {"zero_point", scheme.symmetric ? "none" : "integer"},
+            {"method", method_name(scheme.method)},
             {"scale_dtype", dtype_name(scheme.scale_dtype)}}},
           {"quantization_config", quantization_config},
           {"ignore", ignore},
@@ -261,6 +278,7 @@ HfExportPlan plan_from(const Checkpoint& ckpt, const std::string& source,
   plan.scheme.symmetric = o.symmetric;
   plan.scheme.scale_dtype = sd;
   plan.scheme.zero_point = ZeroPoint::Integer;
+  plan.scheme.method = o.method;
   const int cpw = 32 / o.bits;
 
   for (const auto& p : picks) {

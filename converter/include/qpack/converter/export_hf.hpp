@@ -39,6 +39,10 @@ struct HfExportOptions {
   // Scales: compressed-tensors the model's dtype (F16 or BF16; an F32 model
   // needs this set), GPTQ F16 (the only value allowed).
   std::optional<DType> scale_dtype;
+  // How each group's (S, z) are chosen (quantization.md §M): rtn, or search
+  // (§M5, the integer zero-point rule's clip search: asymmetric
+  // compressed-tensors only).
+  QuantMethod method = QuantMethod::Rtn;
   // Globs (qpack/format/glob.hpp) over tensor names: Linear weights kept as
   // they are (their modules go to `ignore`); tensors to quantize beyond the
   // default selection (each must be a Linear weight, else an error).

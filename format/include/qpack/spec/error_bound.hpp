@@ -10,6 +10,8 @@
 // Groups whose parameters come from a method other than RTN (§M4) add the
 // distance from x to their stored range [M, M + Q*S]:
 //   b += max(M - x, x - fl64(M + Q*S))   when that is > 0
+// and with an integer zero-point z (§M5) the range [-z*S, (Q - z)*S]:
+//   b += max(fl64(-z*S) - x, x - fl64((Q - z)*S))   when that is > 0
 #pragma once
 
 #include "qpack/spec/dtype.hpp"
@@ -70,6 +72,20 @@ QPACK_HD void add_clipped_range(BoundTerms& t, double s, double m, double q) {
   t.lo = m;
   t.hi = add_f64(m, mul_f64(q, s));
 }
+// §M5: the same for an integer zero-point z, whose stored range is
+// [-z*S, (Q - z)*S] (both products exact: |q - z| <= 255, S a binary32).
+QPACK_HD void add_clipped_range_int(BoundTerms& t, double s, double z, double q) {
+  t.clipped = true;
+  t.lo = mul_f64(sub_f64(0.0, z), s);
+  t.hi = mul_f64(sub_f64(q, z), s);
+}
+// Either rule: m is the stored zero-point (M, or the integer z).
+QPACK_HD void add_clipped_range(BoundTerms& t, double s, double m, double q, bool integer_zero) {
+  if (integer_zero)
+    add_clipped_range_int(t, s, m, q);
+  else
+    add_clipped_range(t, s, m, q);
+}
 QPACK_HD double bound_for(const BoundTerms& t, double x) {
   double b = add_f64(t.base, mul_f64(0x1p-21, add_f64(add_f64(abs_f64(x), t.abs_m), t.q_s)));
   if (t.clipped) {
@@ -86,7 +102,8 @@ QPACK_HD double error_bound(double x, double s, double m, const QuantScheme& sch
   const bool float_zero = !scheme.symmetric && !has_integer_zero(scheme);
   BoundTerms t =
       bound_terms(s, float_zero ? m : 0.0, qmax_of(scheme), float_zero, scheme.scale_dtype);
-  if (has_clipped_range(scheme)) add_clipped_range(t, s, m, qmax_of(scheme));
+  if (has_clipped_range(scheme))
+    add_clipped_range(t, s, m, qmax_of(scheme), has_integer_zero(scheme));
   return bound_for(t, x);
 }
 

@@ -220,7 +220,7 @@ QPACK_HD void eval_unit(const CompareGeometry& g, const ChunkView& v, int64_t sr
   const float zero = g.symmetric ? 0.0f : load_param(v.zeros, pidx, g.scale_dtype);
   const bool float_zero = !g.symmetric && !g.integer_zero;
   BoundTerms bt = bound_terms(scale, float_zero ? zero : 0.0f, g.q, float_zero, g.scale_dtype);
-  if (g.clipped) add_clipped_range(bt, scale, zero, g.q);
+  if (g.clipped) add_clipped_range(bt, scale, zero, g.q, g.integer_zero);
 
   const uint8_t* cp = v.codes + (sp.plane_begin - v.plane0) * v.pitch + c;
   const int64_t src0 = (sp.row_begin - v.row0) * v.pitch + c;

@@ -140,10 +140,60 @@ QPACK_HD GroupParams params_asym_refit(const Src& src, int64_t n, int bits, DTyp
   return best;
 }
 
-// The float zero-point group's parameters by the scheme's method.
+// The group error of §M5 for the integer zero-point rule: §M1's sum with
+// x_hat_k = decode_int(q_k) (§6) and q_k §5a.6's code of x_k under p.
+template <class Src>
+QPACK_HD double group_error_int(const Src& src, int64_t n, const GroupParams& p, int bits) {
+  double e = 0.0;
+  for (int64_t k = 0; k < n; ++k) {
+    const float x = src.x(k);
+    const float xh = decode_int(encode_asym_int(x, p, bits), p.scale, p.zero);
+    const double d = sub_f64(double(xh), double(x));
+    e = add_f64(e, mul_f64(double(src.w(k)), mul_f64(d, d)));
+  }
+  return e;
+}
+
+// §M5: the clip search of the integer zero-point rule. Candidate i =
+// 1 .. kIntSearchSteps-1 is §5a's RTN rule on the range [lo, hi] shrunk
+// towards 0 by alpha_i = fl((100 - i) / 100): lo_i = fl(lo * alpha_i),
+// hi_i = fl(hi * alpha_i) (llm-compressor's MSE observer's grid); the first
+// of smallest group error wins, RTN's (i = 0) on a tie.
+constexpr int kIntSearchSteps = 20;
+template <class Src>
+QPACK_HD GroupParams params_asym_int_search(const Src& src, int64_t n, int bits, DType sd) {
+  float mn, mx;
+  group_min_max(src, n, &mn, &mx);
+  const GroupParams rtn = params_asym_int(mn, mx, bits, sd);
+  if (rtn.overflow || rtn.scale == 0.0f) return rtn;  // fails as RTN does / a group of zeros
+  const float lo = add_f32(mn < 0.0f ? mn : 0.0f, 0.0f);
+  const float hi = add_f32(mx > 0.0f ? mx : 0.0f, 0.0f);
+  GroupParams best = rtn;
+  double best_error = group_error_int(src, n, rtn, bits);
+  for (int i = 1; i < kIntSearchSteps; ++i) {
+    const float alpha = div_f32(float(100 - i), 100.0f);
+    const GroupParams c = params_asym_int(mul_f32(lo, alpha), mul_f32(hi, alpha), bits, sd);
+    if (c.overflow || c.scale == 0.0f) continue;
+    const double e = group_error_int(src, n, c, bits);
+    if (e < best_error) {
+      best = c;
+      best_error = e;
+    }
+  }
+  return best;
+}
+
+// The asymmetric group's parameters by the scheme's method and zero-point
+// rule (validate_scheme admits search for both rules, refit for float only).
 template <class Src>
 QPACK_HD GroupParams params_asym_method(const Src& src, int64_t n, int bits, DType sd,
-                                        QuantMethod method) {
+                                        QuantMethod method, bool integer_zero) {
+  if (integer_zero) {
+    if (method == QuantMethod::Search) return params_asym_int_search(src, n, bits, sd);
+    float mn, mx;
+    group_min_max(src, n, &mn, &mx);
+    return params_asym_int(mn, mx, bits, sd);
+  }
   if (method == QuantMethod::Search) return params_asym_search(src, n, bits, sd);
   if (method == QuantMethod::Refit) return params_asym_refit(src, n, bits, sd);
   float mn, mx;

@@ -23,9 +23,10 @@ enum class ZeroPoint : uint8_t { Float, Integer };
 // stores ordinary parameters and codes, decoded by §6 as RTN's are; they
 // differ in the parameters and in the error bound verify checks (§7, §M4).
 //   Rtn:    min-max round-to-nearest (§4), FlexLLMGen's; the default.
-//   Search: llama.cpp's scale-and-minimum search per group (§M2).
+//   Search: llama.cpp's scale-and-minimum search per group (§M2); with
+//           integer zero-points a clip search over the range (§M5).
 //   Refit:  least-squares refits of S and M given the codes (§M3).
-// Search and Refit apply to the float zero-point rule only.
+// Search applies to both asymmetric rules, Refit to float zero-points only.
 enum class QuantMethod : uint8_t { Rtn, Search, Refit };
 
 // Two-level scales (docs/quantization.md §T): groups per super-block, and the
@@ -97,9 +98,12 @@ inline std::string validate_scheme(const QuantScheme& s) {
   if (!is_scale_dtype(s.scale_dtype))
     return std::string("scale dtype must be F16, BF16 or F32 (got ") + dtype_name(s.scale_dtype) +
            ")";
-  if (s.method != QuantMethod::Rtn && (s.symmetric || s.zero_point != ZeroPoint::Float))
-    return "methods search and refit need the asymmetric scheme with float zero-points "
-           "(docs/quantization.md §M1); use --method rtn for symmetric or integer zero-points";
+  if (s.method != QuantMethod::Rtn && s.symmetric)
+    return "methods search and refit need an asymmetric scheme (docs/quantization.md §M1); "
+           "use --method rtn for symmetric codes";
+  if (s.method == QuantMethod::Refit && s.zero_point != ZeroPoint::Float)
+    return "method refit needs float zero-points (docs/quantization.md §M1); integer "
+           "zero-points take --method rtn or search (§M5)";
   if (s.super_block != 0) {
     if (s.super_block != kSuperBlockGroups)
       return "two-level scales take super-blocks of " + std::to_string(kSuperBlockGroups) +
