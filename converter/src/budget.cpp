@@ -455,6 +455,20 @@ Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe_in,
   auto gain = [&](const BudgetCandidate& from, const BudgetCandidate& to) {
     return (from.error - to.error) * per[current] / (double(to.bytes - from.bytes) * 8.0);
   };
+  // The next hull step from each choice, for the plan's "why" (both targets).
+  auto set_next_gains = [&] {
+    for (size_t i = 0; i < n; ++i) {
+      BudgetTensor& b = rep.tensors[i];
+      const BudgetCandidate& cur = b.choice();
+      b.gain_next = kNaN;
+      current = i;
+      for (size_t h : hulls[i])
+        if (b.candidates[h].bytes > cur.bytes && b.candidates[h].error < cur.error) {
+          b.gain_next = gain(cur, b.candidates[h]);
+          break;
+        }
+    }
+  };
   for (size_t i = 0; i < n; ++i) rep.tensors[i].gain_taken = rep.tensors[i].gain_next = kNaN;
   rep.threshold = kNaN;
 
@@ -531,17 +545,7 @@ Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe_in,
       b.gain_taken = kNaN;
       b.trimmed = true;
     }
-    for (size_t i = 0; i < n; ++i) {
-      BudgetTensor& b = rep.tensors[i];
-      const BudgetCandidate& cur = b.choice();
-      b.gain_next = kNaN;
-      current = i;
-      for (size_t h : hulls[i])
-        if (b.candidates[h].bytes > cur.bytes && b.candidates[h].error < cur.error) {
-          b.gain_next = gain(cur, b.candidates[h]);
-          break;
-        }
-    }
+    set_next_gains();
   } else if (!options.target_bpw) {
     // --axis auto alone: per tensor the candidate of least error (ladder
     // order breaks ties).
@@ -690,18 +694,7 @@ Recipe choose_to_budget(const Checkpoint& ckpt, const Recipe& recipe_in,
         cost_sum += best;
       }
     }
-    // The next hull step from each choice, for the plan's "why".
-    for (size_t i = 0; i < n; ++i) {
-      BudgetTensor& b = rep.tensors[i];
-      const BudgetCandidate& cur = b.choice();
-      b.gain_next = kNaN;
-      current = i;
-      for (size_t h : hulls[i])
-        if (b.candidates[h].bytes > cur.bytes && b.candidates[h].error < cur.error) {
-          b.gain_next = gain(cur, b.candidates[h]);
-          break;
-        }
-    }
+    set_next_gains();
   }
 
   // 3. The recipe's tensors, the totals and the reasons.
